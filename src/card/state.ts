@@ -1,0 +1,72 @@
+// The card's persistent state: everything that survives a power cycle. It is only ever changed through
+// CardRuntime.commit, which writes a whole new image atomically (see eeprom.ts).
+// Byte strings are stored as hex so the image is plain JSON inside its encryption.
+
+export type Lifecycle = "OP_READY" | "SECURED" | "TERMINATED";
+
+/** One SCP03 static key set: the seed's card-unique symmetric key Sk (seed 000 para 0032, claim 14 "first area"). */
+export interface ScpKeySet {
+  kvn: number;
+  enc: string;
+  mac: string;
+  dek: string;
+}
+
+export interface PinState {
+  /** Salted SHA-256 of the reference data; the PIN itself is not kept. */
+  hash: string;
+  salt: string;
+  tries: number;
+  maxTries: number;
+}
+
+export type KeyAlg = "RSA2048" | "RSA3072" | "P256" | "P384";
+
+export interface StoredKey {
+  alg: KeyAlg;
+  /** PKCS#8 DER of the private key, hex. Lives only inside the encrypted image. */
+  pkcs8: string;
+  /** How the key got here: generated on card, imported via SCP03, or loaded from a sealed package. */
+  origin: "generated" | "imported" | "package";
+}
+
+export interface CardState {
+  format: 1;
+  /** Public card ID (GP Card Image Number, tag 45). */
+  cardId: string;
+  /** Card-unique secret ID (seed 001 FIG. 14): readable only inside an SCP03 session with R-ENCRYPTION. */
+  secretId: string;
+  lifecycle: Lifecycle;
+  /** Bytes of user data (keys, certificates, data objects) this card can hold. */
+  capacity: number;
+  keySets: ScpKeySet[];
+  /** Consecutive failed secure-channel authentications; reaching scpFailureLimit zeroizes the card. */
+  scpFailures: number;
+  scpFailureLimit: number;
+  /** Monotonic SCP03 sequence counter for pseudo-random card challenges. */
+  scpCounter: number;
+  pin: PinState;
+  puk: PinState;
+  /** Private keys by PIV key reference (hex, e.g. "9a"). */
+  keys: Record<string, StoredKey>;
+  /** Data objects by tag (hex, e.g. "5fc105"), value hex. The certificate area: writable only via SCP03 or a package. */
+  objects: Record<string, string>;
+  /** Highest sequence number of an offline package this card accepted (seed 000 ST22-ST25 replay guard). */
+  packageSeq: number;
+  /** Per key reference: counter of the latest wrapped export, so only the newest export can be loaded back. */
+  exportSeq: Record<string, number>;
+  /** Why the card was terminated, when it was. */
+  terminatedReason?: string;
+}
+
+/** Bytes of user data a state holds, counted against the card's capacity. */
+export function usedBytes(s: CardState): number {
+  let n = 0;
+  for (const k of Object.values(s.keys)) n += k.pkcs8.length / 2;
+  for (const v of Object.values(s.objects)) n += v.length / 2;
+  return n;
+}
+
+export function cloneState(s: CardState): CardState {
+  return structuredClone(s);
+}
