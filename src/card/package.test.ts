@@ -1,0 +1,63 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { applyPackage, exportPackage, openPackage, sealPackage } from "./package.ts";
+import type { CardState } from "./state.ts";
+import { CardError } from "./sw.ts";
+
+const keySet = { kvn: 1, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
+const state = (over: Partial<CardState> = {}): CardState => ({
+  format: 1, cardId: "0102030405060708", secretId: "", lifecycle: "SECURED", capacity: 1e5, keySets: [keySet],
+  scpFailures: 0, scpFailureLimit: 10, scpCounter: 0, pin: { hash: "", salt: "", tries: 3, maxTries: 3 },
+  puk: { hash: "", salt: "", tries: 3, maxTries: 3 }, keys: {}, objects: {}, packageSeq: 0, exportSeq: {}, ...over,
+});
+const pkcs8 = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "der", type: "pkcs8" }));
+const cert = randomBytes(300);
+const sw = (code: number) => (e: unknown) => e instanceof CardError && e.sw === code;
+
+test("a sealed package opens only on its card and hides the key", () => {
+  const s = state();
+  const pkg = sealPackage(keySet, { cardId: s.cardId, keyRef: "9a", seq: 1, alg: "P256", pkcs8, cert });
+  assert.equal(Buffer.from(pkg).indexOf(Buffer.from(pkcs8.subarray(-32))), -1, "private key bytes not visible");
+  const o = openPackage(s, pkg);
+  assert.deepEqual([o.keyRef, o.seq, o.alg, o.kind], ["9a", 1, "P256", "credential"]);
+  assert.deepEqual([...o.pkcs8!], [...pkcs8]);
+  applyPackage(s, o);
+  assert.equal(s.packageSeq, 1);
+  assert.ok(s.keys["9a"] && s.objects["5fc105"]);
+  // another card with another key set
+  const other = state({ cardId: "0102030405060709", keySets: [{ ...keySet, dek: randomBytes(16).toString("hex") }] });
+  assert.throws(() => openPackage(other, pkg), sw(0x6982));
+  // another card ID but same keys (misdirected): refused
+  assert.throws(() => openPackage(state({ cardId: "0102030405060709" }), pkg), sw(0x6982));
+});
+
+test("every altered byte is detected; replays and older packages refused", () => {
+  const s = state({ packageSeq: 4 });
+  const pkg = sealPackage(keySet, { cardId: s.cardId, keyRef: "9c", seq: 5, alg: "P256", pkcs8 });
+  for (let i = 0; i < pkg.length; i++) {
+    const bad = Uint8Array.from(pkg);
+    bad[i] ^= 0x01;
+    assert.throws(() => openPackage(s, bad), (e: unknown) => e instanceof CardError && [0x6982, 0x6a80, 0x6985].includes(e.sw), `byte ${i}`);
+  }
+  assert.throws(() => openPackage(s, pkg.subarray(0, 20)), sw(0x6a80));
+  applyPackage(s, openPackage(s, pkg));
+  assert.throws(() => openPackage(s, pkg), sw(0x6985), "replay");
+  const older = sealPackage(keySet, { cardId: s.cardId, keyRef: "9c", seq: 3, alg: "P256", pkcs8 });
+  assert.throws(() => openPackage(s, older), sw(0x6985));
+});
+
+test("an export loads back only into the same card and only while newest", () => {
+  const s = state({ keys: { "9d": { alg: "P256", pkcs8: Buffer.from(pkcs8).toString("hex"), origin: "generated" } } });
+  const e1 = exportPackage(s, "9d");
+  s.exportSeq["9d"] = e1.exportSeq;
+  const e2 = exportPackage(s, "9d");
+  s.exportSeq["9d"] = e2.exportSeq;
+  assert.throws(() => openPackage(s, e1.bytes), sw(0x6985));
+  const o = openPackage(s, e2.bytes);
+  assert.equal(o.kind, "export");
+  const before = s.packageSeq;
+  applyPackage(s, o);
+  assert.equal(s.packageSeq, before, "exports do not move the delivery counter");
+  assert.throws(() => exportPackage(s, "9e"), sw(0x6a88));
+});
