@@ -40,7 +40,8 @@ interface Channel {
   transient: Map<string, unknown>;
   sc: SecureChannel;
   chain: { ins: number; p1: number; p2: number; cla: number; parts: Uint8Array[]; size: number } | undefined;
-  pending: Uint8Array | undefined;
+  /** Response data still to be fetched with GET RESPONSE, and the status word that ends it. */
+  pending: { data: Uint8Array; sw: number } | undefined;
 }
 
 export class CardRuntime {
@@ -198,7 +199,7 @@ export class CardRuntime {
     if (interindustry && cmd0.ins === 0xc0) {
       if (!ch.pending) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "no response data pending");
       if (cmd0.p1 !== 0 || cmd0.p2 !== 0) throw new CardError(SW.INCORRECT_P1P2);
-      return this.deliver(ch, ch.pending, SW.OK, cmd0.le ?? 256, cmd0.extended);
+      return this.deliver(ch, ch.pending.data, ch.pending.sw, cmd0.le ?? 256, cmd0.extended);
     }
     ch.pending = undefined;
 
@@ -273,7 +274,7 @@ export class CardRuntime {
       return encodeResponse({ data, sw });
     }
     const rest = data.subarray(max);
-    ch.pending = Uint8Array.from(rest);
+    ch.pending = { data: Uint8Array.from(rest), sw };
     return encodeResponse({ data: data.subarray(0, max), sw: SW.BYTES_REMAINING | (rest.length >= 256 ? 0 : rest.length) });
   }
 

@@ -15,6 +15,7 @@ test("round-trips tags of 1-3 bytes and long lengths", () => {
     { numRuns: 50 },
   );
   const two = parseTlvs(concat(tlv(0x80, h("11")), tlv(0x81, h("2233"))));
+  assert.equal(parseTlvs(h("FF2103810100"))[0].tag, 0xff21, "GlobalPlatform FFxx tags are tags, not padding");
   assert.deepEqual(two.map((t) => t.tag), [0x80, 0x81]);
 });
 

@@ -13,8 +13,8 @@ export function parseTlvs(buf: Uint8Array): Tlv[] {
   const out: Tlv[] = [];
   let i = 0;
   while (i < buf.length) {
-    // ISO 7816-4 allows 00/FF padding between objects
-    if (buf[i] === 0x00 || buf[i] === 0xff) {
+    // ISO 7816-4 allows 00 padding between objects (FF too, but GlobalPlatform uses FFxx tags such as FF21)
+    if (buf[i] === 0x00) {
       i++;
       continue;
     }

@@ -1,0 +1,156 @@
+#!/usr/bin/env node
+// The cardkms command line. It only wires the domain modules: every card command goes through APDUs.
+
+import { Command, Option } from "commander";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { createCard, openCard } from "../card/card.ts";
+import type { Durability } from "../card/eeprom.ts";
+import { unhex } from "../card/apdu.ts";
+import { parseResponse } from "../card/apdu.ts";
+import { runDemo } from "../demo/demo.ts";
+import { readCardInfo } from "../terminal/card-info.ts";
+import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
+import { resolveImageSecret, UsageError } from "./image-key.ts";
+
+const program = new Command();
+program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
+
+interface Out {
+  json?: boolean;
+}
+function print(o: Out, human: string, data: unknown): void {
+  process.stdout.write(o.json ? JSON.stringify(data) + "\n" : human + "\n");
+}
+
+const imageKeyOption = () => new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)");
+const durabilityOption = () => new Option("--durability <mode>", "EEPROM durability: fsync every write, or none").choices(["fsync", "none"]).default("fsync");
+const int = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`not a whole number: ${v}`);
+  return n;
+};
+
+const card = program.command("card").description("virtual smart cards: create, inspect, send APDUs, attach to PC/SC");
+
+card
+  .command("create")
+  .description("create a blank card image carrying the GlobalPlatform transport key (KVN 30)")
+  .argument("<image>", "card image file to create")
+  .option("--card-id <hex>", "card ID (8-16 bytes hex); random by default")
+  .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
+  .option("--pin <pin>", "initial PIN", "123456")
+  .option("--puk <puk>", "initial PUK", "12345678")
+  .option("--pin-tries <n>", "PIN tries before it blocks", int, 3)
+  .addOption(imageKeyOption())
+  .addOption(durabilityOption())
+  .option("--json", "JSON output")
+  .action((image: string, o: { cardId?: string; capacity: number; pin: string; puk: string; pinTries: number; imageKeyFile?: string; durability: Durability; json?: boolean }) => {
+    const secret = resolveImageSecret(o.imageKeyFile);
+    if (o.cardId && !/^([0-9a-fA-F]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of hex");
+    const c = createCard(image, secret, {
+      cardId: o.cardId ? unhex(o.cardId) : randomBytes(8),
+      capacity: o.capacity,
+      pin: o.pin,
+      puk: o.puk,
+      pinTries: o.pinTries,
+      durability: o.durability,
+    });
+    const id = c.state.cardId;
+    c.close();
+    print(o, `created ${image}: card ${id}, capacity ${o.capacity} bytes, transport key KVN 30`, { image, cardId: id, capacity: o.capacity });
+  });
+
+card
+  .command("show")
+  .description("show a card's public state, read through APDUs")
+  .argument("<image>", "card image file")
+  .addOption(imageKeyOption())
+  .option("--json", "JSON output")
+  .action(async (image: string, o: { imageKeyFile?: string; json?: boolean }) => {
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    try {
+      const info = await readCardInfo((a) => c.transmit(a));
+      const human =
+        "cardId" in info
+          ? [
+              `card ${info.cardId}  ${info.lifecycle}`,
+              `  PIN tries left ${info.pinTriesLeft}, PUK tries left ${info.pukTriesLeft}, secure-channel tries left ${info.scpTriesLeft}`,
+              `  key sets: ${info.keySets.map((k) => `KVN ${k.kvn.toString(16).padStart(2, "0")} (AES-${k.keyLength * 8})`).join(", ") || "none"}`,
+              `  last package sequence ${info.packageSeq}, free memory ${info.freeBytes} bytes`,
+              ...info.certificates.map((c) => `  slot ${c.slot}: ${c.subject}  issued by ${c.issuer}, valid to ${c.notAfter}`),
+            ].join("\n")
+          : "card TERMINATED (secrets erased)";
+      print(o, human, info);
+    } finally {
+      c.close();
+    }
+  });
+
+card
+  .command("apdu")
+  .description("send command APDUs (hex) to a card and print the responses")
+  .argument("<image>", "card image file")
+  .argument("<apdus...>", "command APDUs in hex")
+  .addOption(imageKeyOption())
+  .option("--json", "JSON output")
+  .action((image: string, apdus: string[], o: { imageKeyFile?: string; json?: boolean }) => {
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    try {
+      const out = apdus.map((hexApdu) => {
+        const r = parseResponse(c.transmit(unhex(hexApdu)));
+        return { command: hexApdu.toUpperCase(), data: Buffer.from(r.data).toString("hex").toUpperCase(), sw: r.sw.toString(16).toUpperCase().padStart(4, "0") };
+      });
+      print(o, out.map((r) => `> ${r.command}\n< ${r.data} ${r.sw}`).join("\n"), out);
+    } finally {
+      c.close();
+    }
+  });
+
+card
+  .command("attach")
+  .description(`attach a card to PC/SC through vsmartcard's vpcd (reader "${VPCD_READER}") until interrupted`)
+  .argument("<image>", "card image file")
+  .option("--host <host>", "vpcd host", VPCD_DEFAULT_HOST)
+  .option("--port <port>", "vpcd port", int, VPCD_DEFAULT_PORT)
+  .addOption(imageKeyOption())
+  .option("--json", "JSON output")
+  .action(async (image: string, o: { host: string; port: number; imageKeyFile?: string; json?: boolean }) => {
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    const conn = await attachVpcd(c, { host: o.host, port: o.port });
+    print(o, `card ${c.state.cardId} attached: PC/SC reader "${VPCD_READER}" (Ctrl-C to detach)`, { cardId: c.state.cardId, reader: VPCD_READER });
+    await new Promise<void>((resolve) => {
+      process.once("SIGINT", resolve);
+      process.once("SIGTERM", resolve);
+    });
+    await conn.close();
+    c.close();
+  });
+
+program
+  .command("demo")
+  .description("personalise a card over SCP03, deliver keys online and as a sealed package, sign and verify")
+  .option("--dir <dir>", "where the demo card, its image key and the CA certificate go", ".cardkms/demo")
+  .option("--json", "JSON output")
+  .action(async (o: { dir: string; json?: boolean }) => {
+    const r = await runDemo({ dir: o.dir, log: o.json ? undefined : (l) => console.log(l) });
+    r.card.close();
+    const ok = r.signatures.every((s) => s.verified);
+    print(
+      o,
+      `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`,
+      { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures },
+    );
+    if (!ok) process.exitCode = 1;
+  });
+
+function mustExist(path: string): string {
+  if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);
+  return path;
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`cardkms: ${msg}\n`);
+  process.exitCode = e instanceof UsageError ? 2 : 1;
+});

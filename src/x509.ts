@@ -1,0 +1,3 @@
+// @peculiar/x509 needs the reflect-metadata polyfill loaded before it; import X.509 through this module.
+import "reflect-metadata";
+export * from "@peculiar/x509";
