@@ -1,0 +1,248 @@
+// The GlobalPlatform Issuer Security Domain (GP Card Spec v2.3 §9 and §11; SCP03 key handling per Amendment D).
+// AID A000000151000000; applets[0] of every card, selected by default on every logical channel.
+//
+//   GET DATA   80/00 CA tag (§11.3):  0045 card image number (public card ID), 0066 card recognition data,
+//              00E0 key information template, 00C1 sequence counter, 9F7F CPLC, FF21 extended card resources,
+//              DF20 cardkms public state (lifecycle, PIN/PUK tries left, package sequence, SCP tries left),
+//              DF21 secret ID (only in a session with R-ENCRYPTION).
+//   PUT KEY    80 D8 (§11.8, Amendment D §7.2): a full SCP03 AES key set, keys encrypted under the static DEK of the
+//              session's key set (AES-CBC, zero ICV), KCV = first 3 bytes of AES(key, 16 x 01). Needs C-MAC and
+//              C-DECRYPTION. P1 = 0 adds a key set, P1 = KVN replaces it. Response: KVN || KCVs.
+//   SET STATUS 80 F0 80 0F (§11.10): OP_READY -> SECURED, in an authenticated session.
+// Commands that ask for the card key are attack signals (tamper.ts): the card zeroizes itself and answers 6982.
+
+import type { CommandApdu } from "./apdu.ts";
+import type { Applet, AppletContext } from "./applet.ts";
+import { aesCbcDecrypt, aesEcbEncrypt, isAesKeyLength } from "./scp03/cmac.ts";
+import { scp03ChannelOf, staticKeys } from "./scp03/card-channel.ts";
+import { ISD_AID, I_PARAM, SEC, concatBytes, wipe } from "./scp03/sm.ts";
+import type { CardState, Lifecycle, ScpKeySet } from "./state.ts";
+import { usedBytes } from "./state.ts";
+import { CardError, SW } from "./sw.ts";
+import { matchAttackSignal } from "./tamper.ts";
+import { tlv } from "./tlv.ts";
+
+export { ISD_AID } from "./scp03/sm.ts";
+
+/** Most SCP03 key sets the card holds. */
+export const MAX_KEY_SETS = 8;
+
+const LIFECYCLE_CODE: Record<Lifecycle, number> = { OP_READY: 0x01, SECURED: 0x0f, TERMINATED: 0xff };
+
+const u8 = (...b: number[]): Uint8Array => Uint8Array.from(b);
+const be = (n: number, len: number): Uint8Array => {
+  const out = new Uint8Array(len);
+  let v = n;
+  for (let i = len - 1; i >= 0; i--) {
+    out[i] = v & 0xff;
+    v = Math.floor(v / 256);
+  }
+  return out;
+};
+const fromHex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));
+
+/** GP OIDs under 1.2.840.114283 (2A 86 48 86 FC 6B). */
+const GP_OID = [0x2a, 0x86, 0x48, 0x86, 0xfc, 0x6b];
+
+function cardRecognitionData(): Uint8Array {
+  const oid = (...arcs: number[]): Uint8Array => tlv(0x06, u8(...GP_OID, ...arcs));
+  return tlv(
+    0x66,
+    tlv(
+      0x73,
+      oid(0x01), // GP card recognition data
+      tlv(0x60, oid(0x02, 0x02, 0x03)), // GP Card Spec 2.3
+      tlv(0x63, oid(0x03)), // card identification scheme
+      tlv(0x64, oid(0x04, 0x03, I_PARAM)), // SCP03, i = 70
+    ),
+  );
+}
+
+function keyInformation(st: Readonly<CardState>): Uint8Array {
+  const entries: Uint8Array[] = [];
+  for (const ks of st.keySets) {
+    const len = ks.enc.length / 2;
+    for (const id of [1, 2, 3]) entries.push(tlv(0xc0, u8(id, ks.kvn, 0x88, len)));
+  }
+  return tlv(0xe0, ...entries);
+}
+
+/** CPLC-like data (GP §H.6 layout, 42 bytes): only the IC serial number and batch come from the card ID. */
+function cplc(st: Readonly<CardState>): Uint8Array {
+  const d = new Uint8Array(42);
+  const id = fromHex(st.cardId);
+  d.set(id.subarray(0, 4), 12); // IC serial number
+  d.set(id.subarray(4, 6), 16); // IC batch identifier
+  return tlv(0x9f7f, d);
+}
+
+function extendedResources(st: Readonly<CardState>, applets: number): Uint8Array {
+  const free = Math.max(0, st.capacity - usedBytes(st as CardState));
+  return tlv(0xff21, tlv(0x81, be(applets, 2)), tlv(0x82, be(free, 4)), tlv(0x83, be(0, 4)));
+}
+
+function publicState(st: Readonly<CardState>): Uint8Array {
+  return tlv(
+    0xdf20,
+    tlv(0x80, u8(LIFECYCLE_CODE[st.lifecycle])),
+    tlv(0x81, u8(st.pin.tries)),
+    tlv(0x82, u8(st.puk.tries)),
+    tlv(0x83, be(st.packageSeq, 4)),
+    tlv(0x84, u8(Math.max(0, st.scpFailureLimit - st.scpFailures))),
+  );
+}
+
+/** Key check value of an SCP03 AES key (Amendment D §7.2). */
+function kcv(key: Uint8Array): Uint8Array {
+  return aesEcbEncrypt(key, new Uint8Array(16).fill(0x01)).slice(0, 3);
+}
+
+function requireProprietary(cmd: CommandApdu): void {
+  if ((cmd.cla & 0x80) === 0) throw new CardError(SW.CLA_NOT_SUPPORTED, "GlobalPlatform class expected");
+}
+
+function authenticated(ctx: AppletContext): boolean {
+  return (ctx.secureLevel & SEC.AUTHENTICATED) !== 0;
+}
+
+export class IssuerSecurityDomain implements Applet {
+  readonly name = "isd";
+  readonly aid = ISD_AID;
+
+  /** Number of applications reported in FF21 (the ISD does not see the runtime's applet list). */
+  constructor(private readonly installedApplets = 1) {}
+
+  select(_ctx: AppletContext): Uint8Array {
+    // FCI (GP §11.9.3.1): AID, and in the proprietary template the maximum command data length.
+    return tlv(0x6f, tlv(0x84, this.aid), tlv(0xa5, tlv(0x9f65, u8(0xff))));
+  }
+
+  process(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    const attack = matchAttackSignal(cmd);
+    if (attack) {
+      ctx.card.zeroize("attempt to read the card key");
+      throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, attack.description);
+    }
+    switch (cmd.ins) {
+      case 0xca:
+        return this.getData(ctx, cmd);
+      case 0xd8:
+        return this.putKey(ctx, cmd);
+      case 0xf0:
+        return this.setStatus(ctx, cmd);
+      default:
+        throw new CardError(SW.INS_NOT_SUPPORTED);
+    }
+  }
+
+  private getData(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    if (cmd.data.length) throw new CardError(SW.WRONG_LENGTH, "GET DATA takes no command data");
+    const st = ctx.card.state;
+    const tag = (cmd.p1 << 8) | cmd.p2;
+    switch (tag) {
+      case 0x0045:
+        return tlv(0x45, fromHex(st.cardId));
+      case 0x0066:
+        return cardRecognitionData();
+      case 0x00e0:
+        return keyInformation(st);
+      case 0x00c1:
+        return tlv(0xc1, be(st.scpCounter, 3));
+      case 0x9f7f:
+        return cplc(st);
+      case 0xff21:
+        return extendedResources(st, this.installedApplets);
+      case 0xdf20:
+        return publicState(st);
+      case 0xdf21:
+        // The secret ID leaves the card only encrypted: the session must protect this very response.
+        if (!authenticated(ctx) || !(ctx.secureLevel & SEC.R_ENCRYPTION))
+          throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "secret ID needs R-ENCRYPTION");
+        if (!st.secretId) throw new CardError(SW.REFERENCE_DATA_NOT_USABLE);
+        return tlv(0xdf21, fromHex(st.secretId));
+      default:
+        throw new CardError(SW.REFERENCE_NOT_FOUND, "no such data object");
+    }
+  }
+
+  private putKey(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    requireProprietary(cmd);
+    const need = SEC.AUTHENTICATED | SEC.C_MAC | SEC.C_DECRYPTION;
+    if ((ctx.secureLevel & need) !== need) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "PUT KEY needs C-MAC and C-DECRYPTION");
+    const session = scp03ChannelOf(ctx.card, ctx.channel);
+    const kvn = session?.keyVersion;
+    const current = kvn === undefined ? undefined : ctx.card.state.keySets.find((k) => k.kvn === kvn);
+    if (!current) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "the session's key set is gone");
+    if (cmd.p1 & 0x80) throw new CardError(SW.INCORRECT_P1P2, "multi-command PUT KEY is not supported");
+    if (cmd.p2 !== 0x81) throw new CardError(SW.INCORRECT_P1P2, "PUT KEY must carry a full key set (P2 81)");
+    const replace = cmd.p1 & 0x7f;
+    const d = cmd.data;
+    if (d.length < 1) throw new CardError(SW.WRONG_LENGTH);
+    const newKvn = d[0];
+    if (newKvn < 1 || newKvn > 0x7f) throw new CardError(SW.WRONG_DATA, "KVN must be 1..127");
+
+    const stat = staticKeys(current);
+    wipe(stat.enc, stat.mac);
+    const dek = stat.dek;
+    const keys: Uint8Array[] = [];
+    const kcvs: Uint8Array[] = [];
+    try {
+      let o = 1;
+      for (let k = 0; k < 3; k++) {
+        if (o + 3 > d.length) throw new CardError(SW.WRONG_LENGTH, "key data truncated");
+        const type = d[o], blockLen = d[o + 1], keyLen = d[o + 2];
+        if (type !== 0x88) throw new CardError(SW.WRONG_DATA, "only AES keys (type 88)");
+        if (!isAesKeyLength(keyLen) || (keys.length && keyLen !== keys[0].length)) throw new CardError(SW.WRONG_DATA, "bad AES key length");
+        const cgramLen = blockLen - 1;
+        if (cgramLen !== Math.ceil(keyLen / 16) * 16) throw new CardError(SW.WRONG_DATA, "key block length");
+        if (o + 2 + blockLen + 1 > d.length) throw new CardError(SW.WRONG_LENGTH, "key data truncated");
+        const cgram = d.subarray(o + 3, o + 2 + blockLen);
+        o += 2 + blockLen;
+        const kcvLen = d[o++];
+        if (kcvLen !== 3 || o + 3 > d.length) throw new CardError(SW.WRONG_DATA, "KCV must be 3 bytes");
+        const check = d.subarray(o, o + 3);
+        o += 3;
+        const plain = aesCbcDecrypt(dek, new Uint8Array(16), cgram);
+        const key = plain.slice(0, keyLen);
+        wipe(plain);
+        const mine = kcv(key);
+        if (!Buffer.from(mine).equals(Buffer.from(check))) {
+          wipe(key);
+          throw new CardError(SW.WRONG_DATA, "key check value mismatch");
+        }
+        keys.push(key);
+        kcvs.push(mine);
+      }
+      if (o !== d.length) throw new CardError(SW.WRONG_LENGTH, "trailing bytes after the key set");
+
+      const sets = ctx.card.state.keySets;
+      if (replace !== 0 && !sets.some((k) => k.kvn === replace)) throw new CardError(SW.REFERENCE_NOT_FOUND, "no key set to replace");
+      if (sets.some((k) => k.kvn === newKvn && k.kvn !== replace)) throw new CardError(SW.WRONG_DATA, "KVN already in use");
+      if (replace === 0 && sets.length >= MAX_KEY_SETS) throw new CardError(SW.NOT_ENOUGH_MEMORY, "no room for another key set");
+      const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
+      const entry: ScpKeySet = { kvn: newKvn, enc: hex(keys[0]), mac: hex(keys[1]), dek: hex(keys[2]) };
+      ctx.card.commit((s) => {
+        if (replace === 0) s.keySets.push(entry);
+        else s.keySets = s.keySets.map((k) => (k.kvn === replace ? entry : k));
+      });
+      return concatBytes(u8(newKvn), ...kcvs);
+    } finally {
+      wipe(dek, ...keys);
+    }
+  }
+
+  private setStatus(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    requireProprietary(cmd);
+    if (!authenticated(ctx) || !(ctx.secureLevel & SEC.C_MAC)) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "SET STATUS needs a secure channel");
+    if (cmd.p1 !== 0x80 || cmd.p2 !== 0x0f) throw new CardError(SW.INCORRECT_P1P2, "only ISD -> SECURED is supported");
+    if (cmd.data.length) throw new CardError(SW.WRONG_LENGTH);
+    if (ctx.card.state.lifecycle !== "OP_READY") throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "life cycle only moves forward");
+    ctx.card.commit((s) => {
+      s.lifecycle = "SECURED";
+    });
+    return new Uint8Array(0);
+  }
+}
+
+/** The ISD instance to put first in CardRuntime's applet list. */
+export const isd = new IssuerSecurityDomain();

@@ -1,0 +1,415 @@
+// GlobalPlatform SCP03, host side (GP Card Spec v2.3 Amendment D v1.1.2/v1.2; PUT KEY: GP Card Spec v2.3 §11.8 and
+// Amendment D §7.2). A server uses it to build protected APDU scripts that an untrusted terminal only relays:
+// the terminal sees C-DECRYPTION ciphertext and MACs, and any byte it changes makes the card answer 6988 and end
+// the session; any response byte it changes fails the R-MAC check here.
+//
+// Scp03HostSession is transport-agnostic (bytes in, bytes out). Each wrap() remembers what is needed to check
+// the response (MAC chaining value and encryption counter) in a FIFO, and unwrap() consumes it, so a whole script
+// can be wrapped first and its responses checked afterwards, in order. Scp03Client drives a session over a
+// transmit function and follows 61xx with GET RESPONSE.
+//
+// Wire details shared with the card live in sm.ts. Secrets (keys, session keys) never appear in error messages.
+
+import { randomBytes } from "node:crypto";
+import { encodeCommand, parseResponse } from "../apdu.ts";
+import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
+import { cryptogram, DERIVE, deriveSessionKeys, type SessionKeys } from "./kdf.ts";
+import {
+  concatBytes,
+  counterBlock,
+  INS_EXTERNAL_AUTHENTICATE,
+  INS_INITIALIZE_UPDATE,
+  isProtectedSw,
+  lcBytes,
+  macClass,
+  SEC,
+  VALID_LEVELS,
+  wipe,
+} from "./sm.ts";
+
+export { SEC } from "./sm.ts";
+
+/** A static SCP03 key set; keys as bytes or hex. All three keys have the same length (16, 24 or 32 bytes). */
+export interface Scp03Keys {
+  kvn?: number;
+  enc: Uint8Array | string;
+  mac: Uint8Array | string;
+  dek: Uint8Array | string;
+}
+
+export interface ApduCommand {
+  cla: number;
+  ins: number;
+  p1: number;
+  p2: number;
+  data?: Uint8Array;
+  le?: number;
+}
+
+export interface Scp03Options {
+  /** Security level for EXTERNAL AUTHENTICATE: 0x00, 0x01, 0x03, 0x11, 0x13 or 0x33. */
+  level: number;
+  /** Key version number to ask for in INITIALIZE UPDATE (0 = the card's default); defaults to keys.kvn or 0. */
+  kvn?: number;
+  /** Logical channel 0..3 (encoded in the class byte). */
+  channel?: number;
+}
+
+/** What the card said in its INITIALIZE UPDATE response (Amendment D Table 7-3). */
+export interface InitUpdateInfo {
+  diversificationData: Uint8Array;
+  kvn: number;
+  scpId: number;
+  i: number;
+  cardChallenge: Uint8Array;
+  cardCryptogram: Uint8Array;
+  /** The 3-byte sequence counter, when the card uses pseudo-random card challenges. */
+  sequenceCounter: number | undefined;
+}
+
+/** Protocol-level failure on the host side (wrong card cryptogram, bad R-MAC, session ended...). */
+export class Scp03Error extends Error {
+  constructor(
+    message: string,
+    readonly sw?: number,
+  ) {
+    super(message);
+    this.name = "Scp03Error";
+  }
+}
+
+const swText = (sw: number): string => sw.toString(16).toUpperCase().padStart(4, "0");
+
+function bytes(k: Uint8Array | string, what: string): Uint8Array {
+  const b = typeof k === "string" ? new Uint8Array(Buffer.from(k, "hex")) : Uint8Array.from(k);
+  if (typeof k === "string" && b.length * 2 !== k.length) throw new Scp03Error(`${what} is not valid hex`);
+  return b;
+}
+
+function normalizeKeys(keys: Scp03Keys): { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array } {
+  const enc = bytes(keys.enc, "ENC key"), mac = bytes(keys.mac, "MAC key"), dek = bytes(keys.dek, "DEK key");
+  if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length)
+    throw new Scp03Error("an SCP03 key set needs three AES keys of the same length (16, 24 or 32 bytes)");
+  return { enc, mac, dek };
+}
+
+/** SCP03 key check value (Amendment D §7.2 / GP §B.6): first 3 bytes of AES(key, 16 bytes of 01). */
+export function keyCheckValue(key: Uint8Array): Uint8Array {
+  return aesEcbEncrypt(key, new Uint8Array(16).fill(0x01)).slice(0, 3);
+}
+
+/**
+ * Encrypts a key component under the static DEK (Amendment D §7.2): AES-CBC, zero ICV; a key that is not a
+ * whole number of blocks (AES-192) is zero-padded, its real length travels in the key data.
+ */
+export function encryptKeyComponent(dek: Uint8Array, key: Uint8Array): Uint8Array {
+  const padded = new Uint8Array(Math.ceil(key.length / 16) * 16);
+  padded.set(key, 0);
+  return aesCbcEncrypt(dek, new Uint8Array(16), padded);
+}
+
+/**
+ * PUT KEY (GP Card Spec §11.8) for a full SCP03 AES key set (key identifiers 1 ENC, 2 MAC, 3 DEK), in plain: wrap
+ * it with a session of level 0x03 or higher. `dek` is the static DEK of the key set the session was opened with.
+ * replaceKvn = 0 adds a new key set; otherwise the key set with that KVN is replaced.
+ * Key data per key: 88 || Lc || key length || DEK-encrypted key || 03 || KCV. Response: new KVN || 3 × KCV.
+ */
+export function putKeyCommand(dek: Uint8Array | string, newKeys: Scp03Keys & { kvn: number }, replaceKvn = 0): ApduCommand {
+  const d = bytes(dek, "DEK key");
+  if (!isAesKeyLength(d.length)) throw new Scp03Error("DEK must be an AES key");
+  const k = normalizeKeys(newKeys);
+  if (!Number.isInteger(newKeys.kvn) || newKeys.kvn < 1 || newKeys.kvn > 0x7f) throw new Scp03Error("KVN must be 1..127");
+  if (!Number.isInteger(replaceKvn) || replaceKvn < 0 || replaceKvn > 0x7f) throw new Scp03Error("replaced KVN must be 0..127");
+  const parts: Uint8Array[] = [Uint8Array.of(newKeys.kvn)];
+  for (const key of [k.enc, k.mac, k.dek]) {
+    const cgram = encryptKeyComponent(d, key);
+    parts.push(Uint8Array.of(0x88, cgram.length + 1, key.length), cgram, Uint8Array.of(3), keyCheckValue(key));
+  }
+  wipe(k.enc, k.mac, k.dek);
+  return { cla: 0x80, ins: 0xd8, p1: replaceKvn, p2: 0x81, data: concatBytes(...parts), le: 256 };
+}
+
+/** Checks a PUT KEY response (KVN || KCV ENC || KCV MAC || KCV DEK) against the keys that were sent. */
+export function checkPutKeyResponse(data: Uint8Array, newKeys: Scp03Keys & { kvn: number }): void {
+  const k = normalizeKeys(newKeys);
+  const expected = concatBytes(Uint8Array.of(newKeys.kvn), keyCheckValue(k.enc), keyCheckValue(k.mac), keyCheckValue(k.dek));
+  wipe(k.enc, k.mac, k.dek);
+  if (!Buffer.from(expected).equals(Buffer.from(data))) throw new Scp03Error("PUT KEY response does not confirm the new key set");
+}
+
+/** Parses an INITIALIZE UPDATE response (data only, or data || 9000). */
+export function parseInitUpdateResponse(resp: Uint8Array): InitUpdateInfo {
+  let data = resp;
+  if (resp.length === 31 || resp.length === 34 || resp.length === 2) {
+    const r = parseResponse(resp);
+    if (r.sw !== 0x9000) throw new Scp03Error(`INITIALIZE UPDATE refused with SW ${swText(r.sw)}${r.sw === 0x6a88 ? " (no key set with that version)" : ""}`, r.sw);
+    data = r.data;
+  }
+  if (data.length !== 29 && data.length !== 32) throw new Scp03Error(`INITIALIZE UPDATE response of ${data.length} bytes (expected 29 or 32, S8 mode)`);
+  const i = data[12];
+  const info: InitUpdateInfo = {
+    diversificationData: data.slice(0, 10),
+    kvn: data[10],
+    scpId: data[11],
+    i,
+    cardChallenge: data.slice(13, 21),
+    cardCryptogram: data.slice(21, 29),
+    sequenceCounter: data.length === 32 ? (data[29] << 16) | (data[30] << 8) | data[31] : undefined,
+  };
+  if (info.scpId !== 0x03) throw new Scp03Error(`card answered with SCP ${info.scpId.toString(16)}, not SCP03`);
+  if (i & 0x01) throw new Scp03Error("card uses S16 mode, which this host does not implement");
+  if ((i & 0x10) !== 0 !== (data.length === 32)) throw new Scp03Error("sequence counter presence does not match the i parameter");
+  return info;
+}
+
+interface Pending {
+  mcv: Uint8Array;
+  counter: number;
+}
+
+export class Scp03HostSession {
+  readonly level: number;
+  readonly channel: number;
+  private readonly kvn: number;
+  private readonly keys: { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array };
+  private hostChallenge: Uint8Array | undefined;
+  private sk: SessionKeys | undefined;
+  private mcv: Uint8Array = new Uint8Array(16);
+  private counter = 0;
+  private pending: Pending[] = [];
+  private state: "new" | "initializing" | "open" | "closed" = "new";
+  info: InitUpdateInfo | undefined;
+
+  constructor(keys: Scp03Keys, opts: Scp03Options) {
+    if (!VALID_LEVELS.includes(opts.level)) throw new Scp03Error(`unsupported security level ${opts.level.toString(16)}`);
+    const ch = opts.channel ?? 0;
+    if (!Number.isInteger(ch) || ch < 0 || ch > 3) throw new Scp03Error("logical channel must be 0..3");
+    this.keys = normalizeKeys(keys);
+    this.level = opts.level;
+    this.channel = ch;
+    this.kvn = opts.kvn ?? keys.kvn ?? 0;
+    if (!Number.isInteger(this.kvn) || this.kvn < 0 || this.kvn > 0x7f) throw new Scp03Error("KVN must be 0..127");
+  }
+
+  /** True once authenticate() produced EXTERNAL AUTHENTICATE and until the session ends. */
+  get open(): boolean {
+    return this.state === "open";
+  }
+
+  /** Wrapped commands whose responses have not been unwrapped yet. */
+  get pendingResponses(): number {
+    return this.pending.length;
+  }
+
+  /** INITIALIZE UPDATE command bytes: 80 50 KVN 00 08 <host challenge> 00. */
+  initializeUpdate(hostChallenge?: Uint8Array): Uint8Array {
+    if (hostChallenge && hostChallenge.length !== 8) throw new Scp03Error("host challenge must be 8 bytes");
+    this.hostChallenge = hostChallenge ? Uint8Array.from(hostChallenge) : new Uint8Array(randomBytes(8));
+    this.state = "initializing";
+    return encodeCommand({ cla: 0x80 | this.channel, ins: INS_INITIALIZE_UPDATE, p1: this.kvn, p2: 0, data: this.hostChallenge, le: 256 });
+  }
+
+  /**
+   * Checks the card cryptogram in the INITIALIZE UPDATE response and returns the EXTERNAL AUTHENTICATE command.
+   * Throws Scp03Error when the card cryptogram is wrong (wrong static keys, or not the expected card).
+   */
+  authenticate(initUpdateResponse: Uint8Array): Uint8Array {
+    if (this.state !== "initializing" || !this.hostChallenge) throw new Scp03Error("authenticate() must follow initializeUpdate()");
+    const info = parseInitUpdateResponse(initUpdateResponse);
+    if (this.kvn !== 0 && info.kvn !== this.kvn) throw new Scp03Error(`card used key set ${info.kvn}, ${this.kvn} was asked for`);
+    if (this.level & SEC.R_MAC && !(info.i & 0x20)) throw new Scp03Error("card does not support R-MAC");
+    if (this.level & SEC.R_ENCRYPTION && !(info.i & 0x40)) throw new Scp03Error("card does not support R-ENCRYPTION");
+    const context = concatBytes(this.hostChallenge, info.cardChallenge);
+    const sk = deriveSessionKeys(this.keys.enc, this.keys.mac, context);
+    const expected = cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, context);
+    if (!Buffer.from(expected).equals(Buffer.from(info.cardCryptogram))) {
+      wipe(sk.sEnc, sk.sMac, sk.sRmac);
+      this.state = "closed";
+      throw new Scp03Error(
+        `wrong card cryptogram: the static keys (KVN ${info.kvn}) do not match this card, or it is not the expected card. ` +
+          "Each failed attempt counts toward the card's authentication failure limit, after which it erases its keys.",
+      );
+    }
+    this.info = info;
+    this.sk = sk;
+    const hostCryptogram = cryptogram(sk.sMac, DERIVE.HOST_CRYPTOGRAM, context);
+    const cla = 0x84 | this.channel;
+    const full = aesCmac(sk.sMac, concatBytes(new Uint8Array(16), Uint8Array.of(macClass(cla), INS_EXTERNAL_AUTHENTICATE, this.level, 0), lcBytes(16, false), hostCryptogram));
+    this.mcv = full;
+    this.counter = 0;
+    this.pending = [];
+    this.state = "open";
+    return encodeCommand({ cla, ins: INS_EXTERNAL_AUTHENTICATE, p1: this.level, p2: 0, data: concatBytes(hostCryptogram, full.subarray(0, 8)) });
+  }
+
+  /** Largest command data one short APDU can carry at this session's level. */
+  get maxShortData(): number {
+    if (!(this.level & SEC.C_MAC)) return 255;
+    return this.level & SEC.C_DECRYPTION ? 239 : 247;
+  }
+
+  /**
+   * Wraps one command: C-DECRYPTION of its data (level bit 0x02) and C-MAC. The class byte gets the SM bit and the
+   * session's logical channel. Extended length is used when the wrapped data needs it or when asked.
+   */
+  wrap(cmd: ApduCommand, opts: { extended?: boolean } = {}): Uint8Array {
+    const sk = this.requireOpen();
+    const wireCla = (cmd.cla & 0xf0) | (this.level & SEC.C_MAC ? 0x04 : 0) | this.channel;
+    const data = cmd.data ?? new Uint8Array(0);
+    if (!(this.level & SEC.C_MAC)) return encodeCommand({ ...cmd, cla: wireCla, data, extended: opts.extended });
+    this.counter += 1;
+    let body = data;
+    if (this.level & SEC.C_DECRYPTION && data.length > 0) {
+      const icv = aesEcbEncrypt(sk.sEnc, counterBlock(this.counter, false));
+      body = aesCbcEncrypt(sk.sEnc, icv, pad80(data));
+    }
+    const lc = body.length + 8;
+    if (lc > 65535) throw new Scp03Error("wrapped command data exceeds 65535 bytes; use wrapChained()");
+    const ext = opts.extended === true || lc > 255 || (cmd.le !== undefined && cmd.le > 256);
+    const full = aesCmac(sk.sMac, concatBytes(this.mcv, Uint8Array.of(macClass(wireCla), cmd.ins, cmd.p1, cmd.p2), lcBytes(lc, ext), body));
+    this.mcv = full;
+    this.pending.push({ mcv: full, counter: this.counter });
+    // Responses grow by the R-MAC and R-ENC padding: ask for the maximum when the caller expects data.
+    const le = cmd.le === undefined ? undefined : ext ? 65536 : 256;
+    return encodeCommand({ cla: wireCla, ins: cmd.ins, p1: cmd.p1, p2: cmd.p2, data: concatBytes(body, full.subarray(0, 8)), le, extended: ext });
+  }
+
+  /**
+   * Splits long command data into an ISO 7816-4 command chain (CLA b5 on all but the last part) and wraps each part
+   * on its own, as the card unwraps each part on its own. Responses to every part must be unwrapped, in order.
+   */
+  wrapChained(cmd: ApduCommand, maxPart = this.maxShortData): Uint8Array[] {
+    if (!Number.isInteger(maxPart) || maxPart < 1 || maxPart > this.maxShortData) throw new Scp03Error(`chain part size must be 1..${this.maxShortData}`);
+    const data = cmd.data ?? new Uint8Array(0);
+    if (data.length <= maxPart) return [this.wrap(cmd)];
+    const out: Uint8Array[] = [];
+    for (let o = 0; o < data.length; o += maxPart) {
+      const last = o + maxPart >= data.length;
+      const part = data.subarray(o, o + maxPart);
+      out.push(this.wrap({ cla: last ? cmd.cla : cmd.cla | 0x10, ins: cmd.ins, p1: cmd.p1, p2: cmd.p2, data: part, le: last ? cmd.le : undefined }));
+    }
+    return out;
+  }
+
+  /**
+   * Checks and opens the response to the oldest wrapped command not yet unwrapped: verifies the R-MAC (level bit
+   * 0x10) and decrypts R-ENCRYPTION (0x20). Throws Scp03Error on a bad R-MAC, which also ends the host session.
+   * An error status word carries no R-MAC (Amendment D §6.2.5) and is returned as is; 6988 means the card ended
+   * the session.
+   */
+  unwrap(response: Uint8Array): { data: Uint8Array; sw: number } {
+    const sk = this.requireOpen();
+    const r = parseResponse(response);
+    if (!(this.level & SEC.C_MAC)) return { data: Uint8Array.from(r.data), sw: r.sw };
+    const p = this.pending.shift();
+    if (!p) throw new Scp03Error("unwrap() without a wrapped command awaiting its response");
+    if (!(this.level & SEC.R_MAC)) {
+      if (r.sw === 0x6988) this.end();
+      return { data: Uint8Array.from(r.data), sw: r.sw };
+    }
+    if (!isProtectedSw(r.sw)) {
+      if (r.sw === 0x6988) this.end();
+      if (r.data.length) {
+        this.end();
+        throw new Scp03Error(`status ${swText(r.sw)} came with unprotected response data`, r.sw);
+      }
+      return { data: new Uint8Array(0), sw: r.sw };
+    }
+    if (r.data.length < 8) {
+      this.end();
+      throw new Scp03Error(`response too short to carry an R-MAC (SW ${swText(r.sw)})`, r.sw);
+    }
+    const body = r.data.subarray(0, r.data.length - 8);
+    const rmac = r.data.subarray(r.data.length - 8);
+    const expected = aesCmac(sk.sRmac, concatBytes(p.mcv, body, Uint8Array.of(r.sw >> 8, r.sw & 0xff))).subarray(0, 8);
+    if (!Buffer.from(expected).equals(Buffer.from(rmac))) {
+      this.end();
+      throw new Scp03Error("R-MAC verification failed: the response was altered on its way from the card", r.sw);
+    }
+    let data: Uint8Array = Uint8Array.from(body);
+    if (this.level & SEC.R_ENCRYPTION && body.length > 0) {
+      const plain = body.length % 16 ? undefined : unpad80(aesCbcDecrypt(sk.sEnc, aesEcbEncrypt(sk.sEnc, counterBlock(p.counter, true)), body));
+      if (!plain) {
+        this.end();
+        throw new Scp03Error("R-ENCRYPTION: response data does not decrypt to valid padding", r.sw);
+      }
+      data = Uint8Array.from(plain);
+    }
+    return { data, sw: r.sw };
+  }
+
+  /** PUT KEY for a new key set, encrypted under this session's static DEK, wrapped (needs level 0x03 or higher). */
+  putKey(newKeys: Scp03Keys & { kvn: number }, replaceKvn = 0): Uint8Array {
+    return this.wrap(putKeyCommand(this.keys.dek, newKeys, replaceKvn));
+  }
+
+  /** Ends the session on the host side and wipes the session keys (the static keys stay for a new session). */
+  end(): void {
+    if (this.sk) wipe(this.sk.sEnc, this.sk.sMac, this.sk.sRmac);
+    this.sk = undefined;
+    this.pending = [];
+    this.state = "closed";
+  }
+
+  private requireOpen(): SessionKeys {
+    if (this.state !== "open" || !this.sk) throw new Scp03Error("no open SCP03 session (not authenticated, or ended)");
+    return this.sk;
+  }
+}
+
+export type Transmit = (apdu: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+
+/** Sends one APDU and gathers a 61xx response with GET RESPONSE on the same logical channel. */
+export async function transmitAll(transmit: Transmit, apdu: Uint8Array, channel = 0): Promise<Uint8Array> {
+  let r = parseResponse(await transmit(apdu));
+  const chunks: Uint8Array[] = [Uint8Array.from(r.data)];
+  let guard = 0;
+  while (r.sw >> 8 === 0x61) {
+    if (++guard > 1024) throw new Scp03Error("card keeps answering 61xx");
+    const le = r.sw & 0xff || 256;
+    r = parseResponse(await transmit(encodeCommand({ cla: channel, ins: 0xc0, p1: 0, p2: 0, le })));
+    chunks.push(Uint8Array.from(r.data));
+  }
+  return concatBytes(...chunks, Uint8Array.of(r.sw >> 8, r.sw & 0xff));
+}
+
+/** An SCP03 session over a transmit function: open() authenticates, send() wraps, transmits and unwraps. */
+export class Scp03Client {
+  private constructor(
+    private readonly transmit: Transmit,
+    readonly session: Scp03HostSession,
+  ) {}
+
+  static async open(transmit: Transmit, keys: Scp03Keys, opts: Scp03Options & { hostChallenge?: Uint8Array }): Promise<Scp03Client> {
+    const session = new Scp03HostSession(keys, opts);
+    const iu = await transmitAll(transmit, session.initializeUpdate(opts.hostChallenge), session.channel);
+    const ea = session.authenticate(iu);
+    const r = parseResponse(await transmitAll(transmit, ea, session.channel));
+    if (r.sw !== 0x9000) {
+      session.end();
+      throw new Scp03Error(`EXTERNAL AUTHENTICATE refused with SW ${swText(r.sw)}`, r.sw);
+    }
+    return new Scp03Client(transmit, session);
+  }
+
+  /** Sends a command under the session; data longer than one short APDU is sent as a command chain unless extended. */
+  async send(cmd: ApduCommand, opts: { extended?: boolean } = {}): Promise<{ data: Uint8Array; sw: number }> {
+    const data = cmd.data ?? new Uint8Array(0);
+    const apdus = opts.extended || data.length <= this.session.maxShortData ? [this.session.wrap(cmd, opts)] : this.session.wrapChained(cmd);
+    let last: { data: Uint8Array; sw: number } = { data: new Uint8Array(0), sw: 0x9000 };
+    for (let k = 0; k < apdus.length; k++) {
+      last = this.session.unwrap(await transmitAll(this.transmit, apdus[k], this.session.channel));
+      if (k < apdus.length - 1 && last.sw !== 0x9000) {
+        // The card abandoned the chain: the responses of the parts never sent will not come.
+        this.session.end();
+        return last;
+      }
+    }
+    return last;
+  }
+
+  /** Ends the session on the host side. The card ends its side on SELECT, reset or a new INITIALIZE UPDATE. */
+  close(): void {
+    this.session.end();
+  }
+}
