@@ -27,32 +27,32 @@ export function parseCommand(raw: Uint8Array): CommandApdu {
   if (raw.length < 4) throw new CardError(SW.WRONG_LENGTH, "APDU shorter than its header");
   const cla = raw[0], ins = raw[1], p1 = raw[2], p2 = raw[3];
   const body = raw.length - 4;
-  const base = { cla, ins, p1, p2 };
-  if (body === 0) return { ...base, data: EMPTY, le: undefined, extended: false }; // case 1
+  const make = (data: Uint8Array, le: number | undefined, extended: boolean): CommandApdu => ({ cla, ins, p1, p2, data, le, extended });
+  if (body === 0) return make(EMPTY, undefined, false); // case 1
   const b1 = raw[4];
-  if (body === 1) return { ...base, data: EMPTY, le: b1 === 0 ? 256 : b1, extended: false }; // case 2S
+  if (body === 1) return make(EMPTY, b1 === 0 ? 256 : b1, false); // case 2S
   if (b1 !== 0) {
     // short Lc
     const lc = b1;
-    if (body === 1 + lc) return { ...base, data: raw.subarray(5, 5 + lc), le: undefined, extended: false }; // 3S
+    if (body === 1 + lc) return make(raw.subarray(5, 5 + lc), undefined, false); // 3S
     if (body === 2 + lc) {
       const le = raw[5 + lc];
-      return { ...base, data: raw.subarray(5, 5 + lc), le: le === 0 ? 256 : le, extended: false }; // 4S
+      return make(raw.subarray(5, 5 + lc), le === 0 ? 256 : le, false); // 4S
     }
     throw new CardError(SW.WRONG_LENGTH, `Lc ${lc} does not match the ${body - 1} bytes that follow`);
   }
   // b1 == 0: extended length
   if (body === 3) {
     const le = (raw[5] << 8) | raw[6];
-    return { ...base, data: EMPTY, le: le === 0 ? 65536 : le, extended: true }; // 2E
+    return make(EMPTY, le === 0 ? 65536 : le, true); // 2E
   }
   if (body < 3) throw new CardError(SW.WRONG_LENGTH, "truncated extended length field");
   const lc = (raw[5] << 8) | raw[6];
   if (lc === 0) throw new CardError(SW.WRONG_LENGTH, "extended Lc of zero");
-  if (body === 3 + lc) return { ...base, data: raw.subarray(7, 7 + lc), le: undefined, extended: true }; // 3E
+  if (body === 3 + lc) return make(raw.subarray(7, 7 + lc), undefined, true); // 3E
   if (body === 5 + lc) {
     const le = (raw[7 + lc] << 8) | raw[8 + lc];
-    return { ...base, data: raw.subarray(7, 7 + lc), le: le === 0 ? 65536 : le, extended: true }; // 4E
+    return make(raw.subarray(7, 7 + lc), le === 0 ? 65536 : le, true); // 4E
   }
   throw new CardError(SW.WRONG_LENGTH, `extended Lc ${lc} does not match the ${body - 3} bytes that follow`);
 }

@@ -11,7 +11,7 @@
 // What a software card cannot protect: the file can be copied, and a copy can be replayed to roll the card
 // back (including its PIN retry counter) by whoever holds the image key. See README "What a software card protects".
 
-import { closeSync, fsyncSync, openSync, readSync, renameSync, writeSync, existsSync } from "node:fs";
+import { closeSync, fdatasyncSync, fsyncSync, openSync, readSync, renameSync, writeSync, existsSync } from "node:fs";
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scryptSync } from "node:crypto";
 
 const MAGIC = Buffer.from("CKMSCRD1");
@@ -42,7 +42,7 @@ export type Durability = "fsync" | "none";
 export type ImageSecret = string | Uint8Array;
 
 export interface EepromOptions {
-  /** "fsync": every write is flushed to stable storage before the next; "none": left to the OS page cache. */
+  /** "fsync": every commit is flushed to stable storage (fdatasync) before it returns; "none": left to the OS page cache. */
   durability?: Durability;
 }
 
@@ -147,6 +147,9 @@ export class Eeprom {
     const base = HEADER + slot * this.slotSize;
     this.write(body, base + RECORD);
     this.write(record, base);
+    // One flush per commit is enough for atomicity: whatever part of body and record the OS had persisted
+    // before a crash, the slot only validates when both landed whole, and the current image is in the other slot.
+    if (this.durability === "fsync") fdatasyncSync(this.fd);
     this.gen = gen;
     this.newest = slot;
   }
@@ -160,7 +163,6 @@ export class Eeprom {
       throw new PowerLoss(n);
     }
     writeSync(this.fd, buf, 0, buf.length, pos);
-    if (this.durability === "fsync") fsyncSync(this.fd);
   }
 
   close(): void {
