@@ -188,7 +188,8 @@ export class CardRuntime {
   private process(raw: Uint8Array): Uint8Array {
     if (this.st.lifecycle === "TERMINATED") throw new CardError(SW.WARN_TERMINATED, "card terminated");
     const cmd0 = parseCommand(raw);
-    if (cmd0.cla === 0xff) throw new CardError(SW.CLA_NOT_SUPPORTED, "invalid class FF");
+    // FF is invalid and 20-3F reserved (ISO 7816-4 §5.4.1)
+    if (cmd0.cla === 0xff || (cmd0.cla & 0xe0) === 0x20) throw new CardError(SW.CLA_NOT_SUPPORTED, "invalid or reserved class");
     const chNo = claChannel(cmd0.cla);
     if (chNo >= MAX_CHANNELS) throw new CardError(SW.LOGICAL_CHANNEL_NOT_SUPPORTED);
     const ch = this.channels[chNo];
@@ -205,8 +206,10 @@ export class CardRuntime {
 
     if (interindustry && cmd0.ins === 0x70 && !claSecureMessaging(cmd0.cla)) return this.manageChannel(ch, chNo, cmd0);
 
-    if (interindustry && cmd0.ins === 0xa4 && cmd0.p1 === 0x04 && !claSecureMessaging(cmd0.cla)) {
+    if (interindustry && cmd0.ins === 0xa4 && !claSecureMessaging(cmd0.cla)) {
       ch.chain = undefined;
+      if (claChaining(cmd0.cla)) throw new CardError(SW.CHAINING_NOT_SUPPORTED, "SELECT cannot be chained");
+      if (cmd0.p1 !== 0x04) throw new CardError(SW.INCORRECT_P1P2, "only selection by AID");
       return this.select(ch, chNo, cmd0);
     }
 
@@ -279,11 +282,12 @@ export class CardRuntime {
   }
 
   private select(ch: Channel, chNo: number, cmd: CommandApdu): Uint8Array {
-    if (cmd.data.length < 5 || cmd.data.length > 16) throw new CardError(SW.WRONG_DATA, "AID must be 5 to 16 bytes");
     if ((cmd.p2 & 0xf3) !== 0x00) throw new CardError(SW.INCORRECT_P1P2, "only first-or-only occurrence");
+    // An empty AID selects the Issuer Security Domain (GP Card Spec v2.3 §11.9.2.3).
+    if (cmd.data.length !== 0 && (cmd.data.length < 5 || cmd.data.length > 16)) throw new CardError(SW.WRONG_DATA, "AID must be 5 to 16 bytes");
     const aid = Buffer.from(cmd.data);
     // Partial AID selection: the given bytes may be a prefix of the applet's AID.
-    const applet = this.opts.applets.find((a) => Buffer.from(a.aid).subarray(0, aid.length).equals(aid));
+    const applet = aid.length === 0 ? this.opts.applets[0] : this.opts.applets.find((a) => Buffer.from(a.aid).subarray(0, aid.length).equals(aid));
     if (!applet) throw new CardError(SW.FILE_NOT_FOUND, "no application with that AID");
     ch.sc.reset();
     ch.transient.clear();
