@@ -1,7 +1,7 @@
 // npm run bench [name ...] — prints one JSON object per line: name, value, unit (and baseline, ratio where asked).
 // Benches: card (PIV signing ratio, persisted PIN verifies), pcsc (round trips through pcscd + vpcd), fuzz.
 
-type Result = { name: string; value: number; unit: string; [k: string]: unknown };
+type Result = { name: string; value: number; unit: string };
 
 const benches: Record<string, () => Promise<Result[]>> = {
   card: async () => (await import("./card.ts")).benchCard(),
