@@ -59,6 +59,7 @@ export function acquireFileLock(path: string, timeoutMs: number, owner = `pid ${
           (released ??= new Promise<void>((done) => {
             if (child.exitCode !== null || child.signalCode !== null) return done();
             child.once("exit", () => done());
+            child.ref(); // keep the loop alive until the lock is really gone
             child.stdin.end();
           })),
       });
