@@ -55,10 +55,17 @@ export function changeReference(card: CardRuntime, ref: PinRef, oldValue: Uint8A
   card.commit((s) => setReference(s, ref, newValue));
 }
 
-/** RESET RETRY COUNTER: the PUK unblocks the PIN and sets a new one, in one commit after the PUK check. */
+/** RESET RETRY COUNTER: the PUK (counted like a PIN) unblocks the PIN and sets a new one; PUK reset and new PIN in one commit. */
 export function resetRetryCounter(card: CardRuntime, puk: Uint8Array, newPin: Uint8Array): void {
-  verifyReference(card, "puk", puk);
-  card.commit((s) => setReference(s, "pin", newPin));
+  if (card.state.puk.tries <= 0) throw new CardError(SW.AUTH_METHOD_BLOCKED, "puk blocked");
+  card.commit((s) => {
+    s.puk.tries -= 1;
+  });
+  if (!matches(card.state.puk, puk)) throw failure(card.state.puk.tries);
+  card.commit((s) => {
+    s.puk.tries = s.puk.maxTries;
+    setReference(s, "pin", newPin);
+  });
 }
 
 function setReference(s: CardState, ref: PinRef, value: Uint8Array): void {

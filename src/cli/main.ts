@@ -9,6 +9,7 @@ import type { Durability } from "../card/eeprom.ts";
 import { unhex } from "../card/apdu.ts";
 import { parseResponse } from "../card/apdu.ts";
 import { runDemo } from "../demo/demo.ts";
+import { demoThroughPcsc, type PcscDemoResult } from "../demo/pcsc-demo.ts";
 import { readCardInfo } from "../terminal/card-info.ts";
 import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
@@ -131,15 +132,22 @@ program
   .command("demo")
   .description("personalise a card over SCP03, deliver keys online and as a sealed package, sign and verify")
   .option("--dir <dir>", "where the demo card, its image key and the CA certificate go", ".cardkms/demo")
+  .option("--pcsc", "then attach the card to pcscd and sign with OpenSC's pkcs11-tool, checked with openssl")
   .option("--json", "JSON output")
-  .action(async (o: { dir: string; json?: boolean }) => {
-    const r = await runDemo({ dir: o.dir, log: o.json ? undefined : (l) => console.log(l) });
-    r.card.close();
-    const ok = r.signatures.every((s) => s.verified);
+  .action(async (o: { dir: string; pcsc?: boolean; json?: boolean }) => {
+    const log = o.json ? undefined : (l: string) => console.log(l);
+    const r = await runDemo({ dir: o.dir, log });
+    let pcsc: PcscDemoResult | undefined;
+    try {
+      if (o.pcsc) pcsc = await demoThroughPcsc(r, o.dir, log);
+    } finally {
+      r.card.close();
+    }
+    const ok = r.signatures.every((s) => s.verified) && (!pcsc || (pcsc.signatureVerified && pcsc.chainVerified));
     print(
       o,
       `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`,
-      { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures },
+      { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures, pcsc },
     );
     if (!ok) process.exitCode = 1;
   });
