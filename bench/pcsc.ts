@@ -9,11 +9,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { Applet, SecureChannel } from "../src/card/applet.ts";
+import type { Applet } from "../src/card/applet.ts";
 import { CardRuntime } from "../src/card/runtime.ts";
 import { CardError, SW } from "../src/card/sw.ts";
 import { parseOpenscTool, run, withAttachedCard } from "../src/transport/pcsc.ts";
 import { VPCD_READER } from "../src/transport/vpcd.ts";
+import { noSecureChannel as refuseAll } from "../test/echo-applet.ts";
 
 export interface BenchResult {
   name: string;
@@ -37,21 +38,6 @@ const echoApplet: Applet = {
   },
 };
 
-const noSecureChannel: SecureChannel = {
-  level: 0,
-  authenticated: false,
-  owns: () => false,
-  handle: () => {
-    throw new CardError(SW.INS_NOT_SUPPORTED);
-  },
-  unwrap: () => {
-    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED);
-  },
-  wrap: () => {
-    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED);
-  },
-  reset: () => undefined,
-};
 
 async function timedRun(n: number): Promise<number> {
   const args = ["-r", VPCD_READER, "-c", "default", "-s", SELECT];
@@ -73,7 +59,7 @@ export async function benchPcsc(opts: { n?: number; repeats?: number } = {}): Pr
   const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-pcsc-"));
   const card = CardRuntime.create(join(dir, "card.img"), randomBytes(32), {
     applets: [echoApplet],
-    secureChannel: () => noSecureChannel,
+    secureChannel: refuseAll,
     keySet: { kvn: 0x30, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") },
     durability: "none",
   });

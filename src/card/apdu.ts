@@ -15,6 +15,16 @@ export interface CommandApdu {
   extended: boolean;
 }
 
+/** A command as a host builds it (lengths are worked out by encodeCommand). */
+export interface ApduCommand {
+  cla: number;
+  ins: number;
+  p1: number;
+  p2: number;
+  data?: Uint8Array;
+  le?: number;
+}
+
 export interface ResponseApdu {
   data: Uint8Array;
   sw: number;
@@ -58,15 +68,7 @@ export function parseCommand(raw: Uint8Array): CommandApdu {
 }
 
 /** Encodes a command APDU, choosing extended lengths when data > 255 or le > 256 (or when forced). */
-export function encodeCommand(c: {
-  cla: number;
-  ins: number;
-  p1: number;
-  p2: number;
-  data?: Uint8Array;
-  le?: number;
-  extended?: boolean;
-}): Uint8Array {
+export function encodeCommand(c: ApduCommand & { extended?: boolean }): Uint8Array {
   const data = c.data ?? EMPTY;
   if (data.length > 65535) throw new RangeError(`APDU data of ${data.length} bytes exceeds 65535`);
   if (c.le !== undefined && (c.le < 1 || c.le > 65536)) throw new RangeError(`Le ${c.le} outside 1..65536`);

@@ -1,18 +1,11 @@
 // Host side of ISO 7816-4 framing: sends a command, follows 61xx with GET RESPONSE, retries 6Cxx with the exact
 // Le, and splits long data into a command chain when the card (or reader) only takes short APDUs.
 
-import { encodeCommand, parseResponse, type ResponseApdu } from "../card/apdu.ts";
+import { encodeCommand, parseResponse, type ApduCommand, type ResponseApdu } from "../card/apdu.ts";
 
 export type Transmit = (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array;
 
-export interface Command {
-  cla: number;
-  ins: number;
-  p1: number;
-  p2: number;
-  data?: Uint8Array;
-  le?: number;
-}
+export type Command = ApduCommand;
 
 export class ApduError extends Error {
   constructor(

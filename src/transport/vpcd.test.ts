@@ -9,13 +9,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Applet, SecureChannel } from "../card/applet.ts";
+import type { Applet } from "../card/applet.ts";
 import { PowerLoss } from "../card/eeprom.ts";
 import { CardRuntime } from "../card/runtime.ts";
 import { CardError, SW } from "../card/sw.ts";
 import { InProcessTransport } from "./transport.ts";
 import { ensurePcscd, openscSend, readerAtr, run, scriptorSend, withAttachedCard } from "./pcsc.ts";
 import { VPCD_READER, VpcdConnector } from "./vpcd.ts";
+import { noSecureChannel as refuseAll } from "../../test/echo-applet.ts";
 
 // ---- a tiny test card: echo applet + a secure channel that refuses everything (real ISD/PIV live elsewhere)
 
@@ -40,27 +41,12 @@ function pattern(n: number, tag = 0): Uint8Array {
   return Uint8Array.from({ length: n }, (_, i) => (i & 0xff) ^ tag);
 }
 
-const refusingChannel: SecureChannel = {
-  level: 0,
-  authenticated: false,
-  owns: () => false,
-  handle: () => {
-    throw new CardError(SW.INS_NOT_SUPPORTED);
-  },
-  unwrap: () => {
-    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED);
-  },
-  wrap: () => {
-    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED);
-  },
-  reset: () => undefined,
-};
 
 function makeCard(tag = 0): { card: CardRuntime; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "cardkms-vpcd-test-"));
   const card = CardRuntime.create(join(dir, "card.img"), randomBytes(32), {
     applets: [echoApplet(tag)],
-    secureChannel: () => refusingChannel,
+    secureChannel: refuseAll,
     keySet: { kvn: 0x30, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") },
     durability: "none",
   });

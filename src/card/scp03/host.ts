@@ -11,7 +11,7 @@
 // Wire details shared with the card live in sm.ts. Secrets (keys, session keys) never appear in error messages.
 
 import { randomBytes } from "node:crypto";
-import { encodeCommand, parseResponse } from "../apdu.ts";
+import { encodeCommand, parseResponse, type ApduCommand } from "../apdu.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, type SessionKeys } from "./kdf.ts";
 import {
@@ -37,14 +37,7 @@ export interface Scp03Keys {
   dek: Uint8Array | string;
 }
 
-export interface ApduCommand {
-  cla: number;
-  ins: number;
-  p1: number;
-  p2: number;
-  data?: Uint8Array;
-  le?: number;
-}
+export type { ApduCommand } from "../apdu.ts";
 
 export interface Scp03Options {
   /** Security level for EXTERNAL AUTHENTICATE: 0x00, 0x01, 0x03, 0x11, 0x13 or 0x33. */
