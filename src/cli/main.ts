@@ -69,7 +69,7 @@ card
   .addOption(imageKeyOption())
   .option("--json", "JSON output")
   .action(async (image: string, o: { imageKeyFile?: string; json?: boolean }) => {
-    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile), { durability: "fsync" });
     try {
       const info = await readCardInfo((a) => c.transmit(a));
       const human =
@@ -96,7 +96,7 @@ card
   .addOption(imageKeyOption())
   .option("--json", "JSON output")
   .action((image: string, apdus: string[], o: { imageKeyFile?: string; json?: boolean }) => {
-    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile), { durability: "fsync" });
     try {
       const out = apdus.map((hexApdu) => {
         const r = parseResponse(c.transmit(unhex(hexApdu)));
@@ -117,7 +117,7 @@ card
   .addOption(imageKeyOption())
   .option("--json", "JSON output")
   .action(async (image: string, o: { host: string; port: number; imageKeyFile?: string; json?: boolean }) => {
-    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile));
+    const c = openCard(mustExist(image), resolveImageSecret(o.imageKeyFile), { durability: "fsync" });
     const conn = await attachVpcd(c, { host: o.host, port: o.port });
     print(o, `card ${c.state.cardId} attached: PC/SC reader "${VPCD_READER}" (Ctrl-C to detach)`, { cardId: c.state.cardId, reader: VPCD_READER });
     await new Promise<void>((resolve) => {

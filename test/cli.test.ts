@@ -1,0 +1,54 @@
+// The cardkms command as a user runs it (a child process): create, show, apdu, demo, help, and clear errors.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { tempDir } from "./helpers.ts";
+
+const dir = tempDir("cardkms-cli-");
+const KEY = "11".repeat(32);
+
+function cli(args: string[], env: Record<string, string> = { CARDKMS_IMAGE_KEY: KEY }): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { env: { ...process.env, CARDKMS_IMAGE_KEY: "", ...env }, timeout: 60_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+test("create, show and apdu through the CLI, with --json", { timeout: 120_000 }, async () => {
+  const image = join(dir, "a.card");
+  const created = await cli(["card", "create", image, "--card-id", "0102030405060708", "--capacity", "4096", "--json"]);
+  assert.equal(created.code, 0, created.stderr);
+  assert.deepEqual(JSON.parse(created.stdout), { image, cardId: "0102030405060708", capacity: 4096 });
+  const shown = await cli(["card", "show", image, "--json"]);
+  assert.equal(shown.code, 0, shown.stderr);
+  const info = JSON.parse(shown.stdout);
+  assert.equal(info.cardId, "0102030405060708");
+  assert.equal(info.lifecycle, "OP_READY");
+  assert.deepEqual(info.keySets, [{ kvn: 0x30, keyLength: 16 }]);
+  const apdu = await cli(["card", "apdu", image, "00A4040009A00000030800001000", "0020008000", "--json"]);
+  assert.equal(apdu.code, 0, apdu.stderr);
+  assert.deepEqual(JSON.parse(apdu.stdout).map((r: { sw: string }) => r.sw), ["9000", "63C3"]);
+  const wrongKey = await cli(["card", "show", image], { CARDKMS_IMAGE_KEY: "22".repeat(32) });
+  assert.equal(wrongKey.code, 1);
+  assert.match(wrongKey.stderr, /wrong image key/);
+  const noKey = await cli(["card", "show", image], {});
+  assert.equal(noKey.code, 2);
+  assert.match(noKey.stderr, /CARDKMS_IMAGE_KEY/);
+  const exists = await cli(["card", "create", image]);
+  assert.match(exists.stderr, /already exists/);
+});
+
+test("demo --json reports verified signatures; every command has --help", { timeout: 120_000 }, async () => {
+  const demo = await cli(["demo", "--dir", join(dir, "demo"), "--json"], {});
+  assert.equal(demo.code, 0, demo.stderr);
+  const r = JSON.parse(demo.stdout);
+  assert.equal(r.ok, true);
+  assert.deepEqual(r.signatures.map((s: { verified: boolean }) => s.verified), [true, true]);
+  for (const cmd of [[], ["card"], ["card", "create"], ["card", "show"], ["card", "apdu"], ["card", "attach"], ["demo"]]) {
+    const h = await cli([...cmd, "--help"]);
+    assert.equal(h.code, 0, `${cmd.join(" ")} --help`);
+    assert.match(h.stdout, /Usage: cardkms/);
+  }
+});
