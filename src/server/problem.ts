@@ -1,0 +1,103 @@
+// One error shape for the whole API: RFC 9457 problem details (application/problem+json).
+// Domain modules throw ApiProblem (or their own errors mapped here); Fastify's own errors (validation, JSON
+// syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500 whose detail never
+// carries the error message (it could hold a secret); the message goes to the log under the request id.
+
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+
+export const PROBLEM_TYPE_BASE = "https://cardkms.dev/problems/";
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail?: string;
+  instance?: string;
+  /** Validation failures: where and what. */
+  errors?: { pointer: string; detail: string }[];
+}
+
+export class ApiProblem extends Error {
+  constructor(
+    readonly status: number,
+    readonly slug: string,
+    readonly title: string,
+    readonly detail?: string,
+  ) {
+    super(detail ?? title);
+    this.name = "ApiProblem";
+  }
+}
+
+export const notFound = (what: string, id: string) => new ApiProblem(404, "not-found", `${what} not found`, `no ${what} with id ${id}`);
+export const conflict = (detail: string) => new ApiProblem(409, "conflict", "Conflict", detail);
+
+/** JSON schema of a problem body, for route response schemas and the OpenAPI document. */
+export const problemSchema = {
+  $id: "Problem",
+  type: "object",
+  properties: {
+    type: { type: "string" },
+    title: { type: "string" },
+    status: { type: "integer" },
+    detail: { type: "string" },
+    instance: { type: "string" },
+    errors: { type: "array", items: { type: "object", properties: { pointer: { type: "string" }, detail: { type: "string" } } } },
+  },
+  required: ["type", "title", "status"],
+} as const;
+
+function send(reply: FastifyReply, p: Problem): FastifyReply {
+  return reply.code(p.status).type("application/problem+json").send(p);
+}
+
+function fromFastify(e: FastifyError): Problem | undefined {
+  if (e.validation) {
+    return {
+      type: PROBLEM_TYPE_BASE + "validation",
+      title: "Request does not match the schema",
+      status: 400,
+      detail: e.message,
+      errors: e.validation.map((v) => ({ pointer: `${e.validationContext ?? "body"}${v.instancePath || ""}`, detail: v.message ?? v.keyword })),
+    };
+  }
+  const code = e.code ?? "";
+  const map: Record<string, [number, string, string]> = {
+    FST_ERR_CTP_BODY_TOO_LARGE: [413, "body-too-large", "Request body too large"],
+    FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, "unsupported-media-type", "Unsupported media type"],
+    FST_ERR_CTP_EMPTY_JSON_BODY: [400, "malformed-json", "Empty JSON body"],
+    FST_ERR_CTP_INVALID_JSON_BODY: [400, "malformed-json", "Malformed JSON body"],
+    FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "bad-request", "Invalid Content-Length"],
+  };
+  const m = map[code];
+  if (m) return { type: PROBLEM_TYPE_BASE + m[1], title: m[2], status: m[0], detail: e.message };
+  if (e instanceof SyntaxError || (e.statusCode === 400 && /JSON/i.test(e.message)))
+    return { type: PROBLEM_TYPE_BASE + "malformed-json", title: "Malformed JSON body", status: 400, detail: e.message };
+  if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500)
+    return { type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status: e.statusCode, detail: e.message };
+  return undefined;
+}
+
+/** Installs the problem+json error and not-found handlers on an instance. */
+export function installProblemHandlers(app: FastifyInstance, onError?: (status: number) => void): void {
+  app.addSchema(problemSchema);
+  app.setErrorHandler((err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
+    let p: Problem;
+    if (err instanceof ApiProblem) p = { type: PROBLEM_TYPE_BASE + err.slug, title: err.title, status: err.status, detail: err.detail };
+    else {
+      const mapped = fromFastify(err);
+      if (mapped) p = mapped;
+      else {
+        req.log.error({ err: { name: err.name, code: err.code } }, "unhandled error");
+        p = { type: PROBLEM_TYPE_BASE + "internal", title: "Internal error", status: 500, detail: `see the server log for request ${req.id}` };
+      }
+    }
+    p.instance = req.url.split("?")[0];
+    onError?.(p.status);
+    return send(reply, p);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    onError?.(404);
+    return send(reply, { type: PROBLEM_TYPE_BASE + "not-found", title: "No such route", status: 404, detail: `${req.method} ${req.url.split("?")[0]}`, instance: req.url.split("?")[0] });
+  });
+}
