@@ -1,0 +1,37 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ConfigError, DEFAULT_CONFIG, loadConfig } from "./config.ts";
+import { tempDir } from "../../test/helpers.ts";
+
+const dir = tempDir();
+
+test("defaults, then file, then environment", () => {
+  assert.deepEqual(loadConfig({ env: {} }), DEFAULT_CONFIG);
+  const f = join(dir, "c.json");
+  writeFileSync(f, JSON.stringify({ listen: { port: 9000 }, database: "postgres://u@127.0.0.1/db" }));
+  const c = loadConfig({ file: f, env: { CARDKMS_LISTEN_HOST: "0.0.0.0", CARDKMS_CUSTODY: "pkcs11", CARDKMS_PKCS11_MODULE: "/usr/lib/softhsm/libsofthsm2.so", CARDKMS_PKCS11_TOKEN: "t" } });
+  assert.deepEqual(c.listen, { host: "0.0.0.0", port: 9000 });
+  assert.equal(c.database, "postgres://u@127.0.0.1/db");
+  assert.deepEqual(c.custody, { kind: "pkcs11", module: "/usr/lib/softhsm/libsofthsm2.so", tokenLabel: "t" });
+});
+
+test("every problem is reported at once with its source", () => {
+  const f = join(dir, "bad.json");
+  writeFileSync(f, JSON.stringify({ listen: { port: "x" }, bogus: 1 }));
+  try {
+    loadConfig({ file: f, env: { CARDKMS_EXPIRY_WINDOW_DAYS: "soon", CARDKMS_LOG_LEVEL: "loud" } });
+    assert.fail("expected ConfigError");
+  } catch (e) {
+    assert.ok(e instanceof ConfigError);
+    const all = e.problems.join("\n");
+    assert.match(all, /CARDKMS_EXPIRY_WINDOW_DAYS=soon: not an integer/);
+    assert.match(all, /\/listen\/port must be integer \(from .*bad\.json\)/);
+    assert.match(all, /additional properties \(bogus\)/);
+    assert.match(all, /\/logLevel must be equal to one of the allowed values \(from CARDKMS_LOG_LEVEL\)/);
+  }
+  writeFileSync(f, "{ nope");
+  assert.throws(() => loadConfig({ file: f, env: {} }), /bad\.json: /);
+  assert.throws(() => loadConfig({ env: { CARDKMS_CUSTODY: "pkcs11" } }), /must have required property 'module'/);
+});

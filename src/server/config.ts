@@ -1,0 +1,158 @@
+// Issuer configuration: defaults, then a JSON file, then CARDKMS_* environment variables, validated as a whole
+// at start-up. Every problem is reported at once, naming where the bad value came from.
+
+import { readFileSync } from "node:fs";
+import { Ajv } from "ajv";
+
+export interface IssuerConfig {
+  listen: { host: string; port: number };
+  /** SQLite file path (embedded default) or postgres:// URL. */
+  database: string;
+  custody:
+    | { kind: "software"; keystore: string }
+    | { kind: "pkcs11"; module: string; tokenLabel: string };
+  ca: { mode: "local"; subject: string } | { mode: "remote"; url: string };
+  /** URL put in certificates' CRL distribution points. */
+  crlUrl: string;
+  validity: { cardDays: number; keySetDays: number; certificateDays: number };
+  expiry: { windowDays: number; scanIntervalSeconds: number };
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+}
+
+export const DEFAULT_CONFIG: IssuerConfig = {
+  listen: { host: "127.0.0.1", port: 8443 },
+  database: ".cardkms/issuer.db",
+  custody: { kind: "software", keystore: ".cardkms/keystore.json" },
+  ca: { mode: "local", subject: "CN=cardkms CA" },
+  crlUrl: "http://127.0.0.1:8443/crl",
+  validity: { cardDays: 5 * 365, keySetDays: 2 * 365, certificateDays: 365 },
+  expiry: { windowDays: 30, scanIntervalSeconds: 3600 },
+  logLevel: "info",
+};
+
+const schema = {
+  type: "object",
+  additionalProperties: false,
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel"],
+  properties: {
+    listen: {
+      type: "object",
+      additionalProperties: false,
+      required: ["host", "port"],
+      properties: { host: { type: "string", minLength: 1 }, port: { type: "integer", minimum: 0, maximum: 65535 } },
+    },
+    database: { type: "string", minLength: 1 },
+    custody: {
+      oneOf: [
+        { type: "object", additionalProperties: false, required: ["kind", "keystore"], properties: { kind: { const: "software" }, keystore: { type: "string", minLength: 1 } } },
+        {
+          type: "object",
+          additionalProperties: false,
+          required: ["kind", "module", "tokenLabel"],
+          properties: { kind: { const: "pkcs11" }, module: { type: "string", minLength: 1 }, tokenLabel: { type: "string", minLength: 1 } },
+        },
+      ],
+    },
+    ca: {
+      oneOf: [
+        { type: "object", additionalProperties: false, required: ["mode", "subject"], properties: { mode: { const: "local" }, subject: { type: "string", minLength: 3 } } },
+        { type: "object", additionalProperties: false, required: ["mode", "url"], properties: { mode: { const: "remote" }, url: { type: "string", pattern: "^https?://" } } },
+      ],
+    },
+    crlUrl: { type: "string", pattern: "^https?://" },
+    validity: {
+      type: "object",
+      additionalProperties: false,
+      required: ["cardDays", "keySetDays", "certificateDays"],
+      properties: {
+        cardDays: { type: "integer", minimum: 1 },
+        keySetDays: { type: "integer", minimum: 1 },
+        certificateDays: { type: "integer", minimum: 1 },
+      },
+    },
+    expiry: {
+      type: "object",
+      additionalProperties: false,
+      required: ["windowDays", "scanIntervalSeconds"],
+      properties: { windowDays: { type: "integer", minimum: 0 }, scanIntervalSeconds: { type: "integer", minimum: 1 } },
+    },
+    logLevel: { enum: ["fatal", "error", "warn", "info", "debug", "trace", "silent"] },
+  },
+} as const;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Environment variables and the config path they set. Numbers are parsed; anything unparseable is reported. */
+const ENV: Record<string, { path: string[]; type: "string" | "integer" }> = {
+  CARDKMS_LISTEN_HOST: { path: ["listen", "host"], type: "string" },
+  CARDKMS_LISTEN_PORT: { path: ["listen", "port"], type: "integer" },
+  CARDKMS_DATABASE: { path: ["database"], type: "string" },
+  CARDKMS_CUSTODY: { path: ["custody", "kind"], type: "string" },
+  CARDKMS_KEYSTORE: { path: ["custody", "keystore"], type: "string" },
+  CARDKMS_PKCS11_MODULE: { path: ["custody", "module"], type: "string" },
+  CARDKMS_PKCS11_TOKEN: { path: ["custody", "tokenLabel"], type: "string" },
+  CARDKMS_CA_URL: { path: ["ca", "url"], type: "string" },
+  CARDKMS_CRL_URL: { path: ["crlUrl"], type: "string" },
+  CARDKMS_EXPIRY_WINDOW_DAYS: { path: ["expiry", "windowDays"], type: "integer" },
+  CARDKMS_LOG_LEVEL: { path: ["logLevel"], type: "string" },
+};
+
+function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {
+  let cur = o;
+  for (const k of path.slice(0, -1)) cur = (cur[k] ??= {}) as Record<string, unknown>;
+  cur[path[path.length - 1]] = v;
+}
+
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): IssuerConfig {
+  const env = opts.env ?? process.env;
+  const problems: string[] = [];
+  const cfg = structuredClone(DEFAULT_CONFIG) as unknown as Record<string, unknown>;
+  const sources = new Map<string, string>();
+  if (opts.file) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(opts.file, "utf8"));
+    } catch (e) {
+      throw new ConfigError([`${opts.file}: ${(e as Error).message}`]);
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new ConfigError([`${opts.file}: must hold a JSON object`]);
+    for (const [k, v] of Object.entries(parsed)) {
+      // Sections replace the default wholesale when the kind changes (custody, ca), else merge.
+      const cur = cfg[k];
+      cfg[k] = v && typeof v === "object" && !Array.isArray(v) && cur && typeof cur === "object" && !("kind" in v) && !("mode" in v) ? { ...cur, ...v } : v;
+      sources.set(`/${k}`, opts.file);
+    }
+  }
+  for (const [name, spec] of Object.entries(ENV)) {
+    const raw = env[name];
+    if (raw === undefined || raw === "") continue;
+    let v: unknown = raw;
+    if (spec.type === "integer") {
+      v = Number(raw);
+      if (!Number.isInteger(v)) {
+        problems.push(`${name}=${raw}: not an integer`);
+        continue;
+      }
+    }
+    if (name === "CARDKMS_CUSTODY") cfg.custody = raw === "pkcs11" ? { kind: "pkcs11" } : { ...(cfg.custody as object), kind: raw };
+    else if (name === "CARDKMS_CA_URL") cfg.ca = { mode: "remote", url: raw };
+    else setPath(cfg, spec.path, v);
+    sources.set(`/${spec.path.join("/")}`, name);
+  }
+  const ajv = new Ajv({ allErrors: true });
+  if (!ajv.validate(schema, cfg)) {
+    for (const e of ajv.errors ?? []) {
+      const where = e.instancePath || "/";
+      const from = [...sources].find(([p]) => where.startsWith(p))?.[1];
+      const extra = e.keyword === "additionalProperties" ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : "";
+      problems.push(`${where} ${e.message}${extra}${from ? ` (from ${from})` : ""}`);
+    }
+  }
+  if (problems.length) throw new ConfigError([...new Set(problems)]);
+  return cfg as unknown as IssuerConfig;
+}
