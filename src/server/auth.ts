@@ -1,0 +1,60 @@
+// Operators and auditors authenticate with bearer API tokens that carry roles. Only a SHA-256 of each token is
+// stored; the token itself is shown once, when it is created. A route declares the roles it admits in its
+// config (`config: { roles: ["operator"] }`); a route without roles is public (health, CRL, OpenAPI).
+
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { ApiProblem } from "./problem.ts";
+
+export type Role = "admin" | "operator" | "auditor" | "terminal";
+export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal"];
+
+export interface Principal {
+  name: string;
+  roles: Role[];
+}
+
+/** Looks a token hash up (e.g. in the operators table); undefined when unknown or disabled. */
+export type TokenLookup = (tokenHash: string) => Promise<Principal | undefined>;
+
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token, "utf8").digest("hex");
+}
+
+/** A fresh API token and the hash to store. */
+export function newToken(): { token: string; hash: string } {
+  const token = `ckms_${randomBytes(32).toString("base64url")}`;
+  return { token, hash: hashToken(token) };
+}
+
+export function sameHash(a: string, b: string): boolean {
+  const x = Buffer.from(a, "hex");
+  const y = Buffer.from(b, "hex");
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    principal?: Principal;
+  }
+  interface FastifyContextConfig {
+    roles?: Role[];
+  }
+}
+
+/** Installs bearer-token authentication and per-route role checks (401 unauthenticated, 403 wrong role). */
+export function installAuth(app: FastifyInstance, lookup: TokenLookup): void {
+  app.decorateRequest("principal", undefined);
+  app.addHook("onRequest", async (req: FastifyRequest) => {
+    const roles = req.routeOptions.config?.roles;
+    if (!roles?.length) return;
+    const h = req.headers.authorization;
+    const m = typeof h === "string" ? /^Bearer ([A-Za-z0-9_\-.~+/=]{8,200})$/.exec(h) : null;
+    if (!m) throw new ApiProblem(401, "unauthenticated", "Authentication required", "send Authorization: Bearer <API token>");
+    const principal = await lookup(hashToken(m[1]));
+    if (!principal) throw new ApiProblem(401, "unauthenticated", "Authentication required", "unknown or revoked token");
+    if (!principal.roles.some((r) => r === "admin" || roles.includes(r)))
+      throw new ApiProblem(403, "forbidden", "Forbidden", `this needs one of the roles: ${roles.join(", ")}`);
+    req.principal = principal;
+  });
+}
