@@ -1,0 +1,75 @@
+// The terminal's overflow store (seed 000 embodiment 2, claim 9): when a card is full, {Sk[PRk], Ct} pairs move
+// out of the card into a local store and come back on demand. What is stored is the card's own export package:
+// the private key and its certificate sealed under the card key, so the pair is never in clear outside the card.
+// The card accepts an export back only into the same card and only while it is that slot's newest export.
+
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { packageHeader } from "../card/package.ts";
+import type { PivClient } from "./piv-client.ts";
+
+export interface OverflowEntry {
+  cardId: string;
+  keyRef: string;
+  seq: number;
+  bytes: Uint8Array;
+}
+
+export class OverflowStore {
+  constructor(readonly dir: string) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+
+  private file(cardId: string, keyRef: string): string {
+    if (!/^[0-9a-f]{2,32}$/.test(cardId) || !/^[0-9a-f]{2}$/.test(keyRef)) throw new Error("bad card ID or key reference");
+    return join(this.dir, `${cardId}-${keyRef}.pkg`);
+  }
+
+  /** Keeps an export package (atomically replacing an older one of the same slot). */
+  put(bytes: Uint8Array): OverflowEntry {
+    const h = packageHeader(bytes);
+    if (h.kind !== "export") throw new Error("only packages exported by a card belong in the overflow store");
+    const f = this.file(h.cardId, h.keyRef);
+    writeFileSync(`${f}.tmp`, bytes, { mode: 0o600 });
+    renameSync(`${f}.tmp`, f);
+    return { cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, bytes };
+  }
+
+  get(cardId: string, keyRef: string): OverflowEntry | undefined {
+    const f = this.file(cardId, keyRef);
+    if (!existsSync(f)) return undefined;
+    const bytes = new Uint8Array(readFileSync(f));
+    const h = packageHeader(bytes);
+    return { cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, bytes };
+  }
+
+  list(cardId: string): OverflowEntry[] {
+    return readdirSync(this.dir)
+      .filter((n) => n.startsWith(`${cardId}-`) && n.endsWith(".pkg"))
+      .map((n) => this.get(cardId, n.slice(cardId.length + 1, -4))!)
+      .filter(Boolean);
+  }
+
+  remove(cardId: string, keyRef: string): void {
+    rmSync(this.file(cardId, keyRef), { force: true });
+  }
+}
+
+/**
+ * Moves a slot's key and certificate out of the card: EXPORT KEY WRAPPED, keep the package, then DELETE KEY.
+ * The PIN must have been verified on `piv`. If the delete fails the package is still kept (the card holds the key).
+ */
+export async function moveOut(piv: PivClient, store: OverflowStore, keyRef: number): Promise<OverflowEntry> {
+  const bytes = await piv.exportKey(keyRef);
+  const entry = store.put(bytes);
+  await piv.apdu.check({ cla: 0x80, ins: 0xf6, p1: 0, p2: keyRef }, "DELETE KEY");
+  return entry;
+}
+
+/** Loads a slot back from the overflow store on demand. */
+export async function bringBack(piv: PivClient, store: OverflowStore, cardId: string, keyRef: number): Promise<void> {
+  const ref = keyRef.toString(16).padStart(2, "0");
+  const e = store.get(cardId, ref);
+  if (!e) throw new Error(`no overflow entry for card ${cardId} slot ${ref}`);
+  await piv.loadPackage(e.bytes);
+}
