@@ -42,13 +42,13 @@ test("a full card overflows to the terminal store and gets its keys back on dema
     } catch (e) {
       assert.ok(e instanceof ApduError && e.sw === 0x6a84, "a full card answers 6A84");
       full = ref;
-      seq--; // the card did not accept it: the sequence number is still free
+      // The card did not accept it, so its sequence number is still unused: the same number is reused below.
       // Make room: move 9A out to the terminal's store, then the new key fits.
       await piv.verifyPin("123456");
       const moved = await moveOut(piv, new OverflowStore(join(dir, "store")), 0x9a);
       assert.equal(moved.keyRef, "9a");
       assert.equal(await piv.readCertificate(0x9a), undefined, "certificate moved out with its key");
-      await piv.loadPackage(sealPackage(sk, { cardId: info.cardId, keyRef: ref.toString(16), seq: ++seq, alg: "P256", pkcs8: new Uint8Array(pkcs8), cert: new Uint8Array(cert.rawData) }));
+      await piv.loadPackage(sealPackage(sk, { cardId: info.cardId, keyRef: ref.toString(16), seq, alg: "P256", pkcs8: new Uint8Array(pkcs8), cert: new Uint8Array(cert.rawData) }));
       keys.set(ref, kp);
       break;
     }
