@@ -2,7 +2,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { hex, parseCommand, unhex } from "../apdu.ts";
 import { aesCbcDecrypt } from "./cmac.ts";
-import { checkPutKeyResponse, keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Error, Scp03HostSession } from "./host.ts";
+import { checkPutKeyResponse, keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession } from "./host.ts";
+import { cryptogram, DERIVE, deriveSessionKeys } from "./kdf.ts";
+import { createCard } from "../card.ts";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 // Interoperability known answers: a third-party SCP03 trace (Samsung OpenSCP-Java test data, S8 mode, level 33,
 // GET STATUS "80 F2 20 00 02 4F00" under C-DECRYPTION + C-MAC, response under R-ENCRYPTION + R-MAC).
@@ -133,4 +139,25 @@ test("key check value and PUT KEY encoding (Amendment D §7.2)", () => {
   assert.deepEqual([d24[1], d24[2], d24[3]], [0x88, 0x21, 0x18]);
   checkPutKeyResponse(Uint8Array.from([0x31, ...kcv, ...keyCheckValue(nk.mac), ...keyCheckValue(nk.dek)]), nk);
   assert.throws(() => checkPutKeyResponse(Uint8Array.from([0x31, ...kcv, ...kcv, ...kcv]), nk), Scp03Error);
+});
+
+test("a host whose static keys live elsewhere opens the same session through a SessionSource", async () => {
+  const keySet = { kvn: 0x21, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
+  const card = createCard(join(mkdtempSync(join(tmpdir(), "scp-src-")), "c.card"), randomBytes(32), { keySet });
+  const transmit = (a: Uint8Array) => card.transmit(a);
+  let calls = 0;
+  const source = async (hc: Uint8Array, cc: Uint8Array, kvn: number) => {
+    calls++;
+    assert.equal(kvn, 0x21);
+    const ctx = Buffer.concat([hc, cc]);
+    const sk = deriveSessionKeys(Buffer.from(keySet.enc, "hex"), Buffer.from(keySet.mac, "hex"), ctx);
+    return { ...sk, cardCryptogram: cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, ctx), hostCryptogram: cryptogram(sk.sMac, DERIVE.HOST_CRYPTOGRAM, ctx) };
+  };
+  const client = await Scp03Client.open(transmit, source, { level: 0x33, kvn: 0x21 });
+  assert.equal(calls, 1);
+  const r = await client.send({ cla: 0x80, ins: 0xca, p1: 0xdf, p2: 0x21, le: 256 });
+  assert.equal(r.sw, 0x9000, "secret ID readable under R-ENC: the session is real");
+  const wrong = async (hc: Uint8Array, cc: Uint8Array, kvn: number) => ({ ...(await source(hc, cc, kvn)), cardCryptogram: new Uint8Array(8) });
+  await assert.rejects(Scp03Client.open(transmit, wrong, { level: 0x01, kvn: 0x21 }), /wrong card cryptogram/);
+  card.close();
 });

@@ -10,7 +10,7 @@
 //
 // Wire details shared with the card live in sm.ts. Secrets (keys, session keys) never appear in error messages.
 
-import { randomBytes } from "node:crypto";
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import { encodeCommand, parseResponse, type ApduCommand } from "../apdu.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, type SessionKeys } from "./kdf.ts";
@@ -164,7 +164,8 @@ export class Scp03HostSession {
   readonly level: number;
   readonly channel: number;
   private readonly kvn: number;
-  private readonly keys: { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array };
+  /** Static keys, when this host holds them; undefined when they live in key custody (see authenticateWith). */
+  private readonly keys: { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array } | undefined;
   private hostChallenge: Uint8Array | undefined;
   private sk: SessionKeys | undefined;
   private mcv: Uint8Array = new Uint8Array(16);
@@ -173,14 +174,15 @@ export class Scp03HostSession {
   private state: "new" | "initializing" | "open" | "closed" = "new";
   info: InitUpdateInfo | undefined;
 
-  constructor(keys: Scp03Keys, opts: Scp03Options) {
+  /** `keys` null: the static keys stay in key custody; open the session with challenges() + authenticateWith(). */
+  constructor(keys: Scp03Keys | null, opts: Scp03Options) {
     if (!VALID_LEVELS.includes(opts.level)) throw new Scp03Error(`unsupported security level ${opts.level.toString(16)}`);
     const ch = opts.channel ?? 0;
     if (!Number.isInteger(ch) || ch < 0 || ch > 3) throw new Scp03Error("logical channel must be 0..3");
-    this.keys = normalizeKeys(keys);
+    this.keys = keys ? normalizeKeys(keys) : undefined;
     this.level = opts.level;
     this.channel = ch;
-    this.kvn = opts.kvn ?? keys.kvn ?? 0;
+    this.kvn = opts.kvn ?? keys?.kvn ?? 0;
     if (!Number.isInteger(this.kvn) || this.kvn < 0 || this.kvn > 0x7f) throw new Scp03Error("KVN must be 0..127");
   }
 
@@ -202,20 +204,51 @@ export class Scp03HostSession {
     return encodeCommand({ cla: 0x80 | this.channel, ins: INS_INITIALIZE_UPDATE, p1: this.kvn, p2: 0, data: this.hostChallenge, le: 256 });
   }
 
+  private staticKeys(): { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array } {
+    if (!this.keys) throw new Scp03Error("this session's static keys are in key custody: use challenges() and authenticateWith()");
+    return this.keys;
+  }
+
   /**
    * Checks the card cryptogram in the INITIALIZE UPDATE response and returns the EXTERNAL AUTHENTICATE command.
    * Throws Scp03Error when the card cryptogram is wrong (wrong static keys, or not the expected card).
    */
   authenticate(initUpdateResponse: Uint8Array): Uint8Array {
+    const { info, context } = this.checkInitUpdate(initUpdateResponse);
+    const { enc, mac } = this.staticKeys();
+    const sk = deriveSessionKeys(enc, mac, context);
+    return this.establish(info, sk, cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, context), cryptogram(sk.sMac, DERIVE.HOST_CRYPTOGRAM, context));
+  }
+
+  /**
+   * The challenges of an INITIALIZE UPDATE response, for a host whose static keys live in key custody: it asks
+   * custody for the session material (Scp03SessionMaterial) and completes with authenticateWith.
+   */
+  challenges(initUpdateResponse: Uint8Array): { hostChallenge: Uint8Array; cardChallenge: Uint8Array; kvn: number } {
+    const { info } = this.checkInitUpdate(initUpdateResponse);
+    return { hostChallenge: Uint8Array.from(this.hostChallenge!), cardChallenge: Uint8Array.from(info.cardChallenge), kvn: info.kvn };
+  }
+
+  /** Like authenticate, with session keys and cryptograms computed elsewhere (key custody). */
+  authenticateWith(
+    initUpdateResponse: Uint8Array,
+    m: { sEnc: Uint8Array; sMac: Uint8Array; sRmac: Uint8Array; cardCryptogram: Uint8Array; hostCryptogram: Uint8Array },
+  ): Uint8Array {
+    const { info } = this.checkInitUpdate(initUpdateResponse);
+    return this.establish(info, { sEnc: Uint8Array.from(m.sEnc), sMac: Uint8Array.from(m.sMac), sRmac: Uint8Array.from(m.sRmac) }, m.cardCryptogram, m.hostCryptogram);
+  }
+
+  private checkInitUpdate(initUpdateResponse: Uint8Array): { info: InitUpdateInfo; context: Uint8Array } {
     if (this.state !== "initializing" || !this.hostChallenge) throw new Scp03Error("authenticate() must follow initializeUpdate()");
     const info = parseInitUpdateResponse(initUpdateResponse);
     if (this.kvn !== 0 && info.kvn !== this.kvn) throw new Scp03Error(`card used key set ${info.kvn}, ${this.kvn} was asked for`);
     if (this.level & SEC.R_MAC && !(info.i & 0x20)) throw new Scp03Error("card does not support R-MAC");
     if (this.level & SEC.R_ENCRYPTION && !(info.i & 0x40)) throw new Scp03Error("card does not support R-ENCRYPTION");
-    const context = concatBytes(this.hostChallenge, info.cardChallenge);
-    const sk = deriveSessionKeys(this.keys.enc, this.keys.mac, context);
-    const expected = cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, context);
-    if (!Buffer.from(expected).equals(Buffer.from(info.cardCryptogram))) {
+    return { info, context: concatBytes(this.hostChallenge, info.cardChallenge) };
+  }
+
+  private establish(info: InitUpdateInfo, sk: SessionKeys, expectedCardCryptogram: Uint8Array, hostCryptogram: Uint8Array): Uint8Array {
+    if (!timingSafeEqual(Buffer.from(expectedCardCryptogram), Buffer.from(info.cardCryptogram))) {
       wipe(sk.sEnc, sk.sMac, sk.sRmac);
       this.state = "closed";
       throw new Scp03Error(
@@ -225,7 +258,6 @@ export class Scp03HostSession {
     }
     this.info = info;
     this.sk = sk;
-    const hostCryptogram = cryptogram(sk.sMac, DERIVE.HOST_CRYPTOGRAM, context);
     const cla = 0x84 | this.channel;
     const full = aesCmac(sk.sMac, concatBytes(new Uint8Array(16), Uint8Array.of(macClass(cla), INS_EXTERNAL_AUTHENTICATE, this.level, 0), lcBytes(16, false), hostCryptogram));
     this.mcv = full;
@@ -333,7 +365,7 @@ export class Scp03HostSession {
 
   /** PUT KEY for a new key set, encrypted under this session's static DEK, wrapped (needs level 0x03 or higher). */
   putKey(newKeys: Scp03Keys & { kvn: number }, replaceKvn = 0): Uint8Array {
-    return this.wrap(putKeyCommand(this.keys.dek, newKeys, replaceKvn));
+    return this.wrap(putKeyCommand(this.staticKeys().dek, newKeys, replaceKvn));
   }
 
   /** Ends the session on the host side and wipes the session keys (the static keys stay for a new session). */
@@ -366,6 +398,13 @@ export async function transmitAll(transmit: Transmit, apdu: Uint8Array, channel 
   return concatBytes(...chunks, Uint8Array.of(r.sw >> 8, r.sw & 0xff));
 }
 
+/** Computes session keys and cryptograms from the two challenges where the static keys are (key custody). */
+export type SessionSource = (
+  hostChallenge: Uint8Array,
+  cardChallenge: Uint8Array,
+  kvn: number,
+) => Promise<{ sEnc: Uint8Array; sMac: Uint8Array; sRmac: Uint8Array; cardCryptogram: Uint8Array; hostCryptogram: Uint8Array }>;
+
 /** An SCP03 session over a transmit function: open() authenticates, send() wraps, transmits and unwraps. */
 export class Scp03Client {
   private constructor(
@@ -373,10 +412,19 @@ export class Scp03Client {
     readonly session: Scp03HostSession,
   ) {}
 
-  static async open(transmit: Transmit, keys: Scp03Keys, opts: Scp03Options & { hostChallenge?: Uint8Array }): Promise<Scp03Client> {
-    const session = new Scp03HostSession(keys, opts);
+  /**
+   * Opens a session with static keys held here, or with a SessionSource when they live in key custody (the
+   * source turns the two challenges into session keys and cryptograms, e.g. KeyCustody.scp03Session).
+   */
+  static async open(transmit: Transmit, keys: Scp03Keys | SessionSource, opts: Scp03Options & { hostChallenge?: Uint8Array }): Promise<Scp03Client> {
+    const source = typeof keys === "function" ? keys : undefined;
+    const session = new Scp03HostSession(source ? null : (keys as Scp03Keys), opts);
     const iu = await transmitAll(transmit, session.initializeUpdate(opts.hostChallenge), session.channel);
-    const ea = session.authenticate(iu);
+    let ea: Uint8Array;
+    if (source) {
+      const c = session.challenges(iu);
+      ea = session.authenticateWith(iu, await source(c.hostChallenge, c.cardChallenge, c.kvn));
+    } else ea = session.authenticate(iu);
     const r = parseResponse(await transmitAll(transmit, ea, session.channel));
     if (r.sw !== 0x9000) {
       session.end();
