@@ -6,6 +6,7 @@ type Result = { name: string; value: number; unit: string };
 const benches: Record<string, () => Promise<Result[]>> = {
   card: async () => (await import("./card.ts")).benchCard(),
   pcsc: async () => [await (await import("./pcsc.ts")).benchPcsc()],
+  ca: async () => (await import("./ca.ts")).benchCa(),
   fuzz: async () => [await (await import("./fuzz.ts")).benchFuzz(Number(process.env.FUZZ_COUNT ?? 200_000))],
 };
 
