@@ -1,0 +1,261 @@
+// Key custody (issue 3 §3): the one interface behind which every server-side secret lives — card master keys,
+// the CA key, the storage key that protects private keys at rest. Two implementations: software.ts (an
+// encrypted keystore file, the default) and pkcs11.ts (an HSM through pkcs11js, tested with SoftHSM2).
+//
+// The shape follows what an HSM can do, so that callers never hold a long-term secret in clear:
+//   * card key sets (Sk, seed 000 para 0032) are not stored per card: they are diversified on demand from a
+//     master key and the card ID (derivation.ts), inside the HSM on PKCS#11;
+//   * PUT KEY cryptograms, KCVs, SCP03 session keys, package sealing and private-key wrapping are custody
+//     operations; only ephemeral session keys and ciphertext leave custody as bytes;
+//   * private keys are generated inside custody and leave it only wrapped (Sk[PRk], or under a storage key).
+//
+// This module must never log or put a key value in an error message.
+
+/** Key pair algorithms a card holds (src/card/state.ts KeyAlg). */
+export type KeyPairAlg = "P256" | "P384" | "RSA2048" | "RSA3072";
+export type HashAlg = "SHA-256" | "SHA-384" | "SHA-512";
+
+/** What a secret key may be used for. Enforced by both implementations (CKA_DERIVE / WRAP / ENCRYPT / SIGN). */
+export type SecretKeyUsage = "derive" | "wrap" | "encrypt" | "mac";
+
+/**
+ * "never": the key cannot leave custody at all (card masters, the CA key, storage keys).
+ * "wrapped": it may leave only encrypted under another custody key (card keys for PUT KEY, card credentials).
+ */
+export type Extractability = "never" | "wrapped";
+
+export interface SecretKeySpec {
+  type: "aes";
+  bits: 128 | 256;
+  /** Default ["derive"]: a card master key. A storage key wants ["wrap", "encrypt"]. */
+  usage?: SecretKeyUsage[];
+  /** Default "never". */
+  extractable?: Extractability;
+}
+
+export interface KeyPairOptions {
+  /** Default "never" (a CA key). A credential key for a card is generated with "wrapped". */
+  extractable?: Extractability;
+  /**
+   * Kept only for the life of this custody instance (a PKCS#11 session object), never persisted: a credential
+   * key that is wrapped for its card (Sk[PRk]) and then destroyed. Default false.
+   */
+  ephemeral?: boolean;
+}
+
+export interface KeyInfo {
+  label: string;
+  kind: "secret" | "keyPair";
+  /** "aes" for a secret key, the algorithm for a key pair. */
+  type: "aes" | KeyPairAlg;
+  /** AES key length in bits (secret keys only). */
+  bits?: number;
+  usage?: SecretKeyUsage[];
+  extractable: Extractability;
+}
+
+/**
+ * A card's SCP03 key set diversified from a master key in custody (derivation.ts): ENC, MAC and DEK of `bits`
+ * (default 128) for the card `cardId` (hex, the GP Card Image Number) and key version `kvn` (1..127).
+ */
+export interface DerivedKeySetRef {
+  kind: "derived";
+  master: string;
+  cardId: string;
+  kvn: number;
+  bits?: 128 | 256;
+}
+
+/**
+ * A key set stored as three custody keys by label — for key sets not derived from a master, such as the
+ * transport key blank cards ship with (importKeySet).
+ */
+export interface StoredKeySetRef {
+  kind: "stored";
+  kvn: number;
+  enc: string;
+  mac: string;
+  dek: string;
+  /** The card this key set belongs to: needed for keys derived from its DEK (sealForCard, wrapping). */
+  cardId?: string;
+}
+
+export type KeySetRef = DerivedKeySetRef | StoredKeySetRef;
+
+/** Key check values (GP Amendment D §7.2: AES(key, 16 × 01), 3 bytes), hex. */
+export interface KeySetKcvs {
+  kvn: number;
+  enc: string;
+  mac: string;
+  dek: string;
+}
+
+/** PUT KEY (GP Card Spec §11.8, Amendment D §7.2) for a full key set, computed inside custody. */
+export interface PutKeyData {
+  /** The command data field: new KVN || 3 × (88 Lc keyLen DEK-cryptogram 03 KCV). */
+  data: Uint8Array;
+  /** What the card must answer: new KVN || KCV ENC || KCV MAC || KCV DEK. */
+  expectedResponse: Uint8Array;
+  kcvs: KeySetKcvs;
+}
+
+/** SCP03 session material (Amendment D §6.2). The session keys are ephemeral and may leave custody. */
+export interface Scp03SessionMaterial {
+  sEnc: Uint8Array;
+  sMac: Uint8Array;
+  sRmac: Uint8Array;
+  /** The cryptogram the card must have sent (compare in constant time). */
+  cardCryptogram: Uint8Array;
+  /** The host cryptogram for EXTERNAL AUTHENTICATE. */
+  hostCryptogram: Uint8Array;
+}
+
+/** Where a private key is wrapped to: a card's key set (Sk[PRk]) or a storage key in custody, by label. */
+export type WrapTarget = { card: KeySetRef } | { key: string };
+
+/** AES-256-GCM under a key derived from a card's DEK (derivation.ts packageKeyData): nonce and ciphertext||tag. */
+export interface SealedForCard {
+  nonce: Uint8Array;
+  ciphertext: Uint8Array;
+}
+
+/** The shape the CA signs with (structurally a src/ca/signer.ts CaSigner): a key in custody that never leaves it. */
+export interface Signer {
+  readonly label: string;
+  readonly alg: KeyPairAlg;
+  /** The digest the signer uses (defaultHash): SHA-384 for P-384 and RSA-3072, SHA-256 otherwise. */
+  readonly hash: HashAlg;
+  /** SubjectPublicKeyInfo, DER. */
+  readonly spki: Uint8Array;
+  /** ECDSA: DER Ecdsa-Sig-Value; RSA: PKCS#1 v1.5. */
+  sign(data: Uint8Array): Promise<Uint8Array>;
+}
+
+export interface KeyCustody {
+  /** "software" or "pkcs11". */
+  readonly kind: string;
+
+  // --- keys by label ---------------------------------------------------------------------------------------
+  createSecretKey(label: string, spec: SecretKeySpec): Promise<KeyInfo>;
+  /** Key ceremony only (migrating a master, the public transport key): the value is taken in once. */
+  importSecretKey(label: string, spec: SecretKeySpec, value: Uint8Array): Promise<KeyInfo>;
+  /** Imports ENC/MAC/DEK as `${prefix}.enc|mac|dek` with the usages a key set needs. */
+  importKeySet(prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable?: Extractability): Promise<StoredKeySetRef>;
+  hasKey(label: string): Promise<boolean>;
+  keyInfo(label: string): Promise<KeyInfo | undefined>;
+  /** Destroys a secret key or a key pair; false when there was none. */
+  deleteKey(label: string): Promise<boolean>;
+  listKeys(): Promise<KeyInfo[]>;
+
+  // --- card key sets ---------------------------------------------------------------------------------------
+  keySetKcvs(ref: KeySetRef): Promise<KeySetKcvs>;
+  /** PUT KEY data replacing/adding `next` on a card whose session runs on `current` (encrypted under its DEK). */
+  putKeyData(current: KeySetRef, next: KeySetRef): Promise<PutKeyData>;
+  /** Session keys and both cryptograms for hostChallenge || cardChallenge (8 bytes each), S8 mode. */
+  scp03Session(ref: KeySetRef, hostChallenge: Uint8Array, cardChallenge: Uint8Array): Promise<Scp03SessionMaterial>;
+  /** AES-256-GCM of `plaintext` with `aad` under the card's package key for `purpose` (derivation.ts). */
+  sealForCard(ref: KeySetRef, purpose: number, aad: Uint8Array, plaintext: Uint8Array): Promise<SealedForCard>;
+
+  // --- key pairs -------------------------------------------------------------------------------------------
+  generateKeyPair(label: string, alg: KeyPairAlg, opts?: KeyPairOptions): Promise<KeyInfo>;
+  /** SubjectPublicKeyInfo, DER. */
+  publicKey(label: string): Promise<Uint8Array>;
+  /** Hash defaults to defaultHash(alg): SHA-384 for P-384 and RSA-3072, SHA-256 otherwise. */
+  sign(label: string, data: Uint8Array, opts?: { hash?: HashAlg }): Promise<Uint8Array>;
+  /** AES key wrap with padding (RFC 5649) of the PKCS#8 private key; needs extractable "wrapped". */
+  wrapPrivateKey(label: string, to: WrapTarget): Promise<Uint8Array>;
+  /** Card key rotation (Sk1[PRk] -> Sk2[PRk]): the private key is unwrapped only inside custody. */
+  rewrapPrivateKey(wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, to: WrapTarget): Promise<Uint8Array>;
+  signer(label: string): Promise<Signer>;
+
+  close(): Promise<void>;
+}
+
+export type CustodyErrorCode =
+  | "NOT_FOUND"
+  | "EXISTS"
+  | "INVALID_ARGUMENT"
+  | "NOT_PERMITTED"
+  | "WRONG_KEY"
+  | "LOGIN_FAILED"
+  | "CORRUPT"
+  | "UNAVAILABLE"
+  | "HSM_ERROR";
+
+/** Every custody failure. Messages name labels and reasons, never key values. */
+export class CustodyError extends Error {
+  constructor(
+    readonly code: CustodyErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "CustodyError";
+  }
+}
+
+export const KEY_PAIR_ALGS: readonly KeyPairAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
+
+/**
+ * The digest a key pair signs with by default, as src/ca/signer.ts pairs them: SHA-384 for P-384 (RFC 5758) and
+ * RSA-3072 (CNSA), SHA-256 for P-256 and RSA-2048.
+ */
+export function defaultHash(alg: KeyPairAlg): HashAlg {
+  return alg === "P384" || alg === "RSA3072" ? "SHA-384" : "SHA-256";
+}
+
+const LABEL = /^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$/;
+
+/** Labels are printable identifiers, 1..128 characters: they appear in logs and in PKCS#11 CKA_LABEL. */
+export function checkLabel(label: string): void {
+  if (typeof label !== "string" || !LABEL.test(label))
+    throw new CustodyError("INVALID_ARGUMENT", `bad key label ${JSON.stringify(String(label).slice(0, 40))}: 1-128 of A-Z a-z 0-9 . _ : @ / - , starting with a letter or digit`);
+}
+
+export function checkSecretSpec(spec: SecretKeySpec): Required<SecretKeySpec> {
+  if (!spec || spec.type !== "aes") throw new CustodyError("INVALID_ARGUMENT", "secret keys are AES keys (type \"aes\")");
+  if (spec.bits !== 128 && spec.bits !== 256) throw new CustodyError("INVALID_ARGUMENT", `AES key length must be 128 or 256 bits, not ${spec.bits}`);
+  const usage = spec.usage ?? ["derive"];
+  for (const u of usage) if (!["derive", "wrap", "encrypt", "mac"].includes(u)) throw new CustodyError("INVALID_ARGUMENT", `unknown key usage ${JSON.stringify(u)}`);
+  if (usage.length === 0) throw new CustodyError("INVALID_ARGUMENT", "a secret key needs at least one usage");
+  const extractable = spec.extractable ?? "never";
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  return { type: "aes", bits: spec.bits, usage: [...new Set(usage)].sort(), extractable };
+}
+
+export function checkKeyPairAlg(alg: KeyPairAlg): void {
+  if (!KEY_PAIR_ALGS.includes(alg)) throw new CustodyError("INVALID_ARGUMENT", `key pair algorithm must be one of ${KEY_PAIR_ALGS.join(", ")}`);
+}
+
+export function checkHash(hash: HashAlg): void {
+  if (!["SHA-256", "SHA-384", "SHA-512"].includes(hash)) throw new CustodyError("INVALID_ARGUMENT", `hash must be SHA-256, SHA-384 or SHA-512`);
+}
+
+/** Validates a key set reference. */
+export function checkKeySetRef(ref: KeySetRef): void {
+  if (!ref || (ref.kind !== "derived" && ref.kind !== "stored")) throw new CustodyError("INVALID_ARGUMENT", "key set reference must be {kind: \"derived\" | \"stored\", ...}");
+  if (!Number.isInteger(ref.kvn) || ref.kvn < 1 || ref.kvn > 0x7f) throw new CustodyError("INVALID_ARGUMENT", `KVN must be 1..127, not ${ref.kvn}`);
+  if (ref.kind === "derived") {
+    checkLabel(ref.master);
+    if (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId))
+      throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
+    if (ref.bits !== undefined && ref.bits !== 128 && ref.bits !== 256) throw new CustodyError("INVALID_ARGUMENT", "derived card keys are 128 or 256 bits");
+  } else {
+    checkLabel(ref.enc);
+    checkLabel(ref.mac);
+    checkLabel(ref.dek);
+    if (ref.cardId !== undefined && (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId)))
+      throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
+  }
+}
+
+export function checkChallenge(b: Uint8Array, what: string): void {
+  if (!(b instanceof Uint8Array) || b.length !== 8) throw new CustodyError("INVALID_ARGUMENT", `${what} must be 8 bytes`);
+}
+
+/** Usages of the three keys of a stored key set. */
+export const KEY_SET_USAGE = {
+  enc: ["encrypt", "mac"] as SecretKeyUsage[],
+  mac: ["encrypt", "mac"] as SecretKeyUsage[],
+  dek: ["derive", "encrypt", "wrap"] as SecretKeyUsage[],
+};

@@ -1,0 +1,763 @@
+// PKCS#11 key custody through pkcs11js (PKCS#11 2.40; tested with SoftHSM2 2.6). Keys live on a token found by
+// its label; the application logs in with the user PIN. What runs where:
+//   inside the HSM   card key diversification (CKM_AES_CBC_ENCRYPT_DATA from the master, session objects destroyed
+//                    after use), KCVs (CKM_AES_ECB), PUT KEY cryptograms (C_WrapKey CKM_AES_CBC, zero IV, under the
+//                    current DEK), the SCP03 KDF over the static ENC/MAC (C_Sign CKM_AES_CMAC), package keys and
+//                    the private-key wrap key (CKM_AES_CBC_ENCRYPT_DATA from the DEK), package sealing
+//                    (CKM_AES_GCM), key pair generation, signing (CKM_ECDSA over a digest computed here,
+//                    CKM_SHA*_RSA_PKCS), wrapping and re-wrapping private keys (CKM_AES_KEY_WRAP_PAD)
+//   in this process  digests, DER/SPKI encodings, the derivation data (public: built from the card ID), and the
+//                    SCP03 session keys, which the HSM returns as CMAC output (they are ephemeral) and from which
+//                    the cryptograms are computed
+// Masters, the CA key and storage keys are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE=false. Keys that
+// must reach a card (derived card keys, credential private keys) are extractable, but only wrapped: CKA_SENSITIVE.
+//
+// pkcs11js calls are synchronous: each custody operation runs to completion without yielding, so the one session
+// of an instance is never shared by two operations at once. Errors name the PKCS#11 function and its CKR_ code.
+
+import { createHash } from "node:crypto";
+import { createRequire } from "node:module";
+import type * as Pkcs11Types from "pkcs11js";
+import { cryptogram, DERIVE } from "../card/scp03/kdf.ts";
+import {
+  checkChallenge,
+  checkHash,
+  checkKeyPairAlg,
+  checkKeySetRef,
+  checkLabel,
+  checkSecretSpec,
+  CustodyError,
+  defaultHash,
+  KEY_SET_USAGE,
+  type CustodyErrorCode,
+  type Extractability,
+  type HashAlg,
+  type KeyCustody,
+  type KeyInfo,
+  type KeyPairAlg,
+  type KeyPairOptions,
+  type KeySetKcvs,
+  type KeySetRef,
+  type PutKeyData,
+  type Scp03SessionMaterial,
+  type SealedForCard,
+  type SecretKeySpec,
+  type SecretKeyUsage,
+  type Signer,
+  type StoredKeySetRef,
+  type WrapTarget,
+} from "./custody.ts";
+import { cardKeyData, PURPOSE, purposeKeyData, type CardKeyName } from "./derivation.ts";
+import { EC_CURVES, ecdsaRawToDer, ecPointToSpki, hex, isEc, putKeyDataField, rsaBits, rsaToSpki, type PutKeyComponent } from "./encoding.ts";
+
+type P11 = typeof Pkcs11Types;
+type Handle = Buffer;
+type Template = Pkcs11Types.Template;
+
+export const DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
+
+export interface Pkcs11CustodyOptions {
+  /** PKCS#11 module path; default CARDKMS_PKCS11_MODULE, then SoftHSM2's Debian path. */
+  module?: string;
+  /** Token label; default CARDKMS_PKCS11_TOKEN. */
+  tokenLabel?: string;
+  /** User PIN; default CARDKMS_PKCS11_PIN. */
+  pin?: string;
+  env?: Record<string, string | undefined>;
+}
+
+let p11: P11 | undefined;
+function lib(): P11 {
+  // Loaded on first use: a software-only deployment never loads the native addon.
+  p11 ??= createRequire(import.meta.url)("pkcs11js") as P11;
+  return p11;
+}
+
+/** One initialised module per path in this process (C_Initialize once, C_Finalize with the last user). */
+interface ModuleRef {
+  mod: Pkcs11Types.PKCS11;
+  users: number;
+  /** SHA-256 of the PIN each token was logged in with: a second instance must present the same PIN. */
+  logins: Map<string, string>;
+}
+const modules = new Map<string, ModuleRef>();
+
+function ckrName(e: unknown): string | undefined {
+  const m = e instanceof Error ? /CKR_[A-Z0-9_]+/.exec(e.message) : null;
+  return m?.[0];
+}
+
+const CKR_CODES: Record<string, CustodyErrorCode> = {
+  CKR_PIN_INCORRECT: "LOGIN_FAILED",
+  CKR_PIN_LEN_RANGE: "LOGIN_FAILED",
+  CKR_PIN_LOCKED: "LOGIN_FAILED",
+  CKR_PIN_EXPIRED: "LOGIN_FAILED",
+  CKR_USER_PIN_NOT_INITIALIZED: "LOGIN_FAILED",
+  CKR_KEY_UNEXTRACTABLE: "NOT_PERMITTED",
+  CKR_KEY_FUNCTION_NOT_PERMITTED: "NOT_PERMITTED",
+  CKR_ATTRIBUTE_SENSITIVE: "NOT_PERMITTED",
+  CKR_WRAPPED_KEY_INVALID: "WRONG_KEY",
+  CKR_ENCRYPTED_DATA_INVALID: "WRONG_KEY",
+  CKR_DEVICE_REMOVED: "UNAVAILABLE",
+  CKR_TOKEN_NOT_PRESENT: "UNAVAILABLE",
+  CKR_DEVICE_ERROR: "UNAVAILABLE",
+  CKR_SESSION_HANDLE_INVALID: "UNAVAILABLE",
+  CKR_SESSION_CLOSED: "UNAVAILABLE",
+};
+
+const CKR_HINTS: Record<string, string> = {
+  CKR_PIN_INCORRECT: "the user PIN is wrong (CARDKMS_PKCS11_PIN)",
+  CKR_PIN_LOCKED: "the user PIN is locked: the security officer must reset it",
+  CKR_KEY_UNEXTRACTABLE: "the key is not extractable",
+  CKR_MECHANISM_INVALID: "the token does not support this mechanism",
+  CKR_WRAPPED_KEY_INVALID: "the wrapped key does not unwrap under this key (wrong key or altered)",
+  CKR_ENCRYPTED_DATA_INVALID: "the wrapped key does not unwrap under this key (wrong key or altered)",
+};
+
+/** Maps a pkcs11js error to a CustodyError naming the function and the CKR_ code. */
+function mapError(e: unknown, fn: string, what: string): CustodyError {
+  if (e instanceof CustodyError) return e;
+  const ckr = ckrName(e);
+  if (!ckr) return new CustodyError("HSM_ERROR", `PKCS#11 ${fn} (${what}) failed: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`, { cause: e });
+  const hint = CKR_HINTS[ckr];
+  return new CustodyError(CKR_CODES[ckr] ?? "HSM_ERROR", `PKCS#11 ${fn} (${what}) failed: ${ckr}${hint ? ` — ${hint}` : ""}`, { cause: e });
+}
+
+const USAGE_ATTRS: Record<SecretKeyUsage, (p: P11) => number[]> = {
+  derive: (p) => [p.CKA_DERIVE],
+  wrap: (p) => [p.CKA_WRAP, p.CKA_UNWRAP],
+  encrypt: (p) => [p.CKA_ENCRYPT, p.CKA_DECRYPT],
+  mac: (p) => [p.CKA_SIGN, p.CKA_VERIFY],
+};
+
+const SIGN_MECH: Record<HashAlg, (p: P11) => number> = {
+  "SHA-256": (p) => p.CKM_SHA256_RSA_PKCS,
+  "SHA-384": (p) => p.CKM_SHA384_RSA_PKCS,
+  "SHA-512": (p) => p.CKM_SHA512_RSA_PKCS,
+};
+const HASH_NODE: Record<HashAlg, string> = { "SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512" };
+
+const labelId = (label: string): Buffer => createHash("sha256").update(label).digest().subarray(0, 16);
+
+export class Pkcs11Custody implements KeyCustody {
+  readonly kind = "pkcs11";
+  private closed = false;
+
+  private constructor(
+    private readonly p: P11,
+    private readonly mod: Pkcs11Types.PKCS11,
+    private readonly modulePath: string,
+    private readonly session: Handle,
+    readonly tokenLabel: string,
+  ) {}
+
+  /** Loads the module, finds the token by label, opens a read-write session and logs in as the user. */
+  static async open(opts: Pkcs11CustodyOptions = {}): Promise<Pkcs11Custody> {
+    const env = opts.env ?? process.env;
+    const modulePath = opts.module ?? env.CARDKMS_PKCS11_MODULE ?? DEFAULT_MODULE;
+    const tokenLabel = opts.tokenLabel ?? env.CARDKMS_PKCS11_TOKEN;
+    const pin = opts.pin ?? env.CARDKMS_PKCS11_PIN;
+    if (!tokenLabel) throw new CustodyError("INVALID_ARGUMENT", "no PKCS#11 token label: set CARDKMS_PKCS11_TOKEN");
+    if (!pin) throw new CustodyError("INVALID_ARGUMENT", "no PKCS#11 user PIN: set CARDKMS_PKCS11_PIN");
+    const p = lib();
+    let ref = modules.get(modulePath);
+    if (!ref) {
+      const mod = new p.PKCS11();
+      try {
+        mod.load(modulePath);
+      } catch (e) {
+        throw new CustodyError("UNAVAILABLE", `cannot load PKCS#11 module ${modulePath}: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`);
+      }
+      try {
+        mod.C_Initialize({ flags: p.CKF_OS_LOCKING_OK });
+      } catch (e) {
+        if (ckrName(e) !== "CKR_CRYPTOKI_ALREADY_INITIALIZED") throw mapError(e, "C_Initialize", modulePath);
+      }
+      ref = { mod, users: 0, logins: new Map() };
+      modules.set(modulePath, ref);
+    }
+    ref.users++;
+    const release = (): void => Pkcs11Custody.release(modulePath);
+    let session: Handle | undefined;
+    try {
+      const mod = ref.mod;
+      const slots = mod.C_GetSlotList(true);
+      const labels: string[] = [];
+      let slot: Handle | undefined;
+      for (const s of slots) {
+        const l = mod.C_GetTokenInfo(s).label.trim();
+        labels.push(l);
+        if (l === tokenLabel && !slot) slot = s;
+      }
+      if (!slot) throw new CustodyError("UNAVAILABLE", `no token labelled ${tokenLabel} in ${modulePath} (tokens: ${labels.join(", ") || "none"})`);
+      session = mod.C_OpenSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION);
+      const pinHash = createHash("sha256").update(tokenLabel).update("\0").update(pin).digest("hex");
+      try {
+        mod.C_Login(session, p.CKU_USER, pin);
+        ref.logins.set(tokenLabel, pinHash);
+      } catch (e) {
+        // Login state is per application and token: a second instance finds the user logged in already, and
+        // must still have presented the PIN that logged in.
+        if (ckrName(e) !== "CKR_USER_ALREADY_LOGGED_IN") throw mapError(e, "C_Login", `user PIN for token ${tokenLabel}`);
+        if (ref.logins.get(tokenLabel) !== pinHash) throw new CustodyError("LOGIN_FAILED", `PKCS#11 C_Login (user PIN for token ${tokenLabel}) failed: CKR_PIN_INCORRECT — the user PIN is wrong (CARDKMS_PKCS11_PIN)`);
+      }
+      return new Pkcs11Custody(p, mod, modulePath, session, tokenLabel);
+    } catch (e) {
+      if (session) {
+        try {
+          ref.mod.C_CloseSession(session);
+        } catch {
+          // already gone
+        }
+      }
+      release();
+      throw e instanceof CustodyError ? e : mapError(e, "open", tokenLabel);
+    }
+  }
+
+  private static release(modulePath: string): void {
+    const ref = modules.get(modulePath);
+    if (!ref) return;
+    if (--ref.users > 0) return;
+    modules.delete(modulePath);
+    try {
+      ref.mod.C_Finalize();
+    } catch {
+      // nothing left to do
+    }
+    try {
+      ref.mod.close();
+    } catch {
+      // nothing left to do
+    }
+  }
+
+  // --- plumbing ----------------------------------------------------------------------------------------------
+
+  private call<T>(fn: string, what: string, f: () => T): T {
+    if (this.closed) throw new CustodyError("UNAVAILABLE", "custody is closed");
+    try {
+      return f();
+    } catch (e) {
+      throw mapError(e, fn, what);
+    }
+  }
+
+  private find(template: Template, max = 1000): Handle[] {
+    return this.call("C_FindObjects", "find keys", () => {
+      this.mod.C_FindObjectsInit(this.session, template);
+      try {
+        return this.mod.C_FindObjects(this.session, max);
+      } finally {
+        this.mod.C_FindObjectsFinal(this.session);
+      }
+    });
+  }
+
+  private object(label: string, cls: number): Handle | undefined {
+    const found = this.find([{ type: this.p.CKA_LABEL, value: label }, { type: this.p.CKA_CLASS, value: cls }], 2);
+    if (found.length > 1) throw new CustodyError("CORRUPT", `more than one object labelled ${label} on token ${this.tokenLabel}`);
+    return found[0];
+  }
+
+  private secretHandle(label: string, usage?: SecretKeyUsage): Handle {
+    const h = this.object(label, this.p.CKO_SECRET_KEY);
+    if (!h) {
+      if (this.object(label, this.p.CKO_PRIVATE_KEY)) throw new CustodyError("INVALID_ARGUMENT", `${label} is not a secret key`);
+      throw new CustodyError("NOT_FOUND", `no key labelled ${label}`);
+    }
+    if (usage) {
+      const attrs = USAGE_ATTRS[usage](this.p);
+      const got = this.attrs(h, attrs, label);
+      if (!attrs.every((a) => got.get(a)?.[0] === 1)) throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to ${usage}`);
+    }
+    return h;
+  }
+
+  private privateHandle(label: string): Handle {
+    const h = this.object(label, this.p.CKO_PRIVATE_KEY);
+    if (!h) {
+      if (this.object(label, this.p.CKO_SECRET_KEY)) throw new CustodyError("INVALID_ARGUMENT", `${label} is not a key pair`);
+      throw new CustodyError("NOT_FOUND", `no key labelled ${label}`);
+    }
+    return h;
+  }
+
+  private attrs(h: Handle, types: number[], what: string): Map<number, Buffer> {
+    const res = this.call("C_GetAttributeValue", what, () => this.mod.C_GetAttributeValue(this.session, h, types.map((type) => ({ type }))));
+    return new Map(res.map((a) => [a.type, a.value]));
+  }
+
+  private destroy(...hs: (Handle | undefined)[]): void {
+    for (const h of hs) {
+      if (!h) continue;
+      try {
+        this.mod.C_DestroyObject(this.session, h);
+      } catch {
+        // session objects vanish with the session anyway
+      }
+    }
+  }
+
+  private exists(label: string): boolean {
+    return this.find([{ type: this.p.CKA_LABEL, value: label }], 1).length > 0;
+  }
+
+  private base(label: string, cls: number, persistent: boolean): Template {
+    const p = this.p;
+    return [
+      { type: p.CKA_CLASS, value: cls },
+      { type: p.CKA_TOKEN, value: persistent },
+      { type: p.CKA_LABEL, value: label },
+      { type: p.CKA_ID, value: labelId(label) },
+    ];
+  }
+
+  private secretTemplate(label: string, bits: number, usage: SecretKeyUsage[], extractable: Extractability): Template {
+    const p = this.p;
+    const on = new Set(usage.flatMap((u) => USAGE_ATTRS[u](p)));
+    const all = (Object.keys(USAGE_ATTRS) as SecretKeyUsage[]).flatMap((u) => USAGE_ATTRS[u](p));
+    return [
+      ...this.base(label, p.CKO_SECRET_KEY, true),
+      { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
+      { type: p.CKA_PRIVATE, value: true },
+      { type: p.CKA_SENSITIVE, value: true },
+      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
+      ...all.map((type) => ({ type, value: on.has(type) })),
+    ];
+  }
+
+  // --- keys by label -----------------------------------------------------------------------------------------
+
+  async createSecretKey(label: string, spec: SecretKeySpec): Promise<KeyInfo> {
+    checkLabel(label);
+    const s = checkSecretSpec(spec);
+    if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const t = this.secretTemplate(label, s.bits, s.usage, s.extractable);
+    t.push({ type: this.p.CKA_VALUE_LEN, value: s.bits / 8 });
+    this.call("C_GenerateKey", label, () => this.mod.C_GenerateKey(this.session, { mechanism: this.p.CKM_AES_KEY_GEN }, t));
+    return { label, kind: "secret", type: "aes", bits: s.bits, usage: s.usage, extractable: s.extractable };
+  }
+
+  async importSecretKey(label: string, spec: SecretKeySpec, value: Uint8Array): Promise<KeyInfo> {
+    checkLabel(label);
+    const s = checkSecretSpec(spec);
+    if (!(value instanceof Uint8Array) || value.length * 8 !== s.bits) throw new CustodyError("INVALID_ARGUMENT", `key value must be ${s.bits / 8} bytes`);
+    if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const t = this.secretTemplate(label, s.bits, s.usage, s.extractable);
+    const v = Buffer.from(value);
+    t.push({ type: this.p.CKA_VALUE, value: v });
+    try {
+      this.call("C_CreateObject", label, () => this.mod.C_CreateObject(this.session, t));
+    } finally {
+      v.fill(0);
+    }
+    return { label, kind: "secret", type: "aes", bits: s.bits, usage: s.usage, extractable: s.extractable };
+  }
+
+  async importKeySet(prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
+    const ref: StoredKeySetRef = { kind: "stored", kvn: keys.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
+    checkKeySetRef(ref);
+    for (const name of ["enc", "mac", "dek"] as const) {
+      const v = keys[name];
+      await this.importSecretKey(ref[name], { type: "aes", bits: (v.length * 8) as 128 | 256, usage: KEY_SET_USAGE[name], extractable }, v);
+    }
+    return ref;
+  }
+
+  async hasKey(label: string): Promise<boolean> {
+    checkLabel(label);
+    return this.exists(label);
+  }
+
+  async keyInfo(label: string): Promise<KeyInfo | undefined> {
+    checkLabel(label);
+    const p = this.p;
+    const s = this.object(label, p.CKO_SECRET_KEY);
+    if (s) {
+      const all = [p.CKA_VALUE_LEN, p.CKA_EXTRACTABLE, p.CKA_DERIVE, p.CKA_WRAP, p.CKA_ENCRYPT, p.CKA_SIGN];
+      const a = this.attrs(s, all, label);
+      const flag = (t: number): boolean => a.get(t)?.[0] === 1;
+      const usage: SecretKeyUsage[] = [];
+      if (flag(p.CKA_DERIVE)) usage.push("derive");
+      if (flag(p.CKA_ENCRYPT)) usage.push("encrypt");
+      if (flag(p.CKA_SIGN)) usage.push("mac");
+      if (flag(p.CKA_WRAP)) usage.push("wrap");
+      const len = a.get(p.CKA_VALUE_LEN) as Buffer;
+      return { label, kind: "secret", type: "aes", bits: len.readUIntLE(0, Math.min(len.length, 6)) * 8, usage: usage.sort(), extractable: flag(p.CKA_EXTRACTABLE) ? "wrapped" : "never" };
+    }
+    const k = this.object(label, p.CKO_PRIVATE_KEY);
+    if (!k) return undefined;
+    const a = this.attrs(k, [p.CKA_EXTRACTABLE], label);
+    return { label, kind: "keyPair", type: this.pairAlg(label), extractable: a.get(p.CKA_EXTRACTABLE)?.[0] === 1 ? "wrapped" : "never" };
+  }
+
+  private pairAlg(label: string): KeyPairAlg {
+    const p = this.p;
+    const pub = this.object(label, p.CKO_PUBLIC_KEY);
+    if (!pub) throw new CustodyError("CORRUPT", `key pair ${label} has no public key object`);
+    const type = this.attrs(pub, [p.CKA_KEY_TYPE], label).get(p.CKA_KEY_TYPE) as Buffer;
+    const kt = type.readUIntLE(0, Math.min(type.length, 6));
+    if (kt === p.CKK_EC) {
+      const params = hex(this.attrs(pub, [p.CKA_EC_PARAMS], label).get(p.CKA_EC_PARAMS) as Buffer);
+      if (params === EC_CURVES.P256.oid) return "P256";
+      if (params === EC_CURVES.P384.oid) return "P384";
+      throw new CustodyError("CORRUPT", `key pair ${label} is on a curve cardkms does not use`);
+    }
+    if (kt === p.CKK_RSA) {
+      const n = this.attrs(pub, [p.CKA_MODULUS], label).get(p.CKA_MODULUS) as Buffer;
+      const bits = n.length * 8;
+      if (bits === 2048) return "RSA2048";
+      if (bits === 3072) return "RSA3072";
+      throw new CustodyError("CORRUPT", `key pair ${label} is RSA-${bits}, which cardkms does not use`);
+    }
+    throw new CustodyError("CORRUPT", `key pair ${label} has a key type cardkms does not use`);
+  }
+
+  async deleteKey(label: string): Promise<boolean> {
+    checkLabel(label);
+    const hs = this.find([{ type: this.p.CKA_LABEL, value: label }]);
+    for (const h of hs) this.call("C_DestroyObject", label, () => this.mod.C_DestroyObject(this.session, h));
+    return hs.length > 0;
+  }
+
+  async listKeys(): Promise<KeyInfo[]> {
+    const p = this.p;
+    const labels = new Set<string>();
+    for (const cls of [p.CKO_SECRET_KEY, p.CKO_PRIVATE_KEY]) {
+      for (const h of this.find([{ type: p.CKA_CLASS, value: cls }], 100000)) {
+        const l = this.attrs(h, [p.CKA_LABEL], "list keys").get(p.CKA_LABEL);
+        if (l && l.length) labels.add(l.toString("utf8"));
+      }
+    }
+    const out: KeyInfo[] = [];
+    for (const l of [...labels].sort()) {
+      const i = await this.keyInfo(l).catch(() => undefined);
+      if (i) out.push(i);
+    }
+    return out;
+  }
+
+  // --- card key sets -----------------------------------------------------------------------------------------
+
+  /** CKM_AES_CBC_ENCRYPT_DATA (zero IV): a session key object, sensitive, with the given attributes. */
+  private derive(base: Handle, data: Uint8Array, attrs: number[], extractable: boolean, what: string): Handle {
+    const p = this.p;
+    const t: Template = [
+      { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
+      { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
+      { type: p.CKA_VALUE_LEN, value: data.length },
+      { type: p.CKA_TOKEN, value: false },
+      { type: p.CKA_PRIVATE, value: true },
+      { type: p.CKA_SENSITIVE, value: true },
+      { type: p.CKA_EXTRACTABLE, value: extractable },
+      ...attrs.map((type) => ({ type, value: true })),
+    ];
+    const parameter: Pkcs11Types.AesCBC = { type: p.CK_PARAMS_AES_CBC, iv: Buffer.alloc(16), data: Buffer.from(data) };
+    const mech = { mechanism: p.CKM_AES_CBC_ENCRYPT_DATA, parameter };
+    return this.call("C_DeriveKey", what, () => this.mod.C_DeriveKey(this.session, mech, base, t));
+  }
+
+  /** Handles of a key set: derived session objects (destroyed by the returned release) or stored keys. */
+  private keySet(ref: KeySetRef): { enc: Handle; mac: Handle; dek: Handle; extractable: boolean; release: () => void } {
+    checkKeySetRef(ref);
+    const p = this.p;
+    if (ref.kind === "derived") {
+      const master = this.secretHandle(ref.master, "derive");
+      const bits = ref.bits ?? 128;
+      const made: Handle[] = [];
+      try {
+        const one = (name: CardKeyName, attrs: number[]): Handle => {
+          const h = this.derive(master, cardKeyData(ref.cardId, ref.kvn, name, bits), attrs, true, `derive ${name.toUpperCase()} of card ${ref.cardId} from ${ref.master}`);
+          made.push(h);
+          return h;
+        };
+        const enc = one("enc", [p.CKA_ENCRYPT, p.CKA_SIGN]);
+        const mac = one("mac", [p.CKA_ENCRYPT, p.CKA_SIGN]);
+        const dek = one("dek", [p.CKA_ENCRYPT, p.CKA_WRAP, p.CKA_DERIVE]);
+        return { enc, mac, dek, extractable: true, release: () => this.destroy(...made) };
+      } catch (e) {
+        this.destroy(...made);
+        throw e;
+      }
+    }
+    const enc = this.secretHandle(ref.enc), mac = this.secretHandle(ref.mac), dek = this.secretHandle(ref.dek);
+    const ex = [enc, mac, dek].every((h) => this.attrs(h, [p.CKA_EXTRACTABLE], "key set").get(p.CKA_EXTRACTABLE)?.[0] === 1);
+    return { enc, mac, dek, extractable: ex, release: () => undefined };
+  }
+
+  private checkUsage(ref: KeySetRef, need: Partial<Record<"enc" | "mac" | "dek", SecretKeyUsage>>): void {
+    if (ref.kind !== "stored") return;
+    for (const [k, u] of Object.entries(need) as ["enc" | "mac" | "dek", SecretKeyUsage][]) this.secretHandle(ref[k], u);
+  }
+
+  private ecb(key: Handle, block: Uint8Array, what: string): Buffer {
+    return this.call("C_Encrypt", what, () => {
+      this.mod.C_EncryptInit(this.session, { mechanism: this.p.CKM_AES_ECB }, key);
+      return this.mod.C_Encrypt(this.session, Buffer.from(block), Buffer.alloc(block.length));
+    });
+  }
+
+  private kcv(key: Handle, what: string): Buffer {
+    return this.ecb(key, new Uint8Array(16).fill(1), `KCV of ${what}`).subarray(0, 3);
+  }
+
+  private keyLength(h: Handle, what: string): number {
+    const v = this.attrs(h, [this.p.CKA_VALUE_LEN], what).get(this.p.CKA_VALUE_LEN) as Buffer;
+    return v.readUIntLE(0, Math.min(v.length, 6));
+  }
+
+  async keySetKcvs(ref: KeySetRef): Promise<KeySetKcvs> {
+    this.checkUsage(ref, { enc: "encrypt", mac: "encrypt", dek: "encrypt" });
+    const k = this.keySet(ref);
+    try {
+      return { kvn: ref.kvn, enc: hex(this.kcv(k.enc, "ENC")), mac: hex(this.kcv(k.mac, "MAC")), dek: hex(this.kcv(k.dek, "DEK")) };
+    } finally {
+      k.release();
+    }
+  }
+
+  async putKeyData(current: KeySetRef, next: KeySetRef): Promise<PutKeyData> {
+    this.checkUsage(current, { dek: "wrap" });
+    this.checkUsage(next, { enc: "encrypt", mac: "encrypt", dek: "encrypt" });
+    const cur = this.keySet(current);
+    try {
+      const nxt = this.keySet(next);
+      try {
+        if (!nxt.extractable) throw new CustodyError("NOT_PERMITTED", "the new key set is not extractable (\"never\"): it cannot be sent to a card");
+        const part = (h: Handle, name: string): PutKeyComponent => ({
+          keyLength: this.keyLength(h, name),
+          // GP Amendment D §7.2: AES-CBC, zero ICV, of the key under the current static DEK.
+          cryptogram: this.call("C_WrapKey", `PUT KEY cryptogram of ${name}`, () =>
+            this.mod.C_WrapKey(this.session, { mechanism: this.p.CKM_AES_CBC, parameter: Buffer.alloc(16) }, cur.dek, h, Buffer.alloc(64)),
+          ),
+          kcv: this.kcv(h, name),
+        });
+        const parts: [PutKeyComponent, PutKeyComponent, PutKeyComponent] = [part(nxt.enc, "ENC"), part(nxt.mac, "MAC"), part(nxt.dek, "DEK")];
+        const { data, expectedResponse } = putKeyDataField(next.kvn, parts);
+        return { data, expectedResponse, kcvs: { kvn: next.kvn, enc: hex(parts[0].kcv), mac: hex(parts[1].kcv), dek: hex(parts[2].kcv) } };
+      } finally {
+        nxt.release();
+      }
+    } finally {
+      cur.release();
+    }
+  }
+
+  /** SCP03 KDF (kdf.ts layout) with the CMAC computed by the HSM under `key`. */
+  private kdf(key: Handle, constant: number, context: Uint8Array, bits: number): Uint8Array {
+    const input = Buffer.alloc(16 + context.length);
+    input[11] = constant;
+    input[13] = bits >> 8;
+    input[14] = bits & 0xff;
+    Buffer.from(context).copy(input, 16);
+    const blocks = Math.ceil(bits / 128);
+    const out = Buffer.alloc(blocks * 16);
+    for (let i = 1; i <= blocks; i++) {
+      input[15] = i;
+      const mac = this.call("C_Sign", "SCP03 session key derivation (CMAC)", () => {
+        this.mod.C_SignInit(this.session, { mechanism: this.p.CKM_AES_CMAC }, key);
+        return this.mod.C_Sign(this.session, input, Buffer.alloc(16));
+      });
+      mac.copy(out, (i - 1) * 16);
+    }
+    return new Uint8Array(out.subarray(0, bits / 8));
+  }
+
+  async scp03Session(ref: KeySetRef, hostChallenge: Uint8Array, cardChallenge: Uint8Array): Promise<Scp03SessionMaterial> {
+    checkChallenge(hostChallenge, "host challenge");
+    checkChallenge(cardChallenge, "card challenge");
+    this.checkUsage(ref, { enc: "mac", mac: "mac" });
+    const k = this.keySet(ref);
+    try {
+      const context = Buffer.concat([hostChallenge, cardChallenge]);
+      const len = this.keyLength(k.enc, "ENC");
+      const sEnc = this.kdf(k.enc, DERIVE.S_ENC, context, len * 8);
+      const sMac = this.kdf(k.mac, DERIVE.S_MAC, context, len * 8);
+      const sRmac = this.kdf(k.mac, DERIVE.S_RMAC, context, len * 8);
+      return { sEnc, sMac, sRmac, cardCryptogram: cryptogram(sMac, DERIVE.CARD_CRYPTOGRAM, context), hostCryptogram: cryptogram(sMac, DERIVE.HOST_CRYPTOGRAM, context) };
+    } finally {
+      k.release();
+    }
+  }
+
+  /** A purpose key (derivation.ts) under the card's DEK, as a session object; the caller destroys it. */
+  private purposeKey(ref: KeySetRef, purpose: number, attrs: number[]): Handle {
+    this.checkUsage(ref, { dek: "derive" });
+    const cardId = ref.cardId;
+    if (!cardId) throw new CustodyError("INVALID_ARGUMENT", "a stored key set needs cardId for keys derived from its DEK");
+    const k = this.keySet(ref);
+    try {
+      return this.derive(k.dek, purposeKeyData(cardId, ref.kvn, purpose), attrs, false, `purpose key ${purpose.toString(16)} of card ${cardId}`);
+    } finally {
+      k.release();
+    }
+  }
+
+  async sealForCard(ref: KeySetRef, purpose: number, aad: Uint8Array, plaintext: Uint8Array): Promise<SealedForCard> {
+    if (!Number.isInteger(purpose) || purpose < 0x40 || purpose > 0xff || purpose === PURPOSE.privateKeyWrap)
+      throw new CustodyError("INVALID_ARGUMENT", "seal purpose must be 0x40..0xff and not the private-key wrap purpose");
+    const p = this.p;
+    const key = this.purposeKey(ref, purpose, [p.CKA_ENCRYPT]);
+    try {
+      const nonce = Buffer.from(this.call("C_GenerateRandom", "GCM nonce", () => this.mod.C_GenerateRandom(this.session, Buffer.alloc(12))));
+      const ciphertext = this.call("C_Encrypt", "seal for card (AES-GCM)", () => {
+        const parameter: Pkcs11Types.GcmParams = { type: p.CK_PARAMS_AES_GCM, iv: nonce, aad: Buffer.from(aad), ivBits: 96, tagBits: 128 };
+        this.mod.C_EncryptInit(this.session, { mechanism: p.CKM_AES_GCM, parameter }, key);
+        return this.mod.C_Encrypt(this.session, Buffer.from(plaintext), Buffer.alloc(plaintext.length + 16));
+      });
+      return { nonce: new Uint8Array(nonce), ciphertext: new Uint8Array(ciphertext) };
+    } finally {
+      this.destroy(key);
+    }
+  }
+
+  // --- key pairs ---------------------------------------------------------------------------------------------
+
+  async generateKeyPair(label: string, alg: KeyPairAlg, opts: KeyPairOptions = {}): Promise<KeyInfo> {
+    checkLabel(label);
+    checkKeyPairAlg(alg);
+    const extractable = opts.extractable ?? "never";
+    if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+    if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const p = this.p;
+    const persistent = opts.ephemeral !== true;
+    const pub: Template = [...this.base(label, p.CKO_PUBLIC_KEY, persistent), { type: p.CKA_VERIFY, value: true }];
+    const priv: Template = [
+      ...this.base(label, p.CKO_PRIVATE_KEY, persistent),
+      { type: p.CKA_PRIVATE, value: true },
+      { type: p.CKA_SENSITIVE, value: true },
+      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
+      { type: p.CKA_SIGN, value: true },
+    ];
+    let mechanism: number;
+    if (isEc(alg)) {
+      mechanism = p.CKM_EC_KEY_PAIR_GEN;
+      pub.push({ type: p.CKA_EC_PARAMS, value: Buffer.from(EC_CURVES[alg].oid, "hex") });
+    } else {
+      mechanism = p.CKM_RSA_PKCS_KEY_PAIR_GEN;
+      pub.push({ type: p.CKA_MODULUS_BITS, value: rsaBits(alg) }, { type: p.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) });
+    }
+    this.call("C_GenerateKeyPair", `${alg} key pair ${label}`, () => this.mod.C_GenerateKeyPair(this.session, { mechanism }, pub, priv));
+    return { label, kind: "keyPair", type: alg, extractable };
+  }
+
+  async publicKey(label: string): Promise<Uint8Array> {
+    checkLabel(label);
+    this.privateHandle(label);
+    const alg = this.pairAlg(label);
+    const p = this.p;
+    const pub = this.object(label, p.CKO_PUBLIC_KEY) as Handle;
+    if (isEc(alg)) return ecPointToSpki(alg, this.attrs(pub, [p.CKA_EC_POINT], label).get(p.CKA_EC_POINT) as Buffer);
+    const a = this.attrs(pub, [p.CKA_MODULUS, p.CKA_PUBLIC_EXPONENT], label);
+    return rsaToSpki(a.get(p.CKA_MODULUS) as Buffer, a.get(p.CKA_PUBLIC_EXPONENT) as Buffer);
+  }
+
+  async sign(label: string, data: Uint8Array, opts: { hash?: HashAlg } = {}): Promise<Uint8Array> {
+    checkLabel(label);
+    const h = this.privateHandle(label);
+    const alg = this.pairAlg(label);
+    const hash = opts.hash ?? defaultHash(alg);
+    checkHash(hash);
+    const p = this.p;
+    if (isEc(alg)) {
+      const digest = createHash(HASH_NODE[hash]).update(data).digest();
+      const raw = this.call("C_Sign", `ECDSA with ${label}`, () => {
+        this.mod.C_SignInit(this.session, { mechanism: p.CKM_ECDSA }, h);
+        return this.mod.C_Sign(this.session, digest, Buffer.alloc(2 * EC_CURVES[alg].size));
+      });
+      return ecdsaRawToDer(raw);
+    }
+    const sig = this.call("C_Sign", `RSA PKCS#1 v1.5 with ${label}`, () => {
+      this.mod.C_SignInit(this.session, { mechanism: SIGN_MECH[hash](p) }, h);
+      return this.mod.C_Sign(this.session, Buffer.from(data), Buffer.alloc(rsaBits(alg) / 8));
+    });
+    return new Uint8Array(sig);
+  }
+
+  /** The wrapping key for a target, and whether the caller must destroy it (a derived session object). */
+  private wrapKey(to: WrapTarget): { h: Handle; derived: boolean } {
+    const p = this.p;
+    if ("card" in to) return { h: this.purposeKey(to.card, PURPOSE.privateKeyWrap, [p.CKA_WRAP, p.CKA_UNWRAP]), derived: true };
+    if ("key" in to) {
+      checkLabel(to.key);
+      return { h: this.secretHandle(to.key, "wrap"), derived: false };
+    }
+    throw new CustodyError("INVALID_ARGUMENT", "wrap target must be {card: KeySetRef} or {key: label}");
+  }
+
+  async wrapPrivateKey(label: string, to: WrapTarget): Promise<Uint8Array> {
+    checkLabel(label);
+    const h = this.privateHandle(label);
+    if (this.attrs(h, [this.p.CKA_EXTRACTABLE], label).get(this.p.CKA_EXTRACTABLE)?.[0] !== 1)
+      throw new CustodyError("NOT_PERMITTED", `key ${label} is not extractable: it cannot be wrapped`);
+    const w = this.wrapKey(to);
+    try {
+      const out = this.call("C_WrapKey", `wrap ${label} (AES key wrap with padding)`, () =>
+        this.mod.C_WrapKey(this.session, { mechanism: this.p.CKM_AES_KEY_WRAP_PAD }, w.h, h, Buffer.alloc(8192)),
+      );
+      return new Uint8Array(out);
+    } finally {
+      if (w.derived) this.destroy(w.h);
+    }
+  }
+
+  async rewrapPrivateKey(wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, to: WrapTarget): Promise<Uint8Array> {
+    checkKeyPairAlg(alg);
+    const p = this.p;
+    const a = this.wrapKey(from);
+    let key: Handle | undefined;
+    try {
+      const t: Template = [
+        { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+        { type: p.CKA_KEY_TYPE, value: isEc(alg) ? p.CKK_EC : p.CKK_RSA },
+        { type: p.CKA_TOKEN, value: false },
+        { type: p.CKA_PRIVATE, value: true },
+        { type: p.CKA_SENSITIVE, value: true },
+        { type: p.CKA_EXTRACTABLE, value: true },
+        { type: p.CKA_SIGN, value: false },
+      ];
+      try {
+        key = this.mod.C_UnwrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, a.h, Buffer.from(wrapped), t);
+      } catch (e) {
+        // SoftHSM2 reports a failed RFC 5649 integrity check as CKR_GENERAL_ERROR; the standard codes are
+        // CKR_WRAPPED_KEY_INVALID / CKR_ENCRYPTED_DATA_INVALID.
+        const ckr = ckrName(e);
+        if (ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_WRAPPED_KEY_INVALID" || ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_WRAPPED_KEY_LEN_RANGE")
+          throw new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (unwrap for re-wrap) failed: ${ckr} — the wrapped private key does not unwrap under the given key (wrong key or altered)`, { cause: e });
+        throw mapError(e, "C_UnwrapKey", "unwrap for re-wrap");
+      }
+    } finally {
+      if (a.derived) this.destroy(a.h);
+    }
+    try {
+      const b = this.wrapKey(to);
+      try {
+        const k = key;
+        return new Uint8Array(this.call("C_WrapKey", "re-wrap", () => this.mod.C_WrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, b.h, k, Buffer.alloc(8192))));
+      } finally {
+        if (b.derived) this.destroy(b.h);
+      }
+    } finally {
+      this.destroy(key);
+    }
+  }
+
+  async signer(label: string): Promise<Signer> {
+    const spki = await this.publicKey(label);
+    const alg = this.pairAlg(label);
+    return { label, alg, hash: defaultHash(alg), spki, sign: (data) => this.sign(label, data) };
+  }
+
+  /** Closes the session; the last instance on a module finalizes it (C_Finalize logs out and unloads). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.mod.C_CloseSession(this.session);
+    } catch {
+      // the session may already be gone (token removed)
+    }
+    Pkcs11Custody.release(this.modulePath);
+  }
+}
