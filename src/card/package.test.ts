@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { applyPackage, exportPackage, openPackage, sealPackage } from "./package.ts";
+import { createCipheriv, generateKeyPairSync, randomBytes } from "node:crypto";
+import { applyPackage, assemblePackage, exportPackage, openPackage, packageHeaderBytes, packagePlaintext, sealPackage, unwrapForCard, wrapForCard } from "./package.ts";
+import { derivePurposeKey, PURPOSE } from "./derivation.ts";
 import type { CardState } from "./state.ts";
 import { CardError } from "./sw.ts";
 
@@ -60,4 +61,24 @@ test("an export loads back only into the same card and only while newest", () =>
   applyPackage(s, o);
   assert.equal(s.packageSeq, before, "exports do not move the delivery counter");
   assert.throws(() => exportPackage(s, "9e"), sw(0x6a88));
+});
+
+test("Sk[PRk] inside a package opens only with this card's wrap key", () => {
+  const s = state();
+  const sk = wrapForCard(keySet, s.cardId, pkcs8);
+  assert.equal(sk[0], keySet.kvn);
+  assert.deepEqual([...unwrapForCard(s, sk)], [...pkcs8]);
+  const other = state({ cardId: "1111111111111111" });
+  assert.throws(() => unwrapForCard(other, sk), sw(0x6982), "another card cannot unwrap it");
+  const bent = Uint8Array.from(sk);
+  bent[10] ^= 1;
+  assert.throws(() => unwrapForCard(s, bent), sw(0x6982));
+  // An issuer that seals with custody builds the same bytes from the parts.
+  const h = packageHeaderBytes("credential", keySet.kvn, s.cardId, "9d", 9);
+  const key = derivePurposeKey(Buffer.from(keySet.dek, "hex"), s.cardId, keySet.kvn, PURPOSE.package(1));
+  const nonce = randomBytes(12);
+  const c = createCipheriv("aes-256-gcm", key, nonce).setAAD(h);
+  const ct = Buffer.concat([c.update(packagePlaintext("P256", sk, cert)), c.final(), c.getAuthTag()]);
+  const o = openPackage(s, assemblePackage(h, nonce, ct));
+  assert.deepEqual([o.keyRef, o.seq, [...o.pkcs8!]], ["9d", 9, [...pkcs8]]);
 });

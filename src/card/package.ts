@@ -1,24 +1,30 @@
 // Self-protecting credential packages (seed 000 ST22-ST25, claims 13 and 16).
 //
-// The issuer delivers {Sk[PRk], Ct} to a card through an untrusted user terminal. A package is sealed with
-// AES-256-GCM under a key derived from the card's own key set (the DEK of Sk, HKDF-SHA256 with the card ID as
-// salt), so only that card can open it; the header — card ID, key version, key slot, sequence number — is bound
-// in as associated data, so the terminal can neither read, alter, redirect nor replay it undetected:
+// The issuer delivers {Sk[PRk], Ct} to a card through an untrusted user terminal. The private key travels as
+// Sk[PRk]: AES key wrap with padding (RFC 5649) under the card's private-key wrap key, itself derived from the
+// DEK of the card's key set Sk (derivation.ts, purpose 0x50). The package around it is sealed with AES-256-GCM
+// under the card's package key (derivation.ts, purpose 0x40 | kind), so only that card can open it; the header —
+// card ID, key version, key slot, sequence number — is bound in as associated data, so the terminal can neither
+// read, alter, redirect nor replay it undetected. Both derivations are AES-CBC "encrypt data" steps an HSM does
+// natively (CKM_AES_CBC_ENCRYPT_DATA), so an issuer whose card keys live in PKCS#11 custody seals packages
+// without any key leaving the HSM (KeyCustody.wrapPrivateKey + sealForCard).
 //   * another card: the card ID differs and the key is another card's (6982);
 //   * altered: the GCM tag fails (6982);
 //   * replayed or older: seq must be greater than the last package the card accepted (6985).
 // The same format, with its own derived key, carries a key the card exports (claim 16: PRk leaves only as
 // Sk[PRk]); such an export can be loaded back only into the same card and only while it is that slot's newest.
 //
-// Wire format:  "CKP1" | kind(1) | kvn(1) | idLen(1) | cardId | keyRef(1) | seq(8, BE) | nonce(12) | ct | tag(16)
-// Plaintext:    TLV 80 alg | 81 PKCS#8 private key (optional) | 82 certificate DER (optional)
+// Wire format:  "CKP2" | kind(1) | kvn(1) | idLen(1) | cardId | keyRef(1) | seq(8, BE) | nonce(12) | ct | tag(16)
+// Plaintext:    TLV 80 alg | 83 Sk[PRk] = kvn(1) || AES-KWP(wrap key of key set kvn, PKCS#8) (optional)
+//                          | 82 certificate DER (optional)
 
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { aesKeyUnwrapPad, aesKeyWrapPad, derivePurposeKey, PURPOSE } from "./derivation.ts";
 import type { CardState, KeyAlg, ScpKeySet } from "./state.ts";
 import { CardError, SW } from "./sw.ts";
 import { concat, findTlv, parseTlvs, tlv } from "./tlv.ts";
 
-const MAGIC = Buffer.from("CKP1");
+const MAGIC = Buffer.from("CKP2");
 
 export const PACKAGE_KIND = { credential: 0x01, export: 0x02 } as const;
 export type PackageKind = keyof typeof PACKAGE_KIND;
@@ -42,8 +48,56 @@ export interface OpenedPackage extends PackageContent {
 }
 
 function packageKey(keySet: ScpKeySet, cardId: string, kind: number): Buffer {
-  const info = Buffer.concat([Buffer.from("cardkms package v1"), Buffer.from([kind, keySet.kvn])]);
-  return Buffer.from(hkdfSync("sha256", Buffer.from(keySet.dek, "hex"), Buffer.from(cardId, "hex"), info, 32));
+  return Buffer.from(derivePurposeKey(Buffer.from(keySet.dek, "hex"), cardId, keySet.kvn, PURPOSE.package(kind)));
+}
+
+/** The card's private-key wrap key for key set `keySet` (purpose 0x50 under its DEK). */
+function wrapKey(keySet: ScpKeySet, cardId: string): Buffer {
+  return Buffer.from(derivePurposeKey(Buffer.from(keySet.dek, "hex"), cardId, keySet.kvn, PURPOSE.privateKeyWrap));
+}
+
+/** Sk[PRk] as TLV 83 carries it: the key set's KVN, then AES-KWP of the PKCS#8 under the card's wrap key. */
+export function wrapForCard(keySet: ScpKeySet, cardId: string, pkcs8: Uint8Array): Uint8Array {
+  const k = wrapKey(keySet, cardId);
+  try {
+    return new Uint8Array(Buffer.concat([Buffer.from([keySet.kvn]), aesKeyWrapPad(k, pkcs8)]));
+  } finally {
+    k.fill(0);
+  }
+}
+
+/** Card side: opens a TLV 83 Sk[PRk] with the named key set's wrap key; 6982 when it is not this card's. */
+export function unwrapForCard(state: Readonly<CardState>, skPrk: Uint8Array): Uint8Array {
+  if (skPrk.length < 2) throw new CardError(SW.WRONG_DATA, "wrapped key too short");
+  const keySet = state.keySets.find((k) => k.kvn === skPrk[0]);
+  if (!keySet) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "wrapped under a key set this card does not hold");
+  const k = wrapKey(keySet, state.cardId);
+  try {
+    return aesKeyUnwrapPad(k, skPrk.subarray(1));
+  } catch {
+    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "wrapped key fails its integrity check");
+  } finally {
+    k.fill(0);
+  }
+}
+
+/** The clear header of a package (also its associated data), for an issuer that seals in key custody. */
+export function packageHeaderBytes(kind: PackageKind, kvn: number, cardId: string, keyRef: string, seq: number): Uint8Array {
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError("package sequence number must be a positive integer");
+  return new Uint8Array(header(PACKAGE_KIND[kind], kvn, cardId, keyRef, seq));
+}
+
+/** The plaintext of a package: TLV 80 alg, 83 Sk[PRk] (optional), 82 certificate (optional). */
+export function packagePlaintext(alg: KeyAlg, skPrk?: Uint8Array, cert?: Uint8Array): Uint8Array {
+  const parts = [tlv(0x80, Uint8Array.of(ALG_ID[alg]))];
+  if (skPrk) parts.push(tlv(0x83, skPrk));
+  if (cert) parts.push(tlv(0x82, cert));
+  return concat(...parts);
+}
+
+/** Header || nonce || ciphertext-with-tag: the package bytes. */
+export function assemblePackage(headerBytes: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  return new Uint8Array(Buffer.concat([headerBytes, nonce, ciphertext]));
 }
 
 function header(kind: number, kvn: number, cardId: string, keyRef: string, seq: number): Buffer {
@@ -61,10 +115,7 @@ function header(kind: number, kvn: number, cardId: string, keyRef: string, seq: 
 
 function seal(keySet: ScpKeySet, kind: number, c: PackageContent): Uint8Array {
   if (!Number.isSafeInteger(c.seq) || c.seq < 1) throw new RangeError("package sequence number must be a positive integer");
-  const parts = [tlv(0x80, Uint8Array.of(ALG_ID[c.alg]))];
-  if (c.pkcs8) parts.push(tlv(0x81, c.pkcs8));
-  if (c.cert) parts.push(tlv(0x82, c.cert));
-  const plain = concat(...parts);
+  const plain = packagePlaintext(c.alg, c.pkcs8 && wrapForCard(keySet, c.cardId, c.pkcs8), c.cert);
   const h = header(kind, keySet.kvn, c.cardId, c.keyRef, c.seq);
   const nonce = randomBytes(12);
   const cipher = createCipheriv("aes-256-gcm", packageKey(keySet, c.cardId, kind), nonce);
@@ -74,7 +125,10 @@ function seal(keySet: ScpKeySet, kind: number, c: PackageContent): Uint8Array {
   return new Uint8Array(Buffer.concat([h, nonce, ct]));
 }
 
-/** Issuer side: seals a key and/or certificate for one card under its key set (the server holds Sk in custody). */
+/**
+ * Seals a key and/or certificate for one card with its key set in hand (software issuers, tests, the demo). An
+ * issuer whose card keys are in key custody builds the same bytes with wrapPrivateKey + sealForCard.
+ */
 export function sealPackage(keySet: ScpKeySet, c: PackageContent): Uint8Array {
   return seal(keySet, PACKAGE_KIND.credential, c);
 }
@@ -146,9 +200,10 @@ export function openPackage(state: Readonly<CardState>, bytes: Uint8Array): Open
   const algId = findTlv(tlvs, 0x80);
   const alg = algId?.length === 1 ? ALG_BY_ID.get(algId[0]) : undefined;
   if (!alg) throw new CardError(SW.WRONG_DATA, "package names no known algorithm");
-  const pkcs8 = findTlv(tlvs, 0x81);
+  const skPrk = findTlv(tlvs, 0x83);
   const cert = findTlv(tlvs, 0x82);
-  return { kind: h.kind, cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, alg, pkcs8: pkcs8 && Uint8Array.from(pkcs8), cert: cert && Uint8Array.from(cert) };
+  const pkcs8 = skPrk && unwrapForCard(state, skPrk);
+  return { kind: h.kind, cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, alg, pkcs8, cert: cert && Uint8Array.from(cert) };
 }
 
 /** PIV certificate object tag (hex) for a key reference. */

@@ -15,7 +15,7 @@ import { keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, tra
 import { ISD_AID, lcBytes, macClass } from "../card/scp03/sm.ts";
 import { CustodyError, type CustodyErrorCode, type KeyCustody, type KeyPairAlg, type DerivedKeySetRef } from "./custody.ts";
 import { assertSignerConsistent, type CaSigner } from "../ca/signer.ts";
-import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, PURPOSE } from "./derivation.ts";
+import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, PURPOSE } from "../card/derivation.ts";
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const uniq = (p: string): string => `${p}-${randomBytes(4).toString("hex")}`;

@@ -47,7 +47,7 @@ import {
   type StoredKeySetRef,
   type WrapTarget,
 } from "./custody.ts";
-import { cardKeyData, PURPOSE, purposeKeyData, type CardKeyName } from "./derivation.ts";
+import { cardKeyData, PURPOSE, purposeKeyData, type CardKeyName } from "../card/derivation.ts";
 import { EC_CURVES, ecdsaRawToDer, ecPointToSpki, hex, isEc, putKeyDataField, rsaBits, rsaToSpki, type PutKeyComponent } from "./encoding.ts";
 
 type P11 = typeof Pkcs11Types;

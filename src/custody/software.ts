@@ -35,7 +35,7 @@ import {
   type StoredKeySetRef,
   type WrapTarget,
 } from "./custody.ts";
-import { aesKeyUnwrapPad, aesKeyWrapPad, cardKeyData, derivePurposeKey, encryptData, PURPOSE } from "./derivation.ts";
+import { aesKeyUnwrapPad, aesKeyWrapPad, cardKeyData, derivePurposeKey, encryptData, PURPOSE } from "../card/derivation.ts";
 import { hex, isEc, putKeyDataField, rsaBits, type PutKeyComponent } from "./encoding.ts";
 import { entryAad, openKeystore, seal, unseal, writeNext, type Entry, type EntryMeta, type KeystoreDoc, type KeystoreKeySource } from "./keystore-file.ts";
 

@@ -13,7 +13,8 @@
 //   RESET RETRY COUNTER   2C 00 80  PUK(8) | new PIN(8)
 //   GENERAL AUTHENTICATE  87 alg ref  7C{82 00, 81 challenge} -> 7C{82 signature} | 7C{82 00, 85 point} -> 7C{82 Z}
 //   GENERATE ASYMMETRIC   47 00 ref  AC{80 alg} -> 7F49{81 n, 82 e} | 7F49{86 point}          admin
-//   IMPORT KEY            80 F0 00 ref  80 alg | 81 PKCS#8                         SCP03 C-MAC + C-DECRYPTION
+//   IMPORT KEY            80 F0 00 ref  80 alg | 81 PKCS#8 (needs C-DECRYPTION)    SCP03 C-MAC
+//                                       or 80 alg | 83 Sk[PRk] (package.ts wrapForCard)
 //   LOAD PACKAGE          80 F2 00 00   sealed package (package.ts)                the package authenticates itself
 //   EXPORT KEY WRAPPED    80 F4 00 ref  -> sealed export package (Sk[PRk])         PIN
 //   DELETE KEY            80 F6 00 ref  key and its certificate object             SCP03 C-MAC, or PIN
@@ -22,7 +23,7 @@
 import { X509Certificate } from "node:crypto";
 import type { CommandApdu } from "../apdu.ts";
 import type { Applet, AppletContext } from "../applet.ts";
-import { applyPackage, exportPackage, openPackage } from "../package.ts";
+import { applyPackage, exportPackage, openPackage, unwrapForCard } from "../package.ts";
 import { changeReference, resetRetryCounter, triesLeft, verifyReference } from "../pin.ts";
 import type { CardRuntime } from "../runtime.ts";
 import type { CardState, KeyAlg } from "../state.ts";
@@ -323,14 +324,20 @@ export class PivApplet implements Applet {
     try {
       check(cmd.p1 === 0x00, SW.INCORRECT_P1P2);
       check(KEY_CERT_TAGS.has(cmd.p2), SW.INCORRECT_P1P2, "not a key reference");
-      const need = SEC_AUTHENTICATED | SEC_C_MAC | SEC_C_DECRYPTION;
-      check((ctx.secureLevel & need) === need, SW.SECURITY_STATUS_NOT_SATISFIED, "a private key comes in only under C-DECRYPTION");
+      const session = SEC_AUTHENTICATED | SEC_C_MAC;
+      check((ctx.secureLevel & session) === session, SW.SECURITY_STATUS_NOT_SATISFIED, "IMPORT KEY needs an SCP03 session with C-MAC");
       const tlvs = parseTlvs(cmd.data);
       const algId = findTlv(tlvs, 0x80);
-      const der = findTlv(tlvs, 0x81);
+      const clear = findTlv(tlvs, 0x81);
+      const skPrk = findTlv(tlvs, 0x83);
       const alg = algId?.length === 1 ? ALG_BY_ID.get(algId[0]) : undefined;
-      if (!alg || !der) throw new CardError(SW.WRONG_DATA, "80 alg and 81 PKCS#8 expected");
+      if (!alg || (clear === undefined) === (skPrk === undefined)) throw new CardError(SW.WRONG_DATA, "80 alg and one of 81 PKCS#8, 83 Sk[PRk] expected");
+      // A PKCS#8 in clear only ever crosses the terminal encrypted by the session (C-DECRYPTION); Sk[PRk] is
+      // wrapped under this card's key already (seed 000 ST22-ST24), so C-MAC suffices for it.
+      if (clear) check(ctx.secureLevel & SEC_C_DECRYPTION, SW.SECURITY_STATUS_NOT_SATISFIED, "a clear private key comes in only under C-DECRYPTION");
+      const der = clear ?? unwrapForCard(ctx.card.state, skPrk!);
       const pkcs8 = pkcs8Of(parsePrivateKey(alg, der));
+      if (skPrk) der.fill(0);
       this.storeKey(ctx.card, refHex(cmd.p2), alg, pkcs8, "imported");
       return EMPTY;
     } finally {

@@ -1,4 +1,4 @@
-// Key derivations custody performs, chosen so that an HSM does them natively with PKCS#11 2.40
+// Key derivations shared by the card and key custody, chosen so that an HSM does them natively with PKCS#11 2.40
 // CKM_AES_CBC_ENCRYPT_DATA (the derived key is the AES-CBC encryption, zero IV, of the derivation data under
 // the base key; SoftHSM2 2.6 supports it) and software reproduces them byte for byte with Node's AES. This file
 // is the software reference: pure functions, Node crypto only, so the card side can import the same code.
@@ -23,7 +23,7 @@
 //    accepted rather than spending a separate card key on it.
 
 import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
-import { aesCbcEncrypt } from "../card/scp03/cmac.ts";
+import { aesCbcEncrypt } from "./scp03/cmac.ts";
 
 export const KEY_ID = { enc: 1, mac: 2, dek: 3 } as const;
 export type CardKeyName = keyof typeof KEY_ID;
