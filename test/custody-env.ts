@@ -1,0 +1,27 @@
+// Both key custody implementations for cross-module tests: a software keystore in a temp dir, and a fresh
+// SoftHSM2 token initialised by scripts/softhsm-up.sh (tests FAIL when SoftHSM2 is missing; system-deps installs it).
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import type { KeyCustody } from "../src/custody/custody.ts";
+import { Pkcs11Custody } from "../src/custody/pkcs11.ts";
+import { SoftwareCustody } from "../src/custody/software.ts";
+import { tempDir } from "./helpers.ts";
+
+const ROOT = join(import.meta.dirname, "..");
+
+export function softwareCustody(): () => Promise<KeyCustody> {
+  const dir = tempDir("cardkms-ks-");
+  const key = randomBytes(32).toString("hex");
+  return () => SoftwareCustody.open({ path: join(dir, "keystore.json"), key });
+}
+
+export function softhsmCustody(): () => Promise<KeyCustody> {
+  const dir = tempDir("cardkms-hsm-");
+  const out = execFileSync("bash", [join(ROOT, "scripts/softhsm-up.sh"), join(dir, "hsm")], { encoding: "utf8", env: { ...process.env, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_PIN: "" } });
+  const env: Record<string, string> = {};
+  for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) env[m[1]] = m[2].replace(/^'(.*)'$/, "$1");
+  // SoftHSM reads SOFTHSM2_CONF at C_Initialize: set it before the first open.
+  process.env.SOFTHSM2_CONF = env.SOFTHSM2_CONF;
+  return () => Pkcs11Custody.open({ module: env.CARDKMS_PKCS11_MODULE, tokenLabel: env.CARDKMS_PKCS11_TOKEN, pin: env.CARDKMS_PKCS11_PIN });
+}
