@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/pcsc-up.sh
+bash scripts/postgres-up.sh
 [ -d node_modules ] || npm ci --no-audit --no-fund
 shopt -s globstar nullglob
 files=(src/**/*.test.ts test/**/*.test.ts)
@@ -17,6 +18,9 @@ set -e
 pass=$(grep -E '^# pass ' "$tap" | tail -1 | awk '{print $3}')
 fail=$(grep -E '^# fail ' "$tap" | tail -1 | awk '{print $3}')
 skip=$(grep -E '^# skipped ' "$tap" | tail -1 | awk '{print $3}')
+cancelled=$(grep -E '^# cancelled ' "$tap" | tail -1 | awk '{print $3}')
+# A cancelled test (e.g. a suite whose database never came up) is a failure.
+fail=$(( ${fail:-0} + ${cancelled:-0} ))
 rm -f "$tap"
 echo "${pass:-0} passed, ${fail:-0} failed, ${skip:-0} skipped"
 exit $rc

@@ -1,0 +1,350 @@
+// The issuer's system DB (seed 000, FIG. 4/5, para 0029-0030): one Kysely schema, two engines.
+//
+//   sqlite:/path/file.db, or a bare path   embedded default (better-sqlite3), one connection, WAL
+//   postgres://user@host:port/db           PostgreSQL through a pg Pool
+//
+// Both engines see exactly the same queries, so the schema keeps to what both store and return alike:
+//   - times and validity bounds are epoch milliseconds in 64-bit integer columns (`bigint`); PostgreSQL's int8
+//     is parsed to a JS number here (safe: epoch ms and row ids stay far below 2^53);
+//   - byte strings are BLOB / BYTEA and come back as Node Buffers on both engines;
+//   - JSON is stored as text (serialised by the store), never as jsonb, so both return the same string;
+//   - no booleans: flags are nullable timestamps (`delivered_at`, `revoked_at`, `disabled_at`).
+//
+// This module owns connections only. It must never hold key values: the DB stores custody references, public
+// keys, certificates and private keys wrapped under card keys (Sk[PRk]), nothing a reader could use in clear.
+
+import { createHash } from "node:crypto";
+import SqliteDatabase from "better-sqlite3";
+import { Kysely, PostgresAdapter, PostgresDialect, SqliteDialect, type Generated } from "kysely";
+import type { SqliteDatabase as KyselySqliteDatabase, SqliteStatement, PostgresPool, PostgresPoolClient } from "kysely";
+import pg from "pg";
+
+export type Engine = "sqlite" | "postgres";
+
+export type CardStatus = "issued" | "active" | "suspended" | "retired";
+export type KeySetStatus = "pending" | "active" | "retired";
+export type KeyPairStatus = "active" | "superseded" | "revoked" | "destroyed";
+export type PackageStatus = "pending" | "fetched" | "acknowledged";
+/** FIG. 15: embodiment 3 re-wraps and redistributes all; 4 adds new keys under Sk2 only; 5 re-wraps all and adds. */
+export type RotationStrategy = "embodiment3" | "embodiment4" | "embodiment5";
+/** para 0062: a rotation is detected and notified (proposed), approved by an operator, then run. */
+export type RotationStatus = "proposed" | "approved" | "running" | "completed" | "failed" | "cancelled";
+
+export interface UsersTable {
+  id: string;
+  /** Registered personal data (subject fields for certificates), JSON text. */
+  personal_data: string;
+  created_at: number;
+}
+
+export interface CardsTable {
+  id: string;
+  user_id: string;
+  status: CardStatus;
+  /** Card validity VT (FIG. 5). */
+  valid_from: number;
+  valid_until: number;
+  /** The card key set Sk the issuer wraps new private keys under; null before the first key set. */
+  current_key_set_id: string | null;
+  /** Last package sequence number handed out for this card (0: none yet). */
+  last_package_seq: Generated<number>;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface CardKeySetsTable {
+  id: string;
+  card_id: string;
+  /** GlobalPlatform key version number on the card. */
+  kvn: number;
+  /** Issuer-side version of the card key (Sk1 -> Sk2 ...), increasing per card. */
+  version: number;
+  status: KeySetStatus;
+  /** Symmetric key validity SkVT (FIG. 5). */
+  valid_from: number;
+  valid_until: number;
+  /** Where the key values live in key custody (a handle, never the key). */
+  custody_ref: string;
+  label: string | null;
+  created_at: number;
+}
+
+export interface KeyPairsTable {
+  id: string;
+  user_id: string;
+  /** The card the private key is destined for (moves to the new card on rotation). */
+  card_id: string | null;
+  /** Card slot, e.g. a PIV key reference ("9c"); null while it lives only in the overflow store. */
+  slot: string | null;
+  algorithm: string;
+  /** SubjectPublicKeyInfo DER. */
+  public_key: Uint8Array;
+  status: KeyPairStatus;
+  created_at: number;
+}
+
+export interface WrappedKeysTable {
+  id: Generated<number>;
+  key_pair_id: string;
+  key_set_id: string;
+  /** Sk[PRk]: the private key wrapped under the card key set. */
+  wrapped: Uint8Array;
+  created_at: number;
+}
+
+export interface CertificatesTable {
+  id: string;
+  /** Serial number, lowercase hex without leading zeros. */
+  serial: string;
+  key_pair_id: string;
+  der: Uint8Array;
+  subject: string;
+  /** Certificate validity CtVT (FIG. 5). */
+  not_before: number;
+  not_after: number;
+  revoked_at: number | null;
+  revocation_reason: string | null;
+  created_at: number;
+}
+
+export interface PackagesTable {
+  id: Generated<number>;
+  card_id: string;
+  /** Strictly increasing per card (unique (card_id, seq)); the card refuses an older or replayed one. */
+  seq: number;
+  body: Uint8Array;
+  status: PackageStatus;
+  created_at: number;
+  fetched_at: number | null;
+  acknowledged_at: number | null;
+}
+
+export interface RotationsTable {
+  id: string;
+  card_id: string;
+  /** The new card (embodiments 3-5 all issue one); null until it is issued. */
+  to_card_id: string | null;
+  from_key_set_id: string;
+  to_key_set_id: string | null;
+  strategy: RotationStrategy;
+  status: RotationStatus;
+  /** wrapped_keys.id of the last source row re-wrapped; the bulk re-wrap resumes after it. */
+  cursor: number;
+  total: number;
+  done: number;
+  approved_by: string | null;
+  approved_at: number | null;
+  error: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface EventsTable {
+  id: Generated<number>;
+  type: string;
+  subject: string;
+  payload: string;
+  /** When set, a second event with the same key is not recorded (the validity scan runs repeatedly). */
+  dedup_key: string | null;
+  created_at: number;
+  delivered_at: number | null;
+  attempts: Generated<number>;
+  last_error: string | null;
+}
+
+export interface WebhooksTable {
+  id: string;
+  url: string;
+  /** JSON array of event types, or ["*"]. */
+  event_types: string;
+  /** Custody reference of the signing secret (never the secret). */
+  secret_ref: string | null;
+  created_at: number;
+  disabled_at: number | null;
+}
+
+export interface OperatorsTable {
+  id: string;
+  name: string;
+  /** scrypt/argon-style encoded hash; never the password. */
+  password_hash: string | null;
+  /** SHA-256 of the API token (hex); never the token. */
+  token_hash: string | null;
+  /** JSON array of role names. */
+  roles: string;
+  created_at: number;
+  disabled_at: number | null;
+}
+
+export interface AuditLogTable {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  subject: string;
+  /** Canonical JSON of the details object (exactly the bytes hashed). */
+  details: string;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface Database {
+  users: UsersTable;
+  cards: CardsTable;
+  card_key_sets: CardKeySetsTable;
+  key_pairs: KeyPairsTable;
+  wrapped_keys: WrappedKeysTable;
+  certificates: CertificatesTable;
+  packages: PackagesTable;
+  rotations: RotationsTable;
+  events: EventsTable;
+  webhooks: WebhooksTable;
+  operators: OperatorsTable;
+  audit_log: AuditLogTable;
+}
+
+export type Db = Kysely<Database>;
+
+export interface OpenOptions {
+  /** SQLite `synchronous` in WAL mode: "full" (default) fsyncs the WAL on every commit; "normal" survives a
+   *  process crash but may lose the last commits on power loss. */
+  sqliteSynchronous?: "full" | "normal";
+  /** SQLite busy timeout when another process holds the write lock (default 5000 ms). */
+  sqliteBusyTimeoutMs?: number;
+  /** PostgreSQL pool size (default 10). */
+  pgPoolSize?: number;
+}
+
+/** Which engine a URL names: `postgres://` / `postgresql://` is PostgreSQL; `sqlite:` or a bare path is SQLite. */
+export function engineForUrl(url: string): Engine {
+  if (/^postgres(ql)?:\/\//i.test(url)) return "postgres";
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url) && !url.startsWith("sqlite:")) {
+    throw new Error(`database URL: unsupported scheme in ${redactUrl(url)} (expected sqlite:/path, a file path or postgres://)`);
+  }
+  return "sqlite";
+}
+
+/** The SQLite file path of a `sqlite:` URL or bare path (`sqlite::memory:` and `:memory:` for an in-memory DB). */
+export function sqlitePath(url: string): string {
+  let p = url.startsWith("sqlite://") ? url.slice("sqlite://".length) : url.startsWith("sqlite:") ? url.slice("sqlite:".length) : url;
+  const q = p.indexOf("?");
+  if (q >= 0) p = p.slice(0, q);
+  if (p === "") throw new Error("database URL: empty SQLite path");
+  return p;
+}
+
+/** A URL with its password removed, for error messages and logs. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/i, "$1:***@");
+}
+
+const engines = new WeakMap<object, Engine>();
+
+/** The engine a Kysely instance (or a transaction of it) talks to. */
+export function engineOf(db: Kysely<unknown> | Db): Engine {
+  const known = engines.get(db);
+  if (known) return known;
+  return db.getExecutor().adapter instanceof PostgresAdapter ? "postgres" : "sqlite";
+}
+
+/** Opens the system DB named by `url`. The caller runs `migrateToLatest` and eventually `db.destroy()`. */
+export function openDatabase(url: string, options: OpenOptions = {}): Db {
+  const engine = engineForUrl(url);
+  const db = engine === "postgres" ? openPostgres(url, options) : openSqlite(url, options);
+  engines.set(db, engine);
+  return db;
+}
+
+function openSqlite(url: string, options: OpenOptions): Db {
+  const path = sqlitePath(url);
+  const sync = options.sqliteSynchronous ?? "full";
+  if (sync !== "full" && sync !== "normal") throw new Error(`sqliteSynchronous: expected "full" or "normal", got ${String(sync)}`);
+  const busy = options.sqliteBusyTimeoutMs ?? 5000;
+  if (!Number.isInteger(busy) || busy < 0) throw new Error(`sqliteBusyTimeoutMs: expected a non-negative integer, got ${busy}`);
+  const raw = new SqliteDatabase(path);
+  try {
+    raw.pragma("journal_mode = WAL");
+    raw.pragma(`synchronous = ${sync.toUpperCase()}`);
+    raw.pragma("foreign_keys = ON");
+    raw.pragma(`busy_timeout = ${busy}`);
+  } catch (e) {
+    raw.close();
+    throw e;
+  }
+  // Kysely's SQLite driver serialises all work on this one connection (better-sqlite3 is synchronous).
+  return new Kysely<Database>({ dialect: new SqliteDialect({ database: new CachedStatements(raw) }) });
+}
+
+/** Kysely prepares every query anew; this keeps the compiled statements of the hot paths (inserts, pages). */
+class CachedStatements implements KyselySqliteDatabase {
+  readonly #cache = new Map<string, SqliteDatabase.Statement>();
+  constructor(readonly raw: SqliteDatabase.Database, readonly limit = 256) {}
+
+  prepare(sql: string): SqliteStatement {
+    const hit = this.#cache.get(sql);
+    // A statement still iterating (a streamed select) cannot be re-entered: prepare a fresh one.
+    if (hit && !hit.busy) return hit as unknown as SqliteStatement;
+    const stmt = this.raw.prepare(sql);
+    if (!hit) {
+      if (this.#cache.size >= this.limit) this.#cache.delete(this.#cache.keys().next().value as string);
+      this.#cache.set(sql, stmt);
+    }
+    return stmt as unknown as SqliteStatement;
+  }
+
+  close(): void {
+    this.#cache.clear();
+    this.raw.close();
+  }
+}
+
+const PG_INT8 = 20;
+
+function openPostgres(url: string, options: OpenOptions): Db {
+  const size = options.pgPoolSize ?? 10;
+  if (!Number.isInteger(size) || size < 1) throw new Error(`pgPoolSize: expected a positive integer, got ${size}`);
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: size,
+    types: {
+      getTypeParser: ((oid: number, format?: "text" | "binary") =>
+        oid === PG_INT8 ? parseInt8 : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+    },
+  });
+  // An idle client losing its server must not crash the process; the next query reports the error.
+  pool.on("error", () => {});
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool: new PreparingPool(pool) }) });
+}
+
+function parseInt8(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`int8 value ${text} exceeds 2^53`);
+  return n;
+}
+
+/** Runs parameterised DML as named prepared statements (parsed and planned once per connection). */
+class PreparingPool implements PostgresPool {
+  constructor(readonly pool: pg.Pool) {}
+
+  async connect(): Promise<PostgresPoolClient> {
+    const client = await this.pool.connect();
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+    const wrapped = {
+      query(sqlOrCursor: unknown, parameters?: ReadonlyArray<unknown>): unknown {
+        if (typeof sqlOrCursor === "string" && parameters && parameters.length > 0 && /^\s*(select|insert|update|delete|with)\b/i.test(sqlOrCursor)) {
+          const name = "ck_" + createHash("sha256").update(sqlOrCursor).digest("hex").slice(0, 40);
+          return query({ name, text: sqlOrCursor, values: parameters });
+        }
+        return parameters === undefined ? query(sqlOrCursor) : query(sqlOrCursor, parameters);
+      },
+      release(): void {
+        client.release();
+      },
+    };
+    return wrapped as PostgresPoolClient;
+  }
+
+  end(): Promise<void> {
+    return this.pool.end();
+  }
+}

@@ -1,0 +1,35 @@
+// Schema migrations for both engines. The migration list is static (imported, not globbed from a folder), so a
+// bundled or compiled server migrates the same way as the sources, and each migration is told which engine it
+// writes DDL for.
+
+import { Migrator, type Kysely, type Migration, type MigrationResultSet } from "kysely";
+import { engineOf, type Db, type Engine } from "./db.ts";
+import { systemDb } from "./migrations/0001_system_db.ts";
+
+/** Every migration in order; names sort in application order and never change once released. */
+export function migrations(engine: Engine): Record<string, Migration> {
+  return {
+    "0001_system_db": systemDb(engine),
+  };
+}
+
+export function migratorFor(db: Db | Kysely<unknown>): Migrator {
+  const engine = engineOf(db);
+  return new Migrator({
+    db: db as Kysely<unknown>,
+    provider: { getMigrations: async () => migrations(engine) },
+    migrationTableName: "cardkms_migrations",
+    migrationLockTableName: "cardkms_migrations_lock",
+  });
+}
+
+/** Applies every pending migration; throws, naming the failed migration, if one fails (it is rolled back). */
+export async function migrateToLatest(db: Db): Promise<string[]> {
+  const result: MigrationResultSet = await migratorFor(db).migrateToLatest();
+  if (result.error) {
+    const failed = result.results?.find((r) => r.status === "Error")?.migrationName ?? "(before any migration)";
+    const cause = result.error instanceof Error ? result.error : new Error(String(result.error));
+    throw new Error(`migration ${failed} failed: ${cause.message}`, { cause });
+  }
+  return (result.results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
+}

@@ -1,0 +1,1031 @@
+// The issuer's store: every read and write of the system DB (seed 000 FIG. 4/5) the issuing flows make, written
+// once against Kysely and run unchanged on SQLite and PostgreSQL.
+//
+// What it owns: users, cards (VT), card key sets (SkVT; custody references only), key pairs (public keys), the
+// wrapped private keys Sk[PRk] (one row per card key set a key is wrapped under), certificates (CtVT), delivery
+// packages and their per-card sequence numbers, rotation jobs (FIG. 15) with their resumable checkpoint, the
+// events outbox, webhooks and operator credentials.
+// What it must never do: store a key value, a clear private key, a password or an API token. It holds handles
+// into key custody, wrapped keys, and hashes of credentials.
+
+import { randomUUID } from "node:crypto";
+import type { Insertable, Selectable, Transaction } from "kysely";
+import {
+  engineOf,
+  openDatabase,
+  type CardStatus,
+  type Database,
+  type Db,
+  type Engine,
+  type KeyPairStatus,
+  type KeySetStatus,
+  type OpenOptions,
+  type PackageStatus,
+  type RotationStatus,
+  type RotationStrategy,
+} from "./db.ts";
+import { migrateToLatest } from "./migrate.ts";
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+export interface User {
+  id: string;
+  personalData: Record<string, JsonValue>;
+  createdAt: number;
+}
+
+export interface Card {
+  id: string;
+  userId: string;
+  status: CardStatus;
+  validFrom: number;
+  validUntil: number;
+  currentKeySetId: string | null;
+  lastPackageSeq: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface CardKeySet {
+  id: string;
+  cardId: string;
+  kvn: number;
+  version: number;
+  status: KeySetStatus;
+  validFrom: number;
+  validUntil: number;
+  custodyRef: string;
+  label: string | null;
+  createdAt: number;
+}
+
+export interface KeyPair {
+  id: string;
+  userId: string;
+  cardId: string | null;
+  slot: string | null;
+  algorithm: string;
+  publicKey: Buffer;
+  status: KeyPairStatus;
+  createdAt: number;
+}
+
+export interface WrappedKey {
+  /** Row id: the page cursor of the bulk re-wrap. */
+  id: number;
+  keyPairId: string;
+  keySetId: string;
+  /** Sk[PRk]. */
+  wrapped: Buffer;
+  createdAt: number;
+}
+
+export interface Certificate {
+  id: string;
+  serial: string;
+  keyPairId: string;
+  der: Buffer;
+  subject: string;
+  notBefore: number;
+  notAfter: number;
+  revokedAt: number | null;
+  revocationReason: string | null;
+  createdAt: number;
+}
+
+export interface DeliveryPackage {
+  id: number;
+  cardId: string;
+  seq: number;
+  body: Buffer;
+  status: PackageStatus;
+  createdAt: number;
+  fetchedAt: number | null;
+  acknowledgedAt: number | null;
+}
+
+export interface Rotation {
+  id: string;
+  cardId: string;
+  toCardId: string | null;
+  fromKeySetId: string;
+  toKeySetId: string | null;
+  strategy: RotationStrategy;
+  status: RotationStatus;
+  cursor: number;
+  total: number;
+  done: number;
+  approvedBy: string | null;
+  approvedAt: number | null;
+  error: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface StoredEvent {
+  id: number;
+  type: string;
+  subject: string;
+  payload: JsonValue;
+  dedupKey: string | null;
+  createdAt: number;
+  deliveredAt: number | null;
+  attempts: number;
+  lastError: string | null;
+}
+
+export interface Webhook {
+  id: string;
+  url: string;
+  eventTypes: string[];
+  secretRef: string | null;
+  createdAt: number;
+  disabledAt: number | null;
+}
+
+export interface Operator {
+  id: string;
+  name: string;
+  passwordHash: string | null;
+  tokenHash: string | null;
+  roles: string[];
+  createdAt: number;
+  disabledAt: number | null;
+}
+
+export interface NewKeyPair {
+  id?: string;
+  userId: string;
+  cardId?: string | null;
+  slot?: string | null;
+  algorithm: string;
+  publicKey: Uint8Array;
+  status?: KeyPairStatus;
+}
+
+export interface NewCertificate {
+  id?: string;
+  serial: string;
+  der: Uint8Array;
+  subject: string;
+  notBefore: number;
+  notAfter: number;
+}
+
+export interface RecordedCredential {
+  keyPair: KeyPair;
+  wrapped: WrappedKey[];
+  certificate: Certificate | null;
+}
+
+export class StoreError extends Error {
+  constructor(
+    readonly code: "not_found" | "conflict" | "invalid",
+    message: string,
+  ) {
+    super(message);
+    this.name = "StoreError";
+  }
+}
+
+const CARD_STATUSES: readonly CardStatus[] = ["issued", "active", "suspended", "retired"];
+const STRATEGIES: readonly RotationStrategy[] = ["embodiment3", "embodiment4", "embodiment5"];
+/** Rows per INSERT statement (keeps under SQLite's and PostgreSQL's bound-parameter limits). */
+const INSERT_CHUNK = 1000;
+const MAX_PAGE = 50_000;
+
+export interface StoreOptions {
+  /** Clock in epoch ms (tests pin it). */
+  now?: () => number;
+}
+
+export class Store {
+  readonly engine: Engine;
+  readonly #now: () => number;
+
+  constructor(
+    readonly db: Db | Transaction<Database>,
+    options: StoreOptions = {},
+  ) {
+    this.engine = engineOf(db);
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Opens the DB at `url` (see db.ts), migrates it to the latest schema and returns its store. */
+  static async open(url: string, options: OpenOptions & StoreOptions = {}): Promise<Store> {
+    const db = openDatabase(url, options);
+    try {
+      await migrateToLatest(db);
+    } catch (e) {
+      await db.destroy();
+      throw e;
+    }
+    return new Store(db, options);
+  }
+
+  async close(): Promise<void> {
+    if (this.db.isTransaction) throw new StoreError("invalid", "close: this store is bound to a transaction");
+    await this.db.destroy();
+  }
+
+  now(): number {
+    return this.#now();
+  }
+
+  /**
+   * Runs `fn` in one transaction with a store bound to it (so the issuer can, e.g., record a credential, queue
+   * its package and append the audit entry atomically). Inside a transaction already, `fn` joins it.
+   */
+  async transaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
+    if (this.db.isTransaction) return fn(this);
+    return (this.db as Db).transaction().execute((trx) => fn(new Store(trx, { now: this.#now })));
+  }
+
+  // ---- users ----------------------------------------------------------------------------------------------
+
+  async createUser(input: { id?: string; personalData: Record<string, JsonValue> }): Promise<User> {
+    const row = { id: input.id ?? randomUUID(), personal_data: JSON.stringify(input.personalData), created_at: this.now() };
+    await this.#insertOrConflict(this.db.insertInto("users").values(row).execute(), `user ${row.id} exists`);
+    return toUser(row);
+  }
+
+  async getUser(id: string): Promise<User | undefined> {
+    const row = await this.db.selectFrom("users").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toUser(row);
+  }
+
+  // ---- cards and card key sets (ST11-ST15) ----------------------------------------------------------------
+
+  /** Registers a card issued to a user (ST14), validity VT = [validFrom, validUntil]. */
+  async registerCard(input: {
+    id?: string;
+    userId: string;
+    validFrom: number;
+    validUntil: number;
+    status?: CardStatus;
+  }): Promise<Card> {
+    checkValidity("card", input.validFrom, input.validUntil);
+    const status = input.status ?? "issued";
+    if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);
+    const now = this.now();
+    const row: Insertable<Database["cards"]> = {
+      id: input.id ?? randomUUID(),
+      user_id: input.userId,
+      status,
+      valid_from: input.validFrom,
+      valid_until: input.validUntil,
+      current_key_set_id: null,
+      created_at: now,
+      updated_at: now,
+    };
+    await this.#insertOrConflict(this.db.insertInto("cards").values(row).execute(), `card ${row.id} exists, or user ${input.userId} unknown`);
+    return (await this.getCard(row.id))!;
+  }
+
+  async getCard(id: string): Promise<Card | undefined> {
+    const row = await this.db.selectFrom("cards").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toCard(row);
+  }
+
+  async listCardsForUser(userId: string): Promise<Card[]> {
+    const rows = await this.db.selectFrom("cards").selectAll().where("user_id", "=", userId).orderBy("created_at").orderBy("id").execute();
+    return rows.map(toCard);
+  }
+
+  async setCardStatus(id: string, status: CardStatus): Promise<void> {
+    if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);
+    const r = await this.db.updateTable("cards").set({ status, updated_at: this.now() }).where("id", "=", id).executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `card ${id} not found`);
+  }
+
+  /**
+   * Adds a card key set (ST11-ST12: only its custody reference, never the key values). With `makeCurrent`, new
+   * private keys for the card are wrapped under it from now on.
+   */
+  async addKeySet(input: {
+    id?: string;
+    cardId: string;
+    kvn: number;
+    version: number;
+    validFrom: number;
+    validUntil: number;
+    custodyRef: string;
+    label?: string | null;
+    status?: KeySetStatus;
+    makeCurrent?: boolean;
+  }): Promise<CardKeySet> {
+    if (!Number.isInteger(input.kvn) || input.kvn < 1 || input.kvn > 127) throw new StoreError("invalid", `kvn: expected 1..127, got ${input.kvn}`);
+    if (!Number.isInteger(input.version) || input.version < 1) throw new StoreError("invalid", `key set version: expected a positive integer, got ${input.version}`);
+    checkValidity("key set", input.validFrom, input.validUntil);
+    if (!input.custodyRef) throw new StoreError("invalid", "custodyRef: empty");
+    const row = {
+      id: input.id ?? randomUUID(),
+      card_id: input.cardId,
+      kvn: input.kvn,
+      version: input.version,
+      status: input.status ?? ("active" as KeySetStatus),
+      valid_from: input.validFrom,
+      valid_until: input.validUntil,
+      custody_ref: input.custodyRef,
+      label: input.label ?? null,
+      created_at: this.now(),
+    };
+    return this.transaction(async (s) => {
+      await s.#insertOrConflict(
+        s.db.insertInto("card_key_sets").values(row).execute(),
+        `key set ${row.id}: exists, card ${input.cardId} unknown, or KVN ${input.kvn} / version ${input.version} already used on it`,
+      );
+      if (input.makeCurrent) await s.setCurrentKeySet(input.cardId, row.id);
+      return toKeySet(row);
+    });
+  }
+
+  async getKeySet(id: string): Promise<CardKeySet | undefined> {
+    const row = await this.db.selectFrom("card_key_sets").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toKeySet(row);
+  }
+
+  async listKeySets(cardId: string): Promise<CardKeySet[]> {
+    const rows = await this.db.selectFrom("card_key_sets").selectAll().where("card_id", "=", cardId).orderBy("version").execute();
+    return rows.map(toKeySet);
+  }
+
+  /** Makes `keySetId` (which must belong to the card) the one new private keys are wrapped under. */
+  async setCurrentKeySet(cardId: string, keySetId: string): Promise<void> {
+    const r = await this.db
+      .updateTable("cards")
+      .set({ current_key_set_id: keySetId, updated_at: this.now() })
+      .where("id", "=", cardId)
+      .where((eb) => eb.exists(eb.selectFrom("card_key_sets").select("id").where("id", "=", keySetId).where("card_id", "=", cardId)))
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `card ${cardId} has no key set ${keySetId}`);
+  }
+
+  async setKeySetStatus(id: string, status: KeySetStatus): Promise<void> {
+    const r = await this.db.updateTable("card_key_sets").set({ status }).where("id", "=", id).executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `key set ${id} not found`);
+  }
+
+  // ---- credentials (ST16-ST21) ----------------------------------------------------------------------------
+
+  /**
+   * Records a new credential in ONE transaction: the key pair (ST17), its private key wrapped under each given
+   * card key set (ST18, Sk[PRk]) and, when already issued, its certificate (ST21). Either all rows land or none.
+   */
+  async recordCredential(input: {
+    keyPair: NewKeyPair;
+    wrapped: { keySetId: string; wrapped: Uint8Array }[];
+    certificate?: NewCertificate | null;
+  }): Promise<RecordedCredential> {
+    const now = this.now();
+    const kp = input.keyPair;
+    if (kp.publicKey.length === 0) throw new StoreError("invalid", "publicKey: empty");
+    const kpRow = {
+      id: kp.id ?? randomUUID(),
+      user_id: kp.userId,
+      card_id: kp.cardId ?? null,
+      slot: kp.slot ?? null,
+      algorithm: kp.algorithm,
+      public_key: kp.publicKey,
+      status: kp.status ?? ("active" as KeyPairStatus),
+      created_at: now,
+    };
+    for (const w of input.wrapped) if (w.wrapped.length === 0) throw new StoreError("invalid", `wrapped key under ${w.keySetId}: empty`);
+    const cert = input.certificate ?? null;
+    if (cert) checkValidity("certificate", cert.notBefore, cert.notAfter);
+    return this.transaction(async (s) => {
+      await s.#insertOrConflict(s.db.insertInto("key_pairs").values(kpRow).execute(), `key pair ${kpRow.id} exists, or user/card unknown`);
+      let wrapped: WrappedKey[] = [];
+      if (input.wrapped.length > 0) {
+        const rows = await s.#insertOrConflict(
+          s.db
+            .insertInto("wrapped_keys")
+            .values(input.wrapped.map((w) => ({ key_pair_id: kpRow.id, key_set_id: w.keySetId, wrapped: w.wrapped, created_at: now })))
+            .returning("id")
+            .execute(),
+          `wrapped keys of ${kpRow.id}: unknown key set, or the same key set twice`,
+        );
+        wrapped = rows.map((r, i) => ({ id: r.id, keyPairId: kpRow.id, keySetId: input.wrapped[i].keySetId, wrapped: Buffer.from(input.wrapped[i].wrapped), createdAt: now }));
+      }
+      let certificate: Certificate | null = null;
+      if (cert) {
+        const row = certRow(cert, kpRow.id, now);
+        await s.#insertOrConflict(s.db.insertInto("certificates").values(row).execute(), `certificate serial ${cert.serial} exists`);
+        certificate = toCertificate(row);
+      }
+      return { keyPair: toKeyPair(kpRow), wrapped, certificate };
+    });
+  }
+
+  /** Adds Sk[PRk] of an existing key pair under another card key set (embodiment 3-5 re-wrap, single key). */
+  async addWrappedKey(keyPairId: string, keySetId: string, wrapped: Uint8Array): Promise<WrappedKey> {
+    const now = this.now();
+    const r = await this.#insertOrConflict(
+      this.db.insertInto("wrapped_keys").values({ key_pair_id: keyPairId, key_set_id: keySetId, wrapped, created_at: now }).returning("id").executeTakeFirstOrThrow(),
+      `key pair ${keyPairId} already wrapped under ${keySetId}, or either is unknown`,
+    );
+    return { id: r.id, keyPairId, keySetId, wrapped: Buffer.from(wrapped), createdAt: now };
+  }
+
+  async addCertificate(keyPairId: string, cert: NewCertificate): Promise<Certificate> {
+    checkValidity("certificate", cert.notBefore, cert.notAfter);
+    const row = certRow(cert, keyPairId, this.now());
+    await this.#insertOrConflict(this.db.insertInto("certificates").values(row).execute(), `certificate serial ${cert.serial} exists, or key pair ${keyPairId} unknown`);
+    return toCertificate(row);
+  }
+
+  async getKeyPair(id: string): Promise<KeyPair | undefined> {
+    const row = await this.db.selectFrom("key_pairs").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toKeyPair(row);
+  }
+
+  async listKeyPairs(filter: { cardId?: string; userId?: string; status?: KeyPairStatus }): Promise<KeyPair[]> {
+    let q = this.db.selectFrom("key_pairs").selectAll();
+    if (filter.cardId !== undefined) q = q.where("card_id", "=", filter.cardId);
+    if (filter.userId !== undefined) q = q.where("user_id", "=", filter.userId);
+    if (filter.status !== undefined) q = q.where("status", "=", filter.status);
+    return (await q.orderBy("created_at").orderBy("id").execute()).map(toKeyPair);
+  }
+
+  async updateKeyPair(id: string, change: { status?: KeyPairStatus; cardId?: string | null; slot?: string | null }): Promise<void> {
+    const set: { status?: KeyPairStatus; card_id?: string | null; slot?: string | null } = {};
+    if (change.status !== undefined) set.status = change.status;
+    if (change.cardId !== undefined) set.card_id = change.cardId;
+    if (change.slot !== undefined) set.slot = change.slot;
+    if (Object.keys(set).length === 0) return;
+    const r = await this.db.updateTable("key_pairs").set(set).where("id", "=", id).executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `key pair ${id} not found`);
+  }
+
+  async getWrappedKey(keyPairId: string, keySetId: string): Promise<WrappedKey | undefined> {
+    const row = await this.db
+      .selectFrom("wrapped_keys")
+      .selectAll()
+      .where("key_pair_id", "=", keyPairId)
+      .where("key_set_id", "=", keySetId)
+      .executeTakeFirst();
+    return row && toWrapped(row);
+  }
+
+  async countWrappedKeys(keySetId: string, afterId = 0): Promise<number> {
+    const r = await this.db
+      .selectFrom("wrapped_keys")
+      .select((eb) => eb.fn.countAll<number>().as("n"))
+      .where("key_set_id", "=", keySetId)
+      .where("id", ">", afterId)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /**
+   * The keys wrapped under a card key set, as pages in primary-key order (keyset pagination: each page is one
+   * indexed range query `id > last`, so memory stays at one page however many keys there are, and no
+   * connection or snapshot is held between pages). Start after `afterId` to resume a checkpointed scan.
+   */
+  async *wrappedKeyPages(keySetId: string, options: { afterId?: number; pageSize?: number } = {}): AsyncGenerator<WrappedKey[]> {
+    const size = options.pageSize ?? 1000;
+    if (!Number.isInteger(size) || size < 1 || size > MAX_PAGE) throw new StoreError("invalid", `pageSize: expected 1..${MAX_PAGE}, got ${size}`);
+    let after = options.afterId ?? 0;
+    while (true) {
+      const rows = await this.db
+        .selectFrom("wrapped_keys")
+        .selectAll()
+        .where("key_set_id", "=", keySetId)
+        .where("id", ">", after)
+        .orderBy("id")
+        .limit(size)
+        .execute();
+      if (rows.length === 0) return;
+      after = rows[rows.length - 1].id;
+      yield rows.map(toWrapped);
+      if (rows.length < size) return;
+    }
+  }
+
+  async getCertificate(id: string): Promise<Certificate | undefined> {
+    const row = await this.db.selectFrom("certificates").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toCertificate(row);
+  }
+
+  async getCertificateBySerial(serial: string): Promise<Certificate | undefined> {
+    const row = await this.db.selectFrom("certificates").selectAll().where("serial", "=", serial).executeTakeFirst();
+    return row && toCertificate(row);
+  }
+
+  async listCertificates(keyPairId: string): Promise<Certificate[]> {
+    const rows = await this.db.selectFrom("certificates").selectAll().where("key_pair_id", "=", keyPairId).orderBy("created_at").execute();
+    return rows.map(toCertificate);
+  }
+
+  /** Revokes a certificate once; a second revocation is a conflict (the first reason and time stand). */
+  async revokeCertificate(id: string, reason: string, at = this.now()): Promise<Certificate> {
+    const r = await this.db
+      .updateTable("certificates")
+      .set({ revoked_at: at, revocation_reason: reason })
+      .where("id", "=", id)
+      .where("revoked_at", "is", null)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) {
+      const c = await this.getCertificate(id);
+      throw c ? new StoreError("conflict", `certificate ${id} already revoked`) : new StoreError("not_found", `certificate ${id} not found`);
+    }
+    return (await this.getCertificate(id))!;
+  }
+
+  /** Revoked certificates that have not yet expired (what a CRL lists). */
+  async listRevokedCertificates(now = this.now()): Promise<Certificate[]> {
+    const rows = await this.db
+      .selectFrom("certificates")
+      .selectAll()
+      .where("revoked_at", "is not", null)
+      .where("not_after", ">", now)
+      .orderBy("revoked_at")
+      .orderBy("id")
+      .execute();
+    return rows.map(toCertificate);
+  }
+
+  // ---- delivery packages (ST22) ---------------------------------------------------------------------------
+
+  /**
+   * Hands out the card's next package sequence number. Atomic on both engines: one UPDATE ... RETURNING on the
+   * card row (PostgreSQL row lock; SQLite's single writer), so concurrent callers never get the same number.
+   */
+  async allocatePackageSeq(cardId: string): Promise<number> {
+    const r = await this.db
+      .updateTable("cards")
+      .set((eb) => ({ last_package_seq: eb("last_package_seq", "+", 1) }))
+      .where("id", "=", cardId)
+      .returning("last_package_seq")
+      .executeTakeFirst();
+    if (!r) throw new StoreError("not_found", `card ${cardId} not found`);
+    return Number(r.last_package_seq);
+  }
+
+  /** Stores a delivery package for the card under the next sequence number (allocation and insert atomic). */
+  async createPackage(cardId: string, body: Uint8Array | ((seq: number) => Uint8Array | Promise<Uint8Array>)): Promise<DeliveryPackage> {
+    return this.transaction(async (s) => {
+      const seq = await s.allocatePackageSeq(cardId);
+      const bytes = typeof body === "function" ? await body(seq) : body;
+      const row = { card_id: cardId, seq, body: bytes, status: "pending" as PackageStatus, created_at: s.now(), fetched_at: null, acknowledged_at: null };
+      const r = await s.db.insertInto("packages").values(row).returning("id").executeTakeFirstOrThrow();
+      return toPackage({ ...row, id: r.id });
+    });
+  }
+
+  async getPackage(cardId: string, seq: number): Promise<DeliveryPackage | undefined> {
+    const row = await this.db.selectFrom("packages").selectAll().where("card_id", "=", cardId).where("seq", "=", seq).executeTakeFirst();
+    return row && toPackage(row);
+  }
+
+  async listPackages(cardId: string, filter: { status?: PackageStatus; afterSeq?: number; limit?: number } = {}): Promise<DeliveryPackage[]> {
+    let q = this.db.selectFrom("packages").selectAll().where("card_id", "=", cardId).where("seq", ">", filter.afterSeq ?? 0);
+    if (filter.status) q = q.where("status", "=", filter.status);
+    return (await q.orderBy("seq").limit(filter.limit ?? 100).execute()).map(toPackage);
+  }
+
+  /** pending -> fetched -> acknowledged; never backwards. Returns false when the package was already further. */
+  async advancePackage(cardId: string, seq: number, to: "fetched" | "acknowledged"): Promise<boolean> {
+    const now = this.now();
+    const q =
+      to === "fetched"
+        ? this.db.updateTable("packages").set({ status: "fetched", fetched_at: now }).where("status", "=", "pending")
+        : this.db.updateTable("packages").set({ status: "acknowledged", acknowledged_at: now }).where("status", "in", ["pending", "fetched"]);
+    const r = await q.where("card_id", "=", cardId).where("seq", "=", seq).executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 1) return true;
+    if (!(await this.getPackage(cardId, seq))) throw new StoreError("not_found", `card ${cardId} has no package ${seq}`);
+    return false;
+  }
+
+  // ---- card-key rotation jobs (embodiments 3-5, FIG. 15) --------------------------------------------------
+
+  /** Records a rotation the validity scan (or an operator) proposes; it runs only after approval (para 0062). */
+  async proposeRotation(input: {
+    id?: string;
+    cardId: string;
+    fromKeySetId: string;
+    strategy: RotationStrategy;
+    toCardId?: string | null;
+    toKeySetId?: string | null;
+  }): Promise<Rotation> {
+    if (!STRATEGIES.includes(input.strategy)) throw new StoreError("invalid", `strategy: expected one of ${STRATEGIES.join(", ")}, got ${input.strategy}`);
+    const now = this.now();
+    const row = {
+      id: input.id ?? randomUUID(),
+      card_id: input.cardId,
+      to_card_id: input.toCardId ?? null,
+      from_key_set_id: input.fromKeySetId,
+      to_key_set_id: input.toKeySetId ?? null,
+      strategy: input.strategy,
+      status: "proposed" as RotationStatus,
+      cursor: 0,
+      total: 0,
+      done: 0,
+      approved_by: null,
+      approved_at: null,
+      error: null,
+      created_at: now,
+      updated_at: now,
+    };
+    await this.#insertOrConflict(this.db.insertInto("rotations").values(row).execute(), `rotation ${row.id} exists, or card/key set unknown`);
+    return toRotation(row);
+  }
+
+  async getRotation(id: string): Promise<Rotation | undefined> {
+    const row = await this.db.selectFrom("rotations").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toRotation(row);
+  }
+
+  async listRotations(filter: { status?: RotationStatus; cardId?: string } = {}): Promise<Rotation[]> {
+    let q = this.db.selectFrom("rotations").selectAll();
+    if (filter.status) q = q.where("status", "=", filter.status);
+    if (filter.cardId) q = q.where("card_id", "=", filter.cardId);
+    return (await q.orderBy("created_at").orderBy("id").execute()).map(toRotation);
+  }
+
+  /** Open (not finished) rotation for a key set, if any: the validity scan queues at most one per key set. */
+  async openRotationForKeySet(fromKeySetId: string): Promise<Rotation | undefined> {
+    const row = await this.db
+      .selectFrom("rotations")
+      .selectAll()
+      .where("from_key_set_id", "=", fromKeySetId)
+      .where("status", "in", ["proposed", "approved", "running"])
+      .executeTakeFirst();
+    return row && toRotation(row);
+  }
+
+  async approveRotation(id: string, operator: string): Promise<Rotation> {
+    const now = this.now();
+    return this.#transition(id, ["proposed"], { status: "approved", approved_by: operator, approved_at: now, updated_at: now });
+  }
+
+  /** approved -> running, with the new card/key set and the number of keys to re-wrap. Restarting a running job
+   *  (after a crash) keeps its cursor and counters. */
+  async startRotation(id: string, input: { toCardId?: string | null; toKeySetId: string; total: number }): Promise<Rotation> {
+    const cur = await this.getRotation(id);
+    if (!cur) throw new StoreError("not_found", `rotation ${id} not found`);
+    if (cur.status === "running" && cur.toKeySetId === input.toKeySetId) return cur;
+    return this.#transition(id, ["approved"], {
+      status: "running",
+      to_card_id: input.toCardId ?? cur.toCardId,
+      to_key_set_id: input.toKeySetId,
+      total: input.total,
+      updated_at: this.now(),
+    });
+  }
+
+  /**
+   * One step of the streaming bulk re-wrap, atomically: the re-wrapped keys Sk2[PRk] are inserted, the cursor
+   * moves to `cursor` (the last source wrapped_keys.id handled) and `done` grows — all or nothing. The step is
+   * refused (conflict) unless the job is running with its cursor still at `expectedCursor`, so a second worker
+   * or a replay after a crash cannot apply a page twice; re-inserting a pair that already exists is ignored.
+   */
+  async checkpointRotation(
+    id: string,
+    step: { expectedCursor: number; cursor: number; rewrapped: { keyPairId: string; wrapped: Uint8Array }[] },
+  ): Promise<Rotation> {
+    if (!(step.cursor >= step.expectedCursor)) throw new StoreError("invalid", `cursor ${step.cursor} is behind ${step.expectedCursor}`);
+    return this.transaction(async (s) => {
+      const now = s.now();
+      const moved = await s.db
+        .updateTable("rotations")
+        .set((eb) => ({ cursor: step.cursor, done: eb("done", "+", step.rewrapped.length), updated_at: now }))
+        .where("id", "=", id)
+        .where("status", "=", "running")
+        .where("cursor", "=", step.expectedCursor)
+        .returningAll()
+        .executeTakeFirst();
+      if (!moved) {
+        const cur = await s.getRotation(id);
+        if (!cur) throw new StoreError("not_found", `rotation ${id} not found`);
+        throw new StoreError("conflict", `rotation ${id} is ${cur.status} at cursor ${cur.cursor}, expected running at ${step.expectedCursor}`);
+      }
+      const keySetId = moved.to_key_set_id;
+      if (!keySetId) throw new StoreError("invalid", `rotation ${id} has no target key set`);
+      for (let i = 0; i < step.rewrapped.length; i += INSERT_CHUNK) {
+        const chunk = step.rewrapped.slice(i, i + INSERT_CHUNK);
+        await s.db
+          .insertInto("wrapped_keys")
+          .values(chunk.map((r) => ({ key_pair_id: r.keyPairId, key_set_id: keySetId, wrapped: r.wrapped, created_at: now })))
+          .onConflict((oc) => oc.columns(["key_pair_id", "key_set_id"]).doNothing())
+          .execute();
+      }
+      return toRotation(moved);
+    });
+  }
+
+  async completeRotation(id: string): Promise<Rotation> {
+    return this.#transition(id, ["running"], { status: "completed", updated_at: this.now() });
+  }
+
+  async failRotation(id: string, error: string): Promise<Rotation> {
+    return this.#transition(id, ["proposed", "approved", "running"], { status: "failed", error, updated_at: this.now() });
+  }
+
+  async cancelRotation(id: string): Promise<Rotation> {
+    return this.#transition(id, ["proposed", "approved"], { status: "cancelled", updated_at: this.now() });
+  }
+
+  async #transition(id: string, from: RotationStatus[], set: Partial<Selectable<Database["rotations"]>>): Promise<Rotation> {
+    const row = await this.db.updateTable("rotations").set(set).where("id", "=", id).where("status", "in", from).returningAll().executeTakeFirst();
+    if (row) return toRotation(row);
+    const cur = await this.getRotation(id);
+    if (!cur) throw new StoreError("not_found", `rotation ${id} not found`);
+    throw new StoreError("conflict", `rotation ${id} is ${cur.status}; expected ${from.join(" or ")}`);
+  }
+
+  // ---- validity (FIG. 5, para 0062) -----------------------------------------------------------------------
+
+  /** Cards not retired whose validity VT ends at or before `until` (already expired ones included). */
+  async expiringCards(until: number, page: { afterId?: string; limit?: number } = {}): Promise<Card[]> {
+    const rows = await this.db
+      .selectFrom("cards")
+      .selectAll()
+      .where("valid_until", "<=", until)
+      .where("status", "!=", "retired")
+      .where("id", ">", page.afterId ?? "")
+      .orderBy("id")
+      .limit(page.limit ?? 1000)
+      .execute();
+    return rows.map(toCard);
+  }
+
+  /** Card key sets not retired whose validity SkVT ends at or before `until`. */
+  async expiringKeySets(until: number, page: { afterId?: string; limit?: number } = {}): Promise<CardKeySet[]> {
+    const rows = await this.db
+      .selectFrom("card_key_sets")
+      .selectAll()
+      .where("valid_until", "<=", until)
+      .where("status", "!=", "retired")
+      .where("id", ">", page.afterId ?? "")
+      .orderBy("id")
+      .limit(page.limit ?? 1000)
+      .execute();
+    return rows.map(toKeySet);
+  }
+
+  /** Unrevoked certificates whose validity CtVT ends at or before `until`. */
+  async expiringCertificates(until: number, page: { afterId?: string; limit?: number } = {}): Promise<Certificate[]> {
+    const rows = await this.db
+      .selectFrom("certificates")
+      .selectAll()
+      .where("not_after", "<=", until)
+      .where("revoked_at", "is", null)
+      .where("id", ">", page.afterId ?? "")
+      .orderBy("id")
+      .limit(page.limit ?? 1000)
+      .execute();
+    return rows.map(toCertificate);
+  }
+
+  // ---- events outbox and webhooks -------------------------------------------------------------------------
+
+  /**
+   * Appends a notification to the outbox (in the caller's transaction, if any, so it lands with the change it
+   * reports). With a `dedupKey` already present nothing is added and null is returned.
+   */
+  async enqueueEvent(input: { type: string; subject: string; payload: JsonValue; dedupKey?: string }): Promise<StoredEvent | null> {
+    const row = {
+      type: input.type,
+      subject: input.subject,
+      payload: JSON.stringify(input.payload),
+      dedup_key: input.dedupKey ?? null,
+      created_at: this.now(),
+      delivered_at: null,
+      last_error: null,
+    };
+    const r = await this.db
+      .insertInto("events")
+      .values(row)
+      .onConflict((oc) => oc.column("dedup_key").doNothing())
+      .returning(["id", "attempts"])
+      .executeTakeFirst();
+    return r ? toEvent({ ...row, id: r.id, attempts: r.attempts }) : null;
+  }
+
+  /** Events in id order after `afterId` (the events endpoint's cursor). */
+  async listEvents(filter: { afterId?: number; limit?: number; type?: string } = {}): Promise<StoredEvent[]> {
+    let q = this.db.selectFrom("events").selectAll().where("id", ">", filter.afterId ?? 0);
+    if (filter.type) q = q.where("type", "=", filter.type);
+    return (await q.orderBy("id").limit(filter.limit ?? 100).execute()).map(toEvent);
+  }
+
+  async undeliveredEvents(limit = 100): Promise<StoredEvent[]> {
+    const rows = await this.db.selectFrom("events").selectAll().where("delivered_at", "is", null).orderBy("id").limit(limit).execute();
+    return rows.map(toEvent);
+  }
+
+  async markEventDelivered(id: number): Promise<void> {
+    await this.db.updateTable("events").set((eb) => ({ delivered_at: this.now(), attempts: eb("attempts", "+", 1), last_error: null })).where("id", "=", id).execute();
+  }
+
+  async markEventFailed(id: number, error: string): Promise<void> {
+    await this.db.updateTable("events").set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: error })).where("id", "=", id).execute();
+  }
+
+  async addWebhook(input: { id?: string; url: string; eventTypes: string[]; secretRef?: string | null }): Promise<Webhook> {
+    let parsed: URL;
+    try {
+      parsed = new URL(input.url);
+    } catch {
+      throw new StoreError("invalid", `webhook url: not a URL: ${input.url}`);
+    }
+    if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new StoreError("invalid", `webhook url: expected http(s), got ${parsed.protocol}`);
+    const row = { id: input.id ?? randomUUID(), url: input.url, event_types: JSON.stringify(input.eventTypes), secret_ref: input.secretRef ?? null, created_at: this.now(), disabled_at: null };
+    await this.#insertOrConflict(this.db.insertInto("webhooks").values(row).execute(), `webhook ${row.id} exists`);
+    return toWebhook(row);
+  }
+
+  /** Enabled webhooks that subscribe to `type` (or to "*"); all enabled ones without a type. */
+  async listWebhooks(type?: string): Promise<Webhook[]> {
+    const rows = await this.db.selectFrom("webhooks").selectAll().where("disabled_at", "is", null).orderBy("created_at").orderBy("id").execute();
+    return rows.map(toWebhook).filter((w) => type === undefined || w.eventTypes.includes("*") || w.eventTypes.includes(type));
+  }
+
+  async disableWebhook(id: string): Promise<void> {
+    await this.db.updateTable("webhooks").set({ disabled_at: this.now() }).where("id", "=", id).execute();
+  }
+
+  // ---- operators ------------------------------------------------------------------------------------------
+
+  /** Stores an operator with HASHES of its password and/or API token (the caller hashes; never the secret). */
+  async createOperator(input: { id?: string; name: string; passwordHash?: string | null; tokenHash?: string | null; roles: string[] }): Promise<Operator> {
+    if (!input.passwordHash && !input.tokenHash) throw new StoreError("invalid", `operator ${input.name}: needs a password hash or a token hash`);
+    const row = {
+      id: input.id ?? randomUUID(),
+      name: input.name,
+      password_hash: input.passwordHash ?? null,
+      token_hash: input.tokenHash ?? null,
+      roles: JSON.stringify(input.roles),
+      created_at: this.now(),
+      disabled_at: null,
+    };
+    await this.#insertOrConflict(this.db.insertInto("operators").values(row).execute(), `operator ${input.name} exists`);
+    return toOperator(row);
+  }
+
+  async getOperatorByName(name: string): Promise<Operator | undefined> {
+    const row = await this.db.selectFrom("operators").selectAll().where("name", "=", name).where("disabled_at", "is", null).executeTakeFirst();
+    return row && toOperator(row);
+  }
+
+  async getOperatorByTokenHash(tokenHash: string): Promise<Operator | undefined> {
+    const row = await this.db.selectFrom("operators").selectAll().where("token_hash", "=", tokenHash).where("disabled_at", "is", null).executeTakeFirst();
+    return row && toOperator(row);
+  }
+
+  async disableOperator(id: string): Promise<void> {
+    await this.db.updateTable("operators").set({ disabled_at: this.now() }).where("id", "=", id).execute();
+  }
+
+  /** Maps the engines' unique / foreign-key violations to one StoreError("conflict"). */
+  async #insertOrConflict<T>(p: Promise<T>, message: string): Promise<T> {
+    try {
+      return await p;
+    } catch (e) {
+      if (isConstraintViolation(e)) throw new StoreError("conflict", message);
+      throw e;
+    }
+  }
+}
+
+/** True for a unique, foreign-key or check violation on either engine. */
+export function isConstraintViolation(e: unknown): boolean {
+  if (typeof e !== "object" || e === null) return false;
+  const code = (e as { code?: unknown }).code;
+  if (typeof code !== "string") return false;
+  return code.startsWith("SQLITE_CONSTRAINT") || code === "23505" || code === "23503" || code === "23514";
+}
+
+function checkValidity(what: string, from: number, until: number): void {
+  if (!Number.isSafeInteger(from) || !Number.isSafeInteger(until)) throw new StoreError("invalid", `${what} validity: expected epoch ms integers`);
+  if (from > until) throw new StoreError("invalid", `${what} validity: starts (${from}) after it ends (${until})`);
+}
+
+function certRow(cert: NewCertificate, keyPairId: string, now: number) {
+  if (!/^[0-9a-f]+$/.test(cert.serial)) throw new StoreError("invalid", `certificate serial: expected lowercase hex, got ${cert.serial}`);
+  return {
+    id: cert.id ?? randomUUID(),
+    serial: cert.serial,
+    key_pair_id: keyPairId,
+    der: cert.der,
+    subject: cert.subject,
+    not_before: cert.notBefore,
+    not_after: cert.notAfter,
+    revoked_at: null as number | null,
+    revocation_reason: null as string | null,
+    created_at: now,
+  };
+}
+
+const buf = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+function toUser(r: Selectable<Database["users"]>): User {
+  return { id: r.id, personalData: JSON.parse(r.personal_data) as Record<string, JsonValue>, createdAt: r.created_at };
+}
+
+function toCard(r: Selectable<Database["cards"]>): Card {
+  return {
+    id: r.id,
+    userId: r.user_id,
+    status: r.status,
+    validFrom: r.valid_from,
+    validUntil: r.valid_until,
+    currentKeySetId: r.current_key_set_id,
+    lastPackageSeq: r.last_package_seq,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function toKeySet(r: Selectable<Database["card_key_sets"]>): CardKeySet {
+  return {
+    id: r.id,
+    cardId: r.card_id,
+    kvn: r.kvn,
+    version: r.version,
+    status: r.status,
+    validFrom: r.valid_from,
+    validUntil: r.valid_until,
+    custodyRef: r.custody_ref,
+    label: r.label,
+    createdAt: r.created_at,
+  };
+}
+
+function toKeyPair(r: Selectable<Database["key_pairs"]>): KeyPair {
+  return { id: r.id, userId: r.user_id, cardId: r.card_id, slot: r.slot, algorithm: r.algorithm, publicKey: buf(r.public_key), status: r.status, createdAt: r.created_at };
+}
+
+function toWrapped(r: Selectable<Database["wrapped_keys"]>): WrappedKey {
+  return { id: r.id, keyPairId: r.key_pair_id, keySetId: r.key_set_id, wrapped: buf(r.wrapped), createdAt: r.created_at };
+}
+
+function toCertificate(r: Selectable<Database["certificates"]>): Certificate {
+  return {
+    id: r.id,
+    serial: r.serial,
+    keyPairId: r.key_pair_id,
+    der: buf(r.der),
+    subject: r.subject,
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    revokedAt: r.revoked_at,
+    revocationReason: r.revocation_reason,
+    createdAt: r.created_at,
+  };
+}
+
+function toPackage(r: Selectable<Database["packages"]>): DeliveryPackage {
+  return { id: r.id, cardId: r.card_id, seq: r.seq, body: buf(r.body), status: r.status, createdAt: r.created_at, fetchedAt: r.fetched_at, acknowledgedAt: r.acknowledged_at };
+}
+
+function toRotation(r: Selectable<Database["rotations"]>): Rotation {
+  return {
+    id: r.id,
+    cardId: r.card_id,
+    toCardId: r.to_card_id,
+    fromKeySetId: r.from_key_set_id,
+    toKeySetId: r.to_key_set_id,
+    strategy: r.strategy,
+    status: r.status,
+    cursor: r.cursor,
+    total: r.total,
+    done: r.done,
+    approvedBy: r.approved_by,
+    approvedAt: r.approved_at,
+    error: r.error,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function toEvent(r: Selectable<Database["events"]>): StoredEvent {
+  return {
+    id: r.id,
+    type: r.type,
+    subject: r.subject,
+    payload: JSON.parse(r.payload) as JsonValue,
+    dedupKey: r.dedup_key,
+    createdAt: r.created_at,
+    deliveredAt: r.delivered_at,
+    attempts: r.attempts,
+    lastError: r.last_error,
+  };
+}
+
+function toWebhook(r: Selectable<Database["webhooks"]>): Webhook {
+  return { id: r.id, url: r.url, eventTypes: JSON.parse(r.event_types) as string[], secretRef: r.secret_ref, createdAt: r.created_at, disabledAt: r.disabled_at };
+}
+
+function toOperator(r: Selectable<Database["operators"]>): Operator {
+  return {
+    id: r.id,
+    name: r.name,
+    passwordHash: r.password_hash,
+    tokenHash: r.token_hash,
+    roles: JSON.parse(r.roles) as string[],
+    createdAt: r.created_at,
+    disabledAt: r.disabled_at,
+  };
+}
