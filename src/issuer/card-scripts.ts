@@ -6,44 +6,39 @@
 // custody (KeyCustody + KeySetRef): then the static keys never leave custody — session keys and cryptograms
 // come from custody.scp03Session, PUT KEY data from custody.putKeyData, Sk[PRk] from custody.wrapPrivateKey.
 
-import { PivClient, PIV_AID, PIV_INS } from "../terminal/piv-client.ts";
+import { PIV_AID, PIV_INS } from "../terminal/piv-client.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
 import { ApduError } from "../terminal/apdu-client.ts";
-import { checkPutKeyResponse, putKeyCommand, Scp03Client, Scp03Error, type SessionSource } from "../card/scp03/host.ts";
+import { checkPutKeyResponse, putKeyCommand, Scp03Error } from "../card/scp03/host.ts";
+import type { ApduCommand } from "../card/apdu.ts";
+import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
+import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
+export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
-import { tlv } from "../card/tlv.ts";
-import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
+import { concat, tlv } from "../card/tlv.ts";
 
-/** Full protection: C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION. */
-export const LEVEL_FULL = 0x33;
-
-/** A card key set: in clear, or a reference into key custody. */
-export type CardKeys = ScpKeySet | { custody: KeyCustody; ref: KeySetRef };
-
-const inCustody = (k: CardKeys): k is { custody: KeyCustody; ref: KeySetRef } => "custody" in k;
-const kvnOf = (k: CardKeys): number => (inCustody(k) ? k.ref.kvn : k.kvn);
-
-function sessionKeys(k: CardKeys): ScpKeySet | SessionSource {
-  if (!inCustody(k)) return k;
-  return (hc, cc) => k.custody.scp03Session(k.ref, hc, cc);
+/** A script for one secure-channel session: the application, the commands, and how to judge the results. */
+export interface CardScript {
+  keys: CardKeys;
+  aid: Uint8Array;
+  commands: ApduCommand[];
+  /** Throws when the card's answers mean the script failed. */
+  check(results: RelayResult[]): void;
 }
 
-/** Opens an SCP03 session with the selected application, at full protection. */
-export async function openSession(transmit: Transmit, keys: CardKeys): Promise<Scp03Client> {
-  return Scp03Client.open(transmit, sessionKeys(keys), { level: LEVEL_FULL, kvn: kvnOf(keys) });
-}
+const expectOk = (what: string[]) => (results: RelayResult[]) => {
+  results.forEach((r, i) => {
+    if (r.sw !== 0x9000) throw new ApduError(r.sw, what[i] ?? "command");
+  });
+};
 
-async function check(client: Scp03Client, cmd: Parameters<Scp03Client["send"]>[0], what: string): Promise<Uint8Array> {
-  const r = await client.send(cmd);
-  if (r.sw !== 0x9000) throw new ApduError(r.sw, what);
-  return r.data;
-}
-
-async function selectAid(transmit: Transmit, aid: Uint8Array, what: string): Promise<void> {
-  const p = new PivClient(transmit);
-  await p.apdu.check({ cla: 0, ins: 0xa4, p1: 4, p2: 0, data: aid, le: 256 }, `SELECT ${what}`);
+/** Runs a script on a card reachable from here, through the same relay engine a remote terminal uses. */
+export async function runScript(transmit: Transmit, script: CardScript): Promise<RelayResult[]> {
+  const results = await runRelay(new RelaySession(script.keys, script.aid, script.commands), transmit);
+  script.check(results);
+  return results;
 }
 
 /**
@@ -51,28 +46,39 @@ async function selectAid(transmit: Transmit, aid: Uint8Array, what: string): Pro
  * transport key of a blank card), PUT KEY installs `next` — replacing the current key set, or added beside it
  * (`keep`, embodiments 4 and 5: a card holding Sk1 and Sk2) — and SET STATUS moves a new card to SECURED.
  */
-export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean } = {}): Promise<void> {
+export async function personalisationScript(current: CardKeys, next: CardKeys, opts: { keep?: boolean } = {}): Promise<CardScript> {
   if (inCustody(current) !== inCustody(next)) throw new TypeError("current and next key sets must both be in custody or both in clear");
-  await selectAid(transmit, ISD_AID, "ISD");
-  const client = await openSession(transmit, current);
   const replace = opts.keep ? 0 : kvnOf(current);
-  try {
-    if (inCustody(current) && inCustody(next)) {
-      const pk = await current.custody.putKeyData(current.ref, next.ref);
-      const resp = await check(client, { cla: 0x80, ins: 0xd8, p1: replace, p2: 0x81, data: pk.data, le: 256 }, "PUT KEY");
-      if (!Buffer.from(resp).equals(Buffer.from(pk.expectedResponse))) throw new Scp03Error("PUT KEY: the card's key check values differ from custody's");
-    } else {
-      const cur = current as ScpKeySet;
-      const n = next as ScpKeySet;
-      const newKeys = { kvn: n.kvn, enc: n.enc, mac: n.mac, dek: n.dek };
-      checkPutKeyResponse(await check(client, putKeyCommand(cur.dek, newKeys, replace), "PUT KEY"), newKeys);
-    }
-    const st = await client.send({ cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f });
-    // 6985: already SECURED (a rotation on a card in the field); anything else is a failure.
-    if (st.sw !== 0x9000 && st.sw !== 0x6985) throw new ApduError(st.sw, "SET STATUS SECURED");
-  } finally {
-    client.close();
+  let putKey: ApduCommand;
+  let checkPutKey: (data: Uint8Array) => void;
+  if (inCustody(current) && inCustody(next)) {
+    const pk = await current.custody.putKeyData(current.ref, next.ref);
+    putKey = { cla: 0x80, ins: 0xd8, p1: replace, p2: 0x81, data: pk.data, le: 256 };
+    checkPutKey = (d) => {
+      if (!Buffer.from(d).equals(Buffer.from(pk.expectedResponse))) throw new Scp03Error("PUT KEY: the card's key check values differ from custody's");
+    };
+  } else {
+    const cur = current as ScpKeySet;
+    const n = next as ScpKeySet;
+    const newKeys = { kvn: n.kvn, enc: n.enc, mac: n.mac, dek: n.dek };
+    putKey = putKeyCommand(cur.dek, newKeys, replace);
+    checkPutKey = (d) => checkPutKeyResponse(d, newKeys);
   }
+  return {
+    keys: current,
+    aid: ISD_AID,
+    commands: [putKey, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }],
+    check: (r) => {
+      if (r[0].sw !== 0x9000) throw new ApduError(r[0].sw, "PUT KEY");
+      checkPutKey(r[0].data);
+      // 6985: already SECURED (a rotation on a card in the field); anything else is a failure.
+      if (r[1].sw !== 0x9000 && r[1].sw !== 0x6985) throw new ApduError(r[1].sw, "SET STATUS SECURED");
+    },
+  };
+}
+
+export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean } = {}): Promise<void> {
+  await runScript(transmit, await personalisationScript(current, next, opts));
 }
 
 export interface OnlineCredential {
@@ -86,25 +92,26 @@ export interface OnlineCredential {
 }
 
 /**
- * Online delivery (seed 000 ST22-ST25, the SCP03 path as Dogtag TPS does it): SELECT PIV, open an SCP03 session
- * with the card key Sk on the PIV applet, IMPORT KEY and write the certificate object.
+ * Online delivery (seed 000 ST22-ST25, the SCP03 path as Dogtag TPS does it): an SCP03 session with the card key
+ * Sk on the PIV applet, IMPORT KEY and the certificate object written under it.
  */
-export async function deliverOnline(transmit: Transmit, keys: CardKeys, c: OnlineCredential): Promise<void> {
-  await selectAid(transmit, PIV_AID, "PIV");
-  const client = await openSession(transmit, keys);
-  try {
-    if (c.skPrk || c.pkcs8) {
-      const key = c.skPrk ? tlv(0x83, c.skPrk) : tlv(0x81, c.pkcs8!);
-      const data = Buffer.concat([tlv(0x80, Uint8Array.of(ALG_ID[c.alg])), key]);
-      await check(client, { cla: 0x80, ins: PIV_INS.IMPORT_KEY, p1: 0, p2: c.keyRef, data }, "IMPORT KEY");
-    }
-    if (c.cert) {
-      const tag = CERT_OBJECT[c.keyRef.toString(16)];
-      if (!tag) throw new RangeError(`no certificate object for key reference ${c.keyRef.toString(16)}`);
-      const data = Buffer.concat([tlv(0x5c, Buffer.from(tag, "hex")), pivCertObject(c.cert)]);
-      await check(client, { cla: 0x00, ins: 0xdb, p1: 0x3f, p2: 0xff, data }, "PUT DATA certificate");
-    }
-  } finally {
-    client.close();
+export function deliveryScript(keys: CardKeys, c: OnlineCredential): CardScript {
+  const commands: ApduCommand[] = [];
+  const what: string[] = [];
+  if (c.skPrk || c.pkcs8) {
+    const key = c.skPrk ? tlv(0x83, c.skPrk) : tlv(0x81, c.pkcs8!);
+    commands.push({ cla: 0x80, ins: PIV_INS.IMPORT_KEY, p1: 0, p2: c.keyRef, data: concat(tlv(0x80, Uint8Array.of(ALG_ID[c.alg])), key) });
+    what.push("IMPORT KEY");
   }
+  if (c.cert) {
+    const tag = CERT_OBJECT[c.keyRef.toString(16)];
+    if (!tag) throw new RangeError(`no certificate object for key reference ${c.keyRef.toString(16)}`);
+    commands.push({ cla: 0x00, ins: 0xdb, p1: 0x3f, p2: 0xff, data: concat(tlv(0x5c, Buffer.from(tag, "hex")), pivCertObject(c.cert)) });
+    what.push("PUT DATA certificate");
+  }
+  return { keys, aid: PIV_AID, commands, check: expectOk(what) };
+}
+
+export async function deliverOnline(transmit: Transmit, keys: CardKeys, c: OnlineCredential): Promise<void> {
+  await runScript(transmit, deliveryScript(keys, c));
 }

@@ -1,0 +1,27 @@
+// How the issuer reaches a card's static SCP03 keys: in clear (a ScpKeySet: tests, the demo, a software issuer)
+// or through key custody (KeyCustody + KeySetRef), where they never leave custody.
+
+import { Scp03Client, type SessionSource } from "../card/scp03/host.ts";
+import type { ScpKeySet } from "../card/state.ts";
+import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
+import type { Transmit } from "../terminal/apdu-client.ts";
+
+/** Full protection: C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION. */
+export const LEVEL_FULL = 0x33;
+
+/** A card key set: in clear, or a reference into key custody. */
+export type CardKeys = ScpKeySet | { custody: KeyCustody; ref: KeySetRef };
+
+export const inCustody = (k: CardKeys): k is { custody: KeyCustody; ref: KeySetRef } => "custody" in k;
+export const kvnOf = (k: CardKeys): number => (inCustody(k) ? k.ref.kvn : k.kvn);
+
+export function sessionKeys(k: CardKeys): ScpKeySet | SessionSource {
+  if (!inCustody(k)) return k;
+  return (hc, cc) => k.custody.scp03Session(k.ref, hc, cc);
+}
+
+/** Opens an SCP03 session with the selected application, at full protection. */
+export async function openSession(transmit: Transmit, keys: CardKeys): Promise<Scp03Client> {
+  return Scp03Client.open(transmit, sessionKeys(keys), { level: LEVEL_FULL, kvn: kvnOf(keys) });
+}
+
