@@ -1,0 +1,292 @@
+// The issuing system of seed 000 (FIG. 3, system server 10x): it owns the system DB (FIG. 4/5) through the Store,
+// reaches every secret through KeyCustody, and asks the CA to certify through a CaClient (in-process or HTTP,
+// ST19-ST21). No HTTP and no CLI in here: server/ and cli/ wire it.
+//
+// It must never hold a private key in clear: credential keys are generated inside custody, leave it only as
+// Sk[PRk] (wrapped under the card's key, ST18), and are destroyed in custody afterwards. The card keys Sk are
+// diversified inside custody from a master key and the card ID; the DB keeps only references (ST12).
+
+import { randomBytes, randomUUID } from "node:crypto";
+import type { KeyAlg } from "../card/state.ts";
+import { TRANSPORT_KEY_SET } from "../card/card.ts";
+import { PURPOSE } from "../card/derivation.ts";
+import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
+import type { CaClient } from "../ca/client.ts";
+import type { SubjectName } from "../ca/name.ts";
+import type { RevocationReason } from "../ca/crl.ts";
+import type { DerivedKeySetRef, KeyCustody, KeySetRef, StoredKeySetRef } from "../custody/custody.ts";
+import { CustodyError } from "../custody/custody.ts";
+import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, Store, User } from "../store/store.ts";
+import { appendAudit } from "../store/audit.ts";
+import type { CardKeys } from "./card-keys.ts";
+import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
+import type { Transmit } from "../terminal/apdu-client.ts";
+
+const DAY = 86_400_000;
+
+/** PIV key slots a credential can go to (seed 000: the card's key pair area). */
+export const SLOTS = ["9a", "9c", "9d", "9e", ...Array.from({ length: 20 }, (_, i) => (0x82 + i).toString(16))] as const;
+export type Slot = string;
+
+export const CARD_KEY_ALGS: readonly KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
+
+export class IssuerError extends Error {
+  constructor(
+    readonly code: "not_found" | "conflict" | "invalid" | "refused",
+    message: string,
+  ) {
+    super(message);
+    this.name = "IssuerError";
+  }
+}
+
+export interface IssuerOptions {
+  store: Store;
+  custody: KeyCustody;
+  ca: CaClient;
+  /** Custody label of the master key card keys are diversified from. */
+  masterKey?: string;
+  validity?: { cardDays?: number; keySetDays?: number };
+  /** Called after each successful act, for metrics. */
+  onEvent?: (e: { type: "card.issued" | "credential.issued" | "credential.delivered" | "certificate.revoked" | "card.personalised" }) => void;
+}
+
+export interface IssuedCredential {
+  keyPair: KeyPair;
+  certificate: Certificate;
+  package: DeliveryPackage;
+}
+
+/** The certificate subject from the user's registered data (seed 001 step 417: from the user's personal data). */
+export function subjectFrom(personalData: Record<string, JsonValue>, cardId: string): SubjectName {
+  const s = (k: string) => (typeof personalData[k] === "string" ? (personalData[k] as string) : undefined);
+  return {
+    commonName: s("commonName") ?? s("name"),
+    email: s("email"),
+    organization: s("organization"),
+    organizationalUnit: s("organizationalUnit"),
+    country: s("country"),
+    serialNumber: cardId,
+  };
+}
+
+export class Issuer {
+  readonly store: Store;
+  readonly custody: KeyCustody;
+  readonly ca: CaClient;
+  readonly masterKey: string;
+  private readonly cardDays: number;
+  private readonly keySetDays: number;
+  private readonly onEvent: NonNullable<IssuerOptions["onEvent"]>;
+  /** The GlobalPlatform transport key blank cards ship with, imported into custody once. */
+  private transport: StoredKeySetRef | undefined;
+
+  private constructor(o: IssuerOptions) {
+    this.store = o.store;
+    this.custody = o.custody;
+    this.ca = o.ca;
+    this.masterKey = o.masterKey ?? "card-master";
+    this.cardDays = o.validity?.cardDays ?? 5 * 365;
+    this.keySetDays = o.validity?.keySetDays ?? 2 * 365;
+    this.onEvent = o.onEvent ?? (() => {});
+  }
+
+  /** Opens the issuer; on first start creates the card master key in custody (never extractable). */
+  static async open(o: IssuerOptions): Promise<Issuer> {
+    const issuer = new Issuer(o);
+    if (!(await o.custody.hasKey(issuer.masterKey))) await o.custody.createSecretKey(issuer.masterKey, { type: "aes", bits: 256, usage: ["derive"] });
+    return issuer;
+  }
+
+  private async audit(actor: string, action: string, subject: string, details: Record<string, JsonValue> = {}): Promise<void> {
+    await appendAudit(this.store.db, { actor, action, subject, details });
+  }
+
+  private async transportKeys(): Promise<CardKeys> {
+    if (!this.transport) {
+      const prefix = "transport-gp-30";
+      const t = TRANSPORT_KEY_SET;
+      if (await this.custody.hasKey(`${prefix}.enc`)) this.transport = { kind: "stored", kvn: t.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
+      else
+        this.transport = await this.custody.importKeySet(prefix, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") }, "wrapped");
+    }
+    return { custody: this.custody, ref: this.transport };
+  }
+
+  /** The custody handle of a card key set recorded in the system DB. */
+  keysOf(ks: CardKeySet): CardKeys {
+    return { custody: this.custody, ref: JSON.parse(ks.custodyRef) as KeySetRef };
+  }
+
+  async card(cardId: string): Promise<Card> {
+    const c = await this.store.getCard(cardId);
+    if (!c) throw new IssuerError("not_found", `no card ${cardId}`);
+    return c;
+  }
+
+  async currentKeySet(card: Card): Promise<CardKeySet> {
+    const ks = card.currentKeySetId ? await this.store.getKeySet(card.currentKeySetId) : undefined;
+    if (!ks) throw new IssuerError("invalid", `card ${card.id} has no current key set`);
+    return ks;
+  }
+
+  // --- users (FIG. 4: user ID and registered data) ----------------------------------------------------------
+
+  async registerUser(personalData: Record<string, JsonValue>, actor: string, id?: string): Promise<User> {
+    const u = await this.store.createUser({ id, personalData });
+    await this.audit(actor, "user.registered", u.id);
+    return u;
+  }
+
+  // --- ST11-ST15: issue a card ------------------------------------------------------------------------------
+
+  /**
+   * ST11-ST12: a card-unique key set Sk, diversified in custody from the master key and a new card ID, recorded
+   * (as a reference) for the user. Returns the personalisation script (ST13-ST14) for the card issuing machine.
+   */
+  async issueCard(input: { userId: string; cardId?: string }, actor: string): Promise<{ card: Card; keySet: CardKeySet; script: CardScript }> {
+    const user = await this.store.getUser(input.userId);
+    if (!user) throw new IssuerError("not_found", `no user ${input.userId}`);
+    const cardId = input.cardId ?? randomBytes(8).toString("hex");
+    if (!/^([0-9a-f]{2}){8,16}$/.test(cardId)) throw new IssuerError("invalid", "card ID must be 8 to 16 bytes of lowercase hex");
+    const now = this.store.now();
+    const ref: DerivedKeySetRef = { kind: "derived", master: this.masterKey, cardId, kvn: 1 };
+    const kcvs = await this.custody.keySetKcvs(ref);
+    const { card, keySet } = await this.store.transaction(async (s) => {
+      const card = await s.registerCard({ id: cardId, userId: user.id, validFrom: now, validUntil: now + this.cardDays * DAY, status: "issued" });
+      const keySet = await s.addKeySet({ cardId, kvn: 1, version: 1, validFrom: now, validUntil: now + this.keySetDays * DAY, custodyRef: JSON.stringify(ref), label: `kcv ${kcvs.enc}`, makeCurrent: true });
+      await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: user.id, keySet: keySet.id, kvn: 1 } });
+      return { card: (await s.getCard(cardId))!, keySet };
+    });
+    this.onEvent({ type: "card.issued" });
+    return { card, keySet, script: await personalisationScript(await this.transportKeys(), this.keysOf(keySet)) };
+  }
+
+  /** ST13-ST14 with the card at hand (the card issuing machine): run the script, mark the card active. */
+  async personaliseCard(cardId: string, transmit: Transmit, actor: string): Promise<Card> {
+    const card = await this.card(cardId);
+    if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
+    const ks = await this.currentKeySet(card);
+    await runScript(transmit, await personalisationScript(await this.transportKeys(), this.keysOf(ks)));
+    await this.store.setCardStatus(cardId, "active");
+    await this.audit(actor, "card.personalised", cardId, { kvn: ks.kvn });
+    this.onEvent({ type: "card.personalised" });
+    return this.card(cardId);
+  }
+
+  // --- ST16-ST25: distribution request, update and addition (claims 4, 7) ------------------------------------
+
+  /**
+   * ST16-ST21: a key pair generated inside custody, certified by the CA with the user's registered data, wrapped
+   * under the card's current key Sk (ST18), recorded with its certificate, and sealed into a package for the
+   * terminal (ST22). With `replace`, the slot's previous key pair is superseded (update, claim 4); without, the
+   * slot must be free (addition, claim 7).
+   */
+  async requestCredential(
+    input: { cardId: string; slot: Slot; alg: KeyAlg; profile?: string; replace?: boolean },
+    actor: string,
+  ): Promise<IssuedCredential> {
+    if (!SLOTS.includes(input.slot as (typeof SLOTS)[number])) throw new IssuerError("invalid", `slot must be one of ${SLOTS.join(", ")}`);
+    if (!CARD_KEY_ALGS.includes(input.alg)) throw new IssuerError("invalid", `algorithm must be one of ${CARD_KEY_ALGS.join(", ")}`);
+    const card = await this.card(input.cardId);
+    if (card.status !== "active" && card.status !== "issued") throw new IssuerError("conflict", `card ${card.id} is ${card.status}`);
+    const ks = await this.currentKeySet(card);
+    const occupied = (await this.store.listKeyPairs({ cardId: card.id, status: "active" })).filter((k) => k.slot === input.slot);
+    if (occupied.length && !input.replace) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} holds a key; ask for replace`);
+    const user = (await this.store.getUser(card.userId))!;
+    const keys = this.keysOf(ks);
+    if (!("custody" in keys)) throw new IssuerError("invalid", "card keys must be in custody");
+
+    // ST17: generate inside custody; the key never exists outside it except as Sk[PRk].
+    const label = `credential-${randomUUID()}`;
+    await this.custody.generateKeyPair(label, input.alg, { extractable: "wrapped", ephemeral: true });
+    let spki: Uint8Array;
+    let skPrk: Uint8Array;
+    try {
+      spki = await this.custody.publicKey(label);
+      skPrk = Uint8Array.from([ks.kvn, ...(await this.custody.wrapPrivateKey(label, { card: keys.ref }))]);
+    } finally {
+      // "the secret key disappears from the key generation device" (seed 001 step 434)
+      await this.custody.deleteKey(label).catch((e: unknown) => {
+        if (!(e instanceof CustodyError)) throw e;
+      });
+    }
+    // ST19-ST21: the CA certifies (possibly at another site).
+    const profile = input.profile ?? (input.slot === "9c" ? "signature" : input.slot === "9d" ? "keyManagement" : "authentication");
+    const cert = await this.ca.certify({ profile, applicantId: user.id, subject: subjectFrom(user.personalData, card.id), publicKey: Buffer.from(spki).toString("base64") });
+
+    const result = await this.store.transaction(async (s) => {
+      for (const old of occupied) await s.updateKeyPair(old.id, { status: "superseded" });
+      const rec = await s.recordCredential({
+        keyPair: { userId: user.id, cardId: card.id, slot: input.slot, algorithm: input.alg, publicKey: spki },
+        wrapped: [{ keySetId: ks.id, wrapped: skPrk }],
+        certificate: { serial: cert.serial, der: cert.certificate, subject: JSON.stringify(subjectFrom(user.personalData, card.id)), notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime() },
+      });
+      // ST22: the package {Sk[PRk], Ct} for the terminal, sealed in custody under the card's package key.
+      const pkg = await s.createPackage(card.id, (seq) => this.sealPackage(keys.custody, keys.ref, ks.kvn, card.id, input.slot, seq, input.alg, skPrk, cert.certificate));
+      await appendAudit(s.db, {
+        actor,
+        action: input.replace && occupied.length ? "credential.updated" : "credential.issued",
+        subject: card.id,
+        details: { slot: input.slot, alg: input.alg, keyPair: rec.keyPair.id, serial: cert.serial, packageSeq: pkg.seq, superseded: occupied.map((k) => k.id) },
+      });
+      return { keyPair: rec.keyPair, certificate: rec.certificate!, package: pkg };
+    });
+    this.onEvent({ type: "credential.issued" });
+    return result;
+  }
+
+  private async sealPackage(custody: KeyCustody, ref: KeySetRef, kvn: number, cardId: string, slot: string, seq: number, alg: KeyAlg, skPrk: Uint8Array, cert?: Uint8Array): Promise<Uint8Array> {
+    const header = packageHeaderBytes("credential", kvn, cardId, slot, seq);
+    const sealed = await custody.sealForCard(ref, PURPOSE.package(1), header, packagePlaintext(alg, skPrk, cert));
+    return assemblePackage(header, sealed.nonce, sealed.ciphertext);
+  }
+
+  /** The online path (ST22-ST25 through an SCP03 session the server drives): a script for a stored credential. */
+  async onlineDeliveryScript(cardId: string, keyPairId: string): Promise<CardScript> {
+    const card = await this.card(cardId);
+    const kp = await this.store.getKeyPair(keyPairId);
+    if (!kp || kp.cardId !== card.id || !kp.slot) throw new IssuerError("not_found", `card ${cardId} has no key pair ${keyPairId}`);
+    const ks = await this.currentKeySet(card);
+    const w = await this.store.getWrappedKey(kp.id, ks.id);
+    if (!w) throw new IssuerError("invalid", `key pair ${kp.id} is not wrapped under the card's current key set`);
+    const cert = (await this.store.listCertificates(kp.id)).find((c) => !c.revokedAt);
+    return deliveryScript(this.keysOf(ks), { keyRef: parseInt(kp.slot, 16), alg: kp.algorithm as KeyAlg, skPrk: w.wrapped, cert: cert?.der });
+  }
+
+  /** Runs the online delivery with the card at hand (in-process or PC/SC transport). */
+  async deliverOnline(cardId: string, keyPairId: string, transmit: Transmit, actor: string): Promise<void> {
+    await runScript(transmit, await this.onlineDeliveryScript(cardId, keyPairId));
+    await this.audit(actor, "credential.delivered", cardId, { keyPair: keyPairId, path: "online" });
+    this.onEvent({ type: "credential.delivered" });
+  }
+
+  /** Packages waiting for a card's terminal (ST22), oldest first; marks them fetched. */
+  async packagesFor(cardId: string, afterSeq = 0): Promise<DeliveryPackage[]> {
+    await this.card(cardId);
+    const list = await this.store.listPackages(cardId, { afterSeq });
+    for (const p of list) if (p.status === "pending") await this.store.advancePackage(cardId, p.seq, "fetched");
+    return list;
+  }
+
+  /** The terminal reports that the card accepted a package (ST24-ST25). */
+  async acknowledgePackage(cardId: string, seq: number, actor: string): Promise<void> {
+    const p = await this.store.getPackage(cardId, seq);
+    if (!p) throw new IssuerError("not_found", `card ${cardId} has no package ${seq}`);
+    await this.store.advancePackage(cardId, seq, "acknowledged");
+    await this.audit(actor, "credential.delivered", cardId, { packageSeq: seq, path: "package" });
+    this.onEvent({ type: "credential.delivered" });
+  }
+
+  /** Revokes a certificate at the CA and in the system DB. */
+  async revokeCertificate(serial: string, reason: RevocationReason, actor: string): Promise<Certificate> {
+    const cert = await this.store.getCertificateBySerial(serial);
+    if (!cert) throw new IssuerError("not_found", `no certificate ${serial}`);
+    await this.ca.revoke(serial, reason);
+    const revoked = cert.revokedAt ? cert : await this.store.revokeCertificate(cert.id, reason);
+    await this.store.updateKeyPair(cert.keyPairId, { status: "revoked" });
+    await this.audit(actor, "certificate.revoked", serial, { reason, keyPair: cert.keyPairId });
+    this.onEvent({ type: "certificate.revoked" });
+    return revoked;
+  }
+}
