@@ -153,7 +153,7 @@ export class Issuer {
     const ref: DerivedKeySetRef = { kind: "derived", master: this.masterKey, cardId, kvn: 1 };
     const kcvs = await this.custody.keySetKcvs(ref);
     const { card, keySet } = await this.store.transaction(async (s) => {
-      const card = await s.registerCard({ id: cardId, userId: user.id, validFrom: now, validUntil: now + this.cardDays * DAY, status: "issued" });
+      await s.registerCard({ id: cardId, userId: user.id, validFrom: now, validUntil: now + this.cardDays * DAY, status: "issued" });
       const keySet = await s.addKeySet({ cardId, kvn: 1, version: 1, validFrom: now, validUntil: now + this.keySetDays * DAY, custodyRef: JSON.stringify(ref), label: `kcv ${kcvs.enc}`, makeCurrent: true });
       await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: user.id, keySet: keySet.id, kvn: 1 } });
       return { card: (await s.getCard(cardId))!, keySet };
