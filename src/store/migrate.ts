@@ -5,11 +5,13 @@
 import { Migrator, type Kysely, type Migration, type MigrationResultSet } from "kysely";
 import { engineOf, type Db, type Engine } from "./db.ts";
 import { systemDb } from "./migrations/0001_system_db.ts";
+import { caTables } from "./migrations/0002_ca.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
   return {
     "0001_system_db": systemDb(engine),
+    "0002_ca": caTables(engine),
   };
 }
 

@@ -1,0 +1,155 @@
+// The CA over HTTP (seed 000 ST19-ST21: the issuing system and the certification authority are at different
+// sites). A Fastify plugin serving any CaClient — in practice the LocalCaClient of src/ca/service.ts — with the
+// wire shapes and JSON schemas of src/ca/client.ts; src/ca/http-client.ts is the other end.
+//
+//   POST /ca/certify       roles (default operator)  CertifyRequest → 200 CertifyResponseJson | 422 CaProblem
+//   POST /ca/revoke        roles (default operator)  RevokeRequestJson → 204 | 404 / 422 CaProblem
+//   GET  /ca/crl           public                    application/pkix-crl, DER (RFC 5280 §5, RFC 2585 §4.2)
+//   GET  /ca/certificates  public                    { certificates: PEM[] }, issuing CA first, root last (or, for
+//                                                    Accept: application/pem-certificate-chain, the PEM text)
+//
+// Register it encapsulated (`app.register(caRoutes, { prefix: "/v1", client })`, not through fastify-plugin): its
+// error handler and hook must apply to these routes only. HttpCaClient's baseUrl is then "<origin>/v1/ca".
+//
+// A CaRefusal becomes the CaProblem of client.ts (problem+json carrying `check`), through the server's one error
+// handler (problem.ts), so refusals are logged and counted like every other 4xx. This file holds no CA logic.
+
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { CaRefusal } from "../ca/checks.ts";
+import {
+  CERTIFY_REQUEST_SCHEMA,
+  CERTIFY_RESPONSE_SCHEMA,
+  encodeCertifyResponse,
+  refusalToProblem,
+  REVOKE_REQUEST_SCHEMA,
+  type CaClient,
+  type CertifyRequest,
+  type RevokeRequestJson,
+} from "../ca/client.ts";
+import { toPem } from "../ca/pem.ts";
+import type { Role } from "./auth.ts";
+import { ApiProblem, type Problem } from "./problem.ts";
+
+export interface CaRoutesOptions {
+  client: CaClient;
+  /** Roles admitted to certify and revoke (admin always is). Default ["operator"]: the issuing service's credential. */
+  roles?: Role[];
+}
+
+/** The refusal as an ApiProblem, so that problem.ts's handler sends, logs and counts it. */
+export class CaRefusalProblem extends ApiProblem {
+  constructor(readonly refusal: CaRefusal) {
+    const p = refusalToProblem(refusal);
+    super(p.status, "ca-refused", p.title, p.detail);
+  }
+}
+
+/** RFC 9457 body of a refusal (client.ts CaProblem) plus the instance problem.ts adds. */
+const CA_PROBLEM_SCHEMA = {
+  type: "object",
+  required: ["type", "title", "status", "check"],
+  properties: {
+    type: { type: "string" },
+    title: { type: "string" },
+    status: { type: "integer" },
+    check: { type: "string", description: "the CA check that refused the request, e.g. csr-signature, personal-data, duplicate-public-key" },
+    detail: { type: "string" },
+    instance: { type: "string" },
+  },
+} as const;
+
+const PROBLEMS = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
+
+export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Promise<void> {
+  const { client } = opts;
+  const roles: Role[] = opts.roles ?? ["operator"];
+  if (roles.length === 0) throw new Error("caRoutes: certify and revoke need at least one role");
+
+  // problem.ts's handler knows the RFC 9457 members only; the refusal's `check` is put back in just before the
+  // body is serialised (the 404/422 response schemas below declare it).
+  const refusals = new WeakMap<FastifyRequest, CaRefusal>();
+  app.setErrorHandler((err, req) => {
+    if (err instanceof CaRefusal) {
+      refusals.set(req, err);
+      throw new CaRefusalProblem(err);
+    }
+    throw err; // the parent's handler (problem.ts) maps everything else
+  });
+  app.addHook("preSerialization", async (req, _reply, payload) => {
+    const refusal = refusals.get(req);
+    if (!refusal) return payload;
+    return { ...refusalToProblem(refusal), instance: (payload as Problem).instance };
+  });
+
+  app.post(
+    "/ca/certify",
+    {
+      config: { roles },
+      schema: {
+        summary: "Certify a public key or a PKCS#10 request (ST19-ST20)",
+        tags: ["ca"],
+        body: CERTIFY_REQUEST_SCHEMA,
+        response: { 200: CERTIFY_RESPONSE_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
+      },
+    },
+    async (req) => encodeCertifyResponse(await client.certify(req.body as CertifyRequest)),
+  );
+
+  app.post(
+    "/ca/revoke",
+    {
+      config: { roles },
+      schema: {
+        summary: "Revoke a certificate this CA issued (RFC 5280 reason)",
+        tags: ["ca"],
+        body: REVOKE_REQUEST_SCHEMA,
+        response: { 204: { type: "null", description: "revoked (again: the first revocation stands)" }, 404: CA_PROBLEM_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as RevokeRequestJson;
+      await client.revoke(b.serial, b.reason);
+      return reply.code(204).send();
+    },
+  );
+
+  app.get(
+    "/ca/crl",
+    {
+      schema: {
+        summary: "The CA's current CRL (the CRL distribution point of its certificates)",
+        tags: ["ca"],
+        response: { 200: { description: "DER CertificateList", content: { "application/pkix-crl": { schema: { type: "string", format: "binary" } } } }, ...PROBLEMS },
+      },
+    },
+    async (_req, reply) => {
+      const crl = await client.crl();
+      return reply.type("application/pkix-crl").send(Buffer.from(crl.buffer, crl.byteOffset, crl.byteLength));
+    },
+  );
+
+  app.get(
+    "/ca/certificates",
+    {
+      schema: {
+        summary: "The CA chain as PEM: issuing CA first, root last",
+        description: "JSON { certificates: PEM[] } by default; with Accept: application/pem-certificate-chain (RFC 8555 §9.1) the PEM blocks concatenated.",
+        tags: ["ca"],
+        response: {
+          200: {
+            content: {
+              "application/json": { schema: { type: "object", additionalProperties: false, required: ["certificates"], properties: { certificates: { type: "array", items: { type: "string" } } } } },
+              "application/pem-certificate-chain": { schema: { type: "string" } },
+            },
+          },
+          ...PROBLEMS,
+        },
+      },
+    },
+    async (req, reply) => {
+      const certificates = (await client.caCertificates()).map((d) => toPem(d, "CERTIFICATE"));
+      if (/\bapplication\/pem-certificate-chain\b/i.test(req.headers.accept ?? "")) return reply.type("application/pem-certificate-chain").send(certificates.join(""));
+      return reply.type("application/json").send({ certificates });
+    },
+  );
+}
