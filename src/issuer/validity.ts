@@ -174,7 +174,7 @@ async function proposeRotation(store: Store, ks: CardKeySet, phase: "expiring" |
     const claim = await s.enqueueEvent({ type: "rotation.proposed", subject: rotationId, payload: details, dedupKey: `rotation-proposal:keyset:${ks.id}:${earlier.length + 1}` });
     if (!claim) return false;
     const rotation = await s.proposeRotation({ id: rotationId, cardId: ks.cardId, fromKeySetId: ks.id, strategy });
-    await appendAudit(s.db, { actor: VALIDITY_ACTOR, action: "rotation.propose", subject: rotation.id, details, at: now });
+    await appendAudit(s.db, { actor: VALIDITY_ACTOR, action: "rotation.proposed", subject: rotation.id, details, at: now });
     return true;
   });
 }

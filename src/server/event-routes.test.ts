@@ -1,0 +1,184 @@
+// The events, webhooks, validity-scan and rotation-approval routes over the real server shell (problem+json,
+// auth with roles) and a real store on SQLite and PostgreSQL.
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import type { FastifyInstance } from "fastify";
+import { auditEntries, verifyAuditLog } from "../store/audit.ts";
+import { Store } from "../store/store.ts";
+import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { WebhookSecrets } from "../issuer/webhooks.ts";
+import { buildServer } from "./app.ts";
+import { installAuth, newToken, type Principal } from "./auth.ts";
+import { eventRoutes } from "./event-routes.ts";
+
+const DAY = 86_400_000;
+const NOW = Date.UTC(2026, 5, 1);
+
+for (const engine of testEngines()) {
+  describe(`event routes on ${engine.name}`, () => {
+    let t: TestDatabase;
+    let store: Store;
+    let app: FastifyInstance;
+    const op = newToken();
+    const aud = newToken();
+    const term = newToken();
+    const principals = new Map<string, Principal>([
+      [op.hash, { name: "olga", roles: ["operator"] }],
+      [aud.hash, { name: "arno", roles: ["auditor"] }],
+      [term.hash, { name: "terminal-1", roles: ["terminal"] }],
+    ]);
+
+    before(async () => {
+      t = await engine.create();
+      store = new Store(t.db, { now: () => NOW });
+      ({ app } = await buildServer());
+      installAuth(app, async (h) => principals.get(h));
+      await app.register(eventRoutes, { store, secrets: new WebhookSecrets(randomBytes(32)), validity: { windowDays: 30 } });
+      await app.ready();
+    });
+    after(async () => {
+      await app?.close();
+      await t?.drop();
+    });
+
+    type Method = "GET" | "POST" | "DELETE";
+    const call = (method: Method, url: string, token?: string, payload?: unknown) =>
+      app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(payload === undefined ? {} : { payload: payload as object }) });
+    const problem = (r: Awaited<ReturnType<typeof call>>, status: number) => {
+      assert.equal(r.statusCode, status, r.body);
+      assert.match(String(r.headers["content-type"]), /^application\/problem\+json/);
+      const p = r.json() as { status: number; type: string; title: string };
+      assert.equal(p.status, status);
+      return p;
+    };
+
+    test("every route needs a token (401) and the right role (403)", async () => {
+      const routes: [Method, string, unknown?][] = [
+        ["GET", "/events"],
+        ["POST", "/webhooks", { url: "https://example.org/h", eventTypes: ["*"] }],
+        ["GET", "/webhooks"],
+        ["DELETE", "/webhooks/w1"],
+        ["POST", "/validity/scan", {}],
+        ["GET", "/rotations"],
+        ["POST", "/rotations/r1/approve", {}],
+      ];
+      for (const [m, u, body] of routes) {
+        problem(await call(m, u, undefined, body), 401);
+        problem(await call(m, u, newToken().token, body), 401);
+        problem(await call(m, u, term.token, body), 403);
+      }
+      // Auditors read; only operators change anything.
+      for (const [m, u, body] of routes) {
+        const r = await call(m, u, aud.token, body);
+        if (m === "GET") assert.equal(r.statusCode, 200, `${m} ${u}`);
+        else problem(r, 403);
+      }
+    });
+
+    test("webhooks: register (secret once), list (no secret), delete; schemas refuse unknown fields and bad values", async () => {
+      const created = await call("POST", "/webhooks", op.token, { url: "https://hooks.example.org/cardkms", eventTypes: ["keyset.expiring", "rotation.proposed"] });
+      assert.equal(created.statusCode, 201, created.body);
+      const w = created.json() as { id: string; secret: string; url: string; eventTypes: string[] };
+      assert.match(w.secret, /^whsec_/);
+      assert.deepEqual(w.eventTypes, ["keyset.expiring", "rotation.proposed"]);
+      const listed = (await call("GET", "/webhooks", aud.token)).json() as { webhooks: Record<string, unknown>[] };
+      const mine = listed.webhooks.find((x) => x.id === w.id);
+      assert.deepEqual(mine, { id: w.id, url: "https://hooks.example.org/cardkms", eventTypes: ["keyset.expiring", "rotation.proposed"], createdAt: NOW });
+      assert.ok(!JSON.stringify(listed).includes(w.secret));
+
+      for (const body of [
+        { url: "https://a.example/h", eventTypes: ["*"], secret: "mine" },
+        { url: "ftp://a.example/h", eventTypes: ["*"] },
+        { url: "https://a.example/h", eventTypes: [] },
+        { url: "https://a.example/h", eventTypes: ["Not A Type"] },
+        { url: "https://a.example/h", eventTypes: ["*", "*"] },
+        { url: "https://a.example/h" },
+        { url: 5, eventTypes: ["*"] },
+      ]) {
+        problem(await call("POST", "/webhooks", op.token, body), 400);
+      }
+      // Past the schema, the domain's URL checks still answer 400, not 500.
+      const creds = problem(await call("POST", "/webhooks", op.token, { url: "https://u:p@a.example/h", eventTypes: ["*"] }), 400);
+      assert.match(creds.type, /invalid-webhook$/);
+      problem(await app.inject({ method: "POST", url: "/webhooks", headers: { authorization: `Bearer ${op.token}`, "content-type": "application/json" }, payload: "{nope" }), 400);
+
+      assert.equal((await call("DELETE", `/webhooks/${w.id}`, op.token)).statusCode, 204);
+      problem(await call("DELETE", `/webhooks/${w.id}`, op.token), 404);
+      problem(await call("DELETE", "/webhooks/no%20such", op.token), 400);
+      assert.ok(!((await call("GET", "/webhooks", op.token)).json() as { webhooks: { id: string }[] }).webhooks.some((x) => x.id === w.id));
+    });
+
+    test("scan now, list the proposals, approve one as the operator (audited); the events endpoint pages and filters", async () => {
+      const user = await store.createUser({ personalData: { cn: "Ada" } });
+      const card = await store.registerCard({ userId: user.id, validFrom: NOW - DAY, validUntil: NOW + 400 * DAY });
+      const ks = await store.addKeySet({ cardId: card.id, kvn: 1, version: 1, validFrom: NOW - DAY, validUntil: NOW + 3 * DAY, custodyRef: "m/1", makeCurrent: true });
+
+      problem(await call("POST", "/validity/scan", op.token, { windowDays: 5 }), 400);
+      const scan = await call("POST", "/validity/scan", op.token, {});
+      assert.equal(scan.statusCode, 200, scan.body);
+      assert.deepEqual(scan.json(), {
+        now: NOW,
+        until: NOW + 30 * DAY,
+        cards: { expiring: 0, expired: 0 },
+        keySets: { expiring: 1, expired: 0 },
+        certificates: { expiring: 0, expired: 0 },
+        eventsEmitted: 2,
+        rotationsProposed: 1,
+      });
+      // Without a body too.
+      const again = await app.inject({ method: "POST", url: "/validity/scan", headers: { authorization: `Bearer ${op.token}` } });
+      assert.equal(again.statusCode, 200, again.body);
+      assert.equal((again.json() as { eventsEmitted: number }).eventsEmitted, 0);
+
+      const proposed = (await call("GET", "/rotations?status=proposed", aud.token)).json() as { rotations: { id: string; fromKeySetId: string; status: string }[] };
+      assert.equal(proposed.rotations.length, 1);
+      const rot = proposed.rotations[0];
+      assert.equal(rot.fromKeySetId, ks.id);
+      problem(await call("GET", "/rotations?status=bogus", op.token), 400);
+      problem(await call("GET", "/rotations?state=proposed", op.token), 400);
+
+      problem(await call("POST", `/rotations/${rot.id}/approve`, op.token, { force: true }), 400);
+      const approved = await call("POST", `/rotations/${rot.id}/approve`, op.token, {});
+      assert.equal(approved.statusCode, 200, approved.body);
+      assert.deepEqual(
+        (({ status, approvedBy, approvedAt, toKeySetId }) => ({ status, approvedBy, approvedAt, toKeySetId }))(approved.json() as Record<string, unknown>),
+        { status: "approved", approvedBy: "olga", approvedAt: NOW, toKeySetId: null },
+      );
+      problem(await call("POST", `/rotations/${rot.id}/approve`, op.token, {}), 409);
+      problem(await call("POST", "/rotations/nope/approve", op.token, {}), 404);
+      assert.equal((await store.getRotation(rot.id))?.status, "approved"); // approved, not started: the rotation runner starts it
+      assert.equal(((await call("GET", "/rotations?status=proposed", op.token)).json() as { rotations: unknown[] }).rotations.length, 0);
+
+      const audit = [];
+      for await (const e of auditEntries(t.db)) audit.push(e);
+      const approval = audit.find((e) => e.action === "rotation.approved" && e.subject === rot.id);
+      assert.equal(approval?.actor, "olga");
+      assert.ok(audit.some((e) => e.action === "rotation.proposed" && e.subject === rot.id && e.actor === "validity-scan"));
+      assert.equal((await verifyAuditLog(t.db)).ok, true);
+
+      // Events: all of them, by type, paged.
+      const all = (await call("GET", "/events", aud.token)).json() as { events: { id: number; type: string; subject: string; payload: unknown }[]; next: number | null };
+      assert.deepEqual(all.events.map((e) => e.type), ["keyset.expiring", "rotation.proposed", "rotation.approved"]);
+      assert.equal(all.next, null);
+      assert.deepEqual(all.events[2].payload, { rotationId: rot.id, approvedBy: "olga", cardId: card.id, fromKeySetId: ks.id, strategy: "embodiment3" });
+      const byType = (await call("GET", "/events?type=rotation.proposed", aud.token)).json() as { events: { subject: string }[] };
+      assert.deepEqual(byType.events.map((e) => e.subject), [rot.id]);
+      const page1 = (await call("GET", "/events?limit=2", aud.token)).json() as { events: { id: number }[]; next: number };
+      assert.equal(page1.events.length, 2);
+      const page2 = (await call("GET", `/events?limit=2&after=${page1.next}`, aud.token)).json() as { events: { id: number }[]; next: number | null };
+      assert.deepEqual(page2.events.map((e) => e.id), [all.events[2].id]);
+      assert.equal(page2.next, null);
+      assert.deepEqual((await call("GET", "/events?after=999999999999999", aud.token)).json(), { events: [], next: null });
+      for (const q of ["limit=0", "limit=1001", "limit=x", "after=-1", "type=Bad%20Type", "foo=1"]) problem(await call("GET", `/events?${q}`, aud.token), 400);
+    });
+
+    test("the OpenAPI document lists every route with its schemas", async () => {
+      const doc = (await app.inject({ method: "GET", url: "/openapi.json" })).json() as { paths: Record<string, Record<string, unknown>> };
+      for (const [p, m] of [["/events", "get"], ["/webhooks", "post"], ["/webhooks", "get"], ["/webhooks/{id}", "delete"], ["/validity/scan", "post"], ["/rotations", "get"], ["/rotations/{id}/approve", "post"]]) {
+        assert.ok(doc.paths[p]?.[m], `${m} ${p}`);
+      }
+    });
+  });
+}

@@ -1,0 +1,282 @@
+// HTTP routes of flow 5.f (seed 000, FIG. 5, para 0062): the events endpoint, webhook registration, "scan now",
+// and the operator's approval of the rotations the validity scan proposes. Thin: the domain lives in
+// src/issuer/validity.ts and src/issuer/webhooks.ts; this file validates, authorises and maps errors.
+//
+// Every route declares its schemas (unknown body and query fields are 400s) and its roles; errors are
+// problem+json (problem.ts). Register after `installAuth` and `buildServer`'s problem handlers:
+//   await app.register(eventRoutes, { store, secrets, validity: { windowDays: 30 } });
+
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { appendAudit } from "../store/audit.ts";
+import type { RotationStatus, RotationStrategy } from "../store/db.ts";
+import { StoreError, type Rotation, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
+import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
+import { EVENT_TYPE_PATTERN, MAX_EVENT_TYPES, MAX_WEBHOOK_URL, registerWebhook, WebhookError, type WebhookSecrets } from "../issuer/webhooks.ts";
+import { ApiProblem, conflict, notFound } from "./problem.ts";
+
+export interface EventRoutesOptions {
+  store: Store;
+  secrets: WebhookSecrets;
+  validity: {
+    windowDays: number;
+    strategy?: RotationStrategy;
+    /** When given, "scan now" runs through it, so it never overlaps a scheduled scan. */
+    scheduler?: ValidityScheduler;
+  };
+}
+
+const ROTATION_STATUSES: RotationStatus[] = ["proposed", "approved", "running", "completed", "failed", "cancelled"];
+const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
+const nullable = (type: string) => ({ type: [type, "null"] });
+const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
+
+const eventSchema = {
+  type: "object",
+  required: ["id", "type", "subject", "payload", "createdAt", "deliveredAt", "attempts"],
+  properties: {
+    id: { type: "integer" },
+    type: { type: "string" },
+    subject: { type: "string" },
+    payload: {},
+    createdAt: { type: "integer" },
+    deliveredAt: nullable("integer"),
+    attempts: { type: "integer" },
+    lastError: nullable("string"),
+  },
+} as const;
+
+const webhookSchema = {
+  type: "object",
+  required: ["id", "url", "eventTypes", "createdAt"],
+  properties: { id: { type: "string" }, url: { type: "string" }, eventTypes: { type: "array", items: { type: "string" } }, createdAt: { type: "integer" } },
+} as const;
+
+const rotationSchema = {
+  type: "object",
+  required: ["id", "cardId", "fromKeySetId", "strategy", "status", "createdAt"],
+  properties: {
+    id: { type: "string" },
+    cardId: { type: "string" },
+    toCardId: nullable("string"),
+    fromKeySetId: { type: "string" },
+    toKeySetId: nullable("string"),
+    strategy: { type: "string" },
+    status: { type: "string" },
+    total: { type: "integer" },
+    done: { type: "integer" },
+    approvedBy: nullable("string"),
+    approvedAt: nullable("integer"),
+    error: nullable("string"),
+    createdAt: { type: "integer" },
+    updatedAt: { type: "integer" },
+  },
+} as const;
+
+const counts = { type: "object", properties: { expiring: { type: "integer" }, expired: { type: "integer" } } } as const;
+const scanResultSchema = {
+  type: "object",
+  properties: {
+    now: { type: "integer" },
+    until: { type: "integer" },
+    cards: counts,
+    keySets: counts,
+    certificates: counts,
+    eventsEmitted: { type: "integer" },
+    rotationsProposed: { type: "integer" },
+  },
+} as const;
+
+/** Body-less POSTs (`scan`, `approve`) may come without a body; it then counts as {} so the schema still refuses
+ *  any field that is sent. */
+const emptyBodyIsObject = async (req: FastifyRequest) => {
+  if (req.body === undefined || req.body === null) req.body = {};
+};
+
+/** Query integers arrive as strings (the server does not coerce types), so they are matched as digit strings. */
+const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
+
+export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o) => {
+  const { store, secrets } = o;
+
+  app.get<{ Querystring: { after?: string; type?: string; limit?: string } }>(
+    "/events",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "Notifications (validity, rotations ...) in id order; page with ?after=<last id>",
+        querystring: {
+          type: "object",
+          additionalProperties: false,
+          properties: { after: digits(15), type: { type: "string", pattern: EVENT_TYPE_PATTERN }, limit: digits(4) },
+        },
+        response: {
+          200: { type: "object", required: ["events", "next"], properties: { events: { type: "array", items: eventSchema }, next: nullable("integer") } },
+          ...problems,
+        },
+      },
+    },
+    async (req) => {
+      const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+      if (limit < 1 || limit > 1000) throw new ApiProblem(400, "validation", "Request does not match the schema", "limit: expected 1..1000");
+      const type = req.query.type === "*" ? undefined : req.query.type;
+      const events = await store.listEvents({ afterId: Number(req.query.after ?? 0), limit, type });
+      return { events: events.map(eventOut), next: events.length === limit ? events[events.length - 1].id : null };
+    },
+  );
+
+  app.post<{ Body: { url: string; eventTypes: string[] } }>(
+    "/webhooks",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Register a webhook; the response carries its signing secret, shown only this once",
+        body: {
+          type: "object",
+          additionalProperties: false,
+          required: ["url", "eventTypes"],
+          properties: {
+            url: { type: "string", minLength: 8, maxLength: MAX_WEBHOOK_URL, pattern: "^https?://" },
+            eventTypes: { type: "array", minItems: 1, maxItems: MAX_EVENT_TYPES, uniqueItems: true, items: { type: "string", pattern: EVENT_TYPE_PATTERN } },
+          },
+        },
+        response: {
+          201: { type: "object", required: ["id", "secret", "url", "eventTypes"], properties: { ...webhookSchema.properties, secret: { type: "string" } } },
+          ...problems,
+        },
+      },
+    },
+    async (req, reply) => {
+      try {
+        const { webhook, secret } = await registerWebhook(store, secrets, req.body);
+        return reply.code(201).send({ ...webhookOut(webhook), secret });
+      } catch (e) {
+        if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-webhook", "Invalid webhook", e.message);
+        throw mapStoreError(e, "webhook");
+      }
+    },
+  );
+
+  app.get(
+    "/webhooks",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "Registered (enabled) webhooks",
+        response: { 200: { type: "object", required: ["webhooks"], properties: { webhooks: { type: "array", items: webhookSchema } } }, ...problems },
+      },
+    },
+    async () => ({ webhooks: (await store.listWebhooks()).map(webhookOut) }),
+  );
+
+  app.delete<{ Params: { id: string } }>(
+    "/webhooks/:id",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Disable a webhook (no further deliveries)",
+        params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
+        response: { 204: { type: "null" }, ...problems },
+      },
+    },
+    async (req, reply) => {
+      const hooks = await store.listWebhooks();
+      if (!hooks.some((h) => h.id === req.params.id)) throw notFound("webhook", req.params.id);
+      await store.disableWebhook(req.params.id);
+      return reply.code(204).send();
+    },
+  );
+
+  app.post(
+    "/validity/scan",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Run the validity scan (FIG. 5) now; returns what it found and queued",
+        body: { type: "object", additionalProperties: false, properties: {} },
+        response: { 200: scanResultSchema, ...problems },
+      },
+    },
+    async (): Promise<ValidityScanResult> => {
+      const v = o.validity;
+      return v.scheduler ? v.scheduler.runNow() : scanValidity({ store, windowDays: v.windowDays, strategy: v.strategy });
+    },
+  );
+
+  app.get<{ Querystring: { status?: RotationStatus; cardId?: string } }>(
+    "/rotations",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "Card-key rotations, e.g. ?status=proposed for those awaiting an operator's approval",
+        querystring: { type: "object", additionalProperties: false, properties: { status: { type: "string", enum: ROTATION_STATUSES }, cardId: ID } },
+        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: rotationSchema } } }, ...problems },
+      },
+    },
+    async (req) => ({ rotations: (await store.listRotations({ status: req.query.status, cardId: req.query.cardId })).map(rotationOut) }),
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/rotations/:id/approve",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Approve a proposed rotation (para 0062); it runs only after this",
+        params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
+        body: { type: "object", additionalProperties: false, properties: {} },
+        response: { 200: rotationSchema, ...problems },
+      },
+    },
+    async (req) => {
+      const operator = req.principal?.name;
+      if (!operator) throw new ApiProblem(401, "unauthenticated", "Authentication required", "approval needs an authenticated operator");
+      try {
+        const rotation = await store.transaction(async (s) => {
+          const r = await s.approveRotation(req.params.id, operator);
+          const details = { cardId: r.cardId, fromKeySetId: r.fromKeySetId, strategy: r.strategy };
+          await appendAudit(s.db, { actor: operator, action: "rotation.approved", subject: r.id, details, at: r.approvedAt ?? s.now() });
+          await s.enqueueEvent({ type: "rotation.approved", subject: r.id, payload: { rotationId: r.id, approvedBy: operator, ...details }, dedupKey: `rotation-approved:${r.id}` });
+          return r;
+        });
+        return rotationOut(rotation);
+      } catch (e) {
+        throw mapStoreError(e, "rotation");
+      }
+    },
+  );
+};
+
+function mapStoreError(e: unknown, what: string): unknown {
+  if (!(e instanceof StoreError)) return e;
+  if (e.code === "not_found") return new ApiProblem(404, "not-found", `${what} not found`, e.message);
+  if (e.code === "conflict") return conflict(e.message);
+  return new ApiProblem(400, "invalid", `Invalid ${what}`, e.message);
+}
+
+function eventOut(e: StoredEvent) {
+  return { id: e.id, type: e.type, subject: e.subject, payload: e.payload, createdAt: e.createdAt, deliveredAt: e.deliveredAt, attempts: e.attempts, lastError: e.lastError };
+}
+
+function webhookOut(w: Webhook) {
+  return { id: w.id, url: w.url, eventTypes: w.eventTypes, createdAt: w.createdAt };
+}
+
+function rotationOut(r: Rotation) {
+  return {
+    id: r.id,
+    cardId: r.cardId,
+    toCardId: r.toCardId,
+    fromKeySetId: r.fromKeySetId,
+    toKeySetId: r.toKeySetId,
+    strategy: r.strategy,
+    status: r.status,
+    total: r.total,
+    done: r.done,
+    approvedBy: r.approvedBy,
+    approvedAt: r.approvedAt,
+    error: r.error,
+    createdAt: r.createdAt,
+    updatedAt: r.updatedAt,
+  };
+}
