@@ -15,6 +15,7 @@ export interface Problem {
   instance?: string;
   /** Validation failures: where and what. */
   errors?: { pointer: string; detail: string }[];
+  [extension: string]: unknown;
 }
 
 export class ApiProblem extends Error {
@@ -23,10 +24,26 @@ export class ApiProblem extends Error {
     readonly slug: string,
     readonly title: string,
     readonly detail?: string,
+    /** Extension members of the problem body (RFC 9457 §3.2), e.g. the CA check that refused. */
+    readonly extensions?: Record<string, unknown>,
   ) {
     super(detail ?? title);
     this.name = "ApiProblem";
   }
+}
+
+/** Domain errors that carry a code (StoreError, IssuerError, ...) and the status each code means. */
+const DOMAIN_CODES: Record<string, [number, string, string]> = {
+  not_found: [404, "not-found", "Not found"],
+  conflict: [409, "conflict", "Conflict"],
+  invalid: [400, "invalid", "Invalid request"],
+  refused: [422, "refused", "Refused"],
+};
+
+function fromDomain(e: Error & { code?: unknown }): Problem | undefined {
+  if (!["StoreError", "IssuerError"].includes(e.name) || typeof e.code !== "string") return undefined;
+  const m = DOMAIN_CODES[e.code];
+  return m && { type: PROBLEM_TYPE_BASE + m[1], title: m[2], status: m[0], detail: e.message };
 }
 
 export const notFound = (what: string, id: string) => new ApiProblem(404, "not-found", `${what} not found`, `no ${what} with id ${id}`);
@@ -83,9 +100,9 @@ export function installProblemHandlers(app: FastifyInstance, onError?: (status: 
   app.addSchema(problemSchema);
   app.setErrorHandler((err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
     let p: Problem;
-    if (err instanceof ApiProblem) p = { type: PROBLEM_TYPE_BASE + err.slug, title: err.title, status: err.status, detail: err.detail };
+    if (err instanceof ApiProblem) p = { ...err.extensions, type: PROBLEM_TYPE_BASE + err.slug, title: err.title, status: err.status, detail: err.detail };
     else {
-      const mapped = fromFastify(err);
+      const mapped = fromDomain(err) ?? fromFastify(err);
       if (mapped) p = mapped;
       else {
         req.log.error({ err: { name: err.name, code: err.code } }, "unhandled error");
