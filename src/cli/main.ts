@@ -13,9 +13,16 @@ import { demoThroughPcsc, type PcscDemoResult } from "../demo/pcsc-demo.ts";
 import { readCardInfo } from "../terminal/card-info.ts";
 import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
+import { registerIssuerCommands } from "./issuer.ts";
+import { registerTerminalCommands } from "./terminal.ts";
 
 const program = new Command();
 program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
+// Exit codes: 0 done, 1 failed (refused by the server or the card), 2 usage (commander's own errors included).
+// Set before any subcommand is made: subcommands copy it when created.
+program.exitOverride((err) => {
+  process.exit(err.exitCode === 0 ? 0 : 2);
+});
 
 interface Out {
   json?: boolean;
@@ -151,6 +158,9 @@ program
     );
     if (!ok) process.exitCode = 1;
   });
+
+registerIssuerCommands(program, card);
+registerTerminalCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

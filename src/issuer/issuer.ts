@@ -48,7 +48,7 @@ export interface IssuerOptions {
   masterKey?: string;
   validity?: { cardDays?: number; keySetDays?: number };
   /** Called after each successful act, for metrics. */
-  onEvent?: (e: { type: "card.issued" | "credential.issued" | "credential.delivered" | "certificate.revoked" | "card.personalised" }) => void;
+  onEvent?: (e: { type: "card.issued" | "credential.issued" | "credential.delivered" | "certificate.revoked" | "card.personalised"; path?: "package" | "online" }) => void;
 }
 
 export interface IssuedCredential {
@@ -164,10 +164,25 @@ export class Issuer {
 
   /** ST13-ST14 with the card at hand (the card issuing machine): run the script, mark the card active. */
   async personaliseCard(cardId: string, transmit: Transmit, actor: string): Promise<Card> {
+    await runScript(transmit, await this.personalisationScriptFor(cardId));
+    return this.markPersonalised(cardId, actor);
+  }
+
+  /**
+   * ST13-ST14 through a remote card issuing machine: the personalisation script of a card still waiting for it,
+   * to run in a RelaySession; when the card has accepted it, `markPersonalised`.
+   */
+  async personalisationScriptFor(cardId: string): Promise<CardScript> {
+    const card = await this.card(cardId);
+    if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
+    return personalisationScript(await this.transportKeys(), this.keysOf(await this.currentKeySet(card)));
+  }
+
+  /** ST14 done: the card accepted its key set (the script's results were checked); the card is active. */
+  async markPersonalised(cardId: string, actor: string): Promise<Card> {
     const card = await this.card(cardId);
     if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
     const ks = await this.currentKeySet(card);
-    await runScript(transmit, await personalisationScript(await this.transportKeys(), this.keysOf(ks)));
     await this.store.setCardStatus(cardId, "active");
     await this.audit(actor, "card.personalised", cardId, { kvn: ks.kvn });
     this.onEvent({ type: "card.personalised" });
@@ -215,7 +230,8 @@ export class Issuer {
     const profile = input.profile ?? (input.slot === "9c" ? "signature" : input.slot === "9d" ? "keyManagement" : "authentication");
     const cert = await this.ca.certify({ profile, applicantId: user.id, subject: subjectFrom(user.personalData, card.id), publicKey: Buffer.from(spki).toString("base64") });
 
-    const result = await this.store.transaction(async (s) => {
+    // Group commit: concurrent requests share one commit (each in its own savepoint), see Store.groupTransaction.
+    const result = await this.store.groupTransaction(async (s) => {
       for (const old of occupied) await s.updateKeyPair(old.id, { status: "superseded" });
       const rec = await s.recordCredential({
         keyPair: { userId: user.id, cardId: card.id, slot: input.slot, algorithm: input.alg, publicKey: spki },
@@ -257,8 +273,13 @@ export class Issuer {
   /** Runs the online delivery with the card at hand (in-process or PC/SC transport). */
   async deliverOnline(cardId: string, keyPairId: string, transmit: Transmit, actor: string): Promise<void> {
     await runScript(transmit, await this.onlineDeliveryScript(cardId, keyPairId));
+    await this.recordOnlineDelivery(cardId, keyPairId, actor);
+  }
+
+  /** The online delivery script ran and the card accepted every command (a relay that finished and was checked). */
+  async recordOnlineDelivery(cardId: string, keyPairId: string, actor: string): Promise<void> {
     await this.audit(actor, "credential.delivered", cardId, { keyPair: keyPairId, path: "online" });
-    this.onEvent({ type: "credential.delivered" });
+    this.onEvent({ type: "credential.delivered", path: "online" });
   }
 
   /** Packages waiting for a card's terminal (ST22), oldest first; marks them fetched. */
@@ -273,9 +294,10 @@ export class Issuer {
   async acknowledgePackage(cardId: string, seq: number, actor: string): Promise<void> {
     const p = await this.store.getPackage(cardId, seq);
     if (!p) throw new IssuerError("not_found", `card ${cardId} has no package ${seq}`);
-    await this.store.advancePackage(cardId, seq, "acknowledged");
+    // Acknowledged before: nothing more to record (a terminal retrying its ack is not a second delivery).
+    if (!(await this.store.advancePackage(cardId, seq, "acknowledged"))) return;
     await this.audit(actor, "credential.delivered", cardId, { packageSeq: seq, path: "package" });
-    this.onEvent({ type: "credential.delivered" });
+    this.onEvent({ type: "credential.delivered", path: "package" });
   }
 
   /** Revokes a certificate at the CA and in the system DB. */

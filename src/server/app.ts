@@ -2,9 +2,9 @@
 // generate (/openapi.json), one problem+json error shape, Prometheus metrics (/metrics), pino logs that redact
 // secrets. Routes are plugins registered by the caller; this file knows no domain.
 
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify";
 import swagger from "@fastify/swagger";
-import { installProblemHandlers } from "./problem.ts";
+import { installProblemHandlers, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { Metrics } from "./metrics.ts";
 
 export interface ServerOptions {
@@ -27,6 +27,14 @@ export async function buildServer(o: ServerOptions = {}): Promise<{ app: Fastify
     // Unknown fields are errors, not silently dropped: every body schema sets additionalProperties: false.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
     return503OnClosing: true,
+    // Errors the router raises before any route runs (a path parameter over maxParamLength: 414; a malformed
+    // %-escape: 400) bypass the error handler: answer them in the one problem shape too.
+    frameworkErrors: (err, req, reply) => {
+      const status = typeof err.statusCode === "number" && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+      metrics.errors.inc({ status: String(status) });
+      const instance = req.url.split("?")[0].slice(0, 200);
+      void (reply as FastifyReply).code(status).type("application/problem+json").send({ type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status, detail: err.message.slice(0, 300), instance });
+    },
   });
   installProblemHandlers(app, (status) => metrics.errors.inc({ status: String(status) }));
   await app.register(swagger, {

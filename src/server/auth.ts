@@ -1,6 +1,8 @@
 // Operators and auditors authenticate with bearer API tokens that carry roles. Only a SHA-256 of each token is
 // stored; the token itself is shown once, when it is created. A route declares the roles it admits in its
 // config (`config: { roles: ["operator"] }`); a route without roles is public (health, CRL, OpenAPI).
+// A terminal's token is bound to one card (`Principal.cardId`): it is issued only after that card proved itself
+// (terminal-routes.ts), and routes about a card check the binding with `requireCardAccess`.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -12,6 +14,8 @@ export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal
 export interface Principal {
   name: string;
   roles: Role[];
+  /** For a terminal: the card it acts for. */
+  cardId?: string;
 }
 
 /** Looks a token hash up (e.g. in the operators table); undefined when unknown or disabled. */
@@ -40,6 +44,29 @@ declare module "fastify" {
   interface FastifyContextConfig {
     roles?: Role[];
   }
+}
+
+/** The first lookup that knows the hash wins (e.g. terminal tokens in memory, then the operators table). */
+export function anyOf(...lookups: TokenLookup[]): TokenLookup {
+  return async (hash) => {
+    for (const l of lookups) {
+      const p = await l(hash);
+      if (p) return p;
+    }
+    return undefined;
+  };
+}
+
+/**
+ * A card's routes: admins, operators when `operators` is set, and a terminal bound to this very card. Anyone
+ * else (notably a terminal bound to another card) gets 403.
+ */
+export function requireCardAccess(principal: Principal | undefined, cardId: string, o: { operators: boolean }): Principal {
+  if (!principal) throw new ApiProblem(401, "unauthenticated", "Authentication required", "send Authorization: Bearer <API token>");
+  if (principal.roles.includes("admin")) return principal;
+  if (o.operators && principal.roles.includes("operator")) return principal;
+  if (principal.roles.includes("terminal") && principal.cardId === cardId) return principal;
+  throw new ApiProblem(403, "forbidden", "Forbidden", principal.roles.includes("terminal") ? "this terminal token is bound to another card" : "this needs a terminal token bound to this card");
 }
 
 /** Installs bearer-token authentication and per-route role checks (401 unauthenticated, 403 wrong role). */

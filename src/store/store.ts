@@ -9,7 +9,7 @@
 // into key custody, wrapped keys, and hashes of credentials.
 
 import { randomUUID } from "node:crypto";
-import type { Insertable, Selectable, Transaction } from "kysely";
+import { sql, type Insertable, type Selectable, type Transaction } from "kysely";
 import {
   engineOf,
   openDatabase,
@@ -199,6 +199,15 @@ export interface StoreOptions {
   now?: () => number;
 }
 
+/** Most calls one group commit takes (the rest wait for the next). */
+const GROUP_MAX = 64;
+
+interface GroupItem {
+  fn: (store: Store) => Promise<unknown>;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
 export class Store {
   readonly engine: Engine;
   readonly #now: () => number;
@@ -239,6 +248,63 @@ export class Store {
   async transaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
     if (this.db.isTransaction) return fn(this);
     return (this.db as Db).transaction().execute((trx) => fn(new Store(trx, { now: this.#now })));
+  }
+
+  #group: { queue: GroupItem[]; running: boolean } = { queue: [], running: false };
+
+  /**
+   * Like transaction(), with group commit: calls that arrive while a group is committing are run together in the
+   * next transaction, each inside its own savepoint (a failing `fn` rolls back only its own changes and gets its
+   * own error), and committed at once — one commit (one WAL append, one fsync under synchronous=full or on
+   * PostgreSQL) for the group. Each call resolves only after its group committed; if the commit fails, every call
+   * of the group fails. With no concurrency a group is one call and nothing waits. `fn` must do all its DB work
+   * through the store it is given, and must not wait for another groupTransaction.
+   */
+  groupTransaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
+    if (this.db.isTransaction) return fn(this);
+    return new Promise<T>((resolve, reject) => {
+      this.#group.queue.push({ fn: fn as GroupItem["fn"], resolve: resolve as GroupItem["resolve"], reject });
+      if (!this.#group.running) void this.#runGroups();
+    });
+  }
+
+  async #runGroups(): Promise<void> {
+    const g = this.#group;
+    g.running = true;
+    try {
+      while (g.queue.length) {
+        const batch = g.queue.splice(0, GROUP_MAX);
+        if (batch.length === 1) {
+          const [it] = batch;
+          await this.transaction(it.fn).then(it.resolve, it.reject);
+          continue;
+        }
+        const done: { it: GroupItem; ok: boolean; value: unknown }[] = [];
+        try {
+          await (this.db as Db).transaction().execute(async (trx) => {
+            const s = new Store(trx, { now: this.#now });
+            for (const [i, it] of batch.entries()) {
+              await sql.raw(`savepoint g${i}`).execute(trx);
+              try {
+                const value = await it.fn(s);
+                await sql.raw(`release savepoint g${i}`).execute(trx);
+                done.push({ it, ok: true, value });
+              } catch (e) {
+                await sql.raw(`rollback to savepoint g${i}`).execute(trx);
+                await sql.raw(`release savepoint g${i}`).execute(trx);
+                done.push({ it, ok: false, value: e });
+              }
+            }
+          });
+        } catch (e) {
+          for (const it of batch) it.reject(e);
+          continue;
+        }
+        for (const d of done) (d.ok ? d.it.resolve : d.it.reject)(d.value);
+      }
+    } finally {
+      g.running = false;
+    }
   }
 
   // ---- users ----------------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+// The user terminal on the command line (issue 3 §6): keep one card supplied with the packages the issuer has
+// for it, through the in-process transport (a card image) or PC/SC (a reader, through scriptor). The card proves
+// itself to the server; no operator token is needed. The terminal's state and overflow store live in --dir.
+
+import { Command, Option } from "commander";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { openCard } from "../card/card.ts";
+import { OverflowStore } from "../terminal/overflow.ts";
+import { UserTerminal, type SyncReport } from "../terminal/terminal.ts";
+import { ScriptorTransport } from "../transport/scriptor.ts";
+import { InProcessTransport, type CardTransport } from "../transport/transport.ts";
+import { resolveImageSecret, UsageError } from "./image-key.ts";
+import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
+
+interface TerminalOpts extends ServerOpts {
+  cardImage?: string;
+  reader?: string;
+  imageKeyFile?: string;
+  dir: string;
+  overflowDir?: string;
+  pin?: string;
+}
+
+function cardOptions(cmd: Command): Command {
+  return serverOptions(
+    cmd
+      .option("--card-image <file>", "the card, as a virtual card image (in-process transport)")
+      .option("--reader <name>", "the card, in this PC/SC reader (through scriptor)")
+      .addOption(new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)"))
+      .option("--dir <dir>", "the terminal's state directory", ".cardkms/terminal")
+      .option("--overflow-dir <dir>", "the overflow store (default <dir>/overflow)")
+      .addOption(new Option("--pin <pin>", "the card's PIN, to move keys out when the card is full").env("CARDKMS_PIN")),
+    "optional",
+  );
+}
+
+/** Opens the card's transport and the terminal for it; the caller closes the transport. */
+async function openTerminal(o: TerminalOpts): Promise<{ terminal: UserTerminal; transport: CardTransport }> {
+  if (!o.cardImage === !o.reader) throw new UsageError("name the card: --card-image <file> or --reader <name>");
+  const api = o.server ? apiFrom(o, "optional") : undefined;
+  let transport: CardTransport;
+  if (o.cardImage) {
+    if (!existsSync(o.cardImage)) throw new UsageError(`no card image at ${o.cardImage}`);
+    transport = new InProcessTransport(openCard(o.cardImage, resolveImageSecret(o.imageKeyFile), { durability: "fsync" }), { closeCard: true });
+  } else transport = new ScriptorTransport({ reader: o.reader });
+  try {
+    const terminal = await UserTerminal.open({
+      api,
+      transport,
+      stateFile: (cardId) => join(o.dir, `${cardId}.json`),
+      overflow: new OverflowStore(o.overflowDir ?? join(o.dir, "overflow")),
+      pin: o.pin,
+    });
+    return { terminal, transport };
+  } catch (e) {
+    await transport.close();
+    throw e;
+  }
+}
+
+function describe(r: SyncReport): string {
+  const lines = [`card ${r.cardId}: ${r.fetched} new package(s), last sequence ${r.lastSeq}`];
+  for (const s of r.movedOut) lines.push(`  slot ${s} moved out to the overflow store`);
+  for (const p of r.packages) lines.push(p.status === "loaded" ? `  package ${p.seq}: slot ${p.slot} loaded` : `  package ${p.seq}: slot ${p.slot} REFUSED${p.sw ? ` (${p.sw})` : ""}: ${p.reason}`);
+  return lines.join("\n");
+}
+
+export function registerTerminalCommands(program: Command): void {
+  const terminal = program.command("terminal").description("the user terminal: fetch and load packages for a card, keep its overflow store");
+
+  cardOptions(terminal.command("sync").description("authenticate with the card, fetch its new packages, load them (moving keys out when full), acknowledge")).action(
+    async (o: TerminalOpts) => {
+      apiFrom(o, "optional");
+      const { terminal: t, transport } = await openTerminal(o);
+      try {
+        const r = await t.sync();
+        print(o, describe(r), { ...r, overflow: t.overflowSlots() });
+        if (r.packages.some((p) => p.status === "refused")) process.exitCode = 1;
+      } finally {
+        await transport.close();
+      }
+    },
+  );
+
+  cardOptions(
+    terminal
+      .command("bring-back")
+      .description("load a key back from the overflow store (another slot goes out if the card is full)")
+      .requiredOption("--slot <ref>", "PIV key reference, e.g. 9a"),
+  ).action(async (o: TerminalOpts & { slot: string }) => {
+    const { terminal: t, transport } = await openTerminal(o);
+    try {
+      const r = await t.bringBack(o.slot);
+      print(o, `slot ${r.slot} is back on card ${t.cardId}${r.movedOut.length ? `; moved out: ${r.movedOut.join(", ")}` : ""}`, { cardId: t.cardId, ...r, overflow: t.overflowSlots() });
+    } finally {
+      await transport.close();
+    }
+  });
+
+  cardOptions(
+    terminal
+      .command("move-out")
+      .description("move a key and its certificate out of the card into the overflow store (sealed by the card; needs the PIN)")
+      .requiredOption("--slot <ref>", "PIV key reference, e.g. 9a"),
+  ).action(async (o: TerminalOpts & { slot: string }) => {
+    const { terminal: t, transport } = await openTerminal(o);
+    try {
+      const e = await t.moveOut(o.slot);
+      print(o, `slot ${e.keyRef} of card ${t.cardId} moved to the overflow store`, { cardId: t.cardId, slot: e.keyRef, exportSeq: e.seq, overflow: t.overflowSlots() });
+    } finally {
+      await transport.close();
+    }
+  });
+
+  cardOptions(terminal.command("status").description("the terminal's state for a card: last package, known slots, overflow store")).action(async (o: TerminalOpts) => {
+    const { terminal: t, transport } = await openTerminal(o);
+    try {
+      const s = t.status;
+      const overflow = t.overflowSlots();
+      print(
+        o,
+        [`card ${t.cardId}: last package ${s.lastSeq}`, `  on the card: ${Object.keys(s.slots).join(", ") || "-"}`, `  in the overflow store: ${overflow.join(", ") || "-"}`].join("\n"),
+        { cardId: t.cardId, lastSeq: s.lastSeq, slots: Object.keys(s.slots), pendingAcks: s.pendingAcks, overflow },
+      );
+    } finally {
+      await transport.close();
+    }
+  });
+}

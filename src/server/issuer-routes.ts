@@ -1,0 +1,499 @@
+// HTTP routes of the issuing flows (seed 000 ST11-ST25): users, card issue and personalisation, distribution
+// requests (credentials), online delivery, the relay endpoint the terminal or card issuing machine forwards
+// APDUs through, revocation, the CRL and the audit log. Thin: the domain is src/issuer/issuer.ts; this file
+// validates (every body, query and params schema is closed: unknown fields are 400s), authorises (roles in
+// route config, card binding for terminals) and maps domain errors to problem+json.
+//
+// Never in a response: a key value, a custody reference, Sk[PRk] or a token. Register after `installAuth`:
+//   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
+
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { CaRefusal } from "../ca/checks.ts";
+import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
+import { InvalidSubjectError, validateSubject } from "../ca/name.ts";
+import { toPem } from "../ca/pem.ts";
+import type { KeyAlg } from "../card/state.ts";
+import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, subjectFrom } from "../issuer/issuer.ts";
+import { RelaySession } from "../issuer/relay.ts";
+import { auditEntries, verifyAuditLog } from "../store/audit.ts";
+import { StoreError, type Card, type JsonValue, type User } from "../store/store.ts";
+import { requireCardAccess, type Principal } from "./auth.ts";
+import { ApiProblem } from "./problem.ts";
+import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
+
+export interface IssuerRoutesOptions {
+  issuer: Issuer;
+  relays: RelaySessions;
+}
+
+// ---- shared schema pieces (terminal-routes.ts uses them too) --------------------------------------------------
+
+export const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
+/** Card IDs as Issuer.issueCard makes them: 8 to 16 bytes, lowercase hex. */
+export const CARD_ID = { type: "string", pattern: "^([0-9a-f]{2}){8,16}$" } as const;
+export const SESSION_ID = { type: "string", pattern: SESSION_ID_PATTERN } as const;
+/** A whole APDU (command or response with its status word), hex. Short or extended, so up to 64 KiB. */
+export const APDU_HEX = { type: "string", minLength: 4, maxLength: 2 * 65_539, pattern: "^([0-9A-Fa-f]{2})+$" } as const;
+export const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
+/** Query integers arrive as strings (the server does not coerce), so they are matched as digit strings. */
+export const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
+/** A POST without a meaningful body: nothing, or `{}`. */
+export const EMPTY_BODY = { type: ["object", "null"], additionalProperties: false, properties: {} } as const;
+export const params = (properties: Record<string, unknown>) => ({ type: "object", additionalProperties: false, required: Object.keys(properties), properties }) as const;
+
+export const relayRoundSchema = {
+  type: "object",
+  required: ["sessionId", "apdus"],
+  properties: { sessionId: { type: "string" }, apdus: { type: "array", items: { type: "string" } } },
+} as const;
+
+export const toHex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
+export const fromHex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
+
+/** The principal a role-checked route runs for (installAuth sets it). */
+export function principalOf(req: FastifyRequest): Principal {
+  if (!req.principal) throw new ApiProblem(401, "unauthenticated", "Authentication required", "send Authorization: Bearer <API token>");
+  return req.principal;
+}
+
+/** Domain errors as problems: IssuerError and StoreError codes, CA refusals naming their check. */
+export function toProblem(e: unknown): unknown {
+  if (e instanceof IssuerError || e instanceof StoreError) {
+    const [status, slug, title] = (
+      { not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"], invalid: [400, "invalid", "Invalid request"], refused: [422, "refused", "Refused"] } as const
+    )[e.code];
+    return new ApiProblem(status, slug, title, e.message);
+  }
+  if (e instanceof CaRefusal) return new ApiProblem(422, "ca-refused", `The CA refused: ${e.check}`, e.detail);
+  if (e instanceof InvalidSubjectError) return new ApiProblem(422, "invalid-subject", "The registered data cannot be a certificate subject", e.message);
+  return e;
+}
+
+/** Runs a handler body, mapping domain errors to problems. */
+export async function domain<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw toProblem(e);
+  }
+}
+
+// ---- response shapes ------------------------------------------------------------------------------------------
+
+const nullable = (type: string) => ({ type: [type, "null"] }) as const;
+
+const personalDataSchema = {
+  type: "object",
+  additionalProperties: false,
+  required: ["commonName"],
+  properties: {
+    commonName: { type: "string", minLength: 1, maxLength: 64 },
+    email: { type: "string", minLength: 3, maxLength: 255 },
+    organization: { type: "string", minLength: 1, maxLength: 64 },
+    organizationalUnit: { type: "string", minLength: 1, maxLength: 64 },
+    country: { type: "string", pattern: "^[A-Z]{2}$" },
+  },
+} as const;
+
+const userSchema = {
+  type: "object",
+  required: ["id", "personalData", "createdAt"],
+  properties: { id: { type: "string" }, personalData: { type: "object", additionalProperties: true }, createdAt: { type: "integer" } },
+} as const;
+
+const cardProps = {
+  id: { type: "string" },
+  userId: { type: "string" },
+  status: { type: "string" },
+  validFrom: { type: "integer" },
+  validUntil: { type: "integer" },
+  currentKeySetId: nullable("string"),
+  lastPackageSeq: { type: "integer" },
+  createdAt: { type: "integer" },
+  updatedAt: { type: "integer" },
+} as const;
+
+const keySetSchema = {
+  type: "object",
+  properties: {
+    id: { type: "string" },
+    kvn: { type: "integer" },
+    version: { type: "integer" },
+    status: { type: "string" },
+    validFrom: { type: "integer" },
+    validUntil: { type: "integer" },
+    current: { type: "boolean" },
+  },
+} as const;
+
+const certificateSummary = {
+  type: "object",
+  properties: { serial: { type: "string" }, notBefore: { type: "integer" }, notAfter: { type: "integer" }, revokedAt: nullable("integer"), revocationReason: nullable("string") },
+} as const;
+
+const keyPairSchema = {
+  type: "object",
+  properties: {
+    id: { type: "string" },
+    slot: nullable("string"),
+    algorithm: { type: "string" },
+    status: { type: "string" },
+    /** SubjectPublicKeyInfo, base64 DER. */
+    publicKey: { type: "string" },
+    createdAt: { type: "integer" },
+    certificates: { type: "array", items: certificateSummary },
+  },
+} as const;
+
+const userOut = (u: User) => ({ id: u.id, personalData: u.personalData, createdAt: u.createdAt });
+const cardOut = (c: Card) => ({
+  id: c.id,
+  userId: c.userId,
+  status: c.status,
+  validFrom: c.validFrom,
+  validUntil: c.validUntil,
+  currentKeySetId: c.currentKeySetId,
+  lastPackageSeq: c.lastPackageSeq,
+  createdAt: c.createdAt,
+  updatedAt: c.updatedAt,
+});
+
+export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app, o) => {
+  const { issuer, relays } = o;
+  const store = issuer.store;
+
+  // ---- users (FIG. 4: user ID and registered data) --------------------------------------------------------
+
+  app.post<{ Body: { personalData: Record<string, JsonValue> } }>(
+    "/users",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Register a user; the personal data become the subject of the user's certificates",
+        body: { type: "object", additionalProperties: false, required: ["personalData"], properties: { personalData: personalDataSchema } },
+        response: { 201: userSchema, ...problems },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        // Refused now rather than at the first certificate request: the data must make a valid subject.
+        validateSubject(subjectFrom(req.body.personalData, "0000000000000000"));
+        return reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name)));
+      }),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/users/:id",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: { summary: "A registered user", params: params({ id: ID }), response: { 200: userSchema, ...problems } },
+    },
+    async (req) => {
+      const u = await store.getUser(req.params.id);
+      if (!u) throw new ApiProblem(404, "not-found", "Not found", `no user ${req.params.id}`);
+      return userOut(u);
+    },
+  );
+
+  // ---- ST11-ST15: issue a card ------------------------------------------------------------------------------
+
+  app.post<{ Body: { userId: string; cardId?: string } }>(
+    "/cards",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Issue a card to a user (ST11-ST12): its key set is diversified in custody; personalise it next",
+        body: { type: "object", additionalProperties: false, required: ["userId"], properties: { userId: ID, cardId: CARD_ID } },
+        response: {
+          201: {
+            type: "object",
+            required: ["card", "keySet"],
+            properties: {
+              card: { type: "object", properties: cardProps },
+              keySet: { type: "object", required: ["id", "kvn", "version"], properties: { id: { type: "string" }, kvn: { type: "integer" }, version: { type: "integer" } } },
+            },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const { card, keySet } = await issuer.issueCard({ userId: req.body.userId, cardId: req.body.cardId }, principalOf(req).name);
+        return reply.code(201).send({ card: cardOut(card), keySet: { id: keySet.id, kvn: keySet.kvn, version: keySet.version } });
+      }),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/cards/:id",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "A card with its key sets (references only, never key values) and key pairs (public keys, certificates)",
+        params: params({ id: CARD_ID }),
+        response: {
+          200: { type: "object", properties: { ...cardProps, keySets: { type: "array", items: keySetSchema }, keyPairs: { type: "array", items: keyPairSchema } } },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const card = await issuer.card(req.params.id);
+        const keySets = await store.listKeySets(card.id);
+        const keyPairs = await store.listKeyPairs({ cardId: card.id });
+        return {
+          ...cardOut(card),
+          keySets: keySets.map((k) => ({ id: k.id, kvn: k.kvn, version: k.version, status: k.status, validFrom: k.validFrom, validUntil: k.validUntil, current: k.id === card.currentKeySetId })),
+          keyPairs: await Promise.all(
+            keyPairs.map(async (k) => ({
+              id: k.id,
+              slot: k.slot,
+              algorithm: k.algorithm,
+              status: k.status,
+              publicKey: k.publicKey.toString("base64"),
+              createdAt: k.createdAt,
+              certificates: (await store.listCertificates(k.id)).map((c) => ({
+                serial: c.serial,
+                notBefore: c.notBefore,
+                notAfter: c.notAfter,
+                revokedAt: c.revokedAt,
+                revocationReason: c.revocationReason,
+              })),
+            })),
+          ),
+        };
+      }),
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/cards/:id/personalisation",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Personalise an issued card through a relay (ST13-ST14): forward the APDUs to the card and POST its responses to /relay/{sessionId}",
+        params: params({ id: CARD_ID }),
+        body: EMPTY_BODY,
+        response: { 201: relayRoundSchema, ...problems },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const actor = principalOf(req).name;
+        const cardId = req.params.id;
+        const script = await issuer.personalisationScriptFor(cardId);
+        const opened = relays.open(actor, new RelaySession(script.keys, script.aid, script.commands), async (results) => {
+          script.check(results);
+          await domain(() => issuer.markPersonalised(cardId, actor));
+        });
+        return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
+      }),
+  );
+
+  // ---- ST16-ST25: distribution requests, update and addition ------------------------------------------------
+
+  app.post<{ Params: { id: string }; Body: { slot: string; alg: KeyAlg; profile?: string; replace?: boolean } }>(
+    "/cards/:id/credentials",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "A new key pair and certificate for the card (ST16-ST22); `replace` updates a slot's key (claim 4), else it is added (claim 7)",
+        params: params({ id: CARD_ID }),
+        body: {
+          type: "object",
+          additionalProperties: false,
+          required: ["slot", "alg"],
+          properties: {
+            slot: { type: "string", enum: [...SLOTS] },
+            alg: { type: "string", enum: [...CARD_KEY_ALGS] },
+            profile: { type: "string", pattern: "^[A-Za-z][A-Za-z0-9_-]{0,63}$" },
+            replace: { type: "boolean" },
+          },
+        },
+        response: {
+          201: {
+            type: "object",
+            required: ["keyPairId", "serial", "certificate", "packageSeq"],
+            properties: { keyPairId: { type: "string" }, serial: { type: "string" }, certificate: { type: "string" }, packageSeq: { type: "integer" } },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const c = await issuer.requestCredential({ cardId: req.params.id, ...req.body }, principalOf(req).name);
+        return reply.code(201).send({ keyPairId: c.keyPair.id, serial: c.certificate.serial, certificate: toPem(c.certificate.der, "CERTIFICATE"), packageSeq: c.package.seq });
+      }),
+  );
+
+  app.post<{ Params: { id: string; keyPairId: string } }>(
+    "/cards/:id/credentials/:keyPairId/online",
+    {
+      config: { roles: ["operator", "terminal"] },
+      schema: {
+        summary: "Deliver a stored credential online (ST22-ST25 over SCP03 driven by the server): relay the APDUs through /relay/{sessionId}",
+        params: params({ id: CARD_ID, keyPairId: ID }),
+        body: EMPTY_BODY,
+        response: { 201: relayRoundSchema, ...problems },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const { id: cardId, keyPairId } = req.params;
+        const who = requireCardAccess(req.principal, cardId, { operators: true });
+        const script = await issuer.onlineDeliveryScript(cardId, keyPairId);
+        const opened = relays.open(who.name, new RelaySession(script.keys, script.aid, script.commands), async (results) => {
+          script.check(results);
+          await issuer.recordOnlineDelivery(cardId, keyPairId, who.name);
+        });
+        return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
+      }),
+  );
+
+  app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
+    "/relay/:sessionId",
+    {
+      config: { roles: ["operator", "terminal"] },
+      schema: {
+        summary: "The card's responses to the last round; answers the next round, or {done, results} when the script ran",
+        params: params({ sessionId: SESSION_ID }),
+        body: {
+          type: "object",
+          additionalProperties: false,
+          required: ["responses"],
+          properties: { responses: { type: "array", minItems: 1, maxItems: 512, items: APDU_HEX } },
+        },
+        response: {
+          200: {
+            type: "object",
+            properties: {
+              apdus: { type: "array", items: { type: "string" } },
+              done: { type: "boolean" },
+              results: { type: "array", items: { type: "object", required: ["sw", "data"], properties: { sw: { type: "integer" }, data: { type: "string" } } } },
+            },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const step = await relays.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex));
+        if ("apdus" in step) return { apdus: step.apdus.map(toHex) };
+        return { done: true, results: step.results.map((r) => ({ sw: r.sw, data: toHex(r.data) })) };
+      }),
+  );
+
+  // ---- revocation and the CRL ---------------------------------------------------------------------------------
+
+  app.post<{ Params: { serial: string }; Body: { reason: RevocationReason } }>(
+    "/certificates/:serial/revoke",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Revoke a certificate at the CA and in the system DB",
+        params: params({ serial: { type: "string", pattern: "^[0-9A-Fa-f]{2,64}$" } }),
+        body: { type: "object", additionalProperties: false, required: ["reason"], properties: { reason: { type: "string", enum: Object.keys(REVOCATION_REASONS) } } },
+        response: {
+          200: { type: "object", required: ["serial", "revokedAt"], properties: { serial: { type: "string" }, revokedAt: nullable("integer"), reason: nullable("string") } },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const c = await issuer.revokeCertificate(req.params.serial.toLowerCase(), req.body.reason, principalOf(req).name);
+        return { serial: c.serial, revokedAt: c.revokedAt, reason: c.revocationReason };
+      }),
+  );
+
+  app.get(
+    "/crl",
+    {
+      schema: {
+        summary: "The CA's current CRL (DER, application/pkix-crl)",
+        produces: ["application/pkix-crl"],
+        response: { 200: { description: "DER CRL (RFC 5280)", type: "string", format: "binary" }, ...problems },
+      },
+    },
+    async (_req, reply) => domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl()))),
+  );
+
+  // ---- audit (hash-chained; verify finds any altered or removed entry) -----------------------------------------
+
+  const auditEntrySchema = {
+    type: "object",
+    properties: {
+      seq: { type: "integer" },
+      at: { type: "integer" },
+      actor: { type: "string" },
+      action: { type: "string" },
+      subject: { type: "string" },
+      details: { type: "object", additionalProperties: true },
+      prevHash: { type: "string" },
+      hash: { type: "string" },
+    },
+  } as const;
+
+  app.get<{ Querystring: { after?: string; limit?: string } }>(
+    "/audit",
+    {
+      config: { roles: ["auditor"] },
+      schema: {
+        summary: "Audit entries in order; page with ?after=<last seq>",
+        querystring: { type: "object", additionalProperties: false, properties: { after: digits(15), limit: digits(4) } },
+        response: { 200: { type: "object", required: ["entries", "next"], properties: { entries: { type: "array", items: auditEntrySchema }, next: nullable("integer") } }, ...problems },
+      },
+    },
+    async (req) => {
+      const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+      if (limit < 1 || limit > 1000) throw new ApiProblem(400, "validation", "Request does not match the schema", "limit: expected 1..1000");
+      const entries = [];
+      for await (const e of auditEntries(store.db, { afterSeq: Number(req.query.after ?? 0), pageSize: limit })) {
+        entries.push(e);
+        if (entries.length === limit) break;
+      }
+      return { entries, next: entries.length === limit ? entries[entries.length - 1].seq : null };
+    },
+  );
+
+  app.get<{ Querystring: { headSeq?: string; headHash?: string } }>(
+    "/audit/verify",
+    {
+      config: { roles: ["auditor"] },
+      schema: {
+        summary: "Verify the whole chain; with an exported head (headSeq, headHash) also detects truncation and rewriting",
+        querystring: {
+          type: "object",
+          additionalProperties: false,
+          properties: { headSeq: digits(15), headHash: { type: "string", pattern: "^[0-9a-f]{64}$" } },
+        },
+        response: {
+          200: {
+            type: "object",
+            required: ["ok", "entries", "head"],
+            properties: {
+              ok: { type: "boolean" },
+              entries: { type: "integer" },
+              head: { anyOf: [{ type: "null" }, { type: "object", properties: { seq: { type: "integer" }, hash: { type: "string" } } }] },
+              problem: { type: "string" },
+              seq: { type: "integer" },
+              message: { type: "string" },
+            },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query;
+      if ((q.headSeq === undefined) !== (q.headHash === undefined))
+        throw new ApiProblem(400, "validation", "Request does not match the schema", "headSeq and headHash go together");
+      const expectedHead = q.headSeq !== undefined && q.headHash !== undefined ? { seq: Number(q.headSeq), hash: q.headHash } : undefined;
+      const v = await verifyAuditLog(store.db, { expectedHead });
+      if (v.ok) return { ok: true, entries: v.entries, head: v.head };
+      return { ok: false, entries: v.entries, head: null, problem: v.problem, seq: v.seq, message: v.message };
+    },
+  );
+};

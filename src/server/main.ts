@@ -1,0 +1,266 @@
+// The issuer server process (issue 3 §1, §7): wires the domain modules behind HTTP and runs them.
+//
+//   Store     SQLite file (default) or PostgreSQL by URL, migrated at start
+//   Custody   software keystore (key from CARDKMS_KEYSTORE_KEY / _FILE) or PKCS#11 (CARDKMS_PKCS11_PIN)
+//   CA        "local": in this process, its key in the same custody, its records in the system DB
+//             (openCaService + SqlCaRepository), also served at /v1/ca/* for issuers at other sites;
+//             "remote": HttpCaClient to another site's /v1/ca (token from CARDKMS_CA_TOKEN)
+//   Issuer    with metrics hooks; routes: issuer-routes.ts, terminal-routes.ts, event-routes.ts, ca-routes.ts
+//   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
+//   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
+//   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
+//             custody and the DB.
+//
+// Run: CARDKMS_KEYSTORE_KEY=<64 hex> node --import tsx src/server/main.ts   (config: CARDKMS_CONFIG=<file> and
+// CARDKMS_* variables, see config.ts). Bootstrap a first operator with `cardkms issuer token create`.
+
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import { Counter } from "prom-client";
+import type { CaClient } from "../ca/client.ts";
+import { HttpCaClient } from "../ca/http-client.ts";
+import type { SubjectName } from "../ca/name.ts";
+import { openCaService } from "../ca/service.ts";
+import { openCustody, type KeyCustody } from "../custody/index.ts";
+import { Issuer } from "../issuer/issuer.ts";
+import { ValidityScheduler } from "../issuer/validity.ts";
+import { WebhookDispatcher, WebhookSecrets } from "../issuer/webhooks.ts";
+import { SqlCaRepository } from "../store/ca-repository.ts";
+import { engineForUrl, sqlitePath, type Db } from "../store/db.ts";
+import { Store, type Operator } from "../store/store.ts";
+import { buildServer, REDACT } from "./app.ts";
+import { anyOf, installAuth, newToken, ROLES, type Principal, type Role, type TokenLookup } from "./auth.ts";
+import { caRoutes } from "./ca-routes.ts";
+import { loadConfig, type IssuerConfig } from "./config.ts";
+import { eventRoutes } from "./event-routes.ts";
+import { issuerRoutes } from "./issuer-routes.ts";
+import { Metrics } from "./metrics.ts";
+import { RelaySessions } from "./relay-sessions.ts";
+import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
+
+/** A route as registered (for the property test over all routes, and for documentation). */
+export interface RouteInfo {
+  method: string;
+  url: string;
+  roles: Role[];
+}
+
+export interface IssuerAppDeps {
+  store: Store;
+  custody: KeyCustody;
+  ca: CaClient;
+  /** Serve the CA's routes (/v1/ca/*) too: the local CA, for issuers at other sites. */
+  serveCa?: boolean;
+  metrics?: Metrics;
+  logger?: FastifyServerOptions["logger"];
+  bodyLimit?: number;
+  validity?: { cardDays?: number; keySetDays?: number };
+  /** The expiry window of the validity scan ("scan now" and the scheduler). */
+  expiry?: { windowDays: number; scheduler?: ValidityScheduler };
+  webhookSecrets?: WebhookSecrets;
+  relays?: { ttlMs?: number; max?: number };
+  terminalTokens?: TerminalTokens;
+}
+
+export interface IssuerApp {
+  app: FastifyInstance;
+  issuer: Issuer;
+  metrics: Metrics;
+  terminalTokens: TerminalTokens;
+  routes: RouteInfo[];
+}
+
+/** Looks API tokens up in the operators table: enabled operators only, known roles only. */
+export function operatorLookup(store: Store): TokenLookup {
+  return async (hash) => {
+    const op = await store.getOperatorByTokenHash(hash);
+    if (!op || op.disabledAt !== null) return undefined;
+    const roles = op.roles.filter((r): r is Role => (ROLES as readonly string[]).includes(r) && r !== "terminal");
+    return roles.length ? ({ name: op.name, roles } satisfies Principal) : undefined;
+  };
+}
+
+/**
+ * Creates an operator with a fresh API token (bootstrap and the CLI). Only the token's hash is stored; the token
+ * is returned once and never again.
+ */
+export async function createOperatorToken(store: Store, name: string, roles: Role[]): Promise<{ token: string; operator: Operator }> {
+  if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) throw new Error("operator name: 1-64 of A-Z a-z 0-9 _ . @ -");
+  if (!Array.isArray(roles) || roles.length === 0) throw new Error(`operator roles: at least one of ${ROLES.filter((r) => r !== "terminal").join(", ")}`);
+  for (const r of roles) if (!ROLES.includes(r) || r === "terminal") throw new Error(`operator role ${JSON.stringify(r)}: expected one of admin, operator, auditor (terminal tokens come from a card's proof)`);
+  const { token, hash } = newToken();
+  const operator = await store.createOperator({ name, tokenHash: hash, roles: [...new Set(roles)] });
+  return { token, operator };
+}
+
+/** The HTTP application over the given domain objects: every route, auth, metrics hooks. Does not listen. */
+export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
+  const metrics = d.metrics ?? new Metrics();
+  const credentials = new Counter({ name: "cardkms_credentials_issued_total", help: "Credentials (key pair + certificate + package) issued", registers: [metrics.registry] });
+  const personalised = new Counter({ name: "cardkms_cards_personalised_total", help: "Cards personalised", registers: [metrics.registry] });
+  const issuer = await Issuer.open({
+    store: d.store,
+    custody: d.custody,
+    ca: d.ca,
+    validity: d.validity,
+    onEvent: (e) => {
+      if (e.type === "card.issued") metrics.issuances.inc();
+      else if (e.type === "credential.issued") credentials.inc();
+      else if (e.type === "card.personalised") personalised.inc();
+      else if (e.type === "credential.delivered") metrics.deliveries.inc({ path: e.path ?? "unknown" });
+      else if (e.type === "certificate.revoked") metrics.revocations.inc();
+    },
+  });
+  const { app } = await buildServer({ logger: d.logger, metrics, bodyLimit: d.bodyLimit, title: "cardkms issuer API" });
+  const routes: RouteInfo[] = [];
+  app.addHook("onRoute", (r) => {
+    for (const m of [r.method].flat()) if (m !== "HEAD") routes.push({ method: m, url: r.url, roles: r.config?.roles ?? [] });
+  });
+  const terminalTokens = d.terminalTokens ?? new TerminalTokens();
+  installAuth(app, anyOf(terminalTokens.lookup, operatorLookup(d.store)));
+
+  await app.register(issuerRoutes, { prefix: "/v1", issuer, relays: new RelaySessions(d.relays) });
+  await app.register(terminalRoutes, { prefix: "/v1", issuer, tokens: terminalTokens });
+  if (d.webhookSecrets) {
+    await app.register(eventRoutes, { prefix: "/v1", store: d.store, secrets: d.webhookSecrets, validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler } });
+  }
+  if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: d.ca });
+  return { app, issuer, metrics, terminalTokens, routes };
+}
+
+/** A DN string of the configuration ("CN=cardkms CA, O=Example, C=JP") as a structured subject. */
+export function parseSubject(dn: string): SubjectName {
+  const keys: Record<string, keyof SubjectName> = { CN: "commonName", O: "organization", OU: "organizationalUnit", C: "country", L: "locality", ST: "state", SERIALNUMBER: "serialNumber" };
+  const s: Record<string, string> = {};
+  for (const part of dn.split(",")) {
+    const m = /^\s*([A-Za-z]+)\s*=\s*(.+?)\s*$/.exec(part);
+    const k = m && keys[m[1].toUpperCase()];
+    if (!m || !k) throw new Error(`CA subject ${JSON.stringify(dn)}: expected "CN=..., O=..., C=..." (CN, O, OU, C, L, ST, serialNumber)`);
+    s[k] = m[2];
+  }
+  return s as SubjectName;
+}
+
+/**
+ * The webhook signing root: CARDKMS_WEBHOOK_SECRET (at least 32 bytes, hex or base64) when set, else derived
+ * from a key in custody — SHA-256 over its RSA PKCS#1 v1.5 signature of a fixed label, which is deterministic,
+ * so every process on the same custody derives the same per-webhook secrets without the root ever being stored.
+ */
+async function webhookSecrets(custody: KeyCustody, env: NodeJS.ProcessEnv): Promise<WebhookSecrets> {
+  const configured = env.CARDKMS_WEBHOOK_SECRET;
+  if (configured) {
+    const raw = /^([0-9a-fA-F]{2})+$/.test(configured) ? Buffer.from(configured, "hex") : Buffer.from(configured, "base64");
+    if (raw.length < 32) throw new Error("CARDKMS_WEBHOOK_SECRET: expected at least 32 bytes (64 hex digits or base64)");
+    return new WebhookSecrets(raw);
+  }
+  const label = "webhook-root";
+  if (!(await custody.hasKey(label))) await custody.generateKeyPair(label, "RSA2048", { extractable: "never" });
+  const sig = await custody.sign(label, new TextEncoder().encode("cardkms/webhook-root/v1"), { hash: "SHA-256" });
+  return new WebhookSecrets(createHash("sha256").update(sig).digest());
+}
+
+export interface StartOptions {
+  env?: NodeJS.ProcessEnv;
+  /** Listen on config.listen (default true); false: build only, e.g. for app.inject. */
+  listen?: boolean;
+  /** Exit the process on SIGTERM / SIGINT after closing (default true when listening). */
+  handleSignals?: boolean;
+  /** Where the JSON log lines go (default stdout). */
+  logStream?: NodeJS.WritableStream;
+}
+
+export interface IssuerServer extends IssuerApp {
+  store: Store;
+  custody: KeyCustody;
+  /** http://host:port once listening. */
+  url: string;
+  /** Stops accepting, finishes requests in flight, stops the schedulers, closes custody and the DB. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Opens everything the configuration names and serves the API. */
+export async function startIssuerServer(config: IssuerConfig, opts: StartOptions = {}): Promise<IssuerServer> {
+  const env = opts.env ?? process.env;
+  const logger = { level: config.logLevel, redact: REDACT, ...(opts.logStream ? { stream: opts.logStream } : {}) };
+  if (engineForUrl(config.database) === "sqlite" && !/:memory:/.test(config.database)) mkdirSync(dirname(resolve(sqlitePath(config.database))), { recursive: true });
+  const store = await Store.open(config.database);
+  const closers: (() => Promise<void>)[] = [() => store.close()];
+  const closeAll = async () => {
+    for (const c of closers.splice(0).reverse()) await c().catch(() => {});
+  };
+  try {
+    const custody = await openCustody(
+      config.custody.kind === "software"
+        ? { kind: "software", path: config.custody.keystore, env }
+        : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
+    );
+    closers.push(() => custody.close());
+    let ca: CaClient;
+    if (config.ca.mode === "local") {
+      const service = await openCaService({
+        custody,
+        signerLabel: "ca-root",
+        repository: new SqlCaRepository(store.db as Db, "issuing"),
+        subject: parseSubject(config.ca.subject),
+        crlUrl: config.crlUrl,
+      });
+      ca = service.client;
+    } else {
+      ca = new HttpCaClient({ baseUrl: config.ca.url, token: env.CARDKMS_CA_TOKEN || undefined });
+    }
+    const secrets = await webhookSecrets(custody, env);
+    const scheduler = new ValidityScheduler({ store, windowDays: config.expiry.windowDays, scanIntervalSeconds: config.expiry.scanIntervalSeconds });
+    const dispatcher = new WebhookDispatcher({ store, secrets });
+    const built = await buildIssuerApp({
+      store,
+      custody,
+      ca,
+      serveCa: config.ca.mode === "local",
+      logger,
+      validity: { cardDays: config.validity.cardDays, keySetDays: config.validity.keySetDays },
+      expiry: { windowDays: config.expiry.windowDays, scheduler },
+      webhookSecrets: secrets,
+    });
+    const { app } = built;
+    closers.push(async () => {
+      await scheduler.stop();
+      await dispatcher.stop();
+    });
+    closers.push(() => app.close());
+    let url = "";
+    if (opts.listen ?? true) {
+      url = await app.listen({ host: config.listen.host, port: config.listen.port });
+      scheduler.start();
+      dispatcher.start(5000);
+    }
+    let closing: Promise<void> | undefined;
+    const server: IssuerServer = { ...built, store, custody, url, close: () => (closing ??= closeAll()) };
+    if (opts.handleSignals ?? (opts.listen ?? true)) {
+      const onSignal = (signal: NodeJS.Signals) => {
+        app.log.info({ signal }, "shutting down");
+        void server.close().then(() => process.exit(0));
+      };
+      process.once("SIGTERM", onSignal);
+      process.once("SIGINT", onSignal);
+    }
+    return server;
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}
+
+// node --import tsx src/server/main.ts
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    const config = loadConfig({ file: process.env.CARDKMS_CONFIG || undefined });
+    const server = await startIssuerServer(config);
+    server.app.log.info({ url: server.url, database: config.database.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/i, "$1:***@"), custody: config.custody.kind, ca: config.ca.mode }, "cardkms issuer listening");
+  } catch (e) {
+    process.stderr.write(`cardkms issuer: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  }
+}

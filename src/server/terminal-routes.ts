@@ -1,0 +1,206 @@
+// The user terminal's side of the API (seed 000 ST22-ST25, issue 3 §8: "a terminal acts for a card only after
+// the card proves itself"). A terminal holds no credential of its own: it relays an SCP03 handshake between
+// the server and the card, and the server, after checking the card cryptogram with the card's CURRENT key set
+// in custody, issues a short-lived token bound to that card. With it the terminal fetches the card's packages
+// and acknowledges them; a token bound to another card is refused (403).
+//
+//   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE]}
+//   POST /cards/{id}/auth/{sessionId}  {responses: [2 hex]}
+//                                      -> 200 {token, expiresAt, apdus: [EXTERNAL AUTHENTICATE]} | 401 wrong cryptogram
+//
+// The terminal must forward the EXTERNAL AUTHENTICATE: it completes the handshake on the card, which resets
+// the card's authentication failure counter. Tokens live in memory, stored as SHA-256 hashes, never logged.
+
+import { randomBytes } from "node:crypto";
+import type { FastifyPluginAsync } from "fastify";
+import { encodeCommand, parseResponse } from "../card/apdu.ts";
+import { Scp03Error, Scp03HostSession } from "../card/scp03/host.ts";
+import { ISD_AID } from "../card/scp03/sm.ts";
+import { LEVEL_FULL } from "../issuer/card-keys.ts";
+import type { Issuer } from "../issuer/issuer.ts";
+import { appendAudit } from "../store/audit.ts";
+import type { CardKeySet } from "../store/store.ts";
+import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
+import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
+import { ApiProblem } from "./problem.ts";
+import { TtlMap } from "./relay-sessions.ts";
+
+/** Card-bound terminal tokens, in memory, by hash. */
+export class TerminalTokens {
+  readonly #tokens: TtlMap<Principal>;
+  readonly ttlMs: number;
+
+  constructor(o: { ttlMs?: number; max?: number; now?: () => number } = {}) {
+    this.ttlMs = o.ttlMs ?? 10 * 60_000;
+    this.#tokens = new TtlMap({ ttlMs: this.ttlMs, max: o.max ?? 10_000, now: o.now });
+  }
+
+  /** A fresh token for a terminal acting for `cardId`; only its hash is kept. */
+  issue(cardId: string): { token: string; expiresAt: number } {
+    const token = `ckmt_${randomBytes(32).toString("base64url")}`;
+    const principal: Principal = { name: `terminal:${cardId}`, roles: ["terminal"], cardId };
+    const { expiresAt } = this.#tokens.add(principal, "terminal token", hashToken(token));
+    return { token, expiresAt };
+  }
+
+  /** For installAuth: the card-bound principal of a live token. */
+  readonly lookup: TokenLookup = async (hash) => this.#tokens.get(hash);
+}
+
+interface AuthSession {
+  cardId: string;
+  keySet: CardKeySet;
+  host: Scp03HostSession;
+}
+
+export interface TerminalRoutesOptions {
+  issuer: Issuer;
+  tokens: TerminalTokens;
+  /** Open handshakes: at most `max`, each for `ttlMs` (defaults 1,000 and 5 min). */
+  authSessions?: { ttlMs?: number; max?: number };
+}
+
+export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (app, o) => {
+  const { issuer, tokens } = o;
+  const store = issuer.store;
+  const handshakes = new TtlMap<AuthSession>({ ttlMs: o.authSessions?.ttlMs ?? 5 * 60_000, max: o.authSessions?.max ?? 1000 });
+
+  app.post<{ Params: { id: string } }>(
+    "/cards/:id/auth",
+    {
+      schema: {
+        summary: "Start a card's proof for its terminal: forward SELECT ISD and INITIALIZE UPDATE to the card",
+        params: params({ id: CARD_ID }),
+        body: EMPTY_BODY,
+        response: { 201: relayRoundSchema, ...problems },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const card = await issuer.card(req.params.id);
+        if (card.status !== "active") throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is ${card.status}, not active`);
+        const keySet = await issuer.currentKeySet(card);
+        const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
+        const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
+        const apdus = [select, host.initializeUpdate()];
+        const { id } = handshakes.add({ cardId: card.id, keySet, host }, "card authentication");
+        return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
+      }),
+  );
+
+  app.post<{ Params: { id: string; sessionId: string }; Body: { responses: string[] } }>(
+    "/cards/:id/auth/:sessionId",
+    {
+      schema: {
+        summary: "The card's answers to SELECT and INITIALIZE UPDATE: a card-bound token once its cryptogram verifies; forward the EXTERNAL AUTHENTICATE",
+        params: params({ id: CARD_ID, sessionId: SESSION_ID }),
+        body: { type: "object", additionalProperties: false, required: ["responses"], properties: { responses: { type: "array", minItems: 2, maxItems: 2, items: APDU_HEX } } },
+        response: {
+          200: {
+            type: "object",
+            required: ["token", "expiresAt", "apdus"],
+            properties: { token: { type: "string" }, expiresAt: { type: "string", format: "date-time" }, apdus: { type: "array", items: { type: "string" } } },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const { id: cardId, sessionId } = req.params;
+        const hs = handshakes.get(sessionId);
+        if (!hs || hs.cardId !== cardId) throw new ApiProblem(404, "not-found", "authentication session not found", `no open authentication session ${sessionId} for card ${cardId}`);
+        handshakes.delete(sessionId); // one attempt per handshake
+        const [sel, iu] = req.body.responses.map(fromHex);
+        const swSel = parseResponse(sel).sw;
+        if (swSel !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused SELECT (SW ${swHex(swSel)})`);
+        const swIu = parseResponse(iu).sw;
+        if (swIu !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused INITIALIZE UPDATE (SW ${swHex(swIu)})`);
+        let challenges: { hostChallenge: Uint8Array; cardChallenge: Uint8Array };
+        try {
+          challenges = hs.host.challenges(iu);
+        } catch (e) {
+          if (e instanceof Scp03Error) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", e.message);
+          throw e;
+        }
+        // The key set may have been rotated since the handshake started: the proof must be for the current one.
+        const current = await issuer.currentKeySet(await issuer.card(cardId));
+        if (current.id !== hs.keySet.id) throw new ApiProblem(409, "conflict", "Conflict", "the card's key set changed during authentication; start again");
+        const keys = issuer.keysOf(current);
+        if (!("custody" in keys)) throw new Error("card keys must be in custody");
+        const material = await keys.custody.scp03Session(keys.ref, challenges.hostChallenge, challenges.cardChallenge);
+        let externalAuthenticate: Uint8Array;
+        try {
+          externalAuthenticate = hs.host.authenticateWith(iu, material);
+        } catch (e) {
+          if (!(e instanceof Scp03Error)) throw e;
+          await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason: "wrong card cryptogram", kvn: current.kvn } });
+          throw new ApiProblem(401, "card-not-proven", "The card did not prove itself", "wrong card cryptogram: this is not the card, or not its current key set");
+        } finally {
+          material.sEnc.fill(0);
+          material.sMac.fill(0);
+          material.sRmac.fill(0);
+          hs.host.end();
+        }
+        const { token, expiresAt } = tokens.issue(cardId);
+        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt } });
+        return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
+      }),
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
+    "/cards/:id/packages",
+    {
+      config: { roles: ["terminal", "operator"] },
+      schema: {
+        summary: "The card's delivery packages after ?after=<seq>, oldest first (ST22); a terminal's fetch marks them fetched",
+        params: params({ id: CARD_ID }),
+        querystring: { type: "object", additionalProperties: false, properties: { after: digits(9) } },
+        response: {
+          200: {
+            type: "object",
+            required: ["packages"],
+            properties: {
+              packages: {
+                type: "array",
+                items: { type: "object", required: ["seq", "body"], properties: { seq: { type: "integer" }, status: { type: "string" }, createdAt: { type: "integer" }, body: { type: "string" } } },
+              },
+            },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const cardId = req.params.id;
+        const who = requireCardAccess(req.principal, cardId, { operators: true });
+        const after = Number(req.query.after ?? 0);
+        // Only the card's own terminal moves packages to "fetched"; an operator looking does not.
+        const list = who.cardId === cardId ? await issuer.packagesFor(cardId, after) : (await issuer.card(cardId), await store.listPackages(cardId, { afterSeq: after }));
+        return { packages: list.map((p) => ({ seq: p.seq, status: p.status, createdAt: p.createdAt, body: p.body.toString("base64") })) };
+      }),
+  );
+
+  app.post<{ Params: { id: string; seq: string } }>(
+    "/cards/:id/packages/:seq/ack",
+    {
+      config: { roles: ["terminal"] },
+      schema: {
+        summary: "The card accepted the package (ST24-ST25)",
+        params: params({ id: CARD_ID, seq: digits(9) }),
+        body: EMPTY_BODY,
+        response: { 204: { type: "null" }, ...problems },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const cardId = req.params.id;
+        const who = requireCardAccess(req.principal, cardId, { operators: false });
+        await issuer.acknowledgePackage(cardId, Number(req.params.seq), who.name);
+        return reply.code(204).send();
+      }),
+  );
+};
+
+const swHex = (sw: number) => sw.toString(16).toUpperCase().padStart(4, "0");

@@ -1,0 +1,129 @@
+// The issuer server as its process wires it (src/server/main.ts startIssuerServer), not listening, on a fresh
+// DB of the given engine and a software keystore in a temp dir, with an admin, an operator and an auditor token.
+// For the API tests: requests go through app.inject.
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { createCard } from "../src/card/card.ts";
+import type { CardRuntime } from "../src/card/runtime.ts";
+import { transmitFollowing } from "../src/issuer/relay.ts";
+import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
+import { createOperatorToken, startIssuerServer, type IssuerServer } from "../src/server/main.ts";
+import type { TestEngine } from "../src/store/testing.ts";
+import { tempDir } from "./helpers.ts";
+
+export interface ApiEnv {
+  server: IssuerServer;
+  tokens: { admin: string; operator: string; auditor: string };
+  /** Every log line the server wrote. */
+  logs: string[];
+  close(): Promise<void>;
+}
+
+export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerConfig["logLevel"]; webhookSecret?: boolean } = {}): Promise<ApiEnv> {
+  const dir = tempDir("cardkms-api-");
+  const tdb = await engine.create();
+  const config: IssuerConfig = {
+    ...DEFAULT_CONFIG,
+    database: tdb.url,
+    custody: { kind: "software", keystore: join(dir, "keystore.json") },
+    ca: { mode: "local", subject: "CN=cardkms test CA, O=cardkms, C=JP" },
+    crlUrl: "http://127.0.0.1:8443/v1/crl",
+    logLevel: o.logLevel ?? "info",
+  };
+  const env: NodeJS.ProcessEnv = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
+  if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
+  const logs: string[] = [];
+  const logStream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(chunk.toString("utf8"));
+      cb();
+    },
+  });
+  let server: IssuerServer;
+  try {
+    server = await startIssuerServer(config, { env, listen: false, logStream });
+    await server.app.ready();
+  } catch (e) {
+    await tdb.drop();
+    throw e;
+  }
+  const tokens = {
+    admin: (await createOperatorToken(server.store, "ada", ["admin"])).token,
+    operator: (await createOperatorToken(server.store, "olga", ["operator"])).token,
+    auditor: (await createOperatorToken(server.store, "arno", ["auditor"])).token,
+  };
+  return {
+    server,
+    tokens,
+    logs,
+    async close() {
+      await server.close();
+      await tdb.drop();
+    },
+  };
+}
+
+// ---- a terminal and a card issuing machine over app.inject ----------------------------------------------------
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const unhex = (s: string) => new Uint8Array(Buffer.from(s, "hex"));
+const swOf = (r: Uint8Array) => (r[r.length - 2] << 8) | r[r.length - 1];
+
+type Res = Awaited<ReturnType<ApiEnv["server"]["app"]["inject"]>>;
+
+export function api(env: ApiEnv) {
+  const call = (method: "GET" | "POST", url: string, token?: string, body?: unknown) =>
+    env.server.app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(body !== undefined ? { payload: body as object } : {}) });
+  return { get: (url: string, token?: string) => call("GET", url, token), post: (url: string, token?: string, body: unknown = {}) => call("POST", url, token, body) };
+}
+
+export function expect(r: Res, status: number): Record<string, unknown> {
+  assert.equal(r.statusCode, status, `${r.statusCode}: ${r.body}`);
+  if (status >= 400) {
+    assert.match(String(r.headers["content-type"]), /^application\/problem\+json/);
+    assert.equal(r.json().status, status);
+  }
+  return r.body ? (r.json() as Record<string, unknown>) : {};
+}
+
+/** The terminal's part: forward each round to the card until the server reports the results (or refuses). */
+export async function relay(post: ReturnType<typeof api>["post"], token: string, start: { sessionId: string; apdus: string[] }, card: CardRuntime): Promise<Res> {
+  let apdus = start.apdus;
+  for (;;) {
+    const responses: string[] = [];
+    for (const a of apdus) responses.push(hex(await transmitFollowing((x) => card.transmit(x), unhex(a))));
+    const r = await post(`/v1/relay/${start.sessionId}`, token, { responses });
+    if (r.statusCode !== 200 || r.json().done) return r;
+    apdus = r.json().apdus;
+  }
+}
+
+/** Card authentication through the terminal: a card-bound token, after the EXTERNAL AUTHENTICATE reached the card. */
+export async function authenticate(post: ReturnType<typeof api>["post"], cardId: string, card: CardRuntime, tamper = false): Promise<Res> {
+  const start = expect(await post(`/v1/cards/${cardId}/auth`), 201) as { sessionId: string; apdus: string[] };
+  assert.equal(start.apdus.length, 2);
+  const responses = [];
+  for (const a of start.apdus) responses.push(await transmitFollowing((x) => card.transmit(x), unhex(a)));
+  if (tamper) responses[1][25] ^= 0x01; // a byte of the card cryptogram
+  const r = await post(`/v1/cards/${cardId}/auth/${start.sessionId}`, undefined, { responses: responses.map(hex) });
+  if (r.statusCode === 200) for (const a of r.json().apdus as string[]) assert.equal(swOf(await transmitFollowing((x) => card.transmit(x), unhex(a))), 0x9000, "the card accepts EXTERNAL AUTHENTICATE");
+  return r;
+}
+
+export async function issueAndPersonalise(env: ApiEnv, name: string) {
+  const { post, get } = api(env);
+  const op = env.tokens.operator;
+  const user = expect(await post("/v1/users", op, { personalData: { commonName: name, email: `${name.toLowerCase().replace(/ /g, ".")}@example.test`, organization: "Example Bank", country: "JP" } }), 201);
+  const issued = expect(await post("/v1/cards", op, { userId: user.id }), 201) as { card: { id: string; status: string }; keySet: { kvn: number } };
+  assert.equal(issued.card.status, "issued");
+  assert.equal(issued.keySet.kvn, 1);
+  const cardId = issued.card.id;
+  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const start = expect(await post(`/v1/cards/${cardId}/personalisation`, op), 201) as { sessionId: string; apdus: string[] };
+  expect(await relay(post, op, start, card), 200);
+  assert.equal(expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200).status, "active");
+  return { user, cardId, card };
+}
+

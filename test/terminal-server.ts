@@ -1,0 +1,31 @@
+// The real issuer server for the terminal and CLI tests: SQLite in a temp file, the software keystore, the local
+// CA, listening on 127.0.0.1 on a free port, with one operator (operator + auditor) token.
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
+import { createOperatorToken, startIssuerServer, type IssuerServer } from "../src/server/main.ts";
+
+export interface TestServer {
+  url: string;
+  operatorToken: string;
+  config: IssuerConfig;
+  /** The environment the server's keystore key is in (for a CLI that opens the same DB). */
+  env: Record<string, string>;
+  server: IssuerServer;
+  close(): Promise<void>;
+}
+
+export async function startTestServer(dir: string): Promise<TestServer> {
+  const env = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
+  const config: IssuerConfig = {
+    ...structuredClone(DEFAULT_CONFIG),
+    listen: { host: "127.0.0.1", port: 0 },
+    database: join(dir, "issuer.db"),
+    custody: { kind: "software", keystore: join(dir, "keystore.json") },
+    ca: { mode: "local", subject: "CN=cardkms test CA" },
+    logLevel: "silent",
+  };
+  const server = await startIssuerServer(config, { env, handleSignals: false });
+  const { token } = await createOperatorToken(server.store, "olga", ["operator", "auditor"]);
+  return { url: server.url, operatorToken: token, config, env, server, close: () => server.close() };
+}
