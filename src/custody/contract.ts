@@ -278,6 +278,36 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       await c.deleteKey(label);
     });
 
+    test("batch re-wrap (card-key rotation): every key of mixed algorithms and sizes, in order, all or nothing", async () => {
+      const card1: DerivedKeySetRef = { kind: "derived", master: masterLabel, cardId, kvn: 1 };
+      const card2: DerivedKeySetRef = { kind: "derived", master: masterLabel, cardId, kvn: 2 };
+      const wk = (kvn: number): Uint8Array => derivePurposeKey(deriveCardKeySet(master, cardId, kvn).dek, cardId, kvn, PURPOSE.privateKeyWrap);
+      const algs: KeyPairAlg[] = ["P256", "P384", "P256", "RSA2048", "P256", "P384"];
+      const items: { wrapped: Uint8Array; alg: KeyPairAlg }[] = [];
+      const spkis: string[] = [];
+      for (const [i, alg] of algs.entries()) {
+        const label = uniq(`batch-${i}`);
+        await c.generateKeyPair(label, alg, { extractable: "wrapped", ephemeral: true });
+        spkis.push(hex(await c.publicKey(label)));
+        items.push({ wrapped: await c.wrapPrivateKey(label, { card: card1 }), alg });
+        await c.deleteKey(label);
+      }
+      assert.deepEqual(await c.rewrapPrivateKeys([], { card: card1 }, { card: card2 }), []);
+      const out = await c.rewrapPrivateKeys(items, { card: card1 }, { card: card2 });
+      assert.equal(out.length, items.length);
+      out.forEach((w, i) => {
+        // byte-for-byte RFC 5649 under Sk2's wrap key (Node's KWP opens it), and the same key pair as before
+        const priv = createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(wk(2), w)), format: "der", type: "pkcs8" });
+        assert.equal(hex(createPublicKey(priv).export({ format: "der", type: "spki" })), spkis[i], `item ${i}`);
+        assert.throws(() => aesKeyUnwrapPad(wk(1), w));
+      });
+      // one altered item refuses the whole batch and names it
+      const bad = items.map((it) => ({ ...it, wrapped: Uint8Array.from(it.wrapped) }));
+      bad[3].wrapped[10] ^= 1;
+      await rejects(c.rewrapPrivateKeys(bad, { card: card1 }, { card: card2 }), "WRONG_KEY", /\b3\b/);
+      await rejects(c.rewrapPrivateKeys(items, { card: card2 }, { card: card1 }), "WRONG_KEY");
+    });
+
     test("an ephemeral key pair lives only in its custody instance", async () => {
       const label = uniq("eph");
       const other = await makeCustody();

@@ -166,6 +166,12 @@ export interface KeyCustody {
   wrapPrivateKey(label: string, to: WrapTarget): Promise<Uint8Array>;
   /** Card key rotation (Sk1[PRk] -> Sk2[PRk]): the private key is unwrapped only inside custody. */
   rewrapPrivateKey(wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, to: WrapTarget): Promise<Uint8Array>;
+  /**
+   * The bulk form of rewrapPrivateKey for a card-key rotation (embodiments 3 and 5): the wrap keys of `from` and
+   * `to` are derived once for the whole batch. Results in input order; all or nothing — WRONG_KEY (naming the
+   * item's index) when one does not unwrap under `from`.
+   */
+  rewrapPrivateKeys(items: readonly { wrapped: Uint8Array; alg: KeyPairAlg }[], from: WrapTarget, to: WrapTarget): Promise<Uint8Array[]>;
   signer(label: string): Promise<Signer>;
 
   close(): Promise<void>;

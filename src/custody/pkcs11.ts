@@ -743,6 +743,50 @@ export class Pkcs11Custody implements KeyCustody {
     }
   }
 
+  async rewrapPrivateKeys(items: readonly { wrapped: Uint8Array; alg: KeyPairAlg }[], from: WrapTarget, to: WrapTarget): Promise<Uint8Array[]> {
+    for (const it of items) checkKeyPairAlg(it.alg);
+    if (items.length === 0) return [];
+    const p = this.p;
+    // Both wrap keys derived once for the batch (two C_DeriveKey instead of two per key); each private key is
+    // a session object only between its C_UnwrapKey and C_WrapKey.
+    const a = this.wrapKey(from);
+    let b: { h: Handle; derived: boolean } | undefined;
+    try {
+      b = this.wrapKey(to);
+      const out: Uint8Array[] = [];
+      for (let k = 0; k < items.length; k++) {
+        const t: Template = [
+          { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+          { type: p.CKA_KEY_TYPE, value: isEc(items[k].alg) ? p.CKK_EC : p.CKK_RSA },
+          { type: p.CKA_TOKEN, value: false },
+          { type: p.CKA_PRIVATE, value: true },
+          { type: p.CKA_SENSITIVE, value: true },
+          { type: p.CKA_EXTRACTABLE, value: true },
+          { type: p.CKA_SIGN, value: false },
+        ];
+        let key: Handle;
+        try {
+          key = this.mod.C_UnwrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, a.h, Buffer.from(items[k].wrapped), t);
+        } catch (e) {
+          const ckr = ckrName(e);
+          if (ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_WRAPPED_KEY_INVALID" || ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_WRAPPED_KEY_LEN_RANGE")
+            throw new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey failed on item ${k} of the batch: ${ckr} — it does not unwrap under the given key (wrong key or altered)`, { cause: e });
+          throw mapError(e, "C_UnwrapKey", `unwrap item ${k} for re-wrap`);
+        }
+        try {
+          const wk = b.h;
+          out.push(new Uint8Array(this.call("C_WrapKey", "re-wrap", () => this.mod.C_WrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, wk, key, Buffer.alloc(8192)))));
+        } finally {
+          this.destroy(key);
+        }
+      }
+      return out;
+    } finally {
+      if (a.derived) this.destroy(a.h);
+      if (b?.derived) this.destroy(b.h);
+    }
+  }
+
   async signer(label: string): Promise<Signer> {
     const spki = await this.publicKey(label);
     const alg = this.pairAlg(label);

@@ -1,0 +1,93 @@
+// Bulk re-wrap of a card-key rotation (issue 3 Performance: at least 50,000 keys/s, at most 256 MB RSS with
+// 1,000,000 stored keys). Seeds `keys` key pairs, each with a real Sk1[PRk] (a pool of key pairs generated and
+// wrapped in software custody, spread over the rows), into a fresh SQLite file through a direct prepared-statement
+// path, then runs src/issuer/rewrap.ts runRewrap to Sk2 and reports keys/s and the highest RSS sampled during it.
+//   npx tsx bench/rewrap.ts [keys] [pageSize]      (or: npm run bench rewrap, after registering it in run.ts)
+
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import SqliteDatabase from "better-sqlite3";
+import type { DerivedKeySetRef } from "../src/custody/custody.ts";
+import { SoftwareCustody } from "../src/custody/software.ts";
+import { runRewrap } from "../src/issuer/rewrap.ts";
+import { Store } from "../src/store/store.ts";
+
+const mb = (bytes: number): number => Math.round(bytes / 2 ** 20);
+const vmHwmMb = (): number | undefined => {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+  return m ? Math.round(Number(m[1]) / 1024) : undefined;
+};
+
+export async function benchRewrap(o: { keys?: number; pageSize?: number } = {}): Promise<{ name: string; value: number; unit: string; [k: string]: unknown }[]> {
+  const keys = o.keys ?? 1_000_000;
+  const pageSize = o.pageSize ?? 5000;
+  const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-rewrap-"));
+  const file = join(dir, "issuer.db");
+  const custody = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
+  const store = await Store.open(`sqlite:${file}`);
+  try {
+    await custody.createSecretKey("card-master", { type: "aes", bits: 256, usage: ["derive"] });
+    const now = Date.now();
+    const user = await store.createUser({ personalData: { commonName: "bench" } });
+    const oldId = randomBytes(8).toString("hex"), newId = randomBytes(8).toString("hex");
+    const ref1: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: oldId, kvn: 1 };
+    const ref2: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: newId, kvn: 2 };
+    await store.registerCard({ id: oldId, userId: user.id, validFrom: now, validUntil: now + 1e10, status: "active" });
+    await store.registerCard({ id: newId, userId: user.id, validFrom: now, validUntil: now + 1e10 });
+    const sk1 = await store.addKeySet({ cardId: oldId, kvn: 1, version: 1, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref1), makeCurrent: true });
+    const sk2 = await store.addKeySet({ cardId: newId, kvn: 2, version: 2, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref2), makeCurrent: true });
+
+    const pool: { spki: Buffer; wrapped: Buffer }[] = [];
+    for (let i = 0; i < 256; i++) {
+      const label = `pool-${i}`;
+      await custody.generateKeyPair(label, "P256", { extractable: "wrapped", ephemeral: true });
+      pool.push({ spki: Buffer.from(await custody.publicKey(label)), wrapped: Buffer.from([1, ...(await custody.wrapPrivateKey(label, { card: ref1 }))]) });
+      await custody.deleteKey(label);
+    }
+    // Seeding (not measured): one prepared statement per table, 50,000 rows per transaction.
+    const t0 = performance.now();
+    const raw = new SqliteDatabase(file);
+    raw.pragma("journal_mode = WAL");
+    raw.pragma("synchronous = NORMAL");
+    const kp = raw.prepare("insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at) values (?, ?, ?, null, 'P256', ?, 'active', ?)");
+    const wk = raw.prepare("insert into wrapped_keys (key_pair_id, key_set_id, wrapped, created_at) values (?, ?, ?, ?)");
+    const batch = raw.transaction((from: number, to: number) => {
+      for (let n = from; n < to; n++) {
+        const id = `kp-${n}`;
+        kp.run(id, user.id, oldId, pool[n % pool.length].spki, now);
+        wk.run(id, sk1.id, pool[n % pool.length].wrapped, now);
+      }
+    });
+    for (let n = 0; n < keys; n += 50_000) batch(n, Math.min(keys, n + 50_000));
+    raw.close();
+    const seedSeconds = (performance.now() - t0) / 1000;
+
+    const rot = await store.proposeRotation({ cardId: oldId, fromKeySetId: sk1.id, strategy: "embodiment3", toCardId: newId });
+    await store.approveRotation(rot.id, "bench");
+    await store.startRotation(rot.id, { toCardId: newId, toKeySetId: sk2.id, total: await store.countWrappedKeys(sk1.id) });
+
+    const rssBefore = process.memoryUsage().rss;
+    let rssMax = rssBefore;
+    const sample = setInterval(() => (rssMax = Math.max(rssMax, process.memoryUsage().rss)), 25);
+    const t1 = performance.now();
+    let done;
+    try {
+      done = await runRewrap({ store, custody, rotationId: rot.id, pageSize, onProgress: () => (rssMax = Math.max(rssMax, process.memoryUsage().rss)) });
+    } finally {
+      clearInterval(sample);
+    }
+    const secs = (performance.now() - t1) / 1000;
+    if (done.done !== keys || (await store.countWrappedKeys(sk2.id)) !== keys) throw new Error(`re-wrapped ${done.done} of ${keys}`);
+    return [{ name: "rewrap_keys", value: Math.round(keys / secs), unit: "keys/s", rss_max_mb: mb(rssMax), rss_before_mb: mb(rssBefore), heap_mb: mb(process.memoryUsage().heapUsed), vm_hwm_mb: vmHwmMb(), keys, page_size: pageSize, engine: "sqlite", custody: "software", seconds: Math.round(secs * 10) / 10, seed_seconds: Math.round(seedSeconds) }];
+  } finally {
+    await custody.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  for (const r of await benchRewrap({ keys: Number(process.argv[2] ?? 1_000_000), pageSize: Number(process.argv[3] ?? 5000) })) console.log(JSON.stringify(r));
+}

@@ -1,0 +1,42 @@
+// A bulk re-wrap as its own process, for the crash test (issue 3, Reliability: SIGKILL at random points, restart,
+// until the rotation completes) and for operators who run a rotation's re-wrap apart from the server:
+//
+//   node --import tsx src/issuer/rewrap-worker.ts <db url> <keystore path | pkcs11> <rotation id> [--complete]
+//
+// Custody from the environment as the server takes it (custody/index.ts: CARDKMS_KEYSTORE_KEY or _FILE for the
+// software keystore; CARDKMS_PKCS11_* for an HSM). CARDKMS_REWRAP_PAGE sets the page size (default 2,000).
+// Prints one JSON line per committed page ({done, total, cursor}); exits 0 when no page is left (and, with
+// --complete, after marking the rotation completed: a re-wrap-only job), 1 on error.
+
+import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
+import { Store } from "../store/store.ts";
+import { runRewrap } from "./rewrap.ts";
+
+async function main(argv: string[]): Promise<void> {
+  const [url, keystore, rotationId] = argv;
+  if (!url || !keystore || !rotationId) throw new Error("usage: rewrap-worker <db url> <keystore path | pkcs11> <rotation id> [--complete]");
+  const env = custodyConfigFromEnv();
+  const config: CustodyConfig = keystore === "pkcs11" ? { kind: "pkcs11", env: process.env } : { ...env, kind: "software", path: keystore };
+  const pageSize = Number(process.env.CARDKMS_REWRAP_PAGE ?? 2000);
+  const store = await Store.open(url);
+  const custody = await openCustody(config);
+  try {
+    let rot = await runRewrap({
+      store,
+      custody,
+      rotationId,
+      pageSize,
+      onProgress: (p) => process.stdout.write(`${JSON.stringify({ done: p.done, total: p.total, cursor: p.cursor })}\n`),
+    });
+    if (argv.includes("--complete") && rot.status === "running") rot = await store.completeRotation(rotationId);
+    process.stdout.write(`${JSON.stringify({ status: rot.status, done: rot.done, total: rot.total, cursor: rot.cursor })}\n`);
+  } finally {
+    await custody.close();
+    await store.close();
+  }
+}
+
+main(process.argv.slice(2)).catch((e: unknown) => {
+  process.stderr.write(`rewrap-worker: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});
