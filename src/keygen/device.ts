@@ -1,0 +1,207 @@
+// The key generation device of seed 001 embodiments 1-2 (FIG. 2 mechanism 110, FIG. 5 device 130; FIG. 4 steps
+// 300-320, FIG. 6 steps 400-440; claims 13-34): it makes a key pair nobody knows, has the certification center
+// certify it, writes key and certificate into the inserted card, and keeps nothing.
+//
+//   411-416  the key pair is generated inside key custody (an HSM on PKCS#11), extractable only wrapped, as a
+//            session object that is never persisted; this module sees its public key only;
+//   414-415  the public key is checked against, and registered in, the device's own registry of every key it
+//            generated (registry.ts) — a repeat is destroyed and a new key drawn, as the seed returns to 411;
+//   417-418  a PKCS#10 request naming the user's personal data, signed by the new key inside custody (csr.ts), goes
+//            to the center over a CaClient (in-process or HTTP: the path is not trusted);
+//   421-432  the center checks and certifies (center.ts); its refusals come back named;
+//   433      the certificate is verified — signature, chain to the pinned anchor, key, subject (verify.ts);
+//   319/434  Sk[PRk] (the private key wrapped inside custody under the card's key set) and the certificate are
+//            written through an SCP03 session whose keys custody computes: the key into the card's non-readable
+//            key store (IMPORT KEY), the certificate into its PIV object, which only the secure channel may write;
+//   434      the private key is destroyed in custody, on success and on every refusal alike, and its absence is
+//            checked: "the secret key disappears from the key generation device".
+//
+// Deviation from the seed: on a refusal after step 417 the seed returns to step 411 on its own. Here the refusal
+// goes to the caller (the key already destroyed) and a retry is a new issue() — a new key — so an attacker on
+// the path cannot make the device loop.
+//
+// Never: holds a private key in this process, puts key material or personal data values in an error or a log.
+
+import { createHash, randomUUID } from "node:crypto";
+import { CaRefusal } from "../ca/checks.ts";
+import type { CaClient, CertifyResult } from "../ca/client.ts";
+import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
+import { validateSubject, type SubjectName } from "../ca/name.ts";
+import type { Transmit } from "../terminal/apdu-client.ts";
+import { deliveryScript, runScript } from "../issuer/card-scripts.ts";
+import { buildSignedCsr } from "./csr.ts";
+import { deviceRefusal, KeyGenerationRefusal } from "./errors.ts";
+import type { IssuedKeyRegistry } from "./registry.ts";
+import { verifyIssuedCertificate } from "./verify.ts";
+
+/** PIV key references the device writes (SP 800-73-4 Table 4b). */
+export type PivSlot = "9a" | "9c" | "9d" | "9e";
+const SLOTS: readonly PivSlot[] = ["9a", "9c", "9d", "9e"];
+const ALGS: readonly KeyPairAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
+
+export interface KeyGenerationDeviceOptions {
+  /** Where key pairs are generated and the card key sets live. */
+  custody: KeyCustody;
+  /** The certification center (step 418), at this site or another. */
+  ca: CaClient;
+  /** Steps 414-415: the public keys this device generated. */
+  registry: IssuedKeyRegistry;
+  /**
+   * Root certificates (DER) that certificates must chain to (step 433), pinned when the device is commissioned.
+   * When omitted, the root the center presents at `create` is pinned (trust on first use) — acceptable only when
+   * that first contact is itself trusted.
+   */
+  trustAnchors?: readonly Uint8Array[];
+  /** Keys drawn before giving up when each one was generated before (step 414). Default 3. */
+  maxGenerationAttempts?: number;
+  /** Time source for certificate validity, for tests. */
+  clock?: () => Date;
+}
+
+/** The card inserted into the device (step 319/434): how to reach it, and its SCP03 key set in custody. */
+export interface InsertedCard {
+  transmit: Transmit;
+  keySet: KeySetRef;
+}
+
+export interface IssueCardRequest {
+  /** The user as the center knows them (its registration, step 420). */
+  applicantId: string;
+  /** Step 400/410: the personal data entered at the device; it becomes the request's subject. */
+  personalData: SubjectName;
+  alg: KeyPairAlg;
+  /** The center's certificate profile, e.g. "signature". */
+  profile: string;
+  /** The PIV key reference the key and certificate are written to. */
+  slot: PivSlot;
+  card: InsertedCard;
+}
+
+export interface IssuedCard {
+  slot: PivSlot;
+  alg: KeyPairAlg;
+  /** DER certificate, as written into the card. */
+  certificate: Uint8Array;
+  serial: string;
+  /** SHA-256 of the certified SubjectPublicKeyInfo, hex (the registry's and the CA's key identity). */
+  publicKeySha256: string;
+  /** The custody label the key pair had while it existed; it is gone now. For the audit trail. */
+  keyLabel: string;
+}
+
+const sha256Hex = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
+
+export class KeyGenerationDevice {
+  private constructor(
+    private readonly custody: KeyCustody,
+    private readonly ca: CaClient,
+    private readonly registry: IssuedKeyRegistry,
+    private readonly anchors: readonly Uint8Array[],
+    private readonly attempts: number,
+    private readonly now: () => Date,
+  ) {}
+
+  /** Commissions a device: pins the trust anchors (given, or the center's root at this moment). */
+  static async create(opts: KeyGenerationDeviceOptions): Promise<KeyGenerationDevice> {
+    if (!opts.custody || !opts.ca || !opts.registry) throw new TypeError("a key generation device needs custody, a CA client and a registry");
+    const attempts = opts.maxGenerationAttempts ?? 3;
+    if (!Number.isInteger(attempts) || attempts < 1 || attempts > 10) throw new RangeError(`maxGenerationAttempts must be 1..10, not ${attempts}`);
+    let anchors = opts.trustAnchors ? [...opts.trustAnchors] : undefined;
+    if (!anchors) {
+      const chain = await opts.ca.caCertificates();
+      if (chain.length === 0) throw new Error("the center presents no CA certificates to pin");
+      anchors = [chain[chain.length - 1]];
+    }
+    if (anchors.length === 0) throw new TypeError("trustAnchors must hold at least one root certificate");
+    return new KeyGenerationDevice(opts.custody, opts.ca, opts.registry, anchors.map((a) => a.slice()), attempts, opts.clock ?? (() => new Date()));
+  }
+
+  /**
+   * Steps 410-435 for one user and one inserted card. Returns what was written; throws KeyGenerationRefusal
+   * naming the failed check (by the device or the center). In every outcome the private key no longer exists in
+   * custody when this returns. A refusal before step 434 leaves the card untouched; a "card-write" refusal may
+   * leave the key without its certificate in the card (the script stopped midway) — the certificate is revoked.
+   */
+  async issue(req: IssueCardRequest): Promise<IssuedCard> {
+    checkRequest(req);
+    const { label, spki, publicKeySha256 } = await this.generate(req);
+    try {
+      // 417-418
+      const csr = await buildSignedCsr(this.custody, label, req.personalData);
+      let certified: CertifyResult;
+      try {
+        certified = await this.ca.certify({ csr: csr.pem, profile: req.profile, applicantId: req.applicantId });
+      } catch (e) {
+        if (e instanceof CaRefusal) throw new KeyGenerationRefusal(e.check, "certification-center", e.detail, { cause: e });
+        throw e;
+      }
+      // 433
+      const chain = await this.ca.caCertificates();
+      verifyIssuedCertificate(certified.certificate, chain, this.anchors, { spki, subject: req.personalData }, this.now());
+      // 434: key and certificate into the card under SCP03
+      await this.writeCard(req, label, certified.certificate, certified.serial);
+      return { slot: req.slot, alg: req.alg, certificate: certified.certificate, serial: certified.serial, publicKeySha256, keyLabel: label };
+    } finally {
+      await this.destroy(label);
+    }
+  }
+
+  /** Steps 411-416: a key pair in custody whose public key this device never generated before. */
+  private async generate(req: IssueCardRequest): Promise<{ label: string; spki: Uint8Array; publicKeySha256: string }> {
+    for (let attempt = 0; attempt < this.attempts; attempt++) {
+      const label = `keygen.${randomUUID()}`;
+      await this.custody.generateKeyPair(label, req.alg, { extractable: "wrapped", ephemeral: true });
+      try {
+        const spki = await this.custody.publicKey(label);
+        const publicKeySha256 = sha256Hex(spki);
+        if (await this.registry.register({ publicKeySha256, applicantId: req.applicantId, alg: req.alg, generatedAt: this.now() })) return { label, spki, publicKeySha256 };
+      } catch (e) {
+        await this.destroy(label);
+        throw e;
+      }
+      await this.destroy(label); // 414: generated before — back to 411
+    }
+    throw deviceRefusal("duplicate-public-key", `each of ${this.attempts} generated keys had been generated before: the key source is not trustworthy`);
+  }
+
+  /** Step 434: Sk[PRk] and the certificate into the card under SCP03; on failure the certificate is revoked. */
+  private async writeCard(req: IssueCardRequest, label: string, certificate: Uint8Array, serial: string): Promise<void> {
+    const keys = { custody: this.custody, ref: req.card.keySet };
+    let wrapped: Uint8Array | undefined;
+    let skPrk: Uint8Array | undefined;
+    try {
+      wrapped = await this.custody.wrapPrivateKey(label, { card: req.card.keySet });
+      // Sk[PRk] travels with its key version in front, as the card's IMPORT KEY expects it
+      skPrk = Uint8Array.from([req.card.keySet.kvn, ...wrapped]);
+      await runScript(req.card.transmit, deliveryScript(keys, { keyRef: parseInt(req.slot, 16), alg: req.alg, skPrk, cert: certificate }));
+    } catch (e) {
+      // The certificate names a key that is about to cease to exist: withdraw it.
+      let revoked = "revoked (cessationOfOperation)";
+      try {
+        await this.ca.revoke(serial, "cessationOfOperation");
+      } catch {
+        revoked = "NOT revoked — revoke it by hand";
+      }
+      throw deviceRefusal("card-write", `writing into the card failed (${(e as Error).message}); certificate ${serial} ${revoked}`, { cause: e });
+    } finally {
+      wrapped?.fill(0);
+      skPrk?.fill(0);
+    }
+  }
+
+  /** Step 434: the private key disappears from the device; its absence is checked, not assumed. */
+  private async destroy(label: string): Promise<void> {
+    await this.custody.deleteKey(label);
+    if (await this.custody.hasKey(label)) throw new Error(`key ${label} is still in custody after deletion`);
+  }
+}
+
+function checkRequest(req: IssueCardRequest): void {
+  if (typeof req !== "object" || req === null) throw new TypeError("issue request must be an object");
+  if (typeof req.applicantId !== "string" || !req.applicantId) throw new TypeError("applicantId must be a non-empty string");
+  validateSubject(req.personalData); // InvalidSubjectError naming the field, before any key is generated
+  if (!ALGS.includes(req.alg)) throw new TypeError(`alg must be one of ${ALGS.join(", ")}`);
+  if (typeof req.profile !== "string" || !req.profile) throw new TypeError("profile must be a non-empty string");
+  if (!SLOTS.includes(req.slot)) throw new TypeError(`slot must be one of ${SLOTS.join(", ")}`);
+  if (!req.card || typeof req.card.transmit !== "function" || !req.card.keySet) throw new TypeError("card must give transmit and the card's key set reference");
+}

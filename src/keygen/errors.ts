@@ -1,0 +1,37 @@
+// Named refusals of the key generation flow (seed 001 embodiment 2: steps 414, 422-424 and 433).
+//
+// Whichever device refused, the caller sees one error type naming the check that failed and where it ran:
+//   by "certification-center": "csr-signature" (422, the request was altered on the path), "personal-data" (423),
+//     "duplicate-public-key" (424, checked again atomically when the certificate is recorded), or any other
+//     CaRefusal check name ("request", "profile", "subject", "public-key", "csr-format");
+//   by "device": "duplicate-public-key" (414, its own registry), and the step 433 checks on the certificate
+//     that came back — "certificate-format", "certificate-signature", "certificate-chain", "certificate-validity",
+//     "certificate-public-key", "certificate-subject" — and "card-write" (434).
+// Details name fields and reasons, never key material or personal data values.
+
+export type DeviceCheck =
+  | "duplicate-public-key"
+  | "certificate-format"
+  | "certificate-signature"
+  | "certificate-chain"
+  | "certificate-validity"
+  | "certificate-public-key"
+  | "certificate-subject"
+  | "card-write";
+
+export type RefusedBy = "device" | "certification-center";
+
+export class KeyGenerationRefusal extends Error {
+  constructor(
+    readonly check: DeviceCheck | (string & {}),
+    readonly by: RefusedBy,
+    readonly detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${by === "device" ? "key generation device" : "certification center"} refused (check "${check}"): ${detail}`, options);
+    this.name = "KeyGenerationRefusal";
+  }
+}
+
+/** A refusal by the device itself, at `check`. */
+export const deviceRefusal = (check: DeviceCheck, detail: string, options?: { cause?: unknown }): KeyGenerationRefusal => new KeyGenerationRefusal(check, "device", detail, options);

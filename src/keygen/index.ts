@@ -1,0 +1,8 @@
+// Seed 001 embodiments 1-2: the key generation device, the certification center's checks, and the pieces
+// between them. No HTTP here; server/ and cli/ wire these.
+export { KeyGenerationDevice, type IssueCardRequest, type IssuedCard, type InsertedCard, type KeyGenerationDeviceOptions, type PivSlot } from "./device.ts";
+export { CertificationCenter, MemoryRegistrationBook, centerChecks, signedRequestCheck, type RegistrationLookup, type CertificationCenterOptions } from "./center.ts";
+export { MemoryIssuedKeyRegistry, type IssuedKeyRegistry, type GeneratedKeyRecord } from "./registry.ts";
+export { buildSignedCsr, subjectToName, csrSignatureAlgorithm, type SignedCsr } from "./csr.ts";
+export { verifyIssuedCertificate, type CertificateExpectation } from "./verify.ts";
+export { KeyGenerationRefusal, deviceRefusal, type DeviceCheck, type RefusedBy } from "./errors.ts";
