@@ -1,0 +1,71 @@
+// Fixtures for the reproduction module's tests and bench: arbitrators with fresh key pairs, the FIG. 9 policy,
+// requests and chains of signed decisions. Test-only: the arbitrators' private keys live here, in one process.
+
+import { type KeyObject, generateKeyPairSync } from "node:crypto";
+import { ArbitratorRegistry } from "./registry.ts";
+import type { ReproductionPolicy } from "./policy.ts";
+import { type Approval, type ReproductionRequest, signApproval } from "./approvals.ts";
+import { type ReleasedShare, type ShareEnvelope, openShare } from "./shares.ts";
+
+export interface ArbitratorKeys {
+  signing: KeyObject;
+  encryption: KeyObject;
+}
+
+export function makeArbitrators(ids: readonly string[], registry = new ArbitratorRegistry()): { registry: ArbitratorRegistry; keys: Map<string, ArbitratorKeys> } {
+  const keys = new Map<string, ArbitratorKeys>();
+  for (const id of ids) {
+    const s = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const e = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    registry.register({ id, signingPublicKey: s.publicKey, encryptionPublicKey: e.publicKey });
+    keys.set(id, { signing: s.privateKey, encryption: e.privateKey });
+  }
+  return { registry, keys };
+}
+
+/** FIG. 9's ten arbitrators. */
+export const FIG9_ARBITRATORS = ["user", "credit-co", "sp-a", "sp-b", "sp-c", "mgr-a", "mgr-b", "mgr-c", "mgr-d", "mgr-e"] as const;
+
+/**
+ * FIG. 9: the user indispensable (condition 11); the credit company, after the user (condition 12); any 1 of the
+ * service providers (13); any 2 of the issuing-apparatus managers (14); the list drawn up by a manager (15).
+ */
+export function fig9Policy(): ReproductionPolicy {
+  return {
+    version: 1,
+    author: "mgr-a",
+    indispensable: ["user", "credit-co"],
+    groups: [
+      { name: "service-providers", members: ["sp-a", "sp-b", "sp-c"], threshold: 1 },
+      { name: "issuing-apparatus-managers", members: ["mgr-a", "mgr-b", "mgr-c", "mgr-d", "mgr-e"], threshold: 2 },
+    ],
+    order: [{ before: "user", after: "credit-co" }],
+  };
+}
+
+export function makeRequest(policy: ReproductionPolicy, over: Partial<ReproductionRequest> = {}): ReproductionRequest {
+  return {
+    format: "cardkms.recovery.request/1",
+    requestId: "req-1",
+    escrowId: "esc-1",
+    cardId: "card-1",
+    policy,
+    requester: policy.indispensable[0] ?? "user",
+    reason: "card lost",
+    filedAt: "2024-05-01T09:00:00Z",
+    ...over,
+  };
+}
+
+/** Signs `decisions` in order, each chained after the previous ones. */
+export function signDecisions(request: ReproductionRequest, decisions: readonly { arbitrator: string; decision: "approve" | "refuse"; reason?: string }[], keys: Map<string, ArbitratorKeys>): Approval[] {
+  const out: Approval[] = [];
+  decisions.forEach((d, i) => out.push(signApproval(request, out, { ...d, decidedAt: new Date(Date.UTC(2024, 4, 1, 10, 0, i)).toISOString() }, keys.get(d.arbitrator)!.signing)));
+  return out;
+}
+
+/** The shares each of `who` releases: every envelope addressed to them, opened with their key. */
+export function releaseShares(envelopes: readonly ShareEnvelope[], who: Iterable<string>, keys: Map<string, ArbitratorKeys>, expected: { escrowId: string; cardId: string }): ReleasedShare[] {
+  const set = new Set(who);
+  return envelopes.filter((e) => set.has(e.header.arbitrator)).map((e) => openShare(e, keys.get(e.header.arbitrator)!.encryption, expected));
+}
