@@ -45,7 +45,12 @@ test("demo --json reports verified signatures; every command has --help", { time
   assert.equal(demo.code, 0, demo.stderr);
   const r = JSON.parse(demo.stdout);
   assert.equal(r.ok, true);
-  assert.deepEqual(r.signatures.map((s: { verified: boolean }) => s.verified), [true, true]);
+  assert.deepEqual(r.signatures.map((s: { verified: boolean }) => s.verified), [true, true], "the old card and, after the rotation, the new card sign");
+  assert.notEqual(r.oldCard.id, r.newCard.id);
+  assert.equal(r.audit.ok, true);
+  const cardOnly = await cli(["demo", "--card-only", "--dir", join(dir, "demo-card"), "--json"], {});
+  assert.equal(cardOnly.code, 0, cardOnly.stderr);
+  assert.deepEqual(JSON.parse(cardOnly.stdout).signatures.map((s: { verified: boolean }) => s.verified), [true, true]);
   for (const cmd of [[], ["card"], ["card", "create"], ["card", "show"], ["card", "apdu"], ["card", "attach"], ["demo"]]) {
     const h = await cli([...cmd, "--help"]);
     assert.equal(h.code, 0, `${cmd.join(" ")} --help`);

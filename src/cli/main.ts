@@ -9,6 +9,7 @@ import type { Durability } from "../card/eeprom.ts";
 import { unhex } from "../card/apdu.ts";
 import { parseResponse } from "../card/apdu.ts";
 import { runDemo } from "../demo/demo.ts";
+import { runSystemDemo } from "../demo/system-demo.ts";
 import { demoThroughPcsc, type PcscDemoResult } from "../demo/pcsc-demo.ts";
 import { readCardInfo } from "../terminal/card-info.ts";
 import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
@@ -137,24 +138,45 @@ card
 
 program
   .command("demo")
-  .description("personalise a card over SCP03, deliver keys online and as a sealed package, sign and verify")
-  .option("--dir <dir>", "where the demo card, its image key and the CA certificate go", ".cardkms/demo")
+  .description(
+    "the whole system on SQLite and the software keystore: an issuer server, a card issued and personalised through the relay, " +
+      "a key delivered as a package through the user terminal, the card signing, then a card-key rotation Sk1 -> Sk2 onto a new card that signs with the same key",
+  )
+  .option("--dir <dir>", "where the demo's database, keystore, card images and logs go (replaced on each run)", ".cardkms/demo")
+  .option("--card-only", "only the card: SCP03 personalisation, a key online and one as a sealed package, signatures checked")
   .option("--pcsc", "then attach the card to pcscd and sign with OpenSC's pkcs11-tool, checked with openssl")
   .option("--json", "JSON output")
-  .action(async (o: { dir: string; pcsc?: boolean; json?: boolean }) => {
+  .action(async (o: { dir: string; cardOnly?: boolean; pcsc?: boolean; json?: boolean }) => {
     const log = o.json ? undefined : (l: string) => console.log(l);
-    const r = await runDemo({ dir: o.dir, log });
     let pcsc: PcscDemoResult | undefined;
-    try {
-      if (o.pcsc) pcsc = await demoThroughPcsc(r, o.dir, log);
-    } finally {
-      r.card.close();
+    if (o.cardOnly) {
+      const r = await runDemo({ dir: o.dir, log });
+      try {
+        if (o.pcsc) pcsc = await demoThroughPcsc(r, o.dir, log);
+      } finally {
+        r.card.close();
+      }
+      const ok = r.signatures.every((s) => s.verified) && (!pcsc || (pcsc.signatureVerified && pcsc.chainVerified));
+      print(
+        o,
+        `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`,
+        { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures, pcsc },
+      );
+      if (!ok) process.exitCode = 1;
+      return;
     }
-    const ok = r.signatures.every((s) => s.verified) && (!pcsc || (pcsc.signatureVerified && pcsc.chainVerified));
+    const r = await runSystemDemo({ dir: o.dir, log });
+    try {
+      if (o.pcsc) pcsc = await demoThroughPcsc({ card: r.newCard.card, caCertPem: r.caCertPem }, o.dir, log);
+    } finally {
+      r.newCard.card.close();
+    }
+    const ok = r.signatures.every((s) => s.verified) && r.audit.ok && (!pcsc || (pcsc.signatureVerified && pcsc.chainVerified));
     print(
       o,
-      `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`,
-      { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures, pcsc },
+      `\n${ok ? "OK" : "FAILED"}: card ${r.oldCard.id} signed with a remotely delivered key, and after the card-key rotation so does card ${r.newCard.id}; try:\n` +
+        `  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.newCard.path}`,
+      { ok, oldCard: r.oldCard, newCard: { id: r.newCard.id, path: r.newCard.path }, imageKeyPath: r.imageKeyPath, signatures: r.signatures, audit: r.audit, pcsc },
     );
     if (!ok) process.exitCode = 1;
   });

@@ -21,13 +21,13 @@ async function must(what: string, p: Promise<{ code: number; stdout: string; std
   return r.stdout + r.stderr;
 }
 
-export async function demoThroughPcsc(demo: DemoResult, dir: string, log: (l: string) => void = () => {}, pin = "123456"): Promise<PcscDemoResult> {
+export async function demoThroughPcsc(demo: Pick<DemoResult, "card" | "caCertPem">, dir: string, log: (l: string) => void = () => {}, pin = "123456"): Promise<PcscDemoResult> {
   demo.card.reset();
   return withAttachedCard(demo.card, async () => {
-    log(`6. card attached to pcscd as "Virtual PCD 00 00"`);
+    log(`PC/SC 1. card attached to pcscd as "Virtual PCD 00 00"`);
     const listing = await must("pkcs11-tool --list-objects", pkcs11Tool(["--list-objects", "--type", "cert"]));
     const certificates = [...listing.matchAll(/label:\s+(.+)/g)].map((m) => m[1].trim());
-    log(`7. OpenSC lists ${certificates.length} certificate object(s): ${certificates.join("; ")}`);
+    log(`PC/SC 2. OpenSC lists ${certificates.length} certificate object(s): ${certificates.join("; ")}`);
 
     const certDer = join(dir, "pcsc-9a.der");
     const certPem = join(dir, "pcsc-9a.pem");
@@ -45,12 +45,12 @@ export async function demoThroughPcsc(demo: DemoResult, dir: string, log: (l: st
     );
     const v = await run("openssl", ["dgst", "-sha256", "-verify", pubPem, "-signature", sig, msg]);
     const signatureVerified = v.code === 0 && /Verified OK/.test(v.stdout);
-    log(`8. pkcs11-tool signed with key 01 (slot 9A); openssl dgst -verify: ${(v.stdout + v.stderr).trim()}`);
+    log(`PC/SC 3. pkcs11-tool signed with key 01 (slot 9A); openssl dgst -verify: ${(v.stdout + v.stderr).trim()}`);
     const caPem = join(dir, "ca.pem");
     writeFileSync(caPem, demo.caCertPem + "\n");
     const c = await run("openssl", ["verify", "-CAfile", caPem, certPem]);
     const chainVerified = c.code === 0;
-    log(`9. openssl verify -CAfile ca.pem: ${(c.stdout + c.stderr).trim()}`);
+    log(`PC/SC 4. openssl verify -CAfile ca.pem: ${(c.stdout + c.stderr).trim()}`);
     return { certificates, signatureVerified, chainVerified };
   });
 }
