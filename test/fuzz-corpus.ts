@@ -21,6 +21,7 @@ import { TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { sealPackage, pivCertObject } from "../src/card/package.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import { putKeyCommand, Scp03HostSession, type ApduCommand } from "../src/card/scp03/host.ts";
+import { keyOriginCommand } from "../src/card/isd.ts";
 import { macClass } from "../src/card/scp03/sm.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
 import { concat, findTlv, tlv } from "../src/card/tlv.ts";
@@ -299,6 +300,8 @@ export function plainCorpus(img: FuzzImage, rng: Rng): Seed[] {
     { name: "INITIALIZE UPDATE + EXTERNAL AUTHENTICATE (wrong)", weight: 2, apdus: [selIsd, apdu(0x80, 0x50, 0, 0, digest(8), 256), apdu(0x84, 0x82, 0x33, 0, digest(16))] },
     isd("PUT KEY (plain)", 1, encodeCommand(putKeyCommand(img.sk.dek, { kvn: 0x20, enc: digest(16), mac: digest(16), dek: digest(16) }))),
     isd("SET STATUS", 1, apdu(0x80, 0xf0, 0x80, 0x0f)),
+    isd("STORE DATA key set origin (plain)", 1, encodeCommand(keyOriginCommand(img.sk.kvn, "a1a2a3a4a5a6a7a8"))),
+    isd("GET DATA DF22", 1, apdu(0x80, 0xca, 0xdf, 0x22, undefined, 256)),
     // PIV
     piv("GET DATA discovery", 3, apdu(0, 0xcb, 0x3f, 0xff, tlv(0x5c, uh("7E")), 256)),
     piv("GET DATA CHUID", 3, getDataPiv("5FC102")),
@@ -357,6 +360,8 @@ export function sessionCorpus(img: FuzzImage, rng: Rng): SessionSeed[] {
     { name: "ISD GET DATA DF20", weight: 2, applet: "isd", cmd: { cla: 0x80, ins: 0xca, p1: 0xdf, p2: 0x20, le: 256 } },
     { name: "ISD PUT KEY (new KVN)", weight: 1, applet: "isd", cmd: pk },
     { name: "ISD SET STATUS", weight: 1, applet: "isd", cmd: { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f } },
+    // Binds a key set a fuzzed PUT KEY may have added (0x40..0x7f) to a predecessor; Sk itself stays the card's own.
+    { name: "ISD STORE DATA key set origin", weight: 1, applet: "isd", cmd: keyOriginCommand(kvn(), Buffer.from(rng.bytes(8)).toString("hex")) },
     { name: "PIV GET DATA CHUID", weight: 3, applet: "piv", cmd: { cla: 0, ins: 0xcb, p1: 0x3f, p2: 0xff, data: tlv(0x5c, uh("5FC102")), le: 256 } },
     { name: "PIV PUT DATA printed info", weight: 2, applet: "piv", cmd: { cla: 0, ins: 0xdb, p1: 0x3f, p2: 0xff, data: concat(tlv(0x5c, uh("5FC109")), tlv(0x53, tlv(0x01, rng.bytes(20)))) } },
     { name: "PIV PUT DATA cert 9D", weight: 1, applet: "piv", cmd: { cla: 0, ins: 0xdb, p1: 0x3f, p2: 0xff, data: concat(tlv(0x5c, uh("5FC10B")), tlv(0x53, img.certObject)) } },
@@ -371,7 +376,7 @@ export function sessionCorpus(img: FuzzImage, rng: Rng): SessionSeed[] {
 // --- mutators ------------------------------------------------------------------------------------------------------
 
 const INTERESTING_CLA = [0x00, 0x80, 0x84, 0x04, 0x08, 0x0c, 0x10, 0x90, 0x94, 0x01, 0x02, 0x03, 0x20, 0x40, 0x41, 0x60, 0xa0, 0xe0, 0xfe, 0xff];
-const INTERESTING_INS = [0xa4, 0xc0, 0x70, 0xca, 0xcb, 0xdb, 0xd8, 0xf0, 0xf2, 0xf4, 0xf6, 0x20, 0x24, 0x2c, 0x47, 0x87, 0x50, 0x82, 0x00, 0xff, 0x0e, 0x44];
+const INTERESTING_INS = [0xa4, 0xc0, 0x70, 0xca, 0xcb, 0xdb, 0xd8, 0xf0, 0xf2, 0xf4, 0xf6, 0xe2, 0x20, 0x24, 0x2c, 0x47, 0x87, 0x50, 0x82, 0x00, 0xff, 0x0e, 0x44];
 const INTERESTING_P1P2 = [0x0000, 0x3fff, 0x0400, 0x040c, 0x0080, 0x0081, 0xff80, 0x119e, 0x119a, 0x149c, 0x0782, 0x800f, 0x0045, 0xdf20, 0xdf21, 0xffff, 0x0001, 0x8001, 0x8003, 0x0004];
 const INTERESTING_LEN = [0x00, 0x01, 0x7f, 0x80, 0x81, 0x82, 0x83, 0x84, 0xff];
 /** P1-P2 of the tamper registry: GET DATA of a key value. Drawn rarely, so the zeroize path is exercised. */

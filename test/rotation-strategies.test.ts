@@ -26,6 +26,7 @@ import { testEngines } from "../src/store/testing.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";
 import { bringBack, moveOut, OverflowStore } from "../src/terminal/overflow.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
+import { ApduError } from "../src/terminal/apdu-client.ts";
 import { softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -72,6 +73,7 @@ for (const engine of testEngines()) {
         await oldPiv.verifyPin(PIN);
         for (const slot of ["9d", "9e"]) await moveOut(oldPiv, hd, parseInt(slot, 16));
         assert.deepEqual(hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]), [["9d", 1], ["9e", 1]]);
+        const oldExport9d = hd.get(old.id, "9d")!.bytes;
         const oldSeq = (await store.getCard(old.id))!.lastPackageSeq;
 
         // Para 0062: proposed, and nothing runs before an operator approves.
@@ -144,10 +146,12 @@ for (const engine of testEngines()) {
           assert.deepEqual(stored, ["new:9d@2", "new:9e@2"], "the store's Sk1[PRk] are overwritten by Sk2[PRk] (para 0071)");
           assert.deepEqual(term.stranded, []);
         } else {
-          assert.deepEqual(term.onCard, ["82"]);
-          // What the card allows today: the old card's Sk1[PRk] exports are bound to the old card (6982).
-          assert.deepEqual(term.stranded.map((s) => [s.slot, s.sw]), (strategy === "embodiment4" ? ["9a", "9c"] : ["9a", "9c", "9d", "9e"]).map((s) => [s, 0x6982]));
-          assert.deepEqual(stored, ["new:83@2", "old:9a@1", "old:9c@1", "old:9d@1", "old:9e@1"]);
+          // Para 0088-0089: the old pairs the new card is to hold went in under Sk1, through its predecessor key set.
+          assert.deepEqual(term.onCard, ["82", "9a", "9c"]);
+          assert.deepEqual(term.stranded, []);
+          // FIG. 15 "HD": 4 keeps the old card's Sk1[PRk] for what stays there; 5 has them all as the new card's Sk2[PRk].
+          assert.deepEqual(stored, strategy === "embodiment4" ? ["new:83@2", "old:9d@1", "old:9e@1"] : ["new:83@2", "new:9d@2", "new:9e@2"]);
+          for (const e of hd.list(fresh.id)) assert.equal(packageHeader(e.bytes).kind, "export");
         }
         // The new card signs with what it holds; what is in the store comes back on demand and signs too.
         for (const slot of term.onCard) assert.ok(await signsWith(newPiv, slot, creds.get(slot)!.certificate.der), `new card signs with ${slot}`);
@@ -158,13 +162,33 @@ for (const engine of testEngines()) {
         if (strategy === "embodiment3") for (const s of ["9a", "9c", "9d", "9e"]) assert.ok(await signsWith(newPiv, s, creds.get(s)!.certificate.der), `old key ${s} on the new card`);
 
         if (strategy !== "embodiment3") {
-          await t.test("seed: the new card takes the old pairs from the terminal under Sk1 and signs with them", { todo: "needs a card feature: a predecessor key set carrying the old card's identity" }, async () => {
+          await t.test("seed: the new card takes the old pairs from the terminal under Sk1 and signs with them", async () => {
             for (const s of ["9a", "9c"]) assert.ok(await signsWith(newPiv, s, creds.get(s)!.certificate.der));
           });
-          if (strategy === "embodiment5")
-            await t.test("seed: the store's Sk1[PRk] become the new card's Sk2[PRk] (FIG. 22-24)", { todo: "same card feature" }, async () => {
-              assert.deepEqual(hd.list(old.id), []);
+          if (strategy === "embodiment4")
+            await t.test("seed: the store's Sk1[PRk] stay the old card's and load into the new card on demand (para 0088)", async () => {
+              assert.deepEqual(hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn, packageHeader(e.bytes).cardId]), [["9d", 1, old.id], ["9e", 1, old.id]]);
+              for (const s of ["9d", "9e"]) {
+                await bringBack(newPiv, hd, old.id, parseInt(s, 16));
+                assert.ok(await signsWith(newPiv, s, creds.get(s)!.certificate.der), `${s} under Sk1 signs on the new card`);
+              }
             });
+          if (strategy === "embodiment5")
+            await t.test("seed: the store's Sk1[PRk] become the new card's Sk2[PRk] (FIG. 22-24)", async () => {
+              assert.deepEqual(hd.list(old.id), []);
+              assert.deepEqual(hd.list(fresh.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]), [["83", 2], ["9d", 2], ["9e", 2]]);
+            });
+          await t.test("the old card's Sk1[PRk] exports do not load into a card without its predecessor key set", async () => {
+            // A third card of the same user with only its own key set: the old card's export is not for it (6982).
+            const { card: third } = await issuer.issueCard({ userId: user.id }, "olga");
+            const thirdVc = createCard(join(dir, `${engine.name}-${strategy}-${third.id}.card`), randomBytes(32), { cardId: Buffer.from(third.id, "hex") });
+            cards.push(thirdVc);
+            const thirdTx = (a: Uint8Array) => thirdVc.transmit(a);
+            await issuer.personaliseCard(third.id, thirdTx, "olga");
+            const thirdPiv = new PivClient(thirdTx);
+            await thirdPiv.select();
+            await assert.rejects(thirdPiv.loadPackage(oldExport9d), (e: unknown) => e instanceof ApduError && e.sw === 0x6982);
+          });
         }
 
         const audit = await verifyAuditLog(tdb.db);

@@ -35,6 +35,7 @@ import type { CardRuntime } from "../src/card/runtime.ts";
 import { pivCertObject, sealPackage } from "../src/card/package.ts";
 import { checkPutKeyResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "../src/card/scp03/host.ts";
 import { ISD_AID } from "../src/card/scp03/sm.ts";
+import { keyOriginCommand } from "../src/card/isd.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
 import { tlv } from "../src/card/tlv.ts";
 import { createCertificateAuthority, issueCertificate } from "../src/ca/x509-issuer.ts";
@@ -60,6 +61,7 @@ const keySet = (kvn: number): ScpKeySet => ({ kvn, enc: randomBytes(16).toString
 const SK = keySet(0x01); // the card-unique key Sk after personalisation
 const SK2 = keySet(0x01); // Sk rotated in place (same KVN, new keys)
 const WRONG_SK = keySet(0x01); // what an attacker without Sk would try
+const PRED = keySet(0x05); // a predecessor card's Sk1, held by its successor beside Sk (seed 000 embodiments 4, 5)
 const TRANSPORT: ScpKeySet = { ...TRANSPORT_KEY_SET };
 
 const LEVEL_FULL = 0x33;
@@ -76,7 +78,7 @@ function expectSw(r: { sw: number }, sw: number, what: string): void {
 
 interface Fixtures {
   dir: string;
-  img: Record<"blank" | "transport" | "personal" | "pinTried" | "pinLast" | "pinBlocked" | "nearLimit" | "atLimit", string>;
+  img: Record<"blank" | "transport" | "personal" | "pinTried" | "pinLast" | "pinBlocked" | "nearLimit" | "atLimit" | "successorUnbound" | "successor", string>;
   known: KnownKey[];
   k1: { pkcs8: Uint8Array; cert: Uint8Array };
   kRsa: Uint8Array;
@@ -84,6 +86,8 @@ interface Fixtures {
   package2: Uint8Array;
   /** The newest export of slot 9E in the personal image. */
   export1: Uint8Array;
+  /** The predecessor card: its ID and two exports of its slot 9E (key Kp + certificate Cp), sequence 1 and 2. */
+  pred: { cardId: string; export1: Uint8Array; export2: Uint8Array };
 }
 
 let caseNo = 0;
@@ -114,17 +118,19 @@ async function prepareFixtures(): Promise<Fixtures> {
   const at = (n: string): string => join(dir, `${n}.img`);
   const ca = await createCertificateAuthority("CN=tearing test CA");
   const ecKey = () => generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const k0 = ecKey(), k1 = ecKey(), kd = ecKey();
+  const k0 = ecKey(), k1 = ecKey(), kd = ecKey(), kp = ecKey();
   const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const der = (k: KeyObject): Uint8Array => u8(k.export({ format: "der", type: "pkcs8" }));
   const cert = async (cn: string, pub: KeyObject): Promise<Uint8Array> => u8(Buffer.from((await issueCertificate(ca, { subject: `CN=${cn}`, publicKey: pub })).rawData));
   const c0 = await cert("K0 card authentication", k0.publicKey);
   const c1 = await cert("K1 card authentication", k1.publicKey);
   const cd = await cert("Kd key management", kd.publicKey);
+  const cp = await cert("Kp predecessor card authentication", kp.publicKey);
   const known: KnownKey[] = [
     { label: "K0", alg: "P256", publicKey: k0.publicKey },
     { label: "K1", alg: "P256", publicKey: k1.publicKey },
     { label: "Kd", alg: "P256", publicKey: kd.publicKey },
+    { label: "Kp", alg: "P256", publicKey: kp.publicKey },
     { label: "Krsa", alg: "RSA2048", publicKey: createPublicKey(rsa.privateKey) },
   ];
 
@@ -178,6 +184,25 @@ async function prepareFixtures(): Promise<Fixtures> {
   await failures("nearLimit", 2);
   await failures("atLimit", 3);
 
+  // The predecessor card (its own card ID, Sk1 = PRED) with Kp in 9E, exported twice; its successor is the
+  // personal card holding PRED beside Sk: added by PUT KEY (successorUnbound), then bound to it (successor).
+  createCard(at("pred"), IMAGE_KEY, { pin: PIN, puk: PUK }).close();
+  const pred = await onCard(at("pred"), async (_c, tx) => {
+    await selectAid(tx, PIV_AID);
+    await personalise(tx, TRANSPORT, PRED);
+    await deliverOnline(tx, PRED, { keyRef: 0x9e, alg: "P256", pkcs8: der(kp.privateKey), cert: cp });
+    const info = await readCardInfo(tx);
+    assert.ok("cardId" in info);
+    const piv = new PivClient(tx);
+    await piv.select();
+    await piv.verifyPin(PIN);
+    return { cardId: info.cardId, export1: await piv.exportKey(0x9e), export2: await piv.exportKey(0x9e) };
+  });
+  copyFileSync(at("personal"), at("successorUnbound"));
+  await onCard(at("successorUnbound"), async (_c, tx) => personalise(tx, SK, PRED, { keep: true }));
+  copyFileSync(at("personal"), at("successor"));
+  await onCard(at("successor"), async (_c, tx) => personalise(tx, SK, PRED, { keep: true, predecessor: pred.cardId }));
+
   const package2 = sealPackage(SK, { cardId, keyRef: "9e", seq: 2, alg: "P256", pkcs8: der(k1.privateKey), cert: c1 });
   return {
     dir,
@@ -190,12 +215,15 @@ async function prepareFixtures(): Promise<Fixtures> {
       pinBlocked: at("pinBlocked"),
       nearLimit: at("nearLimit"),
       atLimit: at("atLimit"),
+      successorUnbound: at("successorUnbound"),
+      successor: at("successor"),
     },
     known,
     k1: { pkcs8: der(k1.privateKey), cert: c1 },
     kRsa: der(rsa.privateKey),
     package2,
     export1,
+    pred,
   };
 }
 
@@ -544,6 +572,37 @@ function scenarios(fx: Fixtures): Scenario[] {
       check: (obs) => {
         const s = live(obs).scp;
         assert.equal([s.Sk, s.Sk2].filter((x) => x === "opens").length, 1, `exactly one key set must open a session: ${JSON.stringify(s)}`);
+      },
+    },
+    {
+      // One commit: the key set PRED bound to the predecessor card. Observable: the predecessor's export loads
+      // (before: 6982, the export names a card no key set is bound to).
+      name: "ISD STORE DATA key set origin (PRED bound to the predecessor card)",
+      image: fx.img.successorUnbound,
+      probes: { ...personalProbes, scp: [["Sk", SK], ["PRED", PRED]], exportPackages: [["predecessor export 2", fx.pred.export2]] },
+      setup: async (tx) => {
+        const client = await isdSession(tx, SK);
+        return async () => expectSw(await client.send(keyOriginCommand(PRED.kvn, fx.pred.cardId)), 0x9000, "STORE DATA key set origin");
+      },
+      check: (obs) => assert.ok(["6982", "9000"].includes(live(obs).exportLoad!["predecessor export 2"]), "bound or not, nothing else"),
+    },
+    {
+      // One commit: key Kp, certificate Cp and the (predecessor, 9E) high-water mark together. Observable: the
+      // slot, its certificate, and whether the predecessor's older export 1 still loads (after: 6985).
+      name: "PIV LOAD PACKAGE of the predecessor card's export 9E (sequence 2)",
+      image: fx.img.successor,
+      probes: { ...personalProbes, exportPackages: [["predecessor export 1", fx.pred.export1]] },
+      setup: async (tx) => {
+        const piv = new PivClient(tx);
+        await piv.select();
+        return () => piv.loadPackage(fx.pred.export2);
+      },
+      check: (obs) => {
+        const o = live(obs);
+        const certs = o.info.certificates.filter((c) => c.slot.startsWith("9e")).map((c) => c.subject).join();
+        const old = o.slot9e === "K0" && certs === "CN=K0 card authentication" && o.exportLoad!["predecessor export 1"] === "9000";
+        const neu = o.slot9e === "Kp" && certs === "CN=Kp predecessor card authentication" && o.exportLoad!["predecessor export 1"] === "6985";
+        assert.ok(old || neu, `predecessor export half-applied: key ${o.slot9e}, certificate ${certs}, export 1 ${o.exportLoad!["predecessor export 1"]}`);
       },
     },
     {

@@ -7,8 +7,8 @@ import { join } from "node:path";
 import { encodeCommand, hex, parseResponse, unhex } from "./apdu.ts";
 import { CardRuntime } from "./runtime.ts";
 import type { ScpKeySet } from "./state.ts";
-import { findTlv, parseTlvs } from "./tlv.ts";
-import { ISD_AID, isd } from "./isd.ts";
+import { findTlv, parseTlvs, tlv } from "./tlv.ts";
+import { ISD_AID, isd, keyOriginCommand } from "./isd.ts";
 import { scp03Factory } from "./scp03/card-channel.ts";
 import { checkPutKeyResponse, keyCheckValue, putKeyCommand, Scp03Client, Scp03Error } from "./scp03/host.ts";
 import { isAttackSignal } from "./tamper.ts";
@@ -156,6 +156,44 @@ test("PUT KEY adds a key set with P1 00, and checks what it is given", async () 
     const second = await Scp03Client.open(transmit, added, { level: 0x01 });
     assert.ok(second.session.open);
     assert.equal(keyCheckValue(added.enc).length, 3);
+  } finally {
+    cleanup();
+  }
+});
+
+test("STORE DATA key set origin binds a key set to its predecessor card, only in a session with C-MAC, once", async () => {
+  const { card, keys, transmit, plain, cleanup } = newCard();
+  try {
+    const predecessor = "a1a2a3a4a5a6a7a8";
+    const c = await Scp03Client.open(transmit, keys, { level: 0x33 });
+    const sk1 = { kvn: 0x01, enc: randomBytes(16), mac: randomBytes(16), dek: randomBytes(16) };
+    assert.equal((await c.send(putKeyCommand(keys.dek, sk1))).sw, 0x9000);
+    const bind = keyOriginCommand(1, predecessor);
+    // Outside a session: refused, nothing bound (and the same bytes without the session's C-MAC do not count).
+    assert.equal(plain(hex(encodeCommand(bind))).sw, 0x6982);
+    c.close();
+    const plainSession = await Scp03Client.open(transmit, keys, { level: 0x00 });
+    assert.equal((await plainSession.send(bind)).sw, 0x6982, "an authenticated session without C-MAC");
+    plainSession.close();
+    assert.equal(card.state.keySets.find((k) => k.kvn === 1)!.origin, undefined);
+
+    const s = await Scp03Client.open(transmit, keys, { level: 0x01 });
+    assert.equal((await s.send({ ...bind, p1: 0x80 })).sw, 0x6a86, "P1 must say BER-TLV");
+    assert.equal((await s.send({ ...bind, data: tlv(0xdf22, tlv(0x83, Uint8Array.of(1))) })).sw, 0x6a80, "no card ID");
+    assert.equal((await s.send({ ...bind, data: tlv(0xdf23, bind.data!.subarray(3)) })).sw, 0x6a80, "another tag");
+    assert.equal((await s.send(keyOriginCommand(0x11, predecessor))).sw, 0x6a88, "no such key set");
+    assert.equal((await s.send(keyOriginCommand(1, card.state.cardId))).sw, 0x6a80, "this card is not its own predecessor");
+    assert.equal((await s.send(bind)).sw, 0x9000);
+    assert.equal(card.state.keySets.find((k) => k.kvn === 1)!.origin, predecessor);
+    assert.equal((await s.send(bind)).sw, 0x9000, "the same binding again changes nothing");
+    assert.equal((await s.send(keyOriginCommand(1, "b1b2b3b4b5b6b7b8"))).sw, 0x6985, "set once");
+    assert.equal((await s.send(keyOriginCommand(0x30, predecessor))).sw, 0x6985, "the card keeps a key set of its own");
+    // Public: which predecessor each bound key set is for.
+    const origins = parseTlvs(plain("80CADF2200").data);
+    assert.deepEqual(origins.map((o) => [hex(findTlv(o.value, 0x83)!), hex(findTlv(o.value, 0x45)!)]), [["01", predecessor.toUpperCase()]]);
+    // The predecessor's Sk1 still opens a session: SCP03 uses the static keys, not the card ID.
+    s.close();
+    assert.ok((await Scp03Client.open(transmit, sk1, { level: 0x01 })).session.open);
   } finally {
     cleanup();
   }

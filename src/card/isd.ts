@@ -8,6 +8,18 @@
 //   PUT KEY    80 D8 (§11.8, Amendment D §7.2): a full SCP03 AES key set, keys encrypted under the static DEK of the
 //              session's key set (AES-CBC, zero ICV), KCV = first 3 bytes of AES(key, 16 x 01). Needs C-MAC and
 //              C-DECRYPTION. P1 = 0 adds a key set, P1 = KVN replaces it. Response: KVN || KCVs.
+//              Replacing a key set drops its predecessor binding (the new keys are this card's own).
+//   STORE DATA 80 E2 90 00 (§11.11; P1 = last block, BER-TLV data), "key set origin" — binds a key set to the
+//              predecessor card it was diversified for (seed 000 para 0081: the new card 30x* holds the old card's
+//              Sk1). Data: DF22 { 83 KVN(1), 45 predecessor card image number (1..16) }. Needs an authenticated
+//              session with C-MAC (the data is public, the binding is not: only the issuer may make it). Set once:
+//              the same binding again is 9000 and changes nothing, another one 6985; the card must keep a key
+//              set of its own (6985), the predecessor must not be this card (6A80), the KVN must exist (6A88).
+//              One commit. With PUT KEY before it, personalisation is two commits; the state between them (Sk1
+//              held as if it were the new card's own key set) opens nothing of the old card — its exports name the
+//              old card ID, which no key set is bound to yet (6982) — and seals nothing: exports go under the
+//              newest own key set, Sk2 (KVN 2 > 1). A torn personalisation is finished by STORE DATA alone.
+//   GET DATA   80 CA DF 22: the bindings, DF22 { 83 KVN, 45 card ID } per predecessor key set (public).
 //   SET STATUS 80 F0 80 0F (§11.10): OP_READY -> SECURED, in an authenticated session.
 // Commands that ask for the card key are attack signals (tamper.ts): the card zeroizes itself and answers 6982.
 
@@ -20,7 +32,8 @@ import type { CardState, Lifecycle, ScpKeySet } from "./state.ts";
 import { usedBytes } from "./state.ts";
 import { CardError, SW } from "./sw.ts";
 import { matchAttackSignal } from "./tamper.ts";
-import { tlv } from "./tlv.ts";
+import { findTlv, parseTlvs, tlv } from "./tlv.ts";
+import type { ApduCommand } from "./apdu.ts";
 
 export { ISD_AID } from "./scp03/sm.ts";
 
@@ -92,6 +105,24 @@ function publicState(st: Readonly<CardState>): Uint8Array {
   );
 }
 
+/** Tag of the key set origin data object (STORE DATA, GET DATA). */
+export const TAG_KEY_ORIGIN = 0xdf22;
+
+function keyOrigins(st: Readonly<CardState>): Uint8Array {
+  const bound = st.keySets.filter((k) => k.origin !== undefined).sort((a, b) => a.kvn - b.kvn);
+  return concatBytes(...bound.map((k) => tlv(TAG_KEY_ORIGIN, tlv(0x83, u8(k.kvn)), tlv(0x45, fromHex(k.origin!)))));
+}
+
+/**
+ * Host side: the STORE DATA that binds key set `kvn` to the predecessor card `predecessorCardId` (hex), to be
+ * sent in an SCP03 session with at least C-MAC.
+ */
+export function keyOriginCommand(kvn: number, predecessorCardId: string): ApduCommand {
+  if (!Number.isInteger(kvn) || kvn < 1 || kvn > 0x7f) throw new RangeError("KVN must be 1..127");
+  if (!/^([0-9a-f]{2}){1,16}$/.test(predecessorCardId)) throw new RangeError("card ID must be 1..16 bytes of lowercase hex");
+  return { cla: 0x80, ins: 0xe2, p1: 0x90, p2: 0x00, data: tlv(TAG_KEY_ORIGIN, tlv(0x83, u8(kvn)), tlv(0x45, fromHex(predecessorCardId))) };
+}
+
 /** Key check value of an SCP03 AES key (Amendment D §7.2). */
 function kcv(key: Uint8Array): Uint8Array {
   return aesEcbEncrypt(key, new Uint8Array(16).fill(0x01)).slice(0, 3);
@@ -128,6 +159,8 @@ export class IssuerSecurityDomain implements Applet {
         return this.getData(ctx, cmd);
       case 0xd8:
         return this.putKey(ctx, cmd);
+      case 0xe2:
+        return this.storeData(ctx, cmd);
       case 0xf0:
         return this.setStatus(ctx, cmd);
       default:
@@ -154,6 +187,8 @@ export class IssuerSecurityDomain implements Applet {
         return extendedResources(st, this.installedApplets);
       case 0xdf20:
         return publicState(st);
+      case 0xdf22:
+        return keyOrigins(st);
       case 0xdf21:
         // The secret ID leaves the card only encrypted: the session must protect this very response.
         if (!authenticated(ctx) || !(ctx.secureLevel & SEC.R_ENCRYPTION))
@@ -229,6 +264,33 @@ export class IssuerSecurityDomain implements Applet {
     } finally {
       wipe(dek, ...keys);
     }
+  }
+
+  /** STORE DATA key set origin: see the header. The only data object STORE DATA takes here is DF22. */
+  private storeData(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    requireProprietary(cmd);
+    if (!authenticated(ctx) || !(ctx.secureLevel & SEC.C_MAC)) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "STORE DATA needs a secure channel with C-MAC");
+    if (cmd.p1 !== 0x90 || cmd.p2 !== 0x00) throw new CardError(SW.INCORRECT_P1P2, "STORE DATA must be one last block of BER-TLV data (P1 90, P2 00)");
+    const top = parseTlvs(cmd.data);
+    if (top.length !== 1 || top[0].tag !== TAG_KEY_ORIGIN) throw new CardError(SW.WRONG_DATA, "STORE DATA takes exactly one DF22 key set origin");
+    const inner = parseTlvs(top[0].value);
+    const kvnField = findTlv(inner, 0x83);
+    const idField = findTlv(inner, 0x45);
+    if (inner.length !== 2 || kvnField?.length !== 1 || !idField || idField.length < 1 || idField.length > 16)
+      throw new CardError(SW.WRONG_DATA, "DF22 must hold 83 KVN (1 byte) and 45 card ID (1..16 bytes)");
+    const kvn = kvnField[0];
+    const origin = Buffer.from(idField).toString("hex");
+    const st = ctx.card.state;
+    if (origin === st.cardId) throw new CardError(SW.WRONG_DATA, "a key set of this card cannot have this card as its predecessor");
+    const ks = st.keySets.find((k) => k.kvn === kvn);
+    if (!ks) throw new CardError(SW.REFERENCE_NOT_FOUND, "no key set with that KVN");
+    if (ks.origin === origin) return new Uint8Array(0);
+    if (ks.origin !== undefined) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "the key set is already bound to another card");
+    if (!st.keySets.some((k) => k.kvn !== kvn && k.origin === undefined)) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "the card must keep a key set of its own");
+    ctx.card.commit((s) => {
+      s.keySets = s.keySets.map((k) => (k.kvn === kvn ? { ...k, origin } : k));
+    });
+    return new Uint8Array(0);
   }
 
   private setStatus(ctx: AppletContext, cmd: CommandApdu): Uint8Array {

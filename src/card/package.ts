@@ -14,6 +14,18 @@
 // The same format, with its own derived key, carries a key the card exports (claim 16: PRk leaves only as
 // Sk[PRk]); such an export can be loaded back only into the same card and only while it is that slot's newest.
 //
+// Predecessor key sets (seed 000 embodiments 4 and 5, para 0081-0089): a new card 30x* that holds the old card's
+// Sk1 keeps it as a key set bound to the old card's ID (ScpKeySet.origin, set by the ISD's STORE DATA). Its
+// purpose keys are derived with that card ID, so the new card opens what the old card sealed under Sk1:
+//   * the old card's export packages (header: the old card's ID and Sk1's KVN) load, each (card, slot) only at
+//     or above the highest export seq already loaded (predecessorExportSeq): a newer export of the old card
+//     still loads, an older one after a newer does not (6985);
+//   * Sk1[PRk] blobs (TLV 83, KVN byte first) wrapped for the old card unwrap (IMPORT KEY, package plaintext);
+//   * credential packages addressed to the old card are refused (6982): they were made for the old card, whose
+//     package sequence this card does not track, so it could not tell a replay;
+// and it seals its own exports only under its newest OWN key set and its own card ID (embodiment 5: the store's
+// Sk1[PRk] become the new card's Sk2[PRk]).
+//
 // Wire format:  "CKP2" | kind(1) | kvn(1) | idLen(1) | cardId | keyRef(1) | seq(8, BE) | nonce(12) | ct | tag(16)
 // Plaintext:    TLV 80 alg | 83 Sk[PRk] = kvn(1) || AES-KWP(wrap key of key set kvn, PKCS#8) (optional)
 //                          | 82 certificate DER (optional)
@@ -66,12 +78,20 @@ export function wrapForCard(keySet: ScpKeySet, cardId: string, pkcs8: Uint8Array
   }
 }
 
-/** Card side: opens a TLV 83 Sk[PRk] with the named key set's wrap key; 6982 when it is not this card's. */
+/** The card ID a key set's purpose keys are derived with: its predecessor's, or this card's own. */
+export function keySetCardId(state: Readonly<CardState>, keySet: ScpKeySet): string {
+  return keySet.origin ?? state.cardId;
+}
+
+/**
+ * Card side: opens a TLV 83 Sk[PRk] with the named key set's wrap key (derived with the key set's card ID: a
+ * predecessor key set opens the predecessor's Sk1[PRk]); 6982 when it is not wrapped for a key set this card holds.
+ */
 export function unwrapForCard(state: Readonly<CardState>, skPrk: Uint8Array): Uint8Array {
   if (skPrk.length < 2) throw new CardError(SW.WRONG_DATA, "wrapped key too short");
   const keySet = state.keySets.find((k) => k.kvn === skPrk[0]);
   if (!keySet) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "wrapped under a key set this card does not hold");
-  const k = wrapKey(keySet, state.cardId);
+  const k = wrapKey(keySet, keySetCardId(state, keySet));
   try {
     return aesKeyUnwrapPad(k, skPrk.subarray(1));
   } catch {
@@ -145,11 +165,19 @@ export function exportPackage(state: Readonly<CardState>, keyRef: string, cert?:
   return { bytes, exportSeq: seq };
 }
 
-/** The key set packages are sealed under: the newest (highest KVN) of the card's key sets. */
+/**
+ * The key set exports are sealed under: the newest (highest KVN) of the card's OWN key sets — never a
+ * predecessor's, whose keys are derived for another card ID (embodiment 5: Sk2, not Sk1).
+ */
 export function currentKeySet(state: Readonly<CardState>): ScpKeySet {
-  const ks = [...state.keySets].sort((a, b) => b.kvn - a.kvn)[0];
-  if (!ks) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "card has no key set");
+  const ks = state.keySets.filter((k) => k.origin === undefined).sort((a, b) => b.kvn - a.kvn)[0];
+  if (!ks) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "card has no key set of its own");
   return ks;
+}
+
+/** Key of CardState.predecessorExportSeq for a predecessor card's slot. */
+export function predecessorSlot(cardId: string, keyRef: string): string {
+  return `${cardId}:${keyRef}`;
 }
 
 /** Parses the clear header of a package; the terminal may use this to route it (it reveals no secret). */
@@ -173,14 +201,20 @@ export function packageHeader(bytes: Uint8Array): { kind: PackageKind; kvn: numb
 
 /**
  * Card side (seed 000 ST24-ST25): checks and opens a package. Throws 6A80 when malformed, 6982 when it is for
- * another card or was altered, 6985 when it is not newer than what the card accepted. Changes no state: the
- * caller commits the result with applyPackage in one atomic commit.
+ * another card (neither this card nor a predecessor bound to the named key set), was altered, or is a credential
+ * package for a predecessor; 6985 when it is not newer than what the card accepted. Changes no state: the caller
+ * commits the result with applyPackage in one atomic commit.
  */
 export function openPackage(state: Readonly<CardState>, bytes: Uint8Array): OpenedPackage {
   const h = packageHeader(bytes);
-  if (h.cardId !== state.cardId) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "package is for another card");
   const keySet = state.keySets.find((k) => k.kvn === h.kvn);
-  if (!keySet) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "package sealed under a key set this card does not hold");
+  // The header's card ID must be the one the named key set is diversified for: this card for its own key sets,
+  // the predecessor for a predecessor key set (and never the other way round).
+  if (!keySet || keySetCardId(state, keySet) !== h.cardId) {
+    const known = h.cardId === state.cardId || state.keySets.some((k) => k.origin === h.cardId);
+    throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, known ? "package sealed under a key set this card does not hold for that card" : "package is for another card");
+  }
+  const fromPredecessor = keySet.origin !== undefined;
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const nonce = b.subarray(h.headerLength, h.headerLength + 12);
   const body = b.subarray(h.headerLength + 12, b.length - 16);
@@ -194,8 +228,15 @@ export function openPackage(state: Readonly<CardState>, bytes: Uint8Array): Open
   } catch {
     throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "package authentication failed");
   }
-  if (h.kind === "credential" && h.seq <= state.packageSeq) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "package is not newer than the last one accepted");
-  if (h.kind === "export" && h.seq !== (state.exportSeq[h.keyRef] ?? -1)) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "only the newest export of a slot can be loaded back");
+  if (fromPredecessor) {
+    // Checked after the tag, so a forged header cannot probe the card's counters.
+    if (h.kind === "credential") throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "a credential package for the predecessor card belongs to that card");
+    if (h.seq < (state.predecessorExportSeq?.[predecessorSlot(h.cardId, h.keyRef)] ?? 0))
+      throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "an older export of the predecessor than one already loaded");
+  } else {
+    if (h.kind === "credential" && h.seq <= state.packageSeq) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "package is not newer than the last one accepted");
+    if (h.kind === "export" && h.seq !== (state.exportSeq[h.keyRef] ?? -1)) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "only the newest export of a slot can be loaded back");
+  }
   const tlvs = parseTlvs(plain);
   const algId = findTlv(tlvs, 0x80);
   const alg = algId?.length === 1 ? ALG_BY_ID.get(algId[0]) : undefined;
@@ -220,4 +261,5 @@ export function applyPackage(s: CardState, p: OpenedPackage): void {
   const certTag = CERT_OBJECT[p.keyRef];
   if (p.cert && certTag) s.objects[certTag] = Buffer.from(pivCertObject(p.cert)).toString("hex");
   if (p.kind === "credential") s.packageSeq = p.seq;
+  if (p.kind === "export" && p.cardId !== s.cardId) s.predecessorExportSeq = { ...s.predecessorExportSeq, [predecessorSlot(p.cardId, p.keyRef)]: p.seq };
 }

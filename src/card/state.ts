@@ -10,6 +10,13 @@ export interface ScpKeySet {
   enc: string;
   mac: string;
   dek: string;
+  /**
+   * The card ID (hex) this key set was diversified for, when that is a predecessor card (seed 000 para 0081: the
+   * new card 30x* holds the old card's Sk1). Its purpose keys (package keys, private-key wrap key) are derived
+   * with that card ID, so the card opens the predecessor's Sk1[PRk]. Absent: this card's own key set. Set once,
+   * by the ISD's STORE DATA key origin (isd.ts); a PUT KEY that replaces the key set drops it.
+   */
+  origin?: string;
 }
 
 export interface PinState {
@@ -55,6 +62,12 @@ export interface CardState {
   packageSeq: number;
   /** Per key reference: counter of the latest wrapped export, so only the newest export can be loaded back. */
   exportSeq: Record<string, number>;
+  /**
+   * Per predecessor card and key reference ("<cardId>:<keyRef>"): the highest export sequence number of that
+   * card's export packages this card loaded, so an older export of the predecessor cannot replace a newer one.
+   * Absent in images made before predecessor key sets existed.
+   */
+  predecessorExportSeq?: Record<string, number>;
   /** Why the card was terminated, when it was. */
   terminatedReason?: string;
 }

@@ -15,6 +15,7 @@ import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
 import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
+import { keyOriginCommand } from "../card/isd.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
 import { concat, tlv } from "../card/tlv.ts";
@@ -45,9 +46,12 @@ export async function runScript(transmit: Transmit, script: CardScript): Promise
  * Personalisation (seed 000 ST13-ST14) and card key rotation in place: over the card's current key set (the
  * transport key of a blank card), PUT KEY installs `next` — replacing the current key set, or added beside it
  * (`keep`, embodiments 4 and 5: a card holding Sk1 and Sk2) — and SET STATUS moves a new card to SECURED.
+ * `predecessor` (with `keep`): the card ID `next` was diversified for — the old card whose Sk1 the new card
+ * holds — bound to it by STORE DATA key set origin right after PUT KEY, in the same session (isd.ts).
  */
-export async function personalisationScript(current: CardKeys, next: CardKeys, opts: { keep?: boolean } = {}): Promise<CardScript> {
+export async function personalisationScript(current: CardKeys, next: CardKeys, opts: { keep?: boolean; predecessor?: string } = {}): Promise<CardScript> {
   if (inCustody(current) !== inCustody(next)) throw new TypeError("current and next key sets must both be in custody or both in clear");
+  if (opts.predecessor !== undefined && !opts.keep) throw new TypeError("a predecessor key set is added beside the card's own (keep)");
   const replace = opts.keep ? 0 : kvnOf(current);
   let putKey: ApduCommand;
   let checkPutKey: (data: Uint8Array) => void;
@@ -64,20 +68,23 @@ export async function personalisationScript(current: CardKeys, next: CardKeys, o
     putKey = putKeyCommand(cur.dek, newKeys, replace);
     checkPutKey = (d) => checkPutKeyResponse(d, newKeys);
   }
+  const origin = opts.predecessor === undefined ? [] : [keyOriginCommand(kvnOf(next), opts.predecessor)];
   return {
     keys: current,
     aid: ISD_AID,
-    commands: [putKey, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }],
+    commands: [putKey, ...origin, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }],
     check: (r) => {
       if (r[0].sw !== 0x9000) throw new ApduError(r[0].sw, "PUT KEY");
       checkPutKey(r[0].data);
+      if (origin.length && r[1].sw !== 0x9000) throw new ApduError(r[1].sw, "STORE DATA key set origin");
       // 6985: already SECURED (a rotation on a card in the field); anything else is a failure.
-      if (r[1].sw !== 0x9000 && r[1].sw !== 0x6985) throw new ApduError(r[1].sw, "SET STATUS SECURED");
+      const status = r[1 + origin.length];
+      if (status.sw !== 0x9000 && status.sw !== 0x6985) throw new ApduError(status.sw, "SET STATUS SECURED");
     },
   };
 }
 
-export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean } = {}): Promise<void> {
+export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean; predecessor?: string } = {}): Promise<void> {
   await runScript(transmit, await personalisationScript(current, next, opts));
 }
 

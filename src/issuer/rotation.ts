@@ -10,13 +10,12 @@
 // store (the seed's hard disk HD) for each strategy.
 //
 // Mechanism for "the new card holds Sk1 and Sk2" (embodiments 4, 5): the new card receives, as its KVN 1, the
-// very key set Sk1 of the old card (same custody reference: the old card's diversified keys), and its own Sk2
-// as KVN 2, the newest, which new keys are wrapped under and exports are sealed under. What the seed then does —
-// the old card's Sk1[PRk] exports loaded into the new card through the terminal alone — the virtual card refuses
-// today: every package binds the card ID it was made for (its header and its key derivation, derivation.ts),
-// and a card takes back only its own newest export (anti-cloning, package.ts). terminalRotate therefore reports
-// such pairs as `stranded` (they stay in the overflow store as the old card's Sk1[PRk], loadable back into the old
-// card only). Closing that gap needs a card feature: a predecessor key set that carries the old card's identity.
+// very key set Sk1 of the old card (same custody reference: the old card's diversified keys), bound by STORE DATA
+// key set origin to the old card's ID — a predecessor key set (isd.ts): its purpose keys are derived with the old
+// card's ID, so the new card opens the old card's Sk1[PRk] exports that the terminal hands it (para 0088-0089),
+// each (old card, slot) no older than one it already took. Its own Sk2, KVN 2, is the newest own key set: new
+// keys are wrapped under it, and its exports are sealed under it and its own card ID (embodiment 5, FIG. 22-24).
+// Credential packages addressed to the old card stay the old card's (package.ts).
 //
 // What it must never do: see a private key in clear (custody wraps and re-wraps), or send a pair over the network
 // that FIG. 15 does not list for the strategy.
@@ -138,7 +137,8 @@ export class CardRotation {
 
   /**
    * ST13-ST14 for the new card: PUT KEY Sk2 over the transport key, then (embodiments 4, 5) PUT KEY Sk1 added
-   * beside it under a session on Sk2 (`keep`), so the card holds KVN 1 and 2 with 2 the newest.
+   * beside it under a session on Sk2 (`keep`) and bound to the old card's ID (STORE DATA key set origin), so the
+   * card holds KVN 1 (the old card's) and 2 (its own, the newest).
    */
   async newCardScripts(id: string): Promise<CardScript[]> {
     const r = await this.rotation(id);
@@ -147,7 +147,7 @@ export class CardRotation {
     const sets = await this.store.listKeySets(r.toCardId);
     const sk2 = sets.find((k) => k.id === r.toKeySetId)!;
     const sk1 = sets.find((k) => k.id !== r.toKeySetId);
-    if (sk1) scripts.push(await personalisationScript(this.issuer.keysOf(sk2), this.issuer.keysOf(sk1), { keep: true }));
+    if (sk1) scripts.push(await personalisationScript(this.issuer.keysOf(sk2), this.issuer.keysOf(sk1), { keep: true, predecessor: r.cardId }));
     return scripts;
   }
 
@@ -242,19 +242,27 @@ export interface TerminalRotateResult {
   onCard: string[];
   /** Overflow store entries afterwards: card, slot and the KVN the pair is sealed under. */
   inStore: { cardId: string; slot: string; kvn: number }[];
-  /** Old pairs the new card refused (6982: the old card's export is bound to the old card); left in the store. */
+  /**
+   * Old pairs the new card refused, left in the store as the old card's Sk1[PRk]: 6982 from a new card that
+   * holds no key set bound to the old card (personalised without its predecessor), 6985 for an export older
+   * than one of the same slot it already took.
+   */
   stranded: { slot: string; sw: number }[];
 }
 
 /**
- * The user terminal's part of a rotation:
+ * The user terminal's part of a rotation (FIG. 15, columns "new card" and "HD"):
  *   3: each {Sk2[PRk], Ct} goes into the new card; the pairs the store held come back out of the new card as its
  *      exports under Sk2, replacing the old card's Sk1 entries (para 0069-0071).
- *   4: every pair moves out of the old card into the store as the old card's Sk1[PRk] (para 0083) and is then
- *      offered to the new card, which holds Sk1 (para 0088); the added pairs are loaded, the ones for the store
- *      moved out again under Sk2.
- *   5: as 4, and each old Sk1[PRk] the new card took is re-exported by it under Sk2, its newest key set, so the
- *      store holds Sk2[PRk] only (FIG. 22-24).
+ *   4: every pair moves out of the old card into the store as the old card's Sk1[PRk] (para 0083); those meant
+ *      for the new card go into it, which opens them with its predecessor key set Sk1 (para 0088-0089), and leave
+ *      the store; those meant for the store stay there as Sk1[PRk] (HD: only the added pairs are updated), and
+ *      the new card takes them on demand the same way. The added pairs are loaded, the ones for the store moved
+ *      out again under Sk2.
+ *   5: as 4, but every old Sk1[PRk] goes into the new card, and each one meant for the store is re-exported by it
+ *      under Sk2, its newest own key set, and replaces the old entry: the store holds Sk2[PRk] only (FIG. 22-24).
+ * Each pair is at every step on a card or in the store: an old entry is removed only once the new card holds the
+ * pair or the store holds its Sk2 replacement.
  */
 export async function terminalRotate(input: TerminalRotateInput): Promise<TerminalRotateResult> {
   const { store, newCard } = input;
@@ -279,13 +287,10 @@ export async function terminalRotate(input: TerminalRotateInput): Promise<Termin
         stranded.push({ slot: e.keyRef, sw: err.sw });
         continue;
       }
-      store.remove(old.cardId, e.keyRef);
-      onCard.add(e.keyRef);
       // Embodiment 5, FIG. 22-24: what lives in the store goes back there re-exported by the new card under Sk2.
-      if (off.has(e.keyRef)) {
-        await moveOut(newCard.piv, store, slotNum(e.keyRef));
-        onCard.delete(e.keyRef);
-      }
+      if (off.has(e.keyRef)) await moveOut(newCard.piv, store, slotNum(e.keyRef));
+      else onCard.add(e.keyRef);
+      store.remove(old.cardId, e.keyRef);
     }
   }
   for (const p of input.packages) {

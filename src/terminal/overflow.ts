@@ -1,7 +1,8 @@
 // The terminal's overflow store (seed 000 embodiment 2, claim 9): when a card is full, {Sk[PRk], Ct} pairs move
 // out of the card into a local store and come back on demand. What is stored is the card's own export package:
 // the private key and its certificate sealed under the card key, so the pair is never in clear outside the card.
-// The card accepts an export back only into the same card and only while it is that slot's newest export.
+// The card accepts an export back into the same card while it is that slot's newest export, or into a successor card
+// that holds the old card's key set bound to the old card ID (rotation, embodiments 4 and 5; docs/card-protocol.md).
 
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";

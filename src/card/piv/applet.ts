@@ -380,7 +380,9 @@ export class PivApplet implements Applet {
 
   /**
    * EXPORT KEY WRAPPED (proprietary 80 F4 00 ref): seed 000 claim 16 — the key leaves only as Sk[PRk], a sealed
-   * export package that only this card can open again, together with its certificate. Needs the PIN.
+   * export package that only this card can open again (and a successor card holding this card's key set as a
+   * predecessor key set, package.ts), together with its certificate. Sealed under the newest key set of this
+   * card's own and its own card ID, never a predecessor's. Needs the PIN.
    */
   private exportKey(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
     check(cmd.p1 === 0x00, SW.INCORRECT_P1P2);
