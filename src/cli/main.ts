@@ -15,6 +15,7 @@ import { readCardInfo } from "../terminal/card-info.ts";
 import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
 import { registerIssuerCommands } from "./issuer.ts";
+import { registerRotationCommands } from "./rotation.ts";
 import { registerTerminalCommands } from "./terminal.ts";
 
 const program = new Command();
@@ -183,6 +184,7 @@ program
 
 registerIssuerCommands(program, card);
 registerTerminalCommands(program);
+registerRotationCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

@@ -6,7 +6,8 @@
 // once per page), and commits each page with Store.checkpointRotation: the new Sk2[PRk] rows and the cursor move
 // in ONE transaction. So a crash at any point — mid-page, mid-commit — leaves the job at its last committed page
 // and a restart resumes exactly there; a page another worker (or a replay) already committed is refused by the
-// cursor check and skipped. Memory stays at one page whatever the number of keys.
+// cursor check and skipped. Memory stays at two pages (one re-wrapped, one committing) whatever the number of
+// keys. Each key comes with its key pair's algorithm in the page query (custody needs it to unwrap).
 //
 // What it must never do: see a private key in clear (custody re-wraps), or write a row outside a checkpoint.
 
@@ -70,46 +71,66 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
   };
   report(rot);
 
+  // Pipelined one page deep: page N's commit is in flight while page N+1 is read and re-wrapped, and is awaited
+  // before page N+1's commit starts — commits stay in cursor order, each one checked against the cursor the
+  // previous one left. (On PostgreSQL the commit is network I/O and overlaps; SQLite runs it on this thread.)
+  const pageAlg = (w: { id: number; keyPairId: string; algorithm: string }): KeyPairAlg => {
+    if (!(KEY_PAIR_ALGS as readonly string[]).includes(w.algorithm)) throw new RewrapError(`key pair ${w.keyPairId}: unknown algorithm ${w.algorithm}`);
+    return w.algorithm as KeyPairAlg;
+  };
   for (let restart = true; restart; ) {
     restart = false;
-    for await (const page of store.wrappedKeyPages(from.id, { afterId: rot.cursor, pageSize })) {
-      if (o.signal?.aborted) return rot;
-      const algs = await algorithmsOf(store, page.map((w) => w.keyPairId));
-      const items = page.map((w) => {
-        if (w.wrapped[0] !== from.kvn) throw new RewrapError(`wrapped key ${w.id} names key version ${w.wrapped[0]}, not ${from.kvn} of its key set`);
-        const alg = algs.get(w.keyPairId);
-        if (!alg) throw new RewrapError(`key pair ${w.keyPairId}: unknown algorithm`);
-        return { wrapped: w.wrapped.subarray(1), alg };
-      });
-      const out = await custody.rewrapPrivateKeys(items, fromRef, toRef);
-      const rewrapped = page.map((w, i) => {
-        const b = new Uint8Array(out[i].length + 1);
-        b[0] = to.kvn;
-        b.set(out[i], 1);
-        return { keyPairId: w.keyPairId, wrapped: b };
-      });
+    let pending: { commit: Promise<Rotation>; keys: number } | undefined;
+    /** Settles the commit in flight: false when it lost to another worker (rot is then what is committed). */
+    const settle = async (): Promise<boolean> => {
+      if (!pending) return true;
+      const p = pending;
+      pending = undefined;
       try {
-        rot = await store.checkpointRotation(rotationId, { expectedCursor: rot.cursor, cursor: page[page.length - 1].id, rewrapped });
+        rot = await p.commit;
       } catch (e) {
         if (!(e instanceof StoreError && e.code === "conflict")) throw e;
         // Another worker committed this page (or the job stopped): pick up from what is committed now.
         const cur = await store.getRotation(rotationId);
-        if (!cur || cur.status !== "running") return cur ?? rot;
+        if (!cur) throw e;
         rot = cur;
-        restart = true;
-        break;
+        return false;
       }
-      thisRun += page.length;
+      thisRun += p.keys;
       report(rot);
+      return true;
+    };
+    let expected = rot.cursor;
+    try {
+      for await (const page of store.wrappedKeyPagesWithAlgorithm(from.id, { afterId: rot.cursor, pageSize })) {
+        if (o.signal?.aborted) break;
+        const items = page.map((w) => {
+          if (w.wrapped[0] !== from.kvn) throw new RewrapError(`wrapped key ${w.id} names key version ${w.wrapped[0]}, not ${from.kvn} of its key set`);
+          return { wrapped: w.wrapped.subarray(1), alg: pageAlg(w) };
+        });
+        const out = await custody.rewrapPrivateKeys(items, fromRef, toRef);
+        const rewrapped = page.map((w, i) => {
+          const b = new Uint8Array(out[i].length + 1);
+          b[0] = to.kvn;
+          b.set(out[i], 1);
+          return { keyPairId: w.keyPairId, wrapped: b };
+        });
+        if (!(await settle())) {
+          restart = rot.status === "running";
+          break;
+        }
+        const cursor = page[page.length - 1].id;
+        const commit = store.checkpointRotation(rotationId, { expectedCursor: expected, cursor, rewrapped });
+        commit.catch(() => {}); // awaited in settle(); this only keeps it from counting as unhandled meanwhile
+        pending = { commit, keys: page.length };
+        expected = cursor;
+      }
+    } finally {
+      // Never leave a commit unobserved, also when a page failed to re-wrap.
+      await pending?.commit.catch(() => {});
     }
+    if (pending && !(await settle())) restart = rot.status === "running";
   }
   return rot;
 }
 
-/** The algorithm of each key pair of a page (custody needs it to unwrap: CKK_EC or CKK_RSA on PKCS#11). */
-async function algorithmsOf(store: Store, ids: string[]): Promise<Map<string, KeyPairAlg>> {
-  const rows = await store.db.selectFrom("key_pairs").select(["id", "algorithm"]).where("id", "in", [...new Set(ids)]).execute();
-  const m = new Map<string, KeyPairAlg>();
-  for (const r of rows) if ((KEY_PAIR_ALGS as readonly string[]).includes(r.algorithm)) m.set(r.id, r.algorithm as KeyPairAlg);
-  return m;
-}

@@ -5,7 +5,8 @@
 //   CA        "local": in this process, its key in the same custody, its records in the system DB
 //             (openCaService + SqlCaRepository), also served at /v1/ca/* for issuers at other sites;
 //             "remote": HttpCaClient to another site's /v1/ca (token from CARDKMS_CA_TOKEN)
-//   Issuer    with metrics hooks; routes: issuer-routes.ts, terminal-routes.ts, event-routes.ts, ca-routes.ts
+//   Issuer    with metrics hooks; routes: issuer-routes.ts, rotation-routes.ts, terminal-routes.ts, event-routes.ts,
+//             ca-routes.ts
 //   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
 //   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
@@ -26,6 +27,7 @@ import type { SubjectName } from "../ca/name.ts";
 import { openCaService } from "../ca/service.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { Issuer } from "../issuer/issuer.ts";
+import { CardRotation } from "../issuer/rotation.ts";
 import { ValidityScheduler } from "../issuer/validity.ts";
 import { WebhookDispatcher, WebhookSecrets } from "../issuer/webhooks.ts";
 import { SqlCaRepository } from "../store/ca-repository.ts";
@@ -39,6 +41,7 @@ import { eventRoutes } from "./event-routes.ts";
 import { issuerRoutes } from "./issuer-routes.ts";
 import { Metrics } from "./metrics.ts";
 import { RelaySessions } from "./relay-sessions.ts";
+import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
 
 /** A route as registered (for the property test over all routes, and for documentation). */
@@ -62,6 +65,8 @@ export interface IssuerAppDeps {
   expiry?: { windowDays: number; scheduler?: ValidityScheduler };
   webhookSecrets?: WebhookSecrets;
   relays?: { ttlMs?: number; max?: number };
+  /** Keys per page and commit of the bulk re-wraps the rotation routes run (default 2,000). */
+  rewrapPageSize?: number;
   terminalTokens?: TerminalTokens;
 }
 
@@ -122,7 +127,10 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   const terminalTokens = d.terminalTokens ?? new TerminalTokens();
   installAuth(app, anyOf(terminalTokens.lookup, operatorLookup(d.store)));
 
-  await app.register(issuerRoutes, { prefix: "/v1", issuer, relays: new RelaySessions(d.relays) });
+  // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
+  const relays = new RelaySessions(d.relays);
+  await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
+  await app.register(rotationRoutes, { prefix: "/v1", rotations: new CardRotation(issuer), relays, metrics, rewrapPageSize: d.rewrapPageSize });
   await app.register(terminalRoutes, { prefix: "/v1", issuer, tokens: terminalTokens });
   if (d.webhookSecrets) {
     await app.register(eventRoutes, { prefix: "/v1", store: d.store, secrets: d.webhookSecrets, validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler } });

@@ -1,0 +1,375 @@
+// HTTP routes of flow 5.e, card-key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3, 4, 5, FIG. 15).
+// Thin: the domain is src/issuer/rotation.ts (CardRotation) and src/issuer/rewrap.ts; this file validates (closed
+// schemas), authorises (roles in route config), maps domain errors to problem+json and runs the bulk re-wrap in
+// the background. The listing and the operator's approval live in event-routes.ts (GET /rotations,
+// POST /rotations/{id}/approve).
+//
+//   POST /cards/{id}/rotations         {strategy}         -> 201 the proposal                          [operator]
+//   POST /rotations/{id}/new-card      {cardId?}          -> 201 {card, personalisation: {sessionId, apdus}}:
+//        the new card with Sk2 (and Sk1 for embodiments 4, 5); the card issuing machine relays the SCP03 scripts
+//        through POST /relay/{sessionId}, and the card is active once they ran. 200 with personalisation null
+//        when the new card is already personalised (the call is idempotent).                         [operator]
+//   POST /rotations/{id}/rewrap                           -> 202 while the bulk re-wrap runs (started now or
+//        earlier: the call is idempotent), 200 once nothing is left. Resumable from its cursor.      [operator]
+//   GET  /rotations/{id}                                  -> status with done/total/cursor and the re-wrap job
+//                                                                                          [operator, auditor]
+//   POST /rotations/{id}/distribute    {add?}             -> the packages per FIG. 15; completes    [operator]
+//
+// Audit: the domain appends rotation.proposed / started / redistributed / completed and card.issued /
+// personalised; the re-wrap itself does not, so this file appends rotation.rewrap-started and rotation.rewrapped.
+//
+// Never in a response: a key value, a custody reference, Sk[PRk] or a package body (the terminal fetches those
+// through its own, card-bound routes).
+
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { packageHeader } from "../card/package.ts";
+import type { KeyAlg } from "../card/state.ts";
+import type { CardScript } from "../issuer/card-scripts.ts";
+import { CARD_KEY_ALGS, IssuerError, SLOTS } from "../issuer/issuer.ts";
+import { RelaySession, type RelayResult } from "../issuer/relay.ts";
+import { FIG15, type CardRotation } from "../issuer/rotation.ts";
+import type { RewrapProgress } from "../issuer/rewrap.ts";
+import { appendAudit } from "../store/audit.ts";
+import type { RotationStrategy } from "../store/db.ts";
+import type { Card, Rotation } from "../store/store.ts";
+import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
+import type { Metrics } from "./metrics.ts";
+import { conflict } from "./problem.ts";
+import type { RelaySessions } from "./relay-sessions.ts";
+
+export interface RotationRoutesOptions {
+  rotations: CardRotation;
+  relays: RelaySessions;
+  metrics?: Metrics;
+  /** Keys per page and commit of the background re-wrap (default: runRewrap's). */
+  rewrapPageSize?: number;
+}
+
+const STRATEGIES = Object.keys(FIG15) as RotationStrategy[];
+const nullable = (type: string) => ({ type: [type, "null"] }) as const;
+
+const rotationSchema = {
+  type: "object",
+  required: ["id", "cardId", "fromKeySetId", "strategy", "status", "cursor", "total", "done", "createdAt"],
+  properties: {
+    id: { type: "string" },
+    cardId: { type: "string" },
+    toCardId: nullable("string"),
+    fromKeySetId: { type: "string" },
+    toKeySetId: nullable("string"),
+    strategy: { type: "string" },
+    status: { type: "string" },
+    cursor: { type: "integer" },
+    total: { type: "integer" },
+    done: { type: "integer" },
+    approvedBy: nullable("string"),
+    approvedAt: nullable("integer"),
+    error: nullable("string"),
+    createdAt: { type: "integer" },
+    updatedAt: { type: "integer" },
+  },
+} as const;
+
+const rewrapJobSchema = {
+  type: "object",
+  required: ["state"],
+  properties: {
+    /** not-needed: the strategy re-wraps nothing (embodiment 4); idle: not started (no job in this process, keys left). */
+    state: { type: "string", enum: ["not-needed", "idle", "running", "done", "failed"] },
+    keysPerSecond: { type: "number" },
+    error: { type: "string" },
+  },
+} as const;
+
+const statusSchema = {
+  type: "object",
+  required: ["rotation", "rewrap"],
+  properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" } },
+} as const;
+
+const cardSchema = {
+  type: "object",
+  properties: {
+    id: { type: "string" },
+    userId: { type: "string" },
+    status: { type: "string" },
+    validFrom: { type: "integer" },
+    validUntil: { type: "integer" },
+    currentKeySetId: nullable("string"),
+    createdAt: { type: "integer" },
+  },
+} as const;
+
+const rotationOut = (r: Rotation) => ({
+  id: r.id,
+  cardId: r.cardId,
+  toCardId: r.toCardId,
+  fromKeySetId: r.fromKeySetId,
+  toKeySetId: r.toKeySetId,
+  strategy: r.strategy,
+  status: r.status,
+  cursor: r.cursor,
+  total: r.total,
+  done: r.done,
+  approvedBy: r.approvedBy,
+  approvedAt: r.approvedAt,
+  error: r.error,
+  createdAt: r.createdAt,
+  updatedAt: r.updatedAt,
+});
+
+const cardOut = (c: Card) => ({ id: c.id, userId: c.userId, status: c.status, validFrom: c.validFrom, validUntil: c.validUntil, currentKeySetId: c.currentKeySetId, createdAt: c.createdAt });
+
+/** Absent body counts as {} so the closed schema still refuses any field that is sent. */
+const emptyBodyIsObject = async (req: FastifyRequest) => {
+  if (req.body === undefined || req.body === null) req.body = {};
+};
+
+/**
+ * Several card scripts through ONE relay session (the new card's personalisation with Sk2, then Sk1 added beside
+ * it under a session on Sk2): each script is its own SCP03 session; when one has run and its results check out,
+ * the next one's first round is answered instead of "done". The relay-sessions machinery sees a RelaySession.
+ */
+export class ScriptChain extends RelaySession {
+  readonly #scripts: CardScript[];
+  #i = 0;
+  #current: RelaySession;
+  readonly #results: RelayResult[] = [];
+
+  constructor(scripts: CardScript[]) {
+    if (scripts.length === 0) throw new RangeError("ScriptChain: at least one script");
+    super(scripts[0].keys, scripts[0].aid, scripts[0].commands);
+    this.#scripts = scripts;
+    this.#current = new RelaySession(scripts[0].keys, scripts[0].aid, scripts[0].commands);
+  }
+
+  override start(): Uint8Array[] {
+    return this.#current.start();
+  }
+
+  /** Results of every script, in order, once the last has run; each script's own check has passed. */
+  override async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
+    const r = await this.#current.next(responses);
+    if ("apdus" in r) return r;
+    this.#scripts[this.#i].check(r.results);
+    this.#results.push(...r.results);
+    if (++this.#i === this.#scripts.length) return { results: this.#results };
+    const s = this.#scripts[this.#i];
+    this.#current = new RelaySession(s.keys, s.aid, s.commands);
+    return { apdus: this.#current.start() };
+  }
+}
+
+interface RewrapJob {
+  promise: Promise<void>;
+  abort: AbortController;
+  state: "running" | "done" | "failed";
+  keysPerSecond: number;
+  error?: string;
+}
+
+export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (app, o) => {
+  const { rotations, relays } = o;
+  const store = rotations.store;
+  /** The background re-wraps of this process, by rotation. Another process may run one too: the cursor check of
+   *  each checkpoint keeps them from applying a page twice (rewrap.ts). */
+  const jobs = new Map<string, RewrapJob>();
+
+  app.addHook("onClose", async () => {
+    for (const j of jobs.values()) j.abort.abort();
+    await Promise.allSettled([...jobs.values()].map((j) => j.promise));
+  });
+
+  const rotationOr404 = async (id: string): Promise<Rotation> => domain(async () => (await store.getRotation(id)) ?? rotationsNotFound(id));
+
+  const status = (r: Rotation) => {
+    const j = jobs.get(r.id);
+    const needed = FIG15[r.strategy].systemDb === "all";
+    const rewrap = !needed
+      ? { state: "not-needed" as const }
+      : j
+        ? { state: j.state, keysPerSecond: Math.round(j.keysPerSecond), ...(j.error ? { error: j.error } : {}) }
+        : // No job here (none run yet, or run by another process or before a restart): judged by the counters.
+          { state: r.status === "completed" || (r.status === "running" && r.total > 0 && r.done >= r.total) ? ("done" as const) : ("idle" as const) };
+    return { rotation: rotationOut(r), rewrap, left: needed ? Math.max(0, r.total - r.done) : 0 };
+  };
+
+  app.post<{ Params: { id: string }; Body: { strategy: RotationStrategy } }>(
+    "/cards/:id/rotations",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Propose rotating the card's key set Sk1 -> Sk2 onto a new card (FIG. 15 strategy); it runs once approved",
+        params: params({ id: CARD_ID }),
+        body: { type: "object", additionalProperties: false, required: ["strategy"], properties: { strategy: { type: "string", enum: STRATEGIES } } },
+        response: { 201: rotationSchema, ...problems },
+      },
+    },
+    async (req, reply) => domain(async () => reply.code(201).send(rotationOut(await rotations.propose({ cardId: req.params.id, strategy: req.body.strategy }, principalOf(req).name)))),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/rotations/:id",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "A rotation's status: done/total/cursor of its bulk re-wrap and the re-wrap job of this server",
+        params: params({ id: ID }),
+        response: { 200: statusSchema, ...problems },
+      },
+    },
+    async (req) => status(await rotationOr404(req.params.id)),
+  );
+
+  app.post<{ Params: { id: string }; Body: { cardId?: string } }>(
+    "/rotations/:id/new-card",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Issue the rotation's new card (ST11-ST12) and open its personalisation relay (ST13-ST14) for the card issuing machine",
+        params: params({ id: ID }),
+        body: { type: "object", additionalProperties: false, properties: { cardId: CARD_ID } },
+        response: {
+          200: { type: "object", required: ["rotation", "card", "personalisation"], properties: { rotation: rotationSchema, card: cardSchema, personalisation: { type: "null" } } },
+          201: { type: "object", required: ["rotation", "card", "personalisation"], properties: { rotation: rotationSchema, card: cardSchema, personalisation: relayRoundSchema } },
+          ...problems,
+        },
+      },
+    },
+    async (req, reply) =>
+      domain(async () => {
+        const actor = principalOf(req).name;
+        const { rotation, card } = await rotations.issueNewCard(req.params.id, actor, { cardId: req.body.cardId });
+        if (card.status !== "issued") return reply.code(200).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: null });
+        const chain = new ScriptChain(await rotations.newCardScripts(rotation.id));
+        const opened = relays.open(actor, chain, async () => {
+          // Each script's results were checked by the chain; the last one's too.
+          await domain(() => rotations.issuer.markPersonalised(card.id, actor));
+        });
+        return reply.code(201).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: { sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) } });
+      }),
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/rotations/:id/rewrap",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Run or resume the bulk re-wrap Sk1[PRk] -> Sk2[PRk] in the background; 202 with progress while it runs",
+        params: params({ id: ID }),
+        body: EMPTY_BODY,
+        response: { 200: statusSchema, 202: statusSchema, ...problems },
+      },
+    },
+    async (req, reply) => {
+      const actor = principalOf(req).name;
+      const r = await rotationOr404(req.params.id);
+      if (r.status !== "running" || !r.toKeySetId) {
+        if (r.status === "completed") return reply.code(200).send(status(r));
+        throw domainConflict(`rotation ${r.id} is ${r.status}: the re-wrap runs once the new card is issued (POST /rotations/${r.id}/new-card)`);
+      }
+      if (jobs.get(r.id)?.state === "running") return reply.code(202).send(status(r));
+      if (FIG15[r.strategy].systemDb !== "all") return reply.code(200).send(status(r));
+      // Nothing left under Sk1 past the cursor: done already (by this process, another one or the CLI).
+      const left = await store.countWrappedKeys(r.fromKeySetId, r.cursor);
+      if (jobs.get(r.id)?.state === "running") return reply.code(202).send(status(r));
+      if (left === 0) return reply.code(200).send({ ...status(r), left });
+      startJob(r, actor);
+      return reply.code(202).send({ ...status(r), left });
+    },
+  );
+
+  function startJob(r: Rotation, actor: string): void {
+    const abort = new AbortController();
+    const job: RewrapJob = { abort, state: "running", keysPerSecond: 0, promise: Promise.resolve() };
+    jobs.set(r.id, job);
+    job.promise = (async () => {
+      try {
+        await appendAudit(store.db, { actor, action: "rotation.rewrap-started", subject: r.id, details: { cursor: r.cursor, done: r.done, total: r.total } });
+        const onProgress = (p: RewrapProgress) => (job.keysPerSecond = p.keysPerSecond);
+        const end = await rotations.rewrap(r.id, { pageSize: o.rewrapPageSize, onProgress, signal: abort.signal });
+        if (abort.signal.aborted) {
+          job.state = "failed";
+          job.error = "stopped (server shutting down); POST again to resume";
+          return;
+        }
+        job.state = "done";
+        await appendAudit(store.db, { actor, action: "rotation.rewrapped", subject: r.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
+      } catch (e) {
+        job.state = "failed";
+        job.error = e instanceof Error ? e.message : String(e);
+        app.log.error({ rotation: r.id, err: { name: (e as Error).name } }, "bulk re-wrap failed");
+      }
+    })();
+  }
+
+  app.post<{ Params: { id: string }; Body: { add?: { slot: string; alg: KeyAlg; profile?: string }[] } }>(
+    "/rotations/:id/distribute",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: only the added pairs) and complete the rotation",
+        params: params({ id: ID }),
+        body: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            add: {
+              type: "array",
+              maxItems: 24,
+              items: {
+                type: "object",
+                additionalProperties: false,
+                required: ["slot", "alg"],
+                properties: {
+                  slot: { type: "string", enum: [...SLOTS] },
+                  alg: { type: "string", enum: [...CARD_KEY_ALGS] },
+                  profile: { type: "string", pattern: "^[A-Za-z][A-Za-z0-9_-]{0,63}$" },
+                },
+              },
+            },
+          },
+        },
+        response: {
+          200: {
+            type: "object",
+            required: ["rotation", "packages", "added"],
+            properties: {
+              rotation: rotationSchema,
+              packages: {
+                type: "array",
+                items: { type: "object", properties: { seq: { type: "integer" }, slot: { type: "string" }, kvn: { type: "integer" }, cardId: { type: "string" }, bytes: { type: "integer" } } },
+              },
+              added: { type: "array", items: { type: "object", properties: { keyPairId: { type: "string" }, slot: nullable("string"), serial: { type: "string" }, packageSeq: { type: "integer" } } } },
+            },
+          },
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const add = req.body.add ?? [];
+        if (new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
+        const res = await rotations.distribute(req.params.id, principalOf(req).name, { add });
+        o.metrics?.rotations.inc({ strategy: res.rotation.strategy });
+        return {
+          rotation: rotationOut(res.rotation),
+          packages: res.packages.map((p) => {
+            const h = packageHeader(p.body);
+            return { seq: p.seq, slot: h.keyRef, kvn: h.kvn, cardId: p.cardId, bytes: p.body.length };
+          }),
+          added: res.added.map((c) => ({ keyPairId: c.keyPair.id, slot: c.keyPair.slot, serial: c.certificate.serial, packageSeq: c.package.seq })),
+        };
+      }),
+  );
+};
+
+const rotationsNotFound = (id: string): never => {
+  throw new IssuerError("not_found", `no rotation ${id}`);
+};
+const domainConflict = (detail: string) => conflict(detail);
+const domainInvalid = (m: string) => new IssuerError("invalid", m);
