@@ -1,5 +1,7 @@
 // npm run bench [name ...] — prints one JSON object per line: name, value, unit (and baseline, ratio where asked).
-// Benches: card (PIV signing ratio, persisted PIN verifies), pcsc (round trips through pcscd + vpcd), fuzz.
+// Benches: card (PIV signing ratio, persisted PIN verifies), pcsc (round trips through pcscd + vpcd), ca, fuzz,
+// rewrap (bulk re-wrap of a rotation, 1,000,000 keys: REWRAP_KEYS), recovery (key reproduction), issuance (HTTP
+// issuance against the server in its own process, SQLite), issuance_pg (the same on PostgreSQL) and issuance_rsa.
 
 type Result = { name: string; value: number; unit: string };
 
@@ -8,6 +10,12 @@ const benches: Record<string, () => Promise<Result[]>> = {
   pcsc: async () => [await (await import("./pcsc.ts")).benchPcsc()],
   ca: async () => (await import("./ca.ts")).benchCa(),
   fuzz: async () => [await (await import("./fuzz.ts")).benchFuzz(Number(process.env.FUZZ_COUNT ?? 200_000))],
+  rewrap: async () => (await import("./rewrap.ts")).benchRewrap({ keys: Number(process.env.REWRAP_KEYS ?? 1_000_000) }),
+  recovery: async () => (await import("./recovery.ts")).benchRecovery(),
+  issuance: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "sqlite" }),
+  issuance_pg: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "postgres" }),
+  issuance_rsa: async () => (await import("./issuance.ts")).benchIssuanceRsa(),
+  issuance_inprocess: async () => (await import("./issuance.ts")).benchIssuanceInProcess(),
 };
 
 const wanted = process.argv.slice(2);

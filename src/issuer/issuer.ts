@@ -206,7 +206,7 @@ export class Issuer {
     const card = await this.card(input.cardId);
     if (card.status !== "active" && card.status !== "issued") throw new IssuerError("conflict", `card ${card.id} is ${card.status}`);
     const ks = await this.currentKeySet(card);
-    const occupied = (await this.store.listKeyPairs({ cardId: card.id, status: "active" })).filter((k) => k.slot === input.slot);
+    const occupied = await this.store.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot });
     if (occupied.length && !input.replace) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} holds a key; ask for replace`);
     const user = (await this.store.getUser(card.userId))!;
     const keys = this.keysOf(ks);

@@ -1,0 +1,480 @@
+// Issuance benchmarks (issue 3, "Performance"):
+//  - issuance_inprocess_p256_c<N>: P-256 Issuer.requestCredential/s in this process on SQLite with the software
+//    keystore and the CA service the server uses (CA key in custody, SqlCaRepository in the same DB), at
+//    concurrency N. A diagnostic for the HTTP figure: what the domain core costs without HTTP.
+//  - issuance_http_p256[_pg]: the server in its own process (`node --import tsx src/server/main.ts`), a load
+//    client here with keep-alive connections issuing credentials for a fixed time; credentials/s (201s) and
+//    p50/p99 latency.
+//  - issuance_rsa2048: RSA-2048 credentials/s through the Issuer vs. RSA-2048 key pairs/s this machine generates
+//    on all its cores in the same run (the best of async crypto.generateKeyPair and worker threads).
+//
+// Rates are steady-state: calls completing inside a window after a warm-up; calls in flight at its end finish
+// uncounted. Each result carries CPU per credential (the machine is shared, so rates move with its load).
+//
+// Run alone: `npx tsx bench/issuance.ts inprocess|http|rsa [--engine sqlite|postgres] [--conc 1,16,64] [--ms N]`
+// (`--log info` for the server's log level). Profiling: BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR"
+// profiles the server process; BENCH_PRAGMA="cache_size=-65536;..." sets SQLite pragmas for the in-process run.
+// Notes: docs/profiling-issuance.md.
+
+import { generateKeyPair, randomBytes } from "node:crypto";
+import { sql } from "kysely";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
+import { performance } from "node:perf_hooks";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import { openCaService } from "../src/ca/service.ts";
+import type { KeyAlg } from "../src/card/state.ts";
+import { SoftwareCustody } from "../src/custody/software.ts";
+import { Issuer, SLOTS } from "../src/issuer/issuer.ts";
+import { SqlCaRepository } from "../src/store/ca-repository.ts";
+import type { OpenOptions } from "../src/store/db.ts";
+import { Store } from "../src/store/store.ts";
+import { createOperatorToken } from "../src/server/main.ts";
+import { testEngines, type TestDatabase } from "../src/store/testing.ts";
+
+export interface BenchResult {
+  name: string;
+  value: number;
+  unit: string;
+  [extra: string]: unknown;
+}
+
+const pct = (sorted: number[], p: number): number => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] : NaN);
+const r1 = (x: number): number => Math.round(x * 10) / 10;
+
+/** An issuer as the server assembles it: a store on `engine`, the software keystore, the CA service over SQL. */
+export async function benchIssuer(engine: "sqlite" | "postgres", open: OpenOptions = {}): Promise<{ issuer: Issuer; close(): Promise<void> }> {
+  const e = testEngines().find((x) => x.name === engine);
+  if (!e) throw new Error(`engine ${engine} is not available (CARDKMS_TEST_PG=off?)`);
+  const tdb: TestDatabase = await e.create(open);
+  const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-issuance-"));
+  const custody = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
+  const store = new Store(tdb.db);
+  for (const p of (process.env.BENCH_PRAGMA ?? "").split(";").filter(Boolean)) await sql.raw(`pragma ${p}`).execute(tdb.db);
+  const ca = await openCaService({ custody, signerLabel: "ca-issuing", repository: new SqlCaRepository(tdb.db, "issuing"), subject: { commonName: "bench CA" }, crlUrl: "http://127.0.0.1/crl" });
+  const issuer = await Issuer.open({ store, custody, ca: ca.client });
+  return {
+    issuer,
+    async close() {
+      await custody.close();
+      await tdb.drop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Cards enough for `n` fresh (card, slot) credential requests: one user and card per 24 slots. */
+async function makeCards(issuer: Issuer, n: number): Promise<string[]> {
+  const cards: string[] = [];
+  const need = Math.ceil(n / SLOTS.length);
+  const mk = async (i: number) => {
+    const u = await issuer.registerUser({ commonName: `Bench User ${i}`, email: `u${i}@example.test`, organization: "Example Bank", country: "JP" }, "bench");
+    cards.push((await issuer.issueCard({ userId: u.id }, "bench")).card.id);
+  };
+  for (let i = 0; i < need; i += 16) await Promise.all(Array.from({ length: Math.min(16, need - i) }, (_, j) => mk(i + j)));
+  return cards;
+}
+
+/** A shared supply of fresh (card, slot) targets, slot-major so that concurrent requests hit different cards. */
+function targets(cards: string[]): () => { cardId: string; slot: string } {
+  let i = 0;
+  return () => {
+    const k = i++;
+    const card = cards[k % cards.length];
+    const slot = SLOTS[Math.floor(k / cards.length)];
+    if (!slot) throw new Error("bench ran out of (card, slot) targets");
+    return { cardId: card, slot };
+  };
+}
+
+/**
+ * Keeps `conc` calls of `op` in flight for `warmMs + ms`, and counts the calls that complete inside the window
+ * [warmMs, warmMs + ms]: a steady-state rate, without the ramp-up, and without the drain at the end (calls still
+ * in flight then finish before this returns, uncounted). CPU and event-loop use are those of the window.
+ */
+export async function closedLoop(
+  conc: number,
+  ms: number,
+  op: () => Promise<unknown>,
+  warmMs = 0,
+): Promise<{ rate: number; n: number; p50: number; p99: number; errors: number; firstError?: string; cpuUsPerOp: number; elu: number }> {
+  const lat: number[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  const t0 = performance.now();
+  const from = t0 + warmMs;
+  const end = from + ms;
+  let cpu0 = process.cpuUsage();
+  let elu0 = performance.eventLoopUtilization();
+  let cpu: { user: number; system: number } | undefined;
+  let elu = 0;
+  const startWindow = setTimeout(() => {
+    cpu0 = process.cpuUsage();
+    elu0 = performance.eventLoopUtilization();
+  }, warmMs);
+  const closeWindow = () => {
+    cpu ??= process.cpuUsage(cpu0);
+    elu ||= performance.eventLoopUtilization(elu0).utilization;
+  };
+  const endWindow = setTimeout(closeWindow, warmMs + ms);
+  await Promise.all(
+    Array.from({ length: conc }, async () => {
+      while (performance.now() < end) {
+        const s = performance.now();
+        try {
+          await op();
+          const e = performance.now();
+          if (e >= from && e <= end) lat.push(e - s);
+          else if (e > end) closeWindow();
+        } catch (e) {
+          errors++;
+          firstError ??= e instanceof Error ? e.message : String(e);
+        }
+      }
+    }),
+  );
+  clearTimeout(startWindow);
+  clearTimeout(endWindow);
+  closeWindow();
+  lat.sort((a, b) => a - b);
+  return { rate: lat.length / (ms / 1000), n: lat.length, p50: pct(lat, 50), p99: pct(lat, 99), errors, firstError, cpuUsPerOp: (cpu!.user + cpu!.system) / Math.max(1, lat.length), elu };
+}
+
+export async function benchIssuanceInProcess(opts: { engine?: "sqlite" | "postgres"; conc?: number[]; ms?: number; alg?: KeyAlg; sync?: "full" | "normal" } = {}): Promise<BenchResult[]> {
+  const engine = opts.engine ?? "sqlite";
+  const concs = opts.conc ?? [1, 4, 16, 64];
+  const ms = opts.ms ?? 5000;
+  const alg = opts.alg ?? "P256";
+  const sync = opts.sync ?? "normal";
+  const { issuer, close } = await benchIssuer(engine, { sqliteSynchronous: sync });
+  const out: BenchResult[] = [];
+  try {
+    const cards = await makeCards(issuer, Math.ceil(2000 * (ms / 1000 + 1) * concs.length) + 500);
+    const next = targets(cards);
+    const one = () => issuer.requestCredential({ ...next(), alg }, "bench");
+    for (let i = 0; i < 200; i++) await one(); // warm-up
+    for (const conc of concs) {
+      const r = await closedLoop(conc, ms, one, 1000);
+      out.push({
+        name: `issuance_inprocess_${alg.toLowerCase()}${engine === "postgres" ? "_pg" : ""}_c${conc}`,
+        value: Math.round(r.rate),
+        unit: "credentials/s",
+        p50_ms: r1(r.p50),
+        p99_ms: r1(r.p99),
+        issued: r.n,
+        errors: r.errors,
+        cpu_us_per_credential: Math.round(r.cpuUsPerOp),
+        main_thread_busy: Math.round(r.elu * 100) / 100,
+        loadavg_1m: r1(loadavg()[0]),
+        ...(r.firstError ? { first_error: r.firstError } : {}),
+        engine,
+        ...(engine === "sqlite" ? { sqlite_synchronous: sync } : {}),
+      });
+    }
+  } finally {
+    await close();
+  }
+  return out;
+}
+
+// --- over HTTP, the server in its own process ----------------------------------------------------------------
+
+interface HttpReply {
+  status: number;
+  body: string;
+}
+
+function request(agent: http.Agent, base: URL, token: string, method: string, path: string, body?: unknown): Promise<HttpReply> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = http.request(
+      { agent, host: base.hostname, port: base.port, method, path, headers: { authorization: `Bearer ${token}`, ...(data ? { "content-type": "application/json", "content-length": data.length } : {}) } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end(data);
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** CPU seconds (user + system) a process has used, from /proc (Linux). */
+function procCpu(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = f.slice(f.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return NaN;
+  }
+}
+
+export interface HttpBenchOptions {
+  engine?: "sqlite" | "postgres";
+  conc?: number;
+  ms?: number;
+  warmMs?: number;
+  alg?: KeyAlg;
+  /** Extra environment for the server (e.g. CARDKMS_LOG_LEVEL). */
+  env?: Record<string, string>;
+}
+
+export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<BenchResult[]> {
+  const engine = o.engine ?? "sqlite";
+  const conc = o.conc ?? 48;
+  const ms = o.ms ?? 10_000;
+  const warmMs = o.warmMs ?? 2000;
+  const alg = o.alg ?? "P256";
+  const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-http-"));
+  let tdb: TestDatabase | undefined;
+  let child: ChildProcess | undefined;
+  try {
+    let database: string;
+    if (engine === "postgres") {
+      const e = testEngines().find((x) => x.name === "postgres");
+      if (!e) throw new Error("PostgreSQL is off (CARDKMS_TEST_PG=off)");
+      tdb = await e.create();
+      database = tdb.url;
+    } else database = join(dir, "issuer.db");
+    // The operator the load client authenticates as, created in the DB before the server starts.
+    const setup = await Store.open(database);
+    const { token } = await createOperatorToken(setup, "bench", ["operator"]);
+    await setup.close();
+
+    const port = await freePort();
+    const env = {
+      ...process.env,
+      CARDKMS_DATABASE: database,
+      CARDKMS_CUSTODY: "software",
+      CARDKMS_KEYSTORE: join(dir, "keystore.json"),
+      CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex"),
+      CARDKMS_LISTEN_HOST: "127.0.0.1",
+      CARDKMS_LISTEN_PORT: String(port),
+      CARDKMS_CRL_URL: `http://127.0.0.1:${port}/v1/ca/crl`,
+      CARDKMS_WEBHOOK_SECRET: randomBytes(32).toString("hex"),
+      CARDKMS_LOG_LEVEL: "warn",
+      ...o.env,
+    };
+    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), "--import", "tsx", fileURLToPath(new URL("../src/server/main.ts", import.meta.url))], { env, stdio: ["ignore", "pipe", "pipe"] });
+    child = server;
+    let serverOut = "";
+    server.stdout?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
+    server.stderr?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
+    const base = new URL(`http://127.0.0.1:${port}`);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: conc });
+    for (let i = 0; ; i++) {
+      if (server.exitCode !== null) throw new Error(`server exited ${server.exitCode}: ${serverOut.trim().slice(-1500)}`);
+      try {
+        if ((await request(agent, base, token, "GET", "/healthz")).status === 200) break;
+      } catch {
+        // not listening yet
+      }
+      if (i > 600) throw new Error(`server did not answer within 60 s: ${serverOut.trim().slice(-1500)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    // users and cards through the API: enough fresh (card, slot) pairs for ~1,500/s over warm-up + measurement
+    const nCards = Math.ceil((2000 * (ms + warmMs)) / 1000 / SLOTS.length) + 20;
+    const cards: string[] = [];
+    let made = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (made < nCards) {
+          const i = made++;
+          const u = await request(agent, base, token, "POST", "/v1/users", { personalData: { commonName: `Bench User ${i}`, email: `u${i}@example.test`, organization: "Example Bank", country: "JP" } });
+          if (u.status !== 201) throw new Error(`POST /v1/users: ${u.status} ${u.body.slice(0, 300)}`);
+          const c = await request(agent, base, token, "POST", "/v1/cards", { userId: (JSON.parse(u.body) as { id: string }).id });
+          if (c.status !== 201) throw new Error(`POST /v1/cards: ${c.status} ${c.body.slice(0, 300)}`);
+          cards.push((JSON.parse(c.body) as { card: { id: string } }).card.id);
+        }
+      }),
+    );
+    const next = targets(cards);
+    const issue = async () => {
+      const t = next();
+      const r = await request(agent, base, token, "POST", `/v1/cards/${t.cardId}/credentials`, { slot: t.slot, alg });
+      if (r.status !== 201) throw new Error(`POST credentials: ${r.status} ${r.body.slice(0, 300)}`);
+    };
+    let s0 = NaN;
+    let serverCpu = NaN;
+    const t1 = setTimeout(() => (s0 = procCpu(server.pid!)), warmMs);
+    const t2 = setTimeout(() => (serverCpu = procCpu(server.pid!) - s0), warmMs + ms);
+    const r = await closedLoop(conc, ms, issue, warmMs);
+    clearTimeout(t1);
+    clearTimeout(t2);
+    if (Number.isNaN(serverCpu)) serverCpu = procCpu(server.pid!) - s0;
+    agent.destroy();
+    return [
+      {
+        name: `issuance_http_${alg.toLowerCase()}${engine === "postgres" ? "_pg" : ""}`,
+        value: Math.round(r.rate),
+        unit: "credentials/s",
+        p50_ms: r1(r.p50),
+        p99_ms: r1(r.p99),
+        issued: r.n,
+        errors: r.errors,
+        ...(r.firstError ? { first_error: r.firstError } : {}),
+        concurrency: conc,
+        seconds: ms / 1000,
+        server_cpu_us_per_credential: Math.round((serverCpu * 1e6) / Math.max(1, r.n)),
+        client_cpu_us_per_credential: Math.round(r.cpuUsPerOp),
+        loadavg_1m: r1(loadavg()[0]),
+        engine,
+        server_log_level: env.CARDKMS_LOG_LEVEL,
+      },
+    ];
+  } finally {
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child!.once("exit", r));
+      child.kill("SIGTERM");
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+    await tdb?.drop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// --- RSA-2048: issuance vs. this machine's key generation rate -----------------------------------------------
+
+const RSA_WORKER = `
+const { parentPort, workerData } = require("node:worker_threads");
+const { generateKeyPairSync } = require("node:crypto");
+const { performance } = require("node:perf_hooks");
+const end = performance.timeOrigin + performance.now() + workerData.ms;
+while (performance.timeOrigin + performance.now() < end) {
+  generateKeyPairSync("rsa", { modulusLength: 2048, publicExponent: 0x10001 });
+  parentPort.postMessage(performance.timeOrigin + performance.now());
+}
+`;
+
+/**
+ * RSA-2048 key pairs/s with one worker thread per core, each generating synchronously; keys completed inside
+ * [warmMs, warmMs + ms] are counted.
+ */
+async function rsaKeygenWorkers(ms: number, warmMs: number, workers = availableParallelism()): Promise<number> {
+  const from = performance.timeOrigin + performance.now() + warmMs;
+  const end = from + ms;
+  let n = 0;
+  await Promise.all(
+    Array.from({ length: workers }, () =>
+      new Promise<void>((resolve, reject) => {
+        const w = new Worker(RSA_WORKER, { eval: true, workerData: { ms: warmMs + ms } });
+        w.on("message", (t: number) => {
+          if (t >= from && t <= end) n++;
+        });
+        w.once("error", reject);
+        w.once("exit", () => resolve());
+      }),
+    ),
+  );
+  return n / (ms / 1000);
+}
+
+/** RSA-2048 key pairs/s with Node's async generateKeyPair (libuv thread pool), `conc` outstanding. */
+async function rsaKeygenAsync(ms: number, warmMs: number, conc: number): Promise<number> {
+  const gen = () => new Promise<void>((resolve, reject) => generateKeyPair("rsa", { modulusLength: 2048, publicExponent: 0x10001 }, (e) => (e ? reject(e) : resolve())));
+  return (await closedLoop(conc, ms, gen, warmMs)).rate;
+}
+
+/**
+ * issuance_rsa2048: RSA-2048 credentials/s through Issuer.requestCredential (in-process, SQLite, software
+ * keystore: generation on the libuv thread pool) against the best RSA-2048 generation rate of this machine, the
+ * two measured alternately in `rounds` rounds so that a change of machine load hits both.
+ */
+export async function benchIssuanceRsa(o: { ms?: number; rounds?: number; conc?: number } = {}): Promise<BenchResult[]> {
+  const ms = o.ms ?? 10_000;
+  const rounds = o.rounds ?? 2;
+  const pool = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const conc = o.conc ?? 2 * pool;
+  const { issuer, close } = await benchIssuer("sqlite");
+  try {
+    const cards = await makeCards(issuer, 120 * (ms / 1000) * rounds + 200);
+    const next = targets(cards);
+    const one = () => issuer.requestCredential({ ...next(), alg: "RSA2048" }, "bench");
+    const warmMs = 3000;
+    const base = { async: [] as number[], workers: [] as number[] };
+    const value: number[] = [];
+    let issued = 0;
+    let errors = 0;
+    let firstError: string | undefined;
+    const lat: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      base.async.push(await rsaKeygenAsync(ms, warmMs, 2 * pool));
+      base.workers.push(await rsaKeygenWorkers(ms, warmMs));
+      const res = await closedLoop(conc, ms, one, warmMs);
+      value.push(res.rate);
+      issued += res.n;
+      errors += res.errors;
+      firstError ??= res.firstError;
+      lat.push(res.p50);
+    }
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const baseline = Math.max(mean(base.async), mean(base.workers));
+    const v = mean(value);
+    return [
+      {
+        name: "issuance_rsa2048",
+        value: r1(v),
+        unit: "credentials/s",
+        baseline: r1(baseline),
+        ratio: Math.round((v / baseline) * 1000) / 1000,
+        baseline_async_keygen: r1(mean(base.async)),
+        baseline_worker_keygen: r1(mean(base.workers)),
+        rounds,
+        seconds_each: ms / 1000,
+        warmup_seconds_each: warmMs / 1000,
+        issued,
+        errors,
+        ...(firstError ? { first_error: firstError } : {}),
+        p50_ms: r1(mean(lat)),
+        concurrency: conc,
+        uv_threadpool_size: pool,
+        cores: availableParallelism(),
+        path: "in-process Issuer.requestCredential, SQLite, software keystore (RSA generated on the libuv thread pool)",
+        loadavg_1m: r1(loadavg()[0]),
+      },
+    ];
+  } finally {
+    await close();
+  }
+}
+
+// --- CLI -----------------------------------------------------------------------------------------------------
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const args = process.argv.slice(2);
+  const flag = (n: string) => {
+    const i = args.indexOf(`--${n}`);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const what = args[0] ?? "inprocess";
+  const engine = (flag("engine") ?? "sqlite") as "sqlite" | "postgres";
+  const conc = flag("conc")?.split(",").map(Number);
+  const ms = flag("ms") ? Number(flag("ms")) : undefined;
+  let res: BenchResult[];
+  if (what === "inprocess") res = await benchIssuanceInProcess({ engine, conc, ms, alg: (flag("alg") ?? "P256") as KeyAlg, sync: flag("sync") as "full" | "normal" | undefined });
+  else if (what === "http") res = await benchIssuanceHttp({ engine, conc: conc?.[0], ms, alg: (flag("alg") ?? "P256") as KeyAlg, env: flag("log") ? { CARDKMS_LOG_LEVEL: flag("log")! } : undefined });
+  else if (what === "rsa") res = await benchIssuanceRsa({ ms, rounds: flag("rounds") ? Number(flag("rounds")) : undefined });
+  else throw new Error(`unknown ${what}`);
+  for (const r of res) console.log(JSON.stringify(r));
+}
