@@ -13,6 +13,7 @@ import { StoreError, type Rotation, type Store, type StoredEvent, type Webhook }
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
 import { EVENT_TYPE_PATTERN, MAX_EVENT_TYPES, MAX_WEBHOOK_URL, registerWebhook, WebhookError, type WebhookSecrets } from "../issuer/webhooks.ts";
 import { ApiProblem, conflict, notFound } from "./problem.ts";
+import { nullable, rotationSchema } from "./schemas.ts";
 
 export interface EventRoutesOptions {
   store: Store;
@@ -27,7 +28,6 @@ export interface EventRoutesOptions {
 
 const ROTATION_STATUSES: RotationStatus[] = ["proposed", "approved", "running", "completed", "failed", "cancelled"];
 const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
-const nullable = (type: string) => ({ type: [type, "null"] });
 const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
 
 const eventSchema = {
@@ -49,27 +49,6 @@ const webhookSchema = {
   type: "object",
   required: ["id", "url", "eventTypes", "createdAt"],
   properties: { id: { type: "string" }, url: { type: "string" }, eventTypes: { type: "array", items: { type: "string" } }, createdAt: { type: "integer" } },
-} as const;
-
-const rotationSchema = {
-  type: "object",
-  required: ["id", "cardId", "fromKeySetId", "strategy", "status", "createdAt"],
-  properties: {
-    id: { type: "string" },
-    cardId: { type: "string" },
-    toCardId: nullable("string"),
-    fromKeySetId: { type: "string" },
-    toKeySetId: nullable("string"),
-    strategy: { type: "string" },
-    status: { type: "string" },
-    total: { type: "integer" },
-    done: { type: "integer" },
-    approvedBy: nullable("string"),
-    approvedAt: nullable("integer"),
-    error: nullable("string"),
-    createdAt: { type: "integer" },
-    updatedAt: { type: "integer" },
-  },
 } as const;
 
 const counts = { type: "object", properties: { expiring: { type: "integer" }, expired: { type: "integer" } } } as const;

@@ -20,6 +20,7 @@ import { StoreError, type Card, type JsonValue, type User } from "../store/store
 import { requireCardAccess, type Principal } from "./auth.ts";
 import { ApiProblem } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
+import { cardSchema, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
   issuer: Issuer;
@@ -80,7 +81,6 @@ export async function domain<T>(fn: () => Promise<T>): Promise<T> {
 
 // ---- response shapes ------------------------------------------------------------------------------------------
 
-const nullable = (type: string) => ({ type: [type, "null"] }) as const;
 
 const personalDataSchema = {
   type: "object",
@@ -101,17 +101,7 @@ const userSchema = {
   properties: { id: { type: "string" }, personalData: { type: "object", additionalProperties: true }, createdAt: { type: "integer" } },
 } as const;
 
-const cardProps = {
-  id: { type: "string" },
-  userId: { type: "string" },
-  status: { type: "string" },
-  validFrom: { type: "integer" },
-  validUntil: { type: "integer" },
-  currentKeySetId: nullable("string"),
-  lastPackageSeq: { type: "integer" },
-  createdAt: { type: "integer" },
-  updatedAt: { type: "integer" },
-} as const;
+const cardProps = cardSchema.properties;
 
 const keySetSchema = {
   type: "object",

@@ -36,6 +36,7 @@ import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRo
 import type { Metrics } from "./metrics.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
+import { cardSchema, nullable, rotationSchema } from "./schemas.ts";
 
 export interface RotationRoutesOptions {
   rotations: CardRotation;
@@ -46,29 +47,6 @@ export interface RotationRoutesOptions {
 }
 
 const STRATEGIES = Object.keys(FIG15) as RotationStrategy[];
-const nullable = (type: string) => ({ type: [type, "null"] }) as const;
-
-const rotationSchema = {
-  type: "object",
-  required: ["id", "cardId", "fromKeySetId", "strategy", "status", "cursor", "total", "done", "createdAt"],
-  properties: {
-    id: { type: "string" },
-    cardId: { type: "string" },
-    toCardId: nullable("string"),
-    fromKeySetId: { type: "string" },
-    toKeySetId: nullable("string"),
-    strategy: { type: "string" },
-    status: { type: "string" },
-    cursor: { type: "integer" },
-    total: { type: "integer" },
-    done: { type: "integer" },
-    approvedBy: nullable("string"),
-    approvedAt: nullable("integer"),
-    error: nullable("string"),
-    createdAt: { type: "integer" },
-    updatedAt: { type: "integer" },
-  },
-} as const;
 
 const rewrapJobSchema = {
   type: "object",
@@ -85,19 +63,6 @@ const statusSchema = {
   type: "object",
   required: ["rotation", "rewrap"],
   properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" } },
-} as const;
-
-const cardSchema = {
-  type: "object",
-  properties: {
-    id: { type: "string" },
-    userId: { type: "string" },
-    status: { type: "string" },
-    validFrom: { type: "integer" },
-    validUntil: { type: "integer" },
-    currentKeySetId: nullable("string"),
-    createdAt: { type: "integer" },
-  },
 } as const;
 
 const rotationOut = (r: Rotation) => ({

@@ -1,0 +1,42 @@
+// JSON schemas of domain objects that several route plugins return: one definition, one OpenAPI shape.
+
+export const nullable = (type: string) => ({ type: [type, "null"] }) as const;
+
+/** A card of the system DB (FIG. 5: card ID, validity VT, current key set). */
+export const cardSchema = {
+  type: "object",
+  properties: {
+    id: { type: "string" },
+    userId: { type: "string" },
+    status: { type: "string" },
+    validFrom: { type: "integer" },
+    validUntil: { type: "integer" },
+    currentKeySetId: nullable("string"),
+    lastPackageSeq: { type: "integer" },
+    createdAt: { type: "integer" },
+    updatedAt: { type: "integer" },
+  },
+} as const;
+
+/** A card-key rotation job (seed 000 embodiments 3-5). */
+export const rotationSchema = {
+  type: "object",
+  required: ["id", "cardId", "fromKeySetId", "strategy", "status", "cursor", "total", "done", "createdAt"],
+  properties: {
+    id: { type: "string" },
+    cardId: { type: "string" },
+    toCardId: nullable("string"),
+    fromKeySetId: { type: "string" },
+    toKeySetId: nullable("string"),
+    strategy: { type: "string" },
+    status: { type: "string" },
+    cursor: { type: "integer" },
+    total: { type: "integer" },
+    done: { type: "integer" },
+    approvedBy: nullable("string"),
+    approvedAt: nullable("integer"),
+    error: nullable("string"),
+    createdAt: { type: "integer" },
+    updatedAt: { type: "integer" },
+  },
+} as const;
