@@ -250,6 +250,7 @@ function rotationOut(r: Rotation) {
     toKeySetId: r.toKeySetId,
     strategy: r.strategy,
     status: r.status,
+    cursor: r.cursor,
     total: r.total,
     done: r.done,
     approvedBy: r.approvedBy,
