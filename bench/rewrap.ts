@@ -27,7 +27,7 @@ const vmHwmMb = (): number | undefined => {
 
 export async function benchRewrap(o: { keys?: number; pageSize?: number } = {}): Promise<{ name: string; value: number; unit: string; [k: string]: unknown }[]> {
   const keys = o.keys ?? 1_000_000;
-  const pageSize = o.pageSize ?? 2000;
+  const pageSize = o.pageSize ?? 1000;
   const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-rewrap-"));
   const file = join(dir, "issuer.db");
   const keystoreKey = randomBytes(32).toString("hex");
@@ -165,5 +165,5 @@ if (import.meta.url === `file://${process.argv[1]}` && process.argv[2] === "--ru
   const [file, keystore, rotationId, pageSize] = process.argv.slice(3);
   console.log(JSON.stringify(await childRun(file, keystore, rotationId, Number(pageSize))));
 } else if (import.meta.url === `file://${process.argv[1]}`) {
-  for (const r of await benchRewrap({ keys: Number(process.argv[2] ?? 1_000_000), pageSize: Number(process.argv[3] ?? 2000) })) console.log(JSON.stringify(r));
+  for (const r of await benchRewrap({ keys: Number(process.argv[2] ?? 1_000_000), pageSize: Number(process.argv[3] ?? 1000) })) console.log(JSON.stringify(r));
 }

@@ -122,7 +122,7 @@ export function registerRotationCommands(program: Command): Command {
       .option("--wait", "on the server: poll the status with a progress bar until the re-wrap ends")
       .option("--interval <ms>", "with --wait: how often to poll", (v: string) => positive(v, "--interval"), 500)
       .addOption(new Option("--db <url>", "run it here on this system DB (sqlite:/path or postgres://...) instead of on the server").env("CARDKMS_DB"))
-      .addOption(new Option("--page-size <n>", "with --db: keys per page and commit").default("2000")),
+      .addOption(new Option("--page-size <n>", "with --db: keys per page and commit").default("1000")),
   ).action(async (id: string, o: ServerOpts & { db?: string; pageSize: string; wait?: boolean; interval: number }) => {
     if (o.db) return rewrapHere(id, o as ServerOpts & { db: string; pageSize: string });
     const api = apiFrom(o);

@@ -17,7 +17,7 @@ async function main(argv: string[]): Promise<void> {
   if (!url || !keystore || !rotationId) throw new Error("usage: rewrap-worker <db url> <keystore path | pkcs11> <rotation id> [--complete]");
   const env = custodyConfigFromEnv();
   const config: CustodyConfig = keystore === "pkcs11" ? { kind: "pkcs11", env: process.env } : { ...env, kind: "software", path: keystore };
-  const pageSize = Number(process.env.CARDKMS_REWRAP_PAGE ?? 2000);
+  const pageSize = Number(process.env.CARDKMS_REWRAP_PAGE ?? 1000);
   const store = await Store.open(url);
   const custody = await openCustody(config);
   try {

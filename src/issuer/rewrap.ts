@@ -54,7 +54,7 @@ const refOf = (ks: CardKeySet): KeySetRef => JSON.parse(ks.custodyRef) as KeySet
  */
 export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
   const { store, custody, rotationId } = o;
-  const pageSize = o.pageSize ?? 2000;
+  const pageSize = o.pageSize ?? 1000;
   let rot = await store.getRotation(rotationId);
   if (!rot) throw new RewrapError(`no rotation ${rotationId}`);
   if (rot.status === "completed") return rot;
