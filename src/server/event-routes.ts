@@ -9,11 +9,11 @@
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { appendAudit } from "../store/audit.ts";
 import type { RotationStatus, RotationStrategy } from "../store/db.ts";
-import { StoreError, type Rotation, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
+import { StoreError, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
 import { EVENT_TYPE_PATTERN, MAX_EVENT_TYPES, MAX_WEBHOOK_URL, registerWebhook, WebhookError, type WebhookSecrets } from "../issuer/webhooks.ts";
 import { ApiProblem, conflict, notFound } from "./problem.ts";
-import { nullable, rotationSchema } from "./schemas.ts";
+import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
 
 export interface EventRoutesOptions {
   store: Store;
@@ -241,22 +241,3 @@ function webhookOut(w: Webhook) {
   return { id: w.id, url: w.url, eventTypes: w.eventTypes, createdAt: w.createdAt };
 }
 
-function rotationOut(r: Rotation) {
-  return {
-    id: r.id,
-    cardId: r.cardId,
-    toCardId: r.toCardId,
-    fromKeySetId: r.fromKeySetId,
-    toKeySetId: r.toKeySetId,
-    strategy: r.strategy,
-    status: r.status,
-    cursor: r.cursor,
-    total: r.total,
-    done: r.done,
-    approvedBy: r.approvedBy,
-    approvedAt: r.approvedAt,
-    error: r.error,
-    createdAt: r.createdAt,
-    updatedAt: r.updatedAt,
-  };
-}

@@ -36,7 +36,7 @@ import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRo
 import type { Metrics } from "./metrics.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
-import { cardSchema, nullable, rotationSchema } from "./schemas.ts";
+import { cardSchema, nullable, rotationOut, rotationSchema } from "./schemas.ts";
 
 export interface RotationRoutesOptions {
   rotations: CardRotation;
@@ -64,24 +64,6 @@ const statusSchema = {
   required: ["rotation", "rewrap"],
   properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" } },
 } as const;
-
-const rotationOut = (r: Rotation) => ({
-  id: r.id,
-  cardId: r.cardId,
-  toCardId: r.toCardId,
-  fromKeySetId: r.fromKeySetId,
-  toKeySetId: r.toKeySetId,
-  strategy: r.strategy,
-  status: r.status,
-  cursor: r.cursor,
-  total: r.total,
-  done: r.done,
-  approvedBy: r.approvedBy,
-  approvedAt: r.approvedAt,
-  error: r.error,
-  createdAt: r.createdAt,
-  updatedAt: r.updatedAt,
-});
 
 const cardOut = (c: Card) => ({ id: c.id, userId: c.userId, status: c.status, validFrom: c.validFrom, validUntil: c.validUntil, currentKeySetId: c.currentKeySetId, createdAt: c.createdAt });
 

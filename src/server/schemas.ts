@@ -1,5 +1,7 @@
 // JSON schemas of domain objects that several route plugins return: one definition, one OpenAPI shape.
 
+import type { Rotation } from "../store/store.ts";
+
 export const nullable = (type: string) => ({ type: [type, "null"] }) as const;
 
 /** A card of the system DB (FIG. 5: card ID, validity VT, current key set). */
@@ -40,3 +42,22 @@ export const rotationSchema = {
     updatedAt: { type: "integer" },
   },
 } as const;
+
+/** A rotation as the API shows it (every field of rotationSchema). */
+export const rotationOut = (r: Rotation) => ({
+  id: r.id,
+  cardId: r.cardId,
+  toCardId: r.toCardId,
+  fromKeySetId: r.fromKeySetId,
+  toKeySetId: r.toKeySetId,
+  strategy: r.strategy,
+  status: r.status,
+  cursor: r.cursor,
+  total: r.total,
+  done: r.done,
+  approvedBy: r.approvedBy,
+  approvedAt: r.approvedAt,
+  error: r.error,
+  createdAt: r.createdAt,
+  updatedAt: r.updatedAt,
+});
