@@ -17,6 +17,7 @@ import { resolveImageSecret, UsageError } from "./image-key.ts";
 import { registerIssuerCommands } from "./issuer.ts";
 import { registerRotationCommands } from "./rotation.ts";
 import { registerTerminalCommands } from "./terminal.ts";
+import { registerEventCommands } from "./events.ts";
 
 const program = new Command();
 program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
@@ -184,6 +185,7 @@ program
 
 registerIssuerCommands(program, card);
 registerTerminalCommands(program);
+registerEventCommands(program);
 registerRotationCommands(program);
 
 function mustExist(path: string): string {
