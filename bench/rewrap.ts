@@ -14,10 +14,10 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import SqliteDatabase from "better-sqlite3";
-import type { DerivedKeySetRef } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { runRewrap } from "../src/issuer/rewrap.ts";
 import { Store } from "../src/store/store.ts";
+import { rotationFixture } from "../test/rotation-fixture.ts";
 
 const mb = (bytes: number): number => Math.round(bytes / 2 ** 20);
 const vmHwmMb = (): number | undefined => {
@@ -34,24 +34,8 @@ export async function benchRewrap(o: { keys?: number; pageSize?: number } = {}):
   const custody = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: keystoreKey });
   const store = await Store.open(`sqlite:${file}`);
   try {
-    await custody.createSecretKey("card-master", { type: "aes", bits: 256, usage: ["derive"] });
-    const now = Date.now();
-    const user = await store.createUser({ personalData: { commonName: "bench" } });
-    const oldId = randomBytes(8).toString("hex"), newId = randomBytes(8).toString("hex");
-    const ref1: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: oldId, kvn: 1 };
-    const ref2: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: newId, kvn: 2 };
-    await store.registerCard({ id: oldId, userId: user.id, validFrom: now, validUntil: now + 1e10, status: "active" });
-    await store.registerCard({ id: newId, userId: user.id, validFrom: now, validUntil: now + 1e10 });
-    const sk1 = await store.addKeySet({ cardId: oldId, kvn: 1, version: 1, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref1), makeCurrent: true });
-    const sk2 = await store.addKeySet({ cardId: newId, kvn: 2, version: 2, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref2), makeCurrent: true });
-
-    const pool: { spki: Buffer; wrapped: Buffer }[] = [];
-    for (let i = 0; i < 256; i++) {
-      const label = `pool-${i}`;
-      await custody.generateKeyPair(label, "P256", { extractable: "wrapped", ephemeral: true });
-      pool.push({ spki: Buffer.from(await custody.publicKey(label)), wrapped: Buffer.from([1, ...(await custody.wrapPrivateKey(label, { card: ref1 }))]) });
-      await custody.deleteKey(label);
-    }
+    const now = store.now();
+    const { user, oldId, newId, sk1, sk2, pool } = await rotationFixture(store, custody, { poolSize: 256 });
     // Seeding (not measured): one prepared statement per table, 50,000 rows per transaction.
     const t0 = performance.now();
     const raw = new SqliteDatabase(file);
@@ -62,8 +46,8 @@ export async function benchRewrap(o: { keys?: number; pageSize?: number } = {}):
     const batch = raw.transaction((from: number, to: number) => {
       for (let n = from; n < to; n++) {
         const id = `kp-${n}`;
-        kp.run(id, user.id, oldId, pool[n % pool.length].spki, now);
-        wk.run(id, sk1.id, pool[n % pool.length].wrapped, now);
+        kp.run(id, user.id, oldId, Buffer.from(pool[n % pool.length].spki), now);
+        wk.run(id, sk1.id, Buffer.from(pool[n % pool.length].wrapped), now);
       }
     });
     for (let n = 0; n < keys; n += 50_000) batch(n, Math.min(keys, n + 50_000));

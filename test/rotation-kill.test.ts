@@ -8,11 +8,12 @@ import { spawn } from "node:child_process";
 import { createPrivateKey, createPublicKey, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { aesKeyUnwrapPad } from "../src/card/derivation.ts";
-import { CustodyError, type DerivedKeySetRef } from "../src/custody/custody.ts";
+import { CustodyError } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { Store } from "../src/store/store.ts";
 import { testEngines } from "../src/store/testing.ts";
 import { tempDir } from "./helpers.ts";
+import { rotationFixture } from "./rotation-fixture.ts";
 
 const KEYS = 20_000;
 const KILLS = 20;
@@ -53,30 +54,13 @@ for (const engine of testEngines()) {
     const custody = await SoftwareCustody.open({ path: keystore, key: kek });
     try {
       const store = new Store(tdb.db);
-      await custody.createSecretKey("card-master", { type: "aes", bits: 256, usage: ["derive"] });
-      const user = await store.createUser({ personalData: { commonName: "bulk" } });
       const now = store.now();
-      const oldId = randomBytes(8).toString("hex"), newId = randomBytes(8).toString("hex");
-      const ref1: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: oldId, kvn: 1 };
-      const ref2: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: newId, kvn: 2 };
-      await store.registerCard({ id: oldId, userId: user.id, validFrom: now, validUntil: now + 1e10, status: "active" });
-      await store.registerCard({ id: newId, userId: user.id, validFrom: now, validUntil: now + 1e10 });
-      const sk1 = await store.addKeySet({ cardId: oldId, kvn: 1, version: 1, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref1), makeCurrent: true });
-      const sk2 = await store.addKeySet({ cardId: newId, kvn: 2, version: 2, validFrom: now, validUntil: now + 1e10, custodyRef: JSON.stringify(ref2), makeCurrent: true });
-
-      // A pool of real key pairs generated in custody and wrapped under Sk1, spread over KEYS key pair rows.
-      const pool: { spki: Uint8Array; wrapped: Uint8Array }[] = [];
-      for (let i = 0; i < POOL; i++) {
-        const label = `pool-${i}`;
-        await custody.generateKeyPair(label, i % 8 === 0 ? "P384" : "P256", { extractable: "wrapped", ephemeral: true });
-        pool.push({ spki: await custody.publicKey(label), wrapped: Uint8Array.from([1, ...(await custody.wrapPrivateKey(label, { card: ref1 }))]) });
-        await custody.deleteKey(label);
-      }
+      const { user, oldId, newId, ref1, ref2, sk1, sk2, pool } = await rotationFixture(store, custody, { poolSize: POOL, algOf: (i) => (i % 8 === 0 ? "P384" : "P256") });
       await tdb.db.transaction().execute(async (trx) => {
         for (let i = 0; i < KEYS; i += 500) {
           const rows = Array.from({ length: Math.min(500, KEYS - i) }, (_, j) => {
             const n = i + j;
-            return { id: `kp-${String(n).padStart(6, "0")}`, user_id: user.id, card_id: oldId, slot: null, algorithm: n % POOL % 8 === 0 ? "P384" : "P256", public_key: pool[n % POOL].spki, status: "active" as const, created_at: now };
+            return { id: `kp-${String(n).padStart(6, "0")}`, user_id: user.id, card_id: oldId, slot: null, algorithm: pool[n % POOL].alg, public_key: pool[n % POOL].spki, status: "active" as const, created_at: now };
           });
           await trx.insertInto("key_pairs").values(rows).execute();
           await trx.insertInto("wrapped_keys").values(rows.map((r, j) => ({ key_pair_id: r.id, key_set_id: sk1.id, wrapped: pool[(i + j) % POOL].wrapped, created_at: now }))).execute();

@@ -13,14 +13,14 @@ import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
 import { InvalidSubjectError, validateSubject } from "../ca/name.ts";
 import { toPem } from "../ca/pem.ts";
 import type { KeyAlg } from "../card/state.ts";
-import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, subjectFrom } from "../issuer/issuer.ts";
+import { Issuer, IssuerError, subjectFrom } from "../issuer/issuer.ts";
 import { RelaySession } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import { StoreError, type Card, type JsonValue, type User } from "../store/store.ts";
 import { requireCardAccess, type Principal } from "./auth.ts";
 import { ApiProblem } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
-import { cardSchema, nullable } from "./schemas.ts";
+import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
   issuer: Issuer;
@@ -294,9 +294,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
           additionalProperties: false,
           required: ["slot", "alg"],
           properties: {
-            slot: { type: "string", enum: [...SLOTS] },
-            alg: { type: "string", enum: [...CARD_KEY_ALGS] },
-            profile: { type: "string", pattern: "^[A-Za-z][A-Za-z0-9_-]{0,63}$" },
+            ...credentialRequestProps,
             replace: { type: "boolean" },
           },
         },

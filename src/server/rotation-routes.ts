@@ -25,7 +25,7 @@ import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { packageHeader } from "../card/package.ts";
 import type { KeyAlg } from "../card/state.ts";
 import type { CardScript } from "../issuer/card-scripts.ts";
-import { CARD_KEY_ALGS, IssuerError, SLOTS } from "../issuer/issuer.ts";
+import { IssuerError } from "../issuer/issuer.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { FIG15, type CardRotation } from "../issuer/rotation.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
@@ -36,7 +36,7 @@ import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRo
 import type { Metrics } from "./metrics.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
-import { cardSchema, nullable, rotationOut, rotationSchema } from "./schemas.ts";
+import { cardSchema, credentialRequestProps, nullable, rotationOut, rotationSchema } from "./schemas.ts";
 
 export interface RotationRoutesOptions {
   rotations: CardRotation;
@@ -271,11 +271,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
                 type: "object",
                 additionalProperties: false,
                 required: ["slot", "alg"],
-                properties: {
-                  slot: { type: "string", enum: [...SLOTS] },
-                  alg: { type: "string", enum: [...CARD_KEY_ALGS] },
-                  profile: { type: "string", pattern: "^[A-Za-z][A-Za-z0-9_-]{0,63}$" },
-                },
+                properties: credentialRequestProps,
               },
             },
           },

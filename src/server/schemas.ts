@@ -1,6 +1,7 @@
 // JSON schemas of domain objects that several route plugins return: one definition, one OpenAPI shape.
 
 import type { Rotation } from "../store/store.ts";
+import { CARD_KEY_ALGS, SLOTS } from "../issuer/issuer.ts";
 
 export const nullable = (type: string) => ({ type: [type, "null"] }) as const;
 
@@ -61,3 +62,10 @@ export const rotationOut = (r: Rotation) => ({
   createdAt: r.createdAt,
   updatedAt: r.updatedAt,
 });
+
+/** What a credential request names (ST16): the card slot, the algorithm, optionally a CA profile. */
+export const credentialRequestProps = {
+  slot: { type: "string", enum: [...SLOTS] },
+  alg: { type: "string", enum: [...CARD_KEY_ALGS] },
+  profile: { type: "string", pattern: "^[A-Za-z][A-Za-z0-9_-]{0,63}$" },
+} as const;
