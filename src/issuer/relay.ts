@@ -6,7 +6,7 @@
 // the card (6988), and any change to a response is caught here (bad R-MAC).
 
 import { encodeCommand, parseResponse, type ApduCommand } from "../card/apdu.ts";
-import { Scp03Error, Scp03HostSession } from "../card/scp03/host.ts";
+import { Scp03Error, Scp03HostSession, transmitAll } from "../card/scp03/host.ts";
 import { LEVEL_FULL, type CardKeys } from "./card-keys.ts";
 
 export class RelayError extends Error {
@@ -125,13 +125,7 @@ export async function runRelay(session: RelaySession, transmit: (apdu: Uint8Arra
   }
 }
 
-/** Transmits and gathers 61xx with GET RESPONSE, as a terminal does. */
-export async function transmitFollowing(transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, apdu: Uint8Array): Promise<Uint8Array> {
-  let r = parseResponse(await transmit(apdu));
-  const chunks = [Buffer.from(r.data)];
-  while (r.sw >> 8 === 0x61) {
-    r = parseResponse(await transmit(encodeCommand({ cla: apdu[0] & 0x03, ins: 0xc0, p1: 0, p2: 0, le: r.sw & 0xff || 256 })));
-    chunks.push(Buffer.from(r.data));
-  }
-  return new Uint8Array(Buffer.concat([...chunks, Buffer.from([r.sw >> 8, r.sw & 0xff])]));
+/** Transmits and gathers 61xx with GET RESPONSE on the command's logical channel, as a terminal does. */
+export function transmitFollowing(transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, apdu: Uint8Array): Promise<Uint8Array> {
+  return transmitAll(transmit, apdu, apdu[0] & 0x03);
 }
