@@ -51,7 +51,7 @@ const r1 = (x: number): number => Math.round(x * 10) / 10;
 export async function benchIssuer(engine: "sqlite" | "postgres", open: OpenOptions = {}): Promise<{ issuer: Issuer; close(): Promise<void> }> {
   const e = testEngines().find((x) => x.name === engine);
   if (!e) throw new Error(`engine ${engine} is not available (CARDKMS_TEST_PG=off?)`);
-  const tdb: TestDatabase = await e.create(open);
+  const tdb: TestDatabase = await e.create({ sqliteCheckpoint: "background", ...open });
   const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-issuance-"));
   const custody = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
   const store = new Store(tdb.db);

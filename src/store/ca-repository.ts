@@ -4,7 +4,7 @@
 // Owns: issued certificates, the set of certified public keys, revocations, the CRL counter and the CA's own
 // certificate, each scoped to one CA by `caId`. Every guarantee the interface makes is a database constraint
 // or a single atomic statement, so it holds across concurrent requests and across server processes:
-//   - recordIssued: one transaction inserting the certificate (primary key (ca_id, serial)) and claiming the key
+//   - recordIssued: one transaction (a savepoint of a group commit) inserting the certificate (primary key (ca_id, serial)) and claiming the key
 //     (primary key (ca_id, public_key_sha256)) with ON CONFLICT DO NOTHING; a claim that finds the key taken
 //     rolls the certificate back — of N concurrent requests for one key exactly one is "recorded";
 //   - revoke: INSERT … ON CONFLICT DO NOTHING, then the stored row: the first revocation is kept;
@@ -18,6 +18,7 @@ import type { SubjectName } from "../ca/name.ts";
 import { fromPemAll, toPem } from "../ca/pem.ts";
 import type { CaCertificateStore, StoredCaCertificate } from "../ca/service.ts";
 import type { Db } from "./db.ts";
+import { groupCommit } from "./group.ts";
 
 export interface CaIssuedCertificatesTable {
   ca_id: string;
@@ -123,7 +124,8 @@ export class SqlCaRepository implements CaRepository, CaCertificateStore {
       applicant_id: record.applicantId ?? null,
     };
     try {
-      return await this.db.transaction().execute(async (trx: Transaction<CaTables>) => {
+      // Group commit (group.ts): on the system DB this joins the issuer's groups, one commit for both.
+      return await groupCommit(this.db, async (trx: Transaction<CaTables>) => {
         // The statement order is the interface's: a used serial is reported before a certified key.
         const cert = await trx
           .insertInto("ca_issued_certificates")

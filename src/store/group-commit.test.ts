@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Store } from "./store.ts";
+import { groupCommit } from "./group.ts";
 import { appendAudit, verifyAuditLog } from "./audit.ts";
 import { testEngines, type TestDatabase } from "./testing.ts";
 
@@ -53,6 +54,18 @@ for (const engine of testEngines()) {
       assert.equal(a.status, "rejected");
       assert.equal(b.status, "fulfilled");
       assert.ok(await store.getUser("free"));
+    });
+
+    test("calls made in the same turn share one transaction, also through a withTables() view (the CA's repository)", async () => {
+      const view = t.db.withTables<{ extra: { id: string } }>();
+      const trxs = await Promise.all([
+        ...Array.from({ length: 10 }, (_, i) => store.groupTransaction(async (s) => (await s.createUser({ id: `turn-${i}`, personalData: {} }), s.db))),
+        ...Array.from({ length: 5 }, () => groupCommit(view, async (trx) => trx)),
+      ]);
+      assert.equal(new Set(trxs).size, 1, "one group, one transaction, one commit");
+      // a call made after the group committed starts the next one
+      const later = await store.groupTransaction(async (s) => s.db);
+      assert.notEqual(later, trxs[0]);
     });
 
     test("inside a transaction it joins it", async () => {

@@ -8,7 +8,7 @@
 // What it must never do: store a key value, a clear private key, a password or an API token. It holds handles
 // into key custody, wrapped keys, and hashes of credentials.
 
-import { randomUUID } from "node:crypto";
+import { newId } from "./ids.ts";
 import { sql, type Insertable, type Selectable, type Transaction } from "kysely";
 import {
   engineOf,
@@ -25,6 +25,7 @@ import {
   type RotationStrategy,
 } from "./db.ts";
 import { migrateToLatest } from "./migrate.ts";
+import { groupCommit } from "./group.ts";
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -199,15 +200,6 @@ export interface StoreOptions {
   now?: () => number;
 }
 
-/** Most calls one group commit takes (the rest wait for the next). */
-const GROUP_MAX = 64;
-
-interface GroupItem {
-  fn: (store: Store) => Promise<unknown>;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-}
-
 export class Store {
   readonly engine: Engine;
   readonly #now: () => number;
@@ -228,7 +220,7 @@ export class Store {
    * commit (~0.5 ms each on the benchmark machine).
    */
   static async open(url: string, options: OpenOptions & StoreOptions = {}): Promise<Store> {
-    const db = openDatabase(url, { sqliteSynchronous: "normal", ...options });
+    const db = openDatabase(url, { sqliteSynchronous: "normal", sqliteCheckpoint: "background", ...options });
     try {
       await migrateToLatest(db);
     } catch (e) {
@@ -256,67 +248,21 @@ export class Store {
     return (this.db as Db).transaction().execute((trx) => fn(new Store(trx, { now: this.#now })));
   }
 
-  #group: { queue: GroupItem[]; running: boolean } = { queue: [], running: false };
-
   /**
-   * Like transaction(), with group commit: calls that arrive while a group is committing are run together in the
-   * next transaction, each inside its own savepoint (a failing `fn` rolls back only its own changes and gets its
-   * own error), and committed at once — one commit (one WAL append, one fsync under synchronous=full or on
-   * PostgreSQL) for the group. Each call resolves only after its group committed; if the commit fails, every call
-   * of the group fails. With no concurrency a group is one call and nothing waits. `fn` must do all its DB work
-   * through the store it is given, and must not wait for another groupTransaction.
+   * Like transaction(), with group commit (see group.ts): calls that arrive while a group is committing run
+   * together in the next transaction, each inside its own savepoint (a failing `fn` rolls back only its own
+   * changes and gets its own error), and are committed at once. The CA repository on the same DB joins the same
+   * groups. `fn` must do all its DB work through the store it is given, and must not wait for another group call.
    */
   groupTransaction<T>(fn: (store: Store) => Promise<T>): Promise<T> {
     if (this.db.isTransaction) return fn(this);
-    return new Promise<T>((resolve, reject) => {
-      this.#group.queue.push({ fn: fn as GroupItem["fn"], resolve: resolve as GroupItem["resolve"], reject });
-      if (!this.#group.running) void this.#runGroups();
-    });
-  }
-
-  async #runGroups(): Promise<void> {
-    const g = this.#group;
-    g.running = true;
-    try {
-      while (g.queue.length) {
-        const batch = g.queue.splice(0, GROUP_MAX);
-        if (batch.length === 1) {
-          const [it] = batch;
-          await this.transaction(it.fn).then(it.resolve, it.reject);
-          continue;
-        }
-        const done: { it: GroupItem; ok: boolean; value: unknown }[] = [];
-        try {
-          await (this.db as Db).transaction().execute(async (trx) => {
-            const s = new Store(trx, { now: this.#now });
-            for (const [i, it] of batch.entries()) {
-              await sql.raw(`savepoint g${i}`).execute(trx);
-              try {
-                const value = await it.fn(s);
-                await sql.raw(`release savepoint g${i}`).execute(trx);
-                done.push({ it, ok: true, value });
-              } catch (e) {
-                await sql.raw(`rollback to savepoint g${i}`).execute(trx);
-                await sql.raw(`release savepoint g${i}`).execute(trx);
-                done.push({ it, ok: false, value: e });
-              }
-            }
-          });
-        } catch (e) {
-          for (const it of batch) it.reject(e);
-          continue;
-        }
-        for (const d of done) (d.ok ? d.it.resolve : d.it.reject)(d.value);
-      }
-    } finally {
-      g.running = false;
-    }
+    return groupCommit(this.db, (trx) => fn(new Store(trx, { now: this.#now })));
   }
 
   // ---- users ----------------------------------------------------------------------------------------------
 
   async createUser(input: { id?: string; personalData: Record<string, JsonValue> }): Promise<User> {
-    const row = { id: input.id ?? randomUUID(), personal_data: JSON.stringify(input.personalData), created_at: this.now() };
+    const row = { id: input.id ?? newId(), personal_data: JSON.stringify(input.personalData), created_at: this.now() };
     await this.#insertOrConflict(this.db.insertInto("users").values(row).execute(), `user ${row.id} exists`);
     return toUser(row);
   }
@@ -341,7 +287,7 @@ export class Store {
     if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);
     const now = this.now();
     const row: Insertable<Database["cards"]> = {
-      id: input.id ?? randomUUID(),
+      id: input.id ?? newId(),
       user_id: input.userId,
       status,
       valid_from: input.validFrom,
@@ -391,7 +337,7 @@ export class Store {
     checkValidity("key set", input.validFrom, input.validUntil);
     if (!input.custodyRef) throw new StoreError("invalid", "custodyRef: empty");
     const row = {
-      id: input.id ?? randomUUID(),
+      id: input.id ?? newId(),
       card_id: input.cardId,
       kvn: input.kvn,
       version: input.version,
@@ -453,7 +399,7 @@ export class Store {
     const kp = input.keyPair;
     if (kp.publicKey.length === 0) throw new StoreError("invalid", "publicKey: empty");
     const kpRow = {
-      id: kp.id ?? randomUUID(),
+      id: kp.id ?? newId(),
       user_id: kp.userId,
       card_id: kp.cardId ?? null,
       slot: kp.slot ?? null,
@@ -709,7 +655,7 @@ export class Store {
     if (!STRATEGIES.includes(input.strategy)) throw new StoreError("invalid", `strategy: expected one of ${STRATEGIES.join(", ")}, got ${input.strategy}`);
     const now = this.now();
     const row = {
-      id: input.id ?? randomUUID(),
+      id: input.id ?? newId(),
       card_id: input.cardId,
       to_card_id: input.toCardId ?? null,
       from_key_set_id: input.fromKeySetId,
@@ -939,7 +885,7 @@ export class Store {
       throw new StoreError("invalid", `webhook url: not a URL: ${input.url}`);
     }
     if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new StoreError("invalid", `webhook url: expected http(s), got ${parsed.protocol}`);
-    const row = { id: input.id ?? randomUUID(), url: input.url, event_types: JSON.stringify(input.eventTypes), secret_ref: input.secretRef ?? null, created_at: this.now(), disabled_at: null };
+    const row = { id: input.id ?? newId(), url: input.url, event_types: JSON.stringify(input.eventTypes), secret_ref: input.secretRef ?? null, created_at: this.now(), disabled_at: null };
     await this.#insertOrConflict(this.db.insertInto("webhooks").values(row).execute(), `webhook ${row.id} exists`);
     return toWebhook(row);
   }
@@ -960,7 +906,7 @@ export class Store {
   async createOperator(input: { id?: string; name: string; passwordHash?: string | null; tokenHash?: string | null; roles: string[] }): Promise<Operator> {
     if (!input.passwordHash && !input.tokenHash) throw new StoreError("invalid", `operator ${input.name}: needs a password hash or a token hash`);
     const row = {
-      id: input.id ?? randomUUID(),
+      id: input.id ?? newId(),
       name: input.name,
       password_hash: input.passwordHash ?? null,
       token_hash: input.tokenHash ?? null,
@@ -1013,7 +959,7 @@ function checkValidity(what: string, from: number, until: number): void {
 function certRow(cert: NewCertificate, keyPairId: string, now: number) {
   if (!/^[0-9a-f]+$/.test(cert.serial)) throw new StoreError("invalid", `certificate serial: expected lowercase hex, got ${cert.serial}`);
   return {
-    id: cert.id ?? randomUUID(),
+    id: cert.id ?? newId(),
     serial: cert.serial,
     key_pair_id: keyPairId,
     der: cert.der,
