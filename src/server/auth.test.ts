@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { buildServer } from "./app.ts";
-import { installAuth, newToken, type Principal } from "./auth.ts";
+import { cachedLookup, installAuth, newToken, type Principal } from "./auth.ts";
 
 test("tokens carry roles: 401 without or with an unknown token, 403 for the wrong role", async () => {
   const op = newToken();
@@ -27,4 +27,22 @@ test("tokens carry roles: 401 without or with an unknown token, 403 for the wron
   const r = await call("POST", "/cards");
   assert.match(String(r.headers["content-type"]), /problem\+json/);
   await app.close();
+});
+
+test("cachedLookup: a hit is served from memory until it expires; misses are not remembered", async () => {
+  let t = 0;
+  let calls = 0;
+  const table = new Map<string, Principal>([["h1", { name: "olga", roles: ["operator"] }]]);
+  const lookup = cachedLookup(async (h) => (calls++, table.get(h)), { ttlMs: 1000, now: () => t });
+  assert.equal((await lookup("h1"))?.name, "olga");
+  assert.equal((await lookup("h1"))?.name, "olga");
+  assert.equal(calls, 1, "the second call did not reach the table");
+  table.delete("h1"); // disabled
+  t = 999;
+  assert.equal((await lookup("h1"))?.name, "olga", "still cached within the window");
+  t = 1000;
+  assert.equal(await lookup("h1"), undefined, "gone once the window ends");
+  assert.equal(await lookup("h2"), undefined);
+  table.set("h2", { name: "new", roles: ["auditor"] });
+  assert.equal((await lookup("h2"))?.name, "new", "a miss was not cached: a new token works at once");
 });

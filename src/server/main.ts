@@ -34,7 +34,7 @@ import { SqlCaRepository } from "../store/ca-repository.ts";
 import { engineForUrl, sqlitePath, type Db } from "../store/db.ts";
 import { Store, type Operator } from "../store/store.ts";
 import { buildServer, REDACT } from "./app.ts";
-import { anyOf, installAuth, newToken, ROLES, type Principal, type Role, type TokenLookup } from "./auth.ts";
+import { anyOf, cachedLookup, installAuth, newToken, ROLES, type Principal, type Role, type TokenLookup } from "./auth.ts";
 import { caRoutes } from "./ca-routes.ts";
 import { loadConfig, type IssuerConfig } from "./config.ts";
 import { eventRoutes } from "./event-routes.ts";
@@ -125,7 +125,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     for (const m of [r.method].flat()) if (m !== "HEAD") routes.push({ method: m, url: r.url, roles: r.config?.roles ?? [] });
   });
   const terminalTokens = d.terminalTokens ?? new TerminalTokens();
-  installAuth(app, anyOf(terminalTokens.lookup, operatorLookup(d.store)));
+  installAuth(app, anyOf(terminalTokens.lookup, cachedLookup(operatorLookup(d.store))));
 
   // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
   const relays = new RelaySessions(d.relays);
