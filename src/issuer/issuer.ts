@@ -203,12 +203,15 @@ export class Issuer {
   ): Promise<IssuedCredential> {
     if (!SLOTS.includes(input.slot as (typeof SLOTS)[number])) throw new IssuerError("invalid", `slot must be one of ${SLOTS.join(", ")}`);
     if (!CARD_KEY_ALGS.includes(input.alg)) throw new IssuerError("invalid", `algorithm must be one of ${CARD_KEY_ALGS.join(", ")}`);
-    const card = await this.card(input.cardId);
+    // one read for the card, its current key set and its user
+    const ctx = await this.store.getCardContext(input.cardId);
+    if (!ctx) throw new IssuerError("not_found", `no card ${input.cardId}`);
+    const { card, user } = ctx;
     if (card.status !== "active" && card.status !== "issued") throw new IssuerError("conflict", `card ${card.id} is ${card.status}`);
-    const ks = await this.currentKeySet(card);
+    const ks = ctx.keySet;
+    if (!ks) throw new IssuerError("invalid", `card ${card.id} has no current key set`);
     const occupied = await this.store.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot });
     if (occupied.length && !input.replace) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} holds a key; ask for replace`);
-    const user = (await this.store.getUser(card.userId))!;
     const keys = this.keysOf(ks);
     if (!("custody" in keys)) throw new IssuerError("invalid", "card keys must be in custody");
 

@@ -71,6 +71,15 @@ for (const engine of testEngines()) {
       assert.equal(await store.getCard("nope"), undefined);
     });
 
+    test("getCardContext: the card, its current key set and its user in one read, equal to the separate reads", async () => {
+      const { user, card, ks } = await userCard();
+      const ctx = await store.getCardContext(card.id);
+      assert.deepEqual(ctx, { card: await store.getCard(card.id), keySet: await store.getKeySet(ks.id), user: await store.getUser(user.id) });
+      const bare = await store.registerCard({ userId: user.id, validFrom: clock, validUntil: clock + DAY });
+      assert.deepEqual(await store.getCardContext(bare.id), { card: bare, user: await store.getUser(user.id) }, "no key set yet");
+      assert.equal(await store.getCardContext("nope"), undefined);
+    });
+
     test("a credential (key pair + wrapped keys + certificate) lands in one transaction, bytes round-trip as Buffers", async () => {
       const { user, card, ks } = await userCard();
       const ks2 = await store.addKeySet({ cardId: card.id, kvn: 2, version: 2, validFrom: clock, validUntil: clock + 2 * 365 * DAY, custodyRef: "master:v2" });

@@ -305,6 +305,40 @@ export class Store {
     return row && toCard(row);
   }
 
+  /**
+   * A card with its current key set and its user, in one read (a credential request's hot path). The key set is
+   * undefined when the card has none yet.
+   */
+  async getCardContext(id: string): Promise<{ card: Card; keySet?: CardKeySet; user: User } | undefined> {
+    const r = await this.db
+      .selectFrom("cards as c")
+      .innerJoin("users as u", "u.id", "c.user_id")
+      .leftJoin("card_key_sets as k", "k.id", "c.current_key_set_id")
+      .selectAll("c")
+      .select(["u.personal_data as u_personal_data", "u.created_at as u_created_at"])
+      .select(["k.card_id as k_card_id", "k.kvn as k_kvn", "k.version as k_version", "k.status as k_status", "k.valid_from as k_valid_from"])
+      .select(["k.valid_until as k_valid_until", "k.custody_ref as k_custody_ref", "k.label as k_label", "k.created_at as k_created_at"])
+      .where("c.id", "=", id)
+      .executeTakeFirst();
+    if (!r) return undefined;
+    const card = toCard(r);
+    const user = toUser({ id: r.user_id, personal_data: r.u_personal_data, created_at: r.u_created_at });
+    if (r.current_key_set_id === null || r.k_card_id === null) return { card, user };
+    const keySet = toKeySet({
+      id: r.current_key_set_id,
+      card_id: r.k_card_id,
+      kvn: r.k_kvn!,
+      version: r.k_version!,
+      status: r.k_status!,
+      valid_from: r.k_valid_from!,
+      valid_until: r.k_valid_until!,
+      custody_ref: r.k_custody_ref!,
+      label: r.k_label,
+      created_at: r.k_created_at!,
+    });
+    return { card, keySet, user };
+  }
+
   async listCardsForUser(userId: string): Promise<Card[]> {
     const rows = await this.db.selectFrom("cards").selectAll().where("user_id", "=", userId).orderBy("created_at").orderBy("id").execute();
     return rows.map(toCard);
