@@ -9,7 +9,7 @@ import { createCard } from "../src/card/card.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import { transmitFollowing } from "../src/issuer/relay.ts";
 import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
-import { createOperatorToken, startIssuerServer, type IssuerServer } from "../src/server/main.ts";
+import { createOperatorToken, startIssuerServer, type IssuerServer, type StartOptions } from "../src/server/main.ts";
 import type { TestEngine } from "../src/store/testing.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -21,7 +21,7 @@ export interface ApiEnv {
   close(): Promise<void>;
 }
 
-export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerConfig["logLevel"]; webhookSecret?: boolean } = {}): Promise<ApiEnv> {
+export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerConfig["logLevel"]; webhookSecret?: boolean; validity?: IssuerConfig["validity"]; wrapCustody?: StartOptions["wrapCustody"] } = {}): Promise<ApiEnv> {
   const dir = tempDir("cardkms-api-");
   const tdb = await engine.create();
   const config: IssuerConfig = {
@@ -31,6 +31,7 @@ export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerCon
     ca: { mode: "local", subject: "CN=cardkms test CA, O=cardkms, C=JP" },
     crlUrl: "http://127.0.0.1:8443/v1/crl",
     logLevel: o.logLevel ?? "info",
+    ...(o.validity ? { validity: o.validity } : {}),
   };
   const env: NodeJS.ProcessEnv = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
   if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
@@ -43,7 +44,7 @@ export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerCon
   });
   let server: IssuerServer;
   try {
-    server = await startIssuerServer(config, { env, listen: false, logStream });
+    server = await startIssuerServer(config, { env, listen: false, logStream, wrapCustody: o.wrapCustody });
     await server.app.ready();
   } catch (e) {
     await tdb.drop();

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createPrivateKey, randomBytes, type KeyObject } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { sql } from "kysely";
+import { sql, type Kysely } from "kysely";
 import { createCard } from "../src/card/card.ts";
 import { aesKeyUnwrapPad } from "../src/card/derivation.ts";
 import { CertificationAuthority } from "../src/ca/authority.ts";
@@ -24,6 +24,8 @@ import { Store } from "../src/store/store.ts";
 import { moveOut, OverflowStore } from "../src/terminal/overflow.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import { tempDir } from "./helpers.ts";
+import { testEngines } from "../src/store/testing.ts";
+import { api, authenticate, expect, issuerApiEnv, issueAndPersonalise, relay } from "./api-env.ts";
 
 /** Every byte form of a private key worth looking for: PKCS#8 DER, and each private JWK component. */
 function secretForms(k: KeyObject): Buffer[] {
@@ -34,6 +36,53 @@ function secretForms(k: KeyObject): Buffer[] {
   return [k.export({ format: "der", type: "pkcs8" }) as Buffer, ...raw.map((b) => b.subarray(0, 16)), ...parts.map((v) => Buffer.from(v.slice(0, 22)))];
 }
 
+/**
+ * A view of custody that, whenever a credential key is wrapped for a card, also wraps it under a spy key whose
+ * value the test knows, and learns the private key from that (the spy key is imported on first use).
+ */
+function spyOn(inner: KeyCustody): { custody: KeyCustody; learned: KeyObject[] } {
+  const spyKey = randomBytes(32);
+  const label = `leak-scan-spy-${randomBytes(4).toString("hex")}`;
+  let imported: Promise<unknown> | undefined;
+  const learned: KeyObject[] = [];
+  const custody = new Proxy(inner, {
+    get(target, prop, recv) {
+      if (prop === "wrapPrivateKey")
+        return async (keyLabel: string, to: Parameters<KeyCustody["wrapPrivateKey"]>[1]) => {
+          await (imported ??= target.importSecretKey(label, { type: "aes", bits: 256, usage: ["wrap"] }, spyKey));
+          const spied = await target.wrapPrivateKey(keyLabel, { key: label });
+          learned.push(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(spyKey, spied)), format: "der", type: "pkcs8" }));
+          return target.wrapPrivateKey(keyLabel, to);
+        };
+      const v = Reflect.get(target, prop, recv);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  }) as KeyCustody;
+  return { custody, learned };
+}
+
+/** Fails when any form of any learned key is in `haystack`; and shows the scan would find one. */
+function assertNoKey(haystack: Buffer[], learned: KeyObject[]): void {
+  const all = Buffer.concat(haystack);
+  assert.ok(all.length > 10_000);
+  for (const k of learned)
+    for (const form of secretForms(k)) assert.equal(all.indexOf(form), -1, `a ${k.asymmetricKeyType} private key was found in clear`);
+  // the scan can find a key: the same check on a buffer holding one must fail
+  assert.notEqual(Buffer.concat([all, secretForms(learned[0])[1]]).indexOf(secretForms(learned[0])[1]), -1);
+}
+
+const TABLES = ["users", "cards", "card_key_sets", "key_pairs", "wrapped_keys", "certificates", "packages", "rotations", "events", "audit_log", "operators", "webhooks", "ca_issued_certificates", "ca_certified_keys", "ca_authorities"];
+
+/** Every value of every row of the system DB's tables. */
+async function tableBytes(db: Kysely<unknown>): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for (const t of TABLES) {
+    const rows = await sql<Record<string, unknown>>`select * from ${sql.table(t)}`.execute(db);
+    for (const row of rows.rows) for (const v of Object.values(row)) out.push(Buffer.isBuffer(v) ? v : Buffer.from(String(v)));
+  }
+  return out;
+}
+
 test("no private key in clear in the DB, packages, keystore, overflow store or terminal traffic", { timeout: 120_000 }, async () => {
   const dir = tempDir("cardkms-leak-");
   const dbUrl = `sqlite:${join(dir, "issuer.db")}`;
@@ -41,22 +90,7 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await migrateToLatest(db);
   const store = new Store(db);
   const inner = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
-  const spyKey = randomBytes(32);
-  await inner.importSecretKey("leak-scan-spy", { type: "aes", bits: 256, usage: ["wrap"] }, spyKey);
-  const learned: KeyObject[] = [];
-  // A view of custody that, whenever a credential key is wrapped for a card, learns the key through the spy key.
-  const custody = new Proxy(inner, {
-    get(target, prop, recv) {
-      if (prop === "wrapPrivateKey")
-        return async (label: string, to: Parameters<KeyCustody["wrapPrivateKey"]>[1]) => {
-          const spied = await target.wrapPrivateKey(label, { key: "leak-scan-spy" });
-          learned.push(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(spyKey, spied)), format: "der", type: "pkcs8" }));
-          return target.wrapPrivateKey(label, to);
-        };
-      const v = Reflect.get(target, prop, recv);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  }) as KeyCustody;
+  const { custody, learned } = spyOn(inner);
 
   const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "leak CA" }, validityDays: 365 });
   const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
@@ -87,21 +121,51 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
 
   // everything there is to scan
   const haystack: Buffer[] = [...traffic, ...packages];
-  for (const t of ["users", "cards", "card_key_sets", "key_pairs", "wrapped_keys", "certificates", "packages", "rotations", "events", "audit_log"]) {
-    const rows = await sql<Record<string, unknown>>`select * from ${sql.table(t)}`.execute(db);
-    for (const row of rows.rows) for (const v of Object.values(row)) haystack.push(Buffer.isBuffer(v) ? v : Buffer.from(String(v)));
-  }
+  haystack.push(...(await tableBytes(db as unknown as Kysely<unknown>)));
   await db.destroy();
   for (const f of readdirSync(dir, { recursive: true }) as string[]) {
     const p = join(dir, f);
     if (statSync(p).isFile()) haystack.push(readFileSync(p));
   }
-  const all = Buffer.concat(haystack);
-  assert.ok(all.length > 10_000);
-  for (const k of learned)
-    for (const form of secretForms(k)) assert.equal(all.indexOf(form), -1, `a ${k.asymmetricKeyType} private key was found in clear`);
-  // the scan can find a key: the same check on a buffer holding one must fail
-  assert.notEqual(Buffer.concat([all, secretForms(learned[0])[1]]).indexOf(secretForms(learned[0])[1]), -1);
+  assertNoKey(haystack, learned);
   vc.close();
   await inner.close();
+});
+
+test("through the server: no private key in its log lines (at trace level), its responses or its DB", { timeout: 120_000 }, async () => {
+  let spy: ReturnType<typeof spyOn> | undefined;
+  const env = await issuerApiEnv(testEngines()[0], { logLevel: "trace", wrapCustody: (c) => (spy = spyOn(c)).custody });
+  try {
+    const responses: Buffer[] = [];
+    const { post: rawPost, get: rawGet } = api(env);
+    const post: typeof rawPost = async (...a) => {
+      const r = await rawPost(...a);
+      responses.push(r.rawPayload);
+      return r;
+    };
+    const get: typeof rawGet = async (...a) => {
+      const r = await rawGet(...a);
+      responses.push(r.rawPayload);
+      return r;
+    };
+    const { cardId, card } = await issueAndPersonalise(env, "Leak Server");
+    for (const [slot, alg] of [["9a", "P256"], ["9c", "P384"], ["9d", "RSA2048"]] as const) expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot, alg }), 201);
+    const online = expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot: "9e", alg: "P256" }), 201) as { keyPairId: string };
+    const session = expect(await post(`/v1/cards/${cardId}/credentials/${online.keyPairId}/online`, env.tokens.operator), 201) as { sessionId: string; apdus: string[] };
+    expect(await relay(post, env.tokens.operator, session, card), 200);
+    const terminal = (expect(await authenticate(post, cardId, card), 200) as { token: string }).token;
+    const pkgs = expect(await get(`/v1/cards/${cardId}/packages`, terminal), 200) as { packages: { seq: number; body: string }[] };
+    const piv = new PivClient((a) => card.transmit(a));
+    for (const p of pkgs.packages) {
+      await piv.select();
+      await piv.loadPackage(Buffer.from(p.body, "base64"));
+    }
+    expect(await get("/v1/audit", env.tokens.auditor), 200);
+    assert.equal(spy?.learned.length, 4, "the spy saw every credential key");
+    assert.ok(env.logs.length > 20, `the server logged (${env.logs.length} lines)`);
+    assertNoKey([...env.logs.map((l) => Buffer.from(l)), ...responses, ...(await tableBytes(env.server.store.db as unknown as Kysely<unknown>))], spy!.learned);
+    card.close();
+  } finally {
+    await env.close();
+  }
 });

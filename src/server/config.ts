@@ -67,7 +67,7 @@ const schema = {
       properties: {
         cardDays: { type: "integer", minimum: 1 },
         keySetDays: { type: "integer", minimum: 1 },
-        certificateDays: { type: "integer", minimum: 1 },
+        certificateDays: { type: "integer", minimum: 1, maximum: 3650 },
       },
     },
     expiry: {

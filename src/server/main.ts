@@ -25,6 +25,7 @@ import type { CaClient } from "../ca/client.ts";
 import { HttpCaClient } from "../ca/http-client.ts";
 import type { SubjectName } from "../ca/name.ts";
 import { openCaService } from "../ca/service.ts";
+import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import { CardRotation } from "../issuer/rotation.ts";
@@ -178,6 +179,8 @@ export interface StartOptions {
   handleSignals?: boolean;
   /** Where the JSON log lines go (default stdout). */
   logStream?: NodeJS.WritableStream;
+  /** Wraps the opened custody (tests: the leak scan observes what custody hands out). */
+  wrapCustody?: (custody: KeyCustody) => KeyCustody;
 }
 
 export interface IssuerServer extends IssuerApp {
@@ -200,12 +203,13 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     for (const c of closers.splice(0).reverse()) await c().catch(() => {});
   };
   try {
-    const custody = await openCustody(
+    const opened = await openCustody(
       config.custody.kind === "software"
         ? { kind: "software", path: config.custody.keystore, env }
         : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
     );
-    closers.push(() => custody.close());
+    closers.push(() => opened.close());
+    const custody = opts.wrapCustody ? opts.wrapCustody(opened) : opened;
     let ca: CaClient;
     if (config.ca.mode === "local") {
       const service = await openCaService({
@@ -214,6 +218,8 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
         repository: new SqlCaRepository(store.db as Db, "issuing"),
         subject: parseSubject(config.ca.subject),
         crlUrl: config.crlUrl,
+        // validity.certificateDays: the end-entity certificates of every card-key profile
+        profiles: DEFAULT_PROFILES.map((p) => ({ ...p, validityDays: config.validity.certificateDays })),
       });
       ca = service.client;
     } else {
