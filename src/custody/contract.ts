@@ -4,7 +4,20 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, randomBytes, verify } from "node:crypto";
+import {
+  constants as cryptoConstants,
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  publicEncrypt,
+  randomBytes,
+  verify,
+  type KeyObject,
+} from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -306,6 +319,153 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       bad[3].wrapped[10] ^= 1;
       await rejects(c.rewrapPrivateKeys(bad, { card: card1 }, { card: card2 }), "WRONG_KEY", /\b3\b/);
       await rejects(c.rewrapPrivateKeys(items, { card: card2 }, { card: card1 }), "WRONG_KEY");
+    });
+
+    // Seed 001 S8-S9 (embodiment 3, FIG. 10): a private key escrowed as E = KWP(escrow KEK, PKCS#8) is taken back
+    // into custody from E alone; every check is against Node crypto and the original public key.
+    const NODE_CURVE: Record<string, string> = { P256: "prime256v1", P384: "secp384r1" };
+    const oaep = (pub: KeyObject, m: Uint8Array, oaepHash = "sha256", oaepLabel?: Buffer): Buffer =>
+      publicEncrypt({ key: pub, padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash, ...(oaepLabel ? { oaepLabel } : {}) }, m);
+    const ecSpki = (curve: string): { privateKey: KeyObject; spki: Buffer } => {
+      const k = generateKeyPairSync("ec", { namedCurve: curve });
+      return { privateKey: k.privateKey, spki: k.publicKey.export({ format: "der", type: "spki" }) };
+    };
+
+    for (const alg of ["P256", "P384", "RSA2048"] as KeyPairAlg[]) {
+      test(`unwrapPrivateKey ${alg} (seed 001 S8-S9): back from its escrow blob under a new label; publicKey, sign and decipher agree with Node; refusals create nothing`, async () => {
+        const escrowValue = new Uint8Array(randomBytes(32));
+        const escrow = uniq("escrow-kek");
+        const otherKek = uniq("other-kek");
+        await c.importSecretKey(escrow, { type: "aes", bits: 256, usage: ["wrap"] }, escrowValue);
+        await c.createSecretKey(otherKek, { type: "aes", bits: 256, usage: ["wrap"] });
+        const original = uniq(`escrowed-${alg}`);
+        await c.generateKeyPair(original, alg, { extractable: "wrapped" });
+        const spki = await c.publicKey(original);
+        const pub = createPublicKey({ key: Buffer.from(spki), format: "der", type: "spki" });
+        const blob = await c.wrapPrivateKey(original, { key: escrow });
+        const underOther = await c.wrapPrivateKey(original, { key: otherKek });
+        // E is RFC 5649 of the PKCS#8 of this very key pair (Node's KWP opens it)
+        assert.equal(hex(createPublicKey(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(escrowValue, blob)), format: "der", type: "pkcs8" })).export({ format: "der", type: "spki" })), hex(spki));
+        assert.equal(await c.deleteKey(original), true);
+        assert.equal(await c.hasKey(original), false);
+
+        const label = uniq(`reproduced-${alg}`);
+        const nothing = async (why: string): Promise<void> => assert.equal(await c.hasKey(label), false, `${why}: no key left behind`);
+        // (d) a tampered blob, a blob under another storage key
+        const tampered = Uint8Array.from(blob);
+        tampered[10] ^= 1;
+        await rejects(c.unwrapPrivateKey(label, tampered, alg, { key: escrow }), "WRONG_KEY");
+        await nothing("tampered");
+        await rejects(c.unwrapPrivateKey(label, underOther, alg, { key: escrow }, { extractable: "wrapped" }), "WRONG_KEY");
+        await nothing("under another key");
+        await rejects(c.unwrapPrivateKey(label, blob.subarray(0, blob.length - 8), alg, { key: escrow }), "WRONG_KEY");
+        await nothing("truncated");
+        // (e) expectSpki of another key of the same algorithm
+        const stranger = alg === "RSA2048" ? generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "der", type: "spki" }) : ecSpki(NODE_CURVE[alg]).spki;
+        await rejects(c.unwrapPrivateKey(label, blob, alg, { key: escrow }, { expectSpki: new Uint8Array(stranger) }), "WRONG_KEY", /public key differs/);
+        await nothing("expectSpki mismatch");
+        // a blob that unwraps but holds another kind of key than the one asked for
+        const wrongAlg: KeyPairAlg = alg === "P256" ? "P384" : alg === "P384" ? "RSA2048" : "P256";
+        await rejects(c.unwrapPrivateKey(label, blob, wrongAlg, { key: escrow }), "WRONG_KEY");
+        await nothing("another algorithm");
+        // the escrow KEK must be a wrapping key that exists
+        await rejects(c.unwrapPrivateKey(label, blob, alg, { key: masterLabel }), "NOT_PERMITTED", /wrap/);
+        await rejects(c.unwrapPrivateKey(label, blob, alg, { key: uniq("no-kek") }), "NOT_FOUND");
+        await nothing("unusable KEK");
+
+        const info = await c.unwrapPrivateKey(label, blob, alg, { key: escrow }, { extractable: "wrapped", expectSpki: spki });
+        assert.deepEqual(info, { label, kind: "keyPair", type: alg, extractable: "wrapped" });
+        assert.deepEqual(await c.keyInfo(label), info);
+        await rejects(c.unwrapPrivateKey(label, blob, alg, { key: escrow }), "EXISTS");
+        // (a) the same public key
+        assert.equal(hex(await c.publicKey(label)), hex(spki));
+        // (b) it signs for the original public key
+        const data = randomBytes(100);
+        const sig = await c.sign(label, data);
+        assert.ok(verify(alg === "P384" ? "sha384" : "sha256", data, pub, Buffer.from(sig)), "Node verifies the signature under the original SPKI");
+        assert.ok(!verify(alg === "P384" ? "sha384" : "sha256", randomBytes(100), pub, Buffer.from(sig)));
+        // (c) decipher: the FIG. 10 key check
+        if (alg === "RSA2048") {
+          for (const m of [randomBytes(32), Buffer.alloc(0), randomBytes(256 - 2 * 32 - 2)]) assert.equal(hex(await c.decipher(label, oaep(pub, m))), hex(m), `OAEP-SHA-256 of ${m.length} bytes`);
+          const ct = oaep(pub, randomBytes(32));
+          const altered = Buffer.from(ct);
+          altered[100] ^= 1;
+          await rejects(c.decipher(label, altered), "WRONG_KEY");
+          await rejects(c.decipher(label, oaep(pub, randomBytes(32), "sha1")), "WRONG_KEY");
+          await rejects(c.decipher(label, oaep(pub, randomBytes(32), "sha256", Buffer.from("label"))), "WRONG_KEY");
+          await rejects(c.decipher(label, ct.subarray(1)), "INVALID_ARGUMENT");
+        } else {
+          const size = alg === "P256" ? 32 : 48;
+          for (let i = 0; i < 3; i++) {
+            const eph = ecSpki(NODE_CURVE[alg]);
+            const expected = diffieHellman({ privateKey: eph.privateKey, publicKey: pub });
+            const got = await c.decipher(label, eph.spki);
+            assert.equal(got.length, size);
+            assert.equal(hex(got), hex(expected), "Node's ECDH with an ephemeral key gives the same shared secret");
+          }
+          await rejects(c.decipher(label, ecSpki(alg === "P256" ? "secp384r1" : "prime256v1").spki), "INVALID_ARGUMENT", /curve/);
+          await rejects(c.decipher(label, randomBytes(91)), "INVALID_ARGUMENT");
+          const offCurve = Buffer.from(ecSpki(NODE_CURVE[alg]).spki);
+          offCurve[offCurve.length - 1] ^= 1;
+          await rejects(c.decipher(label, offCurve), "INVALID_ARGUMENT");
+        }
+        await rejects(c.decipher(escrow, randomBytes(32)), "INVALID_ARGUMENT", /not a key pair/);
+        // extractable "wrapped": it leaves again only wrapped, as the same key pair
+        const again = await c.wrapPrivateKey(label, { key: escrow });
+        assert.equal(hex(createPublicKey(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(escrowValue, again)), format: "der", type: "pkcs8" })).export({ format: "der", type: "spki" })), hex(spki));
+        // persistent: another instance over the same store has it and signs with it
+        const other = await makeCustody();
+        try {
+          assert.deepEqual(await other.keyInfo(label), info);
+          assert.ok(verify(alg === "P384" ? "sha384" : "sha256", data, pub, Buffer.from(await other.sign(label, data))));
+        } finally {
+          await other.close();
+        }
+        // (f) deleted: it no longer signs or deciphers
+        assert.equal(await c.deleteKey(label), true);
+        assert.equal(await c.hasKey(label), false);
+        await rejects(c.sign(label, data), "NOT_FOUND");
+        await rejects(c.decipher(label, randomBytes(32)), "NOT_FOUND");
+        await rejects(c.publicKey(label), "NOT_FOUND");
+        for (const k of [escrow, otherKek]) await c.deleteKey(k);
+      });
+    }
+
+    test("unwrapPrivateKey: ephemeral and from a card's wrap key (Sk[PRk]); by default not extractable; bad arguments", async () => {
+      const card1: DerivedKeySetRef = { kind: "derived", master: masterLabel, cardId, kvn: 1 };
+      const source = uniq("credential");
+      await c.generateKeyPair(source, "P256", { extractable: "wrapped", ephemeral: true });
+      const spki = await c.publicKey(source);
+      const skPrk = await c.wrapPrivateKey(source, { card: card1 });
+      await c.deleteKey(source);
+      const label = uniq("eph-reproduced");
+      const other = await makeCustody();
+      try {
+        await rejects(other.unwrapPrivateKey(label, skPrk, "P256", { card: { ...card1, kvn: 2 } }, { ephemeral: true }), "WRONG_KEY");
+        assert.equal(await other.hasKey(label), false);
+        const info = await other.unwrapPrivateKey(label, skPrk, "P256", { card: card1 }, { ephemeral: true });
+        assert.deepEqual(info, { label, kind: "keyPair", type: "P256", extractable: "never" });
+        assert.equal(hex(await other.publicKey(label)), hex(spki));
+        await rejects(other.wrapPrivateKey(label, { card: card1 }), "NOT_PERMITTED", /not extractable/);
+        const pub = createPublicKey({ key: Buffer.from(spki), format: "der", type: "spki" });
+        assert.ok(verify("sha256", Buffer.from("tbs"), pub, Buffer.from(await other.sign(label, Buffer.from("tbs")))));
+        const eph = ecSpki("prime256v1");
+        assert.equal(hex(await other.decipher(label, eph.spki)), hex(diffieHellman({ privateKey: eph.privateKey, publicKey: pub })));
+      } finally {
+        await other.close();
+      }
+      assert.equal(await c.hasKey(label), false, "an ephemeral key is not in another instance");
+      const later = await makeCustody();
+      try {
+        assert.equal(await later.hasKey(label), false, "nor in the store");
+      } finally {
+        await later.close();
+      }
+      await rejects(c.unwrapPrivateKey("bad label!", skPrk, "P256", { card: card1 }), "INVALID_ARGUMENT");
+      await rejects(c.unwrapPrivateKey(uniq("x"), skPrk, "ED25519" as KeyPairAlg, { card: card1 }), "INVALID_ARGUMENT");
+      await rejects(c.unwrapPrivateKey(uniq("x"), skPrk, "P256", { card: card1 }, { extractable: "always" as "never" }), "INVALID_ARGUMENT");
+      await rejects(c.unwrapPrivateKey(uniq("x"), skPrk, "P256", { card: card1 }, { expectSpki: new Uint8Array(randomBytes(40)) }), "INVALID_ARGUMENT", /expectSpki/);
+      await rejects(c.unwrapPrivateKey(masterLabel, skPrk, "P256", { card: card1 }), "EXISTS");
     });
 
     test("an ephemeral key pair lives only in its custody instance", async () => {

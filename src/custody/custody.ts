@@ -172,6 +172,30 @@ export interface KeyCustody {
    * item's index) when one does not unwrap under `from`.
    */
   rewrapPrivateKeys(items: readonly { wrapped: Uint8Array; alg: KeyPairAlg }[], from: WrapTarget, to: WrapTarget): Promise<Uint8Array[]>;
+  /**
+   * Seed 001 S8-S9: takes a private key wrapped under `from` (as wrapPrivateKey made it) into custody as a key pair
+   * under `label`; it is unwrapped only inside custody (PKCS#11: C_UnwrapKey with CKM_AES_KEY_WRAP_PAD, or the
+   * implementation's existing unwrap path). `opts` as for generateKeyPair (extractable, ephemeral). When
+   * `expectSpki` is given and the key's public half differs: WRONG_KEY and nothing is created. A blob that does
+   * not unwrap under `from`: WRONG_KEY. A label already taken: the existing error code for that.
+   *
+   * Both implementations also refuse with WRONG_KEY, creating nothing, a blob that unwraps but is not an `alg`
+   * key, and a key whose private half does not sign for its public half (a pairwise check: custody signs, the
+   * public key verifies). The key pair made here may sign and decipher.
+   */
+  unwrapPrivateKey(label: string, wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, opts?: KeyPairOptions & { expectSpki?: Uint8Array }): Promise<KeyInfo>;
+  /**
+   * The private half's decryption primitive, for the FIG. 10 key check ("encrypt a random value, decrypt it"):
+   * RSA keys: RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) decryption of `input`;
+   * EC keys: ECDH with the peer public key `input` (SubjectPublicKeyInfo DER, same curve), returning the shared
+   * secret (the X coordinate, field-size bytes). Refuses (a CustodyError) a wrong curve or a malformed input.
+   *
+   * Codes: INVALID_ARGUMENT for a malformed input (an RSA input not of the modulus length, an SPKI that does not
+   * parse, is not EC, or is on another curve); WRONG_KEY for an RSA input that does not decrypt under this key
+   * (not encrypted for it, or altered); NOT_PERMITTED (PKCS#11) for a key pair without CKA_DECRYPT / CKA_DERIVE —
+   * generateKeyPair's keys there sign only; unwrapPrivateKey's keys decipher.
+   */
+  decipher(label: string, input: Uint8Array): Promise<Uint8Array>;
   signer(label: string): Promise<Signer>;
 
   close(): Promise<void>;

@@ -4,7 +4,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -83,6 +83,64 @@ test("pkcs11: masters and CA keys are sensitive and non-extractable on the token
     mod.C_CloseSession(s);
   } finally {
     mod.C_Finalize();
+  }
+});
+
+test("pkcs11: a key taken in by unwrapPrivateKey is a sensitive token object that signs and deciphers; a generated key pair does not decipher", async () => {
+  const c = await Pkcs11Custody.open(opts);
+  const kek = `escrow-${randomBytes(4).toString("hex")}`;
+  const source = `src-${randomBytes(4).toString("hex")}`;
+  const label = `back-${randomBytes(4).toString("hex")}`;
+  try {
+    await c.createSecretKey(kek, { type: "aes", bits: 256, usage: ["wrap"] });
+    await c.generateKeyPair(source, "P384", { extractable: "wrapped" });
+    const spki = await c.publicKey(source);
+    const blob = await c.wrapPrivateKey(source, { key: kek });
+    await c.deleteKey(source);
+    await c.unwrapPrivateKey(label, blob, "P384", { key: kek }, { expectSpki: spki });
+    const ca = `ca-${randomBytes(4).toString("hex")}`;
+    await c.generateKeyPair(ca, "P256");
+    const peer = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({ format: "der", type: "spki" });
+    await rejects(c.decipher(ca, peer), "NOT_PERMITTED", /derive/);
+    await c.deleteKey(ca);
+  } finally {
+    await c.close();
+  }
+
+  const p = createRequire(import.meta.url)("pkcs11js") as typeof Pkcs11Types;
+  const mod = new p.PKCS11();
+  mod.load(opts.module);
+  mod.C_Initialize();
+  try {
+    const slot = mod.C_GetSlotList(true).find((s) => mod.C_GetTokenInfo(s).label.trim() === opts.tokenLabel);
+    assert.ok(slot);
+    const s = mod.C_OpenSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION);
+    mod.C_Login(s, p.CKU_USER, opts.pin);
+    const find = (cls: number): Buffer[] => {
+      mod.C_FindObjectsInit(s, [{ type: p.CKA_LABEL, value: label }, { type: p.CKA_CLASS, value: cls }]);
+      const hs = mod.C_FindObjects(s, 10);
+      mod.C_FindObjectsFinal(s);
+      return hs;
+    };
+    const [priv, ...more] = find(p.CKO_PRIVATE_KEY);
+    assert.ok(priv, "the private key is on the token (seen from another session)");
+    assert.equal(more.length, 0, "one private key object: the session object it was unwrapped as is gone");
+    const a = mod.C_GetAttributeValue(s, priv, [{ type: p.CKA_TOKEN }, { type: p.CKA_PRIVATE }, { type: p.CKA_SENSITIVE }, { type: p.CKA_EXTRACTABLE }, { type: p.CKA_SIGN }, { type: p.CKA_DERIVE }]);
+    assert.deepEqual(a.map((x) => x.value[0]), [1, 1, 1, 0, 1, 1], "CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, !CKA_EXTRACTABLE (default never), CKA_SIGN, CKA_DERIVE");
+    assert.throws(() => mod.C_GetAttributeValue(s, priv, [{ type: p.CKA_VALUE }]), /CKR_ATTRIBUTE_SENSITIVE/);
+    const [pub] = find(p.CKO_PUBLIC_KEY);
+    assert.ok(pub, "with its public key object");
+    assert.equal(mod.C_GetAttributeValue(s, pub, [{ type: p.CKA_TOKEN }])[0].value[0], 1);
+    mod.C_CloseSession(s);
+  } finally {
+    mod.C_Finalize();
+  }
+  const d = await Pkcs11Custody.open(opts);
+  try {
+    await d.deleteKey(label);
+    await d.deleteKey(kek);
+  } finally {
+    await d.close();
   }
 });
 

@@ -5,7 +5,10 @@
 //                    current DEK), the SCP03 KDF over the static ENC/MAC (C_Sign CKM_AES_CMAC), package keys and
 //                    the private-key wrap key (CKM_AES_CBC_ENCRYPT_DATA from the DEK), package sealing
 //                    (CKM_AES_GCM), key pair generation, signing (CKM_ECDSA over a digest computed here,
-//                    CKM_SHA*_RSA_PKCS), wrapping and re-wrapping private keys (CKM_AES_KEY_WRAP_PAD)
+//                    CKM_SHA*_RSA_PKCS), wrapping and re-wrapping private keys (CKM_AES_KEY_WRAP_PAD), taking
+//                    a wrapped private key into custody (C_UnwrapKey CKM_AES_KEY_WRAP_PAD), ECDH (CKM_ECDH1_DERIVE
+//                    to a session CKK_GENERIC_SECRET, read and destroyed) and RSA decryption (CKM_RSA_PKCS_OAEP
+//                    SHA-256; on a token whose OAEP takes SHA-1 only, CKM_RSA_X_509 with the OAEP decoding here)
 //   in this process  digests, DER/SPKI encodings, the derivation data (public: built from the card ID), and the
 //                    SCP03 session keys, which the HSM returns as CMAC output (they are ephemeral) and from which
 //                    the cryptograms are computed
@@ -15,7 +18,7 @@
 // pkcs11js calls are synchronous: each custody operation runs to completion without yielding, so the one session
 // of an instance is never shared by two operations at once. Errors name the PKCS#11 function and its CKR_ code.
 
-import { createHash } from "node:crypto";
+import { createHash, randomBytes, verify as nodeVerify } from "node:crypto";
 import { createRequire } from "node:module";
 import type * as Pkcs11Types from "pkcs11js";
 import { cryptogram, DERIVE } from "../card/scp03/kdf.ts";
@@ -48,6 +51,7 @@ import {
   type WrapTarget,
 } from "./custody.ts";
 import { cardKeyData, PURPOSE, purposeKeyData, type CardKeyName } from "../card/derivation.ts";
+import { canonicalSpki, ecGenerator, ecPeer, ecPointsWithX, oaepSha256Decode } from "./asymmetric.ts";
 import { EC_CURVES, ecdsaRawToDer, ecPointToSpki, hex, isEc, putKeyDataField, rsaBits, rsaToSpki, type PutKeyComponent } from "./encoding.ts";
 
 type P11 = typeof Pkcs11Types;
@@ -121,6 +125,24 @@ function mapError(e: unknown, fn: string, what: string): CustodyError {
   if (!ckr) return new CustodyError("HSM_ERROR", `PKCS#11 ${fn} (${what}) failed: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`, { cause: e });
   const hint = CKR_HINTS[ckr];
   return new CustodyError(CKR_CODES[ckr] ?? "HSM_ERROR", `PKCS#11 ${fn} (${what}) failed: ${ckr}${hint ? ` — ${hint}` : ""}`, { cause: e });
+}
+
+/** CK_RSA_PKCS_OAEP_PARAMS.source: the encoding parameter (label) is given, here empty (PKCS#11 2.40 §2.1.8). */
+const CKZ_DATA_SPECIFIED = 1;
+
+/**
+ * A failed C_UnwrapKey of a private key: WRONG_KEY when it does not unwrap under the key (SoftHSM2 reports a failed
+ * RFC 5649 integrity check as CKR_GENERAL_ERROR; the standard codes are CKR_WRAPPED_KEY_INVALID /
+ * CKR_ENCRYPTED_DATA_INVALID) or unwraps to something that is not a private key of the template's type
+ * (SoftHSM2: CKR_FUNCTION_FAILED).
+ */
+function unwrapError(e: unknown, what: string, alg: KeyPairAlg): CustodyError {
+  const ckr = ckrName(e);
+  if (ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_WRAPPED_KEY_INVALID" || ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_WRAPPED_KEY_LEN_RANGE")
+    return new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (${what}) failed: ${ckr} — the wrapped private key does not unwrap under the given key (wrong key or altered)`, { cause: e });
+  if (ckr === "CKR_FUNCTION_FAILED")
+    return new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (${what}) failed: ${ckr} — the wrapped key is not a ${alg} private key`, { cause: e });
+  return mapError(e, "C_UnwrapKey", what);
 }
 
 const USAGE_ATTRS: Record<SecretKeyUsage, (p: P11) => number[]> = {
@@ -659,6 +681,11 @@ export class Pkcs11Custody implements KeyCustody {
     const alg = this.pairAlg(label);
     const hash = opts.hash ?? defaultHash(alg);
     checkHash(hash);
+    return this.signWith(h, alg, hash, data, label);
+  }
+
+  /** ECDSA (DER) or RSA PKCS#1 v1.5 with the private key `h`. */
+  private signWith(h: Handle, alg: KeyPairAlg, hash: HashAlg, data: Uint8Array, label: string): Uint8Array {
     const p = this.p;
     if (isEc(alg)) {
       const digest = createHash(HASH_NODE[hash]).update(data).digest();
@@ -785,6 +812,171 @@ export class Pkcs11Custody implements KeyCustody {
       if (a.derived) this.destroy(a.h);
       if (b?.derived) this.destroy(b.h);
     }
+  }
+
+  async unwrapPrivateKey(label: string, wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, opts: KeyPairOptions & { expectSpki?: Uint8Array } = {}): Promise<KeyInfo> {
+    checkLabel(label);
+    checkKeyPairAlg(alg);
+    const extractable = opts.extractable ?? "never";
+    if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+    if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
+    const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
+    if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const p = this.p;
+    const persistent = opts.ephemeral !== true;
+    // Unwrapped as a session object, checked, and only then copied to the token (C_CopyObject CKA_TOKEN): a
+    // refused key never reaches the token, and a crash in between leaves nothing behind.
+    const t: Template = [
+      ...this.base(label, p.CKO_PRIVATE_KEY, false),
+      { type: p.CKA_KEY_TYPE, value: isEc(alg) ? p.CKK_EC : p.CKK_RSA },
+      { type: p.CKA_PRIVATE, value: true },
+      { type: p.CKA_SENSITIVE, value: true },
+      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
+      { type: p.CKA_SIGN, value: true },
+      // what decipher needs: ECDH for an EC key, decryption for an RSA key
+      { type: isEc(alg) ? p.CKA_DERIVE : p.CKA_DECRYPT, value: true },
+    ];
+    const a = this.wrapKey(from);
+    let key: Handle | undefined;
+    try {
+      key = this.mod.C_UnwrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, a.h, Buffer.from(wrapped), t);
+    } catch (e) {
+      throw unwrapError(e, `unwrap ${label}`, alg);
+    } finally {
+      if (a.derived) this.destroy(a.h);
+    }
+    let pub: Handle | undefined;
+    try {
+      const { spki, pubAttrs } = this.unwrappedPublic(key, alg, label);
+      if (expect && !expect.equals(spki)) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not the expected one: its public key differs`);
+      pub = this.call("C_CreateObject", `public key of ${label}`, () =>
+        this.mod.C_CreateObject(this.session, [...this.base(label, p.CKO_PUBLIC_KEY, persistent), { type: p.CKA_VERIFY, value: true }, ...pubAttrs]),
+      );
+      if (persistent) {
+        const session = key;
+        this.call("C_CopyObject", `store ${label} on the token`, () => this.mod.C_CopyObject(this.session, session, [{ type: p.CKA_TOKEN, value: true }]));
+        this.destroy(session);
+      }
+      return { label, kind: "keyPair", type: alg, extractable };
+    } catch (e) {
+      this.destroy(pub, key);
+      throw e;
+    }
+  }
+
+  /**
+   * The SPKI and public key object attributes of an unwrapped private key, after checking that it is an `alg` key
+   * and that it signs for that public key (WRONG_KEY otherwise). RSA: CKA_MODULUS / CKA_PUBLIC_EXPONENT of the
+   * private key. EC: a PKCS#11 private key has no public point, so its X coordinate is the ECDH secret with the base
+   * point G (x(d·G)); of the two points with that X, the public key is the one a test signature verifies under.
+   */
+  private unwrappedPublic(h: Handle, alg: KeyPairAlg, label: string): { spki: Buffer; pubAttrs: Template } {
+    const p = this.p;
+    const probe = randomBytes(32);
+    const verifies = (spki: Uint8Array, sig: Uint8Array): boolean => nodeVerify("sha256", probe, { key: Buffer.from(spki), format: "der", type: "spki" }, sig);
+    if (isEc(alg)) {
+      const params = this.attrs(h, [p.CKA_EC_PARAMS], label).get(p.CKA_EC_PARAMS) as Buffer;
+      if (hex(params) !== EC_CURVES[alg].oid) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a ${alg} key`);
+      const x = this.ecdh(h, ecGenerator(alg), EC_CURVES[alg].size, `public point of ${label}`);
+      const sig = this.signWith(h, alg, "SHA-256", probe, label);
+      for (const point of ecPointsWithX(alg, x)) {
+        const spki = Buffer.from(ecPointToSpki(alg, point));
+        if (verifies(spki, sig)) {
+          // CKA_EC_POINT as the token writes it for generated keys: DER OCTET STRING of the uncompressed point
+          const ecPoint = Buffer.concat([Buffer.of(0x04, point.length), point]);
+          return { spki, pubAttrs: [{ type: p.CKA_KEY_TYPE, value: p.CKK_EC }, { type: p.CKA_EC_PARAMS, value: params }, { type: p.CKA_EC_POINT, value: ecPoint }] };
+        }
+      }
+      throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} fails its pairwise check: it signs for neither point of its X coordinate`);
+    }
+    const a = this.attrs(h, [p.CKA_MODULUS, p.CKA_PUBLIC_EXPONENT], label);
+    const n = a.get(p.CKA_MODULUS) as Buffer, e = a.get(p.CKA_PUBLIC_EXPONENT) as Buffer;
+    if (n.length * 8 !== rsaBits(alg) || n[0] < 0x80) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a ${alg} key`);
+    const spki = Buffer.from(rsaToSpki(n, e));
+    if (!verifies(spki, this.signWith(h, alg, "SHA-256", probe, label)))
+      throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} fails its pairwise check: its private and public halves differ`);
+    return { spki, pubAttrs: [{ type: p.CKA_KEY_TYPE, value: p.CKK_RSA }, { type: p.CKA_MODULUS, value: n }, { type: p.CKA_PUBLIC_EXPONENT, value: e }] };
+  }
+
+  /**
+   * CKM_ECDH1_DERIVE (no KDF) of the private key `h` with the uncompressed point `peer`: the shared X coordinate,
+   * through a session CKK_GENERIC_SECRET of `size` bytes that is readable (not sensitive) and destroyed at once.
+   */
+  private ecdh(h: Handle, peer: Buffer, size: number, what: string): Buffer {
+    const p = this.p;
+    const t: Template = [
+      { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
+      { type: p.CKA_KEY_TYPE, value: p.CKK_GENERIC_SECRET },
+      { type: p.CKA_TOKEN, value: false },
+      { type: p.CKA_PRIVATE, value: true },
+      { type: p.CKA_SENSITIVE, value: false },
+      { type: p.CKA_EXTRACTABLE, value: true },
+      { type: p.CKA_VALUE_LEN, value: size },
+    ];
+    const parameter: Pkcs11Types.ECDH1 = { type: p.CK_PARAMS_EC_DH, kdf: p.CKD_NULL, publicData: peer };
+    const secret = this.call("C_DeriveKey", what, () => this.mod.C_DeriveKey(this.session, { mechanism: p.CKM_ECDH1_DERIVE, parameter }, h, t));
+    try {
+      const v = this.attrs(secret, [p.CKA_VALUE], what).get(p.CKA_VALUE) as Buffer;
+      if (v.length !== size) throw new CustodyError("HSM_ERROR", `PKCS#11 C_DeriveKey (${what}) returned ${v.length} bytes, not ${size}`);
+      return Buffer.from(v);
+    } finally {
+      this.destroy(secret);
+    }
+  }
+
+  async decipher(label: string, input: Uint8Array): Promise<Uint8Array> {
+    checkLabel(label);
+    const h = this.privateHandle(label);
+    const alg = this.pairAlg(label);
+    const p = this.p;
+    if (!(input instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "decipher input must be bytes");
+    if (isEc(alg)) {
+      const peer = ecPeer(alg, input);
+      if (this.attrs(h, [p.CKA_DERIVE], label).get(p.CKA_DERIVE)?.[0] !== 1)
+        throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to derive (ECDH): a generated key pair signs only`);
+      return new Uint8Array(this.ecdh(h, peer.point, EC_CURVES[alg].size, `ECDH with ${label}`));
+    }
+    const k = rsaBits(alg) / 8;
+    if (input.length !== k) throw new CustodyError("INVALID_ARGUMENT", `an RSA-OAEP ciphertext for ${label} is ${k} bytes, not ${input.length}`);
+    if (this.attrs(h, [p.CKA_DECRYPT], label).get(p.CKA_DECRYPT)?.[0] !== 1)
+      throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to decrypt: a generated key pair signs only`);
+    const refused = (e: unknown): CustodyError => {
+      const ckr = ckrName(e);
+      if (ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_ENCRYPTED_DATA_LEN_RANGE" || ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_FUNCTION_FAILED")
+        return new CustodyError("WRONG_KEY", `PKCS#11 C_Decrypt (RSA-OAEP with ${label}) failed: ${ckr} — the input does not decrypt under this key: not encrypted for it, or altered`, { cause: e });
+      return mapError(e, "C_Decrypt", `RSA-OAEP with ${label}`);
+    };
+    const oaep: Pkcs11Types.RsaOAEP = { type: p.CK_PARAMS_RSA_OAEP, hashAlg: p.CKM_SHA256, mgf: p.CKG_MGF1_SHA256, source: CKZ_DATA_SPECIFIED };
+    let native = true;
+    try {
+      this.mod.C_DecryptInit(this.session, { mechanism: p.CKM_RSA_PKCS_OAEP, parameter: oaep }, h);
+    } catch (e) {
+      // A token whose CKM_RSA_PKCS_OAEP takes SHA-1 only (SoftHSM2 2.6: CKR_ARGUMENTS_BAD) or lacks it.
+      if (!["CKR_ARGUMENTS_BAD", "CKR_MECHANISM_PARAM_INVALID", "CKR_MECHANISM_INVALID"].includes(ckrName(e) ?? "")) throw mapError(e, "C_DecryptInit", `RSA-OAEP with ${label}`);
+      native = false;
+    }
+    if (native) {
+      try {
+        return new Uint8Array(this.mod.C_Decrypt(this.session, Buffer.from(input), Buffer.alloc(k)));
+      } catch (e) {
+        throw refused(e);
+      }
+    }
+    // The RSA private operation in the token (CKM_RSA_X_509), the EME-OAEP decoding of its output here.
+    let em: Buffer;
+    try {
+      this.call("C_DecryptInit", `RSA with ${label}`, () => this.mod.C_DecryptInit(this.session, { mechanism: p.CKM_RSA_X_509 }, h));
+      em = this.mod.C_Decrypt(this.session, Buffer.from(input), Buffer.alloc(k));
+    } catch (e) {
+      throw refused(e);
+    }
+    const padded = Buffer.alloc(k);
+    em.copy(padded, k - em.length);
+    em.fill(0);
+    const m = oaepSha256Decode(padded, k);
+    padded.fill(0);
+    if (!m) throw new CustodyError("WRONG_KEY", `the input does not decrypt under ${label} (RSA-OAEP SHA-256): not encrypted for this key, or altered`);
+    return new Uint8Array(m);
   }
 
   async signer(label: string): Promise<Signer> {

@@ -5,7 +5,20 @@
 // Secrets are in this process's memory while it runs (that is what a software keystore is); they never appear in
 // logs or errors. Ephemeral key pairs (credential keys wrapped for a card and then destroyed) are never written.
 
-import { generateKeyPair as generateKeyPairCb, createECDH, createPrivateKey, randomBytes, sign as nodeSign, createCipheriv, type KeyObject } from "node:crypto";
+import {
+  generateKeyPair as generateKeyPairCb,
+  constants as cryptoConstants,
+  createECDH,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  privateDecrypt,
+  randomBytes,
+  sign as nodeSign,
+  verify as nodeVerify,
+  createCipheriv,
+  type KeyObject,
+} from "node:crypto";
 import { keyCheckValue, encryptKeyComponent } from "../card/scp03/host.ts";
 import { cryptogram, DERIVE, deriveSessionKeys } from "../card/scp03/kdf.ts";
 import {
@@ -36,6 +49,7 @@ import {
   type WrapTarget,
 } from "./custody.ts";
 import { aesKeyUnwrapPad, aesKeyWrapPad, cardKeyData, derivePurposeKey, encryptData, PURPOSE } from "../card/derivation.ts";
+import { canonicalSpki, ecPeer, NODE_CURVE } from "./asymmetric.ts";
 import { hex, isEc, putKeyDataField, rsaBits, type PutKeyComponent } from "./encoding.ts";
 import { aesKeyRewrapPadBatch, UnwrapError } from "./kwp-batch.ts";
 import { entryAad, openKeystore, seal, unseal, writeNext, type Entry, type EntryMeta, type KeystoreDoc, type KeystoreKeySource } from "./keystore-file.ts";
@@ -492,6 +506,77 @@ export class SoftwareCustody implements KeyCustody {
     } finally {
       a.fill(0);
       b?.fill(0);
+    }
+  }
+
+  async unwrapPrivateKey(label: string, wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, opts: KeyPairOptions & { expectSpki?: Uint8Array } = {}): Promise<KeyInfo> {
+    this.live();
+    checkLabel(label);
+    checkKeyPairAlg(alg);
+    const extractable = opts.extractable ?? "never";
+    if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+    if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
+    const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
+    if (this.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const kek = this.wrapKey(from);
+    let pkcs8: Buffer;
+    try {
+      const plain = aesKeyUnwrapPad(kek, wrapped);
+      pkcs8 = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength); // a view: wiping it wipes the plaintext
+    } catch {
+      throw new CustodyError("WRONG_KEY", `the wrapped private key for ${label} does not unwrap under the given key (wrong key or altered)`);
+    } finally {
+      kek.fill(0);
+    }
+    let key: KeyObject;
+    let spki: Buffer;
+    try {
+      try {
+        key = createPrivateKey({ key: pkcs8, format: "der", type: "pkcs8" });
+      } catch {
+        throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a PKCS#8 private key`);
+      }
+      const d = key.asymmetricKeyDetails;
+      const is = isEc(alg)
+        ? key.asymmetricKeyType === "ec" && d?.namedCurve === NODE_CURVE[alg]
+        : key.asymmetricKeyType === "rsa" && d?.modulusLength === rsaBits(alg);
+      if (!is) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a ${alg} key`);
+      spki = createPublicKey(key).export({ format: "der", type: "spki" });
+      // Pairwise check: the private half signs for the public half (a PKCS#8 carries both and they could differ).
+      const probe = randomBytes(32);
+      const sig = nodeSign("sha256", probe, key);
+      if (!nodeVerify("sha256", probe, { key: spki, format: "der", type: "spki" }, sig))
+        throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} fails its pairwise check: its private and public halves differ`);
+      if (expect && !expect.equals(spki)) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not the expected one: its public key differs`);
+    } catch (e) {
+      pkcs8.fill(0);
+      throw e;
+    }
+    const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, spki: spki.toString("base64"), created: new Date().toISOString() };
+    if (opts.ephemeral === true) {
+      // Never written; it keeps the PKCS#8 it came as, for wrapping again without re-encoding (wiped on delete).
+      this.loaded.set(label, { meta, ephemeral: true, pkcs8, secret: key });
+    } else {
+      pkcs8.fill(0);
+      await this.add(label, meta, key);
+    }
+    return this.info(label, meta);
+  }
+
+  async decipher(label: string, input: Uint8Array): Promise<Uint8Array> {
+    const { key, meta } = this.privateKey(label);
+    const alg = meta.type as KeyPairAlg;
+    if (!(input instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "decipher input must be bytes");
+    if (isEc(alg)) {
+      const peer = ecPeer(alg, input);
+      return new Uint8Array(diffieHellman({ privateKey: key, publicKey: peer.key }));
+    }
+    const k = rsaBits(alg) / 8;
+    if (input.length !== k) throw new CustodyError("INVALID_ARGUMENT", `an RSA-OAEP ciphertext for ${label} is ${k} bytes, not ${input.length}`);
+    try {
+      return new Uint8Array(privateDecrypt({ key, padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" }, input));
+    } catch {
+      throw new CustodyError("WRONG_KEY", `the input does not decrypt under ${label} (RSA-OAEP SHA-256): not encrypted for this key, or altered`);
     }
   }
 
