@@ -130,9 +130,14 @@ for (const engine of testEngines()) {
       assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 0, waiting: 2, requests: 0 });
       assert.equal(flaky.got.length, 2);
 
+      // A restart (a new dispatcher on the same DB) keeps both the schedule and who acknowledged what.
+      const restarted = new WebhookDispatcher({ store, secrets, clock: () => clock, backoffBaseMs: 1000, onFailure: (f) => failures.push(f.error) });
+      assert.deepEqual(await restarted.deliverPending(), { delivered: 0, failed: 0, waiting: 2, requests: 0 });
+      assert.deepEqual([...(await store.webhookAcks(e1.id))], [a.webhook.id]);
+
       // Due: retried to B only (A already answered 2xx to e1); B fails again, so the next delay doubles.
       clock = 1000;
-      assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 2, waiting: 0, requests: 2 });
+      assert.deepEqual(await restarted.deliverPending(), { delivered: 0, failed: 2, waiting: 0, requests: 2 });
       assert.equal(good.got.length, 1);
       assert.equal(flaky.got.length, 4);
       clock = 2999;
@@ -147,6 +152,24 @@ for (const engine of testEngines()) {
       assert.deepEqual(ids, [`${e1.id}.${b.webhook.id}`, `${e2.id}.${b.webhook.id}`, `${e1.id}.${b.webhook.id}`, `${e2.id}.${b.webhook.id}`, `${e1.id}.${b.webhook.id}`, `${e2.id}.${b.webhook.id}`]);
       for (const x of flaky.got) expectSigned(x, b.secret);
       assert.equal((await d.deliverPending()).requests, 0);
+    });
+
+    test("an event that keeps failing waits in the DB and does not hold newer events back", async () => {
+      await drain();
+      const bad = await open([500, 500, 500, 500]);
+      const good = await open([200, 200]);
+      await registerWebhook(store, secrets, { url: bad.url, eventTypes: ["t.stuck"] });
+      await registerWebhook(store, secrets, { url: good.url, eventTypes: ["t.fine"] });
+      const stuck = (await store.enqueueEvent({ type: "t.stuck", subject: "s", payload: null }))!;
+      const fine = (await store.enqueueEvent({ type: "t.fine", subject: "f", payload: null }))!;
+      const clock = 0;
+      const d = new WebhookDispatcher({ store, secrets, clock: () => clock, batchSize: 1 });
+      assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 1, waiting: 0, requests: 1 }, "the oldest goes first and fails");
+      assert.deepEqual(await d.deliverPending(), { delivered: 1, failed: 0, waiting: 1, requests: 1 }, "with a batch of one, the newer event is next");
+      assert.equal(good.got.length, 1);
+      assert.equal((await store.listEvents({ type: "t.fine" }))[0].deliveredAt !== null, true);
+      assert.equal((await store.listEvents({ type: "t.stuck" }))[0].nextAttemptAt, 1000);
+      assert.equal(stuck.id < fine.id, true);
     });
 
     test("an event nobody subscribes to is marked delivered without a request; disabled webhooks get nothing", async () => {
@@ -192,7 +215,10 @@ for (const engine of testEngines()) {
       const r = await foreign.deliverPending();
       assert.equal(r.failed, 1);
       assert.equal(rec.got.length, 0);
-      assert.match((await store.undeliveredEvents())[0].lastError ?? "", /another server secret/);
+      const [foreignEvent] = await store.listEvents({ type: "t.foreign" });
+      assert.equal(foreignEvent.deliveredAt, null);
+      assert.match(foreignEvent.lastError ?? "", /another server secret/);
+      assert.deepEqual(await store.undeliveredEvents(), [], "not due again before its backoff");
     });
 
     test("registration refuses what is not a plain http(s) URL or a list of event types", async () => {

@@ -20,15 +20,13 @@
 // invalidates every webhook secret at once (re-register them).
 //
 // Delivery semantics: AT LEAST ONCE. An event is marked delivered only when every subscribed webhook answered
-// 2xx to it; until then the whole event is retried with exponential backoff, and webhooks that already
-// acknowledged it in this process are not sent it again — but after a restart, or with two dispatchers on one
-// DB, they may be. An event nobody subscribes to counts as delivered (the events endpoint still lists it).
-// Events are handed out in id order, which is the order they were queued, but a retried event can arrive after
-// newer ones.
-//
-// Limits of the current store (see the report): the backoff schedule (next attempt time) lives in memory, so a
-// restart retries every pending event once straight away; and `undeliveredEvents` returns the oldest N, so more
-// than `batchSize` events that keep failing can hold newer ones back.
+// 2xx to it; until then it is retried with exponential backoff. Both halves of that state are in the DB
+// (migration 0005): which webhooks acknowledged the event (they are not sent it again, across restarts and
+// across dispatchers on one DB — except when a 2xx answer arrives and the process dies before recording it),
+// and when its next attempt is due (a restart keeps the schedule; events that keep failing wait in the DB and
+// do not hold newer ones back). An event nobody subscribes to counts as delivered (the events endpoint still
+// lists it). Events are handed out in id order, which is the order they were queued, but a retried event can
+// arrive after newer ones.
 
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import type { Store, StoredEvent, Webhook } from "../store/store.ts";
@@ -142,7 +140,7 @@ export interface WebhookDispatcherOptions {
   backoffMaxMs?: number;
   /** Events read per pass (default 100). */
   batchSize?: number;
-  /** Monotonic clock for the backoff schedule, ms (default performance.now); tests pin it. */
+  /** Wall clock for the backoff schedule, epoch ms (default: the store's clock; stored as events.next_attempt_at); tests pin it. */
   clock?: () => number;
   /** Called on each failed attempt (for logs and metrics; never given the secret or the body). */
   onFailure?: (f: { eventId: number; webhookId: string; attempt: number; error: string }) => void;
@@ -153,7 +151,7 @@ export interface DispatchResult {
   delivered: number;
   /** Events that failed for at least one webhook in this pass. */
   failed: number;
-  /** Events not yet due for a retry. */
+  /** Events not yet due for a retry when the pass began. */
   waiting: number;
   /** HTTP requests made. */
   requests: number;
@@ -169,10 +167,6 @@ export class WebhookDispatcher {
   readonly #batch: number;
   readonly #clock: () => number;
   readonly #onFailure: WebhookDispatcherOptions["onFailure"];
-  /** eventId -> earliest next attempt (clock ms). */
-  readonly #due = new Map<number, number>();
-  /** eventId -> webhooks that already answered 2xx to it (this process only). */
-  readonly #acked = new Map<number, Set<string>>();
   #pass: Promise<DispatchResult> | undefined;
   #timer: NodeJS.Timeout | undefined;
 
@@ -183,7 +177,7 @@ export class WebhookDispatcher {
     this.#base = positive("backoffBaseMs", o.backoffBaseMs ?? 1000);
     this.#max = positive("backoffMaxMs", o.backoffMaxMs ?? 3_600_000);
     this.#batch = positive("batchSize", o.batchSize ?? 100);
-    this.#clock = o.clock ?? (() => performance.now());
+    this.#clock = o.clock ?? (() => o.store.now());
     this.#onFailure = o.onFailure;
   }
 
@@ -225,23 +219,20 @@ export class WebhookDispatcher {
 
   async #deliverPass(): Promise<DispatchResult> {
     const r: DispatchResult = { delivered: 0, failed: 0, waiting: 0, requests: 0 };
-    const events = await this.#store.undeliveredEvents(this.#batch);
+    const now = this.#clock();
+    const events = await this.#store.undeliveredEvents(this.#batch, now);
+    r.waiting = await this.#store.countWaitingEvents(now);
     const hooksByType = new Map<string, Webhook[]>();
     for (const e of events) {
-      const due = this.#due.get(e.id);
-      if (due !== undefined && due > this.#clock()) {
-        r.waiting++;
-        continue;
-      }
       let hooks = hooksByType.get(e.type);
       if (!hooks) hooksByType.set(e.type, (hooks = await this.#store.listWebhooks(e.type)));
-      const acked = this.#acked.get(e.id) ?? new Set<string>();
+      const acked = hooks.length ? await this.#store.webhookAcks(e.id) : new Set<string>();
       const errors: string[] = [];
       for (const h of hooks) {
         if (acked.has(h.id)) continue;
         r.requests++;
         const error = await this.#send(e, h);
-        if (error === null) acked.add(h.id);
+        if (error === null) await this.#store.recordWebhookAck(e.id, h.id);
         else {
           errors.push(`webhook ${h.id}: ${error}`);
           this.#onFailure?.({ eventId: e.id, webhookId: h.id, attempt: e.attempts + 1, error });
@@ -249,13 +240,9 @@ export class WebhookDispatcher {
       }
       if (errors.length === 0) {
         await this.#store.markEventDelivered(e.id);
-        this.#due.delete(e.id);
-        this.#acked.delete(e.id);
         r.delivered++;
       } else {
-        await this.#store.markEventFailed(e.id, errors.join("; ").slice(0, 1000));
-        this.#acked.set(e.id, acked);
-        this.#due.set(e.id, this.#clock() + this.backoffMs(e.attempts + 1));
+        await this.#store.markEventFailed(e.id, errors.join("; ").slice(0, 1000), this.#clock() + this.backoffMs(e.attempts + 1));
         r.failed++;
       }
     }

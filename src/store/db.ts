@@ -154,6 +154,15 @@ export interface EventsTable {
   delivered_at: number | null;
   attempts: Generated<number>;
   last_error: string | null;
+  /** Epoch ms before which a failed delivery is not retried; null: due now (migration 0005). */
+  next_attempt_at: Generated<number | null>;
+}
+
+/** A webhook that answered 2xx to an event (migration 0005). */
+export interface WebhookDeliveriesTable {
+  event_id: number;
+  webhook_id: string;
+  delivered_at: number;
 }
 
 export interface WebhooksTable {
@@ -203,6 +212,7 @@ export interface Database {
   rotations: RotationsTable;
   events: EventsTable;
   webhooks: WebhooksTable;
+  webhook_deliveries: WebhookDeliveriesTable;
   operators: OperatorsTable;
   audit_log: AuditLogTable;
 }

@@ -6,12 +6,18 @@ import { Migrator, type Kysely, type Migration, type MigrationResultSet } from "
 import { engineOf, type Db, type Engine } from "./db.ts";
 import { systemDb } from "./migrations/0001_system_db.ts";
 import { caTables } from "./migrations/0002_ca.ts";
+import { recoveryTables } from "./migrations/0003_recovery.ts";
+import { backupTables } from "./migrations/0004_backups.ts";
+import { webhookDeliveries } from "./migrations/0005_webhook_deliveries.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
   return {
     "0001_system_db": systemDb(engine),
     "0002_ca": caTables(engine),
+    "0003_recovery": recoveryTables(engine),
+    "0004_backups": backupTables(engine),
+    "0005_webhook_deliveries": webhookDeliveries(engine),
   };
 }
 

@@ -133,6 +133,8 @@ export interface StoredEvent {
   deliveredAt: number | null;
   attempts: number;
   lastError: string | null;
+  /** Epoch ms before which a failed delivery is not retried; null: due now. */
+  nextAttemptAt: number | null;
 }
 
 export interface Webhook {
@@ -888,7 +890,7 @@ export class Store {
       .onConflict((oc) => oc.column("dedup_key").doNothing())
       .returning(["id", "attempts"])
       .executeTakeFirst();
-    return r ? toEvent({ ...row, id: r.id, attempts: r.attempts }) : null;
+    return r ? toEvent({ ...row, id: r.id, attempts: r.attempts, next_attempt_at: null }) : null;
   }
 
   /** Events in id order after `afterId` (the events endpoint's cursor). */
@@ -898,17 +900,56 @@ export class Store {
     return (await q.orderBy("id").limit(filter.limit ?? 100).execute()).map(toEvent);
   }
 
-  async undeliveredEvents(limit = 100): Promise<StoredEvent[]> {
-    const rows = await this.db.selectFrom("events").selectAll().where("delivered_at", "is", null).orderBy("id").limit(limit).execute();
+  /** Undelivered events due at `now` (never attempted, or their next attempt has come), oldest first. */
+  async undeliveredEvents(limit = 100, now = this.now()): Promise<StoredEvent[]> {
+    const rows = await this.db
+      .selectFrom("events")
+      .selectAll()
+      .where("delivered_at", "is", null)
+      .where((eb) => eb.or([eb("next_attempt_at", "is", null), eb("next_attempt_at", "<=", now)]))
+      .orderBy("id")
+      .limit(limit)
+      .execute();
     return rows.map(toEvent);
+  }
+
+  /** Undelivered events whose next attempt is later than `now`. */
+  async countWaitingEvents(now = this.now()): Promise<number> {
+    const r = await this.db
+      .selectFrom("events")
+      .select((eb) => eb.fn.countAll<number | string>().as("n"))
+      .where("delivered_at", "is", null)
+      .where("next_attempt_at", ">", now)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /** The webhooks that already answered 2xx to an event. */
+  async webhookAcks(eventId: number): Promise<Set<string>> {
+    const rows = await this.db.selectFrom("webhook_deliveries").select("webhook_id").where("event_id", "=", eventId).execute();
+    return new Set(rows.map((r) => r.webhook_id));
+  }
+
+  /** Records that a webhook answered 2xx to an event (idempotent). */
+  async recordWebhookAck(eventId: number, webhookId: string): Promise<void> {
+    await this.db
+      .insertInto("webhook_deliveries")
+      .values({ event_id: eventId, webhook_id: webhookId, delivered_at: this.now() })
+      .onConflict((oc) => oc.columns(["event_id", "webhook_id"]).doNothing())
+      .execute();
   }
 
   async markEventDelivered(id: number): Promise<void> {
     await this.db.updateTable("events").set((eb) => ({ delivered_at: this.now(), attempts: eb("attempts", "+", 1), last_error: null })).where("id", "=", id).execute();
   }
 
-  async markEventFailed(id: number, error: string): Promise<void> {
-    await this.db.updateTable("events").set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: error })).where("id", "=", id).execute();
+  /** A failed attempt; the event is not handed out again before `nextAttemptAt` (epoch ms; omitted: due now). */
+  async markEventFailed(id: number, error: string, nextAttemptAt?: number): Promise<void> {
+    await this.db
+      .updateTable("events")
+      .set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: error, next_attempt_at: nextAttemptAt ?? null }))
+      .where("id", "=", id)
+      .execute();
   }
 
   async addWebhook(input: { id?: string; url: string; eventTypes: string[]; secretRef?: string | null }): Promise<Webhook> {
@@ -1099,6 +1140,7 @@ function toEvent(r: Selectable<Database["events"]>): StoredEvent {
     deliveredAt: r.delivered_at,
     attempts: r.attempts,
     lastError: r.last_error,
+    nextAttemptAt: r.next_attempt_at ?? null,
   };
 }
 
