@@ -15,6 +15,10 @@
 //            key store (IMPORT KEY), the certificate into its PIV object, which only the secure channel may write;
 //   434      the private key is destroyed in custody, on success and on every refusal alike, and its absence is
 //            checked: "the secret key disappears from the key generation device".
+//   S3       (seed 001 embodiment 3, when the issue asks for an escrow) after 433 and before 434, with the key
+//            still in custody: the card's secret ID is read through SCP03 under R-ENCRYPTION (FIG. 10 unit 24)
+//            and the escrow hook (escrow.ts) wraps the key inside custody, splits the wrapped form among the
+//            arbitrators and registers the device. If the card write then fails, the escrow is abandoned.
 //
 // Deviation from the seed: on a refusal after step 417 the seed returns to step 411 on its own. Here the refusal
 // goes to the caller (the key already destroyed) and a retry is a new issue() — a new key — so an attacker on
@@ -28,8 +32,9 @@ import type { CaClient, CertifyResult } from "../ca/client.ts";
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { validateSubject, type SubjectName } from "../ca/name.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
-import { deliveryScript, runScript } from "../issuer/card-scripts.ts";
 import { buildSignedCsr } from "./csr.ts";
+import { readCardSecretId, writeKeyIntoCard } from "./card-io.ts";
+import type { KeyEscrowHook } from "./escrow.ts";
 import { deviceRefusal, KeyGenerationRefusal } from "./errors.ts";
 import type { IssuedKeyRegistry } from "./registry.ts";
 import { verifyIssuedCertificate } from "./verify.ts";
@@ -56,6 +61,8 @@ export interface KeyGenerationDeviceOptions {
   maxGenerationAttempts?: number;
   /** Time source for certificate validity, for tests. */
   clock?: () => Date;
+  /** Seed 001 step S3: where keys are escrowed when an issue asks for it (src/recovery/service.ts escrowHook). */
+  escrow?: KeyEscrowHook;
 }
 
 /** The card inserted into the device (step 319/434): how to reach it, and its SCP03 key set in custody. */
@@ -75,6 +82,11 @@ export interface IssueCardRequest {
   /** The PIV key reference the key and certificate are written to. */
   slot: PivSlot;
   card: InsertedCard;
+  /**
+   * Seed 001 step S3: escrow the key for reproduction by arbitrators under the policy set for `cardId` (the card
+   * record; a reissued card keeps it), and register the card's secret ID. Needs a device with an escrow hook.
+   */
+  escrow?: { cardId: string };
 }
 
 export interface IssuedCard {
@@ -87,6 +99,8 @@ export interface IssuedCard {
   publicKeySha256: string;
   /** The custody label the key pair had while it existed; it is gone now. For the audit trail. */
   keyLabel: string;
+  /** The escrow the key was split into (step S3), when the issue asked for one. */
+  escrowId?: string;
 }
 
 const sha256Hex = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
@@ -99,6 +113,7 @@ export class KeyGenerationDevice {
     private readonly anchors: readonly Uint8Array[],
     private readonly attempts: number,
     private readonly now: () => Date,
+    private readonly escrowHook: KeyEscrowHook | undefined,
   ) {}
 
   /** Commissions a device: pins the trust anchors (given, or the center's root at this moment). */
@@ -113,7 +128,9 @@ export class KeyGenerationDevice {
       anchors = [chain[chain.length - 1]];
     }
     if (anchors.length === 0) throw new TypeError("trustAnchors must hold at least one root certificate");
-    return new KeyGenerationDevice(opts.custody, opts.ca, opts.registry, anchors.map((a) => a.slice()), attempts, opts.clock ?? (() => new Date()));
+    if (opts.escrow !== undefined && (typeof opts.escrow?.escrow !== "function" || typeof opts.escrow?.abandon !== "function"))
+      throw new TypeError("escrow must be a KeyEscrowHook (escrow and abandon)");
+    return new KeyGenerationDevice(opts.custody, opts.ca, opts.registry, anchors.map((a) => a.slice()), attempts, opts.clock ?? (() => new Date()), opts.escrow);
   }
 
   /**
@@ -124,6 +141,7 @@ export class KeyGenerationDevice {
    */
   async issue(req: IssueCardRequest): Promise<IssuedCard> {
     checkRequest(req);
+    if (req.escrow && !this.escrowHook) throw new TypeError("this device has no escrow hook: create it with `escrow` to issue with an escrow");
     const { label, spki, publicKeySha256 } = await this.generate(req);
     try {
       // 417-418
@@ -138,9 +156,25 @@ export class KeyGenerationDevice {
       // 433
       const chain = await this.ca.caCertificates();
       verifyIssuedCertificate(certified.certificate, chain, this.anchors, { spki, subject: req.personalData }, this.now());
+      // S3 (seed 001 embodiment 3): escrow while the key still exists
+      const escrowId = req.escrow ? await this.escrow(req, label, spki, certified) : undefined;
       // 434: key and certificate into the card under SCP03
-      await this.writeCard(req, label, certified.certificate, certified.serial);
-      return { slot: req.slot, alg: req.alg, certificate: certified.certificate, serial: certified.serial, publicKeySha256, keyLabel: label };
+      try {
+        await this.writeCard(req, label, certified.certificate, certified.serial);
+      } catch (e) {
+        if (escrowId !== undefined) {
+          try {
+            await this.escrowHook!.abandon(escrowId, "writing into the card failed");
+          } catch (a) {
+            // the card-write refusal stays the error; it says the escrow is left behind
+            if (e instanceof KeyGenerationRefusal) throw deviceRefusal("card-write", `${e.detail}; escrow ${escrowId} NOT abandoned (${(a as Error).message}) — remove it by hand`, { cause: e });
+          }
+        }
+        throw e;
+      }
+      const issued: IssuedCard = { slot: req.slot, alg: req.alg, certificate: certified.certificate, serial: certified.serial, publicKeySha256, keyLabel: label };
+      if (escrowId !== undefined) issued.escrowId = escrowId;
+      return issued;
     } finally {
       await this.destroy(label);
     }
@@ -164,28 +198,56 @@ export class KeyGenerationDevice {
     throw deviceRefusal("duplicate-public-key", `each of ${this.attempts} generated keys had been generated before: the key source is not trustworthy`);
   }
 
+  /**
+   * Step S3: reads the card's secret ID under SCP03 R-ENCRYPTION and hands the key (by label) to the escrow hook.
+   * On a failure the certificate is revoked (its key is about to be destroyed, unescrowed and unwritten) and the
+   * refusal names "device-secret-id" or "escrow".
+   */
+  private async escrow(req: IssueCardRequest, label: string, spki: Uint8Array, certified: CertifyResult): Promise<string> {
+    let secretId: Uint8Array;
+    try {
+      secretId = await readCardSecretId(this.custody, req.card);
+    } catch (e) {
+      throw deviceRefusal("device-secret-id", `the card's secret ID could not be read through the secure channel (${(e as Error).message}); certificate ${certified.serial} ${await this.revoke(certified.serial)}`, { cause: e });
+    }
+    try {
+      const r = await this.escrowHook!.escrow({
+        cardId: req.escrow!.cardId,
+        applicantId: req.applicantId,
+        keyLabel: label,
+        alg: req.alg,
+        slot: req.slot,
+        spki,
+        certificate: certified.certificate,
+        serial: certified.serial,
+        keySet: req.card.keySet,
+        deviceSecretId: secretId,
+      });
+      return r.escrowId;
+    } catch (e) {
+      throw deviceRefusal("escrow", `the key could not be escrowed (${(e as Error).message}); certificate ${certified.serial} ${await this.revoke(certified.serial)}`, { cause: e });
+    } finally {
+      secretId.fill(0);
+    }
+  }
+
+  /** Withdraws a certificate whose key is about to cease to exist; says how it went, for the refusal. */
+  private async revoke(serial: string): Promise<string> {
+    try {
+      await this.ca.revoke(serial, "cessationOfOperation");
+      return "revoked (cessationOfOperation)";
+    } catch {
+      return "NOT revoked — revoke it by hand";
+    }
+  }
+
   /** Step 434: Sk[PRk] and the certificate into the card under SCP03; on failure the certificate is revoked. */
   private async writeCard(req: IssueCardRequest, label: string, certificate: Uint8Array, serial: string): Promise<void> {
-    const keys = { custody: this.custody, ref: req.card.keySet };
-    let wrapped: Uint8Array | undefined;
-    let skPrk: Uint8Array | undefined;
     try {
-      wrapped = await this.custody.wrapPrivateKey(label, { card: req.card.keySet });
-      // Sk[PRk] travels with its key version in front, as the card's IMPORT KEY expects it
-      skPrk = Uint8Array.from([req.card.keySet.kvn, ...wrapped]);
-      await runScript(req.card.transmit, deliveryScript(keys, { keyRef: parseInt(req.slot, 16), alg: req.alg, skPrk, cert: certificate }));
+      await writeKeyIntoCard(this.custody, req.card, { label, slot: req.slot, alg: req.alg, certificate });
     } catch (e) {
       // The certificate names a key that is about to cease to exist: withdraw it.
-      let revoked = "revoked (cessationOfOperation)";
-      try {
-        await this.ca.revoke(serial, "cessationOfOperation");
-      } catch {
-        revoked = "NOT revoked — revoke it by hand";
-      }
-      throw deviceRefusal("card-write", `writing into the card failed (${(e as Error).message}); certificate ${serial} ${revoked}`, { cause: e });
-    } finally {
-      wrapped?.fill(0);
-      skPrk?.fill(0);
+      throw deviceRefusal("card-write", `writing into the card failed (${(e as Error).message}); certificate ${serial} ${await this.revoke(serial)}`, { cause: e });
     }
   }
 
@@ -204,4 +266,6 @@ function checkRequest(req: IssueCardRequest): void {
   if (typeof req.profile !== "string" || !req.profile) throw new TypeError("profile must be a non-empty string");
   if (!SLOTS.includes(req.slot)) throw new TypeError(`slot must be one of ${SLOTS.join(", ")}`);
   if (!req.card || typeof req.card.transmit !== "function" || !req.card.keySet) throw new TypeError("card must give transmit and the card's key set reference");
+  if (req.escrow !== undefined && (typeof req.escrow !== "object" || req.escrow === null || typeof req.escrow.cardId !== "string" || !req.escrow.cardId))
+    throw new TypeError("escrow must be { cardId } naming the card record");
 }

@@ -6,7 +6,8 @@
 //     CaRefusal check name ("request", "profile", "subject", "public-key", "csr-format");
 //   by "device": "duplicate-public-key" (414, its own registry), and the step 433 checks on the certificate
 //     that came back — "certificate-format", "certificate-signature", "certificate-chain", "certificate-validity",
-//     "certificate-public-key", "certificate-subject" — and "card-write" (434).
+//     "certificate-public-key", "certificate-subject" — and "card-write" (434); with an escrow (seed 001 step S3)
+//     "device-secret-id" (the card's secret ID could not be read under SCP03) and "escrow" (the hook refused).
 // Details name fields and reasons, never key material or personal data values.
 
 export type DeviceCheck =
@@ -17,7 +18,9 @@ export type DeviceCheck =
   | "certificate-validity"
   | "certificate-public-key"
   | "certificate-subject"
-  | "card-write";
+  | "card-write"
+  | "device-secret-id"
+  | "escrow";
 
 export type RefusedBy = "device" | "certification-center";
 

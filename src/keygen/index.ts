@@ -6,3 +6,5 @@ export { MemoryIssuedKeyRegistry, type IssuedKeyRegistry, type GeneratedKeyRecor
 export { buildSignedCsr, subjectToName, csrSignatureAlgorithm, type SignedCsr } from "./csr.ts";
 export { verifyIssuedCertificate, type CertificateExpectation } from "./verify.ts";
 export { KeyGenerationRefusal, deviceRefusal, type DeviceCheck, type RefusedBy } from "./errors.ts";
+export { readCardSecretId, writeKeyIntoCard } from "./card-io.ts";
+export type { KeyEscrowHook, EscrowInput } from "./escrow.ts";

@@ -1,0 +1,424 @@
+// Seed 001 embodiment 3 end to end (FIG. 7-12, steps S1-S12), with virtual cards, on SQLite and PostgreSQL and on
+// both custody implementations (software keystore, SoftHSM2): a card issued with its key escrowed under the FIG. 9
+// policy, its key lost, the arbitrators' approvals in the policy's order, the key reproduced into the same card —
+// and, for a destroyed card, into a new card that becomes the registered device. The card then signs under its
+// original certificate. Every refusal named in issue 4 is refused by name and found in the audit log.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { generateKeyPairSync, randomBytes, verify, X509Certificate } from "node:crypto";
+import { join } from "node:path";
+import { CertificationAuthority } from "../src/ca/authority.ts";
+import type { SubjectName } from "../src/ca/name.ts";
+import { MemoryCaRepository } from "../src/ca/repository.ts";
+import { nodeSigner } from "../src/ca/signer.ts";
+import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
+import type { DerivedKeySetRef, KeyCustody, KeyPairAlg } from "../src/custody/custody.ts";
+import { personalise } from "../src/issuer/card-scripts.ts";
+import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/center.ts";
+import { KeyGenerationDevice, type InsertedCard, type PivSlot } from "../src/keygen/device.ts";
+import { MemoryIssuedKeyRegistry } from "../src/keygen/registry.ts";
+import { signApproval, signApproverList, type Approval } from "../src/recovery/approvals.ts";
+import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
+import { openShare } from "../src/recovery/shares.ts";
+import {
+  isRecoveryRefusal,
+  RecoveryService,
+  releaseShare,
+  releaseSharesFor,
+  type PendingItem,
+  type RequestView,
+  type ShareRelease,
+} from "../src/recovery/service.ts";
+import { auditEntries, verifyAuditLog, type AuditEntry } from "../src/store/audit.ts";
+import type { Db } from "../src/store/db.ts";
+import type { RecoveryTables } from "../src/store/recovery-repository.ts";
+import type { Kysely } from "kysely";
+import { testEngines } from "../src/store/testing.ts";
+import { PivClient } from "../src/terminal/piv-client.ts";
+import type { Transmit } from "../src/terminal/apdu-client.ts";
+import { softhsmCustody, softwareCustody } from "./custody-env.ts";
+import { tempDir } from "./helpers.ts";
+
+const dir = tempDir("cardkms-recovery-");
+const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
+const { registry: arbRegistry, keys: ARB } = makeArbitrators(FIG9_ARBITRATORS);
+
+// --- the certification center, cards, arbitrators -----------------------------------------------------------------
+
+async function center(): Promise<{ center: CertificationCenter; root: Uint8Array }> {
+  const root = await CertificationAuthority.createRoot({
+    signer: nodeSigner(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey),
+    subject: { country: "JP", organization: "Certification Center", commonName: "Center Root CA" },
+    validityDays: 3650,
+    pathLength: 0,
+    repository: new MemoryCaRepository(),
+  });
+  const signer = nodeSigner(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey);
+  const sub = await root.certifySubordinate({ subject: { country: "JP", organization: "Certification Center", commonName: "Center Issuing CA" }, publicKey: signer.spki, validityDays: 1825 });
+  const issuing = new CertificationAuthority({ signer, certificate: sub.certificate, issuerChain: [root.certificate], repository: new MemoryCaRepository() });
+  const book = new MemoryRegistrationBook();
+  book.register("user-1", HANAKO);
+  return { center: new CertificationCenter({ authority: issuing, registrations: book }), root: root.certificate };
+}
+
+interface Card extends InsertedCard {
+  keySet: DerivedKeySetRef;
+}
+
+/** A blank virtual card personalised with a key set diversified in custody (a new random secret ID each). */
+async function blankCard(custody: KeyCustody): Promise<Card> {
+  const cardId = randomBytes(8).toString("hex");
+  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const transmit: Transmit = (a) => card.transmit(a);
+  const t = TRANSPORT_KEY_SET;
+  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
+  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
+  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
+  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  return { transmit, keySet };
+}
+
+/** The card signs with the key in `slot`, verified with the certificate's public key; false when it cannot. */
+async function cardSignsFor(card: Card, slot: PivSlot, alg: KeyPairAlg, certificate: Uint8Array): Promise<boolean> {
+  const piv = new PivClient(card.transmit);
+  await piv.select();
+  await piv.verifyPin("123456");
+  const msg = randomBytes(48);
+  try {
+    const { signature, hash } = await piv.sign(parseInt(slot, 16), alg, msg);
+    return verify(hash, msg, { key: new X509Certificate(certificate).publicKey, dsaEncoding: "der" }, signature);
+  } catch {
+    return false;
+  }
+}
+
+/** The key is lost from the card (step S5): DELETE KEY with the user's PIN. */
+async function loseKey(card: Card, slot: PivSlot): Promise<void> {
+  const piv = new PivClient(card.transmit);
+  await piv.select();
+  await piv.verifyPin("123456");
+  const r = await piv.apdu.send({ cla: 0x80, ins: 0xf6, p1: 0, p2: parseInt(slot, 16) });
+  assert.equal(r.sw, 0x9000, "DELETE KEY");
+}
+
+const ID_OK = { arbitrator: "", decision: "approve" as const };
+
+/** Arbitrator `id`, on its side: the pending request, its signature after the chain head, its shares released. */
+async function decideAs(svc: RecoveryService, id: string, requestId: string, decision: "approve" | "refuse" = "approve", reason?: string): Promise<RequestView> {
+  const item = (await svc.pendingFor(id)).find((p): p is Extract<PendingItem, { action: "decide" }> => p.action === "decide" && p.request.requestId === requestId);
+  assert.ok(item, `${id} has request ${requestId} pending`);
+  const v = item.request;
+  const approval = signApproval(v.request, v.chainHead, { ...ID_OK, arbitrator: id, decision, reason }, ARB.get(id)!.signing);
+  if (decision === "refuse") return svc.refuse(requestId, approval);
+  const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, ARB.get(id)!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), svc.deviceKey().spki);
+  return svc.approve(requestId, approval, releases);
+}
+
+/** The policy's author signs the list of approvers (FIG. 9 condition 15). */
+async function listApprovers(svc: RecoveryService, requestId: string): Promise<RequestView> {
+  const author = "mgr-a";
+  const item = (await svc.pendingFor(author)).find((p) => p.action === "sign-approver-list" && p.request.requestId === requestId);
+  assert.ok(item, "the author is asked to sign the list of approvers");
+  return svc.submitApproverList(requestId, signApproverList(item.request.request, item.request.approvals, author, ARB.get(author)!.signing));
+}
+
+/** An approval as arbitrator `id` would sign it now, and its releases, without submitting them. */
+async function prepared(svc: RecoveryService, id: string, requestId: string): Promise<{ approval: Approval; releases: ShareRelease[]; view: RequestView }> {
+  const view = await svc.status(requestId);
+  const approval = signApproval(view.request, view.chainHead, { arbitrator: id, decision: "approve" }, ARB.get(id)!.signing);
+  const envelopes = await svc.shareEnvelopes(id, { cardId: view.cardId });
+  const releases = releaseSharesFor(view.request, envelopes, (e) => openShare(e, ARB.get(id)!.encryption, { escrowId: view.escrowId, cardId: view.cardId }), svc.deviceKey().spki);
+  return { approval, releases, view };
+}
+
+const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-c", "mgr-d"];
+
+const refusedAs = (check: string) => (e: unknown) => {
+  assert.ok(isRecoveryRefusal(e), `a named refusal, got ${String(e)}`);
+  assert.equal(e.check, check, e.message);
+  return true;
+};
+
+async function audit(db: Db, afterSeq = 0): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  for await (const e of auditEntries(db, { afterSeq })) out.push(e);
+  return out;
+}
+
+const lastSeq = async (db: Db) => (await audit(db)).at(-1)?.seq ?? 0;
+
+/** The audit log has, after `since`, an entry `action` naming `check`. */
+async function audited(db: Db, since: number, action: string, check: string): Promise<AuditEntry> {
+  const found = (await audit(db, since)).filter((e) => e.action === action && e.details.check === check);
+  assert.equal(found.length, 1, `one ${action} entry with check ${check}`);
+  return found[0];
+}
+
+// --- the flows ------------------------------------------------------------------------------------------------------
+
+const CUSTODIES: [string, () => Promise<KeyCustody>][] = [
+  ["software custody", softwareCustody()],
+  ["PKCS#11 custody (SoftHSM2)", softhsmCustody()],
+];
+
+for (const engine of testEngines()) {
+  for (const [custodyName, openCustody] of CUSTODIES) {
+    test(`${engine.name}, ${custodyName}: seed 001 embodiment 3 — escrow, approvals, reproduction into the same or a new card`, { timeout: 120_000 }, async (t) => {
+      const tdb = await engine.create();
+      const custody = await openCustody();
+      const { db } = tdb;
+      try {
+        const site = await center();
+        const svc = await RecoveryService.open({ db, custody });
+        const device = await KeyGenerationDevice.create({ custody, ca: site.center, registry: new MemoryIssuedKeyRegistry(), trustAnchors: [site.root], escrow: svc.escrowHook("keygen-device") });
+        for (const id of FIG9_ARBITRATORS) {
+          const a = arbRegistry.require(id);
+          await svc.registerArbitrator({ id, roles: [id.replace(/-[a-e]$/, "")], signingPublicKey: a.signingKey, encryptionPublicKey: a.encryptionKey }, "operator");
+        }
+        const issue = (card: Card, cardId: string, alg: KeyPairAlg = "P256", slot: PivSlot = "9c") =>
+          device.issue({ applicantId: "user-1", personalData: HANAKO, alg, profile: slot === "9c" ? "signature" : "authentication", slot, card, escrow: { cardId } });
+        const tmpKeys = async () => (await custody.listKeys()).map((k) => k.label).filter((l) => l.startsWith("recovery.reproduce.") || l.startsWith("keygen."));
+
+        const cardA = await blankCard(custody);
+        let certA: Uint8Array = new Uint8Array();
+
+        await t.test("S1-S3: the policy, then the card issued with its key escrowed and its secret ID registered", async () => {
+          await assert.rejects(issue(cardA, "card-A"), (e: unknown) => (e as Error).message.includes("no_policy"), "no escrow without a policy (S1 first)");
+          await svc.setPolicy("card-A", fig9Policy(), "operator");
+          const since = await lastSeq(db);
+          const r = await issue(cardA, "card-A");
+          certA = r.certificate;
+          assert.ok(r.escrowId);
+          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA));
+          assert.deepEqual(await tmpKeys(), [], "the key disappeared from the key generation device");
+          const esc = await svc.escrowOf("card-A");
+          assert.equal(esc?.escrowId, r.escrowId);
+          assert.equal(esc?.serial, r.serial);
+          assert.equal(esc?.deviceGeneration, 1);
+          assert.equal(esc?.shares.length, 2 + 3 + 5, "a share for each place of each arbitrator in the policy");
+          const actions = (await audit(db, since)).map((e) => e.action);
+          assert.deepEqual(actions, ["recovery.escrow.create", "recovery.device.register"]);
+          await assert.rejects(svc.setPolicy("card-A", fig9Policy(), "operator"), refusedAs("escrow_exists"), "the policy is fixed with the escrow");
+        });
+
+        await t.test("S5-S9 key-lost: approvals in the policy's order, a wrong card refused, the same card reissued once", async () => {
+          await loseKey(cardA, "9c");
+          assert.equal(await cardSignsFor(cardA, "9c", "P256", certA), false, "the key is gone");
+          const filed = await svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user", reason: "battery died" }, "operator");
+          await assert.rejects(svc.fileRequest({ cardId: "card-A", kind: "card-destroyed", requester: "user" }, "operator"), refusedAs("request_unfinished"));
+          const waiting = (await svc.pendingFor("credit-co")).find((p) => p.action === "decide" && p.request.requestId === filed.requestId);
+          assert.ok(waiting && waiting.action === "decide");
+          assert.equal(waiting.mayApproveNow, false);
+          assert.deepEqual(waiting.waitingFor, ["user"]);
+
+          let since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("policy_not_satisfied"));
+          await audited(db, since, "recovery.reproduce.refuse", "policy_not_satisfied");
+
+          let v: RequestView | undefined;
+          for (const id of IN_ORDER) {
+            assert.notEqual(v?.status, "satisfied", "not satisfied before the last approval");
+            v = await decideAs(svc, id, filed.requestId);
+          }
+          assert.equal(v?.status, "satisfied");
+          assert.deepEqual(v?.evaluation.approvers, IN_ORDER);
+          assert.deepEqual((await svc.pendingFor("sp-a")).filter((p) => p.action === "decide"), [], "nobody else is asked once satisfied");
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("approver_list_missing"));
+          await listApprovers(svc, filed.requestId);
+
+          // FIG. 10 unit 24: another card is not the registered device
+          const other = await blankCard(custody);
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, other, "operator"), (e: unknown) => refusedAs("device_mismatch")(e) && /cannot be reissued twice/.test((e as Error).message));
+          await audited(db, since, "recovery.reproduce.refuse", "device_mismatch");
+          assert.equal((await svc.status(filed.requestId)).status, "satisfied", "the request stays usable after a refused attempt");
+          assert.equal(await cardSignsFor(other, "9c", "P256", certA), false, "nothing was written into the wrong card");
+
+          since = await lastSeq(db);
+          const r = await svc.reproduce(filed.requestId, cardA, "operator");
+          assert.deepEqual(r.approvers, IN_ORDER);
+          assert.equal(r.deviceReplaced, false);
+          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA), "the same card signs again under its original certificate");
+          const piv = new PivClient(cardA.transmit);
+          await piv.select();
+          assert.deepEqual(await piv.readCertificate(0x9c), certA, "and holds the certificate again");
+          assert.deepEqual(await tmpKeys(), [], "the reproduced key disappeared from custody");
+          const entry = (await audit(db, since)).find((e) => e.action === "recovery.reproduce");
+          assert.ok(entry);
+          assert.deepEqual(entry.details.approvers, IN_ORDER, "the approvers, in order, in the audit log");
+          assert.equal(entry.details.author, "mgr-a");
+          assert.equal(entry.subject, filed.requestId);
+          assert.equal((await svc.status(filed.requestId)).status, "reproduced");
+
+          // single use
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("request_closed"));
+          await audited(db, since, "recovery.reproduce.refuse", "request_closed");
+        });
+
+        const cardB = await blankCard(custody);
+        let certB: Uint8Array = new Uint8Array();
+        let replay: Approval | undefined;
+
+        await t.test("FIG. 11-12 card-destroyed: the key goes into a new card, which replaces the registered device", async () => {
+          await svc.setPolicy("card-B", fig9Policy(), "operator");
+          certB = (await issue(cardB, "card-B")).certificate;
+          const filed = await svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", reason: "card broken" }, "operator");
+          // another valid order: the credit company after the user, the rest in any order
+          for (const id of ["sp-a", "user", "mgr-b", "credit-co", "mgr-e"]) await decideAs(svc, id, filed.requestId);
+          await listApprovers(svc, filed.requestId);
+          await assert.rejects(svc.reproduce(filed.requestId, cardB, "operator"), refusedAs("device_mismatch"), "the registered card itself is not a new card");
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("device_in_use"), "card A is the registered device of card-A");
+          const cardC = await blankCard(custody);
+          const since = await lastSeq(db);
+          const r = await svc.reproduce(filed.requestId, cardC, "operator");
+          assert.equal(r.deviceReplaced, true);
+          assert.equal(r.deviceGeneration, 2);
+          assert.deepEqual(r.approvers, ["sp-a", "user", "mgr-b", "credit-co", "mgr-e"]);
+          assert.ok(await cardSignsFor(cardC, "9c", "P256", certB), "the new card signs under the destroyed card's certificate");
+          assert.equal((await svc.escrowOf("card-B"))?.deviceGeneration, 2);
+          const actions = (await audit(db, since)).map((e) => e.action);
+          assert.deepEqual(actions, ["recovery.device.replace", "recovery.reproduce"]);
+
+          // the destroyed card, should it reappear, is no longer card-B's registered device
+          const again = await svc.fileRequest({ cardId: "card-B", kind: "key-lost", requester: "user" }, "operator");
+          const first = await prepared(svc, "user", again.requestId);
+          replay = first.approval; // kept for the replay test below
+          for (const id of IN_ORDER) await decideAs(svc, id, again.requestId);
+          await listApprovers(svc, again.requestId);
+          await assert.rejects(svc.reproduce(again.requestId, cardB, "operator"), refusedAs("device_mismatch"));
+          await svc.withdraw(again.requestId, "test over", "operator");
+        });
+
+        await t.test("refused and audited: forged signature, out of order, replay from another request, share from another card, forged share", async () => {
+          const filed = await svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user" }, "operator");
+          const rid = filed.requestId;
+          const refusedHere = async (check: string, attempt: () => Promise<unknown>) => {
+            const since = await lastSeq(db);
+            await assert.rejects(attempt(), refusedAs(check));
+            const e = await audited(db, since, "recovery.approval.refuse", check);
+            assert.equal(e.subject, rid);
+            assert.deepEqual((await svc.status(rid)).approvals, [], "nothing was recorded");
+          };
+
+          const user = await prepared(svc, "user", rid);
+          // forged: a flipped bit, and the right body signed with another arbitrator's key
+          const sig = Buffer.from(user.approval.signature, "base64");
+          sig[10] ^= 1;
+          await refusedHere("forged_signature", () => svc.approve(rid, { ...user.approval, signature: sig.toString("base64") }, user.releases));
+          const byOther = signApproval(user.view.request, user.view.chainHead, { arbitrator: "user", decision: "approve" }, ARB.get("sp-a")!.signing);
+          await refusedHere("forged_signature", () => svc.approve(rid, byOther, user.releases));
+          // out of order: the credit company before the user
+          const cc = await prepared(svc, "credit-co", rid);
+          await refusedHere("out_of_order", () => svc.approve(rid, cc.approval, cc.releases));
+          // replayed: the user's approval of card-B's request
+          assert.ok(replay);
+          await refusedHere("replayed_from_other_request", () => svc.approve(rid, replay!, user.releases));
+          // a share of another card: card-B's envelope, opened and released for this request
+          const envB = (await svc.shareEnvelopes("user", { cardId: "card-B" })).filter((e) => e.header.shareId === "ind/user");
+          const escB = (await svc.escrowOf("card-B"))!;
+          const fromB = releaseShare({ requestId: rid }, openShare(envB[0], ARB.get("user")!.encryption, { escrowId: escB.escrowId, cardId: "card-B" }), svc.deviceKey().spki);
+          await refusedHere("share_other_card", () => svc.approve(rid, user.approval, [fromB]));
+          // a forged share: the right header, a value nobody committed to
+          const h = user.releases[0].header;
+          const forged = releaseShare({ requestId: rid }, { escrowId: h.escrowId, cardId: h.cardId, shareId: h.shareId, arbitrator: h.arbitrator, value: randomBytes(32) }, svc.deviceKey().spki);
+          await refusedHere("share_commitment_mismatch", () => svc.approve(rid, user.approval, [forged]));
+          // no share at all
+          await refusedHere("share_missing", () => svc.approve(rid, user.approval, []));
+
+          // the genuine approval is still accepted after all that
+          const v = await svc.approve(rid, user.approval, user.releases);
+          assert.deepEqual(v.evaluation.approvers, ["user"]);
+          const ok = await verifyAuditLog(db);
+          assert.ok(ok.ok, "the audit chain verifies");
+        });
+
+        await t.test("S9: a refusal by an indispensable party ends the request, naming the condition", async () => {
+          const [open] = await svc.list({ cardId: "card-A", status: "open" });
+          assert.ok(open);
+          const since = await lastSeq(db);
+          const v = await decideAs(svc, "credit-co", open.requestId, "refuse", "payment overdue");
+          assert.equal(v.status, "ended");
+          assert.match(v.statusDetail ?? "", /indispensable party credit-co refused/);
+          assert.ok((await audit(db, since)).some((e) => e.action === "recovery.request.end" && (e.details.condition as { kind: string }).kind === "indispensable_refused"));
+          const sp = await prepared(svc, "sp-a", open.requestId);
+          const s2 = await lastSeq(db);
+          await assert.rejects(svc.approve(open.requestId, sp.approval, sp.releases), refusedAs("request_ended"));
+          await audited(db, s2, "recovery.approval.refuse", "request_ended");
+          await assert.rejects(svc.reproduce(open.requestId, cardA, "operator"), refusedAs("request_ended"));
+          assert.deepEqual(await tmpKeys(), []);
+        });
+
+        await t.test("FIG. 10 unit 22: a wrong key never comes out — tampered records are refused; two reproductions at once, one", async () => {
+          const filed = await svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user" }, "operator");
+          for (const id of IN_ORDER) await decideAs(svc, id, filed.requestId);
+          await listApprovers(svc, filed.requestId);
+          const rdb = (db as Kysely<unknown>).withTables<RecoveryTables>();
+          const row = await rdb.selectFrom("recovery_escrows").select(["public_key", "record"]).where("card_id", "=", "card-A").executeTakeFirstOrThrow();
+
+          // the registered public key replaced by another (the user's public data storage tampered with)
+          const otherSpki = generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ format: "der", type: "spki" });
+          await rdb.updateTable("recovery_escrows").set({ public_key: otherSpki }).where("card_id", "=", "card-A").execute();
+          let since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("key_check_failed"));
+          await audited(db, since, "recovery.reproduce.refuse", "key_check_failed");
+          assert.deepEqual(await tmpKeys(), [], "nothing is left in custody");
+          await rdb.updateTable("recovery_escrows").set({ public_key: row.public_key }).where("card_id", "=", "card-A").execute();
+
+          // the sealed E altered: K opens nothing
+          const record = JSON.parse(row.record) as { sealed: { ciphertext: string } };
+          const ct = Buffer.from(record.sealed.ciphertext, "base64");
+          ct[5] ^= 1;
+          const altered = JSON.stringify({ ...record, sealed: { ...record.sealed, ciphertext: ct.toString("base64") } });
+          await rdb.updateTable("recovery_escrows").set({ record: altered }).where("card_id", "=", "card-A").execute();
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("final_check_failed"));
+          await audited(db, since, "recovery.reproduce.refuse", "final_check_failed");
+          await rdb.updateTable("recovery_escrows").set({ record: row.record }).where("card_id", "=", "card-A").execute();
+          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA), "the card was not touched by the refused attempts");
+
+          // two reproductions of one request at once: one writes, the other is refused
+          const results = await Promise.allSettled([svc.reproduce(filed.requestId, cardA, "operator"), svc.reproduce(filed.requestId, cardA, "operator")]);
+          assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);
+          assert.ok(refusedAs("request_closed")((results.find((r) => r.status === "rejected") as PromiseRejectedResult).reason));
+          assert.equal((await svc.status(filed.requestId)).status, "reproduced");
+          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA));
+          assert.deepEqual(await tmpKeys(), []);
+        });
+      } finally {
+        await custody.close();
+        await tdb.drop();
+      }
+    });
+  }
+}
+
+test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside custody, the card signs again", { timeout: 120_000 }, async () => {
+  const [engine] = testEngines();
+  const tdb = await engine.create();
+  const custody = await CUSTODIES[1][1]();
+  try {
+    const site = await center();
+    const svc = await RecoveryService.open({ db: tdb.db, custody });
+    const device = await KeyGenerationDevice.create({ custody, ca: site.center, registry: new MemoryIssuedKeyRegistry(), trustAnchors: [site.root], escrow: svc.escrowHook("keygen-device") });
+    for (const id of ["user", "mgr-a", "mgr-b"]) {
+      const a = arbRegistry.require(id);
+      await svc.registerArbitrator({ id, signingPublicKey: a.signingKey, encryptionPublicKey: a.encryptionKey }, "operator");
+    }
+    await svc.setPolicy("card-R", JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }), "operator");
+    const card = await blankCard(custody);
+    const r = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "RSA2048", profile: "authentication", slot: "9a", card, escrow: { cardId: "card-R" } });
+    await loseKey(card, "9a");
+    assert.equal(await cardSignsFor(card, "9a", "RSA2048", r.certificate), false);
+    const filed = await svc.fileRequest({ cardId: "card-R", kind: "key-lost", requester: "user" }, "operator");
+    await decideAs(svc, "mgr-b", filed.requestId);
+    await decideAs(svc, "user", filed.requestId);
+    await listApprovers(svc, filed.requestId);
+    const done = await svc.reproduce(filed.requestId, card, "operator");
+    assert.deepEqual(done.approvers, ["mgr-b", "user"]);
+    assert.ok(await cardSignsFor(card, "9a", "RSA2048", r.certificate));
+  } finally {
+    await custody.close();
+    await tdb.drop();
+  }
+});
