@@ -9,6 +9,7 @@ import { caTables } from "./migrations/0002_ca.ts";
 import { recoveryTables } from "./migrations/0003_recovery.ts";
 import { backupTables } from "./migrations/0004_backups.ts";
 import { webhookDeliveries } from "./migrations/0005_webhook_deliveries.ts";
+import { keygenRegistry } from "./migrations/0006_keygen_registry.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
@@ -18,6 +19,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0003_recovery": recoveryTables(engine),
     "0004_backups": backupTables(engine),
     "0005_webhook_deliveries": webhookDeliveries(engine),
+    "0006_keygen_registry": keygenRegistry(engine),
   };
 }
 
