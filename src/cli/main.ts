@@ -18,6 +18,7 @@ import { registerIssuerCommands } from "./issuer.ts";
 import { registerRotationCommands } from "./rotation.ts";
 import { registerTerminalCommands } from "./terminal.ts";
 import { registerEventCommands } from "./events.ts";
+import { registerRecoveryCommands } from "./recovery.ts";
 
 const program = new Command();
 program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
@@ -147,9 +148,36 @@ program
   .option("--dir <dir>", "where the demo's database, keystore, card images and logs go (replaced on each run)", ".cardkms/demo")
   .option("--card-only", "only the card: SCP03 personalisation, a key online and one as a sealed package, signatures checked")
   .option("--pcsc", "then attach the card to pcscd and sign with OpenSC's pkcs11-tool, checked with openssl")
+  .addOption(
+    new Option("--recovery", "issue 4: a card destroyed, its key reproduced into a new card after the arbitrators' approvals, the backed-up data readable on it").conflicts([
+      "cardOnly",
+      "pcsc",
+    ]),
+  )
   .option("--json", "JSON output")
-  .action(async (o: { dir: string; cardOnly?: boolean; pcsc?: boolean; json?: boolean }) => {
+  .action(async (o: { dir: string; cardOnly?: boolean; pcsc?: boolean; recovery?: boolean; json?: boolean }) => {
     const log = o.json ? undefined : (l: string) => console.log(l);
+    if (o.recovery) {
+      const { runRecoveryDemo } = await import("../demo/recovery-demo.ts");
+      const r = await runRecoveryDemo(o.dir, log);
+      const ok =
+        r.keyGoneFromCustody.afterIssue &&
+        r.keyGoneFromCustody.afterReproduction &&
+        r.oldCard.decipheredBeforeLoss &&
+        r.newCard.deviceReplaced &&
+        r.signatureVerified &&
+        r.readable.length === r.records.length &&
+        r.readable.every((x) => x.byteExact) &&
+        r.audit.ok;
+      print(
+        o,
+        `\n${ok ? "OK" : "FAILED"}: card ${r.oldCard.id} destroyed; after ${r.approvers.join(", ")} approved, its key was reproduced into card ${r.newCard.id}; ${r.readable.filter((x) => x.byteExact).length} of ${r.records.length} backed-up records read on it; try:\n` +
+          `  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.newCard.path}`,
+        { ok, ...r },
+      );
+      if (!ok) process.exitCode = 1;
+      return;
+    }
     let pcsc: PcscDemoResult | undefined;
     if (o.cardOnly) {
       const r = await runDemo({ dir: o.dir, log });
@@ -187,6 +215,7 @@ registerIssuerCommands(program, card);
 registerTerminalCommands(program);
 registerEventCommands(program);
 registerRotationCommands(program);
+registerRecoveryCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

@@ -3,13 +3,15 @@
 // config (`config: { roles: ["operator"] }`); a route without roles is public (health, CRL, OpenAPI).
 // A terminal's token is bound to one card (`Principal.cardId`): it is issued only after that card proved itself
 // (terminal-routes.ts), and routes about a card check the binding with `requireCardAccess`.
+// An arbitrator's token (role "arbitrator", key reproduction: recovery-routes.ts) is bound to one arbitrator by its
+// operators-table name; the routes that admit it check the binding.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { ApiProblem } from "./problem.ts";
 
-export type Role = "admin" | "operator" | "auditor" | "terminal";
-export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal"];
+export type Role = "admin" | "operator" | "auditor" | "terminal" | "arbitrator";
+export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal", "arbitrator"];
 
 export interface Principal {
   name: string;

@@ -6,7 +6,8 @@
 //             (openCaService + SqlCaRepository), also served at /v1/ca/* for issuers at other sites;
 //             "remote": HttpCaClient to another site's /v1/ca (token from CARDKMS_CA_TOKEN)
 //   Issuer    with metrics hooks; routes: issuer-routes.ts, rotation-routes.ts, terminal-routes.ts, event-routes.ts,
-//             ca-routes.ts
+//             ca-routes.ts; key reproduction by arbitrators (RecoveryService on the same DB and custody):
+//             recovery-routes.ts
 //   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
 //   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
@@ -28,6 +29,7 @@ import { openCaService } from "../ca/service.ts";
 import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { Issuer } from "../issuer/issuer.ts";
+import { RecoveryService } from "../recovery/service.ts";
 import { CardRotation } from "../issuer/rotation.ts";
 import { ValidityScheduler } from "../issuer/validity.ts";
 import { WebhookDispatcher, WebhookSecrets } from "../issuer/webhooks.ts";
@@ -41,6 +43,7 @@ import { loadConfig, type IssuerConfig } from "./config.ts";
 import { eventRoutes } from "./event-routes.ts";
 import { issuerRoutes } from "./issuer-routes.ts";
 import { Metrics } from "./metrics.ts";
+import { recoveryRoutes } from "./recovery-routes.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
@@ -76,6 +79,8 @@ export interface IssuerApp {
   issuer: Issuer;
   metrics: Metrics;
   terminalTokens: TerminalTokens;
+  /** Key reproduction by arbitrators (recovery-routes.ts). */
+  recovery: RecoveryService;
   routes: RouteInfo[];
 }
 
@@ -137,7 +142,9 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     await app.register(eventRoutes, { prefix: "/v1", store: d.store, secrets: d.webhookSecrets, validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler } });
   }
   if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: d.ca });
-  return { app, issuer, metrics, terminalTokens, routes };
+  const recovery = await RecoveryService.open({ db: d.store.db as Db, custody: d.custody });
+  await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer });
+  return { app, issuer, metrics, terminalTokens, recovery, routes };
 }
 
 /** A DN string of the configuration ("CN=cardkms CA, O=Example, C=JP") as a structured subject. */

@@ -122,7 +122,7 @@ export class IssuerApiClient {
   }
 
   /** One request; a non-2xx answer throws ApiError built from the problem details. */
-  async request<T>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown): Promise<T> {
+  async request<T>(method: "GET" | "POST" | "PUT" | "DELETE", path: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";

@@ -1,0 +1,365 @@
+// The key reproduction routes of the issuer's API (src/server/recovery-routes.ts; issue 4 item 6) for operators,
+// terminals and arbitrators, over IssuerApiClient (bearer token, timeouts, problem+json as ApiError), and the
+// arbitrator's side of the workflow (seed 001 embodiment 3, step S6):
+//
+//   approveRequest     fetches the arbitrator's pending item, checks that the request it signs is the one shown
+//                      (its digest), signs the approval after the chain head with the arbitrator's ECDSA key, opens
+//                      its share envelopes with its ECDH key, releases each share sealed to the reproduction
+//                      device's key, and posts approval and releases;
+//   refuseRequest      signs and posts a refusal with its reason;
+//   signApproverListFor  the policy's author signs the list of approvers of a satisfied chain.
+//
+// The arbitrator's private keys stay in this process: only signatures and sealed shares leave it. Share values are
+// wiped once sealed. Nothing here logs.
+
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { transmitFollowing } from "../issuer/relay.ts";
+import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
+import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
+import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
+import { releaseSharesFor, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
+import { ApiError, fromBase64, fromHex, hexOf, type IssuerApiClient } from "./api-client.ts";
+
+// ---- wire shapes (recovery-routes.ts) -------------------------------------------------------------------------------
+
+export interface ArbitratorJson {
+  id: string;
+  roles: string[];
+  displayName?: string;
+  /** base64 DER SubjectPublicKeyInfo. */
+  signingPublicKey: string;
+  encryptionPublicKey: string;
+  encryptionKeyId: string;
+  registeredBy: string;
+  registeredAt: number;
+}
+
+export interface PolicyJson {
+  cardId: string;
+  policy: ReproductionPolicy;
+  digest: string;
+  setBy: string;
+  setAt: number;
+}
+
+export interface EscrowJson {
+  escrowId: string;
+  cardId: string;
+  applicantId: string;
+  policy: ReproductionPolicy;
+  policyDigest: string;
+  alg: string;
+  slot: string;
+  publicKey: string;
+  publicKeySha256: string;
+  /** PEM. */
+  certificate: string;
+  serial: string;
+  shares: { shareId: string; arbitrator: string; slot: ShareSlot }[];
+  deviceGeneration: number;
+  createdAt: number;
+}
+
+export interface RequestJson {
+  requestId: string;
+  cardId: string;
+  escrowId: string;
+  kind: "key-lost" | "card-destroyed";
+  status: string;
+  statusDetail?: string;
+  /** Exactly what approvals sign over. */
+  request: ServiceRequest;
+  requestDigest: string;
+  chainHead: string;
+  approvals: Approval[];
+  evaluation: Evaluation;
+  releasedShares: string[];
+  approverList?: ApproverList;
+  filedBy: string;
+  filedAt: number;
+  reproducedBy?: string;
+  reproducedAt?: number;
+}
+
+export type PendingJson =
+  | { action: "decide"; request: RequestJson; mayApproveNow: boolean; waitingFor: string[]; envelopes: ShareEnvelope[] }
+  | { action: "sign-approver-list"; request: RequestJson };
+
+export interface DeviceKey {
+  spki: Uint8Array;
+  pem: string;
+  /** SHA-256 of the SPKI, hex, as computed here (not as the server says). */
+  keyId: string;
+}
+
+export type ReproductionStep = { sessionId: string; apdus: Uint8Array[] } | { sessionId: string; result: ReproductionResult };
+
+/** A refusal on the arbitrator's side, before anything is signed or sent. */
+export class RecoveryClientError extends Error {
+  override readonly name = "RecoveryClientError";
+}
+
+/** Arbitrator ids, card ids, request ids as one path segment (checked, so a caller's string cannot change the route). */
+function seg(id: string): string {
+  if (typeof id !== "string" || !/^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/.test(id)) throw new ApiError(0, "client:bad-argument", "Bad identifier", `not an ID: ${JSON.stringify(id)}`);
+  return encodeURIComponent(id);
+}
+
+/** A public key as PEM (BEGIN PUBLIC KEY); a private KeyObject gives its public half. */
+function publicPem(k: string | KeyObject): string {
+  if (typeof k === "string") return k;
+  return (k.type === "private" ? createPublicKey(k) : k).export({ format: "pem", type: "spki" }) as string;
+}
+
+export class RecoveryApiClient {
+  constructor(readonly api: IssuerApiClient) {}
+
+  // ---- arbitrators ------------------------------------------------------------------------------------------------
+
+  registerArbitrator(input: { id: string; roles?: string[]; displayName?: string; signingPublicKey: string | KeyObject; encryptionPublicKey: string | KeyObject }): Promise<ArbitratorJson> {
+    const body: Record<string, unknown> = { id: input.id, signingPublicKey: publicPem(input.signingPublicKey), encryptionPublicKey: publicPem(input.encryptionPublicKey) };
+    if (input.roles !== undefined) body.roles = input.roles;
+    if (input.displayName !== undefined) body.displayName = input.displayName;
+    return this.api.request("POST", "/v1/recovery/arbitrators", body);
+  }
+
+  async arbitrators(): Promise<ArbitratorJson[]> {
+    return (await this.api.request<{ arbitrators: ArbitratorJson[] }>("GET", "/v1/recovery/arbitrators")).arbitrators;
+  }
+
+  arbitrator(id: string): Promise<ArbitratorJson> {
+    return this.api.request("GET", `/v1/recovery/arbitrators/${seg(id)}`);
+  }
+
+  /** An API token bound to the arbitrator (the server shows it once). */
+  issueArbitratorToken(id: string): Promise<{ arbitrator: string; tokenId: string; token: string }> {
+    return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/tokens`, {});
+  }
+
+  revokeArbitratorToken(id: string, tokenId: string): Promise<{ arbitrator: string; tokenId: string; revoked: boolean }> {
+    return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/tokens/${seg(tokenId)}/revoke`, {});
+  }
+
+  // ---- policies and escrows ---------------------------------------------------------------------------------------
+
+  /** Sets a card's policy (the document as parsed JSON). */
+  setPolicy(cardId: string, policy: unknown): Promise<PolicyJson> {
+    return this.api.request("PUT", `/v1/cards/${seg(cardId)}/recovery-policy`, policy);
+  }
+
+  policy(cardId: string): Promise<PolicyJson> {
+    return this.api.request("GET", `/v1/cards/${seg(cardId)}/recovery-policy`);
+  }
+
+  escrow(cardId: string): Promise<EscrowJson> {
+    return this.api.request("GET", `/v1/cards/${seg(cardId)}/escrow`);
+  }
+
+  // ---- requests -----------------------------------------------------------------------------------------------------
+
+  fileRequest(input: { cardId: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string }): Promise<RequestJson> {
+    const body: Record<string, unknown> = { cardId: input.cardId, kind: input.kind, requester: input.requester };
+    if (input.reason !== undefined) body.reason = input.reason;
+    return this.api.request("POST", "/v1/recovery/requests", body);
+  }
+
+  async requests(filter: { status?: string; cardId?: string; limit?: number } = {}): Promise<RequestJson[]> {
+    const q = new URLSearchParams();
+    if (filter.status !== undefined) q.set("status", filter.status);
+    if (filter.cardId !== undefined) q.set("cardId", filter.cardId);
+    if (filter.limit !== undefined) q.set("limit", String(filter.limit));
+    const qs = q.toString();
+    return (await this.api.request<{ requests: RequestJson[] }>("GET", `/v1/recovery/requests${qs ? `?${qs}` : ""}`)).requests;
+  }
+
+  request(requestId: string): Promise<RequestJson> {
+    return this.api.request("GET", `/v1/recovery/requests/${seg(requestId)}`);
+  }
+
+  withdraw(requestId: string, reason: string): Promise<RequestJson> {
+    return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/withdraw`, { reason });
+  }
+
+  // ---- the arbitrators' routes ---------------------------------------------------------------------------------------
+
+  async pending(arbitratorId: string): Promise<PendingJson[]> {
+    return (await this.api.request<{ pending: PendingJson[] }>("GET", `/v1/recovery/arbitrators/${seg(arbitratorId)}/pending`)).pending;
+  }
+
+  approve(requestId: string, approval: Approval, releases: ShareRelease[]): Promise<RequestJson> {
+    return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/approvals`, { approval, releases });
+  }
+
+  refuse(requestId: string, refusal: Approval): Promise<RequestJson> {
+    return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/refusals`, { refusal });
+  }
+
+  submitApproverList(requestId: string, approverList: ApproverList): Promise<RequestJson> {
+    return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/approver-list`, { approverList });
+  }
+
+  async deviceKey(): Promise<DeviceKey> {
+    const r = await this.api.request<{ spki: string; pem: string; keyId: string }>("GET", "/v1/recovery/device-key");
+    const spki = fromBase64(r.spki, "spki");
+    return { spki, pem: r.pem, keyId: createHash("sha256").update(spki).digest("hex") };
+  }
+
+  // ---- reproduction through the terminal ----------------------------------------------------------------------------
+
+  async startReproduction(requestId: string, cardId?: string): Promise<ReproductionStep> {
+    return stepOf(await this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/reproduce`, cardId === undefined ? {} : { cardId }));
+  }
+
+  async reproductionStep(sessionId: string, responses: Uint8Array[]): Promise<ReproductionStep> {
+    if (!/^[0-9a-f]{32}$/.test(sessionId)) throw new ApiError(0, "client:bad-argument", "Bad identifier", "not a session ID");
+    return stepOf({ sessionId, ...(await this.api.request<object>("POST", `/v1/recovery/sessions/${sessionId}`, { responses: responses.map(hexOf) })) });
+  }
+
+  /**
+   * Reproduces a satisfied request's key into the card reachable through `transmit` (the terminal's part): starts
+   * the reproduction and forwards each APDU the server sends to the card until the server reports the result.
+   * A refusal comes back as the server's ApiError (its detail names the check).
+   */
+  async reproduce(requestId: string, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, o: { cardId?: string; maxRounds?: number } = {}): Promise<ReproductionResult> {
+    let step = await this.startReproduction(requestId, o.cardId);
+    const max = o.maxRounds ?? 512;
+    for (let round = 0; round < max; round++) {
+      if ("result" in step) return step.result;
+      const responses: Uint8Array[] = [];
+      for (const a of step.apdus) responses.push(await transmitFollowing(transmit, a));
+      step = await this.reproductionStep(step.sessionId, responses);
+    }
+    if ("result" in step) return step.result;
+    throw new RecoveryClientError(`reproduction session ${step.sessionId} did not finish in ${max} rounds`);
+  }
+}
+
+function stepOf(r: { sessionId?: unknown; apdus?: unknown; result?: unknown }): ReproductionStep {
+  if (typeof r.sessionId !== "string") throw new ApiError(0, "client:bad-response", "Malformed server response", "no sessionId");
+  if (r.result && typeof r.result === "object") return { sessionId: r.sessionId, result: r.result as ReproductionResult };
+  if (!Array.isArray(r.apdus)) throw new ApiError(0, "client:bad-response", "Malformed server response", "neither apdus nor result");
+  return { sessionId: r.sessionId, apdus: r.apdus.map((a, i) => fromHex(a as string, `apdus[${i}]`)) };
+}
+
+// ---- the arbitrator's side -------------------------------------------------------------------------------------------
+
+export interface ArbitratorPrivateKeys {
+  /** ECDSA P-256: signs approvals, refusals, approver lists. */
+  signing: KeyObject;
+  /** ECDH P-256: opens the share envelopes sealed to the arbitrator. */
+  encryption?: KeyObject;
+}
+
+/** A P-256 private key from PEM (PKCS#8 or SEC 1); `what` names it in errors (never its content). */
+export function p256PrivateKey(pem: string | Buffer, what: string): KeyObject {
+  let k: KeyObject;
+  try {
+    k = createPrivateKey(pem);
+  } catch {
+    throw new RecoveryClientError(`${what} is not a PEM private key (an encrypted key is not supported)`);
+  }
+  if (k.asymmetricKeyType !== "ec" || k.asymmetricKeyDetails?.namedCurve !== "prime256v1") throw new RecoveryClientError(`${what} is not a P-256 key`);
+  return k;
+}
+
+/** A P-256 public key from PEM (a private key's PEM gives its public half, which is all that is sent). */
+export function p256PublicKey(pem: string | Buffer, what: string): KeyObject {
+  let k: KeyObject;
+  try {
+    k = createPublicKey(pem);
+  } catch {
+    throw new RecoveryClientError(`${what} is not a PEM key`);
+  }
+  if (k.asymmetricKeyType !== "ec" || k.asymmetricKeyDetails?.namedCurve !== "prime256v1") throw new RecoveryClientError(`${what} is not a P-256 key`);
+  return k;
+}
+
+export interface ArbitratorKeyFiles {
+  signingKey: string;
+  signingPublicKey: string;
+  encryptionKey: string;
+  encryptionPublicKey: string;
+}
+
+/**
+ * Makes an arbitrator's two P-256 key pairs as PEM files in `dir` (created 0700 if missing; files 0600, never
+ * overwritten): signing.key.pem / signing.pub.pem (ECDSA) and encryption.key.pem / encryption.pub.pem (ECDH).
+ */
+export function generateArbitratorKeyFiles(dir: string): ArbitratorKeyFiles {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const files: ArbitratorKeyFiles = {
+    signingKey: join(dir, "signing.key.pem"),
+    signingPublicKey: join(dir, "signing.pub.pem"),
+    encryptionKey: join(dir, "encryption.key.pem"),
+    encryptionPublicKey: join(dir, "encryption.pub.pem"),
+  };
+  const write = (path: string, pem: string) => writeFileSync(path, pem, { mode: 0o600, flag: "wx" });
+  for (const [priv, pub] of [
+    [files.signingKey, files.signingPublicKey],
+    [files.encryptionKey, files.encryptionPublicKey],
+  ] as const) {
+    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    write(priv, privateKey.export({ format: "pem", type: "pkcs8" }) as string);
+    write(pub, publicKey.export({ format: "pem", type: "spki" }) as string);
+  }
+  return files;
+}
+
+/** The arbitrator's pending item of `action` for the request, or a RecoveryClientError saying why there is none. */
+async function pendingItem<A extends PendingJson["action"]>(client: RecoveryApiClient, arbitratorId: string, requestId: string, action: A): Promise<Extract<PendingJson, { action: A }>> {
+  const items = await client.pending(arbitratorId);
+  const item = items.find((p): p is Extract<PendingJson, { action: A }> => p.action === action && p.request.requestId === requestId);
+  if (!item) {
+    const other = items.find((p) => p.request.requestId === requestId);
+    throw new RecoveryClientError(
+      other
+        ? `request ${requestId} asks ${arbitratorId} to ${other.action === "decide" ? "decide" : "sign the list of approvers"}, not to ${action === "decide" ? "decide" : "sign the list of approvers"}`
+        : `request ${requestId} has nothing pending for ${arbitratorId} (not a party, decided already, or the request is closed)`,
+    );
+  }
+  // What is signed must be what was shown: the request's digest is recomputed here.
+  if (requestDigest(item.request.request) !== item.request.requestDigest) throw new RecoveryClientError(`request ${requestId}: the request shown does not match its digest; nothing signed`);
+  return item;
+}
+
+/**
+ * Step S6, approving: signs after the current chain head, opens the arbitrator's envelopes of the request's card,
+ * releases each share sealed to the reproduction device, posts all. `expectDeviceKeyId` pins the device key (its
+ * SHA-256, hex): shares are released to no other key.
+ */
+export async function approveRequest(
+  client: RecoveryApiClient,
+  arbitratorId: string,
+  requestId: string,
+  keys: ArbitratorPrivateKeys,
+  o: { expectDeviceKeyId?: string; reason?: string } = {},
+): Promise<RequestJson> {
+  if (!keys.encryption) throw new RecoveryClientError("approving releases shares: the arbitrator's encryption key is needed");
+  const item = await pendingItem(client, arbitratorId, requestId, "decide");
+  if (!item.mayApproveNow) throw new RecoveryClientError(`${arbitratorId} may approve request ${requestId} only after ${item.waitingFor.join(", ")}`);
+  const device = await client.deviceKey();
+  if (o.expectDeviceKeyId !== undefined && o.expectDeviceKeyId.toLowerCase() !== device.keyId)
+    throw new RecoveryClientError(`the server's reproduction device key is ${device.keyId}, not the expected ${o.expectDeviceKeyId}; no share released`);
+  const v = item.request;
+  const encryption = keys.encryption;
+  const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, encryption, { escrowId: v.escrowId, cardId: v.cardId }), device.spki);
+  const approval = signApproval(v.request, v.chainHead, { arbitrator: arbitratorId, decision: "approve", reason: o.reason }, keys.signing);
+  return client.approve(requestId, approval, releases);
+}
+
+/** Step S6, refusing with a reason (signed; releases nothing). */
+export async function refuseRequest(client: RecoveryApiClient, arbitratorId: string, requestId: string, signingKey: KeyObject, reason: string): Promise<RequestJson> {
+  if (typeof reason !== "string" || !reason.trim()) throw new RecoveryClientError("a refusal states its reason");
+  const item = await pendingItem(client, arbitratorId, requestId, "decide");
+  const refusal = signApproval(item.request.request, item.request.chainHead, { arbitrator: arbitratorId, decision: "refuse", reason }, signingKey);
+  return client.refuse(requestId, refusal);
+}
+
+/** FIG. 9 condition 15: the policy's author signs the list of approvers of the satisfied chain. */
+export async function signApproverListFor(client: RecoveryApiClient, author: string, requestId: string, signingKey: KeyObject): Promise<RequestJson> {
+  const item = await pendingItem(client, author, requestId, "sign-approver-list");
+  const list = signApproverList(item.request.request, item.request.approvals, author, signingKey);
+  return client.submitApproverList(requestId, list);
+}

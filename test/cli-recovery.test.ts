@@ -1,0 +1,178 @@
+// Key reproduction by arbitrators through the cardkms command (child processes) against a running issuer server:
+// arbitrators make their key pairs, an operator registers them and issues their tokens, sets a card's policy and
+// files a request; each arbitrator lists what is pending and approves with its own key files (its shares opened
+// and released in its own process); the policy's author signs the approver list; the operator reproduces the key
+// into the card image through the CLI, which relays the server's APDUs. --json everywhere; refusals exit 1.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createPublicKey } from "node:crypto";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { openCard } from "../src/card/card.ts";
+import { startTestServer } from "./terminal-server.ts";
+import { tempDir } from "./helpers.ts";
+import { cardSignsFor, issueEscrowed, loseKey } from "./recovery-fixture.ts";
+
+const dir = tempDir("cardkms-cli-recovery-");
+const IMAGE_KEY = "33".repeat(32);
+
+function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ["--import", "tsx", "src/cli/main.ts", ...args],
+      { env: { ...process.env, CARDKMS_IMAGE_KEY: IMAGE_KEY, CARDKMS_SERVER: "", CARDKMS_TOKEN: "", CARDKMS_PIN: "", ...env }, timeout: 60_000 },
+      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+const json = (r: { code: number; stdout: string; stderr: string }, what: string) => {
+  assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+};
+
+test("arbitrators, policy, request, approvals and the reproduction through the CLI", { timeout: 240_000 }, async (t) => {
+  const srv = await startTestServer(dir);
+  t.after(() => srv.close());
+  const outputs: string[] = [];
+  const run = async (args: string[], token = srv.operatorToken) => {
+    const r = await cli(args, { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token });
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
+  const ids = ["user", "mgr-a", "mgr-b"];
+  const keyDir = (id: string) => join(dir, "arbitrators", id);
+
+  // ---- arbitrators: key pairs (0600, never overwritten), registration, list, tokens ------------------------------------
+  const made = await Promise.all(ids.map((id) => run(["recovery", "arbitrator", "keygen", "--out", keyDir(id), "--json"])));
+  made.forEach((r, i) => {
+    const files = json(r, `keygen ${ids[i]}`);
+    for (const f of [files.signingKey, files.encryptionKey]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+    assert.match(readFileSync(files.signingPublicKey, "utf8"), /BEGIN PUBLIC KEY/);
+  });
+  // mgr-b registers from its private key files: only the public halves are sent
+  const [again, ...added] = await Promise.all([
+    run(["recovery", "arbitrator", "keygen", "--out", keyDir("user")]),
+    ...ids.map((id) => {
+      const suffix = id === "mgr-b" ? "key" : "pub";
+      return run(["recovery", "arbitrator", "add", "--id", id, "--signing-key", join(keyDir(id), `signing.${suffix}.pem`), "--encryption-key", join(keyDir(id), `encryption.${suffix}.pem`), "--role", id === "user" ? "user" : "manager", "--json"]);
+    }),
+  ]);
+  assert.equal(again.code, 2, "keys are never overwritten");
+  added.forEach((r, i) => assert.equal(json(r, `add ${ids[i]}`).id, ids[i]));
+  const mgrB = json(added[2], "add mgr-b");
+  const mgrBPublic = createPublicKey(readFileSync(join(keyDir("mgr-b"), "signing.key.pem"))).export({ format: "der", type: "spki" }).toString("base64");
+  assert.equal(mgrB.signingPublicKey, mgrBPublic);
+  // ---- tokens; a card, its policy, its key escrowed (the key generation device runs in the server's process) ---------------
+  const user = await srv.server.issuer.registerUser({ commonName: "Hanako Yamada" }, "test");
+  const image = join(dir, "hanako.card");
+  const policyFile = join(dir, "policy.json");
+  const policy = { version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [{ before: "user", after: "mgr-b" }] };
+  writeFileSync(policyFile, JSON.stringify(policy));
+  const badFile = join(dir, "bad-policy.json");
+  writeFileSync(badFile, JSON.stringify({ ...policy, author: "nobody" }));
+  const [listedRun, card, bad, ...issuedTokens] = await Promise.all([
+    run(["recovery", "arbitrator", "list", "--json"]),
+    run(["card", "issue", "--user", user.id, "--image", image, "--json"]),
+    run(["recovery", "policy", "set", "some-card", "--file", badFile]),
+    ...ids.map((id) => run(["recovery", "arbitrator", "token", id, "--json"])),
+  ]);
+  const listed = json(listedRun, "arbitrator list");
+  assert.deepEqual(listed.map((a: { id: string }) => a.id).sort(), [...ids].sort());
+  const tokens = new Map<string, string>();
+  issuedTokens.forEach((r, i) => tokens.set(ids[i], json(r, `token ${ids[i]}`).token));
+  const afterTokens = outputs.length;
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /\/author: arbitrator nobody is not registered/);
+
+  const cardId: string = json(card, "card issue").cardId;
+  const set = json(await run(["recovery", "policy", "set", cardId, "--file", policyFile, "--json"]), "policy set");
+  const shown = json(await run(["recovery", "policy", "show", cardId, "--json"]), "policy show");
+  assert.deepEqual([shown.policy, shown.digest], [policy, set.digest]);
+
+  const certificate = await (async () => {
+    const c = openCard(image, new Uint8Array(Buffer.from(IMAGE_KEY, "hex")));
+    try {
+      const transmit = (a: Uint8Array) => c.transmit(a);
+      const issued = await issueEscrowed(srv.server, cardId, transmit);
+      await loseKey(transmit, "9c");
+      assert.equal(await cardSignsFor(transmit, "9c", "P256", issued.certificate), false, "the key is gone");
+      return issued.certificate;
+    } finally {
+      c.close();
+    }
+  })();
+
+  // ---- the request and the arbitrators' decisions ---------------------------------------------------------------------------
+  const filed = json(await run(["recovery", "request", "file", "--card", cardId, "--kind", "key-lost", "--requester", "user", "--reason", "lost PIN card", "--json"]), "request file");
+  const rid: string = filed.requestId;
+  const approve = (id: string, extra: string[] = []) =>
+    run(["recovery", "approve", rid, "--arbitrator", id, "--signing-key", join(keyDir(id), "signing.key.pem"), "--encryption-key", join(keyDir(id), "encryption.key.pem"), ...extra, "--json"], tokens.get(id));
+  const [openRun, pendingRun, early, wrongDevice, deviceKeyRun] = await Promise.all([
+    run(["recovery", "request", "list", "--status", "open", "--card", cardId, "--json"]),
+    run(["recovery", "pending", "--arbitrator", "mgr-b", "--json"], tokens.get("mgr-b")),
+    run(["recovery", "approve", rid, "--arbitrator", "mgr-b", "--signing-key", join(keyDir("mgr-b"), "signing.key.pem"), "--encryption-key", join(keyDir("mgr-b"), "encryption.key.pem")], tokens.get("mgr-b")),
+    approve("user", ["--device-key-id", "00".repeat(32)]),
+    run(["recovery", "device-key", "--json"], tokens.get("user")),
+  ]);
+  assert.deepEqual(
+    json(openRun, "request list").map((v: { requestId: string }) => v.requestId),
+    [rid],
+  );
+  const pendingB = json(pendingRun, "pending mgr-b");
+  assert.equal(pendingB.length, 1);
+  assert.deepEqual([pendingB[0].action, pendingB[0].mayApproveNow, pendingB[0].waitingFor, pendingB[0].envelopes.length], ["decide", false, ["user"], 1]);
+  assert.equal(early.code, 1, "the order condition is checked on the arbitrator's side before signing");
+  assert.match(early.stderr, /may approve request .* only after user/);
+  assert.equal(wrongDevice.code, 1);
+  assert.match(wrongDevice.stderr, /no share released/);
+  const deviceKey = json(deviceKeyRun, "device-key");
+  const byUser = json(await approve("user", ["--device-key-id", deviceKey.keyId]), "approve user");
+  assert.deepEqual(byUser.evaluation.approvers, ["user"]);
+  const byB = json(await approve("mgr-b"), "approve mgr-b");
+  assert.equal(byB.status, "satisfied");
+  const [twice, signedRun] = await Promise.all([
+    approve("user"),
+    run(["recovery", "approver-list", "sign", rid, "--author", "mgr-a", "--signing-key", join(keyDir("mgr-a"), "signing.key.pem"), "--json"], tokens.get("mgr-a")),
+  ]);
+  assert.equal(twice.code, 1);
+  assert.match(twice.stderr, /nothing pending for user|has nothing pending/);
+  const signed = json(signedRun, "approver-list sign");
+  assert.deepEqual(signed.approverList.approvers, ["user", "mgr-b"]);
+
+  // ---- the reproduction into the card image, relayed by the CLI ---------------------------------------------------------------
+  const done = json(await run(["recovery", "reproduce", rid, "--card-image", image, "--json"]), "reproduce");
+  assert.deepEqual([done.approvers, done.author, done.deviceReplaced], [["user", "mgr-b"], "mgr-a", false]);
+  {
+    const c = openCard(image, new Uint8Array(Buffer.from(IMAGE_KEY, "hex")));
+    try {
+      assert.ok(await cardSignsFor((a) => c.transmit(a), "9c", "P256", certificate), "the card signs again under its original certificate");
+    } finally {
+      c.close();
+    }
+  }
+  // a second request, refused by the user: it ends, naming the condition
+  const next = await srv.server.recovery.fileRequest({ cardId, kind: "key-lost", requester: "user" }, "olga");
+  const [statusRun, refusedAgain, help, refusal] = await Promise.all([
+    run(["recovery", "request", "show", rid, "--json"]),
+    run(["recovery", "reproduce", rid, "--card-image", image]),
+    cli(["recovery", "--help"]),
+    run(["recovery", "refuse", next.requestId, "--arbitrator", "user", "--signing-key", join(keyDir("user"), "signing.key.pem"), "--reason", "not me", "--json"], tokens.get("user")),
+  ]);
+  const ended = json(refusal, "refuse");
+  assert.deepEqual([ended.status, ended.approvals[0].reason], ["ended", "not me"]);
+  assert.match(ended.statusDetail, /indispensable party user refused/);
+  assert.equal(json(statusRun, "request show").status, "reproduced");
+  assert.equal(refusedAgain.code, 1);
+  assert.match(refusedAgain.stderr, /request_closed/);
+  assert.equal(help.code, 0);
+  for (const sub of ["arbitrator", "policy", "escrow", "device-key", "request", "pending", "approve", "refuse", "approver-list", "reproduce"]) assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
+
+  // tokens printed once, at creation; no private key ever printed
+  const later = outputs.slice(afterTokens);
+  for (const o of later) for (const tok of tokens.values()) assert.ok(!o.includes(tok), "a later command printed an arbitrator token");
+  for (const o of outputs) assert.ok(!o.includes("PRIVATE KEY"), "a command printed a private key");
+
+});
