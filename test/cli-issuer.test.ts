@@ -4,29 +4,15 @@
 // exit codes of usage errors (2) and refusals (1).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { startTestServer } from "./terminal-server.ts";
-import { tempDir } from "./helpers.ts";
+import { cliJson, runCli, tempDir } from "./helpers.ts";
 
 const dir = tempDir("cardkms-cli-issuer-");
 const IMAGE_KEY = "33".repeat(32);
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args],
-      { env: { ...process.env, CARDKMS_IMAGE_KEY: IMAGE_KEY, CARDKMS_SERVER: "", CARDKMS_TOKEN: "", CARDKMS_PIN: "", ...env }, timeout: 60_000 },
-      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-const json = (r: { code: number; stdout: string; stderr: string }, what: string) => {
-  assert.equal(r.code, 0, `${what}: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-};
+const cli = (args: string[], env: Record<string, string> = {}) => runCli(args, { CARDKMS_IMAGE_KEY: IMAGE_KEY, ...env });
+const json = cliJson;
 
 test("operator and terminal flows through the CLI against a running server", { timeout: 240_000 }, async (t) => {
   const srv = await startTestServer(dir);

@@ -5,33 +5,19 @@
 // into the card image through the CLI, which relays the server's APDUs. --json everywhere; refusals exit 1.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { createPublicKey } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openCard } from "../src/card/card.ts";
 import { startTestServer } from "./terminal-server.ts";
-import { tempDir } from "./helpers.ts";
+import { cliJson, runCli, tempDir } from "./helpers.ts";
 import { cardSignsFor, issueEscrowed, loseKey } from "./recovery-fixture.ts";
 
 const dir = tempDir("cardkms-cli-recovery-");
 const IMAGE_KEY = "33".repeat(32);
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args],
-      { env: { ...process.env, CARDKMS_IMAGE_KEY: IMAGE_KEY, CARDKMS_SERVER: "", CARDKMS_TOKEN: "", CARDKMS_PIN: "", ...env }, timeout: 60_000 },
-      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-const json = (r: { code: number; stdout: string; stderr: string }, what: string) => {
-  assert.equal(r.code, 0, `${what}: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-};
+const cli = (args: string[], env: Record<string, string> = {}) => runCli(args, { CARDKMS_IMAGE_KEY: IMAGE_KEY, ...env });
+const json = cliJson;
 
 test("arbitrators, policy, request, approvals and the reproduction through the CLI", { timeout: 240_000 }, async (t) => {
   const srv = await startTestServer(dir);
