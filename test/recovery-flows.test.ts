@@ -5,7 +5,7 @@
 // original certificate. Every refusal named in issue 4 is refused by name and found in the audit log.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { generateKeyPairSync, randomBytes, verify, X509Certificate } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { CertificationAuthority } from "../src/ca/authority.ts";
 import type { SubjectName } from "../src/ca/name.ts";
@@ -38,6 +38,7 @@ import { PivClient } from "../src/terminal/piv-client.ts";
 import type { Transmit } from "../src/terminal/apdu-client.ts";
 import { softhsmCustody, softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
+import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const dir = tempDir("cardkms-recovery-");
 const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
@@ -76,29 +77,6 @@ async function blankCard(custody: KeyCustody): Promise<Card> {
   const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
   await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
   return { transmit, keySet };
-}
-
-/** The card signs with the key in `slot`, verified with the certificate's public key; false when it cannot. */
-async function cardSignsFor(card: Card, slot: PivSlot, alg: KeyPairAlg, certificate: Uint8Array): Promise<boolean> {
-  const piv = new PivClient(card.transmit);
-  await piv.select();
-  await piv.verifyPin("123456");
-  const msg = randomBytes(48);
-  try {
-    const { signature, hash } = await piv.sign(parseInt(slot, 16), alg, msg);
-    return verify(hash, msg, { key: new X509Certificate(certificate).publicKey, dsaEncoding: "der" }, signature);
-  } catch {
-    return false;
-  }
-}
-
-/** The key is lost from the card (step S5): DELETE KEY with the user's PIN. */
-async function loseKey(card: Card, slot: PivSlot): Promise<void> {
-  const piv = new PivClient(card.transmit);
-  await piv.select();
-  await piv.verifyPin("123456");
-  const r = await piv.apdu.send({ cla: 0x80, ins: 0xf6, p1: 0, p2: parseInt(slot, 16) });
-  assert.equal(r.sw, 0x9000, "DELETE KEY");
 }
 
 const ID_OK = { arbitrator: "", decision: "approve" as const };
@@ -189,7 +167,7 @@ for (const engine of testEngines()) {
           const r = await issue(cardA, "card-A");
           certA = r.certificate;
           assert.ok(r.escrowId);
-          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA));
+          assert.ok(await cardSignsFor(cardA.transmit, "9c", "P256", certA));
           assert.deepEqual(await tmpKeys(), [], "the key disappeared from the key generation device");
           const esc = await svc.escrowOf("card-A");
           assert.equal(esc?.escrowId, r.escrowId);
@@ -202,8 +180,8 @@ for (const engine of testEngines()) {
         });
 
         await t.test("S5-S9 key-lost: approvals in the policy's order, a wrong card refused, the same card reissued once", async () => {
-          await loseKey(cardA, "9c");
-          assert.equal(await cardSignsFor(cardA, "9c", "P256", certA), false, "the key is gone");
+          await loseKey(cardA.transmit, "9c");
+          assert.equal(await cardSignsFor(cardA.transmit, "9c", "P256", certA), false, "the key is gone");
           const filed = await svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user", reason: "battery died" }, "operator");
           await assert.rejects(svc.fileRequest({ cardId: "card-A", kind: "card-destroyed", requester: "user" }, "operator"), refusedAs("request_unfinished"));
           const waiting = (await svc.pendingFor("credit-co")).find((p) => p.action === "decide" && p.request.requestId === filed.requestId);
@@ -232,13 +210,13 @@ for (const engine of testEngines()) {
           await assert.rejects(svc.reproduce(filed.requestId, other, "operator"), (e: unknown) => refusedAs("device_mismatch")(e) && /cannot be reissued twice/.test((e as Error).message));
           await audited(db, since, "recovery.reproduce.refuse", "device_mismatch");
           assert.equal((await svc.status(filed.requestId)).status, "satisfied", "the request stays usable after a refused attempt");
-          assert.equal(await cardSignsFor(other, "9c", "P256", certA), false, "nothing was written into the wrong card");
+          assert.equal(await cardSignsFor(other.transmit, "9c", "P256", certA), false, "nothing was written into the wrong card");
 
           since = await lastSeq(db);
           const r = await svc.reproduce(filed.requestId, cardA, "operator");
           assert.deepEqual(r.approvers, IN_ORDER);
           assert.equal(r.deviceReplaced, false);
-          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA), "the same card signs again under its original certificate");
+          assert.ok(await cardSignsFor(cardA.transmit, "9c", "P256", certA), "the same card signs again under its original certificate");
           const piv = new PivClient(cardA.transmit);
           await piv.select();
           assert.deepEqual(await piv.readCertificate(0x9c), certA, "and holds the certificate again");
@@ -275,7 +253,7 @@ for (const engine of testEngines()) {
           assert.equal(r.deviceReplaced, true);
           assert.equal(r.deviceGeneration, 2);
           assert.deepEqual(r.approvers, ["sp-a", "user", "mgr-b", "credit-co", "mgr-e"]);
-          assert.ok(await cardSignsFor(cardC, "9c", "P256", certB), "the new card signs under the destroyed card's certificate");
+          assert.ok(await cardSignsFor(cardC.transmit, "9c", "P256", certB), "the new card signs under the destroyed card's certificate");
           assert.equal((await svc.escrowOf("card-B"))?.deviceGeneration, 2);
           const actions = (await audit(db, since)).map((e) => e.action);
           assert.deepEqual(actions, ["recovery.device.replace", "recovery.reproduce"]);
@@ -375,14 +353,14 @@ for (const engine of testEngines()) {
           await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("final_check_failed"));
           await audited(db, since, "recovery.reproduce.refuse", "final_check_failed");
           await rdb.updateTable("recovery_escrows").set({ record: row.record }).where("card_id", "=", "card-A").execute();
-          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA), "the card was not touched by the refused attempts");
+          assert.ok(await cardSignsFor(cardA.transmit, "9c", "P256", certA), "the card was not touched by the refused attempts");
 
           // two reproductions of one request at once: one writes, the other is refused
           const results = await Promise.allSettled([svc.reproduce(filed.requestId, cardA, "operator"), svc.reproduce(filed.requestId, cardA, "operator")]);
           assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);
           assert.ok(refusedAs("request_closed")((results.find((r) => r.status === "rejected") as PromiseRejectedResult).reason));
           assert.equal((await svc.status(filed.requestId)).status, "reproduced");
-          assert.ok(await cardSignsFor(cardA, "9c", "P256", certA));
+          assert.ok(await cardSignsFor(cardA.transmit, "9c", "P256", certA));
           assert.deepEqual(await tmpKeys(), []);
         });
       } finally {
@@ -408,15 +386,15 @@ test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside
     await svc.setPolicy("card-R", JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }), "operator");
     const card = await blankCard(custody);
     const r = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "RSA2048", profile: "authentication", slot: "9a", card, escrow: { cardId: "card-R" } });
-    await loseKey(card, "9a");
-    assert.equal(await cardSignsFor(card, "9a", "RSA2048", r.certificate), false);
+    await loseKey(card.transmit, "9a");
+    assert.equal(await cardSignsFor(card.transmit, "9a", "RSA2048", r.certificate), false);
     const filed = await svc.fileRequest({ cardId: "card-R", kind: "key-lost", requester: "user" }, "operator");
     await decideAs(svc, "mgr-b", filed.requestId);
     await decideAs(svc, "user", filed.requestId);
     await listApprovers(svc, filed.requestId);
     const done = await svc.reproduce(filed.requestId, card, "operator");
     assert.deepEqual(done.approvers, ["mgr-b", "user"]);
-    assert.ok(await cardSignsFor(card, "9a", "RSA2048", r.certificate));
+    assert.ok(await cardSignsFor(card.transmit, "9a", "RSA2048", r.certificate));
   } finally {
     await custody.close();
     await tdb.drop();
