@@ -16,13 +16,13 @@ import type { SubjectName } from "../src/ca/name.ts";
 import { fromPem, toPem } from "../src/ca/pem.ts";
 import { MemoryCaRepository } from "../src/ca/repository.ts";
 import { nodeSigner } from "../src/ca/signer.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
+import { createCard } from "../src/card/card.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../src/card/package.ts";
 import { concat, tlv } from "../src/card/tlv.ts";
 import { CustodyError, type DerivedKeySetRef, type KeyCustody, type KeyPairAlg, type StoredKeySetRef } from "../src/custody/custody.ts";
 import { Pkcs11Custody } from "../src/custody/pkcs11.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
-import { deliveryScript, personalise, runScript } from "../src/issuer/card-scripts.ts";
+import { deliveryScript, personaliseFromTransport, runScript } from "../src/issuer/card-scripts.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/center.ts";
 import { buildSignedCsr } from "../src/keygen/csr.ts";
 import { KeyGenerationDevice, type PivSlot } from "../src/keygen/device.ts";
@@ -159,11 +159,7 @@ async function blankCard(custody: KeyCustody): Promise<Card> {
   const cardId = randomBytes(8).toString("hex");
   const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => card.transmit(a);
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  const { transport, keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, transport, close: () => card.close() };
 }
 

@@ -12,7 +12,7 @@ import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { join } from "node:path";
 import { sql, type Kysely } from "kysely";
 import { combine } from "shamir-secret-sharing";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
+import { createCard } from "../src/card/card.ts";
 import { aesKeyUnwrapPad } from "../src/card/derivation.ts";
 import { CertificationAuthority } from "../src/ca/authority.ts";
 import { LocalCaClient } from "../src/ca/client.ts";
@@ -22,7 +22,7 @@ import { nodeSigner } from "../src/ca/signer.ts";
 import type { SubjectName } from "../src/ca/name.ts";
 import type { DerivedKeySetRef, KeyCustody, WrapTarget } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
-import { personalise, runScript } from "../src/issuer/card-scripts.ts";
+import { personaliseFromTransport, runScript } from "../src/issuer/card-scripts.ts";
 import { Issuer } from "../src/issuer/issuer.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "../src/keygen/device.ts";
@@ -301,11 +301,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
         traffic.push(Buffer.from(a), Buffer.from(r));
         return r;
       };
-      const t = TRANSPORT_KEY_SET;
-      const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-      if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-      const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-      await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+      const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
       return { transmit, keySet, piv: new PivClient(transmit) };
     };
     /** PUT DATA of the enciphered-objects container inside an SCP03 session on the card's key set (in custody). */

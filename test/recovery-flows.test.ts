@@ -11,9 +11,9 @@ import { CertificationAuthority } from "../src/ca/authority.ts";
 import type { SubjectName } from "../src/ca/name.ts";
 import { MemoryCaRepository } from "../src/ca/repository.ts";
 import { nodeSigner } from "../src/ca/signer.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
+import { createCard } from "../src/card/card.ts";
 import type { DerivedKeySetRef, KeyCustody, KeyPairAlg } from "../src/custody/custody.ts";
-import { personalise } from "../src/issuer/card-scripts.ts";
+import { personaliseFromTransport } from "../src/issuer/card-scripts.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard, type PivSlot } from "../src/keygen/device.ts";
 import { MemoryIssuedKeyRegistry } from "../src/keygen/registry.ts";
@@ -71,11 +71,7 @@ async function blankCard(custody: KeyCustody): Promise<Card> {
   const cardId = randomBytes(8).toString("hex");
   const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => card.transmit(a);
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet };
 }
 

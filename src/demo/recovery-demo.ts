@@ -22,11 +22,11 @@ import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:
 import { join, resolve } from "node:path";
 import { openCaService } from "../ca/service.ts";
 import type { SubjectName } from "../ca/name.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
+import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import type { DerivedKeySetRef, KeyCustody } from "../custody/custody.ts";
 import { SoftwareCustody } from "../custody/software.ts";
-import { personalise } from "../issuer/card-scripts.ts";
+import { personaliseFromTransport } from "../issuer/card-scripts.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "../keygen/device.ts";
 import { MemoryIssuedKeyRegistry } from "../keygen/registry.ts";
@@ -194,11 +194,7 @@ async function blankCard(custody: KeyCustody, dir: string, imageKey: Uint8Array)
   const path = join(dir, `card-${id}.img`);
   const runtime = createCard(path, imageKey, { cardId: Buffer.from(id, "hex"), durability: "fsync" });
   const transmit = (a: Uint8Array) => runtime.transmit(a);
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${id}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId: id, kvn: 1 };
-  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  const { keySet } = await personaliseFromTransport(transmit, custody, id);
   return { id, path, runtime, transmit, keySet };
 }
 

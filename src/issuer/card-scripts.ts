@@ -19,6 +19,8 @@ import { keyOriginCommand } from "../card/isd.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
 import { concat, tlv } from "../card/tlv.ts";
+import { TRANSPORT_KEY_SET } from "../card/card.ts";
+import type { DerivedKeySetRef, KeyCustody, StoredKeySetRef } from "../custody/custody.ts";
 
 /** A script for one secure-channel session: the application, the commands, and how to judge the results. */
 export interface CardScript {
@@ -86,6 +88,26 @@ export async function personalisationScript(current: CardKeys, next: CardKeys, o
 
 export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean; predecessor?: string } = {}): Promise<void> {
   await runScript(transmit, await personalisationScript(current, next, opts));
+}
+
+/**
+ * A blank card (GlobalPlatform transport keys, TRANSPORT_KEY_SET) personalised with a key set diversified in
+ * custody from `master` (created on first use) for `cardId`, as the key generation device and the reproduction
+ * device meet cards outside the issuer's records. The transport keys are imported into custody as
+ * `transport-<cardId>`. Returns both references.
+ */
+export async function personaliseFromTransport(
+  transmit: Transmit,
+  custody: KeyCustody,
+  cardId: string,
+  master = "card-master",
+): Promise<{ transport: StoredKeySetRef; keySet: DerivedKeySetRef }> {
+  const t = TRANSPORT_KEY_SET;
+  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
+  if (!(await custody.hasKey(master))) await custody.createSecretKey(master, { type: "aes", bits: 256 });
+  const keySet: DerivedKeySetRef = { kind: "derived", master, cardId, kvn: 1 };
+  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  return { transport, keySet };
 }
 
 export interface OnlineCredential {

@@ -13,11 +13,11 @@ import { CertificationAuthority } from "../ca/authority.ts";
 import type { SubjectName } from "../ca/name.ts";
 import { MemoryCaRepository } from "../ca/repository.ts";
 import { nodeSigner } from "../ca/signer.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
+import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import type { DerivedKeySetRef, KeyCustody } from "../custody/custody.ts";
 import { SoftwareCustody } from "../custody/software.ts";
-import { personalise } from "../issuer/card-scripts.ts";
+import { personaliseFromTransport } from "../issuer/card-scripts.ts";
 import { deviceSecretIdDigest, RecoveryService } from "../recovery/service.ts";
 import { makeArbitrators } from "../recovery/testing.ts";
 import { auditEntries } from "../store/audit.ts";
@@ -63,11 +63,7 @@ async function card(custody: KeyCustody): Promise<InsertedCard & { runtime: Card
     wire.push(a, r);
     return r;
   };
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, runtime, wire, cut: (w) => (cutWhen = w) };
 }
 

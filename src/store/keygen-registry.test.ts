@@ -21,10 +21,10 @@ import type { RevocationReason } from "../ca/crl.ts";
 import type { SubjectName } from "../ca/name.ts";
 import { MemoryCaRepository } from "../ca/repository.ts";
 import { nodeSigner } from "../ca/signer.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
-import type { DerivedKeySetRef, KeyCustody, KeyPairAlg, KeyPairOptions } from "../custody/custody.ts";
+import { createCard } from "../card/card.ts";
+import type { KeyCustody, KeyPairAlg, KeyPairOptions } from "../custody/custody.ts";
 import { SoftwareCustody } from "../custody/software.ts";
-import { personalise } from "../issuer/card-scripts.ts";
+import { personaliseFromTransport } from "../issuer/card-scripts.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "../keygen/device.ts";
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
@@ -85,11 +85,7 @@ async function blankCard(custody: KeyCustody): Promise<InsertedCard & { close():
   const cardId = randomBytes(8).toString("hex");
   const runtime = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => runtime.transmit(a);
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
-  if (!(await custody.hasKey("card-master"))) await custody.createSecretKey("card-master", { type: "aes", bits: 256 });
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-  await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });
+  const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, close: () => runtime.close() };
 }
 
