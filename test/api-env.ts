@@ -1,5 +1,5 @@
 // The issuer server as its process wires it (src/server/main.ts startIssuerServer), not listening, on a fresh
-// DB of the given engine and a software keystore in a temp dir, with an admin, an operator and an auditor token.
+// DB of the given engine and a software keystore (or a SoftHSM2 token) in a temp dir, with an admin, an operator and an auditor token.
 // For the API tests: requests go through app.inject.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -12,6 +12,7 @@ import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
 import { createOperatorToken, startIssuerServer, type IssuerServer, type StartOptions } from "../src/server/main.ts";
 import type { TestEngine } from "../src/store/testing.ts";
 import { tempDir } from "./helpers.ts";
+import { softhsmToken } from "./custody-env.ts";
 
 export interface ApiEnv {
   server: IssuerServer;
@@ -21,19 +22,40 @@ export interface ApiEnv {
   close(): Promise<void>;
 }
 
-export async function issuerApiEnv(engine: TestEngine, o: { logLevel?: IssuerConfig["logLevel"]; webhookSecret?: boolean; validity?: IssuerConfig["validity"]; wrapCustody?: StartOptions["wrapCustody"] } = {}): Promise<ApiEnv> {
+export interface ApiEnvOptions {
+  logLevel?: IssuerConfig["logLevel"];
+  webhookSecret?: boolean;
+  validity?: IssuerConfig["validity"];
+  wrapCustody?: StartOptions["wrapCustody"];
+  /** Key custody of the server: a software keystore (default) or a fresh SoftHSM2 token over PKCS#11. */
+  custody?: "software" | "softhsm";
+}
+
+/** The custody kinds API tests run on: both, always (SoftHSM2 comes from scripts/system-deps.sh; tests fail without it). */
+export const API_CUSTODIES = ["software", "softhsm"] as const;
+
+export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): Promise<ApiEnv> {
   const dir = tempDir("cardkms-api-");
   const tdb = await engine.create();
+  const env: NodeJS.ProcessEnv = {};
+  let custody: IssuerConfig["custody"];
+  if (o.custody === "softhsm") {
+    const hsm = softhsmToken(join(dir, "hsm"));
+    custody = { kind: "pkcs11", module: hsm.CARDKMS_PKCS11_MODULE, tokenLabel: hsm.CARDKMS_PKCS11_TOKEN };
+    env.CARDKMS_PKCS11_PIN = hsm.CARDKMS_PKCS11_PIN;
+  } else {
+    custody = { kind: "software", keystore: join(dir, "keystore.json") };
+    env.CARDKMS_KEYSTORE_KEY = randomBytes(32).toString("hex");
+  }
   const config: IssuerConfig = {
     ...DEFAULT_CONFIG,
     database: tdb.url,
-    custody: { kind: "software", keystore: join(dir, "keystore.json") },
+    custody,
     ca: { mode: "local", subject: "CN=cardkms test CA, O=cardkms, C=JP" },
     crlUrl: "http://127.0.0.1:8443/v1/crl",
     logLevel: o.logLevel ?? "info",
     ...(o.validity ? { validity: o.validity } : {}),
   };
-  const env: NodeJS.ProcessEnv = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
   if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
   const logs: string[] = [];
   const logStream = new Writable({

@@ -16,12 +16,19 @@ export function softwareCustody(): () => Promise<KeyCustody> {
   return () => SoftwareCustody.open({ path: join(dir, "keystore.json"), key });
 }
 
-export function softhsmCustody(): () => Promise<KeyCustody> {
-  const dir = tempDir("cardkms-hsm-");
-  const out = execFileSync("bash", [join(ROOT, "scripts/softhsm-up.sh"), join(dir, "hsm")], { encoding: "utf8", env: { ...process.env, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_PIN: "" } });
+/**
+ * A fresh SoftHSM2 token in `dir` (scripts/softhsm-up.sh): the variables it prints (CARDKMS_PKCS11_MODULE, _TOKEN,
+ * _PIN, SOFTHSM2_CONF). SOFTHSM2_CONF is also set in this process: SoftHSM reads it at C_Initialize.
+ */
+export function softhsmToken(dir: string): Record<string, string> {
+  const out = execFileSync("bash", [join(ROOT, "scripts/softhsm-up.sh"), dir], { encoding: "utf8", env: { ...process.env, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_PIN: "" } });
   const env: Record<string, string> = {};
   for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) env[m[1]] = m[2].replace(/^'(.*)'$/, "$1");
-  // SoftHSM reads SOFTHSM2_CONF at C_Initialize: set it before the first open.
   process.env.SOFTHSM2_CONF = env.SOFTHSM2_CONF;
+  return env;
+}
+
+export function softhsmCustody(): () => Promise<KeyCustody> {
+  const env = softhsmToken(join(tempDir("cardkms-hsm-"), "hsm"));
   return () => Pkcs11Custody.open({ module: env.CARDKMS_PKCS11_MODULE, tokenLabel: env.CARDKMS_PKCS11_TOKEN, pin: env.CARDKMS_PKCS11_PIN });
 }

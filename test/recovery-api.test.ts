@@ -16,7 +16,7 @@ import { openShare } from "../src/recovery/shares.ts";
 import { releaseSharesFor } from "../src/recovery/service.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, expect, issueAndPersonalise, issuerApiEnv, type ApiEnv } from "./api-env.ts";
+import { api, API_CUSTODIES, expect, issueAndPersonalise, issuerApiEnv, type ApiEnv } from "./api-env.ts";
 import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, issueEscrowed, loseKey, makeArbitrators } from "./recovery-fixture.ts";
 
 const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-c", "mgr-d"];
@@ -34,9 +34,9 @@ function refused(r: Res, status: number, check: string): Record<string, unknown>
   return p;
 }
 
-for (const engine of testEngines()) {
-  test(`${engine.name}: arbitrators, policy, requests, signed approvals and a reproduction through the live relay, all over HTTP`, { timeout: 120_000 }, async (t) => {
-    const env = await issuerApiEnv(engine);
+for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
+  test(`${engine.name}, ${custody} custody: arbitrators, policy, requests, signed approvals and a reproduction through the live relay, all over HTTP`, { timeout: 180_000 }, async (t) => {
+    const env = await issuerApiEnv(engine, { custody });
     const cards: CardRuntime[] = [];
     t.after(async () => {
       for (const c of cards) c.close();
