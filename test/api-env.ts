@@ -138,7 +138,7 @@ export async function authenticate(post: ReturnType<typeof api>["post"], cardId:
 export async function issueAndPersonalise(env: ApiEnv, name: string) {
   const { post, get } = api(env);
   const op = env.tokens.operator;
-  const user = expect(await post("/v1/users", op, { personalData: { commonName: name, email: `${name.toLowerCase().replace(/ /g, ".")}@example.test`, organization: "Example Bank", country: "JP" } }), 201);
+  const user = expect(await post("/v1/users", op, { personalData: registeredData(name) }), 201);
   const issued = expect(await post("/v1/cards", op, { userId: user.id }), 201) as { card: { id: string; status: string }; keySet: { kvn: number } };
   assert.equal(issued.card.status, "issued");
   assert.equal(issued.keySet.kvn, 1);
@@ -150,3 +150,32 @@ export async function issueAndPersonalise(env: ApiEnv, name: string) {
   return { user, cardId, card };
 }
 
+
+/**
+ * The terminal's part of a live relay (keygen, reproduction): one APDU per round to `sessionsPath/<id>` until the
+ * server answers with the result or a problem; the last response.
+ */
+export async function liveRelay(post: ReturnType<typeof api>["post"], token: string, start: Res, sessionsPath: string, card: CardRuntime): Promise<Res> {
+  if (start.statusCode !== 201) return start;
+  const sessionId = start.json().sessionId as string;
+  let r = start;
+  for (let step = r.json() as { apdus?: string[] }; step.apdus; step = r.json()) {
+    const responses: string[] = [];
+    for (const a of step.apdus) responses.push(hex(await transmitFollowing((x) => card.transmit(x), unhex(a))));
+    r = await post(`${sessionsPath}/${sessionId}`, token, { responses });
+    if (r.statusCode !== 200) return r;
+  }
+  return r;
+}
+
+/** The personal data issueAndPersonalise registers for `name` (what a key generation device must enter). */
+export const registeredData = (name: string) => ({ commonName: name, email: `${name.toLowerCase().replace(/ /g, ".")}@example.test`, organization: "Example Bank", country: "JP" });
+
+/** The key generation device over the API (POST /cards/{id}/keygen), relayed to `card`; the result, or fails the test. */
+export async function keygenOverApi(env: ApiEnv, cardId: string, card: CardRuntime, body: { slot: string; alg: string; personalData: object; escrow?: boolean; profile?: string }) {
+  const { post } = api(env);
+  const op = env.tokens.operator;
+  const r = await liveRelay(post, op, await post(`/v1/cards/${cardId}/keygen`, op, body), "/v1/keygen/sessions", card);
+  const res = (expect(r, 200) as { result: { cardId: string; slot: string; alg: string; serial: string; certificate: string; publicKeySha256: string; escrowId?: string } }).result;
+  return { ...res, certificateDer: new Uint8Array(Buffer.from(res.certificate.replace(/-----[^-]+-----|\s/g, ""), "base64")) };
+}

@@ -2,7 +2,8 @@
 // arbitrators make their key pairs, an operator registers them and issues their tokens, sets a card's policy and
 // files a request; each arbitrator lists what is pending and approves with its own key files (its shares opened
 // and released in its own process); the policy's author signs the approver list; the operator reproduces the key
-// into the card image through the CLI, which relays the server's APDUs. --json everywhere; refusals exit 1.
+// into the card image through the CLI, which relays the server's APDUs. The key itself was issued into the card
+// through the CLI by the key generation device, escrowed. --json everywhere; refusals exit 1.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createPublicKey } from "node:crypto";
@@ -11,7 +12,8 @@ import { join } from "node:path";
 import { openCard } from "../src/card/card.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { cliJson, runCli, tempDir } from "./helpers.ts";
-import { cardSignsFor, issueEscrowed, loseKey } from "./recovery-fixture.ts";
+import { fromPem } from "../src/ca/pem.ts";
+import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const dir = tempDir("cardkms-cli-recovery-");
 const IMAGE_KEY = "33".repeat(32);
@@ -51,7 +53,7 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   const mgrB = json(added[2], "add mgr-b");
   const mgrBPublic = createPublicKey(readFileSync(join(keyDir("mgr-b"), "signing.key.pem"))).export({ format: "der", type: "spki" }).toString("base64");
   assert.equal(mgrB.signingPublicKey, mgrBPublic);
-  // ---- tokens; a card, its policy, its key escrowed (the key generation device runs in the server's process) ---------------
+  // ---- tokens; a card and its policy ---------------------------------------------------------------------------------------
   const user = await srv.server.issuer.registerUser({ commonName: "Hanako Yamada" }, "test");
   const image = join(dir, "hanako.card");
   const policyFile = join(dir, "policy.json");
@@ -78,14 +80,22 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   const shown = json(await run(["recovery", "policy", "show", cardId, "--json"]), "policy show");
   assert.deepEqual([shown.policy, shown.digest], [policy, set.digest]);
 
-  const certificate = await (async () => {
+  // the key generation device issues the key into the card image through the CLI, escrowed under the policy;
+  // personal data that differ from the user's registration are refused by the center, by name
+  const mismatch = await run(["keygen", "issue", cardId, "--card-image", image, "--slot", "9c", "--alg", "P256", "--common-name", "Hanako Yamata", "--escrow"]);
+  assert.equal(mismatch.code, 1);
+  assert.match(mismatch.stderr, /personal-data/);
+  const issued = json(await run(["keygen", "issue", cardId, "--card-image", image, "--slot", "9c", "--alg", "P256", "--personal-data", JSON.stringify({ commonName: "Hanako Yamada" }), "--escrow", "--json"]), "keygen issue");
+  assert.ok(issued.escrowId);
+  assert.equal(issued.slot, "9c");
+  const certificate = fromPem(issued.certificate, "CERTIFICATE");
+  await (async () => {
     const c = openCard(image, new Uint8Array(Buffer.from(IMAGE_KEY, "hex")));
     try {
       const transmit = (a: Uint8Array) => c.transmit(a);
-      const issued = await issueEscrowed(srv.server, cardId, transmit);
+      assert.equal(await cardSignsFor(transmit, "9c", "P256", certificate), true, "the card signs with the issued key");
       await loseKey(transmit, "9c");
-      assert.equal(await cardSignsFor(transmit, "9c", "P256", issued.certificate), false, "the key is gone");
-      return issued.certificate;
+      assert.equal(await cardSignsFor(transmit, "9c", "P256", certificate), false, "the key is gone");
     } finally {
       c.close();
     }

@@ -16,8 +16,8 @@ import { openShare } from "../src/recovery/shares.ts";
 import { releaseSharesFor } from "../src/recovery/service.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, API_CUSTODIES, expect, issueAndPersonalise, issuerApiEnv, type ApiEnv } from "./api-env.ts";
-import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, issueEscrowed, loseKey, makeArbitrators } from "./recovery-fixture.ts";
+import { api, API_CUSTODIES, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, registeredData, type ApiEnv } from "./api-env.ts";
+import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, loseKey, makeArbitrators } from "./recovery-fixture.ts";
 
 const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-c", "mgr-d"];
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -105,8 +105,8 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.equal((expect(await get(`/v1/cards/${cardId}/recovery-policy`, env.tokens.auditor), 200) as { digest: string }).digest, set.digest);
       expect(await get(`/v1/cards/${cardId}/escrow`, op), 404);
 
-      const r = await issueEscrowed(env.server, cardId, transmit);
-      certificate = r.certificate;
+      const r = await keygenOverApi(env, cardId, issued.card, { slot: "9c", alg: "P256", personalData: registeredData("Hanako Yamada"), escrow: true });
+      certificate = r.certificateDer;
       assert.ok(await cardSignsFor(transmit, "9c", "P256", certificate));
       const escrow = expect(await get(`/v1/cards/${cardId}/escrow`, env.tokens.auditor), 200) as { escrowId: string; certificate: string; shares: unknown[]; deviceGeneration: number };
       assert.equal(escrow.escrowId, r.escrowId);
@@ -302,7 +302,7 @@ test("a live relay session refuses a second response count, and closing the serv
   const issued = await issueAndPersonalise(env, "Taro Suzuki");
   t.after(() => issued.card.close());
   expect(await put(`/v1/cards/${issued.cardId}/recovery-policy`, op, { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }), 200);
-  await issueEscrowed(env.server, issued.cardId, (a) => issued.card.transmit(a));
+  await keygenOverApi(env, issued.cardId, issued.card, { slot: "9c", alg: "P256", personalData: registeredData("Taro Suzuki"), escrow: true });
   const filed = expect(await post("/v1/recovery/requests", op, { cardId: issued.cardId, kind: "key-lost", requester: "user" }), 201) as unknown as RequestJson;
   const item = ((expect(await get("/v1/recovery/arbitrators/user/pending", token), 200) as { pending: PendingJson[] }).pending[0]) as Extract<PendingJson, { action: "decide" }>;
   const device = Buffer.from((expect(await get("/v1/recovery/device-key", token), 200) as { spki: string }).spki, "base64");

@@ -19,6 +19,8 @@ import { registerRotationCommands } from "./rotation.ts";
 import { registerTerminalCommands } from "./terminal.ts";
 import { registerEventCommands } from "./events.ts";
 import { registerRecoveryCommands } from "./recovery.ts";
+import { registerKeygenCommands } from "./keygen.ts";
+import { registerBackupCommands } from "./backup.ts";
 
 const program = new Command();
 program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
@@ -216,6 +218,8 @@ registerTerminalCommands(program);
 registerEventCommands(program);
 registerRotationCommands(program);
 registerRecoveryCommands(program);
+registerKeygenCommands(program);
+registerBackupCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

@@ -3,20 +3,14 @@
 // itself to the server; no operator token is needed. The terminal's state and overflow store live in --dir.
 
 import { Command, Option } from "commander";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { openCard } from "../card/card.ts";
 import { OverflowStore } from "../terminal/overflow.ts";
 import { UserTerminal, type SyncReport } from "../terminal/terminal.ts";
-import { ScriptorTransport } from "../transport/scriptor.ts";
-import { InProcessTransport, type CardTransport } from "../transport/transport.ts";
-import { resolveImageSecret, UsageError } from "./image-key.ts";
+import type { CardTransport } from "../transport/transport.ts";
+import { cardTargetOptions, openCardTarget, type CardTargetOpts } from "./card-target.ts";
 import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
 
-interface TerminalOpts extends ServerOpts {
-  cardImage?: string;
-  reader?: string;
-  imageKeyFile?: string;
+interface TerminalOpts extends ServerOpts, CardTargetOpts {
   dir: string;
   overflowDir?: string;
   pin?: string;
@@ -24,10 +18,7 @@ interface TerminalOpts extends ServerOpts {
 
 function cardOptions(cmd: Command): Command {
   return serverOptions(
-    cmd
-      .option("--card-image <file>", "the card, as a virtual card image (in-process transport)")
-      .option("--reader <name>", "the card, in this PC/SC reader (through scriptor)")
-      .addOption(new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)"))
+    cardTargetOptions(cmd)
       .option("--dir <dir>", "the terminal's state directory", ".cardkms/terminal")
       .option("--overflow-dir <dir>", "the overflow store (default <dir>/overflow)")
       .addOption(new Option("--pin <pin>", "the card's PIN, to move keys out when the card is full").env("CARDKMS_PIN")),
@@ -37,13 +28,8 @@ function cardOptions(cmd: Command): Command {
 
 /** Opens the card's transport and the terminal for it; the caller closes the transport. */
 async function openTerminal(o: TerminalOpts): Promise<{ terminal: UserTerminal; transport: CardTransport }> {
-  if (!o.cardImage === !o.reader) throw new UsageError("name the card: --card-image <file> or --reader <name>");
   const api = o.server ? apiFrom(o, "optional") : undefined;
-  let transport: CardTransport;
-  if (o.cardImage) {
-    if (!existsSync(o.cardImage)) throw new UsageError(`no card image at ${o.cardImage}`);
-    transport = new InProcessTransport(openCard(o.cardImage, resolveImageSecret(o.imageKeyFile), { durability: "fsync" }), { closeCard: true });
-  } else transport = new ScriptorTransport({ reader: o.reader });
+  const transport = openCardTarget(o);
   try {
     const terminal = await UserTerminal.open({
       api,

@@ -106,3 +106,18 @@ export class CertificationCenter implements CaClient {
     return this.authority.chain();
   }
 }
+
+/**
+ * The CA a site serves to others (src/server/ca-routes.ts): signed requests (`csr`, from key generation devices at
+ * other sites) go through the center's checks 422-424; requests naming a subject and a public key (an issuer
+ * certifying keys it generated in its own custody, seed 000 ST19-ST21) go to `direct`. Revocation, CRL and chain
+ * are the authority's either way.
+ */
+export function signedRequestsThroughCenter(direct: CaClient, center: CertificationCenter): CaClient {
+  return {
+    certify: (request) => (request !== null && typeof request === "object" && request.csr !== undefined ? center.certify(request) : direct.certify(request)),
+    revoke: (serial, reason) => direct.revoke(serial, reason),
+    crl: () => direct.crl(),
+    caCertificates: () => direct.caCertificates(),
+  };
+}

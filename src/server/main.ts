@@ -7,7 +7,10 @@
 //             "remote": HttpCaClient to another site's /v1/ca (token from CARDKMS_CA_TOKEN)
 //   Issuer    with metrics hooks; routes: issuer-routes.ts, rotation-routes.ts, terminal-routes.ts, event-routes.ts,
 //             ca-routes.ts; key reproduction by arbitrators (RecoveryService on the same DB and custody):
-//             recovery-routes.ts
+//             recovery-routes.ts; backups of the users' enciphered data (BackupRepository, seed 001 S10/S12):
+//             backup-routes.ts; the key generation device (seed 001 embodiments 1-2: KeyGenerationDevice on the same
+//             custody, its registry in the DB, certifying through a CertificationCenter over the local CA whose
+//             registrations are the user records): keygen-routes.ts
 //   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
 //   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
@@ -29,11 +32,15 @@ import { openCaService } from "../ca/service.ts";
 import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { Issuer } from "../issuer/issuer.ts";
+import { CertificationCenter, signedRequestsThroughCenter } from "../keygen/center.ts";
+import { UserRegistrations } from "../keygen/registrations.ts";
 import { RecoveryService } from "../recovery/service.ts";
 import { CardRotation } from "../issuer/rotation.ts";
 import { ValidityScheduler } from "../issuer/validity.ts";
 import { WebhookDispatcher, WebhookSecrets } from "../issuer/webhooks.ts";
+import { BackupRepository } from "../store/backup-repository.ts";
 import { SqlCaRepository } from "../store/ca-repository.ts";
+import { SqlIssuedKeyRegistry } from "../store/keygen-registry.ts";
 import { engineForUrl, sqlitePath, type Db } from "../store/db.ts";
 import { Store, type Operator } from "../store/store.ts";
 import { buildServer, REDACT } from "./app.ts";
@@ -42,7 +49,9 @@ import { caRoutes } from "./ca-routes.ts";
 import { loadConfig, type IssuerConfig } from "./config.ts";
 import { eventRoutes } from "./event-routes.ts";
 import { issuerRoutes } from "./issuer-routes.ts";
+import { keygenRoutes } from "./keygen-routes.ts";
 import { Metrics } from "./metrics.ts";
+import { backupRoutes } from "./backup-routes.ts";
 import { recoveryRoutes } from "./recovery-routes.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
@@ -59,7 +68,12 @@ export interface IssuerAppDeps {
   store: Store;
   custody: KeyCustody;
   ca: CaClient;
-  /** Serve the CA's routes (/v1/ca/*) too: the local CA, for issuers at other sites. */
+  /**
+   * The certification center the key generation device (keygen-routes.ts) sends its signed requests to: this
+   * site's CA behind the checks 422-424, or another site's CA over HTTP (which runs them). Default: `ca`.
+   */
+  center?: CaClient;
+  /** Serve the CA's routes (/v1/ca/*) too: the local CA, for issuers at other sites. Signed requests go to `center`. */
   serveCa?: boolean;
   metrics?: Metrics;
   logger?: FastifyServerOptions["logger"];
@@ -141,9 +155,12 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   if (d.webhookSecrets) {
     await app.register(eventRoutes, { prefix: "/v1", store: d.store, secrets: d.webhookSecrets, validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler } });
   }
-  if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: d.ca });
+  const center = d.center ?? d.ca;
+  if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: center instanceof CertificationCenter ? signedRequestsThroughCenter(d.ca, center) : d.ca });
   const recovery = await RecoveryService.open({ db: d.store.db as Db, custody: d.custody });
   await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer });
+  await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery });
+  await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });
   return { app, issuer, metrics, terminalTokens, recovery, routes };
 }
 
@@ -218,6 +235,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     closers.push(() => opened.close());
     const custody = opts.wrapCustody ? opts.wrapCustody(opened) : opened;
     let ca: CaClient;
+    let center: CaClient | undefined;
     if (config.ca.mode === "local") {
       const service = await openCaService({
         custody,
@@ -229,6 +247,8 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
         profiles: DEFAULT_PROFILES.map((p) => ({ ...p, validityDays: config.validity.certificateDays })),
       });
       ca = service.client;
+      // steps 420-424: the user records are the registrations the center compares signed requests with
+      center = new CertificationCenter({ authority: service.authority, registrations: new UserRegistrations(store) });
     } else {
       ca = new HttpCaClient({ baseUrl: config.ca.url, token: env.CARDKMS_CA_TOKEN || undefined });
     }
@@ -239,6 +259,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       store,
       custody,
       ca,
+      center,
       serveCa: config.ca.mode === "local",
       logger,
       validity: { cardDays: config.validity.cardDays, keySetDays: config.validity.keySetDays },

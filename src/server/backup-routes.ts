@@ -1,0 +1,226 @@
+// HTTP routes of the back-up device 8 (seed 001 FIG. 11-12, claims 41 and 48): step S10, the user's terminal backs
+// up the personal enciphered data; step S12, after the card was destroyed and reissued with the same key (S11), it
+// fetches the latest versions back. Thin: the domain is src/store/backup-repository.ts (versioned, audit-logged,
+// envelopes only); this file validates (closed schemas), authorises and maps refusals to problem+json.
+//
+//   PUT /cards/{id}/backups/{objectId}   {envelope: base64}  -> 201 {backup, created: true}: a new version
+//                                                            -> 200 {backup, created: false}: already the latest
+//                                                                                  [terminal of this card, operator]
+//   GET /cards/{id}/backups[?objectId=]                      -> {cardId, userId, backups}: every version, no
+//                                                               envelopes        [terminal of this card, operator, auditor]
+//   GET /cards/{id}/backups?latest=true[&objectId=]          -> {cardId, userId, backups}: the latest version of each
+//                                                               object WITH its envelope (what S12 restores)
+//                                                                                  [terminal of this card, operator]
+//   GET /cards/{id}/backups/{objectId}[?version=n]           -> the latest version (or version n) with its envelope
+//                                                                                  [terminal of this card, operator]
+//
+// Backups are the USER's: the card in the path names the user (its record's user), and every route works on that
+// user's backups. So a card reissued to the same user (a new card record after a card-destroyed key reproduction
+// or a card-key rotation) reaches what was backed up through the old card. A terminal token (role terminal,
+// bound to one card by the card's own proof: terminal-routes.ts) acts for its card only, and only while that
+// card is active (409 otherwise); another card's token is 403. Operators and admins act for any card; auditors
+// see the version lists only — never an envelope. A put records the card it came through and the actor (the
+// principal's name) in the audit log (backup.stored: IDs, version, hashes, never the envelope).
+//
+// What crosses these routes is ciphertext: envelopes (src/terminal/enciphered.ts) enciphered under the card's
+// key management key, which only that card — or one reissued with the same key — opens. A body that is not an
+// envelope (plaintext handed over by mistake) is refused with 400 and nothing is stored; refusals never echo the
+// body. Envelopes go back to the card's terminal and operators as they are: the server never deciphers.
+//
+// Body size: the PUT route takes up to PUT_BODY_LIMIT bytes — the base64 of MAX_ENVELOPE_BYTES (24 MiB, the
+// envelope format's 16 MiB of plaintext and its encoding) plus 4 KiB of JSON around it — instead of the server's
+// default (1 MiB). The bearer token and the role are checked in onRequest and the card binding in this route's
+// own onRequest hook, both before the body is read, so only a caller allowed to write this card's backups can
+// send a body that large. Larger bodies are 413 problem+json.
+
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import type { Issuer } from "../issuer/issuer.ts";
+import { BackupError, MAX_ENVELOPE_BYTES, type BackupInfo, type BackupRecord, type BackupRepository } from "../store/backup-repository.ts";
+import type { Card } from "../store/store.ts";
+import { requireCardAccess, type Principal } from "./auth.ts";
+import { CARD_ID, digits, params, principalOf, problems } from "./issuer-routes.ts";
+import { ApiProblem } from "./problem.ts";
+
+export interface BackupRoutesOptions {
+  /** The issuer: card records (which user a card is) and their status. */
+  issuer: Issuer;
+  /** The back-up device's store, on the system DB. */
+  backups: BackupRepository;
+}
+
+// ---- schema pieces ------------------------------------------------------------------------------------------------
+
+/** Object IDs (backup-repository.ts OBJECT_ID): also safe as one path segment, unescaped. */
+export const OBJECT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$";
+const OBJECT_ID = { type: "string", minLength: 1, maxLength: 128, pattern: OBJECT_ID_PATTERN } as const;
+/** Base64 (standard alphabet, padded) of up to MAX_ENVELOPE_BYTES bytes. */
+export const MAX_ENVELOPE_BASE64 = 4 * Math.ceil(MAX_ENVELOPE_BYTES / 3);
+/** The PUT route's body limit: the largest envelope in base64 and the JSON around it. */
+export const PUT_BODY_LIMIT = MAX_ENVELOPE_BASE64 + 4096;
+const ENVELOPE_B64 = { type: "string", minLength: 4, maxLength: MAX_ENVELOPE_BASE64, pattern: "^[A-Za-z0-9+/]*={0,2}$", description: "the envelope bytes, base64 (standard alphabet, padded)" } as const;
+const STR = { type: "string" } as const;
+const INT = { type: "integer" } as const;
+const HEX64 = { type: "string", description: "SHA-256, lowercase hex" } as const;
+const closed = (properties: Record<string, unknown>, required: string[] = []) => ({ type: "object", additionalProperties: false, required, properties }) as const;
+
+const INFO_PROPS = {
+  id: STR,
+  userId: STR,
+  cardId: { type: ["string", "null"], description: "the card the version was backed up through" },
+  objectId: STR,
+  version: INT,
+  sha256: { ...HEX64, description: "SHA-256 of the envelope bytes, lowercase hex" },
+  recipientKid: { ...HEX64, description: "the envelope's kid: SHA-256 of the recipient key's SubjectPublicKeyInfo, lowercase hex" },
+  size: { type: "integer", description: "envelope bytes" },
+  createdAt: INT,
+} as const;
+const INFO_REQUIRED = ["id", "userId", "cardId", "objectId", "version", "sha256", "recipientKid", "size", "createdAt"];
+/** A stored version without its envelope. */
+const BACKUP_INFO = closed(INFO_PROPS, INFO_REQUIRED);
+/** A stored version with its envelope (base64). */
+const BACKUP_RECORD = closed({ ...INFO_PROPS, envelope: ENVELOPE_B64 }, [...INFO_REQUIRED, "envelope"]);
+/** An item of a list: with its envelope only for ?latest=true. */
+const LIST_ITEM = closed({ ...INFO_PROPS, envelope: ENVELOPE_B64 }, INFO_REQUIRED);
+const LIST = closed({ cardId: STR, userId: STR, backups: { type: "array", items: LIST_ITEM } }, ["cardId", "userId", "backups"]);
+
+// ---- helpers ------------------------------------------------------------------------------------------------------
+
+const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
+
+const infoOut = (b: BackupInfo) => ({
+  id: b.id,
+  userId: b.userId,
+  cardId: b.cardId,
+  objectId: b.objectId,
+  version: b.version,
+  sha256: b.sha256,
+  recipientKid: b.recipientKid,
+  size: b.size,
+  createdAt: b.createdAt,
+});
+const recordOut = (b: BackupRecord) => ({ ...infoOut(b), envelope: b64(b.envelope) });
+
+/** The repository's refusals as problems; anything else unchanged. */
+function backupProblem(e: unknown): unknown {
+  if (e instanceof BackupError) {
+    const [status, slug, title] = ({ invalid: [400, "backup-invalid", "Invalid backup"], not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"] } as const)[e.code];
+    return new ApiProblem(status, slug, title, e.message);
+  }
+  return e;
+}
+
+async function refusals<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw backupProblem(e);
+  }
+}
+
+const isStaff = (p: Principal) => p.roles.includes("admin") || p.roles.includes("operator");
+
+/**
+ * Who may act on card `cardId`'s backups: admins, operators, the terminal bound to this card; auditors too when
+ * no envelope is returned. Checked before the body is read (onRequest) and again in the handler.
+ */
+function admit(p: Principal, cardId: string, envelopes: boolean): Principal {
+  if (!envelopes && p.roles.includes("auditor")) return p;
+  if (p.roles.includes("auditor") && !isStaff(p) && !p.roles.includes("terminal")) {
+    throw new ApiProblem(403, "forbidden", "Forbidden", "auditors see the list of backed-up versions, never an envelope");
+  }
+  return requireCardAccess(p, cardId, { operators: true });
+}
+
+// ---- the routes ---------------------------------------------------------------------------------------------------
+
+export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app, o) => {
+  const { issuer, backups } = o;
+
+  /** The card (404 when unknown) as the principal may use it: a terminal only while its card is active. */
+  const cardFor = async (req: FastifyRequest, cardId: string, envelopes: boolean): Promise<{ card: Card; actor: Principal }> => {
+    const actor = admit(principalOf(req), cardId, envelopes);
+    const card = await issuer.store.getCard(cardId);
+    if (!card) throw new ApiProblem(404, "not-found", "Not found", `no card ${cardId}`);
+    if (!isStaff(actor) && actor.cardId === cardId && card.status !== "active") {
+      throw new ApiProblem(409, "conflict", "Conflict", `card ${cardId} is ${card.status}, not active: its terminal no longer reaches the user's backups`);
+    }
+    return { card, actor };
+  };
+
+  app.put<{ Params: { id: string; objectId: string }; Body: { envelope: string } }>(
+    "/cards/:id/backups/:objectId",
+    {
+      config: { roles: ["terminal", "operator"] },
+      bodyLimit: PUT_BODY_LIMIT,
+      // The card binding before the body is read (the global auth hook ran first and set the principal).
+      onRequest: async (req) => {
+        admit(principalOf(req), (req.params as { id: string }).id, true);
+      },
+      schema: {
+        summary: "Back up an enciphered object of the card's user (seed 001 S10): a new version unless it already is the latest",
+        description: `The body carries an envelope (cardkms-enciphered v1), base64; anything else is refused (400) and nothing is stored. Bodies up to ${PUT_BODY_LIMIT} bytes.`,
+        tags: ["backups"],
+        params: params({ id: CARD_ID, objectId: OBJECT_ID }),
+        querystring: closed({}),
+        body: closed({ envelope: ENVELOPE_B64 }, ["envelope"]),
+        response: { 200: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]), 201: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]), ...problems },
+      },
+    },
+    async (req, reply) =>
+      refusals(async () => {
+        const { card, actor } = await cardFor(req, req.params.id, true);
+        const text = req.body.envelope;
+        const envelope = Buffer.from(text, "base64");
+        if (text.length % 4 !== 0 || envelope.toString("base64") !== text) throw new ApiProblem(400, "backup-invalid", "Invalid backup", "envelope: not canonical base64 (standard alphabet, padded)");
+        const r = await backups.put({ userId: card.userId, cardId: card.id, objectId: req.params.objectId, envelope: new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.byteLength) }, actor.name);
+        return reply.code(r.created ? 201 : 200).send({ backup: infoOut(r.backup), created: r.created });
+      }),
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { objectId?: string; latest?: "true" | "false" } }>(
+    "/cards/:id/backups",
+    {
+      config: { roles: ["terminal", "operator", "auditor"] },
+      schema: {
+        summary: "The card's user's backups: every version without envelopes, or (latest=true) the latest version of each object with its envelope (seed 001 S12)",
+        tags: ["backups"],
+        params: params({ id: CARD_ID }),
+        querystring: closed({ objectId: OBJECT_ID, latest: { type: "string", enum: ["true", "false"] } }),
+        response: { 200: LIST, ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const latest = req.query.latest === "true";
+        const { card } = await cardFor(req, req.params.id, latest);
+        const objectId = req.query.objectId;
+        const list = latest
+          ? (await backups.latestAll(card.userId)).filter((b) => objectId === undefined || b.objectId === objectId).map(recordOut)
+          : (await backups.list(card.userId, { objectId })).map(infoOut);
+        return { cardId: card.id, userId: card.userId, backups: list };
+      }),
+  );
+
+  app.get<{ Params: { id: string; objectId: string }; Querystring: { version?: string } }>(
+    "/cards/:id/backups/:objectId",
+    {
+      config: { roles: ["terminal", "operator"] },
+      schema: {
+        summary: "One backed-up object of the card's user with its envelope: the latest version, or ?version=n",
+        tags: ["backups"],
+        params: params({ id: CARD_ID, objectId: OBJECT_ID }),
+        querystring: closed({ version: digits(9) }),
+        response: { 200: BACKUP_RECORD, ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const { card } = await cardFor(req, req.params.id, true);
+        const { objectId } = req.params;
+        const v = req.query.version;
+        const r = v === undefined ? await backups.latest(card.userId, objectId) : await backups.get(card.userId, objectId, Number(v));
+        if (!r) throw new ApiProblem(404, "not-found", "Not found", v === undefined ? `no backup of object ${objectId}` : `no version ${Number(v)} of object ${objectId}`);
+        return recordOut(r);
+      }),
+  );
+};
