@@ -260,5 +260,14 @@ for (const engine of testEngines()) {
       }
       assert.ok(!logs.includes(token), "no terminal token in the log");
     });
+
+    await t.test("object IDs up to the 128 characters the repository allows work in the path; longer paths are 414 problems", async () => {
+      const long = "o".repeat(128);
+      const env128 = encipherForCard(recipient, utf8("long name"), utf8(long));
+      const taroUrl = (objectId: string) => `/v1/cards/${taro.cardId}/backups/${objectId}`;
+      assert.equal((expect(await put(taroUrl(long), op, { envelope: b64(env128) }), 201) as { backup: { objectId: string } }).backup.objectId, long);
+      const p = expect(await get(taroUrl("o".repeat(300)), op), 414);
+      assert.equal(p.type, "https://cardkms.dev/problems/bad-request");
+    });
   });
 }

@@ -1,57 +1,60 @@
 // The issue-4 demo (npm run demo -- --recovery): a card destroyed and its key reproduced after the policy's approvals,
-// with the user's backed-up data readable again on the new card (seed 001, embodiment 3 and its modification,
-// FIG. 7-12, steps S1-S12). Nothing but SQLite and the software keystore in one directory, and virtual card images
-// there; no services.
-//   1. the arbitrators of FIG. 9 are registered with their public keys; their private keys stay on their side
-//      (here: an ArbitratorSide object each, which nothing else reads);
-//   2. the card's reproduction policy is set (S1); the key generation device issues the card: a P-256 key
-//      management key (slot 9D) generated in custody, certified by the certification center, escrowed among the
-//      arbitrators (S2-S3), written into the card under SCP03 and destroyed in custody;
-//   3. the user enciphers records to the card's key, keeps them on the terminal and backs them up (S10);
+// with the user's backed-up data readable again on the new card (seed 001, embodiments 2-3 and the modification,
+// FIG. 5-12, steps 410-435 and S1-S12). Everything goes through the issuer server's HTTP API, as the CLI does: the
+// server runs in this process on SQLite and the software keystore in one directory, listening on a loopback port;
+// the operator, each arbitrator and the user's terminal are API clients with their own tokens; the cards are
+// virtual card images there. No services.
+//   1. the server starts; the arbitrators of FIG. 9 are registered with their public keys, each gets an API token
+//      bound to it; their private keys stay on their side (an ArbitratorSide object each, which nothing else reads);
+//   2. the user is registered (the center's registration, step 420), a card issued and personalised through the
+//      relay, its reproduction policy set (S1); the key generation device issues a P-256 key management key (9D)
+//      into it: an entry mistyped at the device is refused by the center (step 423), then the key is generated in
+//      custody, certified, escrowed among the arbitrators (S2-S3), written into the card under SCP03 and destroyed;
+//   3. the user enciphers records to the card's key, keeps them on the terminal and backs them up through the
+//      card's own token (S10);
 //   4. the card is destroyed (S5');
-//   5. the user files a "card-destroyed" request; the arbitrators decide in the policy's order — one approval out
-//      of order is refused by name — and the policy's author signs the list of approvers (S6-S7);
-//   6. a blank card is personalised for the user and the key is reproduced into it (S8, S11, FIG. 10): it becomes
-//      the registered device, and it signs under the ORIGINAL certificate;
-//   7. the backups are restored for the new card (S12) and every record deciphers byte-exact on it;
+//   5. a "card-destroyed" request is filed; the arbitrators decide in the policy's order — one approval out of
+//      order is refused by the server, by name — and the policy's author signs the list of approvers (S6-S7);
+//   6. a new card is issued to the user and personalised; the key is reproduced into it through the relay (S8,
+//      S11, FIG. 10): it becomes the registered device, and it signs under the ORIGINAL certificate;
+//   7. the backups are fetched through the new card's token (S12) and every record deciphers byte-exact on it;
 //   8. the audit log verifies, and names the approvers in order.
-// Never printed: a private key, a share, the card's secret ID, the keystore or card-image key, a record's content.
+// Never printed: a private key, a share, the card's secret ID, a token, the keystore or card-image key, a record's
+// content.
 
 import { createHash, generateKeyPairSync, randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { openCaService } from "../ca/service.ts";
-import type { SubjectName } from "../ca/name.ts";
 import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
-import type { DerivedKeySetRef, KeyCustody } from "../custody/custody.ts";
-import { SoftwareCustody } from "../custody/software.ts";
-import { personaliseFromTransport } from "../issuer/card-scripts.ts";
-import { CertificationCenter, MemoryRegistrationBook } from "../keygen/center.ts";
-import { KeyGenerationDevice, type InsertedCard } from "../keygen/device.ts";
-import { MemoryIssuedKeyRegistry } from "../keygen/registry.ts";
-import { signApproval, signApproverList } from "../recovery/approvals.ts";
+import type { KeyCustody } from "../custody/custody.ts";
+import { signApproval } from "../recovery/approvals.ts";
 import type { ReproductionPolicy } from "../recovery/policy.ts";
-import { isRecoveryRefusal, RecoveryService, releaseSharesFor, type PendingItem, type RequestView } from "../recovery/service.ts";
+import { releaseSharesFor } from "../recovery/service.ts";
 import { openShare } from "../recovery/shares.ts";
-import { auditEntries, verifyAuditLog, type AuditEntry } from "../store/audit.ts";
-import { BackupRepository } from "../store/backup-repository.ts";
-import { SqlCaRepository } from "../store/ca-repository.ts";
-import type { Db } from "../store/db.ts";
-import { Store } from "../store/store.ts";
+import { DEFAULT_CONFIG, type IssuerConfig } from "../server/config.ts";
+import { createOperatorToken, startIssuerServer } from "../server/main.ts";
+import { ApiError, IssuerApiClient } from "../terminal/api-client.ts";
+import { HttpBackupTarget } from "../terminal/backup-client.ts";
 import { backup, restore, TerminalEncipheredStore } from "../terminal/backup.ts";
 import { decipherWithCard, encipherForCard, recipientOf } from "../terminal/enciphered.ts";
+import { KeygenApiClient } from "../terminal/keygen-client.ts";
 import { PivClient, SLOT } from "../terminal/piv-client.ts";
+import { approveRequest, RecoveryApiClient, signApproverListFor, type PendingJson, type RequestJson } from "../terminal/recovery-client.ts";
+import { relaySession, UserTerminal } from "../terminal/terminal.ts";
+import { InProcessTransport } from "../transport/transport.ts";
 
 const PIN = "123456";
-const OPERATOR = "demo-operator";
 
-const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
+/** What Hanako gives the issuer at registration, and what the key generation device must be given. */
+const HANAKO = { commonName: "Hanako Yamada", email: "hanako@example.test", organization: "Example Bank", country: "JP" };
 
 export interface RecoveryDemoResult {
   dir: string;
+  /** Where the server listened while the demo ran. */
+  serverUrl: string;
   userId: string;
-  /** The card record the policy and escrow belong to; the replacement card keeps it. */
+  /** The card record the policy and escrow belong to (the first card's); the replacement card is a new record. */
   cardRecordId: string;
   imageKeyPath: string;
   policy: ReproductionPolicy;
@@ -91,14 +94,16 @@ export interface RecoveryDemoResult {
 // --- the arbitrators' side -------------------------------------------------------------------------------------
 
 /**
- * One arbitrator of FIG. 9 with its own ECDSA (approvals) and ECDH (shares) P-256 key pairs. The private keys are
- * private fields: only this object signs and opens shares; the service sees the public keys only.
+ * One arbitrator of FIG. 9 with its own ECDSA (approvals) and ECDH (shares) P-256 key pairs and, once registered,
+ * its own API token bound to it. The private keys are private fields: only this object signs and opens shares; the
+ * server sees the public keys, signatures and shares sealed to its reproduction device.
  */
 class ArbitratorSide {
   readonly #signing: KeyObject;
   readonly #encryption: KeyObject;
   readonly signingPublicKey: KeyObject;
   readonly encryptionPublicKey: KeyObject;
+  #client: RecoveryApiClient | undefined;
 
   constructor(
     readonly id: string,
@@ -113,37 +118,47 @@ class ArbitratorSide {
     this.encryptionPublicKey = e.publicKey;
   }
 
-  async register(svc: RecoveryService): Promise<void> {
-    await svc.registerArbitrator(
-      { id: this.id, roles: [this.role], displayName: this.displayName, signingPublicKey: this.signingPublicKey, encryptionPublicKey: this.encryptionPublicKey },
-      OPERATOR,
-    );
+  /** The operator registers the public keys and issues the token bound to this arbitrator; it keeps the token. */
+  async register(operator: RecoveryApiClient, server: string): Promise<void> {
+    await operator.registerArbitrator({ id: this.id, roles: [this.role], displayName: this.displayName, signingPublicKey: this.signingPublicKey, encryptionPublicKey: this.encryptionPublicKey });
+    const { token } = await operator.issueArbitratorToken(this.id);
+    this.#client = new RecoveryApiClient(new IssuerApiClient({ server, token }));
   }
 
-  /** What the service has pending for this arbitrator on the request. */
-  async pending(svc: RecoveryService, requestId: string): Promise<Extract<PendingItem, { action: "decide" }>> {
-    const item = (await svc.pendingFor(this.id)).find((p): p is Extract<PendingItem, { action: "decide" }> => p.action === "decide" && p.request.requestId === requestId);
+  private get client(): RecoveryApiClient {
+    if (!this.#client) throw new Error(`${this.id} is not registered`);
+    return this.#client;
+  }
+
+  /** What the server has pending for this arbitrator on the request. */
+  async pending(requestId: string): Promise<Extract<PendingJson, { action: "decide" }>> {
+    const item = (await this.client.pending(this.id)).find((p): p is Extract<PendingJson, { action: "decide" }> => p.action === "decide" && p.request.requestId === requestId);
     if (!item) throw new Error(`${this.id} has nothing to decide on request ${requestId}`);
     return item;
   }
 
   /**
    * Approves: signs after the chain's head, opens its share envelopes with its own key and releases them to the
-   * reproduction device's public key. Submitted as it is, even when an order condition says to wait: the service
-   * judges.
+   * reproduction device's public key (recovery-client.ts approveRequest, which first checks the order hint).
    */
-  async approve(svc: RecoveryService, requestId: string): Promise<RequestView> {
-    const { request: v, envelopes } = await this.pending(svc, requestId);
-    const approval = signApproval(v.request, v.chainHead, { arbitrator: this.id, decision: "approve" }, this.#signing);
-    const releases = releaseSharesFor(v.request, envelopes, (e) => openShare(e, this.#encryption, { escrowId: v.escrowId, cardId: v.cardId }), svc.deviceKey().spki);
-    return svc.approve(requestId, approval, releases);
+  approve(requestId: string): Promise<RequestJson> {
+    return approveRequest(this.client, this.id, requestId, { signing: this.#signing, encryption: this.#encryption });
+  }
+
+  /**
+   * Approves as `approve` does but without the client's order check: signed and released, posted as it is, ignoring
+   * the server's "wait for" hint — the server judges the order.
+   */
+  async approveIgnoringOrder(requestId: string): Promise<RequestJson> {
+    const { request: v, envelopes } = await this.pending(requestId);
+    const device = await this.client.deviceKey();
+    const releases = releaseSharesFor(v.request, envelopes, (e) => openShare(e, this.#encryption, { escrowId: v.escrowId, cardId: v.cardId }), device.spki);
+    return this.client.approve(requestId, signApproval(v.request, v.chainHead, { arbitrator: this.id, decision: "approve" }, this.#signing), releases);
   }
 
   /** As the policy's author: signs the list of approvers of the satisfied chain (FIG. 9 condition 15). */
-  async signList(svc: RecoveryService, requestId: string): Promise<RequestView> {
-    const item = (await svc.pendingFor(this.id)).find((p) => p.action === "sign-approver-list" && p.request.requestId === requestId);
-    if (!item) throw new Error(`${this.id} is not asked to sign the list of approvers of ${requestId}`);
-    return svc.submitApproverList(requestId, signApproverList(item.request.request, item.request.approvals, this.id, this.#signing));
+  signList(requestId: string): Promise<RequestJson> {
+    return signApproverListFor(this.client, this.id, requestId, this.#signing);
   }
 }
 
@@ -181,21 +196,21 @@ function fig9Policy(): ReproductionPolicy {
 
 // --- cards -----------------------------------------------------------------------------------------------------
 
-interface DemoCard extends InsertedCard {
+interface DemoCard {
   id: string;
   path: string;
   runtime: CardRuntime;
-  keySet: DerivedKeySetRef;
+  transmit: (apdu: Uint8Array) => Promise<Uint8Array>;
 }
 
-/** A blank virtual card (new random ID), personalised from its transport keys to a key set diversified in custody. */
-async function blankCard(custody: KeyCustody, dir: string, imageKey: Uint8Array): Promise<DemoCard> {
-  const id = randomBytes(8).toString("hex");
-  const path = join(dir, `card-${id}.img`);
-  const runtime = createCard(path, imageKey, { cardId: Buffer.from(id, "hex"), durability: "fsync" });
-  const transmit = (a: Uint8Array) => runtime.transmit(a);
-  const { keySet } = await personaliseFromTransport(transmit, custody, id);
-  return { id, path, runtime, transmit, keySet };
+/** A card issued to the user through the API, and its virtual card personalised through the relay (ST11-ST15). */
+async function issuedCard(api: IssuerApiClient, userId: string, dir: string, imageKey: Uint8Array): Promise<DemoCard> {
+  const { card } = await api.createCard({ userId });
+  const path = join(dir, `card-${card.id}.img`);
+  const runtime = createCard(path, imageKey, { cardId: Buffer.from(card.id, "hex"), durability: "fsync" });
+  const transmit = async (a: Uint8Array) => runtime.transmit(a);
+  await relaySession(api, transmit, await api.startPersonalisation(card.id));
+  return { id: card.id, path, runtime, transmit };
 }
 
 async function pivOf(card: DemoCard): Promise<PivClient> {
@@ -205,16 +220,27 @@ async function pivOf(card: DemoCard): Promise<PivClient> {
   return piv;
 }
 
-/** Labels of keys the key generation device or the reproduction device would leave behind. */
-async function transientKeys(custody: KeyCustody): Promise<string[]> {
-  return (await custody.listKeys()).map((k) => k.label).filter((l) => l.startsWith("keygen.") || l.startsWith("recovery.reproduce."));
+/** The API client of the user's terminal for `card`, with the token the card earned by proving itself. */
+async function terminalFor(api: IssuerApiClient, card: DemoCard, dir: string): Promise<IssuerApiClient> {
+  const terminal = await UserTerminal.open({ api, transport: new InProcessTransport(card.runtime), stateFile: join(dir, `terminal-${card.id}.json`) });
+  await terminal.authenticate();
+  return terminal.cardClient();
+}
+
+/** Whether custody holds any key pair with this public key, or a key the devices would leave behind. */
+async function keyInCustody(custody: KeyCustody, spki: Uint8Array): Promise<boolean> {
+  for (const k of await custody.listKeys()) {
+    if (k.label.startsWith("keygen.") || k.label.startsWith("recovery.reproduce.")) return true;
+    if (k.kind === "keyPair" && Buffer.from(await custody.publicKey(k.label)).equals(Buffer.from(spki))) return true;
+  }
+  return false;
 }
 
 /** What a pending request still needs, in a few words. */
-function stillNeeded(v: RequestView): string {
-  if (v.evaluation.status !== "pending") return "";
-  const n = v.evaluation.needs;
-  const parts = [...n.indispensable, ...n.groups.map((g) => `${g.more} more of ${g.name}`)];
+function stillNeeded(v: RequestJson): string {
+  const e = v.evaluation;
+  if (e.status !== "pending" || !("needs" in e)) return "";
+  const parts = [...e.needs.indispensable, ...e.needs.groups.map((g) => `${g.more} more of ${g.name}`)];
   return parts.length ? `, still needs ${parts.join(", ")}` : "";
 }
 
@@ -228,6 +254,24 @@ function freshDir(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 }
 
+interface AuditJson {
+  seq: number;
+  action: string;
+  subject: string;
+  details: Record<string, unknown>;
+}
+
+/** Every audit entry, through the API's pages. */
+async function auditLog(api: IssuerApiClient): Promise<AuditJson[]> {
+  const out: AuditJson[] = [];
+  for (let after = 0; ; ) {
+    const page = await api.request<{ entries: AuditJson[]; next: number | null }>("GET", `/v1/audit?after=${after}&limit=1000`);
+    out.push(...page.entries);
+    if (page.next === null) return out;
+    after = page.next;
+  }
+}
+
 // --- the demo --------------------------------------------------------------------------------------------------
 
 export async function runRecoveryDemo(dirArg: string, log: (line: string) => void = () => {}): Promise<RecoveryDemoResult> {
@@ -239,60 +283,64 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
   const imageKeyPath = join(dir, "card-image.key");
   writeFileSync(imageKeyPath, imageKey.toString("hex") + "\n", { mode: 0o600 });
 
-  const store = await Store.open(join(dir, "cardkms.db"));
-  const custody = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: keystoreKey });
+  const config: IssuerConfig = {
+    ...DEFAULT_CONFIG,
+    listen: { host: "127.0.0.1", port: 0 },
+    database: join(dir, "cardkms.db"),
+    custody: { kind: "software", keystore: join(dir, "keystore.json") },
+    ca: { mode: "local", subject: "CN=cardkms demo Center CA, O=Certification Center, C=JP" },
+    logLevel: "info",
+  };
+  const logStream = createWriteStream(join(dir, "issuer.log"));
+  const server = await startIssuerServer(config, { env: { ...process.env, CARDKMS_KEYSTORE_KEY: keystoreKey }, handleSignals: false, logStream });
   const cards: DemoCard[] = [];
   try {
-    const db = store.db as Db;
-    const svc = await RecoveryService.open({ db, custody });
+    const { token } = await createOperatorToken(server.store, "demo-operator", ["operator", "auditor"]);
+    const api = new IssuerApiClient({ server: server.url, token });
+    const recovery = new RecoveryApiClient(api);
 
-    // 1. The arbitrators, each with its own key pairs.
+    // 1. The arbitrators, each with its own key pairs and its own token.
     const arbitrators = fig9Arbitrators();
     const side = new Map(arbitrators.map((a) => [a.id, a]));
     const as = (id: string) => side.get(id)!;
-    for (const a of arbitrators) await a.register(svc);
-    log(`1. SQLite system DB and software keystore in ${dir}; ${arbitrators.length} arbitrators registered (FIG. 9), each with its own signing and share key pairs:`);
+    for (const a of arbitrators) await a.register(recovery, server.url);
+    log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${join(dir, "issuer.log")})`);
+    log(`   ${arbitrators.length} arbitrators registered over the API (FIG. 9), each with its own signing and share key pairs and an API token bound to it:`);
     for (const a of arbitrators) log(`     ${a.id.padEnd(11)} ${a.role} (${a.displayName})`);
 
-    // 2. The certification center, the user, the policy (S1) and the card issued with its key escrowed (S2-S3).
-    const ca = await openCaService({
-      custody,
-      signerLabel: "center.ca",
-      repository: new SqlCaRepository(db, "center"),
-      subject: { country: "JP", organization: "Certification Center", commonName: "cardkms demo Center CA" },
-    });
-    const user = await store.createUser({ personalData: { ...HANAKO } });
-    const registrations = new MemoryRegistrationBook();
-    registrations.register(user.id, HANAKO); // what Hanako presented at the center herself (step 420)
-    const center = new CertificationCenter({ authority: ca.authority, registrations });
-    const now = Date.now();
-    const cardRecord = await store.registerCard({ userId: user.id, validFrom: now, validUntil: now + 5 * 365 * 86_400_000 });
-    const policy = fig9Policy();
-    await svc.setPolicy(cardRecord.id, policy, OPERATOR);
-    const device = await KeyGenerationDevice.create({
-      custody,
-      ca: center,
-      registry: new MemoryIssuedKeyRegistry(),
-      trustAnchors: [ca.authority.certificate],
-      escrow: svc.escrowHook("keygen-device"),
-    });
-    const oldCard = await blankCard(custody, dir, imageKey);
+    // 2. The user (the center's registration), the card, the policy (S1) and the key issued with escrow (S2-S3).
+    const user = await api.registerUser(HANAKO);
+    const oldCard = await issuedCard(api, user.id, dir, imageKey);
     cards.push(oldCard);
-    const issued = await device.issue({ applicantId: user.id, personalData: HANAKO, alg: "P256", profile: "keyManagement", slot: "9d", card: oldCard, escrow: { cardId: cardRecord.id } });
-    const cert = new X509Certificate(issued.certificate);
+    const policy = fig9Policy();
+    await recovery.setPolicy(oldCard.id, policy);
+    log(`2. user ${user.id} registered; card ${oldCard.id} issued and personalised through the relay`);
+    log(`   policy set for card ${oldCard.id}: user and credit-co indispensable, credit-co only after user, 1 of 2 service providers, 2 of 3 managers, list signed by list-author`);
+    const keygen = new KeygenApiClient(api);
+    const refused: RecoveryDemoResult["refused"] = [];
+    try {
+      await keygen.issue(oldCard.id, { slot: "9d", alg: "P256", personalData: { ...HANAKO, commonName: "Hanako Yamda" }, escrow: true }, oldCard.transmit);
+      throw new Error("the center certified personal data that differ from the registration");
+    } catch (e) {
+      if (!(e instanceof ApiError) || e.status !== 422) throw e;
+      log(`   the key generation device, given a mistyped name -> REFUSED by the certification center: ${e.detail}`);
+    }
+    const issued = await keygen.issue(oldCard.id, { slot: "9d", alg: "P256", personalData: HANAKO, escrow: true }, oldCard.transmit);
+    const cert = new X509Certificate(issued.certificateDer);
+    const spki = new Uint8Array(cert.publicKey.export({ format: "der", type: "spki" }));
     const subject = cert.subject.replace(/\n/g, ", ");
-    const goneAfterIssue = (await transientKeys(custody)).length === 0;
-    const escrow = (await svc.escrowOf(cardRecord.id))!;
-    log(`2. policy set for card record ${cardRecord.id}: user and credit-co indispensable, credit-co only after user, 1 of 2 service providers, 2 of 3 managers, list signed by list-author`);
-    log(`   card ${oldCard.id} issued by the key generation device: P-256 key management key in slot 9D, certified by the center`);
+    const goneAfterIssue = !(await keyInCustody(server.custody, spki));
+    const escrow = await recovery.escrow(oldCard.id);
+    log(`   the key generation device issued a P-256 key management key into slot 9D, certified by the center after it compared the personal data`);
     log(`     certificate: ${subject}, serial ${issued.serial}`);
     log(`     escrow ${issued.escrowId}: ${escrow.shares.length} shares sealed to ${new Set(escrow.shares.map((s) => s.arbitrator)).size} arbitrators; card's secret ID registered (as a digest)`);
     log(`     the private key is ${goneAfterIssue ? "GONE from custody" : "STILL IN CUSTODY"}: it exists only in the card`);
 
-    // 3. The user's records, enciphered to the card's key, kept on the terminal and backed up (S10).
+    // 3. The user's records, enciphered to the card's key, kept on the terminal and backed up through the card's token (S10).
+    // the terminal's token first: the card's proof selects the card's ISD, PIV is selected after it
+    const oldTarget = new HttpBackupTarget(await terminalFor(api, oldCard, dir), oldCard.id);
     const oldPiv = await pivOf(oldCard);
-    const onCard = (await oldPiv.readCertificate(SLOT.keyManagement))!;
-    const recipient = recipientOf(onCard);
+    const recipient = recipientOf((await oldPiv.readCertificate(SLOT.keyManagement))!);
     const data: Record<string, Uint8Array> = {
       "bank-pins.txt": new Uint8Array(Buffer.from(`bank A: ${randomBytes(2).readUInt16BE() % 10000}, bank B: ${randomBytes(2).readUInt16BE() % 10000}`)),
       "medical-record.json": new Uint8Array(Buffer.from(JSON.stringify({ patient: "Hanako Yamada", bloodType: "A+", allergies: ["penicillin"], notes: "x".repeat(600) }))),
@@ -301,15 +349,14 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const aad = (objectId: string) => Buffer.from(`${user.id}/${objectId}`);
     const oldTerminal = new TerminalEncipheredStore(join(dir, "terminal-old"));
     await oldTerminal.put(Object.entries(data).map(([objectId, p]) => ({ objectId, envelope: encipherForCard(recipient, p, aad(objectId)) })));
-    const repo = new BackupRepository(db);
-    const report = await backup({ userId: user.id, cardId: cardRecord.id, from: [oldTerminal], to: repo });
+    const report = await backup({ userId: user.id, cardId: oldCard.id, from: [oldTerminal], to: oldTarget });
     const probe = "medical-record.json";
     const before = await decipherWithCard(oldPiv, SLOT.keyManagement, (await oldTerminal.get(probe))!, { aad: aad(probe) });
     const decipheredBeforeLoss = Buffer.from(before).equals(Buffer.from(data[probe]));
     before.fill(0);
     const records = Object.entries(data).map(([objectId, p]) => ({ objectId, bytes: p.length, sha256: sha256Hex(p) }));
     log(`3. user enciphered ${records.length} records to the card's key (key id ${recipient.kid.slice(0, 16)}…): ${records.map((r) => `${r.objectId} (${r.bytes} B)`).join(", ")}`);
-    log(`   kept on the terminal store, backed up to the server: ${report.stored.map((s) => `${s.objectId} v${s.version}`).join(", ")}`);
+    log(`   kept on the terminal store; backed up over the API with the card's own token: ${report.stored.map((s) => `${s.objectId} v${s.version}`).join(", ")}`);
     log(`   card ${oldCard.id} deciphers ${probe}: ${decipheredBeforeLoss ? "byte-exact" : "MISMATCH"}`);
 
     // 4. The card is destroyed, and the terminal's copies with it: only the server's backup is left.
@@ -320,74 +367,74 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     log(`4. card ${oldCard.id} destroyed (image ${imageDeleted ? "deleted" : "STILL THERE"}); the terminal's copies are lost too — only the backup is left`);
 
     // 5. The request, the decisions in the policy's order, the list of approvers (S5-S7).
-    const filed = await svc.fileRequest({ cardId: cardRecord.id, kind: "card-destroyed", requester: "user", reason: "card destroyed" }, OPERATOR);
+    const filed = await recovery.fileRequest({ cardId: oldCard.id, kind: "card-destroyed", requester: "user", reason: "card destroyed" });
     const requestId = filed.requestId;
-    log(`5. user filed request ${requestId} (card-destroyed); the arbitrators decide:`);
-    const refused: RecoveryDemoResult["refused"] = [];
-    const waiting = await as("credit-co").pending(svc, requestId);
+    log(`5. request ${requestId} (card-destroyed) filed over the API; each arbitrator decides with its own token and keys:`);
+    const waiting = await as("credit-co").pending(requestId);
     try {
-      await as("credit-co").approve(svc, requestId);
+      await as("credit-co").approveIgnoringOrder(requestId);
       throw new Error("credit-co's approval before the user's was accepted");
     } catch (e) {
-      if (!isRecoveryRefusal(e)) throw e;
-      refused.push({ arbitrator: "credit-co", check: e.check, message: e.message });
-      log(`     credit-co approves first (it is told to wait for: ${waiting.waitingFor.join(", ")}) -> REFUSED: ${e.message}`);
+      const check = e instanceof ApiError ? /out_of_order/.exec(e.title)?.[0] : undefined;
+      if (!(e instanceof ApiError) || !check) throw e;
+      refused.push({ arbitrator: "credit-co", check, message: e.detail ?? e.title });
+      log(`     credit-co approves first (it is told to wait for: ${waiting.waitingFor.join(", ")}) -> REFUSED: ${e.detail}`);
     }
-    let view: RequestView = filed;
+    let view: RequestJson = filed;
     for (const id of ["user", "credit-co", "sp-b", "mgr-a", "mgr-c"]) {
-      view = await as(id).approve(svc, requestId);
+      view = await as(id).approve(requestId);
       const released = view.releasedShares.filter((s) => escrow.shares.some((d) => d.shareId === s && d.arbitrator === id)).length;
       log(`     ${id.padEnd(11)} approves (signed after the chain's head), releases ${released} share(s) to the reproduction device -> ${view.status}${stillNeeded(view)}`);
     }
     const unneeded = policy.groups.flatMap((g) => g.members).filter((m) => !view.evaluation.approvers.includes(m));
     log(`     the policy is met without ${unneeded.join(" and ")}`);
-    const listed = await as(policy.author).signList(svc, requestId);
-    const list = listed.approverList!;
+    const list = (await as(policy.author).signList(requestId)).approverList!;
     log(`     ${policy.author} signs the list of approvers: ${list.approvers.join(" -> ")}`);
 
-    // 6. A new card for the user; the key reproduced into it (S8, S11, FIG. 10-12).
-    const newCard = await blankCard(custody, dir, imageKey);
+    // 6. A new card for the user; the key reproduced into it through the relay (S8, S11, FIG. 10-12).
+    const newCard = await issuedCard(api, user.id, dir, imageKey);
     cards.push(newCard);
-    const done = await svc.reproduce(requestId, newCard, OPERATOR);
-    const goneAfterReproduction = (await transientKeys(custody)).length === 0;
+    const done = await recovery.reproduce(requestId, newCard.transmit, { cardId: newCard.id });
+    const goneAfterReproduction = !(await keyInCustody(server.custody, spki));
     const newPiv = await pivOf(newCard);
     const certOnNew = await newPiv.readCertificate(SLOT.keyManagement);
-    const holdsOriginalCertificate = !!certOnNew && Buffer.from(certOnNew).equals(Buffer.from(issued.certificate));
+    const holdsOriginalCertificate = !!certOnNew && Buffer.from(certOnNew).equals(Buffer.from(issued.certificateDer));
     const msg = Buffer.from(`Hanako's new card, ${new Date().toISOString()}`);
     const { signature, hash } = await newPiv.sign(SLOT.keyManagement, "P256", msg);
     const signatureVerified = verify(hash, msg, { key: cert.publicKey, dsaEncoding: "der" }, signature);
-    log(`6. blank card ${newCard.id} personalised for the user; key reproduced into it after the checks (shares, key vs. registered public key)`);
+    log(`6. card ${newCard.id} issued to the user and personalised; the key reproduced into it through the relay after the checks (shares, key vs. registered public key)`);
     log(`     registered device replaced: ${done.deviceReplaced ? "yes" : "NO"} (generation ${done.deviceGeneration}); reproduced key ${goneAfterReproduction ? "gone" : "STILL"} from custody`);
     log(`     the new card holds the original certificate (serial ${done.serial}): ${holdsOriginalCertificate ? "yes" : "NO"}; it signs, and the signature ${signatureVerified ? "VERIFIES" : "DOES NOT VERIFY"} against the ORIGINAL certificate`);
 
-    // 7. The backups restored onto the new card's terminal store; every record deciphered on the new card (S12).
+    // 7. The backups fetched through the new card's token onto its terminal store; every record deciphered on the new card (S12).
     const newTerminal = new TerminalEncipheredStore(join(dir, "terminal-new"));
-    const restoredReport = await restore({ userId: user.id, from: repo, into: newTerminal, forCard: { piv: newPiv, slot: SLOT.keyManagement } });
+    const newTarget = new HttpBackupTarget(await terminalFor(api, newCard, dir), newCard.id);
+    const piv = await pivOf(newCard); // again: the card's proof to the server selected its ISD
+    const restoredReport = await restore({ userId: user.id, from: newTarget, into: newTerminal, forCard: { piv, slot: SLOT.keyManagement } });
     const readable: RecoveryDemoResult["readable"] = [];
     for (const [objectId, p] of Object.entries(data)) {
       const env = await newTerminal.get(objectId);
       let byteExact = false;
       if (env) {
-        const plain = await decipherWithCard(newPiv, SLOT.keyManagement, env, { aad: aad(objectId) });
+        const plain = await decipherWithCard(piv, SLOT.keyManagement, env, { aad: aad(objectId) });
         byteExact = Buffer.from(plain).equals(Buffer.from(p));
         plain.fill(0);
       }
       readable.push({ objectId, byteExact });
     }
-    log(`7. ${restoredReport.restored.length} backup(s) restored onto the new terminal store (${restoredReport.skipped.length} skipped); deciphered on card ${newCard.id}:`);
+    log(`7. ${restoredReport.restored.length} backup(s) fetched over the API with the new card's token (${restoredReport.skipped.length} skipped); deciphered on card ${newCard.id}:`);
     for (const r of readable) log(`     ${r.objectId.padEnd(20)} ${r.byteExact ? "byte-exact" : "NOT READABLE"}`);
 
-    // 8. The audit log.
-    const audit = await verifyAuditLog(db);
-    const entries: AuditEntry[] = [];
-    for await (const e of auditEntries(db)) entries.push(e);
+    // 8. The audit log, through the API.
+    const audit = await api.verifyAudit();
+    const entries = await auditLog(api);
     const ofRequest = entries.filter((e) => e.subject === requestId);
     const decisions = ofRequest.filter((e) => e.action === "recovery.decision.record").map((e) => ({ arbitrator: String(e.details.arbitrator), decision: String(e.details.decision) }));
     const refusals = ofRequest.filter((e) => e.action === "recovery.approval.refuse").map((e) => ({ arbitrator: String(e.details.arbitrator), check: String(e.details.check) }));
     const listEntry = ofRequest.find((e) => e.action === "recovery.approvers.list");
     const reproduceEntry = ofRequest.find((e) => e.action === "recovery.reproduce");
     const names = (v: unknown) => (Array.isArray(v) ? v.map(String) : []);
-    log(`8. audit log ${audit.ok ? "intact" : "BROKEN"} (${audit.entries} hash-chained entries); for request ${requestId}:`);
+    log(`8. audit log ${audit.ok ? "intact" : "BROKEN"} (${entries.length} hash-chained entries); for request ${requestId}:`);
     for (const r of refusals) log(`     recovery.approval.refuse  ${r.arbitrator} (${r.check})`);
     log(`     recovery.decision.record  ${decisions.map((d) => `${d.arbitrator} ${d.decision}s`).join(", ")}`);
     log(`     recovery.approvers.list   ${names(listEntry?.details.approvers).join(" -> ")} (signed by ${String(listEntry?.details.author)})`);
@@ -395,8 +442,9 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
 
     return {
       dir,
+      serverUrl: server.url,
       userId: user.id,
-      cardRecordId: cardRecord.id,
+      cardRecordId: oldCard.id,
       imageKeyPath,
       policy,
       certificate: { subject, serial: issued.serial, pem: cert.toString() },
@@ -413,11 +461,11 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
       signatureVerified,
       restored: restoredReport.restored.map((r) => ({ objectId: r.objectId, into: r.into })),
       readable,
-      audit: { ok: audit.ok, entries: audit.entries, decisions, refusals, listed: names(listEntry?.details.approvers), reproduced: names(reproduceEntry?.details.approvers) },
+      audit: { ok: audit.ok, entries: entries.length, decisions, refusals, listed: names(listEntry?.details.approvers), reproduced: names(reproduceEntry?.details.approvers) },
     };
   } finally {
     for (const c of cards) c.runtime.close();
-    await custody.close();
-    await store.close();
+    await server.close();
+    await new Promise<void>((r) => logStream.end(r));
   }
 }

@@ -29,7 +29,7 @@ export async function buildServer(o: ServerOptions = {}): Promise<{ app: Fastify
     return503OnClosing: true,
     // Path parameters up to 256 characters: the longest identifiers in paths are 128 (backup object IDs, recovery
     // card and arbitrator IDs), percent-encoding aside. Longer ones are refused with 414 before any route runs.
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
     // Errors the router raises before any route runs (a path parameter over maxParamLength: 414; a malformed
     // %-escape: 400) bypass the error handler: answer them in the one problem shape too.
     frameworkErrors: (err, req, reply) => {
