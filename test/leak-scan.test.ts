@@ -7,7 +7,7 @@
 // any share of it, nor the data in clear is anywhere but in custody, the card or the test's own hands.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
 import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql, type Kysely } from "kysely";
@@ -44,7 +44,7 @@ import { decipherWithCard, encipherForCard, EncipheredError, recipientOf } from 
 import { PIV_AID, PivClient, putDataCommand, SLOT } from "../src/terminal/piv-client.ts";
 import { tempDir } from "./helpers.ts";
 import { testEngines } from "../src/store/testing.ts";
-import { api, authenticate, expect, issuerApiEnv, issueAndPersonalise, relay } from "./api-env.ts";
+import { api, authenticate, expect, issuerApiEnv, issueAndPersonalise, liveRelay, registeredData, relay } from "./api-env.ts";
 
 /** Every byte form of a private key worth looking for: PKCS#8 DER, and each private JWK component. */
 function secretForms(k: KeyObject): Buffer[] {
@@ -165,7 +165,7 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await inner.close();
 });
 
-test("through the server: no private key in its log lines (at trace level), its responses or its DB", { timeout: 120_000 }, async () => {
+test("through the server: no private key in its log lines (at trace level), its responses or its DB — credentials, and seed 001 keygen with escrow, backup, reproduction", { timeout: 120_000 }, async () => {
   let spy: ReturnType<typeof spyOn> | undefined;
   const env = await issuerApiEnv(testEngines()[0], { logLevel: "trace", wrapCustody: (c) => (spy = spyOn(c)).custody });
   try {
@@ -193,10 +193,44 @@ test("through the server: no private key in its log lines (at trace level), its 
       await piv.select();
       await piv.loadPackage(Buffer.from(p.body, "base64"));
     }
+    // seed 001 through the same server: the key generation device issues an escrowed key into the card over the live
+    // relay, the user backs up an envelope with the card's token, loses the key, and one arbitrator's approval has
+    // it reproduced into the card again — the escrowed, the reproduced and the device's own keys are scanned for too
+    const op = env.tokens.operator;
+    const { registry, keys } = makeArbitrators(["user"]);
+    const u = registry.require("user");
+    const spkiPem = (k: KeyObject) => k.export({ format: "pem", type: "spki" }) as string;
+    expect(await post("/v1/recovery/arbitrators", op, { id: "user", signingPublicKey: spkiPem(u.signingKey), encryptionPublicKey: spkiPem(u.encryptionKey) }), 201);
+    const arbToken = (expect(await post("/v1/recovery/arbitrators/user/tokens", op), 201) as { token: string }).token;
+    const policy = await env.server.app.inject({ method: "PUT", url: `/v1/cards/${cardId}/recovery-policy`, headers: { authorization: `Bearer ${op}` }, payload: { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] } });
+    assert.equal(policy.statusCode, 200, policy.body);
+    const keygen = expect(
+      await liveRelay(post, op, await post(`/v1/cards/${cardId}/keygen`, op, { slot: "9c", alg: "RSA2048", personalData: registeredData("Leak Server"), escrow: true }), "/v1/keygen/sessions", card),
+      200,
+    ) as { result: { certificate: string } };
+    const recipient = recipientOf(new X509Certificate(keygen.result.certificate));
+    const put = await env.server.app.inject({ method: "PUT", url: `/v1/cards/${cardId}/backups/diary`, headers: { authorization: `Bearer ${terminal}` }, payload: { envelope: Buffer.from(encipherForCard(recipient, randomBytes(64))).toString("base64") } });
+    assert.equal(put.statusCode, 201, put.body);
+    responses.push(put.rawPayload);
+    await piv.select();
+    await piv.verifyPin("123456");
+    assert.equal((await piv.apdu.send({ cla: 0x80, ins: 0xf6, p1: 0, p2: 0x9c })).sw, 0x9000, "the key is lost (DELETE KEY)");
+    const filed = expect(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user" }), 201) as { requestId: string };
+    const item = (expect(await get("/v1/recovery/arbitrators/user/pending", arbToken), 200) as { pending: PendingItem[] }).pending[0] as Extract<PendingItem, { action: "decide" }>;
+    const device = Buffer.from((expect(await get("/v1/recovery/device-key", arbToken), 200) as { spki: string }).spki, "base64");
+    const v = item.request;
+    const approval = signApproval(v.request, v.chainHead, { arbitrator: "user", decision: "approve" }, keys.get("user")!.signing);
+    const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, keys.get("user")!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), new Uint8Array(device));
+    expect(await post(`/v1/recovery/requests/${filed.requestId}/approvals`, arbToken, { approval, releases }), 200);
+    const chain = (expect(await get(`/v1/recovery/requests/${filed.requestId}`, arbToken), 200) as { approvals: Parameters<typeof signApproverList>[1] }).approvals;
+    expect(await post(`/v1/recovery/requests/${filed.requestId}/approver-list`, arbToken, { approverList: signApproverList(v.request, chain, "user", keys.get("user")!.signing) }), 200);
+    expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${filed.requestId}/reproduce`, op, {}), "/v1/recovery/sessions", card), 200);
+
     expect(await get("/v1/audit", env.tokens.auditor), 200);
-    // the four credential keys, wrapped for the card; anything else the spy learned (the reproduction device's key
-    // pair, when the server runs the recovery service) is scanned for as well
-    assert.equal(spy?.wraps.filter((w) => w.to !== "unwrap" && "card" in w.to).length, 4, "the spy saw every credential key");
+    // the four credential keys, the generated key and its reproduction, wrapped for the card; anything else the spy
+    // learned (the escrow wrap, the reproduction device's key pair) is scanned for as well
+    assert.equal(spy?.wraps.filter((w) => w.to !== "unwrap" && "card" in w.to).length, 6, "the spy saw every key written to the card");
+    assert.ok(spy!.wraps.some((w) => w.to === "unwrap"), "the spy saw the reproduced key");
     assert.ok(env.logs.length > 20, `the server logged (${env.logs.length} lines)`);
     const serverDb = env.server.store.db as unknown as Db;
     const tables = [...new Set([...TABLES, ...(await sqliteTables(serverDb))])];
