@@ -23,7 +23,7 @@
 // content.
 
 import { createHash, generateKeyPairSync, randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
@@ -32,8 +32,6 @@ import { signApproval } from "../recovery/approvals.ts";
 import type { ReproductionPolicy } from "../recovery/policy.ts";
 import { releaseSharesFor } from "../recovery/service.ts";
 import { openShare } from "../recovery/shares.ts";
-import { DEFAULT_CONFIG, type IssuerConfig } from "../server/config.ts";
-import { createOperatorToken, startIssuerServer } from "../server/main.ts";
 import { ApiError, IssuerApiClient } from "../terminal/api-client.ts";
 import { HttpBackupTarget } from "../terminal/backup-client.ts";
 import { backup, restore, TerminalEncipheredStore } from "../terminal/backup.ts";
@@ -43,6 +41,7 @@ import { PivClient, SLOT } from "../terminal/piv-client.ts";
 import { approveRequest, RecoveryApiClient, signApproverListFor, type PendingJson, type RequestJson } from "../terminal/recovery-client.ts";
 import { relaySession, UserTerminal } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
+import { startDemoServer } from "./demo-server.ts";
 
 const PIN = "123456";
 
@@ -246,14 +245,6 @@ function stillNeeded(v: RequestJson): string {
 
 const sha256Hex = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
-/** Replaces `dir` only when it is empty or a previous demo's (it holds a keystore): never an unrelated directory. */
-function freshDir(dir: string): void {
-  if (existsSync(dir) && readdirSync(dir).length > 0 && !existsSync(join(dir, "keystore.json")))
-    throw new Error(`${dir} is not empty and holds no demo keystore: choose an empty or new directory`);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-}
-
 interface AuditJson {
   seq: number;
   action: string;
@@ -276,27 +267,10 @@ async function auditLog(api: IssuerApiClient): Promise<AuditJson[]> {
 
 export async function runRecoveryDemo(dirArg: string, log: (line: string) => void = () => {}): Promise<RecoveryDemoResult> {
   const dir = resolve(dirArg);
-  freshDir(dir);
-  const keystoreKey = randomBytes(32).toString("hex");
-  writeFileSync(join(dir, "keystore.key"), keystoreKey + "\n", { mode: 0o600 });
-  const imageKey = randomBytes(32);
-  const imageKeyPath = join(dir, "card-image.key");
-  writeFileSync(imageKeyPath, imageKey.toString("hex") + "\n", { mode: 0o600 });
-
-  const config: IssuerConfig = {
-    ...DEFAULT_CONFIG,
-    listen: { host: "127.0.0.1", port: 0 },
-    database: join(dir, "cardkms.db"),
-    custody: { kind: "software", keystore: join(dir, "keystore.json") },
-    ca: { mode: "local", subject: "CN=cardkms demo Center CA, O=Certification Center, C=JP" },
-    logLevel: "info",
-  };
-  const logStream = createWriteStream(join(dir, "issuer.log"));
-  const server = await startIssuerServer(config, { env: { ...process.env, CARDKMS_KEYSTORE_KEY: keystoreKey }, handleSignals: false, logStream });
+  const demo = await startDemoServer(dir, { database: "cardkms.db", caSubject: "CN=cardkms demo Center CA, O=Certification Center, C=JP" });
+  const { server, config, api, imageKey, imageKeyPath } = demo;
   const cards: DemoCard[] = [];
   try {
-    const { token } = await createOperatorToken(server.store, "demo-operator", ["operator", "auditor"]);
-    const api = new IssuerApiClient({ server: server.url, token });
     const recovery = new RecoveryApiClient(api);
 
     // 1. The arbitrators, each with its own key pairs and its own token.
@@ -304,7 +278,7 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const side = new Map(arbitrators.map((a) => [a.id, a]));
     const as = (id: string) => side.get(id)!;
     for (const a of arbitrators) await a.register(recovery, server.url);
-    log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${join(dir, "issuer.log")})`);
+    log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${demo.logPath})`);
     log(`   ${arbitrators.length} arbitrators registered over the API (FIG. 9), each with its own signing and share key pairs and an API token bound to it:`);
     for (const a of arbitrators) log(`     ${a.id.padEnd(11)} ${a.role} (${a.displayName})`);
 
@@ -465,7 +439,6 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     };
   } finally {
     for (const c of cards) c.runtime.close();
-    await server.close();
-    await new Promise<void>((r) => logStream.end(r));
+    await demo.close();
   }
 }

@@ -9,19 +9,16 @@
 //      with Sk2, the system DB re-wraps every Sk1[PRk] to Sk2[PRk], the packages are redistributed, and the NEW
 //      card signs with the same key pair — no private key ever in clear outside custody or the card.
 
-import { createPublicKey, randomBytes, verify, X509Certificate } from "node:crypto";
-import { createWriteStream, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createPublicKey, verify, X509Certificate } from "node:crypto";
 import { join, resolve } from "node:path";
 import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import { CardRotation } from "../issuer/rotation.ts";
-import { DEFAULT_CONFIG, type IssuerConfig } from "../server/config.ts";
-import { createOperatorToken, startIssuerServer } from "../server/main.ts";
-import { IssuerApiClient } from "../terminal/api-client.ts";
 import { PivClient } from "../terminal/piv-client.ts";
 import { relaySession, UserTerminal } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
 import { verifyAuditLog } from "../store/audit.ts";
+import { startDemoServer } from "./demo-server.ts";
 
 export interface SystemDemoResult {
   server: string;
@@ -37,28 +34,10 @@ export interface SystemDemoResult {
 export async function runSystemDemo(o: { dir: string; log?: (line: string) => void }): Promise<SystemDemoResult> {
   const log = o.log ?? (() => {});
   const dir = resolve(o.dir);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const keystoreKey = randomBytes(32).toString("hex");
-  const imageKey = randomBytes(32);
-  writeFileSync(join(dir, "keystore.key"), keystoreKey + "\n", { mode: 0o600 });
-  const imageKeyPath = join(dir, "card-image.key");
-  writeFileSync(imageKeyPath, imageKey.toString("hex") + "\n", { mode: 0o600 });
-
-  const config: IssuerConfig = {
-    ...DEFAULT_CONFIG,
-    listen: { host: "127.0.0.1", port: 0 },
-    database: join(dir, "issuer.db"),
-    custody: { kind: "software", keystore: join(dir, "keystore.json") },
-    ca: { mode: "local", subject: "CN=cardkms demo CA" },
-    logLevel: "info",
-  };
-  const logStream = createWriteStream(join(dir, "issuer.log"));
-  const server = await startIssuerServer(config, { env: { ...process.env, CARDKMS_KEYSTORE_KEY: keystoreKey }, handleSignals: false, logStream });
+  const demo = await startDemoServer(dir, { database: "issuer.db", caSubject: "CN=cardkms demo CA" });
+  const { server, config, api, imageKey, imageKeyPath } = demo;
   try {
-    log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${join(dir, "issuer.log")})`);
-    const { token } = await createOperatorToken(server.store, "demo-operator", ["operator", "auditor"]);
-    const api = new IssuerApiClient({ server: server.url, token });
+    log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${demo.logPath})`);
 
     // ST11-ST15
     const user = await api.registerUser({ commonName: "Hanako Yamada", email: "hanako@example.test", organization: "Example Bank" });
@@ -124,7 +103,6 @@ export async function runSystemDemo(o: { dir: string; log?: (line: string) => vo
       audit: { ok: audit.ok, entries: audit.entries },
     };
   } finally {
-    await server.close();
-    logStream.end();
+    await demo.close();
   }
 }
