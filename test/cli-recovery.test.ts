@@ -172,3 +172,86 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   for (const o of outputs) assert.ok(!o.includes("PRIVATE KEY"), "a command printed a private key");
 
 });
+
+test("the lifecycle through the CLI: key rotation signed on the arbitrator's side, deregistration, dependents, paged lists, reset", { timeout: 240_000 }, async (t) => {
+  const home = tempDir("cardkms-cli-reclife-");
+  const srv = await startTestServer(home);
+  t.after(() => srv.close());
+  const run = (args: string[], token = srv.operatorToken) => cli(args, { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token });
+  const keyDir = (name: string) => join(home, "keys", name);
+  const ids = ["a1", "a2", "a3"];
+  await Promise.all([...ids, "a1-next"].map(async (k) => json(await run(["recovery", "arbitrator", "keygen", "--out", keyDir(k), "--json"]), `keygen ${k}`)));
+  for (const id of ids)
+    json(await run(["recovery", "arbitrator", "add", "--id", id, "--signing-key", join(keyDir(id), "signing.pub.pem"), "--encryption-key", join(keyDir(id), "encryption.pub.pem"), "--json"]), `add ${id}`);
+  const policyFile = join(home, "policy.json");
+  writeFileSync(policyFile, JSON.stringify({ version: 1, author: "a1", indispensable: ["a1"], groups: [{ name: "others", members: ["a2", "a3"], threshold: 1 }], order: [] }));
+  json(await run(["recovery", "policy", "set", "card-L", "--file", policyFile, "--json"]), "policy set");
+
+  // paged lists: one page and the cursor of the next; without --limit, every page
+  const [page1, all, noRequests, badCursor, a3Token] = await Promise.all([
+    run(["recovery", "arbitrator", "list", "--limit", "2", "--json"]),
+    run(["recovery", "arbitrator", "list", "--json"]),
+    run(["recovery", "request", "list", "--limit", "5", "--json"]),
+    run(["recovery", "request", "list", "--after", "not a cursor!"]),
+    run(["recovery", "arbitrator", "token", "a3", "--json"]),
+  ]);
+  const p1 = json(page1, "arbitrator list --limit 2");
+  assert.deepEqual(p1.items.map((a: { id: string }) => a.id), ["a1", "a2"]);
+  assert.equal(typeof p1.next, "string");
+  const p2 = json(await run(["recovery", "arbitrator", "list", "--limit", "2", "--after", p1.next, "--json"]), "arbitrator list --after");
+  assert.deepEqual([p2.items.map((a: { id: string }) => a.id), p2.next], [["a3"], undefined]);
+  assert.deepEqual(json(all, "arbitrator list").map((a: { id: string }) => a.id), ids);
+  assert.deepEqual(json(noRequests, "request list --limit"), { items: [] });
+  assert.equal(badCursor.code, 2, "a malformed cursor is a usage error");
+  const textPage = await run(["recovery", "arbitrator", "list", "--limit", "1"]);
+  assert.match(textPage.stdout, /^a1\nnext page: --after [A-Za-z0-9_-]+\n$/);
+
+  // a1 rotates both keys: signed here with its current signing key file and the new one
+  const rotated = json(
+    await run([
+      "recovery", "arbitrator", "rotate", "a1",
+      "--signing-key", join(keyDir("a1"), "signing.key.pem"),
+      "--new-signing-key", join(keyDir("a1-next"), "signing.key.pem"),
+      "--new-encryption-key", join(keyDir("a1-next"), "encryption.pub.pem"),
+      "--json",
+    ]),
+    "rotate",
+  );
+  assert.equal(rotated.keyVersion, 2);
+  assert.equal(rotated.keys.length, 2);
+  const [stale, wrongKey, shown, deps] = await Promise.all([
+    // the old key is no longer current: nothing is signed or sent
+    run(["recovery", "arbitrator", "rotate", "a1", "--signing-key", join(keyDir("a1"), "signing.key.pem"), "--new-encryption-key", join(keyDir("a3"), "encryption.pub.pem")]),
+    // another arbitrator's key file: refused on this side too
+    run(["recovery", "arbitrator", "rotate", "a2", "--signing-key", join(keyDir("a1"), "signing.key.pem"), "--new-signing-key", join(keyDir("a1-next"), "signing.key.pem")]),
+    run(["recovery", "arbitrator", "show", "a1"]),
+    run(["recovery", "arbitrator", "dependents", "a2", "--json"]),
+  ]);
+  assert.equal(stale.code, 1);
+  assert.match(stale.stderr, /not a1's current signing key \(version 2\)/);
+  assert.equal(wrongKey.code, 1);
+  assert.match(shown.stdout, /key version 2/);
+  assert.match(shown.stdout, /keys v1: .*retired/);
+  assert.deepEqual(json(deps, "dependents"), [{ cardId: "card-L", policyDigest: json(await run(["recovery", "policy", "show", "card-L", "--json"]), "policy show").digest, as: ["group:others"], satisfiableWithout: true }]);
+
+  // a3 deregistered: its token revoked, it is marked in the list, a policy may no longer name it
+  const gone = json(await run(["recovery", "arbitrator", "deregister", "a3", "--reason", "left the company", "--json"]), "deregister");
+  assert.deepEqual([gone.arbitrator.status, gone.tokensRevoked, gone.endedRequests], ["deregistered", [json(a3Token, "token a3").tokenId], []]);
+  const [listed, again, badPolicy, reset, pending] = await Promise.all([
+    run(["recovery", "arbitrator", "list"]),
+    run(["recovery", "arbitrator", "deregister", "a3", "--reason", "again"]),
+    run(["recovery", "policy", "set", "card-M", "--file", policyFile]),
+    run(["recovery", "request", "reset", "00000000-0000-7000-8000-000000000000", "--reason", "stuck"]),
+    run(["recovery", "pending", "--arbitrator", "a1", "--limit", "5", "--json"]),
+  ]);
+  assert.match(listed.stdout, /^a3 \[deregistered\]$/m);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /arbitrator_disabled/);
+  assert.equal(badPolicy.code, 1);
+  assert.match(badPolicy.stderr, /\/groups\/0\/members\/1: arbitrator a3 is deregistered/);
+  assert.equal(reset.code, 1);
+  assert.match(reset.stderr, /not_found|no request/);
+  assert.deepEqual(json(pending, "pending --limit"), { items: [] });
+  const help = await cli(["recovery", "arbitrator", "--help"]);
+  for (const sub of ["rotate", "deregister", "dependents"]) assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
+});

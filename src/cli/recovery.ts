@@ -7,6 +7,13 @@
 // Arbitrators' private keys are read from PEM files here and used here only: signatures and sealed shares leave
 // this process, the keys never do. An arbitrator's API token (role arbitrator, bound to it) comes from an operator
 // (`recovery arbitrator token <id>`) and is printed once.
+//
+// Lifecycle: `recovery arbitrator rotate` signs a rotation of an arbitrator's keys with its current signing key file
+// (here, on the arbitrator's side), `recovery arbitrator deregister` disables one for good, `recovery arbitrator
+// dependents` lists the cards whose policies name it, `recovery request reset` puts a request stuck "reproducing"
+// (its reproduction's process is gone, its lease passed) back to "satisfied". Lists (`arbitrator list`, `request
+// list`, `pending`, `arbitrator dependents`) print every page; with --limit and/or --after, one page and the cursor
+// of the next (JSON: {items, next}).
 
 import { Command, Option } from "commander";
 import { existsSync, readFileSync } from "node:fs";
@@ -18,7 +25,10 @@ import {
   p256PublicKey,
   RecoveryApiClient,
   refuseRequest,
+  rotateKeysFor,
   signApproverListFor,
+  type PageJson,
+  type PageQuery,
   type PendingJson,
   type RequestJson,
 } from "../terminal/recovery-client.ts";
@@ -54,6 +64,42 @@ function describe(v: RequestJson): string {
   }
   if (v.status === "satisfied") lines.push(v.approverList ? `  approver list signed by ${v.approverList.author}: ready to reproduce` : `  waiting for the policy's author ${v.request.policy.author} to sign the list of approvers`);
   return lines.join("\n");
+}
+
+/** --limit and --after of a paged list. */
+const paged = (cmd: Command): Command =>
+  cmd
+    .addOption(
+      new Option("--limit <n>", "one page of at most n items (with the cursor of the next)").argParser((v: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 1) throw new UsageError(`--limit: not a positive whole number: ${v}`);
+        return n;
+      }),
+    )
+    .option("--after <cursor>", "the page after this cursor (the `next` a page printed)");
+
+type PagedOpts = { limit?: number; after?: string };
+
+/**
+ * A paged list as the command prints it: with --limit/--after one page (JSON {items, next}; text: the lines, then
+ * the next page's --after); without, every page (JSON: the array).
+ */
+async function printList<T>(o: Out & PagedOpts, page: (q: PageQuery) => Promise<PageJson<T>>, line: (item: T) => string, empty: string): Promise<void> {
+  if (o.after !== undefined && !/^[A-Za-z0-9_-]{1,512}$/.test(o.after)) throw new UsageError("--after: not a cursor (use the `next` a page printed)");
+  if (o.limit !== undefined || o.after !== undefined) {
+    const p = await page({ limit: o.limit, after: o.after });
+    const text = [p.items.map(line).join("\n") || empty, ...(p.next !== undefined ? [`next page: --after ${p.next}`] : [])].join("\n");
+    print(o, text, p);
+    return;
+  }
+  const all: T[] = [];
+  for (let after: string | undefined; ; ) {
+    const p = await page({ after, limit: 1000 });
+    all.push(...p.items);
+    if (p.next === undefined) break;
+    after = p.next;
+  }
+  print(o, all.map(line).join("\n") || empty, all);
 }
 
 function describePending(id: string, items: PendingJson[]): string {
@@ -110,15 +156,77 @@ export function registerRecoveryCommands(program: Command): void {
     print(o, `arbitrator ${a.id} registered${a.roles.length ? ` (${a.roles.join(", ")})` : ""}; encryption key ${a.encryptionKeyId}`, a);
   });
 
-  serverOptions(arbitrator.command("list").description("the registered arbitrators")).action(async (o: ServerOpts) => {
-    const list = await client(o).arbitrators();
-    print(o, list.map((a) => `${a.id}${a.roles.length ? ` (${a.roles.join(", ")})` : ""}${a.displayName ? ` ${a.displayName}` : ""}`).join("\n") || "no arbitrators", list);
+  serverOptions(paged(arbitrator.command("list").description("the registered arbitrators, by id"))).action(async (o: ServerOpts & PagedOpts) => {
+    const api = client(o);
+    await printList(
+      o,
+      (q) => api.arbitratorsPage(q),
+      (a) => `${a.id}${a.roles.length ? ` (${a.roles.join(", ")})` : ""}${a.displayName ? ` ${a.displayName}` : ""}${a.status === "deregistered" ? " [deregistered]" : ""}`,
+      "no arbitrators",
+    );
   });
 
   serverOptions(arbitrator.command("show").description("one arbitrator").argument("<id>", "arbitrator id")).action(async (id: string, o: ServerOpts) => {
     const a = await client(o).arbitrator(id);
-    print(o, `${a.id}${a.roles.length ? ` (${a.roles.join(", ")})` : ""}: registered by ${a.registeredBy} at ${new Date(a.registeredAt).toISOString()}; encryption key ${a.encryptionKeyId}`, a);
+    print(
+      o,
+      [
+        `${a.id}${a.roles.length ? ` (${a.roles.join(", ")})` : ""}: registered by ${a.registeredBy} at ${new Date(a.registeredAt).toISOString()}; encryption key ${a.encryptionKeyId}; key version ${a.keyVersion}`,
+        ...(a.deregistered ? [`  deregistered by ${a.deregistered.by} at ${new Date(a.deregistered.at).toISOString()}: ${a.deregistered.reason}`] : []),
+        ...a.keys.map((k) => `  keys v${k.version}: signing ${k.signingKeyId.slice(0, 16)}…, encryption ${k.encryptionKeyId.slice(0, 16)}…${k.retiredAt ? `, retired ${new Date(k.retiredAt).toISOString()}` : " (current)"}`),
+      ].join("\n"),
+      a,
+    );
   });
+
+  serverOptions(
+    arbitrator
+      .command("rotate")
+      .description("rotate an arbitrator's keys (on its side): the rotation is signed with its CURRENT signing key, and with the new signing key if there is one; keep the old encryption key: shares sealed to it stay so")
+      .argument("<id>", "arbitrator id")
+      .requiredOption("--signing-key <pem>", "the arbitrator's CURRENT signing private key file")
+      .option("--new-signing-key <pem>", "the new signing private key file (e.g. from `recovery arbitrator keygen`)")
+      .option("--new-encryption-key <pem>", "the new encryption key file (public, or private: only its public half is sent)"),
+  ).action(async (id: string, o: ServerOpts & { signingKey: string; newSigningKey?: string; newEncryptionKey?: string }) => {
+    if (!o.newSigningKey && !o.newEncryptionKey) throw new UsageError("name the new keys: --new-signing-key and/or --new-encryption-key");
+    const current = p256PrivateKey(readFile(o.signingKey, "--signing-key"), "--signing-key");
+    const signingKey = o.newSigningKey === undefined ? undefined : p256PrivateKey(readFile(o.newSigningKey, "--new-signing-key"), "--new-signing-key");
+    const encryptionPublicKey = o.newEncryptionKey === undefined ? undefined : p256PublicKey(readFile(o.newEncryptionKey, "--new-encryption-key"), "--new-encryption-key");
+    const a = await rotateKeysFor(client(o), id, current, { signingKey, encryptionPublicKey });
+    print(o, `arbitrator ${a.id}: keys rotated to version ${a.keyVersion}; encryption key ${a.encryptionKeyId}`, a);
+  });
+
+  serverOptions(
+    arbitrator
+      .command("deregister")
+      .description("deregister an arbitrator for good (operator): it no longer decides or signs, new policies may not name it, its tokens are revoked, requests it blocks end")
+      .argument("<id>", "arbitrator id")
+      .requiredOption("--reason <text>", "why")
+      .option("--force", "even if escrowed keys could then no longer be reproduced"),
+  ).action(async (id: string, o: ServerOpts & { reason: string; force?: boolean }) => {
+    const r = await client(o).deregisterArbitrator(id, o.reason, { force: o.force === true });
+    print(
+      o,
+      [
+        `arbitrator ${id} deregistered; ${r.tokensRevoked.length} token(s) revoked`,
+        ...r.endedRequests.map((e) => `  request ${e.requestId} (card ${e.cardId}) ended: ${e.message}`),
+        ...(r.strandedCount ? [`  ${r.strandedCount} escrowed key(s) can no longer be reproduced until re-split: ${r.strandedCards.join(", ")}`] : []),
+      ].join("\n"),
+      r,
+    );
+  });
+
+  serverOptions(paged(arbitrator.command("dependents").description("the cards whose reproduction policies name the arbitrator").argument("<id>", "arbitrator id"))).action(
+    async (id: string, o: ServerOpts & PagedOpts) => {
+      const api = client(o);
+      await printList(
+        o,
+        (q) => api.arbitratorDependents(id, q),
+        (d) => `card ${d.cardId}: ${d.as.join(", ")}${d.escrowId ? `, escrowed (${d.escrowId})` : ""}${d.satisfiableWithout ? "" : " — cannot be met without it"}`,
+        `no policy names ${id}`,
+      );
+    },
+  );
 
   serverOptions(
     arbitrator.command("token").description("issue an API token bound to the arbitrator (operator); printed once, give it to the arbitrator").argument("<id>", "arbitrator id"),
@@ -174,7 +282,13 @@ export function registerRecoveryCommands(program: Command): void {
   serverOptions(recovery.command("escrow").description("a card's escrow: registered public key and certificate, who holds which share").argument("<cardId>", "card id")).action(
     async (cardId: string, o: ServerOpts) => {
       const e = await client(o).escrow(cardId);
-      print(o, `card ${cardId}: escrow ${e.escrowId}, ${e.alg} key in slot ${e.slot}, certificate ${e.serial}, ${e.shares.length} shares, device generation ${e.deviceGeneration}`, e);
+      const retired = e.shares.filter((s) => s.sealedToRetiredKey);
+      print(
+        o,
+        `card ${cardId}: escrow ${e.escrowId}, ${e.alg} key in slot ${e.slot}, certificate ${e.serial}, ${e.shares.length} shares, device generation ${e.deviceGeneration}` +
+          (retired.length ? `\n  sealed to a retired encryption key: ${retired.map((s) => `${s.shareId} (${s.arbitrator})`).join(", ")}` : ""),
+        e,
+      );
     },
   );
 
@@ -200,14 +314,16 @@ export function registerRecoveryCommands(program: Command): void {
   });
 
   serverOptions(
-    request
-      .command("list")
-      .description("reproduction requests, newest first")
-      .addOption(new Option("--status <status>", "only this status").choices(STATUSES))
-      .option("--card <id>", "only this card's"),
-  ).action(async (o: ServerOpts & { status?: string; card?: string }) => {
-    const list = await client(o).requests({ status: o.status, cardId: o.card });
-    print(o, list.map((v) => `${v.requestId}  ${v.kind.padEnd(14)} ${v.status.padEnd(11)} card ${v.cardId}`).join("\n") || "no requests", list);
+    paged(
+      request
+        .command("list")
+        .description("reproduction requests, newest first")
+        .addOption(new Option("--status <status>", "only this status").choices(STATUSES))
+        .option("--card <id>", "only this card's"),
+    ),
+  ).action(async (o: ServerOpts & PagedOpts & { status?: string; card?: string }) => {
+    const api = client(o);
+    await printList(o, (q) => api.requestsPage({ status: o.status, cardId: o.card, ...q }), (v) => `${v.requestId}  ${v.kind.padEnd(14)} ${v.status.padEnd(11)} card ${v.cardId}`, "no requests");
   });
 
   serverOptions(request.command("show").description("a request, its decisions and what it still needs").argument("<requestId>", "request id")).action(async (id: string, o: ServerOpts) => {
@@ -222,11 +338,27 @@ export function registerRecoveryCommands(program: Command): void {
     print(o, describe(v), v);
   });
 
+  serverOptions(
+    request
+      .command("reset")
+      .description("put a request stuck in reproducing (its reproduction's process is gone) back to satisfied; refused while the reproduction's lease is live")
+      .argument("<requestId>", "request id")
+      .requiredOption("--reason <text>", "why"),
+  ).action(async (id: string, o: ServerOpts & { reason: string }) => {
+    const v = await client(o).resetReproduction(id, o.reason);
+    print(o, describe(v), v);
+  });
+
   // ---- arbitrators' side -------------------------------------------------------------------------------------------------
-  serverOptions(recovery.command("pending").description("what an arbitrator has to do").requiredOption("--arbitrator <id>", "arbitrator id")).action(
-    async (o: ServerOpts & { arbitrator: string }) => {
-      const items = await client(o).pending(o.arbitrator);
-      print(o, describePending(o.arbitrator, items), items);
+  serverOptions(paged(recovery.command("pending").description("what an arbitrator has to do").requiredOption("--arbitrator <id>", "arbitrator id"))).action(
+    async (o: ServerOpts & PagedOpts & { arbitrator: string }) => {
+      const api = client(o);
+      if (o.limit === undefined && o.after === undefined) {
+        const items = await api.pending(o.arbitrator);
+        print(o, describePending(o.arbitrator, items), items);
+        return;
+      }
+      await printList(o, (q) => api.pendingPage(o.arbitrator, q), (p) => describePending(o.arbitrator, [p]), `nothing pending for ${o.arbitrator}`);
     },
   );
 
@@ -238,10 +370,15 @@ export function registerRecoveryCommands(program: Command): void {
       .requiredOption("--arbitrator <id>", "arbitrator id")
       .requiredOption("--signing-key <pem>", "the arbitrator's signing private key file")
       .requiredOption("--encryption-key <pem>", "the arbitrator's encryption private key file")
+      .option("--previous-encryption-key <pem...>", "encryption private key files rotated out: shares sealed before a rotation are opened with them")
       .option("--device-key-id <hex>", "release shares only if the reproduction device key has this id (see `recovery device-key`)"),
-  ).action(async (id: string, o: ServerOpts & { arbitrator: string; signingKey: string; encryptionKey: string; deviceKeyId?: string }) => {
+  ).action(async (id: string, o: ServerOpts & { arbitrator: string; signingKey: string; encryptionKey: string; previousEncryptionKey?: string[]; deviceKeyId?: string }) => {
     if (o.deviceKeyId !== undefined && !/^[0-9a-fA-F]{64}$/.test(o.deviceKeyId)) throw new UsageError("--device-key-id is 64 hex digits");
-    const keys = { signing: p256PrivateKey(readFile(o.signingKey, "--signing-key"), "--signing-key"), encryption: p256PrivateKey(readFile(o.encryptionKey, "--encryption-key"), "--encryption-key") };
+    const keys = {
+      signing: p256PrivateKey(readFile(o.signingKey, "--signing-key"), "--signing-key"),
+      encryption: p256PrivateKey(readFile(o.encryptionKey, "--encryption-key"), "--encryption-key"),
+      previousEncryption: (o.previousEncryptionKey ?? []).map((f) => p256PrivateKey(readFile(f, "--previous-encryption-key"), "--previous-encryption-key")),
+    };
     const v = await approveRequest(client(o), o.arbitrator, id, keys, { expectDeviceKeyId: o.deviceKeyId });
     print(o, `${o.arbitrator} approved request ${id}\n${describe(v)}`, v);
   });

@@ -31,10 +31,35 @@
 // custody's ECDH (KeyCustody.decipher), when it checks it against the share's commitment at approval time and when
 // it reproduces; the stored releases are sealed.
 //
+// Lifecycle (migration 0007_recovery_lifecycle):
+//   - The reproduction lease. reproduce() claims a request (satisfied -> reproducing) with a random claim id and a
+//     lease (`reproductionLeaseMs`, default 10 min: longer than the live relay's 5 min, see reproduce()), renews
+//     the lease before every APDU it sends, and ends the claim itself (-> reproduced, or back to satisfied on a
+//     refusal). A process that dies mid-reproduction leaves the request "reproducing" until its lease passes; then
+//     a later reproduce() takes it over, or an operator resets it (resetReproduction) — both refused while the
+//     lease is live, both audited. Every step of a claim is a conditional update on the claim id, so two
+//     reproductions of one request never run at once, across processes on one database.
+//   - Arbitrator keys rotate (rotateArbitratorKeys) by a KeyRotation document signed with the arbitrator's CURRENT
+//     signing key — the operator's token relays it but cannot forge it — and, for a new signing key, also signed
+//     with the new one (proof of possession). Every key version is kept: an approval or approver list is re-verified
+//     with the version that verified it when it was recorded (KeyedRegistry), so chains recorded before a rotation
+//     still verify. Share envelopes stay sealed to the encryption key they were sealed to: the arbitrator keeps its
+//     old encryption private key until the escrow is re-split (not done here); escrowOf shows which shares are
+//     sealed to a retired key.
+//   - Arbitrators deregister (deregisterArbitrator): the record stays (ids are never reused, key history kept);
+//     a deregistered arbitrator is refused as a new policy member, cannot decide, sign an approver list or rotate,
+//     and no new escrow or request may depend on it. Its decisions recorded before stay valid. Requests in flight
+//     that it makes impossible to satisfy (an indispensable party, a group that can no longer reach k, the author
+//     of a list not yet signed) are ended, naming it; satisfied requests whose list is signed, and reproductions,
+//     go on. Deregistering an arbitrator without which an escrowed key can no longer be reproduced at all is
+//     refused (arbitrator_in_use) unless forced; arbitratorDependents lists the cards whose policies name it.
+//   - Lists page (listPage, pendingPage, arbitratorsPage, arbitratorDependents): a stable order, a `limit` with a
+//     maximum, an opaque `after` cursor; a page carries `next` when more follow.
+//
 // Never: a share value, K, E in clear, a private key or a device secret ID in the DB, the audit log, an error or a
 // return value. Buffers holding them are wiped once used.
 
-import { constants, createHash, createECDH, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, publicEncrypt, randomBytes, randomUUID, verify, createCipheriv, createDecipheriv, type KeyObject } from "node:crypto";
+import { constants, createHash, createECDH, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, publicEncrypt, randomBytes, randomUUID, sign, verify, createCipheriv, createDecipheriv, type KeyObject } from "node:crypto";
 import { CustodyError, defaultHash, type KeyCustody, type KeyPairAlg, type KeySetRef } from "../custody/custody.ts";
 import type { InsertedCard, PivSlot } from "../keygen/device.ts";
 import type { EscrowInput, KeyEscrowHook } from "../keygen/escrow.ts";
@@ -46,7 +71,9 @@ import type { JsonValue } from "../store/store.ts";
 import {
   SqlRecoveryRepository,
   UNFINISHED_STATUSES,
+  type ArbitratorKeyRecord,
   type ArbitratorRecord,
+  type ApprovalRecord,
   type EscrowRow,
   type RequestKind,
   type RequestRecord,
@@ -56,8 +83,8 @@ import { type Approval, type ApproverList, type ReproductionRequest, ApprovalCha
 import { PolicyValidationError, RecoveryError } from "./errors.ts";
 import type { SealedBox } from "./ecies.ts";
 import { bytesEqual, canonicalJson, fromB64, labelledDigest } from "./encoding.ts";
-import { type Evaluation, type ReproductionPolicy, evaluatePolicy, policyDigest, policyParties, validatePolicy } from "./policy.ts";
-import { ArbitratorRegistry, uncompressedPoint, type PublicKeyInput } from "./registry.ts";
+import { type Decision, type Evaluation, type ReproductionPolicy, evaluatePolicy, policyDigest, policyParties, validatePolicy } from "./policy.ts";
+import { ArbitratorRegistry, uncompressedPoint, type Arbitrator, type PublicKeyInput } from "./registry.ts";
 import { reproduce as reproduceFromShares } from "./reproduce.ts";
 import { type EscrowRecord, type ReleasedShare, type ShareEnvelope, type ShareSlot, shareCommitment, splitSecret } from "./shares.ts";
 
@@ -98,7 +125,17 @@ export type ServiceCheck =
   | "device_in_use"
   /** The card's secret ID could not be read (the secure channel did not open with the given key set). */
   | "device_unreadable"
-  | "card_write_failed";
+  | "card_write_failed"
+  /** The arbitrator is deregistered: it cannot decide, sign, rotate, or be depended on by a new policy, escrow or request. */
+  | "arbitrator_disabled"
+  /** Deregistering it would leave escrowed keys that can no longer be reproduced (unless forced). */
+  | "arbitrator_in_use"
+  /** A key rotation that does not start from the arbitrator's current keys and version (replayed, raced or stale). */
+  | "rotation_stale"
+  /** A key rotation to a key the arbitrator used before. */
+  | "key_reused"
+  /** Another reproduction took the request over after this one's lease expired: this one stops. */
+  | "lease_lost";
 
 export class RecoveryServiceError extends Error {
   override readonly name = "RecoveryServiceError";
@@ -143,6 +180,85 @@ export interface ArbitratorView {
   encryptionKeyId: string;
   registeredBy: string;
   registeredAt: Date;
+  /** The version of the current keys: 1 at registration, +1 for each rotation. */
+  keyVersion: number;
+  status: "active" | "deregistered";
+  deregistered?: { at: Date; by: string; reason: string };
+  /** Every key version, oldest first (public key ids only). */
+  keys: ArbitratorKeyVersionView[];
+}
+
+export interface ArbitratorKeyVersionView {
+  version: number;
+  /** SHA-256 of the SPKI, hex. */
+  signingKeyId: string;
+  encryptionKeyId: string;
+  validFrom: Date;
+  /** When the next version replaced it; absent for the current version. */
+  retiredAt?: Date;
+}
+
+/**
+ * A key rotation (rotateArbitratorKeys): the arbitrator's new keys, bound to the keys and version they replace.
+ * Signed (`signature`) with the arbitrator's CURRENT signing key over keyRotationBytes(body) — ECDSA P-256 /
+ * SHA-256, IEEE P1363, base64 — so whoever relays it (an operator, with an operator token) cannot make one; and,
+ * when the signing key changes, also with the NEW signing key (`newKeySignature`): proof that the arbitrator holds
+ * it. Naming the next version and the current key ids makes a document valid once: it cannot be replayed after
+ * the rotation it made, nor raced by another.
+ */
+export interface KeyRotationBody {
+  format: "cardkms.recovery.key-rotation/1";
+  arbitrator: string;
+  /** The version this rotation creates: the current version + 1. */
+  keyVersion: number;
+  /** SHA-256 (hex) of the SPKIs of the current keys, the ones replaced. */
+  previousSigningKeyId: string;
+  previousEncryptionKeyId: string;
+  /** The new keys, base64 DER SPKI (one of them may be the current key, unchanged). */
+  signingPublicKey: string;
+  encryptionPublicKey: string;
+  /** ISO 8601, informative. */
+  issuedAt: string;
+}
+
+export interface KeyRotation extends KeyRotationBody {
+  signature: string;
+  newKeySignature?: string;
+}
+
+/** What an arbitrator's deregistration did. */
+export interface DeregistrationResult {
+  arbitrator: ArbitratorView;
+  /** Requests in flight it made impossible to satisfy: ended, naming it. */
+  endedRequests: { requestId: string; cardId: string; message: string }[];
+  /** Escrowed cards whose key can no longer be reproduced (forced deregistration), at most 100, and their count. */
+  strandedCards: string[];
+  strandedCount: number;
+}
+
+/** A card whose policy names an arbitrator (arbitratorDependents). */
+export interface PolicyDependency {
+  cardId: string;
+  policyDigest: string;
+  /** Set when the card's key is escrowed under this policy (then the policy is fixed). */
+  escrowId?: string;
+  /** How the policy names it: "author", "indispensable", "group:<name>". */
+  as: string[];
+  /** Whether the policy can still be met with this arbitrator — and every arbitrator already deregistered — out. */
+  satisfiableWithout: boolean;
+}
+
+/** A page of a list: `next` (an opaque cursor for `after`) when more follow. */
+export interface Page<T> {
+  items: T[];
+  next?: string;
+}
+
+export interface PageOptions {
+  /** 1..the list's maximum; default DEFAULT_PAGE_SIZE. */
+  limit?: number;
+  /** The `next` of the previous page. */
+  after?: string;
 }
 
 export interface PolicyView {
@@ -166,8 +282,12 @@ export interface EscrowView {
   publicKeySha256: string;
   certificate: Uint8Array;
   serial: string;
-  /** Who holds which share (no share value). */
-  shares: { shareId: string; arbitrator: string; slot: ShareSlot }[];
+  /**
+   * Who holds which share (no share value); the encryption key it is sealed to (recipientKeyId), whether that key
+   * has been rotated out since (the holder keeps the old private key until a re-split), whether the holder is
+   * deregistered.
+   */
+  shares: { shareId: string; arbitrator: string; slot: ShareSlot; recipientKeyId: string; sealedToRetiredKey: boolean; holderDeregistered: boolean }[];
   /** The registered device: 1 for the card first issued, +1 for each replacement. */
   deviceGeneration: number;
   createdAt: Date;
@@ -200,6 +320,8 @@ export interface RequestView {
   filedAt: Date;
   reproducedBy?: string;
   reproducedAt?: Date;
+  /** While "reproducing": who holds the request, since when, and until when its lease runs. */
+  reproduction?: { claimedBy: string; claimedAt: Date; leaseUntil?: Date };
 }
 
 /** What an arbitrator has to do (pendingFor). */
@@ -258,7 +380,21 @@ export interface RecoveryServiceOptions {
   escrowKekLabel?: string;
   /** Custody label of the reproduction device's key pair. Default REPRODUCTION_DEVICE_KEY_LABEL. */
   deviceKeyLabel?: string;
+  /**
+   * How long a reproduction holds its request without renewing its lease (it renews before every APDU). Default
+   * DEFAULT_REPRODUCTION_LEASE_MS. Keep it above the live relay's session TTL (5 min by default: a reproduction whose
+   * terminal stops answering fails by then), so that a lease expires only when its holder is gone.
+   */
+  reproductionLeaseMs?: number;
 }
+
+/** Default reproduction lease: 10 min, twice the live relay's default session TTL. */
+export const DEFAULT_REPRODUCTION_LEASE_MS = 10 * 60_000;
+export const DEFAULT_PAGE_SIZE = 100;
+/** Maximum page of requests, arbitrators and policy dependencies. */
+export const MAX_PAGE_SIZE = 1000;
+/** Maximum page of pending items (each carries a request view and share envelopes). */
+export const MAX_PENDING_PAGE_SIZE = 100;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Release of shares to the reproduction device (arbitrator side: releaseShare; service side: openRelease)
@@ -317,6 +453,212 @@ function spkiOfPoint(point: Uint8Array): Uint8Array {
   const x = Buffer.from(point.subarray(1, 33)).toString("base64url");
   const y = Buffer.from(point.subarray(33)).toString("base64url");
   return new Uint8Array(createPublicKey({ key: { kty: "EC", crv: "P-256", x, y }, format: "jwk" }).export({ format: "der", type: "spki" }));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Key rotation documents (arbitrator side: signKeyRotation; service side: rotateArbitratorKeys)
+
+/** The bytes a KeyRotation's signatures cover. */
+export function keyRotationBytes(b: KeyRotationBody): Buffer {
+  return Buffer.from(
+    `cardkms/recovery/key-rotation/v1\n${canonicalJson({
+      format: b.format,
+      arbitrator: b.arbitrator,
+      keyVersion: b.keyVersion,
+      previousSigningKeyId: b.previousSigningKeyId,
+      previousEncryptionKeyId: b.previousEncryptionKeyId,
+      signingPublicKey: b.signingPublicKey,
+      encryptionPublicKey: b.encryptionPublicKey,
+      issuedAt: b.issuedAt,
+    })}`,
+  );
+}
+
+const spkiDer = (k: KeyObject): Uint8Array => new Uint8Array((k.type === "private" ? createPublicKey(k) : k).export({ format: "der", type: "spki" }));
+
+/**
+ * On the arbitrator's side: a rotation of its keys from `current` (its record as the service shows it: key version
+ * and public keys) to a new signing key pair and/or a new encryption public key, signed with the current signing
+ * private key (and with the new signing private key, when there is one). Private keys stay with the caller.
+ */
+export function signKeyRotation(
+  current: { arbitrator: string; keyVersion: number; signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array },
+  currentSigningKey: KeyObject,
+  next: { signingKey?: KeyObject; encryptionPublicKey?: KeyObject | Uint8Array },
+  issuedAt: Date = new Date(),
+): KeyRotation {
+  if (next.signingKey !== undefined && next.signingKey.type !== "private") throw new TypeError("the new signing key must be a private key (it signs the proof of possession)");
+  const enc = next.encryptionPublicKey === undefined ? current.encryptionPublicKey : next.encryptionPublicKey instanceof Uint8Array ? next.encryptionPublicKey : spkiDer(next.encryptionPublicKey);
+  const body: KeyRotationBody = {
+    format: "cardkms.recovery.key-rotation/1",
+    arbitrator: current.arbitrator,
+    keyVersion: current.keyVersion + 1,
+    previousSigningKeyId: sha256Hex(current.signingPublicKey),
+    previousEncryptionKeyId: sha256Hex(current.encryptionPublicKey),
+    signingPublicKey: Buffer.from(next.signingKey ? spkiDer(next.signingKey) : current.signingPublicKey).toString("base64"),
+    encryptionPublicKey: Buffer.from(enc).toString("base64"),
+    issuedAt: issuedAt.toISOString(),
+  };
+  const bytes = keyRotationBytes(body);
+  const r: KeyRotation = { ...body, signature: sign("sha256", bytes, { key: currentSigningKey, dsaEncoding: "ieee-p1363" }).toString("base64") };
+  if (next.signingKey) r.newKeySignature = sign("sha256", bytes, { key: next.signingKey, dsaEncoding: "ieee-p1363" }).toString("base64");
+  return r;
+}
+
+function verifiesP1363(key: KeyObject, data: Buffer, signature: unknown): boolean {
+  if (typeof signature !== "string") return false;
+  try {
+    const sig = Buffer.from(signature, "base64");
+    return sig.length === 64 && verify("sha256", data, { key, dsaEncoding: "ieee-p1363" }, sig);
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Arbitrators with their key history, for verifying recorded signatures
+
+/**
+ * The registered arbitrators (deregistered ones included: their recorded decisions stay verifiable and the
+ * policies naming them stay valid) with their current keys, plus their earlier key versions. A chain recorded
+ * across a rotation is verified with the key version that verified each signature when it was recorded:
+ * `pinDecision(id, v)` makes get(id) — what ApprovalChain looks an approval's signer up with — answer version v,
+ * `pinList(id, v)` makes require(id) — what verifyApproverList looks the list's author up with — answer version v.
+ * An arbitrator decides once per request, so one decision pin per arbitrator is exact; the author's list may have
+ * been signed with another version than its own decision (a rotation in between), hence the separate list pin.
+ * Unpinned, both answer the current keys. Used per verification, never shared.
+ */
+class KeyedRegistry extends ArbitratorRegistry {
+  readonly #versions = new Map<string, Map<number, ArbitratorKeyRecord>>();
+  readonly #records = new Map<string, ArbitratorRecord>();
+  readonly #decisionPins = new Map<string, Arbitrator>();
+  readonly #listPins = new Map<string, Arbitrator>();
+
+  constructor(records: readonly ArbitratorRecord[], keys: readonly ArbitratorKeyRecord[]) {
+    super();
+    for (const a of records) {
+      this.register({ id: a.id, role: a.roles.join(", ") || undefined, displayName: a.displayName, signingPublicKey: a.signingPublicKey, encryptionPublicKey: a.encryptionPublicKey });
+      this.#records.set(a.id, a);
+    }
+    for (const k of keys) {
+      let m = this.#versions.get(k.arbitratorId);
+      if (!m) this.#versions.set(k.arbitratorId, (m = new Map()));
+      m.set(k.version, k);
+    }
+  }
+
+  record(id: string): ArbitratorRecord | undefined {
+    return this.#records.get(id);
+  }
+
+  isDisabled(id: string): boolean {
+    return this.#records.get(id)?.disabledAt !== undefined;
+  }
+
+  disabledIds(): string[] {
+    return [...this.#records.values()].filter((a) => a.disabledAt !== undefined).map((a) => a.id);
+  }
+
+  currentVersion(id: string): number {
+    return this.#records.get(id)?.keyVersion ?? 1;
+  }
+
+  #at(id: string, version: number): Arbitrator {
+    const a = this.#records.get(id);
+    const k = this.#versions.get(id)?.get(version);
+    if (!a || !k) throw new Error(`arbitrator ${id} has no key version ${version}`);
+    return new ArbitratorRegistry().register({ id, role: a.roles.join(", ") || undefined, displayName: a.displayName, signingPublicKey: k.signingPublicKey, encryptionPublicKey: k.encryptionPublicKey });
+  }
+
+  /** Pins each recorded decision's signer to the version that verified it (absent: 1, from before versions). */
+  pinDecisions(rows: readonly ApprovalRecord[]): this {
+    for (const r of rows) if (this.#records.has(r.arbitratorId)) this.pinDecision(r.arbitratorId, r.signingKeyVersion ?? 1);
+    return this;
+  }
+
+  pinDecision(id: string, version: number): this {
+    if (version === this.currentVersion(id)) this.#decisionPins.delete(id);
+    else this.#decisionPins.set(id, this.#at(id, version));
+    return this;
+  }
+
+  unpinDecision(id: string): this {
+    this.#decisionPins.delete(id);
+    return this;
+  }
+
+  pinList(id: string, version: number): this {
+    if (version === this.currentVersion(id)) this.#listPins.delete(id);
+    else this.#listPins.set(id, this.#at(id, version));
+    return this;
+  }
+
+  override get(id: string): Arbitrator | undefined {
+    return this.#decisionPins.get(id) ?? super.get(id);
+  }
+
+  override require(id: string): Arbitrator {
+    return this.#listPins.get(id) ?? super.require(id);
+  }
+}
+
+/**
+ * Why a policy can no longer be met once the arbitrators `disabled` are out — those among them that have not
+ * decided count as refusing; the author, while the approver list is unsigned, cannot sign it — or undefined when it
+ * still can. `decisions` are those recorded (they stand, whoever made them).
+ */
+function unreachableWithout(policy: ReproductionPolicy, disabled: readonly string[], decisions: readonly Decision[] = [], listSigned = false): string | undefined {
+  const out = new Set(disabled);
+  if (!listSigned && out.has(policy.author)) return `the policy's author ${policy.author} is deregistered: nobody can sign the list of approvers`;
+  const decided = new Set(decisions.map((d) => d.arbitrator));
+  const refusals = policyParties(policy)
+    .filter((p) => out.has(p) && !decided.has(p))
+    .map((p): Decision => ({ arbitrator: p, decision: "refuse", reason: "deregistered" }));
+  if (!refusals.length) return undefined;
+  const e = evaluatePolicy(policy, [...decisions, ...refusals]);
+  return e.status === "failed" ? `${e.message} (deregistered: ${refusals.map((r) => r.arbitrator).join(", ")})` : undefined;
+}
+
+/** How a policy names an arbitrator: "author", "indispensable", "group:<name>". */
+function rolesIn(policy: ReproductionPolicy, id: string): string[] {
+  const as: string[] = [];
+  if (policy.author === id) as.push("author");
+  if (policy.indispensable.includes(id)) as.push("indispensable");
+  for (const g of policy.groups) if (g.members.includes(id)) as.push(`group:${g.name}`);
+  return as;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cursors: opaque (base64url JSON of the list's name and the last item's position), checked when read back
+
+const CURSOR = /^[A-Za-z0-9_-]{1,512}$/;
+
+function encodeCursor(list: string, position: (string | number)[]): string {
+  return Buffer.from(JSON.stringify([list, ...position])).toString("base64url");
+}
+
+function decodeCursor(cursor: unknown, list: string, shape: readonly ("string" | "number")[]): (string | number)[] {
+  const bad = () => new RecoveryServiceError("invalid_argument", "after: not a cursor of this list (use the `next` of the previous page)");
+  if (typeof cursor !== "string" || !CURSOR.test(cursor)) throw bad();
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+  } catch {
+    throw bad();
+  }
+  if (!Array.isArray(v) || v.length !== shape.length + 1 || v[0] !== list) throw bad();
+  const pos = v.slice(1) as unknown[];
+  for (const [i, t] of shape.entries()) {
+    const x = pos[i];
+    if (t === "number" ? !Number.isSafeInteger(x) : typeof x !== "string" || x.length === 0 || x.length > 128) throw bad();
+  }
+  return pos as (string | number)[];
+}
+
+function pageLimit(limit: unknown, max: number): number {
+  if (limit === undefined) return Math.min(DEFAULT_PAGE_SIZE, max);
+  if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > max) throw new RecoveryServiceError("invalid_argument", `limit must be 1..${max}`, { max });
+  return limit;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -395,6 +737,7 @@ export class RecoveryService {
     private readonly kekLabel: string,
     private readonly deviceLabel: string,
     private readonly deviceSpki: Uint8Array,
+    private readonly leaseMs: number,
   ) {
     this.repo = new SqlRecoveryRepository(db);
   }
@@ -407,6 +750,8 @@ export class RecoveryService {
   static async open(opts: RecoveryServiceOptions): Promise<RecoveryService> {
     if (!opts?.db || !opts.custody) throw new TypeError("the recovery service needs the system DB and key custody");
     const { custody } = opts;
+    const leaseMs = opts.reproductionLeaseMs ?? DEFAULT_REPRODUCTION_LEASE_MS;
+    if (!Number.isSafeInteger(leaseMs) || leaseMs < 1000) throw new TypeError("reproductionLeaseMs must be an integer of at least 1000 (ms)");
     const kek = opts.escrowKekLabel ?? ESCROW_KEK_LABEL;
     const dev = opts.deviceKeyLabel ?? REPRODUCTION_DEVICE_KEY_LABEL;
     const ensure = async (label: string, create: () => Promise<unknown>) => {
@@ -440,7 +785,7 @@ export class RecoveryService {
     const di = await custody.keyInfo(dev);
     if (di?.kind !== "keyPair" || di.type !== "P256" || di.extractable !== "never") throw new Error(`custody key ${dev} is not a non-extractable P-256 key pair`);
     const spki = await custody.publicKey(dev);
-    return new RecoveryService(opts.db, custody, opts.clock ?? (() => new Date()), kek, dev, spki);
+    return new RecoveryService(opts.db, custody, opts.clock ?? (() => new Date()), kek, dev, spki, leaseMs);
   }
 
   private at(): number {
@@ -454,17 +799,23 @@ export class RecoveryService {
 
   // --- arbitrators ------------------------------------------------------------------------------------------------
 
-  private static toRegistry(records: readonly ArbitratorRecord[]): ArbitratorRegistry {
-    const reg = new ArbitratorRegistry();
-    for (const a of records) reg.register({ id: a.id, role: a.roles.join(", ") || undefined, displayName: a.displayName, signingPublicKey: a.signingPublicKey, encryptionPublicKey: a.encryptionPublicKey });
+  /**
+   * Every arbitrator with its current keys (deregistered ones included) and the key history of `historyOf` (every
+   * arbitrator's without it). Pin versions (KeyedRegistry) before verifying recorded signatures.
+   */
+  private async registry(repo: SqlRecoveryRepository = this.repo, historyOf?: readonly string[]): Promise<KeyedRegistry> {
+    return new KeyedRegistry(await repo.arbitrators(), await repo.arbitratorKeys(historyOf && [...new Set(historyOf)]));
+  }
+
+  /** The registry for re-verifying a request's recorded chain (and approver list): every signer pinned. */
+  private async chainRegistry(repo: SqlRecoveryRepository, rec: RequestRecord, rows: readonly ApprovalRecord[]): Promise<KeyedRegistry> {
+    const author = (JSON.parse(rec.request) as ServiceRequest).policy.author;
+    const reg = (await this.registry(repo, [...rows.map((r) => r.arbitratorId), author])).pinDecisions(rows);
+    if (rec.approverList !== null && reg.record(author)) reg.pinList(author, rec.approverListKeyVersion ?? 1);
     return reg;
   }
 
-  private async registry(repo: SqlRecoveryRepository = this.repo): Promise<ArbitratorRegistry> {
-    return RecoveryService.toRegistry(await repo.arbitrators());
-  }
-
-  private static arbitratorView(a: ArbitratorRecord): ArbitratorView {
+  private static arbitratorView(a: ArbitratorRecord, keys: readonly ArbitratorKeyRecord[]): ArbitratorView {
     const v: ArbitratorView = {
       id: a.id,
       roles: [...a.roles],
@@ -473,9 +824,24 @@ export class RecoveryService {
       encryptionKeyId: sha256Hex(a.encryptionPublicKey),
       registeredBy: a.registeredBy,
       registeredAt: new Date(a.registeredAt),
+      keyVersion: a.keyVersion ?? 1,
+      status: a.disabledAt === undefined ? "active" : "deregistered",
+      keys: keys
+        .filter((k) => k.arbitratorId === a.id)
+        .map((k) => {
+          const kv: ArbitratorKeyVersionView = { version: k.version, signingKeyId: sha256Hex(k.signingPublicKey), encryptionKeyId: sha256Hex(k.encryptionPublicKey), validFrom: new Date(k.validFrom) };
+          if (k.retiredAt !== undefined) kv.retiredAt = new Date(k.retiredAt);
+          return kv;
+        }),
     };
     if (a.displayName !== undefined) v.displayName = a.displayName;
+    if (a.disabledAt !== undefined) v.deregistered = { at: new Date(a.disabledAt), by: a.disabledBy ?? "", reason: a.disabledReason ?? "" };
     return v;
+  }
+
+  private async arbitratorViews(records: readonly ArbitratorRecord[], repo: SqlRecoveryRepository = this.repo): Promise<ArbitratorView[]> {
+    const keys = await repo.arbitratorKeys(records.map((a) => a.id));
+    return records.map((a) => RecoveryService.arbitratorView(a, keys));
   }
 
   /** Claim 35 (a): registers an arbitrator with its two P-256 public keys. Ids are never reused. */
@@ -505,6 +871,7 @@ export class RecoveryService {
     };
     if (input.displayName !== undefined) rec.displayName = input.displayName;
     await this.repo.transaction(async (repo, trx) => {
+      // ids are never reused: a deregistered arbitrator's record stays
       if (!(await repo.insertArbitrator(rec))) throw new RecoveryServiceError("arbitrator_exists", `arbitrator ${rec.id} is already registered`, { arbitrator: rec.id });
       await appendAudit(trx, {
         actor,
@@ -514,16 +881,220 @@ export class RecoveryService {
         at: rec.registeredAt,
       });
     });
-    return RecoveryService.arbitratorView(rec);
+    return RecoveryService.arbitratorView(rec, [{ arbitratorId: rec.id, version: 1, signingPublicKey: rec.signingPublicKey, encryptionPublicKey: rec.encryptionPublicKey, validFrom: rec.registeredAt, recordedBy: actor }]);
   }
 
+  /** Every arbitrator, by id (all pages; the routes page with arbitratorsPage). */
   async arbitrators(): Promise<ArbitratorView[]> {
-    return (await this.repo.arbitrators()).map(RecoveryService.arbitratorView);
+    return this.arbitratorViews(await this.repo.arbitrators());
+  }
+
+  /** A page of the arbitrators, by id (deregistered ones included, with their status). */
+  async arbitratorsPage(page: PageOptions = {}): Promise<Page<ArbitratorView>> {
+    const limit = pageLimit(page.limit, MAX_PAGE_SIZE);
+    const after = page.after === undefined ? undefined : (decodeCursor(page.after, "arbitrators", ["string"])[0] as string);
+    const recs = await this.repo.arbitrators({ after, limit: limit + 1 });
+    const items = await this.arbitratorViews(recs.slice(0, limit));
+    return recs.length > limit ? { items, next: encodeCursor("arbitrators", [items[items.length - 1].id]) } : { items };
   }
 
   async arbitrator(id: string): Promise<ArbitratorView | undefined> {
     const a = await this.repo.arbitrator(id);
-    return a && RecoveryService.arbitratorView(a);
+    return a && (await this.arbitratorViews([a]))[0];
+  }
+
+  /**
+   * Rotates an arbitrator's keys (a new signing and/or encryption public key) by a KeyRotation signed with its
+   * current signing key (and with the new signing key, when it changes). Refused by name: a stale or replayed
+   * document (rotation_stale), a signature that is not the arbitrator's (forged_signature), a key it used before
+   * (key_reused), a deregistered arbitrator (arbitrator_disabled). The old version is kept (retired): approvals and
+   * approver lists it verified still verify. Shares already sealed to the old encryption key stay so (escrowOf shows
+   * them): the arbitrator opens them with its old encryption key until the escrow is re-split. Audited, refusals too.
+   * An arbitrator that lost its current signing key cannot rotate: it is deregistered and registered anew.
+   */
+  async rotateArbitratorKeys(id: string, rotation: KeyRotation, actor: string): Promise<ArbitratorView> {
+    try {
+      checkActor(actor);
+      checkId(id, "arbitrator id");
+      const r = rotation as Partial<KeyRotation>;
+      const HEX64 = /^[0-9a-f]{64}$/;
+      if (
+        !isObject(r) ||
+        r.format !== "cardkms.recovery.key-rotation/1" ||
+        typeof r.arbitrator !== "string" ||
+        !Number.isSafeInteger(r.keyVersion) ||
+        typeof r.previousSigningKeyId !== "string" ||
+        !HEX64.test(r.previousSigningKeyId) ||
+        typeof r.previousEncryptionKeyId !== "string" ||
+        !HEX64.test(r.previousEncryptionKeyId) ||
+        typeof r.signingPublicKey !== "string" ||
+        typeof r.encryptionPublicKey !== "string" ||
+        typeof r.issuedAt !== "string" ||
+        Number.isNaN(Date.parse(r.issuedAt)) ||
+        typeof r.signature !== "string"
+      )
+        throw new RecoveryServiceError("invalid_argument", "expected a key rotation document (format cardkms.recovery.key-rotation/1)", { arbitrator: id });
+      if (r.arbitrator !== id) throw new RecoveryServiceError("invalid_argument", `the rotation is for arbitrator ${r.arbitrator}, not ${id}`, { arbitrator: id });
+      const doc = r as KeyRotation;
+      const rec = await this.repo.arbitrator(id);
+      if (!rec) throw new RecoveryServiceError("not_found", `no arbitrator ${id}`, { arbitrator: id });
+      if (rec.disabledAt !== undefined) throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${id} is deregistered: its keys no longer rotate`, { arbitrator: id });
+      const from = rec.keyVersion ?? 1;
+      if (doc.keyVersion !== from + 1 || doc.previousSigningKeyId !== sha256Hex(rec.signingPublicKey) || doc.previousEncryptionKeyId !== sha256Hex(rec.encryptionPublicKey))
+        throw new RecoveryServiceError("rotation_stale", `the rotation does not start from ${id}'s current keys (version ${from}): replayed, raced or stale`, { arbitrator: id, keyVersion: from });
+      const bytes = keyRotationBytes(doc);
+      const current = p256FromSpki(rec.signingPublicKey, "the current signing key");
+      if (!verifiesP1363(current, bytes, doc.signature)) throw new RecoveryError("forged_signature", `the rotation is not signed with ${id}'s current signing key`, { arbitrator: id });
+      let checked: Arbitrator;
+      try {
+        checked = new ArbitratorRegistry().register({ id, signingPublicKey: fromB64(doc.signingPublicKey, "signingPublicKey"), encryptionPublicKey: fromB64(doc.encryptionPublicKey, "encryptionPublicKey") });
+      } catch (e) {
+        if (e instanceof RecoveryError || e instanceof TypeError || e instanceof RangeError) throw new RecoveryServiceError("invalid_argument", `the new keys must be P-256 public keys, base64 DER SubjectPublicKeyInfo`, { arbitrator: id });
+        throw e;
+      }
+      const signing = spkiDer(checked.signingKey);
+      const encryption = spkiDer(checked.encryptionKey);
+      const signingChanged = !bytesEqual(signing, rec.signingPublicKey);
+      const encryptionChanged = !bytesEqual(encryption, rec.encryptionPublicKey);
+      if (!signingChanged && !encryptionChanged) throw new RecoveryServiceError("invalid_argument", "the rotation changes no key", { arbitrator: id });
+      if (signingChanged && !verifiesP1363(checked.signingKey, bytes, doc.newKeySignature))
+        throw new RecoveryError("forged_signature", `the rotation is not signed with the new signing key (proof of possession)`, { arbitrator: id });
+      const history = await this.repo.arbitratorKeys([id]);
+      if (signingChanged && history.some((k) => bytesEqual(k.signingPublicKey, signing))) throw new RecoveryServiceError("key_reused", `${id} used this signing key before: a retired key is never current again`, { arbitrator: id });
+      if (encryptionChanged && history.some((k) => bytesEqual(k.encryptionPublicKey, encryption)))
+        throw new RecoveryServiceError("key_reused", `${id} used this encryption key before: a retired key is never current again`, { arbitrator: id });
+      const at = this.at();
+      const stored: KeyRotation = { ...doc };
+      await this.repo.transaction(async (repo, trx) => {
+        if (!(await repo.rotateArbitratorKeys(id, from, { signingPublicKey: signing, encryptionPublicKey: encryption, at, rotation: JSON.stringify(stored), by: actor })))
+          throw new RecoveryServiceError("rotation_stale", `arbitrator ${id}'s keys changed meanwhile`, { arbitrator: id });
+        await appendAudit(trx, {
+          actor,
+          action: "recovery.arbitrator.rotate",
+          subject: id,
+          details: {
+            fromVersion: from,
+            toVersion: from + 1,
+            signingChanged,
+            encryptionChanged,
+            previousSigningKeyId: doc.previousSigningKeyId,
+            previousEncryptionKeyId: doc.previousEncryptionKeyId,
+            signingKeyId: sha256Hex(signing),
+            encryptionKeyId: sha256Hex(encryption),
+          },
+          at,
+        });
+      });
+      return (await this.arbitrator(id))!;
+    } catch (e) {
+      if (isRecoveryRefusal(e)) await this.auditRefusal(actor, "recovery.arbitrator.rotate.refuse", id, e, {});
+      throw e;
+    }
+  }
+
+  /**
+   * Cards whose policies name the arbitrator, by card id (a page): how they name it, whether the card's key is
+   * escrowed under it, and whether the policy can still be met without it (and without every arbitrator already
+   * deregistered).
+   */
+  async arbitratorDependents(id: string, page: PageOptions = {}): Promise<Page<PolicyDependency>> {
+    checkId(id, "arbitrator id");
+    const limit = pageLimit(page.limit, MAX_PAGE_SIZE);
+    let after = page.after === undefined ? undefined : (decodeCursor(page.after, "dependents", ["string"])[0] as string);
+    if (!(await this.repo.arbitrator(id))) throw new RecoveryServiceError("not_found", `no arbitrator ${id}`, { arbitrator: id });
+    const disabled = [...new Set([...(await this.registry(this.repo, [])).disabledIds(), id])];
+    const items: PolicyDependency[] = [];
+    const BATCH = 200;
+    for (;;) {
+      const batch = await this.repo.policiesMentioning(id, { after, limit: BATCH });
+      for (const p of batch) {
+        const policy = JSON.parse(p.escrowPolicy ?? p.policy) as ReproductionPolicy;
+        const as = rolesIn(policy, id);
+        if (!as.length) continue; // the id occurred as text elsewhere (e.g. a group name)
+        if (items.length === limit) return { items, next: encodeCursor("dependents", [items[items.length - 1].cardId]) };
+        const d: PolicyDependency = { cardId: p.cardId, policyDigest: p.policyDigest, as, satisfiableWithout: unreachableWithout(policy, disabled) === undefined };
+        if (p.escrowId !== undefined) d.escrowId = p.escrowId;
+        items.push(d);
+      }
+      if (batch.length < BATCH) return { items };
+      after = batch[batch.length - 1].cardId;
+    }
+  }
+
+  /**
+   * Deregisters an arbitrator (an operator's act, audited): its record and key history stay, its id is never
+   * reused. From now on it is refused as a new policy member, cannot decide on any request, sign an approver list,
+   * or rotate its keys, and no new escrow or request may depend on it. What it decided before stands. Requests in
+   * flight it makes impossible to satisfy — it was an undecided indispensable party, its group can no longer reach
+   * k without it, or it is the author of a list not yet signed — are ended, naming it (the card may file again once
+   * its escrow no longer depends on it); the others go on, satisfied requests with a signed list and reproductions
+   * included. Refused (arbitrator_in_use) when an escrowed key could no longer be reproduced at all without it,
+   * unless `force` (e.g. its keys are compromised): such keys stay unreproducible until their escrow is re-split.
+   */
+  async deregisterArbitrator(id: string, opts: { reason: string; force?: boolean }, actor: string): Promise<DeregistrationResult> {
+    const reason = isObject(opts) ? opts.reason : undefined;
+    const force = isObject(opts) && opts.force === true;
+    try {
+      checkActor(actor);
+      checkId(id, "arbitrator id");
+      if (typeof reason !== "string" || !reason.trim() || reason.length > MAX_REASON) throw new RecoveryServiceError("invalid_argument", "a deregistration states its reason");
+      const at = this.at();
+      return await this.repo.transaction(async (repo, trx) => {
+        const rec = await repo.arbitrator(id);
+        if (!rec) throw new RecoveryServiceError("not_found", `no arbitrator ${id}`, { arbitrator: id });
+        if (rec.disabledAt !== undefined) throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${id} is deregistered already`, { arbitrator: id });
+        const disabled = [...new Set([...(await this.registry(repo, [])).disabledIds(), id])];
+        // escrowed keys that no arbitrator set left could reproduce
+        const stranded: string[] = [];
+        for (let after: string | undefined; ; ) {
+          const batch = await repo.policiesMentioning(id, { after, limit: 500 });
+          for (const p of batch) {
+            if (p.escrowId === undefined) continue;
+            const policy = JSON.parse(p.escrowPolicy ?? p.policy) as ReproductionPolicy;
+            if (rolesIn(policy, id).length && unreachableWithout(policy, disabled) !== undefined) stranded.push(p.cardId);
+          }
+          if (batch.length < 500) break;
+          after = batch[batch.length - 1].cardId;
+        }
+        if (stranded.length && !force)
+          throw new RecoveryServiceError(
+            "arbitrator_in_use",
+            `without ${id}, the escrowed keys of ${stranded.length} card(s) (${stranded.slice(0, 5).join(", ")}${stranded.length > 5 ? ", …" : ""}) could no longer be reproduced; deregister with force to do it anyway`,
+            { arbitrator: id, stranded: stranded.length, cards: stranded.slice(0, 20) },
+          );
+        if (!(await repo.disableArbitrator(id, at, actor, reason))) throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${id} is deregistered already`, { arbitrator: id });
+        // requests in flight it makes impossible to satisfy end, naming it
+        const ended: DeregistrationResult["endedRequests"] = [];
+        for (let after: { filedAt: number; requestId: string } | undefined; ; ) {
+          const batch = await repo.requests({ statuses: ["open", "satisfied"], after, limit: 500 });
+          for (const r of batch) {
+            const policy = (JSON.parse(r.request) as ServiceRequest).policy;
+            if (!rolesIn(policy, id).length) continue;
+            const decisions = (await repo.approvals(r.requestId)).map((a): Decision => ({ arbitrator: a.arbitratorId, decision: a.decision }));
+            const why = unreachableWithout(policy, disabled, decisions, r.approverList !== null);
+            if (why === undefined) continue;
+            const message = `arbitrator ${id} was deregistered: ${why}`;
+            if (!(await repo.moveRequest(r.requestId, ["open", "satisfied"], "ended", at, { statusDetail: message }))) continue;
+            await appendAudit(trx, { actor, action: "recovery.request.end", subject: r.requestId, details: { cardId: r.cardId, condition: { kind: "arbitrator_deregistered", party: id }, message }, at });
+            ended.push({ requestId: r.requestId, cardId: r.cardId, message });
+          }
+          if (batch.length < 500) break;
+          after = { filedAt: batch[batch.length - 1].filedAt, requestId: batch[batch.length - 1].requestId };
+        }
+        await appendAudit(trx, {
+          actor,
+          action: "recovery.arbitrator.deregister",
+          subject: id,
+          details: { reason, force, strandedCount: stranded.length, strandedCards: stranded.slice(0, 100), endedRequests: ended.map((e) => e.requestId) },
+          at,
+        });
+        const view = (await this.arbitratorViews([{ ...rec, disabledAt: at, disabledBy: actor, disabledReason: reason }], repo))[0];
+        return { arbitrator: view, endedRequests: ended, strandedCards: stranded.slice(0, 100), strandedCount: stranded.length };
+      });
+    } catch (e) {
+      if (isRecoveryRefusal(e)) await this.auditRefusal(actor, "recovery.arbitrator.deregister.refuse", id, e, { force });
+      throw e;
+    }
   }
 
   // --- policies (S1) ----------------------------------------------------------------------------------------------
@@ -544,7 +1115,18 @@ export class RecoveryService {
         throw new PolicyValidationError([{ path: "", message: `not JSON (${(e as Error).message})` }]);
       }
     }
-    const policy = validatePolicy(parsed, await this.registry());
+    const registry = await this.registry(this.repo, []);
+    const policy = validatePolicy(parsed, registry);
+    // a deregistered arbitrator is refused as a new member, each place it is named pointed at
+    const out = new Set(registry.disabledIds());
+    if (out.size) {
+      const issues = [
+        ...(out.has(policy.author) ? [{ path: "/author", id: policy.author }] : []),
+        ...policy.indispensable.flatMap((id, i) => (out.has(id) ? [{ path: `/indispensable/${i}`, id }] : [])),
+        ...policy.groups.flatMap((g, gi) => g.members.flatMap((id, mi) => (out.has(id) ? [{ path: `/groups/${gi}/members/${mi}`, id }] : []))),
+      ];
+      if (issues.length) throw new PolicyValidationError(issues.map((x) => ({ path: x.path, message: `arbitrator ${x.id} is deregistered` })));
+    }
     const digest = policyDigest(policy);
     const at = this.at();
     await this.repo.transaction(async (repo, trx) => {
@@ -602,7 +1184,10 @@ export class RecoveryService {
     if (await this.repo.escrowByCard(cardId)) throw new RecoveryServiceError("escrow_exists", `card ${cardId} already has an escrow`, { cardId });
     if (!bytesEqual(await this.custody.publicKey(input.keyLabel), input.spki)) throw new RecoveryServiceError("invalid_argument", `the key pair ${input.keyLabel} in custody does not have the public key given`);
     const policy = JSON.parse(policyRec.policy) as ReproductionPolicy;
-    const registry = await this.registry();
+    const registry = await this.registry(this.repo, []);
+    const gone = [policy.author, ...policyParties(policy)].filter((p) => registry.isDisabled(p));
+    if (gone.length)
+      throw new RecoveryServiceError("arbitrator_disabled", `card ${cardId}'s policy names deregistered arbitrator(s) ${[...new Set(gone)].join(", ")}: set a policy without them first`, { cardId, arbitrators: [...new Set(gone)] });
     const escrowId = newId();
     let e: Uint8Array | undefined;
     let split: Awaited<ReturnType<typeof splitSecret>>;
@@ -678,6 +1263,8 @@ export class RecoveryService {
     if (!e) return undefined;
     const record = JSON.parse(e.record) as EscrowRecord;
     const device = await this.repo.device(cardId);
+    const sealedTo = new Map((await this.repo.envelopesOfEscrow(e.escrowId)).map((v) => [v.shareId, (JSON.parse(v.envelope) as ShareEnvelope).header.recipientKeyId]));
+    const holders = new Map((await this.repo.arbitrators()).map((a) => [a.id, a]));
     return {
       escrowId: e.escrowId,
       cardId: e.cardId,
@@ -690,7 +1277,18 @@ export class RecoveryService {
       publicKeySha256: e.publicKeySha256,
       certificate: e.certificate,
       serial: e.serial,
-      shares: record.shares.map((s) => ({ shareId: s.shareId, arbitrator: s.arbitrator, slot: s.slot })),
+      shares: record.shares.map((s) => {
+        const holder = holders.get(s.arbitrator);
+        const recipientKeyId = sealedTo.get(s.shareId) ?? "";
+        return {
+          shareId: s.shareId,
+          arbitrator: s.arbitrator,
+          slot: s.slot,
+          recipientKeyId,
+          sealedToRetiredKey: holder !== undefined && recipientKeyId !== sha256Hex(holder.encryptionPublicKey),
+          holderDeregistered: holder?.disabledAt !== undefined,
+        };
+      }),
       deviceGeneration: device?.generation ?? 0,
       createdAt: new Date(e.createdAt),
     };
@@ -729,7 +1327,14 @@ export class RecoveryService {
       kind: input.kind,
     };
     if (input.reason !== undefined) request.reason = input.reason;
-    validateRequest(request, await this.registry());
+    const registry = await this.registry(this.repo, []);
+    validateRequest(request, registry);
+    const blocked = unreachableWithout(request.policy, registry.disabledIds());
+    if (blocked)
+      throw new RecoveryServiceError("arbitrator_disabled", `card ${input.cardId}'s key cannot be reproduced under its escrow's policy: ${blocked}; its escrow must be re-split first`, {
+        cardId: input.cardId,
+        arbitrators: registry.disabledIds().filter((id) => rolesIn(request.policy, id).length),
+      });
     const rec: RequestRecord = {
       requestId: request.requestId,
       cardId: request.cardId,
@@ -783,6 +1388,10 @@ export class RecoveryService {
     if (rec.approverList !== null) v.approverList = JSON.parse(rec.approverList) as ApproverList;
     if (rec.reproducedBy !== null) v.reproducedBy = rec.reproducedBy;
     if (rec.reproducedAt !== null) v.reproducedAt = new Date(rec.reproducedAt);
+    if (rec.status === "reproducing") {
+      v.reproduction = { claimedBy: rec.reproductionClaimedBy ?? "unknown", claimedAt: new Date(rec.reproductionClaimedAt ?? rec.updatedAt) };
+      if (rec.reproductionLeaseUntil !== undefined) v.reproduction.leaseUntil = new Date(rec.reproductionLeaseUntil);
+    }
     return v;
   }
 
@@ -801,39 +1410,94 @@ export class RecoveryService {
     return this.view(rec, approvals, released);
   }
 
-  /** Requests, newest first; by status and/or card. */
+  /** Requests, newest first; by status and/or card. Without `limit`, all of them (every page); with it, the first page. */
   async list(filter: { status?: RequestStatus | readonly RequestStatus[]; cardId?: string; limit?: number } = {}): Promise<RequestView[]> {
-    const statuses = filter.status === undefined ? undefined : typeof filter.status === "string" ? [filter.status] : filter.status;
-    const recs = await this.repo.requests({ statuses, cardId: filter.cardId, limit: filter.limit });
+    if (filter.limit !== undefined) return (await this.listPage(filter)).items;
     const out: RequestView[] = [];
-    for (const r of recs) {
-      const { approvals, released } = await this.load(this.repo, r.requestId);
-      out.push(this.view(r, approvals, released));
+    for (let after: string | undefined; ; ) {
+      const page = await this.listPage({ ...filter, limit: MAX_PAGE_SIZE, after });
+      out.push(...page.items);
+      if (page.next === undefined) return out;
+      after = page.next;
     }
-    return out;
+  }
+
+  /** A page of requests, newest first (filing time, then request id), by status and/or card. */
+  async listPage(filter: { status?: RequestStatus | readonly RequestStatus[]; cardId?: string } & PageOptions = {}): Promise<Page<RequestView>> {
+    const limit = pageLimit(filter.limit, MAX_PAGE_SIZE);
+    const statuses = filter.status === undefined ? undefined : typeof filter.status === "string" ? [filter.status] : filter.status;
+    const after = filter.after === undefined ? undefined : RecoveryService.requestPosition(filter.after, "requests");
+    const recs = await this.repo.requests({ statuses, cardId: filter.cardId, after, limit: limit + 1 });
+    const items: RequestView[] = [];
+    for (const r of recs.slice(0, limit)) {
+      const { approvals, released } = await this.load(this.repo, r.requestId);
+      items.push(this.view(r, approvals, released));
+    }
+    const last = recs[limit - 1];
+    return recs.length > limit ? { items, next: encodeCursor("requests", [last.filedAt, last.requestId]) } : { items };
+  }
+
+  private static requestPosition(cursor: string, list: string): { filedAt: number; requestId: string } {
+    const [filedAt, requestId] = decodeCursor(cursor, list, ["number", "string"]) as [number, string];
+    return { filedAt, requestId };
   }
 
   /**
-   * What an arbitrator has to do: requests it is a party of and has not decided on ("decide", with its share
-   * envelopes for the card and whether an order condition makes it wait), and satisfied requests whose approver
-   * list it must sign as the policy's author ("sign-approver-list").
+   * What an arbitrator has to do (all of it, every page): requests it is a party of and has not decided on
+   * ("decide", with its share envelopes for the card and whether an order condition makes it wait), and satisfied
+   * requests whose approver list it must sign as the policy's author ("sign-approver-list"). Nothing for a
+   * deregistered arbitrator.
    */
   async pendingFor(arbitratorId: string): Promise<PendingItem[]> {
-    if (!(await this.repo.arbitrator(arbitratorId))) throw new RecoveryServiceError("not_found", `no arbitrator ${arbitratorId}`, { arbitrator: arbitratorId });
     const out: PendingItem[] = [];
-    for (const r of await this.repo.requests({ statuses: ["open", "satisfied"] })) {
-      const { approvals, released } = await this.load(this.repo, r.requestId);
-      const v = this.view(r, approvals, released);
-      const policy = v.request.policy;
-      if (r.status === "open" && v.evaluation.status === "pending" && policyParties(policy).includes(arbitratorId) && !approvals.some((a) => a.arbitrator === arbitratorId)) {
-        const approvers = v.evaluation.approvers;
-        const waitingFor = policy.order.filter((o) => o.after === arbitratorId && !approvers.includes(o.before)).map((o) => o.before);
-        out.push({ action: "decide", request: v, mayApproveNow: waitingFor.length === 0, waitingFor, envelopes: await this.shareEnvelopes(arbitratorId, { cardId: r.cardId }) });
-      } else if (r.status === "satisfied" && r.approverList === null && policy.author === arbitratorId) {
-        out.push({ action: "sign-approver-list", request: v });
-      }
+    for (let after: string | undefined; ; ) {
+      const page = await this.pendingPage(arbitratorId, { limit: MAX_PENDING_PAGE_SIZE, after });
+      out.push(...page.items);
+      if (page.next === undefined) return out;
+      after = page.next;
     }
-    return out;
+  }
+
+  /** A page of pendingFor, in the order of the requests (newest first). */
+  async pendingPage(arbitratorId: string, page: PageOptions = {}): Promise<Page<PendingItem>> {
+    const limit = pageLimit(page.limit, MAX_PENDING_PAGE_SIZE);
+    let after = page.after === undefined ? undefined : RecoveryService.requestPosition(page.after, "pending");
+    const arb = typeof arbitratorId === "string" ? await this.repo.arbitrator(arbitratorId) : undefined;
+    if (!arb) throw new RecoveryServiceError("not_found", `no arbitrator ${arbitratorId}`, { arbitrator: arbitratorId });
+    if (arb.disabledAt !== undefined) return { items: [] };
+    const items: PendingItem[] = [];
+    let last: RequestRecord | undefined;
+    const BATCH = 200;
+    // The unfinished requests are scanned in order, those naming the arbitrator read in full; one item past the
+    // page tells whether a next page exists.
+    for (;;) {
+      const batch = await this.repo.requests({ statuses: ["open", "satisfied"], after, limit: BATCH });
+      for (const r of batch) {
+        const item = await this.pendingItem(r, arbitratorId);
+        if (!item) continue;
+        if (items.length === limit) return { items, next: encodeCursor("pending", [last!.filedAt, last!.requestId]) };
+        items.push(item);
+        last = r;
+      }
+      if (batch.length < BATCH) return { items };
+      after = { filedAt: batch[batch.length - 1].filedAt, requestId: batch[batch.length - 1].requestId };
+    }
+  }
+
+  private async pendingItem(r: RequestRecord, arbitratorId: string): Promise<PendingItem | undefined> {
+    const policy = (JSON.parse(r.request) as ServiceRequest).policy;
+    const party = r.status === "open" && policyParties(policy).includes(arbitratorId);
+    const author = r.status === "satisfied" && r.approverList === null && policy.author === arbitratorId;
+    if (!party && !author) return undefined;
+    const { approvals, released } = await this.load(this.repo, r.requestId);
+    const v = this.view(r, approvals, released);
+    if (party && v.evaluation.status === "pending" && !approvals.some((a) => a.arbitrator === arbitratorId)) {
+      const approvers = v.evaluation.approvers;
+      const waitingFor = policy.order.filter((o) => o.after === arbitratorId && !approvers.includes(o.before)).map((o) => o.before);
+      return { action: "decide", request: v, mayApproveNow: waitingFor.length === 0, waitingFor, envelopes: await this.shareEnvelopes(arbitratorId, { cardId: r.cardId }) };
+    }
+    if (author) return { action: "sign-approver-list", request: v };
+    return undefined;
   }
 
   /**
@@ -869,16 +1533,21 @@ export class RecoveryService {
           throw new RecoveryServiceError("request_closed", `request ${requestId} is ${rec.status}`, { requestId, status: rec.status });
         if (rec.approverList !== null) throw new RecoveryServiceError("request_closed", `request ${requestId}: the list of approvers was drawn up, the chain is closed`, { requestId });
         const request = JSON.parse(rec.request) as ServiceRequest;
-        const registry = await this.registry(repo);
+        // the recorded decisions re-verified with the keys that verified them; the new one with the current keys
+        const registry = await this.chainRegistry(repo, rec, await repo.approvals(requestId));
         const chain = new ApprovalChain(request, registry);
         for (const a of approvals) chain.append(a);
+        registry.unpinDecision(approval.arbitrator);
+        if (registry.isDisabled(approval.arbitrator))
+          throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${approval.arbitrator} is deregistered: it no longer decides`, { requestId, arbitrator: approval.arbitrator });
         const evaluation = chain.append(approval);
         const escrowRow = await repo.escrow(rec.escrowId);
         if (!escrowRow) throw new RecoveryServiceError("not_found", `escrow ${rec.escrowId} of request ${requestId} is gone`, { requestId });
         const released = expected === "approve" ? await this.checkReleases(request, JSON.parse(escrowRow.record) as EscrowRecord, approval.arbitrator, releases) : [];
         if (expected === "refuse" && releases.length) throw new RecoveryServiceError("release_invalid", "a refusal releases no share");
         const seq = approvals.length;
-        if (!(await repo.insertApproval({ requestId, seq, arbitratorId: approval.arbitrator, decision: approval.decision, approval: JSON.stringify(approval), approvalHash: approvalHash(approval), recordedAt: at })))
+        const signingKeyVersion = registry.currentVersion(approval.arbitrator);
+        if (!(await repo.insertApproval({ requestId, seq, arbitratorId: approval.arbitrator, decision: approval.decision, approval: JSON.stringify(approval), approvalHash: approvalHash(approval), recordedAt: at, signingKeyVersion })))
           throw new RecoveryError("broken_chain", `approval ${seq}: another decision took this place in the chain`, { requestId });
         if (!(await repo.insertReleases(released.map((r) => ({ requestId, shareId: r.header.shareId, arbitratorId: approval.arbitrator, release: JSON.stringify(r), recordedAt: at })))))
           throw new RecoveryError("share_duplicate", `a share of ${approval.arbitrator} was released for this request already`, { requestId });
@@ -1003,14 +1672,19 @@ export class RecoveryService {
         this.requireSatisfied(rec);
         if (rec.approverList !== null) throw new RecoveryServiceError("request_closed", `request ${requestId} has its list of approvers already`, { requestId });
         const request = JSON.parse(rec.request) as ServiceRequest;
-        const registry = await this.registry(repo);
+        const registry = await this.chainRegistry(repo, rec, await repo.approvals(requestId));
         const verdict = verifyChain(request, approvals, registry);
         if (!verdict.ok) throw verdict.error;
+        // the list itself: the author's current key (require() is not pinned for an unsigned list)
+        if (isObject(list) && typeof list.author === "string" && registry.isDisabled(list.author))
+          throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${list.author} is deregistered: it no longer signs lists of approvers`, { requestId, arbitrator: list.author });
         verifyApproverList(list, request, verdict, registry);
         const text = JSON.stringify(list);
-        if (!(await repo.moveRequest(requestId, ["satisfied"], "satisfied", at, { approverList: text }))) throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
+        const approverListKeyVersion = registry.currentVersion(list.author);
+        if (!(await repo.moveRequest(requestId, ["satisfied"], "satisfied", at, { approverList: text, approverListKeyVersion })))
+          throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
         await appendAudit(trx, { actor, action: "recovery.approvers.list", subject: requestId, details: { cardId: rec.cardId, author: list.author, approvers: list.approvers, chainHead: list.chainHead }, at });
-        return this.view({ ...rec, approverList: text, updatedAt: at }, approvals, released);
+        return this.view({ ...rec, approverList: text, approverListKeyVersion, updatedAt: at }, approvals, released);
       });
     } catch (e) {
       if (isRecoveryRefusal(e)) await this.auditRefusal(actor, "recovery.approvers.refuse", requestId, e, {});
@@ -1048,24 +1722,69 @@ export class RecoveryService {
    * ID, the chain and shares (reproduce.ts), the unwrapped key against the registered public key inside custody;
    * then writes key and certificate through SCP03 and destroys the key in custody. Every refusal is audited and
    * leaves the request usable for another attempt (unless the card was written).
+   *
+   * The lease. The request is claimed (satisfied -> reproducing) under a random claim id with a lease of
+   * `reproductionLeaseMs`; the lease is renewed before every APDU sent to the card, and the claim is ended by its
+   * holder only (-> reproduced, or back to satisfied on a refusal). A request left "reproducing" by a holder that
+   * is gone (a crash, SIGKILL, power loss: nothing ran its cleanup) is taken over here once its lease has passed —
+   * audited as recovery.reproduce.takeover — or reset by an operator (resetReproduction); while the lease is live
+   * both are refused (request_closed, naming the lease). If the holder was only stalled, its next renewal finds the
+   * claim gone and it stops (lease_lost) before sending anything more to its card; its cleanup cannot release the
+   * new holder's claim. Why the default lease of 10 min is enough: the live relay (src/server/live-relay.ts) ends a
+   * session 5 min after opening it and fails any APDU still unanswered, so a holder driven through it never goes
+   * 5 min without renewing its lease or failing; a lease passes only when its holder is gone or stalled longer than
+   * that. Lease times are compared on each process's clock: keep the servers' clocks within minutes of each other.
+   *
+   * Whether the card was written before a crash does not matter for safety. A request is single-use once it is
+   * "reproduced" — the record written in the same transaction as the device replacement, after the card write —
+   * and not before: a crash between the write and that record leaves a request that may be reproduced once more.
+   * What such a second reproduction can do is what the first could: write the card holder's own key (checked
+   * against the registered public key inside custody) into a card that passed the same checks — for "key-lost" the
+   * registered card itself (writing it again changes nothing), for "card-destroyed" a card that is neither the
+   * registered device nor any other record's device, reached through the issuer's SCP03 keys of the card record
+   * the operator named, under the same signed chain and approver list. Only the card of the reproduction that
+   * records "reproduced" becomes the registered device (FIG. 11-12), and that record is conditional on holding the
+   * claim. A terminal that withholds APDUs and forwards them later is outside what any server-side state can
+   * prevent; a refused attempt whose APDUs reached the card is the same case and was already possible.
    */
   async reproduce(requestId: string, target: InsertedCard, actor: string): Promise<ReproductionResult> {
     checkActor(actor);
-    let claimed = false;
+    let claim: string | undefined;
     let written = false;
     let leftover: string | undefined;
     try {
       if (!target || typeof target.transmit !== "function" || !target.keySet) throw new RecoveryServiceError("invalid_argument", "the target card must give transmit and its key set reference");
       const at = this.at();
-      // Claim the request: of concurrent reproductions one proceeds.
-      await this.repo.transaction(async (repo) => {
+      const mine = { claim: randomUUID(), by: actor, at, leaseUntil: at + this.leaseMs };
+      // Claim the request: of concurrent reproductions one proceeds; a request whose holder's lease passed is taken over.
+      await this.repo.transaction(async (repo, trx) => {
         const rec = await repo.request(requestId);
         if (!rec) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
+        if (rec.status === "reproducing") {
+          this.requireLeaseOver(rec, at);
+          if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
+          if (!(await repo.claimReproduction(requestId, mine, rec.reproductionClaim ?? null))) throw new RecoveryServiceError("request_closed", `request ${requestId} was taken over meanwhile`, { requestId, status: "reproducing" });
+          await appendAudit(trx, { actor, action: "recovery.reproduce.takeover", subject: requestId, details: { cardId: rec.cardId, ...RecoveryService.previousClaim(rec), leaseUntil: mine.leaseUntil }, at });
+          return;
+        }
         this.requireSatisfied(rec);
         if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
-        if (!(await repo.moveRequest(requestId, ["satisfied"], "reproducing", at, { statusDetail: null }))) throw new RecoveryServiceError("request_closed", `request ${requestId} is being reproduced`, { requestId });
+        if (!(await repo.claimReproduction(requestId, mine))) throw new RecoveryServiceError("request_closed", `request ${requestId} is being reproduced`, { requestId, status: "reproducing" });
       });
-      claimed = true;
+      claim = mine.claim;
+      /** Renews the lease, or stops this reproduction when another one took the request over. */
+      const hold = async (): Promise<void> => {
+        if (!(await this.repo.renewReproduction(requestId, mine.claim, this.at() + this.leaseMs)))
+          throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over by another reproduction after this one's lease passed: this one stops`, { requestId });
+      };
+      const card: InsertedCard = {
+        ...target,
+        transmit: async (apdu) => {
+          await hold();
+          return target.transmit(apdu);
+        },
+      };
+      const rows = await this.repo.approvals(requestId);
       const { rec, approvals } = await this.load(this.repo, requestId);
       const request = JSON.parse(rec.request) as ServiceRequest;
       const escrowRow = await this.repo.escrow(rec.escrowId);
@@ -1076,8 +1795,9 @@ export class RecoveryService {
       // FIG. 10 unit 24: the card presented against the registered device secret ID.
       let secretId: Uint8Array;
       try {
-        secretId = await readCardSecretId(this.custody, target);
+        secretId = await readCardSecretId(this.custody, card);
       } catch (e) {
+        if (e instanceof RecoveryServiceError && e.check === "lease_lost") throw e;
         throw new RecoveryServiceError("device_unreadable", `the target card's secret ID could not be read through the secure channel (${(e as Error).message})`, { requestId });
       }
       const digest = deviceSecretIdDigest(secretId);
@@ -1094,6 +1814,7 @@ export class RecoveryService {
       // Unit 21: the shares of the approvers, opened inside the service with custody's ECDH; K and E rebuilt.
       const shares: ReleasedShare[] = [];
       let reproduced: Awaited<ReturnType<typeof reproduceFromShares>>;
+      await hold();
       try {
         for (const r of await this.repo.releases(requestId)) {
           const rel = JSON.parse(r.release) as ShareRelease;
@@ -1106,7 +1827,8 @@ export class RecoveryService {
           request,
           approvals,
           approverList: JSON.parse(rec.approverList!) as ApproverList,
-          registry: await this.registry(),
+          // each signature re-verified with the key version that verified it when recorded (key rotations)
+          registry: await this.chainRegistry(this.repo, rec, rows),
           shares,
         });
       } finally {
@@ -1131,8 +1853,9 @@ export class RecoveryService {
         const failed = await keyCheckInCustody(this.custody, label, alg, escrowRow.publicKey);
         if (failed) throw new RecoveryError("key_check_failed", `the reproduced key of card ${rec.cardId} fails the ${failed} check against its registered public key`, { requestId, cardId: rec.cardId, failed });
         try {
-          await writeKeyIntoCard(this.custody, target, { label, slot: escrowRow.slot as PivSlot, alg, certificate: escrowRow.certificate });
+          await writeKeyIntoCard(this.custody, card, { label, slot: escrowRow.slot as PivSlot, alg, certificate: escrowRow.certificate });
         } catch (err) {
+          if (err instanceof RecoveryServiceError && err.check === "lease_lost") throw err;
           throw new RecoveryServiceError("card_write_failed", `writing the reproduced key into the card failed (${(err as Error).message})`, { requestId });
         }
         written = true;
@@ -1160,8 +1883,10 @@ export class RecoveryService {
             at: done,
           });
         }
-        if (!(await repo.moveRequest(requestId, ["reproducing"], "reproduced", done, { reproducedBy: actor, reproducedAt: done })))
-          throw new RecoveryServiceError("request_closed", `request ${requestId} changed during the reproduction`, { requestId });
+        if (!(await repo.endReproduction(requestId, mine.claim, "reproduced", done, { reproducedBy: actor, reproducedAt: done })))
+          throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over during the reproduction (this one's lease had passed); the card was written, the request stays with the other reproduction`, {
+            requestId,
+          });
         await appendAudit(trx, {
           actor,
           action: "recovery.reproduce",
@@ -1196,11 +1921,60 @@ export class RecoveryService {
       };
     } catch (err) {
       const check = isRecoveryRefusal(err) ? err.check : "error";
-      if (claimed && !written) {
-        await this.repo.moveRequest(requestId, ["reproducing"], "satisfied", this.at(), { statusDetail: `last reproduction attempt refused: ${check}` }).catch(() => false);
+      // Back to satisfied — only while this reproduction still holds the claim. Once the card was written the
+      // request stays "reproducing" (under this claim, until its lease passes: see above).
+      if (claim !== undefined && !written) {
+        await this.repo.endReproduction(requestId, claim, "satisfied", this.at(), { statusDetail: `last reproduction attempt refused: ${check}` }).catch(() => false);
       }
       await this.auditRefusal(actor, "recovery.reproduce.refuse", requestId, err, { written, ...(leftover ? { keyLeftInCustody: leftover } : {}) });
       throw err;
+    }
+  }
+
+  /** Refuses (request_closed) while the request's reproduction lease is live. */
+  private requireLeaseOver(rec: RequestRecord, at: number): void {
+    const until = rec.reproductionLeaseUntil;
+    if (until !== undefined && until > at)
+      throw new RecoveryServiceError(
+        "request_closed",
+        `request ${rec.requestId} is being reproduced by ${rec.reproductionClaimedBy ?? "another reproduction"}; its lease runs until ${new Date(until).toISOString()}`,
+        { requestId: rec.requestId, status: rec.status, claimedBy: rec.reproductionClaimedBy, leaseUntil: until },
+      );
+  }
+
+  private static previousClaim(rec: RequestRecord): { [key: string]: JsonValue } {
+    return { previousClaimedBy: rec.reproductionClaimedBy ?? null, previousClaimedAt: rec.reproductionClaimedAt ?? null, previousLeaseUntil: rec.reproductionLeaseUntil ?? null };
+  }
+
+  /**
+   * An operator puts a request stuck in "reproducing" — its reproduction's process is gone — back to "satisfied",
+   * to be reproduced again. Refused while the reproduction's lease is live (request_closed) and for a request that
+   * is not being reproduced. Audited (recovery.reproduce.reset), refusals too. See reproduce() on why a card that
+   * may have been written meanwhile does not make this unsafe.
+   */
+  async resetReproduction(requestId: string, reason: string, actor: string): Promise<RequestView> {
+    try {
+      checkActor(actor);
+      if (typeof reason !== "string" || !reason.trim() || reason.length > MAX_REASON) throw new RecoveryServiceError("invalid_argument", "a reset states its reason");
+      const at = this.at();
+      return await this.repo.transaction(async (repo, trx) => {
+        const { rec, approvals, released } = await this.load(repo, requestId);
+        if (rec.status !== "reproducing") throw new RecoveryServiceError("request_closed", `request ${requestId} is ${rec.status}, not being reproduced`, { requestId, status: rec.status });
+        this.requireLeaseOver(rec, at);
+        const statusDetail = `reproduction reset: ${reason}`;
+        if (!(await repo.endReproduction(requestId, rec.reproductionClaim ?? null, "satisfied", at, { statusDetail })))
+          throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
+        await appendAudit(trx, { actor, action: "recovery.reproduce.reset", subject: requestId, details: { cardId: rec.cardId, reason, ...RecoveryService.previousClaim(rec) }, at });
+        const next: RequestRecord = { ...rec, status: "satisfied", statusDetail, updatedAt: at };
+        delete next.reproductionClaim;
+        delete next.reproductionClaimedBy;
+        delete next.reproductionClaimedAt;
+        delete next.reproductionLeaseUntil;
+        return this.view(next, approvals, released);
+      });
+    } catch (e) {
+      if (isRecoveryRefusal(e)) await this.auditRefusal(actor, "recovery.reproduce.reset.refuse", typeof requestId === "string" ? requestId : "unknown", e, {});
+      throw e;
     }
   }
 

@@ -5,19 +5,24 @@
 //
 //   Operators (role operator; admin always; read routes also auditor)
 //     POST /recovery/arbitrators                      register {id, roles?, displayName?, signingPublicKey, encryptionPublicKey}
-//     GET  /recovery/arbitrators, /recovery/arbitrators/{id}
+//     GET  /recovery/arbitrators?after=&limit=, /recovery/arbitrators/{id}  (status, key version and key history)
 //     POST /recovery/arbitrators/{id}/tokens          an API token bound to the arbitrator (shown once)
 //     POST /recovery/arbitrators/{id}/tokens/{tokenId}/revoke
+//     POST /recovery/arbitrators/{id}/deregister      {reason, force?}: disabled for good; its tokens revoked
+//     GET  /recovery/arbitrators/{id}/dependents?after=&limit=   the cards whose policies name it
 //     PUT  /cards/{id}/recovery-policy                the policy document (S1); GET it back
 //     GET  /cards/{id}/escrow                         the escrow record: public key, certificate, who holds which share
 //     POST /recovery/requests                         file {cardId, kind, requester, reason?} (S5)
-//     GET  /recovery/requests?status=&cardId=&limit=, /recovery/requests/{id}
+//     GET  /recovery/requests?status=&cardId=&after=&limit=, /recovery/requests/{id}
 //     POST /recovery/requests/{id}/withdraw           {reason}
+//     POST /recovery/requests/{id}/reset-reproduction {reason}: a request stuck "reproducing" whose lease passed
 //     POST /recovery/requests/{id}/reproduce          {cardId?} -> {sessionId, apdus}: the terminal relays (S8-S9)
 //     POST /recovery/sessions/{sessionId}             {responses} -> {apdus} | {result} | 4xx naming the refusal
 //     GET  /recovery/device-key                       the reproduction device's public key (arbitrators too)
 //   Arbitrators (role arbitrator, bound to one arbitrator id; admin always)
-//     GET  /recovery/arbitrators/{id}/pending         what it has to decide or sign, with its sealed share envelopes
+//     GET  /recovery/arbitrators/{id}/pending?after=&limit=  what it has to decide or sign, with its sealed share envelopes
+//     POST /recovery/arbitrators/{id}/key-rotation    {rotation}: new keys, signed with its current signing key (operators
+//                                                     may relay it: the signature is what counts)
 //     POST /recovery/requests/{id}/approvals          {approval, releases}: a signed approval and its released shares
 //     POST /recovery/requests/{id}/refusals           {refusal}: a signed refusal with its reason
 //     POST /recovery/requests/{id}/approver-list      {approverList}: signed by the policy's author
@@ -30,6 +35,9 @@
 // refusal and approver list against the arbitrator's registered key, and the hash chain (each approval names the
 // head before it, a party decides once) makes a replayed document fail by name. So an operator who holds an
 // arbitrator's token still cannot decide for it: the private keys never leave the arbitrator's process.
+//
+// Lists page: `limit` (default 100; at most 1000, pending items 100) and `after` (the `next` of the previous page,
+// an opaque cursor); a response carries `next` when more follow.
 //
 // Refusals: RecoveryServiceError, RecoveryError and PolicyValidationError become 4xx problems with the failed
 // check in the `check` member (PolicyValidationError also lists `issues` with JSON pointers). Never in a response
@@ -49,6 +57,7 @@ import {
   RecoveryServiceError,
   type ArbitratorView,
   type EscrowView,
+  type KeyRotation,
   type PendingItem,
   type PolicyView,
   type ReproductionResult,
@@ -84,6 +93,9 @@ const REQUEST_ID = { type: "string", pattern: "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]
 const TOKEN_ID = { type: "string", pattern: "^[0-9a-f]{16}$" } as const;
 const HEX64 = { type: "string", pattern: "^[0-9a-f]{64}$" } as const;
 const B64 = (max: number) => ({ type: "string", maxLength: max, pattern: "^[A-Za-z0-9+/]*={0,2}$" }) as const;
+/** A page's `after`: the opaque `next` of the previous page. */
+const CURSOR = { type: "string", minLength: 1, maxLength: 512, pattern: "^[A-Za-z0-9_-]+$" } as const;
+const PAGE = { after: CURSOR, limit: digits(4) } as const;
 const TEXT = (max: number) => ({ type: "string", maxLength: max }) as const;
 const STR = { type: "string" } as const;
 const INT = { type: "integer" } as const;
@@ -225,6 +237,7 @@ const REQUEST_VIEW = closed(
     filedAt: INT,
     reproducedBy: STR,
     reproducedAt: INT,
+    reproduction: closed({ claimedBy: STR, claimedAt: INT, leaseUntil: INT }, ["claimedBy", "claimedAt"]),
   },
   ["requestId", "cardId", "escrowId", "kind", "status", "request", "requestDigest", "chainHead", "approvals", "evaluation", "releasedShares", "filedBy", "filedAt"],
 );
@@ -244,9 +257,36 @@ const ARBITRATOR = closed(
     encryptionKeyId: STR,
     registeredBy: STR,
     registeredAt: INT,
+    keyVersion: INT,
+    status: { type: "string", enum: ["active", "deregistered"] },
+    deregistered: closed({ at: INT, by: STR, reason: STR }, ["at", "by", "reason"]),
+    keys: {
+      type: "array",
+      description: "every key version, oldest first: SHA-256 of each SubjectPublicKeyInfo, hex",
+      items: closed({ version: INT, signingKeyId: STR, encryptionKeyId: STR, validFrom: INT, retiredAt: INT }, ["version", "signingKeyId", "encryptionKeyId", "validFrom"]),
+    },
   },
-  ["id", "roles", "signingPublicKey", "encryptionPublicKey", "encryptionKeyId", "registeredBy", "registeredAt"],
+  ["id", "roles", "signingPublicKey", "encryptionPublicKey", "encryptionKeyId", "registeredBy", "registeredAt", "keyVersion", "status", "keys"],
 );
+
+/** A key rotation document (service.ts KeyRotation), signed by the arbitrator's current signing key. */
+const KEY_ROTATION = closed(
+  {
+    format: { type: "string", const: "cardkms.recovery.key-rotation/1" },
+    arbitrator: ARB_ID,
+    keyVersion: { type: "integer", minimum: 2, maximum: 1_000_000 },
+    previousSigningKeyId: HEX64,
+    previousEncryptionKeyId: HEX64,
+    signingPublicKey: B64(4096),
+    encryptionPublicKey: B64(4096),
+    issuedAt: TEXT(64),
+    signature: B64(200),
+    newKeySignature: B64(200),
+  },
+  ["format", "arbitrator", "keyVersion", "previousSigningKeyId", "previousEncryptionKeyId", "signingPublicKey", "encryptionPublicKey", "issuedAt", "signature"],
+);
+
+const DEPENDENCY = closed({ cardId: STR, policyDigest: STR, escrowId: STR, as: strings(1024), satisfiableWithout: BOOL }, ["cardId", "policyDigest", "as", "satisfiableWithout"]);
 
 const POLICY_VIEW = closed({ cardId: STR, policy: POLICY, digest: STR, setBy: STR, setAt: INT }, ["cardId", "policy", "digest", "setBy", "setAt"]);
 
@@ -263,7 +303,20 @@ const ESCROW_VIEW = closed(
     publicKeySha256: STR,
     certificate: { type: "string", description: "PEM" },
     serial: STR,
-    shares: { type: "array", items: closed({ shareId: STR, arbitrator: STR, slot: SHARE_SLOT }) },
+    shares: {
+      type: "array",
+      items: closed(
+        {
+          shareId: STR,
+          arbitrator: STR,
+          slot: SHARE_SLOT,
+          recipientKeyId: { type: "string", description: "SHA-256 of the encryption key the share is sealed to" },
+          sealedToRetiredKey: { type: "boolean", description: "the holder rotated that key since: it opens the share with its old key until a re-split" },
+          holderDeregistered: BOOL,
+        },
+        ["shareId", "arbitrator", "slot", "recipientKeyId", "sealedToRetiredKey", "holderDeregistered"],
+      ),
+    },
     deviceGeneration: INT,
     createdAt: INT,
   },
@@ -321,6 +374,11 @@ const SERVICE_STATUS: Record<ServiceCheck, number> = {
   device_in_use: 422,
   device_unreadable: 422,
   card_write_failed: 422,
+  arbitrator_disabled: 409,
+  arbitrator_in_use: 409,
+  rotation_stale: 409,
+  key_reused: 422,
+  lease_lost: 409,
 };
 
 const SLUGS: Record<number, [string, string]> = {
@@ -389,6 +447,16 @@ const arbitratorOut = (a: ArbitratorView) => ({
   encryptionKeyId: a.encryptionKeyId,
   registeredBy: a.registeredBy,
   registeredAt: a.registeredAt.getTime(),
+  keyVersion: a.keyVersion,
+  status: a.status,
+  ...(a.deregistered ? { deregistered: { at: a.deregistered.at.getTime(), by: a.deregistered.by, reason: a.deregistered.reason } } : {}),
+  keys: a.keys.map((k) => ({
+    version: k.version,
+    signingKeyId: k.signingKeyId,
+    encryptionKeyId: k.encryptionKeyId,
+    validFrom: k.validFrom.getTime(),
+    ...(k.retiredAt ? { retiredAt: k.retiredAt.getTime() } : {}),
+  })),
 });
 
 const policyOut = (p: PolicyView) => ({ cardId: p.cardId, policy: p.policy, digest: p.digest, setBy: p.setBy, setAt: p.setAt.getTime() });
@@ -428,7 +496,14 @@ const requestOut = (v: RequestView) => ({
   filedAt: v.filedAt.getTime(),
   ...(v.reproducedBy !== undefined ? { reproducedBy: v.reproducedBy } : {}),
   ...(v.reproducedAt !== undefined ? { reproducedAt: v.reproducedAt.getTime() } : {}),
+  ...(v.reproduction !== undefined
+    ? { reproduction: { claimedBy: v.reproduction.claimedBy, claimedAt: v.reproduction.claimedAt.getTime(), ...(v.reproduction.leaseUntil ? { leaseUntil: v.reproduction.leaseUntil.getTime() } : {}) } }
+    : {}),
 });
+
+/** A page's query as the service takes it (the schema checked the shapes; the service the range and the cursor). */
+const pageOf = (q: { after?: string; limit?: string }) => ({ ...(q.after !== undefined ? { after: q.after } : {}), ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}) });
+const nextOf = (p: { next?: string }) => (p.next !== undefined ? { next: p.next } : {});
 
 const pendingOut = (p: PendingItem) =>
   p.action === "decide"
@@ -502,13 +577,22 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
       }),
   );
 
-  app.get(
+  app.get<{ Querystring: { after?: string; limit?: string } }>(
     "/recovery/arbitrators",
     {
       config: { roles: ["operator", "auditor"] },
-      schema: { summary: "The registered arbitrators (public keys only)", tags: ["recovery"], querystring: NO_QUERY, response: { 200: closed({ arbitrators: { type: "array", items: ARBITRATOR } }, ["arbitrators"]), ...problems } },
+      schema: {
+        summary: "The registered arbitrators by id (public keys only; deregistered ones with their status), a page at a time",
+        tags: ["recovery"],
+        querystring: closed(PAGE),
+        response: { 200: closed({ arbitrators: { type: "array", items: ARBITRATOR }, next: CURSOR }, ["arbitrators"]), ...problems },
+      },
     },
-    async () => refusals(async () => ({ arbitrators: (await recovery.arbitrators()).map(arbitratorOut) })),
+    async (req) =>
+      refusals(async () => {
+        const page = await recovery.arbitratorsPage(pageOf(req.query));
+        return { arbitrators: page.items.map(arbitratorOut), ...nextOf(page) };
+      }),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -569,6 +653,92 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
         await store.disableOperator(op.id);
         await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.revoke", subject: id, details: { tokenId } });
         return { arbitrator: id, tokenId, revoked: true };
+      }),
+  );
+
+  app.post<{ Params: { id: string }; Body: { rotation: KeyRotation } }>(
+    "/recovery/arbitrators/:id/key-rotation",
+    {
+      config: { roles: ["operator", "arbitrator"] },
+      schema: {
+        summary:
+          "Rotate an arbitrator's keys: a rotation document naming its current keys and the next version, signed with its CURRENT signing key (and with the new signing key, if it changes). " +
+          "An operator may relay it (an arbitrator token: its own); the signature is what counts. Earlier versions are kept: recorded approvals still verify",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        body: closed({ rotation: KEY_ROTATION }, ["rotation"]),
+        response: { 200: ARBITRATOR, ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const actor = admit(req, ["operator"], (a) => a === req.params.id);
+        return arbitratorOut(await recovery.rotateArbitratorKeys(req.params.id, req.body.rotation, actor));
+      }),
+  );
+
+  app.post<{ Params: { id: string }; Body: { reason: string; force?: boolean } }>(
+    "/recovery/arbitrators/:id/deregister",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary:
+          "Deregister an arbitrator: it can no longer decide, sign or be named by a new policy, its tokens are revoked, requests it makes impossible to satisfy end. " +
+          "Refused (arbitrator_in_use) when an escrowed key could then no longer be reproduced, unless force",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        body: closed({ reason: { type: "string", minLength: 1, maxLength: 1024 }, force: BOOL }, ["reason"]),
+        response: {
+          200: closed(
+            {
+              arbitrator: ARBITRATOR,
+              endedRequests: { type: "array", items: closed({ requestId: STR, cardId: STR, message: STR }, ["requestId", "cardId", "message"]) },
+              strandedCards: strings(100),
+              strandedCount: INT,
+              tokensRevoked: strings(100_000),
+            },
+            ["arbitrator", "endedRequests", "strandedCards", "strandedCount", "tokensRevoked"],
+          ),
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const actor = principalOf(req).name;
+        const r = await recovery.deregisterArbitrator(req.params.id, { reason: req.body.reason, force: req.body.force === true }, actor);
+        // its tokens go with it (the service refuses its signatures anyway)
+        const tokens = await store.db.selectFrom("operators").select(["id", "name"]).where("disabled_at", "is", null).where("name", "like", "arbitrator:%").execute();
+        const revoked: string[] = [];
+        for (const t of tokens) {
+          const m = TOKEN_NAME.exec(t.name);
+          if (!m || m[1] !== r.arbitrator.id) continue;
+          await store.disableOperator(t.id);
+          revoked.push(m[2]);
+        }
+        if (revoked.length) await appendAudit(store.db, { actor, action: "recovery.arbitrator.token.revoke", subject: r.arbitrator.id, details: { tokenIds: revoked, reason: "deregistered" } });
+        return { arbitrator: arbitratorOut(r.arbitrator), endedRequests: r.endedRequests, strandedCards: r.strandedCards, strandedCount: r.strandedCount, tokensRevoked: revoked };
+      }),
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: string } }>(
+    "/recovery/arbitrators/:id/dependents",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "The cards whose reproduction policies name the arbitrator, by card id: how, whether escrowed, whether the policy can be met without it",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: closed(PAGE),
+        response: { 200: closed({ arbitrator: STR, policies: { type: "array", items: DEPENDENCY }, next: CURSOR }, ["arbitrator", "policies"]), ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const page = await recovery.arbitratorDependents(req.params.id, pageOf(req.query));
+        return { arbitrator: req.params.id, policies: page.items, ...nextOf(page) };
       }),
   );
 
@@ -641,22 +811,21 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     async (req, reply) => refusals(async () => reply.code(201).send(requestOut(await recovery.fileRequest(req.body, principalOf(req).name)))),
   );
 
-  app.get<{ Querystring: { status?: RequestStatus; cardId?: string; limit?: string } }>(
+  app.get<{ Querystring: { status?: RequestStatus; cardId?: string; after?: string; limit?: string } }>(
     "/recovery/requests",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
-        summary: "Reproduction requests, newest first",
+        summary: "Reproduction requests, newest first (filing time, then id), a page at a time",
         tags: ["recovery"],
-        querystring: closed({ status: { type: "string", enum: REQUEST_STATUSES }, cardId: RCARD_ID, limit: digits(4) }),
-        response: { 200: closed({ requests: { type: "array", items: REQUEST_VIEW } }, ["requests"]), ...problems },
+        querystring: closed({ status: { type: "string", enum: REQUEST_STATUSES }, cardId: RCARD_ID, ...PAGE }),
+        response: { 200: closed({ requests: { type: "array", items: REQUEST_VIEW }, next: CURSOR }, ["requests"]), ...problems },
       },
     },
     async (req) =>
       refusals(async () => {
-        const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
-        if (limit < 1 || limit > 1000) throw new ApiProblem(400, "validation", "Request does not match the schema", "limit: expected 1..1000");
-        return { requests: (await recovery.list({ status: req.query.status, cardId: req.query.cardId, limit })).map(requestOut) };
+        const page = await recovery.listPage({ status: req.query.status, cardId: req.query.cardId, ...pageOf(req.query) });
+        return { requests: page.items.map(requestOut), ...nextOf(page) };
       }),
   );
 
@@ -696,24 +865,41 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     async (req) => refusals(async () => requestOut(await recovery.withdraw(req.params.id, req.body.reason, principalOf(req).name))),
   );
 
+  app.post<{ Params: { id: string }; Body: { reason: string } }>(
+    "/recovery/requests/:id/reset-reproduction",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Put a request stuck in reproducing (its reproduction's process is gone) back to satisfied; refused while the reproduction's lease is live",
+        tags: ["recovery"],
+        params: params({ id: REQUEST_ID }),
+        querystring: NO_QUERY,
+        body: closed({ reason: { type: "string", minLength: 1, maxLength: 1024 } }, ["reason"]),
+        response: { 200: REQUEST_VIEW, ...problems },
+      },
+    },
+    async (req) => refusals(async () => requestOut(await recovery.resetReproduction(req.params.id, req.body.reason, principalOf(req).name))),
+  );
+
   // ---- arbitrators' side (S6-S7) ---------------------------------------------------------------------------------
 
-  app.get<{ Params: { id: string } }>(
+  app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: string } }>(
     "/recovery/arbitrators/:id/pending",
     {
       config: { roles: ["operator", "arbitrator"] },
       schema: {
-        summary: "What an arbitrator has to do: requests to decide (with its share envelopes, sealed to it) and approver lists to sign",
+        summary: "What an arbitrator has to do: requests to decide (with its share envelopes, sealed to it) and approver lists to sign, a page at a time",
         tags: ["recovery"],
         params: params({ id: ARB_ID }),
-        querystring: NO_QUERY,
-        response: { 200: closed({ arbitrator: STR, pending: { type: "array", items: PENDING_ITEM } }, ["arbitrator", "pending"]), ...problems },
+        querystring: closed(PAGE),
+        response: { 200: closed({ arbitrator: STR, pending: { type: "array", items: PENDING_ITEM }, next: CURSOR }, ["arbitrator", "pending"]), ...problems },
       },
     },
     async (req) =>
       refusals(async () => {
         admit(req, ["operator"], (a) => a === req.params.id);
-        return { arbitrator: req.params.id, pending: (await recovery.pendingFor(req.params.id)).map(pendingOut) };
+        const page = await recovery.pendingPage(req.params.id, pageOf(req.query));
+        return { arbitrator: req.params.id, pending: page.items.map(pendingOut), ...nextOf(page) };
       }),
   );
 

@@ -10,6 +10,7 @@ import { recoveryTables } from "./migrations/0003_recovery.ts";
 import { backupTables } from "./migrations/0004_backups.ts";
 import { webhookDeliveries } from "./migrations/0005_webhook_deliveries.ts";
 import { keygenRegistry } from "./migrations/0006_keygen_registry.ts";
+import { recoveryLifecycle } from "./migrations/0007_recovery_lifecycle.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
@@ -20,6 +21,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0004_backups": backupTables(engine),
     "0005_webhook_deliveries": webhookDeliveries(engine),
     "0006_keygen_registry": keygenRegistry(engine),
+    "0007_recovery_lifecycle": recoveryLifecycle(engine),
   };
 }
 

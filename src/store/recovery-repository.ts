@@ -1,10 +1,12 @@
 // The records of key reproduction by arbitrators (issue 4; seed 001 embodiment 3) in SQL: Kysely, one code path
-// for SQLite and PostgreSQL (tables: migrations/0003_recovery.ts). Used by src/recovery/service.ts.
+// for SQLite and PostgreSQL (tables: migrations/0003_recovery.ts, lifecycle columns and the arbitrators' key history:
+// migrations/0007_recovery_lifecycle.ts). Used by src/recovery/service.ts.
 //
-// Owns: arbitrators, per-card policies, escrows with their share envelopes, the registered device secret ID
-// digests, reproduction requests, their approval chains and the released shares. The documents the recovery
-// module defines (policies, escrow records, envelopes, requests, approvals, releases) are stored as the JSON text
-// the service hands in and are returned as such: this module does not interpret them.
+// Owns: arbitrators (and every version of their keys), per-card policies, escrows with their share envelopes, the
+// registered device secret ID digests, reproduction requests, their approval chains and the released shares. The
+// documents the recovery module defines (policies, escrow records, envelopes, requests, approvals, releases, key
+// rotations) are stored as the JSON text the service hands in and are returned as such: this module does not
+// interpret them.
 //
 // Guarantees that must hold across concurrent requests and server processes are constraints or single statements:
 //   - one escrow per card (unique card_id), one card record per physical card (unique secret_id_digest);
@@ -13,9 +15,14 @@
 //     racing for the same position, one is recorded;
 //   - state changes of a request are conditional updates (`from` states), so a request is claimed for
 //     reproduction once.
+//   - a reproduction claims a request with a lease (migrations/0007_recovery_lifecycle.ts): the claim, its
+//     renewal, a takeover of an expired lease and the release are conditional updates on the claim's random id,
+//     so of two processes one holds the request at a time, and a holder that lost it can neither finish nor
+//     release it;
+//   - an arbitrator's key rotation is a conditional update from its current key version to the next.
 // Never: holds a share, a key or a device secret ID in clear — only sealed documents and digests.
 
-import type { Kysely, Transaction } from "kysely";
+import { sql, type Kysely, type Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 
 export interface RecoveryArbitratorsTable {
@@ -26,6 +33,21 @@ export interface RecoveryArbitratorsTable {
   encryption_public_key: Uint8Array;
   registered_by: string;
   registered_at: number;
+  key_version: number;
+  disabled_at: number | null;
+  disabled_by: string | null;
+  disabled_reason: string | null;
+}
+
+export interface RecoveryArbitratorKeysTable {
+  arbitrator_id: string;
+  version: number;
+  signing_public_key: Uint8Array;
+  encryption_public_key: Uint8Array;
+  valid_from: number;
+  retired_at: number | null;
+  rotation: string | null;
+  recorded_by: string;
 }
 
 export interface RecoveryPoliciesTable {
@@ -93,6 +115,11 @@ export interface RecoveryRequestsTable {
   updated_at: number;
   reproduced_by: string | null;
   reproduced_at: number | null;
+  approver_list_key_version: number | null;
+  reproduction_claim: string | null;
+  reproduction_claimed_by: string | null;
+  reproduction_claimed_at: number | null;
+  reproduction_lease_until: number | null;
 }
 
 export interface RecoveryApprovalsTable {
@@ -103,6 +130,7 @@ export interface RecoveryApprovalsTable {
   approval: string;
   approval_hash: string;
   recorded_at: number;
+  signing_key_version: number | null;
 }
 
 export interface RecoveryReleasesTable {
@@ -116,6 +144,7 @@ export interface RecoveryReleasesTable {
 // a type alias, not an interface: Kysely's withTables wants an index-signature-compatible record
 export type RecoveryTables = {
   recovery_arbitrators: RecoveryArbitratorsTable;
+  recovery_arbitrator_keys: RecoveryArbitratorKeysTable;
   recovery_policies: RecoveryPoliciesTable;
   recovery_escrows: RecoveryEscrowsTable;
   recovery_share_envelopes: RecoveryShareEnvelopesTable;
@@ -137,6 +166,27 @@ export interface ArbitratorRecord {
   encryptionPublicKey: Uint8Array;
   registeredBy: string;
   registeredAt: number;
+  /** The version of the current keys: 1 at registration (absent), +1 for each rotation. */
+  keyVersion?: number;
+  /** Deregistration: when, by whom, why (the record stays; the id is never reused). */
+  disabledAt?: number;
+  disabledBy?: string;
+  disabledReason?: string;
+}
+
+/** One version of an arbitrator's keys (the current one has no retiredAt). */
+export interface ArbitratorKeyRecord {
+  arbitratorId: string;
+  version: number;
+  /** SPKI DER. */
+  signingPublicKey: Uint8Array;
+  /** SPKI DER. */
+  encryptionPublicKey: Uint8Array;
+  validFrom: number;
+  retiredAt?: number;
+  /** The signed KeyRotation document (JSON) that made this version; absent for version 1. */
+  rotation?: string;
+  recordedBy: string;
 }
 
 export interface PolicyRecord {
@@ -201,6 +251,22 @@ export interface RequestRecord {
   updatedAt: number;
   reproducedBy: string | null;
   reproducedAt: number | null;
+  /** The author's key version that verified the approver list (absent: recorded before key versions, i.e. 1). */
+  approverListKeyVersion?: number;
+  /** The reproduction holding the request (status reproducing): its claim id, who, since when, until when. */
+  reproductionClaim?: string;
+  reproductionClaimedBy?: string;
+  reproductionClaimedAt?: number;
+  /** Absent while reproducing: no lease recorded (claimed before leases existed), may be taken over at once. */
+  reproductionLeaseUntil?: number;
+}
+
+/** A claim of a request for reproduction: its random id, who holds it, since when, and its lease. */
+export interface ReproductionClaim {
+  claim: string;
+  by: string;
+  at: number;
+  leaseUntil: number;
 }
 
 export interface ApprovalRecord {
@@ -212,6 +278,8 @@ export interface ApprovalRecord {
   approval: string;
   approvalHash: string;
   recordedAt: number;
+  /** The arbitrator's key version that verified it (absent: recorded before key versions, i.e. 1). */
+  signingKeyVersion?: number;
 }
 
 export interface ReleaseRecord {
@@ -238,7 +306,27 @@ const toArbitrator = (r: RecoveryArbitratorsTable): ArbitratorRecord => {
     registeredAt: Number(r.registered_at),
   };
   if (r.display_name !== null) a.displayName = r.display_name;
+  if (Number(r.key_version) !== 1) a.keyVersion = Number(r.key_version);
+  if (r.disabled_at !== null) {
+    a.disabledAt = Number(r.disabled_at);
+    a.disabledBy = r.disabled_by ?? "";
+    a.disabledReason = r.disabled_reason ?? "";
+  }
   return a;
+};
+
+const toKey = (r: RecoveryArbitratorKeysTable): ArbitratorKeyRecord => {
+  const k: ArbitratorKeyRecord = {
+    arbitratorId: r.arbitrator_id,
+    version: Number(r.version),
+    signingPublicKey: bytes(r.signing_public_key),
+    encryptionPublicKey: bytes(r.encryption_public_key),
+    validFrom: Number(r.valid_from),
+    recordedBy: r.recorded_by,
+  };
+  if (r.retired_at !== null) k.retiredAt = Number(r.retired_at);
+  if (r.rotation !== null) k.rotation = r.rotation;
+  return k;
 };
 
 const toEscrow = (r: RecoveryEscrowsTable): EscrowRow => ({
@@ -267,27 +355,36 @@ const toDevice = (r: RecoveryDevicesTable): DeviceRecord => ({
   registeredAt: Number(r.registered_at),
 });
 
-const toRequest = (r: RecoveryRequestsTable): RequestRecord => ({
-  requestId: r.request_id,
-  cardId: r.card_id,
-  escrowId: r.escrow_id,
-  kind: r.kind,
-  request: r.request,
-  requestDigest: r.request_digest,
-  status: r.status,
-  statusDetail: r.status_detail,
-  approverList: r.approver_list,
-  filedBy: r.filed_by,
-  filedAt: Number(r.filed_at),
-  updatedAt: Number(r.updated_at),
-  reproducedBy: r.reproduced_by,
-  reproducedAt: r.reproduced_at === null ? null : Number(r.reproduced_at),
-});
+const toRequest = (r: RecoveryRequestsTable): RequestRecord => {
+  const rec: RequestRecord = {
+    requestId: r.request_id,
+    cardId: r.card_id,
+    escrowId: r.escrow_id,
+    kind: r.kind,
+    request: r.request,
+    requestDigest: r.request_digest,
+    status: r.status,
+    statusDetail: r.status_detail,
+    approverList: r.approver_list,
+    filedBy: r.filed_by,
+    filedAt: Number(r.filed_at),
+    updatedAt: Number(r.updated_at),
+    reproducedBy: r.reproduced_by,
+    reproducedAt: r.reproduced_at === null ? null : Number(r.reproduced_at),
+  };
+  // the lifecycle fields (0007) only when set, so a record reads back as it was inserted
+  if (r.approver_list_key_version !== null) rec.approverListKeyVersion = Number(r.approver_list_key_version);
+  if (r.reproduction_claim !== null) rec.reproductionClaim = r.reproduction_claim;
+  if (r.reproduction_claimed_by !== null) rec.reproductionClaimedBy = r.reproduction_claimed_by;
+  if (r.reproduction_claimed_at !== null) rec.reproductionClaimedAt = Number(r.reproduction_claimed_at);
+  if (r.reproduction_lease_until !== null) rec.reproductionLeaseUntil = Number(r.reproduction_lease_until);
+  return rec;
+};
 
 export class SqlRecoveryRepository {
   private readonly db: Kysely<RecoveryTables>;
 
-  /** @param db the system DB migrated so that 0003_recovery exists, or a transaction of it */
+  /** @param db the system DB migrated so that 0003_recovery and 0007_recovery_lifecycle exist, or a transaction of it */
   constructor(db: Db | Kysely<unknown> | Transaction<Database>) {
     this.db = (db as Kysely<unknown>).withTables<RecoveryTables>() as unknown as Kysely<RecoveryTables>;
   }
@@ -303,8 +400,9 @@ export class SqlRecoveryRepository {
 
   // --- arbitrators ------------------------------------------------------------------------------------------------
 
-  /** Records a new arbitrator; false when the id is taken (nothing changes). */
+  /** Records a new arbitrator and its keys as version 1 (in one transaction); false when the id is taken. */
   async insertArbitrator(a: ArbitratorRecord): Promise<boolean> {
+    if (!this.db.isTransaction) return this.transaction((repo) => repo.insertArbitrator(a));
     const r = await this.db
       .insertInto("recovery_arbitrators")
       .values({
@@ -315,11 +413,20 @@ export class SqlRecoveryRepository {
         encryption_public_key: a.encryptionPublicKey,
         registered_by: a.registeredBy,
         registered_at: a.registeredAt,
+        key_version: 1,
+        disabled_at: null,
+        disabled_by: null,
+        disabled_reason: null,
       })
       .onConflict((oc) => oc.column("id").doNothing())
       .returning("id")
       .executeTakeFirst();
-    return r !== undefined;
+    if (r === undefined) return false;
+    await this.db
+      .insertInto("recovery_arbitrator_keys")
+      .values({ arbitrator_id: a.id, version: 1, signing_public_key: a.signingPublicKey, encryption_public_key: a.encryptionPublicKey, valid_from: a.registeredAt, retired_at: null, rotation: null, recorded_by: a.registeredBy })
+      .execute();
+    return true;
   }
 
   async arbitrator(id: string): Promise<ArbitratorRecord | undefined> {
@@ -327,9 +434,68 @@ export class SqlRecoveryRepository {
     return r && toArbitrator(r);
   }
 
-  /** Every registered arbitrator, by id. */
-  async arbitrators(): Promise<ArbitratorRecord[]> {
-    return (await this.db.selectFrom("recovery_arbitrators").selectAll().orderBy("id").execute()).map(toArbitrator);
+  /** Registered arbitrators (deregistered ones included), by id; a page of them with `after` (an id) and `limit`. */
+  async arbitrators(page: { after?: string; limit?: number } = {}): Promise<ArbitratorRecord[]> {
+    let q = this.db.selectFrom("recovery_arbitrators").selectAll();
+    if (page.after !== undefined) q = q.where("id", ">", page.after);
+    q = q.orderBy("id");
+    if (page.limit !== undefined) q = q.limit(page.limit);
+    return (await q.execute()).map(toArbitrator);
+  }
+
+  /** Every key version of the arbitrators named (all arbitrators without `ids`), by arbitrator then version. */
+  async arbitratorKeys(ids?: readonly string[]): Promise<ArbitratorKeyRecord[]> {
+    if (ids !== undefined && ids.length === 0) return [];
+    let q = this.db.selectFrom("recovery_arbitrator_keys").selectAll();
+    if (ids !== undefined) q = q.where("arbitrator_id", "in", [...ids]);
+    return (await q.orderBy("arbitrator_id").orderBy("version").execute()).map(toKey);
+  }
+
+  /**
+   * Replaces an arbitrator's keys by version `fromVersion + 1` (call inside transaction()): the current version is
+   * retired at `next.at`, the new one recorded with the rotation document. False (nothing changes) when the
+   * arbitrator's current version is no longer `fromVersion` or it is deregistered.
+   */
+  async rotateArbitratorKeys(
+    id: string,
+    fromVersion: number,
+    next: { signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array; at: number; rotation: string; by: string },
+  ): Promise<boolean> {
+    if (!this.db.isTransaction) throw new Error("rotateArbitratorKeys must run inside transaction()");
+    const r = await this.db
+      .updateTable("recovery_arbitrators")
+      .set({ signing_public_key: next.signingPublicKey, encryption_public_key: next.encryptionPublicKey, key_version: fromVersion + 1 })
+      .where("id", "=", id)
+      .where("key_version", "=", fromVersion)
+      .where("disabled_at", "is", null)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) return false;
+    await this.db.updateTable("recovery_arbitrator_keys").set({ retired_at: next.at }).where("arbitrator_id", "=", id).where("version", "=", fromVersion).execute();
+    await this.db
+      .insertInto("recovery_arbitrator_keys")
+      .values({
+        arbitrator_id: id,
+        version: fromVersion + 1,
+        signing_public_key: next.signingPublicKey,
+        encryption_public_key: next.encryptionPublicKey,
+        valid_from: next.at,
+        retired_at: null,
+        rotation: next.rotation,
+        recorded_by: next.by,
+      })
+      .execute();
+    return true;
+  }
+
+  /** Deregisters an arbitrator; false when there is no such arbitrator or it is deregistered already. */
+  async disableArbitrator(id: string, at: number, by: string, reason: string): Promise<boolean> {
+    const r = await this.db
+      .updateTable("recovery_arbitrators")
+      .set({ disabled_at: at, disabled_by: by, disabled_reason: reason })
+      .where("id", "=", id)
+      .where("disabled_at", "is", null)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
   }
 
   // --- policies ---------------------------------------------------------------------------------------------------
@@ -342,6 +508,30 @@ export class SqlRecoveryRepository {
       .values(row)
       .onConflict((oc) => oc.column("card_id").doUpdateSet({ policy: row.policy, policy_digest: row.policy_digest, set_by: row.set_by, set_at: row.set_at }))
       .execute();
+  }
+
+  /**
+   * Policies whose text names `text` as a JSON string (a prefilter: the caller parses and checks them), by card id,
+   * after the card id `after`, at most `limit`; with the card's escrow id when its key is escrowed.
+   */
+  async policiesMentioning(text: string, page: { after?: string; limit: number }): Promise<(PolicyRecord & { escrowId?: string; escrowPolicy?: string })[]> {
+    const pattern = `%${JSON.stringify(text).replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    let q = this.db
+      .selectFrom("recovery_policies as p")
+      .leftJoin("recovery_escrows as e", "e.card_id", "p.card_id")
+      .select(["p.card_id", "p.policy", "p.policy_digest", "p.set_by", "p.set_at", "e.escrow_id", "e.policy as escrow_policy"])
+      .where((eb) => eb.or([sql<boolean>`p.policy like ${pattern} escape '\\'`, sql<boolean>`e.policy like ${pattern} escape '\\'`]));
+    if (page.after !== undefined) q = q.where("p.card_id", ">", page.after);
+    const rows = await q.orderBy("p.card_id").limit(page.limit).execute();
+    return rows.map((r) => ({
+      cardId: r.card_id,
+      policy: r.policy,
+      policyDigest: r.policy_digest,
+      setBy: r.set_by,
+      setAt: Number(r.set_at),
+      ...(r.escrow_id !== null ? { escrowId: r.escrow_id } : {}),
+      ...(r.escrow_policy !== null ? { escrowPolicy: r.escrow_policy } : {}),
+    }));
   }
 
   async policy(cardId: string): Promise<PolicyRecord | undefined> {
@@ -415,6 +605,12 @@ export class SqlRecoveryRepository {
     return r && toEscrow(r);
   }
 
+  /** The envelopes of one escrow, by share. */
+  async envelopesOfEscrow(escrowId: string): Promise<EnvelopeRow[]> {
+    const rows = await this.db.selectFrom("recovery_share_envelopes").selectAll().where("escrow_id", "=", escrowId).orderBy("share_id").execute();
+    return rows.map((r) => ({ escrowId: r.escrow_id, shareId: r.share_id, arbitratorId: r.arbitrator_id, envelope: r.envelope }));
+  }
+
   /** The envelopes addressed to an arbitrator, optionally of one card's escrow only, by escrow then share. */
   async envelopesFor(arbitratorId: string, opts: { cardId?: string } = {}): Promise<EnvelopeRow[]> {
     let q = this.db
@@ -473,6 +669,11 @@ export class SqlRecoveryRepository {
         updated_at: r.updatedAt,
         reproduced_by: r.reproducedBy,
         reproduced_at: r.reproducedAt,
+        approver_list_key_version: null,
+        reproduction_claim: null,
+        reproduction_claimed_by: null,
+        reproduction_claimed_at: null,
+        reproduction_lease_until: null,
       })
       .onConflict((oc) => oc.doNothing())
       .returning("request_id")
@@ -485,14 +686,19 @@ export class SqlRecoveryRepository {
     return r && toRequest(r);
   }
 
-  /** Requests, newest first, filtered by status and/or card. */
-  async requests(filter: { statuses?: readonly RequestStatus[]; cardId?: string; limit?: number } = {}): Promise<RequestRecord[]> {
+  /**
+   * Requests, newest first (filed_at, then request_id, descending: a total order), filtered by status and/or card;
+   * `after` continues after the request at that position (keyset pagination).
+   */
+  async requests(filter: { statuses?: readonly RequestStatus[]; cardId?: string; limit?: number; after?: { filedAt: number; requestId: string } } = {}): Promise<RequestRecord[]> {
     let q = this.db.selectFrom("recovery_requests").selectAll();
     if (filter.statuses) {
       if (filter.statuses.length === 0) return [];
       q = q.where("status", "in", [...filter.statuses]);
     }
     if (filter.cardId !== undefined) q = q.where("card_id", "=", filter.cardId);
+    const after = filter.after;
+    if (after !== undefined) q = q.where((eb) => eb.or([eb("filed_at", "<", after.filedAt), eb.and([eb("filed_at", "=", after.filedAt), eb("request_id", "<", after.requestId)])]));
     q = q.orderBy("filed_at", "desc").orderBy("request_id", "desc");
     if (filter.limit !== undefined) q = q.limit(filter.limit);
     return (await q.execute()).map(toRequest);
@@ -517,15 +723,76 @@ export class SqlRecoveryRepository {
     from: readonly RequestStatus[],
     to: RequestStatus,
     at: number,
-    fields: { statusDetail?: string | null; approverList?: string; reproducedBy?: string; reproducedAt?: number } = {},
+    fields: { statusDetail?: string | null; approverList?: string; approverListKeyVersion?: number; reproducedBy?: string; reproducedAt?: number } = {},
   ): Promise<boolean> {
     const set: Partial<RecoveryRequestsTable> = { status: to, updated_at: at };
     if (fields.statusDetail !== undefined) set.status_detail = fields.statusDetail;
     if (fields.approverList !== undefined) set.approver_list = fields.approverList;
+    if (fields.approverListKeyVersion !== undefined) set.approver_list_key_version = fields.approverListKeyVersion;
     if (fields.reproducedBy !== undefined) set.reproduced_by = fields.reproducedBy;
     if (fields.reproducedAt !== undefined) set.reproduced_at = fields.reproducedAt;
     const r = await this.db.updateTable("recovery_requests").set(set).where("request_id", "=", requestId).where("status", "in", [...from]).executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
+  }
+
+  // --- the reproduction lease --------------------------------------------------------------------------------------
+
+  /**
+   * Claims a request for one reproduction: from "satisfied" (`previous` undefined), or — a takeover — from a
+   * "reproducing" request still held by the claim `previous` (null: a claim without an id, from before leases)
+   * whose lease ended at or before `c.at` (or was never recorded). One statement: of concurrent claims one wins.
+   */
+  async claimReproduction(requestId: string, c: ReproductionClaim, previous?: string | null): Promise<boolean> {
+    let q = this.db
+      .updateTable("recovery_requests")
+      .set({ status: "reproducing", status_detail: null, updated_at: c.at, reproduction_claim: c.claim, reproduction_claimed_by: c.by, reproduction_claimed_at: c.at, reproduction_lease_until: c.leaseUntil })
+      .where("request_id", "=", requestId);
+    if (previous === undefined) q = q.where("status", "=", "satisfied");
+    else {
+      q = q.where("status", "=", "reproducing").where((eb) => eb.or([eb("reproduction_lease_until", "is", null), eb("reproduction_lease_until", "<=", c.at)]));
+      q = previous === null ? q.where("reproduction_claim", "is", null) : q.where("reproduction_claim", "=", previous);
+    }
+    return Number((await q.executeTakeFirst()).numUpdatedRows) === 1;
+  }
+
+  /** Extends the lease of the claim `claim` to `leaseUntil`; false when the request is no longer held by it. */
+  async renewReproduction(requestId: string, claim: string, leaseUntil: number): Promise<boolean> {
+    const r = await this.db
+      .updateTable("recovery_requests")
+      .set({ reproduction_lease_until: leaseUntil })
+      .where("request_id", "=", requestId)
+      .where("status", "=", "reproducing")
+      .where("reproduction_claim", "=", claim)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
+  }
+
+  /**
+   * Ends the claim `claim` (null: a claim without an id, from before leases): the request moves to `to`
+   * ("reproduced" when done, "satisfied" to be reproduced again) and the claim is cleared. False (nothing changes)
+   * when the request is not "reproducing" under that claim — another reproduction took it over.
+   */
+  async endReproduction(
+    requestId: string,
+    claim: string | null,
+    to: "reproduced" | "satisfied",
+    at: number,
+    fields: { statusDetail?: string | null; reproducedBy?: string; reproducedAt?: number } = {},
+  ): Promise<boolean> {
+    const set: Partial<RecoveryRequestsTable> = {
+      status: to,
+      updated_at: at,
+      reproduction_claim: null,
+      reproduction_claimed_by: null,
+      reproduction_claimed_at: null,
+      reproduction_lease_until: null,
+    };
+    if (fields.statusDetail !== undefined) set.status_detail = fields.statusDetail;
+    if (fields.reproducedBy !== undefined) set.reproduced_by = fields.reproducedBy;
+    if (fields.reproducedAt !== undefined) set.reproduced_at = fields.reproducedAt;
+    let q = this.db.updateTable("recovery_requests").set(set).where("request_id", "=", requestId).where("status", "=", "reproducing");
+    q = claim === null ? q.where("reproduction_claim", "is", null) : q.where("reproduction_claim", "=", claim);
+    return Number((await q.executeTakeFirst()).numUpdatedRows) === 1;
   }
 
   // --- approvals and releases -------------------------------------------------------------------------------------
@@ -541,6 +808,7 @@ export class SqlRecoveryRepository {
       approval: r.approval,
       approvalHash: r.approval_hash,
       recordedAt: Number(r.recorded_at),
+      ...(r.signing_key_version !== null ? { signingKeyVersion: Number(r.signing_key_version) } : {}),
     }));
   }
 
@@ -548,7 +816,16 @@ export class SqlRecoveryRepository {
   async insertApproval(a: ApprovalRecord): Promise<boolean> {
     const r = await this.db
       .insertInto("recovery_approvals")
-      .values({ request_id: a.requestId, seq: a.seq, arbitrator_id: a.arbitratorId, decision: a.decision, approval: a.approval, approval_hash: a.approvalHash, recorded_at: a.recordedAt })
+      .values({
+        request_id: a.requestId,
+        seq: a.seq,
+        arbitrator_id: a.arbitratorId,
+        decision: a.decision,
+        approval: a.approval,
+        approval_hash: a.approvalHash,
+        recorded_at: a.recordedAt,
+        signing_key_version: a.signingKeyVersion ?? null,
+      })
       .onConflict((oc) => oc.doNothing())
       .returning("seq")
       .executeTakeFirst();

@@ -7,7 +7,11 @@
 //                      its share envelopes with its ECDH key, releases each share sealed to the reproduction
 //                      device's key, and posts approval and releases;
 //   refuseRequest      signs and posts a refusal with its reason;
-//   signApproverListFor  the policy's author signs the list of approvers of a satisfied chain.
+//   signApproverListFor  the policy's author signs the list of approvers of a satisfied chain;
+//   rotateKeysFor      signs a rotation of the arbitrator's keys with its current signing key (and the new one).
+//
+// Lists come a page at a time (…Page methods: `limit`, `after`, and the response's `next`); arbitrators() and
+// pending() follow every page.
 //
 // The arbitrator's private keys stay in this process: only signatures and sealed shares leave it. Share values are
 // wiped once sealed. Nothing here logs.
@@ -19,7 +23,7 @@ import { transmitFollowing } from "../issuer/relay.ts";
 import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
 import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
 import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
-import { releaseSharesFor, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
+import { releaseSharesFor, signKeyRotation, type KeyRotation, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
 import { ApiError, fromBase64, fromHex, hexOf, type IssuerApiClient } from "./api-client.ts";
 
 // ---- wire shapes (recovery-routes.ts) -------------------------------------------------------------------------------
@@ -34,6 +38,38 @@ export interface ArbitratorJson {
   encryptionKeyId: string;
   registeredBy: string;
   registeredAt: number;
+  keyVersion: number;
+  status: "active" | "deregistered";
+  deregistered?: { at: number; by: string; reason: string };
+  /** Every key version, oldest first: SHA-256 (hex) of each SPKI. */
+  keys: { version: number; signingKeyId: string; encryptionKeyId: string; validFrom: number; retiredAt?: number }[];
+}
+
+/** A page of a list; `next` (for `after`) when more follow. */
+export interface PageJson<T> {
+  items: T[];
+  next?: string;
+}
+
+export interface PageQuery {
+  limit?: number;
+  after?: string;
+}
+
+export interface DeregistrationJson {
+  arbitrator: ArbitratorJson;
+  endedRequests: { requestId: string; cardId: string; message: string }[];
+  strandedCards: string[];
+  strandedCount: number;
+  tokensRevoked: string[];
+}
+
+export interface PolicyDependencyJson {
+  cardId: string;
+  policyDigest: string;
+  escrowId?: string;
+  as: string[];
+  satisfiableWithout: boolean;
 }
 
 export interface PolicyJson {
@@ -57,7 +93,7 @@ export interface EscrowJson {
   /** PEM. */
   certificate: string;
   serial: string;
-  shares: { shareId: string; arbitrator: string; slot: ShareSlot }[];
+  shares: { shareId: string; arbitrator: string; slot: ShareSlot; recipientKeyId: string; sealedToRetiredKey: boolean; holderDeregistered: boolean }[];
   deviceGeneration: number;
   createdAt: number;
 }
@@ -81,6 +117,8 @@ export interface RequestJson {
   filedAt: number;
   reproducedBy?: string;
   reproducedAt?: number;
+  /** While "reproducing": who holds it, since when, until when its lease runs. */
+  reproduction?: { claimedBy: string; claimedAt: number; leaseUntil?: number };
 }
 
 export type PendingJson =
@@ -107,6 +145,25 @@ function seg(id: string): string {
   return encodeURIComponent(id);
 }
 
+/** `?after=&limit=` plus other query members, or "". */
+function queryOf(members: Record<string, string | number | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(members)) if (v !== undefined) q.set(k, String(v));
+  const qs = q.toString();
+  return qs ? `?${qs}` : "";
+}
+
+/** Every item of a paged list (each page one request). */
+async function allPages<T>(page: (after?: string) => Promise<PageJson<T>>): Promise<T[]> {
+  const out: T[] = [];
+  for (let after: string | undefined; ; ) {
+    const p = await page(after);
+    out.push(...p.items);
+    if (p.next === undefined) return out;
+    after = p.next;
+  }
+}
+
 /** A public key as PEM (BEGIN PUBLIC KEY); a private KeyObject gives its public half. */
 function publicPem(k: string | KeyObject): string {
   if (typeof k === "string") return k;
@@ -125,8 +182,29 @@ export class RecoveryApiClient {
     return this.api.request("POST", "/v1/recovery/arbitrators", body);
   }
 
+  /** Every arbitrator (all pages). */
   async arbitrators(): Promise<ArbitratorJson[]> {
-    return (await this.api.request<{ arbitrators: ArbitratorJson[] }>("GET", "/v1/recovery/arbitrators")).arbitrators;
+    return allPages((after) => this.arbitratorsPage({ after, limit: 1000 }));
+  }
+
+  async arbitratorsPage(page: PageQuery = {}): Promise<PageJson<ArbitratorJson>> {
+    const r = await this.api.request<{ arbitrators: ArbitratorJson[]; next?: string }>("GET", `/v1/recovery/arbitrators${queryOf({ after: page.after, limit: page.limit })}`);
+    return { items: r.arbitrators, ...(r.next !== undefined ? { next: r.next } : {}) };
+  }
+
+  /** Posts a rotation of the arbitrator's keys (signed on the arbitrator's side: signKeyRotation, rotateKeysFor). */
+  rotateArbitratorKeys(id: string, rotation: KeyRotation): Promise<ArbitratorJson> {
+    return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/key-rotation`, { rotation });
+  }
+
+  deregisterArbitrator(id: string, reason: string, o: { force?: boolean } = {}): Promise<DeregistrationJson> {
+    return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/deregister`, { reason, ...(o.force ? { force: true } : {}) });
+  }
+
+  /** The cards whose policies name the arbitrator, a page. */
+  async arbitratorDependents(id: string, page: PageQuery = {}): Promise<PageJson<PolicyDependencyJson>> {
+    const r = await this.api.request<{ policies: PolicyDependencyJson[]; next?: string }>("GET", `/v1/recovery/arbitrators/${seg(id)}/dependents${queryOf({ after: page.after, limit: page.limit })}`);
+    return { items: r.policies, ...(r.next !== undefined ? { next: r.next } : {}) };
   }
 
   arbitrator(id: string): Promise<ArbitratorJson> {
@@ -165,13 +243,17 @@ export class RecoveryApiClient {
     return this.api.request("POST", "/v1/recovery/requests", body);
   }
 
+  /** The first page of requests (newest first); requestsPage for the others. */
   async requests(filter: { status?: string; cardId?: string; limit?: number } = {}): Promise<RequestJson[]> {
-    const q = new URLSearchParams();
-    if (filter.status !== undefined) q.set("status", filter.status);
-    if (filter.cardId !== undefined) q.set("cardId", filter.cardId);
-    if (filter.limit !== undefined) q.set("limit", String(filter.limit));
-    const qs = q.toString();
-    return (await this.api.request<{ requests: RequestJson[] }>("GET", `/v1/recovery/requests${qs ? `?${qs}` : ""}`)).requests;
+    return (await this.requestsPage(filter)).items;
+  }
+
+  async requestsPage(filter: { status?: string; cardId?: string } & PageQuery = {}): Promise<PageJson<RequestJson>> {
+    const r = await this.api.request<{ requests: RequestJson[]; next?: string }>(
+      "GET",
+      `/v1/recovery/requests${queryOf({ status: filter.status, cardId: filter.cardId, after: filter.after, limit: filter.limit })}`,
+    );
+    return { items: r.requests, ...(r.next !== undefined ? { next: r.next } : {}) };
   }
 
   request(requestId: string): Promise<RequestJson> {
@@ -182,10 +264,21 @@ export class RecoveryApiClient {
     return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/withdraw`, { reason });
   }
 
+  /** A request stuck "reproducing" (its reproduction's process is gone) back to "satisfied"; refused while its lease is live. */
+  resetReproduction(requestId: string, reason: string): Promise<RequestJson> {
+    return this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/reset-reproduction`, { reason });
+  }
+
   // ---- the arbitrators' routes ---------------------------------------------------------------------------------------
 
+  /** Everything pending for the arbitrator (all pages). */
   async pending(arbitratorId: string): Promise<PendingJson[]> {
-    return (await this.api.request<{ pending: PendingJson[] }>("GET", `/v1/recovery/arbitrators/${seg(arbitratorId)}/pending`)).pending;
+    return allPages((after) => this.pendingPage(arbitratorId, { after, limit: 100 }));
+  }
+
+  async pendingPage(arbitratorId: string, page: PageQuery = {}): Promise<PageJson<PendingJson>> {
+    const r = await this.api.request<{ pending: PendingJson[]; next?: string }>("GET", `/v1/recovery/arbitrators/${seg(arbitratorId)}/pending${queryOf({ after: page.after, limit: page.limit })}`);
+    return { items: r.pending, ...(r.next !== undefined ? { next: r.next } : {}) };
   }
 
   approve(requestId: string, approval: Approval, releases: ShareRelease[]): Promise<RequestJson> {
@@ -250,6 +343,11 @@ export interface ArbitratorPrivateKeys {
   signing: KeyObject;
   /** ECDH P-256: opens the share envelopes sealed to the arbitrator. */
   encryption?: KeyObject;
+  /**
+   * Encryption keys the arbitrator rotated out: shares sealed before a rotation stay sealed to the key of the
+   * time until the escrow is re-split, so they are opened with it (chosen by the envelope's recipientKeyId).
+   */
+  previousEncryption?: KeyObject[];
 }
 
 /** A P-256 private key from PEM (PKCS#8 or SEC 1); `what` names it in errors (never its content). */
@@ -343,10 +441,37 @@ export async function approveRequest(
   if (o.expectDeviceKeyId !== undefined && o.expectDeviceKeyId.toLowerCase() !== device.keyId)
     throw new RecoveryClientError(`the server's reproduction device key is ${device.keyId}, not the expected ${o.expectDeviceKeyId}; no share released`);
   const v = item.request;
-  const encryption = keys.encryption;
-  const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, encryption, { escrowId: v.escrowId, cardId: v.cardId }), device.spki);
+  const byKeyId = new Map([keys.encryption, ...(keys.previousEncryption ?? [])].map((k) => [keyIdOf(k), k]));
+  const missing = item.envelopes.filter((e) => !byKeyId.has(e.header.recipientKeyId)).map((e) => e.header.shareId);
+  if (missing.length) throw new RecoveryClientError(`share(s) ${missing.join(", ")} are sealed to an encryption key not given (a key rotated out: give it as a previous encryption key); no share released`);
+  const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, byKeyId.get(e.header.recipientKeyId)!, { escrowId: v.escrowId, cardId: v.cardId }), device.spki);
   const approval = signApproval(v.request, v.chainHead, { arbitrator: arbitratorId, decision: "approve", reason: o.reason }, keys.signing);
   return client.approve(requestId, approval, releases);
+}
+
+/** SHA-256 (hex) of a key's SubjectPublicKeyInfo (a private key: of its public half). */
+export function keyIdOf(k: KeyObject): string {
+  return createHash("sha256")
+    .update((k.type === "private" ? createPublicKey(k) : k).export({ format: "der", type: "spki" }))
+    .digest("hex");
+}
+
+/**
+ * Rotates the arbitrator's keys: fetches its record (current key version and keys), checks that `currentSigningKey`
+ * is its current signing key, signs the rotation with it — and with `next.signingKey`, the new signing private key,
+ * when given — and posts it. `next.encryptionPublicKey`: the new encryption key (its public half is sent). The
+ * arbitrator keeps its old encryption private key: shares already sealed to it are opened with it until a re-split.
+ */
+export async function rotateKeysFor(client: RecoveryApiClient, arbitratorId: string, currentSigningKey: KeyObject, next: { signingKey?: KeyObject; encryptionPublicKey?: KeyObject }): Promise<ArbitratorJson> {
+  if (!next.signingKey && !next.encryptionPublicKey) throw new RecoveryClientError("a rotation needs a new signing key, a new encryption key, or both");
+  const a = await client.arbitrator(arbitratorId);
+  const signingPublicKey = fromBase64(a.signingPublicKey, "signingPublicKey");
+  const encryptionPublicKey = fromBase64(a.encryptionPublicKey, "encryptionPublicKey");
+  if (keyIdOf(currentSigningKey) !== createHash("sha256").update(signingPublicKey).digest("hex"))
+    throw new RecoveryClientError(`the signing key given is not ${arbitratorId}'s current signing key (version ${a.keyVersion}); nothing signed`);
+  const enc = next.encryptionPublicKey && (next.encryptionPublicKey.type === "private" ? createPublicKey(next.encryptionPublicKey) : next.encryptionPublicKey);
+  const rotation = signKeyRotation({ arbitrator: arbitratorId, keyVersion: a.keyVersion, signingPublicKey, encryptionPublicKey }, currentSigningKey, { signingKey: next.signingKey, encryptionPublicKey: enc });
+  return client.rotateArbitratorKeys(arbitratorId, rotation);
 }
 
 /** Step S6, refusing with a reason (signed; releases nothing). */
