@@ -17,7 +17,6 @@
 
 import { Command, Option } from "commander";
 import { existsSync, readFileSync } from "node:fs";
-import { openCard } from "../card/card.ts";
 import {
   approveRequest,
   generateArbitratorKeyFiles,
@@ -32,9 +31,8 @@ import {
   type PendingJson,
   type RequestJson,
 } from "../terminal/recovery-client.ts";
-import { ScriptorTransport } from "../transport/scriptor.ts";
-import { InProcessTransport, type CardTransport } from "../transport/transport.ts";
-import { resolveImageSecret, UsageError } from "./image-key.ts";
+import { cardTargetOptions, openCardTarget, type CardTargetOpts } from "./card-target.ts";
+import { UsageError } from "./image-key.ts";
 import { apiFrom, print, serverOptions, type Out, type ServerOpts } from "./issuer.ts";
 
 const KINDS = ["key-lost", "card-destroyed"];
@@ -111,16 +109,6 @@ function describePending(id: string, items: PendingJson[]): string {
         : `request ${p.request.requestId} (card ${p.request.cardId}): satisfied by ${p.request.evaluation.approvers.join(", ")} — sign the list of approvers`,
     )
     .join("\n");
-}
-
-/** The card to reproduce into: a card image (in-process) or a PC/SC reader. */
-function openTarget(o: { cardImage?: string; reader?: string; imageKeyFile?: string }): CardTransport {
-  if (!o.cardImage === !o.reader) throw new UsageError("name the card: --card-image <file> or --reader <name>");
-  if (o.cardImage) {
-    if (!existsSync(o.cardImage)) throw new UsageError(`no card image at ${o.cardImage}`);
-    return new InProcessTransport(openCard(o.cardImage, resolveImageSecret(o.imageKeyFile), { durability: "fsync" }), { closeCard: true });
-  }
-  return new ScriptorTransport({ reader: o.reader });
 }
 
 export function registerRecoveryCommands(program: Command): void {
@@ -411,17 +399,16 @@ export function registerRecoveryCommands(program: Command): void {
 
   // ---- reproduction ---------------------------------------------------------------------------------------------------------
   serverOptions(
-    recovery
-      .command("reproduce")
-      .description("reproduce a satisfied request's key into a card here (card image or PC/SC reader): the server drives the card through this machine")
-      .argument("<requestId>", "request id")
-      .option("--card <cardId>", "the card record whose key set the card holds (default the request's card; for card-destroyed, the newly issued card)")
-      .option("--card-image <file>", "the card, as a virtual card image")
-      .option("--reader <name>", "the card, in this PC/SC reader (through scriptor)")
-      .addOption(new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)")),
-  ).action(async (id: string, o: ServerOpts & { card?: string; cardImage?: string; reader?: string; imageKeyFile?: string }) => {
+    cardTargetOptions(
+      recovery
+        .command("reproduce")
+        .description("reproduce a satisfied request's key into a card here (card image or PC/SC reader): the server drives the card through this machine")
+        .argument("<requestId>", "request id")
+        .option("--card <cardId>", "the card record whose key set the card holds (default the request's card; for card-destroyed, the newly issued card)"),
+    ),
+  ).action(async (id: string, o: ServerOpts & CardTargetOpts & { card?: string }) => {
     const api = client(o);
-    const transport = openTarget(o);
+    const transport = openCardTarget(o);
     try {
       const r = await api.reproduce(id, (a) => transport.transmit(a), { cardId: o.card });
       print(

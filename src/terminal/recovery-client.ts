@@ -19,12 +19,12 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { transmitFollowing } from "../issuer/relay.ts";
 import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
 import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
 import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
 import { releaseSharesFor, signKeyRotation, type KeyRotation, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
-import { ApiError, fromBase64, fromHex, hexOf, type IssuerApiClient } from "./api-client.ts";
+import { ApiError, fromBase64, type IssuerApiClient } from "./api-client.ts";
+import { liveStep, liveStepOf, runLiveRelay, type LiveStep } from "./live-relay-client.ts";
 
 // ---- wire shapes (recovery-routes.ts) -------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ export interface DeviceKey {
   keyId: string;
 }
 
-export type ReproductionStep = { sessionId: string; apdus: Uint8Array[] } | { sessionId: string; result: ReproductionResult };
+export type ReproductionStep = LiveStep<ReproductionResult>;
 
 /** A refusal on the arbitrator's side, before anything is signed or sent. */
 export class RecoveryClientError extends Error {
@@ -302,12 +302,11 @@ export class RecoveryApiClient {
   // ---- reproduction through the terminal ----------------------------------------------------------------------------
 
   async startReproduction(requestId: string, cardId?: string): Promise<ReproductionStep> {
-    return stepOf(await this.api.request("POST", `/v1/recovery/requests/${seg(requestId)}/reproduce`, cardId === undefined ? {} : { cardId }));
+    return liveStepOf(await this.api.request<object>("POST", `/v1/recovery/requests/${seg(requestId)}/reproduce`, cardId === undefined ? {} : { cardId }));
   }
 
-  async reproductionStep(sessionId: string, responses: Uint8Array[]): Promise<ReproductionStep> {
-    if (!/^[0-9a-f]{32}$/.test(sessionId)) throw new ApiError(0, "client:bad-argument", "Bad identifier", "not a session ID");
-    return stepOf({ sessionId, ...(await this.api.request<object>("POST", `/v1/recovery/sessions/${sessionId}`, { responses: responses.map(hexOf) })) });
+  reproductionStep(sessionId: string, responses: Uint8Array[]): Promise<ReproductionStep> {
+    return liveStep(this.api, SESSIONS, sessionId, responses);
   }
 
   /**
@@ -315,26 +314,12 @@ export class RecoveryApiClient {
    * the reproduction and forwards each APDU the server sends to the card until the server reports the result.
    * A refusal comes back as the server's ApiError (its detail names the check).
    */
-  async reproduce(requestId: string, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, o: { cardId?: string; maxRounds?: number } = {}): Promise<ReproductionResult> {
-    let step = await this.startReproduction(requestId, o.cardId);
-    const max = o.maxRounds ?? 512;
-    for (let round = 0; round < max; round++) {
-      if ("result" in step) return step.result;
-      const responses: Uint8Array[] = [];
-      for (const a of step.apdus) responses.push(await transmitFollowing(transmit, a));
-      step = await this.reproductionStep(step.sessionId, responses);
-    }
-    if ("result" in step) return step.result;
-    throw new RecoveryClientError(`reproduction session ${step.sessionId} did not finish in ${max} rounds`);
+  reproduce(requestId: string, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, o: { cardId?: string; maxRounds?: number } = {}): Promise<ReproductionResult> {
+    return runLiveRelay(this.api, () => this.startReproduction(requestId, o.cardId), SESSIONS, transmit, { maxRounds: o.maxRounds, what: "reproduction" });
   }
 }
 
-function stepOf(r: { sessionId?: unknown; apdus?: unknown; result?: unknown }): ReproductionStep {
-  if (typeof r.sessionId !== "string") throw new ApiError(0, "client:bad-response", "Malformed server response", "no sessionId");
-  if (r.result && typeof r.result === "object") return { sessionId: r.sessionId, result: r.result as ReproductionResult };
-  if (!Array.isArray(r.apdus)) throw new ApiError(0, "client:bad-response", "Malformed server response", "neither apdus nor result");
-  return { sessionId: r.sessionId, apdus: r.apdus.map((a, i) => fromHex(a as string, `apdus[${i}]`)) };
-}
+const SESSIONS = "/v1/recovery/sessions";
 
 // ---- the arbitrator's side -------------------------------------------------------------------------------------------
 
