@@ -2,6 +2,7 @@
 // DB of the given engine and a software keystore (or a SoftHSM2 token) in a temp dir, with an admin, an operator and an auditor token.
 // For the API tests: requests go through app.inject.
 import assert from "node:assert/strict";
+import type { TestContext } from "node:test";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -97,9 +98,24 @@ const swOf = (r: Uint8Array) => (r[r.length - 2] << 8) | r[r.length - 1];
 type Res = Awaited<ReturnType<ApiEnv["server"]["app"]["inject"]>>;
 
 export function api(env: ApiEnv) {
-  const call = (method: "GET" | "POST", url: string, token?: string, body?: unknown) =>
+  const call = (method: "GET" | "POST" | "PUT", url: string, token?: string, body?: unknown) =>
     env.server.app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(body !== undefined ? { payload: body as object } : {}) });
-  return { get: (url: string, token?: string) => call("GET", url, token), post: (url: string, token?: string, body: unknown = {}) => call("POST", url, token, body) };
+  return {
+    get: (url: string, token?: string) => call("GET", url, token),
+    post: (url: string, token?: string, body: unknown = {}) => call("POST", url, token, body),
+    put: (url: string, token: string, body: unknown) => call("PUT", url, token, body),
+  };
+}
+
+/** issuerApiEnv for one test: it and the cards pushed to `cards` are closed when the test ends. */
+export async function apiEnvFor(t: TestContext, engine: TestEngine, o: ApiEnvOptions = {}): Promise<{ env: ApiEnv; cards: CardRuntime[] }> {
+  const env = await issuerApiEnv(engine, o);
+  const cards: CardRuntime[] = [];
+  t.after(async () => {
+    for (const c of cards) c.close();
+    await env.close();
+  });
+  return { env, cards };
 }
 
 export function expect(r: Res, status: number): Record<string, unknown> {

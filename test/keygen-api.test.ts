@@ -7,14 +7,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, X509Certificate } from "node:crypto";
-import type { CardRuntime } from "../src/card/runtime.ts";
 import { fromPem } from "../src/ca/pem.ts";
 import type { KeyCustody } from "../src/custody/custody.ts";
 import { buildSignedCsr } from "../src/keygen/csr.ts";
 import type { PivSlot } from "../src/keygen/device.ts";
 import { createOperatorToken } from "../src/server/main.ts";
 import { testEngines } from "../src/store/testing.ts";
-import { api, API_CUSTODIES, authenticate, expect, issueAndPersonalise, issuerApiEnv, liveRelay, registeredData, type ApiEnv } from "./api-env.ts";
+import { api, API_CUSTODIES, type ApiEnv, apiEnvFor, authenticate, expect, issueAndPersonalise, liveRelay, registeredData } from "./api-env.ts";
 import { cardSignsFor, makeArbitrators } from "./recovery-fixture.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -42,13 +41,8 @@ async function auditActions(env: ApiEnv, subject: string): Promise<{ action: str
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
   test(`${engine.name}, ${custody} custody: the key generation device over HTTP — center checks, card write through the relay, key destroyed, escrow`, { timeout: 180_000 }, async (t) => {
-    const env = await issuerApiEnv(engine, { custody });
-    const cards: CardRuntime[] = [];
-    t.after(async () => {
-      for (const c of cards) c.close();
-      await env.close();
-    });
-    const { get, post } = api(env);
+    const { env, cards } = await apiEnvFor(t, engine, { custody });
+    const { get, post, put } = api(env);
     const op = env.tokens.operator;
     const { cardId, card } = await issueAndPersonalise(env, "Hanako Yamada");
     cards.push(card);
@@ -139,8 +133,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const { registry } = makeArbitrators(["user"]);
       const u = registry.require("user");
       expect(await post("/v1/recovery/arbitrators", op, { id: "user", signingPublicKey: pem(u.signingKey), encryptionPublicKey: pem(u.encryptionKey) }), 201);
-      const put = await env.server.app.inject({ method: "PUT", url: `/v1/cards/${cardId}/recovery-policy`, headers: { authorization: `Bearer ${op}` }, payload: { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] } });
-      assert.equal(put.statusCode, 200, put.body);
+      expect(await put(`/v1/cards/${cardId}/recovery-policy`, op, { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }), 200);
       const res = (expect(await keygen({ slot: "9d", alg: "RSA2048", personalData: entered, escrow: true }), 200) as { result: { escrowId: string; serial: string; publicKeySha256: string; certificate: string } }).result;
       assert.ok(res.escrowId);
       const escrow = expect(await get(`/v1/cards/${cardId}/escrow`, env.tokens.auditor), 200) as { escrowId: string; serial: string; publicKeySha256: string; slot: string };

@@ -16,7 +16,7 @@ import { openShare } from "../src/recovery/shares.ts";
 import { releaseSharesFor } from "../src/recovery/service.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, API_CUSTODIES, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, registeredData, type ApiEnv } from "./api-env.ts";
+import { api, API_CUSTODIES, type ApiEnv, apiEnvFor, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, registeredData } from "./api-env.ts";
 import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, loseKey, makeArbitrators } from "./recovery-fixture.ts";
 
 const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-c", "mgr-d"];
@@ -36,14 +36,8 @@ function refused(r: Res, status: number, check: string): Record<string, unknown>
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
   test(`${engine.name}, ${custody} custody: arbitrators, policy, requests, signed approvals and a reproduction through the live relay, all over HTTP`, { timeout: 180_000 }, async (t) => {
-    const env = await issuerApiEnv(engine, { custody });
-    const cards: CardRuntime[] = [];
-    t.after(async () => {
-      for (const c of cards) c.close();
-      await env.close();
-    });
-    const { get, post } = api(env);
-    const put = (url: string, token: string, body: unknown) => env.server.app.inject({ method: "PUT", url, headers: { authorization: `Bearer ${token}` }, payload: body as object });
+    const { env, cards } = await apiEnvFor(t, engine, { custody });
+    const { get, post, put } = api(env);
     const op = env.tokens.operator;
     const { registry, keys: ARB } = makeArbitrators(FIG9_ARBITRATORS);
     const tokens = new Map<string, string>();

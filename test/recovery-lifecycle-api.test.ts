@@ -9,7 +9,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
-import type { CardRuntime } from "../src/card/runtime.ts";
 import { signApproval, signApproverList } from "../src/recovery/approvals.ts";
 import type { ReproductionPolicy } from "../src/recovery/policy.ts";
 import { openShare } from "../src/recovery/shares.ts";
@@ -18,7 +17,7 @@ import { arbitratorTokenName } from "../src/server/recovery-routes.ts";
 import { SqlRecoveryRepository } from "../src/store/recovery-repository.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { ArbitratorJson, EscrowJson, PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
+import { api, apiEnvFor, expect, issueAndPersonalise, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
 import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const p256 = () => generateKeyPairSync("ec", { namedCurve: "P-256" });
@@ -30,14 +29,8 @@ const POLICY_A: ReproductionPolicy = { version: 1, author: "user", indispensable
 
 for (const engine of testEngines()) {
   test(`${engine.name}: the reproduction lease, key rotation, deregistration and pagination over HTTP`, { timeout: 180_000 }, async (t) => {
-    const env = await issuerApiEnv(engine);
-    const cards: CardRuntime[] = [];
-    t.after(async () => {
-      for (const c of cards) c.close();
-      await env.close();
-    });
-    const { get, post } = api(env);
-    const put = (url: string, token: string, body: unknown) => env.server.app.inject({ method: "PUT", url, headers: { authorization: `Bearer ${token}` }, payload: body as object });
+    const { env, cards } = await apiEnvFor(t, engine);
+    const { get, post, put } = api(env);
     const op = env.tokens.operator;
     const auditor = env.tokens.auditor;
     type Res = Awaited<ReturnType<typeof get>>;
