@@ -1,5 +1,5 @@
 // Backups of the user's enciphered data over HTTP (src/server/backup-routes.ts, src/terminal/backup-client.ts;
-// seed 001 FIG. 11-12, claims 41, 48, steps S10 / S12), on SQLite and PostgreSQL, the server as its process wires
+// seed 001 FIG. 11-12, claims 41, 48, steps S10 / S12), on SQLite and PostgreSQL × software keystore and SoftHSM2, the server as its process wires
 // it: a card issued and personalised through the API gets a key management key (9D) as a package its terminal
 // loads; the user enciphers data to it; the terminal, with the card-bound token it got from the card's own proof,
 // backs it up (PUT, versions, 200 when unchanged), lists and fetches versions; plaintext is refused and nothing
@@ -22,7 +22,7 @@ import { BackupClientError, HttpBackupTarget } from "../src/terminal/backup-clie
 import { backup, restore, TerminalEncipheredStore } from "../src/terminal/backup.ts";
 import { decipherWithCard, encipherForCard, EncipheredError, MAX_PLAINTEXT, recipientOf } from "../src/terminal/enciphered.ts";
 import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
-import { api, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay, type ApiEnv } from "./api-env.ts";
+import { api, API_CUSTODIES, type ApiEnv, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
 
 const PIN = "123456";
@@ -58,9 +58,9 @@ function refused(r: Res, status: number, secret?: string): Record<string, unknow
   return p;
 }
 
-for (const engine of testEngines()) {
-  test(`${engine.name}: back up over HTTP with the card's token, refusals, then a reissued card restores and deciphers`, { timeout: 120_000 }, async (t) => {
-    const env = await issuerApiEnv(engine);
+for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
+  test(`${engine.name}, ${custody} custody: back up over HTTP with the card's token, refusals, then a reissued card restores and deciphers`, { timeout: 120_000 }, async (t) => {
+    const env = await issuerApiEnv(engine, { custody });
     const cards: CardRuntime[] = [];
     t.after(async () => {
       for (const c of cards) c.close();

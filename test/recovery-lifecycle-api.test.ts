@@ -1,4 +1,4 @@
-// The lifecycle routes of key reproduction (migration 0007) over HTTP, on SQLite and PostgreSQL, the server as its
+// The lifecycle routes of key reproduction (migration 0007) over HTTP, on SQLite and PostgreSQL and both custodies, the server as its
 // process wires it (issuerApiEnv, app.inject): a request stuck "reproducing" — a live reproduction refuses a second
 // one and a reset, a claim left by a process that is gone (its lease passed) is reset, or taken over by the next
 // reproduction through the live relay; an arbitrator rotates its keys with a document signed by its current key (a
@@ -17,7 +17,7 @@ import { arbitratorTokenName } from "../src/server/recovery-routes.ts";
 import { SqlRecoveryRepository } from "../src/store/recovery-repository.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { ArbitratorJson, EscrowJson, PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, apiEnvFor, expect, issueAndPersonalise, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
+import { api, API_CUSTODIES, apiEnvFor, expect, issueAndPersonalise, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
 import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const p256 = () => generateKeyPairSync("ec", { namedCurve: "P-256" });
@@ -27,9 +27,9 @@ const IDS = ["user", "mgr-a", "mgr-b", "sp-x", "sp-y"];
 /** Card A: the user, then 1 of the managers; the user draws up the list. */
 const POLICY_A: ReproductionPolicy = { version: 1, author: "user", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] };
 
-for (const engine of testEngines()) {
-  test(`${engine.name}: the reproduction lease, key rotation, deregistration and pagination over HTTP`, { timeout: 180_000 }, async (t) => {
-    const { env, cards } = await apiEnvFor(t, engine);
+for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
+  test(`${engine.name}, ${custody} custody: the reproduction lease, key rotation, deregistration and pagination over HTTP`, { timeout: 180_000 }, async (t) => {
+    const { env, cards } = await apiEnvFor(t, engine, { custody });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;
     const auditor = env.tokens.auditor;
