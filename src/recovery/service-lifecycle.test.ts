@@ -43,6 +43,7 @@ import {
   type PendingItem,
   type RequestView,
 } from "./service.ts";
+import { escrowWithoutCard } from "./testing.ts";
 
 const T0 = Date.UTC(2026, 2, 1, 9);
 const LEASE = DEFAULT_REPRODUCTION_LEASE_MS;
@@ -152,26 +153,7 @@ for (const engine of testEngines()) {
 
     /** Escrows a key generated in custody for a card record without a card (enough where nothing is reproduced). */
     let n = 0;
-    const escrowed = async (cardId: string, policy: ReproductionPolicy) => {
-      await svc.setPolicy(cardId, policy, "operator");
-      const keyLabel = `keygen.lifecycle-${++n}`;
-      await custody.generateKeyPair(keyLabel, "P256", { extractable: "wrapped", ephemeral: true });
-      return svc.escrow(
-        {
-          cardId,
-          applicantId: "user-1",
-          keyLabel,
-          alg: "P256",
-          slot: "9c",
-          spki: await custody.publicKey(keyLabel),
-          certificate: new Uint8Array(randomBytes(64)),
-          serial: "7f01",
-          keySet: { kind: "derived", master: "card-master", cardId: randomBytes(8).toString("hex"), kvn: 1 },
-          deviceSecretId: new Uint8Array(randomBytes(16)),
-        },
-        "keygen-device",
-      );
-    };
+    const escrowed = (cardId: string, policy: ReproductionPolicy) => escrowWithoutCard(svc, custody, { cardId, policy, keyLabel: `keygen.lifecycle-${++n}` });
 
     await t.test("a reproduction whose process is gone leaves the request reproducing; another service takes it over only once the lease passed", async () => {
       await loseKey(transmit, "9c");

@@ -19,7 +19,7 @@ import { signApproval, signApproverList, type Approval } from "./approvals.ts";
 import { PolicyValidationError } from "./errors.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { openShare } from "./shares.ts";
-import { makeArbitrators } from "./testing.ts";
+import { escrowWithoutCard, makeArbitrators } from "./testing.ts";
 import {
   ESCROW_KEK_LABEL,
   REPRODUCTION_DEVICE_KEY_LABEL,
@@ -104,25 +104,8 @@ for (const engine of testEngines()) {
     /** A card record with a policy and an escrowed key pair (generated in custody), as the device would make it. */
     async function escrowed(policy: ReproductionPolicy = POLICY): Promise<{ cardId: string; keyLabel: string; secretId: Uint8Array; escrowId: string }> {
       const cardId = `card-${++n}`;
-      await svc.setPolicy(cardId, policy, "operator");
       const keyLabel = `keygen.test-${n}`;
-      await custody.generateKeyPair(keyLabel, "P256", { extractable: "wrapped", ephemeral: true });
-      const secretId = new Uint8Array(randomBytes(16));
-      const { escrowId } = await svc.escrow(
-        {
-          cardId,
-          applicantId: "user-1",
-          keyLabel,
-          alg: "P256",
-          slot: "9c",
-          spki: await custody.publicKey(keyLabel),
-          certificate: new Uint8Array(randomBytes(64)),
-          serial: "7f01",
-          keySet: { kind: "derived", master: "card-master", cardId: "0102030405060708", kvn: 1 },
-          deviceSecretId: secretId,
-        },
-        "keygen-device",
-      );
+      const { escrowId, secretId } = await escrowWithoutCard(svc, custody, { cardId, policy, keyLabel, keySetCardId: "0102030405060708" });
       return { cardId, keyLabel, secretId, escrowId };
     }
 

@@ -1,11 +1,13 @@
 // Fixtures for the reproduction module's tests and bench: arbitrators with fresh key pairs, the FIG. 9 policy,
 // requests and chains of signed decisions. Test-only: the arbitrators' private keys live here, in one process.
 
-import { type KeyObject, generateKeyPairSync } from "node:crypto";
+import { type KeyObject, generateKeyPairSync, randomBytes } from "node:crypto";
+import type { KeyCustody } from "../custody/custody.ts";
 import { ArbitratorRegistry } from "./registry.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { type Approval, type ReproductionRequest, signApproval } from "./approvals.ts";
 import { type ReleasedShare, type ShareEnvelope, openShare } from "./shares.ts";
+import type { RecoveryService } from "./service.ts";
 
 export interface ArbitratorKeys {
   signing: KeyObject;
@@ -68,4 +70,35 @@ export function signDecisions(request: ReproductionRequest, decisions: readonly 
 export function releaseShares(envelopes: readonly ShareEnvelope[], who: Iterable<string>, keys: Map<string, ArbitratorKeys>, expected: { escrowId: string; cardId: string }): ReleasedShare[] {
   const set = new Set(who);
   return envelopes.filter((e) => set.has(e.header.arbitrator)).map((e) => openShare(e, keys.get(e.header.arbitrator)!.encryption, expected));
+}
+
+/**
+ * Step S3 without a card: sets `cardId`'s policy, generates a P-256 key pair `keyLabel` in custody as the key
+ * generation device does, and escrows it with a random secret ID and a placeholder certificate (enough where the
+ * key is not written into a card). The key pair stays in custody; the secret ID is returned.
+ */
+export async function escrowWithoutCard(
+  svc: RecoveryService,
+  custody: KeyCustody,
+  o: { cardId: string; policy: ReproductionPolicy; keyLabel: string; keySetCardId?: string },
+): Promise<{ escrowId: string; secretId: Uint8Array }> {
+  await svc.setPolicy(o.cardId, o.policy, "operator");
+  await custody.generateKeyPair(o.keyLabel, "P256", { extractable: "wrapped", ephemeral: true });
+  const secretId = new Uint8Array(randomBytes(16));
+  const { escrowId } = await svc.escrow(
+    {
+      cardId: o.cardId,
+      applicantId: "user-1",
+      keyLabel: o.keyLabel,
+      alg: "P256",
+      slot: "9c",
+      spki: await custody.publicKey(o.keyLabel),
+      certificate: new Uint8Array(randomBytes(64)),
+      serial: "7f01",
+      keySet: { kind: "derived", master: "card-master", cardId: o.keySetCardId ?? randomBytes(8).toString("hex"), kvn: 1 },
+      deviceSecretId: secretId,
+    },
+    "keygen-device",
+  );
+  return { escrowId, secretId };
 }
