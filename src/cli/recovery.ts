@@ -31,6 +31,7 @@ import {
   type PendingJson,
   type RequestJson,
 } from "../terminal/recovery-client.ts";
+import { allPages } from "../recovery/service.ts";
 import { cardTargetOptions, openCardTarget, type CardTargetOpts } from "./card-target.ts";
 import { UsageError } from "./image-key.ts";
 import { apiFrom, print, serverOptions, type Out, type ServerOpts } from "./issuer.ts";
@@ -90,13 +91,7 @@ async function printList<T>(o: Out & PagedOpts, page: (q: PageQuery) => Promise<
     print(o, text, p);
     return;
   }
-  const all: T[] = [];
-  for (let after: string | undefined; ; ) {
-    const p = await page({ after, limit: 1000 });
-    all.push(...p.items);
-    if (p.next === undefined) break;
-    after = p.next;
-  }
+  const all = await allPages((after) => page({ after, limit: 1000 }));
   print(o, all.map(line).join("\n") || empty, all);
 }
 

@@ -254,6 +254,17 @@ export interface Page<T> {
   next?: string;
 }
 
+/** Every item of a paged list: `page` fetches the page after a cursor (the first with none). */
+export async function allPages<T>(page: (after?: string) => Promise<Page<T>>): Promise<T[]> {
+  const out: T[] = [];
+  for (let after: string | undefined; ; ) {
+    const p = await page(after);
+    out.push(...p.items);
+    if (p.next === undefined) return out;
+    after = p.next;
+  }
+}
+
 export interface PageOptions {
   /** 1..the list's maximum; default DEFAULT_PAGE_SIZE. */
   limit?: number;
@@ -1413,13 +1424,7 @@ export class RecoveryService {
   /** Requests, newest first; by status and/or card. Without `limit`, all of them (every page); with it, the first page. */
   async list(filter: { status?: RequestStatus | readonly RequestStatus[]; cardId?: string; limit?: number } = {}): Promise<RequestView[]> {
     if (filter.limit !== undefined) return (await this.listPage(filter)).items;
-    const out: RequestView[] = [];
-    for (let after: string | undefined; ; ) {
-      const page = await this.listPage({ ...filter, limit: MAX_PAGE_SIZE, after });
-      out.push(...page.items);
-      if (page.next === undefined) return out;
-      after = page.next;
-    }
+    return allPages((after) => this.listPage({ ...filter, limit: MAX_PAGE_SIZE, after }));
   }
 
   /** A page of requests, newest first (filing time, then request id), by status and/or card. */
@@ -1449,13 +1454,7 @@ export class RecoveryService {
    * deregistered arbitrator.
    */
   async pendingFor(arbitratorId: string): Promise<PendingItem[]> {
-    const out: PendingItem[] = [];
-    for (let after: string | undefined; ; ) {
-      const page = await this.pendingPage(arbitratorId, { limit: MAX_PENDING_PAGE_SIZE, after });
-      out.push(...page.items);
-      if (page.next === undefined) return out;
-      after = page.next;
-    }
+    return allPages((after) => this.pendingPage(arbitratorId, { limit: MAX_PENDING_PAGE_SIZE, after }));
   }
 
   /** A page of pendingFor, in the order of the requests (newest first). */

@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
 import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
 import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
-import { releaseSharesFor, signKeyRotation, type KeyRotation, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
+import { allPages, releaseSharesFor, signKeyRotation, type KeyRotation, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
 import { ApiError, fromBase64, type IssuerApiClient } from "./api-client.ts";
 import { liveStep, liveStepOf, runLiveRelay, type LiveStep } from "./live-relay-client.ts";
 
@@ -151,17 +151,6 @@ function queryOf(members: Record<string, string | number | undefined>): string {
   for (const [k, v] of Object.entries(members)) if (v !== undefined) q.set(k, String(v));
   const qs = q.toString();
   return qs ? `?${qs}` : "";
-}
-
-/** Every item of a paged list (each page one request). */
-async function allPages<T>(page: (after?: string) => Promise<PageJson<T>>): Promise<T[]> {
-  const out: T[] = [];
-  for (let after: string | undefined; ; ) {
-    const p = await page(after);
-    out.push(...p.items);
-    if (p.next === undefined) return out;
-    after = p.next;
-  }
 }
 
 /** A public key as PEM (BEGIN PUBLIC KEY); a private KeyObject gives its public half. */
