@@ -116,7 +116,6 @@ const problems = { "4xx": KEYGEN_PROBLEM, "5xx": { $ref: "Problem#" } } as const
 /** A refusal of the device or the center as a problem naming its check; other errors as issuer-routes maps them. */
 function keygenProblem(e: unknown): unknown {
   if (e instanceof KeyGenerationRefusal) return new ApiProblem(422, "keygen-refused", `Refused: ${e.check}`, e.detail, { check: e.check, refusedBy: e.by });
-  if (e instanceof TypeError && /^(escrow|personalData|applicantId|profile|slot|alg)\b/.test(e.message)) return new ApiProblem(400, "invalid", "Invalid request", e.message);
   return e;
 }
 
