@@ -191,7 +191,7 @@ test("bad inputs are refused with named checks", async () => {
   await assert.rejects(issuing.issue({ subject: user, publicKey: spki, profile: "nope" }), (e: CaRefusal) => e.check === "profile");
   await assert.rejects(issuing.issue({ subject: { ...user, serialNumber: "CARD_0001" }, publicKey: spki, profile: "signature" }), (e: CaRefusal) => e.check === "subject" && /PrintableString/.test(e.detail));
   await assert.rejects(issuing.issue({ subject: {}, publicKey: spki, profile: "signature" }), (e: CaRefusal) => e.check === "subject");
-  await assert.rejects(issuing.issue({ subject: user, publicKey: spki.subarray(0, 40), profile: "signature" }), (e: CaRefusal) => e.check === "public-key");
+  await assert.rejects(issuing.issue({ subject: user, publicKey: spki.subarray(0, 40), profile: "signature" }), (e: CaRefusal) => e.check === "public-key-encoding");
   const ed = spkiOf(generateKeyPairSync("ed25519").publicKey);
   await assert.rejects(issuing.issue({ subject: user, publicKey: ed, profile: "signature" }), (e: CaRefusal) => e.check === "public-key");
   const rsa1024 = spkiOf(generateKeyPairSync("rsa", { modulusLength: 1024 }).publicKey);

@@ -15,7 +15,7 @@ import { encodeName, InvalidSubjectError, type SubjectName } from "./name.ts";
 import { DEFAULT_PROFILES, keyUsageFor, validateProfile, type CertificateProfile } from "./profile.ts";
 import type { CaRepository, IssuedCertificateRecord, RevocationRecord } from "./repository.ts";
 import { assertSignerConsistent, type CaSigner } from "./signer.ts";
-import { InvalidPublicKeyError, parseSubjectPublicKeyInfo, type SubjectPublicKey } from "./spki.ts";
+import { InvalidPublicKeyError, keyPolicy, parseSubjectPublicKeyInfo, type KeyPolicy, type SubjectPublicKey } from "./spki.ts";
 
 export interface CrlConfig {
   /** URLs where relying parties fetch this CA's CRL; written into every certificate it issues (CRL DP). */
@@ -38,8 +38,10 @@ export interface CertificationAuthorityConfig {
   crl?: CrlConfig;
   /** Checks run, in order, before every end-entity signature (e.g. personalDataCheck). */
   checks?: readonly IssuanceCheck[];
-  /** Refuse a public key that was ever certified before ("duplicate-public-key"). Default true. */
+  /** Refuse a public key that was ever certified before, in any encoding ("duplicate-public-key"). Default true. */
   uniquePublicKeys?: boolean;
+  /** What keys are certified beyond spki.ts's fixed rules, e.g. a lower bound on RSA exponents. Default: the BR range. */
+  keyPolicy?: Partial<KeyPolicy>;
   /** Verify every signature the signer returns before releasing it. Default: RSA keys yes, ECDSA no (see SignOptions). */
   verifySignatures?: boolean;
   /** Time source, for tests. */
@@ -94,11 +96,11 @@ export interface SubordinateRequest {
 
 const DAY = 86_400_000;
 
-function keyOf(spki: Uint8Array): SubjectPublicKey {
+function keyOf(spki: Uint8Array, policy: KeyPolicy): SubjectPublicKey {
   try {
-    return parseSubjectPublicKeyInfo(spki);
+    return parseSubjectPublicKeyInfo(spki, policy);
   } catch (e) {
-    if (e instanceof InvalidPublicKeyError) throw new CaRefusal("public-key", e.message);
+    if (e instanceof InvalidPublicKeyError) throw new CaRefusal(e.check, e.message);
     throw e;
   }
 }
@@ -122,6 +124,8 @@ export class CertificationAuthority {
   private readonly profiles = new Map<string, CertificateProfile>();
   private readonly checks: readonly IssuanceCheck[];
   private readonly uniqueKeys: boolean;
+  /** The key policy every certified key is checked under (spki.ts). */
+  readonly keyPolicy: Readonly<KeyPolicy>;
   private readonly verify: boolean | undefined;
   private readonly crlConfig: Required<CrlConfig>;
   private readonly now: () => Date;
@@ -146,6 +150,7 @@ export class CertificationAuthority {
     }
     this.checks = cfg.checks ?? [];
     this.uniqueKeys = cfg.uniquePublicKeys ?? true;
+    this.keyPolicy = Object.freeze(keyPolicy(cfg.keyPolicy));
     this.verify = cfg.verifySignatures;
     const crl = cfg.crl ?? {};
     for (const u of crl.distributionPoints ?? []) if (!/^https?:\/\/\S+$/.test(u)) throw new Error(`CRL distribution point must be an http(s) URL, got "${u}"`);
@@ -210,14 +215,14 @@ export class CertificationAuthority {
   async issue(req: IssueRequest): Promise<IssuedCertificate> {
     const profile = this.profile(req.profile);
     const subjectName = nameOf(req.subject);
-    const key = keyOf(req.publicKey);
+    const key = keyOf(req.publicKey, this.keyPolicy);
     return this.certify({ subject: req.subject, publicKey: key, profile, applicantId: req.applicantId, fromCsr: false }, subjectName);
   }
 
   /** Steps 421-432: verify the CSR ("csr-signature"), run the checks, certify the requested subject. */
   async issueFromCsr(req: IssueFromCsrRequest): Promise<IssuedCertificate> {
     const profile = this.profile(req.profile);
-    const { subject, publicKey } = verifyCsr(req.csr);
+    const { subject, publicKey } = verifyCsr(req.csr, this.keyPolicy);
     const subjectName = nameOf(subject);
     return this.certify({ subject, publicKey, profile, applicantId: req.applicantId, fromCsr: true }, subjectName);
   }
@@ -305,7 +310,7 @@ export class CertificationAuthority {
 
   /** Certifies a subordinate (issuing) CA key: basicConstraints cA, keyCertSign and cRLSign. */
   async certifySubordinate(req: SubordinateRequest): Promise<IssuedCertificate> {
-    const key = keyOf(req.publicKey);
+    const key = keyOf(req.publicKey, this.keyPolicy);
     const subjectName = nameOf(req.subject);
     if (this.uniqueKeys && (await this.repo.isPublicKeyCertified(key.sha256))) throw new CaRefusal("duplicate-public-key", "this public key has been certified before");
     if (!Number.isInteger(req.validityDays) || req.validityDays < 1) throw new CaRefusal("request", "validityDays must be a positive integer");

@@ -14,10 +14,12 @@ export type BuiltInCheck =
   | "request" // malformed request (missing/extra fields, bad base64)
   | "profile" // unknown profile
   | "subject" // subject not acceptable
-  | "public-key" // key type or encoding not acceptable
-  | "csr-format" // not a PKCS#10 request, or its subject has attributes the CA does not certify
+  | "public-key" // key type, size or value not acceptable (spki.ts: e.g. an EC point off the curve, e < 2^16+1)
+  | "public-key-encoding" // the key is not written in its one DER encoding (e.g. an INTEGER with a leading 00)
+  | "csr-format" // not a DER PKCS#10 request, or its subject has attributes the CA does not certify
   | "csr-signature" // the request's self-signature does not verify (tampered on the path)
-  | "duplicate-public-key" // the key was certified before
+  | "proof-of-possession" // a bare public key from a requester that does not hold it in custody (ca-routes.ts)
+  | "duplicate-public-key" // the key (any encoding of it) was certified before
   | "unknown-serial" // revocation of a serial this CA never issued
   | "revocation-reason";
 

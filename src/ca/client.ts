@@ -23,7 +23,10 @@ export interface CertifyRequest {
   /** The issuer's user ID; the personal-data check compares against this user's registration. */
   applicantId?: string;
   subject?: SubjectName;
-  /** Base64 DER SubjectPublicKeyInfo. */
+  /**
+   * Base64 DER SubjectPublicKeyInfo, in its one DER encoding (src/ca/spki.ts). Over HTTP only from the issuing
+   * service's credential, for keys in its custody (src/server/ca-routes.ts); anyone else sends a `csr`.
+   */
   publicKey?: string;
   /** PEM "CERTIFICATE REQUEST" (PKCS#10). */
   csr?: string;

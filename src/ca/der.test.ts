@@ -36,3 +36,43 @@ test("long lengths round-trip and the reader refuses overruns and non-minimal le
   assert.throws(() => der.readTlv(Uint8Array.of(0x04, 0x81, 0x05, 1, 2, 3, 4, 5), 0), /non-minimal/);
   assert.throws(() => der.readTlv(Uint8Array.of(0x30, 0x80, 0, 0), 0), /unsupported length/);
 });
+
+test("assertDer: one DER element, walked through; every BER-only form is refused naming it", () => {
+  const seq = (...p: Uint8Array[]) => der.sequence(...p);
+  const ok = seq(der.smallInteger(0), der.oid("1.2.840.10045.2.1"), Uint8Array.of(1, 1, 0xff), Uint8Array.of(5, 0), der.bitString(Uint8Array.of(1, 2)), der.explicit(0, der.sequence()), Uint8Array.of(0x80, 1, 7));
+  der.assertDer(ok);
+  const bad: [string, Uint8Array, RegExp][] = [
+    ["INTEGER 00 01", seq(Uint8Array.of(2, 2, 0, 1)), /INTEGER not in minimal form/],
+    ["INTEGER FF 80", seq(Uint8Array.of(2, 2, 0xff, 0x80)), /INTEGER not in minimal form/],
+    ["empty INTEGER", seq(Uint8Array.of(2, 0)), /without content/],
+    ["ENUMERATED 00 05", seq(Uint8Array.of(0x0a, 2, 0, 5)), /minimal/],
+    ["BOOLEAN 01", seq(Uint8Array.of(1, 1, 1)), /BOOLEAN/],
+    ["NULL with content", seq(Uint8Array.of(5, 1, 0)), /NULL/],
+    ["BIT STRING with 8 unused bits", seq(Uint8Array.of(3, 2, 8, 0)), /unused-bits/],
+    ["BIT STRING unused bits not zero", seq(Uint8Array.of(3, 2, 1, 1)), /must be zero/],
+    ["OID subidentifier 80 01", seq(Uint8Array.of(6, 3, 0x2a, 0x80, 0x01)), /not minimal/],
+    ["OID truncated", seq(Uint8Array.of(6, 2, 0x2a, 0x86)), /truncated/],
+    ["constructed OCTET STRING", seq(Uint8Array.of(0x24, 3, 4, 1, 0)), /constructed encoding/],
+    ["end-of-contents", seq(Uint8Array.of(0, 0)), /end-of-contents/],
+    ["long form for a short length", Uint8Array.of(0x30, 0x81, 3, 2, 1, 0), /non-minimal length/],
+    ["indefinite length", Uint8Array.of(0x30, 0x80, 2, 1, 0, 0, 0), /unsupported length/],
+    ["trailing octets", der.concat([ok, Uint8Array.of(0)]), /trailing/],
+    ["nested INTEGER padding deep inside", seq(seq(seq(der.explicit(2, Uint8Array.of(2, 2, 0, 0x7f))))), /INTEGER not in minimal form/],
+  ];
+  for (const [what, b, msg] of bad) assert.throws(() => der.assertDer(b), msg, what);
+});
+
+test("assertDer: deep nesting is refused fast, without recursion", () => {
+  // 100,000 nested SEQUENCEs (what blows a recursive parser's stack), built from the inside out
+  let len = 0;
+  const headers: Uint8Array[] = [];
+  for (let i = 0; i < 100_000; i++) {
+    const h = len < 0x80 ? Uint8Array.of(0x30, len) : len < 0x100 ? Uint8Array.of(0x30, 0x81, len) : len < 0x10000 ? Uint8Array.of(0x30, 0x82, len >> 8, len & 0xff) : Uint8Array.of(0x30, 0x83, len >> 16, (len >> 8) & 0xff, len & 0xff);
+    headers.push(h);
+    len += h.length;
+  }
+  const inner = der.concat(headers.reverse());
+  const t0 = performance.now();
+  assert.throws(() => der.assertDer(inner), /nested deeper than 32 levels/);
+  assert.ok(performance.now() - t0 < 100, "refused in well under 100 ms");
+});

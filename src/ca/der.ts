@@ -177,6 +177,71 @@ export function readOnly(buf: Uint8Array, tag: number, what: string): Tlv {
   return t;
 }
 
+/**
+ * The content of an INTEGER in DER's minimal two's-complement form (X.690 §8.3.2): at least one octet, and no
+ * redundant leading 0x00 (before a clear top bit) or 0xFF (before a set top bit).
+ */
+export function integerContent(buf: Uint8Array, t: Tlv): Uint8Array {
+  const c = buf.subarray(t.start, t.end);
+  if (c.length === 0) throw new Error("DER: INTEGER without content octets");
+  if (c.length > 1 && ((c[0] === 0x00 && !(c[1] & 0x80)) || (c[0] === 0xff && c[1] & 0x80))) throw new Error("DER: INTEGER not in minimal form (redundant leading octet)");
+  return c;
+}
+
+/** Checks one primitive element of the universal class against DER's rules for its type. */
+function checkPrimitive(buf: Uint8Array, t: Tlv): void {
+  const c = buf.subarray(t.start, t.end);
+  switch (t.tag) {
+    case 0x00:
+      throw new Error("DER: end-of-contents octets outside an indefinite length");
+    case TAG.BOOLEAN:
+      if (c.length !== 1 || (c[0] !== 0x00 && c[0] !== 0xff)) throw new Error("DER: BOOLEAN must be one octet, 00 or FF (X.690 §11.1)");
+      return;
+    case TAG.INTEGER:
+    case TAG.ENUMERATED:
+      integerContent(buf, t);
+      return;
+    case TAG.BIT_STRING:
+      if (c.length === 0 || c[0] > 7 || (c.length === 1 && c[0] !== 0)) throw new Error("DER: malformed BIT STRING unused-bits octet");
+      if (c.length > 1 && c[c.length - 1] & ((1 << c[0]) - 1)) throw new Error("DER: BIT STRING unused bits must be zero (X.690 §11.2.1)");
+      return;
+    case TAG.NULL:
+      if (c.length !== 0) throw new Error("DER: NULL must be empty");
+      return;
+    case TAG.OID:
+      if (c.length === 0 || c[c.length - 1] & 0x80) throw new Error("DER: truncated OBJECT IDENTIFIER");
+      for (let i = 0; i < c.length; i++) if (c[i] === 0x80 && (i === 0 || !(c[i - 1] & 0x80))) throw new Error("DER: OBJECT IDENTIFIER subidentifier not minimal");
+      return;
+  }
+}
+
+/**
+ * Checks that `buf` is exactly one element in DER (X.690 §10), walking every constructed element: definite,
+ * minimal lengths (readTlv); no constructed encodings of universal primitive types; minimal INTEGERs; BOOLEAN,
+ * NULL, BIT STRING and OID in their only DER form; at most `maxDepth` levels of nesting, so deep input is refused
+ * without recursion. Contents of OCTET and BIT STRINGs, strings and times are not looked into. SET OF ordering
+ * and omitted DEFAULT values are not checked. Throws Error("DER: …") naming the first violation.
+ */
+export function assertDer(buf: Uint8Array, maxDepth = 32): void {
+  const top = readTlv(buf, 0);
+  if (top.end !== buf.length) throw new Error("DER: trailing octets after the element");
+  const stack: [Tlv, number][] = [[top, 1]];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [t, depth] = item;
+    if (t.tag & 0x20) {
+      if ((t.tag & 0xc0) === 0 && t.tag !== TAG.SEQUENCE && t.tag !== TAG.SET) throw new Error(`DER: constructed encoding of primitive type 0x${(t.tag & 0x1f).toString(16)}`);
+      if (depth >= maxDepth && t.end > t.start) throw new Error(`DER: nested deeper than ${maxDepth} levels`);
+      for (let p = t.start; p < t.end; ) {
+        const child = readTlv(buf, p, t.end);
+        stack.push([child, depth + 1]);
+        p = child.end;
+      }
+    } else if ((t.tag & 0xc0) === 0) {
+      checkPrimitive(buf, t);
+    }
+  }
+}
+
 export const bytesOf = (buf: Uint8Array, t: Tlv): Uint8Array => buf.subarray(t.start, t.end);
 export const encodingOf = (buf: Uint8Array, t: Tlv): Uint8Array => buf.subarray(t.headerStart, t.end);
 

@@ -14,6 +14,7 @@ import type { SubjectName } from "./name.ts";
 import type { CertificateProfile } from "./profile.ts";
 import { MemoryCaRepository, type CaRepository } from "./repository.ts";
 import type { CaKeyAlgorithm, CaSigner } from "./signer.ts";
+import type { KeyPolicy } from "./spki.ts";
 import { parseCertificate } from "./certificate.ts";
 import { CustodyError, type KeyCustody } from "../custody/custody.ts";
 
@@ -66,6 +67,8 @@ export interface CaServiceOptions {
   checks?: readonly IssuanceCheck[];
   crl?: Omit<CrlConfig, "distributionPoints">;
   uniquePublicKeys?: boolean;
+  /** What end-entity keys are certified beyond src/ca/spki.ts's fixed rules (e.g. rsaMaxExponent). */
+  keyPolicy?: Partial<KeyPolicy>;
   clock?: () => Date;
 }
 
@@ -89,6 +92,7 @@ export async function openCaService(o: CaServiceOptions): Promise<CaService> {
     checks: o.checks,
     crl: { ...o.crl, distributionPoints: o.crlUrl ? [o.crlUrl] : [] },
     uniquePublicKeys: o.uniquePublicKeys,
+    keyPolicy: o.keyPolicy,
     clock: o.clock,
   };
 

@@ -2,7 +2,7 @@
 // Used only by *.test.ts beside it.
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { generateKeyPairSync, sign as nodeSign, type KeyObject } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +10,8 @@ import { CertificationAuthority, type CertificationAuthorityConfig } from "./aut
 import { MemoryCaRepository } from "./repository.ts";
 import { nodeSigner, type CaKeyAlgorithm } from "./signer.ts";
 import { toPem } from "./pem.ts";
+import * as der from "./der.ts";
+import { encodeName, type SubjectName } from "./name.ts";
 
 const keyCache = new Map<string, { privateKey: KeyObject; publicKey: KeyObject }>();
 
@@ -78,3 +80,57 @@ export function opensslCsr(dir: string, key: KeyObject, subj: string, md = "sha2
 
 /** An ArrayBuffer copy, for @peculiar/x509 constructors (their types want BufferSource over ArrayBuffer). */
 export const ab = (u: Uint8Array): ArrayBuffer => u.slice().buffer as ArrayBuffer;
+
+// ---- keys and requests written exactly as a test wants them (strict-DER and key-value tests) ---------------------
+
+const fromB64u = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "base64url"));
+
+/** An RSA key's modulus and exponent as unsigned big-endian magnitudes (no leading zero). */
+export function rsaParts(k: KeyObject): { n: Uint8Array; e: Uint8Array } {
+  const j = k.export({ format: "jwk" });
+  return { n: fromB64u(j.n!), e: fromB64u(j.e!) };
+}
+
+/** An EC key's uncompressed point 04‖x‖y. */
+export function ecPoint(k: KeyObject): Uint8Array {
+  const j = k.export({ format: "jwk" });
+  return der.concat([Uint8Array.of(4), fromB64u(j.x!), fromB64u(j.y!)]);
+}
+
+/** INTEGER content octets of an unsigned magnitude in DER's minimal form, then `pad` extra leading 00 octets. */
+export function intContent(magnitude: Uint8Array, pad = 0): Uint8Array {
+  let m = magnitude;
+  while (m.length > 1 && m[0] === 0) m = m.subarray(1);
+  return der.concat([new Uint8Array(pad + (m[0] & 0x80 ? 1 : 0)), m]);
+}
+
+/** An rsaEncryption SPKI whose INTEGERs carry exactly the given content octets (padded or not). */
+export function rsaSpki(nContent: Uint8Array, eContent: Uint8Array): Uint8Array {
+  const key = der.sequence(der.tlv(der.TAG.INTEGER, nContent), der.tlv(der.TAG.INTEGER, eContent));
+  return der.sequence(der.sequence(der.oid("1.2.840.113549.1.1.1"), Uint8Array.of(der.TAG.NULL, 0)), der.bitString(key));
+}
+
+/** An id-ecPublicKey SPKI on P-256 or P-384 whose subjectPublicKey is `point` as given (any form, on the curve or not). */
+export function ecSpki(curve: "P256" | "P384", point: Uint8Array): Uint8Array {
+  const named = der.oid(curve === "P256" ? "1.2.840.10045.3.1.7" : "1.3.132.0.34");
+  return der.sequence(der.sequence(der.oid("1.2.840.10045.2.1"), named), der.bitString(point));
+}
+
+const CSR_SIGNATURE: Record<"ec" | "rsa", Uint8Array> = {
+  ec: der.sequence(der.oid("1.2.840.10045.4.3.2")),
+  rsa: der.sequence(der.oid("1.2.840.113549.1.1.11"), Uint8Array.of(der.TAG.NULL, 0)),
+};
+
+/** Who signs a request: a private key, or any function producing the signature octets for an algorithm family. */
+export type CsrSigner = KeyObject | { family: "ec" | "rsa"; sign(info: Uint8Array): Uint8Array };
+
+/**
+ * A DER PKCS#10 request carrying `spki` byte for byte (however it is written), naming `subject`, signed with
+ * SHA-256 by `signer` — a private key means a requester who holds the key.
+ */
+export function csrWith(spki: Uint8Array, subject: SubjectName, signer: CsrSigner): Uint8Array {
+  const info = der.sequence(der.smallInteger(0), encodeName(subject), spki, Uint8Array.of(0xa0, 0));
+  const family = "family" in signer ? signer.family : signer.asymmetricKeyType === "ec" ? "ec" : "rsa";
+  const signature = "family" in signer ? signer.sign(info) : new Uint8Array(nodeSign("sha256", info, signer));
+  return der.sequence(info, CSR_SIGNATURE[family], der.bitString(signature));
+}

@@ -56,7 +56,7 @@ export function apiFrom(o: ServerOpts, token: "required" | "optional" = "require
 const imageKeyOption = () => new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)");
 const SLOT_CHOICES = ["9a", "9c", "9d", "9e", ...Array.from({ length: 20 }, (_, i) => (0x82 + i).toString(16))];
 const ALGS: KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
-const ROLES = ["admin", "operator", "auditor"];
+const ROLES = ["admin", "operator", "auditor", "issuer"];
 
 /** Opens the system DB for the commands that work on it directly (token bootstrap, offline audit verify). */
 async function openStore(o: { database?: string; config?: string }) {

@@ -85,7 +85,7 @@ export class CertificationCenter implements CaClient {
     if (!request.applicantId) throw new CaRefusal("personal-data", "the request names no applicant whose registration it can be compared with");
     const profile = this.authority.profile(request.profile);
     // 422: tampering on the path
-    const { subject, publicKey } = verifyCsr(request.csr);
+    const { subject, publicKey } = verifyCsr(request.csr, this.authority.keyPolicy);
     // 423: the personal data entered at the device against what the user gave the center directly
     const r = await this.personalData.check({ subject, publicKey, profile, applicantId: request.applicantId, fromCsr: true });
     if (!r.ok) throw new CaRefusal(this.personalData.name, r.detail);
@@ -110,8 +110,8 @@ export class CertificationCenter implements CaClient {
 /**
  * The CA a site serves to others (src/server/ca-routes.ts): signed requests (`csr`, from key generation devices at
  * other sites) go through the center's checks 422-424; requests naming a subject and a public key (an issuer
- * certifying keys it generated in its own custody, seed 000 ST19-ST21) go to `direct`. Revocation, CRL and chain
- * are the authority's either way.
+ * certifying keys it generated in its own custody, seed 000 ST19-ST21 — the routes admit them only from the issuing
+ * service's credential, role "issuer") go to `direct`. Revocation, CRL and chain are the authority's either way.
  */
 export function signedRequestsThroughCenter(direct: CaClient, center: CertificationCenter): CaClient {
   return {

@@ -5,7 +5,8 @@
 //   411-416  the key pair is generated inside key custody (an HSM on PKCS#11), extractable only wrapped, as a
 //            session object that is never persisted; this module sees its public key only;
 //   414-415  the public key is checked against, and registered in, the device's own registry of every key it
-//            generated (registry.ts) — a repeat is destroyed and a new key drawn, as the seed returns to 411;
+//            generated (registry.ts, by the hash of its canonical encoding — the CA's key identity) — a repeat is
+//            destroyed and a new key drawn, as the seed returns to 411;
 //   417-418  a PKCS#10 request naming the user's personal data, signed by the new key inside custody (csr.ts), goes
 //            to the center over a CaClient (in-process or HTTP: the path is not trusted);
 //   421-432  the center checks and certifies (center.ts); its refusals come back named;
@@ -26,7 +27,7 @@
 //
 // Never: holds a private key in this process, puts key material or personal data values in an error or a log.
 
-import { createHash, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { CaRefusal } from "../ca/checks.ts";
 import type { CaClient, CertifyResult } from "../ca/client.ts";
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
@@ -36,7 +37,7 @@ import { buildSignedCsr } from "./csr.ts";
 import { readCardSecretId, writeKeyIntoCard } from "./card-io.ts";
 import type { KeyEscrowHook } from "./escrow.ts";
 import { deviceRefusal, KeyGenerationRefusal } from "./errors.ts";
-import type { IssuedKeyRegistry } from "./registry.ts";
+import { publicKeySha256Of, type IssuedKeyRegistry } from "./registry.ts";
 import { verifyIssuedCertificate } from "./verify.ts";
 
 /** PIV key references the device writes (SP 800-73-4 Table 4b). */
@@ -102,8 +103,6 @@ export interface IssuedCard {
   /** The escrow the key was split into (step S3), when the issue asked for one. */
   escrowId?: string;
 }
-
-const sha256Hex = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 export class KeyGenerationDevice {
   private constructor(
@@ -187,7 +186,7 @@ export class KeyGenerationDevice {
       await this.custody.generateKeyPair(label, req.alg, { extractable: "wrapped", ephemeral: true });
       try {
         const spki = await this.custody.publicKey(label);
-        const publicKeySha256 = sha256Hex(spki);
+        const publicKeySha256 = publicKeySha256Of(spki);
         if (await this.registry.register({ publicKeySha256, applicantId: req.applicantId, alg: req.alg, generatedAt: this.now() })) return { label, spki, publicKeySha256 };
       } catch (e) {
         await this.destroy(label);

@@ -2,7 +2,7 @@
 // between them. No HTTP here; server/ and cli/ wire these.
 export { KeyGenerationDevice, type IssueCardRequest, type IssuedCard, type InsertedCard, type KeyGenerationDeviceOptions, type PivSlot } from "./device.ts";
 export { CertificationCenter, MemoryRegistrationBook, centerChecks, signedRequestCheck, type RegistrationLookup, type CertificationCenterOptions } from "./center.ts";
-export { MemoryIssuedKeyRegistry, type IssuedKeyRegistry, type GeneratedKeyRecord } from "./registry.ts";
+export { MemoryIssuedKeyRegistry, publicKeySha256Of, type IssuedKeyRegistry, type GeneratedKeyRecord } from "./registry.ts";
 export { buildSignedCsr, subjectToName, csrSignatureAlgorithm, type SignedCsr } from "./csr.ts";
 export { verifyIssuedCertificate, type CertificateExpectation } from "./verify.ts";
 export { KeyGenerationRefusal, deviceRefusal, type DeviceCheck, type RefusedBy } from "./errors.ts";

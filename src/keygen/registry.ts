@@ -6,8 +6,11 @@
 // key cannot both be told "new". The center keeps its own, independent record (the CA repository, checked again
 // atomically at signing — step 424); this one lets the device refuse before a request ever leaves it.
 //
-// Holds SHA-256 hashes of SubjectPublicKeyInfo DER (the CA's key identity, src/ca/spki.ts) — public values, no
-// secret. Never: stores a private key, or personal data beyond the applicant's ID.
+// Holds SHA-256 hashes of the canonical SubjectPublicKeyInfo DER — node:crypto's re-encoding of the key, so every
+// encoding of one key has one hash (`publicKeySha256Of`; the CA's key identity, src/ca/spki.ts) — public values,
+// no secret. Every row so far came from custody, whose SPKIs are node:crypto's own encoding, so the hashes kept
+// before this rule are already canonical (no migration). Never: stores a private key, or personal data beyond the
+// applicant's ID.
 //
 // A SQL implementation (src/store/, not written yet) needs one table and one statement:
 //   CREATE TABLE keygen_public_keys (public_key_sha256 TEXT PRIMARY KEY, applicant_id TEXT NOT NULL,
@@ -16,10 +19,14 @@
 //   -- register() is true exactly when the INSERT affected one row (SQLite `changes`, PostgreSQL rowCount).
 // The primary key makes the check-and-register atomic across processes, as the CA's ca_certified_keys does.
 
+import { publicKeySha256 } from "../ca/spki.ts";
 import type { KeyPairAlg } from "../custody/custody.ts";
 
+/** The identity a registry keys a public key by: SHA-256 of its canonical DER SPKI, hex (any DER/BER encoding in). */
+export const publicKeySha256Of = (spki: Uint8Array): string => publicKeySha256(spki);
+
 export interface GeneratedKeyRecord {
-  /** SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex. */
+  /** SHA-256 of the canonical DER SubjectPublicKeyInfo (publicKeySha256Of), lowercase hex. */
   publicKeySha256: string;
   applicantId: string;
   alg: KeyPairAlg;

@@ -5,13 +5,15 @@
 // (terminal-routes.ts), and routes about a card check the binding with `requireCardAccess`.
 // An arbitrator's token (role "arbitrator", key reproduction: recovery-routes.ts) is bound to one arbitrator by its
 // operators-table name; the routes that admit it check the binding.
+// An issuing service's token at a CA of another site (role "issuer", ca-routes.ts) may certify bare public keys —
+// keys in that service's own custody; that route checks the role itself, and admin does not imply it.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { ApiProblem } from "./problem.ts";
 
-export type Role = "admin" | "operator" | "auditor" | "terminal" | "arbitrator";
-export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal", "arbitrator"];
+export type Role = "admin" | "operator" | "auditor" | "terminal" | "arbitrator" | "issuer";
+export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal", "arbitrator", "issuer"];
 
 export interface Principal {
   name: string;

@@ -17,7 +17,9 @@ import { buildServer } from "./app.ts";
 import { hashToken, installAuth, type Principal } from "./auth.ts";
 import { caRoutes } from "./ca-routes.ts";
 
-const OPERATOR = "ckms_operator-token-for-the-issuer";
+const ISSUER = "ckms_issuer-service-token-0000000";
+const OPERATOR = "ckms_operator-token-of-a-person-00";
+const ADMIN = "ckms_admin-token-of-a-person-00000";
 const AUDITOR = "ckms_auditor-token-read-only-0000";
 
 interface Site {
@@ -31,7 +33,9 @@ interface Site {
 async function caServer(ca: CertificationAuthority): Promise<{ app: FastifyInstance; url: string }> {
   const { app } = await buildServer();
   const principals = new Map<string, Principal>([
-    [hashToken(OPERATOR), { name: "issuer", roles: ["operator"] }],
+    [hashToken(ISSUER), { name: "issuer", roles: ["issuer"] }],
+    [hashToken(OPERATOR), { name: "olga", roles: ["operator"] }],
+    [hashToken(ADMIN), { name: "ada", roles: ["admin"] }],
     [hashToken(AUDITOR), { name: "auditor", roles: ["auditor"] }],
   ]);
   installAuth(app, async (h) => principals.get(h));
@@ -48,7 +52,7 @@ const local = async (): Promise<Site> => {
 const overHttp = async (): Promise<Site> => {
   const { root, issuing } = await hierarchy();
   const { app, url } = await caServer(issuing);
-  return { client: new HttpCaClient({ baseUrl: url + "/ca", token: OPERATOR }), root: root.certificate, issuing, close: () => app.close() };
+  return { client: new HttpCaClient({ baseUrl: url + "/ca", token: ISSUER }), root: root.certificate, issuing, close: () => app.close() };
 };
 
 const spkiB64 = () => Buffer.from(spkiOf(generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey)).toString("base64");
@@ -152,17 +156,38 @@ describe("CA routes over HTTP", () => {
     return p;
   };
 
-  test("certify and revoke need the operator role; 401 without a token, 403 with another role", async () => {
+  test("certify and revoke need the issuer or the operator role; 401 without a token, 403 with another role", async () => {
     const body = { profile: "signature", subject: { commonName: "A" }, publicKey: spkiB64() };
     await problem(await post("/ca/certify", body), 401);
     await problem(await post("/ca/certify", body, AUDITOR), 403);
     await problem(await post("/ca/revoke", { serial: "00ff", reason: "unspecified" }, AUDITOR), 403);
-    assert.equal((await post("/ca/certify", body, OPERATOR)).status, 200);
+    assert.equal((await post("/ca/certify", body, ISSUER)).status, 200);
     await assert.rejects(new HttpCaClient({ baseUrl: url + "/ca", token: AUDITOR }).certify({ ...body, publicKey: spkiB64() }), (e: unknown) => e instanceof CaTransportError && e.status === 403 && /role/.test(e.message));
   });
 
+  test("proof of possession: a bare public key only for the issuing service's credential; everyone else sends a CSR", async () => {
+    // an operator (or an admin) could otherwise certify anybody's public key — copied from their certificate —
+    // under a name of their choosing: refused, naming the check, and nothing is certified
+    const victim = spkiB64();
+    for (const token of [OPERATOR, ADMIN]) {
+      const p = await problem(await post("/ca/certify", { profile: "signature", subject: { commonName: "Mallory" }, publicKey: victim }, token), 422);
+      assert.deepEqual({ type: p.type, check: p.check }, { type: "urn:cardkms:ca:refused", check: "proof-of-possession" });
+      assert.match(String(p.detail), /csr/i);
+    }
+    // the key was not claimed by the refused requests: the issuing service certifies it once
+    assert.equal((await post("/ca/certify", { profile: "signature", subject: { commonName: "Victim" }, publicKey: victim }, ISSUER)).status, 200);
+    // a CSR proves possession: operators and admins may send one
+    for (const token of [OPERATOR, ADMIN]) {
+      const csr = opensslCsr(workDir(), generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey, "/CN=Olga");
+      assert.equal((await post("/ca/certify", { profile: "signature", csr: toPem(csr, "CERTIFICATE REQUEST") }, token)).status, 200);
+    }
+    // the operator may revoke, as before
+    const r = (await (await post("/ca/certify", { profile: "signature", subject: { commonName: "B" }, publicKey: spkiB64() }, ISSUER)).json()) as { serial: string };
+    assert.equal((await post("/ca/revoke", { serial: r.serial, reason: "superseded" }, OPERATOR)).status, 204);
+  });
+
   test("a refusal is problem+json 422 carrying the check; an unknown serial is 404", async () => {
-    const p = await problem(await post("/ca/certify", { profile: "nope", subject: { commonName: "A" }, publicKey: spkiB64() }, OPERATOR), 422);
+    const p = await problem(await post("/ca/certify", { profile: "nope", subject: { commonName: "A" }, publicKey: spkiB64() }, ISSUER), 422);
     assert.deepEqual({ type: p.type, check: p.check, instance: p.instance }, { type: "urn:cardkms:ca:refused", check: "profile", instance: "/ca/certify" });
     assert.match(String(p.detail), /unknown profile "nope"/);
     const q = await problem(await post("/ca/revoke", { serial: "0badc0de", reason: "superseded" }, OPERATOR), 404);
@@ -182,7 +207,7 @@ describe("CA routes over HTTP", () => {
       { profile: "signature", subject: { commonName: 5 }, publicKey: spki },
       { profile: "signature", subject: { commonName: "A" }, publicKey: "not base64!" },
     ]) {
-      const p = await problem(await post("/ca/certify", body, OPERATOR), 400);
+      const p = await problem(await post("/ca/certify", body, ISSUER), 400);
       assert.equal(p.check, undefined);
     }
     await problem(await post("/ca/revoke", { serial: "xyz", reason: "superseded" }, OPERATOR), 400);

@@ -2,14 +2,24 @@
 // sites). A Fastify plugin serving any CaClient — in practice the LocalCaClient of src/ca/service.ts — with the
 // wire shapes and JSON schemas of src/ca/client.ts; src/ca/http-client.ts is the other end.
 //
-//   POST /ca/certify       roles (default operator)  CertifyRequest → 200 CertifyResponseJson | 422 CaProblem
-//   POST /ca/revoke        roles (default operator)  RevokeRequestJson → 204 | 404 / 422 CaProblem
+//   POST /ca/certify       roles + bareKeyRoles      CertifyRequest → 200 CertifyResponseJson | 422 CaProblem
+//   POST /ca/revoke        roles + bareKeyRoles      RevokeRequestJson → 204 | 404 / 422 CaProblem
 //   GET  /ca/crl           public                    application/pkix-crl, DER (RFC 5280 §5, RFC 2585 §4.2)
 //   GET  /ca/certificates  public                    { certificates: PEM[] }, issuing CA first, root last (or, for
 //                                                    Accept: application/pem-certificate-chain, the PEM text)
 //
 // Register it encapsulated (`app.register(caRoutes, { prefix: "/v1", client })`, not through fastify-plugin): its
 // error handler and hook must apply to these routes only. HttpCaClient's baseUrl is then "<origin>/v1/ca".
+//
+// Proof of possession. A PKCS#10 request is signed by the key it carries: its self-signature is the requester's proof
+// that it holds the key (src/ca/csr.ts), and anyone admitted to certify may send one. A bare {subject, publicKey}
+// proves nothing — it could be anybody's key, copied from their certificate — so it is certified only for a
+// credential that holds one of `bareKeyRoles` (default "issuer") explicitly, admin included: the issuing service's
+// own token (CARDKMS_CA_TOKEN of an issuer in "remote" CA mode, src/issuer/issuer.ts), which asks only for keys it
+// generated in its own key custody, where custody is the proof. Everybody else — operators, admins, a
+// credential of another service — is refused with check "proof-of-possession" and told to send a CSR. The issuer
+// in "local" CA mode calls the CA in-process, not through these routes. Every key, on either path, then passes
+// the CA's key checks (src/ca/spki.ts: strict DER, values, one identity per key).
 //
 // A CaRefusal becomes the CaProblem of client.ts (problem+json carrying `check`), through the server's one error
 // handler (problem.ts), so refusals are logged and counted like every other 4xx. This file holds no CA logic.
@@ -32,8 +42,13 @@ import { ApiProblem, type Problem } from "./problem.ts";
 
 export interface CaRoutesOptions {
   client: CaClient;
-  /** Roles admitted to certify and revoke (admin always is). Default ["operator"]: the issuing service's credential. */
+  /** Roles admitted to certify PKCS#10 requests and to revoke (admin always is). Default ["operator"]. */
   roles?: Role[];
+  /**
+   * Roles whose credential may also certify a bare public key (and revoke): the issuing service's, whose keys are
+   * in its custody. Must be held explicitly — admin does not imply it. Default ["issuer"].
+   */
+  bareKeyRoles?: Role[];
 }
 
 /** The refusal as an ApiProblem, so that problem.ts's handler sends, logs and counts it. */
@@ -62,7 +77,8 @@ const PROBLEMS = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as
 
 export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Promise<void> {
   const { client } = opts;
-  const roles: Role[] = opts.roles ?? ["operator"];
+  const bareKeyRoles: Role[] = opts.bareKeyRoles ?? ["issuer"];
+  const roles: Role[] = [...new Set([...(opts.roles ?? ["operator"]), ...bareKeyRoles])];
   if (roles.length === 0) throw new Error("caRoutes: certify and revoke need at least one role");
 
   // problem.ts's handler knows the RFC 9457 members only; the refusal's `check` is put back in just before the
@@ -86,13 +102,26 @@ export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Pro
     {
       config: { roles },
       schema: {
-        summary: "Certify a public key or a PKCS#10 request (ST19-ST20)",
+        summary: "Certify a PKCS#10 request, or (the issuing service's credential only) a public key from its custody (ST19-ST20)",
+        description:
+          "A `csr` is signed by the key it carries, which proves possession. A bare `subject` + `publicKey` is certified only for a credential " +
+          `holding one of the roles ${bareKeyRoles.join(", ")} (not implied by admin); anyone else is refused with check "proof-of-possession".`,
         tags: ["ca"],
         body: CERTIFY_REQUEST_SCHEMA,
         response: { 200: CERTIFY_RESPONSE_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
       },
     },
-    async (req) => encodeCertifyResponse(await client.certify(req.body as CertifyRequest)),
+    async (req) => {
+      const body = req.body as CertifyRequest;
+      if (body.publicKey !== undefined && !req.principal?.roles.some((r) => bareKeyRoles.includes(r))) {
+        throw new CaRefusal(
+          "proof-of-possession",
+          `a bare public key proves nobody holds it: it is certified only for the issuing service's credential (role ${bareKeyRoles.join(" or ")}), ` +
+            "for keys in its own custody; send a PKCS#10 request (csr) signed by the key instead",
+        );
+      }
+      return encodeCertifyResponse(await client.certify(body));
+    },
   );
 
   app.post(

@@ -16,7 +16,7 @@ import type { GeneratedKeyRecord, IssuedKeyRegistry } from "../keygen/registry.t
 import type { Db } from "./db.ts";
 
 export interface KeygenPublicKeysTable {
-  /** SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex; primary key. */
+  /** SHA-256 of the canonical DER SubjectPublicKeyInfo (keygen/registry.ts publicKeySha256Of), lowercase hex; primary key. */
   public_key_sha256: string;
   applicant_id: string;
   alg: string;
