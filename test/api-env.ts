@@ -139,13 +139,18 @@ export async function relay(post: ReturnType<typeof api>["post"], token: string,
   }
 }
 
-/** Card authentication through the terminal: a card-bound token, after the EXTERNAL AUTHENTICATE reached the card. */
-export async function authenticate(post: ReturnType<typeof api>["post"], cardId: string, card: CardRuntime, tamper = false): Promise<Res> {
+/**
+ * Card authentication through the terminal: a card-bound token, after the EXTERNAL AUTHENTICATE reached the card.
+ * The card answers SELECT, INITIALIZE UPDATE and the state counter report (GET DATA DF23). `tamper`: true changes
+ * a byte of the card cryptogram; a function changes the card's responses as it likes.
+ */
+export async function authenticate(post: ReturnType<typeof api>["post"], cardId: string, card: CardRuntime, tamper: boolean | ((responses: Uint8Array[]) => void) = false): Promise<Res> {
   const start = expect(await post(`/v1/cards/${cardId}/auth`), 201) as { sessionId: string; apdus: string[] };
-  assert.equal(start.apdus.length, 2);
+  assert.equal(start.apdus.length, 3);
   const responses = [];
   for (const a of start.apdus) responses.push(await transmitFollowing((x) => card.transmit(x), unhex(a)));
-  if (tamper) responses[1][25] ^= 0x01; // a byte of the card cryptogram
+  if (tamper === true) responses[1][25] ^= 0x01; // a byte of the card cryptogram
+  else if (tamper) tamper(responses);
   const r = await post(`/v1/cards/${cardId}/auth/${start.sessionId}`, undefined, { responses: responses.map(hex) });
   if (r.statusCode === 200) for (const a of r.json().apdus as string[]) assert.equal(swOf(await transmitFollowing((x) => card.transmit(x), unhex(a))), 0x9000, "the card accepts EXTERNAL AUTHENTICATE");
   return r;
@@ -159,11 +164,13 @@ export async function issueAndPersonalise(env: ApiEnv, name: string) {
   assert.equal(issued.card.status, "issued");
   assert.equal(issued.keySet.kvn, 1);
   const cardId = issued.card.id;
-  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  /** The card image's key: a copy of the image opens with it (tests of a card that went back to a copy). */
+  const imageKey = randomBytes(32);
+  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), imageKey, { cardId: Buffer.from(cardId, "hex") });
   const start = expect(await post(`/v1/cards/${cardId}/personalisation`, op), 201) as { sessionId: string; apdus: string[] };
   expect(await relay(post, op, start, card), 200);
   assert.equal(expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200).status, "active");
-  return { user, cardId, card };
+  return { user, cardId, card, imageKey };
 }
 
 

@@ -27,6 +27,7 @@ import type { ScpKeySet } from "../src/card/state.ts";
 import { concat, findTlv, tlv } from "../src/card/tlv.ts";
 import { createCertificateAuthority, issueCertificate } from "../src/ca/x509-issuer.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
+import { CHEAPEST_PIN_KDF } from "../src/card/pin.ts";
 
 // --- PRNG ----------------------------------------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ export async function prepareImage(dir: string, opts: { scpFailureLimit?: number
   const secret = new Uint8Array(randomBytes(32));
   const pin = "123456";
   const puk = "12345678";
-  const card = createCard(golden, secret, { durability: "none", pin, puk, scpFailureLimit: opts.scpFailureLimit });
+  const card = createCard(golden, secret, { durability: "none", pin, puk, scpFailureLimit: opts.scpFailureLimit, pinKdf: CHEAPEST_PIN_KDF });
   const transmit = async (a: Uint8Array): Promise<Uint8Array> => card.transmit(a);
   const sk: ScpKeySet = { kvn: 0x01, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
   await personalise(transmit, TRANSPORT_KEY_SET, sk);

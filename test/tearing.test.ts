@@ -43,6 +43,7 @@ import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
 import { ApduClient, type Transmit } from "../src/terminal/apdu-client.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";
 import { PIV_AID, PivClient, pinBlock } from "../src/terminal/piv-client.ts";
+import { CHEAPEST_PIN_KDF } from "../src/card/pin.ts";
 import { tempDir } from "./helpers.ts";
 import { observe, type KnownKey, type LiveObservation, type Observation, type Probes } from "./tearing-observe.ts";
 
@@ -135,7 +136,7 @@ async function prepareFixtures(): Promise<Fixtures> {
   ];
 
   // blank: as the card issuing machine makes it (transport key, OP_READY, PIV never selected)
-  createCard(at("blank"), IMAGE_KEY, { pin: PIN, puk: PUK }).close();
+  createCard(at("blank"), IMAGE_KEY, { pin: PIN, puk: PUK, pinKdf: CHEAPEST_PIN_KDF }).close();
   // transport: blank whose PIV applet was selected once (CHUID and CCC exist)
   copyFileSync(at("blank"), at("transport"));
   await onCard(at("transport"), async (_c, tx) => selectAid(tx, PIV_AID));
@@ -169,7 +170,7 @@ async function prepareFixtures(): Promise<Fixtures> {
   await wrongPins("pinLast", 2);
   await wrongPins("pinBlocked", 3, 1);
   // a card with an SCP03 failure limit of 3: 2 failures (nearLimit) and 3 (atLimit, the next INITIALIZE UPDATE zeroizes)
-  createCard(at("limitBase"), IMAGE_KEY, { pin: PIN, puk: PUK, scpFailureLimit: 3 }).close();
+  createCard(at("limitBase"), IMAGE_KEY, { pin: PIN, puk: PUK, scpFailureLimit: 3, pinKdf: CHEAPEST_PIN_KDF }).close();
   await onCard(at("limitBase"), async (_c, tx) => {
     await selectAid(tx, PIV_AID);
     await personalise(tx, TRANSPORT, SK);
@@ -186,7 +187,7 @@ async function prepareFixtures(): Promise<Fixtures> {
 
   // The predecessor card (its own card ID, Sk1 = PRED) with Kp in 9E, exported twice; its successor is the
   // personal card holding PRED beside Sk: added by PUT KEY (successorUnbound), then bound to it (successor).
-  createCard(at("pred"), IMAGE_KEY, { pin: PIN, puk: PUK }).close();
+  createCard(at("pred"), IMAGE_KEY, { pin: PIN, puk: PUK, pinKdf: CHEAPEST_PIN_KDF }).close();
   const pred = await onCard(at("pred"), async (_c, tx) => {
     await selectAid(tx, PIV_AID);
     await personalise(tx, TRANSPORT, PRED);
@@ -333,7 +334,7 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       // Legal intermediate "decremented": the pessimistic decrement landed, the reset did not. The cardholder
       // loses a try to the power cut, never gains one; the PIN itself is unchanged.
-      intermediates: (b) => [{ label: "PIN try spent, not yet reset", obs: withInfo(b, { pinTriesLeft: b.info.pinTriesLeft - 1 }) }],
+      intermediates: (b) => [{ label: "PIN try spent, not yet reset", obs: withInfo(b, { pinTriesLeft: b.info.pinTriesLeft - 1, stateCounter: b.info.stateCounter + 1 }) }],
     },
     {
       // Two commits: tries-1, then new reference data with tries reset, in one commit.
@@ -346,7 +347,7 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       // Legal intermediate: old PIN with one try spent (the decrement before the comparison landed); never the new
       // PIN with old tries, never a half-changed PIN.
-      intermediates: (b) => [{ label: "old PIN, try spent", obs: withInfo(b, { pinTriesLeft: b.info.pinTriesLeft - 1 }) }],
+      intermediates: (b) => [{ label: "old PIN, try spent", obs: withInfo(b, { pinTriesLeft: b.info.pinTriesLeft - 1, stateCounter: b.info.stateCounter + 1 }) }],
     },
     {
       name: "PIV CHANGE REFERENCE DATA, PUK",
@@ -356,7 +357,7 @@ function scenarios(fx: Fixtures): Scenario[] {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x24, p1: 0, p2: 0x81, data: pad16(PUK, NEW_PUK) }), 0x9000, "CHANGE REFERENCE DATA PUK");
       },
-      intermediates: (b) => [{ label: "old PUK, try spent", obs: withInfo(b, { pukTriesLeft: b.info.pukTriesLeft - 1 }) }],
+      intermediates: (b) => [{ label: "old PUK, try spent", obs: withInfo(b, { pukTriesLeft: b.info.pukTriesLeft - 1, stateCounter: b.info.stateCounter + 1 }) }],
     },
     {
       name: "PIV CHANGE REFERENCE DATA, wrong old PIN",
@@ -379,7 +380,7 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       // Legal intermediate: the PUK try spent before the comparison, PIN still blocked. Never a new PIN with the
       // PUK counter still down, never a half-set PIN.
-      intermediates: (b) => [{ label: "PUK try spent, PIN blocked", obs: withInfo(b, { pukTriesLeft: b.info.pukTriesLeft - 1 }) }],
+      intermediates: (b) => [{ label: "PUK try spent, PIN blocked", obs: withInfo(b, { pukTriesLeft: b.info.pukTriesLeft - 1, stateCounter: b.info.stateCounter + 1 }) }],
       check: (obs) => assert.ok(live(obs).info.pinTriesLeft === 0 || live(obs).pin === "NEW_PIN", `PIN unblocked without the new PIN: ${JSON.stringify(obs)}`),
     },
     {
@@ -524,7 +525,7 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       // Legal intermediate: INITIALIZE UPDATE landed (the new counter and the pessimistic failure) but EXTERNAL
       // AUTHENTICATE did not: exactly an abandoned session, which counts as a failure.
-      intermediates: (_b, a) => [{ label: "counter moved, failure counted", obs: withInfo(a, { scpTriesLeft: a.info.scpTriesLeft - 1 }) }],
+      intermediates: (_b, a) => [{ label: "counter moved, failure counted", obs: withInfo(a, { scpTriesLeft: a.info.scpTriesLeft - 1, stateCounter: a.info.stateCounter - 1 }) }],
       check: (obs, before) => assert.ok(live(obs).info.scpSequenceCounter >= live(before).info.scpSequenceCounter),
     },
     {
@@ -686,6 +687,11 @@ function genericInvariants(obs: Observation, before: Observation): void {
     // the package sequence number never goes backwards, nor does the SCP03 sequence counter
     assert.ok(obs.info.packageSeq >= before.info.packageSeq, "package sequence went backwards");
     assert.ok(obs.info.scpSequenceCounter >= before.info.scpSequenceCounter, "SCP03 sequence counter went backwards");
+    // The state counter (src/card/state-counter.ts) moves in the same write as every change: a card whose state
+    // differs from before carries a higher counter, whichever write the power cut — what lets the issuer see an
+    // image that went back.
+    assert.ok(obs.info.stateCounter >= before.info.stateCounter, "state counter went backwards");
+    if (!isDeepStrictEqual(obs, before)) assert.ok(obs.info.stateCounter > before.info.stateCounter, `the state changed under the old state counter ${before.info.stateCounter}`);
   }
 }
 

@@ -3,8 +3,10 @@
 //
 //   GET DATA   80/00 CA tag (§11.3):  0045 card image number (public card ID), 0066 card recognition data,
 //              00E0 key information template, 00C1 sequence counter, 9F7F CPLC, FF21 extended card resources,
-//              DF20 cardkms public state (lifecycle, PIN/PUK tries left, package sequence, SCP tries left),
-//              DF21 secret ID (only in a session with R-ENCRYPTION).
+//              DF20 cardkms public state (lifecycle, PIN/PUK tries left, package sequence, SCP tries left, state
+//              counter), DF21 secret ID (only in a session with R-ENCRYPTION), DF23 the state counter report: after
+//              INITIALIZE UPDATE on the channel, DF23 { 80 counter (8), 81 MAC under the session's S-MAC (8) }
+//              (state-counter.ts; 6985 without a session): how the issuer notices an image that went back.
 //   PUT KEY    80 D8 (§11.8, Amendment D §7.2): a full SCP03 AES key set, keys encrypted under the static DEK of the
 //              session's key set (AES-CBC, zero ICV), KCV = first 3 bytes of AES(key, 16 x 01). Needs C-MAC and
 //              C-DECRYPTION. P1 = 0 adds a key set, P1 = KVN replaces it. Response: KVN || KCVs.
@@ -28,6 +30,7 @@ import type { Applet, AppletContext } from "./applet.ts";
 import { aesCbcDecrypt, aesEcbEncrypt, isAesKeyLength } from "./scp03/cmac.ts";
 import { scp03ChannelOf, staticKeys } from "./scp03/card-channel.ts";
 import { ISD_AID, I_PARAM, SEC, concatBytes, wipe } from "./scp03/sm.ts";
+import { encodeStateCounterReport, TAG_STATE_COUNTER } from "./state-counter.ts";
 import type { CardState, Lifecycle, ScpKeySet } from "./state.ts";
 import { usedBytes } from "./state.ts";
 import { CardError, SW } from "./sw.ts";
@@ -102,7 +105,16 @@ function publicState(st: Readonly<CardState>): Uint8Array {
     tlv(0x82, u8(st.puk.tries)),
     tlv(0x83, be(st.packageSeq, 4)),
     tlv(0x84, u8(Math.max(0, st.scpFailureLimit - st.scpFailures))),
+    tlv(0x85, be(st.stateCounter ?? 0, 8)),
   );
+}
+
+/** GET DATA DF23: the state counter, MACed under this channel's SCP03 session (state-counter.ts). */
+function stateCounterReport(ctx: AppletContext): Uint8Array {
+  const counter = ctx.card.state.stateCounter ?? 0;
+  const mac = scp03ChannelOf(ctx.card, ctx.channel)?.stateCounterMac(counter);
+  if (!mac) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "the state counter report needs INITIALIZE UPDATE first");
+  return encodeStateCounterReport(counter, mac);
 }
 
 /** Tag of the key set origin data object (STORE DATA, GET DATA). */
@@ -189,6 +201,8 @@ export class IssuerSecurityDomain implements Applet {
         return publicState(st);
       case 0xdf22:
         return keyOrigins(st);
+      case TAG_STATE_COUNTER:
+        return stateCounterReport(ctx);
       case 0xdf21:
         // The secret ID leaves the card only encrypted: the session must protect this very response.
         if (!authenticated(ctx) || !(ctx.secureLevel & SEC.R_ENCRYPTION))

@@ -8,10 +8,11 @@ import { claChaining, claChannel, claSecureMessaging, encodeResponse, parseComma
 import type { Applet, AppletContext, SecureChannel, SecureChannelFactory } from "./applet.ts";
 import type { Durability, ImageSecret } from "./eeprom.ts";
 import { Eeprom, PowerLoss } from "./eeprom.ts";
-import type { CardState, PinState, ScpKeySet } from "./state.ts";
+import type { CardState, PinKdf, ScpKeySet } from "./state.ts";
 import { cloneState, usedBytes } from "./state.ts";
 import { CardError, SW } from "./sw.ts";
-import { hashPin } from "./pin.ts";
+import { DEFAULT_PIN_KDF, needsUpgrade, newReference, upgradeReferences } from "./pin.ts";
+import { MAX_STATE_COUNTER } from "./state-counter.ts";
 
 const MAX_CHANNELS = 4;
 const MAX_CHAIN = 65536;
@@ -32,6 +33,8 @@ export interface CreateCardOptions extends CardRuntimeOptions {
   puk?: string;
   pinTries?: number;
   pukTries?: number;
+  /** Cost of the PIN and PUK KDF, kept in the image (pin.ts); default DEFAULT_PIN_KDF, the production cost. */
+  pinKdf?: PinKdf;
   scpFailureLimit?: number;
 }
 
@@ -72,12 +75,13 @@ export class CardRuntime {
       scpFailures: 0,
       scpFailureLimit: o.scpFailureLimit ?? 10,
       scpCounter: 0,
-      pin: newPin(o.pin ?? "123456", o.pinTries ?? 3),
-      puk: newPin(o.puk ?? "12345678", o.pukTries ?? 3),
+      pin: newReference(o.pin ?? "123456", o.pinTries ?? 3, o.pinKdf ?? DEFAULT_PIN_KDF),
+      puk: newReference(o.puk ?? "12345678", o.pukTries ?? 3, o.pinKdf ?? DEFAULT_PIN_KDF),
       keys: {},
       objects: {},
       packageSeq: 0,
       exportSeq: {},
+      stateCounter: 0,
     };
     // The slot holds the JSON image: hex doubles user bytes; allow room for bookkeeping.
     const eeprom = Eeprom.create(path, secret, serialize(state), capacity * 2 + 32 * 1024, { durability: o.durability });
@@ -86,7 +90,23 @@ export class CardRuntime {
 
   static open(path: string, secret: ImageSecret, o: CardRuntimeOptions): CardRuntime {
     const { eeprom, image } = Eeprom.open(path, secret, { durability: o.durability });
-    return new CardRuntime(eeprom, JSON.parse(Buffer.from(image).toString("utf8")) as CardState, o);
+    const card = new CardRuntime(eeprom, JSON.parse(Buffer.from(image).toString("utf8")) as CardState, o);
+    card.upgrade();
+    return card;
+  }
+
+  /**
+   * An image made before the PIN KDF or the state counter gets both on load, in one commit: its PIN and PUK hashes
+   * stretched (pin.ts), its state counter started from its SCP03 sequence counter (both only ever grew).
+   */
+  private upgrade(): void {
+    if (!needsUpgrade(this.st) && this.st.stateCounter !== undefined) return;
+    try {
+      this.commit(upgradeReferences);
+    } catch (e) {
+      // Not written (e.g. no room in the image): the old hashes still verify, and the next power-up tries again.
+      if (!(e instanceof CardError)) throw e;
+    }
   }
 
   /** The answer-to-reset: T=1, historical bytes carrying "cardkms" as card issuer's data. */
@@ -117,10 +137,15 @@ export class CardRuntime {
   /**
    * Atomically applies `mutate` to persistent state: a copy is changed, checked against the card's capacity
    * (6A84 and nothing written when it would not fit), written through the EEPROM's commit, and only then adopted.
+   * Every commit moves the state counter (state-counter.ts) one up in the same write: a changed state never
+   * carries an old counter, whatever the power does.
    */
   commit(mutate: (s: CardState) => void): void {
+    const counter = this.st.stateCounter ?? this.st.scpCounter;
+    if (counter >= MAX_STATE_COUNTER) throw new CardError(SW.CONDITIONS_NOT_SATISFIED, "state counter exhausted");
     const next = cloneState(this.st);
     mutate(next);
+    next.stateCounter = counter + 1;
     const used = usedBytes(next);
     if (used > next.capacity && used > usedBytes(this.st)) throw new CardError(SW.NOT_ENOUGH_MEMORY, "card memory full");
     try {
@@ -320,11 +345,6 @@ export class CardRuntime {
     }
     throw new CardError(SW.INCORRECT_P1P2);
   }
-}
-
-function newPin(value: string, tries: number): PinState {
-  const salt = randomBytes(16).toString("hex");
-  return { salt, hash: hashPin(salt, value), tries, maxTries: tries };
 }
 
 function serialize(s: CardState): Uint8Array {

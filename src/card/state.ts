@@ -19,10 +19,23 @@ export interface ScpKeySet {
   origin?: string;
 }
 
+/** The KDF of PIN and PUK reference data (pin.ts) and its cost, kept in the image with each reference. */
+export interface PinKdf {
+  alg: "scrypt";
+  /** scrypt's cost N = 2^logN. */
+  logN: number;
+  r: number;
+  p: number;
+}
+
 export interface PinState {
-  /** Salted SHA-256 of the reference data; the PIN itself is not kept. */
+  /**
+   * scrypt(SHA-256(salt || value), salt) with `kdf`'s cost (pin.ts); the PIN itself is not kept. Without `kdf`
+   * (images made before it): SHA-256(salt || value) alone, which CardRuntime.open stretches on load.
+   */
   hash: string;
   salt: string;
+  kdf?: PinKdf;
   tries: number;
   maxTries: number;
 }
@@ -70,6 +83,12 @@ export interface CardState {
   predecessorExportSeq?: Record<string, number>;
   /** Why the card was terminated, when it was. */
   terminatedReason?: string;
+  /**
+   * Monotonic: +1 in every commit, in the same atomic write as the change it counts (runtime.ts), and reported
+   * MACed at login so the issuer notices an image that went back (state-counter.ts). Absent in images made before
+   * it: CardRuntime.open adds it, starting from scpCounter.
+   */
+  stateCounter?: number;
 }
 
 /** Bytes of user data a state holds, counted against the card's capacity. */

@@ -4,9 +4,21 @@
 // in custody, issues a short-lived token bound to that card. With it the terminal fetches the card's packages
 // and acknowledges them; a token bound to another card is refused (403).
 //
-//   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE]}
-//   POST /cards/{id}/auth/{sessionId}  {responses: [2 hex]}
+//   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE,
+//                                                    GET DATA DF23 (state counter report)]}
+//   POST /cards/{id}/auth/{sessionId}  {responses: [3 hex]}
 //                                      -> 200 {token, expiresAt, apdus: [EXTERNAL AUTHENTICATE]} | 401 wrong cryptogram
+//                                         or state counter MAC | 409 check card_rollback
+//
+// The proof carries the card's state counter (issue 17 §6, src/card/state-counter.ts): MACed under the session
+// keys custody derives from the card key, so the terminal cannot change it. It must be above the highest counter
+// the card reported at an earlier login (src/store/state-counter-repository.ts); when it is not, the card image
+// went back to an older copy (or a clone logged in): the login is refused (409, check "card_rollback"), audited,
+// notified (event card.rollback) and the card flagged — later logins are refused at once, before any APDU reaches
+// the card, until an operator clears the flag:
+//   GET  /cards/{id}/state-counter           (operator, auditor) the remembered counter and the flag
+//   POST /cards/{id}/state-counter/clear     (operator) {reason}: removes the flag and forgets the counter
+//   GET  /rollbacks                          (operator, auditor) the flagged cards
 //
 // The terminal must forward the EXTERNAL AUTHENTICATE: it completes the handshake on the card, which resets
 // the card's authentication failure counter. Tokens live in memory, stored as SHA-256 hashes, never logged.
@@ -16,13 +28,16 @@ import type { FastifyPluginAsync } from "fastify";
 import { encodeCommand, parseResponse } from "../card/apdu.ts";
 import { Scp03Error, Scp03HostSession } from "../card/scp03/host.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
+import { checkStateCounterReport, STATE_COUNTER_COMMAND, StateCounterError } from "../card/state-counter.ts";
 import { LEVEL_FULL } from "../issuer/card-keys.ts";
 import type { Issuer } from "../issuer/issuer.ts";
 import { appendAudit } from "../store/audit.ts";
+import type { Db } from "../store/db.ts";
+import { StateCounterRepository, type CardStateCounter } from "../store/state-counter-repository.ts";
 import type { CardKeySet } from "../store/store.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
-import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
-import { ApiProblem } from "./problem.ts";
+import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
+import { ApiProblem, problemSchema } from "./problem.ts";
 import { TtlMap } from "./relay-sessions.ts";
 
 /** Card-bound terminal tokens, in memory, by hash. */
@@ -51,6 +66,45 @@ interface AuthSession {
   cardId: string;
   keySet: CardKeySet;
   host: Scp03HostSession;
+  /** When the handshake began (store clock): a lower counter from a login that crossed another is not a rollback. */
+  startedAt: number;
+}
+
+/** problem+json of the login routes: RFC 9457 members, and the check of a refusal for the card's state. */
+const LOGIN_PROBLEM = {
+  type: "object",
+  required: problemSchema.required,
+  properties: {
+    ...problemSchema.properties,
+    check: { type: "string", description: "card_rollback: the card's state counter did not go up since its last login, or the card is flagged for it" },
+  },
+} as const;
+const loginProblems = { "4xx": LOGIN_PROBLEM, "5xx": { $ref: "Problem#" } } as const;
+
+const stateCounterSchema = {
+  type: "object",
+  required: ["cardId", "counter", "updatedAt", "rollback"],
+  properties: {
+    cardId: { type: "string" },
+    counter: { type: ["integer", "null"], description: "the highest state counter the card reported at an accepted login; null: none since the last clear" },
+    updatedAt: { type: ["integer", "null"] },
+    rollback: {
+      type: ["object", "null"],
+      description: "set while the card is flagged: when a login reported a counter not above `counter`, and that counter",
+      properties: { at: { type: "integer" }, reported: { type: "integer" } },
+    },
+  },
+} as const;
+
+const counterOut = (cardId: string, r: CardStateCounter | undefined) => ({ cardId, counter: r?.counter ?? null, updatedAt: r?.updatedAt ?? null, rollback: r?.rollback ?? null });
+
+/** The refusal of a login of a card whose state went back (now, or flagged before). */
+function rollbackProblem(cardId: string, r: CardStateCounter, now: boolean): ApiProblem {
+  const flag = r.rollback!;
+  const detail = now
+    ? `card ${cardId} reported state counter ${flag.reported}, not above ${r.counter} it reported at an earlier login: its image went back to an older copy, or a clone logged in. The card is flagged; an operator must clear it.`
+    : `card ${cardId} is flagged since ${new Date(flag.at).toISOString()}: a login reported state counter ${flag.reported}, not above ${r.counter}. An operator must clear the flag (POST /v1/cards/${cardId}/state-counter/clear).`;
+  return new ApiProblem(409, "card-rollback", "The card went back to an older state", detail, { check: "card_rollback" });
 }
 
 export interface TerminalRoutesOptions {
@@ -63,27 +117,32 @@ export interface TerminalRoutesOptions {
 export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (app, o) => {
   const { issuer, tokens } = o;
   const store = issuer.store;
+  const counters = new StateCounterRepository(store.db as Db, { now: () => store.now() });
   const handshakes = new TtlMap<AuthSession>({ ttlMs: o.authSessions?.ttlMs ?? 5 * 60_000, max: o.authSessions?.max ?? 1000 });
 
   app.post<{ Params: { id: string } }>(
     "/cards/:id/auth",
     {
       schema: {
-        summary: "Start a card's proof for its terminal: forward SELECT ISD and INITIALIZE UPDATE to the card",
+        summary: "Start a card's proof for its terminal: forward SELECT ISD, INITIALIZE UPDATE and GET DATA DF23 (the state counter report) to the card",
         params: params({ id: CARD_ID }),
         body: EMPTY_BODY,
-        response: { 201: relayRoundSchema, ...problems },
+        response: { 201: relayRoundSchema, ...loginProblems },
       },
     },
     async (req, reply) =>
       domain(async () => {
         const card = await issuer.card(req.params.id);
         if (card.status !== "active") throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is ${card.status}, not active`);
+        // A flagged card gets no INITIALIZE UPDATE: each one the login does not complete counts against the
+        // card's secure-channel failure limit, which a terminal retrying in a loop would otherwise reach.
+        const remembered = await counters.get(card.id);
+        if (remembered?.rollback) throw rollbackProblem(card.id, remembered, false);
         const keySet = await issuer.currentKeySet(card);
         const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
         const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
-        const apdus = [select, host.initializeUpdate()];
-        const { id } = handshakes.add({ cardId: card.id, keySet, host }, "card authentication");
+        const apdus = [select, host.initializeUpdate(), STATE_COUNTER_COMMAND];
+        const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication");
         return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
       }),
   );
@@ -92,16 +151,17 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
     "/cards/:id/auth/:sessionId",
     {
       schema: {
-        summary: "The card's answers to SELECT and INITIALIZE UPDATE: a card-bound token once its cryptogram verifies; forward the EXTERNAL AUTHENTICATE",
+        summary:
+          "The card's answers to SELECT, INITIALIZE UPDATE and GET DATA DF23: a card-bound token once its cryptogram and its state counter report verify and the counter went up; forward the EXTERNAL AUTHENTICATE",
         params: params({ id: CARD_ID, sessionId: SESSION_ID }),
-        body: { type: "object", additionalProperties: false, required: ["responses"], properties: { responses: { type: "array", minItems: 2, maxItems: 2, items: APDU_HEX } } },
+        body: { type: "object", additionalProperties: false, required: ["responses"], properties: { responses: { type: "array", minItems: 3, maxItems: 3, items: APDU_HEX } } },
         response: {
           200: {
             type: "object",
             required: ["token", "expiresAt", "apdus"],
             properties: { token: { type: "string" }, expiresAt: { type: "string", format: "date-time" }, apdus: { type: "array", items: { type: "string" } } },
           },
-          ...problems,
+          ...loginProblems,
         },
       },
     },
@@ -111,7 +171,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         const hs = handshakes.get(sessionId);
         if (!hs || hs.cardId !== cardId) throw new ApiProblem(404, "not-found", "authentication session not found", `no open authentication session ${sessionId} for card ${cardId}`);
         handshakes.delete(sessionId); // one attempt per handshake
-        const [sel, iu] = req.body.responses.map(fromHex);
+        const [sel, iu, report] = req.body.responses.map(fromHex);
         const swSel = parseResponse(sel).sw;
         if (swSel !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused SELECT (SW ${swHex(swSel)})`);
         const swIu = parseResponse(iu).sw;
@@ -129,23 +189,91 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         const keys = issuer.keysOf(current);
         if (!("custody" in keys)) throw new Error("card keys must be in custody");
         const material = await keys.custody.scp03Session(keys.ref, challenges.hostChallenge, challenges.cardChallenge);
+        const refused = async (reason: string, detail: string) => {
+          await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason, kvn: current.kvn } });
+          return new ApiProblem(401, "card-not-proven", "The card did not prove itself", detail);
+        };
         let externalAuthenticate: Uint8Array;
+        let counter: number;
         try {
-          externalAuthenticate = hs.host.authenticateWith(iu, material);
-        } catch (e) {
-          if (!(e instanceof Scp03Error)) throw e;
-          await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason: "wrong card cryptogram", kvn: current.kvn } });
-          throw new ApiProblem(401, "card-not-proven", "The card did not prove itself", "wrong card cryptogram: this is not the card, or not its current key set");
+          try {
+            externalAuthenticate = hs.host.authenticateWith(iu, material);
+          } catch (e) {
+            if (!(e instanceof Scp03Error)) throw e;
+            throw await refused("wrong card cryptogram", "wrong card cryptogram: this is not the card, or not its current key set");
+          }
+          try {
+            counter = checkStateCounterReport(report, { sMac: material.sMac, ...challenges });
+          } catch (e) {
+            if (!(e instanceof StateCounterError)) throw e;
+            if (e.reason === "mac") throw await refused("state counter report does not verify", "the state counter report does not verify under the card's session: it was changed on the way");
+            throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card did not report its state counter: ${e.message}`);
+          }
         } finally {
           material.sEnc.fill(0);
           material.sMac.fill(0);
           material.sRmac.fill(0);
           hs.host.end();
         }
+        const outcome = await counters.recordLogin(cardId, counter, { since: hs.startedAt, actor: `card:${cardId}`, details: { kvn: current.kvn } });
+        if (!outcome.accepted) {
+          if (outcome.reason === "raced") throw new ApiProblem(409, "conflict", "Conflict", "another login of this card crossed this one; start again");
+          if (outcome.reason === "flagged") await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter } });
+          throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
+        }
         const { token, expiresAt } = tokens.issue(cardId);
-        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt } });
+        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
         return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
       }),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/cards/:id/state-counter",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "The state counter the card reported at its last accepted login, and its rollback flag",
+        params: params({ id: CARD_ID }),
+        response: { 200: stateCounterSchema, ...problems },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const card = await issuer.card(req.params.id);
+        return counterOut(card.id, await counters.get(card.id));
+      }),
+  );
+
+  app.post<{ Params: { id: string }; Body: { reason: string } }>(
+    "/cards/:id/state-counter/clear",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "An operator's decision on a card flagged for a rollback: clears the flag and forgets the counter, so the next login starts over (audited)",
+        params: params({ id: CARD_ID }),
+        body: { type: "object", additionalProperties: false, required: ["reason"], properties: { reason: { type: "string", minLength: 1, maxLength: 500 } } },
+        response: { 200: { type: "object", required: ["cardId", "cleared"], properties: { cardId: { type: "string" }, cleared: stateCounterSchema } }, ...problems },
+      },
+    },
+    async (req) =>
+      domain(async () => {
+        const card = await issuer.card(req.params.id);
+        const cleared = await counters.clear(card.id, { actor: principalOf(req).name, reason: req.body.reason });
+        if (!cleared) throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is not flagged for a rollback`);
+        return { cardId: card.id, cleared: counterOut(card.id, cleared) };
+      }),
+  );
+
+  app.get(
+    "/rollbacks",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "The cards flagged for a rollback, the oldest flag first",
+        response: { 200: { type: "object", required: ["cards"], properties: { cards: { type: "array", items: stateCounterSchema } } }, ...problems },
+      },
+    },
+    async () => domain(async () => ({ cards: (await counters.listFlagged()).map((r) => counterOut(r.cardId, r)) })),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>(

@@ -11,6 +11,7 @@ import { backupTables } from "./migrations/0004_backups.ts";
 import { webhookDeliveries } from "./migrations/0005_webhook_deliveries.ts";
 import { keygenRegistry } from "./migrations/0006_keygen_registry.ts";
 import { recoveryLifecycle } from "./migrations/0007_recovery_lifecycle.ts";
+import { cardStateCounters } from "./migrations/0008_card_state_counters.ts";
 import { canonicalKeyHashes } from "./migrations/0009_canonical_key_hashes.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
@@ -23,6 +24,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0005_webhook_deliveries": webhookDeliveries(engine),
     "0006_keygen_registry": keygenRegistry(engine),
     "0007_recovery_lifecycle": recoveryLifecycle(engine),
+    "0008_card_state_counters": cardStateCounters(engine),
     "0009_canonical_key_hashes": canonicalKeyHashes(engine),
   };
 }

@@ -240,12 +240,16 @@ export class IssuerApiClient {
 
   // --- the user terminal's card-bound routes (§6, §8) ------------------------------------------------------------
 
-  /** Starts card authentication: the server's SELECT and INITIALIZE UPDATE for the card. */
+  /** Starts card authentication: the server's SELECT, INITIALIZE UPDATE and state counter report (GET DATA DF23) for the card. */
   async startCardAuth(cardId: string): Promise<RelayStart> {
     return relayStart(await this.request("POST", `/v1/cards/${seg(cardId)}/auth`, {}));
   }
 
-  /** Hands the card's answers back; the server checks the card cryptogram and issues a token bound to the card. */
+  /**
+   * Hands the card's answers back; the server checks the card cryptogram and the card's state counter and issues a
+   * token bound to the card. A card whose state went back (an older copy of its image) is refused: 409, check
+   * card_rollback (src/card/state-counter.ts).
+   */
   async finishCardAuth(cardId: string, sessionId: string, responses: Uint8Array[]): Promise<CardAuthentication> {
     const r = await this.request<{ token: string; expiresAt: string | number; apdus?: string[] }>("POST", `/v1/cards/${seg(cardId)}/auth/${seg(sessionId)}`, {
       responses: responses.map(hexOf),

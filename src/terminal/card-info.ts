@@ -15,6 +15,8 @@ export interface CardInfo {
   pukTriesLeft: number;
   packageSeq: number;
   scpTriesLeft: number;
+  /** Monotonic count of the card's state changes (src/card/state-counter.ts); 0 from a card that does not report it. */
+  stateCounter: number;
   freeBytes: number;
   keySets: { kvn: number; keyLength: number }[];
   certificates: { slot: string; subject: string; issuer: string; notAfter: string }[];
@@ -51,6 +53,7 @@ export async function readCardInfo(transmit: Transmit): Promise<CardInfo | { lif
     pukTriesLeft: num(findTlv(st, 0x82)),
     packageSeq: num(findTlv(st, 0x83)),
     scpTriesLeft: num(findTlv(st, 0x84)),
+    stateCounter: num(findTlv(st, 0x85)),
     freeBytes: num(findTlv(res, 0x82)),
     keySets: [...keySets].map(([kvn, keyLength]) => ({ kvn, keyLength })),
     certificates,

@@ -184,9 +184,10 @@ export class UserTerminal {
   }
 
   /**
-   * Card-bound authentication (issue 3 §8): the server's SELECT and INITIALIZE UPDATE go to the card; its
-   * cryptogram goes back; the server answers with a token for this card only, and with EXTERNAL AUTHENTICATE,
-   * which the card checks in turn — a server that does not hold the card's key is refused here.
+   * Card-bound authentication (issue 3 §8): the server's SELECT, INITIALIZE UPDATE and GET DATA DF23 go to the
+   * card; its cryptogram and MACed state counter go back; the server answers with a token for this card only, and
+   * with EXTERNAL AUTHENTICATE, which the card checks in turn — a server that does not hold the card's key is
+   * refused here. A card whose state counter went back is refused by the server (ApiError 409, card-rollback).
    */
   async authenticate(): Promise<{ expiresAt: number }> {
     const start = await this.api.startCardAuth(this.cardId);

@@ -24,6 +24,7 @@ import type { CommandApdu } from "../apdu.ts";
 import type { SecureChannel, SecureChannelFactory } from "../applet.ts";
 import type { CardRuntime } from "../runtime.ts";
 import type { ScpKeySet } from "../state.ts";
+import { stateCounterMac } from "../state-counter.ts";
 import { CardError, SW } from "../sw.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, pseudoRandomChallenge } from "./kdf.ts";
@@ -114,6 +115,14 @@ export class Scp03CardChannel implements SecureChannel {
   /** KVN of the key set of the current authenticated session (for PUT KEY), or undefined. */
   get keyVersion(): number | undefined {
     return this.s?.authenticated ? this.s.kvn : undefined;
+  }
+
+  /**
+   * The MAC of a state counter report (../state-counter.ts) under this channel's session S-MAC and challenges,
+   * authenticated or not yet; undefined when no INITIALIZE UPDATE opened a session here.
+   */
+  stateCounterMac(counter: number): Uint8Array | undefined {
+    return this.s && stateCounterMac(this.s.sMac, this.s.context, counter);
   }
 
   owns(cmd: CommandApdu): boolean {
