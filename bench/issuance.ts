@@ -29,8 +29,10 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { openCaService } from "../src/ca/service.ts";
 import type { KeyAlg } from "../src/card/state.ts";
+import type { KeyCustody } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { Issuer, SLOTS } from "../src/issuer/issuer.ts";
+import { KMC_LABEL } from "../src/issuer/transport-keys.ts";
 import { SqlCaRepository } from "../src/store/ca-repository.ts";
 import type { OpenOptions } from "../src/store/db.ts";
 import { Store } from "../src/store/store.ts";
@@ -47,6 +49,11 @@ export interface BenchResult {
 const pct = (sorted: number[], p: number): number => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] : NaN);
 const r1 = (x: number): number => Math.round(x * 10) / 10;
 
+/** The card manufacturer's KMC in the issuer's custody (a key ceremony): issuing a card needs its transport keys. */
+async function benchKmc(custody: KeyCustody): Promise<void> {
+  await custody.createSecretKey(KMC_LABEL, { type: "aes", bits: 128, usage: ["derive"] });
+}
+
 /** An issuer as the server assembles it: a store on `engine`, the software keystore, the CA service over SQL. */
 export async function benchIssuer(engine: "sqlite" | "postgres", open: OpenOptions = {}): Promise<{ issuer: Issuer; close(): Promise<void> }> {
   const e = testEngines().find((x) => x.name === engine);
@@ -58,6 +65,7 @@ export async function benchIssuer(engine: "sqlite" | "postgres", open: OpenOptio
   for (const p of (process.env.BENCH_PRAGMA ?? "").split(";").filter(Boolean)) await sql.raw(`pragma ${p}`).execute(tdb.db);
   const ca = await openCaService({ custody, signerLabel: "ca-issuing", repository: new SqlCaRepository(tdb.db, "issuing"), subject: { commonName: "bench CA" }, crlUrl: "http://127.0.0.1/crl" });
   const issuer = await Issuer.open({ store, custody, ca: ca.client });
+  await benchKmc(custody);
   return {
     issuer,
     async close() {
@@ -260,13 +268,17 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     const { token } = await createOperatorToken(setup, "bench", ["operator"]);
     await setup.close();
 
+    const keystoreKey = randomBytes(32).toString("hex");
+    const keystore = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: keystoreKey });
+    await benchKmc(keystore);
+    await keystore.close();
     const port = await freePort();
     const env = {
       ...process.env,
       CARDKMS_DATABASE: database,
       CARDKMS_CUSTODY: "software",
       CARDKMS_KEYSTORE: join(dir, "keystore.json"),
-      CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex"),
+      CARDKMS_KEYSTORE_KEY: keystoreKey,
       CARDKMS_LISTEN_HOST: "127.0.0.1",
       CARDKMS_LISTEN_PORT: String(port),
       CARDKMS_CRL_URL: `http://127.0.0.1:${port}/v1/ca/crl`,

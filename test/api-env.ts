@@ -13,7 +13,8 @@ import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
 import { createOperatorToken, startIssuerServer, type IssuerServer, type StartOptions } from "../src/server/main.ts";
 import type { TestEngine } from "../src/store/testing.ts";
 import { tempDir } from "./helpers.ts";
-import { softhsmToken } from "./custody-env.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
+import { SOFTHSM2_OPEN_PATHS, softhsmToken } from "./custody-env.ts";
 
 export interface ApiEnv {
   server: IssuerServer;
@@ -30,6 +31,8 @@ export interface ApiEnvOptions {
   wrapCustody?: StartOptions["wrapCustody"];
   /** Key custody of the server: a software keystore (default) or a fresh SoftHSM2 token over PKCS#11. */
   custody?: "software" | "softhsm";
+  /** Development-only settings (config.ts `insecure`), e.g. the public transport keys. */
+  insecure?: Partial<IssuerConfig["insecure"]>;
 }
 
 /** The custody kinds API tests run on: both, always (SoftHSM2 comes from scripts/system-deps.sh; tests fail without it). */
@@ -42,7 +45,7 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
   let custody: IssuerConfig["custody"];
   if (o.custody === "softhsm") {
     const hsm = softhsmToken(join(dir, "hsm"));
-    custody = { kind: "pkcs11", module: hsm.CARDKMS_PKCS11_MODULE, tokenLabel: hsm.CARDKMS_PKCS11_TOKEN };
+    custody = { kind: "pkcs11", module: hsm.CARDKMS_PKCS11_MODULE, tokenLabel: hsm.CARDKMS_PKCS11_TOKEN, acceptOpenPaths: [...SOFTHSM2_OPEN_PATHS] };
     env.CARDKMS_PKCS11_PIN = hsm.CARDKMS_PKCS11_PIN;
   } else {
     custody = { kind: "software", keystore: join(dir, "keystore.json") };
@@ -56,6 +59,7 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
     crlUrl: "http://127.0.0.1:8443/v1/crl",
     logLevel: o.logLevel ?? "info",
     ...(o.validity ? { validity: o.validity } : {}),
+    ...(o.insecure ? { insecure: { ...DEFAULT_CONFIG.insecure, ...o.insecure } } : {}),
   };
   if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
   const logs: string[] = [];
@@ -69,6 +73,7 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
   try {
     server = await startIssuerServer(config, { env, listen: false, logStream, wrapCustody: o.wrapCustody });
     await server.app.ready();
+    await importTestKmc(server.custody);
   } catch (e) {
     await tdb.drop();
     throw e;
@@ -166,7 +171,7 @@ export async function issueAndPersonalise(env: ApiEnv, name: string) {
   const cardId = issued.card.id;
   /** The card image's key: a copy of the image opens with it (tests of a card that went back to a copy). */
   const imageKey = randomBytes(32);
-  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), imageKey, { cardId: Buffer.from(cardId, "hex") });
+  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), imageKey, { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const start = expect(await post(`/v1/cards/${cardId}/personalisation`, op), 201) as { sessionId: string; apdus: string[] };
   expect(await relay(post, op, start, card), 200);
   assert.equal(expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200).status, "active");

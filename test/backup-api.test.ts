@@ -24,6 +24,7 @@ import { decipherWithCard, encipherForCard, EncipheredError, MAX_PLAINTEXT, reci
 import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
 import { api, API_CUSTODIES, type ApiEnv, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
+import { TEST_KMC } from "./kmc.ts";
 
 const PIN = "123456";
 const b64 = (b: Uint8Array) => Buffer.from(b).toString("base64");
@@ -182,7 +183,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       expect(await post(`/v1/rotations/${rot.id}/approve`, op, {}), 200);
       const fresh = expect(await post(`/v1/rotations/${rot.id}/new-card`, op, {}), 201) as { card: { id: string; userId: string }; personalisation: { sessionId: string; apdus: string[] } };
       assert.equal(fresh.card.userId, userId);
-      const newCard = createCard(join(dir, "new.card"), randomBytes(32), { cardId: Buffer.from(fresh.card.id, "hex") });
+      const newCard = createCard(join(dir, "new.card"), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(fresh.card.id, "hex") });
       cards.push(newCard);
       expect(await relay(post, op, fresh.personalisation, newCard), 200);
       for (let i = 0; i < 200; i++) {

@@ -36,6 +36,7 @@ import { backup, CardEncipheredStore, preferCard, restore, TerminalEncipheredSto
 import { decipherWithCard, encipherForCard, EncipheredError, recipientOf } from "../src/terminal/enciphered.ts";
 import { PIV_AID, PivClient, putDataCommand, SLOT } from "../src/terminal/piv-client.ts";
 import { softwareCustody } from "./custody-env.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { tempDir } from "./helpers.ts";
 
 const dir = tempDir("cardkms-backup-restore-");
@@ -76,7 +77,7 @@ async function reissueWithSameKey(issuer: Issuer, oldCardId: string, imagePath: 
   const r = await rotations.propose({ cardId: oldCardId, strategy: "embodiment3" }, "olga");
   await rotations.approve(r.id, "olga");
   const { card } = await rotations.issueNewCard(r.id, "olga");
-  const vc = createCard(imagePath, randomBytes(32), { cardId: Buffer.from(card.id, "hex") });
+  const vc = createCard(imagePath, randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(card.id, "hex") });
   const transmit = (a: Uint8Array) => vc.transmit(a);
   await rotations.personaliseNewCard(r.id, transmit, "olga");
   await rotations.rewrap(r.id);
@@ -126,13 +127,14 @@ for (const engine of testEngines()) {
         const store = new Store(tdb.db);
         const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "backup CA" }, validityDays: 3650 });
         const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
+        await importTestKmc(custody);
         const repo = new BackupRepository(tdb.db);
 
         // The user's card and its key management key pair (9D), delivered by the issuer as a package.
         const user = await issuer.registerUser({ commonName: "Hanako Yamada", email: "hanako@example.test" }, "olga");
         const { card: old } = await issuer.issueCard({ userId: user.id }, "olga");
         const oldImage = join(dir, `${engine.name}-${alg}-${old.id}.card`);
-        const oldVc = createCard(oldImage, randomBytes(32), { cardId: Buffer.from(old.id, "hex") });
+        const oldVc = createCard(oldImage, randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(old.id, "hex") });
         cards.push(oldVc);
         const oldTx = (a: Uint8Array) => oldVc.transmit(a);
         await issuer.personaliseCard(old.id, oldTx, "olga");
@@ -198,7 +200,7 @@ for (const engine of testEngines()) {
 
         await t.test("another card (another key) cannot decipher the backup: a clear error, no crash", async () => {
           const { card: third } = await issuer.issueCard({ userId: user.id }, "olga");
-          const vc = createCard(join(dir, `${engine.name}-${alg}-third.card`), randomBytes(32), { cardId: Buffer.from(third.id, "hex") });
+          const vc = createCard(join(dir, `${engine.name}-${alg}-third.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(third.id, "hex") });
           cards.push(vc);
           const tx = (a: Uint8Array) => vc.transmit(a);
           await issuer.personaliseCard(third.id, tx, "olga");

@@ -18,6 +18,7 @@ import { CardRotation } from "../src/issuer/rotation.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import { cliJson, runCli, tempDir } from "./helpers.ts";
 import { startTestServer } from "./terminal-server.ts";
+import { TEST_KMC } from "./kmc.ts";
 
 const IMAGE_KEY = "55".repeat(32);
 const imageKey = () => new Uint8Array(Buffer.from(IMAGE_KEY, "hex"));
@@ -53,7 +54,7 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   const { card } = await issuer.issueCard({ userId: user.id }, "olga");
   const oldImage = join(dir, "old.card");
   {
-    const vc = createCard(oldImage, imageKey(), { cardId: Buffer.from(card.id, "hex") });
+    const vc = createCard(oldImage, imageKey(), { kmc: TEST_KMC, cardId: Buffer.from(card.id, "hex") });
     try {
       await issuer.personaliseCard(card.id, (a) => vc.transmit(a), "olga");
     } finally {
@@ -125,7 +126,7 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   const { card: fresh } = await rotations.issueNewCard(r.id, "olga");
   const newImage = join(dir, "new.card");
   {
-    const vc = createCard(newImage, imageKey(), { cardId: Buffer.from(fresh.id, "hex") });
+    const vc = createCard(newImage, imageKey(), { kmc: TEST_KMC, cardId: Buffer.from(fresh.id, "hex") });
     try {
       await rotations.personaliseNewCard(r.id, (a) => vc.transmit(a), "olga");
     } finally {

@@ -23,7 +23,7 @@ test("operator and terminal flows through the CLI against a running server", { t
   assert.deepEqual(created.roles, ["operator", "auditor"]);
   assert.match(created.token, /^ckms_/);
   const token: string = created.token;
-  const server = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token };
+  const server = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token, CARDKMS_KMC_FILE: srv.kmcFile };
   const outputs: string[] = [];
   const run = async (args: string[], env: Record<string, string> = server) => {
     const r = await cli(args, env);

@@ -26,7 +26,7 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   t.after(() => srv.close());
   const outputs: string[] = [];
   const run = async (args: string[], token = srv.operatorToken) => {
-    const r = await cli(args, { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token });
+    const r = await cli(args, { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token, CARDKMS_KMC_FILE: srv.kmcFile });
     outputs.push(r.stdout, r.stderr);
     return r;
   };

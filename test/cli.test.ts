@@ -3,7 +3,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { join } from "node:path";
+import { openCard, transportKeySet } from "../src/card/card.ts";
 import { tempDir } from "./helpers.ts";
+import { TEST_KMC, testKmcFile } from "./kmc.ts";
 
 const dir = tempDir("cardkms-cli-");
 const KEY = "11".repeat(32);
@@ -18,9 +20,20 @@ function cli(args: string[], env: Record<string, string> = { CARDKMS_IMAGE_KEY: 
 
 test("create, show and apdu through the CLI, with --json", { timeout: 120_000 }, async () => {
   const image = join(dir, "a.card");
-  const created = await cli(["card", "create", image, "--card-id", "0102030405060708", "--capacity", "4096", "--json"]);
+  const noKmc = await cli(["card", "create", image, "--card-id", "0102030405060708"]);
+  assert.equal(noKmc.code, 2, "a blank card needs the manufacturer's KMC");
+  assert.match(noKmc.stderr, /--kmc-file .*CARDKMS_KMC_FILE.*--insecure-public-transport-keys/);
+  const kmcFile = testKmcFile(dir);
+  const created = await cli(["card", "create", image, "--card-id", "0102030405060708", "--capacity", "4096", "--kmc-file", kmcFile, "--json"]);
   assert.equal(created.code, 0, created.stderr);
-  assert.deepEqual(JSON.parse(created.stdout), { image, cardId: "0102030405060708", capacity: 4096 });
+  assert.deepEqual(JSON.parse(created.stdout), { image, cardId: "0102030405060708", capacity: 4096, transport: "kmc" });
+  assert.ok(!created.stdout.toLowerCase().includes(Buffer.from(TEST_KMC).toString("hex")));
+  const card = openCard(image, Buffer.from(KEY, "hex"));
+  assert.deepEqual(card.state.keySets, [transportKeySet(TEST_KMC, "0102030405060708")], "transport keys diversified from the KMC and the card ID");
+  card.close();
+  const dev = await cli(["card", "create", join(dir, "dev.card"), "--json"], { CARDKMS_IMAGE_KEY: KEY, CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "1" });
+  assert.equal(dev.code, 0, dev.stderr);
+  assert.equal(JSON.parse(dev.stdout).transport, "insecure-public-test-keys");
   const shown = await cli(["card", "show", image, "--json"]);
   assert.equal(shown.code, 0, shown.stderr);
   const info = JSON.parse(shown.stdout);
@@ -36,7 +49,7 @@ test("create, show and apdu through the CLI, with --json", { timeout: 120_000 },
   const noKey = await cli(["card", "show", image], {});
   assert.equal(noKey.code, 2);
   assert.match(noKey.stderr, /CARDKMS_IMAGE_KEY/);
-  const exists = await cli(["card", "create", image]);
+  const exists = await cli(["card", "create", image, "--kmc-file", kmcFile]);
   assert.match(exists.stderr, /already exists/);
 });
 

@@ -1,19 +1,22 @@
-// The card and key custody together, on both custody implementations: a blank card is personalised with a card
-// key diversified inside custody, a credential key generated inside custody reaches the card only as Sk[PRk]
+// The card and key custody together, on both custody implementations: a blank card, made with its own transport
+// keys from the manufacturer's KMC, is personalised over transport keys and with a card key both diversified inside
+// custody, a credential key generated inside custody reaches the card only as Sk[PRk]
 // (online under SCP03, and offline in a package sealed by custody), and the card signs with it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createPublicKey, randomBytes, verify } from "node:crypto";
 import { join } from "node:path";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
+import { createCard } from "../src/card/card.ts";
 import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../src/card/package.ts";
 import { PURPOSE } from "../src/card/derivation.ts";
 import type { DerivedKeySetRef, KeyCustody } from "../src/custody/custody.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
+import { KMC_LABEL, kmcTransportRef } from "../src/issuer/transport-keys.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import { softhsmCustody, softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 
 const dir = tempDir();
 
@@ -22,10 +25,10 @@ for (const [name, make] of [["software", softwareCustody()], ["PKCS#11 (SoftHSM2
     const custody: KeyCustody = await make();
     try {
       const cardId = randomBytes(8).toString("hex");
-      const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+      const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
       const transmit = (a: Uint8Array) => card.transmit(a);
-      const t = TRANSPORT_KEY_SET;
-      const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
+      await importTestKmc(custody);
+      const transport = kmcTransportRef(KMC_LABEL, cardId);
       await custody.createSecretKey("card-master", { type: "aes", bits: 256 }).catch(() => undefined);
       const sk: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
       await personalise(transmit, { custody, ref: transport }, { custody, ref: sk });

@@ -28,6 +28,14 @@ export function softhsmToken(dir: string): Record<string, string> {
   return env;
 }
 
+/**
+ * The extraction paths SoftHSM2 2.6 leaves open to a holder of the user PIN (src/custody/pkcs11-selftest.ts): it has
+ * no CKA_DERIVE_TEMPLATE, so a card key derives readable, and a key it derives or unwraps extractable (as card keys
+ * and reproduced keys must be) wraps under a key of the caller's. Servers on SoftHSM2 in tests accept exactly these:
+ * any other path found open (a template regression) stops them.
+ */
+export const SOFTHSM2_OPEN_PATHS = ["derive-readable", "derive-then-wrap", "unwrap-then-wrap"] as const;
+
 export function softhsmCustody(): () => Promise<KeyCustody> {
   const env = softhsmToken(join(tempDir("cardkms-hsm-"), "hsm"));
   return () => Pkcs11Custody.open({ module: env.CARDKMS_PKCS11_MODULE, tokenLabel: env.CARDKMS_PKCS11_TOKEN, pin: env.CARDKMS_PKCS11_PIN });

@@ -6,7 +6,6 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes, verify, type KeyObject } from "node:crypto";
 import { join } from "node:path";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { sealPackage } from "../src/card/package.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
@@ -14,6 +13,7 @@ import { ApduError } from "../src/terminal/apdu-client.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";
 import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
 import { tempDir } from "./helpers.ts";
+import { factoryCard } from "./kmc.ts";
 
 const dir = tempDir();
 const keySet = (kvn: number): ScpKeySet => ({ kvn, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") });
@@ -23,7 +23,7 @@ const secretBytes = (k: KeyObject): Buffer[] => {
 };
 
 async function issuedCard(name: string) {
-  const card = createCard(join(dir, `${name}.card`), randomBytes(32));
+  const { card, transport } = factoryCard(join(dir, `${name}.card`), randomBytes(32));
   const traffic: Buffer[] = [];
   const transmit = (a: Uint8Array) => {
     const r = card.transmit(a);
@@ -31,7 +31,7 @@ async function issuedCard(name: string) {
     return r;
   };
   const sk = keySet(1);
-  await personalise(transmit, TRANSPORT_KEY_SET, sk);
+  await personalise(transmit, transport, sk);
   const info = await readCardInfo(transmit);
   assert.ok("cardId" in info);
   return { card, transmit, traffic, sk, cardId: info.cardId };

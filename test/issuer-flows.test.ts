@@ -19,6 +19,7 @@ import { testEngines } from "../src/store/testing.ts";
 import { ApduError } from "../src/terminal/apdu-client.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import { softwareCustody } from "./custody-env.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { tempDir } from "./helpers.ts";
 
 const dir = tempDir();
@@ -33,12 +34,13 @@ for (const engine of testEngines()) {
       const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(caKey), repository: new MemoryCaRepository(), subject: { commonName: "flows CA" }, validityDays: 3650 });
       const ca = new LocalCaClient(authority);
       const issuer = await Issuer.open({ store, custody, ca });
+      await importTestKmc(custody);
 
       // ST11-ST15
       const user = await issuer.registerUser({ commonName: "Hanako Yamada", email: "hanako@example.test", organization: "Example Bank" }, "olga");
       const { card } = await issuer.issueCard({ userId: user.id }, "olga");
       assert.equal(card.status, "issued");
-      const vc = createCard(join(dir, `${engine.name}-${card.id}.card`), randomBytes(32), { cardId: Buffer.from(card.id, "hex") });
+      const vc = createCard(join(dir, `${engine.name}-${card.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(card.id, "hex") });
       const transmit = (a: Uint8Array) => vc.transmit(a);
       assert.equal((await issuer.personaliseCard(card.id, transmit, "olga")).status, "active");
 

@@ -19,7 +19,7 @@ import { nodeSigner } from "../src/ca/signer.ts";
 import { createCard } from "../src/card/card.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../src/card/package.ts";
 import { concat, tlv } from "../src/card/tlv.ts";
-import { CustodyError, type DerivedKeySetRef, type KeyCustody, type KeyPairAlg, type StoredKeySetRef } from "../src/custody/custody.ts";
+import { CustodyError, type DerivedKeySetRef, type KeyCustody, type KeyPairAlg, type KeySetRef } from "../src/custody/custody.ts";
 import { Pkcs11Custody } from "../src/custody/pkcs11.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { deliveryScript, personaliseFromTransport, runScript } from "../src/issuer/card-scripts.ts";
@@ -34,6 +34,7 @@ import { readCardInfo, type CardInfo } from "../src/terminal/card-info.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import * as x509 from "../src/x509.ts";
 import { tempDir } from "./helpers.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 
 const ROOT = join(import.meta.dirname, "..");
 const dir = tempDir();
@@ -150,15 +151,16 @@ class Path implements CaClient {
 interface Card {
   transmit: Transmit;
   keySet: DerivedKeySetRef;
-  transport: StoredKeySetRef;
+  transport: KeySetRef;
   close(): void;
 }
 
 /** A blank virtual card, personalised with a card key set diversified in custody (as test/custody-card does). */
 async function blankCard(custody: KeyCustody): Promise<Card> {
   const cardId = randomBytes(8).toString("hex");
-  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => card.transmit(a);
+  await importTestKmc(custody);
   const { transport, keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, transport, close: () => card.close() };
 }

@@ -23,6 +23,7 @@ import type { SubjectName } from "../src/ca/name.ts";
 import type { DerivedKeySetRef, KeyCustody, WrapTarget } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { personaliseFromTransport, runScript } from "../src/issuer/card-scripts.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { Issuer } from "../src/issuer/issuer.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "../src/keygen/device.ts";
@@ -126,9 +127,10 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
 
   const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "leak CA" }, validityDays: 365 });
   const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
+  await importTestKmc(inner);
   const user = await issuer.registerUser({ commonName: "Leak Scan", email: "scan@example.test" }, "olga");
   const { card } = await issuer.issueCard({ userId: user.id }, "olga");
-  const vc = createCard(join(dir, "card.img"), randomBytes(32), { cardId: Buffer.from(card.id, "hex") });
+  const vc = createCard(join(dir, "card.img"), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(card.id, "hex") });
   const traffic: Buffer[] = [];
   const transmit = (a: Uint8Array) => {
     const r = vc.transmit(a);
@@ -228,7 +230,7 @@ test("through the server: no private key in its log lines (at trace level), its 
 
     expect(await get("/v1/audit", env.tokens.auditor), 200);
     // the four credential keys, the generated key and its reproduction, wrapped for the card; anything else the spy
-    // learned (the escrow wrap, the reproduction device's key pair) is scanned for as well
+    // learned (the escrow wrap) is scanned for as well
     assert.equal(spy?.wraps.filter((w) => w.to !== "unwrap" && "card" in w.to).length, 6, "the spy saw every key written to the card");
     assert.ok(spy!.wraps.some((w) => w.to === "unwrap"), "the spy saw the reproduced key");
     assert.ok(env.logs.length > 20, `the server logged (${env.logs.length} lines)`);
@@ -302,6 +304,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
   await migrateToLatest(db);
   const inner = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
   const { custody, learned, wraps } = spyOn(inner);
+  await importTestKmc(inner);
   const traffic: Buffer[] = [];
   /** What the services handed back to their callers (views, results, reports). */
   const returned: Buffer[] = [];
@@ -327,7 +330,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     const cards: { name: string; secretId: Buffer }[] = [];
     const blankCard = async (name: string): Promise<InsertedCard & { keySet: DerivedKeySetRef; piv: PivClient }> => {
       const cardId = randomBytes(8).toString("hex");
-      const runtime = createCard(join(dir, `${name}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+      const runtime = createCard(join(dir, `${name}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
       runtimes.push(runtime);
       cards.push({ name, secretId: Buffer.from(runtime.state.secretId, "hex") });
       const transmit: Transmit = (a) => {
@@ -447,13 +450,15 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
       assert.deepEqual(await decipherWithCard(cardB.piv, SLOT.keyManagement, env, { aad: aad(id) }), p, `the new card reads ${id}`);
     }
 
-    // What the spy learned: the reproduction device's key, and the card key — wrapped under the escrow KEK and for
+    // What the spy learned: the card key — wrapped under the escrow KEK and for
     // card A at issue, brought back into custody by unwrapPrivateKey and wrapped for card B at reproduction.
     const spkiOf = (k: KeyObject) => Buffer.from(createPublicKey(k).export({ format: "der", type: "spki" }) as Buffer);
     const cardKey = learned.filter((k) => spkiOf(k).equals(Buffer.from(escrow.publicKey)));
     const cardKeyWraps = wraps.filter((_, i) => spkiOf(learned[i]).equals(Buffer.from(escrow.publicKey))).map((w) => (w.to === "unwrap" ? "unwrap" : "card" in w.to ? `card ${w.to.card.cardId}` : `key ${w.to.key}`));
     assert.deepEqual(cardKeyWraps, [`key ${ESCROW_KEK_LABEL}`, `card ${cardA.keySet.cardId}`, "unwrap", `card ${cardB.keySet.cardId}`]);
-    assert.ok(learned.some((k) => spkiOf(k).equals(Buffer.from(svc.deviceKey().spki))), "the spy saw the reproduction device's key pair");
+    // The reproduction device's key is generated inside custody for ECDH and never extractable (issue 17 §2): it is
+    // never wrapped, so not even the spy on custody's wraps ever holds it.
+    assert.ok(!learned.some((k) => spkiOf(k).equals(Buffer.from(svc.deviceKey().spki))), "the reproduction device's key never leaves custody, even wrapped");
 
     const secrets: Secret[] = [
       ...learned.map((k, i) => ({ name: `private key ${i} (${wraps[i].keyLabel})`, forms: keyForms(k) })),

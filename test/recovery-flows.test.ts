@@ -38,6 +38,7 @@ import { PivClient } from "../src/terminal/piv-client.ts";
 import type { Transmit } from "../src/terminal/apdu-client.ts";
 import { softhsmCustody, softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const dir = tempDir("cardkms-recovery-");
@@ -69,8 +70,9 @@ interface Card extends InsertedCard {
 /** A blank virtual card personalised with a key set diversified in custody (a new random secret ID each). */
 async function blankCard(custody: KeyCustody): Promise<Card> {
   const cardId = randomBytes(8).toString("hex");
-  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => card.transmit(a);
+  await importTestKmc(custody);
   const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet };
 }

@@ -4,20 +4,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { wrapForCard } from "../src/card/package.ts";
 import { deliveryScript, personalise } from "../src/issuer/card-scripts.ts";
 import { RelayError, RelaySession, transmitFollowing } from "../src/issuer/relay.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";
 import { tempDir } from "./helpers.ts";
+import { factoryCard } from "./kmc.ts";
 
 const dir = tempDir();
 
 async function setup(name: string) {
-  const card = createCard(join(dir, `${name}.card`), randomBytes(32));
+  const { card, transport } = factoryCard(join(dir, `${name}.card`), randomBytes(32));
   const transmit = (a: Uint8Array) => card.transmit(a);
   const sk = { kvn: 1, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
-  await personalise(transmit, TRANSPORT_KEY_SET, sk);
+  await personalise(transmit, transport, sk);
   await readCardInfo(transmit); // the first PIV selection writes CHUID and CCC
   const info = await readCardInfo(transmit);
   assert.ok("cardId" in info);

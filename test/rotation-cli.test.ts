@@ -44,7 +44,7 @@ function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: 
 test("an embodiment-3 rotation through the CLI against a running server", { timeout: 240_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
-  const env = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: srv.operatorToken };
+  const env = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: srv.operatorToken, CARDKMS_KMC_FILE: srv.kmcFile };
   const json = async (args: string[]) => {
     const r = await cli([...args, "--json"], env);
     assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);

@@ -28,6 +28,7 @@ import { bringBack, moveOut, OverflowStore } from "../src/terminal/overflow.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
 import { ApduError } from "../src/terminal/apdu-client.ts";
 import { softwareCustody } from "./custody-env.ts";
+import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { tempDir } from "./helpers.ts";
 
 const dir = tempDir("cardkms-rotation-");
@@ -52,13 +53,14 @@ for (const engine of testEngines()) {
         const store = new Store(tdb.db);
         const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "rotation CA" }, validityDays: 3650 });
         const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
+        await importTestKmc(custody);
         const rotations = new CardRotation(issuer);
         const hd = new OverflowStore(join(dir, `${engine.name}-${strategy}-hd`));
 
         // The old card with Sk1 and four credentials: 9A, 9C on the card, 9D, 9E moved out to the store.
         const user = await issuer.registerUser({ commonName: "Taro Suzuki" }, "olga");
         const { card: old, keySet: sk1 } = await issuer.issueCard({ userId: user.id }, "olga");
-        const oldVc = createCard(join(dir, `${engine.name}-${strategy}-${old.id}.card`), randomBytes(32), { cardId: Buffer.from(old.id, "hex") });
+        const oldVc = createCard(join(dir, `${engine.name}-${strategy}-${old.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(old.id, "hex") });
         cards.push(oldVc);
         const oldTx = (a: Uint8Array) => oldVc.transmit(a);
         await issuer.personaliseCard(old.id, oldTx, "olga");
@@ -86,7 +88,7 @@ for (const engine of testEngines()) {
         assert.notEqual(fresh.id, old.id);
         assert.equal(fresh.userId, user.id);
         assert.equal(sk2.kvn, 2);
-        const newVc = createCard(join(dir, `${engine.name}-${strategy}-${fresh.id}.card`), randomBytes(32), { cardId: Buffer.from(fresh.id, "hex") });
+        const newVc = createCard(join(dir, `${engine.name}-${strategy}-${fresh.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(fresh.id, "hex") });
         cards.push(newVc);
         const newTx = (a: Uint8Array) => newVc.transmit(a);
         assert.equal((await rotations.personaliseNewCard(proposed.id, newTx, "olga")).status, "active");
@@ -181,7 +183,7 @@ for (const engine of testEngines()) {
           await t.test("the old card's Sk1[PRk] exports do not load into a card without its predecessor key set", async () => {
             // A third card of the same user with only its own key set: the old card's export is not for it (6982).
             const { card: third } = await issuer.issueCard({ userId: user.id }, "olga");
-            const thirdVc = createCard(join(dir, `${engine.name}-${strategy}-${third.id}.card`), randomBytes(32), { cardId: Buffer.from(third.id, "hex") });
+            const thirdVc = createCard(join(dir, `${engine.name}-${strategy}-${third.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(third.id, "hex") });
             cards.push(thirdVc);
             const thirdTx = (a: Uint8Array) => thirdVc.transmit(a);
             await issuer.personaliseCard(third.id, thirdTx, "olga");

@@ -19,6 +19,7 @@ import { relaySession, UserTerminal } from "../src/terminal/terminal.ts";
 import { InProcessTransport } from "../src/transport/transport.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { tempDir } from "./helpers.ts";
+import { TEST_KMC } from "./kmc.ts";
 
 const dir = tempDir("cardkms-terminal-http-");
 
@@ -37,7 +38,7 @@ test("the user terminal over HTTP: issue, deliver, overflow, bring back, card bi
   async function issueCard(capacity: number) {
     const { card } = await op.createCard({ userId: user.id });
     assert.equal(card.status, "issued");
-    const vc = createCard(join(dir, `${card.id}.card`), randomBytes(32), { cardId: new Uint8Array(Buffer.from(card.id, "hex")), capacity });
+    const vc = createCard(join(dir, `${card.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: new Uint8Array(Buffer.from(card.id, "hex")), capacity });
     const transport = new InProcessTransport(vc);
     await relaySession(op, (a) => transport.transmit(a), await op.startPersonalisation(card.id));
     assert.equal((await op.getCard(card.id)).status, "active");

@@ -13,6 +13,7 @@ import { withAttachedCard } from "../src/transport/pcsc.ts";
 import { ScriptorTransport } from "../src/transport/scriptor.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { tempDir } from "./helpers.ts";
+import { TEST_KMC } from "./kmc.ts";
 
 const dir = tempDir("cardkms-terminal-pcsc-");
 
@@ -22,7 +23,7 @@ test("the user terminal over PC/SC (scriptor): card-bound auth, package load, si
   const op = new IssuerApiClient({ server: srv.url, token: srv.operatorToken });
   const user = await op.registerUser({ commonName: "Ichiro PCSC" });
   const { card } = await op.createCard({ userId: user.id });
-  const vc = createCard(join(dir, "c.card"), randomBytes(32), { cardId: new Uint8Array(Buffer.from(card.id, "hex")) });
+  const vc = createCard(join(dir, "c.card"), randomBytes(32), { kmc: TEST_KMC, cardId: new Uint8Array(Buffer.from(card.id, "hex")) });
   t.after(() => vc.close());
 
   await withAttachedCard(vc, async () => {

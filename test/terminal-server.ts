@@ -1,9 +1,11 @@
-// The real issuer server for the terminal and CLI tests: SQLite in a temp file, the software keystore, the local
-// CA, listening on 127.0.0.1 on a free port, with one operator (operator + auditor) token.
+// The real issuer server for the terminal and CLI tests: SQLite in a temp file, the software keystore (holding the
+// test KMC, test/kmc.ts), the local CA, listening on 127.0.0.1 on a free port, with one operator (operator + auditor)
+// token; the factory's copy of the KMC in a file for the CLI (CARDKMS_KMC_FILE).
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
 import { createOperatorToken, startIssuerServer, type IssuerServer } from "../src/server/main.ts";
+import { importTestKmc, testKmcFile } from "./kmc.ts";
 
 export interface TestServer {
   url: string;
@@ -11,6 +13,8 @@ export interface TestServer {
   config: IssuerConfig;
   /** The environment the server's keystore key is in (for a CLI that opens the same DB). */
   env: Record<string, string>;
+  /** The card manufacturer's KMC for the CLI's factory (--kmc-file, CARDKMS_KMC_FILE). */
+  kmcFile: string;
   server: IssuerServer;
   close(): Promise<void>;
 }
@@ -27,5 +31,6 @@ export async function startTestServer(dir: string): Promise<TestServer> {
   };
   const server = await startIssuerServer(config, { env, handleSignals: false });
   const { token } = await createOperatorToken(server.store, "olga", ["operator", "auditor"]);
-  return { url: server.url, operatorToken: token, config, env, server, close: () => server.close() };
+  await importTestKmc(server.custody);
+  return { url: server.url, operatorToken: token, config, env, kmcFile: testKmcFile(dir), server, close: () => server.close() };
 }

@@ -21,6 +21,24 @@
 //    The DEK also encrypts key components for PUT KEY (AES-CBC, zero IV): a new key whose first block equalled a
 //    B_1 would collide with a purpose key's first half. New keys are AES outputs (2^-128 per key), so this is
 //    accepted rather than spending a separate card key on it.
+//
+// 3. Transport keys (issue 17 §3): the ISD keys (KVN 30) a blank card leaves the factory with, unique per card,
+//    from the card manufacturer's master key KMC and the card's key diversification data KDD (the 10 bytes its
+//    INITIALIZE UPDATE response starts with). The EMV CPS v1.1 §4.1 derivation (GlobalPlatformPro's "emv"
+//    template), adapted to AES:
+//      KEYDATA = KDD[4..9]                                                  (the 6 rightmost bytes)
+//      K_i     = AES-ECB(KMC, KEYDATA || F0 || i || KEYDATA || 0F || i)     i = 01 ENC, 02 MAC, 03 DEK
+//    What differs from EMV CPS: CPS encrypts this 16-byte block with 3DES-ECB under a double-length DES KMC (two
+//    8-byte blocks, a DES key); here it is one AES block under an AES-128 or AES-256 KMC, giving an AES-128 key.
+//    One block is what PKCS#11 CKM_AES_ECB_ENCRYPT_DATA derives (and CKM_AES_CBC_ENCRYPT_DATA with a zero IV, the
+//    same function on one block), so the card's keys are derived inside the HSM and never reach this process.
+//    GlobalPlatformPro runs its templates through Amendment D's SP 800-108 CMAC KDF for SCP03 cards, which no
+//    PKCS#11 2.40 token derives (C_Sign would return the key). Public vector for the layout: with 3DES in place
+//    of AES it gives GlobalPlatformPro's EMV vector (TestPlaintextKeys: KMC 40..4F, KDD 00010203040506070809 ->
+//    KCVs C33013, 6F4CA6, BB8179), checked in derivation.test.ts with the AES values.
+//    A card's KDD is its card ID right-aligned in 10 bytes (zero-padded on the left, or the ID's 10 rightmost
+//    bytes), so KEYDATA is the ID's 6 rightmost bytes: 48 random bits for issuer-chosen IDs. Two cards that share
+//    them share transport keys, which only the KMC's holders (the factory, the issuer's custody) can compute.
 
 import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
 import { aesCbcEncrypt } from "./scp03/cmac.ts";
@@ -68,6 +86,30 @@ export function cardKeyData(cardId: string | Uint8Array, kvn: number, name: Card
 export function purposeKeyData(cardId: string | Uint8Array, kvn: number, purpose: number): Uint8Array {
   if (!Number.isInteger(purpose) || purpose < 0x40 || purpose > 0xff) throw new RangeError("purpose must be 0x40..0xff");
   return blocks("cardkms card purpose key v1", cardId, kvn, purpose, 256);
+}
+
+/** A card's key diversification data (10 bytes), as its INITIALIZE UPDATE returns it: the card ID right-aligned. */
+export function keyDiversificationData(cardId: string | Uint8Array): Uint8Array {
+  const id = typeof cardId === "string" ? Buffer.from(cardId, "hex") : Buffer.from(cardId);
+  const out = new Uint8Array(10);
+  const tail = id.subarray(Math.max(0, id.length - 10));
+  out.set(tail, 10 - tail.length);
+  return out;
+}
+
+/** The EMV CPS derivation block of transport key `name` for diversification data `kdd` (10 bytes, or hex). */
+export function transportKeyData(kdd: string | Uint8Array, name: CardKeyName): Uint8Array {
+  const k = typeof kdd === "string" ? Buffer.from(kdd, "hex") : Buffer.from(kdd);
+  if (k.length !== 10 || (typeof kdd === "string" && kdd.length !== 20)) throw new RangeError("key diversification data must be 10 bytes (hex)");
+  const keyData = k.subarray(4, 10);
+  const i = KEY_ID[name];
+  return Uint8Array.from([...keyData, 0xf0, i, ...keyData, 0x0f, i]);
+}
+
+/** Software reference of the transport key diversification (section 3): a blank card's ENC, MAC and DEK. */
+export function deriveTransportKeySet(kmc: Uint8Array, kdd: string | Uint8Array): { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array } {
+  if (kmc.length !== 16 && kmc.length !== 32) throw new RangeError("a KMC is an AES-128 or AES-256 key");
+  return { enc: encryptData(kmc, transportKeyData(kdd, "enc")), mac: encryptData(kmc, transportKeyData(kdd, "mac")), dek: encryptData(kmc, transportKeyData(kdd, "dek")) };
 }
 
 /** What CKM_AES_CBC_ENCRYPT_DATA computes: AES-CBC, zero IV, of `data` (a whole number of blocks). */

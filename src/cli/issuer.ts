@@ -10,6 +10,7 @@
 import { Command, Option } from "commander";
 import { existsSync, writeFileSync } from "node:fs";
 import { createCard, openCard } from "../card/card.ts";
+import { factoryOptions, factoryTransport, type FactoryOpts } from "./kmc.ts";
 import type { KeyAlg } from "../card/state.ts";
 import { IssuerApiClient } from "../terminal/api-client.ts";
 import { relaySession } from "../terminal/terminal.ts";
@@ -130,23 +131,26 @@ export function registerIssuerCommands(program: Command, card: Command): void {
 
   // ---- card issue (ST11-ST15) ---------------------------------------------------------------------------------
   serverOptions(
-    card
-      .command("issue")
-      .description("issue a card to a user: the server creates its key set; a blank card image is created here and personalised through the relay")
-      .requiredOption("--user <id>", "user ID")
-      .requiredOption("--image <file>", "card image to create")
-      .option("--card-id <hex>", "card ID (8-16 bytes hex); chosen by the server by default")
-      .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
-      .option("--pin <pin>", "initial PIN", "123456")
-      .option("--puk <puk>", "initial PUK", "12345678")
-      .addOption(imageKeyOption()),
-  ).action(async (o: ServerOpts & { user: string; image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
+    factoryOptions(
+      card
+        .command("issue")
+        .description("issue a card to a user: the server creates its key set; a blank card image is created here and personalised through the relay")
+        .requiredOption("--user <id>", "user ID")
+        .requiredOption("--image <file>", "card image to create")
+        .option("--card-id <hex>", "card ID (8-16 bytes hex); chosen by the server by default")
+        .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
+        .option("--pin <pin>", "initial PIN", "123456")
+        .option("--puk <puk>", "initial PUK", "12345678")
+        .addOption(imageKeyOption()),
+    ),
+  ).action(async (o: ServerOpts & FactoryOpts & { user: string; image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
     const api = apiFrom(o);
     const secret = resolveImageSecret(o.imageKeyFile);
+    const factory = factoryTransport(o).card;
     if (existsSync(o.image)) throw new UsageError(`${o.image} already exists`);
     if (o.cardId && !/^([0-9a-f]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of lowercase hex");
     const { card: issued } = await api.createCard({ userId: o.user, cardId: o.cardId });
-    const vc = createCard(o.image, secret, { cardId: new Uint8Array(Buffer.from(issued.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
+    const vc = createCard(o.image, secret, { ...factory, cardId: new Uint8Array(Buffer.from(issued.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
     const transport = new InProcessTransport(vc, { closeCard: true });
     try {
       await relaySession(api, (a) => transport.transmit(a), await api.startPersonalisation(issued.id));

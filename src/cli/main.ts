@@ -21,6 +21,7 @@ import { registerEventCommands } from "./events.ts";
 import { registerRecoveryCommands } from "./recovery.ts";
 import { registerKeygenCommands } from "./keygen.ts";
 import { registerBackupCommands } from "./backup.ts";
+import { factoryOptions, factoryTransport, registerCustodyCommands, registerManufacturerKmc, type FactoryOpts } from "./kmc.ts";
 
 const program = new Command();
 program.name("cardkms").description("cardkms: smart-card key lifecycle platform").showHelpAfterError();
@@ -46,34 +47,39 @@ const int = (v: string): number => {
 };
 
 const card = program.command("card").description("virtual smart cards: create, inspect, send APDUs, attach to PC/SC");
+registerManufacturerKmc(card);
 
-card
-  .command("create")
-  .description("create a blank card image carrying the GlobalPlatform transport key (KVN 30)")
-  .argument("<image>", "card image file to create")
-  .option("--card-id <hex>", "card ID (8-16 bytes hex); random by default")
-  .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
-  .option("--pin <pin>", "initial PIN", "123456")
-  .option("--puk <puk>", "initial PUK", "12345678")
-  .option("--pin-tries <n>", "PIN tries before it blocks", int, 3)
-  .addOption(imageKeyOption())
-  .addOption(durabilityOption())
-  .option("--json", "JSON output")
-  .action((image: string, o: { cardId?: string; capacity: number; pin: string; puk: string; pinTries: number; imageKeyFile?: string; durability: Durability; json?: boolean }) => {
-    const secret = resolveImageSecret(o.imageKeyFile);
-    if (o.cardId && !/^([0-9a-fA-F]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of hex");
-    const c = createCard(image, secret, {
-      cardId: o.cardId ? unhex(o.cardId) : randomBytes(8),
-      capacity: o.capacity,
-      pin: o.pin,
-      puk: o.puk,
-      pinTries: o.pinTries,
-      durability: o.durability,
-    });
-    const id = c.state.cardId;
-    c.close();
-    print(o, `created ${image}: card ${id}, capacity ${o.capacity} bytes, transport key KVN 30`, { image, cardId: id, capacity: o.capacity });
+factoryOptions(
+  card
+    .command("create")
+    .description("create a blank card image, as the card manufacturer's factory: transport keys (KVN 30) diversified from the KMC (--kmc-file) and the card ID")
+    .argument("<image>", "card image file to create")
+    .option("--card-id <hex>", "card ID (8-16 bytes hex); random by default")
+    .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
+    .option("--pin <pin>", "initial PIN", "123456")
+    .option("--puk <puk>", "initial PUK", "12345678")
+    .option("--pin-tries <n>", "PIN tries before it blocks", int, 3)
+    .addOption(imageKeyOption())
+    .addOption(durabilityOption())
+    .option("--json", "JSON output"),
+).action((image: string, o: FactoryOpts & { cardId?: string; capacity: number; pin: string; puk: string; pinTries: number; imageKeyFile?: string; durability: Durability; json?: boolean }) => {
+  const secret = resolveImageSecret(o.imageKeyFile);
+  if (o.cardId && !/^([0-9a-fA-F]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of hex");
+  const factory = factoryTransport(o);
+  const c = createCard(image, secret, {
+    ...factory.card,
+    cardId: o.cardId ? unhex(o.cardId) : randomBytes(8),
+    capacity: o.capacity,
+    pin: o.pin,
+    puk: o.puk,
+    pinTries: o.pinTries,
+    durability: o.durability,
   });
+  const id = c.state.cardId;
+  c.close();
+  const transport = "kmc" in factory.card ? "kmc" : "insecure-public-test-keys";
+  print(o, `created ${image}: card ${id}, capacity ${o.capacity} bytes, transport keys KVN 30 ${factory.transport}`, { image, cardId: id, capacity: o.capacity, transport });
+});
 
 card
   .command("show")
@@ -220,6 +226,7 @@ registerRotationCommands(program);
 registerRecoveryCommands(program);
 registerKeygenCommands(program);
 registerBackupCommands(program);
+registerCustodyCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

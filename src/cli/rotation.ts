@@ -16,6 +16,7 @@
 import { Command, Option } from "commander";
 import { existsSync } from "node:fs";
 import { createCard } from "../card/card.ts";
+import { factoryOptions, factoryTransport, type FactoryOpts } from "./kmc.ts";
 import { openCustody, custodyConfigFromEnv } from "../custody/index.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
 import { fromHex, type IssuerApiClient } from "../terminal/api-client.ts";
@@ -70,19 +71,22 @@ export function registerRotationCommands(program: Command): Command {
   });
 
   serverOptions(
-    rotation
-      .command("new-card")
-      .description("issue the rotation's new card: a blank card image is created here and personalised with Sk2 (and Sk1 for embodiments 4, 5) through the relay")
-      .argument("<rotation-id>", "the approved rotation")
-      .requiredOption("--image <file>", "card image to create for the new card")
-      .option("--card-id <hex>", "the new card ID (8-16 bytes lowercase hex); chosen by the server by default")
-      .option("--capacity <bytes>", "user data the card can hold", (v: string) => positive(v, "--capacity"), 96 * 1024)
-      .option("--pin <pin>", "initial PIN", "123456")
-      .option("--puk <puk>", "initial PUK", "12345678")
-      .addOption(new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)")),
-  ).action(async (id: string, o: ServerOpts & { image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
+    factoryOptions(
+      rotation
+        .command("new-card")
+        .description("issue the rotation's new card: a blank card image is created here and personalised with Sk2 (and Sk1 for embodiments 4, 5) through the relay")
+        .argument("<rotation-id>", "the approved rotation")
+        .requiredOption("--image <file>", "card image to create for the new card")
+        .option("--card-id <hex>", "the new card ID (8-16 bytes lowercase hex); chosen by the server by default")
+        .option("--capacity <bytes>", "user data the card can hold", (v: string) => positive(v, "--capacity"), 96 * 1024)
+        .option("--pin <pin>", "initial PIN", "123456")
+        .option("--puk <puk>", "initial PUK", "12345678")
+        .addOption(new Option("--image-key-file <file>", "file with the card image key (else CARDKMS_IMAGE_KEY)")),
+    ),
+  ).action(async (id: string, o: ServerOpts & FactoryOpts & { image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
     const api = apiFrom(o);
     const secret = resolveImageSecret(o.imageKeyFile);
+    const factory = factoryTransport(o).card;
     if (existsSync(o.image)) throw new UsageError(`${o.image} already exists`);
     if (o.cardId && !/^([0-9a-f]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of lowercase hex");
     const r = await api.request<{ card: { id: string; status: string }; personalisation: { sessionId: string; apdus: string[] } | null }>(
@@ -94,7 +98,7 @@ export function registerRotationCommands(program: Command): Command {
       print(o, `rotation ${id}: new card ${r.card.id} is already ${r.card.status}`, { rotationId: id, cardId: r.card.id, status: r.card.status, image: null });
       return;
     }
-    const vc = createCard(o.image, secret, { cardId: new Uint8Array(Buffer.from(r.card.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
+    const vc = createCard(o.image, secret, { ...factory, cardId: new Uint8Array(Buffer.from(r.card.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
     const transport = new InProcessTransport(vc, { closeCard: true });
     try {
       await relaySession(api, (a) => transport.transmit(a), { sessionId: r.personalisation.sessionId, apdus: r.personalisation.apdus.map((a, i) => fromHex(a, `apdus[${i}]`)) });

@@ -26,9 +26,9 @@ import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
 import { aesCmac } from "../card/scp03/cmac.ts";
 import { keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, transmitAll } from "../card/scp03/host.ts";
 import { ISD_AID, lcBytes, macClass } from "../card/scp03/sm.ts";
-import { CustodyError, type CustodyErrorCode, type KeyCustody, type KeyPairAlg, type DerivedKeySetRef } from "./custody.ts";
+import { CustodyError, type CustodyErrorCode, type KeyCustody, type KeyPairAlg, type DerivedKeySetRef, type KmcKeySetRef } from "./custody.ts";
 import { assertSignerConsistent, type CaSigner } from "../ca/signer.ts";
-import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, PURPOSE } from "../card/derivation.ts";
+import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, deriveTransportKeySet, keyDiversificationData, PURPOSE } from "../card/derivation.ts";
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const uniq = (p: string): string => `${p}-${randomBytes(4).toString("hex")}`;
@@ -176,6 +176,34 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       await rejects(c.keySetKcvs({ kind: "derived", master: uniq("nomaster"), cardId, kvn: 1 }), "NOT_FOUND");
       await rejects(c.keySetKcvs({ kind: "derived", master: masterLabel, cardId: "xyz", kvn: 1 }), "INVALID_ARGUMENT");
       await rejects(c.keySetKcvs({ kind: "derived", master: masterLabel, cardId, kvn: 0 }), "INVALID_ARGUMENT");
+    });
+
+    test("transport keys diversified from a KMC (EMV CPS, AES) equal the software reference: KCVs, PUT KEY, session", async () => {
+      const kmc = new Uint8Array(randomBytes(16));
+      const kmcLabel = uniq("kmc");
+      await c.importSecretKey(kmcLabel, { type: "aes", bits: 128, usage: ["derive"] }, kmc);
+      try {
+        const transport: KmcKeySetRef = { kind: "kmc", kmc: kmcLabel, kdd: hex(keyDiversificationData(cardId)), kvn: 0x30 };
+        const ref = deriveTransportKeySet(kmc, transport.kdd);
+        assert.deepEqual(await c.keySetKcvs(transport), kcvs(ref, 0x30));
+        const other = await c.keySetKcvs({ ...transport, kdd: hex(keyDiversificationData(randomBytes(8))) });
+        assert.notEqual(other.enc, hex(keyCheckValue(ref.enc)), "another card's transport keys differ");
+        // PUT KEY of the card key Sk under the transport DEK, as host.ts builds it from the clear keys
+        const next: DerivedKeySetRef = { kind: "derived", master: masterLabel, cardId, kvn: 1 };
+        const sk = deriveCardKeySet(master, cardId, 1);
+        const put = await c.putKeyData(transport, next);
+        assert.equal(hex(put.data), hex(putKeyCommand(ref.dek, { kvn: 1, enc: sk.enc, mac: sk.mac, dek: sk.dek }, 0x30).data as Uint8Array));
+        // the session over the transport keys
+        const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
+        const s = await c.scp03Session(transport, hc, cc);
+        const { deriveSessionKeys, cryptogram, DERIVE } = await import("../card/scp03/kdf.ts");
+        const ctx = Buffer.concat([hc, cc]);
+        assert.equal(hex(s.cardCryptogram), hex(cryptogram(deriveSessionKeys(ref.enc, ref.mac, ctx).sMac, DERIVE.CARD_CRYPTOGRAM, ctx)));
+        await rejects(c.keySetKcvs({ ...transport, kdd: "0001" }), "INVALID_ARGUMENT", /10 bytes/);
+        await rejects(c.keySetKcvs({ ...transport, kmc: uniq("nokmc") }), "NOT_FOUND");
+      } finally {
+        await c.deleteKey(kmcLabel);
+      }
     });
 
     test("SCP03 session material equals kdf.ts over the reference keys", async () => {
@@ -485,6 +513,38 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       } finally {
         await again.close();
       }
+    });
+
+    test("key pair usage (issue 17 §1, least usage): a generated key signs only, a decipher-only key does not sign, an unwrapped key does both", async () => {
+      const peer = (): Uint8Array => new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ format: "der", type: "spki" }));
+      const signer = uniq("sign-only");
+      await c.generateKeyPair(signer, "P256");
+      await c.sign(signer, randomBytes(16));
+      await rejects(c.decipher(signer, peer()), "NOT_PERMITTED");
+      const device = uniq("decipher-only");
+      await c.generateKeyPair(device, "P256", { usage: ["decipher"] });
+      assert.equal((await c.decipher(device, peer())).length, 32);
+      await rejects(c.sign(device, randomBytes(16)), "NOT_PERMITTED");
+      // the usage persists: a new instance over the same store enforces it too
+      const other = await makeCustody();
+      try {
+        await rejects(other.sign(device, randomBytes(16)), "NOT_PERMITTED");
+        assert.equal((await other.decipher(device, peer())).length, 32);
+      } finally {
+        await other.close();
+      }
+      const kek = uniq("kek");
+      await c.createSecretKey(kek, { type: "aes", bits: 256, usage: ["wrap"] });
+      const tmp = uniq("tmp");
+      await c.generateKeyPair(tmp, "P256", { extractable: "wrapped", ephemeral: true });
+      const blob = await c.wrapPrivateKey(tmp, { key: kek });
+      const both = uniq("both");
+      await c.unwrapPrivateKey(both, blob, "P256", { key: kek }, { ephemeral: true });
+      await c.sign(both, randomBytes(16));
+      assert.equal((await c.decipher(both, peer())).length, 32);
+      await rejects(c.unwrapPrivateKey(uniq("unwrapped-sign"), blob, "P256", { key: kek }, { ephemeral: true, usage: ["sign"] }), "INVALID_ARGUMENT", /usage/);
+      for (const usage of [[], ["encrypt"]] as unknown as ("sign" | "decipher")[][]) await rejects(c.generateKeyPair(uniq("bad"), "P256", { usage }), "INVALID_ARGUMENT", /usage/);
+      for (const l of [signer, device, tmp, both, kek]) await c.deleteKey(l);
     });
   });
 }

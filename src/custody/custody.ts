@@ -11,6 +11,10 @@
 //
 // This module must never log or put a key value in an error message.
 
+import type { CustodySelfTest } from "./pkcs11-selftest.ts";
+
+export type { CustodySelfTest, SelfTestPath } from "./pkcs11-selftest.ts";
+
 /** Key pair algorithms a card holds (src/card/state.ts KeyAlg). */
 export type KeyPairAlg = "P256" | "P384" | "RSA2048" | "RSA3072";
 export type HashAlg = "SHA-256" | "SHA-384" | "SHA-512";
@@ -33,9 +37,21 @@ export interface SecretKeySpec {
   extractable?: Extractability;
 }
 
+/**
+ * What a key pair's private half may do: "sign", and "decipher" (decipher(): ECDH for an EC key, RSA-OAEP decryption
+ * for an RSA key). Enforced by both implementations (PKCS#11: CKA_SIGN, CKA_DERIVE / CKA_DECRYPT).
+ */
+export type PairUsage = "sign" | "decipher";
+
 export interface KeyPairOptions {
   /** Default "never" (a CA key). A credential key for a card is generated with "wrapped". */
   extractable?: Extractability;
+  /**
+   * generateKeyPair's least usage: default ["sign"] (a CA key, a credential key); the reproduction device's key is
+   * ["decipher"] only. unwrapPrivateKey's keys always sign and decipher (the FIG. 10 key check of a reproduced key
+   * needs both, and PKCS#11 finds an unwrapped EC key's public point by ECDH); it refuses any other usage.
+   */
+  usage?: PairUsage[];
   /**
    * Kept only for the life of this custody instance (a PKCS#11 session object), never persisted: a credential
    * key that is wrapped for its card (Sk[PRk]) and then destroyed. Default false.
@@ -80,7 +96,22 @@ export interface StoredKeySetRef {
   cardId?: string;
 }
 
-export type KeySetRef = DerivedKeySetRef | StoredKeySetRef;
+/**
+ * A blank card's transport key set, diversified inside custody from the card manufacturer's master key (KMC, label
+ * `kmc`, imported in a key ceremony: `cardkms custody import-kmc`) and the card's key diversification data `kdd`
+ * (10 bytes, hex, as its INITIALIZE UPDATE returns it): the EMV CPS derivation of derivation.ts, AES-128 keys.
+ */
+export interface KmcKeySetRef {
+  kind: "kmc";
+  kmc: string;
+  kdd: string;
+  /** The transport key version (card.ts TRANSPORT_KVN, 0x30). */
+  kvn: number;
+  /** The card this key set belongs to: needed only for keys derived from its DEK (sealForCard, wrapping). */
+  cardId?: string;
+}
+
+export type KeySetRef = DerivedKeySetRef | StoredKeySetRef | KmcKeySetRef;
 
 /** Key check values (GP Amendment D §7.2: AES(key, 16 × 01), 3 bytes), hex. */
 export interface KeySetKcvs {
@@ -137,7 +168,7 @@ export interface KeyCustody {
 
   // --- keys by label ---------------------------------------------------------------------------------------
   createSecretKey(label: string, spec: SecretKeySpec): Promise<KeyInfo>;
-  /** Key ceremony only (migrating a master, the public transport key): the value is taken in once. */
+  /** Key ceremony only (migrating a master, the card manufacturer's KMC): the value is taken in once. */
   importSecretKey(label: string, spec: SecretKeySpec, value: Uint8Array): Promise<KeyInfo>;
   /** Imports ENC/MAC/DEK as `${prefix}.enc|mac|dek` with the usages a key set needs. */
   importKeySet(prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable?: Extractability): Promise<StoredKeySetRef>;
@@ -198,6 +229,12 @@ export interface KeyCustody {
   decipher(label: string, input: Uint8Array): Promise<Uint8Array>;
   signer(label: string): Promise<Signer>;
 
+  /**
+   * Tries, with the credentials this custody runs with, the paths by which its holder could take a key out
+   * (PKCS#11: pkcs11-selftest.ts), and reports which the implementation refused. Changes no stored key.
+   */
+  selfTest(): Promise<CustodySelfTest>;
+
   close(): Promise<void>;
 }
 
@@ -257,26 +294,45 @@ export function checkKeyPairAlg(alg: KeyPairAlg): void {
   if (!KEY_PAIR_ALGS.includes(alg)) throw new CustodyError("INVALID_ARGUMENT", `key pair algorithm must be one of ${KEY_PAIR_ALGS.join(", ")}`);
 }
 
+/** A key pair's usage (KeyPairOptions.usage): "sign" and/or "decipher", at least one; `dflt` when not given. Sorted. */
+export function checkPairUsage(usage: readonly PairUsage[] | undefined, dflt: PairUsage[]): PairUsage[] {
+  const u = usage ?? dflt;
+  if (!Array.isArray(u) || u.length === 0 || u.some((x) => x !== "sign" && x !== "decipher"))
+    throw new CustodyError("INVALID_ARGUMENT", "key pair usage must be a non-empty list of \"sign\" and \"decipher\"");
+  return [...new Set(u)].sort();
+}
+
+/** unwrapPrivateKey's usage: always both (KeyPairOptions.usage); anything else given is refused. */
+export function checkUnwrapUsage(usage: readonly PairUsage[] | undefined): PairUsage[] {
+  const u = checkPairUsage(usage, ["sign", "decipher"]);
+  if (u.length !== 2) throw new CustodyError("INVALID_ARGUMENT", "an unwrapped key pair's usage is [\"sign\", \"decipher\"]: the key check needs both");
+  return u;
+}
+
 export function checkHash(hash: HashAlg): void {
   if (!["SHA-256", "SHA-384", "SHA-512"].includes(hash)) throw new CustodyError("INVALID_ARGUMENT", `hash must be SHA-256, SHA-384 or SHA-512`);
 }
 
 /** Validates a key set reference. */
 export function checkKeySetRef(ref: KeySetRef): void {
-  if (!ref || (ref.kind !== "derived" && ref.kind !== "stored")) throw new CustodyError("INVALID_ARGUMENT", "key set reference must be {kind: \"derived\" | \"stored\", ...}");
+  if (!ref || (ref.kind !== "derived" && ref.kind !== "stored" && ref.kind !== "kmc"))
+    throw new CustodyError("INVALID_ARGUMENT", "key set reference must be {kind: \"derived\" | \"stored\" | \"kmc\", ...}");
   if (!Number.isInteger(ref.kvn) || ref.kvn < 1 || ref.kvn > 0x7f) throw new CustodyError("INVALID_ARGUMENT", `KVN must be 1..127, not ${ref.kvn}`);
   if (ref.kind === "derived") {
     checkLabel(ref.master);
     if (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId))
       throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
     if (ref.bits !== undefined && ref.bits !== 128 && ref.bits !== 256) throw new CustodyError("INVALID_ARGUMENT", "derived card keys are 128 or 256 bits");
+  } else if (ref.kind === "kmc") {
+    checkLabel(ref.kmc);
+    if (typeof ref.kdd !== "string" || !/^[0-9a-fA-F]{20}$/.test(ref.kdd)) throw new CustodyError("INVALID_ARGUMENT", "key diversification data must be 10 bytes of hex");
   } else {
     checkLabel(ref.enc);
     checkLabel(ref.mac);
     checkLabel(ref.dek);
-    if (ref.cardId !== undefined && (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId)))
-      throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
   }
+  if (ref.kind !== "derived" && ref.cardId !== undefined && (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId)))
+    throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
 }
 
 export function checkChallenge(b: Uint8Array, what: string): void {

@@ -10,7 +10,7 @@
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, type ScryptOptions } from "node:crypto";
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
-import { CustodyError, type Extractability, type KeyPairAlg, type SecretKeyUsage } from "./custody.ts";
+import { CustodyError, type Extractability, type KeyPairAlg, type PairUsage, type SecretKeyUsage } from "./custody.ts";
 
 export const FORMAT = "cardkms-keystore/1";
 const CHECK_TEXT = Buffer.from("cardkms keystore key check v1");
@@ -26,6 +26,8 @@ export interface EntryMeta {
   type: "aes" | KeyPairAlg;
   bits?: number;
   usage?: SecretKeyUsage[];
+  /** What a key pair's private half may do (custody.ts PairUsage); absent on entries made before it: both. */
+  pairUsage?: PairUsage[];
   extractable: Extractability;
   /** Public key of a key pair, SPKI DER base64 (not secret). */
   spki?: string;
@@ -108,7 +110,10 @@ export function unseal(kek: Uint8Array, s: Sealed, aad: Uint8Array): Buffer | un
 
 /** Associated data of an entry: its label and metadata, in a fixed order. */
 export function entryAad(label: string, m: EntryMeta): Buffer {
-  return Buffer.from(JSON.stringify([FORMAT, label, m.kind, m.type, m.bits ?? null, m.usage ?? null, m.extractable, m.spki ?? null]));
+  const bound: unknown[] = [FORMAT, label, m.kind, m.type, m.bits ?? null, m.usage ?? null, m.extractable, m.spki ?? null];
+  // Appended only when present, so that entries written before key pair usage existed still open.
+  if (m.pairUsage) bound.push(m.pairUsage);
+  return Buffer.from(JSON.stringify(bound));
 }
 
 /** Opens (or creates, when the file does not exist) a keystore; returns the document and its KEK. */

@@ -12,8 +12,11 @@
 //   in this process  digests, DER/SPKI encodings, the derivation data (public: built from the card ID), and the
 //                    SCP03 session keys, which the HSM returns as CMAC output (they are ephemeral) and from which
 //                    the cryptograms are computed
-// Masters, the CA key and storage keys are CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE=false. Keys that
-// must reach a card (derived card keys, credential private keys) are extractable, but only wrapped: CKA_SENSITIVE.
+// Every key's attributes come from one template per role (pkcs11-templates.ts): every flag stated, the least usage,
+// CKA_MODIFIABLE and CKA_COPYABLE false, unwrap (and, where the token has them, derive) templates that keep what a key
+// unwraps or derives sensitive. Masters, the CA key and storage keys are CKA_TOKEN and never extractable; keys that
+// must reach a card (derived card keys, credential private keys) are extractable, but only wrapped. What the token
+// actually enforces is what selfTest() (pkcs11-selftest.ts) finds out by trying.
 //
 // pkcs11js calls are synchronous: each custody operation runs to completion without yielding, so the one session
 // of an instance is never shared by two operations at once. Errors name the PKCS#11 function and its CKR_ code.
@@ -28,7 +31,9 @@ import {
   checkKeyPairAlg,
   checkKeySetRef,
   checkLabel,
+  checkPairUsage,
   checkSecretSpec,
+  checkUnwrapUsage,
   CustodyError,
   defaultHash,
   KEY_SET_USAGE,
@@ -50,8 +55,22 @@ import {
   type StoredKeySetRef,
   type WrapTarget,
 } from "./custody.ts";
-import { cardKeyData, PURPOSE, purposeKeyData, type CardKeyName } from "../card/derivation.ts";
+import { cardKeyData, PURPOSE, purposeKeyData, transportKeyData, type CardKeyName } from "../card/derivation.ts";
 import { canonicalSpki, ecGenerator, ecPeer, ecPointsWithX, oaepSha256Decode } from "./asymmetric.ts";
+import {
+  aesKeyTemplate,
+  ckrName,
+  CKA_DERIVE_TEMPLATE,
+  CKA_UNWRAP_TEMPLATE,
+  ecdhSecretTemplate,
+  lockedTemplate,
+  privateKeyTemplate,
+  publicKeyTemplate,
+  secretUsageFlags,
+  transitKeyTemplate,
+  type TokenFeatures,
+} from "./pkcs11-templates.ts";
+import { runSelfTest, type CustodySelfTest } from "./pkcs11-selftest.ts";
 import { EC_CURVES, ecdsaRawToDer, ecPointToSpki, hex, isEc, putKeyDataField, rsaBits, rsaToSpki, type PutKeyComponent } from "./encoding.ts";
 
 type P11 = typeof Pkcs11Types;
@@ -83,13 +102,11 @@ interface ModuleRef {
   users: number;
   /** SHA-256 of the PIN each token was logged in with: a second instance must present the same PIN. */
   logins: Map<string, string>;
+  /** What each token accepts (probed once per token). */
+  features: Map<string, TokenFeatures>;
 }
 const modules = new Map<string, ModuleRef>();
 
-function ckrName(e: unknown): string | undefined {
-  const m = e instanceof Error ? /CKR_[A-Z0-9_]+/.exec(e.message) : null;
-  return m?.[0];
-}
 
 const CKR_CODES: Record<string, CustodyErrorCode> = {
   CKR_PIN_INCORRECT: "LOGIN_FAILED",
@@ -99,6 +116,7 @@ const CKR_CODES: Record<string, CustodyErrorCode> = {
   CKR_USER_PIN_NOT_INITIALIZED: "LOGIN_FAILED",
   CKR_KEY_UNEXTRACTABLE: "NOT_PERMITTED",
   CKR_KEY_FUNCTION_NOT_PERMITTED: "NOT_PERMITTED",
+  CKR_ACTION_PROHIBITED: "NOT_PERMITTED",
   CKR_ATTRIBUTE_SENSITIVE: "NOT_PERMITTED",
   CKR_WRAPPED_KEY_INVALID: "WRONG_KEY",
   CKR_ENCRYPTED_DATA_INVALID: "WRONG_KEY",
@@ -145,12 +163,36 @@ function unwrapError(e: unknown, what: string, alg: KeyPairAlg): CustodyError {
   return mapError(e, "C_UnwrapKey", what);
 }
 
-const USAGE_ATTRS: Record<SecretKeyUsage, (p: P11) => number[]> = {
-  derive: (p) => [p.CKA_DERIVE],
-  wrap: (p) => [p.CKA_WRAP, p.CKA_UNWRAP],
-  encrypt: (p) => [p.CKA_ENCRYPT, p.CKA_DECRYPT],
-  mac: (p) => [p.CKA_SIGN, p.CKA_VERIFY],
-};
+/**
+ * Whether the token takes the template attributes (PKCS#11 2.40 §4.4): a session AES key is made with each and
+ * destroyed. CKR_ATTRIBUTE_TYPE_INVALID (SoftHSM2 2.6 for CKA_DERIVE_TEMPLATE) or any other refusal: no. A binding
+ * that cannot pass a template at all (pkcs11js without patches/pkcs11js+2.1.7.patch) is an installation error.
+ */
+function probeFeatures(p: P11, mod: Pkcs11Types.PKCS11, session: Handle): TokenFeatures {
+  const accepts = (type: number, usage: number): boolean => {
+    let h: Handle | undefined;
+    try {
+      h = mod.C_GenerateKey(session, { mechanism: p.CKM_AES_KEY_GEN }, [
+        { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
+        { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
+        { type: p.CKA_VALUE_LEN, value: 16 },
+        { type: p.CKA_TOKEN, value: false },
+        { type: p.CKA_SENSITIVE, value: true },
+        { type: p.CKA_EXTRACTABLE, value: false },
+        { type: usage, value: true },
+        { type, value: lockedTemplate(p) },
+      ]);
+      return true;
+    } catch (e) {
+      if (e instanceof TypeError)
+        throw new CustodyError("UNAVAILABLE", `the pkcs11js binding cannot pass attribute templates: it lacks cardkms's patch (patches/pkcs11js+2.1.7.patch; run npm ci) — ${e.message}`);
+      return false;
+    } finally {
+      if (h) mod.C_DestroyObject(session, h);
+    }
+  };
+  return { unwrapTemplate: accepts(CKA_UNWRAP_TEMPLATE, p.CKA_UNWRAP), deriveTemplate: accepts(CKA_DERIVE_TEMPLATE, p.CKA_DERIVE) };
+}
 
 const SIGN_MECH: Record<HashAlg, (p: P11) => number> = {
   "SHA-256": (p) => p.CKM_SHA256_RSA_PKCS,
@@ -170,7 +212,10 @@ export class Pkcs11Custody implements KeyCustody {
     private readonly mod: Pkcs11Types.PKCS11,
     private readonly modulePath: string,
     private readonly session: Handle,
+    private readonly slot: Handle,
     readonly tokenLabel: string,
+    /** What the token accepts beyond PKCS#11 2.20 (CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE). */
+    readonly features: TokenFeatures,
   ) {}
 
   /** Loads the module, finds the token by label, opens a read-write session and logs in as the user. */
@@ -195,7 +240,7 @@ export class Pkcs11Custody implements KeyCustody {
       } catch (e) {
         if (ckrName(e) !== "CKR_CRYPTOKI_ALREADY_INITIALIZED") throw mapError(e, "C_Initialize", modulePath);
       }
-      ref = { mod, users: 0, logins: new Map() };
+      ref = { mod, users: 0, logins: new Map(), features: new Map() };
       modules.set(modulePath, ref);
     }
     ref.users++;
@@ -223,7 +268,12 @@ export class Pkcs11Custody implements KeyCustody {
         if (ckrName(e) !== "CKR_USER_ALREADY_LOGGED_IN") throw mapError(e, "C_Login", `user PIN for token ${tokenLabel}`);
         if (ref.logins.get(tokenLabel) !== pinHash) throw new CustodyError("LOGIN_FAILED", `PKCS#11 C_Login (user PIN for token ${tokenLabel}) failed: CKR_PIN_INCORRECT — the user PIN is wrong (CARDKMS_PKCS11_PIN)`);
       }
-      return new Pkcs11Custody(p, mod, modulePath, session, tokenLabel);
+      let features = ref.features.get(tokenLabel);
+      if (!features) {
+        features = probeFeatures(p, mod, session);
+        ref.features.set(tokenLabel, features);
+      }
+      return new Pkcs11Custody(p, mod, modulePath, session, slot, tokenLabel, features);
     } catch (e) {
       if (session) {
         try {
@@ -289,7 +339,7 @@ export class Pkcs11Custody implements KeyCustody {
       throw new CustodyError("NOT_FOUND", `no key labelled ${label}`);
     }
     if (usage) {
-      const attrs = USAGE_ATTRS[usage](this.p);
+      const attrs = [...secretUsageFlags(this.p, [usage])];
       const got = this.attrs(h, attrs, label);
       if (!attrs.every((a) => got.get(a)?.[0] === 1)) throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to ${usage}`);
     }
@@ -325,28 +375,17 @@ export class Pkcs11Custody implements KeyCustody {
     return this.find([{ type: this.p.CKA_LABEL, value: label }], 1).length > 0;
   }
 
-  private base(label: string, cls: number, persistent: boolean): Template {
-    const p = this.p;
+  /** Label and ID of a stored object (class and everything else come from its role's template). */
+  private named(label: string): Template {
     return [
-      { type: p.CKA_CLASS, value: cls },
-      { type: p.CKA_TOKEN, value: persistent },
-      { type: p.CKA_LABEL, value: label },
-      { type: p.CKA_ID, value: labelId(label) },
+      { type: this.p.CKA_LABEL, value: label },
+      { type: this.p.CKA_ID, value: labelId(label) },
     ];
   }
 
-  private secretTemplate(label: string, bits: number, usage: SecretKeyUsage[], extractable: Extractability): Template {
-    const p = this.p;
-    const on = new Set(usage.flatMap((u) => USAGE_ATTRS[u](p)));
-    const all = (Object.keys(USAGE_ATTRS) as SecretKeyUsage[]).flatMap((u) => USAGE_ATTRS[u](p));
-    return [
-      ...this.base(label, p.CKO_SECRET_KEY, true),
-      { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
-      { type: p.CKA_PRIVATE, value: true },
-      { type: p.CKA_SENSITIVE, value: true },
-      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
-      ...all.map((type) => ({ type, value: on.has(type) })),
-    ];
+  /** A stored AES key (a master, a KEK, a key of an imported key set): pkcs11-templates.ts aesKeyTemplate. */
+  private secretTemplate(label: string, usage: SecretKeyUsage[], extractable: Extractability, bytes?: number): Template {
+    return [...this.named(label), ...aesKeyTemplate(this.p, { token: true, on: secretUsageFlags(this.p, usage), extractable: extractable === "wrapped", features: this.features, bytes })];
   }
 
   // --- keys by label -----------------------------------------------------------------------------------------
@@ -355,8 +394,7 @@ export class Pkcs11Custody implements KeyCustody {
     checkLabel(label);
     const s = checkSecretSpec(spec);
     if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
-    const t = this.secretTemplate(label, s.bits, s.usage, s.extractable);
-    t.push({ type: this.p.CKA_VALUE_LEN, value: s.bits / 8 });
+    const t = this.secretTemplate(label, s.usage, s.extractable, s.bits / 8);
     this.call("C_GenerateKey", label, () => this.mod.C_GenerateKey(this.session, { mechanism: this.p.CKM_AES_KEY_GEN }, t));
     return { label, kind: "secret", type: "aes", bits: s.bits, usage: s.usage, extractable: s.extractable };
   }
@@ -366,7 +404,7 @@ export class Pkcs11Custody implements KeyCustody {
     const s = checkSecretSpec(spec);
     if (!(value instanceof Uint8Array) || value.length * 8 !== s.bits) throw new CustodyError("INVALID_ARGUMENT", `key value must be ${s.bits / 8} bytes`);
     if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
-    const t = this.secretTemplate(label, s.bits, s.usage, s.extractable);
+    const t = this.secretTemplate(label, s.usage, s.extractable);
     const v = Buffer.from(value);
     t.push({ type: this.p.CKA_VALUE, value: v });
     try {
@@ -462,19 +500,13 @@ export class Pkcs11Custody implements KeyCustody {
 
   // --- card key sets -----------------------------------------------------------------------------------------
 
-  /** CKM_AES_CBC_ENCRYPT_DATA (zero IV): a session key object, sensitive, with the given attributes. */
+  /**
+   * CKM_AES_CBC_ENCRYPT_DATA (zero IV): a session key object, sensitive, with exactly the usage attributes `attrs`
+   * (pkcs11-templates.ts aesKeyTemplate).
+   */
   private derive(base: Handle, data: Uint8Array, attrs: number[], extractable: boolean, what: string): Handle {
     const p = this.p;
-    const t: Template = [
-      { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
-      { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
-      { type: p.CKA_VALUE_LEN, value: data.length },
-      { type: p.CKA_TOKEN, value: false },
-      { type: p.CKA_PRIVATE, value: true },
-      { type: p.CKA_SENSITIVE, value: true },
-      { type: p.CKA_EXTRACTABLE, value: extractable },
-      ...attrs.map((type) => ({ type, value: true })),
-    ];
+    const t = aesKeyTemplate(p, { token: false, on: new Set(attrs), extractable, features: this.features, bytes: data.length });
     const parameter: Pkcs11Types.AesCBC = { type: p.CK_PARAMS_AES_CBC, iv: Buffer.alloc(16), data: Buffer.from(data) };
     const mech = { mechanism: p.CKM_AES_CBC_ENCRYPT_DATA, parameter };
     return this.call("C_DeriveKey", what, () => this.mod.C_DeriveKey(this.session, mech, base, t));
@@ -502,6 +534,22 @@ export class Pkcs11Custody implements KeyCustody {
         this.destroy(...made);
         throw e;
       }
+    }
+    if (ref.kind === "kmc") {
+      // A blank card's transport keys (derivation.ts §3, EMV CPS adapted to AES): one AES block of derivation data
+      // each under the KMC, which CKM_AES_CBC_ENCRYPT_DATA with its zero IV computes as ECB does. They only open
+      // the personalisation session and wrap the card's keys for PUT KEY: never extractable, ENC and MAC encrypt
+      // (KCV) and sign (the CMAC KDF), the DEK encrypts (KCV) and wraps (PUT KEY cryptograms).
+      const kmc = this.secretHandle(ref.kmc, "derive");
+      const attrs: Record<CardKeyName, number[]> = { enc: [p.CKA_ENCRYPT, p.CKA_SIGN], mac: [p.CKA_ENCRYPT, p.CKA_SIGN], dek: [p.CKA_ENCRYPT, p.CKA_WRAP] };
+      const made: Handle[] = [];
+      try {
+        for (const name of ["enc", "mac", "dek"] as const) made.push(this.derive(kmc, transportKeyData(ref.kdd, name), attrs[name], false, `derive transport ${name.toUpperCase()} for KDD ${ref.kdd} from ${ref.kmc}`));
+      } catch (e) {
+        this.destroy(...made);
+        throw e;
+      }
+      return { enc: made[0], mac: made[1], dek: made[2], extractable: false, release: () => this.destroy(...made) };
     }
     const enc = this.secretHandle(ref.enc), mac = this.secretHandle(ref.mac), dek = this.secretHandle(ref.dek);
     const ex = [enc, mac, dek].every((h) => this.attrs(h, [p.CKA_EXTRACTABLE], "key set").get(p.CKA_EXTRACTABLE)?.[0] === 1);
@@ -643,15 +691,10 @@ export class Pkcs11Custody implements KeyCustody {
     if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
     if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
     const p = this.p;
-    const persistent = opts.ephemeral !== true;
-    const pub: Template = [...this.base(label, p.CKO_PUBLIC_KEY, persistent), { type: p.CKA_VERIFY, value: true }];
-    const priv: Template = [
-      ...this.base(label, p.CKO_PRIVATE_KEY, persistent),
-      { type: p.CKA_PRIVATE, value: true },
-      { type: p.CKA_SENSITIVE, value: true },
-      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
-      { type: p.CKA_SIGN, value: true },
-    ];
+    const token = opts.ephemeral !== true;
+    const usage = checkPairUsage(opts.usage, ["sign"]);
+    const pub: Template = [...this.named(label), { type: p.CKA_CLASS, value: p.CKO_PUBLIC_KEY }, ...publicKeyTemplate(p, { token, usage })];
+    const priv: Template = [...this.named(label), { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY }, ...privateKeyTemplate(p, { token, ec: isEc(alg), usage, extractable, features: this.features })];
     let mechanism: number;
     if (isEc(alg)) {
       mechanism = p.CKM_EC_KEY_PAIR_GEN;
@@ -735,15 +778,7 @@ export class Pkcs11Custody implements KeyCustody {
     const a = this.wrapKey(from);
     let key: Handle | undefined;
     try {
-      const t: Template = [
-        { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
-        { type: p.CKA_KEY_TYPE, value: isEc(alg) ? p.CKK_EC : p.CKK_RSA },
-        { type: p.CKA_TOKEN, value: false },
-        { type: p.CKA_PRIVATE, value: true },
-        { type: p.CKA_SENSITIVE, value: true },
-        { type: p.CKA_EXTRACTABLE, value: true },
-        { type: p.CKA_SIGN, value: false },
-      ];
+      const t = transitKeyTemplate(p, isEc(alg));
       try {
         key = this.mod.C_UnwrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, a.h, Buffer.from(wrapped), t);
       } catch (e) {
@@ -782,15 +817,7 @@ export class Pkcs11Custody implements KeyCustody {
       b = this.wrapKey(to);
       const out: Uint8Array[] = [];
       for (let k = 0; k < items.length; k++) {
-        const t: Template = [
-          { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
-          { type: p.CKA_KEY_TYPE, value: isEc(items[k].alg) ? p.CKK_EC : p.CKK_RSA },
-          { type: p.CKA_TOKEN, value: false },
-          { type: p.CKA_PRIVATE, value: true },
-          { type: p.CKA_SENSITIVE, value: true },
-          { type: p.CKA_EXTRACTABLE, value: true },
-          { type: p.CKA_SIGN, value: false },
-        ];
+        const t = transitKeyTemplate(p, isEc(items[k].alg));
         let key: Handle;
         try {
           key = this.mod.C_UnwrapKey(this.session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, a.h, Buffer.from(items[k].wrapped), t);
@@ -823,18 +850,15 @@ export class Pkcs11Custody implements KeyCustody {
     const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
     if (this.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
     const p = this.p;
-    const persistent = opts.ephemeral !== true;
-    // Unwrapped as a session object, checked, and only then copied to the token (C_CopyObject CKA_TOKEN): a
-    // refused key never reaches the token, and a crash in between leaves nothing behind.
+    const token = opts.ephemeral !== true;
+    // What the FIG. 10 key check needs: signing, and deciphering (ECDH for an EC key, decryption for an RSA key).
+    const usage = checkUnwrapUsage(opts.usage);
+    // Unwrapped where it will live (a copy to the token would need CKA_COPYABLE), checked, and destroyed when refused.
     const t: Template = [
-      ...this.base(label, p.CKO_PRIVATE_KEY, false),
+      ...this.named(label),
+      { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
       { type: p.CKA_KEY_TYPE, value: isEc(alg) ? p.CKK_EC : p.CKK_RSA },
-      { type: p.CKA_PRIVATE, value: true },
-      { type: p.CKA_SENSITIVE, value: true },
-      { type: p.CKA_EXTRACTABLE, value: extractable === "wrapped" },
-      { type: p.CKA_SIGN, value: true },
-      // what decipher needs: ECDH for an EC key, decryption for an RSA key
-      { type: isEc(alg) ? p.CKA_DERIVE : p.CKA_DECRYPT, value: true },
+      ...privateKeyTemplate(p, { token, ec: isEc(alg), usage, extractable, features: this.features }),
     ];
     const a = this.wrapKey(from);
     let key: Handle | undefined;
@@ -850,13 +874,8 @@ export class Pkcs11Custody implements KeyCustody {
       const { spki, pubAttrs } = this.unwrappedPublic(key, alg, label);
       if (expect && !expect.equals(spki)) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not the expected one: its public key differs`);
       pub = this.call("C_CreateObject", `public key of ${label}`, () =>
-        this.mod.C_CreateObject(this.session, [...this.base(label, p.CKO_PUBLIC_KEY, persistent), { type: p.CKA_VERIFY, value: true }, ...pubAttrs]),
+        this.mod.C_CreateObject(this.session, [...this.named(label), { type: p.CKA_CLASS, value: p.CKO_PUBLIC_KEY }, ...pubAttrs, ...publicKeyTemplate(p, { token, usage })]),
       );
-      if (persistent) {
-        const session = key;
-        this.call("C_CopyObject", `store ${label} on the token`, () => this.mod.C_CopyObject(this.session, session, [{ type: p.CKA_TOKEN, value: true }]));
-        this.destroy(session);
-      }
       return { label, kind: "keyPair", type: alg, extractable };
     } catch (e) {
       this.destroy(pub, key);
@@ -904,15 +923,7 @@ export class Pkcs11Custody implements KeyCustody {
    */
   private ecdh(h: Handle, peer: Buffer, size: number, what: string): Buffer {
     const p = this.p;
-    const t: Template = [
-      { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
-      { type: p.CKA_KEY_TYPE, value: p.CKK_GENERIC_SECRET },
-      { type: p.CKA_TOKEN, value: false },
-      { type: p.CKA_PRIVATE, value: true },
-      { type: p.CKA_SENSITIVE, value: false },
-      { type: p.CKA_EXTRACTABLE, value: true },
-      { type: p.CKA_VALUE_LEN, value: size },
-    ];
+    const t = ecdhSecretTemplate(p, size);
     const parameter: Pkcs11Types.ECDH1 = { type: p.CK_PARAMS_EC_DH, kdf: p.CKD_NULL, publicData: peer };
     const secret = this.call("C_DeriveKey", what, () => this.mod.C_DeriveKey(this.session, { mechanism: p.CKM_ECDH1_DERIVE, parameter }, h, t));
     try {
@@ -983,6 +994,12 @@ export class Pkcs11Custody implements KeyCustody {
     const spki = await this.publicKey(label);
     const alg = this.pairAlg(label);
     return { label, alg, hash: defaultHash(alg), spki, sign: (data) => this.sign(label, data) };
+  }
+
+  /** The extraction paths this token refuses and the ones it does not (pkcs11-selftest.ts), with this PIN. */
+  async selfTest(): Promise<CustodySelfTest> {
+    if (this.closed) throw new CustodyError("UNAVAILABLE", "custody is closed");
+    return runSelfTest({ p: this.p, mod: this.mod, session: this.session, slot: this.slot, tokenLabel: this.tokenLabel, features: this.features });
   }
 
   /** Closes the session; the last instance on a module finalizes it (C_Finalize logs out and unloads). */

@@ -27,7 +27,9 @@ import {
   checkKeyPairAlg,
   checkKeySetRef,
   checkLabel,
+  checkPairUsage,
   checkSecretSpec,
+  checkUnwrapUsage,
   CustodyError,
   defaultHash,
   KEY_SET_USAGE,
@@ -44,11 +46,13 @@ import {
   type SealedForCard,
   type SecretKeySpec,
   type SecretKeyUsage,
+  type CustodySelfTest,
+  type PairUsage,
   type Signer,
   type StoredKeySetRef,
   type WrapTarget,
 } from "./custody.ts";
-import { aesKeyUnwrapPad, aesKeyWrapPad, cardKeyData, derivePurposeKey, encryptData, PURPOSE } from "../card/derivation.ts";
+import { aesKeyUnwrapPad, aesKeyWrapPad, cardKeyData, derivePurposeKey, deriveTransportKeySet, encryptData, PURPOSE } from "../card/derivation.ts";
 import { canonicalSpki, ecPeer, NODE_CURVE } from "./asymmetric.ts";
 import { hex, isEc, putKeyDataField, rsaBits, type PutKeyComponent } from "./encoding.ts";
 import { aesKeyRewrapPadBatch, UnwrapError } from "./kwp-batch.ts";
@@ -194,9 +198,12 @@ export class SoftwareCustody implements KeyCustody {
     return l.secret;
   }
 
-  private privateKey(label: string): { key: KeyObject; meta: EntryMeta } {
+  /** A key pair's private half, for `use` when given (entries made before key pair usage may do both). */
+  private privateKey(label: string, use?: PairUsage): { key: KeyObject; meta: EntryMeta } {
     const l = this.load(label);
     if (l.meta.kind !== "keyPair" || Buffer.isBuffer(l.secret)) throw new CustodyError("INVALID_ARGUMENT", `${label} is not a key pair`);
+    if (use && l.meta.pairUsage && !l.meta.pairUsage.includes(use))
+      throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to ${use === "sign" ? "sign" : "decipher (ECDH / decryption)"}: its usage is ${l.meta.pairUsage.join(", ")}`);
     return { key: l.secret, meta: l.meta };
   }
 
@@ -282,6 +289,12 @@ export class SoftwareCustody implements KeyCustody {
         kvn: ref.kvn,
       };
     }
+    if (ref.kind === "kmc") {
+      // views, not copies: wipeDerived wipes the derived keys themselves
+      const k = deriveTransportKeySet(this.secretKey(ref.kmc, "derive"), ref.kdd);
+      const view = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+      return { enc: view(k.enc), mac: view(k.mac), dek: view(k.dek), extractable: "never", cardId: ref.cardId, kvn: ref.kvn };
+    }
     const get = (label: string, usage: SecretKeyUsage | undefined): Buffer => {
       if (usage) return this.secretKey(label, usage);
       const l = this.load(label);
@@ -295,7 +308,7 @@ export class SoftwareCustody implements KeyCustody {
   }
 
   private wipeDerived(ref: KeySetRef, k: KeySetKeys): void {
-    if (ref.kind !== "derived") return;
+    if (ref.kind === "stored") return;
     k.enc.fill(0);
     k.mac.fill(0);
     k.dek.fill(0);
@@ -414,8 +427,9 @@ export class SoftwareCustody implements KeyCustody {
     const extractable = opts.extractable ?? "never";
     if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
     if (this.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
+    const pairUsage = checkPairUsage(opts.usage, ["sign"]);
     const { spki, pkcs8 } = await genKeyPair(alg);
-    const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, spki: spki.toString("base64"), created: new Date().toISOString() };
+    const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, pairUsage, spki: spki.toString("base64"), created: new Date().toISOString() };
     if (opts.ephemeral === true) {
       // Never written; the KeyObject is made only if the key signs (an issued credential is only wrapped).
       if (this.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
@@ -443,7 +457,7 @@ export class SoftwareCustody implements KeyCustody {
   }
 
   async sign(label: string, data: Uint8Array, opts: { hash?: HashAlg } = {}): Promise<Uint8Array> {
-    const { key, meta } = this.privateKey(label);
+    const { key, meta } = this.privateKey(label, "sign");
     const alg = meta.type as KeyPairAlg;
     const hash = opts.hash ?? defaultHash(alg);
     checkHash(hash);
@@ -516,6 +530,7 @@ export class SoftwareCustody implements KeyCustody {
     const extractable = opts.extractable ?? "never";
     if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
     if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
+    const pairUsage = checkUnwrapUsage(opts.usage);
     const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
     if (this.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
     const kek = this.wrapKey(from);
@@ -552,7 +567,7 @@ export class SoftwareCustody implements KeyCustody {
       pkcs8.fill(0);
       throw e;
     }
-    const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, spki: spki.toString("base64"), created: new Date().toISOString() };
+    const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, pairUsage, spki: spki.toString("base64"), created: new Date().toISOString() };
     if (opts.ephemeral === true) {
       // Never written; it keeps the PKCS#8 it came as, for wrapping again without re-encoding (wiped on delete).
       this.loaded.set(label, { meta, ephemeral: true, pkcs8, secret: key });
@@ -564,7 +579,7 @@ export class SoftwareCustody implements KeyCustody {
   }
 
   async decipher(label: string, input: Uint8Array): Promise<Uint8Array> {
-    const { key, meta } = this.privateKey(label);
+    const { key, meta } = this.privateKey(label, "decipher");
     const alg = meta.type as KeyPairAlg;
     if (!(input instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "decipher input must be bytes");
     if (isEc(alg)) {
@@ -585,6 +600,23 @@ export class SoftwareCustody implements KeyCustody {
     const alg = meta.type as KeyPairAlg;
     const spki = await this.publicKey(label);
     return { label, alg, hash: defaultHash(alg), spki, sign: (data) => this.sign(label, data) };
+  }
+
+  /**
+   * The software keystore has no PIN holder to test: whoever holds the keystore key and the file reads every key (its
+   * protection is the AES-GCM seal of each entry and the key's secrecy). Reported as such, with no path.
+   */
+  async selfTest(): Promise<CustodySelfTest> {
+    this.live();
+    return {
+      custody: "software",
+      token: "software keystore",
+      paths: [],
+      open: [],
+      keys: [],
+      notes: ["whoever holds the keystore key (CARDKMS_KEYSTORE_KEY) and the keystore file can read every key in it; this process holds the keys in memory while it runs"],
+      ok: true,
+    };
   }
 
   async close(): Promise<void> {

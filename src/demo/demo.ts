@@ -6,7 +6,7 @@
 import { createPublicKey, generateKeyPairSync, randomBytes, verify, X509Certificate } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
+import { createCard, transportKeySet } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import { sealPackage } from "../card/package.ts";
 import type { ScpKeySet } from "../card/state.ts";
@@ -48,14 +48,18 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const imageKey = randomBytes(32);
   writeFileSync(imageKeyPath, imageKey.toString("hex") + "\n", { mode: 0o600 });
 
-  // ST11-ST15: the card issuing machine makes a blank card and writes the card-unique key Sk into it.
-  const card = createCard(cardPath, imageKey);
+  // ST11-ST15: the factory makes a blank card with its own transport keys, diversified from the manufacturer's
+  // master key (KMC) and the card ID; the card issuing machine, which has the KMC too, writes Sk into it.
+  const kmc = new Uint8Array(randomBytes(16));
+  const factoryCardId = new Uint8Array(randomBytes(8));
+  const card = createCard(cardPath, imageKey, { kmc, cardId: factoryCardId });
   const terminal = new InProcessTransport(card);
   const transmit = (a: Uint8Array) => terminal.transmit(a);
-  log(`1. blank card created: ${cardPath} (encrypted at rest; image key in ${imageKeyPath})`);
+  log(`1. blank card created: ${cardPath} (encrypted at rest; image key in ${imageKeyPath}), transport keys of its own from the manufacturer's KMC`);
   const sk = newKeySet(0x01);
-  await personalise(transmit, TRANSPORT_KEY_SET, sk);
-  log("2. personalised over SCP03: transport key 0x30 replaced by the card-unique key Sk (KVN 01), card SECURED");
+  await personalise(transmit, transportKeySet(kmc, factoryCardId), sk);
+  kmc.fill(0);
+  log("2. personalised over SCP03: transport keys 0x30 replaced by the card-unique key Sk (KVN 01), card SECURED");
 
   // ST16-ST21: the issuer generates key pairs and has the CA certify them.
   const ca = await createCertificateAuthority("CN=cardkms demo CA");

@@ -202,11 +202,14 @@ interface DemoCard {
   transmit: (apdu: Uint8Array) => Promise<Uint8Array>;
 }
 
-/** A card issued to the user through the API, and its virtual card personalised through the relay (ST11-ST15). */
-async function issuedCard(api: IssuerApiClient, userId: string, dir: string, imageKey: Uint8Array): Promise<DemoCard> {
+/**
+ * A card issued to the user through the API, and its virtual card — made by the factory with the manufacturer's KMC,
+ * so its transport keys are its own — personalised through the relay (ST11-ST15).
+ */
+async function issuedCard(api: IssuerApiClient, userId: string, dir: string, factory: { imageKey: Uint8Array; kmc: Uint8Array }): Promise<DemoCard> {
   const { card } = await api.createCard({ userId });
   const path = join(dir, `card-${card.id}.img`);
-  const runtime = createCard(path, imageKey, { cardId: Buffer.from(card.id, "hex"), durability: "fsync" });
+  const runtime = createCard(path, factory.imageKey, { kmc: factory.kmc, cardId: Buffer.from(card.id, "hex"), durability: "fsync" });
   const transmit = async (a: Uint8Array) => runtime.transmit(a);
   await relaySession(api, transmit, await api.startPersonalisation(card.id));
   return { id: card.id, path, runtime, transmit };
@@ -268,7 +271,7 @@ async function auditLog(api: IssuerApiClient): Promise<AuditJson[]> {
 export async function runRecoveryDemo(dirArg: string, log: (line: string) => void = () => {}): Promise<RecoveryDemoResult> {
   const dir = resolve(dirArg);
   const demo = await startDemoServer(dir, { database: "cardkms.db", caSubject: "CN=cardkms demo Center CA, O=Certification Center, C=JP" });
-  const { server, config, api, imageKey, imageKeyPath } = demo;
+  const { server, config, api, imageKeyPath } = demo;
   const cards: DemoCard[] = [];
   try {
     const recovery = new RecoveryApiClient(api);
@@ -279,12 +282,13 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const as = (id: string) => side.get(id)!;
     for (const a of arbitrators) await a.register(recovery, server.url);
     log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${demo.logPath})`);
+    log(`   ${demo.ceremony}`);
     log(`   ${arbitrators.length} arbitrators registered over the API (FIG. 9), each with its own signing and share key pairs and an API token bound to it:`);
     for (const a of arbitrators) log(`     ${a.id.padEnd(11)} ${a.role} (${a.displayName})`);
 
     // 2. The user (the center's registration), the card, the policy (S1) and the key issued with escrow (S2-S3).
     const user = await api.registerUser(HANAKO);
-    const oldCard = await issuedCard(api, user.id, dir, imageKey);
+    const oldCard = await issuedCard(api, user.id, dir, demo);
     cards.push(oldCard);
     const policy = fig9Policy();
     await recovery.setPolicy(oldCard.id, policy);
@@ -366,7 +370,7 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     log(`     ${policy.author} signs the list of approvers: ${list.approvers.join(" -> ")}`);
 
     // 6. A new card for the user; the key reproduced into it through the relay (S8, S11, FIG. 10-12).
-    const newCard = await issuedCard(api, user.id, dir, imageKey);
+    const newCard = await issuedCard(api, user.id, dir, demo);
     cards.push(newCard);
     const done = await recovery.reproduce(requestId, newCard.transmit, { cardId: newCard.id });
     const goneAfterReproduction = !(await keyInCustody(server.custody, spki));

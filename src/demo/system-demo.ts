@@ -35,18 +35,19 @@ export async function runSystemDemo(o: { dir: string; log?: (line: string) => vo
   const log = o.log ?? (() => {});
   const dir = resolve(o.dir);
   const demo = await startDemoServer(dir, { database: "issuer.db", caSubject: "CN=cardkms demo CA" });
-  const { server, config, api, imageKey, imageKeyPath } = demo;
+  const { server, config, api, imageKey, imageKeyPath, kmc } = demo;
   try {
     log(`1. issuer server on ${server.url} (SQLite ${config.database}, software keystore; logs in ${demo.logPath})`);
+    log(`   ${demo.ceremony}`);
 
     // ST11-ST15
     const user = await api.registerUser({ commonName: "Hanako Yamada", email: "hanako@example.test", organization: "Example Bank" });
     const { card } = await api.createCard({ userId: user.id });
     const oldPath = join(dir, `card-${card.id}.img`);
-    const oldCard = createCard(oldPath, imageKey, { cardId: Buffer.from(card.id, "hex"), durability: "fsync" });
+    const oldCard = createCard(oldPath, imageKey, { kmc, cardId: Buffer.from(card.id, "hex"), durability: "fsync" });
     const oldTransport = new InProcessTransport(oldCard);
     await relaySession(api, (a) => oldTransport.transmit(a), await api.startPersonalisation(card.id));
-    log(`2. user ${user.id} registered; card ${card.id} issued and personalised through the relay (card key Sk1, KVN 01, kept in custody)`);
+    log(`2. user ${user.id} registered; card ${card.id} issued and personalised through the relay over its own transport keys (card key Sk1, KVN 01, kept in custody)`);
 
     // ST16-ST22
     const cred = await api.requestCredential(card.id, { slot: "9a", alg: "P256" });
@@ -75,7 +76,7 @@ export async function runSystemDemo(o: { dir: string; log?: (line: string) => vo
     await rotation.approve(proposal.id, "demo-supervisor");
     const issued = await rotation.issueNewCard(proposal.id, "demo-operator");
     const newPath = join(dir, `card-${issued.card.id}.img`);
-    const newCard = createCard(newPath, imageKey, { cardId: Buffer.from(issued.card.id, "hex"), durability: "fsync" });
+    const newCard = createCard(newPath, imageKey, { kmc, cardId: Buffer.from(issued.card.id, "hex"), durability: "fsync" });
     await rotation.personaliseNewCard(proposal.id, (a) => newCard.transmit(a), "demo-operator");
     const rewrapped = await rotation.rewrap(proposal.id);
     await rotation.distribute(proposal.id, "demo-operator");

@@ -19,8 +19,8 @@ import { keyOriginCommand } from "../card/isd.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
 import { concat, tlv } from "../card/tlv.ts";
-import { TRANSPORT_KEY_SET } from "../card/card.ts";
-import type { DerivedKeySetRef, KeyCustody, StoredKeySetRef } from "../custody/custody.ts";
+import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
+import { transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 
 /** A script for one secure-channel session: the application, the commands, and how to judge the results. */
 export interface CardScript {
@@ -91,19 +91,20 @@ export async function personalise(transmit: Transmit, current: CardKeys, next: C
 }
 
 /**
- * A blank card (GlobalPlatform transport keys, TRANSPORT_KEY_SET) personalised with a key set diversified in
- * custody from `master` (created on first use) for `cardId`, as the key generation device and the reproduction
- * device meet cards outside the issuer's records. The transport keys are imported into custody as
- * `transport-<cardId>`. Returns both references.
+ * A blank card personalised with a key set diversified in custody from `master` (created on first use) for
+ * `cardId`, as the key generation device and the reproduction device meet cards outside the issuer's records. The
+ * card's transport keys are diversified in custody from the card manufacturer's KMC (transport-keys.ts; the
+ * GlobalPlatform public test keys only with `insecurePublicTransportKeys`, development): without a KMC in custody,
+ * a TransportKeyError. Returns both references.
  */
 export async function personaliseFromTransport(
   transmit: Transmit,
   custody: KeyCustody,
   cardId: string,
   master = "card-master",
-): Promise<{ transport: StoredKeySetRef; keySet: DerivedKeySetRef }> {
-  const t = TRANSPORT_KEY_SET;
-  const transport = await custody.importKeySet(`transport-${cardId}`, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") });
+  transportOptions: TransportOptions = {},
+): Promise<{ transport: KeySetRef; keySet: DerivedKeySetRef }> {
+  const transport = await transportKeysFor(custody, cardId, transportOptions);
   if (!(await custody.hasKey(master))) await custody.createSecretKey(master, { type: "aes", bits: 256 });
   const keySet: DerivedKeySetRef = { kind: "derived", master, cardId, kvn: 1 };
   await personalise(transmit, { custody, ref: transport }, { custody, ref: keySet });

@@ -8,19 +8,19 @@
 
 import { randomBytes, randomUUID } from "node:crypto";
 import type { KeyAlg } from "../card/state.ts";
-import { TRANSPORT_KEY_SET } from "../card/card.ts";
 import { PURPOSE } from "../card/derivation.ts";
 import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
 import type { CaClient } from "../ca/client.ts";
 import type { SubjectName } from "../ca/name.ts";
 import type { RevocationReason } from "../ca/crl.ts";
-import type { DerivedKeySetRef, KeyCustody, KeySetRef, StoredKeySetRef } from "../custody/custody.ts";
+import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
 import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, Store, User } from "../store/store.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { CardKeys } from "./card-keys.ts";
 import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
+import { TransportKeyError, transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 
 const DAY = 86_400_000;
 
@@ -47,6 +47,11 @@ export interface IssuerOptions {
   /** Custody label of the master key card keys are diversified from. */
   masterKey?: string;
   validity?: { cardDays?: number; keySetDays?: number };
+  /**
+   * Blank cards' transport keys (transport-keys.ts): per card from the manufacturer's KMC in custody (label `kmc`,
+   * default "transport-kmc"); the public test keys only with `insecurePublicTransportKeys` (development).
+   */
+  transport?: TransportOptions;
   /** Called after each successful act, for metrics. */
   onEvent?: (e: { type: "card.issued" | "credential.issued" | "credential.delivered" | "certificate.revoked" | "card.personalised"; path?: "package" | "online" }) => void;
 }
@@ -78,8 +83,7 @@ export class Issuer {
   private readonly cardDays: number;
   private readonly keySetDays: number;
   private readonly onEvent: NonNullable<IssuerOptions["onEvent"]>;
-  /** The GlobalPlatform transport key blank cards ship with, imported into custody once. */
-  private transport: StoredKeySetRef | undefined;
+  private readonly transport: TransportOptions;
 
   private constructor(o: IssuerOptions) {
     this.store = o.store;
@@ -89,6 +93,7 @@ export class Issuer {
     this.cardDays = o.validity?.cardDays ?? 5 * 365;
     this.keySetDays = o.validity?.keySetDays ?? 2 * 365;
     this.onEvent = o.onEvent ?? (() => {});
+    this.transport = { ...o.transport };
   }
 
   /** Opens the issuer; on first start creates the card master key in custody (never extractable). */
@@ -102,15 +107,17 @@ export class Issuer {
     await appendAudit(this.store.db, { actor, action, subject, details });
   }
 
-  private async transportKeys(): Promise<CardKeys> {
-    if (!this.transport) {
-      const prefix = "transport-gp-30";
-      const t = TRANSPORT_KEY_SET;
-      if (await this.custody.hasKey(`${prefix}.enc`)) this.transport = { kind: "stored", kvn: t.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
-      else
-        this.transport = await this.custody.importKeySet(prefix, { kvn: t.kvn, enc: Buffer.from(t.enc, "hex"), mac: Buffer.from(t.mac, "hex"), dek: Buffer.from(t.dek, "hex") }, "wrapped");
+  /**
+   * The transport keys of blank card `cardId` in custody: diversified from the manufacturer's KMC; the public test
+   * keys only in development mode. Refused (IssuerError "refused") without a KMC in custody.
+   */
+  private async transportKeys(cardId: string): Promise<CardKeys> {
+    try {
+      return { custody: this.custody, ref: await transportKeysFor(this.custody, cardId, this.transport) };
+    } catch (e) {
+      if (e instanceof TransportKeyError) throw new IssuerError("refused", e.message);
+      throw e;
     }
-    return { custody: this.custody, ref: this.transport };
   }
 
   /** The custody handle of a card key set recorded in the system DB. */
@@ -149,6 +156,7 @@ export class Issuer {
     if (!user) throw new IssuerError("not_found", `no user ${input.userId}`);
     const cardId = input.cardId ?? randomBytes(8).toString("hex");
     if (!/^([0-9a-f]{2}){8,16}$/.test(cardId)) throw new IssuerError("invalid", "card ID must be 8 to 16 bytes of lowercase hex");
+    const transport = await this.transportKeys(cardId); // before anything is recorded: no KMC, no card
     const now = this.store.now();
     const ref: DerivedKeySetRef = { kind: "derived", master: this.masterKey, cardId, kvn: 1 };
     const kcvs = await this.custody.keySetKcvs(ref);
@@ -159,7 +167,7 @@ export class Issuer {
       return { card: (await s.getCard(cardId))!, keySet };
     });
     this.onEvent({ type: "card.issued" });
-    return { card, keySet, script: await personalisationScript(await this.transportKeys(), this.keysOf(keySet)) };
+    return { card, keySet, script: await personalisationScript(transport, this.keysOf(keySet)) };
   }
 
   /** ST13-ST14 with the card at hand (the card issuing machine): run the script, mark the card active. */
@@ -175,7 +183,7 @@ export class Issuer {
   async personalisationScriptFor(cardId: string): Promise<CardScript> {
     const card = await this.card(cardId);
     if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
-    return personalisationScript(await this.transportKeys(), this.keysOf(await this.currentKeySet(card)));
+    return personalisationScript(await this.transportKeys(cardId), this.keysOf(await this.currentKeySet(card)));
   }
 
   /** ST14 done: the card accepted its key set (the script's results were checked); the card is active. */
@@ -184,7 +192,10 @@ export class Issuer {
     if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
     const ks = await this.currentKeySet(card);
     await this.store.setCardStatus(cardId, "active");
-    await this.audit(actor, "card.personalised", cardId, { kvn: ks.kvn });
+    // a card personalised over the public test keys is marked for the auditors: its Sk is as public as a recording
+    const details: Record<string, JsonValue> = { kvn: ks.kvn };
+    if (this.transport.insecurePublicTransportKeys === true) details.transport = "insecure-public-test-keys";
+    await this.audit(actor, "card.personalised", cardId, details);
     this.onEvent({ type: "card.personalised" });
     return this.card(cardId);
   }

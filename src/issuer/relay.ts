@@ -8,6 +8,7 @@
 import { encodeCommand, parseResponse, type ApduCommand } from "../card/apdu.ts";
 import { Scp03Error, Scp03HostSession, transmitAll } from "../card/scp03/host.ts";
 import { LEVEL_FULL, type CardKeys } from "./card-keys.ts";
+import { explainTransportMismatch } from "./transport-keys.ts";
 
 export class RelayError extends Error {
   constructor(
@@ -81,7 +82,15 @@ export class RelaySession {
       let ea: Uint8Array;
       if ("custody" in this.keys) {
         const c = s.challenges(responses[1]);
-        ea = s.authenticateWith(responses[1], await this.keys.custody.scp03Session(this.keys.ref, c.hostChallenge, c.cardChallenge));
+        const material = await this.keys.custody.scp03Session(this.keys.ref, c.hostChallenge, c.cardChallenge);
+        try {
+          ea = s.authenticateWith(responses[1], material);
+        } catch (e) {
+          // a blank card that does not hold its per-card transport keys: say why, when its answer tells
+          if (!(e instanceof Scp03Error)) throw e;
+          const why = explainTransportMismatch(this.keys.ref, c.hostChallenge, responses[1]);
+          throw why ? new RelayError(`${e.message} — ${why}`) : e;
+        }
       } else ea = s.authenticate(responses[1]);
       const apdus = [ea];
       this.parts = [];

@@ -28,6 +28,7 @@ import * as x509 from "../x509.ts";
 import { readCardSecretId } from "./card-io.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "./center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "./device.ts";
+import { importTestKmc, TEST_KMC } from "../../test/kmc.ts";
 import { KeyGenerationRefusal } from "./errors.ts";
 import { MemoryIssuedKeyRegistry } from "./registry.ts";
 
@@ -50,7 +51,7 @@ async function site(): Promise<{ center: CertificationCenter; root: Uint8Array }
 /** A personalised virtual card; `wire` records every APDU and response; `cut` makes the reader fail from then on. */
 async function card(custody: KeyCustody): Promise<InsertedCard & { runtime: CardRuntime; keySet: DerivedKeySetRef; wire: Uint8Array[]; cut: (when: (apdu: Uint8Array) => boolean) => void }> {
   const cardId = randomBytes(8).toString("hex");
-  const runtime = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const runtime = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const wire: Uint8Array[] = [];
   let cutWhen: ((apdu: Uint8Array) => boolean) | undefined;
   let dead = false;
@@ -63,6 +64,7 @@ async function card(custody: KeyCustody): Promise<InsertedCard & { runtime: Card
     wire.push(a, r);
     return r;
   };
+  await importTestKmc(custody);
   const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, runtime, wire, cut: (w) => (cutWhen = w) };
 }

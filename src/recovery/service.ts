@@ -775,21 +775,9 @@ export class RecoveryService {
       }
     };
     await ensure(kek, () => custody.createSecretKey(kek, { type: "aes", bits: 256, usage: ["wrap"], extractable: "never" }));
-    // A generated key pair may only sign on PKCS#11; one made by unwrapPrivateKey may also do ECDH (decipher). So the
-    // device key is generated inside custody, wrapped under the KEK and unwrapped as the persistent, never
-    // extractable key pair: it never exists outside custody, in clear or wrapped (the wrapped form is dropped).
-    await ensure(dev, async () => {
-      const tmp = `${dev}.gen.${randomUUID()}`;
-      await custody.generateKeyPair(tmp, "P256", { extractable: "wrapped", ephemeral: true });
-      let w: Uint8Array | undefined;
-      try {
-        w = await custody.wrapPrivateKey(tmp, { key: kek });
-        await custody.unwrapPrivateKey(dev, w, "P256", { key: kek }, { extractable: "never", expectSpki: await custody.publicKey(tmp) });
-      } finally {
-        w?.fill(0);
-        await custody.deleteKey(tmp);
-      }
-    });
+    // The reproduction device's key only opens share releases (ECDH): generated inside custody for that alone, never
+    // extractable, so it never exists outside custody, in clear or wrapped.
+    await ensure(dev, () => custody.generateKeyPair(dev, "P256", { extractable: "never", usage: ["decipher"] }));
     const ki = await custody.keyInfo(kek);
     if (ki?.kind !== "secret" || ki.bits !== 256 || !ki.usage?.includes("wrap") || ki.extractable !== "never")
       throw new Error(`custody key ${kek} is not a non-extractable AES-256 wrapping key`);

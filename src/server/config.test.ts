@@ -35,3 +35,15 @@ test("every problem is reported at once with its source", () => {
   assert.throws(() => loadConfig({ file: f, env: {} }), /bad\.json: /);
   assert.throws(() => loadConfig({ env: { CARDKMS_CUSTODY: "pkcs11" } }), /must have required property 'module'/);
 });
+
+test("insecure.publicTransportKeys: off by default, on only by name (file or CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS)", () => {
+  assert.equal(loadConfig({ env: {} }).insecure.publicTransportKeys, false);
+  assert.equal(loadConfig({ env: { CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "1" } }).insecure.publicTransportKeys, true);
+  assert.equal(loadConfig({ env: { CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "false" } }).insecure.publicTransportKeys, false);
+  const f = join(dir, "insecure.json");
+  writeFileSync(f, JSON.stringify({ insecure: { publicTransportKeys: true } }));
+  assert.equal(loadConfig({ file: f, env: {} }).insecure.publicTransportKeys, true);
+  assert.throws(() => loadConfig({ env: { CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "yes please" } }), /CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS=yes please: expected 1 or true, 0 or false/);
+  writeFileSync(f, JSON.stringify({ insecure: { publicTransportKeys: "on" } }));
+  assert.throws(() => loadConfig({ file: f, env: {} }), /\/insecure\/publicTransportKeys must be boolean/);
+});

@@ -10,13 +10,30 @@ export interface IssuerConfig {
   database: string;
   custody:
     | { kind: "software"; keystore: string }
-    | { kind: "pkcs11"; module: string; tokenLabel: string };
+    | {
+        kind: "pkcs11";
+        module: string;
+        tokenLabel: string;
+        /**
+         * Extraction paths of the custody self-test (src/custody/pkcs11-selftest.ts) that this deployment accepts by
+         * name, having read what each means (README, security): the server refuses to start when any other path is open.
+         */
+        acceptOpenPaths?: string[];
+      };
   ca: { mode: "local"; subject: string } | { mode: "remote"; url: string };
   /** URL put in certificates' CRL distribution points. */
   crlUrl: string;
   validity: { cardDays: number; keySetDays: number; certificateDays: number };
   expiry: { windowDays: number; scanIntervalSeconds: number };
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /**
+   * DEVELOPMENT ONLY settings that weaken what the issuer promises; each is off by default and logged loudly when on.
+   * publicTransportKeys: personalise blank cards over the GlobalPlatform public test keys 40..4F instead of per-card
+   * keys from the manufacturer's KMC — anyone who records the relay gets the card key Sk (issue 17 §3).
+   * developmentToken: start on a PKCS#11 token whatever the custody self-test finds open (SoftHSM2: its user PIN
+   * reads card keys by derivation; issue 17 §1) — the report is still logged, as a warning.
+   */
+  insecure: { publicTransportKeys: boolean; developmentToken: boolean };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -28,12 +45,13 @@ export const DEFAULT_CONFIG: IssuerConfig = {
   validity: { cardDays: 5 * 365, keySetDays: 2 * 365, certificateDays: 365 },
   expiry: { windowDays: 30, scanIntervalSeconds: 3600 },
   logLevel: "info",
+  insecure: { publicTransportKeys: false, developmentToken: false },
 };
 
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel"],
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure"],
   properties: {
     listen: {
       type: "object",
@@ -49,7 +67,12 @@ const schema = {
           type: "object",
           additionalProperties: false,
           required: ["kind", "module", "tokenLabel"],
-          properties: { kind: { const: "pkcs11" }, module: { type: "string", minLength: 1 }, tokenLabel: { type: "string", minLength: 1 } },
+          properties: {
+            kind: { const: "pkcs11" },
+            module: { type: "string", minLength: 1 },
+            tokenLabel: { type: "string", minLength: 1 },
+            acceptOpenPaths: { type: "array", items: { type: "string", pattern: "^[a-z-]{1,40}$" }, uniqueItems: true },
+          },
         },
       ],
     },
@@ -77,6 +100,12 @@ const schema = {
       properties: { windowDays: { type: "integer", minimum: 0 }, scanIntervalSeconds: { type: "integer", minimum: 1 } },
     },
     logLevel: { enum: ["fatal", "error", "warn", "info", "debug", "trace", "silent"] },
+    insecure: {
+      type: "object",
+      additionalProperties: false,
+      required: ["publicTransportKeys", "developmentToken"],
+      properties: { publicTransportKeys: { type: "boolean" }, developmentToken: { type: "boolean" } },
+    },
   },
 } as const;
 
@@ -88,7 +117,7 @@ export class ConfigError extends Error {
 }
 
 /** Environment variables and the config path they set. Numbers are parsed; anything unparseable is reported. */
-const ENV: Record<string, { path: string[]; type: "string" | "integer" }> = {
+const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolean" | "list" }> = {
   CARDKMS_LISTEN_HOST: { path: ["listen", "host"], type: "string" },
   CARDKMS_LISTEN_PORT: { path: ["listen", "port"], type: "integer" },
   CARDKMS_DATABASE: { path: ["database"], type: "string" },
@@ -96,10 +125,13 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" }> = {
   CARDKMS_KEYSTORE: { path: ["custody", "keystore"], type: "string" },
   CARDKMS_PKCS11_MODULE: { path: ["custody", "module"], type: "string" },
   CARDKMS_PKCS11_TOKEN: { path: ["custody", "tokenLabel"], type: "string" },
+  CARDKMS_PKCS11_ACCEPT_OPEN_PATHS: { path: ["custody", "acceptOpenPaths"], type: "list" },
   CARDKMS_CA_URL: { path: ["ca", "url"], type: "string" },
   CARDKMS_CRL_URL: { path: ["crlUrl"], type: "string" },
   CARDKMS_EXPIRY_WINDOW_DAYS: { path: ["expiry", "windowDays"], type: "integer" },
   CARDKMS_LOG_LEVEL: { path: ["logLevel"], type: "string" },
+  CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: { path: ["insecure", "publicTransportKeys"], type: "boolean" },
+  CARDKMS_INSECURE_DEVELOPMENT_TOKEN: { path: ["insecure", "developmentToken"], type: "boolean" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {
@@ -138,6 +170,14 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
         problems.push(`${name}=${raw}: not an integer`);
         continue;
       }
+    } else if (spec.type === "boolean") {
+      if (!["1", "true", "0", "false"].includes(raw)) {
+        problems.push(`${name}=${raw}: expected 1 or true, 0 or false`);
+        continue;
+      }
+      v = raw === "1" || raw === "true";
+    } else if (spec.type === "list") {
+      v = raw.split(",").map((x) => x.trim()).filter((x) => x.length > 0);
     }
     if (name === "CARDKMS_CUSTODY") cfg.custody = raw === "pkcs11" ? { kind: "pkcs11" } : { ...(cfg.custody as object), kind: raw };
     else if (name === "CARDKMS_CA_URL") cfg.ca = { mode: "remote", url: raw };

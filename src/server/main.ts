@@ -31,7 +31,9 @@ import type { SubjectName } from "../ca/name.ts";
 import { openCaService } from "../ca/service.ts";
 import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
+import { selfTestRefusal } from "../custody/pkcs11-selftest.ts";
 import { Issuer } from "../issuer/issuer.ts";
+import type { TransportOptions } from "../issuer/transport-keys.ts";
 import { CertificationCenter, signedRequestsThroughCenter } from "../keygen/center.ts";
 import { UserRegistrations } from "../keygen/registrations.ts";
 import { RecoveryService } from "../recovery/service.ts";
@@ -79,6 +81,8 @@ export interface IssuerAppDeps {
   logger?: FastifyServerOptions["logger"];
   bodyLimit?: number;
   validity?: { cardDays?: number; keySetDays?: number };
+  /** Blank cards' transport keys: the KMC's custody label, or the public test keys (development; Issuer.open). */
+  transport?: TransportOptions;
   /** The expiry window of the validity scan ("scan now" and the scheduler). */
   expiry?: { windowDays: number; scheduler?: ValidityScheduler };
   webhookSecrets?: WebhookSecrets;
@@ -131,6 +135,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     custody: d.custody,
     ca: d.ca,
     validity: d.validity,
+    transport: d.transport,
     onEvent: (e) => {
       if (e.type === "card.issued") metrics.issuances.inc();
       else if (e.type === "credential.issued") credentials.inc();
@@ -233,6 +238,13 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
         : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
     );
     closers.push(() => opened.close());
+    // Issue 17 §1: what a holder of the custody's credentials could take out, tried before anything uses a key.
+    const selfTest = await opened.selfTest();
+    const refusal = selfTestRefusal(selfTest, {
+      accept: config.custody.kind === "pkcs11" ? config.custody.acceptOpenPaths : [],
+      developmentToken: config.insecure.developmentToken,
+    });
+    if (refusal) throw new Error(refusal);
     const custody = opts.wrapCustody ? opts.wrapCustody(opened) : opened;
     let ca: CaClient;
     let center: CaClient | undefined;
@@ -263,10 +275,24 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       serveCa: config.ca.mode === "local",
       logger,
       validity: { cardDays: config.validity.cardDays, keySetDays: config.validity.keySetDays },
+      transport: { insecurePublicTransportKeys: config.insecure.publicTransportKeys },
       expiry: { windowDays: config.expiry.windowDays, scheduler },
       webhookSecrets: secrets,
     });
     const { app } = built;
+    app.log[selfTest.ok ? "info" : "warn"](
+      { selfTest: { custody: selfTest.custody, token: selfTest.token, ok: selfTest.ok, open: selfTest.open.map((x) => `${x.path}: ${x.key}`), weakKeys: selfTest.keys, features: selfTest.features } },
+      selfTest.ok
+        ? "custody self-test: every extraction path refused"
+        : config.insecure.developmentToken
+          ? "INSECURE DEVELOPMENT TOKEN: the custody self-test found extraction paths open (insecure.developmentToken): a holder of the token's user PIN can take keys out. Never in production."
+          : "custody self-test: extraction paths open, accepted by name (custody.acceptOpenPaths)",
+    );
+    if (config.insecure.publicTransportKeys)
+      app.log.warn(
+        { insecure: "publicTransportKeys" },
+        "INSECURE DEVELOPMENT MODE: blank cards are personalised over the GlobalPlatform public test keys 40..4F; anyone who records a personalisation relay gets that card's key Sk. Never in production.",
+      );
     closers.push(async () => {
       await scheduler.stop();
       await dispatcher.stop();

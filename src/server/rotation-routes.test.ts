@@ -15,6 +15,7 @@ import { readCardInfo } from "../terminal/card-info.ts";
 import { PivClient } from "../terminal/piv-client.ts";
 import { api, expect, issueAndPersonalise, issuerApiEnv, relay, type ApiEnv } from "../../test/api-env.ts";
 import { tempDir } from "../../test/helpers.ts";
+import { TEST_KMC } from "../../test/kmc.ts";
 
 type Status = { rotation: { id: string; status: string; done: number; total: number; cursor: number; toCardId: string | null }; rewrap: { state: string; error?: string }; left: number };
 
@@ -54,7 +55,7 @@ async function newCardFor(env: ApiEnv, rotationId: string): Promise<{ cardId: st
   const op = env.tokens.operator;
   const r = expect(await post(`/v1/rotations/${rotationId}/new-card`, op), 201) as { card: { id: string; status: string }; personalisation: { sessionId: string; apdus: string[] } };
   assert.equal(r.card.status, "issued");
-  const card = createCard(join(tempDir("cardkms-rot-card-"), `${r.card.id}.card`), randomBytes(32), { cardId: Buffer.from(r.card.id, "hex") });
+  const card = createCard(join(tempDir("cardkms-rot-card-"), `${r.card.id}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(r.card.id, "hex") });
   expect(await relay(post, op, r.personalisation, card), 200);
   assert.equal(expect(await get(`/v1/cards/${r.card.id}`, env.tokens.auditor), 200).status, "active");
   // Idempotent: the same card again, nothing left to personalise.

@@ -28,6 +28,7 @@ import { personaliseFromTransport } from "../issuer/card-scripts.ts";
 import { CertificationCenter, MemoryRegistrationBook } from "../keygen/center.ts";
 import { KeyGenerationDevice, type InsertedCard } from "../keygen/device.ts";
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
+import { importTestKmc, TEST_KMC } from "../../test/kmc.ts";
 import type { GeneratedKeyRecord } from "../keygen/registry.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
 import { readCardInfo } from "../terminal/card-info.ts";
@@ -83,8 +84,9 @@ async function site(): Promise<{ center: CountingCenter; root: Uint8Array }> {
 /** A blank virtual card personalised with a key set diversified in custody. */
 async function blankCard(custody: KeyCustody): Promise<InsertedCard & { close(): void }> {
   const cardId = randomBytes(8).toString("hex");
-  const runtime = createCard(join(dir, `${cardId}.card`), randomBytes(32), { cardId: Buffer.from(cardId, "hex") });
+  const runtime = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => runtime.transmit(a);
+  await importTestKmc(custody);
   const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
   return { transmit, keySet, close: () => runtime.close() };
 }

@@ -293,7 +293,7 @@ test("INITIALIZE UPDATE: wrong KVN 6A88, wrong length 6700, wrong P2 6A86; pseud
       const seq = r.data.subarray(29, 32);
       assert.equal((seq[0] << 16) | (seq[1] << 8) | seq[2], before + k + 1);
       assert.equal(hex(r.data.subarray(13, 21)), hex(pseudoRandomChallenge(unhex(keys.enc), seq, ISD_AID)));
-      assert.equal(hex(r.data.subarray(0, 8)), card.state.cardId.toUpperCase(), "diversification data carries the card ID");
+      assert.equal(hex(r.data.subarray(0, 10)), "0000" + card.state.cardId.toUpperCase(), "diversification data: the card ID right-aligned");
       challenges.add(hex(r.data.subarray(13, 21)));
     }
     assert.equal(challenges.size, 3);

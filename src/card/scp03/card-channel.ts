@@ -3,6 +3,8 @@
 //   INITIALIZE UPDATE   80 50 KVN 00 08 <host challenge>                     (Amendment D §7.1.1)
 //     response: key diversification data (10) || KVN || 03 || i=70 || card challenge (8) || card cryptogram (8)
 //               || sequence counter (3)                                      (Table 7-3, S8 mode)
+//     The key diversification data is the public card ID right-aligned (derivation.ts keyDiversificationData):
+//     what the factory and the issuer diversify the card's transport keys from.
 //     The card challenge is pseudo-random (§6.2.2.1): KDF(Key-ENC, 02, sequence counter || ISD AID, 64), where the
 //     3-byte sequence counter is the persistent `scpCounter`, incremented and committed before it is used.
 //   EXTERNAL AUTHENTICATE  84 82 level 00 10 <host cryptogram> <C-MAC>         (§7.1.2)
@@ -24,10 +26,11 @@ import type { CommandApdu } from "../apdu.ts";
 import type { SecureChannel, SecureChannelFactory } from "../applet.ts";
 import type { CardRuntime } from "../runtime.ts";
 import type { ScpKeySet } from "../state.ts";
-import { stateCounterMac } from "../state-counter.ts";
 import { CardError, SW } from "../sw.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, pseudoRandomChallenge } from "./kdf.ts";
+import { keyDiversificationData } from "../derivation.ts";
+import { stateCounterMac } from "../state-counter.ts";
 import {
   concatBytes,
   counterBlock,
@@ -75,13 +78,6 @@ export function staticKeys(ks: ScpKeySet): { enc: Uint8Array; mac: Uint8Array; d
   if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length)
     throw new CardError(SW.REFERENCE_DATA_NOT_USABLE, "stored key set is not a valid AES key set");
   return { enc, mac, dek };
-}
-
-/** Key diversification data (10 bytes): the public card ID, right-padded with zeros. */
-function diversificationData(cardId: string): Uint8Array {
-  const out = new Uint8Array(10);
-  out.set(Buffer.from(cardId, "hex").subarray(0, 10), 0);
-  return out;
 }
 
 /** The live SCP03 channel objects of each card, so the ISD can reach its channel's session (PUT KEY needs the KVN). */
@@ -163,7 +159,7 @@ export class Scp03CardChannel implements SecureChannel {
     wipe(keys.enc, keys.mac, keys.dek);
     const cardCryptogram = cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, context);
     this.s = { kvn: ks.kvn, ...sk, context, authenticated: false, level: 0, mcv: new Uint8Array(16), counter: 0 };
-    return concatBytes(diversificationData(st.cardId), Uint8Array.of(ks.kvn, 0x03, I_PARAM), cardChallenge, cardCryptogram, seq);
+    return concatBytes(keyDiversificationData(st.cardId), Uint8Array.of(ks.kvn, 0x03, I_PARAM), cardChallenge, cardCryptogram, seq);
   }
 
   private externalAuthenticate(cmd: CommandApdu): Uint8Array {
