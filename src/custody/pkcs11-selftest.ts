@@ -221,7 +221,8 @@ function storedKeyProblems(c: SelfTestContext): { label: string; problems: strin
 
 /** One line per path and per weak key, for logs and the CLI. */
 export function describeSelfTest(r: CustodySelfTest): string {
-  const lines = [`custody self-test on ${r.custody} ${r.token}: ${r.ok ? "every extraction path refused" : `${r.open.length} extraction path(s) open, ${r.keys.length} weak stored key(s)`}`];
+  const verdict = r.custody === "software" ? "no PIN holder to test" : r.ok ? "every extraction path refused" : `${r.open.length} extraction path(s) open, ${r.keys.length} weak stored key(s)`;
+  const lines = [`custody self-test on ${r.custody === "software" ? "the" : "PKCS#11 token"} ${r.token}: ${verdict}`];
   for (const x of r.paths) lines.push(`  ${x.result === "open" ? "OPEN   " : "refused"}  ${x.path.padEnd(20)} ${x.key} (${x.detail})`);
   for (const k of r.keys) lines.push(`  weak     ${k.label}: ${k.problems.join("; ")}`);
   for (const n of r.notes) lines.push(`  note     ${n}`);

@@ -281,8 +281,10 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     });
     const { app } = built;
     app.log[selfTest.ok ? "info" : "warn"](
-      { selfTest: { custody: selfTest.custody, token: selfTest.token, ok: selfTest.ok, open: selfTest.open.map((x) => `${x.path}: ${x.key}`), weakKeys: selfTest.keys, features: selfTest.features } },
-      selfTest.ok
+      { selfTest: { custody: selfTest.custody, tokenName: selfTest.token, ok: selfTest.ok, open: selfTest.open.map((x) => `${x.path}: ${x.key}`), weakKeys: selfTest.keys, features: selfTest.features } },
+      selfTest.custody === "software"
+        ? "custody self-test: a software keystore (no PIN holder to test: whoever holds the keystore key reads every key)"
+        : selfTest.ok
         ? "custody self-test: every extraction path refused"
         : config.insecure.developmentToken
           ? "INSECURE DEVELOPMENT TOKEN: the custody self-test found extraction paths open (insecure.developmentToken): a holder of the token's user PIN can take keys out. Never in production."
