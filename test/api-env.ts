@@ -33,6 +33,10 @@ export interface ApiEnvOptions {
   custody?: "software" | "softhsm";
   /** Development-only settings (config.ts `insecure`), e.g. the public transport keys. */
   insecure?: Partial<IssuerConfig["insecure"]>;
+  /** The server's limits (config.ts `limits`), e.g. a rate limit a test runs into on purpose. */
+  limits?: Partial<IssuerConfig["limits"]>;
+  /** Where webhooks may point (config.ts `webhooks`); the default refuses loopback receivers. */
+  webhooks?: IssuerConfig["webhooks"];
 }
 
 /** The custody kinds API tests run on: both, always (SoftHSM2 comes from scripts/system-deps.sh; tests fail without it). */
@@ -60,6 +64,8 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
     logLevel: o.logLevel ?? "info",
     ...(o.validity ? { validity: o.validity } : {}),
     ...(o.insecure ? { insecure: { ...DEFAULT_CONFIG.insecure, ...o.insecure } } : {}),
+    ...(o.limits ? { limits: { ...DEFAULT_CONFIG.limits, ...o.limits } } : {}),
+    ...(o.webhooks ? { webhooks: o.webhooks } : {}),
   };
   if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
   const logs: string[] = [];

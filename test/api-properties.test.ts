@@ -3,6 +3,9 @@
 // registers — its own, the event and CA routes, and the shell's — found from Fastify's route list and checked
 // against the OpenAPI document, so a route added later is fuzzed without touching this file.
 //
+// Issue 9 §3: bodies built to amplify (80,000 unknown keys, deep arrays, long strings, long arrays) get a small
+// 4xx — under 16 KB — on every route, never a 5xx: validation stops at the first error and problem bodies are bounded.
+//
 // Each request carries valid credentials for one of the route's roles (a terminal token bound to a real,
 // authenticated card for terminal routes), so the fuzz reaches past authentication into validation and the
 // handlers. Path parameters mix real IDs (so handlers run on existing rows) with random and hostile ones.
@@ -149,7 +152,7 @@ test("every route answers bad input with a 4xx problem+json, never a 500", { tim
   };
   const shell = [
     { method: "GET", url: "/openapi.json", roles: [] },
-    { method: "GET", url: "/metrics", roles: [] },
+    { method: "GET", url: "/metrics", roles: ["auditor"] },
     { method: "GET", url: "/healthz", roles: [] },
   ];
   const routes = [...env.server.routes, ...shell];
@@ -208,4 +211,83 @@ test("every route answers bad input with a 4xx problem+json, never a 500", { tim
   // The fuzz reached the handlers, not only the validators and the auth hook.
   assert.ok(requests >= routes.length * RUNS_PER_ROUTE, `requests: ${requests}`);
   for (const s of [200, 400, 401, 404]) assert.ok((statuses.get(s) ?? 0) > 0, `some ${s}s: ${JSON.stringify([...statuses])}`);
+});
+
+// ---- issue 9 §3: inputs that amplify --------------------------------------------------------------------------
+
+/** The largest problem body any route may answer an amplifying request with. */
+const MAX_ERROR_BODY = 16 * 1024;
+
+/** Bodies built to make a server spend or answer much for little: each about 100-900 KB. */
+function amplifiers(schema: Schema | undefined): { name: string; payload: string }[] {
+  const wide = "{" + Array.from({ length: 80_000 }, (_, i) => `"k${i}":0`).join(",") + "}";
+  const deep = (n: number) => "[".repeat(n) + "]".repeat(n);
+  const long = JSON.stringify("x".repeat(860_000));
+  const many = JSON.stringify(Array.from({ length: 80_000 }, () => "00"));
+  const props = Object.keys(schema?.properties ?? {});
+  const inEach = (v: string) => "{" + props.map((p) => `${JSON.stringify(p)}:${v}`).join(",") + "}";
+  const list = [
+    { name: "80,000 unknown keys", payload: wide },
+    { name: "arrays 200,000 deep", payload: deep(200_000) },
+    { name: "arrays 100,000 deep with __proto__", payload: "[".repeat(100_000) + '{"__proto__":{"x":1}}' + "]".repeat(100_000) },
+    { name: "an 860 KB string", payload: long },
+    { name: "an 860 KB key", payload: `{${long}:1}` },
+    { name: "80,000 unknown keys, one level down", payload: `{"a":${wide}}` },
+  ];
+  if (props.length)
+    list.push(
+      { name: "each field 80,000 unknown keys", payload: inEach(wide.slice(0, Math.floor(800_000 / props.length / 11) * 11 - 1) + "}") },
+      { name: "each field arrays 20,000 deep", payload: inEach(deep(Math.floor(40_000 / props.length))) },
+      { name: "each field an 860 KB string", payload: inEach(JSON.stringify("x".repeat(Math.floor(860_000 / props.length)))) },
+      { name: "each field 80,000 array items", payload: inEach(JSON.stringify(Array.from({ length: Math.floor(80_000 / props.length) }, () => "00"))) },
+    );
+  else list.push({ name: "80,000 array items", payload: many });
+  return list;
+}
+
+test("every route answers bodies that amplify with a 4xx under 16 KB, never a 5xx (issue 9 §3)", { timeout: 600_000 }, async (t) => {
+  const doc = (await env.server.app.inject({ method: "GET", url: "/openapi.json" })).json() as {
+    paths: Record<string, Record<string, { parameters?: { in: string; name: string; schema?: Schema }[]; requestBody?: { content?: Record<string, { schema?: Schema }> } }>>;
+  };
+  const routes = [
+    ...env.server.routes,
+    { method: "GET", url: "/openapi.json", roles: [] },
+    { method: "GET", url: "/metrics", roles: ["auditor"] },
+    { method: "GET", url: "/healthz", roles: [] },
+  ];
+  const tokenFor = (roles: string[]) =>
+    roles.length === 0 ? undefined : roles.includes("operator") ? env.tokens.operator : roles.includes("auditor") ? env.tokens.auditor : roles.includes("terminal") ? terminalToken : env.tokens.admin;
+  let slowest = { ms: 0, where: "" };
+  let largest = { bytes: 0, where: "" };
+  let requests = 0;
+  for (const route of routes) {
+    const op = doc.paths[route.url.replace(/:(\w+)/g, "{$1}")]?.[route.method.toLowerCase()];
+    const bodySchema = op?.requestBody?.content?.["application/json"]?.schema;
+    let url = route.url;
+    for (const [, n] of route.url.matchAll(/:(\w+)/g)) {
+      const pattern = op?.parameters?.find((p) => p.in === "path" && p.name === n)?.schema?.pattern;
+      const value = known[n]?.[0] ?? (pattern ? fc.sample(fc.stringMatching(new RegExp(pattern), { maxLength: 40 }), { numRuns: 1, seed: 9 })[0] : "x");
+      url = url.replace(`:${n}`, encodeURIComponent(value));
+    }
+    const token = tokenFor(route.roles);
+    for (const a of amplifiers(bodySchema)) {
+      const t0 = performance.now();
+      const r = await env.server.app.inject({
+        method: route.method as "POST",
+        url,
+        payload: a.payload,
+        headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      });
+      const ms = performance.now() - t0;
+      requests++;
+      const where = `${route.method} ${url} with ${a.name} (${a.payload.length} bytes) -> ${r.statusCode} ${r.body.length} bytes: ${r.body.slice(0, 200)}`;
+      if (ms > slowest.ms) slowest = { ms, where };
+      if (r.body.length > largest.bytes) largest = { bytes: r.body.length, where };
+      assert.ok(r.statusCode >= 400 && r.statusCode < 500, where);
+      assert.match(String(r.headers["content-type"]), /^application\/problem\+json/, where);
+      assert.ok(Buffer.byteLength(r.body) < MAX_ERROR_BODY, where);
+      assert.equal((r.json() as { status: number }).status, r.statusCode, where);
+    }
+  }
+  t.diagnostic(`${routes.length} routes, ${requests} requests; slowest ${Math.round(slowest.ms)} ms: ${slowest.where.slice(0, 160)}; largest answer ${largest.bytes} bytes: ${largest.where.slice(0, 160)}`);
 });

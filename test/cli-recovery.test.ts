@@ -255,3 +255,73 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
   const help = await cli(["recovery", "arbitrator", "--help"]);
   for (const sub of ["rotate", "deregister", "dependents"]) assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
 });
+
+test("issue 9: a destroyed card through the CLI — the replacement card named when filing, pinned by the arbitrator, the only card the key goes into", { timeout: 240_000 }, async (t) => {
+  const home = tempDir("cardkms-cli-recreplace-");
+  const srv = await startTestServer(home);
+  t.after(() => srv.close());
+  const run = (args: string[], token = srv.operatorToken) => cli(args, { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: token, CARDKMS_KMC_FILE: srv.kmcFile });
+  const keys = join(home, "alice-keys");
+  const alice = await srv.server.issuer.registerUser({ commonName: "Alice Abe" }, "test");
+  const bob = await srv.server.issuer.registerUser({ commonName: "Bob Baba" }, "test");
+  const image = (name: string) => join(home, `${name}.card`);
+  const [made, oldRun, newRun, bobRun] = await Promise.all([
+    run(["recovery", "arbitrator", "keygen", "--out", keys, "--json"]),
+    run(["card", "issue", "--user", alice.id, "--image", image("old"), "--json"]),
+    run(["card", "issue", "--user", alice.id, "--image", image("new"), "--json"]),
+    run(["card", "issue", "--user", bob.id, "--image", image("bob"), "--json"]),
+  ]);
+  json(made, "keygen");
+  const [oldCard, newCard, bobCard] = [json(oldRun, "old").cardId as string, json(newRun, "new").cardId as string, json(bobRun, "bob").cardId as string];
+  const policyFile = join(home, "policy.json");
+  writeFileSync(policyFile, JSON.stringify({ version: 1, author: "alice", indispensable: ["alice"], groups: [], order: [] }));
+  json(await run(["recovery", "arbitrator", "add", "--id", "alice", "--signing-key", join(keys, "signing.pub.pem"), "--encryption-key", join(keys, "encryption.pub.pem"), "--json"]), "add");
+  const [tokenRun, policySet] = await Promise.all([run(["recovery", "arbitrator", "token", "alice", "--json"]), run(["recovery", "policy", "set", oldCard, "--file", policyFile, "--json"])]);
+  const token = json(tokenRun, "token").token as string;
+  json(policySet, "policy set");
+  const issued = json(
+    await run(["keygen", "issue", oldCard, "--card-image", image("old"), "--slot", "9c", "--alg", "P256", "--personal-data", JSON.stringify({ commonName: "Alice Abe" }), "--escrow", "--json"]),
+    "keygen issue",
+  );
+  const certificate = fromPem(issued.certificate, "CERTIFICATE");
+
+  // the old card is destroyed; the request names the card that receives the key — Alice's new card, not Bob's
+  const file = (extra: string[]) => run(["recovery", "request", "file", "--card", oldCard, "--kind", "card-destroyed", "--requester", "alice", ...extra, "--json"]);
+  const [unnamed, bobs, help, good] = await Promise.all([file([]), file(["--replacement-card", bobCard]), cli(["recovery", "request", "file", "--help"]), file(["--replacement-card", newCard, "--reason", "card broken"])]);
+  assert.equal(unnamed.code, 2, "a card-destroyed request names its replacement card");
+  assert.match(unnamed.stderr, /--replacement-card/);
+  assert.equal(bobs.code, 1);
+  assert.match(bobs.stderr, /target_other_user/);
+  assert.match(help.stdout, /--replacement-card <id>/);
+  const filed = json(good, "request file");
+  assert.deepEqual(filed.request.target, { cardId: newCard, userId: alice.id });
+  const rid: string = filed.requestId;
+
+  // the arbitrator pins the card it approves: a request naming another card is not signed
+  const approve = (target: string) =>
+    run(["recovery", "approve", rid, "--arbitrator", "alice", "--signing-key", join(keys, "signing.key.pem"), "--encryption-key", join(keys, "encryption.key.pem"), "--target-card", target, "--json"], token);
+  const pinnedElsewhere = await approve(bobCard);
+  assert.equal(pinnedElsewhere.code, 1);
+  assert.match(pinnedElsewhere.stderr, new RegExp(`into card ${newCard}, not the expected ${bobCard}; nothing signed`));
+  assert.equal(json(await approve(newCard), "approve").status, "satisfied");
+  json(await run(["recovery", "approver-list", "sign", rid, "--author", "alice", "--signing-key", join(keys, "signing.key.pem"), "--json"], token), "approver-list sign");
+  // the operator reproduces the approved request into Bob's card: refused by name, nothing written
+  const [shown, redirected] = await Promise.all([run(["recovery", "request", "show", rid]), run(["recovery", "reproduce", rid, "--card", bobCard, "--card-image", image("bob")])]);
+  assert.match(shown.stdout, new RegExp(`the key goes into card ${newCard} \\(user ${alice.id}\\), the replacement card`));
+  assert.equal(redirected.code, 1);
+  assert.match(redirected.stderr, /target_not_approved/);
+  // into the approved card
+  const done = json(await run(["recovery", "reproduce", rid, "--card-image", image("new"), "--json"]), "reproduce");
+  assert.deepEqual([done.targetCardId, done.deviceReplaced, done.deviceGeneration], [newCard, true, 2]);
+  for (const [name, signs] of [
+    ["new", true],
+    ["bob", false],
+  ] as const) {
+    const c = openCard(image(name), new Uint8Array(Buffer.from(IMAGE_KEY, "hex")));
+    try {
+      assert.equal(await cardSignsFor((a) => c.transmit(a), "9c", "P256", certificate), signs, `${name}'s card ${signs ? "signs" : "holds nothing"}`);
+    } finally {
+      c.close();
+    }
+  }
+});

@@ -1,7 +1,9 @@
 // The cardkms command as a user runs it (a child process): create, show, apdu, demo, help, and clear errors.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { openCard, transportKeySet } from "../src/card/card.ts";
 import { tempDir } from "./helpers.ts";
@@ -69,4 +71,57 @@ test("demo --json reports verified signatures; every command has --help", { time
     assert.equal(h.code, 0, `${cmd.join(" ")} --help`);
     assert.match(h.stdout, /Usage: cardkms/);
   }
+});
+
+/** A stand-in for vpcd on one address: powers the card on, asks for its ATR, and records who connected where. */
+function fakeVpcd(host: string, port: number, seen: { host: string; atr: string }[]): Promise<Server> {
+  const frame = (b: number) => Buffer.of(0, 1, b);
+  const server = createServer((sock: Socket) => {
+    sock.on("error", () => {});
+    sock.once("data", (d) => seen.push({ host: sock.localAddress ?? "", atr: d.subarray(2).toString("hex") }));
+    sock.write(Buffer.concat([frame(0x01), frame(0x04)])); // POWER ON, GET ATR
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve(server));
+  });
+}
+
+test("card attach without --host connects where the library would: the quick-ACK address pcsc-up.sh wrote, not 127.0.0.1", { timeout: 60_000 }, async () => {
+  const image = join(dir, "attach.card");
+  const created = await cli(["card", "create", image, "--json"], { CARDKMS_IMAGE_KEY: KEY, CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "1" });
+  assert.equal(created.code, 0, created.stderr);
+  // As scripts/pcsc-up.sh leaves it: the quick-ACK loopback address in $CARDKMS_PCSC_DIR/vpcd-host.
+  const pcscDir = tempDir("cardkms-cli-pcsc-");
+  const fastHost = "127.77.0.9";
+  writeFileSync(join(pcscDir, "vpcd-host"), fastHost + "\n");
+  const seen: { host: string; atr: string }[] = [];
+  const plain = await fakeVpcd("127.0.0.1", 0, seen);
+  const port = (plain.address() as AddressInfo).port;
+  const fast = await fakeVpcd(fastHost, port, seen);
+  const env = { ...process.env, CARDKMS_IMAGE_KEY: KEY, CARDKMS_PCSC_DIR: pcscDir, CARDKMS_VPCD_HOST: "" };
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "card", "attach", image, "--port", String(port), "--json"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  try {
+    let out = "";
+    let err = "";
+    child.stderr.on("data", (d) => (err += d));
+    const line = await new Promise<string>((resolve, reject) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.includes("\n")) resolve(out.split("\n")[0]);
+      });
+      child.once("exit", (code) => reject(new Error(`card attach exited ${code}: ${err}`)));
+    });
+    assert.equal(seen.length, 1, "one connection");
+    assert.equal(seen[0].host, fastHost, "the connection went to the quick-ACK address");
+    assert.match(seen[0].atr, /^3b/i, "and the card answered with its ATR");
+    assert.deepEqual(JSON.parse(line).vpcd, { host: fastHost, port }, "and says where it is attached");
+  } finally {
+    child.kill("SIGTERM");
+    await new Promise((r) => (child.exitCode === null ? child.once("exit", r) : r(null)));
+    plain.close();
+    fast.close();
+  }
+  const help = await cli(["card", "attach", "--help"]);
+  assert.match(help.stdout.replace(/\s+/g, " "), /--host <host> vpcd host \(default: \$CARDKMS_VPCD_HOST, else the quick-ACK loopback address/);
 });

@@ -30,7 +30,7 @@ import { KeyGenerationDevice, type InsertedCard } from "../src/keygen/device.ts"
 import { signApproval, signApproverList } from "../src/recovery/approvals.ts";
 import { ESCROW_KEK_LABEL, RecoveryService, releaseSharesFor, type PendingItem } from "../src/recovery/service.ts";
 import { openShare, unsealEscrow, type EscrowRecord, type ShareEnvelope } from "../src/recovery/shares.ts";
-import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
+import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators, registerCardRecord } from "../src/recovery/testing.ts";
 import { appendAudit, auditEntries, verifyAuditLog } from "../src/store/audit.ts";
 import { BackupRepository } from "../src/store/backup-repository.ts";
 import { SqlIssuedKeyRegistry } from "../src/store/keygen-registry.ts";
@@ -365,6 +365,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     keep(await svc.setPolicy("card-A", fig9Policy(), "operator"));
     const device = await KeyGenerationDevice.create({ custody, ca: center, registry: new SqlIssuedKeyRegistry(db), trustAnchors: [rootCa.certificate], escrow: svc.escrowHook("keygen-device") });
     const cardA = await blankCard("card-A");
+    await registerCardRecord(db, { cardId: "card-A", userId: "user-1", keySet: cardA.keySet });
     const issued = keep(await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "keyManagement", slot: "9d", card: cardA, escrow: { cardId: "card-A" } }));
     const escrow = keep((await svc.escrowOf("card-A"))!);
     assert.equal(escrow.escrowId, issued.escrowId);
@@ -394,7 +395,10 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
 
     // S5-S7: the request; every arbitrator opens its shares on its side (the test keeps each value it sees);
     // the approvers release theirs to the reproduction device, in the policy's order; the author lists them
-    const filed = keep(await svc.fileRequest({ cardId: "card-A", kind: "card-destroyed", requester: "user", reason: "card broken" }, "operator"));
+    // the new card, issued to the user before the request names it (issue 9: the arbitrators approve that card)
+    const cardB = await blankCard("card-B");
+    await registerCardRecord(db, { cardId: "card-B", userId: "user-1", keySet: cardB.keySet });
+    const filed = keep(await svc.fileRequest({ cardId: "card-A", kind: "card-destroyed", requester: "user", reason: "card broken", replacementCardId: "card-B" }, "operator"));
     const shares = new Map<string, Buffer>();
     const open = (id: string) => (e: ShareEnvelope) => {
       const s = openShare(e, ARB.get(id)!.encryption, { escrowId: escrow.escrowId, cardId: "card-A" });
@@ -429,8 +433,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     assert.ok(unsealEscrow(record, K), "the K rebuilt from the shares opens the escrow: it is the real K");
     assert.equal(unsealEscrow(record, xor(K, Buffer.alloc(32, 1))), undefined, "and another K does not");
 
-    // S8, S11: the key reproduced into a new card, which becomes the registered device; not before
-    const cardB = await blankCard("card-B");
+    // S8, S11: the key reproduced into the new card, which becomes the registered device; not before
     await cardB.piv.select();
     await cardB.piv.verifyPin("123456");
     await assert.rejects(decipherWithCard(cardB.piv, SLOT.keyManagement, envelopes["bank-pins"]), (e: unknown) => e instanceof EncipheredError && e.code === "wrong-card", "the new card has no key yet");

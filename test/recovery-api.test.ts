@@ -16,8 +16,8 @@ import { openShare } from "../src/recovery/shares.ts";
 import { releaseSharesFor } from "../src/recovery/service.ts";
 import { testEngines } from "../src/store/testing.ts";
 import type { PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
-import { api, API_CUSTODIES, type ApiEnv, apiEnvFor, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, registeredData } from "./api-env.ts";
-import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, loseKey, makeArbitrators } from "./recovery-fixture.ts";
+import { api, API_CUSTODIES, type ApiEnv, apiEnvFor, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
+import { cardSignsFor, fig9Policy, FIG9_ARBITRATORS, issueCardFor, loseKey, makeArbitrators } from "./recovery-fixture.ts";
 
 const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-c", "mgr-d"];
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -134,7 +134,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const filed = expect(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user", reason: "battery died" }), 201) as unknown as RequestJson;
       requestId = filed.requestId;
       assert.equal(filed.status, "open");
-      refused(await post("/v1/recovery/requests", op, { cardId, kind: "card-destroyed", requester: "user" }), 409, "request_unfinished");
+      refused(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user" }), 409, "request_unfinished");
       refused(await post("/v1/recovery/requests", op, { cardId: "no-such-card", kind: "key-lost", requester: "user" }), 409, "no_escrow");
 
       const waiting = await pendingOf("credit-co", requestId);
@@ -203,15 +203,20 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
         return { res: r, rounds };
       };
 
-      // another card, personalised for another card record: not the registered device (FIG. 10 unit 24)
+      // another card, personalised for another user's card record: not the card the request names (issue 9), refused
+      // before anything is sent to a card
       const other = await issueAndPersonalise(env, "Someone Else");
       cards.push(other.card);
-      const start = await post(`/v1/recovery/requests/${requestId}/reproduce`, op, { cardId: other.cardId });
+      const p = refused(await post(`/v1/recovery/requests/${requestId}/reproduce`, op, { cardId: other.cardId }), 422, "target_not_approved");
+      assert.match(String(p.detail), new RegExp(`card ${other.cardId} is not the card the request names \\(${cardId}\\)`));
+      assert.equal((expect(await get(`/v1/recovery/requests/${requestId}`, op), 200) as { status: string }).status, "satisfied", "usable again after a refused attempt");
+      // a session whose card goes away: the relay fails, the request is usable again
+      const start = await post(`/v1/recovery/requests/${requestId}/reproduce`, op, { cardId });
       assert.equal((expect(start, 201).apdus as string[]).length, 1, "one APDU per round");
       const startedId = (start.json() as { sessionId: string }).sessionId;
-      const wrong = await relayInto(other.card, start);
-      const p = refused(wrong.res, 422, "device_mismatch");
-      assert.match(String(p.detail), /cannot be reissued twice/);
+      let answer = await post(`/v1/recovery/sessions/${startedId}`, op, { responses: ["6a82"] });
+      for (let rounds = 0; answer.statusCode === 200 && rounds < 4; rounds++) answer = await post(`/v1/recovery/sessions/${startedId}`, op, { responses: ["6a82"] });
+      refused(answer, 422, "device_unreadable");
       expect(await post(`/v1/recovery/sessions/${startedId}`, op, { responses: ["9000"] }), 404);
       assert.equal((expect(await get(`/v1/recovery/requests/${requestId}`, op), 200) as { status: string }).status, "satisfied", "usable again after a refused attempt");
 
@@ -244,7 +249,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.equal(reproduced[0].actor, "olga");
       const refusals = entries.filter((e) => e.action === "recovery.approval.refuse" && e.subject === requestId).map((e) => e.details.check);
       assert.deepEqual(refusals, ["out_of_order", "forged_signature", "share_missing"]);
-      assert.ok(entries.some((e) => e.action === "recovery.reproduce.refuse" && e.details.check === "device_mismatch"));
+      assert.ok(entries.some((e) => e.action === "recovery.reproduce.refuse" && e.details.check === "target_not_approved" && e.details.presentedCard === other.cardId));
       assert.equal((expect(await get("/v1/audit/verify", env.tokens.auditor), 200) as { ok: boolean }).ok, true);
     });
 
@@ -266,7 +271,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       refused(await post(`/v1/recovery/requests/${rid}/approvals`, tokens.get("mgr-b"), { approval: late, releases: [] }), 409, "request_ended");
       refused(await post(`/v1/recovery/requests/${rid}/withdraw`, op, { reason: "too late" }), 409, "request_closed");
 
-      const again = expect(await post("/v1/recovery/requests", op, { cardId, kind: "card-destroyed", requester: "user" }), 201) as unknown as RequestJson;
+      const again = expect(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user" }), 201) as unknown as RequestJson;
       const w = expect(await post(`/v1/recovery/requests/${again.requestId}/withdraw`, op, { reason: "found the card" }), 200) as unknown as RequestJson;
       assert.deepEqual([w.status, w.statusDetail], ["withdrawn", "found the card"]);
     });
@@ -276,6 +281,104 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       for (const tok of tokens.values()) assert.ok(!log.includes(tok));
       assert.ok(!log.includes("PRIVATE KEY"));
     });
+  });
+}
+
+// Issue 9 item 1: an operator takes a request the arbitrators approved for Alice's destroyed card and reproduces
+// Alice's key into Bob's card, or into a card it keeps — refused by name, audited, nothing written; the key goes into
+// the replacement card the request named, which every approval signed over.
+for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
+  test(`${engine.name}, ${custody} custody: a destroyed card's key goes only into the replacement card the arbitrators approved`, { timeout: 180_000 }, async (t) => {
+    const { env, cards } = await apiEnvFor(t, engine, { custody });
+    const { get, post, put } = api(env);
+    const op = env.tokens.operator;
+    const { registry, keys: ARB } = makeArbitrators(["alice", "mgr"]);
+    const tokens = new Map<string, string>();
+    for (const id of ["alice", "mgr"]) {
+      const a = registry.require(id);
+      expect(await post("/v1/recovery/arbitrators", op, { id, signingPublicKey: pem(a.signingKey), encryptionPublicKey: pem(a.encryptionKey) }), 201);
+      tokens.set(id, (expect(await post(`/v1/recovery/arbitrators/${id}/tokens`, op), 201) as { token: string }).token);
+    }
+    // Alice's card, its key escrowed; her new card; Bob's card; a card issued to Alice that the operator keeps
+    const alice = await issueAndPersonalise(env, "Alice Abe");
+    const aliceUser = String(alice.user.id);
+    const renewed = await issueCardFor(env, aliceUser);
+    const bob = await issueAndPersonalise(env, "Bob Baba");
+    const kept = await issueCardFor(env, aliceUser);
+    cards.push(alice.card, renewed.card, bob.card, kept.card);
+    expect(await put(`/v1/cards/${alice.cardId}/recovery-policy`, op, { version: 1, author: "alice", indispensable: ["alice"], groups: [{ name: "managers", members: ["mgr"], threshold: 1 }], order: [] }), 200);
+    const { certificateDer } = await keygenOverApi(env, alice.cardId, alice.card, { slot: "9c", alg: "P256", personalData: registeredData("Alice Abe"), escrow: true });
+    const deviceKey = new Uint8Array(Buffer.from((expect(await get("/v1/recovery/device-key", op), 200) as { spki: string }).spki, "base64"));
+
+    // the card is destroyed; the request must name the card that receives the key, a card of Alice's that can
+    const file = (body: Record<string, unknown>) => post("/v1/recovery/requests", op, { cardId: alice.cardId, kind: "card-destroyed", requester: "alice", ...body });
+    refused(await file({}), 400, "invalid_argument");
+    const other = refused(await file({ replacementCardId: bob.cardId }), 422, "target_other_user");
+    assert.match(String(other.detail), /issued to another user/);
+    refused(await file({ replacementCardId: alice.cardId }), 422, "target_unfit");
+    refused(await file({ replacementCardId: "00000000000000ff" }), 422, "target_unfit");
+    refused(await post("/v1/recovery/requests", op, { cardId: alice.cardId, kind: "key-lost", requester: "alice", replacementCardId: renewed.cardId }), 400, "invalid_argument");
+    const filed = expect(await file({ replacementCardId: renewed.cardId, reason: "card broken" }), 201) as unknown as RequestJson;
+    assert.deepEqual(filed.request.target, { cardId: renewed.cardId, userId: aliceUser }, "the replacement card is in what the arbitrators sign");
+    const rid = filed.requestId;
+
+    // each arbitrator sees the target in the request it signs; the author lists the approvers
+    for (const id of ["alice", "mgr"]) {
+      const item = (expect(await get(`/v1/recovery/arbitrators/${id}/pending`, tokens.get(id)), 200) as { pending: PendingJson[] }).pending.find((p) => p.request.requestId === rid);
+      assert.ok(item && item.action === "decide");
+      assert.equal(item.request.request.target?.cardId, renewed.cardId);
+      const v = item.request;
+      const approval = signApproval(v.request, v.chainHead, { arbitrator: id, decision: "approve" }, ARB.get(id)!.signing);
+      const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, ARB.get(id)!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), deviceKey);
+      expect(await post(`/v1/recovery/requests/${rid}/approvals`, tokens.get(id), { approval, releases }), 200);
+    }
+    const v = expect(await get(`/v1/recovery/requests/${rid}`, op), 200) as unknown as RequestJson;
+    assert.equal(v.status, "satisfied");
+    expect(await post(`/v1/recovery/requests/${rid}/approver-list`, tokens.get("alice"), { approverList: signApproverList(v.request, v.approvals, "alice", ARB.get("alice")!.signing) }), 200);
+
+    // the attack: the approved request reproduced into Bob's card, the card the operator keeps, the destroyed card
+    for (const cardId of [bob.cardId, kept.cardId, alice.cardId]) {
+      const p = refused(await post(`/v1/recovery/requests/${rid}/reproduce`, op, { cardId }), 422, "target_not_approved");
+      assert.match(String(p.detail), new RegExp(`card ${cardId} is not the card the request names`));
+    }
+    assert.equal((expect(await get(`/v1/recovery/requests/${rid}`, op), 200) as unknown as RequestJson).status, "satisfied", "nothing changed");
+    assert.equal(await cardSignsFor((a) => bob.card.transmit(a), "9c", "P256", certificateDer), false, "nothing went into Bob's card");
+    assert.equal(await cardSignsFor((a) => kept.card.transmit(a), "9c", "P256", certificateDer), false, "nor into the kept card");
+    // the approved card relayed under another card's session: the keys of the approved card do not open it
+    const misrelayed = await liveRelay(post, op, await post(`/v1/recovery/requests/${rid}/reproduce`, op, {}), "/v1/recovery/sessions", kept.card);
+    refused(misrelayed, 422, "device_unreadable");
+    assert.equal(await cardSignsFor((a) => kept.card.transmit(a), "9c", "P256", certificateDer), false);
+
+    // the legitimate reproduction: into the approved card, named or by default
+    const done = expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${rid}/reproduce`, op, { cardId: renewed.cardId }), "/v1/recovery/sessions", renewed.card), 200) as {
+      result: { targetCardId: string; deviceReplaced: boolean; deviceGeneration: number };
+    };
+    assert.deepEqual([done.result.targetCardId, done.result.deviceReplaced, done.result.deviceGeneration], [renewed.cardId, true, 2]);
+    assert.ok(await cardSignsFor((a) => renewed.card.transmit(a), "9c", "P256", certificateDer), "the new card signs under the destroyed card's certificate");
+
+    // the registered card is now the new one: a key-lost request names it
+    const lost = expect(await post("/v1/recovery/requests", op, { cardId: alice.cardId, kind: "key-lost", requester: "alice" }), 201) as unknown as RequestJson;
+    assert.deepEqual(lost.request.target, { cardId: renewed.cardId, userId: aliceUser });
+    expect(await post(`/v1/recovery/requests/${lost.requestId}/withdraw`, op, { reason: "test over" }), 200);
+
+    // audited, by name
+    const entries = (expect(await get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { action: string; subject: string; details: Record<string, unknown> }[] }).entries;
+    assert.deepEqual(
+      entries.filter((e) => e.action === "recovery.request.file.refuse").map((e) => e.details.check),
+      ["invalid_argument", "target_other_user", "target_unfit", "target_unfit", "invalid_argument"],
+    );
+    assert.deepEqual(
+      entries.filter((e) => e.action === "recovery.reproduce.refuse" && e.subject === rid).map((e) => [e.details.check, e.details.presentedCard]),
+      [
+        ["target_not_approved", bob.cardId],
+        ["target_not_approved", kept.cardId],
+        ["target_not_approved", alice.cardId],
+        ["device_unreadable", null],
+      ],
+    );
+    const reproduced = entries.find((e) => e.action === "recovery.reproduce" && e.subject === rid);
+    assert.equal(reproduced?.details.targetCardId, renewed.cardId);
+    assert.equal((expect(await get("/v1/audit/verify", env.tokens.auditor), 200) as { ok: boolean }).ok, true);
   });
 }
 

@@ -68,6 +68,10 @@ test("issue 4 demo: a destroyed card's key reproduced after the policy's approva
   assert.equal(r.newCard.deviceGeneration, 2);
   assert.notEqual(r.newCard.id, r.oldCard.id);
   assert.equal(r.newCard.holdsOriginalCertificate, true);
+  // issue 9: the approved request, reproduced into another user's card, is refused by name
+  assert.equal(r.redirect.check, "target_not_approved");
+  assert.notEqual(r.redirect.cardId, r.newCard.id);
+  assert.match(r.redirect.message, new RegExp(`card ${r.redirect.cardId} is not the card the request names \\(${r.newCard.id}\\)`));
   assert.equal(r.signatureVerified, true);
   const ids = r.records.map((x) => x.objectId);
   assert.equal(ids.length, 3);
@@ -95,6 +99,11 @@ test("issue 4 demo: a destroyed card's key reproduced after the policy's approva
     assert.equal(reproduce[0].details.author, "list-author");
     assert.equal(reproduce[0].details.kind, "card-destroyed");
     assert.equal(entries.filter((e) => e.action === "recovery.device.replace").length, 1);
+    assert.equal(reproduce[0].details.targetCardId, r.newCard.id, "the key went into the approved card");
+    assert.deepEqual(
+      entries.filter((e) => e.action === "recovery.reproduce.refuse").map((e) => [e.details.check, e.details.presentedCard]),
+      [["target_not_approved", r.redirect.cardId]],
+    );
 
     // The new card, powered up from its image: it holds the original certificate, signs under it, and opens
     // every envelope the server's backup repository holds, to the plaintext digests the demo recorded.
@@ -134,6 +143,7 @@ test("issue 4 demo: a destroyed card's key reproduced after the policy's approva
 
   // The printed output names IDs and checks, never key material.
   assert.match(output, /REFUSED: out_of_order/);
+  assert.match(output, /REFUSED: target_not_approved/);
   assert.match(output, /VERIFIES against the ORIGINAL certificate/);
   assert.deepEqual(suspicious(output, dir, new Set([r.certificate.serial])), []);
 });

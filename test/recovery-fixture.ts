@@ -7,6 +7,12 @@ import type { KeyPairAlg } from "../src/custody/custody.ts";
 import type { PivSlot } from "../src/keygen/device.ts";
 import type { Transmit } from "../src/terminal/apdu-client.ts";
 import { PivClient } from "../src/terminal/piv-client.ts";
+import { join } from "node:path";
+import { createCard } from "../src/card/card.ts";
+import type { CardRuntime } from "../src/card/runtime.ts";
+import { api, expect, relay, type ApiEnv } from "./api-env.ts";
+import { tempDir } from "./helpers.ts";
+import { TEST_KMC } from "./kmc.ts";
 
 /** The card signs with the key in `slot`, verified with the certificate's public key; false when it cannot. */
 export async function cardSignsFor(transmit: Transmit, slot: PivSlot, alg: KeyPairAlg, certificate: Uint8Array): Promise<boolean> {
@@ -33,3 +39,18 @@ export async function loseKey(transmit: Transmit, slot: PivSlot): Promise<void> 
 
 /** The FIG. 9 policy (testing.ts) for the API: user and credit company indispensable, the credit company after the user. */
 export { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
+
+/**
+ * A card issued to an existing user through the API and personalised through the relay (issueAndPersonalise issues
+ * a card to a new user): the second card of a user, e.g. the replacement of a destroyed one (FIG. 11-12).
+ */
+export async function issueCardFor(env: ApiEnv, userId: string): Promise<{ cardId: string; card: CardRuntime }> {
+  const { post } = api(env);
+  const op = env.tokens.operator;
+  const issued = expect(await post("/v1/cards", op, { userId }), 201) as { card: { id: string } };
+  const cardId = issued.card.id;
+  const card = createCard(join(tempDir("cardkms-api-card-"), `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
+  const start = expect(await post(`/v1/cards/${cardId}/personalisation`, op), 201) as { sessionId: string; apdus: string[] };
+  expect(await relay(post, op, start, card), 200);
+  return { cardId, card };
+}

@@ -1,8 +1,9 @@
 // Seed 001 embodiment 3 end to end (FIG. 7-12, steps S1-S12), with virtual cards, on SQLite and PostgreSQL and on
 // both custody implementations (software keystore, SoftHSM2): a card issued with its key escrowed under the FIG. 9
 // policy, its key lost, the arbitrators' approvals in the policy's order, the key reproduced into the same card —
-// and, for a destroyed card, into a new card that becomes the registered device. The card then signs under its
-// original certificate. Every refusal named in issue 4 is refused by name and found in the audit log.
+// and, for a destroyed card, into the new card the request named (issue 9), which becomes the registered device.
+// The card then signs under its original certificate. Every refusal named in issues 4 and 9 is refused by name and
+// found in the audit log: among them a reproduction redirected into another card than the approved one.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
@@ -18,7 +19,7 @@ import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/cente
 import { KeyGenerationDevice, type InsertedCard, type PivSlot } from "../src/keygen/device.ts";
 import { MemoryIssuedKeyRegistry } from "../src/keygen/registry.ts";
 import { signApproval, signApproverList, type Approval } from "../src/recovery/approvals.ts";
-import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
+import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators, registerCardRecord } from "../src/recovery/testing.ts";
 import { openShare } from "../src/recovery/shares.ts";
 import {
   isRecoveryRefusal,
@@ -67,10 +68,12 @@ interface Card extends InsertedCard {
   keySet: DerivedKeySetRef;
 }
 
-/** A blank virtual card personalised with a key set diversified in custody (a new random secret ID each). */
-async function blankCard(custody: KeyCustody): Promise<Card> {
-  const cardId = randomBytes(8).toString("hex");
-  const card = createCard(join(dir, `${cardId}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
+/**
+ * A blank virtual card personalised with a key set diversified in custody (a new random secret ID each). Two cards
+ * made for the same `cardId` share their keys but not their secret ID (a second card of one card record).
+ */
+async function blankCard(custody: KeyCustody, cardId = randomBytes(8).toString("hex")): Promise<Card> {
+  const card = createCard(join(dir, `${cardId}-${randomBytes(4).toString("hex")}.card`), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(cardId, "hex") });
   const transmit: Transmit = (a) => card.transmit(a);
   await importTestKmc(custody);
   const { keySet } = await personaliseFromTransport(transmit, custody, cardId);
@@ -156,6 +159,8 @@ for (const engine of testEngines()) {
         const tmpKeys = async () => (await custody.listKeys()).map((k) => k.label).filter((l) => l.startsWith("recovery.reproduce.") || l.startsWith("keygen."));
 
         const cardA = await blankCard(custody);
+        // the issuer's card records the cards belong to: card-A, card-B (and card-C, its replacement) are user-1's
+        await registerCardRecord(db, { cardId: "card-A", userId: "user-1", keySet: cardA.keySet });
         let certA: Uint8Array = new Uint8Array();
 
         await t.test("S1-S3: the policy, then the card issued with its key escrowed and its secret ID registered", async () => {
@@ -181,7 +186,7 @@ for (const engine of testEngines()) {
           await loseKey(cardA.transmit, "9c");
           assert.equal(await cardSignsFor(cardA.transmit, "9c", "P256", certA), false, "the key is gone");
           const filed = await svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user", reason: "battery died" }, "operator");
-          await assert.rejects(svc.fileRequest({ cardId: "card-A", kind: "card-destroyed", requester: "user" }, "operator"), refusedAs("request_unfinished"));
+          await assert.rejects(svc.fileRequest({ cardId: "card-A", kind: "key-lost", requester: "user" }, "operator"), refusedAs("request_unfinished"));
           const waiting = (await svc.pendingFor("credit-co")).find((p) => p.action === "decide" && p.request.requestId === filed.requestId);
           assert.ok(waiting && waiting.action === "decide");
           assert.equal(waiting.mayApproveNow, false);
@@ -202,18 +207,28 @@ for (const engine of testEngines()) {
           await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("approver_list_missing"));
           await listApprovers(svc, filed.requestId);
 
-          // FIG. 10 unit 24: another card is not the registered device
+          // the request names card-A (the registered card) as its target: another card, reached with other keys or
+          // named as another card record, is refused before anything changes (issue 9)
+          assert.deepEqual(filed.request.target, { cardId: "card-A", userId: "user-1" });
           const other = await blankCard(custody);
           since = await lastSeq(db);
-          await assert.rejects(svc.reproduce(filed.requestId, other, "operator"), (e: unknown) => refusedAs("device_mismatch")(e) && /cannot be reissued twice/.test((e as Error).message));
+          await assert.rejects(svc.reproduce(filed.requestId, other, "operator"), refusedAs("target_not_approved"));
+          await audited(db, since, "recovery.reproduce.refuse", "target_not_approved");
+          await assert.rejects(svc.reproduce(filed.requestId, { ...cardA, cardId: "card-B" }, "operator"), refusedAs("target_not_approved"));
+          // FIG. 10 unit 24: a second card personalised for card-A's record (its keys, another secret ID) is not the registered device
+          const twin = await blankCard(custody, cardA.keySet.cardId);
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, twin, "operator"), (e: unknown) => refusedAs("device_mismatch")(e) && /cannot be reissued twice/.test((e as Error).message));
           await audited(db, since, "recovery.reproduce.refuse", "device_mismatch");
           assert.equal((await svc.status(filed.requestId)).status, "satisfied", "the request stays usable after a refused attempt");
           assert.equal(await cardSignsFor(other.transmit, "9c", "P256", certA), false, "nothing was written into the wrong card");
+          assert.equal(await cardSignsFor(twin.transmit, "9c", "P256", certA), false, "nor into the twin");
 
           since = await lastSeq(db);
           const r = await svc.reproduce(filed.requestId, cardA, "operator");
           assert.deepEqual(r.approvers, IN_ORDER);
           assert.equal(r.deviceReplaced, false);
+          assert.equal(r.targetCardId, "card-A");
           assert.ok(await cardSignsFor(cardA.transmit, "9c", "P256", certA), "the same card signs again under its original certificate");
           const piv = new PivClient(cardA.transmit);
           await piv.select();
@@ -236,33 +251,84 @@ for (const engine of testEngines()) {
         let certB: Uint8Array = new Uint8Array();
         let replay: Approval | undefined;
 
-        await t.test("FIG. 11-12 card-destroyed: the key goes into a new card, which replaces the registered device", async () => {
+        await t.test("FIG. 11-12 card-destroyed: the key goes into the new card the arbitrators approved, which replaces the registered device", async () => {
+          await registerCardRecord(db, { cardId: "card-B", userId: "user-1", keySet: cardB.keySet });
           await svc.setPolicy("card-B", fig9Policy(), "operator");
           certB = (await issue(cardB, "card-B")).certificate;
-          const filed = await svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", reason: "card broken" }, "operator");
+          // the user's new card, issued before the request names it; another user's card; a card of the user's that
+          // the operator keeps (a card record issued to user-1 that the request does not name)
+          const cardC = await blankCard(custody);
+          await registerCardRecord(db, { cardId: "card-C", userId: "user-1", keySet: cardC.keySet });
+          const bobs = await blankCard(custody);
+          await registerCardRecord(db, { cardId: "card-bob", userId: "user-2", keySet: bobs.keySet });
+          const kept = await blankCard(custody);
+          await registerCardRecord(db, { cardId: "card-kept", userId: "user-1", keySet: kept.keySet });
+          let since = await lastSeq(db);
+          await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user" }, "operator"), refusedAs("invalid_argument"));
+          await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", replacementCardId: "card-bob" }, "operator"), refusedAs("target_other_user"));
+          await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", replacementCardId: "card-A" }, "operator"), refusedAs("target_unfit"), "card-A is card-A's registered device");
+          await audited(db, since, "recovery.request.file.refuse", "target_other_user");
+          const filed = await svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", reason: "card broken", replacementCardId: "card-C" }, "operator");
+          assert.deepEqual(filed.request.target, { cardId: "card-C", userId: "user-1" }, "the replacement card is part of what the arbitrators sign");
           // another valid order: the credit company after the user, the rest in any order
           for (const id of ["sp-a", "user", "mgr-b", "credit-co", "mgr-e"]) await decideAs(svc, id, filed.requestId);
           await listApprovers(svc, filed.requestId);
-          await assert.rejects(svc.reproduce(filed.requestId, cardB, "operator"), refusedAs("device_mismatch"), "the registered card itself is not a new card");
-          await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("device_in_use"), "card A is the registered device of card-A");
-          const cardC = await blankCard(custody);
-          const since = await lastSeq(db);
+
+          // the approved request redirected: into the destroyed card, card-A, Bob's card, the kept card — refused by name, audited, nothing written
+          since = await lastSeq(db);
+          for (const [card, cardId] of [
+            [cardB, undefined],
+            [cardA, undefined],
+            [bobs, undefined],
+            [bobs, "card-bob"],
+            [kept, "card-kept"],
+            [kept, undefined],
+          ] as const)
+            await assert.rejects(svc.reproduce(filed.requestId, cardId ? { ...card, cardId } : card, "operator"), refusedAs("target_not_approved"), `into ${cardId ?? "a card reached with other keys"}`);
+          const refused = (await audit(db, since)).filter((e) => e.action === "recovery.reproduce.refuse");
+          assert.deepEqual(refused.map((e) => e.details.check), Array(6).fill("target_not_approved"));
+          assert.equal((await svc.status(filed.requestId)).status, "satisfied", "nothing changed");
+          assert.equal(await cardSignsFor(bobs.transmit, "9c", "P256", certB), false, "nothing was written into Bob's card");
+          assert.equal(await cardSignsFor(kept.transmit, "9c", "P256", certB), false, "nor into the kept card");
+
+          // an operator who rewrites the approved target in the DB: the approvals do not cover the new one
+          const rdb = (db as Kysely<unknown>).withTables<RecoveryTables>();
+          const { request: signed } = await rdb.selectFrom("recovery_requests").select("request").where("request_id", "=", filed.requestId).executeTakeFirstOrThrow();
+          const redirected = JSON.stringify({ ...JSON.parse(signed), target: { cardId: "card-kept", userId: "user-1" } });
+          await rdb.updateTable("recovery_requests").set({ request: redirected }).where("request_id", "=", filed.requestId).execute();
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, kept, "operator"), refusedAs("replayed_from_other_request"));
+          await audited(db, since, "recovery.reproduce.refuse", "replayed_from_other_request");
+          assert.equal(await cardSignsFor(kept.transmit, "9c", "P256", certB), false, "nothing was written into the kept card");
+          await rdb.updateTable("recovery_requests").set({ request: signed }).where("request_id", "=", filed.requestId).execute();
+
+          // the approved card with another key in its slot: refused, read from the card itself
+          await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "signature", slot: "9c", card: cardC });
+          since = await lastSeq(db);
+          await assert.rejects(svc.reproduce(filed.requestId, cardC, "operator"), refusedAs("target_slot_occupied"));
+          await audited(db, since, "recovery.reproduce.refuse", "target_slot_occupied");
+          await loseKey(cardC.transmit, "9c");
+
+          since = await lastSeq(db);
           const r = await svc.reproduce(filed.requestId, cardC, "operator");
           assert.equal(r.deviceReplaced, true);
           assert.equal(r.deviceGeneration, 2);
+          assert.equal(r.targetCardId, "card-C");
           assert.deepEqual(r.approvers, ["sp-a", "user", "mgr-b", "credit-co", "mgr-e"]);
           assert.ok(await cardSignsFor(cardC.transmit, "9c", "P256", certB), "the new card signs under the destroyed card's certificate");
           assert.equal((await svc.escrowOf("card-B"))?.deviceGeneration, 2);
           const actions = (await audit(db, since)).map((e) => e.action);
           assert.deepEqual(actions, ["recovery.device.replace", "recovery.reproduce"]);
 
-          // the destroyed card, should it reappear, is no longer card-B's registered device
+          // the destroyed card, should it reappear, is no longer card-B's registered device: a key-lost request now
+          // names card-C, the registered card
           const again = await svc.fileRequest({ cardId: "card-B", kind: "key-lost", requester: "user" }, "operator");
+          assert.deepEqual(again.request.target, { cardId: "card-C", userId: "user-1" });
           const first = await prepared(svc, "user", again.requestId);
           replay = first.approval; // kept for the replay test below
           for (const id of IN_ORDER) await decideAs(svc, id, again.requestId);
           await listApprovers(svc, again.requestId);
-          await assert.rejects(svc.reproduce(again.requestId, cardB, "operator"), refusedAs("device_mismatch"));
+          await assert.rejects(svc.reproduce(again.requestId, cardB, "operator"), refusedAs("target_not_approved"));
           await svc.withdraw(again.requestId, "test over", "operator");
         });
 
@@ -381,8 +447,9 @@ test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside
       const a = arbRegistry.require(id);
       await svc.registerArbitrator({ id, signingPublicKey: a.signingKey, encryptionPublicKey: a.encryptionKey }, "operator");
     }
-    await svc.setPolicy("card-R", JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }), "operator");
     const card = await blankCard(custody);
+    await registerCardRecord(tdb.db, { cardId: "card-R", userId: "user-1", keySet: card.keySet });
+    await svc.setPolicy("card-R", JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }), "operator");
     const r = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "RSA2048", profile: "authentication", slot: "9a", card, escrow: { cardId: "card-R" } });
     await loseKey(card.transmit, "9a");
     assert.equal(await cardSignsFor(card.transmit, "9a", "RSA2048", r.certificate), false);

@@ -13,6 +13,7 @@ import { signApproval, signApproverList } from "../src/recovery/approvals.ts";
 import type { ReproductionPolicy } from "../src/recovery/policy.ts";
 import { openShare } from "../src/recovery/shares.ts";
 import { releaseSharesFor, signKeyRotation, DEFAULT_REPRODUCTION_LEASE_MS } from "../src/recovery/service.ts";
+import { newToken } from "../src/server/auth.ts";
 import { arbitratorTokenName } from "../src/server/recovery-routes.ts";
 import { SqlRecoveryRepository } from "../src/store/recovery-repository.ts";
 import { testEngines } from "../src/store/testing.ts";
@@ -286,6 +287,41 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.ok(entries.some((e) => e.action === "recovery.arbitrator.token.revoke" && e.subject === "sp-x"));
       assert.ok(entries.some((e) => e.action === "recovery.arbitrator.rotate" && e.subject === "mgr-b"));
       assert.equal((expect(await get("/v1/audit/verify", auditor), 200) as { ok: boolean }).ok, true);
+    });
+
+    await t.test("issue 9 item 5: a deregistered arbitrator gets no token, and no token bound to it reads anything; a live one is unaffected", async () => {
+      // sp-x was deregistered above; its own token was revoked then, but the server caches token lookups for 2 s
+      // (auth.ts cachedLookup): whether the cache still answers for it (403) or not (401), it reads nothing
+      const spx = tokens.get("sp-x")!.token;
+      for (const url of ["/v1/recovery/arbitrators/sp-x", "/v1/recovery/arbitrators/sp-x/pending"]) {
+        const r = await get(url, spx);
+        assert.ok(r.statusCode === 401 || r.statusCode === 403, `${url}: ${r.statusCode} ${r.body}`);
+        if (r.statusCode === 403) assert.equal(r.json().check, "arbitrator_disabled");
+      }
+      // no new token
+      const noToken = refused(await post("/v1/recovery/arbitrators/sp-x/tokens", op), 409, "arbitrator_disabled");
+      assert.match(String(noToken.detail), /sp-x is deregistered/);
+      // a token bound to it that escaped revocation (issued in a race, restored from a backup): refused on every
+      // route, whatever the token cache says — the arbitrator's status is read on each request
+      const escaped = newToken();
+      await env.server.store.createOperator({ name: arbitratorTokenName("sp-x", "00112233aabbccdd"), tokenHash: escaped.hash, roles: ["arbitrator"] });
+      const anyRequest = (expect(await get("/v1/recovery/requests?limit=1", op), 200) as { requests: RequestJson[] }).requests[0].requestId;
+      for (const url of ["/v1/recovery/arbitrators/sp-x", "/v1/recovery/arbitrators/sp-x/pending", "/v1/recovery/device-key", `/v1/recovery/requests/${anyRequest}`])
+        refused(await get(url, escaped.token), 403, "arbitrator_disabled");
+      // a live arbitrator reads its record and its pending list as before
+      const spy = tokens.get("sp-y")!.token;
+      assert.equal((expect(await get("/v1/recovery/arbitrators/sp-y", spy), 200) as unknown as ArbitratorJson).status, "active");
+      expect(await get("/v1/recovery/arbitrators/sp-y/pending", spy), 200);
+      expect(await post("/v1/recovery/arbitrators/sp-y/tokens", op), 201);
+      // audited
+      const entries = (expect(await get("/v1/audit?limit=1000", auditor), 200) as { entries: { action: string; actor: string; subject: string; details: Record<string, unknown> }[] }).entries;
+      assert.deepEqual(
+        entries.filter((e) => e.action === "recovery.arbitrator.token.refuse").map((e) => [e.actor, e.subject, e.details.check]),
+        [["olga", "sp-x", "arbitrator_disabled"]],
+      );
+      const access = entries.filter((e) => e.action === "recovery.arbitrator.access.refuse" && e.subject === "sp-x");
+      assert.ok(access.length >= 4, `${access.length} refused reads audited`);
+      assert.ok(access.every((e) => e.details.check === "arbitrator_disabled"));
     });
 
     await t.test("nothing secret in the log: no token, no private key", () => {

@@ -19,7 +19,8 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startTestServer(dir: string): Promise<TestServer> {
+/** `config`: settings over the test defaults (e.g. config.metrics for a loopback metrics listener). */
+export async function startTestServer(dir: string, o: { config?: Partial<IssuerConfig> } = {}): Promise<TestServer> {
   const env = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
   const config: IssuerConfig = {
     ...structuredClone(DEFAULT_CONFIG),
@@ -28,6 +29,9 @@ export async function startTestServer(dir: string): Promise<TestServer> {
     custody: { kind: "software", keystore: join(dir, "keystore.json") },
     ca: { mode: "local", subject: "CN=cardkms test CA" },
     logLevel: "silent",
+    // The tests' webhook receivers listen on loopback, which the default address policy refuses (issue 9 §7).
+    webhooks: { allowAddresses: ["127.0.0.1/32"] },
+    ...o.config,
   };
   const server = await startIssuerServer(config, { env, handleSignals: false });
   const { token } = await createOperatorToken(server.store, "olga", ["operator", "auditor"]);

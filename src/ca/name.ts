@@ -4,6 +4,14 @@
 // One attribute per RDN, in a fixed order from the most general (C) to the most specific (CN, serialNumber,
 // emailAddress). String types follow RFC 5280: PrintableString for countryName and serialNumber, IA5String
 // for emailAddress, UTF8String for the rest.
+//
+// Every value is text a relying party can show and compare as it is (issue 9 §4): no control characters (C0, DEL,
+// C1: "CN=a\00b" is the classic trick against readers that take names as C strings), well-formed UTF-16 (a lone
+// surrogate has no UTF-8 form: it would be certified as U+FFFD while the record kept it) and Unicode NFC. Non-NFC
+// text is refused, not normalised: the CA never certifies a name other than the one it was given (a PKCS#10
+// subject is signed by the requester), so the record, the request and the certificate can only agree if one
+// canonical form goes in. Registration runs the same check (validateSubject), so a refused name is refused
+// before anything is stored.
 
 import * as der from "./der.ts";
 
@@ -66,30 +74,56 @@ function valuesOf(s: SubjectName, f: Field): string[] {
   return Array.isArray(v) ? v : [v];
 }
 
-/** Checks a SubjectName against the attribute rules; throws InvalidSubjectError naming the field. */
-export function validateSubject(s: SubjectName): void {
-  if (typeof s !== "object" || s === null) throw new InvalidSubjectError("subject must be an object");
+/** C0 controls, DEL and C1 controls: Unicode general category Cc, U+0000-U+001F and U+007F-U+009F. */
+const CONTROL = /\p{Cc}/u;
+/** A high surrogate not followed by a low one, or a low surrogate not preceded by a high one. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const codePoint = (c: string) => `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+
+/**
+ * Why `v` cannot be certified as text whatever its attribute (control character, lone surrogate, not NFC), or
+ * undefined. Names the offending code point and its position, never the value (it is personal data).
+ */
+function textProblem(v: string): string | undefined {
+  const control = CONTROL.exec(v);
+  if (control) return `contains the control character ${codePoint(control[0])} at position ${control.index}`;
+  const lone = LONE_SURROGATE.exec(v);
+  if (lone) return `is not well-formed Unicode: a lone surrogate ${codePoint(lone[0])} at position ${lone.index}`;
+  if (v !== v.normalize("NFC")) return "is not in Unicode Normalization Form C (NFC); send it normalised";
+  return undefined;
+}
+
+/**
+ * Checks a SubjectName against the attribute rules; throws InvalidSubjectError naming the field, as
+ * `<where>.<field>` (default "subject"; registration says "personalData").
+ */
+export function validateSubject(s: SubjectName, where = "subject"): void {
+  if (typeof s !== "object" || s === null) throw new InvalidSubjectError(`${where} must be an object`);
   for (const k of Object.keys(s)) {
-    if (!FIELD_SET.has(k)) throw new InvalidSubjectError(`subject: unknown field "${k}"; expected ${SUBJECT_FIELDS.join(", ")}`);
+    if (!FIELD_SET.has(k)) throw new InvalidSubjectError(`${where}: unknown field "${k}"; expected ${SUBJECT_FIELDS.join(", ")}`);
   }
   let count = 0;
   for (const a of ATTRIBUTES) {
     const raw = s[a.field];
     if (raw === undefined) continue;
+    const name = `${where}.${a.field}`;
     if (Array.isArray(raw) ? a.field !== "organizationalUnit" || raw.length === 0 : typeof raw !== "string") {
-      throw new InvalidSubjectError(`subject.${a.field} must be a string${a.field === "organizationalUnit" ? " or a non-empty array of strings" : ""}`);
+      throw new InvalidSubjectError(`${name} must be a string${a.field === "organizationalUnit" ? " or a non-empty array of strings" : ""}`);
     }
     for (const v of valuesOf(s, a.field)) {
       count++;
-      if (typeof v !== "string" || v.length === 0 || v !== v.trim()) throw new InvalidSubjectError(`subject.${a.field} must be a non-empty string without surrounding spaces`);
-      if ([...v].length > a.max) throw new InvalidSubjectError(`subject.${a.field} is longer than ${a.max} characters`);
-      if (a.kind === "printable" && !PRINTABLE.test(v)) throw new InvalidSubjectError(`subject.${a.field} must use PrintableString characters (A-Z a-z 0-9 space '()+,-./:=?)`);
-      if (a.kind === "ia5" && !/^[\x20-\x7e]+$/.test(v)) throw new InvalidSubjectError(`subject.${a.field} must be ASCII`);
-      if (a.field === "country" && !/^[A-Z]{2}$/.test(v)) throw new InvalidSubjectError("subject.country must be two upper-case letters (ISO 3166)");
-      if (a.field === "email" && !/^[^@\s]+@[^@\s]+$/.test(v)) throw new InvalidSubjectError("subject.email must be local@domain");
+      if (typeof v !== "string" || v.length === 0) throw new InvalidSubjectError(`${name} must be a non-empty string`);
+      const problem = textProblem(v);
+      if (problem) throw new InvalidSubjectError(`${name} ${problem}`);
+      if (v !== v.trim()) throw new InvalidSubjectError(`${name} must be a non-empty string without surrounding spaces`);
+      if ([...v].length > a.max) throw new InvalidSubjectError(`${name} is longer than ${a.max} characters`);
+      if (a.kind === "printable" && !PRINTABLE.test(v)) throw new InvalidSubjectError(`${name} must use PrintableString characters (A-Z a-z 0-9 space '()+,-./:=?)`);
+      if (a.kind === "ia5" && !/^[\x20-\x7e]+$/.test(v)) throw new InvalidSubjectError(`${name} must be ASCII`);
+      if (a.field === "country" && !/^[A-Z]{2}$/.test(v)) throw new InvalidSubjectError(`${name} must be two upper-case letters (ISO 3166)`);
+      if (a.field === "email" && !/^[^@\s]+@[^@\s]+$/.test(v)) throw new InvalidSubjectError(`${name} must be local@domain`);
     }
   }
-  if (count === 0) throw new InvalidSubjectError("subject must have at least one attribute");
+  if (count === 0) throw new InvalidSubjectError(`${where} must have at least one attribute`);
 }
 
 /** DER Name (RDNSequence) for a validated SubjectName. */

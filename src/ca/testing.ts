@@ -129,7 +129,12 @@ export type CsrSigner = KeyObject | { family: "ec" | "rsa"; sign(info: Uint8Arra
  * SHA-256 by `signer` — a private key means a requester who holds the key.
  */
 export function csrWith(spki: Uint8Array, subject: SubjectName, signer: CsrSigner): Uint8Array {
-  const info = der.sequence(der.smallInteger(0), encodeName(subject), spki, Uint8Array.of(0xa0, 0));
+  return csrWithName(spki, encodeName(subject), signer);
+}
+
+/** As csrWith, naming the subject by its DER Name as given (one the CA's own encoder would refuse to write). */
+export function csrWithName(spki: Uint8Array, name: Uint8Array, signer: CsrSigner): Uint8Array {
+  const info = der.sequence(der.smallInteger(0), name, spki, Uint8Array.of(0xa0, 0));
   const family = "family" in signer ? signer.family : signer.asymmetricKeyType === "ec" ? "ec" : "rsa";
   const signature = "family" in signer ? signer.sign(info) : new Uint8Array(nodeSign("sha256", info, signer));
   return der.sequence(info, CSR_SIGNATURE[family], der.bitString(signature));

@@ -4,6 +4,11 @@
 // list what is pending for them, approve (their shares released to the reproduction device) or refuse, and the
 // policy's author signs the list of approvers. Everything goes through the HTTP API (src/terminal/recovery-client.ts).
 //
+// Who receives a reproduced key: the card the request names. A key-lost request names the registered card itself; a
+// card-destroyed request names the replacement card (`request file --replacement-card <id>`: a card record issued
+// to the same user, active, its slot empty), and every approval signs over it — `approve --target-card <id>` lets an
+// arbitrator refuse to sign for any other. `reproduce` writes into that card only (`--card`, when given, must be it).
+//
 // Arbitrators' private keys are read from PEM files here and used here only: signatures and sealed shares leave
 // this process, the keys never do. An arbitrator's API token (role arbitrator, bound to it) comes from an operator
 // (`recovery arbitrator token <id>`) and is printed once.
@@ -50,6 +55,8 @@ function readFile(path: string, what: string): string {
 function describe(v: RequestJson): string {
   const e = v.evaluation;
   const lines = [`request ${v.requestId} (${v.kind}) for card ${v.cardId}: ${v.status}${v.statusDetail ? ` — ${v.statusDetail}` : ""}`];
+  const target = v.request.target;
+  lines.push(target ? `  the key goes into card ${target.cardId} (user ${target.userId})${v.kind === "card-destroyed" ? ", the replacement card" : ", the registered card"}` : "  no target card named (filed before targets were signed)");
   lines.push(`  requester ${v.request.requester}${v.request.reason ? `, reason: ${v.request.reason}` : ""}; filed by ${v.filedBy} at ${new Date(v.filedAt).toISOString()}`);
   lines.push(`  decisions: ${v.approvals.map((a) => `${a.arbitrator} ${a.decision === "approve" ? "approved" : `refused (${a.reason ?? ""})`}`).join(", ") || "none yet"}`);
   if (e.status === "pending" && "needs" in e) {
@@ -100,7 +107,7 @@ function describePending(id: string, items: PendingJson[]): string {
   return items
     .map((p) =>
       p.action === "decide"
-        ? `request ${p.request.requestId} (${p.request.kind}, card ${p.request.cardId}, requester ${p.request.request.requester}): decide${p.mayApproveNow ? "" : ` — may approve only after ${p.waitingFor.join(", ")}`}; ${p.envelopes.length} share(s) held`
+        ? `request ${p.request.requestId} (${p.request.kind}, card ${p.request.cardId}, into card ${p.request.request.target?.cardId ?? "(none named)"}, requester ${p.request.request.requester}): decide${p.mayApproveNow ? "" : ` — may approve only after ${p.waitingFor.join(", ")}`}; ${p.envelopes.length} share(s) held`
         : `request ${p.request.requestId} (card ${p.request.cardId}): satisfied by ${p.request.evaluation.approvers.join(", ")} — sign the list of approvers`,
     )
     .join("\n");
@@ -286,13 +293,23 @@ export function registerRecoveryCommands(program: Command): void {
   serverOptions(
     request
       .command("file")
-      .description("file a reproduction request for a card")
-      .requiredOption("--card <id>", "card id")
+      .description(
+        "file a reproduction request for a card; the request names the card that will receive the key, and every approval signs over it " +
+          "(key-lost: the registered card itself; card-destroyed: --replacement-card)",
+      )
+      .requiredOption("--card <id>", "the card whose key is escrowed (the lost or destroyed one)")
       .addOption(new Option("--kind <kind>", "key-lost: the same card comes back; card-destroyed: a new card receives the key").choices(KINDS).makeOptionMandatory())
       .requiredOption("--requester <who>", "who asks (e.g. the user's arbitrator id)")
-      .option("--reason <text>", "why"),
-  ).action(async (o: ServerOpts & { card: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string }) => {
-    const v = await client(o).fileRequest({ cardId: o.card, kind: o.kind, requester: o.requester, reason: o.reason });
+      .option("--reason <text>", "why")
+      .option(
+        "--replacement-card <id>",
+        "card-destroyed only, and required there: the new card record issued to the same user (active, its slot empty) that will receive the key; " +
+          "to name another card later, withdraw the request and file again",
+      ),
+  ).action(async (o: ServerOpts & { card: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string; replacementCard?: string }) => {
+    if (o.kind === "card-destroyed" && o.replacementCard === undefined) throw new UsageError("--kind card-destroyed needs --replacement-card <id>: the card that will receive the key");
+    if (o.kind === "key-lost" && o.replacementCard !== undefined) throw new UsageError("--replacement-card is for card-destroyed: a key-lost request reproduces into the registered card");
+    const v = await client(o).fileRequest({ cardId: o.card, kind: o.kind, requester: o.requester, reason: o.reason, replacementCardId: o.replacementCard });
     print(o, describe(v), v);
   });
 
@@ -354,15 +371,16 @@ export function registerRecoveryCommands(program: Command): void {
       .requiredOption("--signing-key <pem>", "the arbitrator's signing private key file")
       .requiredOption("--encryption-key <pem>", "the arbitrator's encryption private key file")
       .option("--previous-encryption-key <pem...>", "encryption private key files rotated out: shares sealed before a rotation are opened with them")
-      .option("--device-key-id <hex>", "release shares only if the reproduction device key has this id (see `recovery device-key`)"),
-  ).action(async (id: string, o: ServerOpts & { arbitrator: string; signingKey: string; encryptionKey: string; previousEncryptionKey?: string[]; deviceKeyId?: string }) => {
+      .option("--device-key-id <hex>", "release shares only if the reproduction device key has this id (see `recovery device-key`)")
+      .option("--target-card <id>", "sign only if the request sends the key into this card (its target, which the approval covers)"),
+  ).action(async (id: string, o: ServerOpts & { arbitrator: string; signingKey: string; encryptionKey: string; previousEncryptionKey?: string[]; deviceKeyId?: string; targetCard?: string }) => {
     if (o.deviceKeyId !== undefined && !/^[0-9a-fA-F]{64}$/.test(o.deviceKeyId)) throw new UsageError("--device-key-id is 64 hex digits");
     const keys = {
       signing: p256PrivateKey(readFile(o.signingKey, "--signing-key"), "--signing-key"),
       encryption: p256PrivateKey(readFile(o.encryptionKey, "--encryption-key"), "--encryption-key"),
       previousEncryption: (o.previousEncryptionKey ?? []).map((f) => p256PrivateKey(readFile(f, "--previous-encryption-key"), "--previous-encryption-key")),
     };
-    const v = await approveRequest(client(o), o.arbitrator, id, keys, { expectDeviceKeyId: o.deviceKeyId });
+    const v = await approveRequest(client(o), o.arbitrator, id, keys, { expectDeviceKeyId: o.deviceKeyId, expectTargetCardId: o.targetCard });
     print(o, `${o.arbitrator} approved request ${id}\n${describe(v)}`, v);
   });
 
@@ -397,9 +415,12 @@ export function registerRecoveryCommands(program: Command): void {
     cardTargetOptions(
       recovery
         .command("reproduce")
-        .description("reproduce a satisfied request's key into a card here (card image or PC/SC reader): the server drives the card through this machine")
+        .description(
+          "reproduce a satisfied request's key into the card here (card image or PC/SC reader): the server drives the card through this machine. " +
+            "The key goes only into the card the request names (key-lost: the registered card; card-destroyed: the replacement card the arbitrators approved)",
+        )
         .argument("<requestId>", "request id")
-        .option("--card <cardId>", "the card record whose key set the card holds (default the request's card; for card-destroyed, the newly issued card)"),
+        .option("--card <cardId>", "the card record of the card here; must be the request's target (default: the target)"),
     ),
   ).action(async (id: string, o: ServerOpts & CardTargetOpts & { card?: string }) => {
     const api = client(o);
@@ -408,7 +429,7 @@ export function registerRecoveryCommands(program: Command): void {
       const r = await api.reproduce(id, (a) => transport.transmit(a), { cardId: o.card });
       print(
         o,
-        `key of card ${r.cardId} reproduced into slot ${r.slot} with certificate ${r.serial}${r.deviceReplaced ? ` (the new card is now the registered device, generation ${r.deviceGeneration})` : ""}; approved by ${r.approvers.join(", ")}, list by ${r.author}`,
+        `key of card ${r.cardId} reproduced into card ${r.targetCardId}, slot ${r.slot}, with certificate ${r.serial}${r.deviceReplaced ? ` (the new card is now the registered device, generation ${r.deviceGeneration})` : ""}; approved by ${r.approvers.join(", ")}, list by ${r.author}`,
         r,
       );
     } finally {

@@ -1,7 +1,8 @@
 // The demo's second half (npm run demo -- --pcsc, and the CI test): the demo card is attached to real PC/SC
 // middleware through vsmartcard's vpcd, OpenSC's PKCS#11 module lists its certificate and signs with the key
 // that was delivered through SCP03, and openssl checks the signature against the certificate and the
-// certificate against the demo CA. Needs pcscd + vpcd + OpenSC + openssl (scripts/pcsc-up.sh installs them).
+// certificate against the demo CA; pkcs11-tool's own self-test (--test: the token's random numbers, digests,
+// signatures and decryption with RSA keys) reports no errors. Needs pcscd + vpcd + OpenSC + openssl (scripts/pcsc-up.sh installs them).
 
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
@@ -13,6 +14,8 @@ export interface PcscDemoResult {
   certificates: string[];
   signatureVerified: boolean;
   chainVerified: boolean;
+  /** `pkcs11-tool --test --login` exited 0 and reported "No errors" (C_GenerateRandom included). */
+  selfTestPassed: boolean;
 }
 
 async function must(what: string, p: Promise<{ code: number; stdout: string; stderr: string }>): Promise<string> {
@@ -51,6 +54,9 @@ export async function demoThroughPcsc(demo: Pick<DemoResult, "card" | "caCertPem
     const c = await run("openssl", ["verify", "-CAfile", caPem, certPem]);
     const chainVerified = c.code === 0;
     log(`PC/SC 4. openssl verify -CAfile ca.pem: ${(c.stdout + c.stderr).trim()}`);
-    return { certificates, signatureVerified, chainVerified };
+    const t = await pkcs11Tool(["--test", "--login", "--pin", pin]);
+    const selfTestPassed = t.code === 0 && /^No errors$/m.test(t.stdout) && !/ERR:/.test(t.stdout + t.stderr);
+    log(`PC/SC 5. pkcs11-tool --test (random numbers, digests; signatures and decryption with RSA keys): ${selfTestPassed ? "no errors" : (t.stdout + t.stderr).trim()}`);
+    return { certificates, signatureVerified, chainVerified, selfTestPassed };
   });
 }

@@ -13,10 +13,13 @@
 //   3. the user enciphers records to the card's key, keeps them on the terminal and backs them up through the
 //      card's own token (S10);
 //   4. the card is destroyed (S5');
-//   5. a "card-destroyed" request is filed; the arbitrators decide in the policy's order — one approval out of
-//      order is refused by the server, by name — and the policy's author signs the list of approvers (S6-S7);
-//   6. a new card is issued to the user and personalised; the key is reproduced into it through the relay (S8,
-//      S11, FIG. 10): it becomes the registered device, and it signs under the ORIGINAL certificate;
+//   5. a new card is issued to the user and personalised; a "card-destroyed" request is filed naming it as the
+//      replacement card — the card the arbitrators approve the key going into (issue 9); the arbitrators decide in
+//      the policy's order — one approval out of order is refused by the server, by name — and the policy's author
+//      signs the list of approvers (S6-S7);
+//   6. the operator tries to reproduce the approved request into another user's card: refused by name (issue 9);
+//      the key is reproduced into the approved card through the relay (S8, S11, FIG. 10): it becomes the registered
+//      device, and it signs under the ORIGINAL certificate;
 //   7. the backups are fetched through the new card's token (S12) and every record deciphers byte-exact on it;
 //   8. the audit log verifies, and names the approvers in order.
 // Never printed: a private key, a share, the card's secret ID, a token, the keystore or card-image key, a record's
@@ -72,6 +75,8 @@ export interface RecoveryDemoResult {
   approvers: string[];
   approverList: { author: string; approvers: string[] };
   newCard: { id: string; path: string; deviceReplaced: boolean; deviceGeneration: number; holdsOriginalCertificate: boolean };
+  /** The approved request reproduced into another user's card (issue 9): refused, by the name of the check. */
+  redirect: { cardId: string; check: string; message: string };
   /** The new card's signature, verified with the ORIGINAL certificate's public key. */
   signatureVerified: boolean;
   restored: { objectId: string; into: string }[];
@@ -344,10 +349,13 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const imageDeleted = !existsSync(oldCard.path);
     log(`4. card ${oldCard.id} destroyed (image ${imageDeleted ? "deleted" : "STILL THERE"}); the terminal's copies are lost too — only the backup is left`);
 
-    // 5. The request, the decisions in the policy's order, the list of approvers (S5-S7).
-    const filed = await recovery.fileRequest({ cardId: oldCard.id, kind: "card-destroyed", requester: "user", reason: "card destroyed" });
+    // 5. A new card for the user; the request naming it, the decisions in the policy's order, the list of approvers (S5-S7).
+    const newCard = await issuedCard(api, user.id, dir, demo);
+    cards.push(newCard);
+    const filed = await recovery.fileRequest({ cardId: oldCard.id, kind: "card-destroyed", requester: "user", reason: "card destroyed", replacementCardId: newCard.id });
     const requestId = filed.requestId;
-    log(`5. request ${requestId} (card-destroyed) filed over the API; each arbitrator decides with its own token and keys:`);
+    log(`5. card ${newCard.id} issued to the user and personalised; request ${requestId} (card-destroyed) filed over the API naming it as the replacement card:`);
+    log(`   the arbitrators approve the key going into card ${filed.request.target?.cardId} and no other (it is in what they sign); each decides with its own token and keys:`);
     const waiting = await as("credit-co").pending(requestId);
     try {
       await as("credit-co").approveIgnoringOrder(requestId);
@@ -369,10 +377,21 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const list = (await as(policy.author).signList(requestId)).approverList!;
     log(`     ${policy.author} signs the list of approvers: ${list.approvers.join(" -> ")}`);
 
-    // 6. A new card for the user; the key reproduced into it through the relay (S8, S11, FIG. 10-12).
-    const newCard = await issuedCard(api, user.id, dir, demo);
-    cards.push(newCard);
-    const done = await recovery.reproduce(requestId, newCard.transmit, { cardId: newCard.id });
+    // 6. The approved request redirected into another user's card (refused), then reproduced into the approved card (S8, S11, FIG. 10-12).
+    const taro = await api.registerUser({ commonName: "Taro Suzuki", email: "taro@example.test", organization: "Example Bank", country: "JP" });
+    const taroCard = await issuedCard(api, taro.id, dir, demo);
+    cards.push(taroCard);
+    let redirect: RecoveryDemoResult["redirect"] | undefined;
+    try {
+      await recovery.reproduce(requestId, taroCard.transmit, { cardId: taroCard.id });
+      throw new Error("the approved request was reproduced into another user's card");
+    } catch (e) {
+      const check = e instanceof ApiError ? /target_[a-z_]+/.exec(e.title)?.[0] : undefined;
+      if (!(e instanceof ApiError) || !check) throw e;
+      redirect = { cardId: taroCard.id, check, message: e.detail ?? e.title };
+      log(`6. the operator reproduces the approved request into card ${taroCard.id} (Taro's) -> REFUSED: ${e.detail}`);
+    }
+    const done = await recovery.reproduce(requestId, newCard.transmit);
     const goneAfterReproduction = !(await keyInCustody(server.custody, spki));
     const newPiv = await pivOf(newCard);
     const certOnNew = await newPiv.readCertificate(SLOT.keyManagement);
@@ -380,7 +399,7 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const msg = Buffer.from(`Hanako's new card, ${new Date().toISOString()}`);
     const { signature, hash } = await newPiv.sign(SLOT.keyManagement, "P256", msg);
     const signatureVerified = verify(hash, msg, { key: cert.publicKey, dsaEncoding: "der" }, signature);
-    log(`6. card ${newCard.id} issued to the user and personalised; the key reproduced into it through the relay after the checks (shares, key vs. registered public key)`);
+    log(`   the key reproduced into the approved card ${done.targetCardId} through the relay after the checks (target, shares, key vs. registered public key)`);
     log(`     registered device replaced: ${done.deviceReplaced ? "yes" : "NO"} (generation ${done.deviceGeneration}); reproduced key ${goneAfterReproduction ? "gone" : "STILL"} from custody`);
     log(`     the new card holds the original certificate (serial ${done.serial}): ${holdsOriginalCertificate ? "yes" : "NO"}; it signs, and the signature ${signatureVerified ? "VERIFIES" : "DOES NOT VERIFY"} against the ORIGINAL certificate`);
 
@@ -416,7 +435,8 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     for (const r of refusals) log(`     recovery.approval.refuse  ${r.arbitrator} (${r.check})`);
     log(`     recovery.decision.record  ${decisions.map((d) => `${d.arbitrator} ${d.decision}s`).join(", ")}`);
     log(`     recovery.approvers.list   ${names(listEntry?.details.approvers).join(" -> ")} (signed by ${String(listEntry?.details.author)})`);
-    log(`     recovery.reproduce        ${names(reproduceEntry?.details.approvers).join(" -> ")}`);
+    for (const e of ofRequest.filter((x) => x.action === "recovery.reproduce.refuse")) log(`     recovery.reproduce.refuse ${String(e.details.check)} (card ${String(e.details.presentedCard)})`);
+    log(`     recovery.reproduce        ${names(reproduceEntry?.details.approvers).join(" -> ")} into card ${String(reproduceEntry?.details.targetCardId)}`);
 
     return {
       dir,
@@ -436,6 +456,7 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
       approvers: view.evaluation.approvers,
       approverList: { author: list.author, approvers: [...list.approvers] },
       newCard: { id: newCard.id, path: newCard.path, deviceReplaced: done.deviceReplaced, deviceGeneration: done.deviceGeneration, holdsOriginalCertificate },
+      redirect: redirect!,
       signatureVerified,
       restored: restoredReport.restored.map((r) => ({ objectId: r.objectId, into: r.into })),
       readable,

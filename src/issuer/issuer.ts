@@ -11,7 +11,7 @@ import type { KeyAlg } from "../card/state.ts";
 import { PURPOSE } from "../card/derivation.ts";
 import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
 import type { CaClient } from "../ca/client.ts";
-import type { SubjectName } from "../ca/name.ts";
+import { validateSubject, type SubjectName } from "../ca/name.ts";
 import type { RevocationReason } from "../ca/crl.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
@@ -139,7 +139,13 @@ export class Issuer {
 
   // --- users (FIG. 4: user ID and registered data) ----------------------------------------------------------
 
+  /**
+   * Records a user. The personal data that goes into certificates (subjectFrom) must make a valid subject as it
+   * is — no control characters, well-formed, NFC (name.ts) — or InvalidSubjectError names the field and nothing
+   * is stored: what is recorded is what every certificate of the user will say, byte for byte.
+   */
   async registerUser(personalData: Record<string, JsonValue>, actor: string, id?: string): Promise<User> {
+    validateSubject(subjectFrom(personalData, "0000000000000000"), "personalData");
     const u = await this.store.createUser({ id, personalData });
     await this.audit(actor, "user.registered", u.id);
     return u;

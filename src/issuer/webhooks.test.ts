@@ -17,8 +17,11 @@ import {
   WebhookError,
   WebhookSecrets,
 } from "./webhooks.ts";
+import { WebhookAddressPolicy, type ResolvedAddress } from "./webhook-addresses.ts";
 
 const NOW = Date.UTC(2026, 5, 1);
+/** The receivers below listen on 127.0.0.1: the address policy must permit it (config webhooks.allowAddresses). */
+const loopback = new WebhookAddressPolicy({ allow: ["127.0.0.1/32"] });
 
 interface Received {
   headers: IncomingHttpHeaders;
@@ -79,15 +82,15 @@ for (const engine of testEngines()) {
       // Earlier tests' leftovers are not this test's business: mark them delivered through a dispatcher with no
       // receivers left subscribed.
       for (const h of await store.listWebhooks()) await store.disableWebhook(h.id);
-      await new WebhookDispatcher({ store, secrets }).deliverPending();
+      await new WebhookDispatcher({ store, secrets, addresses: loopback }).deliverPending();
     };
 
     test("signed deliveries to subscribed webhooks; a failing receiver gets retries with backoff until it answers", async () => {
       await drain();
       const good = await open([204]);
       const flaky = await open([500, 500, 503, 503, 200]);
-      const a = await registerWebhook(store, secrets, { url: good.url, eventTypes: ["keyset.expiring"] });
-      const b = await registerWebhook(store, secrets, { url: flaky.url, eventTypes: ["*"] });
+      const a = await registerWebhook(store, secrets, { url: good.url, eventTypes: ["keyset.expiring"] }, loopback);
+      const b = await registerWebhook(store, secrets, { url: flaky.url, eventTypes: ["*"] }, loopback);
       assert.match(a.secret, /^whsec_[A-Za-z0-9_-]{43}$/);
       assert.notEqual(a.secret, b.secret);
       // The secret is not stored: the row holds only a reference to how it is derived.
@@ -100,7 +103,7 @@ for (const engine of testEngines()) {
 
       let clock = 0;
       const failures: string[] = [];
-      const d = new WebhookDispatcher({ store, secrets, clock: () => clock, backoffBaseMs: 1000, onFailure: (f) => failures.push(f.error) });
+      const d = new WebhookDispatcher({ store, secrets, addresses: loopback, clock: () => clock, backoffBaseMs: 1000, onFailure: (f) => failures.push(f.error) });
 
       const p1 = await d.deliverPending();
       assert.deepEqual(p1, { delivered: 0, failed: 2, waiting: 0, requests: 3 });
@@ -131,7 +134,7 @@ for (const engine of testEngines()) {
       assert.equal(flaky.got.length, 2);
 
       // A restart (a new dispatcher on the same DB) keeps both the schedule and who acknowledged what.
-      const restarted = new WebhookDispatcher({ store, secrets, clock: () => clock, backoffBaseMs: 1000, onFailure: (f) => failures.push(f.error) });
+      const restarted = new WebhookDispatcher({ store, secrets, addresses: loopback, clock: () => clock, backoffBaseMs: 1000, onFailure: (f) => failures.push(f.error) });
       assert.deepEqual(await restarted.deliverPending(), { delivered: 0, failed: 0, waiting: 2, requests: 0 });
       assert.deepEqual([...(await store.webhookAcks(e1.id))], [a.webhook.id]);
 
@@ -158,12 +161,12 @@ for (const engine of testEngines()) {
       await drain();
       const bad = await open([500, 500, 500, 500]);
       const good = await open([200, 200]);
-      await registerWebhook(store, secrets, { url: bad.url, eventTypes: ["t.stuck"] });
-      await registerWebhook(store, secrets, { url: good.url, eventTypes: ["t.fine"] });
+      await registerWebhook(store, secrets, { url: bad.url, eventTypes: ["t.stuck"] }, loopback);
+      await registerWebhook(store, secrets, { url: good.url, eventTypes: ["t.fine"] }, loopback);
       const stuck = (await store.enqueueEvent({ type: "t.stuck", subject: "s", payload: null }))!;
       const fine = (await store.enqueueEvent({ type: "t.fine", subject: "f", payload: null }))!;
       const clock = 0;
-      const d = new WebhookDispatcher({ store, secrets, clock: () => clock, batchSize: 1 });
+      const d = new WebhookDispatcher({ store, secrets, addresses: loopback, clock: () => clock, batchSize: 1 });
       assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 1, waiting: 0, requests: 1 }, "the oldest goes first and fails");
       assert.deepEqual(await d.deliverPending(), { delivered: 1, failed: 0, waiting: 1, requests: 1 }, "with a batch of one, the newer event is next");
       assert.equal(good.got.length, 1);
@@ -175,15 +178,15 @@ for (const engine of testEngines()) {
     test("an event nobody subscribes to is marked delivered without a request; disabled webhooks get nothing", async () => {
       await drain();
       const rec = await open([200]);
-      const w = await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["certificate.expired"] });
-      const other = await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["card.expiring"] });
+      const w = await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["certificate.expired"] }, loopback);
+      const other = await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["card.expiring"] }, loopback);
       await store.disableWebhook(other.webhook.id);
       await store.enqueueEvent({ type: "card.expiring", subject: "c", payload: null });
-      const r = await new WebhookDispatcher({ store, secrets }).deliverPending();
+      const r = await new WebhookDispatcher({ store, secrets, addresses: loopback }).deliverPending();
       assert.deepEqual(r, { delivered: 1, failed: 0, waiting: 0, requests: 0 });
       assert.equal(rec.got.length, 0);
       await store.enqueueEvent({ type: "certificate.expired", subject: "x", payload: null });
-      assert.equal((await new WebhookDispatcher({ store, secrets }).deliverPending()).requests, 1);
+      assert.equal((await new WebhookDispatcher({ store, secrets, addresses: loopback }).deliverPending()).requests, 1);
       assert.equal(rec.got[0].headers["x-cardkms-delivery"]?.toString().endsWith(`.${w.webhook.id}`), true);
     });
 
@@ -192,15 +195,15 @@ for (const engine of testEngines()) {
       const hang = await open("hang");
       const target = await open([200]);
       const redirect = await open([302], { location: target.url });
-      await registerWebhook(store, secrets, { url: hang.url, eventTypes: ["t.hang"] });
-      await registerWebhook(store, secrets, { url: redirect.url, eventTypes: ["t.redirect"] });
+      await registerWebhook(store, secrets, { url: hang.url, eventTypes: ["t.hang"] }, loopback);
+      await registerWebhook(store, secrets, { url: redirect.url, eventTypes: ["t.redirect"] }, loopback);
       // A port nothing listens on (a receiver opened and closed again).
       const gone = await receiver([200]);
       await gone.close();
-      await registerWebhook(store, secrets, { url: gone.url, eventTypes: ["t.gone"] });
+      await registerWebhook(store, secrets, { url: gone.url, eventTypes: ["t.gone"] }, loopback);
       for (const type of ["t.hang", "t.redirect", "t.gone"]) await store.enqueueEvent({ type, subject: type, payload: null });
       const errors: string[] = [];
-      const d = new WebhookDispatcher({ store, secrets, timeoutMs: 200, onFailure: (f) => errors.push(f.error) });
+      const d = new WebhookDispatcher({ store, secrets, addresses: loopback, timeoutMs: 200, onFailure: (f) => errors.push(f.error) });
       assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 3, waiting: 0, requests: 3 });
       assert.deepEqual(errors, ["timed out after 200 ms", "HTTP 302", "network error ECONNREFUSED"]);
       assert.equal(target.got.length, 0, "the redirect was not followed");
@@ -209,7 +212,7 @@ for (const engine of testEngines()) {
       // A dispatcher holding another server secret refuses to sign for these webhooks: no request at all.
       await drain();
       const rec = await open([200]);
-      await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["t.foreign"] });
+      await registerWebhook(store, secrets, { url: rec.url, eventTypes: ["t.foreign"] }, loopback);
       await store.enqueueEvent({ type: "t.foreign", subject: "f", payload: null });
       const foreign = new WebhookDispatcher({ store, secrets: new WebhookSecrets(randomBytes(32)) });
       const r = await foreign.deliverPending();
@@ -230,7 +233,94 @@ for (const engine of testEngines()) {
       }
       assert.equal(checkWebhookUrl("https://example.org:8443/a?b=c").port, "8443");
     });
+
+    test("issue 9 §7: loopback, private, link-local, CGNAT, unspecified and metadata addresses are refused unless allow-listed", async () => {
+      const noDns = new WebhookAddressPolicy({ resolve: resolverOf({}) });
+      const refused = [
+        ["http://127.0.0.1:8080/h", /loopback/],
+        ["http://2130706433/h", /loopback/], // 127.0.0.1 spelled as a number
+        ["http://localhost:9000/h", /loopback/],
+        ["http://[::1]/h", /loopback/],
+        ["http://[::ffff:127.0.0.1]/h", /loopback/],
+        ["http://10.1.2.3/h", /private address \(10\.0\.0\.0\/8\)/],
+        ["http://172.20.0.1/h", /private/],
+        ["https://192.168.1.10/h", /private/],
+        ["http://[fd12:3456::1]/h", /private address \(fc00::\/7\)/],
+        ["http://169.254.169.254/latest/meta-data/", /cloud metadata/],
+        ["http://[fd00:ec2::254]/", /cloud metadata/],
+        ["http://169.254.10.1/h", /link-local/],
+        ["http://[fe80::1]/h", /link-local/],
+        ["http://100.64.0.1/h", /CGNAT/],
+        ["http://0.0.0.0/h", /unspecified/],
+        ["http://[::]/h", /unspecified/],
+        ["http://[64:ff9b::a00:1]/h", /private/], // NAT64 of 10.0.0.1
+        ["http://[2002:c0a8:0101::1]/h", /private/], // 6to4 of 192.168.1.1
+        ["http://224.0.0.1/h", /multicast/],
+      ] as const;
+      for (const [url, why] of refused)
+        await assert.rejects(registerWebhook(store, secrets, { url, eventTypes: ["*"] }, noDns), (e) => e instanceof WebhookError && why.test(e.message), url);
+      // The default policy (no allow-list) refuses too; an allow-list permits exactly its ranges.
+      await assert.rejects(registerWebhook(store, secrets, { url: "http://127.0.0.1:1/h", eventTypes: ["*"] }), /loopback/);
+      const allowed = new WebhookAddressPolicy({ allow: ["127.0.0.1/32", "10.20.0.0/16"], resolve: resolverOf({}) });
+      await registerWebhook(store, secrets, { url: "http://127.0.0.1:1/h", eventTypes: ["t.allowed"] }, allowed);
+      await registerWebhook(store, secrets, { url: "http://10.20.3.4/h", eventTypes: ["t.allowed"] }, allowed);
+      await assert.rejects(registerWebhook(store, secrets, { url: "http://127.0.0.2/h", eventTypes: ["*"] }, allowed), /loopback/);
+      await assert.rejects(registerWebhook(store, secrets, { url: "http://10.21.0.1/h", eventTypes: ["*"] }, allowed), /private/);
+      // Public addresses are fine, and so is a name that resolves to one (or does not resolve yet: checked at send).
+      const dns = new WebhookAddressPolicy({ resolve: resolverOf({ "hooks.example.com": ["93.184.215.14"], "intranet.example.com": ["93.184.215.14", "10.0.0.7"] }) });
+      await registerWebhook(store, secrets, { url: "https://93.184.215.14/h", eventTypes: ["t.public"] }, dns);
+      await registerWebhook(store, secrets, { url: "https://hooks.example.com/h", eventTypes: ["t.public"] }, dns);
+      await registerWebhook(store, secrets, { url: "https://not-yet.example.com/h", eventTypes: ["t.public"] }, dns);
+      // A name any of whose addresses is refused is refused at registration, with a clear reason.
+      await assert.rejects(registerWebhook(store, secrets, { url: "https://intranet.example.com/h", eventTypes: ["*"] }, dns), /resolves to a private address/);
+      for (const h of await store.listWebhooks()) await store.disableWebhook(h.id);
+    });
+
+    test("issue 9 §7: the address is checked at every send, on what the name resolves to then (DNS rebinding)", async () => {
+      await drain();
+      const rec = await open([204]);
+      const port = new URL(rec.url).port;
+      // Registered while the name pointed at a public address ...
+      const answers: Record<string, string[]> = { "hooks.rebind.example": ["93.184.215.14"] };
+      const policy = new WebhookAddressPolicy({ resolve: resolverOf(answers) });
+      await registerWebhook(store, secrets, { url: `http://hooks.rebind.example:${port}/hook`, eventTypes: ["t.rebind"] }, policy);
+      // ... it now points at the service's own network: the delivery is refused, recorded, and no request is made.
+      answers["hooks.rebind.example"] = ["10.0.0.1"];
+      await store.enqueueEvent({ type: "t.rebind", subject: "s", payload: null });
+      const errors: string[] = [];
+      const d = new WebhookDispatcher({ store, secrets, addresses: policy, onFailure: (f) => errors.push(f.error) });
+      const pass = await d.deliverPending();
+      assert.deepEqual([pass.delivered, pass.failed, pass.requests], [0, 1, 1]);
+      assert.equal(errors.length, 1);
+      assert.match(errors[0], /webhook address refused: the host resolves to a private address \(10\.0\.0\.0\/8\)/);
+      assert.ok(!errors[0].includes("rebind.example") && !errors[0].includes("10.0.0.1"), "the error names the range, not the URL or the address");
+      const [e] = await store.listEvents({ type: "t.rebind" });
+      assert.match(e.lastError ?? "", /address refused/);
+      assert.equal(rec.got.length, 0);
+      // Loopback the same way, unless allow-listed: then the connection goes to the address that was checked (the
+      // name exists only in the injected resolver, so the request reached the receiver through it).
+      answers["hooks.rebind.example"] = ["127.0.0.1"];
+      await drain();
+      await registerWebhook(store, secrets, { url: `http://hooks.rebind.example:${port}/hook`, eventTypes: ["t.rebind2"] }, new WebhookAddressPolicy({ resolve: resolverOf({ "hooks.rebind.example": ["93.184.215.14"] }) }));
+      await store.enqueueEvent({ type: "t.rebind2", subject: "s", payload: null });
+      const strict = new WebhookDispatcher({ store, secrets, addresses: policy, clock: () => 0 });
+      assert.equal((await strict.deliverPending()).failed, 1);
+      assert.equal(rec.got.length, 0);
+      const permitted = new WebhookDispatcher({ store, secrets, clock: () => 10 ** 12, addresses: new WebhookAddressPolicy({ allow: ["127.0.0.1/32"], resolve: resolverOf(answers) }) });
+      assert.equal((await permitted.deliverPending()).delivered, 1);
+      assert.equal(rec.got.length, 1);
+      assert.equal(rec.got[0].headers.host, `hooks.rebind.example:${port}`, "the request still names the registered host");
+    });
   });
+}
+
+/** An injected resolver: the addresses of each name, ENOTFOUND for any other (no real DNS in tests). */
+function resolverOf(table: Record<string, string[]>) {
+  return async (name: string): Promise<ResolvedAddress[]> => {
+    const list = table[name];
+    if (!list) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: "ENOTFOUND" });
+    return list.map((address) => ({ address, family: address.includes(":") ? 6 : 4 }));
+  };
 }
 
 test("signatures and secrets", () => {

@@ -1,7 +1,9 @@
 // Webhooks: the push side of the events outbox (issue 3, flow 5.f; seed 000 para 0062 "... and notifies it").
 //
 // What it owns: registering webhooks (and their signing secrets), and delivering outbox events to them.
-// What it must never do: store a webhook secret, send to any URL but the one registered, or follow a redirect.
+// What it must never do: store a webhook secret, send to any URL but the one registered, follow a redirect, or
+// reach an address the address policy refuses (webhook-addresses.ts: loopback, private, link-local, metadata ...
+// unless allow-listed), checked at registration and again, on the addresses the connection uses, at every send.
 //
 // Wire format. Each delivery is `POST <registered url>` with the JSON body {id, type, subject, payload,
 // createdAt} (id: the event's id; createdAt: epoch ms) and the headers
@@ -29,7 +31,11 @@
 // arrive after newer ones.
 
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { LookupFunction } from "node:net";
 import type { Store, StoredEvent, Webhook } from "../store/store.ts";
+import { WebhookAddressPolicy, WebhookAddressRefused } from "./webhook-addresses.ts";
 
 const SECRET_LABEL = "cardkms/webhook-secret/v1\0";
 const REF_PREFIX = "derived:v1:";
@@ -111,11 +117,23 @@ export function checkEventTypes(types: string[]): void {
 
 /**
  * Registers a webhook and returns it with its signing secret. The secret is shown here once; it is not stored
- * and can only be re-derived by a holder of the server secret.
+ * and can only be re-derived by a holder of the server secret. A URL whose host is (or now resolves to) an address
+ * `addresses` refuses is a WebhookError; the default policy refuses loopback, private, link-local and metadata ones.
  */
-export async function registerWebhook(store: Store, secrets: WebhookSecrets, input: { url: string; eventTypes: string[] }): Promise<{ webhook: Webhook; secret: string }> {
-  checkWebhookUrl(input.url);
+export async function registerWebhook(
+  store: Store,
+  secrets: WebhookSecrets,
+  input: { url: string; eventTypes: string[] },
+  addresses: WebhookAddressPolicy = new WebhookAddressPolicy(),
+): Promise<{ webhook: Webhook; secret: string }> {
+  const url = checkWebhookUrl(input.url);
   checkEventTypes(input.eventTypes);
+  try {
+    await addresses.checkUrl(url);
+  } catch (e) {
+    if (e instanceof WebhookAddressRefused) throw new WebhookError(e.message);
+    throw e;
+  }
   const webhook = await store.addWebhook({ url: input.url, eventTypes: input.eventTypes, secretRef: secrets.ref });
   return { webhook, secret: secrets.secretFor(webhook.id) };
 }
@@ -144,6 +162,8 @@ export interface WebhookDispatcherOptions {
   clock?: () => number;
   /** Called on each failed attempt (for logs and metrics; never given the secret or the body). */
   onFailure?: (f: { eventId: number; webhookId: string; attempt: number; error: string }) => void;
+  /** Which addresses deliveries may reach (default: the strict policy, no allow-list, the system resolver). */
+  addresses?: WebhookAddressPolicy;
 }
 
 export interface DispatchResult {
@@ -167,6 +187,7 @@ export class WebhookDispatcher {
   readonly #batch: number;
   readonly #clock: () => number;
   readonly #onFailure: WebhookDispatcherOptions["onFailure"];
+  readonly #addresses: WebhookAddressPolicy;
   #pass: Promise<DispatchResult> | undefined;
   #timer: NodeJS.Timeout | undefined;
 
@@ -179,6 +200,7 @@ export class WebhookDispatcher {
     this.#batch = positive("batchSize", o.batchSize ?? 100);
     this.#clock = o.clock ?? (() => o.store.now());
     this.#onFailure = o.onFailure;
+    this.#addresses = o.addresses ?? new WebhookAddressPolicy();
   }
 
   /** Delay before attempt n+1 after n failed attempts: base * 2^(n-1), capped. */
@@ -252,35 +274,70 @@ export class WebhookDispatcher {
   /** One POST; null on a 2xx answer, else what went wrong (never the URL: it may carry a token). */
   async #send(e: StoredEvent, h: Webhook): Promise<string | null> {
     if (!this.#secrets.owns(h.secretRef)) return "its secret was made under another server secret; re-register it";
+    let url: URL;
     try {
-      checkWebhookUrl(h.url);
+      url = checkWebhookUrl(h.url);
     } catch (err) {
       return (err as Error).message;
     }
     const body = webhookBody(e);
     try {
-      const res = await fetch(h.url, {
-        method: "POST",
-        body,
-        redirect: "manual",
-        signal: AbortSignal.timeout(this.#timeoutMs),
-        headers: {
-          "content-type": "application/json",
-          "user-agent": "cardkms-webhooks/1",
-          "x-cardkms-event": e.type,
-          "x-cardkms-delivery": deliveryId(e.id, h.id),
-          "x-cardkms-signature": signWebhookBody(this.#secrets.secretFor(h.id), body),
-        },
+      const status = await this.#post(url, body, {
+        "content-type": "application/json",
+        "user-agent": "cardkms-webhooks/1",
+        "x-cardkms-event": e.type,
+        "x-cardkms-delivery": deliveryId(e.id, h.id),
+        "x-cardkms-signature": signWebhookBody(this.#secrets.secretFor(h.id), body),
       });
-      await res.body?.cancel().catch(() => {});
-      if (res.status >= 200 && res.status < 300) return null;
-      return `HTTP ${res.status}`;
+      return status >= 200 && status < 300 ? null : `HTTP ${status}`;
     } catch (err) {
-      const x = err as Error & { cause?: { code?: string } };
-      if (x.name === "TimeoutError") return `timed out after ${this.#timeoutMs} ms`;
-      return x.cause?.code ? `network error ${x.cause.code}` : `network error ${x.name}`;
+      if (err instanceof WebhookAddressRefused) return err.message;
+      if (err instanceof DeliveryTimeout) return `timed out after ${this.#timeoutMs} ms`;
+      const x = err as Error & { code?: string; cause?: { code?: string } };
+      const code = x.code ?? x.cause?.code;
+      return code ? `network error ${code}` : `network error ${x.name}`;
     }
   }
+
+  /**
+   * POSTs `body` and resolves with the answer's status; nothing follows a redirect. The connection goes only to an
+   * address the policy allowed when it was looked up for this very request (the check and the connection use one
+   * resolution: no second lookup for DNS rebinding to answer differently).
+   */
+  async #post(url: URL, body: string, headers: Record<string, string>): Promise<number> {
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const allowed = await this.#addresses.addressesFor(host);
+    const lookup: LookupFunction = (_name, options, callback) => {
+      if (options.all) callback(null, allowed);
+      else callback(null, allowed[0].address, allowed[0].family);
+    };
+    const options: RequestOptions = {
+      method: "POST",
+      host,
+      port: url.port || undefined,
+      path: url.pathname + url.search,
+      headers: { ...headers, "content-length": String(Buffer.byteLength(body)) },
+      agent: false,
+      lookup,
+    };
+    return new Promise<number>((resolve, reject) => {
+      const req = (url.protocol === "https:" ? httpsRequest : httpRequest)(options, (res: IncomingMessage) => {
+        clearTimeout(timer);
+        resolve(res.statusCode ?? 0);
+        res.destroy();
+      });
+      const timer = setTimeout(() => req.destroy(new DeliveryTimeout()), this.#timeoutMs);
+      req.on("error", (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      req.end(body);
+    });
+  }
+}
+
+class DeliveryTimeout extends Error {
+  override readonly name = "DeliveryTimeout";
 }
 
 function positive(name: string, v: number): number {

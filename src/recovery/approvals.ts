@@ -4,6 +4,10 @@
 // link makes the chain prove the order of the decisions — the seed's order condition: "it suffices to check the
 // signature of the person who approved".
 // The chain hashes the signed body, not the signature, so an ECDSA signature's malleability cannot fork it.
+// The request digest covers every member of the request as filed — for the service's requests (service.ts), the
+// kind of reproduction and the card that will receive the key (target.ts) — so each approval, and the approver list
+// drawn from the chain, covers that card: approvals made for one target never count for a request naming another.
+// Key rotations do not change this: a recorded approval is re-verified with the key version that verified it.
 // A refusal by an indispensable party, or a group that can no longer reach k, ends the request: any later
 // decision is refused as `request_ended`.
 

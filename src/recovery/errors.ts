@@ -35,16 +35,20 @@ export type RecoveryCheck =
   | "final_check_failed"
   | "key_check_failed";
 
-export class RecoveryError extends Error {
-  override readonly name = "RecoveryError";
+/** A refusal naming the check that failed (`check: message`), with non-secret details for the audit log. */
+export class CheckedRefusal<C extends string> extends Error {
   constructor(
-    readonly check: RecoveryCheck,
+    readonly check: C,
     message: string,
     /** Non-secret details for the audit log (ids, names, counts). */
     readonly details: Readonly<Record<string, unknown>> = {},
   ) {
     super(`${check}: ${message}`);
   }
+}
+
+export class RecoveryError extends CheckedRefusal<RecoveryCheck> {
+  override readonly name = "RecoveryError";
 }
 
 /** One problem in a policy document, located by a JSON pointer (RFC 6901) into it. */

@@ -44,7 +44,7 @@ import {
   type PendingItem,
   type RequestView,
 } from "./service.ts";
-import { escrowWithoutCard } from "./testing.ts";
+import { escrowWithoutCard, registerCardRecord } from "./testing.ts";
 
 const T0 = Date.UTC(2026, 2, 1, 9);
 const LEASE = DEFAULT_REPRODUCTION_LEASE_MS;
@@ -148,6 +148,7 @@ for (const engine of testEngines()) {
     await importTestKmc(custody);
     const { keySet } = await personaliseFromTransport(transmit, custody, cardSerial);
     const card: InsertedCard & { keySet: DerivedKeySetRef } = { transmit, keySet };
+    await registerCardRecord(db, { cardId: "card-A", userId: "user-1", keySet });
     await svc.setPolicy("card-A", POLICY, "operator");
     const { certificate } = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "signature", slot: "9c", card, escrow: { cardId: "card-A" } });
     const signs = () => cardSignsFor(transmit, "9c", "P256", certificate);

@@ -15,11 +15,11 @@ import { SoftwareCustody } from "../custody/software.ts";
 import { auditEntries, type AuditEntry } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { testEngines, type TestDatabase } from "../store/testing.ts";
-import { signApproval, signApproverList, type Approval } from "./approvals.ts";
+import { requestDigest, signApproval, signApproverList, type Approval } from "./approvals.ts";
 import { PolicyValidationError } from "./errors.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { openShare } from "./shares.ts";
-import { escrowWithoutCard, makeArbitrators } from "./testing.ts";
+import { escrowWithoutCard, makeArbitrators, registerCardRecord } from "./testing.ts";
 import {
   ESCROW_KEK_LABEL,
   REPRODUCTION_DEVICE_KEY_LABEL,
@@ -209,9 +209,12 @@ for (const engine of testEngines()) {
       await assert.rejects(svc.fileRequest({ cardId: "card-p", kind: "key-lost", requester: "user" }, "operator"), refusedAs("no_escrow"));
       const e = await escrowed();
       await assert.rejects(svc.fileRequest({ cardId: e.cardId, kind: "stolen" as "key-lost", requester: "user" }, "operator"), refusedAs("invalid_argument"));
-      const r = await svc.fileRequest({ cardId: e.cardId, kind: "card-destroyed", requester: "user", reason: "dropped" }, "operator");
+      const newCard = `new-${e.cardId}`;
+      await registerCardRecord(db, { cardId: newCard, userId: "user-1" });
+      const r = await svc.fileRequest({ cardId: e.cardId, kind: "card-destroyed", requester: "user", reason: "dropped", replacementCardId: newCard }, "operator");
       assert.equal(r.status, "open");
       assert.equal(r.request.kind, "card-destroyed", "the kind is part of what arbitrators sign");
+      assert.deepEqual(r.request.target, { cardId: newCard, userId: "user-1" }, "and so is the card that will receive the key");
       assert.equal(r.evaluation.status, "pending");
       await assert.rejects(svc.fileRequest({ cardId: e.cardId, kind: "key-lost", requester: "user" }, "operator"), refusedAs("request_unfinished"));
       assert.deepEqual((await svc.list({ cardId: e.cardId })).map((x) => x.requestId), [r.requestId]);
@@ -221,6 +224,55 @@ for (const engine of testEngines()) {
       const p = await prepared("user", r.requestId);
       await assert.rejects(svc.approve(r.requestId, p.approval, p.releases), refusedAs("request_closed"));
       await svc.fileRequest({ cardId: e.cardId, kind: "key-lost", requester: "user" }, "operator");
+    });
+
+    test("issue 9: a card-destroyed request names its replacement card, a card of the same user fit to receive the key; anything else refused by name and audited", async () => {
+      const e = await escrowed();
+      const [aliceNew, bob, aliceRetired, nobody] = [`alice-new-${n}`, `bob-${n}`, `alice-retired-${n}`, `nobody-${n}`];
+      await registerCardRecord(db, { cardId: aliceNew, userId: "user-1" });
+      await registerCardRecord(db, { cardId: bob, userId: "user-bob" });
+      await registerCardRecord(db, { cardId: aliceRetired, userId: "user-1", status: "retired" });
+      await registerCardRecord(db, { cardId: e.cardId, userId: "user-1" });
+      const since = (await audit(db)).at(-1)!.seq;
+      const file = (kind: "key-lost" | "card-destroyed", replacementCardId?: string) =>
+        svc.fileRequest({ cardId: e.cardId, kind, requester: "user", ...(replacementCardId !== undefined ? { replacementCardId } : {}) }, "operator");
+      await assert.rejects(file("card-destroyed"), refusedAs("invalid_argument"), "no replacement card named");
+      await assert.rejects(file("key-lost", aliceNew), refusedAs("invalid_argument"), "key-lost names none: the registered card comes back");
+      await assert.rejects(file("card-destroyed", bob), refusedAs("target_other_user"), "another user's card");
+      await assert.rejects(file("card-destroyed", nobody), refusedAs("target_unfit"), "no such card record");
+      await assert.rejects(file("card-destroyed", aliceRetired), refusedAs("target_unfit"), "a retired card");
+      await assert.rejects(file("card-destroyed", e.cardId), refusedAs("target_unfit"), "the destroyed card's own record");
+      // another escrow's registered device, and a card whose slot holds another escrowed key
+      const other = await escrowed();
+      await registerCardRecord(db, { cardId: other.cardId, userId: "user-1" });
+      await assert.rejects(file("card-destroyed", other.cardId), refusedAs("target_unfit"), "the registered device of another escrow");
+      assert.deepEqual(await svc.list({ cardId: e.cardId }), [], "nothing was filed");
+      const refusals = (await audit(db, since)).filter((x) => x.action === "recovery.request.file.refuse");
+      assert.deepEqual(
+        refusals.map((x) => [x.subject, x.details.check]),
+        [
+          [e.cardId, "invalid_argument"],
+          [e.cardId, "invalid_argument"],
+          [e.cardId, "target_other_user"],
+          [e.cardId, "target_unfit"],
+          [e.cardId, "target_unfit"],
+          [e.cardId, "target_unfit"],
+          [e.cardId, "target_unfit"],
+        ],
+      );
+      // the approvals cover the target: the same request naming another card is another request for the chain
+      const r = await file("card-destroyed", aliceNew);
+      const user = await prepared("user", r.requestId);
+      assert.equal(user.approval.requestDigest, r.requestDigest);
+      const redirected = { ...r.request, target: { cardId: bob, userId: "user-bob" } };
+      assert.notEqual(requestDigest(redirected), r.requestDigest, "a request naming another card has another digest");
+      const forBob = signApproval(redirected, requestDigest(redirected), { arbitrator: "user", decision: "approve" }, ARB.get("user")!.signing);
+      await assert.rejects(svc.approve(r.requestId, forBob, user.releases), refusedAs("replayed_from_other_request"), "an approval made for another target does not count");
+      await svc.withdraw(r.requestId, "test over", "operator");
+      // key-lost names the registered device's card record
+      const k = await file("key-lost");
+      assert.deepEqual(k.request.target, { cardId: e.cardId, userId: "user-1" });
+      await svc.withdraw(k.requestId, "test over", "operator");
     });
 
     test("decisions: threshold unreachable ends the request; releases and lists are checked by name and audited", async () => {

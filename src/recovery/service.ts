@@ -16,9 +16,12 @@
 //        reproduction device's key pair in custody (releaseShare, below) — or refuses with a reason. A refusal by
 //        an indispensable party, or a threshold that can no longer be met, ends the request naming the condition.
 //        The policy's author then signs the list of approvers (FIG. 9 condition 15, submitApproverList).
-//   S8-9 reproduce (FIG. 10): the target card's secret ID is read under SCP03 R-ENCRYPTION and checked against
-//        the registered one ("key-lost": the same card, or nothing; "card-destroyed": another card, which becomes
-//        the registered device — FIG. 11-12); the released shares are opened inside the service with custody's
+//   S8-9 reproduce (FIG. 10): the target is the card record the request names and the arbitrators approved
+//        (target.ts: the registered device's for "key-lost", the replacement card named at filing for
+//        "card-destroyed"), issued to the escrowed key's user, active, nothing else in the slot; it is reached with
+//        that card record's current key set; the card's secret ID is read under SCP03 R-ENCRYPTION and checked
+//        against the registered one ("key-lost": the same card, or nothing; "card-destroyed": another card, which
+//        becomes the registered device — FIG. 11-12); the released shares are opened inside the service with custody's
 //        ECDH, K and then E are rebuilt (reproduce.ts, gated on the verified chain and approver list), E is
 //        unwrapped INTO custody (it must match the registered public key), the key is checked inside custody
 //        (sign/verify, decipher round trip: unit 22), written into the card through SCP03 exactly as the key
@@ -80,15 +83,17 @@ import {
   type RequestStatus,
 } from "../store/recovery-repository.ts";
 import { type Approval, type ApproverList, type ReproductionRequest, ApprovalChain, approvalHash, chainHead, requestDigest, validateRequest, verifyApproverList, verifyChain } from "./approvals.ts";
-import { PolicyValidationError, RecoveryError } from "./errors.ts";
+import { CheckedRefusal, PolicyValidationError, RecoveryError } from "./errors.ts";
 import type { SealedBox } from "./ecies.ts";
 import { bytesEqual, canonicalJson, fromB64, labelledDigest } from "./encoding.ts";
 import { type Decision, type Evaluation, type ReproductionPolicy, evaluatePolicy, policyDigest, policyParties, validatePolicy } from "./policy.ts";
 import { ArbitratorRegistry, uncompressedPoint, type Arbitrator, type PublicKeyInput } from "./registry.ts";
 import { reproduce as reproduceFromShares } from "./reproduce.ts";
+import { boundTarget, checkSlotOnCard, checkTarget, targetAtFiling, TargetRefusal, type ReproductionTarget, type TargetCard, type TargetCheck } from "./target.ts";
 import { type EscrowRecord, type ReleasedShare, type ShareEnvelope, type ShareSlot, shareCommitment, splitSecret } from "./shares.ts";
 
 export type { RequestKind, RequestStatus } from "../store/recovery-repository.ts";
+export type { ReproductionTarget, TargetCard, TargetCheck } from "./target.ts";
 
 /** The AES-256 key escrowed private keys are wrapped under (usage wrap, never extractable). */
 export const ESCROW_KEK_LABEL = "recovery.escrow-kek";
@@ -135,17 +140,22 @@ export type ServiceCheck =
   /** A key rotation to a key the arbitrator used before. */
   | "key_reused"
   /** Another reproduction took the request over after this one's lease expired: this one stops. */
-  | "lease_lost";
+  | "lease_lost"
+  /** The card that would receive the key is not the approved one, not the user's, unfit, or its slot is taken (target.ts). */
+  | TargetCheck;
 
-export class RecoveryServiceError extends Error {
+/** The service's refusals; `details` are non-secret (ids, names, counts) for the audit log and the caller. */
+export class RecoveryServiceError extends CheckedRefusal<ServiceCheck> {
   override readonly name = "RecoveryServiceError";
-  constructor(
-    readonly check: ServiceCheck,
-    message: string,
-    /** Non-secret details for the audit log and the caller (ids, names, counts). */
-    readonly details: Readonly<Record<string, unknown>> = {},
-  ) {
-    super(`${check}: ${message}`);
+}
+
+/** Runs `fn`, turning a target's refusal (target.ts) into the service's refusal with the same check. */
+async function targetChecked<T>(fn: () => Promise<T> | T): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof TargetRefusal) throw new RecoveryServiceError(e.check, e.message.replace(/^[a-z_]+: /, ""), e.details);
+    throw e;
   }
 }
 
@@ -304,8 +314,12 @@ export interface EscrowView {
   createdAt: Date;
 }
 
-/** The request arbitrators sign over: the recovery module's request, with the kind of reproduction asked for. */
-export type ServiceRequest = ReproductionRequest & { kind: RequestKind };
+/**
+ * The request arbitrators sign over: the recovery module's request, with the kind of reproduction asked for and the
+ * card record that will receive the key (target.ts) — so an approval covers that card and no other. `target` is
+ * absent only from requests filed before it was signed.
+ */
+export type ServiceRequest = ReproductionRequest & { kind: RequestKind; target?: ReproductionTarget };
 
 export interface RequestView {
   requestId: string;
@@ -360,6 +374,8 @@ export interface ReproductionResult {
   slot: PivSlot;
   /** The certificate written back with the key (the original one). */
   serial: string;
+  /** The card record the key went into (the request's target). */
+  targetCardId: string;
   /** True for "card-destroyed": the registered device is now the target card. */
   deviceReplaced: boolean;
   deviceGeneration: number;
@@ -1303,18 +1319,49 @@ export class RecoveryService {
   /**
    * Step S5-S6: files a reproduction request for a card — "key-lost" (its key is gone, the same card comes back)
    * or "card-destroyed" (a new card will receive the key and become the registered device). A card has at most
-   * one unfinished request.
+   * one unfinished request. The request names the card record that will receive the key (`target`, what every
+   * approval signs over, target.ts): for key-lost the registered device's, for card-destroyed `replacementCardId` —
+   * required, and checked now: a card record of the escrowed key's user, active, not a registered device, nothing
+   * in the slot. Refusals are audited (recovery.request.file.refuse).
    */
-  async fileRequest(input: { cardId: string; kind: RequestKind; requester: string; reason?: string }, actor: string): Promise<RequestView> {
+  async fileRequest(input: { cardId: string; kind: RequestKind; requester: string; reason?: string; replacementCardId?: string }, actor: string): Promise<RequestView> {
     checkActor(actor);
-    if (!isObject(input)) throw new RecoveryServiceError("invalid_argument", "expected { cardId, kind, requester, reason? }");
+    const subject = isObject(input) && typeof input.cardId === "string" ? input.cardId : "unknown";
+    try {
+      return await this.file(input, actor);
+    } catch (e) {
+      if (isRecoveryRefusal(e))
+        await this.auditRefusal(actor, "recovery.request.file.refuse", subject, e, {
+          kind: isObject(input) && typeof input.kind === "string" ? input.kind.slice(0, 32) : null,
+          replacementCardId: isObject(input) && typeof input.replacementCardId === "string" ? input.replacementCardId.slice(0, 128) : null,
+        });
+      throw e;
+    }
+  }
+
+  private async file(input: { cardId: string; kind: RequestKind; requester: string; reason?: string; replacementCardId?: string }, actor: string): Promise<RequestView> {
+    if (!isObject(input)) throw new RecoveryServiceError("invalid_argument", "expected { cardId, kind, requester, reason?, replacementCardId? }");
     checkId(input.cardId, "card id");
     if (!KINDS.includes(input.kind)) throw new RecoveryServiceError("invalid_argument", `kind must be one of ${KINDS.join(", ")}`);
     if (typeof input.requester !== "string" || input.requester.length === 0 || input.requester.length > 128) throw new RecoveryServiceError("invalid_argument", "requester must be 1-128 characters");
     if (input.reason !== undefined && (typeof input.reason !== "string" || input.reason.length > MAX_REASON)) throw new RecoveryServiceError("invalid_argument", `reason must be at most ${MAX_REASON} characters`);
+    if (input.kind === "key-lost" && input.replacementCardId !== undefined)
+      throw new RecoveryServiceError("invalid_argument", "a key-lost request reproduces the key into the registered card itself: it names no replacement card");
+    if (input.kind === "card-destroyed") {
+      if (input.replacementCardId === undefined)
+        throw new RecoveryServiceError("invalid_argument", "a card-destroyed request names the replacement card (replacementCardId): the arbitrators approve the reproduction into that card only");
+      checkId(input.replacementCardId, "replacement card id");
+    }
     const escrow = await this.repo.escrowByCard(input.cardId);
     if (!escrow) throw new RecoveryServiceError("no_escrow", `card ${input.cardId} has no escrowed key`, { cardId: input.cardId });
     const now = this.now();
+    const device = await this.repo.device(input.cardId);
+    const target = await targetChecked(async () => {
+      const t = targetAtFiling(input.kind, escrow, device, input.replacementCardId);
+      // a replacement card is judged now (and again at the reproduction); the registered device at the reproduction
+      if (input.kind === "card-destroyed") await checkTarget(this.repo, { kind: input.kind, target: t, escrow, device, at: now.getTime() });
+      return t;
+    });
     const request: ServiceRequest = {
       format: "cardkms.recovery.request/1",
       requestId: newId(now.getTime()),
@@ -1324,6 +1371,7 @@ export class RecoveryService {
       requester: input.requester,
       filedAt: now.toISOString(),
       kind: input.kind,
+      target,
     };
     if (input.reason !== undefined) request.reason = input.reason;
     const registry = await this.registry(this.repo, []);
@@ -1359,7 +1407,7 @@ export class RecoveryService {
         actor,
         action: "recovery.request.file",
         subject: rec.requestId,
-        details: { cardId: rec.cardId, escrowId: rec.escrowId, kind: rec.kind, requester: request.requester, requestDigest: rec.requestDigest },
+        details: { cardId: rec.cardId, escrowId: rec.escrowId, kind: rec.kind, requester: request.requester, requestDigest: rec.requestDigest, target: { cardId: target.cardId, userId: target.userId } },
         at: rec.filedAt,
       });
     });
@@ -1703,12 +1751,16 @@ export class RecoveryService {
   // --- reproduction (S8-S9, FIG. 10) -------------------------------------------------------------------------------
 
   /**
-   * Steps S8 and S11 (FIG. 10): reproduces the key of a satisfied request into `target` — the registered card
-   * for "key-lost", a new card for "card-destroyed" (which then replaces the registered device) — and closes the
-   * request. Checks in order: the request (satisfied, approver list signed, not used), the target card's secret
-   * ID, the chain and shares (reproduce.ts), the unwrapped key against the registered public key inside custody;
-   * then writes key and certificate through SCP03 and destroys the key in custody. Every refusal is audited and
-   * leaves the request usable for another attempt (unless the card was written).
+   * Steps S8 and S11 (FIG. 10): reproduces the key of a satisfied request into the card at the terminal
+   * (`presented.transmit`) — the request's target (target.ts): the registered card for "key-lost", the replacement
+   * card the arbitrators approved for "card-destroyed" (which then replaces the registered device) — and closes the
+   * request. Checks in order: the request (satisfied, approver list signed, not used); the target card record (the
+   * one the request names — `presented.cardId`, when given, must be it —, the escrowed key's user's, active, nothing
+   * else in the slot), all before anything changes; the card, reached with the target card record's current key set
+   * (`presented.keySet`, when given, must be it): its secret ID; the chain and shares (reproduce.ts), the unwrapped
+   * key against the registered public key inside custody; the certificate in the card's slot (none, or that key's);
+   * then writes key and certificate through SCP03 and destroys the key in custody. Every refusal is audited and leaves the request
+   * usable for another attempt (unless the card was written).
    *
    * The lease. The request is claimed (satisfied -> reproducing) under a random claim id with a lease of
    * `reproductionLeaseMs`; the lease is renewed before every APDU sent to the card, and the claim is ended by its
@@ -1727,35 +1779,40 @@ export class RecoveryService {
    * and not before: a crash between the write and that record leaves a request that may be reproduced once more.
    * What such a second reproduction can do is what the first could: write the card holder's own key (checked
    * against the registered public key inside custody) into a card that passed the same checks — for "key-lost" the
-   * registered card itself (writing it again changes nothing), for "card-destroyed" a card that is neither the
-   * registered device nor any other record's device, reached through the issuer's SCP03 keys of the card record
-   * the operator named, under the same signed chain and approver list. Only the card of the reproduction that
+   * registered card itself (writing it again changes nothing), for "card-destroyed" the card of the replacement card
+   * record the arbitrators approved (neither the registered device nor any other record's device, reached through
+   * that card record's SCP03 keys), under the same signed chain and approver list. Only the card of the reproduction that
    * records "reproduced" becomes the registered device (FIG. 11-12), and that record is conditional on holding the
    * claim. A terminal that withholds APDUs and forwards them later is outside what any server-side state can
    * prevent; a refused attempt whose APDUs reached the card is the same case and was already possible.
    */
-  async reproduce(requestId: string, target: InsertedCard, actor: string): Promise<ReproductionResult> {
+  async reproduce(requestId: string, presented: TargetCard, actor: string): Promise<ReproductionResult> {
     checkActor(actor);
     let claim: string | undefined;
     let written = false;
     let leftover: string | undefined;
     try {
-      if (!target || typeof target.transmit !== "function" || !target.keySet) throw new RecoveryServiceError("invalid_argument", "the target card must give transmit and its key set reference");
+      if (!isObject(presented) || typeof presented.transmit !== "function") throw new RecoveryServiceError("invalid_argument", "the target card must give transmit");
+      if (presented.cardId !== undefined) checkId(presented.cardId, "target card id");
       const at = this.at();
       const mine = { claim: randomUUID(), by: actor, at, leaseUntil: at + this.leaseMs };
-      // Claim the request: of concurrent reproductions one proceeds; a request whose holder's lease passed is taken over.
+      let target!: ReproductionTarget;
+      let keySet!: KeySetRef;
+      // Claim the request: of concurrent reproductions one proceeds; a request whose holder's lease passed is taken
+      // over. The target is judged first, inside the same transaction: a refused target changes nothing.
       await this.repo.transaction(async (repo, trx) => {
         const rec = await repo.request(requestId);
         if (!rec) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
-        if (rec.status === "reproducing") {
-          this.requireLeaseOver(rec, at);
-          if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
+        const takeover = rec.status === "reproducing";
+        if (takeover) this.requireLeaseOver(rec, at);
+        else this.requireSatisfied(rec);
+        if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
+        ({ target, keySet } = await this.targetOf(repo, rec, presented, at));
+        if (takeover) {
           if (!(await repo.claimReproduction(requestId, mine, rec.reproductionClaim ?? null))) throw new RecoveryServiceError("request_closed", `request ${requestId} was taken over meanwhile`, { requestId, status: "reproducing" });
           await appendAudit(trx, { actor, action: "recovery.reproduce.takeover", subject: requestId, details: { cardId: rec.cardId, ...RecoveryService.previousClaim(rec), leaseUntil: mine.leaseUntil }, at });
           return;
         }
-        this.requireSatisfied(rec);
-        if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
         if (!(await repo.claimReproduction(requestId, mine))) throw new RecoveryServiceError("request_closed", `request ${requestId} is being reproduced`, { requestId, status: "reproducing" });
       });
       claim = mine.claim;
@@ -1764,11 +1821,12 @@ export class RecoveryService {
         if (!(await this.repo.renewReproduction(requestId, mine.claim, this.at() + this.leaseMs)))
           throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over by another reproduction after this one's lease passed: this one stops`, { requestId });
       };
+      // the card is reached with the target card record's own keys, whatever the caller holds
       const card: InsertedCard = {
-        ...target,
+        keySet,
         transmit: async (apdu) => {
           await hold();
-          return target.transmit(apdu);
+          return presented.transmit(apdu);
         },
       };
       const rows = await this.repo.approvals(requestId);
@@ -1839,6 +1897,13 @@ export class RecoveryService {
         }
         const failed = await keyCheckInCustody(this.custody, label, alg, escrowRow.publicKey);
         if (failed) throw new RecoveryError("key_check_failed", `the reproduced key of card ${rec.cardId} fails the ${failed} check against its registered public key`, { requestId, cardId: rec.cardId, failed });
+        // nothing else in the slot, as the card itself says (under R-MAC: the terminal cannot hide a certificate)
+        try {
+          await targetChecked(() => checkSlotOnCard(this.custody, card, escrowRow.slot as PivSlot, escrowRow.publicKey, { requestId, target: target.cardId }));
+        } catch (err) {
+          if (isRecoveryRefusal(err)) throw err;
+          throw new RecoveryServiceError("device_unreadable", `the target card's slot ${escrowRow.slot} could not be read through the secure channel (${(err as Error).message})`, { requestId });
+        }
         try {
           await writeKeyIntoCard(this.custody, card, { label, slot: escrowRow.slot as PivSlot, alg, certificate: escrowRow.certificate });
         } catch (err) {
@@ -1860,13 +1925,13 @@ export class RecoveryService {
       const generation = rec.kind === "card-destroyed" ? device.generation + 1 : device.generation;
       await this.repo.transaction(async (repo, trx) => {
         if (rec.kind === "card-destroyed") {
-          if (!(await repo.replaceDevice(rec.cardId, device.secretIdDigest, { secretIdDigest: digest, keySet: JSON.stringify(target.keySet), registeredAt: done })))
+          if (!(await repo.replaceDevice(rec.cardId, device.secretIdDigest, { secretIdDigest: digest, keySet: JSON.stringify(keySet), registeredAt: done, cardRecordId: target.cardId })))
             throw new RecoveryServiceError("device_mismatch", `card ${rec.cardId}'s registered device changed during the reproduction`, { requestId });
           await appendAudit(trx, {
             actor,
             action: "recovery.device.replace",
             subject: rec.cardId,
-            details: { requestId, generation, from: keySetSummary(JSON.parse(device.keySet) as KeySetRef), to: keySetSummary(target.keySet) },
+            details: { requestId, generation, from: keySetSummary(JSON.parse(device.keySet) as KeySetRef), to: keySetSummary(keySet), fromCard: device.cardRecordId ?? null, toCard: target.cardId },
             at: done,
           });
         }
@@ -1889,7 +1954,8 @@ export class RecoveryService {
             serial: escrowRow.serial,
             publicKeySha256: escrowRow.publicKeySha256,
             deviceGeneration: generation,
-            target: keySetSummary(target.keySet),
+            target: keySetSummary(keySet),
+            targetCardId: target.cardId,
           },
           at: done,
         });
@@ -1903,6 +1969,7 @@ export class RecoveryService {
         chainHead: reproduced.chainHead,
         slot: escrowRow.slot as PivSlot,
         serial: escrowRow.serial,
+        targetCardId: target.cardId,
         deviceReplaced: rec.kind === "card-destroyed",
         deviceGeneration: generation,
       };
@@ -1913,9 +1980,26 @@ export class RecoveryService {
       if (claim !== undefined && !written) {
         await this.repo.endReproduction(requestId, claim, "satisfied", this.at(), { statusDetail: `last reproduction attempt refused: ${check}` }).catch(() => false);
       }
-      await this.auditRefusal(actor, "recovery.reproduce.refuse", requestId, err, { written, ...(leftover ? { keyLeftInCustody: leftover } : {}) });
+      const presentedCard = isObject(presented) && typeof presented.cardId === "string" ? presented.cardId.slice(0, 128) : null;
+      await this.auditRefusal(actor, "recovery.reproduce.refuse", requestId, err, { written, presentedCard, ...(leftover ? { keyLeftInCustody: leftover } : {}) });
       throw err;
     }
+  }
+
+  /**
+   * The card record a request's key goes into and the key set that reaches its card (target.ts), checked against
+   * what the caller presents; read-only, refusals named.
+   */
+  private async targetOf(repo: SqlRecoveryRepository, rec: RequestRecord, presented: TargetCard, at: number): Promise<{ target: ReproductionTarget; keySet: KeySetRef }> {
+    const escrow = await repo.escrow(rec.escrowId);
+    if (!escrow) throw new RecoveryServiceError("not_found", `escrow ${rec.escrowId} of request ${rec.requestId} is gone`, { requestId: rec.requestId });
+    const device = await repo.device(rec.cardId);
+    const request = JSON.parse(rec.request) as ServiceRequest;
+    return targetChecked(async () => {
+      const target = boundTarget({ requestId: rec.requestId, kind: rec.kind, target: request.target }, escrow, device);
+      const keySet = await checkTarget(repo, { kind: rec.kind, target, escrow, device, at, presented: { cardId: presented.cardId, keySet: presented.keySet } });
+      return { target, keySet };
+    });
   }
 
   /** Refuses (request_closed) while the request's reproduction lease is live. */

@@ -2,7 +2,9 @@
 // requests and chains of signed decisions. Test-only: the arbitrators' private keys live here, in one process.
 
 import { type KeyObject, generateKeyPairSync, randomBytes } from "node:crypto";
-import type { KeyCustody } from "../custody/custody.ts";
+import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
+import type { CardStatus, Db } from "../store/db.ts";
+import { Store } from "../store/store.ts";
 import { ArbitratorRegistry } from "./registry.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { type Approval, type ReproductionRequest, signApproval } from "./approvals.ts";
@@ -101,4 +103,19 @@ export async function escrowWithoutCard(
     "keygen-device",
   );
   return { escrowId, secretId };
+}
+
+/**
+ * An issuer card record for the reproduction tests that run without the issuer: user `userId` (created when
+ * missing), card `cardId` issued to it (active by default, valid 2000-2100), its current key set `keySet` — the
+ * one its card is reached with. A reproduction writes only into such a record's card (target.ts).
+ */
+export async function registerCardRecord(db: Db, o: { cardId: string; userId: string; keySet?: KeySetRef; status?: CardStatus }): Promise<KeySetRef> {
+  const store = new Store(db);
+  if (!(await store.getUser(o.userId))) await store.createUser({ id: o.userId, personalData: { commonName: o.userId } });
+  const validity = { validFrom: Date.UTC(2000, 0, 1), validUntil: Date.UTC(2100, 0, 1) };
+  await store.registerCard({ id: o.cardId, userId: o.userId, status: o.status ?? "active", ...validity });
+  const keySet: KeySetRef = o.keySet ?? { kind: "derived", master: "card-master", cardId: randomBytes(8).toString("hex"), kvn: 1 };
+  await store.addKeySet({ cardId: o.cardId, kvn: keySet.kvn, version: 1, custodyRef: JSON.stringify(keySet), makeCurrent: true, ...validity });
+  return keySet;
 }

@@ -193,7 +193,7 @@ describe("CA routes over HTTP", () => {
     const q = await problem(await post("/ca/revoke", { serial: "0badc0de", reason: "superseded" }, OPERATOR), 404);
     assert.equal(q.check, "unknown-serial");
     // through the server's one error handler: counted like every other error
-    const metrics = await (await fetch(url + "/metrics")).text();
+    const metrics = await (await fetch(url + "/metrics", { headers: { authorization: `Bearer ${AUDITOR}` } })).text();
     assert.match(metrics, /cardkms_http_errors_total\{status="422"\} [1-9]/);
     assert.match(metrics, /cardkms_http_errors_total\{status="404"\} [1-9]/);
   });

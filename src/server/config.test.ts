@@ -47,3 +47,43 @@ test("insecure.publicTransportKeys: off by default, on only by name (file or CAR
   writeFileSync(f, JSON.stringify({ insecure: { publicTransportKeys: "on" } }));
   assert.throws(() => loadConfig({ file: f, env: {} }), /\/insecure\/publicTransportKeys must be boolean/);
 });
+
+test("issue 9: limits, metrics access and the webhook allow-list: defaults, file, environment, validated", () => {
+  const d = loadConfig({ env: {} });
+  assert.equal(d.metrics.access, "token", "/metrics needs an auditor token by default");
+  assert.deepEqual(d.webhooks.allowAddresses, [], "no internal address is allowed by default");
+  assert.equal(d.limits.rateLimitMax, 300);
+  const c = loadConfig({
+    env: {
+      CARDKMS_RATE_LIMIT_MAX: "50",
+      CARDKMS_HANDSHAKES_PER_CARD: "8",
+      CARDKMS_TERMINAL_TOKENS_PER_CARD: "2",
+      CARDKMS_METRICS_ACCESS: "loopback",
+      CARDKMS_METRICS_PORT: "9100",
+      CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "127.0.0.1/32, 10.20.0.0/16,fd12::/16",
+    },
+  });
+  assert.deepEqual([c.limits.rateLimitMax, c.limits.handshakesPerCard, c.limits.terminalTokensPerCard, c.limits.rateLimitWindowSeconds], [50, 8, 2, 60]);
+  assert.deepEqual(c.metrics, { access: "loopback", host: "127.0.0.1", port: 9100 });
+  assert.deepEqual(c.webhooks.allowAddresses, ["127.0.0.1/32", "10.20.0.0/16", "fd12::/16"]);
+  const f = join(dir, "limits.json");
+  writeFileSync(f, JSON.stringify({ limits: { handshakesPerCardClient: 2 }, metrics: { access: "loopback", host: "::1" } }));
+  const fromFile = loadConfig({ file: f, env: {} });
+  assert.equal(fromFile.limits.handshakesPerCardClient, 2);
+  assert.equal(fromFile.limits.handshakesPerCard, 16, "the other limits keep their defaults");
+  assert.equal(fromFile.metrics.host, "::1");
+  try {
+    loadConfig({ env: { CARDKMS_RATE_LIMIT_MAX: "0", CARDKMS_METRICS_ACCESS: "public" } });
+    assert.fail("expected ConfigError");
+  } catch (e) {
+    assert.ok(e instanceof ConfigError);
+    assert.match(e.problems.join("\n"), /\/limits\/rateLimitMax must be >= 1 \(from CARDKMS_RATE_LIMIT_MAX\)/);
+    assert.match(e.problems.join("\n"), /\/metrics\/access must be equal to one of the allowed values \(from CARDKMS_METRICS_ACCESS\)/);
+  }
+  assert.throws(
+    () => loadConfig({ env: { CARDKMS_METRICS_ACCESS: "loopback", CARDKMS_METRICS_HOST: "0.0.0.0" } }),
+    /\/metrics\/host "0\.0\.0\.0": .*loopback address only .*\(from CARDKMS_METRICS_HOST\)/,
+  );
+  assert.throws(() => loadConfig({ env: { CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "127.0.0.1/32,intranet" } }), /\/webhooks\/allowAddresses\/1 "intranet": not an IP address or CIDR range .*\(from CARDKMS_WEBHOOK_ALLOW_ADDRESSES\)/);
+  assert.throws(() => loadConfig({ env: { CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "10.0.0.0/33" } }), /not an IP address or CIDR range/);
+});

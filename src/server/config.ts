@@ -3,6 +3,7 @@
 
 import { readFileSync } from "node:fs";
 import { Ajv } from "ajv";
+import { parseCidr } from "../issuer/webhook-addresses.ts";
 
 export interface IssuerConfig {
   listen: { host: string; port: number };
@@ -21,7 +22,11 @@ export interface IssuerConfig {
         acceptOpenPaths?: string[];
       };
   ca: { mode: "local"; subject: string } | { mode: "remote"; url: string };
-  /** URL put in certificates' CRL distribution points. */
+  /**
+   * URL put in certificates' CRL distribution points; the server serves the CRL at its path too (besides /v1/crl and
+   * /v1/ca/crl) and refuses to start when it cannot (src/server/crl-url.ts). Set it to where relying parties reach
+   * this server, e.g. http://pki.example.org/crl behind a proxy (CRLs are signed: plain http is usual), or http://127.0.0.1:<listen port>/crl.
+   */
   crlUrl: string;
   validity: { cardDays: number; keySetDays: number; certificateDays: number };
   expiry: { windowDays: number; scanIntervalSeconds: number };
@@ -34,6 +39,40 @@ export interface IssuerConfig {
    * reads card keys by derivation; issue 17 §1) — the report is still logged, as a warning.
    */
   insecure: { publicTransportKeys: boolean; developmentToken: boolean };
+  /**
+   * What keeps one client, card or principal from denying the service to the others (issue 9 §2-3).
+   * rateLimitMax requests per rateLimitWindowSeconds from one client address (IPv6: its /64) to each public route
+   * (card login, CRL, health, OpenAPI); publicBodyBytes: the largest body a public route accepts. Pending card-login
+   * handshakes: handshakesPerCard of one card and handshakesPerCardClient of one card from one client address (a new
+   * one retires the oldest), handshakesMax in all (the oldest retired when full). Terminal tokens:
+   * terminalTokensPerCard of one card (a new one retires the oldest), terminalTokensMax in all (then 429). Relay
+   * sessions (personalisation, delivery, rotation) and live relay sessions (key generation, reproduction): at most
+   * relaySessionsPerPrincipal and liveRelaySessionsPerPrincipal open for one token's principal (then 429).
+   */
+  limits: {
+    rateLimitMax: number;
+    rateLimitWindowSeconds: number;
+    publicBodyBytes: number;
+    handshakesPerCard: number;
+    handshakesPerCardClient: number;
+    handshakesMax: number;
+    terminalTokensPerCard: number;
+    terminalTokensMax: number;
+    relaySessionsPerPrincipal: number;
+    liveRelaySessionsPerPrincipal: number;
+  };
+  /**
+   * Who reads the metrics. access "token" (default): GET /metrics on the API, for auditor (or admin) tokens only.
+   * "loopback": not on the API; served without a token on a listener of its own at host:port, which must be a
+   * loopback address (127.0.0.0/8, ::1, localhost).
+   */
+  metrics: { access: "token" | "loopback"; host: string; port: number };
+  /**
+   * Where webhooks may point: loopback, private, link-local, CGNAT, unspecified, multicast, reserved and cloud metadata
+   * addresses are refused (at registration and at each send, on the resolved address) unless a range of
+   * allowAddresses ("127.0.0.1/32", "10.20.0.0/16", "fd12::/16") contains them.
+   */
+  webhooks: { allowAddresses: string[] };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -46,12 +85,28 @@ export const DEFAULT_CONFIG: IssuerConfig = {
   expiry: { windowDays: 30, scanIntervalSeconds: 3600 },
   logLevel: "info",
   insecure: { publicTransportKeys: false, developmentToken: false },
+  limits: {
+    rateLimitMax: 300,
+    rateLimitWindowSeconds: 60,
+    publicBodyBytes: 16_384,
+    handshakesPerCard: 16,
+    handshakesPerCardClient: 4,
+    handshakesMax: 10_000,
+    terminalTokensPerCard: 4,
+    terminalTokensMax: 10_000,
+    relaySessionsPerPrincipal: 32,
+    liveRelaySessionsPerPrincipal: 8,
+  },
+  metrics: { access: "token", host: "127.0.0.1", port: 9464 },
+  webhooks: { allowAddresses: [] },
 };
+
+const count = (min: number, max: number) => ({ type: "integer", minimum: min, maximum: max }) as const;
 
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure"],
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks"],
   properties: {
     listen: {
       type: "object",
@@ -106,6 +161,35 @@ const schema = {
       required: ["publicTransportKeys", "developmentToken"],
       properties: { publicTransportKeys: { type: "boolean" }, developmentToken: { type: "boolean" } },
     },
+    limits: {
+      type: "object",
+      additionalProperties: false,
+      required: Object.keys(DEFAULT_CONFIG.limits),
+      properties: {
+        rateLimitMax: count(1, 1_000_000),
+        rateLimitWindowSeconds: count(1, 86_400),
+        publicBodyBytes: count(256, 1 << 20),
+        handshakesPerCard: count(1, 1000),
+        handshakesPerCardClient: count(1, 1000),
+        handshakesMax: count(1, 1_000_000),
+        terminalTokensPerCard: count(1, 1000),
+        terminalTokensMax: count(1, 1_000_000),
+        relaySessionsPerPrincipal: count(1, 100_000),
+        liveRelaySessionsPerPrincipal: count(1, 10_000),
+      },
+    },
+    metrics: {
+      type: "object",
+      additionalProperties: false,
+      required: ["access", "host", "port"],
+      properties: { access: { enum: ["token", "loopback"] }, host: { type: "string", minLength: 1 }, port: { type: "integer", minimum: 0, maximum: 65535 } },
+    },
+    webhooks: {
+      type: "object",
+      additionalProperties: false,
+      required: ["allowAddresses"],
+      properties: { allowAddresses: { type: "array", maxItems: 256, items: { type: "string", minLength: 2, maxLength: 64 } } },
+    },
   },
 } as const;
 
@@ -132,6 +216,20 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_LOG_LEVEL: { path: ["logLevel"], type: "string" },
   CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: { path: ["insecure", "publicTransportKeys"], type: "boolean" },
   CARDKMS_INSECURE_DEVELOPMENT_TOKEN: { path: ["insecure", "developmentToken"], type: "boolean" },
+  CARDKMS_RATE_LIMIT_MAX: { path: ["limits", "rateLimitMax"], type: "integer" },
+  CARDKMS_RATE_LIMIT_WINDOW_SECONDS: { path: ["limits", "rateLimitWindowSeconds"], type: "integer" },
+  CARDKMS_PUBLIC_BODY_BYTES: { path: ["limits", "publicBodyBytes"], type: "integer" },
+  CARDKMS_HANDSHAKES_PER_CARD: { path: ["limits", "handshakesPerCard"], type: "integer" },
+  CARDKMS_HANDSHAKES_PER_CARD_CLIENT: { path: ["limits", "handshakesPerCardClient"], type: "integer" },
+  CARDKMS_HANDSHAKES_MAX: { path: ["limits", "handshakesMax"], type: "integer" },
+  CARDKMS_TERMINAL_TOKENS_PER_CARD: { path: ["limits", "terminalTokensPerCard"], type: "integer" },
+  CARDKMS_TERMINAL_TOKENS_MAX: { path: ["limits", "terminalTokensMax"], type: "integer" },
+  CARDKMS_RELAY_SESSIONS_PER_PRINCIPAL: { path: ["limits", "relaySessionsPerPrincipal"], type: "integer" },
+  CARDKMS_LIVE_RELAY_SESSIONS_PER_PRINCIPAL: { path: ["limits", "liveRelaySessionsPerPrincipal"], type: "integer" },
+  CARDKMS_METRICS_ACCESS: { path: ["metrics", "access"], type: "string" },
+  CARDKMS_METRICS_HOST: { path: ["metrics", "host"], type: "string" },
+  CARDKMS_METRICS_PORT: { path: ["metrics", "port"], type: "integer" },
+  CARDKMS_WEBHOOK_ALLOW_ADDRESSES: { path: ["webhooks", "allowAddresses"], type: "list" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {
@@ -193,6 +291,27 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
       problems.push(`${where} ${e.message}${extra}${from ? ` (from ${from})` : ""}`);
     }
   }
+  if (problems.length === 0) problems.push(...semanticProblems(cfg as unknown as IssuerConfig, sources));
   if (problems.length) throw new ConfigError([...new Set(problems)]);
   return cfg as unknown as IssuerConfig;
+}
+
+/** Addresses a listener that answers without a token may bind: the loopback ones (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/.test(host);
+}
+
+/** What the schema cannot say: a metrics listener off loopback, an allow-list entry that is no address range. */
+function semanticProblems(c: IssuerConfig, sources: Map<string, string>): string[] {
+  const from = (path: string) => {
+    const s = [...sources].find(([p]) => path.startsWith(p))?.[1];
+    return s ? ` (from ${s})` : "";
+  };
+  const problems: string[] = [];
+  if (c.metrics.access === "loopback" && !isLoopbackHost(c.metrics.host))
+    problems.push(`/metrics/host ${JSON.stringify(c.metrics.host)}: the metrics listener serves without a token, so it binds a loopback address only (127.0.0.1, ::1, localhost)${from("/metrics/host")}`);
+  c.webhooks.allowAddresses.forEach((a, i) => {
+    if (!parseCidr(a)) problems.push(`/webhooks/allowAddresses/${i} ${JSON.stringify(a)}: not an IP address or CIDR range (e.g. 127.0.0.1/32, 10.20.0.0/16, fd12::/16)${from("/webhooks/allowAddresses")}`);
+  });
+  return problems;
 }

@@ -8,6 +8,7 @@ import type { FastifyInstance } from "fastify";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import { Store } from "../store/store.ts";
 import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
 import { WebhookSecrets } from "../issuer/webhooks.ts";
 import { buildServer } from "./app.ts";
 import { installAuth, newToken, type Principal } from "./auth.ts";
@@ -35,7 +36,9 @@ for (const engine of testEngines()) {
       store = new Store(t.db, { now: () => NOW });
       ({ app } = await buildServer());
       installAuth(app, async (h) => principals.get(h));
-      await app.register(eventRoutes, { store, secrets: new WebhookSecrets(randomBytes(32)), validity: { windowDays: 30 } });
+      // Webhook hosts resolve through an injected resolver (no real DNS): every name to a public address.
+      const addresses = new WebhookAddressPolicy({ resolve: async () => [{ address: "93.184.215.14", family: 4 }] });
+      await app.register(eventRoutes, { store, secrets: new WebhookSecrets(randomBytes(32)), addresses, validity: { windowDays: 30 } });
       await app.ready();
     });
     after(async () => {
@@ -102,6 +105,14 @@ for (const engine of testEngines()) {
       // Past the schema, the domain's URL checks still answer 400, not 500.
       const creds = problem(await call("POST", "/webhooks", op.token, { url: "https://u:p@a.example/h", eventTypes: ["*"] }), 400);
       assert.match(creds.type, /invalid-webhook$/);
+      // Issue 9 §7: a URL to the service's own networks is a clear 400 naming the range, and nothing is registered.
+      const before = ((await call("GET", "/webhooks", op.token)).json() as { webhooks: unknown[] }).webhooks.length;
+      for (const [url, why] of [["http://127.0.0.1:8080/h", /loopback address \(127\.0\.0\.0\/8\)/], ["http://169.254.169.254/latest/meta-data/", /cloud metadata/], ["http://[fd00::1]/h", /private/]] as const) {
+        const p = problem(await call("POST", "/webhooks", op.token, { url, eventTypes: ["*"] }), 400) as { type: string; detail?: string };
+        assert.match(p.type, /invalid-webhook$/);
+        assert.match(String(p.detail), why);
+      }
+      assert.equal(((await call("GET", "/webhooks", op.token)).json() as { webhooks: unknown[] }).webhooks.length, before);
       problem(await app.inject({ method: "POST", url: "/webhooks", headers: { authorization: `Bearer ${op.token}`, "content-type": "application/json" }, payload: "{nope" }), 400);
 
       assert.equal((await call("DELETE", `/webhooks/${w.id}`, op.token)).statusCode, 204);

@@ -11,6 +11,7 @@ import { appendAudit } from "../store/audit.ts";
 import type { RotationStatus, RotationStrategy } from "../store/db.ts";
 import { StoreError, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
+import type { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
 import { EVENT_TYPE_PATTERN, MAX_EVENT_TYPES, MAX_WEBHOOK_URL, registerWebhook, WebhookError, type WebhookSecrets } from "../issuer/webhooks.ts";
 import { ApiProblem, conflict, notFound } from "./problem.ts";
 import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
@@ -18,6 +19,8 @@ import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
 export interface EventRoutesOptions {
   store: Store;
   secrets: WebhookSecrets;
+  /** Where webhooks may point (default: no loopback, private, link-local or metadata address; webhook-addresses.ts). */
+  addresses?: WebhookAddressPolicy;
   validity: {
     windowDays: number;
     strategy?: RotationStrategy;
@@ -108,7 +111,8 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     {
       config: { roles: ["operator"] },
       schema: {
-        summary: "Register a webhook; the response carries its signing secret, shown only this once",
+        summary:
+          "Register a webhook; the response carries its signing secret, shown only this once. A URL whose host is (or resolves to) a loopback, private, link-local or metadata address is refused (400) unless the server's webhooks.allowAddresses permits it",
         body: {
           type: "object",
           additionalProperties: false,
@@ -126,7 +130,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
     async (req, reply) => {
       try {
-        const { webhook, secret } = await registerWebhook(store, secrets, req.body);
+        const { webhook, secret } = await registerWebhook(store, secrets, req.body, o.addresses);
         return reply.code(201).send({ ...webhookOut(webhook), secret });
       } catch (e) {
         if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-webhook", "Invalid webhook", e.message);

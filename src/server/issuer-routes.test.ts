@@ -117,7 +117,7 @@ for (const engine of testEngines()) {
       expect(await get(`/v1/cards/${cardId}`, term), 403);
 
       // metrics count the acts
-      const metrics = (await get("/metrics")).body;
+      const metrics = (await get("/metrics", aud)).body;
       assert.match(metrics, /cardkms_deliveries_total\{path="package"\} 1/);
       assert.match(metrics, /cardkms_deliveries_total\{path="online"\} 1/);
       assert.match(metrics, /cardkms_revocations_total 1/);

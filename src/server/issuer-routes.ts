@@ -7,17 +7,18 @@
 // Never in a response: a key value, a custody reference, Sk[PRk] or a token. Register after `installAuth`:
 //   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
 
-import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import { CaRefusal } from "../ca/checks.ts";
 import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
-import { InvalidSubjectError, validateSubject } from "../ca/name.ts";
+import { InvalidSubjectError } from "../ca/name.ts";
 import { toPem } from "../ca/pem.ts";
 import type { KeyAlg } from "../card/state.ts";
-import { Issuer, IssuerError, subjectFrom } from "../issuer/issuer.ts";
+import { Issuer, IssuerError } from "../issuer/issuer.ts";
 import { RelaySession } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import { StoreError, type Card, type JsonValue, type User } from "../store/store.ts";
 import { requireCardAccess, type Principal } from "./auth.ts";
+import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
 import { ApiProblem } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
@@ -148,6 +149,28 @@ const cardOut = (c: Card) => ({
   updatedAt: c.updatedAt,
 });
 
+const crlRoute = (summary: string) =>
+  ({
+    schema: {
+      summary,
+      produces: ["application/pkix-crl"],
+      response: { 200: { description: "DER CRL (RFC 5280)", type: "string", format: "binary" }, ...problems },
+    },
+  }) as const;
+const crlHandler = (issuer: Issuer) => async (_req: FastifyRequest, reply: FastifyReply) =>
+  domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl())));
+
+/**
+ * Serves the CRL also at `path`, the path of the distribution point the CA writes into certificates (config crlUrl,
+ * crl-url.ts), on the root app: public like /v1/crl. The API's own CRL paths are served already; any other route
+ * of the server at that path is refused by name, so the server does not start with certificates pointing at it.
+ */
+export function serveCrlAt(app: FastifyInstance, path: string, issuer: Issuer): void {
+  if (API_CRL_PATHS.includes(path)) return;
+  if (app.hasRoute({ method: "GET", url: path })) throw new CrlUrlError(`crlUrl: its path ${path} is already the server's route GET ${path}; choose another, such as /crl or /v1/crl`);
+  app.get(path, crlRoute("The CA's current CRL at the distribution point its certificates name (config crlUrl)"), crlHandler(issuer));
+}
+
 export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app, o) => {
   const { issuer, relays } = o;
   const store = issuer.store;
@@ -165,11 +188,9 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
       },
     },
     async (req, reply) =>
-      domain(async () => {
-        // Refused now rather than at the first certificate request: the data must make a valid subject.
-        validateSubject(subjectFrom(req.body.personalData, "0000000000000000"));
-        return reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name)));
-      }),
+      // Refused now rather than at the first certificate request (Issuer.registerUser): the data must make a valid
+      // subject as it is, so the record and every certificate say the same thing; a 422 names the field.
+      domain(async () => reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name)))),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -396,17 +417,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
       }),
   );
 
-  app.get(
-    "/crl",
-    {
-      schema: {
-        summary: "The CA's current CRL (DER, application/pkix-crl)",
-        produces: ["application/pkix-crl"],
-        response: { 200: { description: "DER CRL (RFC 5280)", type: "string", format: "binary" }, ...problems },
-      },
-    },
-    async (_req, reply) => domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl()))),
-  );
+  app.get("/crl", crlRoute("The CA's current CRL (DER, application/pkix-crl)"), crlHandler(issuer));
 
   // ---- audit (hash-chained; verify finds any altered or removed entry) -----------------------------------------
 

@@ -25,7 +25,7 @@
 import type { FastifyPluginAsync } from "fastify";
 import type { CaClient } from "../ca/client.ts";
 import { toPem } from "../ca/pem.ts";
-import { SUBJECT_FIELDS, type SubjectName } from "../ca/name.ts";
+import { SUBJECT_FIELDS, validateSubject, type SubjectName } from "../ca/name.ts";
 import type { KeyPairAlg } from "../custody/custody.ts";
 import { inCustody } from "../issuer/card-keys.ts";
 import type { Issuer } from "../issuer/issuer.ts";
@@ -175,6 +175,8 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
     async (req, reply) =>
       domain(async () => {
         try {
+          // the entry must be certifiable as it is (name.ts), before any lookup or key: a 422 naming the field
+          validateSubject(req.body.personalData, "personalData");
           const actor = principalOf(req).name;
           const card = await issuer.card(req.params.id);
           if (card.status !== "active") throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is ${card.status}, not active`);

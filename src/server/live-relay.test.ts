@@ -88,3 +88,18 @@ test("close refuses every parked APDU and waits for the operations to end", asyn
   assert.equal(cleaned, true);
   await assert.rejects(lives.open("olga", async () => "x"), status(503));
 });
+
+test("issue 9 §2: one principal holds at most perOwner live sessions (429, nothing runs); another still opens one", async () => {
+  const lives = new LiveRelaySessions<number[]>({ max: 100, perOwner: 2 });
+  await lives.open("olga", echo);
+  await lives.open("olga", echo);
+  let ran = false;
+  await assert.rejects(
+    lives.open("olga", async (t) => ((ran = true), echo(t))),
+    (e) => status(429)(e) && /per principal/.test((e as Error).message),
+  );
+  assert.equal(ran, false, "the refused operation never started");
+  await lives.open("ada", echo);
+  assert.equal(lives.size, 3);
+  await lives.close();
+});

@@ -10,7 +10,8 @@
 //
 // Bounded in time and count (TtlMap): a session expires `ttlMs` after it was opened (default 5 min) — then, and
 // when the server closes, the parked APDU is refused so that the operation fails and cleans up (reproduce puts
-// its request back to "satisfied") — and at most `max` are open at once (default 100; beyond that 429). A
+// its request back to "satisfied") — at most `max` are open at once (default 100) and at most `perOwner` per
+// principal (default 8), so that one operator cannot take every place; beyond either, 429 and nothing runs. A
 // session belongs to the principal that opened it (403 for anyone else) and processes one round at a time (409).
 //
 // Never logged or returned here: the APDUs and responses themselves travel only between the operation and the
@@ -98,16 +99,23 @@ class LiveSession<T> {
   }
 }
 
+export interface LiveRelayOptions extends Partial<TtlMapOptions> {
+  /** Most sessions one principal holds open at once (default 8). */
+  perOwner?: number;
+}
+
 export class LiveRelaySessions<T> {
   readonly #sessions: TtlMap<LiveSession<T>>;
   /** Every session not yet finished, for expiry and close (TtlMap forgets expired entries silently). */
   readonly #live = new Map<string, { session: LiveSession<T>; timer: NodeJS.Timeout }>();
   readonly #ttlMs: number;
+  readonly #perOwner: number;
   #closing = false;
 
-  constructor(o: Partial<TtlMapOptions> = {}) {
+  constructor(o: LiveRelayOptions = {}) {
     this.#ttlMs = o.ttlMs ?? 5 * 60_000;
     this.#sessions = new TtlMap({ ttlMs: this.#ttlMs, max: o.max ?? 100, now: o.now });
+    this.#perOwner = o.perOwner ?? 8;
   }
 
   /** Sessions open now. */
@@ -124,7 +132,7 @@ export class LiveRelaySessions<T> {
     if (this.#closing) throw new ApiProblem(503, "closing", "Server closing", "the server is shutting down");
     // The place is taken before the operation starts: a full table refuses with 429 and nothing runs.
     const session = new LiveSession<T>(owner);
-    const { id } = this.#sessions.add(session, "live relay");
+    const { id } = this.#sessions.add(session, "live relay", { groups: [{ name: "principal", key: owner, max: this.#perOwner, whenFull: "refuse" }] });
     session.start(run);
     const timer = setTimeout(() => this.#end(id, "the live relay session expired before the card answered"), this.#ttlMs);
     timer.unref();

@@ -12,6 +12,9 @@
 //             custody, its registry in the DB, certifying through a CertificationCenter over the local CA whose
 //             registrations are the user records): keygen-routes.ts
 //   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
+//   Limits    config.limits (issue 9 §2-3): public routes rate-limited per client address with small bodies; card
+//             logins, terminal tokens and relay sessions bounded per card and per principal; /metrics for auditor
+//             tokens, or on a loopback listener (config.metrics); webhooks kept off internal addresses (config.webhooks)
 //   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
 //             custody and the DB.
@@ -39,22 +42,25 @@ import { UserRegistrations } from "../keygen/registrations.ts";
 import { RecoveryService } from "../recovery/service.ts";
 import { CardRotation } from "../issuer/rotation.ts";
 import { ValidityScheduler } from "../issuer/validity.ts";
+import { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
 import { WebhookDispatcher, WebhookSecrets } from "../issuer/webhooks.ts";
 import { BackupRepository } from "../store/backup-repository.ts";
 import { SqlCaRepository } from "../store/ca-repository.ts";
 import { SqlIssuedKeyRegistry } from "../store/keygen-registry.ts";
-import { engineForUrl, sqlitePath, type Db } from "../store/db.ts";
+import { engineForUrl, looseSqliteFiles, sqlitePath, type Db } from "../store/db.ts";
 import { Store, type Operator } from "../store/store.ts";
 import { buildServer, REDACT } from "./app.ts";
 import { anyOf, cachedLookup, installAuth, newToken, ROLES, type Principal, type Role, type TokenLookup } from "./auth.ts";
 import { caRoutes } from "./ca-routes.ts";
-import { loadConfig, type IssuerConfig } from "./config.ts";
+import { DEFAULT_CONFIG, loadConfig, type IssuerConfig } from "./config.ts";
 import { eventRoutes } from "./event-routes.ts";
-import { issuerRoutes } from "./issuer-routes.ts";
+import { crlPathOf, crlUrlWarning } from "./crl-url.ts";
+import { issuerRoutes, serveCrlAt } from "./issuer-routes.ts";
 import { keygenRoutes } from "./keygen-routes.ts";
-import { Metrics } from "./metrics.ts";
+import { Metrics, serveMetricsOnLoopback } from "./metrics.ts";
 import { backupRoutes } from "./backup-routes.ts";
 import { recoveryRoutes } from "./recovery-routes.ts";
+import type { LiveRelayOptions } from "./live-relay.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
@@ -77,6 +83,8 @@ export interface IssuerAppDeps {
   center?: CaClient;
   /** Serve the CA's routes (/v1/ca/*) too: the local CA, for issuers at other sites. Signed requests go to `center`. */
   serveCa?: boolean;
+  /** Serve the CRL also at this path: the one of the distribution point the local CA writes into certificates (crl-url.ts). */
+  crlPath?: string;
   metrics?: Metrics;
   logger?: FastifyServerOptions["logger"];
   bodyLimit?: number;
@@ -87,6 +95,12 @@ export interface IssuerAppDeps {
   expiry?: { windowDays: number; scheduler?: ValidityScheduler };
   webhookSecrets?: WebhookSecrets;
   relays?: { ttlMs?: number; max?: number };
+  /** The limits of config.ts (issue 9 §2-3): rate limits, body limits, per-card and per-principal bounds. Default: DEFAULT_CONFIG's. */
+  limits?: Partial<IssuerConfig["limits"]>;
+  /** GET /metrics on the API: for auditor tokens (default) or not served (config metrics.access "loopback"). */
+  metricsAccess?: "auditor" | "none";
+  /** Where webhooks may point (default: no loopback, private, link-local or metadata address). */
+  webhookAddresses?: WebhookAddressPolicy;
   /** Keys per page and commit of the bulk re-wraps the rotation routes run (default 2,000). */
   rewrapPageSize?: number;
   terminalTokens?: TerminalTokens;
@@ -144,28 +158,53 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
       else if (e.type === "certificate.revoked") metrics.revocations.inc();
     },
   });
-  const { app } = await buildServer({ logger: d.logger, metrics, bodyLimit: d.bodyLimit, title: "cardkms issuer API" });
+  const limits = { ...DEFAULT_CONFIG.limits, ...d.limits };
+  const { app } = await buildServer({
+    logger: d.logger,
+    metrics,
+    bodyLimit: d.bodyLimit,
+    title: "cardkms issuer API",
+    rateLimit: { max: limits.rateLimitMax, windowMs: limits.rateLimitWindowSeconds * 1000 },
+    publicBodyLimit: limits.publicBodyBytes,
+    metricsAccess: d.metricsAccess ?? "auditor",
+  });
   const routes: RouteInfo[] = [];
   app.addHook("onRoute", (r) => {
     for (const m of [r.method].flat()) if (m !== "HEAD") routes.push({ method: m, url: r.url, roles: r.config?.roles ?? [] });
   });
-  const terminalTokens = d.terminalTokens ?? new TerminalTokens();
+  const terminalTokens =
+    d.terminalTokens ??
+    new TerminalTokens({ perCard: limits.terminalTokensPerCard, max: limits.terminalTokensMax, onRetire: (bound) => metrics.retired.inc({ table: "terminal-tokens", bound }) });
   installAuth(app, anyOf(terminalTokens.lookup, cachedLookup(operatorLookup(d.store))));
 
   // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
-  const relays = new RelaySessions(d.relays);
+  const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
+  const liveRelays: LiveRelayOptions = { perOwner: limits.liveRelaySessionsPerPrincipal };
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
   await app.register(rotationRoutes, { prefix: "/v1", rotations: new CardRotation(issuer), relays, metrics, rewrapPageSize: d.rewrapPageSize });
-  await app.register(terminalRoutes, { prefix: "/v1", issuer, tokens: terminalTokens });
+  await app.register(terminalRoutes, {
+    prefix: "/v1",
+    issuer,
+    tokens: terminalTokens,
+    metrics,
+    authSessions: { perCard: limits.handshakesPerCard, perCardClient: limits.handshakesPerCardClient, max: limits.handshakesMax },
+  });
   if (d.webhookSecrets) {
-    await app.register(eventRoutes, { prefix: "/v1", store: d.store, secrets: d.webhookSecrets, validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler } });
+    await app.register(eventRoutes, {
+      prefix: "/v1",
+      store: d.store,
+      secrets: d.webhookSecrets,
+      addresses: d.webhookAddresses,
+      validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler },
+    });
   }
   const center = d.center ?? d.ca;
   if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: center instanceof CertificationCenter ? signedRequestsThroughCenter(d.ca, center) : d.ca });
   const recovery = await RecoveryService.open({ db: d.store.db as Db, custody: d.custody });
-  await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer });
-  await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery });
+  await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer, liveRelays });
+  await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery, liveRelays });
   await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });
+  if (d.crlPath) serveCrlAt(app, d.crlPath, issuer);
   return { app, issuer, metrics, terminalTokens, recovery, routes };
 }
 
@@ -217,6 +256,8 @@ export interface IssuerServer extends IssuerApp {
   custody: KeyCustody;
   /** http://host:port once listening. */
   url: string;
+  /** The loopback metrics listener's http://host:port/metrics (config metrics.access "loopback"), once listening. */
+  metricsUrl?: string;
   /** Stops accepting, finishes requests in flight, stops the schedulers, closes custody and the DB. Idempotent. */
   close(): Promise<void>;
 }
@@ -225,8 +266,12 @@ export interface IssuerServer extends IssuerApp {
 export async function startIssuerServer(config: IssuerConfig, opts: StartOptions = {}): Promise<IssuerServer> {
   const env = opts.env ?? process.env;
   const logger = { level: config.logLevel, redact: REDACT, ...(opts.logStream ? { stream: opts.logStream } : {}) };
-  if (engineForUrl(config.database) === "sqlite" && !/:memory:/.test(config.database)) mkdirSync(dirname(resolve(sqlitePath(config.database))), { recursive: true });
+  // Issue 9 §8: the CRL is served where certificates say it is; a crlUrl whose path cannot be served stops the start.
+  const crlPath = config.ca.mode === "local" ? crlPathOf(config.crlUrl) : undefined;
+  // Issue 9 §6: the data directory and the DB files owner-only when created here (db.ts); broader ones are warned about.
+  if (engineForUrl(config.database) === "sqlite" && !/:memory:/.test(config.database)) mkdirSync(dirname(resolve(sqlitePath(config.database))), { recursive: true, mode: 0o700 });
   const store = await Store.open(config.database);
+  const looseFiles = looseSqliteFiles(config.database);
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async () => {
     for (const c of closers.splice(0).reverse()) await c().catch(() => {});
@@ -266,18 +311,23 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     }
     const secrets = await webhookSecrets(custody, env);
     const scheduler = new ValidityScheduler({ store, windowDays: config.expiry.windowDays, scanIntervalSeconds: config.expiry.scanIntervalSeconds });
-    const dispatcher = new WebhookDispatcher({ store, secrets });
+    const webhookAddresses = new WebhookAddressPolicy({ allow: config.webhooks.allowAddresses });
+    const dispatcher = new WebhookDispatcher({ store, secrets, addresses: webhookAddresses });
     const built = await buildIssuerApp({
       store,
       custody,
       ca,
       center,
       serveCa: config.ca.mode === "local",
+      crlPath,
       logger,
       validity: { cardDays: config.validity.cardDays, keySetDays: config.validity.keySetDays },
       transport: { insecurePublicTransportKeys: config.insecure.publicTransportKeys },
       expiry: { windowDays: config.expiry.windowDays, scheduler },
       webhookSecrets: secrets,
+      webhookAddresses,
+      limits: config.limits,
+      metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
     });
     const { app } = built;
     app.log[selfTest.ok ? "info" : "warn"](
@@ -295,19 +345,29 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
         { insecure: "publicTransportKeys" },
         "INSECURE DEVELOPMENT MODE: blank cards are personalised over the GlobalPlatform public test keys 40..4F; anyone who records a personalisation relay gets that card's key Sk. Never in production.",
       );
+    for (const f of looseFiles)
+      app.log.warn({ file: f.path, mode: f.mode }, `${f.path} has mode ${f.mode}: other local users can reach the issuer's data (personal data, wrapped keys, escrows); chmod it to owner-only (0600 for files, 0700 for the directory)`);
     closers.push(async () => {
       await scheduler.stop();
       await dispatcher.stop();
     });
     closers.push(() => app.close());
     let url = "";
+    let metricsUrl: string | undefined;
     if (opts.listen ?? true) {
       url = await app.listen({ host: config.listen.host, port: config.listen.port });
+      const crlWarning = crlPath && crlUrlWarning(config.crlUrl, config.listen.host, url);
+      if (crlWarning) app.log.warn({ crlUrl: config.crlUrl, url }, crlWarning);
+      if (config.metrics.access === "loopback") {
+        const listener = await serveMetricsOnLoopback(built.metrics, config.metrics);
+        closers.push(() => listener.close());
+        metricsUrl = listener.url;
+      }
       scheduler.start();
       dispatcher.start(5000);
     }
     let closing: Promise<void> | undefined;
-    const server: IssuerServer = { ...built, store, custody, url, close: () => (closing ??= closeAll()) };
+    const server: IssuerServer = { ...built, store, custody, url, metricsUrl, close: () => (closing ??= closeAll()) };
     if (opts.handleSignals ?? (opts.listen ?? true)) {
       const onSignal = (signal: NodeJS.Signals) => {
         app.log.info({ signal }, "shutting down");

@@ -2,6 +2,10 @@
 // Domain modules throw ApiProblem (or their own errors mapped here); Fastify's own errors (validation, JSON
 // syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500 whose detail never
 // carries the error message (it could hold a secret); the message goes to the log under the request id.
+//
+// A problem body is small whatever the request was (issue 9 §3): validation reports the first error (the server's
+// ajv runs without allErrors) and at most MAX_VALIDATION_ERRORS of them, every string member is cut to a bound,
+// and a body still over MAX_PROBLEM_BYTES keeps only its RFC 9457 members.
 
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 
@@ -64,8 +68,31 @@ export const problemSchema = {
   required: ["type", "title", "status"],
 } as const;
 
+/** Most entries of a validation problem's `errors`. */
+export const MAX_VALIDATION_ERRORS = 8;
+/** Longest a problem body serialises to, in bytes (a few KB, whatever the input). */
+export const MAX_PROBLEM_BYTES = 4096;
+const MAX_DETAIL = 1000;
+const MAX_MEMBER = 500;
+const MAX_POINTER = 200;
+
+/** `s` cut to `max` UTF-16 units, marked with an ellipsis when cut. */
+export function clip(s: string, max: number): string {
+  return s.length <= max ? s : s.slice(0, max - 1) + "…";
+}
+
+/** The problem with every member bounded: strings cut, `errors` capped, extensions dropped if still too large. */
+export function boundedProblem(p: Problem): Problem {
+  const out: Problem = { ...p };
+  for (const [k, v] of Object.entries(out)) if (typeof v === "string") out[k] = clip(v, k === "detail" || k === "instance" ? MAX_DETAIL : MAX_MEMBER);
+  if (Array.isArray(p.errors)) out.errors = p.errors.slice(0, MAX_VALIDATION_ERRORS).map((e) => ({ pointer: clip(String(e.pointer), MAX_POINTER), detail: clip(String(e.detail), MAX_POINTER) }));
+  if (Buffer.byteLength(JSON.stringify(out)) <= MAX_PROBLEM_BYTES) return out;
+  const { type, title, status, detail, instance } = out;
+  return { type, title, status, ...(detail === undefined ? {} : { detail }), ...(instance === undefined ? {} : { instance }) };
+}
+
 function send(reply: FastifyReply, p: Problem): FastifyReply {
-  return reply.code(p.status).type("application/problem+json").send(p);
+  return reply.code(p.status).type("application/problem+json").send(boundedProblem(p));
 }
 
 function fromFastify(e: FastifyError): Problem | undefined {
@@ -75,7 +102,7 @@ function fromFastify(e: FastifyError): Problem | undefined {
       title: "Request does not match the schema",
       status: 400,
       detail: e.message,
-      errors: e.validation.map((v) => ({ pointer: `${e.validationContext ?? "body"}${v.instancePath || ""}`, detail: v.message ?? v.keyword })),
+      errors: e.validation.slice(0, MAX_VALIDATION_ERRORS).map((v) => ({ pointer: `${e.validationContext ?? "body"}${v.instancePath || ""}`, detail: v.message ?? v.keyword })),
     };
   }
   const code = e.code ?? "";
@@ -95,8 +122,8 @@ function fromFastify(e: FastifyError): Problem | undefined {
   return undefined;
 }
 
-/** Installs the problem+json error and not-found handlers on an instance. */
-export function installProblemHandlers(app: FastifyInstance, onError?: (status: number) => void): void {
+/** Installs the problem+json error and not-found handlers on an instance; `onError` sees each problem sent. */
+export function installProblemHandlers(app: FastifyInstance, onError?: (status: number, p: Problem, req: FastifyRequest) => void): void {
   app.addSchema(problemSchema);
   app.setErrorHandler((err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
     let p: Problem;
@@ -110,11 +137,13 @@ export function installProblemHandlers(app: FastifyInstance, onError?: (status: 
       }
     }
     p.instance = req.url.split("?")[0];
-    onError?.(p.status);
+    onError?.(p.status, p, req);
     return send(reply, p);
   });
   app.setNotFoundHandler((req, reply) => {
-    onError?.(404);
-    return send(reply, { type: PROBLEM_TYPE_BASE + "not-found", title: "No such route", status: 404, detail: `${req.method} ${req.url.split("?")[0]}`, instance: req.url.split("?")[0] });
+    const path = req.url.split("?")[0];
+    const p: Problem = { type: PROBLEM_TYPE_BASE + "not-found", title: "No such route", status: 404, detail: `${req.method} ${path}`, instance: path };
+    onError?.(404, p, req);
+    return send(reply, p);
   });
 }

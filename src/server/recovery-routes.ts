@@ -6,17 +6,20 @@
 //   Operators (role operator; admin always; read routes also auditor)
 //     POST /recovery/arbitrators                      register {id, roles?, displayName?, signingPublicKey, encryptionPublicKey}
 //     GET  /recovery/arbitrators?after=&limit=, /recovery/arbitrators/{id}  (status, key version and key history)
-//     POST /recovery/arbitrators/{id}/tokens          an API token bound to the arbitrator (shown once)
+//     POST /recovery/arbitrators/{id}/tokens          an API token bound to the arbitrator (shown once); none for a
+//                                                     deregistered arbitrator (409 arbitrator_disabled)
 //     POST /recovery/arbitrators/{id}/tokens/{tokenId}/revoke
 //     POST /recovery/arbitrators/{id}/deregister      {reason, force?}: disabled for good; its tokens revoked
 //     GET  /recovery/arbitrators/{id}/dependents?after=&limit=   the cards whose policies name it
 //     PUT  /cards/{id}/recovery-policy                the policy document (S1); GET it back
 //     GET  /cards/{id}/escrow                         the escrow record: public key, certificate, who holds which share
-//     POST /recovery/requests                         file {cardId, kind, requester, reason?} (S5)
+//     POST /recovery/requests                         file {cardId, kind, requester, reason?, replacementCardId?} (S5);
+//                                                     card-destroyed names the replacement card: it is signed over
 //     GET  /recovery/requests?status=&cardId=&after=&limit=, /recovery/requests/{id}
 //     POST /recovery/requests/{id}/withdraw           {reason}
 //     POST /recovery/requests/{id}/reset-reproduction {reason}: a request stuck "reproducing" whose lease passed
-//     POST /recovery/requests/{id}/reproduce          {cardId?} -> {sessionId, apdus}: the terminal relays (S8-S9)
+//     POST /recovery/requests/{id}/reproduce          {cardId?} -> {sessionId, apdus}: the terminal relays (S8-S9) into
+//                                                     the card the request names (cardId, when given, must be it)
 //     POST /recovery/sessions/{sessionId}             {responses} -> {apdus} | {result} | 4xx naming the refusal
 //     GET  /recovery/device-key                       the reproduction device's public key (arbitrators too)
 //   Arbitrators (role arbitrator, bound to one arbitrator id; admin always)
@@ -35,6 +38,12 @@
 // refusal and approver list against the arbitrator's registered key, and the hash chain (each approval names the
 // head before it, a party decides once) makes a replayed document fail by name. So an operator who holds an
 // arbitrator's token still cannot decide for it: the private keys never leave the arbitrator's process.
+// A deregistered arbitrator gets no new token, and every token bound to it is refused on every route (403, check
+// arbitrator_disabled, audited) — its status is read on each request, so a token still in the server's token cache
+// (auth.ts cachedLookup) or one that escaped revocation opens nothing.
+//
+// Who receives a reproduced key: the card record the request names (target.ts) — for card-destroyed the
+// replacement card named at filing, which every approval signs over — and no other; an operator cannot redirect it.
 //
 // Lists page: `limit` (default 100; at most 1000, pending items 100) and `after` (the `next` of the previous page,
 // an opaque cursor); a response carries `next` when more follow.
@@ -47,7 +56,6 @@
 import { createPublicKey, randomBytes, type KeyObject } from "node:crypto";
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { toPem } from "../ca/pem.ts";
-import { inCustody } from "../issuer/card-keys.ts";
 import type { Issuer } from "../issuer/issuer.ts";
 import type { Approval, ApproverList } from "../recovery/approvals.ts";
 import { PolicyValidationError, RecoveryError } from "../recovery/errors.ts";
@@ -69,7 +77,7 @@ import {
 } from "../recovery/service.ts";
 import { appendAudit } from "../store/audit.ts";
 import { newToken, type Principal } from "./auth.ts";
-import { APDU_HEX, CARD_ID, digits, EMPTY_BODY, fromHex, params, principalOf, toHex, toProblem } from "./issuer-routes.ts";
+import { APDU_HEX, digits, EMPTY_BODY, fromHex, params, principalOf, toHex, toProblem } from "./issuer-routes.ts";
 import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
 import { ApiProblem } from "./problem.ts";
 import { SESSION_ID_PATTERN, type TtlMapOptions } from "./relay-sessions.ts";
@@ -134,6 +142,7 @@ const SERVICE_REQUEST = closed(
     reason: STR,
     filedAt: STR,
     kind: STR,
+    target: closed({ cardId: STR, userId: STR }, ["cardId", "userId"]),
   },
   ["format", "requestId", "escrowId", "cardId", "policy", "requester", "filedAt", "kind"],
 );
@@ -333,10 +342,11 @@ const RESULT = closed(
     chainHead: STR,
     slot: STR,
     serial: STR,
+    targetCardId: STR,
     deviceReplaced: BOOL,
     deviceGeneration: INT,
   },
-  ["requestId", "cardId", "kind", "approvers", "author", "chainHead", "slot", "serial", "deviceReplaced", "deviceGeneration"],
+  ["requestId", "cardId", "kind", "approvers", "author", "chainHead", "slot", "serial", "targetCardId", "deviceReplaced", "deviceGeneration"],
 );
 
 const LIVE_STEP = closed({ sessionId: STR, apdus: strings(16), result: RESULT });
@@ -350,7 +360,7 @@ const RECOVERY_PROBLEM = closed(
     detail: STR,
     instance: STR,
     errors: { type: "array", items: closed({ pointer: STR, detail: STR }) },
-    check: { type: "string", description: "the named check that refused, e.g. out_of_order, forged_signature, policy_invalid, device_mismatch" },
+    check: { type: "string", description: "the named check that refused, e.g. out_of_order, forged_signature, policy_invalid, device_mismatch, target_not_approved" },
     issues: { type: "array", items: closed({ path: STR, message: STR }) },
   },
   ["type", "title", "status"],
@@ -379,6 +389,10 @@ const SERVICE_STATUS: Record<ServiceCheck, number> = {
   rotation_stale: 409,
   key_reused: 422,
   lease_lost: 409,
+  target_not_approved: 422,
+  target_other_user: 422,
+  target_unfit: 422,
+  target_slot_occupied: 422,
 };
 
 const SLUGS: Record<number, [string, string]> = {
@@ -543,6 +557,19 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     return a;
   };
 
+  // A token bound to an arbitrator works only while the arbitrator is registered: its status is read on every
+  // request (not from the token cache), so a deregistered arbitrator reads and posts nothing with any token it holds.
+  app.addHook("preHandler", async (req) => {
+    const p = req.principal;
+    const bound = p && !p.roles.includes("admin") ? boundArbitrator(p) : undefined;
+    if (bound === undefined) return;
+    const a = await recovery.arbitrator(bound);
+    if (a?.status === "active") return;
+    const detail = a ? `arbitrator ${bound} is deregistered: its tokens no longer work` : `arbitrator ${bound} is not registered`;
+    await appendAudit(store.db, { actor: bound, action: "recovery.arbitrator.access.refuse", subject: bound, details: { check: "arbitrator_disabled", method: req.method, route: req.routeOptions.url ?? "" } });
+    throw new ApiProblem(403, "forbidden", "Forbidden: arbitrator_disabled", detail, { check: "arbitrator_disabled" });
+  });
+
   // ---- arbitrators (claim 35 (a)) ------------------------------------------------------------------------------
 
   app.post<{ Body: { id: string; roles?: string[]; displayName?: string; signingPublicKey: string; encryptionPublicKey: string } }>(
@@ -613,7 +640,7 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     {
       config: { roles: ["operator"] },
       schema: {
-        summary: "Issue an API token bound to the arbitrator (role arbitrator): shown once, only its hash is stored",
+        summary: "Issue an API token bound to the arbitrator (role arbitrator): shown once, only its hash is stored; refused for a deregistered arbitrator",
         tags: ["recovery"],
         params: params({ id: ARB_ID }),
         querystring: NO_QUERY,
@@ -624,6 +651,10 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     async (req, reply) =>
       refusals(async () => {
         const a = await mustArbitrator(req.params.id);
+        if (a.status !== "active") {
+          await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.refuse", subject: a.id, details: { check: "arbitrator_disabled" } });
+          throw new ApiProblem(409, "recovery-conflict", "Conflict: arbitrator_disabled", `arbitrator ${a.id} is deregistered: it gets no token`, { check: "arbitrator_disabled" });
+        }
         const tokenId = randomBytes(8).toString("hex");
         const { token, hash } = newToken();
         await store.createOperator({ name: arbitratorTokenName(a.id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
@@ -796,15 +827,26 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
 
   // ---- requests (S5-S7) -----------------------------------------------------------------------------------------
 
-  app.post<{ Body: { cardId: string; kind: RequestKind; requester: string; reason?: string } }>(
+  app.post<{ Body: { cardId: string; kind: RequestKind; requester: string; reason?: string; replacementCardId?: string } }>(
     "/recovery/requests",
     {
       config: { roles: ["operator"] },
       schema: {
-        summary: "File a reproduction request (S5): key-lost (the same card comes back) or card-destroyed (a new card receives the key)",
+        summary:
+          "File a reproduction request (S5): key-lost (the same card comes back) or card-destroyed (a new card receives the key: `replacementCardId`, required, " +
+          "a card record issued to the same user, active, with an empty slot). The request names the card that will receive the key; every approval signs over it",
         tags: ["recovery"],
         querystring: NO_QUERY,
-        body: closed({ cardId: RCARD_ID, kind: { type: "string", enum: REQUEST_KINDS }, requester: { type: "string", minLength: 1, maxLength: 128 }, reason: TEXT(1024) }, ["cardId", "kind", "requester"]),
+        body: closed(
+          {
+            cardId: RCARD_ID,
+            kind: { type: "string", enum: REQUEST_KINDS },
+            requester: { type: "string", minLength: 1, maxLength: 128 },
+            reason: TEXT(1024),
+            replacementCardId: { ...RCARD_ID, description: "card-destroyed only: the card record issued to the user to receive the key" },
+          },
+          ["cardId", "kind", "requester"],
+        ),
         response: { 201: REQUEST_VIEW, ...problems },
       },
     },
@@ -992,12 +1034,13 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
       config: { roles: ["operator"] },
       schema: {
         summary:
-          "Reproduce the key of a satisfied request into the card at the terminal: the card record `cardId` names its key set (default the request's card; " +
-          "for card-destroyed, the newly issued card). Relay each APDU to the card and POST its response to /recovery/sessions/{sessionId}",
+          "Reproduce the key of a satisfied request into the card at the terminal: the card the request names and the arbitrators approved (key-lost: the registered card; " +
+          "card-destroyed: the replacement card named at filing), reached with that card record's key set; `cardId`, when given, must be it (else 422 target_not_approved). " +
+          "Relay each APDU to the card and POST its response to /recovery/sessions/{sessionId}",
         tags: ["recovery"],
         params: params({ id: REQUEST_ID }),
         querystring: NO_QUERY,
-        body: { type: ["object", "null"], additionalProperties: false, properties: { cardId: CARD_ID } },
+        body: { type: ["object", "null"], additionalProperties: false, properties: { cardId: RCARD_ID } },
         response: { 201: LIVE_STEP, ...problems },
       },
     },
@@ -1005,11 +1048,9 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
       refusals(async () => {
         const actor = principalOf(req).name;
         const view = await recovery.status(req.params.id);
-        const card = await issuer.card(req.body?.cardId ?? view.cardId);
-        const keys = issuer.keysOf(await issuer.currentKeySet(card));
-        if (!inCustody(keys)) throw new ApiProblem(422, "recovery-refused", "Refused: device_unreadable", `card ${card.id}'s key set is not in custody`, { check: "device_unreadable" });
-        const keySet = keys.ref;
-        const { sessionId, step } = await lives.open(actor, (transmit) => recovery.reproduce(view.requestId, { transmit, keySet }, actor));
+        const cardId = req.body?.cardId;
+        // the service picks the card record (the request's target) and its key set; a cardId given must be that one
+        const { sessionId, step } = await lives.open(actor, (transmit) => recovery.reproduce(view.requestId, { transmit, ...(cardId !== undefined ? { cardId } : {}) }, actor));
         return reply.code(201).send({ sessionId, ...stepOut(step) });
       }),
   );

@@ -140,7 +140,7 @@ for (const engine of testEngines()) {
       assert.equal(expect(await get(`/v1/cards/${old.cardId}`, env.tokens.auditor), 200).status, "retired");
       await loadAndSign(env, fresh.cardId, fresh.card, ["9a", "9c"]);
 
-      const metrics = await env.server.app.inject({ method: "GET", url: "/metrics" });
+      const metrics = await env.server.app.inject({ method: "GET", url: "/metrics", headers: { authorization: `Bearer ${env.tokens.auditor}` } });
       assert.match(metrics.body, /cardkms_rotations_total\{strategy="embodiment3"\} 1/);
       const actions = await auditActions(env);
       for (const a of ["rotation.proposed", "rotation.approved", "rotation.started", "card.issued", "card.personalised", "rotation.rewrap-started", "rotation.rewrapped", "rotation.redistributed", "rotation.completed"])

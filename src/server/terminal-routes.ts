@@ -5,7 +5,8 @@
 // and acknowledges them; a token bound to another card is refused (403).
 //
 //   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE,
-//                                                    GET DATA DF23 (state counter report)]}
+//                                                    GET DATA DF23 (state counter report)]} | 404 no active card
+//                                                    of that ID (unknown and inactive alike)
 //   POST /cards/{id}/auth/{sessionId}  {responses: [3 hex]}
 //                                      -> 200 {token, expiresAt, apdus: [EXTERNAL AUTHENTICATE]} | 401 wrong cryptogram
 //                                         or state counter MAC | 409 check card_rollback
@@ -22,8 +23,17 @@
 //
 // The terminal must forward the EXTERNAL AUTHENTICATE: it completes the handshake on the card, which resets
 // the card's authentication failure counter. Tokens live in memory, stored as SHA-256 hashes, never logged.
+//
+// Nobody can lock the others out (issue 9 §2). The two login routes are public, so app.ts rate-limits them per
+// client address and they take small bodies. A card has at most `perCard` pending handshakes, and at most
+// `perCardClient` from one client address: a new one retires that card's (or that client's for that card) oldest,
+// so a flood against one card retires only the flooder's handshakes and never fills the table for other cards;
+// the table as a whole retires its oldest when full. A card has at most `perCard` live terminal tokens, a new one
+// retiring its oldest. An unknown card and one that is not active are answered alike (404): the public route tells
+// nobody which card IDs exist.
 
 import { randomBytes } from "node:crypto";
+import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyPluginAsync } from "fastify";
 import { encodeCommand, parseResponse } from "../card/apdu.ts";
 import { Scp03Error, Scp03HostSession } from "../card/scp03/host.ts";
@@ -37,24 +47,42 @@ import { StateCounterRepository, type CardStateCounter } from "../store/state-co
 import type { CardKeySet } from "../store/store.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
 import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
+import type { Metrics } from "./metrics.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
 import { TtlMap } from "./relay-sessions.ts";
+
+export interface TerminalTokensOptions {
+  /** Lifetime of a token (default 10 min). */
+  ttlMs?: number;
+  /** Most live tokens in all (default 10,000); beyond, a login is refused (429) until some expire. */
+  max?: number;
+  /** Most live tokens of one card (default 4): a new one retires the card's oldest. */
+  perCard?: number;
+  now?: () => number;
+  /** Told when a token is retired for a newer one of its card. */
+  onRetire?: (bound: string) => void;
+}
 
 /** Card-bound terminal tokens, in memory, by hash. */
 export class TerminalTokens {
   readonly #tokens: TtlMap<Principal>;
+  readonly #perCard: number;
   readonly ttlMs: number;
 
-  constructor(o: { ttlMs?: number; max?: number; now?: () => number } = {}) {
+  constructor(o: TerminalTokensOptions = {}) {
     this.ttlMs = o.ttlMs ?? 10 * 60_000;
-    this.#tokens = new TtlMap({ ttlMs: this.ttlMs, max: o.max ?? 10_000, now: o.now });
+    this.#perCard = o.perCard ?? 4;
+    this.#tokens = new TtlMap({ ttlMs: this.ttlMs, max: o.max ?? 10_000, now: o.now, onRetire: o.onRetire });
   }
 
-  /** A fresh token for a terminal acting for `cardId`; only its hash is kept. */
+  /** A fresh token for a terminal acting for `cardId`; only its hash is kept. The card's oldest beyond `perCard` is retired. */
   issue(cardId: string): { token: string; expiresAt: number } {
     const token = `ckmt_${randomBytes(32).toString("base64url")}`;
     const principal: Principal = { name: `terminal:${cardId}`, roles: ["terminal"], cardId };
-    const { expiresAt } = this.#tokens.add(principal, "terminal token", hashToken(token));
+    const { expiresAt } = this.#tokens.add(principal, "terminal token", {
+      key: hashToken(token),
+      groups: [{ name: "card", key: cardId, max: this.#perCard, whenFull: "retire-oldest" }],
+    });
     return { token, expiresAt };
   }
 
@@ -110,19 +138,40 @@ function rollbackProblem(cardId: string, r: CardStateCounter, now: boolean): Api
 export interface TerminalRoutesOptions {
   issuer: Issuer;
   tokens: TerminalTokens;
-  /** Open handshakes: at most `max`, each for `ttlMs` (defaults 1,000 and 5 min). */
-  authSessions?: { ttlMs?: number; max?: number };
+  /**
+   * Pending handshakes, each for `ttlMs` (default 5 min): at most `perCard` of one card (default 16) and `perCardClient`
+   * of one card from one client address (default 4), a new one retiring the oldest; at most `max` in all (default
+   * 10,000), the oldest retired when full.
+   */
+  authSessions?: { ttlMs?: number; max?: number; perCard?: number; perCardClient?: number };
+  /** Counts the handshakes retired for newer ones (cardkms_sessions_retired_total). */
+  metrics?: Metrics;
 }
+
+/** Largest bodies of the login routes: {} to start; three short card responses in hex to finish. */
+export const AUTH_START_BODY_LIMIT = 1024;
+export const AUTH_FINISH_BODY_LIMIT = 8192;
 
 export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (app, o) => {
   const { issuer, tokens } = o;
   const store = issuer.store;
   const counters = new StateCounterRepository(store.db as Db, { now: () => store.now() });
-  const handshakes = new TtlMap<AuthSession>({ ttlMs: o.authSessions?.ttlMs ?? 5 * 60_000, max: o.authSessions?.max ?? 1000 });
+  const bounds = o.authSessions ?? {};
+  const handshakes = new TtlMap<AuthSession>({
+    ttlMs: bounds.ttlMs ?? 5 * 60_000,
+    max: bounds.max ?? 10_000,
+    whenFull: "retire-oldest",
+    onRetire: (bound) => o.metrics?.retired.inc({ table: "handshakes", bound }),
+  });
+  const perCard = bounds.perCard ?? 16;
+  const perCardClient = bounds.perCardClient ?? 4;
+  /** The same answer for a card that does not exist and one that is not active: no oracle of card IDs. */
+  const noActiveCard = (id: string) => new ApiProblem(404, "not-found", "card not found", `no active card with id ${id}`);
 
   app.post<{ Params: { id: string } }>(
     "/cards/:id/auth",
     {
+      bodyLimit: AUTH_START_BODY_LIMIT,
       schema: {
         summary: "Start a card's proof for its terminal: forward SELECT ISD, INITIALIZE UPDATE and GET DATA DF23 (the state counter report) to the card",
         params: params({ id: CARD_ID }),
@@ -132,8 +181,8 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
     },
     async (req, reply) =>
       domain(async () => {
-        const card = await issuer.card(req.params.id);
-        if (card.status !== "active") throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is ${card.status}, not active`);
+        const card = await store.getCard(req.params.id);
+        if (!card || card.status !== "active") throw noActiveCard(req.params.id);
         // A flagged card gets no INITIALIZE UPDATE: each one the login does not complete counts against the
         // card's secure-channel failure limit, which a terminal retrying in a loop would otherwise reach.
         const remembered = await counters.get(card.id);
@@ -142,7 +191,13 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
         const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
         const apdus = [select, host.initializeUpdate(), STATE_COUNTER_COMMAND];
-        const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication");
+        const client = normalizeIP(req.ip);
+        const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication", {
+          groups: [
+            { name: "card", key: card.id, max: perCard, whenFull: "retire-oldest" },
+            { name: "card-client", key: `${card.id} ${client}`, max: perCardClient, whenFull: "retire-oldest" },
+          ],
+        });
         return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
       }),
   );
@@ -150,6 +205,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
   app.post<{ Params: { id: string; sessionId: string }; Body: { responses: string[] } }>(
     "/cards/:id/auth/:sessionId",
     {
+      bodyLimit: AUTH_FINISH_BODY_LIMIT,
       schema: {
         summary:
           "The card's answers to SELECT, INITIALIZE UPDATE and GET DATA DF23: a card-bound token once its cryptogram and its state counter report verify and the counter went up; forward the EXTERNAL AUTHENTICATE",

@@ -12,8 +12,16 @@
 //
 // This module owns connections only. It must never hold key values: the DB stores custody references, public
 // keys, certificates and private keys wrapped under card keys (Sk[PRk]), nothing a reader could use in clear.
+//
+// File modes (issue 9 §6): the SQLite file holds personal data, wrapped keys, escrows and share releases, so a new one
+// is created owner-only (0600) before SQLite opens it; SQLite gives the -wal and -shm files it creates later the
+// mode of the DB file (os_unix.c, findCreateFileMode / unixOpenSharedMemory), whichever connection creates them —
+// the serving one or the checkpoint worker's. An existing file keeps its mode: `looseSqliteFiles` lists what is
+// broader, for the server to warn about at start-up.
 
 import { createHash } from "node:crypto";
+import { closeSync, openSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import SqliteDatabase from "better-sqlite3";
 import { Kysely, PostgresAdapter, PostgresDialect, SqliteDialect, type Generated } from "kysely";
 import type { SqliteDatabase as KyselySqliteDatabase, SqliteStatement, PostgresPool, PostgresPoolClient } from "kysely";
@@ -279,6 +287,7 @@ function openSqlite(url: string, options: OpenOptions): Db {
   if (sync !== "full" && sync !== "normal") throw new Error(`sqliteSynchronous: expected "full" or "normal", got ${String(sync)}`);
   const busy = options.sqliteBusyTimeoutMs ?? 5000;
   if (!Number.isInteger(busy) || busy < 0) throw new Error(`sqliteBusyTimeoutMs: expected a non-negative integer, got ${busy}`);
+  if (!isMemory(path)) createOwnerOnly(path);
   const raw = new SqliteDatabase(path);
   try {
     raw.pragma("journal_mode = WAL");
@@ -292,8 +301,43 @@ function openSqlite(url: string, options: OpenOptions): Db {
   // Kysely's SQLite driver serialises all work on this one connection (better-sqlite3 is synchronous).
   const checkpoint = options.sqliteCheckpoint ?? "inline";
   if (checkpoint !== "inline" && checkpoint !== "background") throw new Error(`sqliteCheckpoint: expected "inline" or "background", got ${String(checkpoint)}`);
-  const bg = checkpoint === "background" && path !== ":memory:" && path !== "" ? new BackgroundCheckpoint(raw, path) : undefined;
+  const bg = checkpoint === "background" && !isMemory(path) ? new BackgroundCheckpoint(raw, path) : undefined;
   return new Kysely<Database>({ dialect: new SqliteDialect({ database: new CachedStatements(raw, 256, bg) }) });
+}
+
+/** `:memory:` (and SQLite's temporary-DB empty name): no file. */
+const isMemory = (path: string): boolean => path === ":memory:" || path === "" || path.startsWith("file::memory:");
+
+/** Creates the DB file owner-only (0600) if it does not exist; an existing file is left as it is. */
+function createOwnerOnly(path: string): void {
+  try {
+    closeSync(openSync(path, "wx", 0o600));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+}
+
+/**
+ * The files of a SQLite DB named by `url` that other local users may read or write (mode broader than 0600 for
+ * files, 0700 for the DB's directory): the DB file, its -wal and -shm, and the directory holding them. Empty for
+ * PostgreSQL, an in-memory DB, files that do not exist, and Windows (no POSIX modes).
+ */
+export function looseSqliteFiles(url: string): { path: string; mode: string }[] {
+  if (process.platform === "win32" || engineForUrl(url) !== "sqlite") return [];
+  const path = sqlitePath(url);
+  if (isMemory(path)) return [];
+  const file = resolve(path);
+  const loose: { path: string; mode: string }[] = [];
+  for (const p of [dirname(file), file, `${file}-wal`, `${file}-shm`]) {
+    let mode: number;
+    try {
+      mode = statSync(p).mode & 0o777;
+    } catch {
+      continue;
+    }
+    if (mode & 0o077) loose.push({ path: p, mode: `0${mode.toString(8).padStart(3, "0")}` });
+  }
+  return loose;
 }
 
 /** Kysely prepares every query anew; this keeps the compiled statements of the hot paths (inserts, pages). */

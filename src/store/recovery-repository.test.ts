@@ -6,7 +6,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import { sql } from "kysely";
+import { migrateToLatest, migrations, migratorFor } from "./migrate.ts";
 import { SqlRecoveryRepository, type ArbitratorRecord, type DeviceRecord, type EnvelopeRow, type EscrowRow, type RequestRecord } from "./recovery-repository.ts";
+import { Store } from "./store.ts";
 import { testEngines, type TestDatabase } from "./testing.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -37,7 +40,7 @@ function escrow(cardId: string, over: Partial<EscrowRow> = {}): EscrowRow {
   };
 }
 
-const device = (cardId: string, digest = hex(32)): DeviceRecord => ({ cardId, secretIdDigest: digest, keySet: '{"kind":"derived","kvn":1}', generation: 1, registeredAt: T0 });
+const device = (cardId: string, digest = hex(32)): DeviceRecord => ({ cardId, secretIdDigest: digest, keySet: '{"kind":"derived","kvn":1}', generation: 1, registeredAt: T0, cardRecordId: cardId });
 const envelopes = (e: EscrowRow, arbitrators: string[]): EnvelopeRow[] => arbitrators.map((a) => ({ escrowId: e.escrowId, shareId: `ind/${a}`, arbitratorId: a, envelope: `{"a":"${a}"}` }));
 
 function request(e: EscrowRow, over: Partial<RequestRecord> = {}): RequestRecord {
@@ -136,10 +139,12 @@ for (const engine of testEngines()) {
       const [d1, d2] = [device(c1), device(c2)];
       await record(escrow(c1), d1, []);
       await record(escrow(c2), d2, []);
-      const next = { secretIdDigest: hex(32), keySet: '{"kind":"derived","kvn":2}', registeredAt: T0 + 5 };
+      const next = { secretIdDigest: hex(32), keySet: '{"kind":"derived","kvn":2}', registeredAt: T0 + 5, cardRecordId: `card-${hex(4)}` };
       assert.equal(await repo.replaceDevice(c1, "not-the-registered-digest", next), false);
       assert.equal(await repo.replaceDevice(c1, d1.secretIdDigest, next), true);
-      assert.deepStrictEqual(await repo.device(c1), { cardId: c1, secretIdDigest: next.secretIdDigest, keySet: next.keySet, generation: 2, registeredAt: T0 + 5 });
+      assert.deepStrictEqual(await repo.device(c1), { cardId: c1, secretIdDigest: next.secretIdDigest, keySet: next.keySet, generation: 2, registeredAt: T0 + 5, cardRecordId: next.cardRecordId });
+      assert.deepStrictEqual(await repo.deviceByCardRecord(next.cardRecordId), await repo.device(c1), "the replacement card's record reaches it now");
+      assert.equal(await repo.deviceByCardRecord(c1), undefined, "the destroyed card's record no longer does");
       assert.equal(await repo.replaceDevice(c1, d1.secretIdDigest, { ...next, secretIdDigest: hex(32) }), false, "a second replacement from the old registration");
       await assert.rejects(repo.replaceDevice(c2, d2.secretIdDigest, { ...next, registeredAt: T0 + 6 }), "c1's card cannot become c2's as well");
       assert.deepStrictEqual(await repo.device(c2), d2);
@@ -205,6 +210,35 @@ for (const engine of testEngines()) {
         );
         assert.equal(approvals.filter(Boolean).length, 1, "exactly one approval at position 0");
       });
+    }
+  });
+}
+
+for (const engine of testEngines()) {
+  test(`${engine.name}: migration 0010 records the card record of each registered device, from what was known before`, async () => {
+    const tdb = await engine.create();
+    try {
+      const names = Object.keys(migrations(engine.name));
+      const down = await migratorFor(tdb.db).migrateTo("0009_canonical_key_hashes");
+      assert.equal(down.error, undefined, String(down.error));
+      const store = new Store(tdb.db);
+      const user = await store.createUser({ personalData: { commonName: "Before 0010" } });
+      const replacement = await store.registerCard({ id: "00aa00aa00aa00aa", userId: user.id, validFrom: T0, validUntil: T0 + 1 });
+      const row = (cardId: string, generation: number, keySet: string) =>
+        sql`insert into recovery_devices (card_id, secret_id_digest, key_set, generation, registered_at) values (${cardId}, ${hex(32)}, ${keySet}, ${generation}, ${T0})`.execute(tdb.db);
+      await row("first", 1, '{"kind":"derived","master":"m","cardId":"0102030405060708","kvn":1}');
+      await row("replaced", 2, JSON.stringify({ kind: "derived", master: "m", cardId: replacement.id, kvn: 1 }));
+      await row("replaced-unknown", 2, '{"kind":"derived","master":"m","cardId":"ffffffffffffffff","kvn":1}');
+      await row("replaced-unreadable", 3, "not json");
+      assert.deepEqual(await migrateToLatest(tdb.db), names.slice(names.indexOf("0010_recovery_device_card_record")));
+      const repo = new SqlRecoveryRepository(tdb.db);
+      assert.equal((await repo.device("first"))?.cardRecordId, "first", "generation 1: the escrow's own card record");
+      assert.equal((await repo.device("replaced"))?.cardRecordId, replacement.id, "a replacement named by its key set, a card record of the issuer");
+      assert.equal((await repo.device("replaced-unknown"))?.cardRecordId, undefined, "not a card record: unknown");
+      assert.equal((await repo.device("replaced-unreadable"))?.cardRecordId, undefined);
+      assert.equal((await repo.deviceByCardRecord(replacement.id))?.cardId, "replaced");
+    } finally {
+      await tdb.drop();
     }
   });
 }

@@ -1,6 +1,8 @@
 // The records of key reproduction by arbitrators (issue 4; seed 001 embodiment 3) in SQL: Kysely, one code path
 // for SQLite and PostgreSQL (tables: migrations/0003_recovery.ts, lifecycle columns and the arbitrators' key history:
-// migrations/0007_recovery_lifecycle.ts). Used by src/recovery/service.ts.
+// migrations/0007_recovery_lifecycle.ts, the card record of each registered device: 0010_recovery_device_card_record.ts).
+// Used by src/recovery/service.ts. It also reads — never writes — the issuer's card records (cards, card_key_sets,
+// key_pairs of the same system DB) that a reproduced key may go into (src/recovery/target.ts).
 //
 // Owns: arbitrators (and every version of their keys), per-card policies, escrows with their share envelopes, the
 // registered device secret ID digests, reproduction requests, their approval chains and the released shares. The
@@ -89,6 +91,7 @@ export interface RecoveryDevicesTable {
   key_set: string;
   generation: number;
   registered_at: number;
+  card_record_id: string | null;
 }
 
 export type RequestKind = "key-lost" | "card-destroyed";
@@ -232,6 +235,23 @@ export interface DeviceRecord {
   keySet: string;
   generation: number;
   registeredAt: number;
+  /**
+   * The issuer's card record whose key set reaches this physical card: the escrow's card at issue (the default when
+   * inserted without it), the replacement card's after a card-destroyed reproduction. Absent: a device replaced
+   * before migration 0010 whose card record could not be told.
+   */
+  cardRecordId?: string;
+}
+
+/** An issuer card record as a reproduction target is judged by (src/recovery/target.ts): read-only. */
+export interface TargetCardRecord {
+  id: string;
+  userId: string;
+  status: string;
+  validFrom: number;
+  validUntil: number;
+  /** The card's current SCP03 key set: its custody reference (KeySetRef JSON) and status; absent before the first. */
+  keySet?: { id: string; custodyRef: string; status: string };
 }
 
 export interface RequestRecord {
@@ -353,6 +373,7 @@ const toDevice = (r: RecoveryDevicesTable): DeviceRecord => ({
   keySet: r.key_set,
   generation: Number(r.generation),
   registeredAt: Number(r.registered_at),
+  ...(r.card_record_id !== null ? { cardRecordId: r.card_record_id } : {}),
 });
 
 const toRequest = (r: RecoveryRequestsTable): RequestRecord => {
@@ -381,12 +402,17 @@ const toRequest = (r: RecoveryRequestsTable): RequestRecord => {
   return rec;
 };
 
+/** The issuer's tables a reproduction target is read from (never written here). */
+type IssuerCardTables = Pick<Database, "cards" | "card_key_sets" | "key_pairs">;
+
 export class SqlRecoveryRepository {
   private readonly db: Kysely<RecoveryTables>;
+  private readonly issuer: Kysely<IssuerCardTables>;
 
-  /** @param db the system DB migrated so that 0003_recovery and 0007_recovery_lifecycle exist, or a transaction of it */
+  /** @param db the system DB migrated so that 0003_recovery, 0007_recovery_lifecycle and 0010 exist, or a transaction of it */
   constructor(db: Db | Kysely<unknown> | Transaction<Database>) {
     this.db = (db as Kysely<unknown>).withTables<RecoveryTables>() as unknown as Kysely<RecoveryTables>;
+    this.issuer = db as unknown as Kysely<IssuerCardTables>;
   }
 
   /**
@@ -572,7 +598,14 @@ export class SqlRecoveryRepository {
     if (!claimed) return "card-has-escrow";
     const dev = await this.db
       .insertInto("recovery_devices")
-      .values({ card_id: device.cardId, secret_id_digest: device.secretIdDigest, key_set: device.keySet, generation: device.generation, registered_at: device.registeredAt })
+      .values({
+        card_id: device.cardId,
+        secret_id_digest: device.secretIdDigest,
+        key_set: device.keySet,
+        generation: device.generation,
+        registered_at: device.registeredAt,
+        card_record_id: device.cardRecordId ?? device.cardId,
+      })
       .onConflict((oc) => oc.doNothing())
       .returning("card_id")
       .executeTakeFirst();
@@ -633,15 +666,51 @@ export class SqlRecoveryRepository {
     return r && toDevice(r);
   }
 
+  /** The registered device (of any escrow) that the card record `cardRecordId` reaches, if it is one. */
+  async deviceByCardRecord(cardRecordId: string): Promise<DeviceRecord | undefined> {
+    const r = await this.db.selectFrom("recovery_devices").selectAll().where("card_record_id", "=", cardRecordId).orderBy("card_id").executeTakeFirst();
+    return r && toDevice(r);
+  }
+
+  // --- the issuer's card records a reproduced key may go into (read-only) ---------------------------------------------
+
+  /** An issuer card record with its current key set, or undefined when the issuer has no such card. */
+  async cardRecord(cardId: string): Promise<TargetCardRecord | undefined> {
+    const r = await this.issuer
+      .selectFrom("cards as c")
+      .leftJoin("card_key_sets as k", "k.id", "c.current_key_set_id")
+      .select(["c.id", "c.user_id", "c.status", "c.valid_from", "c.valid_until", "k.id as k_id", "k.custody_ref as k_custody_ref", "k.status as k_status"])
+      .where("c.id", "=", cardId)
+      .executeTakeFirst();
+    if (!r) return undefined;
+    const rec: TargetCardRecord = { id: r.id, userId: r.user_id, status: r.status, validFrom: Number(r.valid_from), validUntil: Number(r.valid_until) };
+    if (r.k_id !== null && r.k_custody_ref !== null && r.k_status !== null) rec.keySet = { id: r.k_id, custodyRef: r.k_custody_ref, status: r.k_status };
+    return rec;
+  }
+
+  /** The public keys (SPKI DER) of the issuer's active key pairs destined for `slot` of card `cardId` (created after `since`, when given). */
+  async activeKeysInSlot(cardId: string, slot: string, since?: number): Promise<Uint8Array[]> {
+    let q = this.issuer.selectFrom("key_pairs").select("public_key").where("card_id", "=", cardId).where("slot", "=", slot).where("status", "=", "active");
+    if (since !== undefined) q = q.where("created_at", ">", since);
+    return (await q.execute()).map((r) => bytes(r.public_key));
+  }
+
   /**
-   * FIG. 11-12: the card's registered device becomes another physical card (generation + 1). False when the card
+   * FIG. 11-12: the card's registered device becomes another physical card (generation + 1), reached through the
+   * card record `next.cardRecordId`. False when the card
    * has no registration or its registration is no longer `expectedDigest` (changed meanwhile); throws on a
    * digest registered for another card (unique constraint) — check with deviceByDigest first.
    */
-  async replaceDevice(cardId: string, expectedDigest: string, next: { secretIdDigest: string; keySet: string; registeredAt: number }): Promise<boolean> {
+  async replaceDevice(cardId: string, expectedDigest: string, next: { secretIdDigest: string; keySet: string; registeredAt: number; cardRecordId: string }): Promise<boolean> {
     const r = await this.db
       .updateTable("recovery_devices")
-      .set((eb) => ({ secret_id_digest: next.secretIdDigest, key_set: next.keySet, registered_at: next.registeredAt, generation: eb("generation", "+", 1) }))
+      .set((eb) => ({
+        secret_id_digest: next.secretIdDigest,
+        key_set: next.keySet,
+        registered_at: next.registeredAt,
+        card_record_id: next.cardRecordId,
+        generation: eb("generation", "+", 1),
+      }))
       .where("card_id", "=", cardId)
       .where("secret_id_digest", "=", expectedDigest)
       .executeTakeFirst();

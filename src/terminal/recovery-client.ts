@@ -3,7 +3,8 @@
 // arbitrator's side of the workflow (seed 001 embodiment 3, step S6):
 //
 //   approveRequest     fetches the arbitrator's pending item, checks that the request it signs is the one shown
-//                      (its digest), signs the approval after the chain head with the arbitrator's ECDSA key, opens
+//                      (its digest) — and, when asked, that it sends the key into the card expected (the request's
+//                      target, which the approval signs over) —, signs the approval after the chain head with the arbitrator's ECDSA key, opens
 //                      its share envelopes with its ECDH key, releases each share sealed to the reproduction
 //                      device's key, and posts approval and releases;
 //   refuseRequest      signs and posts a refusal with its reason;
@@ -226,9 +227,11 @@ export class RecoveryApiClient {
 
   // ---- requests -----------------------------------------------------------------------------------------------------
 
-  fileRequest(input: { cardId: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string }): Promise<RequestJson> {
+  /** Files a request; a card-destroyed one names `replacementCardId`, the card record issued to the user to receive the key. */
+  fileRequest(input: { cardId: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string; replacementCardId?: string }): Promise<RequestJson> {
     const body: Record<string, unknown> = { cardId: input.cardId, kind: input.kind, requester: input.requester };
     if (input.reason !== undefined) body.reason = input.reason;
+    if (input.replacementCardId !== undefined) body.replacementCardId = input.replacementCardId;
     return this.api.request("POST", "/v1/recovery/requests", body);
   }
 
@@ -301,6 +304,7 @@ export class RecoveryApiClient {
   /**
    * Reproduces a satisfied request's key into the card reachable through `transmit` (the terminal's part): starts
    * the reproduction and forwards each APDU the server sends to the card until the server reports the result.
+   * The key goes into the card the request names (its target); `cardId`, when given, must be that card record.
    * A refusal comes back as the server's ApiError (its detail names the check).
    */
   reproduce(requestId: string, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, o: { cardId?: string; maxRounds?: number } = {}): Promise<ReproductionResult> {
@@ -399,17 +403,21 @@ async function pendingItem<A extends PendingJson["action"]>(client: RecoveryApiC
 /**
  * Step S6, approving: signs after the current chain head, opens the arbitrator's envelopes of the request's card,
  * releases each share sealed to the reproduction device, posts all. `expectDeviceKeyId` pins the device key (its
- * SHA-256, hex): shares are released to no other key.
+ * SHA-256, hex): shares are released to no other key. `expectTargetCardId` pins the card the key goes into (the
+ * request's target, which the approval signs over): nothing is signed for a request naming another card.
  */
 export async function approveRequest(
   client: RecoveryApiClient,
   arbitratorId: string,
   requestId: string,
   keys: ArbitratorPrivateKeys,
-  o: { expectDeviceKeyId?: string; reason?: string } = {},
+  o: { expectDeviceKeyId?: string; expectTargetCardId?: string; reason?: string } = {},
 ): Promise<RequestJson> {
   if (!keys.encryption) throw new RecoveryClientError("approving releases shares: the arbitrator's encryption key is needed");
   const item = await pendingItem(client, arbitratorId, requestId, "decide");
+  const target = item.request.request.target?.cardId;
+  if (o.expectTargetCardId !== undefined && target !== o.expectTargetCardId)
+    throw new RecoveryClientError(`request ${requestId} reproduces the key into card ${target ?? "(none named)"}, not the expected ${o.expectTargetCardId}; nothing signed`);
   if (!item.mayApproveNow) throw new RecoveryClientError(`${arbitratorId} may approve request ${requestId} only after ${item.waitingFor.join(", ")}`);
   const device = await client.deviceKey();
   if (o.expectDeviceKeyId !== undefined && o.expectDeviceKeyId.toLowerCase() !== device.keyId)

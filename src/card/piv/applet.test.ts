@@ -377,6 +377,50 @@ test("GENERAL AUTHENTICATE access rules: 9C needs the PIN immediately before, 9E
   assert.equal(sign(c, 0x11, 0x42, digest).sw, 0x6a86, "not a key reference");
 });
 
+test("GENERAL AUTHENTICATE 9B with an empty 81 answers a challenge from the card's RNG, and authenticates nothing", async () => {
+  const c = newCard();
+  const s = await c.scp(0x01);
+  await s.send(generateApdu(0x9a, 0x11));
+  c.select();
+  const before = JSON.stringify(c.card.state);
+  // OpenSC's C_GenerateRandom, byte for byte (case 3: no Le), without PIN or secure channel
+  const raw = parseResponse(c.transmit(Uint8Array.from(Buffer.from("0087009B047C028100", "hex"))));
+  assert.equal(raw.sw, 0x9000);
+  const challenge = (r: Resp): Uint8Array => {
+    const [t] = parseTlvs(r.data);
+    assert.equal(t.tag, 0x7c);
+    const inner = parseTlvs(t.value);
+    assert.deepEqual(inner.map((x) => x.tag), [0x81], "7C holds the 81 challenge only");
+    return inner[0].value;
+  };
+  const seen = new Set<string>([Buffer.from(challenge(raw)).toString("hex")]);
+  for (const [alg, length] of [[0x00, 8], [0x03, 8], [0x08, 16], [0x0a, 16], [0x0c, 16]] as const) {
+    for (let i = 0; i < 4; i++) {
+      const r = ga(c, alg, 0x9b, [tlv(0x81)]);
+      assert.equal(r.sw, 0x9000, `alg ${alg.toString(16)}`);
+      const v = challenge(r);
+      assert.equal(v.length, length, `alg ${alg.toString(16)}: the algorithm's block size`);
+      seen.add(Buffer.from(v).toString("hex"));
+    }
+  }
+  assert.equal(seen.size, 21, "every challenge is fresh");
+  // No card management key: a response to the challenge, a witness request or a mutual authentication all fail ...
+  const last = challenge(ga(c, 0x00, 0x9b, [tlv(0x81)]));
+  for (const inner of [[tlv(0x82, last)], [tlv(0x82, randomBytes(8))], [tlv(0x80)], [tlv(0x80, randomBytes(8)), tlv(0x81, randomBytes(8)), tlv(0x82)], [tlv(0x81, randomBytes(8)), tlv(0x82)]])
+    assert.equal(ga(c, 0x00, 0x9b, inner).sw, 0x6982);
+  // ... and leave the card as it was: administration still needs the issuer's SCP03 session.
+  assert.equal(c.send(generateApdu(0x9c, 0x11)).sw, 0x6982);
+  assert.equal(c.send(putDataApdu([0x5f, 0xc1, 0x0c], tlv(0xc1, Uint8Array.of(0)))).sw, 0x6982);
+  assert.equal(JSON.stringify(c.card.state), before, "nothing stored");
+  assert.deepEqual([...c.card.ram.keys()], [], "no security status in RAM");
+  // Malformed requests get status words
+  assert.equal(ga(c, 0x11, 0x9b, [tlv(0x81)]).sw, 0x6a86, "not a symmetric algorithm");
+  assert.equal(ga(c, 0x00, 0x9b, []).sw, 0x6a80, "empty template");
+  assert.equal(ga(c, 0x00, 0x9b, [tlv(0x85)]).sw, 0x6a80);
+  assert.equal(c.send({ ins: 0x87, p1: 0x00, p2: 0x9b, data: tlv(0x7d, tlv(0x81)) }).sw, 0x6a80);
+  assert.equal(c.send({ ins: 0x87, p1: 0x00, p2: 0x9b }).sw, 0x6a80, "no data");
+});
+
 test("ECDH with key management keys (P-256, P-384) and its refusals", async () => {
   const c = newCard();
   const s = await c.scp(0x01);

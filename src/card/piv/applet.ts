@@ -12,6 +12,8 @@
 //   CHANGE REFERENCE DATA 24 00 80/81  old(8) | new(8), each FF-padded
 //   RESET RETRY COUNTER   2C 00 80  PUK(8) | new PIN(8)
 //   GENERAL AUTHENTICATE  87 alg ref  7C{82 00, 81 challenge} -> 7C{82 signature} | 7C{82 00, 85 point} -> 7C{82 Z}
+//                         87 alg 9B   7C{81 00} -> 7C{81 random}: a challenge from the card's RNG (OpenSC's
+//                                     C_GenerateRandom); there is no card management key, so it authenticates nothing
 //   GENERATE ASYMMETRIC   47 00 ref  AC{80 alg} -> 7F49{81 n, 82 e} | 7F49{86 point}          admin
 //   IMPORT KEY            80 F0 00 ref  80 alg | 81 PKCS#8 (needs C-DECRYPTION)    SCP03 C-MAC
 //                                       or 80 alg | 83 Sk[PRk] (package.ts wrapForCard)
@@ -20,7 +22,7 @@
 //   DELETE KEY            80 F6 00 ref  key and its certificate object             SCP03 C-MAC, or PIN
 // "admin" = an authenticated SCP03 session with at least C-MAC on this channel (GP security level 0x81).
 
-import { X509Certificate } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import type { CommandApdu } from "../apdu.ts";
 import type { Applet, AppletContext } from "../applet.ts";
 import { applyPackage, exportPackage, openPackage, unwrapForCard } from "../package.ts";
@@ -78,6 +80,20 @@ const RAM_PIN_ALWAYS = "piv.pinAlways";
 const KEY_AGREEMENT_REFS: ReadonlySet<number> = new Set([0x9d, 0x9e, ...Array.from({ length: 20 }, (_, i) => 0x82 + i)]);
 
 const EMPTY = new Uint8Array(0);
+
+/** The PIV Card Application Administration Key reference (SP 800-73-4 Part 1 Table 4b). */
+const CARD_MANAGEMENT_KEY = 0x9b;
+/**
+ * Symmetric algorithm identifiers a challenge for the card management key may name (SP 800-78-4 Table 6-2: 00 and
+ * 03 3-key Triple DES, 08/0A/0C AES-128/192/256), with the challenge length: the algorithm's block size.
+ */
+const CHALLENGE_LENGTH: ReadonlyMap<number, number> = new Map([
+  [0x00, 8],
+  [0x03, 8],
+  [0x08, 16],
+  [0x0a, 16],
+  [0x0c, 16],
+]);
 
 export interface PivAppletOptions {
   /** Clock for the CHUID expiration date (tests). */
@@ -272,6 +288,7 @@ export class PivApplet implements Applet {
 
   /** GENERAL AUTHENTICATE (SP 800-73-4 Part 2 §3.2.4): signature / RSA decryption (81) or ECDH (85). */
   private generalAuthenticate(ctx: AppletContext, cmd: CommandApdu, pinAlways: boolean): Uint8Array {
+    if (cmd.p2 === CARD_MANAGEMENT_KEY) return managementKeyChallenge(cmd);
     const alg = ALG_BY_ID.get(cmd.p1);
     if (!alg) throw new CardError(SW.INCORRECT_P1P2, "unsupported algorithm");
     check(KEY_CERT_TAGS.has(cmd.p2), SW.INCORRECT_P1P2, "not a key reference");
@@ -467,6 +484,23 @@ function dynamicAuthTemplate(data: Uint8Array): Tlv[] {
   const outer = parseTlvs(data);
   check(outer.length === 1 && outer[0].tag === 0x7c, SW.WRONG_DATA, "7C dynamic authentication template expected");
   return parseTlvs(outer[0].value);
+}
+
+/**
+ * GENERAL AUTHENTICATE to the card management key 9B asking for a challenge, 7C{81 00} (SP 800-73-4 Part 2
+ * Appendix A.1, the first step of the administrator's challenge-response): answered 7C{81 challenge}, fresh from the
+ * card's RNG, as long as the algorithm's block. This card has no card management key — administration is the
+ * issuer's SCP03 session (`admin`) — so the challenge is random numbers and nothing more: OpenSC reads its
+ * C_GenerateRandom this way. Nothing is kept; any other template for 9B (a witness request 80, a response 82) is
+ * refused with 6982, so no response to a challenge ever authenticates anything.
+ */
+function managementKeyChallenge(cmd: CommandApdu): Uint8Array {
+  const length = CHALLENGE_LENGTH.get(cmd.p1);
+  if (length === undefined) throw new CardError(SW.INCORRECT_P1P2, "not a card management key algorithm");
+  const dyn = dynamicAuthTemplate(cmd.data);
+  check(!dyn.some((t) => t.tag === 0x80 || t.tag === 0x82 || (t.tag === 0x81 && t.value.length > 0)), SW.SECURITY_STATUS_NOT_SATISFIED, "no card management key: administration is through SCP03");
+  check(dyn.length === 1 && dyn[0].tag === 0x81, SW.WRONG_DATA, "7C{81 00} (challenge requested) expected");
+  return tlv(0x7c, tlv(0x81, randomBytes(length)));
 }
 
 /**

@@ -100,6 +100,13 @@ test("OpenSC pkcs11-tool lists the PIV certificates and signs with P-256 (9A) an
     const rsaPub = new X509Certificate(certs["signature-rsa2048"]).publicKey;
     assert.ok(verify("sha256", msg, rsaPub, readFileSync(rsaSig)), "RSA signature made through OpenSC verifies");
     assert.ok(!verify("sha256", createHash("sha256").update(msg).digest(), rsaPub, readFileSync(rsaSig)));
+    // pkcs11-tool's own self-test: random numbers (GENERAL AUTHENTICATE 9B, 81 challenge), digests, and for the RSA
+    // key signatures with every mechanism, verification and decryption.
+    const self = await tool(["--test", "--login", "--pin", "123456"]);
+    assert.equal(self.code, 0, self.stderr + self.stdout);
+    assert.match(self.stdout, /C_GenerateRandom\(\):\s+seeding \(C_SeedRandom\) not supported\s+seems to be OK/);
+    assert.match(self.stdout, /No errors/, self.stdout + self.stderr);
+    assert.doesNotMatch(self.stdout + self.stderr, /ERR:/);
   });
   card.close();
 });
