@@ -230,35 +230,4 @@ export function registerIssuerCommands(program: Command, card: Command): void {
     writeFileSync(o.out, r.body);
     print(o, `CRL (${r.body.length} bytes) written to ${o.out}`, { out: o.out, bytes: r.body.length });
   });
-
-  // ---- audit --------------------------------------------------------------------------------------------------
-  const audit = program.command("audit").description("the hash-chained audit log");
-  serverOptions(
-    audit
-      .command("verify")
-      .description("verify the audit chain through the API (auditor token), or directly in the DB with --database")
-      .option("--database <url>", "verify this system DB directly instead of asking the server")
-      .option("--head-seq <n>", "an exported head's seq (detects truncation)", int)
-      .option("--head-hash <hex>", "an exported head's hash"),
-    "optional",
-  ).action(async (o: ServerOpts & { database?: string; headSeq?: number; headHash?: string }) => {
-    if ((o.headSeq === undefined) !== (o.headHash === undefined)) throw new UsageError("--head-seq and --head-hash go together");
-    if (o.headHash !== undefined && !/^[0-9a-f]{64}$/.test(o.headHash)) throw new UsageError("--head-hash is 64 lowercase hex digits");
-    const head = o.headSeq !== undefined ? { seq: o.headSeq, hash: o.headHash! } : undefined;
-    let v: { ok: boolean; entries?: number; message?: string; [k: string]: unknown };
-    if (o.database) {
-      const { verifyAuditLog } = await import("../store/audit.ts");
-      const store = await openStore({ database: o.database });
-      try {
-        v = await verifyAuditLog(store.db, { expectedHead: head });
-      } finally {
-        await store.close();
-      }
-    } else {
-      const api = apiFrom(o);
-      v = head ? await api.request("GET", `/v1/audit/verify?headSeq=${head.seq}&headHash=${head.hash}`) : await api.verifyAudit();
-    }
-    print(o, v.ok ? `audit log intact: ${v.entries} entries` : `audit log BROKEN: ${v.message}`, v);
-    if (!v.ok) process.exitCode = 1;
-  });
 }

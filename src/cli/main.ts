@@ -15,6 +15,7 @@ import { readCardInfo } from "../terminal/card-info.ts";
 import { attachVpcd, VPCD_DEFAULT_HOST, VPCD_DEFAULT_PORT, VPCD_READER } from "../transport/vpcd.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
 import { registerIssuerCommands } from "./issuer.ts";
+import { registerAuditCommands } from "./audit.ts";
 import { registerRotationCommands } from "./rotation.ts";
 import { registerTerminalCommands } from "./terminal.ts";
 import { registerEventCommands } from "./events.ts";
@@ -237,6 +238,7 @@ registerRecoveryCommands(program);
 registerKeygenCommands(program);
 registerBackupCommands(program);
 registerCustodyCommands(program);
+registerAuditCommands(program);
 
 function mustExist(path: string): string {
   if (!existsSync(path)) throw new UsageError(`no card image at ${path}`);

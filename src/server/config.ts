@@ -73,6 +73,13 @@ export interface IssuerConfig {
    * allowAddresses ("127.0.0.1/32", "10.20.0.0/16", "fd12::/16") contains them.
    */
   webhooks: { allowAddresses: string[] };
+  /**
+   * Signed checkpoints of the audit log (issue 15 §3, src/issuer/audit-checkpoints.ts): one every
+   * checkpointIntervalSeconds when the log grew (0: on demand only), written to checkpointFile when set (owner-only,
+   * replaced atomically: put it where the database's attacker cannot reach, e.g. a mount of another host) and sent
+   * as the webhook event audit.checkpoint. origin names the log in its checkpoints (default cardkms/audit/<key ID>).
+   */
+  audit: { checkpointIntervalSeconds: number; checkpointFile?: string; origin?: string };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -99,6 +106,7 @@ export const DEFAULT_CONFIG: IssuerConfig = {
   },
   metrics: { access: "token", host: "127.0.0.1", port: 9464 },
   webhooks: { allowAddresses: [] },
+  audit: { checkpointIntervalSeconds: 300 },
 };
 
 const count = (min: number, max: number) => ({ type: "integer", minimum: min, maximum: max }) as const;
@@ -106,7 +114,7 @@ const count = (min: number, max: number) => ({ type: "integer", minimum: min, ma
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks"],
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks", "audit"],
   properties: {
     listen: {
       type: "object",
@@ -190,6 +198,16 @@ const schema = {
       required: ["allowAddresses"],
       properties: { allowAddresses: { type: "array", maxItems: 256, items: { type: "string", minLength: 2, maxLength: 64 } } },
     },
+    audit: {
+      type: "object",
+      additionalProperties: false,
+      required: ["checkpointIntervalSeconds"],
+      properties: {
+        checkpointIntervalSeconds: { type: "integer", minimum: 0, maximum: 86_400 },
+        checkpointFile: { type: "string", minLength: 1 },
+        origin: { type: "string", minLength: 1, maxLength: 200, pattern: "^[^\\s+]+$" },
+      },
+    },
   },
 } as const;
 
@@ -230,6 +248,9 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_METRICS_HOST: { path: ["metrics", "host"], type: "string" },
   CARDKMS_METRICS_PORT: { path: ["metrics", "port"], type: "integer" },
   CARDKMS_WEBHOOK_ALLOW_ADDRESSES: { path: ["webhooks", "allowAddresses"], type: "list" },
+  CARDKMS_AUDIT_CHECKPOINT_INTERVAL_SECONDS: { path: ["audit", "checkpointIntervalSeconds"], type: "integer" },
+  CARDKMS_AUDIT_CHECKPOINT_FILE: { path: ["audit", "checkpointFile"], type: "string" },
+  CARDKMS_AUDIT_ORIGIN: { path: ["audit", "origin"], type: "string" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {

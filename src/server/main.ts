@@ -35,6 +35,8 @@ import { openCaService } from "../ca/service.ts";
 import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { selfTestRefusal } from "../custody/pkcs11-selftest.ts";
+import { AuditCheckpointError, AuditCheckpoints, eventCheckpointPublisher, fileCheckpointPublisher, type CheckpointPublisher } from "../issuer/audit-checkpoints.ts";
+import { auditRoutes } from "./audit-routes.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import type { TransportOptions } from "../issuer/transport-keys.ts";
 import { CertificationCenter, signedRequestsThroughCenter } from "../keygen/center.ts";
@@ -94,6 +96,8 @@ export interface IssuerAppDeps {
   /** The expiry window of the validity scan ("scan now" and the scheduler). */
   expiry?: { windowDays: number; scheduler?: ValidityScheduler };
   webhookSecrets?: WebhookSecrets;
+  /** The audit log's checkpoints (issue 15 §3): the log's name and where new checkpoints go besides the event. */
+  audit?: { origin?: string; publishers?: CheckpointPublisher[] };
   relays?: { ttlMs?: number; max?: number };
   /** The limits of config.ts (issue 9 §2-3): rate limits, body limits, per-card and per-principal bounds. Default: DEFAULT_CONFIG's. */
   limits?: Partial<IssuerConfig["limits"]>;
@@ -113,6 +117,8 @@ export interface IssuerApp {
   terminalTokens: TerminalTokens;
   /** Key reproduction by arbitrators (recovery-routes.ts). */
   recovery: RecoveryService;
+  /** Signed checkpoints of the audit log (audit-routes.ts; the schedule: startIssuerServer). */
+  checkpoints: AuditCheckpoints;
   routes: RouteInfo[];
 }
 
@@ -205,7 +211,26 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery, liveRelays });
   await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });
   if (d.crlPath) serveCrlAt(app, d.crlPath, issuer);
-  return { app, issuer, metrics, terminalTokens, recovery, routes };
+  const checkpoints = await AuditCheckpoints.open({
+    db: d.store.db as Db,
+    custody: d.custody,
+    origin: d.audit?.origin,
+    publishers: [...(d.audit?.publishers ?? []), eventCheckpointPublisher(d.store)],
+    onPublishError: (e) => app.log.error({ err: e }, "an audit checkpoint was signed and recorded, but sending it out failed"),
+  });
+  await app.register(auditRoutes, { prefix: "/v1", checkpoints });
+  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, routes };
+}
+
+/** The scheduled checkpoint (issue 15 §3): only when the log grew; a log that does not extend the last is an alarm. */
+async function scheduledCheckpoint(built: IssuerApp, app: FastifyInstance): Promise<void> {
+  try {
+    const { checkpoint, made } = await built.checkpoints.make({ actor: "system", ifGrown: true });
+    if (made) app.log.info({ auditCheckpoint: { size: checkpoint.size, rootHash: checkpoint.rootHash } }, "audit checkpoint signed");
+  } catch (e) {
+    if (e instanceof AuditCheckpointError) app.log.error({ check: e.check }, `AUDIT LOG: ${e.message}`);
+    else app.log.error({ err: e }, "the scheduled audit checkpoint failed");
+  }
 }
 
 /** A DN string of the configuration ("CN=cardkms CA, O=Example, C=JP") as a structured subject. */
@@ -328,6 +353,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       webhookAddresses,
       limits: config.limits,
       metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
+      audit: { origin: config.audit.origin, publishers: config.audit.checkpointFile ? [fileCheckpointPublisher(config.audit.checkpointFile)] : [] },
     });
     const { app } = built;
     app.log[selfTest.ok ? "info" : "warn"](
@@ -365,6 +391,11 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       }
       scheduler.start();
       dispatcher.start(5000);
+      if (config.audit.checkpointIntervalSeconds > 0) {
+        const timer = setInterval(() => void scheduledCheckpoint(built, app), config.audit.checkpointIntervalSeconds * 1000);
+        timer.unref();
+        closers.push(async () => clearInterval(timer));
+      }
     }
     let closing: Promise<void> | undefined;
     const server: IssuerServer = { ...built, store, custody, url, metricsUrl, close: () => (closing ??= closeAll()) };

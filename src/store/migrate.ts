@@ -14,6 +14,7 @@ import { recoveryLifecycle } from "./migrations/0007_recovery_lifecycle.ts";
 import { cardStateCounters } from "./migrations/0008_card_state_counters.ts";
 import { canonicalKeyHashes } from "./migrations/0009_canonical_key_hashes.ts";
 import { recoveryDeviceCardRecord } from "./migrations/0010_recovery_device_card_record.ts";
+import { auditCheckpoints } from "./migrations/0011_audit_checkpoints.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
@@ -28,6 +29,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0008_card_state_counters": cardStateCounters(engine),
     "0009_canonical_key_hashes": canonicalKeyHashes(engine),
     "0010_recovery_device_card_record": recoveryDeviceCardRecord(engine),
+    "0011_audit_checkpoints": auditCheckpoints(engine),
   };
 }
 

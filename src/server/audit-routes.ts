@@ -1,0 +1,110 @@
+// Signed checkpoints of the audit log over HTTP (issue 15 §3; the domain: src/issuer/audit-checkpoints.ts). The
+// entries themselves are GET /audit and the chain check GET /audit/verify (issuer-routes.ts).
+//
+//   GET  /audit/checkpoint-key      (auditor, operator)  {origin, verifierKey}: what an auditor pins
+//   POST /audit/checkpoints         (auditor, operator)  201 a checkpoint of the log as it is now, signed in custody |
+//                                                         409 check log-broken / not-extended: the log was cut short
+//                                                         or rewritten under the newest checkpoint, nothing signed
+//   GET  /audit/checkpoints/latest  (auditor)            the newest checkpoint on record | 404
+//   GET  /audit/consistency?from=&to=  (auditor)         the RFC 9162 consistency proof between two tree sizes
+
+import type { FastifyPluginAsync } from "fastify";
+import { AuditCheckpointError, type AuditCheckpoints, type StoredCheckpoint } from "../issuer/audit-checkpoints.ts";
+import { digits, principalOf, problems } from "./issuer-routes.ts";
+import { ApiProblem } from "./problem.ts";
+
+export interface AuditRoutesOptions {
+  checkpoints: AuditCheckpoints;
+}
+
+const checkpointSchema = {
+  type: "object",
+  required: ["origin", "size", "rootHash", "note", "createdAt"],
+  properties: {
+    origin: { type: "string" },
+    size: { type: "integer", description: "how many audit entries the checkpoint covers (entries 1..size)" },
+    rootHash: { type: "string", description: "the RFC 9162 tree head over the entries' chain hashes, base64" },
+    note: { type: "string", description: "the C2SP tlog-checkpoint signed note: keep it outside the server" },
+    createdAt: { type: "integer" },
+  },
+} as const;
+
+const out = (origin: string, c: StoredCheckpoint) => ({ origin, size: c.size, rootHash: Buffer.from(c.rootHash, "hex").toString("base64"), note: c.note, createdAt: c.createdAt });
+
+function refused(e: unknown): unknown {
+  if (!(e instanceof AuditCheckpointError)) return e;
+  if (e.check === "invalid") return new ApiProblem(400, "invalid", "Invalid request", e.message);
+  return new ApiProblem(409, "audit-not-extended", "The audit log does not extend its newest checkpoint", e.message, { check: e.check });
+}
+
+export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o) => {
+  const cp = o.checkpoints;
+
+  app.get(
+    "/audit/checkpoint-key",
+    {
+      config: { roles: ["auditor", "operator"] },
+      schema: {
+        summary: "The key checkpoints are signed with (in custody): pin it to verify checkpoints kept outside the server",
+        response: { 200: { type: "object", required: ["origin", "verifierKey"], properties: { origin: { type: "string" }, verifierKey: { type: "string" } } }, ...problems },
+      },
+    },
+    async () => ({ origin: cp.origin, verifierKey: cp.verifierKey }),
+  );
+
+  app.post(
+    "/audit/checkpoints",
+    {
+      config: { roles: ["auditor", "operator"] },
+      schema: {
+        summary: "Sign a checkpoint of the audit log as it is now (only over a log that verifies and extends the newest checkpoint)",
+        body: { type: ["object", "null"], additionalProperties: false, properties: {} },
+        response: { 201: checkpointSchema, ...problems },
+      },
+    },
+    async (req, reply) => {
+      try {
+        const { checkpoint } = await cp.make({ actor: principalOf(req).name });
+        return reply.code(201).send(out(cp.origin, checkpoint));
+      } catch (e) {
+        throw refused(e);
+      }
+    },
+  );
+
+  app.get(
+    "/audit/checkpoints/latest",
+    {
+      config: { roles: ["auditor"] },
+      schema: { summary: "The newest checkpoint on record", response: { 200: checkpointSchema, ...problems } },
+    },
+    async () => {
+      const c = await cp.latest();
+      if (!c) throw new ApiProblem(404, "not-found", "No checkpoint yet", "no checkpoint of the audit log was made yet: POST /v1/audit/checkpoints");
+      return out(cp.origin, c);
+    },
+  );
+
+  app.get<{ Querystring: { from: string; to: string } }>(
+    "/audit/consistency",
+    {
+      config: { roles: ["auditor"] },
+      schema: {
+        summary: "RFC 9162 consistency proof: the tree of the first `to` entries extends the tree of the first `from`",
+        querystring: { type: "object", additionalProperties: false, required: ["from", "to"], properties: { from: digits(15), to: digits(15) } },
+        response: {
+          200: { type: "object", required: ["from", "to", "proof"], properties: { from: { type: "integer" }, to: { type: "integer" }, proof: { type: "array", items: { type: "string" } } } },
+          ...problems,
+        },
+      },
+    },
+    async (req) => {
+      const from = Number(req.query.from), to = Number(req.query.to);
+      try {
+        return { from, to, proof: (await cp.consistency(from, to)).map((h) => Buffer.from(h).toString("base64")) };
+      } catch (e) {
+        throw refused(e);
+      }
+    },
+  );
+};
