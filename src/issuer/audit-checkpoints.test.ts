@@ -2,7 +2,7 @@
 // cutting a log short that the hash chain alone lets through — deleting the last rows, replacing the whole table
 // with a shorter consistent chain, rewriting the tail with recomputed hashes. Each verifies as intact by the chain
 // (verifyAuditLog); each is found against a checkpoint kept outside the server, and no checkpoint is signed over it.
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -12,13 +12,24 @@ import { sql } from "kysely";
 import { SoftwareCustody } from "../custody/software.ts";
 import { appendAudit, entryHash, verifyAuditLog } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
-import { testEngines } from "../store/testing.ts";
+import { testEngines, type TestEngine } from "../store/testing.ts";
 import { extendsCheckpoint } from "../tlog/extends.ts";
 import { treeHead, verifyConsistency } from "../tlog/merkle.ts";
 import { openNote, parseCheckpoint, parseVerifierKey } from "../tlog/note.ts";
 import { AuditCheckpointError, AuditCheckpoints, auditLeaf } from "./audit-checkpoints.ts";
 
 const custody = () => SoftwareCustody.open({ path: join(mkdtempSync(join(tmpdir(), "cardkms-cp-")), "keystore.json"), key: randomBytes(32).toString("hex") });
+
+/** A migrated DB of `engine` and a software custody, both closed when the test ends. */
+async function fresh(t: TestContext, engine: TestEngine) {
+  const tdb = await engine.create();
+  const c = await custody();
+  t.after(async () => {
+    await c.close();
+    await tdb.drop();
+  });
+  return { tdb, c };
+}
 
 async function append(db: Db, n: number, from = 0): Promise<void> {
   for (let i = 0; i < n; i++) await appendAudit(db, { actor: "olga", action: "card.issue", subject: `card-${from + i}`, details: { i: from + i } });
@@ -38,12 +49,7 @@ async function rewriteFrom(db: Db, from: number): Promise<void> {
 
 for (const engine of testEngines()) {
   test(`${engine.name}: a checkpoint is a signed note over the tree of the entries' chain hashes; made only when the log grew`, async (t) => {
-    const tdb = await engine.create();
-    const c = await custody();
-    t.after(async () => {
-      await c.close();
-      await tdb.drop();
-    });
+    const { tdb, c } = await fresh(t, engine);
     await append(tdb.db, 5); // entries written before any checkpoint (as before the migration): the first one covers them
     const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
     const first = await cps.make({ actor: "test" });
@@ -67,12 +73,7 @@ for (const engine of testEngines()) {
   });
 
   test(`${engine.name}: truncation, replacement and a rewritten tail all verify by the chain, and none extends the checkpoint`, async (t) => {
-    const tdb = await engine.create();
-    const c = await custody();
-    t.after(async () => {
-      await c.close();
-      await tdb.drop();
-    });
+    const { tdb, c } = await fresh(t, engine);
     const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
     await append(tdb.db, 12);
     const kept = parseCheckpoint(openNote((await cps.make({ actor: "test" })).checkpoint.note, [parseVerifierKey(cps.verifierKey)]).text);
@@ -106,12 +107,7 @@ for (const engine of testEngines()) {
   });
 
   test(`${engine.name}: no checkpoint over a broken chain; the refusal is audited`, async (t) => {
-    const tdb = await engine.create();
-    const c = await custody();
-    t.after(async () => {
-      await c.close();
-      await tdb.drop();
-    });
+    const { tdb, c } = await fresh(t, engine);
     const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
     await append(tdb.db, 4);
     await sql`update audit_log set actor = 'mallory' where seq = 2`.execute(tdb.db);
