@@ -18,6 +18,8 @@ import { SOFTHSM2_OPEN_PATHS, softhsmToken } from "./custody-env.ts";
 
 export interface ApiEnv {
   server: IssuerServer;
+  /** The server's DB URL: another connection to it acts as another server on the same database would. */
+  database: string;
   tokens: { admin: string; operator: string; auditor: string };
   /** Every log line the server wrote. */
   logs: string[];
@@ -91,6 +93,7 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
   };
   return {
     server,
+    database: tdb.url,
     tokens,
     logs,
     async close() {

@@ -15,6 +15,7 @@ import { sql } from "kysely";
 import { createCard } from "../src/card/card.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import { PUT_BODY_LIMIT } from "../src/server/backup-routes.ts";
+import { createOperatorToken } from "../src/server/main.ts";
 import type { Db } from "../src/store/db.ts";
 import { testEngines } from "../src/store/testing.ts";
 import { IssuerApiClient } from "../src/terminal/api-client.ts";
@@ -180,7 +181,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
     await t.test("S11-S12: a new card of the same user with the same key; its terminal fetches the old card's backups over HTTP and the new card deciphers them", async () => {
       // An embodiment-3 rotation onto a new card, over HTTP: the key pairs (9D included) re-wrapped to its Sk2.
       const rot = expect(await post(`/v1/cards/${cardId}/rotations`, op, { strategy: "embodiment3" }), 201) as { id: string };
-      expect(await post(`/v1/rotations/${rot.id}/approve`, op, {}), 200);
+      expect(await post(`/v1/rotations/${rot.id}/approve`, (await createOperatorToken(env.server.store, "otto", ["operator"])).token, {}), 200); // four eyes
       const fresh = expect(await post(`/v1/rotations/${rot.id}/new-card`, op, {}), 201) as { card: { id: string; userId: string }; personalisation: { sessionId: string; apdus: string[] } };
       assert.equal(fresh.card.userId, userId);
       const newCard = createCard(join(dir, "new.card"), randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(fresh.card.id, "hex") });

@@ -75,7 +75,7 @@ async function syncPackages(issuer: Issuer, cardId: string, piv: PivClient): Pro
 async function reissueWithSameKey(issuer: Issuer, oldCardId: string, imagePath: string) {
   const rotations = new CardRotation(issuer);
   const r = await rotations.propose({ cardId: oldCardId, strategy: "embodiment3" }, "olga");
-  await rotations.approve(r.id, "olga");
+  await rotations.approve(r.id, "otto"); // four eyes: not its proposer
   const { card } = await rotations.issueNewCard(r.id, "olga");
   const vc = createCard(imagePath, randomBytes(32), { kmc: TEST_KMC, cardId: Buffer.from(card.id, "hex") });
   const transmit = (a: Uint8Array) => vc.transmit(a);

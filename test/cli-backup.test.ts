@@ -122,7 +122,7 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   // ---- S11: a new card of the same user with the same key pairs (embodiment-3 rotation; the old card is retired) ------------
   const rotations = new CardRotation(issuer);
   const r = await rotations.propose({ cardId: card.id, strategy: "embodiment3" }, "olga");
-  await rotations.approve(r.id, "olga");
+  await rotations.approve(r.id, "otto"); // four eyes: not its proposer
   const { card: fresh } = await rotations.issueNewCard(r.id, "olga");
   const newImage = join(dir, "new.card");
   {

@@ -1,12 +1,13 @@
 // Validity (FIG. 5, para 0062) through the CLI: a card key set near its end is found by `validity scan`, the
-// events are listed by `events list`, a webhook registered with `webhook add` receives the rotation proposal with a
-// valid HMAC signature, and `rotation approve` approves it.
+// events are listed by `events list`, a webhook registered with `webhook add` receives the rotation proposal signed as
+// Standard Webhooks say (verified by the reference receiver check, which also refuses the same delivery replayed), and
+// `webhook dead-letters` / `webhook retry` list and queue again what delivery gave up on (issue 15 §6).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { verifyWebhookSignature } from "../src/issuer/webhooks.ts";
+import { verifyWebhook, WebhookReplayCache, WebhookVerificationError } from "../src/issuer/webhook-receiver.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -30,12 +31,12 @@ test("validity scan, events and webhooks through the CLI", { timeout: 180_000 },
   };
 
   // A receiver for webhooks on loopback.
-  const received: { body: string; signature: string }[] = [];
+  const received: { body: string; headers: Record<string, string | string[] | undefined> }[] = [];
   const receiver = createServer((req, res) => {
     let body = "";
     req.on("data", (c) => (body += c));
     req.on("end", () => {
-      received.push({ body, signature: String(req.headers["x-cardkms-signature"] ?? "") });
+      received.push({ body, headers: req.headers });
       res.writeHead(204).end();
     });
   });
@@ -64,8 +65,22 @@ test("validity scan, events and webhooks through the CLI", { timeout: 180_000 },
 
   // The server's dispatcher delivers every 5 s: wait for the rotation proposal to arrive (bounded).
   for (let i = 0; i < 100 && !received.some((r) => JSON.parse(r.body).type === "rotation.proposed"); i++) await new Promise((r) => setTimeout(r, 200));
-  for (const r of received) assert.ok(verifyWebhookSignature(hook.secret, r.body, r.signature), "valid HMAC signature");
+  const seen = new WebhookReplayCache();
+  for (const r of received) assert.equal(verifyWebhook({ secret: hook.secret, headers: r.headers, body: r.body, replay: seen }).id, r.headers["webhook-id"], "a valid signature");
+  assert.throws(() => verifyWebhook({ secret: hook.secret, headers: received[0].headers, body: received[0].body, replay: seen }), (e) => e instanceof WebhookVerificationError && e.reason === "duplicate");
   assert.ok(received.some((r) => JSON.parse(r.body).type === "rotation.proposed"));
+
+  // The dead-letter record: a delivery the dispatcher gave up on (as after its last attempt) is listed and queued again.
+  const [proposal] = (await json(["events", "list", "--type", "rotation.proposed"])).events as { id: number }[];
+  await store.db.updateTable("webhook_queue").set({ status: "dead", attempts: 24, last_error: "HTTP 500", dead_at: Date.now() }).where("event_id", "=", proposal.id).execute();
+  const letters = await json(["webhook", "dead-letters", "--webhook", hook.id]);
+  const id = `msg_${proposal.id}_${hook.id}`;
+  assert.deepEqual(letters.deadLetters.map((d: { deliveryId: string; lastError: string }) => [d.deliveryId, d.lastError]), [[id, "HTTP 500"]]);
+  assert.equal((await cli(["webhook", "retry"], env)).code, 2, "retry names what to retry");
+  assert.deepEqual((await json(["webhook", "retry", "--delivery", id])).retried, [id]);
+  const redelivered = received.length;
+  for (let i = 0; i < 100 && received.length === redelivered; i++) await new Promise((r) => setTimeout(r, 200));
+  assert.equal(received[received.length - 1].headers["webhook-id"], id, "delivered again, under the same webhook-id");
 
   await json(["webhook", "remove", hook.id]);
   assert.equal((await json(["webhook", "list"])).webhooks.length, 0);

@@ -61,6 +61,9 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const refused = (await auditActions(env, cardId)).filter((e) => e.action === "keygen.refused");
       assert.equal(refused.length, 1);
       assert.equal(refused[0].details.check, "personal-data");
+      // issue 15 §6: what was refused — the key the device had generated (not yet certified: no serial)
+      assert.match(String(refused[0].details.publicKeySha256), /^[0-9a-f]{64}$/);
+      assert.equal(refused[0].details.serial, undefined);
     });
 
     for (const [slot, alg] of [
@@ -112,6 +115,10 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const noPolicy = expect(await keygen({ slot: "9d", alg: "P256", personalData: entered, escrow: true }), 422);
       assert.equal(noPolicy.check, "escrow");
       assert.equal(noPolicy.refusedBy, "device");
+      // issue 15 §6: refused after the center certified: the audit entry names the certificate and the key
+      const escrowRefusal = (await auditActions(env, cardId)).filter((e) => e.action === "keygen.refused" && e.details.check === "escrow").at(-1);
+      assert.match(String(escrowRefusal?.details.serial), /^[0-9a-f]+$/);
+      assert.match(String(escrowRefusal?.details.publicKeySha256), /^[0-9a-f]{64}$/);
     });
 
     await t.test("a live session belongs to the operator who opened it", async () => {

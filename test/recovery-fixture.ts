@@ -2,7 +2,7 @@
 // the key lost from the card) and the arbitrators of FIG. 9. The key itself is issued with escrow through the API
 // (test/api-env.ts keygenOverApi) or the CLI (cardkms keygen issue --escrow).
 import assert from "node:assert/strict";
-import { randomBytes, verify, X509Certificate } from "node:crypto";
+import { randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
 import type { KeyPairAlg } from "../src/custody/custody.ts";
 import type { PivSlot } from "../src/keygen/device.ts";
 import type { Transmit } from "../src/terminal/apdu-client.ts";
@@ -39,6 +39,7 @@ export async function loseKey(transmit: Transmit, slot: PivSlot): Promise<void> 
 
 /** The FIG. 9 policy (testing.ts) for the API: user and credit company indispensable, the credit company after the user. */
 export { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
+import { makeArbitrators } from "../src/recovery/testing.ts";
 
 /**
  * A card issued to an existing user through the API and personalised through the relay (issueAndPersonalise issues
@@ -53,4 +54,19 @@ export async function issueCardFor(env: ApiEnv, userId: string): Promise<{ cardI
   const start = expect(await post(`/v1/cards/${cardId}/personalisation`, op), 201) as { sessionId: string; apdus: string[] };
   expect(await relay(post, op, start, card), 200);
   return { cardId, card };
+}
+
+/**
+ * One arbitrator registered through the API by the operator (its keys from makeArbitrators), with a token bound to
+ * it: what a test of one reproduction needs on the arbitrators' side.
+ */
+export async function arbitratorOverApi(env: ApiEnv, id: string): Promise<{ keys: ReturnType<typeof makeArbitrators>["keys"]; token: string }> {
+  const { post } = api(env);
+  const op = env.tokens.operator;
+  const { registry, keys } = makeArbitrators([id]);
+  const a = registry.require(id);
+  const pem = (k: KeyObject) => k.export({ format: "pem", type: "spki" }) as string;
+  expect(await post("/v1/recovery/arbitrators", op, { id, signingPublicKey: pem(a.signingKey), encryptionPublicKey: pem(a.encryptionKey) }), 201);
+  const token = (expect(await post(`/v1/recovery/arbitrators/${id}/tokens`, op), 201) as { token: string }).token;
+  return { keys, token };
 }

@@ -318,7 +318,8 @@ for (const engine of testEngines()) {
           assert.ok(await cardSignsFor(cardC.transmit, "9c", "P256", certB), "the new card signs under the destroyed card's certificate");
           assert.equal((await svc.escrowOf("card-B"))?.deviceGeneration, 2);
           const actions = (await audit(db, since)).map((e) => e.action);
-          assert.deepEqual(actions, ["recovery.device.replace", "recovery.reproduce"]);
+          // the destroyed card's record is marked destroyed in the same transaction (issue 15 §5)
+          assert.deepEqual(actions, ["recovery.device.replace", "card.destroyed", "recovery.reproduce"]);
 
           // the destroyed card, should it reappear, is no longer card-B's registered device: a key-lost request now
           // names card-C, the registered card

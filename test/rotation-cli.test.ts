@@ -1,13 +1,15 @@
 // The rotation commands (src/cli/rotation.ts): the re-wrap progress bar an operator sees, the command set, and a
 // whole embodiment-3 rotation driven through `cardkms rotation ...` (child processes) against a running server —
-// propose, approve, new-card into a fresh card image through the relay, rewrap --wait, status, distribute — with
-// --json everywhere and the exit codes of usage errors (2) and refusals (1).
+// propose, approve (by another operator: four eyes), new-card into a fresh card image through the relay, rewrap
+// --wait, status, distribute, the new card's terminal sync that completes it — with --json everywhere and the exit
+// codes of usage errors (2) and refusals (1).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { Command } from "commander";
 import { progressLine, registerRotationCommands } from "../src/cli/rotation.ts";
+import { createOperatorToken } from "../src/server/main.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -18,9 +20,9 @@ test("progress line: bar, percentage, counts, rate and ETA", () => {
   assert.equal(progressLine({ ...p, done: 1_000_000 }, 4), "[####] 100.0%  1,000,000/1,000,000 keys  58,000 keys/s  ETA 0s");
 });
 
-test("the commands register as `rotation propose|approve|new-card|status|rewrap|distribute`, each with --json", () => {
+test("the commands register as `rotation propose|approve|cancel|new-card|status|rewrap|distribute`, each with --json", () => {
   const rotation = registerRotationCommands(new Command());
-  assert.deepEqual(rotation.commands.map((c) => c.name()).sort(), ["approve", "distribute", "new-card", "propose", "rewrap", "status"]);
+  assert.deepEqual(rotation.commands.map((c) => c.name()).sort(), ["approve", "cancel", "distribute", "new-card", "propose", "rewrap", "status"]);
   for (const c of rotation.commands) assert.ok(c.options.some((o) => o.long === "--json"), `${c.name()} --json`);
   const rewrap = rotation.commands.find((c) => c.name() === "rewrap");
   assert.ok(rewrap);
@@ -45,8 +47,9 @@ test("an embodiment-3 rotation through the CLI against a running server", { time
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const env = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: srv.operatorToken, CARDKMS_KMC_FILE: srv.kmcFile };
-  const json = async (args: string[]) => {
-    const r = await cli([...args, "--json"], env);
+  const second = { ...env, CARDKMS_TOKEN: (await createOperatorToken(srv.server.store, "otto", ["operator"])).token };
+  const json = async (args: string[], e = env) => {
+    const r = await cli([...args, "--json"], e);
     assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
     return JSON.parse(r.stdout);
   };
@@ -62,7 +65,10 @@ test("an embodiment-3 rotation through the CLI against a running server", { time
   const early = await cli(["rotation", "new-card", proposed.id, "--image", join(dir, "early.card")], env);
   assert.equal(early.code, 1, "refused before approval");
   assert.match(early.stderr, /approved/);
-  assert.equal((await json(["rotation", "approve", proposed.id])).status, "approved");
+  const own = await cli(["rotation", "approve", proposed.id], env);
+  assert.equal(own.code, 1, "the proposer may not approve");
+  assert.match(own.stderr, /four eyes/);
+  assert.equal((await json(["rotation", "approve", proposed.id], second)).status, "approved");
 
   const fresh = await json(["rotation", "new-card", proposed.id, "--image", join(dir, "new.card")]);
   assert.equal(fresh.status, "active");
@@ -79,7 +85,13 @@ test("an embodiment-3 rotation through the CLI against a running server", { time
 
   assert.equal((await cli(["rotation", "distribute", proposed.id, "--add", "nonsense"], env)).code, 2);
   const dist = await json(["rotation", "distribute", proposed.id]);
-  assert.equal(dist.rotation.status, "completed");
+  assert.deepEqual([dist.rotation.status, dist.distribution.state, dist.distribution.owed], ["running", "distributed", ["9a", "9c"]]);
   assert.deepEqual(dist.packages.map((p: { slot: string; kvn: number }) => [p.slot, p.kvn]), [["9a", 2], ["9c", 2]]);
-  assert.equal((await json(["rotation", "status", proposed.id])).rotation.status, "completed");
+  const owed = await cli(["rotation", "status", proposed.id], env);
+  assert.match(owed.stdout, /still owed to the new card: 9a, 9c/);
+  // The new card's terminal fetches and loads its packages: nothing is owed, the rotation is complete.
+  const synced = await cli(["terminal", "sync", "--card-image", join(dir, "new.card"), "--dir", join(dir, "terminal"), "--json"], { CARDKMS_SERVER: srv.url });
+  assert.equal(synced.code, 0, synced.stderr);
+  const done = await json(["rotation", "status", proposed.id]);
+  assert.deepEqual([done.rotation.status, done.distribution.owed], ["completed", []]);
 });

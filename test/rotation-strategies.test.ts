@@ -78,9 +78,12 @@ for (const engine of testEngines()) {
         const oldExport9d = hd.get(old.id, "9d")!.bytes;
         const oldSeq = (await store.getCard(old.id))!.lastPackageSeq;
 
-        // Para 0062: proposed, and nothing runs before an operator approves.
-        const proposed = await rotations.propose({ cardId: old.id, strategy }, "scanner");
+        // Para 0062: proposed — with the pairs it adds, which the approval covers — and nothing runs before an
+        // operator other than the proposer approves.
+        const add = FIG15[strategy].add ? [{ slot: "82", alg: "P256" as const }, { slot: "83", alg: "P256" as const }] : [];
+        const proposed = await rotations.propose({ cardId: old.id, strategy, add }, "scanner");
         await assert.rejects(rotations.issueNewCard(proposed.id, "olga"), /approved/);
+        await assert.rejects(rotations.approve(proposed.id, "scanner"), /four eyes/);
         await rotations.approve(proposed.id, "olga");
 
         // Para 0063 / 0081: the new card (new card ID, same user), Sk2 = KVN 2, and Sk1 beside it for 4 and 5.
@@ -105,9 +108,9 @@ for (const engine of testEngines()) {
         await rotations.rewrap(proposed.id, { pageSize: 3, onProgress: (p) => progress.push(p) });
         if (FIG15[strategy].systemDb === "all") assert.deepEqual([progress.at(-1)!.done, progress.at(-1)!.total], [4, 4]);
         else assert.equal(progress.length, 0);
-        const add = FIG15[strategy].add ? [{ slot: "82", alg: "P256" as const }, { slot: "83", alg: "P256" as const }] : [];
         const result = await rotations.distribute(proposed.id, "olga", { add });
-        assert.equal(result.rotation.status, "completed");
+        // Distributed; complete once the new card's terminal has fetched what it is owed (below).
+        assert.deepEqual([result.rotation.status, result.rotation.distribution], ["running", "distributed"]);
         for (const c of result.added) creds.set(c.keyPair.slot!, c);
 
         const underSk1 = new Set((await all(store, sk1.id)).map((w) => w.keyPairId));
@@ -142,6 +145,7 @@ for (const engine of testEngines()) {
           packages: (await issuer.packagesFor(fresh.id)).map((p) => p.body),
           offCard,
         });
+        assert.equal((await store.getRotation(proposed.id))!.status, "completed", "every package fetched: the rotation is complete");
         const stored = term.inStore.map((e) => `${e.cardId === fresh.id ? "new" : "old"}:${e.slot}@${e.kvn}`).sort();
         if (strategy === "embodiment3") {
           assert.deepEqual(term.onCard, ["9a", "9c"]);
@@ -196,7 +200,7 @@ for (const engine of testEngines()) {
         const audit = await verifyAuditLog(tdb.db);
         assert.equal(audit.ok, true);
         const actions = (await tdb.db.selectFrom("audit_log").select("action").where("subject", "=", proposed.id).orderBy("seq").execute()).map((r) => r.action);
-        assert.deepEqual(actions, ["rotation.proposed", "rotation.approved", "rotation.started", "rotation.redistributed", "rotation.completed"]);
+        assert.deepEqual(actions, ["rotation.proposed", "rotation.approved", "rotation.started", "rotation.redistributed", "rotation.distributed", "rotation.completed"]);
       } finally {
         for (const c of cards) c.close();
         await custody.close();

@@ -10,9 +10,17 @@
 //
 // What a software card cannot protect: the file can be copied, and a copy can be replayed to roll the card
 // back (including its PIN retry counter) by whoever holds the image key. See README "What a software card protects".
+//
+// The file itself (issue 15 §6): a new image is written to a fresh temporary name beside it (O_CREAT | O_EXCL |
+// O_NOFOLLOW, 0600), fsynced, and then given its name by a hard link, which never replaces anything (a symlink or
+// file planted at the name makes the create fail); an image is opened without following a symlink and its mode kept
+// 0600; a directory other users may write is refused on both (src/util/files.ts). Commits write in place through the
+// descriptor, exactly as before: the shadow slots and commit records are untouched by this.
 
-import { closeSync, fdatasyncSync, fsyncSync, openSync, readSync, renameSync, writeSync, existsSync } from "node:fs";
+import { closeSync, fdatasyncSync, fsyncSync, readSync, rmSync, writeSync } from "node:fs";
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, scryptSync } from "node:crypto";
+import { dirname } from "node:path";
+import { createPrivateTemp, fsyncDirectory, openPrivateFile, publishTemp } from "../util/files.ts";
 
 const MAGIC = Buffer.from("CKMSCRD1");
 const HEADER = 64;
@@ -80,9 +88,11 @@ export class Eeprom {
     this.durability = opts.durability ?? "none";
   }
 
-  /** Creates a new image file holding `image` (refuses to overwrite). Written to a temporary name and renamed. */
+  /**
+   * Creates a new image file holding `image` (refuses to overwrite: UnsafeFileError). Written to a fresh temporary
+   * name and linked into place.
+   */
   static create(path: string, secret: ImageSecret, image: Uint8Array, slotSize: number, opts: EepromOptions = {}): Eeprom {
-    if (existsSync(path)) throw new Error(`${path} already exists`);
     const kdf = typeof secret === "string" ? KDF_SCRYPT : KDF_HKDF;
     const salt = randomBytes(16);
     const key = deriveKey(secret, kdf, salt);
@@ -91,20 +101,27 @@ export class Eeprom {
     header.writeUInt8(kdf, 8);
     salt.copy(header, 9);
     header.writeUInt32BE(slotSize, 25);
-    const tmp = `${path}.tmp-${process.pid}`;
-    const fd = openSync(tmp, "w+", 0o600);
-    writeSync(fd, header, 0, HEADER, 0);
-    const e = new Eeprom(path, key, slotSize, fd, 0n, 1, opts);
-    e.commit(image); // lands in slot 0 with generation 1
-    fsyncSync(fd);
-    renameSync(tmp, path);
+    const { fd, tmp } = createPrivateTemp(path);
+    let e: Eeprom;
+    try {
+      writeSync(fd, header, 0, HEADER, 0);
+      e = new Eeprom(path, key, slotSize, fd, 0n, 1, opts);
+      e.commit(image); // lands in slot 0 with generation 1
+      fsyncSync(fd);
+      publishTemp(tmp, path, true);
+    } catch (err) {
+      closeSync(fd);
+      rmSync(tmp, { force: true });
+      throw err;
+    }
+    if (e.durability === "fsync") fsyncDirectory(dirname(path));
     e.writes = 0;
     return e;
   }
 
   /** Opens an image and returns the newest intact image it holds. */
   static open(path: string, secret: ImageSecret, opts: EepromOptions = {}): { eeprom: Eeprom; image: Uint8Array } {
-    const fd = openSync(path, "r+");
+    const fd = openPrivateFile(path);
     try {
       const header = Buffer.alloc(HEADER);
       if (readSync(fd, header, 0, HEADER, 0) !== HEADER || !header.subarray(0, 8).equals(MAGIC))

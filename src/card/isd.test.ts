@@ -8,7 +8,7 @@ import { encodeCommand, hex, parseResponse, unhex } from "./apdu.ts";
 import { CardRuntime } from "./runtime.ts";
 import type { ScpKeySet } from "./state.ts";
 import { findTlv, parseTlvs, tlv } from "./tlv.ts";
-import { ISD_AID, isd, keyOriginCommand } from "./isd.ts";
+import { cardLifecycleOf, getStatusCommand, ISD_AID, isd, keyOriginCommand } from "./isd.ts";
 import { scp03Factory } from "./scp03/card-channel.ts";
 import { checkPutKeyResponse, keyCheckValue, putKeyCommand, Scp03Client, Scp03Error } from "./scp03/host.ts";
 import { isAttackSignal } from "./tamper.ts";
@@ -209,6 +209,38 @@ test("SET STATUS moves OP_READY to SECURED, only in a session, only forward", as
     assert.equal(card.state.lifecycle, "SECURED");
     assert.equal(findTlv(findTlv(plain("80CADF2000").data, 0xdf20)!, 0x80)![0], 0x0f);
     assert.equal((await c.send({ cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f })).sw, 0x6985);
+  } finally {
+    cleanup();
+  }
+});
+
+// Issue 15 §6: the host confirms SET STATUS with GET STATUS under R-MAC (card-scripts.ts); before, the ISD had no
+// GET STATUS (6D00) and a 6985 without a MAC was all the host had.
+test("GET STATUS (GP §11.4) reports the card's life cycle, only in a session, and under R-MAC the host can trust it", async () => {
+  const { card, keys, transmit, plain, cleanup } = newCard();
+  try {
+    assert.equal(plain("80F28002024F00").sw, 0x6982, "not outside a secure channel");
+    const c = await Scp03Client.open(transmit, keys, { level: 0x33 });
+    const status = async (p1: number, p2: number, data: Uint8Array) => c.send({ cla: 0x80, ins: 0xf2, p1, p2, data, le: 256 });
+    const r = await c.send(getStatusCommand());
+    assert.equal(r.sw, 0x9000);
+    const entry = findTlv(r.data, 0xe3)!;
+    assert.equal(hex(findTlv(entry, 0x4f)!), hex(ISD_AID));
+    assert.deepEqual([...findTlv(entry, 0x9f70)!], [0x01], "OP_READY");
+    assert.equal(findTlv(entry, 0xc5)!.length, 3);
+    assert.equal(cardLifecycleOf(r.data), "OP_READY");
+    const legacy = await status(0x80, 0x00, tlv(0x4f, ISD_AID));
+    assert.equal(hex(legacy.data), hex(Uint8Array.of(8, ...ISD_AID, 0x01, 0x9e)), "P2 00: AID length, AID, life cycle, privileges");
+    assert.equal((await status(0x80, 0x02, tlv(0x4f, ISD_AID.subarray(0, 5)))).sw, 0x9000, "an AID prefix matches");
+    assert.equal((await status(0x80, 0x02, tlv(0x4f, unhex("A0000000030000")))).sw, 0x6a88, "another AID");
+    assert.equal((await status(0x40, 0x02, tlv(0x4f, new Uint8Array(0)))).sw, 0x6a86, "applications: not reported by the ISD");
+    assert.equal((await status(0x80, 0x03, tlv(0x4f, new Uint8Array(0)))).sw, 0x6a86, "get next: there is one entry");
+    assert.equal((await status(0x80, 0x02, new Uint8Array(0))).sw, 0x6a80, "no search qualifier");
+    assert.equal((await status(0x80, 0x02, tlv(0x5c, new Uint8Array(0)))).sw, 0x6a80, "another tag");
+    assert.equal((await status(0x80, 0x02, unhex("4F05A000"))).sw, 0x6a80, "malformed TLV");
+    assert.equal((await c.send({ cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f })).sw, 0x9000);
+    assert.equal(cardLifecycleOf((await c.send(getStatusCommand())).data), "SECURED");
+    assert.equal(card.state.lifecycle, "SECURED");
   } finally {
     cleanup();
   }

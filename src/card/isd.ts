@@ -23,6 +23,14 @@
 //              newest own key set, Sk2 (KVN 2 > 1). A torn personalisation is finished by STORE DATA alone.
 //   GET DATA   80 CA DF 22: the bindings, DF22 { 83 KVN, 45 card ID } per predecessor key set (public).
 //   SET STATUS 80 F0 80 0F (§11.10): OP_READY -> SECURED, in an authenticated session.
+//   GET STATUS 80 F2 80 P2 (§11.4): the card's life cycle state, in an authenticated session (6982 outside one), so
+//              that under R-MAC the host knows the answer is the card's own (SET STATUS answers 6985 "already
+//              SECURED" with no MAC — a relaying terminal can forge that). P1 80 only (the ISD; this ISD does not
+//              see the runtime's applets: other P1 6A86); P2 02 answers E3 { 4F ISD AID, 9F70 life cycle, C5
+//              privileges (3) } (GP TLV format), P2 00 the legacy AID length || AID || life cycle || privileges
+//              (1); get-next (P2 b1) 6A86, as there is one entry. Data: the search qualifier 4F with an AID prefix
+//              (4F 00: any); a prefix of another AID 6A88; anything else 6A80. Life cycle codes (§11.1.1): OP_READY
+//              01, SECURED 0F, TERMINATED FF.
 // Commands that ask for the card key are attack signals (tamper.ts): the card zeroizes itself and answers 6982.
 
 import type { CommandApdu } from "./apdu.ts";
@@ -175,6 +183,8 @@ export class IssuerSecurityDomain implements Applet {
         return this.storeData(ctx, cmd);
       case 0xf0:
         return this.setStatus(ctx, cmd);
+      case 0xf2:
+        return this.getStatus(ctx, cmd);
       default:
         throw new CardError(SW.INS_NOT_SUPPORTED);
     }
@@ -307,6 +317,10 @@ export class IssuerSecurityDomain implements Applet {
     return new Uint8Array(0);
   }
 
+  private getStatus(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+    return getStatusResponse(ctx, cmd);
+  }
+
   private setStatus(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
     requireProprietary(cmd);
     if (!authenticated(ctx) || !(ctx.secureLevel & SEC.C_MAC)) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "SET STATUS needs a secure channel");
@@ -318,6 +332,38 @@ export class IssuerSecurityDomain implements Applet {
     });
     return new Uint8Array(0);
   }
+}
+
+/** ISD privileges reported by GET STATUS (GP §11.1.2): Security Domain, Card Lock, Card Terminate, Card Reset, CVM Management. */
+const ISD_PRIVILEGES = u8(0x9e, 0x00, 0x00);
+
+/** GET STATUS of the ISD (see the header): the card's life cycle state. */
+function getStatusResponse(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
+  requireProprietary(cmd);
+  if (!authenticated(ctx)) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "GET STATUS needs a secure channel");
+  if (cmd.p1 !== 0x80) throw new CardError(SW.INCORRECT_P1P2, "GET STATUS reports the Issuer Security Domain only (P1 80)");
+  if (cmd.p2 !== 0x00 && cmd.p2 !== 0x02) throw new CardError(SW.INCORRECT_P1P2, "GET STATUS: P2 00 or 02 (one entry: no next occurrence)");
+  const top = parseTlvs(cmd.data);
+  const aid = findTlv(top, 0x4f);
+  if (top.length === 0 || top[0].tag !== 0x4f || !aid || aid.length > 16) throw new CardError(SW.WRONG_DATA, "GET STATUS: the search qualifier is 4F (an AID or its prefix)");
+  if (!Buffer.from(ISD_AID.subarray(0, aid.length)).equals(Buffer.from(aid))) throw new CardError(SW.REFERENCE_NOT_FOUND, "no such application");
+  const lifecycle = u8(LIFECYCLE_CODE[ctx.card.state.lifecycle]);
+  if (cmd.p2 === 0x00) return concatBytes(u8(ISD_AID.length), ISD_AID, lifecycle, ISD_PRIVILEGES.subarray(0, 1));
+  return tlv(0xe3, tlv(0x4f, ISD_AID), tlv(0x9f70, lifecycle), tlv(0xc5, ISD_PRIVILEGES));
+}
+
+/** Host side: GET STATUS of the ISD in the GP TLV format (P2 02), to send under a secure channel with R-MAC. */
+export function getStatusCommand(): ApduCommand {
+  return { cla: 0x80, ins: 0xf2, p1: 0x80, p2: 0x02, data: tlv(0x4f, new Uint8Array(0)), le: 256 };
+}
+
+/** Host side: the card life cycle GET STATUS (P2 02) answered, by name (a code this card does not use: its hex). */
+export function cardLifecycleOf(response: Uint8Array): Lifecycle | string {
+  const entry = findTlv(parseTlvs(response), 0xe3);
+  const code = entry && findTlv(parseTlvs(entry), 0x9f70);
+  if (!code || code.length !== 1) throw new RangeError("GET STATUS: no life cycle state in the answer");
+  const name = (Object.keys(LIFECYCLE_CODE) as Lifecycle[]).find((l) => LIFECYCLE_CODE[l] === code[0]);
+  return name ?? code[0].toString(16).padStart(2, "0").toUpperCase();
 }
 
 /** The ISD instance to put first in CardRuntime's applet list. */

@@ -20,7 +20,7 @@
 // `push` refuses a store holding anything else, and sends nothing then.
 
 import { Command, Option } from "commander";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { fromPem } from "../ca/pem.ts";
 import type { IssuerApiClient } from "../terminal/api-client.ts";
 import { HttpBackupTarget, type BackupInfoJson } from "../terminal/backup-client.ts";
@@ -28,6 +28,7 @@ import { backup, CardEncipheredStore, checkObjectId, restore, TerminalEnciphered
 import { decipherWithCard, encipherForCard, envelopeInfo, recipientOf } from "../terminal/enciphered.ts";
 import { PivClient, SLOT } from "../terminal/piv-client.ts";
 import { UserTerminal } from "../terminal/terminal.ts";
+import { writeFileAtomic } from "../util/files.ts";
 import type { CardTransport } from "../transport/transport.ts";
 import { cardTargetOptions, openCardTarget, type CardTargetOpts } from "./card-target.ts";
 import { UsageError } from "./image-key.ts";
@@ -174,7 +175,8 @@ export function registerBackupCommands(program: Command): Command {
       if (!envelope) throw new UsageError(`no object ${objectId} in ${o.store} nor on the card`);
       const plain = await decipherWithCard(piv, SLOT.keyManagement, envelope, { pin: o.pin, aad: Buffer.from(objectId, "utf8") });
       try {
-        writeFileSync(o.out, plain, { mode: 0o600, flag: "wx" });
+        // 0600, never over an existing name, never through a symlink, never into a directory others may write (issue 15 §6)
+        writeFileAtomic(o.out, plain, 0o600, { noClobber: true });
       } finally {
         plain.fill(0);
       }

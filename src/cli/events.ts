@@ -1,5 +1,6 @@
 // Validity, notifications and webhooks from the command line (seed 000 FIG. 5, para 0062): run the expiry scan,
-// read the events it emits, and register the webhooks that receive them. Everything goes through the HTTP API.
+// read the events it emits, register the webhooks that receive them, and list and retry the deliveries given up on
+// (the dead-letter record). Everything goes through the HTTP API.
 
 import type { Command } from "commander";
 import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
@@ -19,6 +20,16 @@ interface EventJson {
   subject: string;
   createdAt: number;
   payload: unknown;
+}
+
+interface DeadLetterJson {
+  deliveryId: string;
+  eventId: number;
+  webhookId: string;
+  eventType: string | null;
+  attempts: number;
+  lastError: string | null;
+  deadAt: number | null;
 }
 
 export function registerEventCommands(program: Command): void {
@@ -46,7 +57,7 @@ export function registerEventCommands(program: Command): void {
     print(o, r.events.map((e) => `${e.id}  ${new Date(e.createdAt).toISOString()}  ${e.type}  ${e.subject}`).join("\n") || "no events", r);
   });
 
-  const webhook = program.command("webhook").description("webhooks that receive the events (HMAC-SHA256 signed)");
+  const webhook = program.command("webhook").description("webhooks that receive the events (signed as Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature)");
   serverOptions(
     webhook
       .command("add")
@@ -64,5 +75,31 @@ export function registerEventCommands(program: Command): void {
   serverOptions(webhook.command("remove").description("disable a webhook").argument("<id>", "webhook id")).action(async (id: string, o: ServerOpts) => {
     await apiFrom(o).request("DELETE", `/v1/webhooks/${encodeURIComponent(id)}`);
     print(o, `webhook ${id} disabled`, { id, disabled: true });
+  });
+  serverOptions(
+    webhook
+      .command("dead-letters")
+      .description("deliveries given up after their last attempt (the dead-letter record), with the last error")
+      .option("--webhook <id>", "only this webhook's")
+      .option("--after <delivery id>", "only those after this delivery id (paging)")
+      .option("--limit <n>", "at most this many", "100"),
+  ).action(async (o: ServerOpts & { webhook?: string; after?: string; limit: string }) => {
+    if (!/^\d+$/.test(o.limit)) throw new UsageError("--limit takes a whole number");
+    const q = new URLSearchParams({ limit: o.limit, ...(o.webhook ? { webhookId: o.webhook } : {}), ...(o.after ? { after: o.after } : {}) });
+    const r = await apiFrom(o).request<{ deadLetters: DeadLetterJson[]; next: string | null }>("GET", `/v1/webhooks/dead-letters?${q}`);
+    const line = (d: DeadLetterJson) => `${d.deliveryId}  ${d.eventType ?? "?"}  ${d.attempts} attempt(s)  ${d.deadAt === null ? "" : new Date(d.deadAt).toISOString()}  ${d.lastError ?? ""}`;
+    print(o, r.deadLetters.map(line).join("\n") || "no dead letters", r);
+  });
+  serverOptions(
+    webhook
+      .command("retry")
+      .description("queue dead letters again (due now, attempts counted afresh): a webhook's, or the deliveries named")
+      .option("--webhook <id>", "every dead letter of this webhook")
+      .option("--delivery <ids...>", "these deliveries (msg_<event id>_<webhook id>, as `webhook dead-letters` lists them)"),
+  ).action(async (o: ServerOpts & { webhook?: string; delivery?: string[] }) => {
+    if (!o.webhook && !o.delivery?.length) throw new UsageError("name --webhook <id> or --delivery <id...>");
+    const body = { ...(o.webhook ? { webhookId: o.webhook } : {}), ...(o.delivery?.length ? { deliveryIds: o.delivery } : {}) };
+    const r = await apiFrom(o).request<{ retried: string[] }>("POST", "/v1/webhooks/dead-letters/retry", body);
+    print(o, r.retried.length ? `queued again: ${r.retried.join(", ")}` : "no dead letter to retry", r);
   });
 }

@@ -8,7 +8,8 @@
 // --token or CARDKMS_TOKEN and are never echoed.
 
 import { Command, Option } from "commander";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { userInfo } from "node:os";
 import { createCard, openCard } from "../card/card.ts";
 import { factoryOptions, factoryTransport, type FactoryOpts } from "./kmc.ts";
 import type { KeyAlg } from "../card/state.ts";
@@ -17,6 +18,7 @@ import { relaySession } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
 import type { Role } from "../server/auth.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
+import { writeFileAtomic } from "../util/files.ts";
 
 export interface Out {
   json?: boolean;
@@ -60,6 +62,15 @@ const ALGS: KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
 const ROLES = ["admin", "operator", "auditor", "issuer"];
 
 /** Opens the system DB for the commands that work on it directly (token bootstrap, offline audit verify). */
+/** Who acts when the CLI writes the DB itself (the audit entry's actor): the local account, "local:<user>". */
+function localActor(): string {
+  try {
+    return `local:${userInfo().username}`;
+  } catch {
+    return "local";
+  }
+}
+
 async function openStore(o: { database?: string; config?: string }) {
   const { loadConfig } = await import("../server/config.ts");
   const { Store } = await import("../store/store.ts");
@@ -101,8 +112,25 @@ export function registerIssuerCommands(program: Command, card: Command): void {
       const { createOperatorToken } = await import("../server/main.ts");
       const store = await openStore(o);
       try {
-        const { token: value, operator } = await createOperatorToken(store, o.name, o.role as Role[]);
+        const { token: value, operator } = await createOperatorToken(store, o.name, o.role as Role[], localActor());
         print(o, `operator ${o.name} (${operator.roles.join(", ")}): API token, shown only now:\n${value}`, { id: operator.id, name: o.name, roles: operator.roles, token: value });
+      } finally {
+        await store.close();
+      }
+    });
+  token
+    .command("disable")
+    .description("disable an operator: its API token stops working (audited)")
+    .requiredOption("--name <name>", "operator name")
+    .option("--database <url>", "system DB (SQLite path or postgres:// URL); default from --config / CARDKMS_DATABASE")
+    .option("--config <file>", "issuer configuration file (for the database)")
+    .option("--json", "JSON output")
+    .action(async (o: { name: string; database?: string; config?: string; json?: boolean }) => {
+      const { disableOperatorToken } = await import("../server/main.ts");
+      const store = await openStore(o);
+      try {
+        if (!(await disableOperatorToken(store, o.name, localActor()))) throw new UsageError(`no enabled operator named ${o.name}`);
+        print(o, `operator ${o.name} disabled`, { name: o.name, disabled: true });
       } finally {
         await store.close();
       }
@@ -163,6 +191,8 @@ export function registerIssuerCommands(program: Command, card: Command): void {
     print(o, `card ${issued.id} issued to user ${o.user} and personalised: ${o.image} (status ${after.status})`, { cardId: issued.id, userId: o.user, image: o.image, status: after.status });
   });
 
+  registerCardLifecycleCommands(card);
+
   // ---- credentials (ST16-ST25) ----------------------------------------------------------------------------------
   const credential = program.command("credential").description("key pairs and certificates for cards: request, deliver online");
   serverOptions(
@@ -177,7 +207,8 @@ export function registerIssuerCommands(program: Command, card: Command): void {
       .option("--cert-out <file>", "also write the certificate (PEM) here"),
   ).action(async (o: ServerOpts & { card: string; slot: string; alg: KeyAlg; profile?: string; replace?: boolean; certOut?: string }) => {
     const c = await apiFrom(o).requestCredential(o.card, { slot: o.slot, alg: o.alg, profile: o.profile, replace: o.replace });
-    if (o.certOut) writeFileSync(o.certOut, c.certificate);
+    // a public certificate, but never written through a symlink or into a directory others may write (issue 15 §6)
+    if (o.certOut) writeFileAtomic(o.certOut, c.certificate, 0o644);
     print(o, `key pair ${c.keyPairId} for card ${o.card} slot ${o.slot}: certificate ${c.serial}, package ${c.packageSeq} waiting for the terminal`, c);
   });
 
@@ -227,7 +258,52 @@ export function registerIssuerCommands(program: Command, card: Command): void {
     "optional",
   ).action(async (o: ServerOpts & { out: string }) => {
     const r = await apiFrom(o, "optional").crl();
-    writeFileSync(o.out, r.body);
+    writeFileAtomic(o.out, r.body, 0o644);
     print(o, `CRL (${r.body.length} bytes) written to ${o.out}`, { out: o.out, bytes: r.body.length });
   });
+}
+
+/** A card record as GET /v1/cards/{id} and the lifecycle routes answer it (the fields the commands print). */
+interface CardRecord {
+  id: string;
+  userId: string;
+  status: string;
+  statusChangedAt?: number | null;
+  statusChangedBy?: string | null;
+  statusReason?: string | null;
+}
+
+const CARD_ID_RE = /^([0-9a-f]{2}){8,16}$/;
+const lastChange = (c: CardRecord): string =>
+  c.statusChangedAt ? ` since ${new Date(c.statusChangedAt).toISOString()}, by ${c.statusChangedBy ?? "?"}: ${c.statusReason ?? ""}` : "";
+
+/**
+ * The card lifecycle on the command line (src/issuer/card-lifecycle.ts), over the API: `card suspend|resume|retire|
+ * report-destroyed <card-id> --reason <text>` and `card state <card-id>`. Who may: the server decides (operators;
+ * suspend also the card's own terminal token; auditors only read the state).
+ */
+export function registerCardLifecycleCommands(card: Command): void {
+  const transitions: [name: string, description: string][] = [
+    ["suspend", "suspend an active card: its live terminal tokens stop at once, on every server (an operator, or the card's own terminal token)"],
+    ["resume", "resume a suspended card (an operator): the card logs in again; tokens from before the suspension stay dead"],
+    ["retire", "retire a card for good (an operator): it never comes back"],
+    ["report-destroyed", "report a card destroyed (an operator): final, like retire"],
+  ];
+  for (const [name, description] of transitions)
+    serverOptions(card.command(name).description(description).argument("<card-id>", "card ID").requiredOption("--reason <text>", "why (audited with who did it)")).action(
+      async (cardId: string, o: ServerOpts & { reason: string }) => {
+        if (!CARD_ID_RE.test(cardId)) throw new UsageError("the card ID is 8 to 16 bytes of lowercase hex");
+        if (!o.reason.trim()) throw new UsageError("--reason must say why");
+        const c = await apiFrom(o).request<CardRecord>("POST", `/v1/cards/${cardId}/${name}`, { reason: o.reason });
+        print(o, `card ${c.id}: ${c.status}${lastChange(c)}`, c);
+      },
+    );
+  serverOptions(card.command("state").description("a card's lifecycle state (issued, active, suspended, retired, destroyed) and its last change").argument("<card-id>", "card ID")).action(
+    async (cardId: string, o: ServerOpts) => {
+      if (!CARD_ID_RE.test(cardId)) throw new UsageError("the card ID is 8 to 16 bytes of lowercase hex");
+      const c = (await apiFrom(o).getCard(cardId)) as CardRecord;
+      const out = { id: c.id, userId: c.userId, status: c.status, statusChangedAt: c.statusChangedAt ?? null, statusChangedBy: c.statusChangedBy ?? null, statusReason: c.statusReason ?? null };
+      print(o, `card ${c.id} (user ${c.userId}): ${c.status}${lastChange(c)}`, out);
+    },
+  );
 }

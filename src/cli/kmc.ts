@@ -86,7 +86,8 @@ export function registerManufacturerKmc(card: Command): void {
     .addOption(new Option("--components <n>", "how many components").choices(["2", "3"]).default("2"))
     .option("--json", "JSON output")
     .action(async (dir: string, o: { components: "2" | "3"; json?: boolean }) => {
-      const { mkdirSync, writeFileSync, existsSync } = await import("node:fs");
+      const { mkdirSync, existsSync } = await import("node:fs");
+      const { writeFileAtomic } = await import("../util/files.ts");
       const { join } = await import("node:path");
       const { randomBytes } = await import("node:crypto");
       const { splitKmc } = await import("../issuer/transport-keys.ts");
@@ -95,8 +96,9 @@ export function registerManufacturerKmc(card: Command): void {
       const kmc = new Uint8Array(randomBytes(16));
       const components = splitKmc(kmc, Number(o.components) as 2 | 3);
       try {
-        writeFileSync(join(dir, "kmc.key"), Buffer.from(kmc).toString("hex") + "\n", { mode: 0o600 });
-        components.forEach((c, i) => writeFileSync(join(dir, `component-${i + 1}.hex`), Buffer.from(c.value).toString("hex") + "\n", { mode: 0o600 }));
+        // 0600, never over an existing name or through a symlink, only into a directory no one else may write (issue 15 §6)
+        writeFileAtomic(join(dir, "kmc.key"), Buffer.from(kmc).toString("hex") + "\n", 0o600, { noClobber: true });
+        components.forEach((c, i) => writeFileAtomic(join(dir, `component-${i + 1}.hex`), Buffer.from(c.value).toString("hex") + "\n", 0o600, { noClobber: true }));
         const kcv = Buffer.from(keyCheckValue(kmc)).toString("hex").toUpperCase();
         const files = components.map((c, i) => ({ file: join(dir, `component-${i + 1}.hex`), kcv: c.kcv }));
         const human = [`KMC for the factory: ${join(dir, "kmc.key")} (KCV ${kcv})`, ...files.map((f) => `component ${f.file}  KCV ${f.kcv}`)].join("\n");

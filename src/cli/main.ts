@@ -47,7 +47,7 @@ const int = (v: string): number => {
   return n;
 };
 
-const card = program.command("card").description("virtual smart cards: create, inspect, send APDUs, attach to PC/SC");
+const card = program.command("card").description("smart cards: create, inspect, send APDUs, attach to PC/SC; issue, and move through the lifecycle (suspend, resume, retire, report-destroyed, state)");
 registerManufacturerKmc(card);
 
 factoryOptions(

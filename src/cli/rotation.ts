@@ -1,7 +1,13 @@
 // `cardkms rotation ...`: card-key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3-5, FIG. 15) as an
 // operator drives it, over the issuer API (--server, --token / CARDKMS_SERVER, CARDKMS_TOKEN):
 //
-//   propose <card-id> --strategy embodiment3|4|5     approve <rotation-id>
+//   propose <card-id> --strategy embodiment3|4|5 [--new-card-id <hex>] [--add <slot>:<alg> ...] [--drop <slot> ...]
+//                                                    what the approvals cover: the new card (a fresh ID unless
+//                                                    given), the pairs added (embodiments 4, 5), the old card's
+//                                                    slots left behind
+//   approve <rotation-id>                            by an operator other than the proposer (four eyes); it runs
+//                                                    once enough distinct operators approved (rotations.approvals)
+//   cancel <rotation-id>                             withdraw one not started, to propose it anew
 //   new-card <rotation-id> --image <file>            issue the new card; this machine is the card issuing machine:
 //                                                    a blank card image is created and personalised through the relay
 //   rewrap <rotation-id> [--wait]                    start or resume the bulk re-wrap on the server; --wait shows a
@@ -9,7 +15,9 @@
 //   rewrap <rotation-id> --db <url>                  or run it here, directly on the system DB and key custody (as
 //                                                    the server opens them), resuming from the last committed page —
 //                                                    Ctrl-C, a crash or a kill at any point loses nothing
-//   status <rotation-id>                             distribute <rotation-id> [--add <slot>:<alg> ...]
+//   status <rotation-id>                             approvals, re-wrap, and what the distribution still owes
+//   distribute <rotation-id> [--add <slot>:<alg> ...] once per rotation; --add, if given, must be the approved
+//                                                    additions. Complete once the new card fetched every package.
 //
 // No domain logic here: src/issuer/rotation.ts and rewrap.ts do the work, behind the routes of rotation-routes.ts.
 
@@ -30,17 +38,42 @@ const ALGS = ["P256", "P384", "RSA2048", "RSA3072"];
 
 /** What GET /v1/rotations/{id} answers (rotation-routes.ts). */
 export interface RotationStatus {
-  rotation: { id: string; cardId: string; toCardId: string | null; strategy: string; status: string; cursor: number; total: number; done: number; [k: string]: unknown };
+  rotation: { id: string; cardId: string; toCardId: string | null; newCardId?: string | null; strategy: string; status: string; cursor: number; total: number; done: number; [k: string]: unknown };
   rewrap: { state: string; keysPerSecond?: number; error?: string };
   left: number;
+  approvals?: { required: number; proposedBy: string | null; given: { operator: string }[] };
+  distribution?: Distribution;
 }
+
+/** A rotation's distribution as the API shows it. */
+interface Distribution {
+  state: string;
+  owed: string[];
+  items: { slot: string; kind: string; path: string; state: string; packageSeq: number | null }[];
+}
+
+const describeDistribution = (d: Distribution): string =>
+  `distribution ${d.state}${d.items.length ? `: ${d.items.map((i) => `${i.slot} ${i.state}${i.packageSeq !== null ? ` (package ${i.packageSeq})` : i.path === "terminal" && i.state !== "dropped" ? " (by the terminal)" : ""}`).join(", ")}` : ""}` +
+  (d.owed.length ? `; still owed to the new card: ${d.owed.join(", ")}` : "");
 
 const statusOf = (api: IssuerApiClient, id: string) => api.request<RotationStatus>("GET", `/v1/rotations/${encodeURIComponent(id)}`);
 
 const humanStatus = (s: RotationStatus): string => {
   const r = s.rotation;
-  return `rotation ${r.id} (${r.strategy}) ${r.status}: card ${r.cardId} -> ${r.toCardId ?? "(no new card yet)"}; re-wrap ${s.rewrap.state} ${r.done}/${r.total}, cursor ${r.cursor}${s.rewrap.error ? ` (${s.rewrap.error})` : ""}`;
+  const lines = [`rotation ${r.id} (${r.strategy}) ${r.status}: card ${r.cardId} -> ${r.toCardId ?? `${r.newCardId ?? "?"} (not issued yet)`}; re-wrap ${s.rewrap.state} ${r.done}/${r.total}, cursor ${r.cursor}${s.rewrap.error ? ` (${s.rewrap.error})` : ""}`];
+  if (s.approvals) lines.push(`  approvals ${s.approvals.given.length}/${s.approvals.required}${s.approvals.given.length ? ` (${s.approvals.given.map((a) => a.operator).join(", ")})` : ""}; proposed by ${s.approvals.proposedBy ?? "the validity scan"}`);
+  if (s.distribution) lines.push(`  ${describeDistribution(s.distribution)}`);
+  return lines.join("\n");
 };
+
+/** `<slot>:<alg>` pairs of --add. */
+function parseAdd(list: string[] | undefined): { slot: string; alg: string }[] {
+  return (list ?? []).map((a) => {
+    const m = /^([0-9a-f]{2}):([A-Z0-9]+)$/.exec(a);
+    if (!m || !ALGS.includes(m[2])) throw new UsageError(`--add ${a}: expected <slot>:<alg>, e.g. 82:P256`);
+    return { slot: m[1], alg: m[2] };
+  });
+}
 
 /** One line of progress: `[#####.....]  42.0%  420,000/1,000,000 keys  61,234 keys/s  ETA 9s`. */
 export function progressLine(p: RewrapProgress, width = 30): string {
@@ -59,15 +92,32 @@ export function registerRotationCommands(program: Command): Command {
       .command("propose")
       .description("propose rotating a card's key set; it runs once an operator approves it")
       .argument("<card-id>", "the card whose key set Sk1 is rotated")
-      .addOption(new Option("--strategy <name>", "FIG. 15 strategy: 3 re-wraps and resends everything, 4 adds beside Sk1, 5 re-wraps but sends only what is added").choices(STRATEGIES).makeOptionMandatory()),
-  ).action(async (cardId: string, o: ServerOpts & { strategy: string }) => {
-    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/cards/${encodeURIComponent(cardId)}/rotations`, { strategy: o.strategy });
-    print(o, `rotation ${r.id} proposed for card ${cardId} (${r.strategy}); approve it with: cardkms rotation approve ${r.id}`, r);
+      .addOption(new Option("--strategy <name>", "FIG. 15 strategy: 3 re-wraps and resends everything, 4 adds beside Sk1, 5 re-wraps but sends only what is added").choices(STRATEGIES).makeOptionMandatory())
+      .option("--new-card-id <hex>", "the new card's ID (8-16 bytes lowercase hex); a fresh one by default")
+      .option("--add <slot:alg...>", `embodiments 4, 5: key pairs the new card gets added, e.g. 82:P256 (algorithms ${ALGS.join(", ")})`)
+      .option("--drop <slot...>", "slots of the old card whose key pairs the new card is not to get"),
+  ).action(async (cardId: string, o: ServerOpts & { strategy: string; newCardId?: string; add?: string[]; drop?: string[] }) => {
+    if (o.newCardId && !/^([0-9a-f]{2}){8,16}$/.test(o.newCardId)) throw new UsageError("--new-card-id must be 8 to 16 bytes of lowercase hex");
+    for (const d of o.drop ?? []) if (!/^[0-9a-f]{2}$/.test(d)) throw new UsageError(`--drop ${d}: expected a slot, e.g. 9e`);
+    const add = parseAdd(o.add);
+    const body = { strategy: o.strategy, ...(o.newCardId ? { newCardId: o.newCardId } : {}), ...(add.length ? { add } : {}), ...(o.drop?.length ? { drop: o.drop } : {}) };
+    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/cards/${encodeURIComponent(cardId)}/rotations`, body);
+    print(o, `rotation ${r.id} proposed for card ${cardId} (${r.strategy}) onto new card ${String(r.newCardId)}; another operator approves it with: cardkms rotation approve ${r.id}`, r);
   });
 
-  serverOptions(rotation.command("approve").description("approve a proposed rotation (para 0062)").argument("<rotation-id>", "the rotation")).action(async (id: string, o: ServerOpts) => {
-    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
-    print(o, `rotation ${r.id} approved by ${String(r.approvedBy)}`, r);
+  serverOptions(rotation.command("approve").description("approve a proposed rotation (para 0062), as an operator other than its proposer (four eyes)").argument("<rotation-id>", "the rotation")).action(
+    async (id: string, o: ServerOpts) => {
+      const api = apiFrom(o);
+      const r = await api.request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
+      if (r.status === "approved") return print(o, `rotation ${r.id} approved by ${String(r.approvedBy)}`, r);
+      const s = await statusOf(api, id);
+      print(o, `rotation ${r.id}: approval recorded (${s.approvals?.given.length ?? "?"} of ${s.approvals?.required ?? "?"}); it needs another operator`, r);
+    },
+  );
+
+  serverOptions(rotation.command("cancel").description("withdraw a rotation that has not started (proposed or approved)").argument("<rotation-id>", "the rotation")).action(async (id: string, o: ServerOpts) => {
+    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/cancel`, {});
+    print(o, `rotation ${r.id} cancelled`, r);
   });
 
   serverOptions(
@@ -145,21 +195,21 @@ export function registerRotationCommands(program: Command): Command {
   serverOptions(
     rotation
       .command("distribute")
-      .description("redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: the added pairs only) and complete the rotation")
+      .description("redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: the approved added pairs only), once per rotation; it completes when the new card fetched them")
       .argument("<rotation-id>", "the rotation (re-wrapped, for embodiments 3 and 5)")
-      .option("--add <slot:alg...>", `embodiments 4, 5: key pairs to add, e.g. 82:P256 (algorithms ${ALGS.join(", ")})`),
+      .option("--add <slot:alg...>", `embodiments 4, 5: the approved additions, e.g. 82:P256 (checked against the approval; by default what was approved)`),
   ).action(async (id: string, o: ServerOpts & { add?: string[] }) => {
-    const add = (o.add ?? []).map((a) => {
-      const m = /^([0-9a-f]{2}):([A-Z0-9]+)$/.exec(a);
-      if (!m || !ALGS.includes(m[2])) throw new UsageError(`--add ${a}: expected <slot>:<alg>, e.g. 82:P256`);
-      return { slot: m[1], alg: m[2] };
-    });
-    const r = await apiFrom(o).request<{ rotation: RotationStatus["rotation"]; packages: { seq: number; slot: string; kvn: number }[]; added: { keyPairId: string; slot: string }[] }>(
+    const add = parseAdd(o.add);
+    const r = await apiFrom(o).request<{ rotation: RotationStatus["rotation"]; packages: { seq: number; slot: string; kvn: number }[]; added: { keyPairId: string; slot: string }[]; distribution: Distribution }>(
       "POST",
       `/v1/rotations/${encodeURIComponent(id)}/distribute`,
-      add.length ? { add } : {},
+      o.add ? { add } : {},
     );
-    print(o, `rotation ${id} ${r.rotation.status}: ${r.packages.length} package(s) for card ${r.rotation.toCardId} (${r.packages.map((p) => `${p.slot}@KVN${p.kvn}`).join(", ") || "none"}), ${r.added.length} pair(s) added`, r);
+    print(
+      o,
+      `rotation ${id} ${r.rotation.status}: ${r.packages.length} package(s) for card ${r.rotation.toCardId} (${r.packages.map((p) => `${p.slot}@KVN${p.kvn}`).join(", ") || "none"}), ${r.added.length} pair(s) added; ${describeDistribution(r.distribution)}`,
+      r,
+    );
   });
 
   return rotation;

@@ -15,7 +15,7 @@ import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
 import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
-import { keyOriginCommand } from "../card/isd.ts";
+import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "../card/isd.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
 import { concat, tlv } from "../card/tlv.ts";
@@ -47,7 +47,11 @@ export async function runScript(transmit: Transmit, script: CardScript): Promise
 /**
  * Personalisation (seed 000 ST13-ST14) and card key rotation in place: over the card's current key set (the
  * transport key of a blank card), PUT KEY installs `next` — replacing the current key set, or added beside it
- * (`keep`, embodiments 4 and 5: a card holding Sk1 and Sk2) — and SET STATUS moves a new card to SECURED.
+ * (`keep`, embodiments 4 and 5: a card holding Sk1 and Sk2) — and SET STATUS moves a new card to SECURED. The
+ * script succeeds only when the card itself confirms SECURED: GET STATUS, answered under the session's R-MAC, so a
+ * relaying terminal cannot forge it. SET STATUS's own answer is not enough: a card already SECURED (a rotation in
+ * the field) refuses it with 6985, and an error status word carries no MAC, so a terminal could answer 6985 for a
+ * card that never got the command (the next command's C-MAC then fails at the card, and GET STATUS with it).
  * `predecessor` (with `keep`): the card ID `next` was diversified for — the old card whose Sk1 the new card
  * holds — bound to it by STORE DATA key set origin right after PUT KEY, in the same session (isd.ts).
  */
@@ -74,14 +78,23 @@ export async function personalisationScript(current: CardKeys, next: CardKeys, o
   return {
     keys: current,
     aid: ISD_AID,
-    commands: [putKey, ...origin, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }],
+    commands: [putKey, ...origin, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }, getStatusCommand()],
     check: (r) => {
       if (r[0].sw !== 0x9000) throw new ApduError(r[0].sw, "PUT KEY");
       checkPutKey(r[0].data);
       if (origin.length && r[1].sw !== 0x9000) throw new ApduError(r[1].sw, "STORE DATA key set origin");
-      // 6985: already SECURED (a rotation on a card in the field); anything else is a failure.
+      // 6985: already SECURED (a rotation on a card in the field) — a hint only; GET STATUS says what the card is.
       const status = r[1 + origin.length];
       if (status.sw !== 0x9000 && status.sw !== 0x6985) throw new ApduError(status.sw, "SET STATUS SECURED");
+      const confirmed = r[2 + origin.length];
+      if (confirmed.sw !== 0x9000) throw new ApduError(confirmed.sw, "GET STATUS (the card's life cycle after SET STATUS)");
+      let lifecycle: string;
+      try {
+        lifecycle = cardLifecycleOf(confirmed.data);
+      } catch (e) {
+        throw new Scp03Error(`GET STATUS: ${(e as Error).message}`);
+      }
+      if (lifecycle !== "SECURED") throw new Scp03Error(`SET STATUS: the card reports its life cycle ${lifecycle}, not SECURED (SET STATUS answered ${status.sw.toString(16).toUpperCase()})`);
     },
   };
 }

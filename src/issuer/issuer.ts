@@ -16,13 +16,17 @@ import type { RevocationReason } from "../ca/crl.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
 import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, Store, User } from "../store/store.ts";
+import type { CardStatus } from "../store/db.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { CardKeys } from "./card-keys.ts";
 import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
+import { changeCardState, checkCardState, requireCardState, type CardActor, type CardTransition } from "./card-lifecycle.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
 import { TransportKeyError, transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 
 const DAY = 86_400_000;
+/** How long a credential request's claim on a slot holds against others: a stalled server's is taken over after it. */
+const SLOT_CLAIM_LEASE_MS = 5 * 60_000;
 
 /** PIV key slots a credential can go to (seed 000: the card's key pair area). */
 export const SLOTS = ["9a", "9c", "9d", "9e", ...Array.from({ length: 20 }, (_, i) => (0x82 + i).toString(16))] as const;
@@ -37,6 +41,22 @@ export class IssuerError extends Error {
   ) {
     super(message);
     this.name = "IssuerError";
+  }
+}
+
+export type CardStateCheck = "card_state" | "card_transition_not_allowed";
+
+/**
+ * A refusal for a card's state (card-lifecycle.ts; 409 naming `check`): the act needs another state, or the
+ * transition does not leave the card's state.
+ */
+export class CardStateError extends IssuerError {
+  constructor(
+    readonly check: CardStateCheck,
+    message: string,
+    readonly details: { cardId: string; state: CardStatus; [k: string]: JsonValue },
+  ) {
+    super("conflict", message);
   }
 }
 
@@ -187,23 +207,32 @@ export class Issuer {
    * to run in a RelaySession; when the card has accepted it, `markPersonalised`.
    */
   async personalisationScriptFor(cardId: string): Promise<CardScript> {
-    const card = await this.card(cardId);
-    if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
+    const card = checkCardState(await this.card(cardId), "personalisation");
     return personalisationScript(await this.transportKeys(cardId), this.keysOf(await this.currentKeySet(card)));
   }
 
-  /** ST14 done: the card accepted its key set (the script's results were checked); the card is active. */
+  /**
+   * ST14 done: the card accepted its key set and confirmed SECURED (the script's results were checked); the card is
+   * active — the lifecycle's "personalise" transition (card-lifecycle.ts), from issued only, audited.
+   */
   async markPersonalised(cardId: string, actor: string): Promise<Card> {
-    const card = await this.card(cardId);
-    if (card.status !== "issued") throw new IssuerError("conflict", `card ${cardId} is ${card.status}, not waiting for personalisation`);
+    const card = checkCardState(await this.card(cardId), "personalisation");
     const ks = await this.currentKeySet(card);
-    await this.store.setCardStatus(cardId, "active");
     // a card personalised over the public test keys is marked for the auditors: its Sk is as public as a recording
     const details: Record<string, JsonValue> = { kvn: ks.kvn };
     if (this.transport.insecurePublicTransportKeys === true) details.transport = "insecure-public-test-keys";
-    await this.audit(actor, "card.personalised", cardId, details);
+    const { card: active } = await changeCardState(this.store, { cardId, transition: "personalise", actor, by: "operator", reason: "personalised: the card confirmed SECURED", details });
     this.onEvent({ type: "card.personalised" });
-    return this.card(cardId);
+    return active;
+  }
+
+  /**
+   * Moves a card through the lifecycle (card-lifecycle.ts): suspend, resume, retire, report-destroyed. `by`: an
+   * operator, or the card's own terminal (the route checked the binding). Audited with the actor and the reason.
+   */
+  async changeCardState(input: { cardId: string; transition: Exclude<CardTransition, "personalise">; reason: string; by: CardActor }, actor: string): Promise<Card> {
+    if ((input.transition as CardTransition) === "personalise") throw new IssuerError("invalid", "a card becomes active by its personalisation only");
+    return (await changeCardState(this.store, { ...input, actor })).card;
   }
 
   // --- ST16-ST25: distribution request, update and addition (claims 4, 7) ------------------------------------
@@ -217,6 +246,7 @@ export class Issuer {
   async requestCredential(
     input: { cardId: string; slot: Slot; alg: KeyAlg; profile?: string; replace?: boolean },
     actor: string,
+    o: { recorded?: (s: Store, c: IssuedCredential) => Promise<void> } = {},
   ): Promise<IssuedCredential> {
     if (!SLOTS.includes(input.slot as (typeof SLOTS)[number])) throw new IssuerError("invalid", `slot must be one of ${SLOTS.join(", ")}`);
     if (!CARD_KEY_ALGS.includes(input.alg)) throw new IssuerError("invalid", `algorithm must be one of ${CARD_KEY_ALGS.join(", ")}`);
@@ -224,13 +254,41 @@ export class Issuer {
     const ctx = await this.store.getCardContext(input.cardId);
     if (!ctx) throw new IssuerError("not_found", `no card ${input.cardId}`);
     const { card, user } = ctx;
-    if (card.status !== "active" && card.status !== "issued") throw new IssuerError("conflict", `card ${card.id} is ${card.status}`);
+    checkCardState(card, "credential.request");
     const ks = ctx.keySet;
     if (!ks) throw new IssuerError("invalid", `card ${card.id} has no current key set`);
-    const occupied = await this.store.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot });
-    if (occupied.length && !input.replace) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} holds a key; ask for replace`);
     const keys = this.keysOf(ks);
     if (!("custody" in keys)) throw new IssuerError("invalid", "card keys must be in custody");
+
+    // The slot is claimed before anything is generated or certified (issue 15 §1): of concurrent requests for one
+    // slot — on one server or several — one goes on, the others are refused here and certify nothing. The claim is
+    // given up in the transaction that records the credential; the slot is read once it is held.
+    const claim = randomUUID();
+    if (!(await this.store.claimCredentialSlot(card.id, input.slot, claim, SLOT_CLAIM_LEASE_MS)))
+      throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} is being issued by another request; ask again once it is done`);
+    let certified: string | undefined;
+    try {
+      const result = await this.#issueClaimed({ ...input, card, user, ks, keys, claim }, actor, o, (serial) => (certified = serial));
+      this.onEvent({ type: "credential.issued" });
+      return result;
+    } catch (e) {
+      // nothing recorded: the claim goes (unless it was taken over), and so does a certificate the CA issued for it
+      await this.store.releaseCredentialSlot(card.id, input.slot, claim).catch(() => {});
+      if (certified) await this.ca.revoke(certified, "cessationOfOperation").catch(() => {});
+      throw e;
+    }
+  }
+
+  /** requestCredential once the slot is claimed: the slot check, key generation, certification, the record. */
+  async #issueClaimed(
+    input: { slot: Slot; alg: KeyAlg; profile?: string; replace?: boolean; card: Card; user: User; ks: CardKeySet; keys: { custody: KeyCustody; ref: KeySetRef }; claim: string },
+    actor: string,
+    o: { recorded?: (s: Store, c: IssuedCredential) => Promise<void> },
+    onCertified: (serial: string) => void,
+  ): Promise<IssuedCredential> {
+    const { card, user, ks, keys } = input;
+    const occupied = await this.store.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot });
+    if (occupied.length && !input.replace) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} holds a key; ask for replace`);
 
     // ST17: generate inside custody; the key never exists outside it except as Sk[PRk].
     const label = `credential-${randomUUID()}`;
@@ -249,9 +307,17 @@ export class Issuer {
     // ST19-ST21: the CA certifies (possibly at another site).
     const profile = input.profile ?? (input.slot === "9c" ? "signature" : input.slot === "9d" ? "keyManagement" : "authentication");
     const cert = await this.ca.certify({ profile, applicantId: user.id, subject: subjectFrom(user.personalData, card.id), publicKey: Buffer.from(spki).toString("base64") });
+    onCertified(cert.serial);
 
     // Group commit: concurrent requests share one commit (each in its own savepoint), see Store.groupTransaction.
-    const result = await this.store.groupTransaction(async (s) => {
+    return this.store.groupTransaction(async (s) => {
+      // Still this request's slot (a claim outlives its lease only on a stalled server), and still as read: the
+      // partial unique index on key_pairs (one active pair per card and slot) stands behind both checks.
+      if (!(await s.releaseCredentialSlot(card.id, input.slot, input.claim))) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id}: this request's claim was taken over by another; nothing was recorded`);
+      const now = (await s.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot })).map((k) => k.id);
+      if (now.join() !== occupied.map((k) => k.id).join()) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} changed while the key was certified; ask again`);
+      // the card's row held until this commits: a suspension in between waits, or is seen here
+      await requireCardState(s, card.id, "credential.request");
       for (const old of occupied) await s.updateKeyPair(old.id, { status: "superseded" });
       const rec = await s.recordCredential({
         keyPair: { userId: user.id, cardId: card.id, slot: input.slot, algorithm: input.alg, publicKey: spki },
@@ -266,10 +332,10 @@ export class Issuer {
         subject: card.id,
         details: { slot: input.slot, alg: input.alg, keyPair: rec.keyPair.id, serial: cert.serial, packageSeq: pkg.seq, superseded: occupied.map((k) => k.id) },
       });
-      return { keyPair: rec.keyPair, certificate: rec.certificate!, package: pkg };
+      const issued = { keyPair: rec.keyPair, certificate: rec.certificate!, package: pkg };
+      await o.recorded?.(s, issued);
+      return issued;
     });
-    this.onEvent({ type: "credential.issued" });
-    return result;
   }
 
   private async sealPackage(custody: KeyCustody, ref: KeySetRef, kvn: number, cardId: string, slot: string, seq: number, alg: KeyAlg, skPrk: Uint8Array, cert?: Uint8Array): Promise<Uint8Array> {
@@ -280,7 +346,7 @@ export class Issuer {
 
   /** The online path (ST22-ST25 through an SCP03 session the server drives): a script for a stored credential. */
   async onlineDeliveryScript(cardId: string, keyPairId: string): Promise<CardScript> {
-    const card = await this.card(cardId);
+    const card = checkCardState(await this.card(cardId), "credential.online");
     const kp = await this.store.getKeyPair(keyPairId);
     if (!kp || kp.cardId !== card.id || !kp.slot) throw new IssuerError("not_found", `card ${cardId} has no key pair ${keyPairId}`);
     const ks = await this.currentKeySet(card);
@@ -298,7 +364,10 @@ export class Issuer {
 
   /** The online delivery script ran and the card accepted every command (a relay that finished and was checked). */
   async recordOnlineDelivery(cardId: string, keyPairId: string, actor: string): Promise<void> {
-    await this.audit(actor, "credential.delivered", cardId, { keyPair: keyPairId, path: "online" });
+    await this.store.transaction(async (s) => {
+      await requireCardState(s, cardId, "credential.online");
+      await appendAudit(s.db, { actor, action: "credential.delivered", subject: cardId, details: { keyPair: keyPairId, path: "online" } });
+    });
     this.onEvent({ type: "credential.delivered", path: "online" });
   }
 
@@ -306,7 +375,9 @@ export class Issuer {
   async packagesFor(cardId: string, afterSeq = 0): Promise<DeliveryPackage[]> {
     await this.card(cardId);
     const list = await this.store.listPackages(cardId, { afterSeq });
-    for (const p of list) if (p.status === "pending") await this.store.advancePackage(cardId, p.seq, "fetched");
+    let moved = false;
+    for (const p of list) if (p.status === "pending") moved = (await this.store.advancePackage(cardId, p.seq, "fetched")) || moved;
+    if (moved) await this.#delivered(cardId, `terminal:${cardId}`);
     return list;
   }
 
@@ -318,6 +389,22 @@ export class Issuer {
     if (!(await this.store.advancePackage(cardId, seq, "acknowledged"))) return;
     await this.audit(actor, "credential.delivered", cardId, { packageSeq: seq, path: "package" });
     this.onEvent({ type: "credential.delivered", path: "package" });
+    await this.#delivered(cardId, actor);
+  }
+
+  readonly #deliveryListeners = new Map<string, (cardId: string, actor: string) => Promise<void>>();
+
+  /**
+   * `listener` runs after packages of a card moved on (fetched by the card's terminal, acknowledged): a rotation
+   * whose last owed package that was completes there (rotation.ts). One listener per `name`. Its failure never
+   * fails the delivery (it is recorded already); the next delivery, or a distribute, settles again.
+   */
+  onPackagesDelivered(name: string, listener: (cardId: string, actor: string) => Promise<void>): void {
+    this.#deliveryListeners.set(name, listener);
+  }
+
+  async #delivered(cardId: string, actor: string): Promise<void> {
+    for (const l of this.#deliveryListeners.values()) await l(cardId, actor).catch(() => {});
   }
 
   /** Revokes a certificate at the CA and in the system DB. */

@@ -6,7 +6,8 @@
 // Custody from the environment as the server takes it (custody/index.ts: CARDKMS_KEYSTORE_KEY or _FILE for the
 // software keystore; CARDKMS_PKCS11_* for an HSM). CARDKMS_REWRAP_PAGE sets the page size (default 2,000).
 // Prints one JSON line per committed page ({done, total, cursor}); exits 0 when no page is left (and, with
-// --complete, after marking the rotation completed: a re-wrap-only job), 1 on error.
+// --complete, after marking the rotation completed: a re-wrap-only job — refused while the rotation still owes its
+// new card keys, Store.completeRotation), 1 on error.
 
 import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
 import { Store } from "../store/store.ts";

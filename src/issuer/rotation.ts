@@ -1,10 +1,19 @@
 // Card key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3, 4 and 5, para 0059-0098, FIG. 15).
 //
-// Issuer side: a rotation is proposed (by an operator, or by the validity scan, para 0062), approved by an
-// operator, and then run: a NEW card (new card ID, a new `cards` row for the same user) is issued with the key set
-// Sk2 (KVN 2, diversified in custody for the new card) — and, for embodiments 4 and 5, Sk1 beside it — then the
-// system DB is updated and packages are created as the strategy's row of FIG. 15 says (FIG15 below, policy as
-// data). Every step is appended to the audit log.
+// Issuer side: a rotation is proposed (by an operator, or by the validity scan, para 0062), approved by operators
+// other than the proposer (four eyes, rotation-approvals.ts: each approval bound to the old card, key set,
+// strategy, new card ID, additions and drops fixed at proposal), and then run: the NEW card (the approved card ID, a
+// new `cards` row for the same user) is issued with the key set Sk2 (KVN 2, diversified in custody for the new card)
+// — and, for embodiments 4 and 5, Sk1 beside it — then the system DB is updated and packages are created as the
+// strategy's row of FIG. 15 says (FIG15 below, policy as data). Every step is appended to the audit log.
+//
+// Issue 15: what a rotation acts on is checked where it acts (the old card active and the only owner of the keys
+// under its key set; the new card personalised before anything is distributed), in the transaction that acts. The
+// distribution is explicit state (rotation_items, rotation-repository.ts): claimed once per rotation by a guarded
+// UPDATE, then one item per slot moved on by guarded UPDATEs — pending, packaged, delivered (its package fetched by
+// the new card's terminal), acknowledged (the card's receipt) or dropped by the approved proposal — so concurrent and
+// resumed calls make each package and key once, on any number of servers, and the rotation completes only when
+// nothing is owed.
 //
 // Terminal side (terminalRotate): what the user terminal does with the old card, the new card and its overflow
 // store (the seed's hard disk HD) for each strategy.
@@ -20,20 +29,22 @@
 // What it must never do: see a private key in clear (custody wraps and re-wraps), or send a pair over the network
 // that FIG. 15 does not list for the strategy.
 
-import { randomBytes } from "node:crypto";
+import { CARD_ACTS } from "./card-lifecycle.ts";
 import type { KeyAlg } from "../card/state.ts";
 import { PURPOSE } from "../card/derivation.ts";
 import { assemblePackage, packageHeader, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
 import type { DerivedKeySetRef, KeySetRef } from "../custody/custody.ts";
-import type { RotationStrategy } from "../store/db.ts";
-import type { Card, CardKeySet, DeliveryPackage, Rotation, Store } from "../store/store.ts";
+import type { RotationDistribution, RotationStrategy } from "../store/db.ts";
+import { StoreError, type Card, type CardKeySet, type DeliveryPackage, type Rotation, type Store } from "../store/store.ts";
+import { canonicalAdded, OWED_ITEM_STATES, RotationRepository, type AddedCredentialSpec, type RotationItem } from "../store/rotation-repository.ts";
 import { appendAudit } from "../store/audit.ts";
 import { ApduError, type Transmit } from "../terminal/apdu-client.ts";
 import { moveOut, type OverflowStore } from "../terminal/overflow.ts";
 import type { PivClient } from "../terminal/piv-client.ts";
-import { Issuer, IssuerError, type IssuedCredential, type Slot } from "./issuer.ts";
+import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, type IssuedCredential, type Slot } from "./issuer.ts";
 import { personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { runRewrap, type RewrapProgress } from "./rewrap.ts";
+import { approvalState, approveRotation, bindingDetails, requireApproved, type ApprovalState } from "./rotation-approvals.ts";
 
 export type { RotationStrategy } from "../store/db.ts";
 
@@ -53,20 +64,69 @@ export interface AddedCredential {
   profile?: string;
 }
 
-export interface RotationResult {
-  rotation: Rotation;
-  /** What crossed the network: the packages created for the new card by this rotation, in sequence order. */
-  packages: DeliveryPackage[];
-  added: IssuedCredential[];
+const refOf = (ks: CardKeySet): KeySetRef => JSON.parse(ks.custodyRef) as KeySetRef;
+
+/** A rotation's distribution as the status query shows it: what was sent, what the new card still owes a receipt for. */
+export interface DistributionStatus {
+  state: RotationDistribution;
+  /** One per slot of the old card and per credential added, by slot. */
+  items: RotationItem[];
+  /** Slots still owed to the new card (pending, or packaged and not yet fetched by its terminal). */
+  owed: string[];
 }
 
-const refOf = (ks: CardKeySet): KeySetRef => JSON.parse(ks.custodyRef) as KeySetRef;
+export interface RotationResult {
+  rotation: Rotation;
+  /** What crossed the network: the packages this rotation made for the new card, in sequence order. */
+  packages: DeliveryPackage[];
+  added: IssuedCredential[];
+  distribution: DistributionStatus;
+}
+
+export interface CardRotationOptions {
+  /** Distinct operators other than the proposer who must approve a rotation (config rotations.approvals; default 1). */
+  approvals?: number;
+  /** Called once per rotation that completes (metrics). */
+  onCompleted?: (r: Rotation) => void;
+}
+
+/** What a rotation is proposed with: everything its approvals will cover besides the old card and its key set. */
+export interface ProposeInput {
+  cardId: string;
+  strategy: RotationStrategy;
+  /** The new card's ID (8-16 bytes, lowercase hex); a fresh one when not given. */
+  newCardId?: string;
+  /** Embodiments 4, 5: the credentials distribute adds, generated under Sk2. */
+  add?: AddedCredential[];
+  /** Slots of the old card whose key pairs the new card is not to get. */
+  drop?: string[];
+}
+
+/** The states a card may be in for each card a rotation acts on (issue 15 §6). */
+/** The card states a rotation acts on (card-lifecycle.ts CARD_ACTS, the one table of what each act allows). */
+const OLD_CARD_STATES = CARD_ACTS["rotation.propose"];
+const NEW_CARD_STATES = CARD_ACTS["rotation.distribute"];
+const CARD_ID = /^([0-9a-f]{2}){8,16}$/;
+const PROFILE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
+
+const sameAdded = (a: readonly AddedCredential[] | readonly AddedCredentialSpec[], b: readonly AddedCredentialSpec[]) => canonicalAdded(a) === canonicalAdded(b);
+const describeAdded = (a: readonly AddedCredentialSpec[]) => a.map((x) => `${x.slot} ${x.alg}${x.profile ? ` (${x.profile})` : ""}`).join(", ") || "none";
 
 export class CardRotation {
   readonly store: Store;
+  readonly #approvals: number;
+  readonly #onCompleted: (r: Rotation) => void;
 
-  constructor(readonly issuer: Issuer) {
+  constructor(
+    readonly issuer: Issuer,
+    o: CardRotationOptions = {},
+  ) {
     this.store = issuer.store;
+    this.#approvals = o.approvals ?? 1;
+    this.#onCompleted = o.onCompleted ?? (() => {});
+    if (!Number.isInteger(this.#approvals) || this.#approvals < 1 || this.#approvals > 16) throw new RangeError(`rotation approvals: expected 1..16, got ${o.approvals}`);
+    // A rotation completes when the new card's terminal fetched the last package it owed (issue 15 §4).
+    issuer.onPackagesDelivered("rotation", (cardId, actor) => this.settleFor(cardId, actor));
   }
 
   private async rotation(id: string): Promise<Rotation> {
@@ -75,52 +135,110 @@ export class CardRotation {
     return r;
   }
 
-  /** Proposes rotating the card's current key set (para 0062: detected and notified; it runs once approved). */
-  async propose(input: { cardId: string; strategy: RotationStrategy }, actor: string): Promise<Rotation> {
-    if (!(input.strategy in FIG15)) throw new IssuerError("invalid", `strategy must be one of ${Object.keys(FIG15).join(", ")}`);
-    const card = await this.issuer.card(input.cardId);
-    const ks = await this.issuer.currentKeySet(card);
-    if (await this.store.openRotationForKeySet(ks.id)) throw new IssuerError("conflict", `key set ${ks.id} of card ${card.id} already has an open rotation`);
+  /**
+   * Proposes rotating the card's current key set (para 0062: detected and notified; it runs once approved). The old
+   * card must be active, the new card's ID unused, and every key wrapped under the key set the old card's own
+   * (issue 15 §6): the re-wrap re-wraps them all. What the approvals cover is fixed here (rotation-approvals.ts).
+   */
+  async propose(input: ProposeInput, actor: string): Promise<Rotation> {
+    const policy = FIG15[input.strategy];
+    if (!policy) throw new IssuerError("invalid", `strategy must be one of ${Object.keys(FIG15).join(", ")}`);
+    const add = input.add ?? [];
+    const drop = input.drop ?? [];
+    if (!policy.add && add.length) throw new IssuerError("invalid", `${input.strategy} adds no key pair (FIG. 15)`);
+    for (const a of add) {
+      if (!SLOTS.includes(a.slot as (typeof SLOTS)[number])) throw new IssuerError("invalid", `add: slot must be one of ${SLOTS.join(", ")}`);
+      if (!CARD_KEY_ALGS.includes(a.alg)) throw new IssuerError("invalid", `add: algorithm must be one of ${CARD_KEY_ALGS.join(", ")}`);
+      if (a.profile !== undefined && !PROFILE.test(a.profile)) throw new IssuerError("invalid", `add: profile ${JSON.stringify(a.profile)} is not a profile name`);
+    }
+    if (new Set(add.map((a) => a.slot)).size !== add.length) throw new IssuerError("invalid", "add: one credential per slot");
+    if (new Set(drop).size !== drop.length) throw new IssuerError("invalid", "drop: each slot once");
+    if (input.newCardId !== undefined && (!CARD_ID.test(input.newCardId) || input.newCardId === input.cardId)) throw new IssuerError("invalid", "the new card ID must be 8 to 16 bytes of lowercase hex, other than the old card's");
     return this.store.transaction(async (s) => {
-      const r = await s.proposeRotation({ cardId: card.id, fromKeySetId: ks.id, strategy: input.strategy });
-      await appendAudit(s.db, { actor, action: "rotation.proposed", subject: r.id, details: { cardId: card.id, keySet: ks.id, kvn: ks.kvn, strategy: r.strategy } });
+      const repo = new RotationRepository(s.db);
+      const card = await s.getCard(input.cardId);
+      if (!card) throw new IssuerError("not_found", `no card ${input.cardId}`);
+      const old = await repo.holdCard(card.id, OLD_CARD_STATES);
+      if (!old.held) throw new IssuerError("conflict", `card ${card.id} is ${old.status}: only an ${OLD_CARD_STATES.join(" or ")} card's key set is rotated`);
+      const ks = card.currentKeySetId ? await s.getKeySet(card.currentKeySetId) : undefined;
+      if (!ks) throw new IssuerError("invalid", `card ${card.id} has no current key set`);
+      if (ks.cardId !== card.id || ks.status === "retired") throw new IssuerError("conflict", `key set ${ks.id} is ${ks.status === "retired" ? "retired" : `card ${ks.cardId}'s`}: not a key set card ${card.id} can rotate`);
+      await this.#ownKeysOnly(repo, ks.id, card.id);
+      if (input.newCardId !== undefined && (await s.getCard(input.newCardId))) throw new IssuerError("conflict", `card ${input.newCardId} exists: the new card must be a new one`);
+      if (await s.openRotationForKeySet(ks.id)) throw new IssuerError("conflict", `key set ${ks.id} of card ${card.id} already has an open rotation`);
+      const slotted = (await s.listKeyPairs({ cardId: card.id, status: "active" })).filter((k) => k.slot);
+      for (const d of drop) if (!slotted.some((k) => k.slot === d)) throw new IssuerError("invalid", `drop: card ${card.id} has no active key pair in slot ${d}`);
+      for (const a of add) if (slotted.some((k) => k.slot === a.slot && !drop.includes(a.slot))) throw new IssuerError("conflict", `add: slot ${a.slot} holds card ${card.id}'s key pair, which the new card gets; add into a free slot, or drop it`);
+      let r: Rotation;
+      try {
+        r = await s.proposeRotation({ cardId: card.id, fromKeySetId: ks.id, strategy: input.strategy, proposedBy: actor, newCardId: input.newCardId, added: add, dropped: drop, approvalsRequired: this.#approvals });
+      } catch (e) {
+        if (e instanceof StoreError && e.code === "conflict") throw new IssuerError("conflict", e.message);
+        throw e;
+      }
+      await appendAudit(s.db, { actor, action: "rotation.proposed", subject: r.id, details: { ...bindingDetails(r), keySet: ks.id, kvn: ks.kvn, approvalsRequired: r.approvalsRequired } });
       return r;
     });
   }
 
-  /** The operator's approval (para 0062); a proposal from the validity scan is approved the same way. */
+  /** Refuses a key set that wraps another card's keys (a re-wrap would hand them to this rotation's new card). */
+  async #ownKeysOnly(repo: RotationRepository, keySetId: string, cardId: string): Promise<void> {
+    const foreign = await repo.foreignWrappedKeys(keySetId, cardId);
+    if (foreign.count > 0) throw new IssuerError("conflict", `key set ${keySetId} wraps ${foreign.count} key pair(s) that are not card ${cardId}'s (first: ${foreign.first}): rotating it would re-wrap them for another card`);
+  }
+
+  /** An operator's approval (para 0062; four eyes: rotation-approvals.ts); a proposal from the validity scan is approved the same way. */
   async approve(id: string, actor: string): Promise<Rotation> {
+    return approveRotation(this.store, id, actor, { required: this.#approvals });
+  }
+
+  /** Withdraws a rotation that has not started (proposed or approved): to change what it is bound to, propose anew. */
+  async cancel(id: string, actor: string): Promise<Rotation> {
     return this.store.transaction(async (s) => {
-      const r = await s.approveRotation(id, actor);
-      await appendAudit(s.db, { actor, action: "rotation.approved", subject: id, details: { strategy: r.strategy } });
+      let r: Rotation;
+      try {
+        r = await s.cancelRotation(id);
+      } catch (e) {
+        if (e instanceof StoreError) throw new IssuerError(e.code, e.message);
+        throw e;
+      }
+      await appendAudit(s.db, { actor, action: "rotation.cancelled", subject: id, details: bindingDetails(r) });
       return r;
     });
   }
 
   /**
-   * ST11-ST12 for the new card (para 0063, 0081): a new card ID and `cards` row for the same user, with Sk2
-   * (KVN 2, diversified in custody for the new card) as its current key set and — embodiments 4, 5 — the old
+   * ST11-ST12 for the new card (para 0063, 0081): the approved new card ID and a `cards` row for the same user, with
+   * Sk2 (KVN 2, diversified in custody for the new card) as its current key set and — embodiments 4, 5 — the old
    * card's Sk1 recorded beside it; the rotation moves to running with the number of keys to re-wrap. Idempotent:
-   * a running rotation returns its new card.
+   * a running rotation returns its new card. A card ID other than the approved one is refused by name.
    */
   async issueNewCard(id: string, actor: string, input: { cardId?: string } = {}): Promise<{ rotation: Rotation; card: Card; sk2: CardKeySet; sk1?: CardKeySet }> {
     const r0 = await this.rotation(id);
+    const bound = r0.toCardId ?? r0.newCardId;
+    if (input.cardId !== undefined && input.cardId !== bound) throw new IssuerError("conflict", `new card ${input.cardId} is not the one rotation ${id} was approved for (${bound ?? "none"})`);
     if (r0.status === "running" && r0.toCardId && r0.toKeySetId) {
       const sets = await this.store.listKeySets(r0.toCardId);
       return { rotation: r0, card: await this.issuer.card(r0.toCardId), sk2: sets.find((k) => k.id === r0.toKeySetId)!, sk1: sets.find((k) => k.id !== r0.toKeySetId) };
     }
     if (r0.status !== "approved") throw new IssuerError("conflict", `rotation ${id} is ${r0.status}: it must be approved by an operator first`);
+    const cardId = r0.newCardId;
+    if (!cardId || !CARD_ID.test(cardId)) throw new IssuerError("conflict", `rotation ${id} is bound to no valid new card ID: cancel it and propose again`);
+    await requireApproved(this.store, r0, this.#approvals);
     const old = await this.issuer.card(r0.cardId);
     const sk1 = await this.store.getKeySet(r0.fromKeySetId);
     if (!sk1) throw new IssuerError("invalid", `rotation ${id}: key set ${r0.fromKeySetId} missing`);
-    const cardId = input.cardId ?? randomBytes(8).toString("hex");
-    if (!/^([0-9a-f]{2}){8,16}$/.test(cardId) || cardId === old.id) throw new IssuerError("invalid", "the new card ID must be 8 to 16 bytes of lowercase hex, other than the old card's");
     const ref: DerivedKeySetRef = { kind: "derived", master: this.issuer.masterKey, cardId, kvn: SK2_KVN };
     const kcvs = await this.issuer.custody.keySetKcvs(ref);
     const total = await this.store.countWrappedKeys(sk1.id);
     const keepSk1 = FIG15[r0.strategy].newCardKeySets.includes("Sk1");
     const now = this.store.now();
-    const res = await this.store.transaction(async (s) => {
+    return this.store.transaction(async (s) => {
+      const repo = new RotationRepository(s.db);
+      const held = await repo.holdCard(old.id, OLD_CARD_STATES);
+      if (!held.held) throw new IssuerError("conflict", `card ${old.id} is ${held.status}: rotation ${id} rotates an ${OLD_CARD_STATES.join(" or ")} card only`);
+      await this.#ownKeysOnly(repo, sk1.id, old.id);
+      if (await s.getCard(cardId)) throw new IssuerError("conflict", `card ${cardId} exists: rotation ${id}'s new card must be a new one`);
       await s.registerCard({ id: cardId, userId: old.userId, validFrom: now, validUntil: now + (old.validUntil - old.validFrom), status: "issued" });
       const keyDays = sk1.validUntil - sk1.validFrom;
       const sk2 = await s.addKeySet({ cardId, kvn: SK2_KVN, version: 2, validFrom: now, validUntil: now + keyDays, custodyRef: JSON.stringify(ref), label: `Sk2 kcv ${kcvs.enc}`, makeCurrent: true });
@@ -132,7 +250,6 @@ export class CardRotation {
       await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: old.userId, keySet: sk2.id, kvn: SK2_KVN, rotation: id, replaces: old.id } });
       return { rotation, card: (await s.getCard(cardId))!, sk2, sk1: sk1Copy };
     });
-    return res;
   }
 
   /**
@@ -165,57 +282,180 @@ export class CardRotation {
   }
 
   /**
-   * Redistribution and completion: embodiment 3 sends every pair of the old card as {Sk2[PRk], Ct} (para 0068);
-   * 4 and 5 send only the added pairs, generated under Sk2 (ST16-ST21, para 0085-0087). The old card's key pairs
-   * are recorded on the new card; the old card is retired, and so is Sk1 where every key was re-wrapped.
+   * Redistribution (issue 15 §1, §4): embodiment 3 sends every pair of the old card as {Sk2[PRk], Ct} (para 0068);
+   * 4 and 5 send only the added pairs, generated under Sk2 (ST16-ST21, para 0085-0087), the old ones leaving the old
+   * card through the terminal. In three steps, each safe to run concurrently and to resume:
+   *   1. the claim, once per rotation (none -> distributing, a guarded UPDATE) in one transaction with what it acts
+   *      on: the approvals checked against the binding, the new card personalised (else refused, nothing retired),
+   *      one item per slot recorded, the old card's pairs moved to the new card, the old card retired (and Sk1 where
+   *      every key was re-wrapped);
+   *   2. each pending item packaged by the one call whose guarded UPDATE takes it (an added credential's slot is
+   *      claimed before it is certified, issuer.ts), so a second caller makes no second package or key;
+   *   3. distributing -> distributed; the rotation completes once every item is delivered (its package fetched by
+   *      the new card's terminal) or dropped — here, or when the terminal fetches the last one.
+   * `add`, when given, must be the approved additions. Returns the rotation's packages and additions, whoever made them.
    */
   async distribute(id: string, actor: string, opts: { add?: AddedCredential[] } = {}): Promise<RotationResult> {
     let r = await this.rotation(id);
-    if (r.status === "completed") throw new IssuerError("conflict", `rotation ${id} is completed`);
-    if (r.status !== "running" || !r.toCardId || !r.toKeySetId) throw new IssuerError("conflict", `rotation ${id} is ${r.status}: issue the new card first`);
-    const policy = FIG15[r.strategy];
-    const add = opts.add ?? [];
-    if (!policy.add && add.length) throw new IssuerError("invalid", `${r.strategy} adds no key pair (FIG. 15)`);
-    if (policy.systemDb === "all" && (await this.store.countWrappedKeys(r.fromKeySetId, r.cursor)) > 0) throw new IssuerError("conflict", `rotation ${id}: the bulk re-wrap has not finished`);
-    const newCard = await this.issuer.card(r.toCardId);
-    const sk2 = (await this.store.getKeySet(r.toKeySetId))!;
-    const oldPairs = (await this.store.listKeyPairs({ cardId: r.cardId, status: "active" })).filter((k) => k.slot);
-    const before = newCard.lastPackageSeq;
-
-    // The old card's pairs move to the new card in the DB; embodiment 3 redistributes them all under Sk2 — once:
-    // a distribute resumed after a crash finds the new card's packages already there (embodiment 3 adds none).
-    const redistribute = policy.network === "all" && newCard.lastPackageSeq === 0;
-    await this.store.transaction(async (s) => {
-      for (const kp of oldPairs) {
-        await s.updateKeyPair(kp.id, { cardId: newCard.id });
-        if (!redistribute) continue;
-        const w = await s.getWrappedKey(kp.id, sk2.id);
-        if (!w) throw new IssuerError("invalid", `key pair ${kp.id} has no Sk2[PRk]`);
-        const cert = (await s.listCertificates(kp.id)).filter((c) => !c.revokedAt).pop();
-        await s.createPackage(newCard.id, async (seq) => {
-          const header = packageHeaderBytes("credential", sk2.kvn, newCard.id, kp.slot!, seq);
-          const sealed = await this.issuer.custody.sealForCard(refOf(sk2), PURPOSE.package(1), header, packagePlaintext(kp.algorithm as KeyAlg, w.wrapped, cert?.der));
-          return assemblePackage(header, sealed.nonce, sealed.ciphertext);
-        });
+    if (opts.add !== undefined && !sameAdded(opts.add, r.added)) {
+      throw new IssuerError("conflict", `add: rotation ${id} was approved to add ${describeAdded(r.added)}, not ${describeAdded(opts.add)}; cancel it and propose the additions anew`);
+    }
+    if ((r.status !== "running" && r.status !== "completed") || !r.toCardId || !r.toKeySetId) throw new IssuerError("conflict", `rotation ${id} is ${r.status}: issue the new card first`);
+    if (r.distribution === "none") await this.#claimDistribution(r, actor);
+    r = await this.rotation(id);
+    if (r.distribution === "distributing") {
+      const busy = await this.#packageItems(r, actor);
+      if (busy.length) throw new IssuerError("conflict", `rotation ${id}: another call is distributing it (slot ${busy.join(", ")} in progress); ask again for its result`);
+      if (await this.store.finishDistribution(id)) {
+        const items = await new RotationRepository(this.store.db).items(id);
+        await appendAudit(this.store.db, { actor, action: "rotation.distributed", subject: id, details: { newCard: r.toCardId, packages: items.filter((i) => i.packageSeq !== null).map((i) => ({ slot: i.slot, seq: i.packageSeq })) } });
       }
-      await appendAudit(s.db, { actor, action: "rotation.redistributed", subject: id, details: { newCard: newCard.id, keyPairs: oldPairs.map((k) => k.id), sent: redistribute ? oldPairs.length : 0 } });
-    });
+    }
+    await this.settle(id, actor);
+    return this.result(id);
+  }
 
-    // Embodiments 4, 5: the added pairs, generated and wrapped under the new card's current key set Sk2.
-    // A resumed distribute skips slots an earlier run already filled under Sk2.
-    const added: IssuedCredential[] = [];
-    const filled = new Set((await this.store.listKeyPairs({ cardId: newCard.id, status: "active" })).filter((k) => !oldPairs.some((o) => o.id === k.id)).map((k) => k.slot));
-    for (const a of add) if (!filled.has(a.slot)) added.push(await this.issuer.requestCredential({ cardId: newCard.id, slot: a.slot, alg: a.alg, profile: a.profile }, actor));
-
-    r = await this.store.transaction(async (s) => {
+  /** Step 1 of distribute; nothing when another call claimed it first. */
+  async #claimDistribution(r0: Rotation, actor: string): Promise<void> {
+    const policy = FIG15[r0.strategy];
+    await this.store.transaction(async (s) => {
+      const r = await s.claimDistribution(r0.id);
+      if (!r || !r.toCardId || !r.toKeySetId) return;
+      await requireApproved(s, r, this.#approvals);
+      const repo = new RotationRepository(s.db);
+      const fresh = await repo.holdCard(r.toCardId, NEW_CARD_STATES);
+      if (!fresh.held)
+        throw new IssuerError("conflict", `rotation ${r.id}: new card ${r.toCardId} is ${fresh.status}, not ${NEW_CARD_STATES.join(" or ")}: personalise it first (new-card); nothing was distributed and card ${r.cardId} stays as it is`);
+      const old = await repo.holdCard(r.cardId, OLD_CARD_STATES);
+      if (!old.held) throw new IssuerError("conflict", `rotation ${r.id}: card ${r.cardId} is ${old.status}, not ${OLD_CARD_STATES.join(" or ")}`);
+      if (policy.systemDb === "all" && (await s.countWrappedKeys(r.fromKeySetId, r.cursor)) > 0) throw new IssuerError("conflict", `rotation ${r.id}: the bulk re-wrap has not finished`);
+      const oldPairs = (await s.listKeyPairs({ cardId: r.cardId, status: "active" })).filter((k) => k.slot);
+      const carried = oldPairs.filter((k) => !r.dropped.includes(k.slot!));
+      const taken = new Map((await s.listKeyPairs({ cardId: r.toCardId, status: "active" })).filter((k) => k.slot).map((k) => [k.slot!, k.id]));
+      for (const slot of [...carried.map((k) => k.slot!), ...r.added.map((a) => a.slot)]) {
+        const other = taken.get(slot);
+        if (other) throw new IssuerError("conflict", `rotation ${r.id}: slot ${slot} of new card ${r.toCardId} holds key pair ${other}, which is not the rotation's; it cannot take the old card's or the approved one`);
+      }
+      const byPackage = policy.network === "all";
+      await repo.addItems(
+        r.id,
+        [
+          ...carried.map((k) => ({ slot: k.slot!, kind: "carried" as const, path: byPackage ? ("package" as const) : ("terminal" as const), keyPairId: k.id, algorithm: k.algorithm, profile: null, state: byPackage ? ("pending" as const) : ("delivered" as const) })),
+          ...oldPairs.filter((k) => r.dropped.includes(k.slot!)).map((k) => ({ slot: k.slot!, kind: "carried" as const, path: "terminal" as const, keyPairId: k.id, algorithm: k.algorithm, profile: null, state: "dropped" as const })),
+          ...r.added.map((a) => ({ slot: a.slot, kind: "added" as const, path: "package" as const, keyPairId: null, algorithm: a.alg, profile: a.profile ?? null, state: "pending" as const })),
+        ],
+        s.now(),
+      );
+      for (const kp of carried) await s.updateKeyPair(kp.id, { cardId: r.toCardId });
       await s.setCardStatus(r.cardId, "retired");
+      await appendAudit(s.db, { actor, action: "card.retired", subject: r.cardId, details: { from: old.status ?? null, reason: `replaced by card ${r.toCardId} (rotation ${r.id})`, rotation: r.id } });
       if (policy.systemDb === "all") await s.setKeySetStatus(r.fromKeySetId, "retired");
-      const done = await s.completeRotation(id);
-      await appendAudit(s.db, { actor, action: "rotation.completed", subject: id, details: { strategy: r.strategy, oldCard: r.cardId, newCard: newCard.id, rewrapped: done.done, added: added.map((c) => c.keyPair.id) } });
+      await appendAudit(s.db, {
+        actor,
+        action: "rotation.redistributed",
+        subject: r.id,
+        details: { newCard: r.toCardId, keyPairs: carried.map((k) => k.id), sent: byPackage ? carried.length : 0, dropped: r.dropped, added: r.added.map((a) => a.slot), oldCardRetired: r.cardId },
+      });
+    });
+  }
+
+  /** Step 2 of distribute: packages every pending item this call takes; the slots another call is on. */
+  async #packageItems(r: Rotation, actor: string): Promise<string[]> {
+    const newCardId = r.toCardId!;
+    const sk2 = (await this.store.getKeySet(r.toKeySetId!))!;
+    const busy: string[] = [];
+    for (const item of await new RotationRepository(this.store.db).items(r.id)) {
+      if (item.state !== "pending") continue;
+      if (item.kind === "carried") {
+        await this.store.transaction(async (s) => {
+          const repo = new RotationRepository(s.db);
+          if (!(await repo.claimItem(r.id, item.slot, s.now()))) return;
+          const w = await s.getWrappedKey(item.keyPairId!, sk2.id);
+          if (!w) throw new IssuerError("invalid", `key pair ${item.keyPairId} has no Sk2[PRk]`);
+          const cert = (await s.listCertificates(item.keyPairId!)).filter((c) => !c.revokedAt).pop();
+          const pkg = await s.createPackage(newCardId, async (seq) => {
+            const header = packageHeaderBytes("credential", sk2.kvn, newCardId, item.slot, seq);
+            const sealed = await this.issuer.custody.sealForCard(refOf(sk2), PURPOSE.package(1), header, packagePlaintext(item.algorithm as KeyAlg, w.wrapped, cert?.der));
+            return assemblePackage(header, sealed.nonce, sealed.ciphertext);
+          });
+          await repo.setItemPackage(r.id, item.slot, { cardId: newCardId, seq: pkg.seq });
+        });
+        continue;
+      }
+      try {
+        await this.issuer.requestCredential({ cardId: newCardId, slot: item.slot, alg: item.algorithm as KeyAlg, profile: item.profile ?? undefined }, actor, {
+          recorded: async (s, c) => {
+            const repo = new RotationRepository(s.db);
+            if (!(await repo.claimItem(r.id, item.slot, s.now()))) throw new IssuerError("conflict", `rotation ${r.id}: slot ${item.slot} was packaged by another call`);
+            await repo.setItemPackage(r.id, item.slot, { cardId: newCardId, seq: c.package.seq, keyPairId: c.keyPair.id });
+          },
+        });
+      } catch (e) {
+        if (!(e instanceof IssuerError && e.code === "conflict")) throw e;
+        const now = (await new RotationRepository(this.store.db).items(r.id)).find((i) => i.slot === item.slot);
+        if (now?.state !== "pending") continue; // another call packaged it
+        const other = (await this.store.listKeyPairs({ cardId: newCardId, status: "active", slot: item.slot }))[0];
+        if (other) throw new IssuerError("conflict", `rotation ${r.id}: slot ${item.slot} of new card ${newCardId} holds key pair ${other.id}, issued outside the rotation; the approved addition cannot go there`);
+        busy.push(item.slot);
+      }
+    }
+    return busy;
+  }
+
+  /** Completes rotation `id` when it is distributed and nothing is owed (audited); true when this call completed it. */
+  async settle(id: string, actor: string): Promise<boolean> {
+    const done = await this.store.transaction(async (s) => {
+      const done = await s.completeDistribution(id);
+      if (!done) return undefined;
+      const items = await new RotationRepository(s.db).items(id);
+      await appendAudit(s.db, {
+        actor,
+        action: "rotation.completed",
+        subject: id,
+        details: { strategy: done.strategy, oldCard: done.cardId, newCard: done.toCardId, rewrapped: done.done, items: items.map((i) => ({ slot: i.slot, kind: i.kind, state: i.state })) },
+      });
       return done;
     });
-    const packages = await this.store.listPackages(newCard.id, { afterSeq: before, limit: 10_000 });
-    return { rotation: r, packages, added };
+    if (done) this.#onCompleted(done);
+    return done !== undefined;
+  }
+
+  /** After a delivery to card `cardId`: completes the rotations it was the new card of, if nothing is owed any more. */
+  async settleFor(cardId: string, actor: string): Promise<void> {
+    for (const id of await new RotationRepository(this.store.db).distributedTo(cardId)) await this.settle(id, actor);
+  }
+
+  /** What a rotation's approvals and distribution are now: the status query (route and CLI). */
+  async status(id: string): Promise<{ rotation: Rotation; approvals: ApprovalState & { proposedBy: string | null }; distribution: DistributionStatus }> {
+    const rotation = await this.rotation(id);
+    const approvals = await approvalState(this.store, rotation, this.#approvals);
+    return { rotation, approvals: { ...approvals, proposedBy: rotation.proposedBy }, distribution: await this.#distribution(rotation) };
+  }
+
+  async #distribution(r: Rotation): Promise<DistributionStatus> {
+    const items = await new RotationRepository(this.store.db).items(r.id);
+    return { state: r.distribution, items, owed: items.filter((i) => OWED_ITEM_STATES.includes(i.state)).map((i) => i.slot) };
+  }
+
+  /** The rotation's packages and additions as recorded: the same for every caller of distribute. */
+  async result(id: string): Promise<RotationResult> {
+    const rotation = await this.rotation(id);
+    const distribution = await this.#distribution(rotation);
+    const packages: DeliveryPackage[] = [];
+    const added: IssuedCredential[] = [];
+    for (const i of distribution.items) {
+      if (i.packageSeq === null || !rotation.toCardId) continue;
+      const pkg = await this.store.getPackage(rotation.toCardId, i.packageSeq);
+      if (!pkg) continue;
+      packages.push(pkg);
+      if (i.kind !== "added" || !i.keyPairId) continue;
+      const keyPair = await this.store.getKeyPair(i.keyPairId);
+      const certificate = (await this.store.listCertificates(i.keyPairId)).filter((c) => !c.revokedAt).pop();
+      if (keyPair && certificate) added.push({ keyPair, certificate, package: pkg });
+    }
+    packages.sort((a, b) => a.seq - b.seq);
+    added.sort((a, b) => a.package.seq - b.package.seq);
+    return { rotation, packages, added, distribution };
   }
 }
 

@@ -24,9 +24,14 @@ async function cardWithKey(store: Store, cardUntil: number, keyUntil: number, op
   return { user, card, ks };
 }
 
+/** Slots taken per card: one active key pair per card and slot (issue 15 §1), so each certificate gets its own. */
+const slotsUsed = new Map<string, number>();
+
 async function certificate(store: Store, userId: string, cardId: string, notAfter: number) {
+  const n = slotsUsed.get(cardId) ?? 0;
+  slotsUsed.set(cardId, n + 1);
   const rec = await store.recordCredential({
-    keyPair: { userId, cardId, slot: "9c", algorithm: "ec-p256", publicKey: randomBytes(91) },
+    keyPair: { userId, cardId, slot: (0x82 + n).toString(16), algorithm: "ec-p256", publicKey: randomBytes(91) },
     wrapped: [],
     certificate: { serial: (serial++).toString(16), der: randomBytes(64), subject: "CN=Ada", notBefore: NOW - 400 * DAY, notAfter },
   });

@@ -142,6 +142,7 @@ export class KeyGenerationDevice {
     checkRequest(req);
     if (req.escrow && !this.escrowHook) throw new TypeError("this device has no escrow hook: create it with `escrow` to issue with an escrow");
     const { label, spki, publicKeySha256 } = await this.generate(req);
+    let serial: string | undefined;
     try {
       // 417-418
       const csr = await buildSignedCsr(this.custody, label, req.personalData);
@@ -152,6 +153,7 @@ export class KeyGenerationDevice {
         if (e instanceof CaRefusal) throw new KeyGenerationRefusal(e.check, "certification-center", e.detail, { cause: e });
         throw e;
       }
+      serial = certified.serial;
       // 433
       const chain = await this.ca.caCertificates();
       verifyIssuedCertificate(certified.certificate, chain, this.anchors, { spki, subject: req.personalData }, this.now());
@@ -174,6 +176,13 @@ export class KeyGenerationDevice {
       const issued: IssuedCard = { slot: req.slot, alg: req.alg, certificate: certified.certificate, serial: certified.serial, publicKeySha256, keyLabel: label };
       if (escrowId !== undefined) issued.escrowId = escrowId;
       return issued;
+    } catch (e) {
+      // a refusal says what it refused: the key it generated and, once certified, the certificate (issue 15 §6)
+      if (e instanceof KeyGenerationRefusal) {
+        e.publicKeySha256 ??= publicKeySha256;
+        if (serial !== undefined) e.serial ??= serial;
+      }
+      throw e;
     } finally {
       await this.destroy(label);
     }

@@ -25,6 +25,11 @@ export type DeviceCheck =
 export type RefusedBy = "device" | "certification-center";
 
 export class KeyGenerationRefusal extends Error {
+  /** What was refused, once it exists (the device sets these; the audit entry "keygen.refused" records them): the SHA-256 of the generated public key ... */
+  publicKeySha256?: string;
+  /** ... and the serial of the certificate the center issued for it. */
+  serial?: string;
+
   constructor(
     readonly check: DeviceCheck | (string & {}),
     readonly by: RefusedBy,

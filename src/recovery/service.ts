@@ -89,7 +89,8 @@ import { bytesEqual, canonicalJson, fromB64, labelledDigest } from "./encoding.t
 import { type Decision, type Evaluation, type ReproductionPolicy, evaluatePolicy, policyDigest, policyParties, validatePolicy } from "./policy.ts";
 import { ArbitratorRegistry, uncompressedPoint, type Arbitrator, type PublicKeyInput } from "./registry.ts";
 import { reproduce as reproduceFromShares } from "./reproduce.ts";
-import { boundTarget, checkSlotOnCard, checkTarget, targetAtFiling, TargetRefusal, type ReproductionTarget, type TargetCard, type TargetCheck } from "./target.ts";
+import { boundTarget, checkSlotOnCard, checkTarget, registeredCardRecord, targetAtFiling, TargetRefusal, type ReproductionTarget, type TargetCard, type TargetCheck } from "./target.ts";
+import { markDestroyedCard, requireTargetActive } from "./destroyed-card.ts";
 import { type EscrowRecord, type ReleasedShare, type ShareEnvelope, type ShareSlot, shareCommitment, splitSecret } from "./shares.ts";
 
 export type { RequestKind, RequestStatus } from "../store/recovery-repository.ts";
@@ -1821,14 +1822,17 @@ export class RecoveryService {
         if (!(await this.repo.renewReproduction(requestId, mine.claim, this.at() + this.leaseMs)))
           throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over by another reproduction after this one's lease passed: this one stops`, { requestId });
       };
-      // the card is reached with the target card record's own keys, whatever the caller holds
+      // the card is reached with the target card record's own keys, whatever the caller holds, while it is active
       const card: InsertedCard = {
         keySet,
         transmit: async (apdu) => {
           await hold();
+          await targetChecked(() => requireTargetActive(this.db, target.cardId));
           return presented.transmit(apdu);
         },
       };
+      /** A refusal that stops the reproduction as it is (not a card that could not be read or written). */
+      const stops = (e: unknown) => e instanceof RecoveryServiceError && (e.check === "lease_lost" || e.check === "target_unfit");
       const rows = await this.repo.approvals(requestId);
       const { rec, approvals } = await this.load(this.repo, requestId);
       const request = JSON.parse(rec.request) as ServiceRequest;
@@ -1842,7 +1846,7 @@ export class RecoveryService {
       try {
         secretId = await readCardSecretId(this.custody, card);
       } catch (e) {
-        if (e instanceof RecoveryServiceError && e.check === "lease_lost") throw e;
+        if (stops(e)) throw e;
         throw new RecoveryServiceError("device_unreadable", `the target card's secret ID could not be read through the secure channel (${(e as Error).message})`, { requestId });
       }
       const digest = deviceSecretIdDigest(secretId);
@@ -1907,7 +1911,7 @@ export class RecoveryService {
         try {
           await writeKeyIntoCard(this.custody, card, { label, slot: escrowRow.slot as PivSlot, alg, certificate: escrowRow.certificate });
         } catch (err) {
-          if (err instanceof RecoveryServiceError && err.check === "lease_lost") throw err;
+          if (stops(err)) throw err;
           throw new RecoveryServiceError("card_write_failed", `writing the reproduced key into the card failed (${(err as Error).message})`, { requestId });
         }
         written = true;
@@ -1934,6 +1938,8 @@ export class RecoveryService {
             details: { requestId, generation, from: keySetSummary(JSON.parse(device.keySet) as KeySetRef), to: keySetSummary(keySet), fromCard: device.cardRecordId ?? null, toCard: target.cardId },
             at: done,
           });
+          // the destroyed card stops acting in this same transaction (issue 15 §5): destroyed-card.ts
+          await markDestroyedCard(trx, { cardRecordId: registeredCardRecord(escrowRow, device), requestId, replacementCardId: target.cardId, actor, at: done });
         }
         if (!(await repo.endReproduction(requestId, mine.claim, "reproduced", done, { reproducedBy: actor, reproducedAt: done })))
           throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over during the reproduction (this one's lease had passed); the card was written, the request stays with the other reproduction`, {

@@ -18,8 +18,9 @@
 // user's backups. So a card reissued to the same user (a new card record after a card-destroyed key reproduction
 // or a card-key rotation) reaches what was backed up through the old card. A terminal token (role terminal,
 // bound to one card by the card's own proof: terminal-routes.ts) acts for its card only, and only while that
-// card is active (409 otherwise); another card's token is 403. Operators and admins act for any card; auditors
-// see the version lists only — never an envelope. A put records the card it came through and the actor (the
+// card is active (409 check card_state otherwise, read on every call: card-lifecycle.ts); another card's token is
+// 403. A backup is written through a card only while it is active, whoever writes it. Operators and admins read
+// through any card; auditors see the version lists only — never an envelope. A put records the card it came through and the actor (the
 // principal's name) in the audit log (backup.stored: IDs, version, hashes, never the envelope).
 //
 // What crosses these routes is ciphertext: envelopes (src/terminal/enciphered.ts) enciphered under the card's
@@ -38,7 +39,8 @@ import type { Issuer } from "../issuer/issuer.ts";
 import { BackupError, MAX_ENVELOPE_BYTES, type BackupInfo, type BackupRecord, type BackupRepository } from "../store/backup-repository.ts";
 import type { Card } from "../store/store.ts";
 import { requireCardAccess, type Principal } from "./auth.ts";
-import { CARD_ID, digits, params, principalOf, problems } from "./issuer-routes.ts";
+import { CARD_ID, cardStateProblem, digits, params, principalOf, problems } from "./issuer-routes.ts";
+import { checkCardState, CardStateError } from "../issuer/card-lifecycle.ts";
 import { ApiProblem } from "./problem.ts";
 
 export interface BackupRoutesOptions {
@@ -102,6 +104,7 @@ const recordOut = (b: BackupRecord) => ({ ...infoOut(b), envelope: b64(b.envelop
 
 /** The repository's refusals as problems; anything else unchanged. */
 function backupProblem(e: unknown): unknown {
+  if (e instanceof CardStateError) return cardStateProblem(e);
   if (e instanceof BackupError) {
     const [status, slug, title] = ({ invalid: [400, "backup-invalid", "Invalid backup"], not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"] } as const)[e.code];
     return new ApiProblem(status, slug, title, e.message);
@@ -136,14 +139,17 @@ function admit(p: Principal, cardId: string, envelopes: boolean): Principal {
 export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app, o) => {
   const { issuer, backups } = o;
 
-  /** The card (404 when unknown) as the principal may use it: a terminal only while its card is active. */
-  const cardFor = async (req: FastifyRequest, cardId: string, envelopes: boolean): Promise<{ card: Card; actor: Principal }> => {
+  /**
+   * The card (404 when unknown) as the principal may use it, its state read on every call (card-lifecycle.ts): its
+   * terminal only while it is active, and a backup written through it (by anyone) only while it is active (409 check
+   * card_state). Operators and auditors read the user's backups through a card in any state (after a card was
+   * destroyed, that is what S12 restores from).
+   */
+  const cardFor = async (req: FastifyRequest, cardId: string, envelopes: boolean, writes = false): Promise<{ card: Card; actor: Principal }> => {
     const actor = admit(principalOf(req), cardId, envelopes);
     const card = await issuer.store.getCard(cardId);
     if (!card) throw new ApiProblem(404, "not-found", "Not found", `no card ${cardId}`);
-    if (!isStaff(actor) && actor.cardId === cardId && card.status !== "active") {
-      throw new ApiProblem(409, "conflict", "Conflict", `card ${cardId} is ${card.status}, not active: its terminal no longer reaches the user's backups`);
-    }
+    if (writes || (!isStaff(actor) && actor.cardId === cardId)) checkCardState(card, "backup");
     return { card, actor };
   };
 
@@ -168,7 +174,7 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
     },
     async (req, reply) =>
       refusals(async () => {
-        const { card, actor } = await cardFor(req, req.params.id, true);
+        const { card, actor } = await cardFor(req, req.params.id, true, true);
         const text = req.body.envelope;
         const envelope = Buffer.from(text, "base64");
         if (text.length % 4 !== 0 || envelope.toString("base64") !== text) throw new ApiProblem(400, "backup-invalid", "Invalid backup", "envelope: not canonical base64 (standard alphabet, padded)");

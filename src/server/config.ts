@@ -80,6 +80,12 @@ export interface IssuerConfig {
    * as the webhook event audit.checkpoint. origin names the log in its checkpoints (default cardkms/audit/<key ID>).
    */
   audit: { checkpointIntervalSeconds: number; checkpointFile?: string; origin?: string };
+  /**
+   * Four eyes on card-key rotations (issue 15 §2, src/issuer/rotation-approvals.ts): approvals distinct operators
+   * other than the proposer must give before a rotation runs (default 1; a proposal keeps the number in force when it
+   * was made, and never needs fewer than this server's).
+   */
+  rotations: { approvals: number };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -107,6 +113,7 @@ export const DEFAULT_CONFIG: IssuerConfig = {
   metrics: { access: "token", host: "127.0.0.1", port: 9464 },
   webhooks: { allowAddresses: [] },
   audit: { checkpointIntervalSeconds: 300 },
+  rotations: { approvals: 1 },
 };
 
 const count = (min: number, max: number) => ({ type: "integer", minimum: min, maximum: max }) as const;
@@ -114,7 +121,7 @@ const count = (min: number, max: number) => ({ type: "integer", minimum: min, ma
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks", "audit"],
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks", "audit", "rotations"],
   properties: {
     listen: {
       type: "object",
@@ -208,6 +215,7 @@ const schema = {
         origin: { type: "string", minLength: 1, maxLength: 200, pattern: "^[^\\s+]+$" },
       },
     },
+    rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16) } },
   },
 } as const;
 
@@ -251,6 +259,7 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_AUDIT_CHECKPOINT_INTERVAL_SECONDS: { path: ["audit", "checkpointIntervalSeconds"], type: "integer" },
   CARDKMS_AUDIT_CHECKPOINT_FILE: { path: ["audit", "checkpointFile"], type: "string" },
   CARDKMS_AUDIT_ORIGIN: { path: ["audit", "origin"], type: "string" },
+  CARDKMS_ROTATION_APPROVALS: { path: ["rotations", "approvals"], type: "integer" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {

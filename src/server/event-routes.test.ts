@@ -63,6 +63,8 @@ for (const engine of testEngines()) {
         ["POST", "/webhooks", { url: "https://example.org/h", eventTypes: ["*"] }],
         ["GET", "/webhooks"],
         ["DELETE", "/webhooks/w1"],
+        ["GET", "/webhooks/dead-letters"],
+        ["POST", "/webhooks/dead-letters/retry", { webhookId: "w1" }],
         ["POST", "/validity/scan", {}],
         ["GET", "/rotations"],
         ["POST", "/rotations/r1/approve", {}],
@@ -185,9 +187,51 @@ for (const engine of testEngines()) {
       for (const q of ["limit=0", "limit=1001", "limit=x", "after=-1", "type=Bad%20Type", "foo=1"]) problem(await call("GET", `/events?${q}`, aud.token), 400);
     });
 
+    test("issue 15 §6: webhook create and disable are audited (who, which, where; never the secret or the URL's path); dead letters are listed and retried, audited", async () => {
+      const created = await call("POST", "/webhooks", op.token, { url: "https://hooks.example.org/in?key=abc123", eventTypes: ["t.routes"] });
+      assert.equal(created.statusCode, 201, created.body);
+      const w = created.json() as { id: string; secret: string };
+      const e = (await store.enqueueEvent({ type: "t.routes", subject: "s", payload: null }))!;
+      await store.fanOutEvent(e.id, [w.id], NOW);
+      // The dispatcher gave up on it (as after its last attempt): a dead letter.
+      await t.db.updateTable("webhook_queue").set({ status: "dead", attempts: 24, last_error: "HTTP 500", dead_at: NOW }).where("event_id", "=", e.id).execute();
+      const id = `msg_${e.id}_${w.id}`;
+
+      const listed = await call("GET", `/webhooks/dead-letters?webhookId=${w.id}`, aud.token);
+      assert.equal(listed.statusCode, 200, listed.body);
+      assert.deepEqual(listed.json(), { deadLetters: [{ deliveryId: id, eventId: e.id, webhookId: w.id, eventType: "t.routes", attempts: 24, lastError: "HTTP 500", deadAt: NOW }], next: null });
+      const paged = (await call("GET", "/webhooks/dead-letters?limit=1", aud.token)).json() as { deadLetters: unknown[]; next: string };
+      assert.deepEqual([paged.deadLetters.length, paged.next], [1, id]);
+      assert.deepEqual((await call("GET", `/webhooks/dead-letters?after=${id}`, aud.token)).json(), { deadLetters: [], next: null });
+      for (const q of ["limit=0", "after=7.x", "webhookId=a%20b", "status=dead"]) problem(await call("GET", `/webhooks/dead-letters?${q}`, aud.token), 400);
+      for (const body of [{}, { deliveryIds: [] }, { deliveryIds: ["7.x"] }, { webhookId: w.id, extra: 1 }, { deliveryIds: [id, id] }]) problem(await call("POST", "/webhooks/dead-letters/retry", op.token, body), 400);
+
+      const retried = await call("POST", "/webhooks/dead-letters/retry", op.token, { deliveryIds: [id] });
+      assert.equal(retried.statusCode, 200, retried.body);
+      assert.deepEqual(retried.json(), { retried: [id] });
+      assert.deepEqual((await call("POST", "/webhooks/dead-letters/retry", op.token, { webhookId: w.id })).json(), { retried: [] });
+      const [row] = await store.listWebhookDeliveries({ eventId: e.id });
+      assert.deepEqual([row.status, row.attempts, row.nextAttemptAt], ["pending", 0, NOW]);
+
+      assert.equal((await call("DELETE", `/webhooks/${w.id}`, op.token)).statusCode, 204);
+      const audit = [];
+      for await (const a of auditEntries(t.db)) if (a.subject === w.id) audit.push(a);
+      assert.deepEqual(
+        audit.map((a) => [a.action, a.actor, a.details]),
+        [
+          ["webhook.created", "olga", { webhookId: w.id, scheme: "https", host: "hooks.example.org", eventTypes: ["t.routes"] }],
+          ["webhook.dead-letters.retried", "olga", { deliveryIds: [id], count: 1 }],
+          ["webhook.disabled", "olga", { webhookId: w.id }],
+        ],
+      );
+      const text = JSON.stringify(audit);
+      assert.ok(!text.includes("abc123") && !text.includes(w.secret.slice(6)), "no URL path or query, no secret");
+      assert.equal((await verifyAuditLog(t.db)).ok, true);
+    });
+
     test("the OpenAPI document lists every route with its schemas", async () => {
       const doc = (await app.inject({ method: "GET", url: "/openapi.json" })).json() as { paths: Record<string, Record<string, unknown>> };
-      for (const [p, m] of [["/events", "get"], ["/webhooks", "post"], ["/webhooks", "get"], ["/webhooks/{id}", "delete"], ["/validity/scan", "post"], ["/rotations", "get"], ["/rotations/{id}/approve", "post"]]) {
+      for (const [p, m] of [["/events", "get"], ["/webhooks", "post"], ["/webhooks", "get"], ["/webhooks/{id}", "delete"], ["/webhooks/dead-letters", "get"], ["/webhooks/dead-letters/retry", "post"], ["/validity/scan", "post"], ["/rotations", "get"], ["/rotations/{id}/approve", "post"]]) {
         assert.ok(doc.paths[p]?.[m], `${m} ${p}`);
       }
     });

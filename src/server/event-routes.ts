@@ -7,12 +7,25 @@
 //   await app.register(eventRoutes, { store, secrets, validity: { windowDays: 30 } });
 
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { appendAudit } from "../store/audit.ts";
 import type { RotationStatus, RotationStrategy } from "../store/db.ts";
 import { StoreError, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
 import type { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
-import { EVENT_TYPE_PATTERN, MAX_EVENT_TYPES, MAX_WEBHOOK_URL, registerWebhook, WebhookError, type WebhookSecrets } from "../issuer/webhooks.ts";
+import { approveRotation } from "../issuer/rotation-approvals.ts";
+import {
+  DELIVERY_ID_PATTERN,
+  deliveryId,
+  disableWebhook,
+  EVENT_TYPE_PATTERN,
+  MAX_EVENT_TYPES,
+  MAX_WEBHOOK_URL,
+  parseDeliveryId,
+  registerWebhook,
+  retryDeadLetters,
+  WebhookError,
+  type WebhookSecrets,
+} from "../issuer/webhooks.ts";
+import type { WebhookDelivery } from "../store/store.ts";
 import { ApiProblem, conflict, notFound } from "./problem.ts";
 import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
 
@@ -21,6 +34,8 @@ export interface EventRoutesOptions {
   secrets: WebhookSecrets;
   /** Where webhooks may point (default: no loopback, private, link-local or metadata address; webhook-addresses.ts). */
   addresses?: WebhookAddressPolicy;
+  /** Approvals a rotation needs from distinct operators other than its proposer (config rotations.approvals; default 1). */
+  rotationApprovals?: number;
   validity: {
     windowDays: number;
     strategy?: RotationStrategy;
@@ -52,6 +67,20 @@ const webhookSchema = {
   type: "object",
   required: ["id", "url", "eventTypes", "createdAt"],
   properties: { id: { type: "string" }, url: { type: "string" }, eventTypes: { type: "array", items: { type: "string" } }, createdAt: { type: "integer" } },
+} as const;
+
+const deadLetterSchema = {
+  type: "object",
+  required: ["deliveryId", "eventId", "webhookId", "attempts", "lastError", "deadAt"],
+  properties: {
+    deliveryId: { type: "string", description: "the webhook-id the receiver was sent: msg_<event id>_<webhook id>" },
+    eventId: { type: "integer" },
+    webhookId: { type: "string" },
+    eventType: nullable("string"),
+    attempts: { type: "integer" },
+    lastError: nullable("string"),
+    deadAt: nullable("integer"),
+  },
 } as const;
 
 const counts = { type: "object", properties: { expiring: { type: "integer" }, expired: { type: "integer" } } } as const;
@@ -130,7 +159,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
     async (req, reply) => {
       try {
-        const { webhook, secret } = await registerWebhook(store, secrets, req.body, o.addresses);
+        const { webhook, secret } = await registerWebhook(store, secrets, req.body, o.addresses, actorOf(req));
         return reply.code(201).send({ ...webhookOut(webhook), secret });
       } catch (e) {
         if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-webhook", "Invalid webhook", e.message);
@@ -156,16 +185,73 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     {
       config: { roles: ["operator"] },
       schema: {
-        summary: "Disable a webhook (no further deliveries)",
+        summary: "Disable a webhook (no further deliveries); audited",
         params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
         response: { 204: { type: "null" }, ...problems },
       },
     },
     async (req, reply) => {
-      const hooks = await store.listWebhooks();
-      if (!hooks.some((h) => h.id === req.params.id)) throw notFound("webhook", req.params.id);
-      await store.disableWebhook(req.params.id);
+      if (!(await disableWebhook(store, req.params.id, actorOf(req)))) throw notFound("webhook", req.params.id);
       return reply.code(204).send();
+    },
+  );
+
+  app.get<{ Querystring: { webhookId?: string; after?: string; limit?: string } }>(
+    "/webhooks/dead-letters",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary:
+          "The dead-letter record: deliveries given up after their last attempt, with the last error (never the URL). Page with ?after=<last deliveryId>; retry with POST /webhooks/dead-letters/retry",
+        querystring: {
+          type: "object",
+          additionalProperties: false,
+          properties: { webhookId: ID, after: { type: "string", pattern: DELIVERY_ID_PATTERN }, limit: digits(4) },
+        },
+        response: {
+          200: { type: "object", required: ["deadLetters", "next"], properties: { deadLetters: { type: "array", items: deadLetterSchema }, next: nullable("string") } },
+          ...problems,
+        },
+      },
+    },
+    async (req) => {
+      const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+      if (limit < 1 || limit > 1000) throw new ApiProblem(400, "validation", "Request does not match the schema", "limit: expected 1..1000");
+      const after = req.query.after === undefined ? undefined : parseDeliveryId(req.query.after);
+      const rows = await store.listWebhookDeliveries({ status: "dead", webhookId: req.query.webhookId, after, limit });
+      const types = new Map((await store.getEvents([...new Set(rows.map((r) => r.eventId))])).map((e) => [e.id, e.type]));
+      const last = rows[rows.length - 1];
+      return { deadLetters: rows.map((r) => deadLetterOut(r, types.get(r.eventId))), next: rows.length === limit ? deliveryId(last.eventId, last.webhookId) : null };
+    },
+  );
+
+  app.post<{ Body: { webhookId?: string; deliveryIds?: string[] } }>(
+    "/webhooks/dead-letters/retry",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary:
+          "Queue dead letters again, due now, their attempts counted afresh: all of a webhook's (webhookId) or those named (deliveryIds). Audited. Dead letters of a disabled webhook are not retried",
+        body: {
+          type: "object",
+          additionalProperties: false,
+          minProperties: 1,
+          properties: { webhookId: ID, deliveryIds: { type: "array", minItems: 1, maxItems: 100, uniqueItems: true, items: { type: "string", pattern: DELIVERY_ID_PATTERN } } },
+        },
+        response: {
+          200: { type: "object", required: ["retried"], properties: { retried: { type: "array", items: { type: "string" } } } },
+          ...problems,
+        },
+      },
+    },
+    async (req) => {
+      try {
+        const retried = await retryDeadLetters(store, req.body, actorOf(req));
+        return { retried: retried.map((d) => deliveryId(d.eventId, d.webhookId)) };
+      } catch (e) {
+        if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-retry", "Invalid retry", e.message);
+        throw mapStoreError(e, "webhook delivery");
+      }
     },
   );
 
@@ -205,7 +291,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       config: { roles: ["operator"] },
       preValidation: emptyBodyIsObject,
       schema: {
-        summary: "Approve a proposed rotation (para 0062); it runs only after this",
+        summary: "Approve a proposed rotation (para 0062; four eyes: not its proposer, distinct operators, bound to what it will do); it runs only once approved",
         params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
         body: { type: "object", additionalProperties: false, properties: {} },
         response: { 200: rotationSchema, ...problems },
@@ -215,14 +301,8 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       const operator = req.principal?.name;
       if (!operator) throw new ApiProblem(401, "unauthenticated", "Authentication required", "approval needs an authenticated operator");
       try {
-        const rotation = await store.transaction(async (s) => {
-          const r = await s.approveRotation(req.params.id, operator);
-          const details = { cardId: r.cardId, fromKeySetId: r.fromKeySetId, strategy: r.strategy };
-          await appendAudit(s.db, { actor: operator, action: "rotation.approved", subject: r.id, details, at: r.approvedAt ?? s.now() });
-          await s.enqueueEvent({ type: "rotation.approved", subject: r.id, payload: { rotationId: r.id, approvedBy: operator, ...details }, dedupKey: `rotation-approved:${r.id}` });
-          return r;
-        });
-        return rotationOut(rotation);
+        // four eyes, audit and the rotation.approved event: src/issuer/rotation-approvals.ts
+        return rotationOut(await approveRotation(store, req.params.id, operator, { required: o.rotationApprovals }));
       } catch (e) {
         throw mapStoreError(e, "rotation");
       }
@@ -239,6 +319,17 @@ function mapStoreError(e: unknown, what: string): unknown {
 
 function eventOut(e: StoredEvent) {
   return { id: e.id, type: e.type, subject: e.subject, payload: e.payload, createdAt: e.createdAt, deliveredAt: e.deliveredAt, attempts: e.attempts, lastError: e.lastError };
+}
+
+/** Who acts: the authenticated principal (installAuth sets it on every role-checked route). */
+function actorOf(req: FastifyRequest): string {
+  const name = req.principal?.name;
+  if (!name) throw new ApiProblem(401, "unauthenticated", "Authentication required", "send Authorization: Bearer <API token>");
+  return name;
+}
+
+function deadLetterOut(d: WebhookDelivery, eventType: string | undefined) {
+  return { deliveryId: deliveryId(d.eventId, d.webhookId), eventId: d.eventId, webhookId: d.webhookId, eventType: eventType ?? null, attempts: d.attempts, lastError: d.lastError, deadAt: d.deadAt };
 }
 
 function webhookOut(w: Webhook) {

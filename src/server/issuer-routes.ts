@@ -1,8 +1,10 @@
-// HTTP routes of the issuing flows (seed 000 ST11-ST25): users, card issue and personalisation, distribution
+// HTTP routes of the issuing flows (seed 000 ST11-ST25): users, card issue and personalisation, the card lifecycle
+// (POST /cards/{id}/suspend | resume | retire | report-destroyed {reason}: card-lifecycle.ts), distribution
 // requests (credentials), online delivery, the relay endpoint the terminal or card issuing machine forwards
-// APDUs through, revocation, the CRL and the audit log. Thin: the domain is src/issuer/issuer.ts; this file
-// validates (every body, query and params schema is closed: unknown fields are 400s), authorises (roles in
-// route config, card binding for terminals) and maps domain errors to problem+json.
+// APDUs through, revocation, the CRL and the audit log. Every route that acts for a card checks the card's state
+// on each call (requireCardState; a relay round of a card script too): 409 check card_state. Thin: the domain is
+// src/issuer/issuer.ts; this file validates (every body, query and params schema is closed: unknown fields are
+// 400s), authorises (roles in route config, card binding for terminals) and maps domain errors to problem+json.
 //
 // Never in a response: a key value, a custody reference, Sk[PRk] or a token. Register after `installAuth`:
 //   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
@@ -13,13 +15,14 @@ import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
 import { InvalidSubjectError } from "../ca/name.ts";
 import { toPem } from "../ca/pem.ts";
 import type { KeyAlg } from "../card/state.ts";
-import { Issuer, IssuerError } from "../issuer/issuer.ts";
-import { RelaySession } from "../issuer/relay.ts";
+import { CardStateError, Issuer, IssuerError } from "../issuer/issuer.ts";
+import { requireCardState, type CardTransition } from "../issuer/card-lifecycle.ts";
+import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import { StoreError, type Card, type JsonValue, type User } from "../store/store.ts";
-import { requireCardAccess, type Principal } from "./auth.ts";
+import { requireCardAccess, type Principal, type Role } from "./auth.ts";
 import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
-import { ApiProblem } from "./problem.ts";
+import { ApiProblem, problemSchema } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
@@ -36,7 +39,25 @@ export const CARD_ID = { type: "string", pattern: "^([0-9a-f]{2}){8,16}$" } as c
 export const SESSION_ID = { type: "string", pattern: SESSION_ID_PATTERN } as const;
 /** A whole APDU (command or response with its status word), hex. Short or extended, so up to 64 KiB. */
 export const APDU_HEX = { type: "string", minLength: 4, maxLength: 2 * 65_539, pattern: "^([0-9A-Fa-f]{2})+$" } as const;
-export const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
+/**
+ * problem+json of these routes and of every route about a card: the RFC 9457 members and, for a refusal for the card's
+ * state (card-lifecycle.ts), the check that refused, the card and its state.
+ */
+export const CARD_PROBLEM = {
+  type: "object",
+  required: problemSchema.required,
+  properties: {
+    ...problemSchema.properties,
+    check: { type: "string", description: "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state)" },
+    cardId: { type: "string" },
+    state: { type: "string", description: "the card's lifecycle state: issued, active, suspended, retired, destroyed" },
+    allowed: { type: "array", items: { type: "string" }, description: "the states that allow what was refused" },
+    act: { type: "string" },
+    transition: { type: "string" },
+    to: { type: "string" },
+  },
+} as const;
+export const problems = { "4xx": CARD_PROBLEM, "5xx": { $ref: "Problem#" } } as const;
 /** Query integers arrive as strings (the server does not coerce), so they are matched as digit strings. */
 export const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
 /** A POST without a meaningful body: nothing, or `{}`. */
@@ -60,6 +81,7 @@ export function principalOf(req: FastifyRequest): Principal {
 
 /** Domain errors as problems: IssuerError and StoreError codes, CA refusals naming their check. */
 export function toProblem(e: unknown): unknown {
+  if (e instanceof CardStateError) return cardStateProblem(e);
   if (e instanceof IssuerError || e instanceof StoreError) {
     const [status, slug, title] = (
       { not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"], invalid: [400, "invalid", "Invalid request"], refused: [422, "refused", "Refused"] } as const
@@ -69,6 +91,32 @@ export function toProblem(e: unknown): unknown {
   if (e instanceof CaRefusal) return new ApiProblem(422, "ca-refused", `The CA refused: ${e.check}`, e.detail);
   if (e instanceof InvalidSubjectError) return new ApiProblem(422, "invalid-subject", "The registered data cannot be a certificate subject", e.message);
   return e;
+}
+
+/** A refusal for a card's state (card-lifecycle.ts): 409 naming the check, the card and its state. */
+export function cardStateProblem(e: CardStateError): ApiProblem {
+  const title = e.check === "card_transition_not_allowed" ? "The card's lifecycle does not allow this transition" : "The card's state does not allow this";
+  return new ApiProblem(409, e.check.replace(/_/g, "-"), title, e.message, { check: e.check, ...e.details });
+}
+
+/**
+ * A relay script for a card that checks the card's state (card-lifecycle.ts) before each round it takes from the
+ * terminal: a card suspended mid-session gets nothing more (409 check card_state; the session ends).
+ */
+export class CardStateRelaySession extends RelaySession {
+  constructor(
+    keys: ConstructorParameters<typeof RelaySession>[0],
+    aid: Uint8Array,
+    script: ConstructorParameters<typeof RelaySession>[2],
+    private readonly gate: () => Promise<unknown>,
+  ) {
+    super(keys, aid, script);
+  }
+
+  override async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
+    await this.gate();
+    return super.next(responses);
+  }
 }
 
 /** Runs a handler body, mapping domain errors to problems. */
@@ -102,7 +150,12 @@ const userSchema = {
   properties: { id: { type: "string" }, personalData: { type: "object", additionalProperties: true }, createdAt: { type: "integer" } },
 } as const;
 
-const cardProps = cardSchema.properties;
+const cardProps = {
+  ...cardSchema.properties,
+  statusChangedAt: { ...nullable("integer"), description: "the last status change (card lifecycle); every change is in the audit log" },
+  statusChangedBy: nullable("string"),
+  statusReason: nullable("string"),
+} as const;
 
 const keySetSchema = {
   type: "object",
@@ -147,6 +200,9 @@ const cardOut = (c: Card) => ({
   lastPackageSeq: c.lastPackageSeq,
   createdAt: c.createdAt,
   updatedAt: c.updatedAt,
+  statusChangedAt: c.statusChangedAt,
+  statusChangedBy: c.statusChangedBy,
+  statusReason: c.statusReason,
 });
 
 const crlRoute = (summary: string) =>
@@ -293,13 +349,42 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         const actor = principalOf(req).name;
         const cardId = req.params.id;
         const script = await issuer.personalisationScriptFor(cardId);
-        const opened = relays.open(actor, new RelaySession(script.keys, script.aid, script.commands), async (results) => {
+        const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "personalisation"));
+        const opened = relays.open(actor, gated, async (results) => {
           script.check(results);
           await domain(() => issuer.markPersonalised(cardId, actor));
         });
         return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
       }),
   );
+
+  // ---- the card lifecycle (card-lifecycle.ts): suspend, resume, retire, report destroyed ------------------------
+
+  const REASON_BODY = {
+    type: "object",
+    additionalProperties: false,
+    required: ["reason"],
+    properties: { reason: { type: "string", minLength: 1, maxLength: 500, pattern: "\\S", description: "why (audited with the actor)" } },
+  } as const;
+  const transitionRoute = (path: string, transition: Exclude<CardTransition, "personalise">, roles: Role[], summary: string) =>
+    app.post<{ Params: { id: string }; Body: { reason: string } }>(
+      `/cards/:id/${path}`,
+      {
+        config: { roles },
+        schema: { summary, params: params({ id: CARD_ID }), body: REASON_BODY, response: { 200: { type: "object", properties: cardProps }, ...problems } },
+      },
+      async (req) =>
+        domain(async () => {
+          // operators act for any card; a terminal only for the card it is bound to (and only where `roles` admits it)
+          const who = requireCardAccess(req.principal, req.params.id, { operators: true });
+          const by = who.roles.includes("admin") || who.roles.includes("operator") ? "operator" : "terminal";
+          return cardOut(await issuer.changeCardState({ cardId: req.params.id, transition, reason: req.body.reason, by }, who.name));
+        }),
+    );
+  transitionRoute("suspend", "suspend", ["operator", "terminal"], "Suspend an active card (an operator, or the card's own terminal): every live terminal token of the card stops working at once");
+  transitionRoute("resume", "resume", ["operator"], "Resume a suspended card (an operator): the card logs in again; tokens from before the suspension stay dead");
+  transitionRoute("retire", "retire", ["operator"], "Retire a card (an operator): final, the card never comes back");
+  transitionRoute("report-destroyed", "report-destroyed", ["operator"], "Report a card destroyed (an operator): final; a card-destroyed key reproduction does it too");
 
   // ---- ST16-ST25: distribution requests, update and addition ------------------------------------------------
 
@@ -352,7 +437,8 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         const { id: cardId, keyPairId } = req.params;
         const who = requireCardAccess(req.principal, cardId, { operators: true });
         const script = await issuer.onlineDeliveryScript(cardId, keyPairId);
-        const opened = relays.open(who.name, new RelaySession(script.keys, script.aid, script.commands), async (results) => {
+        const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "credential.online"));
+        const opened = relays.open(who.name, gated, async (results) => {
           script.check(results);
           await issuer.recordOnlineDelivery(cardId, keyPairId, who.name);
         });

@@ -34,7 +34,8 @@ import { KeyGenerationRefusal } from "../keygen/errors.ts";
 import type { IssuedKeyRegistry } from "../keygen/registry.ts";
 import type { RecoveryService } from "../recovery/service.ts";
 import { appendAudit } from "../store/audit.ts";
-import { APDU_HEX, CARD_ID, domain, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
+import { APDU_HEX, CARD_ID, cardStateProblem, domain, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
+import { CardStateError, checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
 import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
 import { ApiProblem } from "./problem.ts";
 import { SESSION_ID_PATTERN, type TtlMapOptions } from "./relay-sessions.ts";
@@ -106,8 +107,12 @@ const KEYGEN_PROBLEM = closed(
     detail: STR,
     instance: STR,
     errors: { type: "array", items: closed({ pointer: STR, detail: STR }) },
-    check: { type: "string", description: "the named check that refused, e.g. personal-data, duplicate-public-key, certificate-chain, escrow" },
+    check: { type: "string", description: "the named check that refused, e.g. personal-data, duplicate-public-key, certificate-chain, escrow; card_state: the card is not active" },
     refusedBy: { type: "string", enum: ["device", "certification-center"] },
+    cardId: STR,
+    state: { type: "string", description: "with card_state: the card's lifecycle state" },
+    allowed: { type: "array", items: STR },
+    act: STR,
   },
   ["type", "title", "status"],
 );
@@ -115,6 +120,9 @@ const problems = { "4xx": KEYGEN_PROBLEM, "5xx": { $ref: "Problem#" } } as const
 
 /** A refusal of the device or the center as a problem naming its check; other errors as issuer-routes maps them. */
 function keygenProblem(e: unknown): unknown {
+  // the card left active mid-session: the device's refusal (card-write, device-secret-id) has it as its cause
+  const state = e instanceof CardStateError ? e : e instanceof KeyGenerationRefusal && e.cause instanceof CardStateError ? e.cause : undefined;
+  if (state) return cardStateProblem(state);
   if (e instanceof KeyGenerationRefusal) return new ApiProblem(422, "keygen-refused", `Refused: ${e.check}`, e.detail, { check: e.check, refusedBy: e.by });
   return e;
 }
@@ -178,8 +186,7 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
           // the entry must be certifiable as it is (name.ts), before any lookup or key: a 422 naming the field
           validateSubject(req.body.personalData, "personalData");
           const actor = principalOf(req).name;
-          const card = await issuer.card(req.params.id);
-          if (card.status !== "active") throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is ${card.status}, not active`);
+          const card = checkCardState(await issuer.card(req.params.id), "keygen");
           const keys = issuer.keysOf(await issuer.currentKeySet(card));
           if (!inCustody(keys)) throw new ApiProblem(422, "keygen-refused", "Refused: card-keys", `card ${card.id}'s key set is not in custody`, { check: "card-keys", refusedBy: "device" });
           const { slot, alg, personalData } = req.body;
@@ -189,11 +196,17 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
           const audit = (action: string, details: Record<string, string | boolean>) => appendAudit(issuer.store.db, { actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
           const run = async (transmit: (apdu: Uint8Array) => Promise<Uint8Array>): Promise<KeygenResultJson> => {
             try {
-              const issued = await device.issue({ applicantId: card.userId, personalData, alg, profile, slot, card: { transmit, keySet: keys.ref }, ...(escrow ? { escrow: { cardId: card.id } } : {}) });
+              // the card's state, read before every APDU the device sends it: a card suspended mid-session gets nothing more
+              const gated = async (apdu: Uint8Array) => {
+                await requireCardState(issuer.store, card.id, "keygen");
+                return transmit(apdu);
+              };
+              const issued = await device.issue({ applicantId: card.userId, personalData, alg, profile, slot, card: { transmit: gated, keySet: keys.ref }, ...(escrow ? { escrow: { cardId: card.id } } : {}) });
               await audit("keygen.issued", { serial: issued.serial, publicKeySha256: issued.publicKeySha256, ...(issued.escrowId ? { escrowId: issued.escrowId } : {}) });
               return resultOut(card.id, issued);
             } catch (e) {
-              if (e instanceof KeyGenerationRefusal) await audit("keygen.refused", { check: e.check, refusedBy: e.by });
+              if (e instanceof KeyGenerationRefusal)
+                await audit("keygen.refused", { check: e.check, refusedBy: e.by, ...(e.serial ? { serial: e.serial } : {}), ...(e.publicKeySha256 ? { publicKeySha256: e.publicKeySha256 } : {}) });
               throw e;
             }
           };

@@ -37,6 +37,7 @@ import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { selfTestRefusal } from "../custody/pkcs11-selftest.ts";
 import { AuditCheckpointError, AuditCheckpoints, eventCheckpointPublisher, fileCheckpointPublisher, type CheckpointPublisher } from "../issuer/audit-checkpoints.ts";
 import { auditRoutes } from "./audit-routes.ts";
+import { appendAudit } from "../store/audit.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import type { TransportOptions } from "../issuer/transport-keys.ts";
 import { CertificationCenter, signedRequestsThroughCenter } from "../keygen/center.ts";
@@ -107,6 +108,8 @@ export interface IssuerAppDeps {
   webhookAddresses?: WebhookAddressPolicy;
   /** Keys per page and commit of the bulk re-wraps the rotation routes run (default 2,000). */
   rewrapPageSize?: number;
+  /** Four eyes: approvals of distinct operators other than the proposer a rotation needs (config rotations.approvals; default 1). */
+  rotationApprovals?: number;
   terminalTokens?: TerminalTokens;
 }
 
@@ -134,15 +137,31 @@ export function operatorLookup(store: Store): TokenLookup {
 
 /**
  * Creates an operator with a fresh API token (bootstrap and the CLI). Only the token's hash is stored; the token
- * is returned once and never again.
+ * is returned once and never again. Audited ("operator.created": by `actor`, the operator's id, name and roles —
+ * never the token or its hash) in the transaction that records it.
  */
-export async function createOperatorToken(store: Store, name: string, roles: Role[]): Promise<{ token: string; operator: Operator }> {
+export async function createOperatorToken(store: Store, name: string, roles: Role[], actor = "system"): Promise<{ token: string; operator: Operator }> {
   if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) throw new Error("operator name: 1-64 of A-Z a-z 0-9 _ . @ -");
   if (!Array.isArray(roles) || roles.length === 0) throw new Error(`operator roles: at least one of ${ROLES.filter((r) => r !== "terminal").join(", ")}`);
   for (const r of roles) if (!ROLES.includes(r) || r === "terminal") throw new Error(`operator role ${JSON.stringify(r)}: expected one of admin, operator, auditor (terminal tokens come from a card's proof)`);
   const { token, hash } = newToken();
-  const operator = await store.createOperator({ name, tokenHash: hash, roles: [...new Set(roles)] });
+  const operator = await store.transaction(async (s) => {
+    const op = await s.createOperator({ name, tokenHash: hash, roles: [...new Set(roles)] });
+    await appendAudit(s.db, { actor, action: "operator.created", subject: op.id, details: { operatorId: op.id, name, roles: op.roles }, at: s.now() });
+    return op;
+  });
   return { token, operator };
+}
+
+/** Disables the enabled operator `name` (a running server stops taking its token within its 2 s lookup cache), audited ("operator.disabled"). False when there is none. */
+export async function disableOperatorToken(store: Store, name: string, actor = "system"): Promise<boolean> {
+  return store.transaction(async (s) => {
+    const op = await s.getOperatorByName(name);
+    if (!op) return false;
+    await s.disableOperator(op.id);
+    await appendAudit(s.db, { actor, action: "operator.disabled", subject: op.id, details: { operatorId: op.id, name }, at: s.now() });
+    return true;
+  });
 }
 
 /** The HTTP application over the given domain objects: every route, auth, metrics hooks. Does not listen. */
@@ -187,7 +206,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
   const liveRelays: LiveRelayOptions = { perOwner: limits.liveRelaySessionsPerPrincipal };
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
-  await app.register(rotationRoutes, { prefix: "/v1", rotations: new CardRotation(issuer), relays, metrics, rewrapPageSize: d.rewrapPageSize });
+  await app.register(rotationRoutes, { prefix: "/v1", rotations: new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) }), relays, rewrapPageSize: d.rewrapPageSize });
   await app.register(terminalRoutes, {
     prefix: "/v1",
     issuer,
@@ -202,6 +221,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
       secrets: d.webhookSecrets,
       addresses: d.webhookAddresses,
       validity: { windowDays: d.expiry?.windowDays ?? 30, scheduler: d.expiry?.scheduler },
+      rotationApprovals: d.rotationApprovals,
     });
   }
   const center = d.center ?? d.ca;
@@ -352,6 +372,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       webhookSecrets: secrets,
       webhookAddresses,
       limits: config.limits,
+      rotationApprovals: config.rotations.approvals,
       metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
       audit: { origin: config.audit.origin, publishers: config.audit.checkpointFile ? [fileCheckpointPublisher(config.audit.checkpointFile)] : [] },
     });

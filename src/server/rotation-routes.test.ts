@@ -1,8 +1,9 @@
 // The rotation routes (rotation-routes.ts) through app.inject on the server as its process wires it: propose,
-// approve, issue the new card and personalise it through the relay (the test is the card issuing machine), the
-// background bulk re-wrap with its status, and distribution per FIG. 15 — then the new card loads what was
-// distributed and signs with it. Embodiment 3 on every engine (PostgreSQL fails when unreachable); embodiment 4
-// (a new card holding Sk1 and Sk2: two SCP03 scripts in one relay session, no re-wrap) on SQLite.
+// approve (four eyes: another operator than the proposer), issue the new card and personalise it through the relay
+// (the test is the card issuing machine), the background bulk re-wrap with its status, and distribution per FIG. 15
+// — then the new card's terminal fetches what was distributed, which completes the rotation, and the card signs with
+// it. Embodiment 3 on every engine (PostgreSQL fails when unreachable); embodiment 4 (a new card holding Sk1 and
+// Sk2: two SCP03 scripts in one relay session, no re-wrap, an approved addition) on SQLite.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes, verify, X509Certificate } from "node:crypto";
@@ -13,7 +14,8 @@ import type { CardRuntime } from "../card/runtime.ts";
 import { testEngines } from "../store/testing.ts";
 import { readCardInfo } from "../terminal/card-info.ts";
 import { PivClient } from "../terminal/piv-client.ts";
-import { api, expect, issueAndPersonalise, issuerApiEnv, relay, type ApiEnv } from "../../test/api-env.ts";
+import { api, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay, type ApiEnv } from "../../test/api-env.ts";
+import { createOperatorToken } from "./main.ts";
 import { tempDir } from "../../test/helpers.ts";
 import { TEST_KMC } from "../../test/kmc.ts";
 
@@ -65,12 +67,16 @@ async function newCardFor(env: ApiEnv, rotationId: string): Promise<{ cardId: st
   return { cardId: r.card.id, card };
 }
 
-/** Loads the new card's packages (as its terminal would) and checks it signs with each against its certificate. */
+/** A second operator: the approver of what "olga" proposes. */
+const approver = async (env: ApiEnv) => (await createOperatorToken(env.server.store, `otto-${Math.random().toString(36).slice(2, 8)}`, ["operator"])).token;
+
+/** Loads the new card's packages as its terminal does (its own token: the fetch delivers them) and checks it signs with each against its certificate. */
 async function loadAndSign(env: ApiEnv, cardId: string, card: CardRuntime, expectedSlots: string[]): Promise<void> {
-  const { get } = api(env);
+  const { get, post } = api(env);
+  const terminal = (expect(await authenticate(post, cardId, card), 200) as { token: string }).token;
   const piv = new PivClient((a) => card.transmit(a));
   await piv.select();
-  const pkgs = (expect(await get(`/v1/cards/${cardId}/packages`, env.tokens.operator), 200) as { packages: { body: string }[] }).packages;
+  const pkgs = (expect(await get(`/v1/cards/${cardId}/packages`, terminal), 200) as { packages: { body: string }[] }).packages;
   for (const p of pkgs) await piv.loadPackage(new Uint8Array(Buffer.from(p.body, "base64")));
   const info = expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200) as { keyPairs: { slot: string; status: string; certificates: { serial: string }[] }[] };
   assert.deepEqual(info.keyPairs.filter((k) => k.status === "active").map((k) => k.slot).sort(), [...expectedSlots].sort());
@@ -110,7 +116,10 @@ for (const engine of testEngines()) {
       expect(await post(`/v1/rotations/${id}/distribute`, op), 409);
       expect(await post(`/v1/rotations/nope/rewrap`, op), 404);
       expect(await get(`/v1/rotations/nope`, op), 404);
-      expect(await post(`/v1/rotations/${id}/approve`, op), 200);
+      // Four eyes: not by its proposer; another operator approves it.
+      assert.match(String(expect(await post(`/v1/rotations/${id}/approve`, op), 409).detail), /four eyes: olga proposed/);
+      const approved = expect(await post(`/v1/rotations/${id}/approve`, await approver(env)), 200) as { status: string; proposedBy: string };
+      assert.deepEqual([approved.status, approved.proposedBy], ["approved", "olga"]);
 
       const fresh = await newCardFor(env, id);
       cards.push(fresh.card);
@@ -131,19 +140,28 @@ for (const engine of testEngines()) {
       assert.equal(again.rotation.done, 2);
 
       // FIG. 15 row 3: every pair crosses the network again, under Sk2 (KVN 2), for the new card only.
-      expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }] }), 400);
-      const dist = expect(await post(`/v1/rotations/${id}/distribute`, op), 200) as { rotation: { status: string }; packages: { slot: string; kvn: number; cardId: string }[]; added: unknown[] };
-      assert.equal(dist.rotation.status, "completed");
+      expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }] }), 409);
+      type Dist = { rotation: { status: string; distribution: string }; packages: { seq: number; slot: string; kvn: number; cardId: string }[]; added: unknown[]; distribution: { state: string; owed: string[]; items: { slot: string; state: string }[] } };
+      const dist = expect(await post(`/v1/rotations/${id}/distribute`, op), 200) as Dist;
+      assert.deepEqual([dist.rotation.status, dist.rotation.distribution], ["running", "distributed"]);
       assert.deepEqual(dist.packages.map((p) => [p.slot, p.kvn, p.cardId]), [["9a", 2, fresh.cardId], ["9c", 2, fresh.cardId]]);
       assert.deepEqual(dist.added, []);
-      expect(await post(`/v1/rotations/${id}/distribute`, op), 409);
+      assert.deepEqual(dist.distribution.owed, ["9a", "9c"], "owed until the new card's terminal fetches them");
+      // Once per rotation: a second call gets the same result, no second set of packages.
+      const again2 = expect(await post(`/v1/rotations/${id}/distribute`, op), 200) as Dist;
+      assert.deepEqual(again2.packages.map((p) => p.seq), dist.packages.map((p) => p.seq));
       assert.equal(expect(await get(`/v1/cards/${old.cardId}`, env.tokens.auditor), 200).status, "retired");
       await loadAndSign(env, fresh.cardId, fresh.card, ["9a", "9c"]);
+      const done = expect(await get(`/v1/rotations/${id}`, env.tokens.auditor), 200) as { rotation: { status: string }; distribution: { owed: string[]; items: { slot: string; state: string }[] }; approvals: { required: number; given: { operator: string }[] } };
+      assert.equal(done.rotation.status, "completed");
+      assert.deepEqual(done.distribution.owed, []);
+      assert.deepEqual(done.distribution.items.map((i) => [i.slot, i.state]), [["9a", "delivered"], ["9c", "delivered"]]);
+      assert.equal(done.approvals.given.length, 1);
 
       const metrics = await env.server.app.inject({ method: "GET", url: "/metrics", headers: { authorization: `Bearer ${env.tokens.auditor}` } });
       assert.match(metrics.body, /cardkms_rotations_total\{strategy="embodiment3"\} 1/);
       const actions = await auditActions(env);
-      for (const a of ["rotation.proposed", "rotation.approved", "rotation.started", "card.issued", "card.personalised", "rotation.rewrap-started", "rotation.rewrapped", "rotation.redistributed", "rotation.completed"])
+      for (const a of ["rotation.proposed", "rotation.approved", "rotation.started", "card.issued", "card.personalised", "rotation.rewrap-started", "rotation.rewrapped", "rotation.redistributed", "rotation.distributed", "rotation.completed"])
         assert.ok(actions.includes(a), `audit has ${a}: ${actions.join(", ")}`);
       assert.equal((expect(await get("/v1/audit/verify", env.tokens.auditor), 200) as { ok: boolean }).ok, true);
     } finally {
@@ -161,8 +179,9 @@ test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is 
     const op = env.tokens.operator;
     const old = await oldCardWith(env, ["9a"]);
     cards.push(old.card);
-    const id = (expect(await post(`/v1/cards/${old.cardId}/rotations`, op, { strategy: "embodiment4" }), 201) as { id: string }).id;
-    expect(await post(`/v1/rotations/${id}/approve`, op), 200);
+    expect(await post(`/v1/cards/${old.cardId}/rotations`, op, { strategy: "embodiment4", add: [{ slot: "82", alg: "P256" }, { slot: "82", alg: "P384" }] }), 400);
+    const id = (expect(await post(`/v1/cards/${old.cardId}/rotations`, op, { strategy: "embodiment4", add: [{ slot: "82", alg: "P256" }] }), 201) as { id: string }).id;
+    expect(await post(`/v1/rotations/${id}/approve`, await approver(env)), 200);
     const fresh = await newCardFor(env, id);
     cards.push(fresh.card);
     // Both scripts ran through the one relay session: KVN 1 (Sk1, the old card's) and KVN 2 (Sk2).
@@ -173,6 +192,8 @@ test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is 
     const r = expect(await post(`/v1/rotations/${id}/rewrap`, op), 200) as unknown as Status;
     assert.equal(r.rewrap.state, "not-needed");
     expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }, { slot: "82", alg: "P384" }] }), 400);
+    // The approval covers the additions: another list is refused by name, nothing is generated.
+    assert.match(String(expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "83", alg: "P256" }] }), 409).detail), /approved to add 82 P256, not 83 P256/);
     const dist = expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }] }), 200) as { packages: { slot: string; kvn: number }[]; added: { slot: string }[] };
     assert.deepEqual(dist.packages.map((p) => [p.slot, p.kvn]), [["82", 2]]);
     assert.deepEqual(dist.added.map((a) => a.slot), ["82"]);

@@ -1,39 +1,46 @@
 // HTTP routes of flow 5.e, card-key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3, 4, 5, FIG. 15).
-// Thin: the domain is src/issuer/rotation.ts (CardRotation) and src/issuer/rewrap.ts; this file validates (closed
-// schemas), authorises (roles in route config), maps domain errors to problem+json and runs the bulk re-wrap in
-// the background. The listing and the operator's approval live in event-routes.ts (GET /rotations,
-// POST /rotations/{id}/approve).
+// Thin: the domain is src/issuer/rotation.ts (CardRotation), rotation-approvals.ts and rewrap.ts; this file validates
+// (closed schemas), authorises (roles in route config), maps domain errors to problem+json and runs the bulk re-wrap
+// in the background. The listing and the operators' approvals live in event-routes.ts (GET /rotations,
+// POST /rotations/{id}/approve: four eyes, rotation-approvals.ts).
 //
-//   POST /cards/{id}/rotations         {strategy}         -> 201 the proposal                          [operator]
+//   POST /cards/{id}/rotations  {strategy, newCardId?, add?, drop?} -> 201 the proposal: what its approvals cover
+//        (the new card's ID — a fresh one unless given —, the credentials added, the old card's slots left behind);
+//        the proposer is recorded and may not approve it                                        [operator]
+//   POST /rotations/{id}/cancel                           -> 200 a proposed or approved rotation withdrawn [operator]
 //   POST /rotations/{id}/new-card      {cardId?}          -> 201 {card, personalisation: {sessionId, apdus}}:
-//        the new card with Sk2 (and Sk1 for embodiments 4, 5); the card issuing machine relays the SCP03 scripts
-//        through POST /relay/{sessionId}, and the card is active once they ran. 200 with personalisation null
-//        when the new card is already personalised (the call is idempotent).                         [operator]
+//        the approved new card with Sk2 (and Sk1 for embodiments 4, 5); the card issuing machine relays the SCP03
+//        scripts through POST /relay/{sessionId}, and the card is active once they ran. 200 with personalisation
+//        null when the new card is already personalised (the call is idempotent). Another cardId: 409.  [operator]
 //   POST /rotations/{id}/rewrap                           -> 202 while the bulk re-wrap runs (started now or
 //        earlier: the call is idempotent), 200 once nothing is left. Resumable from its cursor.      [operator]
-//   GET  /rotations/{id}                                  -> status with done/total/cursor and the re-wrap job
-//                                                                                          [operator, auditor]
-//   POST /rotations/{id}/distribute    {add?}             -> the packages per FIG. 15; completes    [operator]
+//   GET  /rotations/{id}                                  -> status with done/total/cursor and the re-wrap job, the
+//        approvals (needed, given, by whom) and the distribution: every slot owed to the new card and its state
+//        (pending, packaged, delivered, acknowledged, dropped), and what is still owed         [operator, auditor]
+//   POST /rotations/{id}/distribute    {add?}             -> the packages per FIG. 15 (claimed once per rotation;
+//        a second call gets the same result, or 409 while the first is still at it); `add`, when sent, must be
+//        the approved additions. The rotation completes once the new card's terminal fetched every package.
+//        A new card not yet personalised: 409, nothing distributed, the old card as it was.      [operator]
 //
-// Audit: the domain appends rotation.proposed / started / redistributed / completed and card.issued /
-// personalised; the re-wrap itself does not, so this file appends rotation.rewrap-started and rotation.rewrapped.
+// Audit: the domain appends rotation.proposed / approval / approved / cancelled / started / redistributed /
+// distributed / completed and card.issued / personalised; the re-wrap itself does not, so this file appends
+// rotation.rewrap-started and rotation.rewrapped.
 //
 // Never in a response: a key value, a custody reference, Sk[PRk] or a package body (the terminal fetches those
 // through its own, card-bound routes).
 
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { packageHeader } from "../card/package.ts";
-import type { KeyAlg } from "../card/state.ts";
 import type { CardScript } from "../issuer/card-scripts.ts";
 import { IssuerError } from "../issuer/issuer.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
-import { FIG15, type CardRotation } from "../issuer/rotation.ts";
+import { FIG15, type AddedCredential, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
+import type { RotationItem } from "../store/rotation-repository.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { RotationStrategy } from "../store/db.ts";
 import type { Card, Rotation } from "../store/store.ts";
 import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
-import type { Metrics } from "./metrics.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
 import { cardSchema, credentialRequestProps, nullable, rotationOut, rotationSchema } from "./schemas.ts";
@@ -41,12 +48,18 @@ import { cardSchema, credentialRequestProps, nullable, rotationOut, rotationSche
 export interface RotationRoutesOptions {
   rotations: CardRotation;
   relays: RelaySessions;
-  metrics?: Metrics;
   /** Keys per page and commit of the background re-wrap (default: runRewrap's). */
   rewrapPageSize?: number;
 }
 
 const STRATEGIES = Object.keys(FIG15) as RotationStrategy[];
+
+/** Credentials a rotation adds (embodiments 4, 5): as a credential request names them. */
+const addSchema = {
+  type: "array",
+  maxItems: 24,
+  items: { type: "object", additionalProperties: false, required: ["slot", "alg"], properties: credentialRequestProps },
+} as const;
 
 const rewrapJobSchema = {
   type: "object",
@@ -59,11 +72,48 @@ const rewrapJobSchema = {
   },
 } as const;
 
+const itemSchema = {
+  type: "object",
+  required: ["slot", "kind", "path", "state"],
+  properties: {
+    slot: { type: "string" },
+    /** carried: the old card's pair; added: a credential the rotation adds. */
+    kind: { type: "string" },
+    /** package: sent by the issuer; terminal: it leaves the old card through the terminal (FIG. 15). */
+    path: { type: "string" },
+    keyPairId: nullable("string"),
+    state: { type: "string", enum: ["pending", "packaged", "delivered", "acknowledged", "dropped"] },
+    packageSeq: nullable("integer"),
+    updatedAt: { type: "integer" },
+  },
+} as const;
+
+const distributionSchema = {
+  type: "object",
+  required: ["state", "items", "owed"],
+  properties: { state: { type: "string", enum: ["none", "distributing", "distributed"] }, items: { type: "array", items: itemSchema }, owed: { type: "array", items: { type: "string" } } },
+} as const;
+
+const approvalsSchema = {
+  type: "object",
+  required: ["required", "given", "binding"],
+  properties: {
+    required: { type: "integer" },
+    proposedBy: nullable("string"),
+    /** SHA-256 (hex) of what the approvals cover. */
+    binding: { type: "string" },
+    given: { type: "array", items: { type: "object", properties: { operator: { type: "string" }, approvedAt: { type: "integer" } } } },
+  },
+} as const;
+
 const statusSchema = {
   type: "object",
   required: ["rotation", "rewrap"],
-  properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" } },
+  properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" }, approvals: approvalsSchema, distribution: distributionSchema },
 } as const;
+
+const itemOut = (i: RotationItem) => ({ slot: i.slot, kind: i.kind, path: i.path, keyPairId: i.keyPairId, state: i.state, packageSeq: i.packageSeq, updatedAt: i.updatedAt });
+const distributionOut = (d: DistributionStatus) => ({ state: d.state, items: d.items.map(itemOut), owed: d.owed });
 
 const cardOut = (c: Card) => ({ id: c.id, userId: c.userId, status: c.status, validFrom: c.validFrom, validUntil: c.validUntil, currentKeySetId: c.currentKeySetId, createdAt: c.createdAt });
 
@@ -141,18 +191,48 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     return { rotation: rotationOut(r), rewrap, left: needed ? Math.max(0, r.total - r.done) : 0 };
   };
 
-  app.post<{ Params: { id: string }; Body: { strategy: RotationStrategy } }>(
+  app.post<{ Params: { id: string }; Body: { strategy: RotationStrategy; newCardId?: string; add?: AddedCredential[]; drop?: string[] } }>(
     "/cards/:id/rotations",
     {
       config: { roles: ["operator"] },
       schema: {
-        summary: "Propose rotating the card's key set Sk1 -> Sk2 onto a new card (FIG. 15 strategy); it runs once approved",
+        summary: "Propose rotating the card's key set Sk1 -> Sk2 onto a new card (FIG. 15 strategy), bound to its new card, additions and drops; it runs once other operators approved it",
         params: params({ id: CARD_ID }),
-        body: { type: "object", additionalProperties: false, required: ["strategy"], properties: { strategy: { type: "string", enum: STRATEGIES } } },
+        body: {
+          type: "object",
+          additionalProperties: false,
+          required: ["strategy"],
+          properties: {
+            strategy: { type: "string", enum: STRATEGIES },
+            newCardId: CARD_ID,
+            add: addSchema,
+            drop: { type: "array", maxItems: 24, uniqueItems: true, items: credentialRequestProps.slot },
+          },
+        },
         response: { 201: rotationSchema, ...problems },
       },
     },
-    async (req, reply) => domain(async () => reply.code(201).send(rotationOut(await rotations.propose({ cardId: req.params.id, strategy: req.body.strategy }, principalOf(req).name)))),
+    async (req, reply) =>
+      domain(async () => {
+        const { strategy, newCardId, add, drop } = req.body;
+        if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
+        return reply.code(201).send(rotationOut(await rotations.propose({ cardId: req.params.id, strategy, newCardId, add, drop }, principalOf(req).name)));
+      }),
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/rotations/:id/cancel",
+    {
+      config: { roles: ["operator"] },
+      preValidation: emptyBodyIsObject,
+      schema: {
+        summary: "Withdraw a rotation that has not started (proposed or approved); propose anew to change what it is bound to",
+        params: params({ id: ID }),
+        body: EMPTY_BODY,
+        response: { 200: rotationSchema, ...problems },
+      },
+    },
+    async (req) => domain(async () => rotationOut(await rotations.cancel(req.params.id, principalOf(req).name))),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -160,12 +240,17 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
-        summary: "A rotation's status: done/total/cursor of its bulk re-wrap and the re-wrap job of this server",
+        summary: "A rotation's status: its bulk re-wrap (done/total/cursor, this server's job), its approvals and what its distribution still owes the new card",
         params: params({ id: ID }),
         response: { 200: statusSchema, ...problems },
       },
     },
-    async (req) => status(await rotationOr404(req.params.id)),
+    async (req) =>
+      domain(async () => {
+        const s = await rotations.status(req.params.id);
+        const approvals = { required: s.approvals.required, proposedBy: s.approvals.proposedBy, binding: s.approvals.binding, given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })) };
+        return { ...status(s.rotation), approvals, distribution: distributionOut(s.distribution) };
+      }),
   );
 
   app.post<{ Params: { id: string }; Body: { cardId?: string } }>(
@@ -252,36 +337,22 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     })();
   }
 
-  app.post<{ Params: { id: string }; Body: { add?: { slot: string; alg: KeyAlg; profile?: string }[] } }>(
+  app.post<{ Params: { id: string }; Body: { add?: AddedCredential[] } }>(
     "/rotations/:id/distribute",
     {
       config: { roles: ["operator"] },
       preValidation: emptyBodyIsObject,
       schema: {
-        summary: "Redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: only the added pairs) and complete the rotation",
+        summary: "Redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: only the approved added pairs), once per rotation; it completes when the new card fetched them",
         params: params({ id: ID }),
-        body: {
-          type: "object",
-          additionalProperties: false,
-          properties: {
-            add: {
-              type: "array",
-              maxItems: 24,
-              items: {
-                type: "object",
-                additionalProperties: false,
-                required: ["slot", "alg"],
-                properties: credentialRequestProps,
-              },
-            },
-          },
-        },
+        body: { type: "object", additionalProperties: false, properties: { add: addSchema } },
         response: {
           200: {
             type: "object",
-            required: ["rotation", "packages", "added"],
+            required: ["rotation", "packages", "added", "distribution"],
             properties: {
               rotation: rotationSchema,
+              distribution: distributionSchema,
               packages: {
                 type: "array",
                 items: { type: "object", properties: { seq: { type: "integer" }, slot: { type: "string" }, kvn: { type: "integer" }, cardId: { type: "string" }, bytes: { type: "integer" } } },
@@ -295,12 +366,12 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     },
     async (req) =>
       domain(async () => {
-        const add = req.body.add ?? [];
-        if (new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
+        const add = req.body.add;
+        if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
         const res = await rotations.distribute(req.params.id, principalOf(req).name, { add });
-        o.metrics?.rotations.inc({ strategy: res.rotation.strategy });
         return {
           rotation: rotationOut(res.rotation),
+          distribution: distributionOut(res.distribution),
           packages: res.packages.map((p) => {
             const h = packageHeader(p.body);
             return { seq: p.seq, slot: h.keyRef, kvn: h.kvn, cardId: p.cardId, bytes: p.body.length };

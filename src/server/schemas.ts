@@ -41,6 +41,15 @@ export const rotationSchema = {
     error: nullable("string"),
     createdAt: { type: "integer" },
     updatedAt: { type: "integer" },
+    /** What the approvals cover besides card, key set and strategy (issue 15 §2). */
+    proposedBy: nullable("string"),
+    newCardId: nullable("string"),
+    added: { type: "array", items: { type: "object", properties: { slot: { type: "string" }, alg: { type: "string" }, profile: { type: "string" } } } },
+    dropped: { type: "array", items: { type: "string" } },
+    approvalsRequired: { type: "integer" },
+    /** none, distributing, distributed (issue 15 §4). */
+    distribution: { type: "string" },
+    distributedAt: nullable("integer"),
   },
 } as const;
 
@@ -61,6 +70,13 @@ export const rotationOut = (r: Rotation) => ({
   error: r.error,
   createdAt: r.createdAt,
   updatedAt: r.updatedAt,
+  proposedBy: r.proposedBy,
+  newCardId: r.newCardId,
+  added: r.added,
+  dropped: r.dropped,
+  approvalsRequired: r.approvalsRequired,
+  distribution: r.distribution,
+  distributedAt: r.distributedAt,
 });
 
 /** What a credential request names (ST16): the card slot, the algorithm, optionally a CA profile. */

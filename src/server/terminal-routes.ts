@@ -24,6 +24,12 @@
 // The terminal must forward the EXTERNAL AUTHENTICATE: it completes the handshake on the card, which resets
 // the card's authentication failure counter. Tokens live in memory, stored as SHA-256 hashes, never logged.
 //
+// The card lifecycle (issue 15 §5, src/issuer/card-lifecycle.ts): a token is bound to its card AND to the card's
+// status_version at login, and on every request the card's row is read from the system DB: a card suspended,
+// retired or destroyed — through any server on the same database — stops its live tokens at once (409 check
+// card_state), and a card resumed since does not bring them back (401 check card_state_changed: the card logs in
+// again). The package routes check the card's state too (packages.fetch, packages.ack).
+//
 // Nobody can lock the others out (issue 9 §2). The two login routes are public, so app.ts rate-limits them per
 // client address and they take small bodies. A card has at most `perCard` pending handshakes, and at most
 // `perCardClient` from one client address: a new one retires that card's (or that client's for that card) oldest,
@@ -44,7 +50,8 @@ import type { Issuer } from "../issuer/issuer.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { StateCounterRepository, type CardStateCounter } from "../store/state-counter-repository.ts";
-import type { CardKeySet } from "../store/store.ts";
+import type { Card, CardKeySet } from "../store/store.ts";
+import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
 import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
 import type { Metrics } from "./metrics.ts";
@@ -63,10 +70,26 @@ export interface TerminalTokensOptions {
   onRetire?: (bound: string) => void;
 }
 
-/** Card-bound terminal tokens, in memory, by hash. */
+/** What a terminal token needs to know of its card on every request (read from the system DB). */
+export type CardStateReader = (cardId: string) => Promise<Pick<Card, "status" | "statusVersion"> | undefined>;
+
+interface TokenEntry {
+  principal: Principal;
+  /** The card's status_version when the token was issued. */
+  statusVersion: number;
+}
+
+/**
+ * Card-bound terminal tokens, in memory, by hash. A token acts for its card only while the card is active under the
+ * status_version it was issued with, read from the system DB on every request (card-lifecycle.ts): a card suspended,
+ * retired or destroyed on any server stops its live tokens at once (409 check card_state), and one resumed since does
+ * not bring them back (401 check card_state_changed: log the card in again). Until terminalRoutes tells it where the
+ * cards are (checkCardsWith), no token acts for anything.
+ */
 export class TerminalTokens {
-  readonly #tokens: TtlMap<Principal>;
+  readonly #tokens: TtlMap<TokenEntry>;
   readonly #perCard: number;
+  #cards: CardStateReader | undefined;
   readonly ttlMs: number;
 
   constructor(o: TerminalTokensOptions = {}) {
@@ -75,19 +98,47 @@ export class TerminalTokens {
     this.#tokens = new TtlMap({ ttlMs: this.ttlMs, max: o.max ?? 10_000, now: o.now, onRetire: o.onRetire });
   }
 
-  /** A fresh token for a terminal acting for `cardId`; only its hash is kept. The card's oldest beyond `perCard` is retired. */
-  issue(cardId: string): { token: string; expiresAt: number } {
+  /** Where the tokens read their card's state on every request (terminalRoutes: the issuer's store). */
+  checkCardsWith(read: CardStateReader): void {
+    this.#cards = read;
+  }
+
+  /**
+   * A fresh token for a terminal acting for `cardId`, whose status_version is `statusVersion` now; only its hash is
+   * kept. The card's oldest beyond `perCard` is retired.
+   */
+  issue(cardId: string, statusVersion: number): { token: string; expiresAt: number } {
     const token = `ckmt_${randomBytes(32).toString("base64url")}`;
     const principal: Principal = { name: `terminal:${cardId}`, roles: ["terminal"], cardId };
-    const { expiresAt } = this.#tokens.add(principal, "terminal token", {
+    const { expiresAt } = this.#tokens.add({ principal, statusVersion }, "terminal token", {
       key: hashToken(token),
       groups: [{ name: "card", key: cardId, max: this.#perCard, whenFull: "retire-oldest" }],
     });
     return { token, expiresAt };
   }
 
-  /** For installAuth: the card-bound principal of a live token. */
-  readonly lookup: TokenLookup = async (hash) => this.#tokens.get(hash);
+  /** For installAuth: the card-bound principal of a live token, while its card is active under the token's version. */
+  readonly lookup: TokenLookup = async (hash) => {
+    const entry = this.#tokens.get(hash);
+    if (!entry || !this.#cards) return undefined;
+    const cardId = entry.principal.cardId!;
+    const card = await this.#cards(cardId);
+    if (!card) return undefined;
+    if (card.status !== "active")
+      throw new ApiProblem(409, "card-state", "The card's state does not allow this", `card ${cardId} is ${card.status}: its terminal tokens no longer act for it`, {
+        check: "card_state",
+        cardId,
+        state: card.status,
+        allowed: ["active"],
+      });
+    if (card.statusVersion !== entry.statusVersion)
+      throw new ApiProblem(401, "unauthenticated", "Authentication required", `card ${cardId}'s state changed since this token was issued (it was suspended): log the card in again`, {
+        check: "card_state_changed",
+        cardId,
+        state: card.status,
+      });
+    return entry.principal;
+  };
 }
 
 interface AuthSession {
@@ -155,6 +206,8 @@ export const AUTH_FINISH_BODY_LIMIT = 8192;
 export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (app, o) => {
   const { issuer, tokens } = o;
   const store = issuer.store;
+  // every request of a terminal token reads its card's state here (one primary-key read): see TerminalTokens
+  tokens.checkCardsWith((cardId) => store.getCard(cardId));
   const counters = new StateCounterRepository(store.db as Db, { now: () => store.now() });
   const bounds = o.authSessions ?? {};
   const handshakes = new TtlMap<AuthSession>({
@@ -240,7 +293,10 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
           throw e;
         }
         // The key set may have been rotated since the handshake started: the proof must be for the current one.
-        const current = await issuer.currentKeySet(await issuer.card(cardId));
+        // The card may have left active meanwhile: no token then (the same answer as at the start: no oracle).
+        const now = await issuer.card(cardId);
+        if (now.status !== "active") throw noActiveCard(cardId);
+        const current = await issuer.currentKeySet(now);
         if (current.id !== hs.keySet.id) throw new ApiProblem(409, "conflict", "Conflict", "the card's key set changed during authentication; start again");
         const keys = issuer.keysOf(current);
         if (!("custody" in keys)) throw new Error("card keys must be in custody");
@@ -277,7 +333,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
           if (outcome.reason === "flagged") await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter } });
           throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
         }
-        const { token, expiresAt } = tokens.issue(cardId);
+        const { token, expiresAt } = tokens.issue(cardId, now.statusVersion);
         await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
         return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
       }),
@@ -360,7 +416,9 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         const cardId = req.params.id;
         const who = requireCardAccess(req.principal, cardId, { operators: true });
         const after = Number(req.query.after ?? 0);
-        // Only the card's own terminal moves packages to "fetched"; an operator looking does not.
+        // Only the card's own terminal moves packages to "fetched", while the card is active; an operator looking
+        // (at a card in any state) does not.
+        if (who.cardId === cardId) await requireCardState(store, cardId, "packages.fetch");
         const list = who.cardId === cardId ? await issuer.packagesFor(cardId, after) : (await issuer.card(cardId), await store.listPackages(cardId, { afterSeq: after }));
         return { packages: list.map((p) => ({ seq: p.seq, status: p.status, createdAt: p.createdAt, body: p.body.toString("base64") })) };
       }),
@@ -381,6 +439,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
       domain(async () => {
         const cardId = req.params.id;
         const who = requireCardAccess(req.principal, cardId, { operators: false });
+        await requireCardState(store, cardId, "packages.ack");
         await issuer.acknowledgePackage(cardId, Number(req.params.seq), who.name);
         return reply.code(204).send();
       }),

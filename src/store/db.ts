@@ -33,7 +33,8 @@ const requireFrom = createRequire(import.meta.url);
 
 export type Engine = "sqlite" | "postgres";
 
-export type CardStatus = "issued" | "active" | "suspended" | "retired";
+/** The card lifecycle (src/issuer/card-lifecycle.ts): retired and destroyed are final. */
+export type CardStatus = "issued" | "active" | "suspended" | "retired" | "destroyed";
 export type KeySetStatus = "pending" | "active" | "retired";
 export type KeyPairStatus = "active" | "superseded" | "revoked" | "destroyed";
 export type PackageStatus = "pending" | "fetched" | "acknowledged";
@@ -62,6 +63,12 @@ export interface CardsTable {
   last_package_seq: Generated<number>;
   created_at: number;
   updated_at: number;
+  /** Bumped by every status change (0013): a terminal token issued under another version no longer acts for the card. */
+  status_version: Generated<number>;
+  /** The last status change: when, by whom, why (0013; null: none since issue). */
+  status_changed_at: number | null;
+  status_changed_by: string | null;
+  status_reason: string | null;
 }
 
 export interface CardKeySetsTable {
@@ -149,7 +156,24 @@ export interface RotationsTable {
   error: string | null;
   created_at: number;
   updated_at: number;
+  /** Who proposed it (migration 0012): that operator may not approve it; null for the validity scan's proposals. */
+  proposed_by: Generated<string | null>;
+  /** The new card's ID, bound at proposal (unique): what the approvals cover, and the card issueNewCard registers. */
+  new_card_id: Generated<string | null>;
+  /** Canonical JSON of the credentials distribute adds ([[slot, alg, profile|null], ...] by slot) and of the old
+   *  card's slots it leaves behind (["9e", ...]): part of what the approvals cover. */
+  added: Generated<string>;
+  dropped: Generated<string>;
+  /** Distinct operators other than the proposer who must approve (config rotations.approvals at proposal). */
+  approvals_required: Generated<number>;
+  /** none -> distributing (claimed by one call: the pairs moved, the items recorded) -> distributed (every
+   *  package made); the rotation completes when every item is delivered or dropped (rotation_items). */
+  distribution: Generated<RotationDistribution>;
+  distributed_at: Generated<number | null>;
 }
+
+/** A rotation's distribution (migration 0012): claimed once, then resumable item by item. */
+export type RotationDistribution = "none" | "distributing" | "distributed";
 
 export interface EventsTable {
   id: Generated<number>;
@@ -162,15 +186,31 @@ export interface EventsTable {
   delivered_at: number | null;
   attempts: Generated<number>;
   last_error: string | null;
-  /** Epoch ms before which a failed delivery is not retried; null: due now (migration 0005). */
+  /** Epoch ms before which a failed delivery is not retried; null: due now (migration 0005; unused since 0014). */
   next_attempt_at: Generated<number | null>;
+  /** When the event's deliveries were queued in webhook_queue (migration 0014); null: not yet. */
+  fanned_out_at: Generated<number | null>;
 }
 
-/** A webhook that answered 2xx to an event (migration 0005). */
-export interface WebhookDeliveriesTable {
+export type WebhookDeliveryStatus = "pending" | "delivered" | "dead";
+
+/** One delivery of an event to a webhook, its schedule and its claim (migration 0014). */
+export interface WebhookQueueTable {
   event_id: number;
   webhook_id: string;
-  delivered_at: number;
+  /** pending; delivered (answered 2xx); dead (the dead-letter record: no attempt left, until an operator retries it). */
+  status: WebhookDeliveryStatus;
+  attempts: Generated<number>;
+  /** Epoch ms before which the delivery is not attempted (again). */
+  next_attempt_at: number;
+  /** The claim of the server sending it: set only by an UPDATE ... WHERE unclaimed (or expired). */
+  lease_owner: string | null;
+  lease_until: number | null;
+  last_error: string | null;
+  created_at: number;
+  updated_at: number;
+  delivered_at: number | null;
+  dead_at: number | null;
 }
 
 export interface WebhooksTable {
@@ -220,7 +260,7 @@ export interface Database {
   rotations: RotationsTable;
   events: EventsTable;
   webhooks: WebhooksTable;
-  webhook_deliveries: WebhookDeliveriesTable;
+  webhook_queue: WebhookQueueTable;
   operators: OperatorsTable;
   audit_log: AuditLogTable;
 }

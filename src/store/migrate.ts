@@ -15,6 +15,9 @@ import { cardStateCounters } from "./migrations/0008_card_state_counters.ts";
 import { canonicalKeyHashes } from "./migrations/0009_canonical_key_hashes.ts";
 import { recoveryDeviceCardRecord } from "./migrations/0010_recovery_device_card_record.ts";
 import { auditCheckpoints } from "./migrations/0011_audit_checkpoints.ts";
+import { rotationFourEyes } from "./migrations/0012_rotation_four_eyes.ts";
+import { cardLifecycle } from "./migrations/0013_card_lifecycle.ts";
+import { webhookQueue } from "./migrations/0014_webhook_queue.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
@@ -30,6 +33,9 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0009_canonical_key_hashes": canonicalKeyHashes(engine),
     "0010_recovery_device_card_record": recoveryDeviceCardRecord(engine),
     "0011_audit_checkpoints": auditCheckpoints(engine),
+    "0012_rotation_four_eyes": rotationFourEyes(engine),
+    "0013_card_lifecycle": cardLifecycle(engine),
+    "0014_webhook_queue": webhookQueue(engine),
   };
 }
 

@@ -49,7 +49,8 @@ for (const engine of testEngines()) {
       return { user, card, ks };
     }
 
-    const keyPair = (userId: string, cardId: string, id?: string): NewKeyPair => ({ id, userId, cardId, slot: "9c", algorithm: "ec-p256", publicKey: randomBytes(91) });
+    // No slot: many active pairs per card (at most one active pair per card and slot: migration 0012).
+    const keyPair = (userId: string, cardId: string, id?: string): NewKeyPair => ({ id, userId, cardId, slot: null, algorithm: "ec-p256", publicKey: randomBytes(91) });
 
     test("users, cards and key sets; the current key set must belong to the card", async () => {
       const { user, card, ks } = await userCard();

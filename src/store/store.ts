@@ -8,6 +8,7 @@
 // What it must never do: store a key value, a clear private key, a password or an API token. It holds handles
 // into key custody, wrapped keys, and hashes of credentials.
 
+import { randomBytes } from "node:crypto";
 import { newId } from "./ids.ts";
 import { sql, type Insertable, type Selectable, type Transaction } from "kysely";
 import {
@@ -21,11 +22,14 @@ import {
   type KeySetStatus,
   type OpenOptions,
   type PackageStatus,
+  type RotationDistribution,
   type RotationStatus,
   type RotationStrategy,
+  type WebhookDeliveryStatus,
 } from "./db.ts";
 import { migrateToLatest } from "./migrate.ts";
 import { groupCommit } from "./group.ts";
+import { canonicalAdded, canonicalDropped, parseAdded, rotationBinding, RotationRepository, type AddedCredentialSpec } from "./rotation-repository.ts";
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -45,6 +49,12 @@ export interface Card {
   lastPackageSeq: number;
   createdAt: number;
   updatedAt: number;
+  /** Bumped by every status change: what a terminal token is bound to besides the card (card-lifecycle.ts). */
+  statusVersion: number;
+  /** The last status change (null: none since issue); every change is in the audit log. */
+  statusChangedAt: number | null;
+  statusChangedBy: string | null;
+  statusReason: string | null;
 }
 
 export interface CardKeySet {
@@ -121,6 +131,17 @@ export interface Rotation {
   error: string | null;
   createdAt: number;
   updatedAt: number;
+  /** Who proposed it (null: the validity scan, or before migration 0012); that operator may not approve it. */
+  proposedBy: string | null;
+  /** The new card, bound at proposal: issueNewCard registers exactly this ID. */
+  newCardId: string | null;
+  /** The credentials distribute adds (embodiments 4, 5), by slot, and the old card's slots it leaves behind. */
+  added: AddedCredentialSpec[];
+  dropped: string[];
+  /** Distinct operators other than the proposer who must approve it. */
+  approvalsRequired: number;
+  distribution: RotationDistribution;
+  distributedAt: number | null;
 }
 
 export interface StoredEvent {
@@ -144,6 +165,22 @@ export interface Webhook {
   secretRef: string | null;
   createdAt: number;
   disabledAt: number | null;
+}
+
+/** One delivery of an event to a webhook (migration 0014): its state, schedule and claim. */
+export interface WebhookDelivery {
+  eventId: number;
+  webhookId: string;
+  status: WebhookDeliveryStatus;
+  attempts: number;
+  nextAttemptAt: number;
+  leaseOwner: string | null;
+  leaseUntil: number | null;
+  lastError: string | null;
+  createdAt: number;
+  updatedAt: number;
+  deliveredAt: number | null;
+  deadAt: number | null;
 }
 
 export interface Operator {
@@ -191,7 +228,26 @@ export class StoreError extends Error {
   }
 }
 
-const CARD_STATUSES: readonly CardStatus[] = ["issued", "active", "suspended", "retired"];
+const CARD_STATUSES: readonly CardStatus[] = ["issued", "active", "suspended", "retired", "destroyed"];
+
+/**
+ * The card lifecycle as the store enforces it (names, roles and audit: src/issuer/card-lifecycle.ts): the statuses a
+ * card may move to each status from. Nothing goes back to issued; retired and destroyed are final (a retired card
+ * may still be reported destroyed).
+ */
+export const CARD_STATUS_FROM: Readonly<Record<CardStatus, readonly CardStatus[]>> = {
+  issued: [],
+  active: ["issued", "suspended"],
+  suspended: ["active"],
+  retired: ["issued", "active", "suspended"],
+  destroyed: ["issued", "active", "suspended", "retired"],
+};
+
+/** A status change the store made: the card as it is now and the status it left. */
+export interface CardStatusChange {
+  card: Card;
+  from: CardStatus;
+}
 const STRATEGIES: readonly RotationStrategy[] = ["embodiment3", "embodiment4", "embodiment5"];
 /** Rows per INSERT statement (keeps under SQLite's and PostgreSQL's bound-parameter limits). */
 const INSERT_CHUNK = 1000;
@@ -302,8 +358,20 @@ export class Store {
     return (await this.getCard(row.id))!;
   }
 
-  async getCard(id: string): Promise<Card | undefined> {
-    const row = await this.db.selectFrom("cards").selectAll().where("id", "=", id).executeTakeFirst();
+  /**
+   * The card. With `hold`, inside a transaction, its row stays locked until the transaction ends: a status change of
+   * the card waits for this transaction, so what it read is still the card's status when it commits
+   * (card-lifecycle.ts requireCardState). PostgreSQL: SELECT ... FOR NO KEY UPDATE. SQLite has one writer: the
+   * transaction takes the write lock before it reads (a write that changes nothing), waiting for another
+   * connection's writer (busy_timeout) rather than failing later when its read is no longer the latest.
+   */
+  async getCard(id: string, o: { hold?: boolean } = {}): Promise<Card | undefined> {
+    let q = this.db.selectFrom("cards").selectAll().where("id", "=", id);
+    if (o.hold && this.db.isTransaction) {
+      if (this.engine === "postgres") q = q.forNoKeyUpdate();
+      else await this.db.updateTable("cards").set((eb) => ({ status_version: eb.ref("status_version") })).where("id", "=", id).execute();
+    }
+    const row = await q.executeTakeFirst();
     return row && toCard(row);
   }
 
@@ -346,10 +414,44 @@ export class Store {
     return rows.map(toCard);
   }
 
-  async setCardStatus(id: string, status: CardStatus): Promise<void> {
+  /**
+   * Moves card `id` to `status` as the lifecycle allows (CARD_STATUS_FROM); already there, nothing changes. A move
+   * the lifecycle does not allow (out of a final status, back to issued) is a conflict. See changeCardStatus.
+   */
+  async setCardStatus(id: string, status: CardStatus, o: { actor?: string; reason?: string | null } = {}): Promise<void> {
     if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);
-    const r = await this.db.updateTable("cards").set({ status, updated_at: this.now() }).where("id", "=", id).executeTakeFirst();
-    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `card ${id} not found`);
+    await this.transaction(async (s) => {
+      const cur = await s.getCard(id, { hold: true });
+      if (cur?.status === status) return;
+      await s.changeCardStatus(id, status, { actor: o.actor ?? null, reason: o.reason ?? null });
+    });
+  }
+
+  /**
+   * Moves card `id` to `to` from one of `from` (default: every status CARD_STATUS_FROM allows) in one transaction
+   * that holds the card's row: of concurrent changes, each sees the status the one before it committed, so a card
+   * never leaves a final status and two changes never both start from the same one. Bumps status_version (live
+   * terminal tokens of the card stop acting for it) and records when, by whom and why. StoreError "conflict"
+   * naming the current status when it is not one of `from`; "not_found" for an unknown card.
+   */
+  async changeCardStatus(id: string, to: CardStatus, o: { from?: readonly CardStatus[]; actor: string | null; reason: string | null }): Promise<CardStatusChange> {
+    if (!CARD_STATUSES.includes(to)) throw new StoreError("invalid", `card status: unknown ${to}`);
+    const from = o.from ?? CARD_STATUS_FROM[to];
+    return this.transaction(async (s) => {
+      const cur = await s.getCard(id, { hold: true });
+      if (!cur) throw new StoreError("not_found", `card ${id} not found`);
+      if (!from.includes(cur.status)) throw new StoreError("conflict", `card ${id} is ${cur.status}; expected ${from.join(" or ") || "(none)"} to become ${to}`);
+      const now = s.now();
+      const row = await s.db
+        .updateTable("cards")
+        .set((eb) => ({ status: to, status_version: eb("status_version", "+", 1), status_changed_at: now, status_changed_by: o.actor, status_reason: o.reason, updated_at: now }))
+        .where("id", "=", id)
+        .where("status", "=", cur.status)
+        .returningAll()
+        .executeTakeFirst();
+      if (!row) throw new StoreError("conflict", `card ${id} changed status meanwhile`);
+      return { card: toCard(row), from: cur.status };
+    });
   }
 
   /**
@@ -448,7 +550,12 @@ export class Store {
     const cert = input.certificate ?? null;
     if (cert) checkValidity("certificate", cert.notBefore, cert.notAfter);
     return this.transaction(async (s) => {
-      await s.#insertOrConflict(s.db.insertInto("key_pairs").values(kpRow).execute(), `key pair ${kpRow.id} exists, or user/card unknown`);
+      await s.#insertOrConflict(
+        s.db.insertInto("key_pairs").values(kpRow).execute(),
+        kpRow.slot !== null && kpRow.status === "active"
+          ? `key pair ${kpRow.id} exists, user/card unknown, or slot ${kpRow.slot} of card ${kpRow.card_id} holds an active key pair already`
+          : `key pair ${kpRow.id} exists, or user/card unknown`,
+      );
       let wrapped: WrappedKey[] = [];
       if (input.wrapped.length > 0) {
         const rows = await s.#insertOrConflict(
@@ -510,6 +617,20 @@ export class Store {
     if (Object.keys(set).length === 0) return;
     const r = await this.db.updateTable("key_pairs").set(set).where("id", "=", id).executeTakeFirst();
     if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `key pair ${id} not found`);
+  }
+
+  /**
+   * A credential request's claim on (card, slot), held from before its key is certified until the transaction that
+   * records it (rotation-repository.ts): true when this claim holds it now — it was free, or its holder's lease ran
+   * out (a stalled or crashed server) — false while another request holds it.
+   */
+  async claimCredentialSlot(cardId: string, slot: string, claimId: string, leaseMs: number): Promise<boolean> {
+    return new RotationRepository(this.db).claimSlot(cardId, slot, claimId, this.now(), leaseMs);
+  }
+
+  /** Gives a claim up (in the recording transaction, or after a failure); false when `claimId` no longer holds it. */
+  async releaseCredentialSlot(cardId: string, slot: string, claimId: string): Promise<boolean> {
+    return new RotationRepository(this.db).releaseSlot(cardId, slot, claimId);
   }
 
   async getWrappedKey(keyPairId: string, keySetId: string): Promise<WrappedKey | undefined> {
@@ -664,22 +785,35 @@ export class Store {
     return (await q.orderBy("seq").limit(filter.limit ?? 100).execute()).map(toPackage);
   }
 
-  /** pending -> fetched -> acknowledged; never backwards. Returns false when the package was already further. */
+  /**
+   * pending -> fetched -> acknowledged; never backwards. Returns false when the package was already further. A
+   * rotation item the package carries moves with it in the same transaction (delivered, acknowledged).
+   */
   async advancePackage(cardId: string, seq: number, to: "fetched" | "acknowledged"): Promise<boolean> {
     const now = this.now();
-    const q =
-      to === "fetched"
-        ? this.db.updateTable("packages").set({ status: "fetched", fetched_at: now }).where("status", "=", "pending")
-        : this.db.updateTable("packages").set({ status: "acknowledged", acknowledged_at: now }).where("status", "in", ["pending", "fetched"]);
-    const r = await q.where("card_id", "=", cardId).where("seq", "=", seq).executeTakeFirst();
-    if (Number(r.numUpdatedRows) === 1) return true;
-    if (!(await this.getPackage(cardId, seq))) throw new StoreError("not_found", `card ${cardId} has no package ${seq}`);
-    return false;
+    return this.transaction(async (s) => {
+      const q =
+        to === "fetched"
+          ? s.db.updateTable("packages").set({ status: "fetched", fetched_at: now }).where("status", "=", "pending")
+          : s.db.updateTable("packages").set({ status: "acknowledged", acknowledged_at: now }).where("status", "in", ["pending", "fetched"]);
+      const r = await q.where("card_id", "=", cardId).where("seq", "=", seq).executeTakeFirst();
+      if (Number(r.numUpdatedRows) === 1) {
+        await new RotationRepository(s.db).advanceItemForPackage(cardId, seq, to === "fetched" ? "delivered" : "acknowledged", now);
+        return true;
+      }
+      if (!(await s.getPackage(cardId, seq))) throw new StoreError("not_found", `card ${cardId} has no package ${seq}`);
+      return false;
+    });
   }
 
   // ---- card-key rotation jobs (embodiments 3-5, FIG. 15) --------------------------------------------------
 
-  /** Records a rotation the validity scan (or an operator) proposes; it runs only after approval (para 0062). */
+  /**
+   * Records a rotation the validity scan (or an operator) proposes; it runs only after approval (para 0062). What
+   * the approvals will cover is fixed here: the new card's ID (a fresh one unless given), the credentials it adds and
+   * the old card's slots it leaves behind. One open rotation per key set and one rotation per new card ID (unique
+   * indexes, migration 0012): a second is a conflict.
+   */
   async proposeRotation(input: {
     id?: string;
     cardId: string;
@@ -687,8 +821,15 @@ export class Store {
     strategy: RotationStrategy;
     toCardId?: string | null;
     toKeySetId?: string | null;
+    proposedBy?: string | null;
+    newCardId?: string;
+    added?: AddedCredentialSpec[];
+    dropped?: string[];
+    approvalsRequired?: number;
   }): Promise<Rotation> {
     if (!STRATEGIES.includes(input.strategy)) throw new StoreError("invalid", `strategy: expected one of ${STRATEGIES.join(", ")}, got ${input.strategy}`);
+    const approvals = input.approvalsRequired ?? 1;
+    if (!Number.isInteger(approvals) || approvals < 1 || approvals > 16) throw new StoreError("invalid", `approvals required: expected 1..16, got ${approvals}`);
     const now = this.now();
     const row = {
       id: input.id ?? newId(),
@@ -706,8 +847,18 @@ export class Store {
       error: null,
       created_at: now,
       updated_at: now,
+      proposed_by: input.proposedBy ?? null,
+      new_card_id: input.newCardId ?? input.toCardId ?? randomBytes(8).toString("hex"),
+      added: canonicalAdded(input.added ?? []),
+      dropped: canonicalDropped(input.dropped ?? []),
+      approvals_required: approvals,
+      distribution: "none" as RotationDistribution,
+      distributed_at: null,
     };
-    await this.#insertOrConflict(this.db.insertInto("rotations").values(row).execute(), `rotation ${row.id} exists, or card/key set unknown`);
+    await this.#insertOrConflict(
+      this.db.insertInto("rotations").values(row).execute(),
+      `rotation ${row.id}: exists, card/key set unknown, key set ${input.fromKeySetId} already has an open rotation, or new card ${row.new_card_id} is another rotation's`,
+    );
     return toRotation(row);
   }
 
@@ -734,9 +885,31 @@ export class Store {
     return row && toRotation(row);
   }
 
-  async approveRotation(id: string, operator: string): Promise<Rotation> {
-    const now = this.now();
-    return this.#transition(id, ["proposed"], { status: "approved", approved_by: operator, approved_at: now, updated_at: now });
+  /**
+   * One operator's approval (four eyes, issue 15 §2), in one transaction: the rotation's row is taken first (a
+   * guarded UPDATE: concurrent approvals of one rotation run one after the other, on PostgreSQL too), the proposer
+   * is refused, the approval is recorded bound to the rotation's binding (rotationBinding; once per operator: the
+   * primary key), and the rotation becomes approved once `required` distinct operators other than the proposer —
+   * at least what the proposal asked for — approved this binding. Until then it stays proposed.
+   */
+  async approveRotation(id: string, operator: string, o: { required?: number } = {}): Promise<Rotation> {
+    return this.transaction(async (s) => {
+      const now = s.now();
+      const row = await s.db.updateTable("rotations").set({ updated_at: now }).where("id", "=", id).where("status", "=", "proposed").returningAll().executeTakeFirst();
+      if (!row) {
+        const cur = await s.getRotation(id);
+        if (!cur) throw new StoreError("not_found", `rotation ${id} not found`);
+        throw new StoreError("conflict", `rotation ${id} is ${cur.status}; expected proposed`);
+      }
+      const r = toRotation(row);
+      if (r.proposedBy !== null && r.proposedBy === operator) throw new StoreError("conflict", `four eyes: ${operator} proposed rotation ${id} and may not approve it; another operator must`);
+      const repo = new RotationRepository(s.db);
+      const binding = rotationBinding(r).hash;
+      if (!(await repo.addApproval(id, operator, binding, now))) throw new StoreError("conflict", `four eyes: ${operator} approved rotation ${id} already; it needs another operator`);
+      const given = (await repo.approvals(id)).filter((a) => a.bindingHash === binding && a.operator !== r.proposedBy).length;
+      if (given < Math.max(r.approvalsRequired, o.required ?? 1)) return r;
+      return s.#transition(id, ["proposed"], { status: "approved", approved_by: operator, approved_at: now, updated_at: now });
+    });
   }
 
   /** approved -> running, with the new card/key set and the number of keys to re-wrap. Restarting a running job
@@ -804,8 +977,64 @@ export class Store {
     });
   }
 
+  /**
+   * running -> completed, only while nothing is owed to the new card (no item pending or packaged: rotation_items).
+   * A rotation that distributes completes through completeDistribution; this is for re-wrap-only jobs.
+   */
   async completeRotation(id: string): Promise<Rotation> {
-    return this.#transition(id, ["running"], { status: "completed", updated_at: this.now() });
+    const row = await this.db
+      .updateTable("rotations")
+      .set({ status: "completed", updated_at: this.now() })
+      .where("id", "=", id)
+      .where("status", "=", "running")
+      .where(nothingOwed)
+      .returningAll()
+      .executeTakeFirst();
+    if (row) return toRotation(row);
+    const cur = await this.getRotation(id);
+    if (!cur) throw new StoreError("not_found", `rotation ${id} not found`);
+    throw new StoreError("conflict", cur.status === "running" ? `rotation ${id} still owes its new card keys` : `rotation ${id} is ${cur.status}; expected running`);
+  }
+
+  /**
+   * The distribution's claim (issue 15 §1): none -> distributing for the one caller whose guarded UPDATE finds the
+   * rotation running and unclaimed; undefined for every other (the row is locked until the claimer's transaction
+   * ends, so on PostgreSQL the others wait and then find it claimed).
+   */
+  async claimDistribution(id: string): Promise<Rotation | undefined> {
+    const row = await this.db
+      .updateTable("rotations")
+      .set({ distribution: "distributing", updated_at: this.now() })
+      .where("id", "=", id)
+      .where("status", "=", "running")
+      .where("distribution", "=", "none")
+      .returningAll()
+      .executeTakeFirst();
+    return row && toRotation(row);
+  }
+
+  /** distributing -> distributed (every package made); false when another call got there first. */
+  async finishDistribution(id: string): Promise<boolean> {
+    const now = this.now();
+    const r = await this.db.updateTable("rotations").set({ distribution: "distributed", distributed_at: now, updated_at: now }).where("id", "=", id).where("distribution", "=", "distributing").executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
+  }
+
+  /**
+   * running -> completed for a distributed rotation once every item is delivered, acknowledged or dropped — one
+   * guarded UPDATE; undefined while something is owed (or when another call completed it).
+   */
+  async completeDistribution(id: string): Promise<Rotation | undefined> {
+    const row = await this.db
+      .updateTable("rotations")
+      .set({ status: "completed", updated_at: this.now() })
+      .where("id", "=", id)
+      .where("status", "=", "running")
+      .where("distribution", "=", "distributed")
+      .where(nothingOwed)
+      .returningAll()
+      .executeTakeFirst();
+    return row && toRotation(row);
   }
 
   async failRotation(id: string, error: string): Promise<Rotation> {
@@ -826,13 +1055,13 @@ export class Store {
 
   // ---- validity (FIG. 5, para 0062) -----------------------------------------------------------------------
 
-  /** Cards not retired whose validity VT ends at or before `until` (already expired ones included). */
+  /** Cards neither retired nor destroyed whose validity VT ends at or before `until` (already expired ones included). */
   async expiringCards(until: number, page: { afterId?: string; limit?: number } = {}): Promise<Card[]> {
     const rows = await this.db
       .selectFrom("cards")
       .selectAll()
       .where("valid_until", "<=", until)
-      .where("status", "!=", "retired")
+      .where("status", "not in", ["retired", "destroyed"])
       .where("id", ">", page.afterId ?? "")
       .orderBy("id")
       .limit(page.limit ?? 1000)
@@ -890,7 +1119,7 @@ export class Store {
       .onConflict((oc) => oc.column("dedup_key").doNothing())
       .returning(["id", "attempts"])
       .executeTakeFirst();
-    return r ? toEvent({ ...row, id: r.id, attempts: r.attempts, next_attempt_at: null }) : null;
+    return r ? toEvent({ ...row, id: r.id, attempts: r.attempts, next_attempt_at: null, fanned_out_at: null }) : null;
   }
 
   /** Events in id order after `afterId` (the events endpoint's cursor). */
@@ -924,19 +1153,240 @@ export class Store {
     return Number(r.n);
   }
 
-  /** The webhooks that already answered 2xx to an event. */
+  /** The webhooks that answered 2xx to an event (their deliveries are delivered). */
   async webhookAcks(eventId: number): Promise<Set<string>> {
-    const rows = await this.db.selectFrom("webhook_deliveries").select("webhook_id").where("event_id", "=", eventId).execute();
+    const rows = await this.db.selectFrom("webhook_queue").select("webhook_id").where("event_id", "=", eventId).where("status", "=", "delivered").execute();
     return new Set(rows.map((r) => r.webhook_id));
   }
 
-  /** Records that a webhook answered 2xx to an event (idempotent). */
-  async recordWebhookAck(eventId: number, webhookId: string): Promise<void> {
-    await this.db
-      .insertInto("webhook_deliveries")
-      .values({ event_id: eventId, webhook_id: webhookId, delivered_at: this.now() })
-      .onConflict((oc) => oc.columns(["event_id", "webhook_id"]).doNothing())
+  // ---- webhook deliveries (migration 0014): one row per (event, webhook), claimed before it is sent -------------
+
+  /** Events whose deliveries are not queued yet, oldest first. */
+  async eventsToFanOut(limit = 100): Promise<StoredEvent[]> {
+    const rows = await this.db.selectFrom("events").selectAll().where("fanned_out_at", "is", null).orderBy("id").limit(limit).execute();
+    return rows.map(toEvent);
+  }
+
+  /**
+   * Queues an event's deliveries to `webhookIds`, due at `dueAt`, and marks it queued (delivered at once when nobody
+   * subscribes). Idempotent: two servers queueing the same event make one row per webhook.
+   */
+  async fanOutEvent(eventId: number, webhookIds: string[], dueAt: number): Promise<void> {
+    const now = this.now();
+    await this.transaction(async (s) => {
+      if (webhookIds.length > 0)
+        await s.db
+          .insertInto("webhook_queue")
+          .values(webhookIds.map((w) => ({ event_id: eventId, webhook_id: w, status: "pending" as const, next_attempt_at: dueAt, created_at: now, updated_at: now })))
+          .onConflict((oc) => oc.columns(["event_id", "webhook_id"]).doNothing())
+          .execute();
+      await s.db
+        .updateTable("events")
+        .set(webhookIds.length > 0 ? { fanned_out_at: now } : { fanned_out_at: now, delivered_at: now })
+        .where("id", "=", eventId)
+        .where("fanned_out_at", "is", null)
+        .execute();
+    });
+  }
+
+  /** Enabled webhooks with pending deliveries due at `now` and not claimed by anyone (or whose claim ran out): how many each. */
+  async dueWebhookDeliveries(now: number): Promise<Map<string, number>> {
+    const rows = await this.db
+      .selectFrom("webhook_queue as q")
+      .innerJoin("webhooks as w", "w.id", "q.webhook_id")
+      .select((eb) => ["q.webhook_id", eb.fn.countAll<number | string>().as("n")])
+      .where("w.disabled_at", "is", null)
+      .where("q.status", "=", "pending")
+      .where("q.next_attempt_at", "<=", now)
+      .where((eb) => eb.or([eb("q.lease_until", "is", null), eb("q.lease_until", "<=", now)]))
+      .groupBy("q.webhook_id")
       .execute();
+    return new Map(rows.map((r) => [r.webhook_id, Number(r.n)]));
+  }
+
+  /**
+   * Claims up to `limit` of a webhook's due, unclaimed pending deliveries for `owner` until `leaseUntil`, oldest due
+   * first. The claim is one UPDATE whose WHERE says "unclaimed or expired": on PostgreSQL a second server's UPDATE
+   * of the same row waits for the first to commit and then no longer matches, so a delivery is claimed by one
+   * server at a time; SQLite has one writer. Returns what this call claimed.
+   */
+  async claimWebhookDeliveries(input: { webhookId: string; limit: number; now: number; owner: string; leaseUntil: number }): Promise<WebhookDelivery[]> {
+    const { webhookId, now } = input;
+    const rows = await this.db
+      .updateTable("webhook_queue")
+      .set({ lease_owner: input.owner, lease_until: input.leaseUntil, updated_at: now })
+      .where("webhook_id", "=", webhookId)
+      .where("status", "=", "pending")
+      .where("next_attempt_at", "<=", now)
+      .where((eb) => eb.or([eb("lease_until", "is", null), eb("lease_until", "<=", now)]))
+      .where("event_id", "in", (eb) =>
+        eb
+          .selectFrom("webhook_queue as c")
+          .select("c.event_id")
+          .where("c.webhook_id", "=", webhookId)
+          .where("c.status", "=", "pending")
+          .where("c.next_attempt_at", "<=", now)
+          .where((e) => e.or([e("c.lease_until", "is", null), e("c.lease_until", "<=", now)]))
+          .orderBy("c.next_attempt_at")
+          .orderBy("c.event_id")
+          .limit(input.limit),
+      )
+      .returningAll()
+      .execute();
+    return rows.map(toDelivery).sort((a, b) => a.nextAttemptAt - b.nextAttemptAt || a.eventId - b.eventId);
+  }
+
+  /** Extends `owner`'s claim on a pending delivery; false when the claim is no longer `owner`'s (it ran out and another server took it, or the delivery is settled). */
+  async renewWebhookLease(eventId: number, webhookId: string, owner: string, leaseUntil: number): Promise<boolean> {
+    const r = await this.db
+      .updateTable("webhook_queue")
+      .set({ lease_until: leaseUntil })
+      .where("event_id", "=", eventId)
+      .where("webhook_id", "=", webhookId)
+      .where("lease_owner", "=", owner)
+      .where("status", "=", "pending")
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
+  }
+
+  /** Gives up `owner`'s claims on these deliveries (a dispatcher stopping): due again for any server at once. */
+  async releaseWebhookLeases(owner: string, keys: { eventId: number; webhookId: string }[]): Promise<void> {
+    for (const k of keys)
+      await this.db
+        .updateTable("webhook_queue")
+        .set({ lease_owner: null, lease_until: null })
+        .where("event_id", "=", k.eventId)
+        .where("webhook_id", "=", k.webhookId)
+        .where("lease_owner", "=", owner)
+        .execute();
+  }
+
+  /**
+   * A 2xx answer: the delivery is delivered (whoever holds its claim: it was delivered), the event's attempt is
+   * counted, and the event is marked delivered when no enabled webhook still waits for it.
+   */
+  async completeWebhookDelivery(eventId: number, webhookId: string): Promise<void> {
+    const now = this.now();
+    await this.db
+      .updateTable("webhook_queue")
+      .set((eb) => ({ status: "delivered", delivered_at: now, attempts: eb("attempts", "+", 1), lease_owner: null, lease_until: null, last_error: null, updated_at: now }))
+      .where("event_id", "=", eventId)
+      .where("webhook_id", "=", webhookId)
+      .where("status", "=", "pending")
+      .execute();
+    await this.db.updateTable("events").set((eb) => ({ attempts: eb("attempts", "+", 1) })).where("id", "=", eventId).execute();
+    await this.settleWebhookEvents(eventId);
+  }
+
+  /**
+   * A failed attempt by the claim's `owner`: the delivery waits until `nextAttemptAt`, or with `dead` goes to the
+   * dead-letter record. False (nothing recorded) when the claim is no longer `owner`'s.
+   */
+  async failWebhookDelivery(input: { eventId: number; webhookId: string; owner: string; error: string; nextAttemptAt: number; dead: boolean }): Promise<boolean> {
+    const now = this.now();
+    const r = await this.db
+      .updateTable("webhook_queue")
+      .set((eb) => ({
+        attempts: eb("attempts", "+", 1),
+        last_error: input.error,
+        next_attempt_at: input.nextAttemptAt,
+        lease_owner: null,
+        lease_until: null,
+        updated_at: now,
+        ...(input.dead ? { status: "dead" as const, dead_at: now } : {}),
+      }))
+      .where("event_id", "=", input.eventId)
+      .where("webhook_id", "=", input.webhookId)
+      .where("lease_owner", "=", input.owner)
+      .where("status", "=", "pending")
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) return false;
+    await this.db
+      .updateTable("events")
+      .set((eb) => ({ attempts: eb("attempts", "+", 1), last_error: `webhook ${input.webhookId}: ${input.error}`.slice(0, 1000) }))
+      .where("id", "=", input.eventId)
+      .execute();
+    return true;
+  }
+
+  /**
+   * Marks delivered the queued events (or the one given) that no enabled webhook still waits for: every delivery
+   * delivered, or to a webhook since disabled. A dead letter keeps its event undelivered. Returns how many.
+   */
+  async settleWebhookEvents(eventId?: number): Promise<number> {
+    let q = this.db
+      .updateTable("events")
+      .set({ delivered_at: this.now(), last_error: null })
+      .where("delivered_at", "is", null)
+      .where("fanned_out_at", "is not", null)
+      .where((eb) =>
+        eb.not(
+          eb.exists(
+            eb
+              .selectFrom("webhook_queue as q")
+              .innerJoin("webhooks as w", "w.id", "q.webhook_id")
+              .select("q.event_id")
+              .whereRef("q.event_id", "=", "events.id")
+              .where("q.status", "!=", "delivered")
+              .where("w.disabled_at", "is", null),
+          ),
+        ),
+      );
+    if (eventId !== undefined) q = q.where("id", "=", eventId);
+    return Number((await q.executeTakeFirst()).numUpdatedRows);
+  }
+
+  /** Pending deliveries to enabled webhooks not due before `now`. */
+  async countWaitingWebhookDeliveries(now: number): Promise<number> {
+    const r = await this.db
+      .selectFrom("webhook_queue as q")
+      .innerJoin("webhooks as w", "w.id", "q.webhook_id")
+      .select((eb) => eb.fn.countAll<number | string>().as("n"))
+      .where("w.disabled_at", "is", null)
+      .where("q.status", "=", "pending")
+      .where("q.next_attempt_at", ">", now)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /** Deliveries by status (e.g. the dead letters), in (event, webhook) order; page with `after`. */
+  async listWebhookDeliveries(
+    filter: { status?: WebhookDeliveryStatus; webhookId?: string; eventId?: number; after?: { eventId: number; webhookId: string }; limit?: number } = {},
+  ): Promise<WebhookDelivery[]> {
+    let q = this.db.selectFrom("webhook_queue").selectAll();
+    if (filter.status) q = q.where("status", "=", filter.status);
+    if (filter.webhookId) q = q.where("webhook_id", "=", filter.webhookId);
+    if (filter.eventId !== undefined) q = q.where("event_id", "=", filter.eventId);
+    const after = filter.after;
+    if (after) q = q.where((eb) => eb.or([eb("event_id", ">", after.eventId), eb.and([eb("event_id", "=", after.eventId), eb("webhook_id", ">", after.webhookId)])]));
+    const rows = await q.orderBy("event_id").orderBy("webhook_id").limit(filter.limit ?? 100).execute();
+    return rows.map(toDelivery);
+  }
+
+  /**
+   * Moves dead letters back to pending, due at `now`, with their attempts counted afresh: all of a webhook's, or the
+   * ones named. Only those of enabled webhooks. Returns the deliveries retried.
+   */
+  async retryDeadWebhookDeliveries(filter: { webhookId?: string; deliveries?: { eventId: number; webhookId: string }[] }, now: number): Promise<WebhookDelivery[]> {
+    if (!filter.webhookId && !filter.deliveries?.length) throw new StoreError("invalid", "retry: name a webhook or deliveries");
+    return this.transaction(async (s) => {
+      let q = s.db
+        .updateTable("webhook_queue")
+        .set({ status: "pending", attempts: 0, next_attempt_at: now, dead_at: null, lease_owner: null, lease_until: null, updated_at: now })
+        .where("status", "=", "dead")
+        .where("webhook_id", "in", (eb) => eb.selectFrom("webhooks").select("id").where("disabled_at", "is", null));
+      if (filter.webhookId) q = q.where("webhook_id", "=", filter.webhookId);
+      const named = filter.deliveries;
+      if (named?.length) q = q.where((eb) => eb.or(named.map((d) => eb.and([eb("event_id", "=", d.eventId), eb("webhook_id", "=", d.webhookId)]))));
+      const rows = await q.returningAll().execute();
+      return rows.map(toDelivery).sort((a, b) => a.eventId - b.eventId || a.webhookId.localeCompare(b.webhookId));
+    });
+  }
+
+  /** Events by id (those that exist). */
+  async getEvents(ids: number[]): Promise<StoredEvent[]> {
+    if (ids.length === 0) return [];
+    return (await this.db.selectFrom("events").selectAll().where("id", "in", ids).orderBy("id").execute()).map(toEvent);
   }
 
   async markEventDelivered(id: number): Promise<void> {
@@ -971,8 +1421,16 @@ export class Store {
     return rows.map(toWebhook).filter((w) => type === undefined || w.eventTypes.includes("*") || w.eventTypes.includes(type));
   }
 
-  async disableWebhook(id: string): Promise<void> {
-    await this.db.updateTable("webhooks").set({ disabled_at: this.now() }).where("id", "=", id).execute();
+  /** A webhook by id, enabled or not. */
+  async getWebhook(id: string): Promise<Webhook | undefined> {
+    const row = await this.db.selectFrom("webhooks").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toWebhook(row);
+  }
+
+  /** Disables an enabled webhook (no further deliveries); false when there is no enabled webhook `id`. */
+  async disableWebhook(id: string): Promise<boolean> {
+    const r = await this.db.updateTable("webhooks").set({ disabled_at: this.now() }).where("id", "=", id).where("disabled_at", "is", null).executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
   }
 
   // ---- operators ------------------------------------------------------------------------------------------
@@ -1026,6 +1484,9 @@ export function isConstraintViolation(e: unknown): boolean {
   return code.startsWith("SQLITE_CONSTRAINT") || code === "23505" || code === "23503" || code === "23514";
 }
 
+/** No item of the rotation (the outer query's row) is still owed: pending or packaged. */
+const nothingOwed = sql<boolean>`not exists (select 1 from rotation_items i where i.rotation_id = rotations.id and i.state in ('pending', 'packaged'))`;
+
 function checkValidity(what: string, from: number, until: number): void {
   if (!Number.isSafeInteger(from) || !Number.isSafeInteger(until)) throw new StoreError("invalid", `${what} validity: expected epoch ms integers`);
   if (from > until) throw new StoreError("invalid", `${what} validity: starts (${from}) after it ends (${until})`);
@@ -1064,6 +1525,10 @@ function toCard(r: Selectable<Database["cards"]>): Card {
     lastPackageSeq: r.last_package_seq,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+    statusVersion: Number(r.status_version),
+    statusChangedAt: r.status_changed_at === null ? null : Number(r.status_changed_at),
+    statusChangedBy: r.status_changed_by,
+    statusReason: r.status_reason,
   };
 }
 
@@ -1126,6 +1591,13 @@ function toRotation(r: Selectable<Database["rotations"]>): Rotation {
     error: r.error,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+    proposedBy: r.proposed_by,
+    newCardId: r.new_card_id,
+    added: parseAdded(r.added),
+    dropped: JSON.parse(r.dropped) as string[],
+    approvalsRequired: Number(r.approvals_required),
+    distribution: r.distribution,
+    distributedAt: r.distributed_at === null ? null : Number(r.distributed_at),
   };
 }
 
@@ -1146,6 +1618,23 @@ function toEvent(r: Selectable<Database["events"]>): StoredEvent {
 
 function toWebhook(r: Selectable<Database["webhooks"]>): Webhook {
   return { id: r.id, url: r.url, eventTypes: JSON.parse(r.event_types) as string[], secretRef: r.secret_ref, createdAt: r.created_at, disabledAt: r.disabled_at };
+}
+
+function toDelivery(r: Selectable<Database["webhook_queue"]>): WebhookDelivery {
+  return {
+    eventId: Number(r.event_id),
+    webhookId: r.webhook_id,
+    status: r.status,
+    attempts: r.attempts,
+    nextAttemptAt: r.next_attempt_at,
+    leaseOwner: r.lease_owner,
+    leaseUntil: r.lease_until,
+    lastError: r.last_error,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    deliveredAt: r.delivered_at,
+    deadAt: r.dead_at,
+  };
 }
 
 function toOperator(r: Selectable<Database["operators"]>): Operator {

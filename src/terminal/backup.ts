@@ -12,9 +12,10 @@
 // same two methods (an HTTP client, say). Everything that crosses any of these is an envelope
 // (src/terminal/enciphered.ts) — ciphertext — and every store refuses anything else.
 
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { concat, findTlv, parseTlvs, tlv } from "../card/tlv.ts";
+import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
 import { cardKid, EncipheredError, parseEnvelope } from "./enciphered.ts";
 import type { PivClient } from "./piv-client.ts";
 
@@ -65,11 +66,15 @@ const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.
 
 // --- the terminal's store --------------------------------------------------------------------------------------
 
-/** Envelopes as files `<objectId>.env` in a directory of the terminal (0700, files 0600, replaced atomically). */
+/**
+ * Envelopes as files `<objectId>.env` in a directory of the terminal: the directory 0700 and refused when other users
+ * may write it, files 0600, each written to a fresh temporary name (O_EXCL | O_NOFOLLOW) and renamed into place, read
+ * without following a symlink (issue 15 §6, src/util/files.ts).
+ */
 export class TerminalEncipheredStore implements EncipheredStore {
   readonly name = "terminal";
   constructor(readonly dir: string) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ensurePrivateDirectory(dir);
   }
 
   private file(objectId: string): string {
@@ -82,23 +87,20 @@ export class TerminalEncipheredStore implements EncipheredStore {
       if (!n.endsWith(".env")) continue;
       const objectId = n.slice(0, -4);
       if (!OBJECT_ID.test(objectId)) continue;
-      out.push({ objectId, envelope: new Uint8Array(readFileSync(join(this.dir, n))) });
+      const bytes = readFileNoFollow(join(this.dir, n));
+      if (bytes) out.push({ objectId, envelope: new Uint8Array(bytes) });
     }
     return out;
   }
 
   async get(objectId: string): Promise<Uint8Array | undefined> {
-    const f = this.file(objectId);
-    return existsSync(f) ? new Uint8Array(readFileSync(f)) : undefined;
+    const bytes = readFileNoFollow(this.file(objectId));
+    return bytes && new Uint8Array(bytes);
   }
 
   async put(objects: EncipheredObject[]): Promise<void> {
     for (const o of objects) checkEnvelope(o);
-    for (const o of objects) {
-      const f = this.file(o.objectId);
-      writeFileSync(`${f}.tmp`, o.envelope, { mode: 0o600 });
-      renameSync(`${f}.tmp`, f);
-    }
+    for (const o of objects) writeFileAtomic(this.file(o.objectId), o.envelope);
   }
 
   async remove(objectId: string): Promise<void> {

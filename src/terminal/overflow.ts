@@ -3,10 +3,15 @@
 // the private key and its certificate sealed under the card key, so the pair is never in clear outside the card.
 // The card accepts an export back into the same card while it is that slot's newest export, or into a successor card
 // that holds the old card's key set bound to the old card ID (rotation, embodiments 4 and 5; docs/card-protocol.md).
+//
+// Files (issue 15 §6): the directory is created 0700 and refused when other users may write it; each package is
+// written 0600 to a fresh temporary name (O_EXCL | O_NOFOLLOW) and renamed into place, so a symlink planted at the
+// package's name or at a temporary name is never written through (src/util/files.ts), and read without following one.
 
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { packageHeader } from "../card/package.ts";
+import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
 import type { PivClient } from "./piv-client.ts";
 
 export interface OverflowEntry {
@@ -17,8 +22,9 @@ export interface OverflowEntry {
 }
 
 export class OverflowStore {
+  /** Creates `dir` (0700) when missing; throws UnsafeFileError when other users may write it. */
   constructor(readonly dir: string) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ensurePrivateDirectory(dir);
   }
 
   private file(cardId: string, keyRef: string): string {
@@ -30,16 +36,14 @@ export class OverflowStore {
   put(bytes: Uint8Array): OverflowEntry {
     const h = packageHeader(bytes);
     if (h.kind !== "export") throw new Error("only packages exported by a card belong in the overflow store");
-    const f = this.file(h.cardId, h.keyRef);
-    writeFileSync(`${f}.tmp`, bytes, { mode: 0o600 });
-    renameSync(`${f}.tmp`, f);
+    writeFileAtomic(this.file(h.cardId, h.keyRef), bytes);
     return { cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, bytes };
   }
 
   get(cardId: string, keyRef: string): OverflowEntry | undefined {
-    const f = this.file(cardId, keyRef);
-    if (!existsSync(f)) return undefined;
-    const bytes = new Uint8Array(readFileSync(f));
+    const read = readFileNoFollow(this.file(cardId, keyRef));
+    if (!read) return undefined;
+    const bytes = new Uint8Array(read);
     const h = packageHeader(bytes);
     return { cardId: h.cardId, keyRef: h.keyRef, seq: h.seq, bytes };
   }

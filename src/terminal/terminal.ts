@@ -9,8 +9,11 @@
 // MACed/encrypted under session keys the terminal does not have, and what the overflow store keeps is the card's
 // own sealed export. The only secret the terminal holds is the card-bound token (memory only) and the PIN the
 // user gives it for moving keys out (EXPORT KEY WRAPPED and DELETE KEY need it).
+//
+// Its state file (issue 15 §6) lives in a directory created 0700 and refused when other users may write it; it is
+// written 0600 to a fresh temporary name (O_EXCL | O_NOFOLLOW) and renamed into place, and read without following a
+// symlink (src/util/files.ts).
 
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { parseResponse } from "../card/apdu.ts";
 import { CERT_OBJECT, packageHeader } from "../card/package.ts";
@@ -21,6 +24,7 @@ import type { IssuerApiClient, RelayCardResult, RelayStart } from "./api-client.
 import { readCardInfo } from "./card-info.ts";
 import { moveOut, OverflowStore, type OverflowEntry } from "./overflow.ts";
 import { PivClient } from "./piv-client.ts";
+import { ensurePrivateDirectory, readFileNoFollow, UnsafeFileError, writeFileAtomic } from "../util/files.ts";
 
 const SW_OK = 0x9000;
 const SW_FULL = 0x6a84;
@@ -143,10 +147,18 @@ export class UserTerminal {
     const fresh: TerminalState = { version: 1, cardId: info.cardId, lastSeq: 0, pendingAcks: [], clock: 0, slots: {} };
     let state = fresh;
     const stateFile = typeof o.stateFile === "function" ? o.stateFile(info.cardId) : o.stateFile;
-    if (stateFile && existsSync(stateFile)) {
+    let saved: Buffer | undefined;
+    try {
+      if (stateFile) ensurePrivateDirectory(dirname(stateFile));
+      saved = stateFile ? readFileNoFollow(stateFile) : undefined;
+    } catch (e) {
+      if (e instanceof UnsafeFileError) throw new TerminalError(`terminal state ${stateFile}: ${e.message}`);
+      throw e;
+    }
+    if (stateFile && saved) {
       let parsed: TerminalState;
       try {
-        parsed = JSON.parse(readFileSync(stateFile, "utf8")) as TerminalState;
+        parsed = JSON.parse(saved.toString("utf8")) as TerminalState;
       } catch (e) {
         throw new TerminalError(`terminal state ${stateFile}: ${(e as Error).message}`);
       }
@@ -172,9 +184,8 @@ export class UserTerminal {
   private save(): void {
     const f = this.stateFile;
     if (!f) return;
-    mkdirSync(dirname(f), { recursive: true, mode: 0o700 });
-    writeFileSync(`${f}.tmp`, JSON.stringify(this.state, null, 2) + "\n", { mode: 0o600 });
-    renameSync(`${f}.tmp`, f);
+    ensurePrivateDirectory(dirname(f));
+    writeFileAtomic(f, JSON.stringify(this.state, null, 2) + "\n");
   }
 
   /** Marks a slot as used now (least-recently-used order for moving slots out). */

@@ -3,7 +3,8 @@
 // so a crashed test never leaves a stale lock behind (unlike pid files).
 
 import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, constants, openSync, writeSync } from "node:fs";
+import { readFileNoFollow } from "../util/files.ts";
 
 export interface FileLock {
   readonly path: string;
@@ -45,7 +46,13 @@ export function acquireFileLock(path: string, timeoutMs: number, owner = `pid ${
       if (settled || !out.includes("locked")) return;
       settled = true;
       try {
-        writeFileSync(`${path}.owner`, `${owner}\n`);
+        // beside a lock in a shared directory (/tmp): never written (nor read, below) through a planted symlink (issue 15 §6)
+        const fd = openSync(`${path}.owner`, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
+        try {
+          writeSync(fd, `${owner}\n`);
+        } finally {
+          closeSync(fd);
+        }
       } catch {
         // diagnostics only
       }
@@ -69,7 +76,7 @@ export function acquireFileLock(path: string, timeoutMs: number, owner = `pid ${
 
 function readOwner(path: string): string | undefined {
   try {
-    return readFileSync(`${path}.owner`, "utf8").trim() || undefined;
+    return readFileNoFollow(`${path}.owner`)?.toString("utf8").slice(0, 200).trim() || undefined;
   } catch {
     return undefined;
   }
