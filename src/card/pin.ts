@@ -16,11 +16,16 @@
 // image taken before still holds it: nothing in the card can change that.)
 
 import { createHash, randomBytes, scryptSync, timingSafeEqual } from "node:crypto";
-import type { CardRuntime } from "./runtime.ts";
 import type { CardState, PinKdf, PinState } from "./state.ts";
 import { CardError, SW } from "./sw.ts";
 
 export type PinRef = "pin" | "puk";
+
+/** What the PIN checks need of the card (CardRuntime is one): its state, and the atomic commit that changes it. */
+export interface PinCard {
+  readonly state: Readonly<CardState>;
+  commit(mutate: (s: CardState) => void): void;
+}
 
 /** The production cost (see the header). */
 export const DEFAULT_PIN_KDF: Readonly<PinKdf> = Object.freeze({ alg: "scrypt", logN: 13, r: 8, p: 1 });
@@ -98,7 +103,7 @@ function failure(tries: number): CardError {
   return tries === 0 ? new CardError(SW.AUTH_METHOD_BLOCKED, "blocked") : new CardError(SW.VERIFY_FAILED | Math.min(tries, 15), "wrong reference data");
 }
 
-export function triesLeft(card: CardRuntime, ref: PinRef): number {
+export function triesLeft(card: PinCard, ref: PinRef): number {
   return card.state[ref].tries;
 }
 
@@ -106,7 +111,7 @@ export function triesLeft(card: CardRuntime, ref: PinRef): number {
  * The first step of every comparison: refuses a blocked reference (6983) or one whose stored cost is unusable
  * (6984), then commits tries-1 (and with it the state counter) before anything is compared.
  */
-function spendTry(card: CardRuntime, ref: PinRef): void {
+function spendTry(card: PinCard, ref: PinRef): void {
   const p = card.state[ref];
   if (p.tries <= 0) throw new CardError(SW.AUTH_METHOD_BLOCKED, `${ref} blocked`);
   if (p.kdf && pinKdfProblem(p.kdf)) throw new CardError(SW.REFERENCE_DATA_NOT_USABLE, `${ref} reference data has an unusable KDF cost`);
@@ -119,7 +124,7 @@ function spendTry(card: CardRuntime, ref: PinRef): void {
  * Checks `candidate` against the PIN or PUK. Throws 63Cx / 6983 on failure.
  * Order of persistent writes: (1) tries-1 committed, (2) compare, (3) on success tries reset committed.
  */
-export function verifyReference(card: CardRuntime, ref: PinRef, candidate: Uint8Array): void {
+export function verifyReference(card: PinCard, ref: PinRef, candidate: Uint8Array): void {
   spendTry(card, ref);
   if (!matches(card.state[ref], candidate)) throw failure(card.state[ref].tries);
   card.commit((s) => {
@@ -128,7 +133,7 @@ export function verifyReference(card: CardRuntime, ref: PinRef, candidate: Uint8
 }
 
 /** CHANGE REFERENCE DATA: verifies the old value (with the counter rule above), then sets the new one atomically. */
-export function changeReference(card: CardRuntime, ref: PinRef, oldValue: Uint8Array, newValue: Uint8Array): void {
+export function changeReference(card: PinCard, ref: PinRef, oldValue: Uint8Array, newValue: Uint8Array): void {
   spendTry(card, ref);
   const p = card.state[ref];
   if (!matches(p, oldValue)) throw failure(p.tries);
@@ -139,7 +144,7 @@ export function changeReference(card: CardRuntime, ref: PinRef, oldValue: Uint8A
 }
 
 /** RESET RETRY COUNTER: the PUK (counted like a PIN) unblocks the PIN and sets a new one; PUK reset and new PIN in one commit. */
-export function resetRetryCounter(card: CardRuntime, puk: Uint8Array, newPin: Uint8Array): void {
+export function resetRetryCounter(card: PinCard, puk: Uint8Array, newPin: Uint8Array): void {
   spendTry(card, "puk");
   if (!matches(card.state.puk, puk)) throw failure(card.state.puk.tries);
   const pin = newReference(newPin, card.state.pin.maxTries, kdfFor(card.state.pin));

@@ -31,10 +31,9 @@
 import { appendAudit } from "../store/audit.ts";
 import type { CardStatus } from "../store/db.ts";
 import { StoreError, type Card, type JsonValue, type Store } from "../store/store.ts";
-// issuer.ts imports this module too: the errors are used only when a call refuses, never while the modules load.
-import { CardStateError, IssuerError } from "./issuer.ts";
+import { CardStateError, IssuerError } from "./errors.ts";
 
-export { CardStateError, type CardStateCheck } from "./issuer.ts";
+export { CardStateError, type CardStateCheck } from "./errors.ts";
 
 export type CardTransition = "personalise" | "suspend" | "resume" | "retire" | "report-destroyed";
 

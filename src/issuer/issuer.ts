@@ -16,13 +16,15 @@ import type { RevocationReason } from "../ca/crl.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
 import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, Store, User } from "../store/store.ts";
-import type { CardStatus } from "../store/db.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { CardKeys } from "./card-keys.ts";
 import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { changeCardState, checkCardState, requireCardState, type CardActor, type CardTransition } from "./card-lifecycle.ts";
 import type { Transmit } from "../terminal/apdu-client.ts";
 import { TransportKeyError, transportKeysFor, type TransportOptions } from "./transport-keys.ts";
+import { IssuerError } from "./errors.ts";
+
+export { CardStateError, IssuerError, type CardStateCheck } from "./errors.ts";
 
 const DAY = 86_400_000;
 /** How long a credential request's claim on a slot holds against others: a stalled server's is taken over after it. */
@@ -33,32 +35,6 @@ export const SLOTS = ["9a", "9c", "9d", "9e", ...Array.from({ length: 20 }, (_, 
 export type Slot = string;
 
 export const CARD_KEY_ALGS: readonly KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
-
-export class IssuerError extends Error {
-  constructor(
-    readonly code: "not_found" | "conflict" | "invalid" | "refused",
-    message: string,
-  ) {
-    super(message);
-    this.name = "IssuerError";
-  }
-}
-
-export type CardStateCheck = "card_state" | "card_transition_not_allowed";
-
-/**
- * A refusal for a card's state (card-lifecycle.ts; 409 naming `check`): the act needs another state, or the
- * transition does not leave the card's state.
- */
-export class CardStateError extends IssuerError {
-  constructor(
-    readonly check: CardStateCheck,
-    message: string,
-    readonly details: { cardId: string; state: CardStatus; [k: string]: JsonValue },
-  ) {
-    super("conflict", message);
-  }
-}
 
 export interface IssuerOptions {
   store: Store;

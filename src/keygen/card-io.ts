@@ -7,12 +7,20 @@
 //     the certificate into its PIV object, in one session (seed 001 steps 319/434).
 // Never: returns or logs a key; the secret ID is returned to the caller, who digests it and wipes it.
 
-import type { KeyCustody, KeyPairAlg } from "../custody/custody.ts";
+import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { deliveryScript, runScript, type CardScript } from "../issuer/card-scripts.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
 import { findTlv } from "../card/tlv.ts";
-import { ApduError } from "../terminal/apdu-client.ts";
-import type { InsertedCard, PivSlot } from "./device.ts";
+import { ApduError, type Transmit } from "../terminal/apdu-client.ts";
+
+/** PIV key references the device writes (SP 800-73-4 Table 4b). */
+export type PivSlot = "9a" | "9c" | "9d" | "9e";
+
+/** The card inserted into the device (step 319/434): how to reach it, and its SCP03 key set in custody. */
+export interface InsertedCard {
+  transmit: Transmit;
+  keySet: KeySetRef;
+}
 
 /** GP GET DATA (80 CA) of the card's secret ID, tag DF21. */
 const GET_SECRET_ID = { cla: 0x80, ins: 0xca, p1: 0xdf, p2: 0x21, le: 256 } as const;

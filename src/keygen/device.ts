@@ -30,18 +30,17 @@
 import { randomUUID } from "node:crypto";
 import { CaRefusal } from "../ca/checks.ts";
 import type { CaClient, CertifyResult } from "../ca/client.ts";
-import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
+import type { KeyCustody, KeyPairAlg } from "../custody/custody.ts";
 import { validateSubject, type SubjectName } from "../ca/name.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
 import { buildSignedCsr } from "./csr.ts";
-import { readCardSecretId, writeKeyIntoCard } from "./card-io.ts";
+import { readCardSecretId, writeKeyIntoCard, type InsertedCard, type PivSlot } from "./card-io.ts";
 import type { KeyEscrowHook } from "./escrow.ts";
 import { deviceRefusal, KeyGenerationRefusal } from "./errors.ts";
 import { publicKeySha256Of, type IssuedKeyRegistry } from "./registry.ts";
 import { verifyIssuedCertificate } from "./verify.ts";
 
-/** PIV key references the device writes (SP 800-73-4 Table 4b). */
-export type PivSlot = "9a" | "9c" | "9d" | "9e";
+export type { InsertedCard, PivSlot } from "./card-io.ts";
+
 const SLOTS: readonly PivSlot[] = ["9a", "9c", "9d", "9e"];
 const ALGS: readonly KeyPairAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
 
@@ -64,12 +63,6 @@ export interface KeyGenerationDeviceOptions {
   clock?: () => Date;
   /** Seed 001 step S3: where keys are escrowed when an issue asks for it (src/recovery/service.ts escrowHook). */
   escrow?: KeyEscrowHook;
-}
-
-/** The card inserted into the device (step 319/434): how to reach it, and its SCP03 key set in custody. */
-export interface InsertedCard {
-  transmit: Transmit;
-  keySet: KeySetRef;
 }
 
 export interface IssueCardRequest {

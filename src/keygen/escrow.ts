@@ -9,7 +9,7 @@
 // the bytes once the hook returns.
 
 import type { KeyPairAlg, KeySetRef } from "../custody/custody.ts";
-import type { PivSlot } from "./device.ts";
+import type { PivSlot } from "./card-io.ts";
 
 export interface EscrowInput {
   /** The card record the escrow belongs to (the policy's card id; a reissued card keeps it). */
