@@ -1,0 +1,239 @@
+// Key pairs and their wrapped private keys in the issuer's store (ST16-ST21): the public key of each key pair (ST17),
+// its private key wrapped under each card key set it is wrapped under (Sk[PRk], ST18; one row per key set), a whole
+// credential recorded in one transaction (with its certificate: certificate-repository.ts), the credential slot
+// claims (through rotation-repository.ts), and the paged reads of the bulk re-wrap. Store (store.ts) delegates to it;
+// one code path for SQLite and PostgreSQL.
+//
+// Never: a clear private key. Only wrapped ones, and public keys.
+
+import type { Selectable, Transaction } from "kysely";
+import { certRow, toCertificate, type Certificate, type NewCertificate } from "./certificate-repository.ts";
+import type { Database, KeyPairStatus } from "./db.ts";
+import { newId } from "./ids.ts";
+import { buf, checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
+import { RotationRepository } from "./rotation-repository.ts";
+
+export interface KeyPair {
+  id: string;
+  userId: string;
+  cardId: string | null;
+  slot: string | null;
+  algorithm: string;
+  publicKey: Buffer;
+  status: KeyPairStatus;
+  createdAt: number;
+}
+
+export interface WrappedKey {
+  /** Row id: the page cursor of the bulk re-wrap. */
+  id: number;
+  keyPairId: string;
+  keySetId: string;
+  /** Sk[PRk]. */
+  wrapped: Buffer;
+  createdAt: number;
+}
+
+export interface NewKeyPair {
+  id?: string;
+  userId: string;
+  cardId?: string | null;
+  slot?: string | null;
+  algorithm: string;
+  publicKey: Uint8Array;
+  status?: KeyPairStatus;
+}
+
+export interface RecordedCredential {
+  keyPair: KeyPair;
+  wrapped: WrappedKey[];
+  certificate: Certificate | null;
+}
+
+const MAX_PAGE = 50_000;
+
+export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
+  protected override bind(trx: Transaction<Database>): KeyPairRepository {
+    return new KeyPairRepository(trx, this.clock);
+  }
+
+  /**
+   * Records a new credential in ONE transaction: the key pair (ST17), its private key wrapped under each given
+   * card key set (ST18, Sk[PRk]) and, when already issued, its certificate (ST21). Either all rows land or none.
+   */
+  async recordCredential(input: {
+    keyPair: NewKeyPair;
+    wrapped: { keySetId: string; wrapped: Uint8Array }[];
+    certificate?: NewCertificate | null;
+  }): Promise<RecordedCredential> {
+    const now = this.now();
+    const kp = input.keyPair;
+    if (kp.publicKey.length === 0) throw new StoreError("invalid", "publicKey: empty");
+    const kpRow = {
+      id: kp.id ?? newId(),
+      user_id: kp.userId,
+      card_id: kp.cardId ?? null,
+      slot: kp.slot ?? null,
+      algorithm: kp.algorithm,
+      public_key: kp.publicKey,
+      status: kp.status ?? ("active" as KeyPairStatus),
+      created_at: now,
+    };
+    for (const w of input.wrapped) if (w.wrapped.length === 0) throw new StoreError("invalid", `wrapped key under ${w.keySetId}: empty`);
+    const cert = input.certificate ?? null;
+    if (cert) checkValidity("certificate", cert.notBefore, cert.notAfter);
+    return this.transaction(async (s) => {
+      await insertOrConflict(
+        s.db.insertInto("key_pairs").values(kpRow).execute(),
+        kpRow.slot !== null && kpRow.status === "active"
+          ? `key pair ${kpRow.id} exists, user/card unknown, or slot ${kpRow.slot} of card ${kpRow.card_id} holds an active key pair already`
+          : `key pair ${kpRow.id} exists, or user/card unknown`,
+      );
+      let wrapped: WrappedKey[] = [];
+      if (input.wrapped.length > 0) {
+        const rows = await insertOrConflict(
+          s.db
+            .insertInto("wrapped_keys")
+            .values(input.wrapped.map((w) => ({ key_pair_id: kpRow.id, key_set_id: w.keySetId, wrapped: w.wrapped, created_at: now })))
+            .returning("id")
+            .execute(),
+          `wrapped keys of ${kpRow.id}: unknown key set, or the same key set twice`,
+        );
+        wrapped = rows.map((r, i) => ({ id: r.id, keyPairId: kpRow.id, keySetId: input.wrapped[i].keySetId, wrapped: Buffer.from(input.wrapped[i].wrapped), createdAt: now }));
+      }
+      let certificate: Certificate | null = null;
+      if (cert) {
+        const row = certRow(cert, kpRow.id, now);
+        await insertOrConflict(s.db.insertInto("certificates").values(row).execute(), `certificate serial ${cert.serial} exists`);
+        certificate = toCertificate(row);
+      }
+      return { keyPair: toKeyPair(kpRow), wrapped, certificate };
+    });
+  }
+
+  /** Adds Sk[PRk] of an existing key pair under another card key set (embodiment 3-5 re-wrap, single key). */
+  async addWrappedKey(keyPairId: string, keySetId: string, wrapped: Uint8Array): Promise<WrappedKey> {
+    const now = this.now();
+    const r = await insertOrConflict(
+      this.db.insertInto("wrapped_keys").values({ key_pair_id: keyPairId, key_set_id: keySetId, wrapped, created_at: now }).returning("id").executeTakeFirstOrThrow(),
+      `key pair ${keyPairId} already wrapped under ${keySetId}, or either is unknown`,
+    );
+    return { id: r.id, keyPairId, keySetId, wrapped: Buffer.from(wrapped), createdAt: now };
+  }
+
+  async getKeyPair(id: string): Promise<KeyPair | undefined> {
+    const row = await this.db.selectFrom("key_pairs").selectAll().where("id", "=", id).executeTakeFirst();
+    return row && toKeyPair(row);
+  }
+
+  async listKeyPairs(filter: { cardId?: string; userId?: string; status?: KeyPairStatus; slot?: string }): Promise<KeyPair[]> {
+    let q = this.db.selectFrom("key_pairs").selectAll();
+    if (filter.cardId !== undefined) q = q.where("card_id", "=", filter.cardId);
+    if (filter.slot !== undefined) q = q.where("slot", "=", filter.slot);
+    if (filter.userId !== undefined) q = q.where("user_id", "=", filter.userId);
+    if (filter.status !== undefined) q = q.where("status", "=", filter.status);
+    return (await q.orderBy("created_at").orderBy("id").execute()).map(toKeyPair);
+  }
+
+  async updateKeyPair(id: string, change: { status?: KeyPairStatus; cardId?: string | null; slot?: string | null }): Promise<void> {
+    const set: { status?: KeyPairStatus; card_id?: string | null; slot?: string | null } = {};
+    if (change.status !== undefined) set.status = change.status;
+    if (change.cardId !== undefined) set.card_id = change.cardId;
+    if (change.slot !== undefined) set.slot = change.slot;
+    if (Object.keys(set).length === 0) return;
+    const r = await this.db.updateTable("key_pairs").set(set).where("id", "=", id).executeTakeFirst();
+    if (Number(r.numUpdatedRows) !== 1) throw new StoreError("not_found", `key pair ${id} not found`);
+  }
+
+  /**
+   * A credential request's claim on (card, slot), held from before its key is certified until the transaction that
+   * records it (rotation-repository.ts): true when this claim holds it now — it was free, or its holder's lease ran
+   * out (a stalled or crashed server) — false while another request holds it.
+   */
+  async claimCredentialSlot(cardId: string, slot: string, claimId: string, leaseMs: number): Promise<boolean> {
+    return new RotationRepository(this.db).claimSlot(cardId, slot, claimId, this.now(), leaseMs);
+  }
+
+  /** Gives a claim up (in the recording transaction, or after a failure); false when `claimId` no longer holds it. */
+  async releaseCredentialSlot(cardId: string, slot: string, claimId: string): Promise<boolean> {
+    return new RotationRepository(this.db).releaseSlot(cardId, slot, claimId);
+  }
+
+  async getWrappedKey(keyPairId: string, keySetId: string): Promise<WrappedKey | undefined> {
+    const row = await this.db
+      .selectFrom("wrapped_keys")
+      .selectAll()
+      .where("key_pair_id", "=", keyPairId)
+      .where("key_set_id", "=", keySetId)
+      .executeTakeFirst();
+    return row && toWrapped(row);
+  }
+
+  async countWrappedKeys(keySetId: string, afterId = 0): Promise<number> {
+    const r = await this.db
+      .selectFrom("wrapped_keys")
+      .select((eb) => eb.fn.countAll<number>().as("n"))
+      .where("key_set_id", "=", keySetId)
+      .where("id", ">", afterId)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /**
+   * The keys wrapped under a card key set, as pages in primary-key order (keyset pagination: each page is one
+   * indexed range query `id > last`, so memory stays at one page however many keys there are, and no
+   * connection or snapshot is held between pages). Start after `afterId` to resume a checkpointed scan.
+   */
+  async *wrappedKeyPages(keySetId: string, options: { afterId?: number; pageSize?: number } = {}): AsyncGenerator<WrappedKey[]> {
+    const size = options.pageSize ?? 1000;
+    if (!Number.isInteger(size) || size < 1 || size > MAX_PAGE) throw new StoreError("invalid", `pageSize: expected 1..${MAX_PAGE}, got ${size}`);
+    let after = options.afterId ?? 0;
+    while (true) {
+      const rows = await this.db
+        .selectFrom("wrapped_keys")
+        .selectAll()
+        .where("key_set_id", "=", keySetId)
+        .where("id", ">", after)
+        .orderBy("id")
+        .limit(size)
+        .execute();
+      if (rows.length === 0) return;
+      after = rows[rows.length - 1].id;
+      yield rows.map(toWrapped);
+      if (rows.length < size) return;
+    }
+  }
+
+  /**
+   * As wrappedKeyPages, each key with its key pair's algorithm (what key custody needs to unwrap it: CKK_EC or
+   * CKK_RSA on PKCS#11), read in the same query (a join on the key pair's primary key) for the bulk re-wrap.
+   */
+  async *wrappedKeyPagesWithAlgorithm(keySetId: string, options: { afterId?: number; pageSize?: number } = {}): AsyncGenerator<(WrappedKey & { algorithm: string })[]> {
+    const size = options.pageSize ?? 1000;
+    if (!Number.isInteger(size) || size < 1 || size > MAX_PAGE) throw new StoreError("invalid", `pageSize: expected 1..${MAX_PAGE}, got ${size}`);
+    let after = options.afterId ?? 0;
+    while (true) {
+      const rows = await this.db
+        .selectFrom("wrapped_keys as w")
+        .innerJoin("key_pairs as k", "k.id", "w.key_pair_id")
+        .select(["w.id", "w.key_pair_id", "w.key_set_id", "w.wrapped", "w.created_at", "k.algorithm"])
+        .where("w.key_set_id", "=", keySetId)
+        .where("w.id", ">", after)
+        .orderBy("w.id")
+        .limit(size)
+        .execute();
+      if (rows.length === 0) return;
+      after = rows[rows.length - 1].id;
+      yield rows.map((r) => ({ ...toWrapped(r), algorithm: r.algorithm }));
+      if (rows.length < size) return;
+    }
+  }
+}
+
+function toKeyPair(r: Selectable<Database["key_pairs"]>): KeyPair {
+  return { id: r.id, userId: r.user_id, cardId: r.card_id, slot: r.slot, algorithm: r.algorithm, publicKey: buf(r.public_key), status: r.status, createdAt: r.created_at };
+}
+
+function toWrapped(r: Selectable<Database["wrapped_keys"]>): WrappedKey {
+  return { id: r.id, keyPairId: r.key_pair_id, keySetId: r.key_set_id, wrapped: buf(r.wrapped), createdAt: r.created_at };
+}
