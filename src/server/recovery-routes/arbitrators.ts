@@ -1,0 +1,322 @@
+// The arbitrators' registry on the recovery routes (claim 35 (a); recovery-routes.ts lists the routes): register an
+// arbitrator with its two public keys, read it and the list, issue and revoke the API tokens bound to it, relay its
+// signed key rotations, deregister it (its tokens go with it) and list the cards whose policies name it.
+
+import { createPublicKey, randomBytes, type KeyObject } from "node:crypto";
+import type { FastifyPluginAsync } from "fastify";
+import type { Issuer } from "../../issuer/issuer.ts";
+import type { ArbitratorView, KeyRotation, RecoveryService } from "../../recovery/service.ts";
+import { appendAudit } from "../../store/audit.ts";
+import { newToken } from "../auth.ts";
+import { EMPTY_BODY, params, principalOf } from "../issuer-routes.ts";
+import { ApiProblem } from "../problem.ts";
+import { admit, arbitratorTokenName, TOKEN_NAME } from "./access.ts";
+import { refusals } from "./refusals.ts";
+import { ARB_ID, B64, b64, BOOL, closed, CURSOR, HEX64, INT, NO_QUERY, nextOf, PAGE, pageOf, problems, STR, strings, TEXT } from "./schemas.ts";
+
+export interface ArbitratorRoutesOptions {
+  recovery: RecoveryService;
+  /** The issuer: its store holds the operators table, where the arbitrators' tokens are. */
+  issuer: Issuer;
+}
+
+// ---- schema pieces ------------------------------------------------------------------------------------------------
+
+const TOKEN_ID = { type: "string", pattern: "^[0-9a-f]{16}$" } as const;
+
+const ARBITRATOR = closed(
+  {
+    id: STR,
+    roles: strings(16),
+    displayName: STR,
+    signingPublicKey: { type: "string", description: "SubjectPublicKeyInfo, base64 DER" },
+    encryptionPublicKey: { type: "string", description: "SubjectPublicKeyInfo, base64 DER" },
+    encryptionKeyId: STR,
+    registeredBy: STR,
+    registeredAt: INT,
+    keyVersion: INT,
+    status: { type: "string", enum: ["active", "deregistered"] },
+    deregistered: closed({ at: INT, by: STR, reason: STR }, ["at", "by", "reason"]),
+    keys: {
+      type: "array",
+      description: "every key version, oldest first: SHA-256 of each SubjectPublicKeyInfo, hex",
+      items: closed({ version: INT, signingKeyId: STR, encryptionKeyId: STR, validFrom: INT, retiredAt: INT }, ["version", "signingKeyId", "encryptionKeyId", "validFrom"]),
+    },
+  },
+  ["id", "roles", "signingPublicKey", "encryptionPublicKey", "encryptionKeyId", "registeredBy", "registeredAt", "keyVersion", "status", "keys"],
+);
+
+/** A key rotation document (service.ts KeyRotation), signed by the arbitrator's current signing key. */
+const KEY_ROTATION = closed(
+  {
+    format: { type: "string", const: "cardkms.recovery.key-rotation/1" },
+    arbitrator: ARB_ID,
+    keyVersion: { type: "integer", minimum: 2, maximum: 1_000_000 },
+    previousSigningKeyId: HEX64,
+    previousEncryptionKeyId: HEX64,
+    signingPublicKey: B64(4096),
+    encryptionPublicKey: B64(4096),
+    issuedAt: TEXT(64),
+    signature: B64(200),
+    newKeySignature: B64(200),
+  },
+  ["format", "arbitrator", "keyVersion", "previousSigningKeyId", "previousEncryptionKeyId", "signingPublicKey", "encryptionPublicKey", "issuedAt", "signature"],
+);
+
+const DEPENDENCY = closed({ cardId: STR, policyDigest: STR, escrowId: STR, as: strings(1024), satisfiableWithout: BOOL }, ["cardId", "policyDigest", "as", "satisfiableWithout"]);
+
+// ---- outputs -------------------------------------------------------------------------------------------------
+
+const arbitratorOut = (a: ArbitratorView) => ({
+  id: a.id,
+  roles: a.roles,
+  ...(a.displayName !== undefined ? { displayName: a.displayName } : {}),
+  signingPublicKey: b64(a.signingPublicKey),
+  encryptionPublicKey: b64(a.encryptionPublicKey),
+  encryptionKeyId: a.encryptionKeyId,
+  registeredBy: a.registeredBy,
+  registeredAt: a.registeredAt.getTime(),
+  keyVersion: a.keyVersion,
+  status: a.status,
+  ...(a.deregistered ? { deregistered: { at: a.deregistered.at.getTime(), by: a.deregistered.by, reason: a.deregistered.reason } } : {}),
+  keys: a.keys.map((k) => ({
+    version: k.version,
+    signingKeyId: k.signingKeyId,
+    encryptionKeyId: k.encryptionKeyId,
+    validFrom: k.validFrom.getTime(),
+    ...(k.retiredAt ? { retiredAt: k.retiredAt.getTime() } : {}),
+  })),
+});
+
+/**
+ * A public key given as PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo, as SPKI DER. Anything else —
+ * a private key included — is refused without echoing it.
+ */
+function spkiOf(value: string, what: string): Uint8Array {
+  const s = value.trim();
+  let key: KeyObject | undefined;
+  try {
+    if (/^-----BEGIN PUBLIC KEY-----\s[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----$/.test(s)) key = createPublicKey({ key: s, format: "pem" });
+    else if (/^[A-Za-z0-9+/]+={0,2}$/.test(s)) key = createPublicKey({ key: Buffer.from(s, "base64"), format: "der", type: "spki" });
+  } catch {
+    key = undefined;
+  }
+  if (!key) throw new ApiProblem(400, "recovery-invalid", "Invalid: invalid_argument", `${what}: expected a public key as PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo`, { check: "invalid_argument" });
+  return new Uint8Array(key.export({ format: "der", type: "spki" }));
+}
+
+// ---- the routes ----------------------------------------------------------------------------------------------
+
+export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = async (app, o) => {
+  const { recovery, issuer } = o;
+  const store = issuer.store;
+
+  const mustArbitrator = async (id: string) => {
+    const a = await recovery.arbitrator(id);
+    if (!a) throw new ApiProblem(404, "not-found", "Not found", `no arbitrator ${id}`, { check: "not_found" });
+    return a;
+  };
+
+  // ---- arbitrators (claim 35 (a)) ------------------------------------------------------------------------------
+
+  app.post<{ Body: { id: string; roles?: string[]; displayName?: string; signingPublicKey: string; encryptionPublicKey: string } }>(
+    "/recovery/arbitrators",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Register an arbitrator with its two P-256 public keys: ECDSA (verifies its approvals) and ECDH (its shares are sealed to it)",
+        tags: ["recovery"],
+        querystring: NO_QUERY,
+        body: closed(
+          {
+            id: ARB_ID,
+            roles: { type: "array", maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } },
+            displayName: { type: "string", minLength: 1, maxLength: 64 },
+            signingPublicKey: { type: "string", minLength: 1, maxLength: 4096, description: "PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo" },
+            encryptionPublicKey: { type: "string", minLength: 1, maxLength: 4096, description: "PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo" },
+          },
+          ["id", "signingPublicKey", "encryptionPublicKey"],
+        ),
+        response: { 201: ARBITRATOR, ...problems },
+      },
+    },
+    async (req, reply) =>
+      refusals(async () => {
+        const b = req.body;
+        const a = await recovery.registerArbitrator(
+          { id: b.id, roles: b.roles, displayName: b.displayName, signingPublicKey: spkiOf(b.signingPublicKey, "signingPublicKey"), encryptionPublicKey: spkiOf(b.encryptionPublicKey, "encryptionPublicKey") },
+          principalOf(req).name,
+        );
+        return reply.code(201).send(arbitratorOut(a));
+      }),
+  );
+
+  app.get<{ Querystring: { after?: string; limit?: string } }>(
+    "/recovery/arbitrators",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "The registered arbitrators by id (public keys only; deregistered ones with their status), a page at a time",
+        tags: ["recovery"],
+        querystring: closed(PAGE),
+        response: { 200: closed({ arbitrators: { type: "array", items: ARBITRATOR }, next: CURSOR }, ["arbitrators"]), ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const page = await recovery.arbitratorsPage(pageOf(req.query));
+        return { arbitrators: page.items.map(arbitratorOut), ...nextOf(page) };
+      }),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/recovery/arbitrators/:id",
+    {
+      config: { roles: ["operator", "auditor", "arbitrator"] },
+      schema: { summary: "One arbitrator (an arbitrator token: its own record)", tags: ["recovery"], params: params({ id: ARB_ID }), querystring: NO_QUERY, response: { 200: ARBITRATOR, ...problems } },
+    },
+    async (req) =>
+      refusals(async () => {
+        admit(req, ["operator", "auditor"], (a) => a === req.params.id);
+        return arbitratorOut(await mustArbitrator(req.params.id));
+      }),
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/recovery/arbitrators/:id/tokens",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Issue an API token bound to the arbitrator (role arbitrator): shown once, only its hash is stored; refused for a deregistered arbitrator",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        body: EMPTY_BODY,
+        response: { 201: closed({ arbitrator: STR, tokenId: STR, token: STR }, ["arbitrator", "tokenId", "token"]), ...problems },
+      },
+    },
+    async (req, reply) =>
+      refusals(async () => {
+        const a = await mustArbitrator(req.params.id);
+        if (a.status !== "active") {
+          await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.refuse", subject: a.id, details: { check: "arbitrator_disabled" } });
+          throw new ApiProblem(409, "recovery-conflict", "Conflict: arbitrator_disabled", `arbitrator ${a.id} is deregistered: it gets no token`, { check: "arbitrator_disabled" });
+        }
+        const tokenId = randomBytes(8).toString("hex");
+        const { token, hash } = newToken();
+        await store.createOperator({ name: arbitratorTokenName(a.id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
+        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.issue", subject: a.id, details: { tokenId } });
+        return reply.code(201).send({ arbitrator: a.id, tokenId, token });
+      }),
+  );
+
+  app.post<{ Params: { id: string; tokenId: string } }>(
+    "/recovery/arbitrators/:id/tokens/:tokenId/revoke",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary: "Revoke an arbitrator token",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID, tokenId: TOKEN_ID }),
+        querystring: NO_QUERY,
+        body: EMPTY_BODY,
+        response: { 200: closed({ arbitrator: STR, tokenId: STR, revoked: BOOL }, ["arbitrator", "tokenId", "revoked"]), ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const { id, tokenId } = req.params;
+        const op = await store.getOperatorByName(arbitratorTokenName(id, tokenId));
+        if (!op) throw new ApiProblem(404, "not-found", "Not found", `no active token ${tokenId} of arbitrator ${id}`, { check: "not_found" });
+        await store.disableOperator(op.id);
+        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.revoke", subject: id, details: { tokenId } });
+        return { arbitrator: id, tokenId, revoked: true };
+      }),
+  );
+
+  app.post<{ Params: { id: string }; Body: { rotation: KeyRotation } }>(
+    "/recovery/arbitrators/:id/key-rotation",
+    {
+      config: { roles: ["operator", "arbitrator"] },
+      schema: {
+        summary:
+          "Rotate an arbitrator's keys: a rotation document naming its current keys and the next version, signed with its CURRENT signing key (and with the new signing key, if it changes). " +
+          "An operator may relay it (an arbitrator token: its own); the signature is what counts. Earlier versions are kept: recorded approvals still verify",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        body: closed({ rotation: KEY_ROTATION }, ["rotation"]),
+        response: { 200: ARBITRATOR, ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const actor = admit(req, ["operator"], (a) => a === req.params.id);
+        return arbitratorOut(await recovery.rotateArbitratorKeys(req.params.id, req.body.rotation, actor));
+      }),
+  );
+
+  app.post<{ Params: { id: string }; Body: { reason: string; force?: boolean } }>(
+    "/recovery/arbitrators/:id/deregister",
+    {
+      config: { roles: ["operator"] },
+      schema: {
+        summary:
+          "Deregister an arbitrator: it can no longer decide, sign or be named by a new policy, its tokens are revoked, requests it makes impossible to satisfy end. " +
+          "Refused (arbitrator_in_use) when an escrowed key could then no longer be reproduced, unless force",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        body: closed({ reason: { type: "string", minLength: 1, maxLength: 1024 }, force: BOOL }, ["reason"]),
+        response: {
+          200: closed(
+            {
+              arbitrator: ARBITRATOR,
+              endedRequests: { type: "array", items: closed({ requestId: STR, cardId: STR, message: STR }, ["requestId", "cardId", "message"]) },
+              strandedCards: strings(100),
+              strandedCount: INT,
+              tokensRevoked: strings(100_000),
+            },
+            ["arbitrator", "endedRequests", "strandedCards", "strandedCount", "tokensRevoked"],
+          ),
+          ...problems,
+        },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const actor = principalOf(req).name;
+        const r = await recovery.deregisterArbitrator(req.params.id, { reason: req.body.reason, force: req.body.force === true }, actor);
+        // its tokens go with it (the service refuses its signatures anyway)
+        const tokens = await store.db.selectFrom("operators").select(["id", "name"]).where("disabled_at", "is", null).where("name", "like", "arbitrator:%").execute();
+        const revoked: string[] = [];
+        for (const t of tokens) {
+          const m = TOKEN_NAME.exec(t.name);
+          if (!m || m[1] !== r.arbitrator.id) continue;
+          await store.disableOperator(t.id);
+          revoked.push(m[2]);
+        }
+        if (revoked.length) await appendAudit(store.db, { actor, action: "recovery.arbitrator.token.revoke", subject: r.arbitrator.id, details: { tokenIds: revoked, reason: "deregistered" } });
+        return { arbitrator: arbitratorOut(r.arbitrator), endedRequests: r.endedRequests, strandedCards: r.strandedCards, strandedCount: r.strandedCount, tokensRevoked: revoked };
+      }),
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: string } }>(
+    "/recovery/arbitrators/:id/dependents",
+    {
+      config: { roles: ["operator", "auditor"] },
+      schema: {
+        summary: "The cards whose reproduction policies name the arbitrator, by card id: how, whether escrowed, whether the policy can be met without it",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: closed(PAGE),
+        response: { 200: closed({ arbitrator: STR, policies: { type: "array", items: DEPENDENCY }, next: CURSOR }, ["arbitrator", "policies"]), ...problems },
+      },
+    },
+    async (req) =>
+      refusals(async () => {
+        const page = await recovery.arbitratorDependents(req.params.id, pageOf(req.query));
+        return { arbitrator: req.params.id, policies: page.items, ...nextOf(page) };
+      }),
+  );
+};
