@@ -72,9 +72,7 @@ test("after 1,005 anonymous handshakes from one client against card A, card B st
   assert.deepEqual(statuses, { 201: rateLimitMax, 429: 1005 - rateLimitMax }, "the client is held to its rate; nobody else is");
 
   // Card B, through another client: at once, no 429.
-  const t1 = performance.now();
   expect(await authenticate(api(env).post, b.cardId, b.card), 200);
-  assert.ok(performance.now() - t1 < 5000);
   // The flood retired only the flooder's handshakes for A: A's own pending login completes, and A logs in again.
   expect(await finishLogin(env, a.cardId, a.card, pendingA, "192.0.2.10"), 200);
   expect(await finishLogin(env, a.cardId, a.card, await beginLogin(env, a.cardId, "192.0.2.10"), "192.0.2.10"), 200);

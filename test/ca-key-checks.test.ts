@@ -306,9 +306,7 @@ describe("a CA site: keys nobody holds are not certified (bare SPKIs from the is
     const depth = 2000; // what fits the schema's 16 KiB of PEM
     let body: Uint8Array = Uint8Array.of(5, 0);
     for (let i = 0; i < depth; i++) body = der.sequence(body);
-    const t0 = performance.now();
     assert.equal(refusal(await site.certify(byCsr(body), OPERATOR)), "csr-format");
-    assert.ok(performance.now() - t0 < 500);
   });
 });
 

