@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createPublicKey, randomBytes, verify } from "node:crypto";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
-import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../src/card/package.ts";
+import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../src/protocol/package.ts";
 import { PURPOSE } from "../src/card/derivation.ts";
 import type { DerivedKeySetRef, KeyCustody } from "../src/custody/custody.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes, verify, type KeyObject } from "node:crypto";
 import { join } from "node:path";
-import { sealPackage } from "../src/card/package.ts";
+import { sealPackage } from "../src/protocol/package.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
 import { ApduError } from "../src/terminal/apdu-client.ts";

@@ -10,7 +10,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync,
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
 import { Eeprom } from "../src/card/eeprom.ts";
-import { assemblePackage, packageHeaderBytes } from "../src/card/package.ts";
+import { assemblePackage, packageHeaderBytes } from "../src/protocol/package.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { personaliseFromTransport } from "../src/issuer/card-scripts.ts";
 import { TerminalEncipheredStore } from "../src/terminal/backup.ts";

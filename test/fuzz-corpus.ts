@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { claChannel, claSecureMessaging, encodeCommand, parseCommand, type CommandApdu } from "../src/card/apdu.ts";
 import { createCard, openCard } from "../src/card/card.ts";
 import { TRANSPORT_KEY_SET } from "../src/card/card.ts";
-import { sealPackage, pivCertObject } from "../src/card/package.ts";
+import { sealPackage, pivCertObject } from "../src/protocol/package.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import { putKeyCommand, Scp03HostSession, type ApduCommand } from "../src/card/scp03/host.ts";
 import { keyOriginCommand } from "../src/card/isd.ts";

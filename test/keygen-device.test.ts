@@ -17,7 +17,7 @@ import { fromPem, toPem } from "../src/ca/pem.ts";
 import { MemoryCaRepository } from "../src/ca/repository.ts";
 import { nodeSigner } from "../src/ca/signer.ts";
 import { createCard } from "../src/card/card.ts";
-import { ALG_ID, CERT_OBJECT, pivCertObject } from "../src/card/package.ts";
+import { ALG_ID, CERT_OBJECT, pivCertObject } from "../src/protocol/package.ts";
 import { concat, tlv } from "../src/card/tlv.ts";
 import { CustodyError, type DerivedKeySetRef, type KeyCustody, type KeyPairAlg, type KeySetRef } from "../src/custody/custody.ts";
 import { Pkcs11Custody } from "../src/custody/pkcs11.ts";

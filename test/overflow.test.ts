@@ -5,7 +5,7 @@ import { generateKeyPairSync, randomBytes, verify } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
-import { sealPackage } from "../src/card/package.ts";
+import { sealPackage } from "../src/protocol/package.ts";
 import { createCertificateAuthority, issueCertificate } from "../src/ca/x509-issuer.ts";
 import { personalise } from "../src/issuer/card-scripts.ts";
 import { ApduError } from "../src/terminal/apdu-client.ts";

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { wrapForCard } from "../src/card/package.ts";
+import { wrapForCard } from "../src/protocol/package.ts";
 import { deliveryScript, personalise } from "../src/issuer/card-scripts.ts";
 import { RelayError, RelaySession, transmitFollowing } from "../src/issuer/relay.ts";
 import { readCardInfo } from "../src/terminal/card-info.ts";

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { randomBytes, verify, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
-import { packageHeader } from "../src/card/package.ts";
+import { packageHeader } from "../src/protocol/package.ts";
 import { ISD_AID } from "../src/card/scp03/sm.ts";
 import { CertificationAuthority } from "../src/ca/authority.ts";
 import { LocalCaClient } from "../src/ca/client.ts";

@@ -32,7 +32,7 @@ import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } fro
 import { createCard, openCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { PowerLoss } from "../src/card/eeprom.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
-import { pivCertObject, sealPackage } from "../src/card/package.ts";
+import { pivCertObject, sealPackage } from "../src/protocol/package.ts";
 import { checkPutKeyResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "../src/card/scp03/host.ts";
 import { ISD_AID } from "../src/card/scp03/sm.ts";
 import { keyOriginCommand } from "../src/card/isd.ts";

@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createCipheriv, generateKeyPairSync, randomBytes } from "node:crypto";
-import { applyPackage, assemblePackage, exportPackage, openPackage, packageHeaderBytes, packagePlaintext, sealPackage, unwrapForCard, wrapForCard } from "./package.ts";
+import { assemblePackage, packageHeaderBytes, packagePlaintext, sealPackage, wrapForCard } from "../protocol/package.ts";
+import { applyPackage, exportPackage, openPackage, unwrapForCard } from "./package.ts";
 import { derivePurposeKey, PURPOSE } from "./derivation.ts";
 import type { CardState } from "./state.ts";
 import { CardError } from "./sw.ts";

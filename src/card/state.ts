@@ -2,22 +2,11 @@
 // CardRuntime.commit, which writes a whole new image atomically (see eeprom.ts).
 // Byte strings are stored as hex so the image is plain JSON inside its encryption.
 
-export type Lifecycle = "OP_READY" | "SECURED" | "TERMINATED";
+import type { KeyAlg, ScpKeySet } from "../protocol/types.ts";
 
-/** One SCP03 static key set: the seed's card-unique symmetric key Sk (seed 000 para 0032, claim 14 "first area"). */
-export interface ScpKeySet {
-  kvn: number;
-  enc: string;
-  mac: string;
-  dek: string;
-  /**
-   * The card ID (hex) this key set was diversified for, when that is a predecessor card (seed 000 para 0081: the
-   * new card 30x* holds the old card's Sk1). Its purpose keys (package keys, private-key wrap key) are derived
-   * with that card ID, so the card opens the predecessor's Sk1[PRk]. Absent: this card's own key set. Set once,
-   * by the ISD's STORE DATA key origin (isd.ts); a PUT KEY that replaces the key set drops it.
-   */
-  origin?: string;
-}
+export type { KeyAlg, ScpKeySet } from "../protocol/types.ts";
+
+export type Lifecycle = "OP_READY" | "SECURED" | "TERMINATED";
 
 /** The KDF of PIN and PUK reference data (pin.ts) and its cost, kept in the image with each reference. */
 export interface PinKdf {
@@ -40,7 +29,6 @@ export interface PinState {
   maxTries: number;
 }
 
-export type KeyAlg = "RSA2048" | "RSA3072" | "P256" | "P384";
 
 export interface StoredKey {
   alg: KeyAlg;

@@ -8,7 +8,7 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createCard, transportKeySet } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
-import { sealPackage } from "../card/package.ts";
+import { sealPackage } from "../protocol/package.ts";
 import type { ScpKeySet } from "../card/state.ts";
 import { createCertificateAuthority, issueCertificate } from "../ca/x509-issuer.ts";
 import { deliverOnline, personalise } from "../issuer/card-scripts.ts";

@@ -16,7 +16,7 @@ import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
 import { ISD_AID } from "../card/scp03/sm.ts";
 import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "../card/isd.ts";
-import { ALG_ID, CERT_OBJECT, pivCertObject } from "../card/package.ts";
+import { ALG_ID, CERT_OBJECT, pivCertObject } from "../protocol/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
 import { concat, tlv } from "../card/tlv.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";

@@ -9,7 +9,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { KeyAlg } from "../card/state.ts";
 import { PURPOSE } from "../card/derivation.ts";
-import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
+import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
 import type { CaClient } from "../ca/client.ts";
 import { validateSubject, type SubjectName } from "../ca/name.ts";
 import type { RevocationReason } from "../ca/crl.ts";

@@ -32,7 +32,7 @@
 import { CARD_ACTS } from "./card-lifecycle.ts";
 import type { KeyAlg } from "../card/state.ts";
 import { PURPOSE } from "../card/derivation.ts";
-import { assemblePackage, packageHeader, packageHeaderBytes, packagePlaintext } from "../card/package.ts";
+import { assemblePackage, packageHeader, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
 import type { DerivedKeySetRef, KeySetRef } from "../custody/custody.ts";
 import type { RotationDistribution, RotationStrategy } from "../store/db.ts";
 import { StoreError, type Card, type CardKeySet, type DeliveryPackage, type Rotation, type Store } from "../store/store.ts";

@@ -23,7 +23,7 @@
 // Nothing here is secret: ids, statuses, public keys.
 
 import { X509Certificate } from "node:crypto";
-import { CERT_OBJECT } from "../card/package.ts";
+import { CERT_OBJECT } from "../protocol/package.ts";
 import { findTlv, parseTlvs, tlv } from "../card/tlv.ts";
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { runScript } from "../issuer/card-scripts.ts";

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { randomBytes, verify, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { createCard } from "../card/card.ts";
-import { packageHeader } from "../card/package.ts";
+import { packageHeader } from "../protocol/package.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import { testEngines } from "../store/testing.ts";
 import { readCardInfo } from "../terminal/card-info.ts";

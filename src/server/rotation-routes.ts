@@ -30,7 +30,7 @@
 // through its own, card-bound routes).
 
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { packageHeader } from "../card/package.ts";
+import { packageHeader } from "../protocol/package.ts";
 import type { CardScript } from "../issuer/card-scripts.ts";
 import { IssuerError } from "../issuer/issuer.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";

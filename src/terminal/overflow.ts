@@ -10,7 +10,7 @@
 
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { packageHeader } from "../card/package.ts";
+import { packageHeader } from "../protocol/package.ts";
 import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
 import type { PivClient } from "./piv-client.ts";
 

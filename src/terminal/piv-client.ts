@@ -4,7 +4,7 @@
 
 import { createHash } from "node:crypto";
 import type { KeyAlg } from "../card/state.ts";
-import { ALG_ID, CERT_OBJECT } from "../card/package.ts";
+import { ALG_ID, CERT_OBJECT } from "../protocol/package.ts";
 import { KEY_CERT_TAGS } from "../card/piv/objects.ts";
 import { concat, findTlv, parseTlvs, tlv } from "../card/tlv.ts";
 import { ApduClient, ApduError, type Command, type Transmit } from "./apdu-client.ts";

@@ -16,7 +16,7 @@
 
 import { dirname } from "node:path";
 import { parseResponse } from "../card/apdu.ts";
-import { CERT_OBJECT, packageHeader } from "../card/package.ts";
+import { CERT_OBJECT, packageHeader } from "../protocol/package.ts";
 import { transmitFollowing } from "../issuer/relay.ts";
 import type { CardTransport } from "../transport/transport.ts";
 import { ApduError } from "./apdu-client.ts";

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { encodeCommand, parseResponse } from "../apdu.ts";
 import { isd } from "../isd.ts";
-import { sealPackage } from "../package.ts";
+import { sealPackage } from "../../protocol/package.ts";
 import { CardRuntime } from "../runtime.ts";
 import { scp03Factory } from "../scp03/card-channel.ts";
 import { Scp03Client } from "../scp03/host.ts";

@@ -3,8 +3,7 @@
 // the Discovery Object. Everything here is pure: building and recognising bytes, no card state changes.
 
 import { createHash } from "node:crypto";
-import type { KeyAlg } from "../state.ts";
-import { ALG_ID } from "../package.ts";
+import { ALG_BY_ID, ALG_ID } from "../../protocol/package.ts";
 import { concat, tlv } from "../tlv.ts";
 
 /** PIV Card Application AID (SP 800-73-4 Part 1 §2.2): NIST RID A0 00 00 03 08, PIX 00 00 10 00 01 00. */
@@ -14,8 +13,7 @@ export const PIV_PIX = PIV_AID.subarray(5);
 export const PIV_LABEL = "cardkms PIV";
 
 /** Cryptographic algorithm identifiers (SP 800-78-4 Table 6-2) of the asymmetric keys the card holds. */
-export { ALG_ID };
-export const ALG_BY_ID: ReadonlyMap<number, KeyAlg> = new Map(Object.entries(ALG_ID).map(([k, v]) => [v, k as KeyAlg]));
+export { ALG_BY_ID, ALG_ID };
 /** AES-128 (SP 800-78-4 Table 6-2), the card management key algorithm. */
 export const ALG_AES128 = 0x08;
 
