@@ -1,7 +1,8 @@
 // npm run bench [name ...] — prints one JSON object per line: name, value, unit (and baseline, ratio where asked).
 // Benches: card (PIV signing ratio, persisted PIN verifies), pcsc (round trips through pcscd + vpcd), ca, fuzz,
 // rewrap (bulk re-wrap of a rotation, 1,000,000 keys: REWRAP_KEYS), recovery (key reproduction), issuance (HTTP
-// issuance against the server in its own process, SQLite), issuance_pg (the same on PostgreSQL) and issuance_rsa.
+// issuance against the server in its own process, SQLite), issuance_pg (the same on PostgreSQL), issuance_rsa and
+// cli_startup (`cardkms --help`, compiled, against `node -e 0`).
 
 type Result = { name: string; value: number; unit: string };
 
@@ -16,6 +17,7 @@ const benches: Record<string, () => Promise<Result[]>> = {
   issuance_pg: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "postgres" }),
   issuance_rsa: async () => (await import("./issuance.ts")).benchIssuanceRsa(),
   issuance_inprocess: async () => (await import("./issuance.ts")).benchIssuanceInProcess(),
+  cli_startup: async () => [(await import("./startup.ts")).benchStartup()],
 };
 
 const wanted = process.argv.slice(2);

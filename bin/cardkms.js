@@ -1,5 +1,10 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI through tsx (a dependency), so `npx cardkms` works from a clone.
-import { register } from "tsx/esm/api";
-register();
-await import("../src/cli/main.ts");
+// The cardkms command: the CLI compiled to dist/ by `npm run build` (which `npm ci` runs, as the prepare script).
+import { existsSync } from "node:fs";
+
+const main = new URL("../dist/cli/main.js", import.meta.url);
+if (!existsSync(main)) {
+  process.stderr.write("cardkms: the CLI is not built (no dist/cli/main.js): run `npm run build`\n");
+  process.exit(1);
+}
+await import(main.href);

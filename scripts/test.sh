@@ -6,6 +6,12 @@ bash scripts/system-deps.sh
 bash scripts/pcsc-up.sh
 bash scripts/postgres-up.sh
 [ -d node_modules ] || npm ci --no-audit --no-fund
+# The tests run the compiled CLI and server (dist/): build from the sources as they are now, quietly unless it fails.
+if ! build_log=$(npm run --silent build 2>&1); then
+  printf '%s\n' "$build_log" >&2
+  echo "npm run build failed" >&2
+  exit 1
+fi
 shopt -s globstar nullglob
 files=(src/**/*.test.ts test/**/*.test.ts)
 tap=$(mktemp)

@@ -4,22 +4,17 @@
 // `webhook dead-letters` / `webhook retry` list and queue again what delivery gave up on (issue 15 §6).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { verifyWebhook, WebhookReplayCache, WebhookVerificationError } from "../src/issuer/webhook-receiver.ts";
 import { startTestServer } from "./terminal-server.ts";
-import { tempDir } from "./helpers.ts";
+import { execCli, tempDir, type CliResult } from "./helpers.ts";
 
-function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) =>
-      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
+function cli(args: string[], env: Record<string, string>): Promise<CliResult> {
+  return execCli(args, { env: { ...process.env, ...env } });
 }
 
-test("validity scan, events and webhooks through the CLI", { timeout: 180_000 }, async (t) => {
+test("validity scan, events and webhooks through the CLI", { timeout: 10 * 60_000 }, async (t) => {
   const dir = tempDir("cardkms-cli-events-");
   const srv = await startTestServer(dir);
   t.after(() => srv.close());

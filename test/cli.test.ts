@@ -1,26 +1,21 @@
 // The cardkms command as a user runs it (a child process): create, show, apdu, demo, help, and clear errors.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { openCard, transportKeySet } from "../src/card/card.ts";
-import { tempDir } from "./helpers.ts";
+import { execCli, spawnCli, tempDir, type CliResult } from "./helpers.ts";
 import { TEST_KMC, testKmcFile } from "./kmc.ts";
 
 const dir = tempDir("cardkms-cli-");
 const KEY = "11".repeat(32);
 
-function cli(args: string[], env: Record<string, string> = { CARDKMS_IMAGE_KEY: KEY }): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { env: { ...process.env, CARDKMS_IMAGE_KEY: "", ...env }, timeout: 60_000 }, (err, stdout, stderr) =>
-      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
+function cli(args: string[], env: Record<string, string> = { CARDKMS_IMAGE_KEY: KEY }): Promise<CliResult> {
+  return execCli(args, { env: { ...process.env, CARDKMS_IMAGE_KEY: "", ...env } });
 }
 
-test("create, show and apdu through the CLI, with --json", { timeout: 120_000 }, async () => {
+test("create, show and apdu through the CLI, with --json", { timeout: 10 * 60_000 }, async () => {
   const image = join(dir, "a.card");
   const noKmc = await cli(["card", "create", image, "--card-id", "0102030405060708"]);
   assert.equal(noKmc.code, 2, "a blank card needs the manufacturer's KMC");
@@ -55,7 +50,7 @@ test("create, show and apdu through the CLI, with --json", { timeout: 120_000 },
   assert.match(exists.stderr, /already exists/);
 });
 
-test("demo --json reports verified signatures; every command has --help", { timeout: 120_000 }, async () => {
+test("demo --json reports verified signatures; every command has --help", { timeout: 10 * 60_000 }, async () => {
   const demo = await cli(["demo", "--dir", join(dir, "demo"), "--json"], {});
   assert.equal(demo.code, 0, demo.stderr);
   const r = JSON.parse(demo.stdout);
@@ -87,7 +82,7 @@ function fakeVpcd(host: string, port: number, seen: { host: string; atr: string 
   });
 }
 
-test("card attach without --host connects where the library would: the quick-ACK address pcsc-up.sh wrote, not 127.0.0.1", { timeout: 60_000 }, async () => {
+test("card attach without --host connects where the library would: the quick-ACK address pcsc-up.sh wrote, not 127.0.0.1", { timeout: 10 * 60_000 }, async () => {
   const image = join(dir, "attach.card");
   const created = await cli(["card", "create", image, "--json"], { CARDKMS_IMAGE_KEY: KEY, CARDKMS_INSECURE_PUBLIC_TRANSPORT_KEYS: "1" });
   assert.equal(created.code, 0, created.stderr);
@@ -100,7 +95,7 @@ test("card attach without --host connects where the library would: the quick-ACK
   const port = (plain.address() as AddressInfo).port;
   const fast = await fakeVpcd(fastHost, port, seen);
   const env = { ...process.env, CARDKMS_IMAGE_KEY: KEY, CARDKMS_PCSC_DIR: pcscDir, CARDKMS_VPCD_HOST: "" };
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "card", "attach", image, "--port", String(port), "--json"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnCli(["card", "attach", image, "--port", String(port), "--json"], { env });
   try {
     let out = "";
     let err = "";

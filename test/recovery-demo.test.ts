@@ -3,7 +3,6 @@
 // checked for key material.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { createHash, randomBytes, verify, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -16,7 +15,7 @@ import type { Db } from "../src/store/db.ts";
 import { Store } from "../src/store/store.ts";
 import { decipherWithCard } from "../src/terminal/enciphered.ts";
 import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
-import { tempDir } from "./helpers.ts";
+import { execCli, tempDir } from "./helpers.ts";
 
 const root = tempDir("cardkms-recovery-demo-");
 const IN_ORDER = ["user", "credit-co", "sp-b", "mgr-a", "mgr-c"];
@@ -43,7 +42,7 @@ function suspicious(output: string, dir: string, allowed: Set<string>): string[]
   return found;
 }
 
-test("issue 4 demo: a destroyed card's key reproduced after the policy's approvals; the backups read on the new card", { timeout: 60_000 }, async () => {
+test("issue 4 demo: a destroyed card's key reproduced after the policy's approvals; the backups read on the new card", { timeout: 10 * 60_000 }, async () => {
   const dir = join(root, "in-process");
   const lines: string[] = [];
   const r = await runRecoveryDemo(dir, (l) => lines.push(l));
@@ -160,14 +159,9 @@ test("the leak check above finds key material when it is printed", () => {
   assert.deepEqual(suspicious("request 01a1fe73-acf2-7007-8afa-bb118aea2a3c, 2 more of issuing-apparatus-managers", dir, new Set()), []);
 });
 
-test("cardkms demo --recovery: the same demo through the CLI, OK and exit 0, no key material printed", { timeout: 60_000 }, async () => {
+test("cardkms demo --recovery: the same demo through the CLI, OK and exit 0, no key material printed", { timeout: 10 * 60_000 }, async () => {
   const dir = join(root, "cli");
-  const run = (args: string[]) =>
-    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
-        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-      );
-    });
+  const run = (args: string[]) => execCli(args);
   const out = await run(["demo", "--recovery", "--dir", dir]);
   assert.equal(out.code, 0, out.stderr);
   assert.match(out.stdout, /^1\. /);

@@ -5,13 +5,12 @@
 // codes of usage errors (2) and refusals (1).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { Command } from "commander";
 import { progressLine, registerRotationCommands } from "../src/cli/rotation.ts";
 import { createOperatorToken } from "../src/server/main.ts";
 import { startTestServer } from "./terminal-server.ts";
-import { tempDir } from "./helpers.ts";
+import { execCli, tempDir, type CliResult } from "./helpers.ts";
 
 test("progress line: bar, percentage, counts, rate and ETA", () => {
   const p = { rotationId: "r", done: 420_000, total: 1_000_000, cursor: 420_000, keysPerSecond: 58_000, elapsedMs: 7241 };
@@ -32,18 +31,11 @@ test("the commands register as `rotation propose|approve|cancel|new-card|status|
 const dir = tempDir("cardkms-cli-rotation-");
 const IMAGE_KEY = "44".repeat(32);
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args],
-      { env: { ...process.env, CARDKMS_IMAGE_KEY: IMAGE_KEY, CARDKMS_SERVER: "", CARDKMS_TOKEN: "", CARDKMS_DB: "", ...env }, timeout: 60_000 },
-      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
+function cli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return execCli(args, { env: { ...process.env, CARDKMS_IMAGE_KEY: IMAGE_KEY, CARDKMS_SERVER: "", CARDKMS_TOKEN: "", CARDKMS_DB: "", ...env } });
 }
 
-test("an embodiment-3 rotation through the CLI against a running server", { timeout: 240_000 }, async (t) => {
+test("an embodiment-3 rotation through the CLI against a running server", { timeout: 10 * 60_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const env = { CARDKMS_SERVER: srv.url, CARDKMS_TOKEN: srv.operatorToken, CARDKMS_KMC_FILE: srv.kmcFile };

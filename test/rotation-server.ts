@@ -5,7 +5,7 @@
 // an auditor, the config in a file, free ports. Requests go over HTTP (fetch) to the server a test names (relay
 // sessions and terminal tokens live in the process that made them); the responses look like app.inject's, so
 // test/api-env.ts's relay() and authenticate() drive cards through them.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -13,7 +13,7 @@ import { SoftwareCustody } from "../src/custody/software.ts";
 import { createOperatorToken } from "../src/server/main.ts";
 import { Store } from "../src/store/store.ts";
 import type { TestDatabase, TestEngine } from "../src/store/testing.ts";
-import { tempDir } from "./helpers.ts";
+import { spawnCli, tempDir } from "./helpers.ts";
 import { importTestKmc } from "./kmc.ts";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -57,10 +57,9 @@ async function call(base: string, method: "GET" | "POST", path: string, token?: 
 
 /** One `cardkms issuer serve` process; resolves with its URL once it listens. */
 function serve(config: string, key: string, started: ChildProcess[]): Promise<string> {
-  const proc = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "issuer", "serve", "--config", config, "--json"], {
+  const proc = spawnCli(["issuer", "serve", "--config", config, "--json"], {
     cwd: ROOT,
     env: { ...process.env, CARDKMS_KEYSTORE_KEY: key, CARDKMS_CONFIG: "", CARDKMS_DATABASE: "" },
-    stdio: ["ignore", "pipe", "pipe"],
   });
   started.push(proc);
   return new Promise<string>((resolve, reject) => {

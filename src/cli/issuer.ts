@@ -77,7 +77,7 @@ async function openStore(o: { database?: string; config?: string }) {
   return Store.open(o.database ?? loadConfig({ file: o.config }).database);
 }
 
-export function registerIssuerCommands(program: Command, card: Command): void {
+export function registerIssuerCommands(program: Command): void {
   // ---- issuer -----------------------------------------------------------------------------------------------
   const issuer = program.command("issuer").description("the issuing service: run it, bootstrap operator tokens");
 
@@ -157,42 +157,6 @@ export function registerIssuerCommands(program: Command, card: Command): void {
     print(o, `user ${u.id} registered`, u);
   });
 
-  // ---- card issue (ST11-ST15) ---------------------------------------------------------------------------------
-  serverOptions(
-    factoryOptions(
-      card
-        .command("issue")
-        .description("issue a card to a user: the server creates its key set; a blank card image is created here and personalised through the relay")
-        .requiredOption("--user <id>", "user ID")
-        .requiredOption("--image <file>", "card image to create")
-        .option("--card-id <hex>", "card ID (8-16 bytes hex); chosen by the server by default")
-        .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
-        .option("--pin <pin>", "initial PIN", "123456")
-        .option("--puk <puk>", "initial PUK", "12345678")
-        .addOption(imageKeyOption()),
-    ),
-  ).action(async (o: ServerOpts & FactoryOpts & { user: string; image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
-    const api = apiFrom(o);
-    const secret = resolveImageSecret(o.imageKeyFile);
-    const factory = factoryTransport(o).card;
-    if (existsSync(o.image)) throw new UsageError(`${o.image} already exists`);
-    if (o.cardId && !/^([0-9a-f]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of lowercase hex");
-    const { card: issued } = await api.createCard({ userId: o.user, cardId: o.cardId });
-    const vc = createCard(o.image, secret, { ...factory, cardId: new Uint8Array(Buffer.from(issued.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
-    const transport = new InProcessTransport(vc, { closeCard: true });
-    try {
-      await relaySession(api, (a) => transport.transmit(a), await api.startPersonalisation(issued.id));
-    } catch (e) {
-      throw new Error(`card ${issued.id} is registered but its personalisation failed (the image ${o.image} is still blank): ${(e as Error).message}`, { cause: e });
-    } finally {
-      await transport.close();
-    }
-    const after = await api.getCard(issued.id);
-    print(o, `card ${issued.id} issued to user ${o.user} and personalised: ${o.image} (status ${after.status})`, { cardId: issued.id, userId: o.user, image: o.image, status: after.status });
-  });
-
-  registerCardLifecycleCommands(card);
-
   // ---- credentials (ST16-ST25) ----------------------------------------------------------------------------------
   const credential = program.command("credential").description("key pairs and certificates for cards: request, deliver online");
   serverOptions(
@@ -261,6 +225,47 @@ export function registerIssuerCommands(program: Command, card: Command): void {
     writeFileAtomic(o.out, r.body, 0o644);
     print(o, `CRL (${r.body.length} bytes) written to ${o.out}`, { out: o.out, bytes: r.body.length });
   });
+}
+
+/**
+ * `card issue` (ST11-ST15) and the card lifecycle commands, on the `card` group (card.ts): the CLI as the card
+ * issuing machine, over the API.
+ */
+export function registerCardIssueCommands(card: Command): void {
+  serverOptions(
+    factoryOptions(
+      card
+        .command("issue")
+        .description("issue a card to a user: the server creates its key set; a blank card image is created here and personalised through the relay")
+        .requiredOption("--user <id>", "user ID")
+        .requiredOption("--image <file>", "card image to create")
+        .option("--card-id <hex>", "card ID (8-16 bytes hex); chosen by the server by default")
+        .option("--capacity <bytes>", "user data the card can hold", int, 96 * 1024)
+        .option("--pin <pin>", "initial PIN", "123456")
+        .option("--puk <puk>", "initial PUK", "12345678")
+        .addOption(imageKeyOption()),
+    ),
+  ).action(async (o: ServerOpts & FactoryOpts & { user: string; image: string; cardId?: string; capacity: number; pin: string; puk: string; imageKeyFile?: string }) => {
+    const api = apiFrom(o);
+    const secret = resolveImageSecret(o.imageKeyFile);
+    const factory = factoryTransport(o).card;
+    if (existsSync(o.image)) throw new UsageError(`${o.image} already exists`);
+    if (o.cardId && !/^([0-9a-f]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of lowercase hex");
+    const { card: issued } = await api.createCard({ userId: o.user, cardId: o.cardId });
+    const vc = createCard(o.image, secret, { ...factory, cardId: new Uint8Array(Buffer.from(issued.id, "hex")), capacity: o.capacity, pin: o.pin, puk: o.puk, durability: "fsync" });
+    const transport = new InProcessTransport(vc, { closeCard: true });
+    try {
+      await relaySession(api, (a) => transport.transmit(a), await api.startPersonalisation(issued.id));
+    } catch (e) {
+      throw new Error(`card ${issued.id} is registered but its personalisation failed (the image ${o.image} is still blank): ${(e as Error).message}`, { cause: e });
+    } finally {
+      await transport.close();
+    }
+    const after = await api.getCard(issued.id);
+    print(o, `card ${issued.id} issued to user ${o.user} and personalised: ${o.image} (status ${after.status})`, { cardId: issued.id, userId: o.user, image: o.image, status: after.status });
+  });
+
+  registerCardLifecycleCommands(card);
 }
 
 /** A card record as GET /v1/cards/{id} and the lifecycle routes answer it (the fields the commands print). */
