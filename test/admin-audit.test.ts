@@ -47,7 +47,7 @@ for (const engine of testEngines()) {
   });
 }
 
-test("cardkms issuer token create|disable on the DB: audited as the local account that ran it", { timeout: 120_000 }, async () => {
+test("cardkms issuer token create|disable on the DB: audited as the local account that ran it", { timeout: 10 * 60_000 }, async () => {
   const database = join(tempDir("cardkms-admin-audit-"), "issuer.db");
   const created = cliJson(await runCli(["issuer", "token", "create", "--name", "otto", "--role", "operator", "--database", database, "--json"]), "token create");
   const disabled = cliJson(await runCli(["issuer", "token", "disable", "--name", "otto", "--database", database, "--json"]), "token disable");

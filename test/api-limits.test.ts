@@ -55,7 +55,7 @@ async function twoCards(t: TestContext, o: ApiEnvOptions = {}) {
 
 const counterValue = (text: string, series: string) => Number(new RegExp(`^${series.replace(/[{}"/.:]/g, "\\$&")} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
 
-test("after 1,005 anonymous handshakes from one client against card A, card B still logs in at once, and so does A's own terminal", { timeout: 120_000 }, async (t) => {
+test("after 1,005 anonymous handshakes from one client against card A, card B still logs in at once, and so does A's own terminal", { timeout: 10 * 60_000 }, async (t) => {
   const { env, a, b } = await twoCards(t);
   // Card A's terminal begins a login before the flood, from its own address.
   const pendingA = await beginLogin(env, a.cardId, "192.0.2.10");
@@ -82,7 +82,7 @@ test("after 1,005 anonymous handshakes from one client against card A, card B st
   assert.equal(counterValue(m, 'cardkms_sessions_retired_total{table="handshakes",bound="card-client"}'), rateLimitMax - DEFAULT_CONFIG.limits.handshakesPerCardClient);
 });
 
-test("1,005 handshakes against card A from 1,005 addresses: A's oldest are retired, the table never fills, B and A log in at once", { timeout: 120_000 }, async (t) => {
+test("1,005 handshakes against card A from 1,005 addresses: A's oldest are retired, the table never fills, B and A log in at once", { timeout: 10 * 60_000 }, async (t) => {
   const { env, a, b } = await twoCards(t);
   const pendingB = await beginLogin(env, b.cardId, "192.0.2.20");
   const sessions: string[] = [];
@@ -98,7 +98,7 @@ test("1,005 handshakes against card A from 1,005 addresses: A's oldest are retir
   assert.ok(counterValue(m, 'cardkms_sessions_retired_total{table="handshakes",bound="card"}') >= 1005 - DEFAULT_CONFIG.limits.handshakesPerCard);
 });
 
-test("a card holds at most terminalTokensPerCard live tokens: a new login retires its oldest; other cards keep theirs", { timeout: 120_000 }, async (t) => {
+test("a card holds at most terminalTokensPerCard live tokens: a new login retires its oldest; other cards keep theirs", { timeout: 10 * 60_000 }, async (t) => {
   const { env, a, b } = await twoCards(t, { limits: { terminalTokensPerCard: 2 } });
   const { post, get } = api(env);
   const tokenOf = async (cardId: string, card: CardRuntime) => (expect(await authenticate(post, cardId, card), 200) as { token: string }).token;
@@ -111,7 +111,7 @@ test("a card holds at most terminalTokensPerCard live tokens: a new login retire
   assert.equal(counterValue(await metricsText(env), 'cardkms_sessions_retired_total{table="terminal-tokens",bound="card"}'), 1);
 });
 
-test("the public login answers an unknown card and an inactive one the same way", { timeout: 120_000 }, async (t) => {
+test("the public login answers an unknown card and an inactive one the same way", { timeout: 10 * 60_000 }, async (t) => {
   const { env } = await apiEnvFor(t, engine, { logLevel: "silent" });
   const { post } = api(env);
   const user = expect(await post("/v1/users", env.tokens.operator, { personalData: { commonName: "Not Yet" } }), 201) as { id: string };
@@ -127,7 +127,7 @@ test("the public login answers an unknown card and an inactive one the same way"
   assert.deepEqual({ ...pi, detail: pi.detail.replace(issued.id, "ID"), instance: "" }, { ...pu, detail: pu.detail.replace(unknownId, "ID"), instance: "" });
 });
 
-test("/metrics answers auditor (and admin) tokens only", { timeout: 120_000 }, async (t) => {
+test("/metrics answers auditor (and admin) tokens only", { timeout: 10 * 60_000 }, async (t) => {
   const { env } = await apiEnvFor(t, engine, { logLevel: "silent" });
   const get = (token?: string) => env.server.app.inject({ method: "GET", url: "/metrics", headers: token ? { authorization: `Bearer ${token}` } : {} });
   expect(await get(), 401);
@@ -137,7 +137,7 @@ test("/metrics answers auditor (and admin) tokens only", { timeout: 120_000 }, a
   assert.match((await get(env.tokens.admin)).body, /cardkms_http_errors_total/);
 });
 
-test("metrics.access loopback: /metrics on a listener of its own, bound to loopback, and not on the API", { timeout: 120_000 }, async () => {
+test("metrics.access loopback: /metrics on a listener of its own, bound to loopback, and not on the API", { timeout: 10 * 60_000 }, async () => {
   const { server } = await startTestServer(tempDir("cardkms-metrics-"), { config: { metrics: { access: "loopback", host: "127.0.0.1", port: 0 } } });
   try {
     assert.match(String(server.metricsUrl), /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
@@ -152,7 +152,7 @@ test("metrics.access loopback: /metrics on a listener of its own, bound to loopb
   assert.equal(await fetch(server.metricsUrl!).then(() => "open", () => "closed"), "closed", "closed with the server");
 });
 
-test("webhooks: a loopback URL is refused by default (400 naming the range) and accepted when config webhooks.allowAddresses permits it", { timeout: 120_000 }, async (t) => {
+test("webhooks: a loopback URL is refused by default (400 naming the range) and accepted when config webhooks.allowAddresses permits it", { timeout: 10 * 60_000 }, async (t) => {
   const hook = { url: "http://127.0.0.1:9/hook", eventTypes: ["*"] };
   const strict = (await apiEnvFor(t, engine, { logLevel: "silent" })).env;
   const p = expect(await api(strict).post("/v1/webhooks", strict.tokens.operator, hook), 400);

@@ -61,7 +61,7 @@ function refused(r: Res, status: number, secret?: string): Record<string, unknow
 }
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
-  test(`${engine.name}, ${custody} custody: back up over HTTP with the card's token, refusals, then a reissued card restores and deciphers`, { timeout: 120_000 }, async (t) => {
+  test(`${engine.name}, ${custody} custody: back up over HTTP with the card's token, refusals, then a reissued card restores and deciphers`, { timeout: 10 * 60_000 }, async (t) => {
     const env = await issuerApiEnv(engine, { custody });
     const cards: CardRuntime[] = [];
     t.after(async () => {

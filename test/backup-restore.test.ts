@@ -119,7 +119,7 @@ const ALGS: KeyAlg[] = ["P256", "RSA2048"];
 
 for (const engine of testEngines()) {
   for (const alg of ALGS) {
-    test(`backup before the loss, restore after reissue: the new card reads the old data (${alg}, ${engine.name})`, { timeout: 120_000 }, async (t) => {
+    test(`backup before the loss, restore after reissue: the new card reads the old data (${alg}, ${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
       const tdb = await engine.create();
       const custody = await softwareCustody()();
       const cards: { close(): void }[] = [];

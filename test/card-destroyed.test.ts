@@ -21,7 +21,7 @@ function refused(r: Res, check: string, state: string): void {
 }
 
 for (const engine of testEngines()) {
-  test(`${engine.name}: after a card-destroyed reproduction into the replacement card, the destroyed card is refused everywhere`, { timeout: 120_000 }, async (t) => {
+  test(`${engine.name}: after a card-destroyed reproduction into the replacement card, the destroyed card is refused everywhere`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;

@@ -42,7 +42,7 @@ async function auditOf(env: ApiEnv, subject: string): Promise<{ seq: number; act
 }
 
 for (const engine of testEngines()) {
-  test(`${engine.name}: a suspended card's live token is refused at once on every card route; resume needs a new login; a retired card never comes back`, { timeout: 120_000 }, async (t) => {
+  test(`${engine.name}: a suspended card's live token is refused at once on every card route; resume needs a new login; a retired card never comes back`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;
@@ -123,7 +123,7 @@ for (const engine of testEngines()) {
     assert.equal((expect(await get("/v1/audit/verify", env.tokens.auditor), 200) as { ok: boolean }).ok, true);
   });
 
-  test(`${engine.name}: who may move a card: operators, the card's own terminal only to suspend it, never an auditor or another card's terminal`, { timeout: 120_000 }, async (t) => {
+  test(`${engine.name}: who may move a card: operators, the card's own terminal only to suspend it, never an auditor or another card's terminal`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
     const { get, post } = api(env);
     const alice = await issueAndPersonalise(env, "Aiko Sato");
@@ -163,7 +163,7 @@ for (const engine of testEngines()) {
     );
   });
 
-  test(`${engine.name}: concurrent transitions${engine.name === "postgres" ? " on two servers" : ""}: one of each wins, the others are refused by name`, { timeout: 60_000 }, async (t) => {
+  test(`${engine.name}: concurrent transitions${engine.name === "postgres" ? " on two servers" : ""}: one of each wins, the others are refused by name`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
     const alice = await issueAndPersonalise(env, "Aiko Sato");
     cards.push(alice.card);
@@ -189,7 +189,7 @@ for (const engine of testEngines()) {
 
 // Issue 15 §6: a personalisation whose SET STATUS came back 6985 without a MAC — here a relaying terminal answers it
 // instead of the card — leaves the card record issued: the card, asked with GET STATUS under R-MAC, is not SECURED.
-test("a card that answers SET STATUS with 6985 without being SECURED is not marked active", { timeout: 60_000 }, async (t) => {
+test("a card that answers SET STATUS with 6985 without being SECURED is not marked active", { timeout: 10 * 60_000 }, async (t) => {
   const { env, cards } = await apiEnvFor(t, testEngines()[0], { logLevel: "silent" });
   const { get, post } = api(env);
   const op = env.tokens.operator;

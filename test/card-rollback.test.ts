@@ -27,7 +27,7 @@ async function pinTriesLeft(card: CardRuntime): Promise<number> {
 }
 
 for (const engine of testEngines()) {
-  test(`a card image that went back is refused at login and flagged, until an operator clears it, on ${engine.name}`, { timeout: 180_000 }, async (t) => {
+  test(`a card image that went back is refused at login and flagged, until an operator clears it, on ${engine.name}`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine);
     const { get, post } = api(env);
     const { operator: op, auditor: aud } = env.tokens;
@@ -105,7 +105,7 @@ for (const engine of testEngines()) {
     assert.deepEqual(expect(await get("/v1/rollbacks", aud), 200).cards, []);
   });
 
-  test(`the state counter report cannot be forged by the terminal, and a card must give one, on ${engine.name}`, { timeout: 180_000 }, async (t) => {
+  test(`the state counter report cannot be forged by the terminal, and a card must give one, on ${engine.name}`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine);
     const { get, post } = api(env);
     const { cardId, card } = await issueAndPersonalise(env, "Taro Suzuki");

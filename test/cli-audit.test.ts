@@ -32,7 +32,7 @@ async function rewriteFrom(db: Db, from: number): Promise<void> {
   }
 }
 
-test("audit checkpoint, pull and verify --checkpoint find a rewritten tail and a truncation the chain calls intact", { timeout: 240_000 }, async (t) => {
+test("audit checkpoint, pull and verify --checkpoint find a rewritten tail and a truncation the chain calls intact", { timeout: 10 * 60_000 }, async (t) => {
   const checkpointFile = join(dir, "server-checkpoint.note");
   const srv = await startTestServer(dir, { config: { audit: { checkpointIntervalSeconds: 0, checkpointFile } } });
   t.after(() => srv.close());

@@ -40,7 +40,7 @@ async function syncPackages(issuer: Issuer, cardId: string, image: string): Prom
   }
 }
 
-test("backup encipher / push / list / decipher / restore through the CLI, across a card replaced with the same key", { timeout: 120_000 }, async (t) => {
+test("backup encipher / push / list / decipher / restore through the CLI, across a card replaced with the same key", { timeout: 10 * 60_000 }, async (t) => {
   const dir = tempDir("cardkms-cli-backup-");
   const srv = await startTestServer(dir);
   t.after(() => srv.close());

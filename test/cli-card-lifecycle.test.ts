@@ -13,7 +13,7 @@ import { cliJson, runCli, tempDir } from "./helpers.ts";
 const dir = tempDir("cardkms-cli-lifecycle-");
 const IMAGE_KEY = "44".repeat(32);
 
-test("the card lifecycle through the CLI against a running server", { timeout: 240_000 }, async (t) => {
+test("the card lifecycle through the CLI against a running server", { timeout: 10 * 60_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const cli = (args: string[], env: Record<string, string>) => runCli(args, { CARDKMS_IMAGE_KEY: IMAGE_KEY, ...env });

@@ -14,7 +14,7 @@ const IMAGE_KEY = "33".repeat(32);
 const cli = (args: string[], env: Record<string, string> = {}) => runCli(args, { CARDKMS_IMAGE_KEY: IMAGE_KEY, ...env });
 const json = cliJson;
 
-test("operator and terminal flows through the CLI against a running server", { timeout: 240_000 }, async (t) => {
+test("operator and terminal flows through the CLI against a running server", { timeout: 10 * 60_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const db = srv.config.database;

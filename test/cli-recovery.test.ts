@@ -21,7 +21,7 @@ const IMAGE_KEY = "33".repeat(32);
 const cli = (args: string[], env: Record<string, string> = {}) => runCli(args, { CARDKMS_IMAGE_KEY: IMAGE_KEY, ...env });
 const json = cliJson;
 
-test("arbitrators, policy, request, approvals and the reproduction through the CLI", { timeout: 240_000 }, async (t) => {
+test("arbitrators, policy, request, approvals and the reproduction through the CLI", { timeout: 10 * 60_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const outputs: string[] = [];
@@ -173,7 +173,7 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
 
 });
 
-test("the lifecycle through the CLI: key rotation signed on the arbitrator's side, deregistration, dependents, paged lists, reset", { timeout: 240_000 }, async (t) => {
+test("the lifecycle through the CLI: key rotation signed on the arbitrator's side, deregistration, dependents, paged lists, reset", { timeout: 10 * 60_000 }, async (t) => {
   const home = tempDir("cardkms-cli-reclife-");
   const srv = await startTestServer(home);
   t.after(() => srv.close());
@@ -256,7 +256,7 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
   for (const sub of ["rotate", "deregister", "dependents"]) assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
 });
 
-test("issue 9: a destroyed card through the CLI — the replacement card named when filing, pinned by the arbitrator, the only card the key goes into", { timeout: 240_000 }, async (t) => {
+test("issue 9: a destroyed card through the CLI — the replacement card named when filing, pinned by the arbitrator, the only card the key goes into", { timeout: 10 * 60_000 }, async (t) => {
   const home = tempDir("cardkms-cli-recreplace-");
   const srv = await startTestServer(home);
   t.after(() => srv.close());

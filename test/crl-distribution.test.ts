@@ -41,7 +41,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-test("a fresh certificate's CRL distribution point serves the CRL; openssl verify -crl_check refuses the revoked one, accepts the live one", { timeout: 120_000 }, async () => {
+test("a fresh certificate's CRL distribution point serves the CRL; openssl verify -crl_check refuses the revoked one, accepts the live one", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-crl-");
   const port = await freePort();
   const crlUrl = `http://127.0.0.1:${port}/crl`;
@@ -95,7 +95,7 @@ test("a fresh certificate's CRL distribution point serves the CRL; openssl verif
   }
 });
 
-test("a crlUrl the server cannot serve stops the start, naming why; one pointing at another port is warned about", { timeout: 60_000 }, async () => {
+test("a crlUrl the server cannot serve stops the start, naming why; one pointing at another port is warned about", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-crl-bad-");
   for (const [url, why] of [
     ["http://127.0.0.1:8443/healthz", /already the server's route GET \/healthz/],

@@ -42,7 +42,7 @@ function logSink(): { lines: () => Record<string, unknown>[]; stream: Writable }
 
 const env = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
 
-test("a fresh server: data directory 0700, DB, -wal and -shm 0600, keystore and card images 0600, no warning", { timeout: 60_000 }, async () => {
+test("a fresh server: data directory 0700, DB, -wal and -shm 0600, keystore and card images 0600, no warning", { timeout: 10 * 60_000 }, async () => {
   const data = join(tempDir("cardkms-modes-"), "data", "issuer");
   const log = logSink();
   const server = await startIssuerServer(config(data), { env, listen: false, logStream: log.stream });
@@ -69,7 +69,7 @@ test("a fresh server: data directory 0700, DB, -wal and -shm 0600, keystore and 
   assert.equal(mode(card), "0600");
 });
 
-test("a pre-existing DB readable by others: the server warns at start-up, naming each file and its mode", { timeout: 60_000 }, async () => {
+test("a pre-existing DB readable by others: the server warns at start-up, naming each file and its mode", { timeout: 10 * 60_000 }, async () => {
   const data = join(tempDir("cardkms-modes-"), "shared");
   mkdirSync(data, { mode: 0o755 });
   chmodSync(data, 0o755);

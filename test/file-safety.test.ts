@@ -157,7 +157,7 @@ test("the card's EEPROM image: created through no symlink (not at its name, not 
   assert.ok(!existsSync(join(s.dir, "other.card")));
 });
 
-test("the terminal's state file: written through no planted symlink, 0600; a shared directory is refused when the terminal opens", { timeout: 60_000 }, async () => {
+test("the terminal's state file: written through no planted symlink, 0600; a shared directory is refused when the terminal opens", { timeout: 10 * 60_000 }, async () => {
   const s = setting("terminal");
   const cardId = "a1b2c3d4e5f60718";
   const custody = await SoftwareCustody.open({ path: join(s.root, "keystore.json"), key: randomBytes(32).toString("hex") });
@@ -193,7 +193,7 @@ test("the terminal's state file: written through no planted symlink, 0600; a sha
   }
 });
 
-test("the virtual reader's lock in a shared directory: its owner note is not written through a planted symlink", { timeout: 30_000 }, async () => {
+test("the virtual reader's lock in a shared directory: its owner note is not written through a planted symlink", { timeout: 10 * 60_000 }, async () => {
   const s = setting("lock");
   const lockPath = join(s.dir, "cardkms-vpcd-35963.lock");
   s.plant("cardkms-vpcd-35963.lock.owner");

@@ -116,7 +116,7 @@ function pinHolder(env: Record<string, string>, input: Input): Promise<Attempt[]
   });
 }
 
-test("a holder of the HSM user PIN, in a process of its own, attacks the issuer's keys: SoftHSM2 refuses what it can, and what succeeds is exactly what the self-test reports open", { timeout: 120_000 }, async (t) => {
+test("a holder of the HSM user PIN, in a process of its own, attacks the issuer's keys: SoftHSM2 refuses what it can, and what succeeds is exactly what the self-test reports open", { timeout: 10 * 60_000 }, async (t) => {
   const api0 = await issuerApiEnv(sqlite(), { custody: "softhsm", webhookSecret: false });
   t.after(() => api0.close());
   const custody = api0.server.custody;
@@ -239,7 +239,7 @@ function installRecorder(): { made: Made[]; recording: boolean; uninstall(): voi
   return rec;
 }
 
-test("every key the project makes on the token has its role's template: not modifiable, not copyable, sensitive, the least usage", { timeout: 120_000 }, async (t) => {
+test("every key the project makes on the token has its role's template: not modifiable, not copyable, sensitive, the least usage", { timeout: 10 * 60_000 }, async (t) => {
   // The recorder replaces pkcs11js's class before the server loads the module (once per process: this test file
   // opens no PKCS#11 module before this test, and each test file runs in a process of its own).
   const recorder = installRecorder();
@@ -311,7 +311,7 @@ test("every key the project makes on the token has its role's template: not modi
   for (const o of made.filter((x) => x.fn === "C_DeriveKey" && x.attrs.get(p.CKA_KEY_TYPE) === p.CKK_AES)) assert.ok(allowed.includes(JSON.stringify(usageOf(o))), `a derived key's usage ${JSON.stringify(usageOf(o))}`);
 });
 
-test("the issuer does not start on a token with an extraction path open that it was not told to accept; it names the token and the path", { timeout: 60_000 }, async () => {
+test("the issuer does not start on a token with an extraction path open that it was not told to accept; it names the token and the path", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-hsm-gate-");
   const hsm = softhsmToken(join(dir, "hsm"));
   const config = (custody: Partial<Extract<IssuerConfig["custody"], { kind: "pkcs11" }>>, developmentToken = false): IssuerConfig => ({
@@ -335,7 +335,7 @@ test("the issuer does not start on a token with an extraction path open that it 
   }
 });
 
-test("cardkms custody self-test prints the report; its exit status says whether every path was refused", { timeout: 60_000 }, async () => {
+test("cardkms custody self-test prints the report; its exit status says whether every path was refused", { timeout: 10 * 60_000 }, async () => {
   const hsm = softhsmToken(join(tempDir("cardkms-hsm-cli-"), "hsm"));
   const env = { CARDKMS_CUSTODY: "pkcs11", ...hsm };
   const json = await runCli(["custody", "self-test", "--json"], env);

@@ -25,7 +25,7 @@ import { tempDir } from "./helpers.ts";
 const dir = tempDir();
 
 for (const engine of testEngines()) {
-  test(`issuing flows on ${engine.name}`, { timeout: 120_000 }, async () => {
+  test(`issuing flows on ${engine.name}`, { timeout: 10 * 60_000 }, async () => {
     const tdb = await engine.create();
     const custody = await softwareCustody()();
     try {

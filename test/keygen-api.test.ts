@@ -40,7 +40,7 @@ async function auditActions(env: ApiEnv, subject: string): Promise<{ action: str
 }
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
-  test(`${engine.name}, ${custody} custody: the key generation device over HTTP — center checks, card write through the relay, key destroyed, escrow`, { timeout: 180_000 }, async (t) => {
+  test(`${engine.name}, ${custody} custody: the key generation device over HTTP — center checks, card write through the relay, key destroyed, escrow`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { custody });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;

@@ -195,7 +195,7 @@ const refusedBy = (check: string, by: "device" | "certification-center") => (e: 
 // --- the tests ----------------------------------------------------------------------------------------------------
 
 for (const [name, open, token] of CUSTODIES) {
-  test(`${name}: seed 001 embodiments 1-2 — key generation device, certification center, card`, { timeout: 300_000 }, async (t) => {
+  test(`${name}: seed 001 embodiments 1-2 — key generation device, certification center, card`, { timeout: 10 * 60_000 }, async (t) => {
     const custody = await open();
     const site = await centerSite();
     const path = new Path(site.center);

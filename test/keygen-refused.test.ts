@@ -38,7 +38,7 @@ function center(o: { refuse?: CaRefusal; answer?: { certificate: Uint8Array; ser
   return { ca, revoked };
 }
 
-test("a refusal names the generated key's hash, and the certificate's serial once there is one", { timeout: 60_000 }, async () => {
+test("a refusal names the generated key's hash, and the certificate's serial once there is one", { timeout: 10 * 60_000 }, async () => {
   const custody = await SoftwareCustody.open({ path: join(tempDir("cardkms-keygen-refused-"), "keystore.json"), key: randomBytes(32).toString("hex") });
   const registry = new MemoryIssuedKeyRegistry();
   const card = { transmit: async (): Promise<Uint8Array> => assert.fail("nothing reaches the card"), keySet: { label: "card-keys" } as unknown as KeySetRef };

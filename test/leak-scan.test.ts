@@ -116,7 +116,7 @@ async function tableBytes(db: Kysely<unknown>, tables: readonly string[] = TABLE
   return out;
 }
 
-test("no private key in clear in the DB, packages, keystore, overflow store or terminal traffic", { timeout: 120_000 }, async () => {
+test("no private key in clear in the DB, packages, keystore, overflow store or terminal traffic", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-leak-");
   const dbUrl = `sqlite:${join(dir, "issuer.db")}`;
   const db = openDatabase(dbUrl);
@@ -167,7 +167,7 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await inner.close();
 });
 
-test("through the server: no private key in its log lines (at trace level), its responses or its DB — credentials, and seed 001 keygen with escrow, backup, reproduction", { timeout: 120_000 }, async () => {
+test("through the server: no private key in its log lines (at trace level), its responses or its DB — credentials, and seed 001 keygen with escrow, backup, reproduction", { timeout: 10 * 60_000 }, async () => {
   let spy: ReturnType<typeof spyOn> | undefined;
   const env = await issuerApiEnv(testEngines()[0], { logLevel: "trace", wrapCustody: (c) => (spy = spyOn(c)).custody });
   try {
@@ -297,7 +297,7 @@ function filesUnder(dir: string): Buffer[] {
 
 const xor = (a: Uint8Array, b: Uint8Array): Buffer => Buffer.from(a.map((x, i) => x ^ b[i]));
 
-test("seed 001: escrow at key generation, approvals, reproduction into a new card, backup and restore — no private key, K, share or plaintext in clear", { timeout: 120_000 }, async () => {
+test("seed 001: escrow at key generation, approvals, reproduction into a new card, backup and restore — no private key, K, share or plaintext in clear", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-leak-seed001-");
   const dbUrl = `sqlite:${join(dir, "system.db")}`;
   const db = openDatabase(dbUrl);

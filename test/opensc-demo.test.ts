@@ -11,7 +11,7 @@ import { demoThroughPcsc } from "../src/demo/pcsc-demo.ts";
 import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
 import { tempDir } from "./helpers.ts";
 
-test("OpenSC over real PC/SC signs with an SCP03-delivered key; openssl verifies it", { timeout: 300_000 }, async () => {
+test("OpenSC over real PC/SC signs with an SCP03-delivered key; openssl verifies it", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-opensc-demo-");
   const demo = await runDemo({ dir });
   const piv = new PivClient((a) => demo.card.transmit(a));

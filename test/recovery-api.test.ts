@@ -35,7 +35,7 @@ function refused(r: Res, status: number, check: string): Record<string, unknown>
 }
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
-  test(`${engine.name}, ${custody} custody: arbitrators, policy, requests, signed approvals and a reproduction through the live relay, all over HTTP`, { timeout: 180_000 }, async (t) => {
+  test(`${engine.name}, ${custody} custody: arbitrators, policy, requests, signed approvals and a reproduction through the live relay, all over HTTP`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { custody });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;
@@ -288,7 +288,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
 // Alice's key into Bob's card, or into a card it keeps — refused by name, audited, nothing written; the key goes into
 // the replacement card the request named, which every approval signed over.
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
-  test(`${engine.name}, ${custody} custody: a destroyed card's key goes only into the replacement card the arbitrators approved`, { timeout: 180_000 }, async (t) => {
+  test(`${engine.name}, ${custody} custody: a destroyed card's key goes only into the replacement card the arbitrators approved`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { custody });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;
@@ -382,7 +382,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
   });
 }
 
-test("a live relay session refuses a second response count, and closing the server ends a parked reproduction cleanly", { timeout: 60_000 }, async (t) => {
+test("a live relay session refuses a second response count, and closing the server ends a parked reproduction cleanly", { timeout: 10 * 60_000 }, async (t) => {
   const [engine] = testEngines();
   const env = await issuerApiEnv(engine, { logLevel: "silent" });
   let closed = false;

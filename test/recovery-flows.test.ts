@@ -142,7 +142,7 @@ const CUSTODIES: [string, () => Promise<KeyCustody>][] = [
 
 for (const engine of testEngines()) {
   for (const [custodyName, openCustody] of CUSTODIES) {
-    test(`${engine.name}, ${custodyName}: seed 001 embodiment 3 — escrow, approvals, reproduction into the same or a new card`, { timeout: 120_000 }, async (t) => {
+    test(`${engine.name}, ${custodyName}: seed 001 embodiment 3 — escrow, approvals, reproduction into the same or a new card`, { timeout: 10 * 60_000 }, async (t) => {
       const tdb = await engine.create();
       const custody = await openCustody();
       const { db } = tdb;
@@ -436,7 +436,7 @@ for (const engine of testEngines()) {
   }
 }
 
-test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside custody, the card signs again", { timeout: 120_000 }, async () => {
+test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside custody, the card signs again", { timeout: 10 * 60_000 }, async () => {
   const [engine] = testEngines();
   const tdb = await engine.create();
   const custody = await CUSTODIES[1][1]();

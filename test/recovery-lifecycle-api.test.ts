@@ -29,7 +29,7 @@ const IDS = ["user", "mgr-a", "mgr-b", "sp-x", "sp-y"];
 const POLICY_A: ReproductionPolicy = { version: 1, author: "user", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] };
 
 for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((c) => [e, c] as const))) {
-  test(`${engine.name}, ${custody} custody: the reproduction lease, key rotation, deregistration and pagination over HTTP`, { timeout: 180_000 }, async (t) => {
+  test(`${engine.name}, ${custody} custody: the reproduction lease, key rotation, deregistration and pagination over HTTP`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { custody });
     const { get, post, put } = api(env);
     const op = env.tokens.operator;

@@ -25,7 +25,7 @@ async function approvedRotation(w: RotationWorld, rotations: CardRotation, cardI
 const states = async (rotations: CardRotation, id: string) => (await rotations.status(id)).distribution.items.map((i) => [i.slot, i.state, i.packageSeq]);
 
 for (const engine of testEngines()) {
-  test(`a credential issued to the new card first leaves nothing undelivered; owed until the card fetched it (${engine.name})`, { timeout: 120_000 }, async (t) => {
+  test(`a credential issued to the new card first leaves nothing undelivered; owed until the card fetched it (${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
     const w = await rotationWorld(engine);
     t.after(() => w.close());
     const rotations = new CardRotation(w.issuer);
@@ -53,7 +53,7 @@ for (const engine of testEngines()) {
     assert.deepEqual((await w.store.listKeyPairs({ cardId: newCardId, status: "active" })).map((k) => k.slot).sort(), ["82", "9a", "9c"]);
   });
 
-  test(`a distribute that stops midway resumes exactly where it stopped (${engine.name})`, { timeout: 120_000 }, async (t) => {
+  test(`a distribute that stops midway resumes exactly where it stopped (${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
     const w = await rotationWorld(engine);
     t.after(() => w.close());
     const rotations = new CardRotation(w.issuer);
@@ -84,7 +84,7 @@ for (const engine of testEngines()) {
     assert.equal(resumed.rotation.distribution, "distributed");
   });
 
-  test(`propose checks both cards and whose keys it would re-wrap; distribute waits for a personalised new card (${engine.name})`, { timeout: 120_000 }, async (t) => {
+  test(`propose checks both cards and whose keys it would re-wrap; distribute waits for a personalised new card (${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
     const w = await rotationWorld(engine);
     t.after(() => w.close());
     const rotations = new CardRotation(w.issuer);

@@ -14,7 +14,7 @@ import { testEngines } from "../src/store/testing.ts";
 import { rotationWorld } from "./rotation-fixture.ts";
 
 for (const engine of testEngines()) {
-  test(`four eyes on a rotation, two approvals needed (${engine.name})`, { timeout: 120_000 }, async (t) => {
+  test(`four eyes on a rotation, two approvals needed (${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
     const w = await rotationWorld(engine);
     t.after(() => w.close());
     const rotations = new CardRotation(w.issuer, { approvals: 2 });
@@ -76,7 +76,7 @@ for (const engine of testEngines()) {
     assert.deepEqual(last[0].approvals, ["otto", "ada"]);
   });
 
-  test(`a validity-scan proposal (no proposer) is approved by one operator; cancel withdraws one not started (${engine.name})`, { timeout: 60_000 }, async (t) => {
+  test(`a validity-scan proposal (no proposer) is approved by one operator; cancel withdraws one not started (${engine.name})`, { timeout: 10 * 60_000 }, async (t) => {
     const w = await rotationWorld(engine);
     t.after(() => w.close());
     const rotations = new CardRotation(w.issuer);

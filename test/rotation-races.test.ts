@@ -61,7 +61,7 @@ async function personalisedCard(srv: ProcessServer, cards: CardRuntime[]): Promi
 }
 
 for (const engine of testEngines()) {
-  describe(`races against a server in its own process, ${engine.name}`, { timeout: 240_000 }, () => {
+  describe(`races against a server in its own process, ${engine.name}`, { timeout: 10 * 60_000 }, () => {
     let srv: ProcessServer;
     const cards: CardRuntime[] = [];
     before(async () => {

@@ -45,7 +45,7 @@ const STRATEGIES: RotationStrategy[] = ["embodiment3", "embodiment4", "embodimen
 
 for (const engine of testEngines()) {
   for (const strategy of STRATEGIES) {
-    test(`rotation ${strategy} (FIG. 15) on ${engine.name}`, { timeout: 120_000 }, async (t) => {
+    test(`rotation ${strategy} (FIG. 15) on ${engine.name}`, { timeout: 10 * 60_000 }, async (t) => {
       const tdb = await engine.create();
       const custody = await softwareCustody()();
       const cards: { close(): void }[] = [];

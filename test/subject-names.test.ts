@@ -54,7 +54,7 @@ const ATTACKS: [string, string, RegExp][] = [
 ];
 
 for (const engine of testEngines()) {
-  test(`registration and the key generation device refuse control characters, lone surrogates and non-NFC names, naming the field, on ${engine.name}`, { timeout: 120_000 }, async (t) => {
+  test(`registration and the key generation device refuse control characters, lone surrogates and non-NFC names, naming the field, on ${engine.name}`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
     const { post, get } = api(env);
     const op = env.tokens.operator;
@@ -99,7 +99,7 @@ const name = fc.oneof(
   fc.string({ unit: anyUnit, minLength: 0, maxLength: 24 }),
 );
 
-test("property: what registration accepts is certified byte for byte as recorded; what it refuses leaves nothing behind", { timeout: 300_000 }, async (t) => {
+test("property: what registration accepts is certified byte for byte as recorded; what it refuses leaves nothing behind", { timeout: 10 * 60_000 }, async (t) => {
   const { env } = await apiEnvFor(t, testEngines()[0], { logLevel: "silent" });
   const { post, get } = api(env);
   const op = env.tokens.operator;

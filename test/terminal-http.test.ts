@@ -23,7 +23,7 @@ import { TEST_KMC } from "./kmc.ts";
 
 const dir = tempDir("cardkms-terminal-http-");
 
-test("the user terminal over HTTP: issue, deliver, overflow, bring back, card binding, replay", { timeout: 180_000 }, async (t) => {
+test("the user terminal over HTTP: issue, deliver, overflow, bring back, card binding, replay", { timeout: 10 * 60_000 }, async (t) => {
   const srv = await startTestServer(dir);
   t.after(() => srv.close());
   const op = new IssuerApiClient({ server: srv.url, token: srv.operatorToken });

@@ -102,7 +102,7 @@ async function personaliseRecorded(env: ApiEnv, cards: CardRuntime[], cardOpts: 
   return { wire, custodyKcvs: await env.server.custody.keySetKcvs(ref), cardId };
 }
 
-test("development mode (public test keys): a recording of the personalisation relay gives the new card's Sk", { timeout: 60_000 }, async (t) => {
+test("development mode (public test keys): a recording of the personalisation relay gives the new card's Sk", { timeout: 10 * 60_000 }, async (t) => {
   const { env, cards } = await apiEnvFor(t, engine, { logLevel: "warn", insecure: { publicTransportKeys: true } });
   assert.ok(
     env.logs.some((l) => /INSECURE DEVELOPMENT MODE/.test(l) && /"level":40/.test(l)),
@@ -118,7 +118,7 @@ test("development mode (public test keys): a recording of the personalisation re
 });
 
 for (const custody of API_CUSTODIES)
-  test(`per-card transport keys from the KMC (the default), derived in ${custody} custody: the same recording gives nothing`, { timeout: 60_000 }, async (t) => {
+  test(`per-card transport keys from the KMC (the default), derived in ${custody} custody: the same recording gives nothing`, { timeout: 10 * 60_000 }, async (t) => {
     const { env, cards } = await apiEnvFor(t, engine, { logLevel: "warn", custody });
     assert.ok(!env.logs.some((l) => /publicTransportKeys/.test(l)));
     const { wire, custodyKcvs } = await personaliseRecorded(env, cards, { kmc: TEST_KMC });
@@ -128,7 +128,7 @@ for (const custody of API_CUSTODIES)
     assert.equal(Buffer.concat(wire.flatMap((w) => [w.cmd, w.resp])).indexOf(Buffer.from(TEST_KMC)), -1, "the KMC never crosses the relay");
   });
 
-test("outside development mode the issuer refuses the public test keys, with clear errors", { timeout: 60_000 }, async (t) => {
+test("outside development mode the issuer refuses the public test keys, with clear errors", { timeout: 10 * 60_000 }, async (t) => {
   const { env, cards } = await apiEnvFor(t, engine, { logLevel: "silent" });
   const { post, get } = api(env);
   const op = env.tokens.operator;
@@ -212,7 +212,7 @@ test("the key ceremony: 2 or 3 components, each checked against its KCV, combine
   }
 });
 
-test("cardkms card manufacturer-kmc hands out a KMC and its components; cardkms custody import-kmc takes them from files, refused on a wrong KCV, never printing a key", { timeout: 120_000 }, async () => {
+test("cardkms card manufacturer-kmc hands out a KMC and its components; cardkms custody import-kmc takes them from files, refused on a wrong KCV, never printing a key", { timeout: 10 * 60_000 }, async () => {
   const home = tempDir("cardkms-import-kmc-");
   const made = await runCli(["card", "manufacturer-kmc", join(home, "kmc"), "--json"]);
   const out = cliJson(made, "manufacturer-kmc") as { kmc: { file: string; kcv: string }; components: { file: string; kcv: string }[] };

@@ -89,7 +89,7 @@ test("readCardSecretId: the card's secret ID, only through the secure channel, n
 
 for (const engine of testEngines()) {
   describe(`key generation device with the escrow hook, ${engine.name}`, () => {
-    test("S3: escrow with the key in custody; refusals revoke and leave nothing; a failed write abandons the escrow", { timeout: 60_000 }, async () => {
+    test("S3: escrow with the key in custody; refusals revoke and leave nothing; a failed write abandons the escrow", { timeout: 10 * 60_000 }, async () => {
       const tdb = await engine.create();
       const custody = await SoftwareCustody.open({ path: join(dir, `ks-${engine.name}.json`), key: randomBytes(32).toString("hex") });
       try {

@@ -93,7 +93,7 @@ async function center(): Promise<{ center: CertificationCenter; root: Uint8Array
 }
 
 for (const engine of testEngines()) {
-  test(`RecoveryService lifecycle on ${engine.name}: the reproduction lease, key rotation, deregistration, pagination`, { timeout: 180_000 }, async (t) => {
+  test(`RecoveryService lifecycle on ${engine.name}: the reproduction lease, key rotation, deregistration, pagination`, { timeout: 10 * 60_000 }, async (t) => {
     const dir = tempDir("cardkms-reclife-");
     const tdb = await engine.create();
     const custody: KeyCustody = await softwareCustody()();

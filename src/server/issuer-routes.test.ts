@@ -12,7 +12,7 @@ import { testEngines } from "../store/testing.ts";
 import { PivClient } from "../terminal/piv-client.ts";
 import { api, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay } from "../../test/api-env.ts";
 for (const engine of testEngines()) {
-  test(`the issuing flows over HTTP on ${engine.name}`, { timeout: 180_000 }, async () => {
+  test(`the issuing flows over HTTP on ${engine.name}`, { timeout: 10 * 60_000 }, async () => {
     const env = await issuerApiEnv(engine);
     const { get, post } = api(env);
     const { operator: op, auditor: aud, admin } = env.tokens;

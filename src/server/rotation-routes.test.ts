@@ -91,7 +91,7 @@ async function loadAndSign(env: ApiEnv, cardId: string, card: CardRuntime, expec
 }
 
 for (const engine of testEngines()) {
-  test(`rotation routes, embodiment 3 end to end on ${engine.name}`, { timeout: 180_000 }, async () => {
+  test(`rotation routes, embodiment 3 end to end on ${engine.name}`, { timeout: 10 * 60_000 }, async () => {
     const env = await issuerApiEnv(engine, { logLevel: "silent" });
     const cards: CardRuntime[] = [];
     try {
@@ -171,7 +171,7 @@ for (const engine of testEngines()) {
   });
 }
 
-test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is re-wrapped, only the added pair is sent", { timeout: 180_000 }, async () => {
+test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is re-wrapped, only the added pair is sent", { timeout: 10 * 60_000 }, async () => {
   const env = await issuerApiEnv(testEngines()[0], { logLevel: "silent" });
   const cards: CardRuntime[] = [];
   try {

@@ -195,7 +195,7 @@ for (const engine of testEngines()) {
       assert.equal(await again.register(a), false);
     });
 
-    test("a key generation device on it refuses a key it generated before — also after a restart — and a repeat once is redrawn", { timeout: 60_000 }, async () => {
+    test("a key generation device on it refuses a key it generated before — also after a restart — and a repeat once is redrawn", { timeout: 10 * 60_000 }, async () => {
       const custody = await SoftwareCustody.open({ path: join(dir, `ks-${engine.name}.json`), key: randomBytes(32).toString("hex") });
       const cards: { close(): void }[] = [];
       try {

@@ -148,7 +148,7 @@ test("card container: round trip, and malformed content is named", () => {
 });
 
 for (const engine of testEngines()) {
-  test(`backup and restore with the back-up device on ${engine.name}`, { timeout: 60_000 }, async () => {
+  test(`backup and restore with the back-up device on ${engine.name}`, { timeout: 10 * 60_000 }, async () => {
     const tdb = await engine.create();
     const c = await card();
     const other = await card();

@@ -46,7 +46,7 @@ function pivCard(): { card: CardRuntime; cleanup: () => void } {
   };
 }
 
-test("OpenSC identifies the card as PIV with its default configuration", { timeout: 120_000 }, async () => {
+test("OpenSC identifies the card as PIV with its default configuration", { timeout: 10 * 60_000 }, async () => {
   const { card, cleanup } = pivCard();
   const rec = recordingCard(card);
   try {
@@ -66,7 +66,7 @@ test("OpenSC identifies the card as PIV with its default configuration", { timeo
   }
 });
 
-test("pkcs11-tool sees a PIV_II token in the vpcd slot; the PIV-II-only config drops foreign probes", { timeout: 120_000 }, async () => {
+test("pkcs11-tool sees a PIV_II token in the vpcd slot; the PIV-II-only config drops foreign probes", { timeout: 10 * 60_000 }, async () => {
   const { card, cleanup } = pivCard();
   const rec = recordingCard(card);
   try {

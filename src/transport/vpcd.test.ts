@@ -138,7 +138,7 @@ async function fakeVpcd(port = 0): Promise<FakeVpcd> {
 
 // ---- protocol tests (no pcscd)
 
-test("vpcd protocol: ATR, control codes, APDUs, long frames", { timeout: 30_000 }, async () => {
+test("vpcd protocol: ATR, control codes, APDUs, long frames", { timeout: 10 * 60_000 }, async () => {
   const { card, cleanup } = makeCard();
   const vpcd = await fakeVpcd();
   const conn = new VpcdConnector(card, { host: LOOPBACK, port: vpcd.port, lock: false });
@@ -171,7 +171,7 @@ test("vpcd protocol: ATR, control codes, APDUs, long frames", { timeout: 30_000 
   }
 });
 
-test("vpcd connector retries until vpcd is up, reconnects after a drop, closes cleanly", { timeout: 30_000 }, async () => {
+test("vpcd connector retries until vpcd is up, reconnects after a drop, closes cleanly", { timeout: 10 * 60_000 }, async () => {
   const { card, cleanup } = makeCard();
   // Find a free port, then leave it closed for a while.
   const probe = await fakeVpcd();
@@ -208,7 +208,7 @@ test("vpcd connector retries until vpcd is up, reconnects after a drop, closes c
   }
 });
 
-test("a card that loses power is removed from the reader and not reconnected", { timeout: 30_000 }, async () => {
+test("a card that loses power is removed from the reader and not reconnected", { timeout: 10 * 60_000 }, async () => {
   const vpcd = await fakeVpcd();
   const atr = CardRuntime.ATR;
   const dead = { atr, reset: () => atr, transmit: (): Uint8Array => { throw new PowerLoss(3); } };
@@ -249,7 +249,7 @@ test("InProcessTransport copies bytes and refuses use after close", async () => 
 
 // ---- through real pcscd + vpcd
 
-test("pcscd + vpcd: opensc-tool and scriptor reach the card", { timeout: 180_000 }, async () => {
+test("pcscd + vpcd: opensc-tool and scriptor reach the card", { timeout: 10 * 60_000 }, async () => {
   await ensurePcscd();
   const { card, cleanup } = makeCard();
   try {
@@ -302,7 +302,7 @@ test("pcscd + vpcd: opensc-tool and scriptor reach the card", { timeout: 180_000
   }
 });
 
-test("pcscd + vpcd: the next card attaches after the previous one left", { timeout: 180_000 }, async () => {
+test("pcscd + vpcd: the next card attaches after the previous one left", { timeout: 10 * 60_000 }, async () => {
   await ensurePcscd();
   for (const tag of [0x55, 0xaa]) {
     const { card, cleanup } = makeCard(tag);

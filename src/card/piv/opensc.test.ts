@@ -50,7 +50,7 @@ function publicFrom7f49(data: Uint8Array): KeyObject {
   return createPublicKey({ key: { kty: "RSA", n: b64(findTlv(v, 0x81)!), e: b64(findTlv(v, 0x82)!) }, format: "jwk" });
 }
 
-test("OpenSC pkcs11-tool lists the PIV certificates and signs with P-256 (9A) and RSA-2048 (9C)", { timeout: 240_000 }, async () => {
+test("OpenSC pkcs11-tool lists the PIV certificates and signs with P-256 (9A) and RSA-2048 (9C)", { timeout: 10 * 60_000 }, async () => {
   const dir = tempDir("cardkms-piv-opensc-");
   const keySet: ScpKeySet = { kvn: 0x30, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
   const card = CardRuntime.create(join(dir, "card.img"), randomBytes(32), { applets: [isd, new PivApplet()], secureChannel: scp03Factory, keySet });
