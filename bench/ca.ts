@@ -4,7 +4,7 @@
 import { X509Certificate, generateKeyPairSync } from "node:crypto";
 import { CertificationAuthority } from "../src/ca/authority.ts";
 import { MemoryCaRepository } from "../src/ca/repository.ts";
-import { hierarchy, spkiOf } from "../src/ca/testing.ts";
+import { hierarchy, spkiOf } from "../test/support/ca-testing.ts";
 
 export async function benchCa(n = 3000): Promise<{ name: string; value: number; unit: string; [k: string]: unknown }[]> {
   const { issuing } = await hierarchy("P256", "P256");

@@ -11,15 +11,15 @@ import { createHash, createPublicKey, generateKeyPairSync, randomBytes, sign, ve
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeCommand } from "../src/card/apdu.ts";
+import { encodeCommand } from "../src/protocol/apdu.ts";
 import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import type { Durability } from "../src/card/eeprom.ts";
 import { CHEAPEST_PIN_KDF, DEFAULT_PIN_KDF } from "../src/card/pin.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import type { PinKdf } from "../src/card/state.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
-import { PivClient, pinBlock } from "../src/terminal/piv-client.ts";
-import { tlv } from "../src/card/tlv.ts";
+import { PivClient, pinBlock } from "../src/protocol/piv/client.ts";
+import { tlv } from "../src/protocol/tlv.ts";
 
 export interface BenchResult {
   name: string;

@@ -37,7 +37,7 @@ import { SqlCaRepository } from "../src/store/ca-repository.ts";
 import type { OpenOptions } from "../src/store/db.ts";
 import { Store } from "../src/store/store.ts";
 import { createOperatorToken } from "../src/server/main.ts";
-import { testEngines, type TestDatabase } from "../src/store/testing.ts";
+import { testEngines, type TestDatabase } from "../test/support/store-testing.ts";
 
 export interface BenchResult {
   name: string;

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { Applet } from "../src/card/applet.ts";
 import { CardRuntime } from "../src/card/runtime.ts";
-import { CardError, SW } from "../src/card/sw.ts";
+import { CardError, SW } from "../src/protocol/sw.ts";
 import { parseOpenscTool, run, withAttachedCard } from "../src/transport/pcsc.ts";
 import { VPCD_READER } from "../src/transport/vpcd.ts";
 import { noSecureChannel as refuseAll } from "../test/echo-applet.ts";

@@ -6,7 +6,7 @@
 
 import { generateKeyPairSync } from "node:crypto";
 import { keyPairCheck, reproduce, signApproverList, splitSecret, verifyChain } from "../src/recovery/index.ts";
-import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, releaseShares, signDecisions } from "../src/recovery/testing.ts";
+import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, releaseShares, signDecisions } from "../test/support/recovery-testing.ts";
 
 type Result = { name: string; value: number; unit: string; [k: string]: unknown };
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a PostgreSQL server answers on 127.0.0.1:5432 and lets the postgres user in over TCP without a
-# password (trust, loopback only), for the storage test suite (src/store/testing.ts) and the PostgreSQL benchmarks.
+# password (trust, loopback only), for the storage test suite (test/support/store-testing.ts) and the PostgreSQL benchmarks.
 # Idempotent:
 #   1. a server that already answers on 127.0.0.1:5432 is used as it is (never restarted or reconfigured);
 #   2. else Debian's `postgresql` package is installed when missing (apt-get as root, or sudo -n);

@@ -10,7 +10,7 @@ import { userInfo } from "node:os";
 import { createOperatorToken, disableOperatorToken, operatorLookup } from "../src/server/main.ts";
 import { auditEntries, verifyAuditLog, type AuditEntry } from "../src/store/audit.ts";
 import { Store } from "../src/store/store.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { cliJson, runCli, tempDir } from "./helpers.ts";
 
 async function entries(store: Store, subject: string): Promise<AuditEntry[]> {

@@ -14,7 +14,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, authenticate, expect, issueAndPersonalise, issuerApiEnv, type ApiEnv } from "./api-env.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 

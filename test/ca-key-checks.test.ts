@@ -5,7 +5,7 @@
 //   - The issuer server as main.ts wires it (issuerApiEnv): /v1/ca/certify, requests through the certification
 //     center, tokens from the operators table.
 //   - The key generation device's registry, keyed on the canonical encoding too.
-// Every refusal is a 4xx problem+json naming its check, never a 500. Keys are pre-generated (src/ca/testing.ts caches
+// Every refusal is a 4xx problem+json naming its check, never a 500. Keys are pre-generated (test/support/ca-testing.ts caches
 // one per algorithm and label): one RSA-2048 key generation for the whole file.
 
 import { after, before, describe, test } from "node:test";
@@ -20,7 +20,7 @@ import { LocalCaClient, type CaClient } from "../src/ca/client.ts";
 import * as der from "../src/ca/der.ts";
 import type { SubjectName } from "../src/ca/name.ts";
 import { toPem } from "../src/ca/pem.ts";
-import { csrWith, ecPoint, ecSpki, hierarchy, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "../src/ca/testing.ts";
+import { csrWith, ecPoint, ecSpki, hierarchy, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "./support/ca-testing.ts";
 import type { KeyCustody, KeySetRef } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { KeyGenerationDevice } from "../src/keygen/device.ts";
@@ -30,7 +30,7 @@ import { buildServer } from "../src/server/app.ts";
 import { hashToken, installAuth, type Principal } from "../src/server/auth.ts";
 import { caRoutes } from "../src/server/ca-routes.ts";
 import { createOperatorToken } from "../src/server/main.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, issuerApiEnv, registeredData, type ApiEnv } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
 

@@ -7,12 +7,12 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { randomSerial, serialToHex, signCertificate, parseCertificate } from "../src/ca/certificate.ts";
 import { encodeName } from "../src/ca/name.ts";
-import { ecPoint, ecSpki, hierarchy, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "../src/ca/testing.ts";
+import { ecPoint, ecSpki, hierarchy, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "./support/ca-testing.ts";
 import * as der from "../src/ca/der.ts";
 import { CaRefusal } from "../src/ca/checks.ts";
 import { SqlCaRepository } from "../src/store/ca-repository.ts";
 import { migrateToLatest, migrations, migratorFor } from "../src/store/migrate.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const DAY = 86_400_000;

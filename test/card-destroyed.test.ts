@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { signApproval, signApproverList } from "../src/recovery/approvals.ts";
 import { releaseSharesFor } from "../src/recovery/service.ts";
 import { openShare } from "../src/recovery/shares.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import type { PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
 import { api, apiEnvFor, authenticate, expect, issueAndPersonalise, keygenOverApi, liveRelay, registeredData, type ApiEnv } from "./api-env.ts";
 import { arbitratorOverApi, cardSignsFor, issueCardFor } from "./recovery-fixture.ts";

@@ -9,7 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { changeCardState } from "../src/issuer/card-lifecycle.ts";
 import { Store } from "../src/store/store.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
@@ -17,7 +17,7 @@ import type { CardRuntime } from "../src/card/runtime.ts";
 import { api, apiEnvFor, authenticate, expect, issueAndPersonalise, registeredData, relay, type ApiEnv } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
 import { TEST_KMC } from "./kmc.ts";
-import { transmitFollowing } from "../src/issuer/relay.ts";
+import { transmitFollowing } from "../src/protocol/apdu-client.ts";
 
 type Res = Awaited<ReturnType<ApiEnv["server"]["app"]["inject"]>>;
 

@@ -10,10 +10,10 @@ import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { openCard } from "../src/card/card.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
-import { transmitFollowing } from "../src/issuer/relay.ts";
-import { testEngines } from "../src/store/testing.ts";
-import { readCardInfo } from "../src/terminal/card-info.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
+import { transmitFollowing } from "../src/protocol/apdu-client.ts";
+import { testEngines } from "./support/store-testing.ts";
+import { readCardInfo } from "../src/protocol/card-info.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
 import { api, apiEnvFor, authenticate, expect, issueAndPersonalise } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
 

@@ -15,7 +15,7 @@ import { toPem } from "../src/ca/pem.ts";
 import { createCard, openCard } from "../src/card/card.ts";
 import type { Issuer } from "../src/issuer/issuer.ts";
 import { CardRotation } from "../src/issuer/rotation.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
 import { cliJson, runCli, tempDir } from "./helpers.ts";
 import { startTestServer } from "./terminal-server.ts";
 import { TEST_KMC } from "./kmc.ts";

@@ -11,7 +11,7 @@ import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { fromPem, toPem } from "../src/ca/pem.ts";
-import { openssl } from "../src/ca/testing.ts";
+import { openssl } from "./support/ca-testing.ts";
 import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
 import { createOperatorToken, startIssuerServer } from "../src/server/main.ts";
 import { run } from "../src/transport/pcsc.ts";

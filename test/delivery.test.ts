@@ -9,9 +9,9 @@ import { join } from "node:path";
 import { sealPackage } from "../src/protocol/package.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
-import { ApduError } from "../src/terminal/apdu-client.ts";
-import { readCardInfo } from "../src/terminal/card-info.ts";
-import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
+import { ApduError } from "../src/protocol/apdu-client.ts";
+import { readCardInfo } from "../src/protocol/card-info.ts";
+import { PivClient, SLOT } from "../src/protocol/piv/client.ts";
 import { tempDir } from "./helpers.ts";
 import { factoryCard } from "./kmc.ts";
 

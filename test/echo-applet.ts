@@ -1,6 +1,6 @@
 // Test-only applet and secure channel for runtime tests that must not depend on GP or PIV.
 import type { Applet, SecureChannel, SecureChannelFactory } from "../src/card/applet.ts";
-import { CardError, SW } from "../src/card/sw.ts";
+import { CardError, SW } from "../src/protocol/sw.ts";
 
 /** INS 01 echoes data; INS 02 returns P1P2 × 256 bytes; INS 03 commits data as object "e0"; INS 04 reads it. */
 export class EchoApplet implements Applet {

@@ -14,7 +14,7 @@ import { assemblePackage, packageHeaderBytes } from "../src/protocol/package.ts"
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { personaliseFromTransport } from "../src/issuer/card-scripts.ts";
 import { TerminalEncipheredStore } from "../src/terminal/backup.ts";
-import { encipherForCard, recipientOf } from "../src/terminal/enciphered.ts";
+import { encipherForCard, recipientOf } from "../src/protocol/enciphered.ts";
 import { OverflowStore } from "../src/terminal/overflow.ts";
 import { TerminalError, UserTerminal } from "../src/terminal/terminal.ts";
 import { acquireFileLock } from "../src/transport/lock.ts";

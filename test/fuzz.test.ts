@@ -9,8 +9,8 @@ import { join } from "node:path";
 import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { sealPackage } from "../src/protocol/package.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
-import { Scp03HostSession, putKeyCommand } from "../src/card/scp03/host.ts";
-import { concat, tlv } from "../src/card/tlv.ts";
+import { Scp03HostSession, putKeyCommand } from "../src/protocol/scp03/host.ts";
+import { concat, tlv } from "../src/protocol/tlv.ts";
 import {
   ALG,
   apdu,

@@ -20,7 +20,7 @@ import type { DerivedKeySetRef } from "../src/custody/custody.ts";
 import { ESCROW_KEK_LABEL, REPRODUCTION_DEVICE_KEY_LABEL, keyCheckInCustody } from "../src/recovery/service.ts";
 import { DEFAULT_CONFIG, type IssuerConfig } from "../src/server/config.ts";
 import { startIssuerServer } from "../src/server/main.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, expect, issueAndPersonalise, issuerApiEnv, keygenOverApi, registeredData } from "./api-env.ts";
 import { SOFTHSM2_OPEN_PATHS, softhsmToken } from "./custody-env.ts";
 import { runCli, tempDir } from "./helpers.ts";

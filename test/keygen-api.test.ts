@@ -12,7 +12,7 @@ import type { KeyCustody } from "../src/custody/custody.ts";
 import { buildSignedCsr } from "../src/keygen/csr.ts";
 import type { PivSlot } from "../src/keygen/device.ts";
 import { createOperatorToken } from "../src/server/main.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, API_CUSTODIES, type ApiEnv, apiEnvFor, authenticate, expect, issueAndPersonalise, liveRelay, registeredData } from "./api-env.ts";
 import { cardSignsFor, makeArbitrators } from "./recovery-fixture.ts";
 

@@ -13,7 +13,7 @@ import { encodeName, type SubjectName } from "../src/ca/name.ts";
 import { fromPem, toPem } from "../src/ca/pem.ts";
 import { MemoryCaRepository } from "../src/ca/repository.ts";
 import { nodeSigner } from "../src/ca/signer.ts";
-import { openssl } from "../src/ca/testing.ts";
+import { openssl } from "./support/ca-testing.ts";
 import { KEY_PAIR_ALGS, type KeyCustody } from "../src/custody/custody.ts";
 import { CertificationCenter, centerChecks, MemoryRegistrationBook } from "../src/keygen/center.ts";
 import { buildSignedCsr, subjectToName } from "../src/keygen/csr.ts";

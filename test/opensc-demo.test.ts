@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { runDemo } from "../src/demo/demo.ts";
 import { demoThroughPcsc } from "../src/demo/pcsc-demo.ts";
-import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
+import { PivClient, SLOT } from "../src/protocol/piv/client.ts";
 import { tempDir } from "./helpers.ts";
 
 test("OpenSC over real PC/SC signs with an SCP03-delivered key; openssl verifies it", { timeout: 10 * 60_000 }, async () => {

@@ -8,10 +8,10 @@ import { createCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { sealPackage } from "../src/protocol/package.ts";
 import { createCertificateAuthority, issueCertificate } from "../src/ca/x509-issuer.ts";
 import { personalise } from "../src/issuer/card-scripts.ts";
-import { ApduError } from "../src/terminal/apdu-client.ts";
-import { readCardInfo } from "../src/terminal/card-info.ts";
+import { ApduError } from "../src/protocol/apdu-client.ts";
+import { readCardInfo } from "../src/protocol/card-info.ts";
 import { bringBack, moveOut, OverflowStore } from "../src/terminal/overflow.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
 import { tempDir } from "./helpers.ts";
 
 test("a full card overflows to the terminal store and gets its keys back on demand", async () => {

@@ -13,8 +13,8 @@ import { auditEntries, verifyAuditLog, type AuditEntry } from "../src/store/audi
 import { BackupRepository } from "../src/store/backup-repository.ts";
 import type { Db } from "../src/store/db.ts";
 import { Store } from "../src/store/store.ts";
-import { decipherWithCard } from "../src/terminal/enciphered.ts";
-import { PivClient, SLOT } from "../src/terminal/piv-client.ts";
+import { decipherWithCard } from "../src/protocol/enciphered.ts";
+import { PivClient, SLOT } from "../src/protocol/piv/client.ts";
 import { execCli, tempDir } from "./helpers.ts";
 
 const root = tempDir("cardkms-recovery-demo-");

@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
 import type { KeyPairAlg } from "../src/custody/custody.ts";
 import type { PivSlot } from "../src/keygen/device.ts";
-import type { Transmit } from "../src/terminal/apdu-client.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
+import type { Transmit } from "../src/protocol/apdu-client.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
@@ -38,8 +38,8 @@ export async function loseKey(transmit: Transmit, slot: PivSlot): Promise<void> 
 }
 
 /** The FIG. 9 policy (testing.ts) for the API: user and credit company indispensable, the credit company after the user. */
-export { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "../src/recovery/testing.ts";
-import { makeArbitrators } from "../src/recovery/testing.ts";
+export { fig9Policy, FIG9_ARBITRATORS, makeArbitrators } from "./support/recovery-testing.ts";
+import { makeArbitrators } from "./support/recovery-testing.ts";
 
 /**
  * A card issued to an existing user through the API and personalised through the relay (issueAndPersonalise issues

@@ -19,7 +19,7 @@ import { CertificationCenter, MemoryRegistrationBook } from "../src/keygen/cente
 import { KeyGenerationDevice, type InsertedCard, type PivSlot } from "../src/keygen/device.ts";
 import { MemoryIssuedKeyRegistry } from "../src/keygen/registry.ts";
 import { signApproval, signApproverList, type Approval } from "../src/recovery/approvals.ts";
-import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators, registerCardRecord } from "../src/recovery/testing.ts";
+import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators, registerCardRecord } from "./support/recovery-testing.ts";
 import { openShare } from "../src/recovery/shares.ts";
 import {
   isRecoveryRefusal,
@@ -34,9 +34,9 @@ import { auditEntries, verifyAuditLog, type AuditEntry } from "../src/store/audi
 import type { Db } from "../src/store/db.ts";
 import type { RecoveryTables } from "../src/store/recovery-repository.ts";
 import type { Kysely } from "kysely";
-import { testEngines } from "../src/store/testing.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
-import type { Transmit } from "../src/terminal/apdu-client.ts";
+import { testEngines } from "./support/store-testing.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
+import type { Transmit } from "../src/protocol/apdu-client.ts";
 import { softhsmCustody, softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
 import { importTestKmc, TEST_KMC } from "./kmc.ts";

@@ -16,7 +16,7 @@ import { releaseSharesFor, signKeyRotation, DEFAULT_REPRODUCTION_LEASE_MS } from
 import { newToken } from "../src/server/auth.ts";
 import { arbitratorTokenName } from "../src/server/recovery-routes.ts";
 import { SqlRecoveryRepository } from "../src/store/recovery-repository.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import type { ArbitratorJson, EscrowJson, PendingJson, RequestJson } from "../src/terminal/recovery-client.ts";
 import { api, API_CUSTODIES, apiEnvFor, expect, issueAndPersonalise, keygenOverApi, liveRelay, registeredData } from "./api-env.ts";
 import { cardSignsFor, loseKey } from "./recovery-fixture.ts";

@@ -6,8 +6,9 @@ import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { wrapForCard } from "../src/protocol/package.ts";
 import { deliveryScript, personalise } from "../src/issuer/card-scripts.ts";
-import { RelayError, RelaySession, transmitFollowing } from "../src/issuer/relay.ts";
-import { readCardInfo } from "../src/terminal/card-info.ts";
+import { RelayError, RelaySession } from "../src/issuer/relay.ts";
+import { transmitFollowing } from "../src/protocol/apdu-client.ts";
+import { readCardInfo } from "../src/protocol/card-info.ts";
 import { tempDir } from "./helpers.ts";
 import { factoryCard } from "./kmc.ts";
 

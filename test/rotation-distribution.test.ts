@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { CardRotation } from "../src/issuer/rotation.ts";
 import type { Rotation } from "../src/store/store.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { rotationWorld, type RotationWorld } from "./rotation-fixture.ts";
 
 /** Proposed by olga, approved by otto, the new card issued (not personalised). */

@@ -10,7 +10,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CardRotation } from "../src/issuer/rotation.ts";
 import { auditEntries, type AuditEntry } from "../src/store/audit.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { rotationWorld } from "./rotation-fixture.ts";
 
 for (const engine of testEngines()) {

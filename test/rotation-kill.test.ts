@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createPrivateKey, createPublicKey, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { aesKeyUnwrapPad } from "../src/card/derivation.ts";
+import { aesKeyUnwrapPad } from "../src/protocol/derivation.ts";
 import { CustodyError } from "../src/custody/custody.ts";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { Store } from "../src/store/store.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { tempDir } from "./helpers.ts";
 import { rotationFixture } from "./rotation-fixture.ts";
 

@@ -18,7 +18,7 @@ import { openDatabase } from "../src/store/db.ts";
 import { migrateToLatest, migratorFor } from "../src/store/migrate.ts";
 import { RotationRepository } from "../src/store/rotation-repository.ts";
 import { isConstraintViolation, Store, StoreError } from "../src/store/store.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, expect, relay } from "./api-env.ts";
 import { tempDir } from "./helpers.ts";
 import { TEST_KMC } from "./kmc.ts";

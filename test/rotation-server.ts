@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { createOperatorToken } from "../src/server/main.ts";
 import { Store } from "../src/store/store.ts";
-import type { TestDatabase, TestEngine } from "../src/store/testing.ts";
+import type { TestDatabase, TestEngine } from "./support/store-testing.ts";
 import { spawnCli, tempDir } from "./helpers.ts";
 import { importTestKmc } from "./kmc.ts";
 

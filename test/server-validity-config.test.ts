@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { test } from "node:test";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, expect, issuerApiEnv, issueAndPersonalise } from "./api-env.ts";
 
 const DAY = 86_400_000;

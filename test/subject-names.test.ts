@@ -13,7 +13,7 @@ import fc from "fast-check";
 import * as der from "../src/ca/der.ts";
 import { fromPem } from "../src/ca/pem.ts";
 import type { Db } from "../src/store/db.ts";
-import { testEngines } from "../src/store/testing.ts";
+import { testEngines } from "./support/store-testing.ts";
 import { api, apiEnvFor, expect, issueAndPersonalise, registeredData, type ApiEnv } from "./api-env.ts";
 
 const OIDS: Record<string, string> = { "2.5.4.6": "country", "2.5.4.10": "organization", "2.5.4.11": "organizationalUnit", "2.5.4.3": "commonName", "2.5.4.5": "serialNumber", "1.2.840.113549.1.9.1": "email" };

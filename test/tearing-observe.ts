@@ -15,13 +15,13 @@
 // A terminated card answers 6285 to everything; a card that does so only partly is reported as such (never legal).
 
 import { createHash, createPublicKey, verify, type KeyObject } from "node:crypto";
-import { ISD_AID } from "../src/card/scp03/sm.ts";
-import { Scp03Client, Scp03Error } from "../src/card/scp03/host.ts";
+import { ISD_AID } from "../src/protocol/scp03/sm.ts";
+import { Scp03Client, Scp03Error } from "../src/protocol/scp03/host.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
-import { findTlv, tlv } from "../src/card/tlv.ts";
-import { ApduClient, type Transmit } from "../src/terminal/apdu-client.ts";
-import { readCardInfo, type CardInfo } from "../src/terminal/card-info.ts";
-import { PIV_AID, pinBlock, pkcs1v15Block } from "../src/terminal/piv-client.ts";
+import { findTlv, tlv } from "../src/protocol/tlv.ts";
+import { ApduClient, type Transmit } from "../src/protocol/apdu-client.ts";
+import { readCardInfo, type CardInfo } from "../src/protocol/card-info.ts";
+import { PIV_AID, pinBlock, pkcs1v15Block } from "../src/protocol/piv/client.ts";
 
 export interface Probes {
   /** SCP03 key sets to try, by label (in order). Empty for cards where any INITIALIZE UPDATE would zeroize. */

@@ -33,16 +33,16 @@ import { createCard, openCard, TRANSPORT_KEY_SET } from "../src/card/card.ts";
 import { PowerLoss } from "../src/card/eeprom.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
 import { pivCertObject, sealPackage } from "../src/protocol/package.ts";
-import { checkPutKeyResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "../src/card/scp03/host.ts";
-import { ISD_AID } from "../src/card/scp03/sm.ts";
+import { checkPutKeyResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "../src/protocol/scp03/host.ts";
+import { ISD_AID } from "../src/protocol/scp03/sm.ts";
 import { keyOriginCommand } from "../src/card/isd.ts";
 import type { ScpKeySet } from "../src/card/state.ts";
-import { tlv } from "../src/card/tlv.ts";
+import { tlv } from "../src/protocol/tlv.ts";
 import { createCertificateAuthority, issueCertificate } from "../src/ca/x509-issuer.ts";
 import { deliverOnline, personalise } from "../src/issuer/card-scripts.ts";
-import { ApduClient, type Transmit } from "../src/terminal/apdu-client.ts";
-import { readCardInfo } from "../src/terminal/card-info.ts";
-import { PIV_AID, PivClient, pinBlock } from "../src/terminal/piv-client.ts";
+import { ApduClient, type Transmit } from "../src/protocol/apdu-client.ts";
+import { readCardInfo } from "../src/protocol/card-info.ts";
+import { PIV_AID, PivClient, pinBlock } from "../src/protocol/piv/client.ts";
 import { CHEAPEST_PIN_KDF } from "../src/card/pin.ts";
 import { tempDir } from "./helpers.ts";
 import { observe, type KnownKey, type LiveObservation, type Observation, type Probes } from "./tearing-observe.ts";
@@ -687,7 +687,7 @@ function genericInvariants(obs: Observation, before: Observation): void {
     // the package sequence number never goes backwards, nor does the SCP03 sequence counter
     assert.ok(obs.info.packageSeq >= before.info.packageSeq, "package sequence went backwards");
     assert.ok(obs.info.scpSequenceCounter >= before.info.scpSequenceCounter, "SCP03 sequence counter went backwards");
-    // The state counter (src/card/state-counter.ts) moves in the same write as every change: a card whose state
+    // The state counter (src/protocol/state-counter.ts) moves in the same write as every change: a card whose state
     // differs from before carries a higher counter, whichever write the power cut — what lets the issuer see an
     // image that went back.
     assert.ok(obs.info.stateCounter >= before.info.stateCounter, "state counter went backwards");

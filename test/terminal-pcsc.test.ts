@@ -7,7 +7,7 @@ import { randomBytes, verify, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
 import { IssuerApiClient } from "../src/terminal/api-client.ts";
-import { PivClient } from "../src/terminal/piv-client.ts";
+import { PivClient } from "../src/protocol/piv/client.ts";
 import { relaySession, UserTerminal } from "../src/terminal/terminal.ts";
 import { withAttachedCard } from "../src/transport/pcsc.ts";
 import { ScriptorTransport } from "../src/transport/scriptor.ts";

@@ -8,7 +8,7 @@ import { parseCertificate } from "./certificate.ts";
 import { parseName, type SubjectName } from "./name.ts";
 import { MemoryCaRepository } from "./repository.ts";
 import { CA_KEY_ALGORITHMS, nodeSigner, type CaSigner } from "./signer.ts";
-import { hierarchy, keyPair, openssl, spkiOf, workDir, writePem, ab } from "./testing.ts";
+import { hierarchy, keyPair, openssl, spkiOf, workDir, writePem, ab } from "../../test/support/ca-testing.ts";
 
 const user: SubjectName = {
   country: "JP",

@@ -13,7 +13,7 @@ import {
   type CertifyRequest,
 } from "./client.ts";
 import { toPem } from "./pem.ts";
-import { hierarchy, opensslCsr, spkiOf, workDir, ab } from "./testing.ts";
+import { hierarchy, opensslCsr, spkiOf, workDir, ab } from "../../test/support/ca-testing.ts";
 
 /** Sends a value through JSON, as the HTTP transport will. */
 const wire = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;

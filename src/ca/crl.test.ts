@@ -5,7 +5,7 @@ import { CertificationAuthority } from "./authority.ts";
 import { CaRefusal } from "./checks.ts";
 import { MemoryCaRepository } from "./repository.ts";
 import { CA_KEY_ALGORITHMS } from "./signer.ts";
-import { hierarchy, keyPair, openssl, spkiOf, workDir, writePem, ab } from "./testing.ts";
+import { hierarchy, keyPair, openssl, spkiOf, workDir, writePem, ab } from "../../test/support/ca-testing.ts";
 
 const subject = { commonName: "Hanako Suzuki", serialNumber: "CARD-0002" };
 

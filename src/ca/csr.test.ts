@@ -5,7 +5,7 @@ import { CaRefusal, personalDataCheck } from "./checks.ts";
 import { csrBytes, verifyCsr } from "./csr.ts";
 import type { SubjectName } from "./name.ts";
 import { toPem } from "./pem.ts";
-import { hierarchy, keyPair, opensslCsr, workDir } from "./testing.ts";
+import { hierarchy, keyPair, opensslCsr, workDir } from "../../test/support/ca-testing.ts";
 
 const registered: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Taro Yamada", serialNumber: "CARD-0003", email: "taro@example.test" };
 const subj = "/C=JP/O=Example Bank/CN=Taro Yamada/serialNumber=CARD-0003/emailAddress=taro@example.test";

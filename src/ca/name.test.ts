@@ -7,7 +7,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { CaRefusal } from "./checks.ts";
 import * as der from "./der.ts";
 import { encodeName, InvalidSubjectError, parseName, validateSubject, type SubjectName } from "./name.ts";
-import { csrWithName, hierarchy, spkiOf } from "./testing.ts";
+import { csrWithName, hierarchy, spkiOf } from "../../test/support/ca-testing.ts";
 
 const BAD: [string, string, RegExp][] = [
   ["NUL", "a\u0000b", /control character U\+0000 at position 1/],

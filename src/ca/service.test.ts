@@ -8,12 +8,12 @@ import { after, before, describe, test } from "node:test";
 import { softhsmCustody, softwareCustody } from "../../test/custody-env.ts";
 import type { KeyCustody } from "../custody/custody.ts";
 import { SqlCaRepository } from "../store/ca-repository.ts";
-import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import * as x509 from "../x509.ts";
 import { CertificationAuthority } from "./authority.ts";
 import { CaRefusal } from "./checks.ts";
 import { MemoryCaServiceRepository, openCaService } from "./service.ts";
-import { ab, openssl, spkiOf, workDir, writePem } from "./testing.ts";
+import { ab, openssl, spkiOf, workDir, writePem } from "../../test/support/ca-testing.ts";
 
 const custodies: [string, () => Promise<KeyCustody>][] = [
   ["software keystore", softwareCustody()],

@@ -18,7 +18,7 @@ import {
   SMALL_PRIMES,
   smallPrimeFactor,
 } from "./spki.ts";
-import { ecPoint, ecSpki, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "./testing.ts";
+import { ecPoint, ecSpki, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "../../test/support/ca-testing.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const big = (b: Uint8Array) => BigInt("0x" + Buffer.from(b).toString("hex"));

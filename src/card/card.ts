@@ -3,7 +3,7 @@
 
 import { randomBytes } from "node:crypto";
 import type { Applet } from "./applet.ts";
-import { deriveTransportKeySet, keyDiversificationData } from "./derivation.ts";
+import { deriveTransportKeySet, keyDiversificationData } from "../protocol/derivation.ts";
 import type { Durability, ImageSecret } from "./eeprom.ts";
 import { IssuerSecurityDomain } from "./isd.ts";
 import { PivApplet } from "./piv/applet.ts";

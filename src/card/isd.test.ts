@@ -4,13 +4,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeCommand, hex, parseResponse, unhex } from "./apdu.ts";
+import { encodeCommand, hex, parseResponse, unhex } from "../protocol/apdu.ts";
 import { CardRuntime } from "./runtime.ts";
 import type { ScpKeySet } from "./state.ts";
-import { findTlv, parseTlvs, tlv } from "./tlv.ts";
+import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import { cardLifecycleOf, getStatusCommand, ISD_AID, isd, keyOriginCommand } from "./isd.ts";
 import { scp03Factory } from "./scp03/card-channel.ts";
-import { checkPutKeyResponse, keyCheckValue, putKeyCommand, Scp03Client, Scp03Error } from "./scp03/host.ts";
+import { checkPutKeyResponse, keyCheckValue, putKeyCommand, Scp03Client, Scp03Error } from "../protocol/scp03/host.ts";
 import { isAttackSignal } from "./tamper.ts";
 
 function keySet(len: number, kvn = 0x30): ScpKeySet {

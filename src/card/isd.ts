@@ -33,20 +33,20 @@
 //              01, SECURED 0F, TERMINATED FF.
 // Commands that ask for the card key are attack signals (tamper.ts): the card zeroizes itself and answers 6982.
 
-import type { CommandApdu } from "./apdu.ts";
+import type { CommandApdu } from "../protocol/apdu.ts";
 import type { Applet, AppletContext } from "./applet.ts";
-import { aesCbcDecrypt, aesEcbEncrypt, isAesKeyLength } from "./scp03/cmac.ts";
+import { aesCbcDecrypt, aesEcbEncrypt, isAesKeyLength } from "../protocol/scp03/cmac.ts";
 import { scp03ChannelOf, staticKeys } from "./scp03/card-channel.ts";
-import { ISD_AID, I_PARAM, SEC, concatBytes, wipe } from "./scp03/sm.ts";
-import { encodeStateCounterReport, TAG_STATE_COUNTER } from "./state-counter.ts";
+import { ISD_AID, I_PARAM, SEC, concatBytes, wipe } from "../protocol/scp03/sm.ts";
+import { encodeStateCounterReport, TAG_STATE_COUNTER } from "../protocol/state-counter.ts";
 import type { CardState, Lifecycle, ScpKeySet } from "./state.ts";
 import { usedBytes } from "./state.ts";
-import { CardError, SW } from "./sw.ts";
+import { CardError, SW } from "../protocol/sw.ts";
 import { matchAttackSignal } from "./tamper.ts";
-import { findTlv, parseTlvs, tlv } from "./tlv.ts";
-import type { ApduCommand } from "./apdu.ts";
+import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
+import type { ApduCommand } from "../protocol/apdu.ts";
 
-export { ISD_AID } from "./scp03/sm.ts";
+export { ISD_AID } from "../protocol/scp03/sm.ts";
 
 /** Most SCP03 key sets the card holds. */
 export const MAX_KEY_SETS = 8;

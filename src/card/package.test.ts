@@ -3,9 +3,9 @@ import assert from "node:assert/strict";
 import { createCipheriv, generateKeyPairSync, randomBytes } from "node:crypto";
 import { assemblePackage, packageHeaderBytes, packagePlaintext, sealPackage, wrapForCard } from "../protocol/package.ts";
 import { applyPackage, exportPackage, openPackage, unwrapForCard } from "./package.ts";
-import { derivePurposeKey, PURPOSE } from "./derivation.ts";
+import { derivePurposeKey, PURPOSE } from "../protocol/derivation.ts";
 import type { CardState } from "./state.ts";
-import { CardError } from "./sw.ts";
+import { CardError } from "../protocol/sw.ts";
 
 const keySet = { kvn: 1, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
 const state = (over: Partial<CardState> = {}): CardState => ({

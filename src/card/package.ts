@@ -3,10 +3,10 @@
 // Sk[PRk], and sealing the card's own exports. What a package is and how a host seals one: the protocol module.
 
 import { createDecipheriv } from "node:crypto";
-import { aesKeyUnwrapPad } from "./derivation.ts";
+import { aesKeyUnwrapPad } from "../protocol/derivation.ts";
 import type { CardState, ScpKeySet } from "./state.ts";
-import { CardError, SW } from "./sw.ts";
-import { findTlv, parseTlvs } from "./tlv.ts";
+import { CardError, SW } from "../protocol/sw.ts";
+import { findTlv, parseTlvs } from "../protocol/tlv.ts";
 import { ALG_BY_ID, CERT_OBJECT, PACKAGE_KIND, packageHeader, packageKey, pivCertObject, predecessorSlot, seal, wrapKey, type OpenedPackage } from "../protocol/package.ts";
 
 /** The card ID a key set's purpose keys are derived with: its predecessor's, or this card's own. */

@@ -4,13 +4,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes, scryptSync } from "node:crypto";
 import { join } from "node:path";
-import { encodeCommand } from "./apdu.ts";
+import { encodeCommand } from "../protocol/apdu.ts";
 import { createCard, openCard } from "./card.ts";
 import { Eeprom } from "./eeprom.ts";
 import { CHEAPEST_PIN_KDF, DEFAULT_PIN_KDF } from "./pin.ts";
 import type { CardRuntime } from "./runtime.ts";
 import type { CardState, PinState } from "./state.ts";
-import { PIV_AID, pinBlock } from "../terminal/piv-client.ts";
+import { PIV_AID, pinBlock } from "../protocol/piv/client.ts";
 import { swOf, tempDir } from "../../test/helpers.ts";
 
 const dir = tempDir("cardkms-pin-");

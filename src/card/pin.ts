@@ -17,7 +17,7 @@
 
 import { createHash, randomBytes, scryptSync, timingSafeEqual } from "node:crypto";
 import type { CardState, PinKdf, PinState } from "./state.ts";
-import { CardError, SW } from "./sw.ts";
+import { CardError, SW } from "../protocol/sw.ts";
 
 export type PinRef = "pin" | "puk";
 

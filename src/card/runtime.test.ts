@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { CardRuntime } from "./runtime.ts";
-import { encodeCommand } from "./apdu.ts";
+import { encodeCommand } from "../protocol/apdu.ts";
 import { EchoApplet, noSecureChannel } from "../../test/echo-applet.ts";
 import { dataOf, h, swOf, tempDir } from "../../test/helpers.ts";
 

@@ -3,15 +3,15 @@
 // commits persistent state atomically. Nothing but PowerLoss (fault injection) ever throws out of transmit.
 
 import { randomBytes } from "node:crypto";
-import type { CommandApdu } from "./apdu.ts";
-import { claChaining, claChannel, claSecureMessaging, encodeResponse, parseCommand } from "./apdu.ts";
+import type { CommandApdu } from "../protocol/apdu.ts";
+import { claChaining, claChannel, claSecureMessaging, encodeResponse, parseCommand } from "../protocol/apdu.ts";
 import type { Durability, ImageSecret } from "./eeprom.ts";
 import { Eeprom, PowerLoss } from "./eeprom.ts";
 import type { CardState, PinKdf, ScpKeySet } from "./state.ts";
 import { cloneState, usedBytes } from "./state.ts";
-import { CardError, SW } from "./sw.ts";
+import { CardError, SW } from "../protocol/sw.ts";
 import { DEFAULT_PIN_KDF, needsUpgrade, newReference, upgradeReferences } from "./pin.ts";
-import { MAX_STATE_COUNTER } from "./state-counter.ts";
+import { MAX_STATE_COUNTER } from "../protocol/state-counter.ts";
 
 const MAX_CHANNELS = 4;
 const MAX_CHAIN = 65536;

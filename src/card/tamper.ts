@@ -7,7 +7,7 @@
 // The registry is deliberately narrow (exact INS and P1-P2, or a GET DATA tag list naming a key-value tag) so that
 // no ordinary command of any applet can match it by accident.
 
-import type { CommandApdu } from "./apdu.ts";
+import type { CommandApdu } from "../protocol/apdu.ts";
 
 export interface AttackSignal {
   /** What the command tries to do, for the terminated reason and documentation. */

@@ -14,7 +14,7 @@
 import { Command, Option } from "commander";
 import { readFileSync } from "node:fs";
 import { TRANSPORT_KEY_SET } from "../card/card.ts";
-import { keyCheckValue } from "../card/scp03/host.ts";
+import { keyCheckValue } from "../protocol/scp03/host.ts";
 import type { ScpKeySet } from "../card/state.ts";
 import { INSECURE_PUBLIC_TRANSPORT_KEYS_ENV, KMC_LABEL, type KmcComponent } from "../issuer/transport-keys.ts";
 import { UsageError } from "./image-key.ts";

@@ -11,7 +11,7 @@
 // Plaintexts (the PKCS#8 keys) exist only in the work buffer, which is wiped before returning.
 
 import { createCipheriv, createDecipheriv, type Cipher, type Decipher } from "node:crypto";
-import { aesKeyUnwrapPad, aesKeyWrapPad } from "../card/derivation.ts";
+import { aesKeyUnwrapPad, aesKeyWrapPad } from "../protocol/derivation.ts";
 
 const AIV_HI = 0xa65959a6;
 

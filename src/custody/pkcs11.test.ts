@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type * as Pkcs11Types from "pkcs11js";
-import { custodyContract, rejects } from "./contract.ts";
+import { custodyContract, rejects } from "../../test/support/custody-contract.ts";
 import { Pkcs11Custody } from "./pkcs11.ts";
 import { SoftwareCustody } from "./software.ts";
 import type { DerivedKeySetRef, KeyCustody } from "./custody.ts";

@@ -8,7 +8,7 @@ import { createPrivateKey, createPublicKey, randomBytes, verify } from "node:cry
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { aesKeyUnwrapPad } from "../card/derivation.ts";
+import { aesKeyUnwrapPad } from "../protocol/derivation.ts";
 import { SoftwareCustody } from "./software.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "cardkms-keygen-"));

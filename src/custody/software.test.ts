@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { custodyContract, rejects } from "./contract.ts";
+import { custodyContract, rejects } from "../../test/support/custody-contract.ts";
 import { SoftwareCustody } from "./software.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "cardkms-keystore-"));

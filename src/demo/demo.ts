@@ -13,8 +13,8 @@ import type { ScpKeySet } from "../card/state.ts";
 import { createCertificateAuthority, issueCertificate } from "../ca/x509-issuer.ts";
 import { deliverOnline, personalise } from "../issuer/card-scripts.ts";
 import { InProcessTransport } from "../transport/transport.ts";
-import { readCardInfo, type CardInfo } from "../terminal/card-info.ts";
-import { PivClient, SLOT } from "../terminal/piv-client.ts";
+import { readCardInfo, type CardInfo } from "../protocol/card-info.ts";
+import { PivClient, SLOT } from "../protocol/piv/client.ts";
 
 export interface DemoOptions {
   dir: string;

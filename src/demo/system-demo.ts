@@ -14,7 +14,7 @@ import { join, resolve } from "node:path";
 import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import { CardRotation } from "../issuer/rotation.ts";
-import { PivClient } from "../terminal/piv-client.ts";
+import { PivClient } from "../protocol/piv/client.ts";
 import { relaySession, UserTerminal } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
 import { verifyAuditLog } from "../store/audit.ts";

@@ -12,7 +12,7 @@ import { sql } from "kysely";
 import { SoftwareCustody } from "../custody/software.ts";
 import { appendAudit, entryHash, verifyAuditLog } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
-import { testEngines, type TestEngine } from "../store/testing.ts";
+import { testEngines, type TestEngine } from "../../test/support/store-testing.ts";
 import { extendsCheckpoint } from "../tlog/extends.ts";
 import { treeHead, verifyConsistency } from "../tlog/merkle.ts";
 import { openNote, parseCheckpoint, parseVerifierKey } from "../tlog/note.ts";

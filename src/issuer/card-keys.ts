@@ -1,10 +1,10 @@
 // How the issuer reaches a card's static SCP03 keys: in clear (a ScpKeySet: tests, the demo, a software issuer)
 // or through key custody (KeyCustody + KeySetRef), where they never leave custody.
 
-import { Scp03Client, type SessionSource } from "../card/scp03/host.ts";
+import { Scp03Client, type SessionSource } from "../protocol/scp03/host.ts";
 import type { ScpKeySet } from "../card/state.ts";
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
 
 /** Full protection: C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION. */
 export const LEVEL_FULL = 0x33;

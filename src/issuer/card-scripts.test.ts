@@ -8,13 +8,13 @@ import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AppletContext } from "../card/applet.ts";
-import type { CommandApdu } from "../card/apdu.ts";
+import type { CommandApdu } from "../protocol/apdu.ts";
 import { IssuerSecurityDomain } from "../card/isd.ts";
 import { PivApplet } from "../card/piv/applet.ts";
 import { CardRuntime } from "../card/runtime.ts";
 import { scp03Factory } from "../card/scp03/card-channel.ts";
 import type { ScpKeySet } from "../card/state.ts";
-import { CardError, SW } from "../card/sw.ts";
+import { CardError, SW } from "../protocol/sw.ts";
 import { personalise } from "./card-scripts.ts";
 
 const keySet = (kvn: number): ScpKeySet => ({ kvn, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") });

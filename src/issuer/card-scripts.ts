@@ -6,19 +6,19 @@
 // custody (KeyCustody + KeySetRef): then the static keys never leave custody — session keys and cryptograms
 // come from custody.scp03Session, PUT KEY data from custody.putKeyData, Sk[PRk] from custody.wrapPrivateKey.
 
-import { PIV_AID, PIV_INS } from "../terminal/piv-client.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
-import { ApduError } from "../terminal/apdu-client.ts";
-import { checkPutKeyResponse, putKeyCommand, Scp03Error } from "../card/scp03/host.ts";
-import type { ApduCommand } from "../card/apdu.ts";
+import { PIV_AID, PIV_INS } from "../protocol/piv/client.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
+import { ApduError } from "../protocol/apdu-client.ts";
+import { checkPutKeyResponse, putKeyCommand, Scp03Error } from "../protocol/scp03/host.ts";
+import type { ApduCommand } from "../protocol/apdu.ts";
 import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
 import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
-import { ISD_AID } from "../card/scp03/sm.ts";
+import { ISD_AID } from "../protocol/scp03/sm.ts";
 import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "../card/isd.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "../protocol/package.ts";
 import type { KeyAlg, ScpKeySet } from "../card/state.ts";
-import { concat, tlv } from "../card/tlv.ts";
+import { concat, tlv } from "../protocol/tlv.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 

@@ -8,7 +8,7 @@
 
 import { randomBytes, randomUUID } from "node:crypto";
 import type { KeyAlg } from "../card/state.ts";
-import { PURPOSE } from "../card/derivation.ts";
+import { PURPOSE } from "../protocol/derivation.ts";
 import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
 import type { CaClient } from "../ca/client.ts";
 import { validateSubject, type SubjectName } from "../ca/name.ts";
@@ -20,7 +20,7 @@ import { appendAudit } from "../store/audit.ts";
 import type { CardKeys } from "./card-keys.ts";
 import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { changeCardState, checkCardState, requireCardState, type CardActor, type CardTransition } from "./card-lifecycle.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
 import { TransportKeyError, transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 import { IssuerError } from "./errors.ts";
 

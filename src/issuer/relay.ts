@@ -5,8 +5,9 @@
 // The terminal sees only MACed (and, for key material, encrypted) commands; any change it makes is refused by
 // the card (6988), and any change to a response is caught here (bad R-MAC).
 
-import { encodeCommand, parseResponse, type ApduCommand } from "../card/apdu.ts";
-import { Scp03Error, Scp03HostSession, transmitAll } from "../card/scp03/host.ts";
+import { encodeCommand, parseResponse, type ApduCommand } from "../protocol/apdu.ts";
+import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
+import { transmitFollowing } from "../protocol/apdu-client.ts";
 import { LEVEL_FULL, type CardKeys } from "./card-keys.ts";
 import { explainTransportMismatch } from "./transport-keys.ts";
 
@@ -134,7 +135,3 @@ export async function runRelay(session: RelaySession, transmit: (apdu: Uint8Arra
   }
 }
 
-/** Transmits and gathers 61xx with GET RESPONSE on the command's logical channel, as a terminal does. */
-export function transmitFollowing(transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, apdu: Uint8Array): Promise<Uint8Array> {
-  return transmitAll(transmit, apdu, apdu[0] & 0x03);
-}

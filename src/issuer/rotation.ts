@@ -31,16 +31,16 @@
 
 import { CARD_ACTS } from "./card-lifecycle.ts";
 import type { KeyAlg } from "../card/state.ts";
-import { PURPOSE } from "../card/derivation.ts";
+import { PURPOSE } from "../protocol/derivation.ts";
 import { assemblePackage, packageHeader, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
 import type { DerivedKeySetRef, KeySetRef } from "../custody/custody.ts";
 import type { RotationDistribution, RotationStrategy } from "../store/db.ts";
 import { StoreError, type Card, type CardKeySet, type DeliveryPackage, type Rotation, type Store } from "../store/store.ts";
 import { canonicalAdded, OWED_ITEM_STATES, RotationRepository, type AddedCredentialSpec, type RotationItem } from "../store/rotation-repository.ts";
 import { appendAudit } from "../store/audit.ts";
-import { ApduError, type Transmit } from "../terminal/apdu-client.ts";
+import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
 import { moveOut, type OverflowStore } from "../terminal/overflow.ts";
-import type { PivClient } from "../terminal/piv-client.ts";
+import type { PivClient } from "../protocol/piv/client.ts";
 import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, type IssuedCredential, type Slot } from "./issuer.ts";
 import { personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { runRewrap, type RewrapProgress } from "./rewrap.ts";

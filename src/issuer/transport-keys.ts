@@ -15,9 +15,9 @@
 
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { TRANSPORT_KEY_SET, TRANSPORT_KVN } from "../card/card.ts";
-import { keyDiversificationData } from "../card/derivation.ts";
-import { keyCheckValue, parseInitUpdateResponse } from "../card/scp03/host.ts";
-import { cryptogram, DERIVE, deriveSessionKeys } from "../card/scp03/kdf.ts";
+import { keyDiversificationData } from "../protocol/derivation.ts";
+import { keyCheckValue, parseInitUpdateResponse } from "../protocol/scp03/host.ts";
+import { cryptogram, DERIVE, deriveSessionKeys } from "../protocol/scp03/kdf.ts";
 import type { KeyCustody, KeySetRef, KmcKeySetRef, StoredKeySetRef } from "../custody/custody.ts";
 
 /** The custody label of the card manufacturer's master key, unless configured otherwise. */

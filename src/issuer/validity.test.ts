@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import pg from "pg";
 import { auditEntries } from "../store/audit.ts";
 import { Store, type StoredEvent } from "../store/store.ts";
-import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import { scanValidity, validityDedupKey, ValidityScheduler, type ValidityScanResult } from "./validity.ts";
 
 const DAY = 86_400_000;

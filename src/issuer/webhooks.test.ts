@@ -11,7 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { auditEntries } from "../store/audit.ts";
 import { migrateToLatest, migrations, migratorFor } from "../store/migrate.ts";
 import { Store } from "../store/store.ts";
-import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import { checkWebhookUrl, deliveryId, disableWebhook, registerWebhook, retryDeadLetters, WebhookDispatcher, WebhookError, WebhookSecrets } from "./webhooks.ts";
 import { verifyWebhook, webhookSignature, WebhookReplayCache, WebhookVerificationError, type WebhookRefusal } from "./webhook-receiver.ts";
 import { WebhookAddressPolicy, type ResolvedAddress } from "./webhook-addresses.ts";

@@ -9,9 +9,9 @@
 
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { deliveryScript, runScript, type CardScript } from "../issuer/card-scripts.ts";
-import { ISD_AID } from "../card/scp03/sm.ts";
-import { findTlv } from "../card/tlv.ts";
-import { ApduError, type Transmit } from "../terminal/apdu-client.ts";
+import { ISD_AID } from "../protocol/scp03/sm.ts";
+import { findTlv } from "../protocol/tlv.ts";
+import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
 
 /** PIV key references the device writes (SP 800-73-4 Table 4b). */
 export type PivSlot = "9a" | "9c" | "9d" | "9e";

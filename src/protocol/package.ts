@@ -32,10 +32,10 @@
 //                          | 82 certificate DER (optional)
 
 import { createCipheriv, randomBytes } from "node:crypto";
-import { aesKeyWrapPad, derivePurposeKey, PURPOSE } from "../card/derivation.ts";
+import { aesKeyWrapPad, derivePurposeKey, PURPOSE } from "./derivation.ts";
 import type { KeyAlg, ScpKeySet } from "./types.ts";
-import { CardError, SW } from "../card/sw.ts";
-import { concat, tlv } from "../card/tlv.ts";
+import { CardError, SW } from "./sw.ts";
+import { concat, tlv } from "./tlv.ts";
 
 const MAGIC = Buffer.from("CKP2");
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { ApprovalChain, approvalHash, signApproval, signApproverList, verifyApproverList, verifyChain } from "./approvals.ts";
 import { RecoveryError, type RecoveryCheck } from "./errors.ts";
-import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, signDecisions } from "./testing.ts";
+import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, signDecisions } from "../../test/support/recovery-testing.ts";
 
 const { registry, keys } = makeArbitrators([...FIG9_ARBITRATORS, "outsider"]);
 const request = makeRequest(fig9Policy());

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { ArbitratorRegistry } from "./registry.ts";
 import { type Decision, type ReproductionPolicy, evaluatePolicy, policyDigest, validatePolicy } from "./policy.ts";
 import { PolicyValidationError } from "./errors.ts";
-import { FIG9_ARBITRATORS, fig9Policy } from "./testing.ts";
+import { FIG9_ARBITRATORS, fig9Policy } from "../../test/support/recovery-testing.ts";
 
 const dir = { isRegistered: (id: string) => (FIG9_ARBITRATORS as readonly string[]).includes(id) || id === "outsider" };
 

@@ -11,7 +11,7 @@ import { type ReleasedShare, rebuildSecret, splitSecret, unsealEscrow } from "./
 import { reproduce } from "./reproduce.ts";
 import { signApproverList } from "./approvals.ts";
 import { RecoveryError } from "./errors.ts";
-import { makeArbitrators, makeRequest, releaseShares, signDecisions } from "./testing.ts";
+import { makeArbitrators, makeRequest, releaseShares, signDecisions } from "../../test/support/recovery-testing.ts";
 
 const POOL = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
 const { registry, keys } = makeArbitrators(POOL);

@@ -3,13 +3,14 @@
 // and of the reproduction device's key pair, the reproduction lease — and the helpers every module uses: the
 // boundary checks of ids and actors, public-key helpers, and the audit of refusals. Nothing here holds a secret.
 
-import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import type { SqlRecoveryRepository } from "../store/recovery-repository.ts";
 import type { JsonValue } from "../store/store.ts";
-import { RecoveryServiceError, isRecoveryRefusal } from "./service-errors.ts";
+import { isRecoveryRefusal } from "./service-errors.ts";
+
+export { checkActor, checkId, isObject, MAX_REASON, p256FromSpki, sha256Hex } from "./checks.ts";
 
 /** The service's state, shared by its modules; fixed when the service opens. */
 export interface ServiceContext {
@@ -28,38 +29,6 @@ export interface ServiceContext {
   readonly deviceSpki: Uint8Array;
   /** How long a reproduction holds its request without renewing its lease (RecoveryServiceOptions.reproductionLeaseMs). */
   readonly leaseMs: number;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Boundary checks
-
-const ID = /^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$/;
-export const MAX_REASON = 1024;
-
-export const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-
-export function checkId(v: unknown, what: string): asserts v is string {
-  if (typeof v !== "string" || !ID.test(v)) throw new RecoveryServiceError("invalid_argument", `${what} must be 1-128 characters of [A-Za-z0-9._:@/-]`);
-}
-
-export function checkActor(actor: unknown): asserts actor is string {
-  if (typeof actor !== "string" || actor.length === 0 || actor.length > 128) throw new RecoveryServiceError("invalid_argument", "actor must name who acts (1-128 characters)");
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Public keys
-
-export const sha256Hex = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-
-export function p256FromSpki(spki: Uint8Array, what: string): KeyObject {
-  let k: KeyObject;
-  try {
-    k = createPublicKey({ key: Buffer.from(spki), format: "der", type: "spki" });
-  } catch {
-    throw new RecoveryServiceError("invalid_argument", `${what} is not a public key`);
-  }
-  if (k.asymmetricKeyType !== "ec" || k.asymmetricKeyDetails?.namedCurve !== "prime256v1") throw new RecoveryServiceError("invalid_argument", `${what} must be a P-256 public key`);
-  return k;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import { MemoryIssuedKeyRegistry } from "../keygen/registry.ts";
 import { auditEntries, verifyAuditLog, type AuditEntry } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { SqlRecoveryRepository } from "../store/recovery-repository.ts";
-import { testEngines } from "../store/testing.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
+import { testEngines } from "../../test/support/store-testing.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
 import { cardSignsFor, loseKey } from "../../test/recovery-fixture.ts";
 import { softwareCustody } from "../../test/custody-env.ts";
 import { tempDir } from "../../test/helpers.ts";
@@ -44,7 +44,7 @@ import {
   type PendingItem,
   type RequestView,
 } from "./service.ts";
-import { escrowWithoutCard, registerCardRecord } from "./testing.ts";
+import { escrowWithoutCard, registerCardRecord } from "../../test/support/recovery-testing.ts";
 
 const T0 = Date.UTC(2026, 2, 1, 9);
 const LEASE = DEFAULT_REPRODUCTION_LEASE_MS;

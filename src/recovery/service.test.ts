@@ -14,12 +14,12 @@ import { CustodyError, type KeyCustody } from "../custody/custody.ts";
 import { SoftwareCustody } from "../custody/software.ts";
 import { auditEntries, type AuditEntry } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
-import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import { requestDigest, signApproval, signApproverList, type Approval } from "./approvals.ts";
 import { PolicyValidationError } from "./errors.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { openShare } from "./shares.ts";
-import { escrowWithoutCard, makeArbitrators, registerCardRecord } from "./testing.ts";
+import { escrowWithoutCard, makeArbitrators, registerCardRecord } from "../../test/support/recovery-testing.ts";
 import {
   ESCROW_KEK_LABEL,
   REPRODUCTION_DEVICE_KEY_LABEL,

@@ -20,7 +20,8 @@ import { bytesEqual, canonicalJson, fromB64 } from "./encoding.ts";
 import { RecoveryError } from "./errors.ts";
 import { uncompressedPoint } from "./registry.ts";
 import type { ServiceRequest } from "./requests.ts";
-import { isObject, p256FromSpki, sha256Hex, type ServiceContext } from "./service-context.ts";
+import { isObject, p256FromSpki, sha256Hex } from "./checks.ts";
+import type { ServiceContext } from "./service-context.ts";
 import { RecoveryServiceError } from "./service-errors.ts";
 import { shareCommitment, type EscrowRecord, type ReleasedShare, type ShareEnvelope } from "./shares.ts";
 

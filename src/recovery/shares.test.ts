@@ -8,7 +8,7 @@ import { signApproverList } from "./approvals.ts";
 import { keyPairCheck } from "./key-check.ts";
 import { RecoveryError, type RecoveryCheck } from "./errors.ts";
 import { canonicalJson } from "./encoding.ts";
-import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, releaseShares, signDecisions } from "./testing.ts";
+import { FIG9_ARBITRATORS, fig9Policy, makeArbitrators, makeRequest, releaseShares, signDecisions } from "../../test/support/recovery-testing.ts";
 
 const { registry, keys } = makeArbitrators(FIG9_ARBITRATORS);
 const policy = fig9Policy();

@@ -24,13 +24,13 @@
 
 import { X509Certificate } from "node:crypto";
 import { CERT_OBJECT } from "../protocol/package.ts";
-import { findTlv, parseTlvs, tlv } from "../card/tlv.ts";
+import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { runScript } from "../issuer/card-scripts.ts";
 import type { InsertedCard, PivSlot } from "../keygen/device.ts";
 import type { DeviceRecord, EscrowRow, RequestKind, SqlRecoveryRepository } from "../store/recovery-repository.ts";
-import { ApduError, type Transmit } from "../terminal/apdu-client.ts";
-import { PIV_AID } from "../terminal/piv-client.ts";
+import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
+import { PIV_AID } from "../protocol/piv/client.ts";
 import { bytesEqual, canonicalJson } from "./encoding.ts";
 import { CheckedRefusal } from "./errors.ts";
 

@@ -23,7 +23,7 @@
 // through any card; auditors see the version lists only — never an envelope. A put records the card it came through and the actor (the
 // principal's name) in the audit log (backup.stored: IDs, version, hashes, never the envelope).
 //
-// What crosses these routes is ciphertext: envelopes (src/terminal/enciphered.ts) enciphered under the card's
+// What crosses these routes is ciphertext: envelopes (src/protocol/enciphered.ts) enciphered under the card's
 // key management key, which only that card — or one reissued with the same key — opens. A body that is not an
 // envelope (plaintext handed over by mistake) is refused with 400 and nothing is stored; refusals never echo the
 // body. Envelopes go back to the card's terminal and operators as they are: the server never deciphers.

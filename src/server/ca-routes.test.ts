@@ -12,7 +12,7 @@ import { CaRefusal } from "../ca/checks.ts";
 import { LocalCaClient, type CaClient } from "../ca/client.ts";
 import { CaTransportError, HttpCaClient } from "../ca/http-client.ts";
 import { toPem } from "../ca/pem.ts";
-import { ab, hierarchy, openssl, opensslCsr, spkiOf, workDir, writePem } from "../ca/testing.ts";
+import { ab, hierarchy, openssl, opensslCsr, spkiOf, workDir, writePem } from "../../test/support/ca-testing.ts";
 import { buildServer } from "./app.ts";
 import { hashToken, installAuth, type Principal } from "./auth.ts";
 import { caRoutes } from "./ca-routes.ts";

@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import type { FastifyInstance } from "fastify";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import { Store } from "../store/store.ts";
-import { testEngines, type TestDatabase } from "../store/testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
 import { WebhookSecrets } from "../issuer/webhooks.ts";
 import { buildServer } from "./app.ts";

@@ -8,8 +8,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes, verify, X509Certificate } from "node:crypto";
 import type { CardRuntime } from "../card/runtime.ts";
-import { testEngines } from "../store/testing.ts";
-import { PivClient } from "../terminal/piv-client.ts";
+import { testEngines } from "../../test/support/store-testing.ts";
+import { PivClient } from "../protocol/piv/client.ts";
 import { api, authenticate, expect, issueAndPersonalise, issuerApiEnv, relay } from "../../test/api-env.ts";
 for (const engine of testEngines()) {
   test(`the issuing flows over HTTP on ${engine.name}`, { timeout: 10 * 60_000 }, async () => {

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { TRANSPORT_KEY_SET } from "../card/card.ts";
-import { ISD_AID } from "../card/scp03/sm.ts";
+import { ISD_AID } from "../protocol/scp03/sm.ts";
 import { RelaySession } from "../issuer/relay.ts";
 import { ApiProblem } from "./problem.ts";
 import { RelaySessions, TtlMap } from "./relay-sessions.ts";

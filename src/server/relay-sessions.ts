@@ -10,8 +10,8 @@
 
 import { randomBytes } from "node:crypto";
 import { RelayError, type RelayResult, type RelaySession } from "../issuer/relay.ts";
-import { Scp03Error } from "../card/scp03/host.ts";
-import { ApduError } from "../terminal/apdu-client.ts";
+import { Scp03Error } from "../protocol/scp03/host.ts";
+import { ApduError } from "../protocol/apdu-client.ts";
 import { ApiProblem } from "./problem.ts";
 
 export const SESSION_ID_PATTERN = "^[0-9a-f]{32}$";

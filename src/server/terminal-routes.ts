@@ -11,7 +11,7 @@
 //                                      -> 200 {token, expiresAt, apdus: [EXTERNAL AUTHENTICATE]} | 401 wrong cryptogram
 //                                         or state counter MAC | 409 check card_rollback
 //
-// The proof carries the card's state counter (issue 17 §6, src/card/state-counter.ts): MACed under the session
+// The proof carries the card's state counter (issue 17 §6, src/protocol/state-counter.ts): MACed under the session
 // keys custody derives from the card key, so the terminal cannot change it. It must be above the highest counter
 // the card reported at an earlier login (src/store/state-counter-repository.ts); when it is not, the card image
 // went back to an older copy (or a clone logged in): the login is refused (409, check "card_rollback"), audited,
@@ -41,10 +41,10 @@
 import { randomBytes } from "node:crypto";
 import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyPluginAsync } from "fastify";
-import { encodeCommand, parseResponse } from "../card/apdu.ts";
-import { Scp03Error, Scp03HostSession } from "../card/scp03/host.ts";
-import { ISD_AID } from "../card/scp03/sm.ts";
-import { checkStateCounterReport, STATE_COUNTER_COMMAND, StateCounterError } from "../card/state-counter.ts";
+import { encodeCommand, parseResponse } from "../protocol/apdu.ts";
+import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
+import { ISD_AID } from "../protocol/scp03/sm.ts";
+import { checkStateCounterReport, STATE_COUNTER_COMMAND, StateCounterError } from "../protocol/state-counter.ts";
 import { LEVEL_FULL } from "../issuer/card-keys.ts";
 import type { Issuer } from "../issuer/issuer.ts";
 import { appendAudit } from "../store/audit.ts";

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { appendAudit, auditEntries, auditHead, canonicalJson, entryHash, verifyAuditLog, GENESIS_HASH } from "./audit.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 test("canonical JSON sorts keys, refuses non-JSON values and secret-looking fields", () => {
   assert.equal(canonicalJson({ b: 1, a: [true, null, "x"], c: { z: 1, y: 2 } }), '{"a":[true,null,"x"],"b":1,"c":{"y":2,"z":1}}');

@@ -9,8 +9,8 @@ import { auditEntries, verifyAuditLog } from "./audit.ts";
 import { BackupError, BackupRepository } from "./backup-repository.ts";
 import type { Db, Engine } from "./db.ts";
 import { Store } from "./store.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
-import { encipherForCard, recipientOf } from "../terminal/enciphered.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
+import { encipherForCard, recipientOf } from "../protocol/enciphered.ts";
 
 const T0 = Date.UTC(2026, 4, 1);
 

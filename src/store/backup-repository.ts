@@ -1,7 +1,7 @@
 // The server side of the back-up device 8 (seed 001 FIG. 11-12, claims 41, 48): the user's enciphered objects,
 // versioned, in the system DB (table: migrations/0004_backups.ts), one code path for SQLite and PostgreSQL.
 //
-// Holds only envelopes (src/terminal/enciphered.ts): data enciphered under the card's key management key, which
+// Holds only envelopes (src/protocol/enciphered.ts): data enciphered under the card's key management key, which
 // only that card — or a card reissued with the same key — can open. `put` refuses anything that is not a
 // well-formed envelope, so plaintext handed over by mistake never lands in the DB. Versions are never
 // overwritten: each put of a changed object is a new row with the next version number, (user_id, object_id,
@@ -15,7 +15,10 @@ import type { Kysely, Transaction } from "kysely";
 import { appendAudit } from "./audit.ts";
 import type { Database, Db } from "./db.ts";
 import { newId } from "./ids.ts";
-import { EncipheredError, parseEnvelope } from "../terminal/enciphered.ts";
+import { MAX_ENVELOPE_BYTES } from "../protocol/enciphered.ts";
+
+export { MAX_ENVELOPE_BYTES };
+import { EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
 
 export interface BackupsTable {
   id: string;
@@ -77,8 +80,6 @@ export class BackupError extends Error {
 
 /** Object IDs: 1-128 characters of A-Z a-z 0-9 . _ - : @, starting with a letter or digit (also a safe file name). */
 export const OBJECT_ID = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
-/** Largest envelope accepted (the envelope format's 16 MiB of plaintext, base64url and header). */
-export const MAX_ENVELOPE_BYTES = 24 * 1024 * 1024;
 
 const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
 

@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import type { CaRepository, IssuedCertificateRecord, RevocationRecord } from "../ca/repository.ts";
 import { MemoryCaServiceRepository, type CaCertificateStore } from "../ca/service.ts";
 import { SqlCaRepository } from "./ca-repository.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 type Repo = CaRepository & CaCertificateStore;
 

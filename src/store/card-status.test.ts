@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { sql } from "kysely";
 import { migrateToLatest, migrations, migratorFor } from "./migrate.ts";
 import { Store, StoreError, type CardStatusChange } from "./store.ts";
-import { testEngines } from "./testing.ts";
+import { testEngines } from "../../test/support/store-testing.ts";
 
 const DAY = 86_400_000;
 const isConflict = (e: unknown) => e instanceof StoreError && e.code === "conflict";

@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { Store } from "./store.ts";
 import { groupCommit } from "./group.ts";
 import { appendAudit, verifyAuditLog } from "./audit.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 for (const engine of testEngines()) {
   describe(`group commit on ${engine.name}`, () => {

@@ -30,11 +30,11 @@ import { KeyGenerationDevice, type InsertedCard } from "../keygen/device.ts";
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
 import { importTestKmc, TEST_KMC } from "../../test/kmc.ts";
 import type { GeneratedKeyRecord } from "../keygen/registry.ts";
-import type { Transmit } from "../terminal/apdu-client.ts";
-import { readCardInfo } from "../terminal/card-info.ts";
-import { PivClient } from "../terminal/piv-client.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
+import { readCardInfo } from "../protocol/card-info.ts";
+import { PivClient } from "../protocol/piv/client.ts";
 import { SqlIssuedKeyRegistry } from "./keygen-registry.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
 const dir = mkdtempSync(join(tmpdir(), "cardkms-keygen-registry-"));

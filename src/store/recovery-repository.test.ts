@@ -10,7 +10,7 @@ import { sql } from "kysely";
 import { migrateToLatest, migrations, migratorFor } from "./migrate.ts";
 import { SqlRecoveryRepository, type ArbitratorRecord, type DeviceRecord, type EnvelopeRow, type EscrowRow, type RequestRecord } from "./recovery-repository.ts";
 import { Store } from "./store.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
 const hex = (n: number) => randomBytes(n).toString("hex");

@@ -8,7 +8,7 @@ import { sql } from "kysely";
 import { auditEntries, verifyAuditLog } from "./audit.ts";
 import { StateCounterRepository } from "./state-counter-repository.ts";
 import { Store } from "./store.ts";
-import { testEngines, type TestDatabase } from "./testing.ts";
+import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 const T0 = Date.UTC(2026, 4, 1);
 

@@ -1,4 +1,4 @@
-// What the issuer remembers of each card's state counter (issue 17 §6; the counter: src/card/state-counter.ts), in
+// What the issuer remembers of each card's state counter (issue 17 §6; the counter: src/protocol/state-counter.ts), in
 // the system DB (table: migrations/0008_card_state_counters.ts), one code path for SQLite and PostgreSQL.
 //
 // At every terminal login the card proved (src/server/terminal-routes.ts) the counter it reported must be above

@@ -5,7 +5,7 @@ import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { Store, StoreError, type NewKeyPair } from "./store.ts";
 import { openDatabase, engineForUrl, sqlitePath, redactUrl } from "./db.ts";
-import { ensurePostgres, testEngines, type TestDatabase } from "./testing.ts";
+import { ensurePostgres, testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 
 const DAY = 86_400_000;
 const T0 = Date.UTC(2026, 0, 1);

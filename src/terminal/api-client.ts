@@ -248,7 +248,7 @@ export class IssuerApiClient {
   /**
    * Hands the card's answers back; the server checks the card cryptogram and the card's state counter and issues a
    * token bound to the card. A card whose state went back (an older copy of its image) is refused: 409, check
-   * card_rollback (src/card/state-counter.ts).
+   * card_rollback (src/protocol/state-counter.ts).
    */
   async finishCardAuth(cardId: string, sessionId: string, responses: Uint8Array[]): Promise<CardAuthentication> {
     const r = await this.request<{ token: string; expiresAt: string | number; apdus?: string[] }>("POST", `/v1/cards/${seg(cardId)}/auth/${seg(sessionId)}`, {

@@ -10,10 +10,10 @@
 // nothing and logs nothing.
 
 import { createHash } from "node:crypto";
-import { MAX_ENVELOPE_BYTES } from "../store/backup-repository.ts";
+import { MAX_ENVELOPE_BYTES } from "../protocol/enciphered.ts";
 import { base64Of, fromBase64, type IssuerApiClient } from "./api-client.ts";
 import { OBJECT_ID, type BackupTarget } from "./backup.ts";
-import { EncipheredError, parseEnvelope } from "./enciphered.ts";
+import { EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
 
 /** A stored version as the server shows it (no envelope). */
 export interface BackupInfoJson {

@@ -14,9 +14,9 @@ import { nodeSigner } from "../ca/signer.ts";
 import { deliverOnline, personalise, runScript, type CardKeys } from "../issuer/card-scripts.ts";
 import { BackupRepository } from "../store/backup-repository.ts";
 import { Store } from "../store/store.ts";
-import { testEngines } from "../store/testing.ts";
+import { testEngines } from "../../test/support/store-testing.ts";
 import { tempDir } from "../../test/helpers.ts";
-import { ApduError, type Transmit } from "./apdu-client.ts";
+import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
 import {
   backup,
   BackupError,
@@ -29,8 +29,8 @@ import {
   TerminalEncipheredStore,
   type CardObjectWriter,
 } from "./backup.ts";
-import { decipherWithCard, encipherForCard, recipientOf } from "./enciphered.ts";
-import { PIV_AID, PivClient, putDataCommand, SLOT } from "./piv-client.ts";
+import { decipherWithCard, encipherForCard, recipientOf } from "../protocol/enciphered.ts";
+import { PIV_AID, PivClient, putDataCommand, SLOT } from "../protocol/piv/client.ts";
 
 const dir = tempDir("cardkms-backup-");
 const PIN = "123456";

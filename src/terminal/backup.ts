@@ -10,14 +10,14 @@
 //     writer the caller injects (an SCP03 session of the issuer, e.g. when it reissues the card).
 // The back-up device is a BackupTarget: src/store/backup-repository.ts on the server, or any uploader with the
 // same two methods (an HTTP client, say). Everything that crosses any of these is an envelope
-// (src/terminal/enciphered.ts) — ciphertext — and every store refuses anything else.
+// (src/protocol/enciphered.ts) — ciphertext — and every store refuses anything else.
 
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { concat, findTlv, parseTlvs, tlv } from "../card/tlv.ts";
+import { concat, findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
-import { cardKid, EncipheredError, parseEnvelope } from "./enciphered.ts";
-import type { PivClient } from "./piv-client.ts";
+import { cardKid, EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
+import type { PivClient } from "../protocol/piv/client.ts";
 
 /** One enciphered object: the user's name for it and its envelope. */
 export interface EncipheredObject {

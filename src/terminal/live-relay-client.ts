@@ -6,7 +6,7 @@
 //
 // The terminal sees only APDUs: whatever must stay secret from it travels under the card's secure channel.
 
-import { transmitFollowing } from "../issuer/relay.ts";
+import { transmitFollowing } from "../protocol/apdu-client.ts";
 import { ApiError, fromHex, hexOf, type IssuerApiClient } from "./api-client.ts";
 
 export type LiveStep<T> = { sessionId: string; result: T } | { sessionId: string; apdus: Uint8Array[] };

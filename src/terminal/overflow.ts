@@ -12,7 +12,7 @@ import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { packageHeader } from "../protocol/package.ts";
 import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
-import type { PivClient } from "./piv-client.ts";
+import type { PivClient } from "../protocol/piv/client.ts";
 
 export interface OverflowEntry {
   cardId: string;

@@ -23,7 +23,11 @@ import { join } from "node:path";
 import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
 import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
 import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
-import { allPages, releaseSharesFor, signKeyRotation, type KeyRotation, type ReproductionResult, type ServiceRequest, type ShareRelease } from "../recovery/service.ts";
+import { signKeyRotation, type KeyRotation } from "../recovery/key-rotation-document.ts";
+import { allPages } from "../recovery/paging.ts";
+import type { ReproductionResult } from "../recovery/reproduction.ts";
+import type { ServiceRequest } from "../recovery/requests.ts";
+import { releaseSharesFor, type ShareRelease } from "../recovery/share-release.ts";
 import { ApiError, fromBase64, type IssuerApiClient } from "./api-client.ts";
 import { liveStep, liveStepOf, runLiveRelay, type LiveStep } from "./live-relay-client.ts";
 

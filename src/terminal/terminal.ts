@@ -15,15 +15,15 @@
 // symlink (src/util/files.ts).
 
 import { dirname } from "node:path";
-import { parseResponse } from "../card/apdu.ts";
+import { parseResponse } from "../protocol/apdu.ts";
 import { CERT_OBJECT, packageHeader } from "../protocol/package.ts";
-import { transmitFollowing } from "../issuer/relay.ts";
+import { transmitFollowing } from "../protocol/apdu-client.ts";
 import type { CardTransport } from "../transport/transport.ts";
-import { ApduError } from "./apdu-client.ts";
+import { ApduError } from "../protocol/apdu-client.ts";
 import type { IssuerApiClient, RelayCardResult, RelayStart } from "./api-client.ts";
-import { readCardInfo } from "./card-info.ts";
+import { readCardInfo } from "../protocol/card-info.ts";
 import { moveOut, OverflowStore, type OverflowEntry } from "./overflow.ts";
-import { PivClient } from "./piv-client.ts";
+import { PivClient } from "../protocol/piv/client.ts";
 import { ensurePrivateDirectory, readFileNoFollow, UnsafeFileError, writeFileAtomic } from "../util/files.ts";
 
 const SW_OK = 0x9000;

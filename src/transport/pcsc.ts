@@ -6,7 +6,7 @@
 import { execFile } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { hex } from "../card/apdu.ts";
+import { hex } from "../protocol/apdu.ts";
 import type { IccLike } from "./transport.ts";
 import { attachVpcd, VPCD_READER, type VpcdConnector, type VpcdOptions } from "./vpcd.ts";
 

@@ -8,7 +8,7 @@
 // transmitFollowing handle. Nothing here logs APDUs: they can carry PINs and wrapped keys.
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { hex } from "../card/apdu.ts";
+import { hex } from "../protocol/apdu.ts";
 import { parseScriptor } from "./pcsc.ts";
 import { TransportClosedError, type CardTransport } from "./transport.ts";
 import { VPCD_READER } from "./vpcd.ts";

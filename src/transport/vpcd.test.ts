@@ -12,7 +12,7 @@ import { join } from "node:path";
 import type { Applet } from "../card/applet.ts";
 import { PowerLoss } from "../card/eeprom.ts";
 import { CardRuntime } from "../card/runtime.ts";
-import { CardError, SW } from "../card/sw.ts";
+import { CardError, SW } from "../protocol/sw.ts";
 import { InProcessTransport } from "./transport.ts";
 import { ensurePcscd, openscSend, readerAtr, run, scriptorSend, withAttachedCard } from "./pcsc.ts";
 import { VPCD_READER, VpcdConnector } from "./vpcd.ts";

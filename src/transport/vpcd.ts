@@ -18,8 +18,8 @@ import { readFileSync } from "node:fs";
 import { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeResponse } from "../card/apdu.ts";
-import { SW } from "../card/sw.ts";
+import { encodeResponse } from "../protocol/apdu.ts";
+import { SW } from "../protocol/sw.ts";
 import { acquireFileLock, type FileLock } from "./lock.ts";
 import type { IccLike } from "./transport.ts";
 

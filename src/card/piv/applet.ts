@@ -23,15 +23,15 @@
 // "admin" = an authenticated SCP03 session with at least C-MAC on this channel (GP security level 0x81).
 
 import { randomBytes, X509Certificate } from "node:crypto";
-import type { CommandApdu } from "../apdu.ts";
+import type { CommandApdu } from "../../protocol/apdu.ts";
 import type { Applet, AppletContext } from "../applet.ts";
 import { applyPackage, exportPackage, openPackage, unwrapForCard } from "../package.ts";
 import { changeReference, resetRetryCounter, triesLeft, verifyReference } from "../pin.ts";
 import type { CardRuntime } from "../runtime.ts";
 import type { CardState, KeyAlg } from "../state.ts";
-import { CardError, SW, check } from "../sw.ts";
+import { CardError, SW, check } from "../../protocol/sw.ts";
 import { matchAttackSignal } from "../tamper.ts";
-import { findTlv, parseTlvs, tlv, type Tlv } from "../tlv.ts";
+import { findTlv, parseTlvs, tlv, type Tlv } from "../../protocol/tlv.ts";
 import { ecdhSecret, ecdsaSign, forgetKeys, generateKey, isRsa, loadKey, parsePrivateKey, pkcs8Of, publicKeyTemplate, rsaPrivate } from "./keys.ts";
 import {
   ALG_BY_ID,
@@ -49,7 +49,7 @@ import {
   refHex,
   TAG,
   tagHex,
-} from "./objects.ts";
+} from "../../protocol/piv/objects.ts";
 
 export const INS = {
   VERIFY: 0x20,

@@ -7,8 +7,8 @@
 import { createPrivateKey, createPublicKey, constants, diffieHellman, generateKeyPairSync, privateDecrypt, type KeyObject } from "node:crypto";
 import type { CardRuntime } from "../runtime.ts";
 import type { KeyAlg } from "../state.ts";
-import { CardError, SW } from "../sw.ts";
-import { concat, tlv } from "../tlv.ts";
+import { CardError, SW } from "../../protocol/sw.ts";
+import { concat, tlv } from "../../protocol/tlv.ts";
 import { bytesToBigInt, curveBytes, signDigest, type EcCurve } from "./ecdsa.ts";
 
 const RSA_BITS: Partial<Record<KeyAlg, number>> = { RSA2048: 2048, RSA3072: 3072 };

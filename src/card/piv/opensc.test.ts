@@ -9,17 +9,17 @@ import { createHash, createPublicKey, randomBytes, verify, webcrypto, X509Certif
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { encodeCommand, parseResponse } from "../apdu.ts";
+import { encodeCommand, parseResponse } from "../../protocol/apdu.ts";
 import { isd } from "../isd.ts";
 import { CardRuntime } from "../runtime.ts";
 import { scp03Factory } from "../scp03/card-channel.ts";
-import { Scp03Client } from "../scp03/host.ts";
+import { Scp03Client } from "../../protocol/scp03/host.ts";
 import type { ScpKeySet } from "../state.ts";
-import { findTlv, parseTlvs, tlv } from "../tlv.ts";
+import { findTlv, parseTlvs, tlv } from "../../protocol/tlv.ts";
 import { OPENSC_PKCS11, run, withAttachedCard } from "../../transport/pcsc.ts";
 import { tempDir } from "../../../test/helpers.ts";
 import { PivApplet } from "./applet.ts";
-import { PIV_AID } from "./objects.ts";
+import { PIV_AID } from "../../protocol/piv/objects.ts";
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 

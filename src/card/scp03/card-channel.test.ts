@@ -4,15 +4,15 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeCommand, hex, parseResponse, unhex } from "../apdu.ts";
+import { encodeCommand, hex, parseResponse, unhex } from "../../protocol/apdu.ts";
 import type { Applet, AppletContext } from "../applet.ts";
 import { CardRuntime } from "../runtime.ts";
 import type { ScpKeySet } from "../state.ts";
-import { CardError, SW } from "../sw.ts";
+import { CardError, SW } from "../../protocol/sw.ts";
 import { isd } from "../isd.ts";
 import { ISD_AID, scp03Factory } from "./card-channel.ts";
-import { pseudoRandomChallenge } from "./kdf.ts";
-import { Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "./host.ts";
+import { pseudoRandomChallenge } from "../../protocol/scp03/kdf.ts";
+import { Scp03Client, Scp03Error, Scp03HostSession, transmitAll } from "../../protocol/scp03/host.ts";
 
 const ECHO_AID = unhex("F000000C4D0101");
 

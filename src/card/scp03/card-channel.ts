@@ -22,15 +22,15 @@
 // Nothing but CardError (and PowerLoss from commit) leaves this module.
 
 import { timingSafeEqual } from "node:crypto";
-import type { CommandApdu } from "../apdu.ts";
+import type { CommandApdu } from "../../protocol/apdu.ts";
 import type { SecureChannel, SecureChannelFactory } from "../applet.ts";
 import type { CardRuntime } from "../runtime.ts";
 import type { ScpKeySet } from "../state.ts";
-import { CardError, SW } from "../sw.ts";
-import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
-import { cryptogram, DERIVE, deriveSessionKeys, pseudoRandomChallenge } from "./kdf.ts";
-import { keyDiversificationData } from "../derivation.ts";
-import { stateCounterMac } from "../state-counter.ts";
+import { CardError, SW } from "../../protocol/sw.ts";
+import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "../../protocol/scp03/cmac.ts";
+import { cryptogram, DERIVE, deriveSessionKeys, pseudoRandomChallenge } from "../../protocol/scp03/kdf.ts";
+import { keyDiversificationData } from "../../protocol/derivation.ts";
+import { stateCounterMac } from "../../protocol/state-counter.ts";
 import {
   concatBytes,
   counterBlock,
@@ -45,9 +45,9 @@ import {
   SW_AUTH_FAILED,
   VALID_LEVELS,
   wipe,
-} from "./sm.ts";
+} from "../../protocol/scp03/sm.ts";
 
-export { ISD_AID, SEC } from "./sm.ts";
+export { ISD_AID, SEC } from "../../protocol/scp03/sm.ts";
 
 const MAX_SEQUENCE = 0xffffff;
 

@@ -5,8 +5,8 @@
 // package sealing (CKM_AES_GCM).
 
 import type * as Pkcs11Types from "pkcs11js";
-import { cryptogram, DERIVE } from "../../card/scp03/kdf.ts";
-import { cardKeyData, PURPOSE, purposeKeyData, transportKeyData, type CardKeyName } from "../../card/derivation.ts";
+import { cryptogram, DERIVE } from "../../protocol/scp03/kdf.ts";
+import { cardKeyData, PURPOSE, purposeKeyData, transportKeyData, type CardKeyName } from "../../protocol/derivation.ts";
 import {
   checkChallenge,
   checkKeySetRef,

@@ -5,7 +5,7 @@
 // template), checked against its public key before it is kept.
 
 import { randomBytes, verify as nodeVerify } from "node:crypto";
-import { PURPOSE } from "../../card/derivation.ts";
+import { PURPOSE } from "../../protocol/derivation.ts";
 import { canonicalSpki, ecGenerator, ecPointsWithX } from "../asymmetric.ts";
 import {
   checkKeyPairAlg,

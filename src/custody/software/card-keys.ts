@@ -5,9 +5,9 @@
 // sealing (AES-256-GCM).
 
 import { createCipheriv, randomBytes } from "node:crypto";
-import { keyCheckValue, encryptKeyComponent } from "../../card/scp03/host.ts";
-import { cryptogram, DERIVE, deriveSessionKeys } from "../../card/scp03/kdf.ts";
-import { cardKeyData, derivePurposeKey, deriveTransportKeySet, encryptData, PURPOSE } from "../../card/derivation.ts";
+import { keyCheckValue, encryptKeyComponent } from "../../protocol/scp03/host.ts";
+import { cryptogram, DERIVE, deriveSessionKeys } from "../../protocol/scp03/kdf.ts";
+import { cardKeyData, derivePurposeKey, deriveTransportKeySet, encryptData, PURPOSE } from "../../protocol/derivation.ts";
 import {
   checkChallenge,
   checkKeySetRef,

@@ -4,7 +4,7 @@
 // wrapped key into custody, checked against its public key before it is kept. Key material is wiped after use.
 
 import { createPrivateKey, createPublicKey, randomBytes, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
-import { aesKeyUnwrapPad, aesKeyWrapPad, PURPOSE } from "../../card/derivation.ts";
+import { aesKeyUnwrapPad, aesKeyWrapPad, PURPOSE } from "../../protocol/derivation.ts";
 import { canonicalSpki, NODE_CURVE } from "../asymmetric.ts";
 import {
   checkKeyPairAlg,

@@ -4,7 +4,7 @@ import { hex, parseCommand, unhex } from "../apdu.ts";
 import { aesCbcDecrypt } from "./cmac.ts";
 import { checkPutKeyResponse, keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, Scp03Error, Scp03HostSession } from "./host.ts";
 import { cryptogram, DERIVE, deriveSessionKeys } from "./kdf.ts";
-import { createCard } from "../card.ts";
+import { createCard } from "../../card/card.ts";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -1,13 +1,13 @@
 // Rough storage throughput on this machine (not part of the test suite):
-//   node --import tsx src/store/bench.ts [sqlite|postgres|all] [credentials] [rewrapKeys]
+//   node --import tsx bench/store.ts [sqlite|postgres|all] [credentials] [rewrapKeys]
 // - credential inserts: recordCredential (key pair + one Sk[PRk] + certificate) as one transaction each, the
 //   shape of one issuance; sequential, and on PostgreSQL also with 8 in flight over the pool;
 // - bulk re-wrap: wrappedKeyPages + checkpointRotation in pages of 5,000 (no crypto: storage cost only).
 // PostgreSQL uses a throwaway database like the tests (CARDKMS_TEST_PG).
 
 import { randomBytes } from "node:crypto";
-import { Store } from "./store.ts";
-import { testEngines } from "./testing.ts";
+import { Store } from "../src/store/store.ts";
+import { testEngines } from "../test/support/store-testing.ts";
 
 const which = process.argv[2] ?? "all";
 const N = Number(process.argv[3] ?? 5000);
@@ -24,7 +24,7 @@ async function credentials(store: Store, userId: string, cardId: string, keySetI
     while (next < n) {
       next++;
       await store.recordCredential({
-        keyPair: { userId, cardId, slot: "9c", algorithm: "ec-p256", publicKey: spki },
+        keyPair: { userId, cardId, slot: null, algorithm: "ec-p256", publicKey: spki },
         wrapped: [{ keySetId, wrapped }],
         certificate: { serial: randomBytes(16).toString("hex"), der, subject: "CN=bench", notBefore: 0, notAfter: 1 },
       });

@@ -3,7 +3,7 @@
 // the Discovery Object. Everything here is pure: building and recognising bytes, no card state changes.
 
 import { createHash } from "node:crypto";
-import { ALG_BY_ID, ALG_ID } from "../../protocol/package.ts";
+import { ALG_BY_ID, ALG_ID } from "../package.ts";
 import { concat, tlv } from "../tlv.ts";
 
 /** PIV Card Application AID (SP 800-73-4 Part 1 §2.2): NIST RID A0 00 00 03 08, PIX 00 00 10 00 01 00. */

@@ -13,8 +13,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { openDatabase, redactUrl, type Db, type Engine, type OpenOptions } from "./db.ts";
-import { migrateToLatest } from "./migrate.ts";
+import { openDatabase, redactUrl, type Db, type Engine, type OpenOptions } from "../../src/store/db.ts";
+import { migrateToLatest } from "../../src/store/migrate.ts";
 
 export const DEFAULT_TEST_PG = "postgres://postgres@127.0.0.1:5432/postgres";
 

@@ -1,7 +1,9 @@
 // Host side of ISO 7816-4 framing: sends a command, follows 61xx with GET RESPONSE, retries 6Cxx with the exact
 // Le, and splits long data into a command chain when the card (or reader) only takes short APDUs.
 
-import { encodeCommand, parseResponse, type ApduCommand, type ResponseApdu } from "../card/apdu.ts";
+import { encodeCommand, parseResponse, type ApduCommand, type ResponseApdu } from "./apdu.ts";
+
+import { transmitAll } from "./scp03/host.ts";
 
 export type Transmit = (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array;
 
@@ -57,4 +59,9 @@ export class ApduClient {
     }
     return { data: new Uint8Array(Buffer.concat(chunks)), sw: r.sw };
   }
+}
+
+/** Transmits and gathers 61xx with GET RESPONSE on the command's logical channel, as a terminal does. */
+export function transmitFollowing(transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, apdu: Uint8Array): Promise<Uint8Array> {
+  return transmitAll(transmit, apdu, apdu[0] & 0x03);
 }

@@ -2,14 +2,14 @@
 // requests and chains of signed decisions. Test-only: the arbitrators' private keys live here, in one process.
 
 import { type KeyObject, generateKeyPairSync, randomBytes } from "node:crypto";
-import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
-import type { CardStatus, Db } from "../store/db.ts";
-import { Store } from "../store/store.ts";
-import { ArbitratorRegistry } from "./registry.ts";
-import type { ReproductionPolicy } from "./policy.ts";
-import { type Approval, type ReproductionRequest, signApproval } from "./approvals.ts";
-import { type ReleasedShare, type ShareEnvelope, openShare } from "./shares.ts";
-import type { RecoveryService } from "./service.ts";
+import type { KeyCustody, KeySetRef } from "../../src/custody/custody.ts";
+import type { CardStatus, Db } from "../../src/store/db.ts";
+import { Store } from "../../src/store/store.ts";
+import { ArbitratorRegistry } from "../../src/recovery/registry.ts";
+import type { ReproductionPolicy } from "../../src/recovery/policy.ts";
+import { type Approval, type ReproductionRequest, signApproval } from "../../src/recovery/approvals.ts";
+import { type ReleasedShare, type ShareEnvelope, openShare } from "../../src/recovery/shares.ts";
+import type { RecoveryService } from "../../src/recovery/service.ts";
 
 export interface ArbitratorKeys {
   signing: KeyObject;

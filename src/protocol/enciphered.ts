@@ -20,9 +20,12 @@
 // any card operation, with an error naming both keys.
 
 import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, publicEncrypt, randomBytes, constants, timingSafeEqual, type KeyObject } from "node:crypto";
-import type { KeyAlg } from "../card/state.ts";
+import type { KeyAlg } from "./types.ts";
 import { ApduError, type Transmit } from "./apdu-client.ts";
-import { PivClient } from "./piv-client.ts";
+
+/** Largest envelope accepted (the envelope format's 16 MiB of plaintext, base64url and header). */
+export const MAX_ENVELOPE_BYTES = 24 * 1024 * 1024;
+import { PivClient } from "./piv/client.ts";
 
 export const ENVELOPE_FORMAT = "cardkms-enciphered";
 export const ENVELOPE_VERSION = 1;

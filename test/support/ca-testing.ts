@@ -6,12 +6,12 @@ import { generateKeyPairSync, sign as nodeSign, type KeyObject } from "node:cryp
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CertificationAuthority, type CertificationAuthorityConfig } from "./authority.ts";
-import { MemoryCaRepository } from "./repository.ts";
-import { nodeSigner, type CaKeyAlgorithm } from "./signer.ts";
-import { toPem } from "./pem.ts";
-import * as der from "./der.ts";
-import { encodeName, type SubjectName } from "./name.ts";
+import { CertificationAuthority, type CertificationAuthorityConfig } from "../../src/ca/authority.ts";
+import { MemoryCaRepository } from "../../src/ca/repository.ts";
+import { nodeSigner, type CaKeyAlgorithm } from "../../src/ca/signer.ts";
+import { toPem } from "../../src/ca/pem.ts";
+import * as der from "../../src/ca/der.ts";
+import { encodeName, type SubjectName } from "../../src/ca/name.ts";
 
 const keyCache = new Map<string, { privateKey: KeyObject; publicKey: KeyObject }>();
 

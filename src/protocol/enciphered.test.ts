@@ -8,15 +8,15 @@ import { constants, createHash, generateKeyPairSync, privateDecrypt, randomBytes
 import { join } from "node:path";
 import fc from "fast-check";
 import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
-import type { KeyAlg, ScpKeySet } from "../card/state.ts";
+import type { KeyAlg, ScpKeySet } from "./types.ts";
 import { CertificationAuthority } from "../ca/authority.ts";
 import { MemoryCaRepository } from "../ca/repository.ts";
 import { nodeSigner } from "../ca/signer.ts";
 import { deliverOnline, personalise, runScript } from "../issuer/card-scripts.ts";
-import { tlv } from "../card/tlv.ts";
+import { tlv } from "./tlv.ts";
 import { tempDir } from "../../test/helpers.ts";
 import { decipherWithCard, encipherForCard, EncipheredError, envelopeInfo, parseEnvelope, recipientOf } from "./enciphered.ts";
-import { PIV_AID, PivClient, putDataCommand, SLOT } from "./piv-client.ts";
+import { PIV_AID, PivClient, putDataCommand, SLOT } from "./piv/client.ts";
 
 const dir = tempDir("cardkms-enciphered-");
 const PIN = "123456";

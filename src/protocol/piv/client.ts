@@ -3,11 +3,11 @@
 // sealed and leave the terminal as they came.
 
 import { createHash } from "node:crypto";
-import type { KeyAlg } from "../card/state.ts";
-import { ALG_ID, CERT_OBJECT } from "../protocol/package.ts";
-import { KEY_CERT_TAGS } from "../card/piv/objects.ts";
-import { concat, findTlv, parseTlvs, tlv } from "../card/tlv.ts";
-import { ApduClient, ApduError, type Command, type Transmit } from "./apdu-client.ts";
+import type { KeyAlg } from "../types.ts";
+import { ALG_ID, CERT_OBJECT } from "../package.ts";
+import { KEY_CERT_TAGS } from "./objects.ts";
+import { concat, findTlv, parseTlvs, tlv } from "../tlv.ts";
+import { ApduClient, ApduError, type Command, type Transmit } from "../apdu-client.ts";
 
 export const PIV_AID = Uint8Array.of(0xa0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00);
 export const PIV_INS = { IMPORT_KEY: 0xf0, LOAD_PACKAGE: 0xf2, EXPORT_KEY_WRAPPED: 0xf4, DELETE_KEY: 0xf6 } as const;

@@ -1,10 +1,10 @@
 // A card's public state, read the only way there is: through APDUs (ISD GET DATA, PIV GET DATA).
 
 import { X509Certificate } from "node:crypto";
-import { ISD_AID } from "../card/scp03/sm.ts";
-import { findTlv, parseTlvs } from "../card/tlv.ts";
+import { ISD_AID } from "./scp03/sm.ts";
+import { findTlv, parseTlvs } from "./tlv.ts";
 import { ApduClient, type Transmit } from "./apdu-client.ts";
-import { PivClient, SLOT } from "./piv-client.ts";
+import { PivClient, SLOT } from "./piv/client.ts";
 
 const LIFECYCLE: Record<number, string> = { 0x01: "OP_READY", 0x07: "INITIALIZED", 0x0f: "SECURED", 0xff: "TERMINATED" };
 
@@ -15,7 +15,7 @@ export interface CardInfo {
   pukTriesLeft: number;
   packageSeq: number;
   scpTriesLeft: number;
-  /** Monotonic count of the card's state changes (src/card/state-counter.ts); 0 from a card that does not report it. */
+  /** Monotonic count of the card's state changes (src/protocol/state-counter.ts); 0 from a card that does not report it. */
   stateCounter: number;
   freeBytes: number;
   keySets: { kvn: number; keyLength: number }[];

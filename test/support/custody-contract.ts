@@ -21,14 +21,14 @@ import {
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeCommand, parseResponse } from "../card/apdu.ts";
-import { createCard, TRANSPORT_KEY_SET } from "../card/card.ts";
-import { aesCmac } from "../card/scp03/cmac.ts";
-import { keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, transmitAll } from "../card/scp03/host.ts";
-import { ISD_AID, lcBytes, macClass } from "../card/scp03/sm.ts";
-import { CustodyError, type CustodyErrorCode, type KeyCustody, type KeyPairAlg, type DerivedKeySetRef, type KmcKeySetRef } from "./custody.ts";
-import { assertSignerConsistent, type CaSigner } from "../ca/signer.ts";
-import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, deriveTransportKeySet, keyDiversificationData, PURPOSE } from "../card/derivation.ts";
+import { encodeCommand, parseResponse } from "../../src/protocol/apdu.ts";
+import { createCard, TRANSPORT_KEY_SET } from "../../src/card/card.ts";
+import { aesCmac } from "../../src/protocol/scp03/cmac.ts";
+import { keyCheckValue, parseInitUpdateResponse, putKeyCommand, Scp03Client, transmitAll } from "../../src/protocol/scp03/host.ts";
+import { ISD_AID, lcBytes, macClass } from "../../src/protocol/scp03/sm.ts";
+import { CustodyError, type CustodyErrorCode, type KeyCustody, type KeyPairAlg, type DerivedKeySetRef, type KmcKeySetRef } from "../../src/custody/custody.ts";
+import { assertSignerConsistent, type CaSigner } from "../../src/ca/signer.ts";
+import { aesKeyUnwrapPad, deriveCardKeySet, derivePurposeKey, deriveTransportKeySet, keyDiversificationData, PURPOSE } from "../../src/protocol/derivation.ts";
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const uniq = (p: string): string => `${p}-${randomBytes(4).toString("hex")}`;
@@ -196,7 +196,7 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
         // the session over the transport keys
         const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
         const s = await c.scp03Session(transport, hc, cc);
-        const { deriveSessionKeys, cryptogram, DERIVE } = await import("../card/scp03/kdf.ts");
+        const { deriveSessionKeys, cryptogram, DERIVE } = await import("../../src/protocol/scp03/kdf.ts");
         const ctx = Buffer.concat([hc, cc]);
         assert.equal(hex(s.cardCryptogram), hex(cryptogram(deriveSessionKeys(ref.enc, ref.mac, ctx).sMac, DERIVE.CARD_CRYPTOGRAM, ctx)));
         await rejects(c.keySetKcvs({ ...transport, kdd: "0001" }), "INVALID_ARGUMENT", /10 bytes/);
@@ -210,7 +210,7 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       const ref = deriveCardKeySet(master, cardId, 2, 256);
       const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
       const s = await c.scp03Session({ kind: "derived", master: masterLabel, cardId, kvn: 2, bits: 256 }, hc, cc);
-      const { deriveSessionKeys, cryptogram, DERIVE } = await import("../card/scp03/kdf.ts");
+      const { deriveSessionKeys, cryptogram, DERIVE } = await import("../../src/protocol/scp03/kdf.ts");
       const ctx = Buffer.concat([hc, cc]);
       const sk = deriveSessionKeys(ref.enc, ref.mac, ctx);
       assert.equal(hex(s.sEnc), hex(sk.sEnc));
