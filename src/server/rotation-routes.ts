@@ -179,8 +179,14 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
 
   const rotationOr404 = async (id: string): Promise<Rotation> => domain(async () => (await store.getRotation(id)) ?? rotationsNotFound(id));
 
-  const status = (r: Rotation) => {
-    const j = jobs.get(r.id);
+  /** This process's job for a rotation as it stands now: taken BEFORE the rotation is read, so that a job that ends
+   *  between the read and the answer is not reported done beside counters read while it ran. */
+  const jobNow = (id: string): Pick<RewrapJob, "state" | "keysPerSecond" | "error"> | undefined => {
+    const j = jobs.get(id);
+    return j && { state: j.state, keysPerSecond: j.keysPerSecond, error: j.error };
+  };
+
+  const status = (r: Rotation, j = jobNow(r.id)) => {
     const needed = FIG15[r.strategy].systemDb === "all";
     const rewrap = !needed
       ? { state: "not-needed" as const }
@@ -247,9 +253,10 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     },
     async (req) =>
       domain(async () => {
+        const job = jobNow(req.params.id);
         const s = await rotations.status(req.params.id);
         const approvals = { required: s.approvals.required, proposedBy: s.approvals.proposedBy, binding: s.approvals.binding, given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })) };
-        return { ...status(s.rotation), approvals, distribution: distributionOut(s.distribution) };
+        return { ...status(s.rotation, job), approvals, distribution: distributionOut(s.distribution) };
       }),
   );
 
