@@ -11,9 +11,9 @@
 //
 // This module must never log or put a key value in an error message.
 
-import type { CustodySelfTest } from "./pkcs11-selftest.ts";
+import type { CustodySelfTest } from "./self-test.ts";
 
-export type { CustodySelfTest, SelfTestPath } from "./pkcs11-selftest.ts";
+export type { CustodySelfTest, SelfTestPath } from "./self-test.ts";
 
 /** Key pair algorithms a card holds (src/card/state.ts KeyAlg). */
 export type KeyPairAlg = "P256" | "P384" | "RSA2048" | "RSA3072";

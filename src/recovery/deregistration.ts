@@ -15,7 +15,7 @@ import { arbitratorViews, type ArbitratorView } from "./arbitrators.ts";
 import { keyedRegistry } from "./keyed-registry.ts";
 import { decodeCursor, encodeCursor, MAX_PAGE_SIZE, pageLimit, type Page, type PageOptions } from "./paging.ts";
 import { evaluatePolicy, policyParties, type Decision, type ReproductionPolicy } from "./policy.ts";
-import type { ServiceRequest } from "./requests.ts";
+import type { ServiceRequest } from "./target.ts";
 import { auditRefusal, checkActor, checkId, isObject, MAX_REASON, type ServiceContext } from "./service-context.ts";
 import { isRecoveryRefusal, RecoveryServiceError } from "./service-errors.ts";
 

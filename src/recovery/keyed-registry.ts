@@ -4,7 +4,7 @@
 
 import type { ApprovalRecord, ArbitratorKeyRecord, ArbitratorRecord, RequestRecord, SqlRecoveryRepository } from "../store/recovery-repository.ts";
 import { ArbitratorRegistry, type Arbitrator } from "./registry.ts";
-import type { ServiceRequest } from "./requests.ts";
+import type { ServiceRequest } from "./target.ts";
 
 /**
  * The registered arbitrators (deregistered ones included: their recorded decisions stay verifiable and the

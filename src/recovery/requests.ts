@@ -6,7 +6,7 @@
 import { appendAudit } from "../store/audit.ts";
 import { newId } from "../store/ids.ts";
 import { UNFINISHED_STATUSES, type RequestKind, type RequestRecord, type RequestStatus, type SqlRecoveryRepository } from "../store/recovery-repository.ts";
-import { chainHead, requestDigest, validateRequest, type Approval, type ApproverList, type ReproductionRequest } from "./approvals.ts";
+import { chainHead, requestDigest, validateRequest, type Approval, type ApproverList } from "./approvals.ts";
 import { rolesIn, unreachableWithout } from "./deregistration.ts";
 import { RecoveryError } from "./errors.ts";
 import { shareEnvelopes } from "./escrow.ts";
@@ -16,14 +16,15 @@ import { evaluatePolicy, policyParties, type Evaluation, type ReproductionPolicy
 import { auditRefusal, checkActor, checkId, isObject, MAX_REASON, type ServiceContext } from "./service-context.ts";
 import { isRecoveryRefusal, RecoveryServiceError, targetChecked } from "./service-errors.ts";
 import type { ShareEnvelope } from "./shares.ts";
-import { checkTarget, targetAtFiling, type ReproductionTarget } from "./target.ts";
+import { checkTarget, targetAtFiling } from "./target.ts";
 
 /**
  * The request arbitrators sign over: the recovery module's request, with the kind of reproduction asked for and the
  * card record that will receive the key (target.ts) — so an approval covers that card and no other. `target` is
  * absent only from requests filed before it was signed.
  */
-export type ServiceRequest = ReproductionRequest & { kind: RequestKind; target?: ReproductionTarget };
+export type { ServiceRequest } from "./target.ts";
+import type { ServiceRequest } from "./target.ts";
 
 export interface RequestView {
   requestId: string;

@@ -33,6 +33,7 @@ import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
 import { PIV_AID } from "../protocol/piv/client.ts";
 import { bytesEqual, canonicalJson } from "./encoding.ts";
 import { CheckedRefusal } from "./errors.ts";
+import type { ReproductionRequest } from "./approvals.ts";
 
 /** The card record that receives a request's key, as the request names it (what the arbitrators sign over). */
 export interface ReproductionTarget {
@@ -186,3 +187,6 @@ export async function checkSlotOnCard(custody: KeyCustody, card: InsertedCard, s
   const spki = certifiedKey(held);
   if (!spki || !bytesEqual(spki, publicKey)) throw new TargetRefusal("target_slot_occupied", `slot ${slot} of the card holds ${spki ? "the certificate of another key" : "a certificate object"}`, { ...details, slot });
 }
+
+/** A reproduction request as the service keeps it: the signed request, its kind and the card it names. */
+export type ServiceRequest = ReproductionRequest & { kind: RequestKind; target?: ReproductionTarget };

@@ -5,14 +5,15 @@
 
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
-import type * as Pkcs11Types from "pkcs11js";
 import { CustodyError } from "../custody.ts";
 import { mapError } from "./errors.ts";
 import { ckrName, CKA_DERIVE_TEMPLATE, CKA_UNWRAP_TEMPLATE, lockedTemplate, type TokenFeatures } from "./templates.ts";
 import { Pkcs11Token } from "./token.ts";
 
-export type P11 = typeof Pkcs11Types;
-export type Handle = Buffer;
+import type * as Pkcs11Types from "pkcs11js";
+import type { Handle, P11 } from "./types.ts";
+
+export type { Handle, P11 } from "./types.ts";
 
 export const DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
 

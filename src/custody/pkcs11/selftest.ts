@@ -22,38 +22,12 @@
 // set-attribute or copy attempt runs only against probes.
 
 import type * as Pkcs11Types from "pkcs11js";
-import type { TokenFeatures } from "./templates.ts";
+import type { Handle, P11 } from "./types.ts";
+import type { CustodySelfTest, SelfTestPath, TokenFeatures } from "../self-test.ts";
+
+export type { CustodySelfTest, SelfTestPath } from "../self-test.ts";
 import { aesKeyTemplate, ckrName, privateKeyTemplate, publicKeyTemplate, secretUsageFlags } from "./templates.ts";
 
-type P11 = typeof Pkcs11Types;
-type Handle = Buffer;
-
-export interface SelfTestPath {
-  /** A name from the list above. */
-  path: string;
-  /** The key role tried. */
-  key: string;
-  /** "refused" when the token refused the attempt; "open" when it did it. */
-  result: "refused" | "open";
-  /** The refusal's CKR_ code, or what the token did. */
-  detail: string;
-}
-
-export interface CustodySelfTest {
-  custody: "pkcs11" | "software";
-  /** The token (label, manufacturer, model) or the keystore. */
-  token: string;
-  features?: TokenFeatures;
-  paths: SelfTestPath[];
-  /** The paths the token did not refuse. */
-  open: SelfTestPath[];
-  /** Keys stored on the token whose attributes are weaker than the policy (made before it, or by hand). */
-  keys: { label: string; problems: string[] }[];
-  /** What the test cannot show (by design, or not a token property). */
-  notes: string[];
-  /** No open path and no weak key. */
-  ok: boolean;
-}
 
 /** What the self-test needs of the custody: the module, its logged-in session and the token's features. */
 export interface SelfTestContext {

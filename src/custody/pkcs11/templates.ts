@@ -26,6 +26,9 @@
 // security officer mark a key CKA_TRUSTED. What protects those keys instead is in the README's security section.
 
 import type * as Pkcs11Types from "pkcs11js";
+import type { TokenFeatures } from "../self-test.ts";
+
+export type { TokenFeatures } from "../self-test.ts";
 import type { Extractability, PairUsage, SecretKeyUsage } from "../custody.ts";
 
 type P11 = typeof Pkcs11Types;
@@ -46,13 +49,6 @@ export function ckrName(e: unknown): string | undefined {
   return m[0] === "CKR_VENDOR_DEFINED:27" ? "CKR_ACTION_PROHIBITED" : m[0].replace(/:\d+$/, "");
 }
 
-/** What the token accepts beyond PKCS#11 2.20 (probed once per token at open). */
-export interface TokenFeatures {
-  /** CKA_UNWRAP_TEMPLATE is accepted on a key (SoftHSM2 2.6: yes, and enforced). */
-  unwrapTemplate: boolean;
-  /** CKA_DERIVE_TEMPLATE is accepted on a key (SoftHSM2 2.6: no, CKR_ATTRIBUTE_TYPE_INVALID). */
-  deriveTemplate: boolean;
-}
 
 /** What whatever a key unwraps or derives is forced to be: unreadable. */
 export function lockedTemplate(p: P11): Template {

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import type * as Pkcs11Types from "pkcs11js";
 import { CustodyError, type Extractability, type SecretKeyUsage } from "../custody.ts";
 import { mapError } from "./errors.ts";
-import type { Handle, P11 } from "./module.ts";
+import type { Handle, P11 } from "./types.ts";
 import { aesKeyTemplate, secretUsageFlags, type Template, type TokenFeatures } from "./templates.ts";
 
 const labelId = (label: string): Buffer => createHash("sha256").update(label).digest().subarray(0, 16);
