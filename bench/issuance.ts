@@ -2,7 +2,7 @@
 //  - issuance_inprocess_p256_c<N>: P-256 Issuer.requestCredential/s in this process on SQLite with the software
 //    keystore and the CA service the server uses (CA key in custody, SqlCaRepository in the same DB), at
 //    concurrency N. A diagnostic for the HTTP figure: what the domain core costs without HTTP.
-//  - issuance_http_p256[_pg]: the server in its own process (`node --import tsx src/server/main.ts`), a load
+//  - issuance_http_p256[_pg]: the server in its own process (compiled: `node dist/server/main.js`), a load
 //    client here with keep-alive connections issuing credentials for a fixed time; credentials/s (201s) and
 //    p50/p99 latency.
 //  - issuance_rsa2048: RSA-2048 credentials/s through the Issuer vs. RSA-2048 key pairs/s this machine generates
@@ -16,9 +16,9 @@
 // profiles the server process; BENCH_PRAGMA="cache_size=-65536;..." sets SQLite pragmas for the in-process run.
 // Notes: docs/profiling-issuance.md.
 
-import { generateKeyPair, randomBytes } from "node:crypto";
+import { generateKeyPair, generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { sql } from "kysely";
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -286,7 +286,12 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
       CARDKMS_LOG_LEVEL: "warn",
       ...o.env,
     };
-    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), "--import", "tsx", fileURLToPath(new URL("../src/server/main.ts", import.meta.url))], { env, stdio: ["ignore", "pipe", "pipe"] });
+    // The compiled server (dist/, as `cardkms issuer serve` runs it; rebuilt first so it matches the sources), or
+    // with BENCH_SERVER=source the TypeScript through tsx, to compare the two.
+    const fromSource = process.env.BENCH_SERVER === "source";
+    if (!fromSource) execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("..", import.meta.url)), stdio: "ignore" });
+    const entry = fromSource ? ["--import", "tsx", fileURLToPath(new URL("../src/server/main.ts", import.meta.url))] : [fileURLToPath(new URL("../dist/server/main.js", import.meta.url))];
+    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...entry], { env, stdio: ["ignore", "pipe", "pipe"] });
     child = server;
     let serverOut = "";
     server.stdout?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
@@ -335,11 +340,18 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     clearTimeout(t2);
     if (Number.isNaN(serverCpu)) serverCpu = procCpu(server.pid!) - s0;
     agent.destroy();
+    // The same-run baseline, so the figure compares across machines: node:crypto P-256 signatures per second on one
+    // core of this machine now (each credential costs the server one CA signature and more).
+    const baseline = p256SignsPerSecond(1000);
     return [
       {
         name: `issuance_http_${alg.toLowerCase()}${engine === "postgres" ? "_pg" : ""}`,
         value: Math.round(r.rate),
         unit: "credentials/s",
+        baseline: Math.round(baseline),
+        baseline_unit: "node:crypto P-256 signatures/s (one core)",
+        ratio: Math.round((r.rate / baseline) * 10_000) / 10_000,
+        server: fromSource ? "source (tsx)" : "compiled (dist/)",
         p50_ms: r1(r.p50),
         p99_ms: r1(r.p99),
         issued: r.n,
@@ -364,6 +376,19 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     await tdb?.drop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** node:crypto ECDSA P-256 / SHA-256 signatures per second over `ms` milliseconds, on this thread. */
+function p256SignsPerSecond(ms: number): number {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  const data = randomBytes(64);
+  const t0 = performance.now();
+  let n = 0;
+  while (performance.now() - t0 < ms) {
+    for (let i = 0; i < 50; i++) sign("sha256", data, privateKey);
+    n += 50;
+  }
+  return n / ((performance.now() - t0) / 1000);
 }
 
 // --- RSA-2048: issuance vs. this machine's key generation rate -----------------------------------------------
