@@ -19,7 +19,7 @@
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
 //             custody and the DB.
 //
-// Run: CARDKMS_KEYSTORE_KEY=<64 hex> node --import tsx src/server/main.ts   (config: CARDKMS_CONFIG=<file> and
+// Run: CARDKMS_KEYSTORE_KEY=<64 hex> node dist/server/main.js (config: CARDKMS_CONFIG=<file> and
 // CARDKMS_* variables, see config.ts). Bootstrap a first operator with `cardkms issuer token create`.
 
 import { createHash } from "node:crypto";
@@ -435,7 +435,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
   }
 }
 
-// node --import tsx src/server/main.ts
+// node dist/server/main.js (compiled; or node --import tsx src/server/main.ts from source)
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   try {
     const config = loadConfig({ file: process.env.CARDKMS_CONFIG || undefined });
