@@ -37,7 +37,6 @@ import {
   type OpenOptions,
   type PackageStatus,
   type RotationStatus,
-  type RotationStrategy,
   type WebhookDeliveryStatus,
 } from "./db.ts";
 import { migrateToLatest } from "./migrate.ts";
@@ -51,7 +50,6 @@ import { OperatorRepository, type Operator } from "./operator-repository.ts";
 import { PackageRepository, type DeliveryPackage } from "./package-repository.ts";
 import { isConstraintViolation, StoreError, type JsonValue } from "./repository.ts";
 import { RotationJobRepository, type Rotation } from "./rotation-job-repository.ts";
-import type { AddedCredentialSpec } from "./rotation-repository.ts";
 import { UserRepository, type User } from "./user-repository.ts";
 import { WebhookRepository, type Webhook, type WebhookDelivery } from "./webhook-repository.ts";
 
@@ -165,13 +163,7 @@ export class Store {
   // ---- cards and card key sets (ST11-ST15) ----------------------------------------------------------------
   // card-repository.ts, key-set-repository.ts
 
-  registerCard(input: {
-    id?: string;
-    userId: string;
-    validFrom: number;
-    validUntil: number;
-    status?: CardStatus;
-  }): Promise<Card> {
+  registerCard(input: Parameters<CardRepository["registerCard"]>[0]): Promise<Card> {
     return this.#cards.registerCard(input);
   }
 
@@ -195,18 +187,7 @@ export class Store {
     return this.#cards.changeCardStatus(id, to, o);
   }
 
-  addKeySet(input: {
-    id?: string;
-    cardId: string;
-    kvn: number;
-    version: number;
-    validFrom: number;
-    validUntil: number;
-    custodyRef: string;
-    label?: string | null;
-    status?: KeySetStatus;
-    makeCurrent?: boolean;
-  }): Promise<CardKeySet> {
+  addKeySet(input: Parameters<KeySetRepository["addKeySet"]>[0]): Promise<CardKeySet> {
     return this.#keySets.addKeySet(input);
   }
 
@@ -229,11 +210,7 @@ export class Store {
   // ---- credentials (ST16-ST21) ----------------------------------------------------------------------------
   // key-pair-repository.ts, certificate-repository.ts
 
-  recordCredential(input: {
-    keyPair: NewKeyPair;
-    wrapped: { keySetId: string; wrapped: Uint8Array }[];
-    certificate?: NewCertificate | null;
-  }): Promise<RecordedCredential> {
+  recordCredential(input: Parameters<KeyPairRepository["recordCredential"]>[0]): Promise<RecordedCredential> {
     return this.#keyPairs.recordCredential(input);
   }
 
@@ -327,19 +304,7 @@ export class Store {
   // ---- card-key rotation jobs (embodiments 3-5, FIG. 15) --------------------------------------------------
   // rotation-job-repository.ts
 
-  proposeRotation(input: {
-    id?: string;
-    cardId: string;
-    fromKeySetId: string;
-    strategy: RotationStrategy;
-    toCardId?: string | null;
-    toKeySetId?: string | null;
-    proposedBy?: string | null;
-    newCardId?: string;
-    added?: AddedCredentialSpec[];
-    dropped?: string[];
-    approvalsRequired?: number;
-  }): Promise<Rotation> {
+  proposeRotation(input: Parameters<RotationJobRepository["proposeRotation"]>[0]): Promise<Rotation> {
     return this.#rotations.proposeRotation(input);
   }
 
