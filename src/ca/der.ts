@@ -1,3 +1,4 @@
+export { toHex } from "../util/bytes.ts";
 // DER (ITU-T X.690 §10) — just the encodings a certificate and a CRL need, and a bounds-checked reader.
 //
 // Why hand-rolled and not @peculiar/asn1-schema on the hot path: serialising a whole TBSCertificate through
@@ -251,4 +252,3 @@ export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-export const toHex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");

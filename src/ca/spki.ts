@@ -21,6 +21,7 @@
 // registry uses it, src/keygen/registry.ts).
 
 import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
+import { toB64url as b64u } from "../util/bytes.ts";
 import * as der from "./der.ts";
 
 export type SubjectKeyType = "P256" | "P384" | "RSA2048" | "RSA3072" | "RSA4096";
@@ -180,7 +181,6 @@ function parse(spki: Uint8Array, policy: Readonly<KeyPolicy>): SubjectPublicKey 
   };
 }
 
-const b64u = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64url");
 const toBigInt = (b: Uint8Array): bigint => (b.length ? BigInt("0x" + der.toHex(b)) : 0n);
 
 /** SP 800-56A §5.6.2.3.3 partial validation: coordinates in [0, p−1], not (0,0), on the curve. */

@@ -44,6 +44,7 @@ import { usedBytes } from "./state.ts";
 import { CardError, SW } from "../protocol/sw.ts";
 import { matchAttackSignal } from "./tamper.ts";
 import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
+import { fromHex } from "../util/bytes.ts";
 import type { ApduCommand } from "../protocol/apdu.ts";
 
 export { ISD_AID } from "../protocol/scp03/sm.ts";
@@ -63,7 +64,6 @@ const be = (n: number, len: number): Uint8Array => {
   }
   return out;
 };
-const fromHex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));
 
 /** GP OIDs under 1.2.840.114283 (2A 86 48 86 FC 6B). */
 const GP_OID = [0x2a, 0x86, 0x48, 0x86, 0xfc, 0x6b];

@@ -5,6 +5,9 @@
 import { createPublicKey } from "node:crypto";
 import type { KeyPairAlg } from "./custody.ts";
 import { CustodyError } from "./custody.ts";
+import { toB64url as b64u } from "../util/bytes.ts";
+
+export { toHex as hex } from "../util/bytes.ts";
 
 function derLength(n: number): Uint8Array {
   if (n < 0x80) return Uint8Array.of(n);
@@ -34,7 +37,6 @@ export const EC_CURVES: Record<"P256" | "P384", { oid: string; jwk: string; size
   P384: { oid: "06052b81040022", jwk: "P-384", size: 48 },
 };
 
-const b64u = (b: Uint8Array): string => Buffer.from(b).toString("base64url");
 
 /** SPKI DER from CKA_EC_POINT (DER OCTET STRING of an uncompressed point, or the bare point). */
 export function ecPointToSpki(alg: "P256" | "P384", ecPoint: Uint8Array): Uint8Array {
@@ -81,4 +83,3 @@ export function putKeyDataField(kvn: number, parts: [PutKeyComponent, PutKeyComp
   };
 }
 
-export const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");

@@ -25,7 +25,7 @@
 // Never printed: a private key, a share, the card's secret ID, a token, the keystore or card-image key, a record's
 // content.
 
-import { createHash, generateKeyPairSync, randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
+import { generateKeyPairSync, randomBytes, verify, X509Certificate, type KeyObject } from "node:crypto";
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { createCard } from "../card/card.ts";
@@ -44,6 +44,7 @@ import { PivClient, SLOT } from "../protocol/piv/client.ts";
 import { approveRequest, RecoveryApiClient, signApproverListFor, type PendingJson, type RequestJson } from "../terminal/recovery-client.ts";
 import { relaySession, UserTerminal } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
+import { sha256Hex } from "../util/bytes.ts";
 import { startDemoServer } from "./demo-server.ts";
 
 const PIN = "123456";
@@ -251,7 +252,6 @@ function stillNeeded(v: RequestJson): string {
   return parts.length ? `, still needs ${parts.join(", ")}` : "";
 }
 
-const sha256Hex = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 interface AuditJson {
   seq: number;

@@ -18,6 +18,7 @@ import { TRANSPORT_KEY_SET, TRANSPORT_KVN } from "../card/card.ts";
 import { keyDiversificationData } from "../protocol/derivation.ts";
 import { keyCheckValue, parseInitUpdateResponse } from "../protocol/scp03/host.ts";
 import { cryptogram, DERIVE, deriveSessionKeys } from "../protocol/scp03/kdf.ts";
+import { toHex as hex } from "../util/bytes.ts";
 import type { KeyCustody, KeySetRef, KmcKeySetRef, StoredKeySetRef } from "../custody/custody.ts";
 
 /** The custody label of the card manufacturer's master key, unless configured otherwise. */
@@ -46,7 +47,6 @@ export interface KmcComponent {
   kcv: string;
 }
 
-const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const zero = (b: Uint8Array): boolean => b.every((x) => x === 0);
 
 /**

@@ -25,6 +25,7 @@ import { ApduError, type Transmit } from "./apdu-client.ts";
 
 /** Largest envelope accepted (the envelope format's 16 MiB of plaintext, base64url and header). */
 export const MAX_ENVELOPE_BYTES = 24 * 1024 * 1024;
+import { toB64url as b64 } from "../util/bytes.ts";
 import { PivClient } from "./piv/client.ts";
 
 export const ENVELOPE_FORMAT = "cardkms-enciphered";
@@ -86,7 +87,6 @@ export interface Recipient {
   spki: Uint8Array;
 }
 
-const b64 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64url");
 const EC_LEN: Partial<Record<KeyAlg, number>> = { P256: 32, P384: 48 };
 const RSA_LEN: Partial<Record<KeyAlg, number>> = { RSA2048: 256, RSA3072: 384 };
 const KEY_ALGS: readonly KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];

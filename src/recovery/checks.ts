@@ -1,7 +1,8 @@
 // The recovery service's boundary checks of ids and actors and its public-key helpers: pure functions, with no
 // storage, so that the arbitrator's and the device's clients (src/terminal/) use them without loading a database.
 
-import { createHash, createPublicKey, type KeyObject } from "node:crypto";
+import { createPublicKey, type KeyObject } from "node:crypto";
+export { sha256Hex } from "../util/bytes.ts";
 import { RecoveryServiceError } from "./service-errors.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -23,7 +24,6 @@ export function checkActor(actor: unknown): asserts actor is string {
 // ---------------------------------------------------------------------------------------------------------------
 // Public keys
 
-export const sha256Hex = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 export function p256FromSpki(spki: Uint8Array, what: string): KeyObject {
   let k: KeyObject;

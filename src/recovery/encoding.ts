@@ -2,6 +2,7 @@
 // undefined members dropped, no whitespace — the subset of RFC 8785 needed for strings, integers, booleans,
 // arrays and objects), SHA-256 digests with a domain-separation label, base64.
 
+export { toB64 as b64 } from "../util/bytes.ts";
 import { createHash } from "node:crypto";
 
 export function canonicalJson(value: unknown): string {
@@ -33,7 +34,6 @@ export function labelledDigest(label: string, ...parts: (string | Uint8Array)[])
   return h.digest();
 }
 
-export const b64 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 
 /** Decodes strict base64; throws a TypeError naming `what` (never the value) when it is not. */
 export function fromB64(s: unknown, what: string): Uint8Array {

@@ -41,6 +41,7 @@ import type { Card } from "../store/store.ts";
 import { requireCardAccess, type Principal } from "./auth.ts";
 import { CARD_ID, cardStateProblem, digits, params, principalOf, problems } from "./issuer-routes.ts";
 import { checkCardState, CardStateError } from "../issuer/card-lifecycle.ts";
+import { toB64 as b64 } from "../util/bytes.ts";
 import { ApiProblem } from "./problem.ts";
 
 export interface BackupRoutesOptions {
@@ -87,7 +88,6 @@ const LIST = closed({ cardId: STR, userId: STR, backups: { type: "array", items:
 
 // ---- helpers ------------------------------------------------------------------------------------------------------
 
-const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 
 const infoOut = (b: BackupInfo) => ({
   id: b.id,

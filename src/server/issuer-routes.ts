@@ -24,6 +24,8 @@ import { requireCardAccess, type Principal, type Role } from "./auth.ts";
 import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
+export { fromHex, toHex } from "../util/bytes.ts";
+import { fromHex, toHex } from "../util/bytes.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
@@ -70,8 +72,6 @@ export const relayRoundSchema = {
   properties: { sessionId: { type: "string" }, apdus: { type: "array", items: { type: "string" } } },
 } as const;
 
-export const toHex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
-export const fromHex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
 
 /** The principal a role-checked route runs for (installAuth sets it). */
 export function principalOf(req: FastifyRequest): Principal {

@@ -33,6 +33,7 @@ import { CardError, SW, check } from "../../protocol/sw.ts";
 import { matchAttackSignal } from "../tamper.ts";
 import { findTlv, parseTlvs, tlv, type Tlv } from "../../protocol/tlv.ts";
 import { ecdhSecret, ecdsaSign, forgetKeys, generateKey, isRsa, loadKey, parsePrivateKey, pkcs8Of, publicKeyTemplate, rsaPrivate } from "./keys.ts";
+import { toHex as hex, fromHex as unhex } from "../../util/bytes.ts";
 import {
   ALG_BY_ID,
   ALG_ID,
@@ -445,8 +446,6 @@ export class PivApplet implements Applet {
 
 // --- helpers ---------------------------------------------------------------------------------------------------
 
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
-const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
 
 function requireP1P2(cmd: CommandApdu, p1: number, p2: number): void {
   check(cmd.p1 === p1 && cmd.p2 === p2, SW.INCORRECT_P1P2);

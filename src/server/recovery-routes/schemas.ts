@@ -4,6 +4,7 @@
 // problem+json of these routes. A schema one plugin alone uses lives in that plugin's file.
 
 import type { RequestView } from "../../recovery/service.ts";
+export { toB64 as b64 } from "../../util/bytes.ts";
 import { digits } from "../issuer-routes.ts";
 
 // ---- schema pieces ------------------------------------------------------------------------------------------------
@@ -147,7 +148,6 @@ export const problems = { "4xx": RECOVERY_PROBLEM, "5xx": { $ref: "Problem#" } }
 
 // ---- outputs ---------------------------------------------------------------------------------------------------
 
-export const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 
 export const requestOut = (v: RequestView) => ({
   requestId: v.requestId,
