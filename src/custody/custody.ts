@@ -345,3 +345,22 @@ export const KEY_SET_USAGE = {
   mac: ["encrypt", "mac"] as SecretKeyUsage[],
   dek: ["derive", "encrypt", "wrap"] as SecretKeyUsage[],
 };
+
+/**
+ * Imports a key set's ENC, MAC and DEK as `<prefix>.enc|mac|dek` through one custody's `importSecretKey`, each with
+ * its usage (KEY_SET_USAGE): what importKeySet does in every custody.
+ */
+export async function importKeySetWith(
+  importSecretKey: (label: string, spec: SecretKeySpec, value: Uint8Array) => Promise<KeyInfo>,
+  prefix: string,
+  keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array },
+  extractable: Extractability,
+): Promise<StoredKeySetRef> {
+  const ref: StoredKeySetRef = { kind: "stored", kvn: keys.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
+  checkKeySetRef(ref);
+  for (const name of ["enc", "mac", "dek"] as const) {
+    const v = keys[name];
+    await importSecretKey(ref[name], { type: "aes", bits: (v.length * 8) as 128 | 256, usage: KEY_SET_USAGE[name], extractable }, v);
+  }
+  return ref;
+}

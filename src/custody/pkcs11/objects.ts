@@ -3,11 +3,10 @@
 // never from a record kept here.
 
 import {
-  checkKeySetRef,
+  importKeySetWith,
   checkLabel,
   checkSecretSpec,
   CustodyError,
-  KEY_SET_USAGE,
   type Extractability,
   type KeyInfo,
   type KeyPairAlg,
@@ -43,14 +42,8 @@ export async function importSecretKey(hsm: Pkcs11Token, label: string, spec: Sec
   return { label, kind: "secret", type: "aes", bits: s.bits, usage: s.usage, extractable: s.extractable };
 }
 
-export async function importKeySet(hsm: Pkcs11Token, prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
-  const ref: StoredKeySetRef = { kind: "stored", kvn: keys.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
-  checkKeySetRef(ref);
-  for (const name of ["enc", "mac", "dek"] as const) {
-    const v = keys[name];
-    await importSecretKey(hsm, ref[name], { type: "aes", bits: (v.length * 8) as 128 | 256, usage: KEY_SET_USAGE[name], extractable }, v);
-  }
-  return ref;
+export function importKeySet(hsm: Pkcs11Token, prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
+  return importKeySetWith((label, spec, value) => importSecretKey(hsm, label, spec, value), prefix, keys, extractable);
 }
 
 export async function hasKey(hsm: Pkcs11Token, label: string): Promise<boolean> {

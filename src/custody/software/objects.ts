@@ -3,11 +3,10 @@
 
 import { randomBytes } from "node:crypto";
 import {
-  checkKeySetRef,
+  importKeySetWith,
   checkLabel,
   checkSecretSpec,
   CustodyError,
-  KEY_SET_USAGE,
   type Extractability,
   type KeyInfo,
   type SecretKeySpec,
@@ -30,14 +29,8 @@ export async function importSecretKey(ks: Keystore, label: string, spec: SecretK
   return ks.info(label, meta);
 }
 
-export async function importKeySet(ks: Keystore, prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
-  const ref: StoredKeySetRef = { kind: "stored", kvn: keys.kvn, enc: `${prefix}.enc`, mac: `${prefix}.mac`, dek: `${prefix}.dek` };
-  checkKeySetRef(ref);
-  for (const name of ["enc", "mac", "dek"] as const) {
-    const v = keys[name];
-    await importSecretKey(ks, ref[name], { type: "aes", bits: (v.length * 8) as 128 | 256, usage: KEY_SET_USAGE[name], extractable }, v);
-  }
-  return ref;
+export function importKeySet(ks: Keystore, prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
+  return importKeySetWith((label, spec, value) => importSecretKey(ks, label, spec, value), prefix, keys, extractable);
 }
 
 export async function hasKey(ks: Keystore, label: string): Promise<boolean> {
