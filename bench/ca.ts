@@ -24,7 +24,13 @@ export async function benchCa(n = 3000): Promise<{ name: string; value: number; 
     const t0 = performance.now();
     let last: Uint8Array | undefined;
     for (let i = warm; i < n; i++)
-      last = (await ca.issue({ subject: { country: "JP", organization: "Example Bank", commonName: `User ${i}`, serialNumber: `CARD-${i}`, email: `u${i}@example.test` }, publicKey: keys[i], profile: "signature" })).certificate;
+      last = (
+        await ca.issue({
+          subject: { country: "JP", organization: "Example Bank", commonName: `User ${i}`, serialNumber: `CARD-${i}`, email: `u${i}@example.test` },
+          publicKey: keys[i],
+          profile: "signature",
+        })
+      ).certificate;
     const rate = ((n - warm) / (performance.now() - t0)) * 1000;
     if (!new X509Certificate(last!).verify(new X509Certificate(issuing.certificate).publicKey)) throw new Error("issued certificate does not verify");
     out.push({ name: verifySignatures ? "ca_issue_p256_verify_after_sign" : "ca_issue_p256", value: Math.round(rate), unit: "cert/s", issued: n - warm });

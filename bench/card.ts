@@ -85,7 +85,14 @@ export async function benchCard(opts: { ms?: number; rounds?: number } = {}): Pr
     }
     const value = median(cardRates);
     const baseline = median(nodeRates);
-    out.push({ name: "piv_sign_p256", value: Math.round(value), unit: "sig/s", baseline: Math.round(baseline), ratio: Math.round((value / baseline) * 1000) / 1000, path: "in-process GENERAL AUTHENTICATE, SHA-256 on the terminal side" });
+    out.push({
+      name: "piv_sign_p256",
+      value: Math.round(value),
+      unit: "sig/s",
+      baseline: Math.round(baseline),
+      ratio: Math.round((value / baseline) * 1000) / 1000,
+      path: "in-process GENERAL AUTHENTICATE, SHA-256 on the terminal side",
+    });
     card.close();
 
     // --- persisted state changes: PIN VERIFY with counter update
@@ -103,7 +110,15 @@ export async function benchCard(opts: { ms?: number; rounds?: number } = {}): Pr
         );
       const writes = c.faults.writes - w0;
       c.close();
-      out.push({ name: `pin_verify_persisted_${durability}`, value: Math.round(median(rates)), unit: "verify/s", durability, commits_per_verify: 2, physical_writes: writes, note: durability === "fsync" ? "every commit flushed with fdatasync before the card answers" : "writes reach the OS page cache, not flushed" });
+      out.push({
+        name: `pin_verify_persisted_${durability}`,
+        value: Math.round(median(rates)),
+        unit: "verify/s",
+        durability,
+        commits_per_verify: 2,
+        physical_writes: writes,
+        note: durability === "fsync" ? "every commit flushed with fdatasync before the card answers" : "writes reach the OS page cache, not flushed",
+      });
     }
     const { card: k } = await preparedCard(dir, "fsync");
     const times: number[] = [];
@@ -115,7 +130,15 @@ export async function benchCard(opts: { ms?: number; rounds?: number } = {}): Pr
     k.close();
     times.sort((a, b) => a - b);
     const at = (q: number) => Math.round(times[Math.floor(q * (times.length - 1))] * 10) / 10;
-    out.push({ name: "pin_verify_kdf_default", value: at(0.5), unit: "ms (median)", p90: at(0.9), kdf: { ...DEFAULT_PIN_KDF }, durability: "fsync", note: "one scrypt and two commits per correct-PIN VERIFY" });
+    out.push({
+      name: "pin_verify_kdf_default",
+      value: at(0.5),
+      unit: "ms (median)",
+      p90: at(0.9),
+      kdf: { ...DEFAULT_PIN_KDF },
+      durability: "fsync",
+      note: "one scrypt and two commits per correct-PIN VERIFY",
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -201,7 +201,14 @@ function request(agent: http.Agent, base: URL, token: string, method: string, pa
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const req = http.request(
-      { agent, host: base.hostname, port: base.port, method, path, headers: { authorization: `Bearer ${token}`, ...(data ? { "content-type": "application/json", "content-length": data.length } : {}) } },
+      {
+        agent,
+        host: base.hostname,
+        port: base.port,
+        method,
+        path,
+        headers: { authorization: `Bearer ${token}`, ...(data ? { "content-type": "application/json", "content-length": data.length } : {}) },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));
@@ -317,7 +324,9 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
       Array.from({ length: 16 }, async () => {
         while (made < nCards) {
           const i = made++;
-          const u = await request(agent, base, token, "POST", "/v1/users", { personalData: { commonName: `Bench User ${i}`, email: `u${i}@example.test`, organization: "Example Bank", country: "JP" } });
+          const u = await request(agent, base, token, "POST", "/v1/users", {
+            personalData: { commonName: `Bench User ${i}`, email: `u${i}@example.test`, organization: "Example Bank", country: "JP" },
+          });
           if (u.status !== 201) throw new Error(`POST /v1/users: ${u.status} ${u.body.slice(0, 300)}`);
           const c = await request(agent, base, token, "POST", "/v1/cards", { userId: (JSON.parse(u.body) as { id: string }).id });
           if (c.status !== 201) throw new Error(`POST /v1/cards: ${c.status} ${c.body.slice(0, 300)}`);
@@ -413,15 +422,17 @@ async function rsaKeygenWorkers(ms: number, warmMs: number, workers = availableP
   const end = from + ms;
   let n = 0;
   await Promise.all(
-    Array.from({ length: workers }, () =>
-      new Promise<void>((resolve, reject) => {
-        const w = new Worker(RSA_WORKER, { eval: true, workerData: { ms: warmMs + ms } });
-        w.on("message", (t: number) => {
-          if (t >= from && t <= end) n++;
-        });
-        w.once("error", reject);
-        w.once("exit", () => resolve());
-      }),
+    Array.from(
+      { length: workers },
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const w = new Worker(RSA_WORKER, { eval: true, workerData: { ms: warmMs + ms } });
+          w.on("message", (t: number) => {
+            if (t >= from && t <= end) n++;
+          });
+          w.once("error", reject);
+          w.once("exit", () => resolve());
+        }),
     ),
   );
   return n / (ms / 1000);

@@ -38,7 +38,6 @@ const echoApplet: Applet = {
   },
 };
 
-
 async function timedRun(n: number): Promise<number> {
   const args = ["-r", VPCD_READER, "-c", "default", "-s", SELECT];
   for (let i = 0; i < n; i++) args.push("-s", ECHO);

@@ -21,7 +21,11 @@ export async function benchRecovery(iterations = 60, chainRounds = 300): Promise
   const ids = { escrowId: "esc-bench", cardId: "card-bench" };
   const request = makeRequest(policy, ids);
   const approvers = ["user", "credit-co", "sp-b", "mgr-a", "mgr-d"];
-  const approvals = signDecisions(request, approvers.map((a) => ({ arbitrator: a, decision: "approve" as const })), keys);
+  const approvals = signDecisions(
+    request,
+    approvers.map((a) => ({ arbitrator: a, decision: "approve" as const })),
+    keys,
+  );
   const approverList = signApproverList(request, approvals, policy.author, keys.get(policy.author)!.signing);
   const out: Result[] = [];
 
@@ -56,7 +60,11 @@ export async function benchRecovery(iterations = 60, chainRounds = 300): Promise
   }
 
   // All ten decide, the user first so that the credit company's order condition holds.
-  const all = signDecisions(request, FIG9_ARBITRATORS.map((a) => ({ arbitrator: a, decision: "approve" as const })), keys);
+  const all = signDecisions(
+    request,
+    FIG9_ARBITRATORS.map((a) => ({ arbitrator: a, decision: "approve" as const })),
+    keys,
+  );
   for (let i = 0; i < 20; i++) verifyChain(request, all, registry);
   const t0 = performance.now();
   for (let i = 0; i < chainRounds; i++) {

@@ -57,9 +57,21 @@ for (const engine of testEngines()) {
         const t1 = performance.now();
         await t.db.transaction().execute(async (trx) => {
           for (let i = 0; i < REWRAP; i += 1000) {
-            const batch = Array.from({ length: Math.min(1000, REWRAP - i) }, (_, j) => ({ id: `kp-${i + j}`, user_id: user.id, card_id: card.id, slot: null, algorithm: "ec-p256", public_key: spki, status: "active" as const, created_at: 0 }));
+            const batch = Array.from({ length: Math.min(1000, REWRAP - i) }, (_, j) => ({
+              id: `kp-${i + j}`,
+              user_id: user.id,
+              card_id: card.id,
+              slot: null,
+              algorithm: "ec-p256",
+              public_key: spki,
+              status: "active" as const,
+              created_at: 0,
+            }));
             await trx.insertInto("key_pairs").values(batch).execute();
-            await trx.insertInto("wrapped_keys").values(batch.map((b) => ({ key_pair_id: b.id, key_set_id: ks.id, wrapped, created_at: 0 }))).execute();
+            await trx
+              .insertInto("wrapped_keys")
+              .values(batch.map((b) => ({ key_pair_id: b.id, key_set_id: ks.id, wrapped, created_at: 0 })))
+              .execute();
           }
         });
         const seeded = (performance.now() - t1) / 1000;
@@ -72,7 +84,9 @@ for (const engine of testEngines()) {
           job = await store.checkpointRotation(rot.id, { expectedCursor: job.cursor, cursor: page[page.length - 1].id, rewrapped: page.map((w) => ({ keyPairId: w.keyPairId, wrapped: w.wrapped })) });
         }
         const secs = (performance.now() - t2) / 1000;
-        console.log(`${label}: bulk re-wrap storage path ${(job.done / secs).toFixed(0)} keys/s (${job.done} keys; seeding ${(REWRAP / seeded).toFixed(0)} rows/s); RSS ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MB`);
+        console.log(
+          `${label}: bulk re-wrap storage path ${(job.done / secs).toFixed(0)} keys/s (${job.done} keys; seeding ${(REWRAP / seeded).toFixed(0)} rows/s); RSS ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MB`,
+        );
       }
     } finally {
       await t.drop();

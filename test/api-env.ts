@@ -163,10 +163,12 @@ export async function authenticate(post: ReturnType<typeof api>["post"], cardId:
   assert.equal(start.apdus.length, 3);
   const responses = [];
   for (const a of start.apdus) responses.push(await transmitFollowing((x) => card.transmit(x), unhex(a)));
-  if (tamper === true) responses[1][25] ^= 0x01; // a byte of the card cryptogram
+  if (tamper === true)
+    responses[1][25] ^= 0x01; // a byte of the card cryptogram
   else if (tamper) tamper(responses);
   const r = await post(`/v1/cards/${cardId}/auth/${start.sessionId}`, undefined, { responses: responses.map(hex) });
-  if (r.statusCode === 200) for (const a of r.json().apdus as string[]) assert.equal(swOf(await transmitFollowing((x) => card.transmit(x), unhex(a))), 0x9000, "the card accepts EXTERNAL AUTHENTICATE");
+  if (r.statusCode === 200)
+    for (const a of r.json().apdus as string[]) assert.equal(swOf(await transmitFollowing((x) => card.transmit(x), unhex(a))), 0x9000, "the card accepts EXTERNAL AUTHENTICATE");
   return r;
 }
 
@@ -186,7 +188,6 @@ export async function issueAndPersonalise(env: ApiEnv, name: string) {
   assert.equal(expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200).status, "active");
   return { user, cardId, card, imageKey };
 }
-
 
 /**
  * The terminal's part of a live relay (keygen, reproduction): one APDU per round to `sessionsPath/<id>` until the

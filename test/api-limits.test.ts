@@ -149,7 +149,14 @@ test("metrics.access loopback: /metrics on a listener of its own, bound to loopb
   } finally {
     await server.close();
   }
-  assert.equal(await fetch(server.metricsUrl!).then(() => "open", () => "closed"), "closed", "closed with the server");
+  assert.equal(
+    await fetch(server.metricsUrl!).then(
+      () => "open",
+      () => "closed",
+    ),
+    "closed",
+    "closed with the server",
+  );
 });
 
 test("webhooks: a loopback URL is refused by default (400 naming the range) and accepted when config webhooks.allowAddresses permits it", { timeout: 10 * 60_000 }, async (t) => {

@@ -107,7 +107,9 @@ function body(schema: Schema | undefined): fc.Arbitrary<{ payload: string; conte
   const wrongType = fc.oneof(fc.integer(), fc.boolean(), fc.constant(null), fc.string(), fc.array(fc.jsonValue({ maxDepth: 1 })), fc.double());
   return fc.oneof(
     good.map(json),
-    fc.tuple(good, fc.string({ minLength: 1, maxLength: 12 }), fc.jsonValue({ maxDepth: 1 })).map(([v, k, x]) => json(v && typeof v === "object" && !Array.isArray(v) ? { ...v, [`x_${k}`]: x } : { [`x_${k}`]: x })),
+    fc
+      .tuple(good, fc.string({ minLength: 1, maxLength: 12 }), fc.jsonValue({ maxDepth: 1 }))
+      .map(([v, k, x]) => json(v && typeof v === "object" && !Array.isArray(v) ? { ...v, [`x_${k}`]: x } : { [`x_${k}`]: x })),
     fc.tuple(good, wrongType).map(([v, w]) => {
       if (!v || typeof v !== "object" || Array.isArray(v) || Object.keys(v).length === 0) return json(w);
       const keys = Object.keys(v);
@@ -159,7 +161,11 @@ test("every route answers bad input with a 4xx problem+json, never a 500", { tim
   // The OpenAPI document and the route list agree: nothing served goes unfuzzed.
   const fastifyPath = (p: string) => p.replace(/\{(\w+)\}/g, ":$1");
   for (const [path, ops] of Object.entries(doc.paths))
-    for (const m of Object.keys(ops)) assert.ok(routes.some((r) => r.url === fastifyPath(path) && r.method === m.toUpperCase()), `${m} ${path} in the route list`);
+    for (const m of Object.keys(ops))
+      assert.ok(
+        routes.some((r) => r.url === fastifyPath(path) && r.method === m.toUpperCase()),
+        `${m} ${path} in the route list`,
+      );
   assert.ok(routes.length >= 25, `routes: ${routes.length}`);
 
   const tokenFor = (roles: string[]) => {
@@ -249,12 +255,7 @@ test("every route answers bodies that amplify with a 4xx under 16 KB, never a 5x
   const doc = (await env.server.app.inject({ method: "GET", url: "/openapi.json" })).json() as {
     paths: Record<string, Record<string, { parameters?: { in: string; name: string; schema?: Schema }[]; requestBody?: { content?: Record<string, { schema?: Schema }> } }>>;
   };
-  const routes = [
-    ...env.server.routes,
-    { method: "GET", url: "/openapi.json", roles: [] },
-    { method: "GET", url: "/metrics", roles: ["auditor"] },
-    { method: "GET", url: "/healthz", roles: [] },
-  ];
+  const routes = [...env.server.routes, { method: "GET", url: "/openapi.json", roles: [] }, { method: "GET", url: "/metrics", roles: ["auditor"] }, { method: "GET", url: "/healthz", roles: [] }];
   const tokenFor = (roles: string[]) =>
     roles.length === 0 ? undefined : roles.includes("operator") ? env.tokens.operator : roles.includes("auditor") ? env.tokens.auditor : roles.includes("terminal") ? terminalToken : env.tokens.admin;
   let slowest = { ms: 0, where: "" };
@@ -289,5 +290,7 @@ test("every route answers bodies that amplify with a 4xx under 16 KB, never a 5x
       assert.equal((r.json() as { status: number }).status, r.statusCode, where);
     }
   }
-  t.diagnostic(`${routes.length} routes, ${requests} requests; slowest ${Math.round(slowest.ms)} ms: ${slowest.where.slice(0, 160)}; largest answer ${largest.bytes} bytes: ${largest.where.slice(0, 160)}`);
+  t.diagnostic(
+    `${routes.length} routes, ${requests} requests; slowest ${Math.round(slowest.ms)} ms: ${slowest.where.slice(0, 160)}; largest answer ${largest.bytes} bytes: ${largest.where.slice(0, 160)}`,
+  );
 });

@@ -99,7 +99,10 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
     await t.test("S10: PUT with the card-bound token stores version 1; the same envelope again is 200 unchanged; a new one is version 2", async () => {
       const r1 = expect(await put(url("bank-pins"), token, { envelope: b64(first) }), 201) as { backup: Record<string, unknown>; created: boolean };
       assert.equal(r1.created, true);
-      assert.deepEqual([r1.backup.userId, r1.backup.cardId, r1.backup.objectId, r1.backup.version, r1.backup.recipientKid, r1.backup.size], [userId, cardId, "bank-pins", 1, recipient.kid, first.length]);
+      assert.deepEqual(
+        [r1.backup.userId, r1.backup.cardId, r1.backup.objectId, r1.backup.version, r1.backup.recipientKid, r1.backup.size],
+        [userId, cardId, "bank-pins", 1, recipient.kid, first.length],
+      );
       assert.equal("envelope" in r1.backup, false, "a put answers no envelope");
       const again = expect(await put(url("bank-pins"), token, { envelope: b64(first) }), 200) as { backup: Record<string, unknown>; created: boolean };
       assert.deepEqual([again.created, again.backup.version, again.backup.id], [false, 1, r1.backup.id]);
@@ -115,7 +118,13 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const terminal = new TerminalEncipheredStore(join(dir, "terminal"));
       await terminal.put(["medical-record.json", "photo.bin"].map((id) => ({ objectId: id, envelope: seal(id) })));
       const report = await backup({ userId, cardId, from: [terminal], to: target });
-      assert.deepEqual(report.stored.map((s) => [s.objectId, s.version]), [["medical-record.json", 1], ["photo.bin", 1]]);
+      assert.deepEqual(
+        report.stored.map((s) => [s.objectId, s.version]),
+        [
+          ["medical-record.json", 1],
+          ["photo.bin", 1],
+        ],
+      );
       assert.deepEqual((await backup({ userId, cardId, from: [terminal], to: target })).unchanged.length, 2, "a second run adds nothing");
       await assert.rejects(target.put({ userId, objectId: "note", envelope: data["bank-pins"] }), (e: unknown) => e instanceof BackupClientError && /only enciphered data/.test(e.message));
       await assert.rejects(target.put({ userId: "someone-else", objectId: "photo.bin", envelope: (await terminal.get("photo.bin"))! }), BackupClientError, "another user is refused");
@@ -127,7 +136,15 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
     await t.test("list (every version, no envelopes), one version with its envelope, latest=true, 404s", async () => {
       const all = expect(await get(url(), token), 200) as { cardId: string; userId: string; backups: Record<string, unknown>[] };
       assert.deepEqual([all.cardId, all.userId], [cardId, userId]);
-      assert.deepEqual(all.backups.map((b) => [b.objectId, b.version]), [["bank-pins", 1], ["bank-pins", 2], ["medical-record.json", 1], ["photo.bin", 1]]);
+      assert.deepEqual(
+        all.backups.map((b) => [b.objectId, b.version]),
+        [
+          ["bank-pins", 1],
+          ["bank-pins", 2],
+          ["medical-record.json", 1],
+          ["photo.bin", 1],
+        ],
+      );
       assert.ok(all.backups.every((b) => !("envelope" in b)));
       const one = expect(await get(url(undefined, "?objectId=bank-pins"), token), 200) as { backups: unknown[] };
       assert.equal(one.backups.length, 2);
@@ -135,7 +152,14 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.deepEqual([v1.version, Buffer.from(v1.envelope as string, "base64").equals(Buffer.from(first))], [1, true]);
       assert.equal(expect(await get(url("bank-pins"), token), 200).version, 2);
       const latest = expect(await get(url(undefined, "?latest=true"), token), 200) as { backups: Record<string, unknown>[] };
-      assert.deepEqual(latest.backups.map((b) => [b.objectId, b.version, typeof b.envelope]), [["bank-pins", 2, "string"], ["medical-record.json", 1, "string"], ["photo.bin", 1, "string"]]);
+      assert.deepEqual(
+        latest.backups.map((b) => [b.objectId, b.version, typeof b.envelope]),
+        [
+          ["bank-pins", 2, "string"],
+          ["medical-record.json", 1, "string"],
+          ["photo.bin", 1, "string"],
+        ],
+      );
       refused(await get(url("bank-pins", "?version=9"), token), 404);
       refused(await get(url("nothing-here"), token), 404);
       refused(await get(`/v1/cards/${"ab".repeat(8)}/backups`, op), 404);
@@ -209,11 +233,22 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.ok(addr && typeof addr === "object");
       const target = new HttpBackupTarget(new IssuerApiClient({ server: `http://127.0.0.1:${addr.port}`, token: newToken }), fresh.card.id);
       const latest = await target.latestAll(userId);
-      assert.deepEqual(latest.map((b) => [b.objectId, b.cardId]), [["bank-pins", cardId], ["medical-record.json", cardId], ["operator-copy", cardId], ["photo.bin", cardId]]);
+      assert.deepEqual(
+        latest.map((b) => [b.objectId, b.cardId]),
+        [
+          ["bank-pins", cardId],
+          ["medical-record.json", cardId],
+          ["operator-copy", cardId],
+          ["photo.bin", cardId],
+        ],
+      );
       await assert.rejects(target.latestAll(taro.user.id as string), BackupClientError, "a restore for another user is refused");
       const store = new TerminalEncipheredStore(join(dir, "terminal-after"));
       const report = await restore({ userId, from: target, into: store, forCard: { piv: newPiv, slot: SLOT.keyManagement } });
-      assert.deepEqual(report.restored.map((r) => r.objectId), ["bank-pins", "medical-record.json", "operator-copy", "photo.bin"]);
+      assert.deepEqual(
+        report.restored.map((r) => r.objectId),
+        ["bank-pins", "medical-record.json", "operator-copy", "photo.bin"],
+      );
       assert.deepEqual(report.skipped, []);
       await newPiv.verifyPin(PIN);
       for (const [id, plain] of Object.entries(data)) {
@@ -234,7 +269,9 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const env1 = encipherForCard(recipient, big, utf8("big.bin"));
       const body = JSON.stringify({ envelope: b64(env1) });
       assert.ok(body.length > 1 << 20 && body.length <= PUT_BODY_LIMIT, `${body.length} bytes of body`);
-      const r = expect(await env.server.app.inject({ method: "PUT", url: taroUrl, headers: { authorization: `Bearer ${taroToken}`, "content-type": "application/json" }, payload: body }), 201) as { backup: { size: number } };
+      const r = expect(await env.server.app.inject({ method: "PUT", url: taroUrl, headers: { authorization: `Bearer ${taroToken}`, "content-type": "application/json" }, payload: body }), 201) as {
+        backup: { size: number };
+      };
       assert.equal(r.backup.size, env1.length);
       const back = await get(taroUrl, taroToken);
       assert.equal(back.statusCode, 200);
@@ -245,10 +282,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
 
     await t.test("no plaintext anywhere in the DB tables of backups and audit, nor in the server's log", async () => {
       const db = env.server.store.db as Db;
-      const rows = [
-        ...(await sql<Record<string, unknown>>`select * from backups`.execute(db)).rows,
-        ...(await sql<Record<string, unknown>>`select * from audit_log`.execute(db)).rows,
-      ];
+      const rows = [...(await sql<Record<string, unknown>>`select * from backups`.execute(db)).rows, ...(await sql<Record<string, unknown>>`select * from audit_log`.execute(db)).rows];
       const logs = env.logs.join("\n");
       for (const [id, plain] of Object.entries(data)) {
         const needles = [Buffer.from(plain), Buffer.from(b64(plain).slice(4, 28)), Buffer.from(Buffer.from(plain).toString("base64url").slice(4, 28))];

@@ -125,7 +125,12 @@ for (const engine of testEngines()) {
       const cards: { close(): void }[] = [];
       try {
         const store = new Store(tdb.db);
-        const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "backup CA" }, validityDays: 3650 });
+        const authority = await CertificationAuthority.createRoot({
+          signer: nodeSigner(keyPair("P256").privateKey),
+          repository: new MemoryCaRepository(),
+          subject: { commonName: "backup CA" },
+          validityDays: 3650,
+        });
         const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
         await importTestKmc(custody);
         const repo = new BackupRepository(tdb.db);
@@ -157,7 +162,10 @@ for (const engine of testEngines()) {
         const terminal = new TerminalEncipheredStore(join(dir, `${engine.name}-${alg}-terminal`));
         const oldCardStore = new CardEncipheredStore({ piv: oldPiv, write: await issuerWriter(issuer, old.id, oldTx) });
         await oldCardStore.put([{ objectId: "bank-pins", envelope: envelopes["bank-pins"] }]);
-        await terminal.put([{ objectId: "medical-record.json", envelope: envelopes["medical-record.json"] }, { objectId: "photo.bin", envelope: envelopes["photo.bin"] }]);
+        await terminal.put([
+          { objectId: "medical-record.json", envelope: envelopes["medical-record.json"] },
+          { objectId: "photo.bin", envelope: envelopes["photo.bin"] },
+        ]);
         await oldPiv.verifyPin(PIN);
         for (const [id, p] of Object.entries(data)) {
           const env = id === "bank-pins" ? (await oldCardStore.get(id))! : (await terminal.get(id))!;
@@ -166,7 +174,14 @@ for (const engine of testEngines()) {
 
         // S10: backup of everything the user keeps, to the back-up device (the server's repository).
         const report = await backup({ userId: user.id, cardId: old.id, from: [oldCardStore, terminal], to: repo });
-        assert.deepEqual(report.stored.map((s) => [s.objectId, s.version, s.from]), [["bank-pins", 1, "card"], ["medical-record.json", 1, "terminal"], ["photo.bin", 1, "terminal"]]);
+        assert.deepEqual(
+          report.stored.map((s) => [s.objectId, s.version, s.from]),
+          [
+            ["bank-pins", 1, "card"],
+            ["medical-record.json", 1, "terminal"],
+            ["photo.bin", 1, "terminal"],
+          ],
+        );
 
         // S5': the card is destroyed — and the terminal's disk with it; only the backup is left.
         oldVc.close();
@@ -188,7 +203,14 @@ for (const engine of testEngines()) {
         const newCardStore = new CardEncipheredStore({ piv: fresh.piv, write: await issuerWriter(issuer, fresh.card.id, fresh.transmit) });
         const terminal2 = new TerminalEncipheredStore(join(dir, `${engine.name}-${alg}-terminal2`));
         const restored = await restore({ userId: user.id, from: repo, into: preferCard(newCardStore, terminal2, 1024), forCard: { piv: fresh.piv, slot: SLOT.keyManagement } });
-        assert.deepEqual(restored.restored.map((r) => [r.objectId, r.into]), [["bank-pins", "card"], ["medical-record.json", "terminal"], ["photo.bin", "terminal"]]);
+        assert.deepEqual(
+          restored.restored.map((r) => [r.objectId, r.into]),
+          [
+            ["bank-pins", "card"],
+            ["medical-record.json", "terminal"],
+            ["photo.bin", "terminal"],
+          ],
+        );
         assert.deepEqual(restored.skipped, []);
 
         // Data written before the loss is readable after it, byte-exact, by the new card.
@@ -229,7 +251,10 @@ for (const engine of testEngines()) {
 
         await t.test("the server never held the plaintext; every backup is in the audit log", async () => {
           for (const [id, p] of Object.entries(data)) assert.deepEqual(await scanDb(tdb.db, engine.name, p), [], `plaintext of ${id} in the DB`);
-          assert.deepEqual((await repo.list(user.id)).map((b) => [b.objectId, b.version, b.cardId, b.recipientKid]), Object.keys(data).map((id) => [id, 1, old.id, recipient.kid]));
+          assert.deepEqual(
+            (await repo.list(user.id)).map((b) => [b.objectId, b.version, b.cardId, b.recipientKid]),
+            Object.keys(data).map((id) => [id, 1, old.id, recipient.kid]),
+          );
           const actions = (await tdb.db.selectFrom("audit_log").select("action").where("subject", "=", user.id).execute()).map((r) => r.action);
           assert.equal(actions.filter((a) => a === "backup.stored").length, 3);
           assert.equal((await verifyAuditLog(tdb.db)).ok, true);

@@ -134,8 +134,7 @@ interface Reencoding {
   otherPointForm: boolean;
 }
 
-const bitStringAs = (content: Uint8Array, k: Knob, constructed: boolean) =>
-  constructed ? tlvAs(0x23, tlvAs(der.TAG.BIT_STRING, content, plain), k) : tlvAs(der.TAG.BIT_STRING, content, k);
+const bitStringAs = (content: Uint8Array, k: Knob, constructed: boolean) => (constructed ? tlvAs(0x23, tlvAs(der.TAG.BIT_STRING, content, plain), k) : tlvAs(der.TAG.BIT_STRING, content, k));
 
 /** Every way of writing the test RSA key this generator knows: padded INTEGERs, long and indefinite lengths, … */
 const rsaReencoding: fc.Arbitrary<Reencoding> = fc
@@ -158,8 +157,14 @@ const rsaReencoding: fc.Arbitrary<Reencoding> = fc
     const bits = bitStringAs(der.concat([Uint8Array.of(0), rsaPublicKey]), r.kBits, r.bitsConstructed);
     const alg = tlvAs(0x30, der.concat([tlvAs(der.TAG.OID, oidContent("1.2.840.113549.1.1.1", r.oidNonMinimal), r.kOid), r.nullAbsent ? new Uint8Array(0) : Uint8Array.of(5, 0)]), r.kAlg);
     const ber =
-      r.padN > 0 || r.padE > 0 || r.bitsConstructed || r.oidNonMinimal || r.nullAbsent ||
-      [r.kN, r.kE, r.kBits].some((k) => berOnly(k, false)) || [r.kRsa, r.kAlg, r.kSpki].some((k) => berOnly(k, true)) || r.kOid.extra > 0;
+      r.padN > 0 ||
+      r.padE > 0 ||
+      r.bitsConstructed ||
+      r.oidNonMinimal ||
+      r.nullAbsent ||
+      [r.kN, r.kE, r.kBits].some((k) => berOnly(k, false)) ||
+      [r.kRsa, r.kAlg, r.kSpki].some((k) => berOnly(k, true)) ||
+      r.kOid.extra > 0;
     return { spki: tlvAs(0x30, der.concat([alg, bits]), r.kSpki), ber, otherPointForm: false };
   });
 
@@ -181,9 +186,12 @@ const ecReencoding: fc.Arbitrary<Reencoding> = fc
     const odd = pt[64] & 1;
     const point = r.form === "compressed" ? der.concat([Uint8Array.of(2 + odd), pt.subarray(1, 33)]) : r.form === "hybrid" ? der.concat([Uint8Array.of(6 + odd), pt.subarray(1)]) : pt;
     const bits = bitStringAs(der.concat([Uint8Array.of(0), point]), r.kBits, r.bitsConstructed);
-    const alg = tlvAs(0x30, der.concat([tlvAs(der.TAG.OID, oidContent("1.2.840.10045.2.1", r.algOidNonMinimal), r.kAlgOid), tlvAs(der.TAG.OID, oidContent("1.2.840.10045.3.1.7", r.curveNonMinimal), r.kCurve)]), r.kAlg);
-    const ber =
-      r.bitsConstructed || r.algOidNonMinimal || r.curveNonMinimal || [r.kBits, r.kAlgOid, r.kCurve].some((k) => berOnly(k, false)) || [r.kAlg, r.kSpki].some((k) => berOnly(k, true));
+    const alg = tlvAs(
+      0x30,
+      der.concat([tlvAs(der.TAG.OID, oidContent("1.2.840.10045.2.1", r.algOidNonMinimal), r.kAlgOid), tlvAs(der.TAG.OID, oidContent("1.2.840.10045.3.1.7", r.curveNonMinimal), r.kCurve)]),
+      r.kAlg,
+    );
+    const ber = r.bitsConstructed || r.algOidNonMinimal || r.curveNonMinimal || [r.kBits, r.kAlgOid, r.kCurve].some((k) => berOnly(k, false)) || [r.kAlg, r.kSpki].some((k) => berOnly(k, true));
     return { spki: tlvAs(0x30, der.concat([alg, bits]), r.kSpki), ber, otherPointForm: r.form !== "uncompressed" };
   });
 
@@ -225,7 +233,10 @@ describe("a CA site: the same key is certified once, in its one encoding", () =>
     assert.equal(refusal(await site.certify(byCsr(csrWith(canonical, { commonName: "Second Certificate" }, rsaKey.privateKey)), OPERATOR)), "duplicate-public-key");
   });
 
-  for (const [name, arb, k] of [["RSA-2048", rsaReencoding, rsaKey], ["P-256", ecReencoding, ecKey]] as const) {
+  for (const [name, arb, k] of [
+    ["RSA-2048", rsaReencoding, rsaKey],
+    ["P-256", ecReencoding, ecKey],
+  ] as const) {
     test(`property: every re-encoding of a certified ${name} key is refused — as not DER, another form, or a duplicate — never certified again`, async () => {
       const canonical = spkiOf(k.publicKey);
       const seen = { bare: new Map<string, number>(), csr: new Map<string, number>() };
@@ -241,7 +252,7 @@ describe("a CA site: the same key is certified once, in its one encoding", () =>
         { numRuns: 150 },
       );
       // the generator reached the interesting cases on both paths
-      assert.ok((seen.bare.get("public-key-encoding") ?? 0) > 0 && ((seen.csr.get("public-key-encoding") ?? 0) + (seen.csr.get("csr-format") ?? 0)) > 0, JSON.stringify([...seen.bare, ...seen.csr]));
+      assert.ok((seen.bare.get("public-key-encoding") ?? 0) > 0 && (seen.csr.get("public-key-encoding") ?? 0) + (seen.csr.get("csr-format") ?? 0) > 0, JSON.stringify([...seen.bare, ...seen.csr]));
     });
   }
 });
@@ -416,12 +427,23 @@ test("the key generation device: a key generated before, written another way, is
       assert.ok(await registry.register({ publicKeySha256: sha256(spki), applicantId: "user-1", alg: "RSA2048", generatedAt: new Date() }));
       const device = await KeyGenerationDevice.create({ custody: repeatingCustody(custody, repeat), ca: center, registry, trustAnchors: [root.certificate], maxGenerationAttempts: 2 });
       await assert.rejects(
-        device.issue({ applicantId: "user-1", personalData: { commonName: "Hanako Yamada" }, alg: "P256", profile: "signature", slot: "9c", card: { transmit: async () => new Uint8Array([0x6a, 0x82]), keySet: {} as KeySetRef } }),
+        device.issue({
+          applicantId: "user-1",
+          personalData: { commonName: "Hanako Yamada" },
+          alg: "P256",
+          profile: "signature",
+          slot: "9c",
+          card: { transmit: async () => new Uint8Array([0x6a, 0x82]), keySet: {} as KeySetRef },
+        }),
         (err: unknown) => err instanceof KeyGenerationRefusal && err.check === "duplicate-public-key" && err.by === "device",
         what,
       );
       assert.equal(await registry.find(sha256(repeat)), undefined, `${what}: nothing registered under the hash of the rewritten bytes`);
-      assert.deepEqual((await custody.listKeys()).filter((k) => k.label.startsWith("keygen.")), [], "every drawn key destroyed");
+      assert.deepEqual(
+        (await custody.listKeys()).filter((k) => k.label.startsWith("keygen.")),
+        [],
+        "every drawn key destroyed",
+      );
     }
   } finally {
     await custody.close();

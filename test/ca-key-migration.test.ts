@@ -56,7 +56,10 @@ for (const engine of testEngines()) {
       for (const k of [rsa, ec]) assert.equal(await repo.isPublicKeyCertified(sha256(spkiOf(k))), true, "after 0009 it is certified");
       assert.equal(await repo.isPublicKeyCertified(sha256(plain)), true);
       for (const k of [rsa, ec]) {
-        await assert.rejects(issuing.issue({ subject: { commonName: "Second Certificate" }, publicKey: spkiOf(k), profile: "signature" }), (err: unknown) => err instanceof CaRefusal && err.check === "duplicate-public-key");
+        await assert.rejects(
+          issuing.issue({ subject: { commonName: "Second Certificate" }, publicKey: spkiOf(k), profile: "signature" }),
+          (err: unknown) => err instanceof CaRefusal && err.check === "duplicate-public-key",
+        );
       }
       // a key never certified is still certified once
       assert.ok((await issuing.issue({ subject: { commonName: "New" }, publicKey: spkiOf(keyPair("P256", "fresh").publicKey), profile: "signature" })).serial);

@@ -39,10 +39,16 @@ for (const engine of testEngines()) {
     // a replacement card is issued and the reproduction is filed, approved and listed
     const renewed = await issueCardFor(env, String(old.user.id));
     cards.push(renewed.card);
-    const filed = expect(await post("/v1/recovery/requests", op, { cardId: old.cardId, kind: "card-destroyed", requester: "alice", replacementCardId: renewed.cardId, reason: "dropped and crushed" }), 201) as unknown as RequestJson;
+    const filed = expect(
+      await post("/v1/recovery/requests", op, { cardId: old.cardId, kind: "card-destroyed", requester: "alice", replacementCardId: renewed.cardId, reason: "dropped and crushed" }),
+      201,
+    ) as unknown as RequestJson;
     const rid = filed.requestId;
     const deviceKey = new Uint8Array(Buffer.from((expect(await get("/v1/recovery/device-key", op), 200) as { spki: string }).spki, "base64"));
-    const item = (expect(await get("/v1/recovery/arbitrators/alice/pending", arbitrator), 200) as { pending: PendingJson[] }).pending.find((p) => p.request.requestId === rid) as Extract<PendingJson, { action: "decide" }>;
+    const item = (expect(await get("/v1/recovery/arbitrators/alice/pending", arbitrator), 200) as { pending: PendingJson[] }).pending.find((p) => p.request.requestId === rid) as Extract<
+      PendingJson,
+      { action: "decide" }
+    >;
     const v = item.request;
     const approval = signApproval(v.request, v.chainHead, { arbitrator: "alice", decision: "approve" }, keys.get("alice")!.signing);
     const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, keys.get("alice")!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), deviceKey);
@@ -53,7 +59,9 @@ for (const engine of testEngines()) {
     expect(await get(`/v1/cards/${old.cardId}/backups`, oldToken), 200);
 
     // S8-S11: the reproduction into the replacement card
-    const done = expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${rid}/reproduce`, op, {}), "/v1/recovery/sessions", renewed.card), 200) as { result: { targetCardId: string; deviceReplaced: boolean } };
+    const done = expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${rid}/reproduce`, op, {}), "/v1/recovery/sessions", renewed.card), 200) as {
+      result: { targetCardId: string; deviceReplaced: boolean };
+    };
     assert.deepEqual([done.result.targetCardId, done.result.deviceReplaced], [renewed.cardId, true]);
     assert.ok(await cardSignsFor((x) => renewed.card.transmit(x), "9c", "P256", certificateDer));
 
@@ -73,7 +81,9 @@ for (const engine of testEngines()) {
     assert.equal(expect(await get(`/v1/cards/${renewed.cardId}`, env.tokens.auditor), 200).status, "active");
 
     // one transaction: the device replaced, the old card destroyed, the reproduction recorded — consecutive entries
-    const entries = (expect(await get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { seq: number; actor: string; action: string; subject: string; details: Record<string, unknown> }[] }).entries;
+    const entries = (
+      expect(await get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { seq: number; actor: string; action: string; subject: string; details: Record<string, unknown> }[] }
+    ).entries;
     const at = entries.findIndex((e) => e.action === "recovery.device.replace" && e.subject === old.cardId);
     assert.deepEqual(
       entries.slice(at, at + 3).map((e) => [e.action, e.subject]),

@@ -37,7 +37,9 @@ async function otherServer(t: { after: (fn: () => Promise<void>) => void }, env:
 }
 
 async function auditOf(env: ApiEnv, subject: string): Promise<{ seq: number; actor: string; action: string; details: Record<string, unknown> }[]> {
-  const r = expect(await api(env).get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { seq: number; actor: string; action: string; subject: string; details: Record<string, unknown> }[] };
+  const r = expect(await api(env).get("/v1/audit?limit=1000", env.tokens.auditor), 200) as {
+    entries: { seq: number; actor: string; action: string; subject: string; details: Record<string, unknown> }[];
+  };
   return r.entries.filter((e) => e.subject === subject);
 }
 
@@ -106,7 +108,8 @@ for (const engine of testEngines()) {
     refused(await post(`/v1/cards/${cardId}/resume`, env.tokens.admin, { reason: "bring it back" }), "card_transition_not_allowed", "retired");
     // a retired card may still be reported destroyed, and nothing leaves destroyed
     assert.equal(expect(await post(`/v1/cards/${cardId}/report-destroyed`, op, { reason: "shredded" }), 200).status, "destroyed");
-    for (const path of ["resume", "suspend", "retire", "report-destroyed"]) refused(await post(`/v1/cards/${cardId}/${path}`, env.tokens.admin, { reason: "undo" }), "card_transition_not_allowed", "destroyed");
+    for (const path of ["resume", "suspend", "retire", "report-destroyed"])
+      refused(await post(`/v1/cards/${cardId}/${path}`, env.tokens.admin, { reason: "undo" }), "card_transition_not_allowed", "destroyed");
     expect(await post(`/v1/cards/${cardId}/resume`, op, { reason: " " }), 400);
 
     // every change audited: who, why, from, to
@@ -172,7 +175,9 @@ for (const engine of testEngines()) {
     // waiting for the first's lock, which is a test artefact, not a race).
     const stores = engine.name === "postgres" ? [env.server.store, await otherServer(t, env)] : [env.server.store];
     const outcomes = await Promise.allSettled(
-      Array.from({ length: 12 }, (_, i) => changeCardState(stores[i % stores.length], { cardId: alice.cardId, transition: i % 3 === 0 ? "retire" : "suspend", actor: `op${i}`, by: "operator", reason: `race ${i}` })),
+      Array.from({ length: 12 }, (_, i) =>
+        changeCardState(stores[i % stores.length], { cardId: alice.cardId, transition: i % 3 === 0 ? "retire" : "suspend", actor: `op${i}`, by: "operator", reason: `race ${i}` }),
+      ),
     );
     const won = outcomes.filter((o) => o.status === "fulfilled");
     const lost = outcomes.filter((o): o is PromiseRejectedResult => o.status === "rejected");

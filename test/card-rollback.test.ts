@@ -70,14 +70,20 @@ for (const engine of testEngines()) {
     const flagged = await counterOf();
     assert.equal(flagged.counter, second, "the remembered counter stays");
     assert.ok(flagged.rollback && flagged.rollback.reported <= second);
-    assert.deepEqual((expect(await get("/v1/rollbacks", op), 200).cards as { cardId: string }[]).map((c) => c.cardId), [cardId]);
+    assert.deepEqual(
+      (expect(await get("/v1/rollbacks", op), 200).cards as { cardId: string }[]).map((c) => c.cardId),
+      [cardId],
+    );
     const audit = expect(await get("/v1/audit?limit=1000", aud), 200) as { entries: { action: string; subject: string; details: Record<string, unknown> }[] };
     const entry = audit.entries.find((e) => e.action === "card.rollback" && e.subject === cardId);
     assert.ok(entry, "audited");
     assert.equal(entry.details.remembered, second);
     assert.equal(entry.details.reported, flagged.rollback.reported);
     const events = expect(await get("/v1/events?type=card.rollback", op), 200) as { events: { subject: string }[] };
-    assert.deepEqual(events.events.map((e) => e.subject), [cardId]);
+    assert.deepEqual(
+      events.events.map((e) => e.subject),
+      [cardId],
+    );
 
     // Every login of the card is refused now — the holder's too — before any APDU reaches the card.
     card.close();

@@ -23,7 +23,13 @@ async function append(db: Db, n: number, tag: string): Promise<void> {
 /** Entry `from` changed and every hash after it recomputed: a chain that verifies. */
 async function rewriteFrom(db: Db, from: number): Promise<void> {
   const rows = await db.selectFrom("audit_log").selectAll().where("seq", ">=", from).orderBy("seq").execute();
-  let prev = (await db.selectFrom("audit_log").select("hash").where("seq", "=", from - 1).executeTakeFirstOrThrow()).hash;
+  let prev = (
+    await db
+      .selectFrom("audit_log")
+      .select("hash")
+      .where("seq", "=", from - 1)
+      .executeTakeFirstOrThrow()
+  ).hash;
   for (const r of rows) {
     const row = { ...r, subject: r.seq === from ? "someone-else" : r.subject, prev_hash: prev };
     row.hash = entryHash(row);
@@ -53,12 +59,21 @@ test("audit checkpoint, pull and verify --checkpoint find a rewritten tail and a
   assert.equal(readFileSync(checkpointFile, "utf8"), cp.note, "the server wrote its checkpoint file");
   assert.equal(statSync(checkpointFile).mode & 0o777, 0o600);
   const events = await srv.server.store.listEvents({ type: "audit.checkpoint" });
-  assert.ok(events.some((e) => (e.payload as { size: number }).size === cp.size), "and sent the event");
+  assert.ok(
+    events.some((e) => (e.payload as { size: number }).size === cp.size),
+    "and sent the event",
+  );
   await append(db, 5, "b");
   const pulled = cliJson(await cli(["audit", "pull", "--mirror", mirror, "--json"]), "second pull") as { entries: number; added: number };
   assert.ok(pulled.added >= 5);
 
-  const ok = cliJson(await cli(["audit", "verify", "--checkpoint", cpFile, "--mirror", mirror, "--json"]), "verify --checkpoint") as { ok: boolean; entries: number; head: { seq: number }; checkpointSize: number; keyPinned: boolean };
+  const ok = cliJson(await cli(["audit", "verify", "--checkpoint", cpFile, "--mirror", mirror, "--json"]), "verify --checkpoint") as {
+    ok: boolean;
+    entries: number;
+    head: { seq: number };
+    checkpointSize: number;
+    keyPinned: boolean;
+  };
   assert.deepEqual([ok.ok, ok.checkpointSize, ok.keyPinned, ok.head.seq === ok.entries], [true, cp.size, true, true]);
   const human = await cli(["audit", "verify", "--checkpoint", cpFile, "--key", key]);
   assert.equal(human.code, 0, human.stderr);
@@ -71,7 +86,14 @@ test("audit checkpoint, pull and verify --checkpoint find a rewritten tail and a
   assert.equal((await cli(["audit", "verify"])).code, 0, "the chain alone does not see it");
   const rewritten = await cli(["audit", "verify", "--checkpoint", cpFile, "--mirror", mirror, "--json"]);
   assert.equal(rewritten.code, 1);
-  assert.deepEqual(JSON.parse(rewritten.stdout), { ok: false, problem: "rewritten", firstEntry: 12, message: JSON.parse(rewritten.stdout).message, checkpointSize: cp.size, size: JSON.parse(rewritten.stdout).size });
+  assert.deepEqual(JSON.parse(rewritten.stdout), {
+    ok: false,
+    problem: "rewritten",
+    firstEntry: 12,
+    message: JSON.parse(rewritten.stdout).message,
+    checkpointSize: cp.size,
+    size: JSON.parse(rewritten.stdout).size,
+  });
   const noMirror = JSON.parse((await cli(["audit", "verify", "--checkpoint", cpFile, "--key", key, "--json"])).stdout);
   assert.equal(noMirror.problem, "rewritten");
   const refusedPull = await cli(["audit", "pull", "--mirror", mirror, "--json"]);

@@ -90,7 +90,14 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   // ---- S10: push with the card proving itself -------------------------------------------------------------------------
   const pushed = cliJson(await run(["backup", "push", "--card-image", oldImage, "--store", store, "--json"]), "push");
   assert.deepEqual([pushed.cardId, pushed.userId], [card.id, user.id]);
-  assert.deepEqual(pushed.stored.map((s: { objectId: string; version: number }) => [s.objectId, s.version]), [["bank-pins", 1], ["elsewhere", 1], ["photo.bin", 1]]);
+  assert.deepEqual(
+    pushed.stored.map((s: { objectId: string; version: number }) => [s.objectId, s.version]),
+    [
+      ["bank-pins", 1],
+      ["elsewhere", 1],
+      ["photo.bin", 1],
+    ],
+  );
 
   const out = join(dir, "bank-pins.out");
   const [again, listed, noPin] = await Promise.all([
@@ -100,7 +107,10 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   ]);
   assert.deepEqual(cliJson(again, "push again").unchanged.length, 3, "a second push adds nothing");
   const l = cliJson(listed, "list --card-id");
-  assert.deepEqual(l.backups.map((b: { objectId: string; version: number; cardId: string }) => [b.objectId, b.version, b.cardId]), [["bank-pins", 1, card.id]]);
+  assert.deepEqual(
+    l.backups.map((b: { objectId: string; version: number; cardId: string }) => [b.objectId, b.version, b.cardId]),
+    [["bank-pins", 1, card.id]],
+  );
   assert.ok(l.backups.every((b: Record<string, unknown>) => !("envelope" in b)));
   assert.equal(noPin.code, 2, noPin.stderr);
   assert.match(noPin.stderr, /PIN/);
@@ -145,8 +155,15 @@ test("backup encipher / push / list / decipher / restore through the CLI, across
   ]);
   const restored = cliJson(restoredRun, "restore");
   assert.deepEqual([restored.cardId, restored.userId], [fresh.id, user.id]);
-  assert.deepEqual(restored.restored.map((x: { objectId: string }) => x.objectId), ["bank-pins", "photo.bin"]);
-  assert.deepEqual(restored.skipped.map((x: { objectId: string }) => x.objectId), ["elsewhere"], "not for this card's key");
+  assert.deepEqual(
+    restored.restored.map((x: { objectId: string }) => x.objectId),
+    ["bank-pins", "photo.bin"],
+  );
+  assert.deepEqual(
+    restored.skipped.map((x: { objectId: string }) => x.objectId),
+    ["elsewhere"],
+    "not for this card's key",
+  );
   assert.equal(existsSync(join(store2, "elsewhere.env")), false);
   assert.equal(oldPush.code, 1, "the retired card's terminal no longer reaches the backups");
   // The public login answers a retired card as it answers an unknown one (issue 9 §7: no oracle of card IDs).

@@ -48,7 +48,11 @@ test("validity scan, events and webhooks through the CLI", { timeout: 10 * 60_00
   const store = srv.server.store;
   const card = (await srv.server.issuer.issueCard({ userId: user.id }, "olga")).card;
   const ks = (await store.listKeySets(card.id))[0];
-  await store.db.updateTable("card_key_sets").set({ valid_until: Date.now() + 5 * 86_400_000 }).where("id", "=", ks.id).execute();
+  await store.db
+    .updateTable("card_key_sets")
+    .set({ valid_until: Date.now() + 5 * 86_400_000 })
+    .where("id", "=", ks.id)
+    .execute();
 
   const scan = await json(["validity", "scan"]);
   assert.equal(scan.keySets.expiring, 1);
@@ -62,7 +66,10 @@ test("validity scan, events and webhooks through the CLI", { timeout: 10 * 60_00
   for (let i = 0; i < 100 && !received.some((r) => JSON.parse(r.body).type === "rotation.proposed"); i++) await new Promise((r) => setTimeout(r, 200));
   const seen = new WebhookReplayCache();
   for (const r of received) assert.equal(verifyWebhook({ secret: hook.secret, headers: r.headers, body: r.body, replay: seen }).id, r.headers["webhook-id"], "a valid signature");
-  assert.throws(() => verifyWebhook({ secret: hook.secret, headers: received[0].headers, body: received[0].body, replay: seen }), (e) => e instanceof WebhookVerificationError && e.reason === "duplicate");
+  assert.throws(
+    () => verifyWebhook({ secret: hook.secret, headers: received[0].headers, body: received[0].body, replay: seen }),
+    (e) => e instanceof WebhookVerificationError && e.reason === "duplicate",
+  );
   assert.ok(received.some((r) => JSON.parse(r.body).type === "rotation.proposed"));
 
   // The dead-letter record: a delivery the dispatcher gave up on (as after its last attempt) is listed and queued again.
@@ -70,7 +77,10 @@ test("validity scan, events and webhooks through the CLI", { timeout: 10 * 60_00
   await store.db.updateTable("webhook_queue").set({ status: "dead", attempts: 24, last_error: "HTTP 500", dead_at: Date.now() }).where("event_id", "=", proposal.id).execute();
   const letters = await json(["webhook", "dead-letters", "--webhook", hook.id]);
   const id = `msg_${proposal.id}_${hook.id}`;
-  assert.deepEqual(letters.deadLetters.map((d: { deliveryId: string; lastError: string }) => [d.deliveryId, d.lastError]), [[id, "HTTP 500"]]);
+  assert.deepEqual(
+    letters.deadLetters.map((d: { deliveryId: string; lastError: string }) => [d.deliveryId, d.lastError]),
+    [[id, "HTTP 500"]],
+  );
   assert.equal((await cli(["webhook", "retry"], env)).code, 2, "retry names what to retry");
   assert.deepEqual((await json(["webhook", "retry", "--delivery", id])).retried, [id]);
   const redelivered = received.length;

@@ -45,13 +45,28 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
     run(["recovery", "arbitrator", "keygen", "--out", keyDir("user")]),
     ...ids.map((id) => {
       const suffix = id === "mgr-b" ? "key" : "pub";
-      return run(["recovery", "arbitrator", "add", "--id", id, "--signing-key", join(keyDir(id), `signing.${suffix}.pem`), "--encryption-key", join(keyDir(id), `encryption.${suffix}.pem`), "--role", id === "user" ? "user" : "manager", "--json"]);
+      return run([
+        "recovery",
+        "arbitrator",
+        "add",
+        "--id",
+        id,
+        "--signing-key",
+        join(keyDir(id), `signing.${suffix}.pem`),
+        "--encryption-key",
+        join(keyDir(id), `encryption.${suffix}.pem`),
+        "--role",
+        id === "user" ? "user" : "manager",
+        "--json",
+      ]);
     }),
   ]);
   assert.equal(again.code, 2, "keys are never overwritten");
   added.forEach((r, i) => assert.equal(json(r, `add ${ids[i]}`).id, ids[i]));
   const mgrB = json(added[2], "add mgr-b");
-  const mgrBPublic = createPublicKey(readFileSync(join(keyDir("mgr-b"), "signing.key.pem"))).export({ format: "der", type: "spki" }).toString("base64");
+  const mgrBPublic = createPublicKey(readFileSync(join(keyDir("mgr-b"), "signing.key.pem")))
+    .export({ format: "der", type: "spki" })
+    .toString("base64");
   assert.equal(mgrB.signingPublicKey, mgrBPublic);
   // ---- tokens; a card and its policy ---------------------------------------------------------------------------------------
   const user = await srv.server.issuer.registerUser({ commonName: "Hanako Yamada" }, "test");
@@ -85,7 +100,10 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   const mismatch = await run(["keygen", "issue", cardId, "--card-image", image, "--slot", "9c", "--alg", "P256", "--common-name", "Hanako Yamata", "--escrow"]);
   assert.equal(mismatch.code, 1);
   assert.match(mismatch.stderr, /personal-data/);
-  const issued = json(await run(["keygen", "issue", cardId, "--card-image", image, "--slot", "9c", "--alg", "P256", "--personal-data", JSON.stringify({ commonName: "Hanako Yamada" }), "--escrow", "--json"]), "keygen issue");
+  const issued = json(
+    await run(["keygen", "issue", cardId, "--card-image", image, "--slot", "9c", "--alg", "P256", "--personal-data", JSON.stringify({ commonName: "Hanako Yamada" }), "--escrow", "--json"]),
+    "keygen issue",
+  );
   assert.ok(issued.escrowId);
   assert.equal(issued.slot, "9c");
   const certificate = fromPem(issued.certificate, "CERTIFICATE");
@@ -105,11 +123,17 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   const filed = json(await run(["recovery", "request", "file", "--card", cardId, "--kind", "key-lost", "--requester", "user", "--reason", "lost PIN card", "--json"]), "request file");
   const rid: string = filed.requestId;
   const approve = (id: string, extra: string[] = []) =>
-    run(["recovery", "approve", rid, "--arbitrator", id, "--signing-key", join(keyDir(id), "signing.key.pem"), "--encryption-key", join(keyDir(id), "encryption.key.pem"), ...extra, "--json"], tokens.get(id));
+    run(
+      ["recovery", "approve", rid, "--arbitrator", id, "--signing-key", join(keyDir(id), "signing.key.pem"), "--encryption-key", join(keyDir(id), "encryption.key.pem"), ...extra, "--json"],
+      tokens.get(id),
+    );
   const [openRun, pendingRun, early, wrongDevice, deviceKeyRun] = await Promise.all([
     run(["recovery", "request", "list", "--status", "open", "--card", cardId, "--json"]),
     run(["recovery", "pending", "--arbitrator", "mgr-b", "--json"], tokens.get("mgr-b")),
-    run(["recovery", "approve", rid, "--arbitrator", "mgr-b", "--signing-key", join(keyDir("mgr-b"), "signing.key.pem"), "--encryption-key", join(keyDir("mgr-b"), "encryption.key.pem")], tokens.get("mgr-b")),
+    run(
+      ["recovery", "approve", rid, "--arbitrator", "mgr-b", "--signing-key", join(keyDir("mgr-b"), "signing.key.pem"), "--encryption-key", join(keyDir("mgr-b"), "encryption.key.pem")],
+      tokens.get("mgr-b"),
+    ),
     approve("user", ["--device-key-id", "00".repeat(32)]),
     run(["recovery", "device-key", "--json"], tokens.get("user")),
   ]);
@@ -164,13 +188,13 @@ test("arbitrators, policy, request, approvals and the reproduction through the C
   assert.equal(refusedAgain.code, 1);
   assert.match(refusedAgain.stderr, /request_closed/);
   assert.equal(help.code, 0);
-  for (const sub of ["arbitrator", "policy", "escrow", "device-key", "request", "pending", "approve", "refuse", "approver-list", "reproduce"]) assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
+  for (const sub of ["arbitrator", "policy", "escrow", "device-key", "request", "pending", "approve", "refuse", "approver-list", "reproduce"])
+    assert.match(help.stdout, new RegExp(`\\n  ${sub} `), sub);
 
   // tokens printed once, at creation; no private key ever printed
   const later = outputs.slice(afterTokens);
   for (const o of later) for (const tok of tokens.values()) assert.ok(!o.includes(tok), "a later command printed an arbitrator token");
   for (const o of outputs) assert.ok(!o.includes("PRIVATE KEY"), "a command printed a private key");
-
 });
 
 test("the lifecycle through the CLI: key rotation signed on the arbitrator's side, deregistration, dependents, paged lists, reset", { timeout: 10 * 60_000 }, async (t) => {
@@ -182,7 +206,10 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
   const ids = ["a1", "a2", "a3"];
   await Promise.all([...ids, "a1-next"].map(async (k) => json(await run(["recovery", "arbitrator", "keygen", "--out", keyDir(k), "--json"]), `keygen ${k}`)));
   for (const id of ids)
-    json(await run(["recovery", "arbitrator", "add", "--id", id, "--signing-key", join(keyDir(id), "signing.pub.pem"), "--encryption-key", join(keyDir(id), "encryption.pub.pem"), "--json"]), `add ${id}`);
+    json(
+      await run(["recovery", "arbitrator", "add", "--id", id, "--signing-key", join(keyDir(id), "signing.pub.pem"), "--encryption-key", join(keyDir(id), "encryption.pub.pem"), "--json"]),
+      `add ${id}`,
+    );
   const policyFile = join(home, "policy.json");
   writeFileSync(policyFile, JSON.stringify({ version: 1, author: "a1", indispensable: ["a1"], groups: [{ name: "others", members: ["a2", "a3"], threshold: 1 }], order: [] }));
   json(await run(["recovery", "policy", "set", "card-L", "--file", policyFile, "--json"]), "policy set");
@@ -196,11 +223,17 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
     run(["recovery", "arbitrator", "token", "a3", "--json"]),
   ]);
   const p1 = json(page1, "arbitrator list --limit 2");
-  assert.deepEqual(p1.items.map((a: { id: string }) => a.id), ["a1", "a2"]);
+  assert.deepEqual(
+    p1.items.map((a: { id: string }) => a.id),
+    ["a1", "a2"],
+  );
   assert.equal(typeof p1.next, "string");
   const p2 = json(await run(["recovery", "arbitrator", "list", "--limit", "2", "--after", p1.next, "--json"]), "arbitrator list --after");
   assert.deepEqual([p2.items.map((a: { id: string }) => a.id), p2.next], [["a3"], undefined]);
-  assert.deepEqual(json(all, "arbitrator list").map((a: { id: string }) => a.id), ids);
+  assert.deepEqual(
+    json(all, "arbitrator list").map((a: { id: string }) => a.id),
+    ids,
+  );
   assert.deepEqual(json(noRequests, "request list --limit"), { items: [] });
   assert.equal(badCursor.code, 2, "a malformed cursor is a usage error");
   const textPage = await run(["recovery", "arbitrator", "list", "--limit", "1"]);
@@ -209,10 +242,16 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
   // a1 rotates both keys: signed here with its current signing key file and the new one
   const rotated = json(
     await run([
-      "recovery", "arbitrator", "rotate", "a1",
-      "--signing-key", join(keyDir("a1"), "signing.key.pem"),
-      "--new-signing-key", join(keyDir("a1-next"), "signing.key.pem"),
-      "--new-encryption-key", join(keyDir("a1-next"), "encryption.pub.pem"),
+      "recovery",
+      "arbitrator",
+      "rotate",
+      "a1",
+      "--signing-key",
+      join(keyDir("a1"), "signing.key.pem"),
+      "--new-signing-key",
+      join(keyDir("a1-next"), "signing.key.pem"),
+      "--new-encryption-key",
+      join(keyDir("a1-next"), "encryption.pub.pem"),
       "--json",
     ]),
     "rotate",
@@ -232,7 +271,9 @@ test("the lifecycle through the CLI: key rotation signed on the arbitrator's sid
   assert.equal(wrongKey.code, 1);
   assert.match(shown.stdout, /key version 2/);
   assert.match(shown.stdout, /keys v1: .*retired/);
-  assert.deepEqual(json(deps, "dependents"), [{ cardId: "card-L", policyDigest: json(await run(["recovery", "policy", "show", "card-L", "--json"]), "policy show").digest, as: ["group:others"], satisfiableWithout: true }]);
+  assert.deepEqual(json(deps, "dependents"), [
+    { cardId: "card-L", policyDigest: json(await run(["recovery", "policy", "show", "card-L", "--json"]), "policy show").digest, as: ["group:others"], satisfiableWithout: true },
+  ]);
 
   // a3 deregistered: its token revoked, it is marked in the list, a policy may no longer name it
   const gone = json(await run(["recovery", "arbitrator", "deregister", "a3", "--reason", "left the company", "--json"]), "deregister");
@@ -287,7 +328,12 @@ test("issue 9: a destroyed card through the CLI — the replacement card named w
 
   // the old card is destroyed; the request names the card that receives the key — Alice's new card, not Bob's
   const file = (extra: string[]) => run(["recovery", "request", "file", "--card", oldCard, "--kind", "card-destroyed", "--requester", "alice", ...extra, "--json"]);
-  const [unnamed, bobs, help, good] = await Promise.all([file([]), file(["--replacement-card", bobCard]), cli(["recovery", "request", "file", "--help"]), file(["--replacement-card", newCard, "--reason", "card broken"])]);
+  const [unnamed, bobs, help, good] = await Promise.all([
+    file([]),
+    file(["--replacement-card", bobCard]),
+    cli(["recovery", "request", "file", "--help"]),
+    file(["--replacement-card", newCard, "--reason", "card broken"]),
+  ]);
   assert.equal(unnamed.code, 2, "a card-destroyed request names its replacement card");
   assert.match(unnamed.stderr, /--replacement-card/);
   assert.equal(bobs.code, 1);
@@ -299,7 +345,10 @@ test("issue 9: a destroyed card through the CLI — the replacement card named w
 
   // the arbitrator pins the card it approves: a request naming another card is not signed
   const approve = (target: string) =>
-    run(["recovery", "approve", rid, "--arbitrator", "alice", "--signing-key", join(keys, "signing.key.pem"), "--encryption-key", join(keys, "encryption.key.pem"), "--target-card", target, "--json"], token);
+    run(
+      ["recovery", "approve", rid, "--arbitrator", "alice", "--signing-key", join(keys, "signing.key.pem"), "--encryption-key", join(keys, "encryption.key.pem"), "--target-card", target, "--json"],
+      token,
+    );
   const pinnedElsewhere = await approve(bobCard);
   assert.equal(pinnedElsewhere.code, 1);
   assert.match(pinnedElsewhere.stderr, new RegExp(`into card ${newCard}, not the expected ${bobCard}; nothing signed`));

@@ -39,7 +39,10 @@ test("create, show and apdu through the CLI, with --json", { timeout: 10 * 60_00
   assert.deepEqual(info.keySets, [{ kvn: 0x30, keyLength: 16 }]);
   const apdu = await cli(["card", "apdu", image, "00A4040009A00000030800001000", "0020008000", "--json"]);
   assert.equal(apdu.code, 0, apdu.stderr);
-  assert.deepEqual(JSON.parse(apdu.stdout).map((r: { sw: string }) => r.sw), ["9000", "63C3"]);
+  assert.deepEqual(
+    JSON.parse(apdu.stdout).map((r: { sw: string }) => r.sw),
+    ["9000", "63C3"],
+  );
   const wrongKey = await cli(["card", "show", image], { CARDKMS_IMAGE_KEY: "22".repeat(32) });
   assert.equal(wrongKey.code, 1);
   assert.match(wrongKey.stderr, /wrong image key/);
@@ -55,12 +58,19 @@ test("demo --json reports verified signatures; every command has --help", { time
   assert.equal(demo.code, 0, demo.stderr);
   const r = JSON.parse(demo.stdout);
   assert.equal(r.ok, true);
-  assert.deepEqual(r.signatures.map((s: { verified: boolean }) => s.verified), [true, true], "the old card and, after the rotation, the new card sign");
+  assert.deepEqual(
+    r.signatures.map((s: { verified: boolean }) => s.verified),
+    [true, true],
+    "the old card and, after the rotation, the new card sign",
+  );
   assert.notEqual(r.oldCard.id, r.newCard.id);
   assert.equal(r.audit.ok, true);
   const cardOnly = await cli(["demo", "--card-only", "--dir", join(dir, "demo-card"), "--json"], {});
   assert.equal(cardOnly.code, 0, cardOnly.stderr);
-  assert.deepEqual(JSON.parse(cardOnly.stdout).signatures.map((s: { verified: boolean }) => s.verified), [true, true]);
+  assert.deepEqual(
+    JSON.parse(cardOnly.stdout).signatures.map((s: { verified: boolean }) => s.verified),
+    [true, true],
+  );
   for (const cmd of [[], ["card"], ["card", "create"], ["card", "show"], ["card", "apdu"], ["card", "attach"], ["demo"]]) {
     const h = await cli([...cmd, "--help"]);
     assert.equal(h.code, 0, `${cmd.join(" ")} --help`);

@@ -51,7 +51,11 @@ test("a fresh certificate's CRL distribution point serves the CRL; openssl verif
     await importTestKmc(server.custody);
     const { token } = await createOperatorToken(server.store, "olga", ["operator"]);
     const call = async (method: string, path: string, body?: unknown) => {
-      const r = await fetch(server.url + path, { method, headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });
+      const r = await fetch(server.url + path, {
+        method,
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
       assert.ok(r.ok, `${method} ${path}: ${r.status} ${await r.clone().text()}`);
       return r.json() as Promise<Record<string, unknown>>;
     };

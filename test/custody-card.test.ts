@@ -20,7 +20,10 @@ import { importTestKmc, TEST_KMC } from "./kmc.ts";
 
 const dir = tempDir();
 
-for (const [name, make] of [["software", softwareCustody()], ["PKCS#11 (SoftHSM2)", softhsmCustody()]] as const) {
+for (const [name, make] of [
+  ["software", softwareCustody()],
+  ["PKCS#11 (SoftHSM2)", softhsmCustody()],
+] as const) {
   test(`${name}: personalise, deliver Sk[PRk] online and as a package, sign`, async () => {
     const custody: KeyCustody = await make();
     try {
@@ -51,7 +54,10 @@ for (const [name, make] of [["software", softwareCustody()], ["PKCS#11 (SoftHSM2
 
       await piv.verifyPin("123456");
       const msg = randomBytes(40);
-      for (const [ref, alg, label, hash] of [[0x9a, "P256", `k9a-${cardId}`, "sha256"], [0x9e, "P384", `k9e-${cardId}`, "sha384"]] as const) {
+      for (const [ref, alg, label, hash] of [
+        [0x9a, "P256", `k9a-${cardId}`, "sha256"],
+        [0x9e, "P384", `k9e-${cardId}`, "sha384"],
+      ] as const) {
         const { signature } = await piv.sign(ref, alg, msg);
         const pub = createPublicKey({ key: Buffer.from(await custody.publicKey(label)), format: "der", type: "spki" });
         assert.ok(verify(hash, msg, { key: pub, dsaEncoding: "der" }, signature), `slot ${ref.toString(16)} signs with the custody-generated key`);

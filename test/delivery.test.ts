@@ -57,8 +57,7 @@ test("online and offline delivery: the card signs, the terminal never sees a pri
   const exported = await piv.exportKey(SLOT.cardAuthentication);
   assert.ok(exported.length > 100);
   const all = Buffer.concat(a.traffic);
-  for (const k of [online.privateKey, offline.privateKey])
-    for (const secret of secretBytes(k)) assert.equal(all.indexOf(secret), -1, "a private key crossed the terminal in clear");
+  for (const k of [online.privateKey, offline.privateKey]) for (const secret of secretBytes(k)) assert.equal(all.indexOf(secret), -1, "a private key crossed the terminal in clear");
   // the export goes back into the same card (overflow store), but not into another one
   await piv.loadPackage(exported);
   const b = await issuedCard("b");

@@ -37,7 +37,15 @@ function logSink(): { lines: () => Record<string, unknown>[]; stream: Writable }
       cb();
     },
   });
-  return { stream, lines: () => raw.join("").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) };
+  return {
+    stream,
+    lines: () =>
+      raw
+        .join("")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
 }
 
 const env = { CARDKMS_KEYSTORE_KEY: randomBytes(32).toString("hex") };
@@ -54,7 +62,11 @@ test("a fresh server: data directory 0700, DB, -wal and -shm 0600, keystore and 
       { dir: mode(data), db: mode(db), wal: mode(`${db}-wal`), shm: mode(`${db}-shm`), keystore: mode(join(data, "keystore.json")) },
       { dir: "0700", db: "0600", wal: "0600", shm: "0600", keystore: "0600" },
     );
-    assert.deepEqual(log.lines().filter((l) => l.file !== undefined), [], "nothing to warn about");
+    assert.deepEqual(
+      log.lines().filter((l) => l.file !== undefined),
+      [],
+      "nothing to warn about",
+    );
   } finally {
     await server.close();
   }

@@ -78,7 +78,11 @@ test("writeFileAtomic: a symlink at the target is replaced, not followed; noClob
   s.intact();
   assert.throws(() => readFileNoFollow(join(s.dir, "kept")), unsafe(/symbolic link/));
   assert.equal(readFileNoFollow(join(s.dir, "absent")), undefined);
-  assert.deepEqual(readdirSync(s.dir).filter((n) => n.endsWith(".tmp")), [], "no temporary file left behind");
+  assert.deepEqual(
+    readdirSync(s.dir).filter((n) => n.endsWith(".tmp")),
+    [],
+    "no temporary file left behind",
+  );
 
   refusedWhenOthersMayWrite(s.dir, () => writeFileAtomic(join(s.dir, "again"), "x"));
   assert.throws(() => checkPrivateDirectory(join(s.dir, "nope")), unsafe(/does not exist/));

@@ -116,8 +116,7 @@ export const pinBlock = (pin: string): Uint8Array => {
   return out;
 };
 export const getDataPiv = (tag: string, le = 256, cla = 0): Uint8Array => apdu(cla, 0xcb, 0x3f, 0xff, tlv(0x5c, uh(tag)), le);
-export const signApdu = (ref: number, alg: number, digest: Uint8Array, cla = 0): Uint8Array =>
-  apdu(cla, 0x87, alg, ref, tlv(0x7c, tlv(0x82), tlv(0x81, digest)), 256);
+export const signApdu = (ref: number, alg: number, digest: Uint8Array, cla = 0): Uint8Array => apdu(cla, 0x87, alg, ref, tlv(0x7c, tlv(0x82), tlv(0x81, digest)), 256);
 
 /** Plausible ISO 7816-4 / GP status words: 9000, 61xx, 62xx, 63xx (63Cx, and 6300 for GP authentication), 6Cxx, 67xx..6Fxx. */
 export function plausibleSw(sw: number): boolean {
@@ -964,4 +963,3 @@ export function describeFindings(r: FuzzResult, max = 30): string {
   const lines = r.findings.slice(0, max).map((f) => `${f.kind}: ${f.detail}\n    APDU ${f.apdu}\n    after ${f.context.slice(-4).join(" | ")}`);
   return `seed ${r.seed} (rerun with FUZZ_SEED=${r.seed}): ${r.findings.length} finding(s)\n${lines.join("\n")}`;
 }
-

@@ -43,9 +43,7 @@ function cliArgv(args: string[]): string[] {
 /** Runs `cardkms args` to its end with `env` as its whole environment (default: this process's). */
 export function execCli(args: string[], o: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    execFile(process.execPath, cliArgv(args), { env: o.env, timeout: CLI_HANG_MS }, (err, stdout, stderr) =>
-      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
+    execFile(process.execPath, cliArgv(args), { env: o.env, timeout: CLI_HANG_MS }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
 }
 

@@ -47,7 +47,10 @@ test("custody self-test on SoftHSM2: what the token enforces, printed; a stored 
     assert.deepEqual(r.features, { unwrapTemplate: true, deriveTemplate: false });
     // Refused: every path the token can refuse with the templates it accepts.
     for (const path of ["read-value", "wrap-unextractable", "set-attribute", "copy", "unwrap-readable", "decrypt-with-kek"])
-      assert.ok(r.paths.filter((x) => x.path === path).every((x) => x.result === "refused"), `${path}: ${JSON.stringify(r.paths.filter((x) => x.path === path))}`);
+      assert.ok(
+        r.paths.filter((x) => x.path === path).every((x) => x.result === "refused"),
+        `${path}: ${JSON.stringify(r.paths.filter((x) => x.path === path))}`,
+      );
     assert.equal(r.paths.filter((x) => x.path === "set-attribute").length, 5);
     // Open on SoftHSM2 2.6: no CKA_DERIVE_TEMPLATE; an extractable key wraps under a key of the caller's.
     assert.deepEqual(openPaths(r), [...SOFTHSM2_OPEN_PATHS].sort());
@@ -109,52 +112,64 @@ function rawSession(tokenLabel: string): { mod: Pkcs11Types.PKCS11; session: Buf
 /** Runs test/fixtures/pin-holder.ts in a process of its own, with the token's PIN: what the attacker got. */
 function pinHolder(env: Record<string, string>, input: Input): Promise<Attempt[]> {
   return new Promise((resolve, reject) => {
-    const child = execFile(process.execPath, ["--import", "tsx", join(ROOT, "test/fixtures/pin-holder.ts")], { cwd: ROOT, env: { ...process.env, ...env }, maxBuffer: 1 << 20 }, (err, stdout, stderr) =>
-      err ? reject(new Error(`pin-holder failed: ${stderr || err.message}`)) : resolve(JSON.parse(stdout) as Attempt[]),
+    const child = execFile(
+      process.execPath,
+      ["--import", "tsx", join(ROOT, "test/fixtures/pin-holder.ts")],
+      { cwd: ROOT, env: { ...process.env, ...env }, maxBuffer: 1 << 20 },
+      (err, stdout, stderr) => (err ? reject(new Error(`pin-holder failed: ${stderr || err.message}`)) : resolve(JSON.parse(stdout) as Attempt[])),
     );
     child.stdin!.end(JSON.stringify(input));
   });
 }
 
-test("a holder of the HSM user PIN, in a process of its own, attacks the issuer's keys: SoftHSM2 refuses what it can, and what succeeds is exactly what the self-test reports open", { timeout: 10 * 60_000 }, async (t) => {
-  const api0 = await issuerApiEnv(sqlite(), { custody: "softhsm", webhookSecret: false });
-  t.after(() => api0.close());
-  const custody = api0.server.custody;
-  const { cardId, card } = await issueAndPersonalise(api0, "Hanako Yamada");
-  t.after(() => card.close());
-  const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
-  const kcvs = await custody.keySetKcvs(keySet);
-  // An escrow blob as escrow makes it: a private key generated in custody, wrapped under the escrow KEK.
-  await custody.generateKeyPair("escrowed", "P256", { extractable: "wrapped", ephemeral: true });
-  const escrowBlob = await custody.wrapPrivateKey("escrowed", { key: ESCROW_KEK_LABEL });
-  const escrowedSpki = Buffer.from(await custody.publicKey("escrowed")).toString("hex");
-  await custody.deleteKey("escrowed");
+test(
+  "a holder of the HSM user PIN, in a process of its own, attacks the issuer's keys: SoftHSM2 refuses what it can, and what succeeds is exactly what the self-test reports open",
+  { timeout: 10 * 60_000 },
+  async (t) => {
+    const api0 = await issuerApiEnv(sqlite(), { custody: "softhsm", webhookSecret: false });
+    t.after(() => api0.close());
+    const custody = api0.server.custody;
+    const { cardId, card } = await issueAndPersonalise(api0, "Hanako Yamada");
+    t.after(() => card.close());
+    const keySet: DerivedKeySetRef = { kind: "derived", master: "card-master", cardId, kvn: 1 };
+    const kcvs = await custody.keySetKcvs(keySet);
+    // An escrow blob as escrow makes it: a private key generated in custody, wrapped under the escrow KEK.
+    await custody.generateKeyPair("escrowed", "P256", { extractable: "wrapped", ephemeral: true });
+    const escrowBlob = await custody.wrapPrivateKey("escrowed", { key: ESCROW_KEK_LABEL });
+    const escrowedSpki = Buffer.from(await custody.publicKey("escrowed")).toString("hex");
+    await custody.deleteKey("escrowed");
 
-  const hsm = { CARDKMS_PKCS11_MODULE: process.env.CARDKMS_PKCS11_MODULE ?? "/usr/lib/softhsm/libsofthsm2.so", CARDKMS_PKCS11_TOKEN: (custody as Pkcs11Custody).tokenLabel, CARDKMS_PKCS11_PIN: "1234", SOFTHSM2_CONF: process.env.SOFTHSM2_CONF! };
-  const attempts = await pinHolder(hsm, {
-    cardId,
-    kvn: 1,
-    escrowBlob: Buffer.from(escrowBlob).toString("hex"),
-    labels: { master: "card-master", kek: ESCROW_KEK_LABEL, ca: "ca-root", webhookRoot: "webhook-root", device: REPRODUCTION_DEVICE_KEY_LABEL },
-  });
-  const open = attempts.filter((a) => a.result === "open");
-  console.log(attempts.map((a) => `  ${a.result.padEnd(7)} ${a.path.padEnd(20)} ${a.key} (${a.detail})`).join("\n"));
+    const hsm = {
+      CARDKMS_PKCS11_MODULE: process.env.CARDKMS_PKCS11_MODULE ?? "/usr/lib/softhsm/libsofthsm2.so",
+      CARDKMS_PKCS11_TOKEN: (custody as Pkcs11Custody).tokenLabel,
+      CARDKMS_PKCS11_PIN: "1234",
+      SOFTHSM2_CONF: process.env.SOFTHSM2_CONF!,
+    };
+    const attempts = await pinHolder(hsm, {
+      cardId,
+      kvn: 1,
+      escrowBlob: Buffer.from(escrowBlob).toString("hex"),
+      labels: { master: "card-master", kek: ESCROW_KEK_LABEL, ca: "ca-root", webhookRoot: "webhook-root", device: REPRODUCTION_DEVICE_KEY_LABEL },
+    });
+    const open = attempts.filter((a) => a.result === "open");
+    console.log(attempts.map((a) => `  ${a.result.padEnd(7)} ${a.path.padEnd(20)} ${a.key} (${a.detail})`).join("\n"));
 
-  // Refused: reading, wrapping a never-extractable key, switching usage or extractability on, copying, unwrapping
-  // an escrow blob readable, decrypting with the KEK.
-  for (const a of attempts.filter((x) => !(SOFTHSM2_OPEN_PATHS as readonly string[]).includes(x.path))) assert.equal(a.result, "refused", `${a.path} on ${a.key}: ${a.detail}`);
-  assert.ok(attempts.filter((a) => a.path === "set-attribute").length >= 8);
-  assert.equal(attempts.find((a) => a.path === "unwrap-readable")?.detail, "CKR_TEMPLATE_INCONSISTENT");
+    // Refused: reading, wrapping a never-extractable key, switching usage or extractability on, copying, unwrapping
+    // an escrow blob readable, decrypting with the KEK.
+    for (const a of attempts.filter((x) => !(SOFTHSM2_OPEN_PATHS as readonly string[]).includes(x.path))) assert.equal(a.result, "refused", `${a.path} on ${a.key}: ${a.detail}`);
+    assert.ok(attempts.filter((a) => a.path === "set-attribute").length >= 8);
+    assert.equal(attempts.find((a) => a.path === "unwrap-readable")?.detail, "CKR_TEMPLATE_INCONSISTENT");
 
-  // What SoftHSM2 cannot refuse, and that it is real: the card's DEK and the escrowed key come out.
-  assert.equal(open.find((a) => a.path === "derive-readable")?.proof, kcvs.dek, "the derived DEK is the card's");
-  assert.equal(open.find((a) => a.path === "derive-then-wrap")?.proof, kcvs.dek);
-  assert.equal(open.find((a) => a.path === "unwrap-then-wrap")?.proof, escrowedSpki, "the escrowed key itself");
+    // What SoftHSM2 cannot refuse, and that it is real: the card's DEK and the escrowed key come out.
+    assert.equal(open.find((a) => a.path === "derive-readable")?.proof, kcvs.dek, "the derived DEK is the card's");
+    assert.equal(open.find((a) => a.path === "derive-then-wrap")?.proof, kcvs.dek);
+    assert.equal(open.find((a) => a.path === "unwrap-then-wrap")?.proof, escrowedSpki, "the escrowed key itself");
 
-  // The self-test reports exactly these.
-  const report = await custody.selfTest();
-  assert.deepEqual([...new Set(open.map((a) => a.path))].sort(), openPaths(report));
-});
+    // The self-test reports exactly these.
+    const report = await custody.selfTest();
+    assert.deepEqual([...new Set(open.map((a) => a.path))].sort(), openPaths(report));
+  },
+);
 
 const USAGES = [p.CKA_ENCRYPT, p.CKA_DECRYPT, p.CKA_WRAP, p.CKA_UNWRAP, p.CKA_SIGN, p.CKA_VERIFY, p.CKA_DERIVE];
 type Made = { fn: string; label: string; attrs: Map<number, number | string> };
@@ -201,7 +216,11 @@ function readObject(mod: Pkcs11Types.PKCS11, session: Buffer, h: Buffer, fn: str
   if (cls === p.CKO_SECRET_KEY) types.push(p.CKA_ENCRYPT, p.CKA_DECRYPT, p.CKA_WRAP, p.CKA_UNWRAP, p.CKA_SIGN, p.CKA_VERIFY);
   if (cls !== p.CKO_PUBLIC_KEY) types.push(p.CKA_SENSITIVE, p.CKA_EXTRACTABLE, p.CKA_WRAP_WITH_TRUSTED);
   const attrs = new Map<number, number | string>([[p.CKA_CLASS, cls]]);
-  for (const a of mod.C_GetAttributeValue(session, h, types.map((type) => ({ type }))))
+  for (const a of mod.C_GetAttributeValue(
+    session,
+    h,
+    types.map((type) => ({ type })),
+  ))
     attrs.set(a.type, a.type === p.CKA_LABEL ? a.value.toString("utf8") : a.type === p.CKA_KEY_TYPE ? a.value.readUInt32LE(0) : a.value[0]);
   return { fn, label: String(attrs.get(p.CKA_LABEL) ?? ""), attrs };
 }
@@ -254,7 +273,10 @@ test("every key the project makes on the token has its role's template: not modi
   const stored: Made[] = [];
   try {
     for (const cls of [p.CKO_SECRET_KEY, p.CKO_PRIVATE_KEY, p.CKO_PUBLIC_KEY]) {
-      raw.mod.C_FindObjectsInit(raw.session, [{ type: p.CKA_CLASS, value: cls }, { type: p.CKA_TOKEN, value: true }]);
+      raw.mod.C_FindObjectsInit(raw.session, [
+        { type: p.CKA_CLASS, value: cls },
+        { type: p.CKA_TOKEN, value: true },
+      ]);
       const hs = raw.mod.C_FindObjects(raw.session, 1000);
       raw.mod.C_FindObjectsFinal(raw.session);
       for (const h of hs) stored.push(readObject(raw.mod, raw.session, h, "stored"));
@@ -308,7 +330,8 @@ test("every key the project makes on the token has its role's template: not modi
   // derive), the transport DEK diversified from the KMC (encrypt, wrap), a package key (encrypt) and the
   // private-key wrap key (wrap and unwrap).
   const allowed = [[p.CKA_ENCRYPT, p.CKA_SIGN], [p.CKA_ENCRYPT, p.CKA_WRAP, p.CKA_DERIVE], [p.CKA_ENCRYPT, p.CKA_WRAP], [p.CKA_ENCRYPT], [p.CKA_WRAP, p.CKA_UNWRAP]].map((x) => JSON.stringify(x));
-  for (const o of made.filter((x) => x.fn === "C_DeriveKey" && x.attrs.get(p.CKA_KEY_TYPE) === p.CKK_AES)) assert.ok(allowed.includes(JSON.stringify(usageOf(o))), `a derived key's usage ${JSON.stringify(usageOf(o))}`);
+  for (const o of made.filter((x) => x.fn === "C_DeriveKey" && x.attrs.get(p.CKA_KEY_TYPE) === p.CKK_AES))
+    assert.ok(allowed.includes(JSON.stringify(usageOf(o))), `a derived key's usage ${JSON.stringify(usageOf(o))}`);
 });
 
 test("the issuer does not start on a token with an extraction path open that it was not told to accept; it names the token and the path", { timeout: 10 * 60_000 }, async () => {

@@ -50,7 +50,10 @@ for (const engine of testEngines()) {
       const piv = new PivClient(transmit);
       await piv.select();
       const pending = await issuer.packagesFor(card.id);
-      assert.deepEqual(pending.map((p) => p.seq), [1]);
+      assert.deepEqual(
+        pending.map((p) => p.seq),
+        [1],
+      );
       await piv.loadPackage(pending[0].body);
       await issuer.acknowledgePackage(card.id, 1, "terminal");
       const signsWith = async (slot: number, der: Uint8Array, alg: "P256" | "P384" = "P256") => {

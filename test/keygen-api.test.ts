@@ -31,7 +31,10 @@ async function auditActions(env: ApiEnv, subject: string): Promise<{ action: str
   const out: { action: string; subject: string; details: Record<string, unknown> }[] = [];
   let after = 0;
   for (;;) {
-    const page = expect(await get(`/v1/audit?after=${after}&limit=1000`, env.tokens.auditor), 200) as { entries: { seq: number; action: string; subject: string; details: Record<string, unknown> }[]; next: number | null };
+    const page = expect(await get(`/v1/audit?after=${after}&limit=1000`, env.tokens.auditor), 200) as {
+      entries: { seq: number; action: string; subject: string; details: Record<string, unknown> }[];
+      next: number | null;
+    };
     out.push(...page.entries);
     if (page.next === null) break;
     after = page.next;
@@ -71,7 +74,9 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       ["9c", "RSA2048"],
     ] as [PivSlot, "P256" | "RSA2048"][]) {
       await t.test(`slot ${slot} ${alg}: certified, verified, written through SCP03 into the card, which signs under it; the key left custody`, async () => {
-        const r = expect(await keygen({ slot, alg, personalData: entered }), 200) as { result: { cardId: string; slot: string; alg: string; serial: string; certificate: string; publicKeySha256: string; escrowId?: string } };
+        const r = expect(await keygen({ slot, alg, personalData: entered }), 200) as {
+          result: { cardId: string; slot: string; alg: string; serial: string; certificate: string; publicKeySha256: string; escrowId?: string };
+        };
         const res = r.result;
         assert.equal(res.cardId, cardId);
         assert.equal(res.slot, slot);
@@ -85,7 +90,12 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
         const issued = (await auditActions(env, cardId)).filter((e) => e.action === "keygen.issued" && e.details.serial === res.serial);
         assert.equal(issued.length, 1);
         assert.equal(issued[0].details.publicKeySha256, res.publicKeySha256);
-        const rows = await env.server.store.db.withTables<{ keygen_public_keys: { public_key_sha256: string } }>().selectFrom("keygen_public_keys").select("public_key_sha256").where("public_key_sha256", "=", res.publicKeySha256).execute();
+        const rows = await env.server.store.db
+          .withTables<{ keygen_public_keys: { public_key_sha256: string } }>()
+          .selectFrom("keygen_public_keys")
+          .select("public_key_sha256")
+          .where("public_key_sha256", "=", res.publicKeySha256)
+          .execute();
         assert.equal(rows.length, 1, "the device registered the public key (step 415)");
       });
     }
@@ -141,7 +151,9 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       const u = registry.require("user");
       expect(await post("/v1/recovery/arbitrators", op, { id: "user", signingPublicKey: pem(u.signingKey), encryptionPublicKey: pem(u.encryptionKey) }), 201);
       expect(await put(`/v1/cards/${cardId}/recovery-policy`, op, { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }), 200);
-      const res = (expect(await keygen({ slot: "9d", alg: "RSA2048", personalData: entered, escrow: true }), 200) as { result: { escrowId: string; serial: string; publicKeySha256: string; certificate: string } }).result;
+      const res = (
+        expect(await keygen({ slot: "9d", alg: "RSA2048", personalData: entered, escrow: true }), 200) as { result: { escrowId: string; serial: string; publicKeySha256: string; certificate: string } }
+      ).result;
       assert.ok(res.escrowId);
       const escrow = expect(await get(`/v1/cards/${cardId}/escrow`, env.tokens.auditor), 200) as { escrowId: string; serial: string; publicKeySha256: string; slot: string };
       assert.equal(escrow.escrowId, res.escrowId);

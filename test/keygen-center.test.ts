@@ -44,7 +44,10 @@ async function newRoot(): Promise<CertificationAuthority> {
   });
 }
 
-for (const [name, make] of [["software", softwareCustody()], ["PKCS#11 (SoftHSM2)", softhsmCustody()]] as const) {
+for (const [name, make] of [
+  ["software", softwareCustody()],
+  ["PKCS#11 (SoftHSM2)", softhsmCustody()],
+] as const) {
   test(`${name}: step 417 — a PKCS#10 request signed inside custody, for every key algorithm`, { timeout: 10 * 60_000 }, async () => {
     const custody: KeyCustody = await make();
     try {
@@ -68,7 +71,10 @@ for (const [name, make] of [["software", softwareCustody()], ["PKCS#11 (SoftHSM2
         const parsed = new x509.Pkcs10CertificateRequest(csr.der.slice().buffer as ArrayBuffer);
         assert.ok(await parsed.verify(), `@peculiar/x509 verifies the ${alg} request`);
         // and an altered request is refused as tampering on the path
-        assert.throws(() => verifyCsr(alterOnPath(csr.pem)), (e: unknown) => e instanceof CaRefusal && e.check === "csr-signature");
+        assert.throws(
+          () => verifyCsr(alterOnPath(csr.pem)),
+          (e: unknown) => e instanceof CaRefusal && e.check === "csr-signature",
+        );
         await custody.deleteKey(label);
       }
     } finally {
@@ -153,11 +159,17 @@ test("centerChecks: the same steps 422-423 on a CertificationAuthority served el
   const root = await newRoot();
   const key = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const ca = new CertificationAuthority({ signer: root.signer, certificate: root.certificate, repository: new MemoryCaRepository(), checks: centerChecks(book) });
-  await assert.rejects(ca.issue({ subject: HANAKO, publicKey: new Uint8Array(key.publicKey.export({ format: "der", type: "spki" })), profile: "signature", applicantId: "user-1" }), (e: unknown) => e instanceof CaRefusal && e.check === "csr-signature");
+  await assert.rejects(
+    ca.issue({ subject: HANAKO, publicKey: new Uint8Array(key.publicKey.export({ format: "der", type: "spki" })), profile: "signature", applicantId: "user-1" }),
+    (e: unknown) => e instanceof CaRefusal && e.check === "csr-signature",
+  );
   const custody = await softwareCustody()();
   try {
     await custody.generateKeyPair("k1", "P384", { extractable: "wrapped", ephemeral: true });
-    await assert.rejects(ca.issueFromCsr({ csr: (await buildSignedCsr(custody, "k1", { ...HANAKO, organization: "Other Bank" })).pem, profile: "signature", applicantId: "user-1" }), (e: unknown) => e instanceof CaRefusal && e.check === "personal-data");
+    await assert.rejects(
+      ca.issueFromCsr({ csr: (await buildSignedCsr(custody, "k1", { ...HANAKO, organization: "Other Bank" })).pem, profile: "signature", applicantId: "user-1" }),
+      (e: unknown) => e instanceof CaRefusal && e.check === "personal-data",
+    );
     assert.ok((await ca.issueFromCsr({ csr: (await buildSignedCsr(custody, "k1", HANAKO)).der, profile: "signature", applicantId: "user-1" })).serial);
   } finally {
     await custody.close();

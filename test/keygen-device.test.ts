@@ -50,7 +50,10 @@ interface Hsm {
 
 /** A fresh SoftHSM2 token (scripts/softhsm-up.sh); the test FAILS when SoftHSM2 is missing. */
 function softhsm(): Hsm {
-  const out = execFileSync("bash", [join(ROOT, "scripts/softhsm-up.sh"), join(tempDir("cardkms-hsm-"), "hsm")], { encoding: "utf8", env: { ...process.env, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_PIN: "" } });
+  const out = execFileSync("bash", [join(ROOT, "scripts/softhsm-up.sh"), join(tempDir("cardkms-hsm-"), "hsm")], {
+    encoding: "utf8",
+    env: { ...process.env, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_PIN: "" },
+  });
   const env: Record<string, string> = {};
   for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) env[m[1]] = m[2].replace(/^'(.*)'$/, "$1");
   process.env.SOFTHSM2_CONF = env.SOFTHSM2_CONF;
@@ -202,7 +205,14 @@ for (const [name, open, token] of CUSTODIES) {
     const registry = new MemoryIssuedKeyRegistry();
     const device = await KeyGenerationDevice.create({ custody, ca: path, registry, trustAnchors: [site.root.certificate] });
     const issueInto = (card: Card, over: Partial<{ personalData: SubjectName; alg: KeyPairAlg; slot: PivSlot; profile: string }> = {}) =>
-      device.issue({ applicantId: "user-1", personalData: over.personalData ?? HANAKO, alg: over.alg ?? "P256", profile: over.profile ?? "signature", slot: over.slot ?? "9c", card: { transmit: card.transmit, keySet: card.keySet } });
+      device.issue({
+        applicantId: "user-1",
+        personalData: over.personalData ?? HANAKO,
+        alg: over.alg ?? "P256",
+        profile: over.profile ?? "signature",
+        slot: over.slot ?? "9c",
+        card: { transmit: card.transmit, keySet: card.keySet },
+      });
 
     /** After a refusal: the key is gone from custody and the card is exactly as it was. */
     const nothingWritten = async (card: Card, before: CardInfo) => {
@@ -224,7 +234,10 @@ for (const [name, open, token] of CUSTODIES) {
           await custody.deleteKey("keygen-control");
           assert.equal(objectsOnToken(token, "keygen-control"), 0);
         }
-        for (const [slot, alg] of [["9c", "P256"], ["9a", "RSA2048"]] as const) {
+        for (const [slot, alg] of [
+          ["9c", "P256"],
+          ["9a", "RSA2048"],
+        ] as const) {
           const card = await blankCard(custody);
           const before = await info(card.transmit);
           const r = await issueInto(card, { slot, alg, profile: slot === "9c" ? "signature" : "authentication" });
@@ -348,7 +361,10 @@ for (const [name, open, token] of CUSTODIES) {
         assert.ok(serial, "the refusal names the revoked certificate");
         const entries = new x509.X509Crl((await path.crl()).slice().buffer as ArrayBuffer).entries;
         assert.equal(entries.length, crlBefore + 1);
-        assert.ok(entries.some((r) => r.serialNumber.toLowerCase().replace(/^0+/, "") === serial.replace(/^0+/, "")), "the CRL lists it");
+        assert.ok(
+          entries.some((r) => r.serialNumber.toLowerCase().replace(/^0+/, "") === serial.replace(/^0+/, "")),
+          "the CRL lists it",
+        );
         await nothingWritten(card, before);
       });
 
@@ -415,7 +431,10 @@ test("KeyGenerationDevice.create pins the center's root when no anchor is given"
     const card = await blankCard(custody);
     const r = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P384", profile: "keyManagement", slot: "9d", card: { transmit: card.transmit, keySet: card.keySet } });
     assert.ok(await cardSignsFor(card.transmit, "9d", "P384", r.certificate));
-    await assert.rejects(device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P384", profile: "keyManagement", slot: "9b" as PivSlot, card: { transmit: card.transmit, keySet: card.keySet } }), /slot must be one of/);
+    await assert.rejects(
+      device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P384", profile: "keyManagement", slot: "9b" as PivSlot, card: { transmit: card.transmit, keySet: card.keySet } }),
+      /slot must be one of/,
+    );
     card.close();
   } finally {
     await custody.close();

@@ -98,13 +98,28 @@ function spyOn(inner: KeyCustody): { custody: KeyCustody; learned: KeyObject[]; 
 function assertNoKey(haystack: Buffer[], learned: KeyObject[]): void {
   const all = Buffer.concat(haystack);
   assert.ok(all.length > 10_000);
-  for (const k of learned)
-    for (const form of secretForms(k)) assert.equal(all.indexOf(form), -1, `a ${k.asymmetricKeyType} private key was found in clear`);
+  for (const k of learned) for (const form of secretForms(k)) assert.equal(all.indexOf(form), -1, `a ${k.asymmetricKeyType} private key was found in clear`);
   // the scan can find a key: the same check on a buffer holding one must fail
   assert.notEqual(Buffer.concat([all, secretForms(learned[0])[1]]).indexOf(secretForms(learned[0])[1]), -1);
 }
 
-const TABLES = ["users", "cards", "card_key_sets", "key_pairs", "wrapped_keys", "certificates", "packages", "rotations", "events", "audit_log", "operators", "webhooks", "ca_issued_certificates", "ca_certified_keys", "ca_authorities"];
+const TABLES = [
+  "users",
+  "cards",
+  "card_key_sets",
+  "key_pairs",
+  "wrapped_keys",
+  "certificates",
+  "packages",
+  "rotations",
+  "events",
+  "audit_log",
+  "operators",
+  "webhooks",
+  "ca_issued_certificates",
+  "ca_certified_keys",
+  "ca_authorities",
+];
 
 /** Every value of every row of the given tables of the system DB (by default TABLES). */
 async function tableBytes(db: Kysely<unknown>, tables: readonly string[] = TABLES): Promise<Buffer[]> {
@@ -125,7 +140,12 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   const inner = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") });
   const { custody, learned, wraps } = spyOn(inner);
 
-  const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "leak CA" }, validityDays: 365 });
+  const authority = await CertificationAuthority.createRoot({
+    signer: nodeSigner(keyPair("P256").privateKey),
+    repository: new MemoryCaRepository(),
+    subject: { commonName: "leak CA" },
+    validityDays: 365,
+  });
   const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
   await importTestKmc(inner);
   const user = await issuer.registerUser({ commonName: "Leak Scan", email: "scan@example.test" }, "olga");
@@ -140,7 +160,11 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await issuer.personaliseCard(card.id, transmit, "olga");
   const piv = new PivClient(transmit);
   const packages: Buffer[] = [];
-  for (const [slot, alg] of [["9a", "P256"], ["9c", "P384"], ["9d", "RSA2048"]] as const) {
+  for (const [slot, alg] of [
+    ["9a", "P256"],
+    ["9c", "P384"],
+    ["9d", "RSA2048"],
+  ] as const) {
     const c = await issuer.requestCredential({ cardId: card.id, slot, alg }, "olga");
     packages.push(Buffer.from(c.package.body));
     await piv.select();
@@ -152,7 +176,10 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await piv.verifyPin("123456");
   await moveOut(piv, new OverflowStore(join(dir, "overflow")), 0x9c);
   assert.equal(learned.length, 4, "the spy saw every credential key");
-  assert.ok(wraps.every((w) => w.to !== "unwrap" && "card" in w.to && w.to.card.cardId === card.id), "each wrapped for the card");
+  assert.ok(
+    wraps.every((w) => w.to !== "unwrap" && "card" in w.to && w.to.card.cardId === card.id),
+    "each wrapped for the card",
+  );
 
   // everything there is to scan
   const haystack: Buffer[] = [...traffic, ...packages];
@@ -167,86 +194,117 @@ test("no private key in clear in the DB, packages, keystore, overflow store or t
   await inner.close();
 });
 
-test("through the server: no private key in its log lines (at trace level), its responses or its DB — credentials, and seed 001 keygen with escrow, backup, reproduction", { timeout: 10 * 60_000 }, async () => {
-  let spy: ReturnType<typeof spyOn> | undefined;
-  const env = await issuerApiEnv(testEngines()[0], { logLevel: "trace", wrapCustody: (c) => (spy = spyOn(c)).custody });
-  try {
-    const responses: Buffer[] = [];
-    const { post: rawPost, get: rawGet } = api(env);
-    const post: typeof rawPost = async (...a) => {
-      const r = await rawPost(...a);
-      responses.push(r.rawPayload);
-      return r;
-    };
-    const get: typeof rawGet = async (...a) => {
-      const r = await rawGet(...a);
-      responses.push(r.rawPayload);
-      return r;
-    };
-    const { cardId, card } = await issueAndPersonalise(env, "Leak Server");
-    for (const [slot, alg] of [["9a", "P256"], ["9c", "P384"], ["9d", "RSA2048"]] as const) expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot, alg }), 201);
-    const online = expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot: "9e", alg: "P256" }), 201) as { keyPairId: string };
-    const session = expect(await post(`/v1/cards/${cardId}/credentials/${online.keyPairId}/online`, env.tokens.operator), 201) as { sessionId: string; apdus: string[] };
-    expect(await relay(post, env.tokens.operator, session, card), 200);
-    const terminal = (expect(await authenticate(post, cardId, card), 200) as { token: string }).token;
-    const pkgs = expect(await get(`/v1/cards/${cardId}/packages`, terminal), 200) as { packages: { seq: number; body: string }[] };
-    const piv = new PivClient((a) => card.transmit(a));
-    for (const p of pkgs.packages) {
+test(
+  "through the server: no private key in its log lines (at trace level), its responses or its DB — credentials, and seed 001 keygen with escrow, backup, reproduction",
+  { timeout: 10 * 60_000 },
+  async () => {
+    let spy: ReturnType<typeof spyOn> | undefined;
+    const env = await issuerApiEnv(testEngines()[0], { logLevel: "trace", wrapCustody: (c) => (spy = spyOn(c)).custody });
+    try {
+      const responses: Buffer[] = [];
+      const { post: rawPost, get: rawGet } = api(env);
+      const post: typeof rawPost = async (...a) => {
+        const r = await rawPost(...a);
+        responses.push(r.rawPayload);
+        return r;
+      };
+      const get: typeof rawGet = async (...a) => {
+        const r = await rawGet(...a);
+        responses.push(r.rawPayload);
+        return r;
+      };
+      const { cardId, card } = await issueAndPersonalise(env, "Leak Server");
+      for (const [slot, alg] of [
+        ["9a", "P256"],
+        ["9c", "P384"],
+        ["9d", "RSA2048"],
+      ] as const)
+        expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot, alg }), 201);
+      const online = expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot: "9e", alg: "P256" }), 201) as { keyPairId: string };
+      const session = expect(await post(`/v1/cards/${cardId}/credentials/${online.keyPairId}/online`, env.tokens.operator), 201) as { sessionId: string; apdus: string[] };
+      expect(await relay(post, env.tokens.operator, session, card), 200);
+      const terminal = (expect(await authenticate(post, cardId, card), 200) as { token: string }).token;
+      const pkgs = expect(await get(`/v1/cards/${cardId}/packages`, terminal), 200) as { packages: { seq: number; body: string }[] };
+      const piv = new PivClient((a) => card.transmit(a));
+      for (const p of pkgs.packages) {
+        await piv.select();
+        await piv.loadPackage(Buffer.from(p.body, "base64"));
+      }
+      // seed 001 through the same server: the key generation device issues an escrowed key into the card over the live
+      // relay, the user backs up an envelope with the card's token, loses the key, and one arbitrator's approval has
+      // it reproduced into the card again — the escrowed, the reproduced and the device's own keys are scanned for too
+      const op = env.tokens.operator;
+      const { registry, keys } = makeArbitrators(["user"]);
+      const u = registry.require("user");
+      const spkiPem = (k: KeyObject) => k.export({ format: "pem", type: "spki" }) as string;
+      expect(await post("/v1/recovery/arbitrators", op, { id: "user", signingPublicKey: spkiPem(u.signingKey), encryptionPublicKey: spkiPem(u.encryptionKey) }), 201);
+      const arbToken = (expect(await post("/v1/recovery/arbitrators/user/tokens", op), 201) as { token: string }).token;
+      const policy = await env.server.app.inject({
+        method: "PUT",
+        url: `/v1/cards/${cardId}/recovery-policy`,
+        headers: { authorization: `Bearer ${op}` },
+        payload: { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] },
+      });
+      assert.equal(policy.statusCode, 200, policy.body);
+      const keygen = expect(
+        await liveRelay(post, op, await post(`/v1/cards/${cardId}/keygen`, op, { slot: "9c", alg: "RSA2048", personalData: registeredData("Leak Server"), escrow: true }), "/v1/keygen/sessions", card),
+        200,
+      ) as { result: { certificate: string } };
+      const recipient = recipientOf(new X509Certificate(keygen.result.certificate));
+      const put = await env.server.app.inject({
+        method: "PUT",
+        url: `/v1/cards/${cardId}/backups/diary`,
+        headers: { authorization: `Bearer ${terminal}` },
+        payload: { envelope: Buffer.from(encipherForCard(recipient, randomBytes(64))).toString("base64") },
+      });
+      assert.equal(put.statusCode, 201, put.body);
+      responses.push(put.rawPayload);
       await piv.select();
-      await piv.loadPackage(Buffer.from(p.body, "base64"));
-    }
-    // seed 001 through the same server: the key generation device issues an escrowed key into the card over the live
-    // relay, the user backs up an envelope with the card's token, loses the key, and one arbitrator's approval has
-    // it reproduced into the card again — the escrowed, the reproduced and the device's own keys are scanned for too
-    const op = env.tokens.operator;
-    const { registry, keys } = makeArbitrators(["user"]);
-    const u = registry.require("user");
-    const spkiPem = (k: KeyObject) => k.export({ format: "pem", type: "spki" }) as string;
-    expect(await post("/v1/recovery/arbitrators", op, { id: "user", signingPublicKey: spkiPem(u.signingKey), encryptionPublicKey: spkiPem(u.encryptionKey) }), 201);
-    const arbToken = (expect(await post("/v1/recovery/arbitrators/user/tokens", op), 201) as { token: string }).token;
-    const policy = await env.server.app.inject({ method: "PUT", url: `/v1/cards/${cardId}/recovery-policy`, headers: { authorization: `Bearer ${op}` }, payload: { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] } });
-    assert.equal(policy.statusCode, 200, policy.body);
-    const keygen = expect(
-      await liveRelay(post, op, await post(`/v1/cards/${cardId}/keygen`, op, { slot: "9c", alg: "RSA2048", personalData: registeredData("Leak Server"), escrow: true }), "/v1/keygen/sessions", card),
-      200,
-    ) as { result: { certificate: string } };
-    const recipient = recipientOf(new X509Certificate(keygen.result.certificate));
-    const put = await env.server.app.inject({ method: "PUT", url: `/v1/cards/${cardId}/backups/diary`, headers: { authorization: `Bearer ${terminal}` }, payload: { envelope: Buffer.from(encipherForCard(recipient, randomBytes(64))).toString("base64") } });
-    assert.equal(put.statusCode, 201, put.body);
-    responses.push(put.rawPayload);
-    await piv.select();
-    await piv.verifyPin("123456");
-    assert.equal((await piv.apdu.send({ cla: 0x80, ins: 0xf6, p1: 0, p2: 0x9c })).sw, 0x9000, "the key is lost (DELETE KEY)");
-    const filed = expect(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user" }), 201) as { requestId: string };
-    const item = (expect(await get("/v1/recovery/arbitrators/user/pending", arbToken), 200) as { pending: PendingItem[] }).pending[0] as Extract<PendingItem, { action: "decide" }>;
-    const device = Buffer.from((expect(await get("/v1/recovery/device-key", arbToken), 200) as { spki: string }).spki, "base64");
-    const v = item.request;
-    const approval = signApproval(v.request, v.chainHead, { arbitrator: "user", decision: "approve" }, keys.get("user")!.signing);
-    const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, keys.get("user")!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), new Uint8Array(device));
-    expect(await post(`/v1/recovery/requests/${filed.requestId}/approvals`, arbToken, { approval, releases }), 200);
-    const chain = (expect(await get(`/v1/recovery/requests/${filed.requestId}`, arbToken), 200) as { approvals: Parameters<typeof signApproverList>[1] }).approvals;
-    expect(await post(`/v1/recovery/requests/${filed.requestId}/approver-list`, arbToken, { approverList: signApproverList(v.request, chain, "user", keys.get("user")!.signing) }), 200);
-    expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${filed.requestId}/reproduce`, op, {}), "/v1/recovery/sessions", card), 200);
+      await piv.verifyPin("123456");
+      assert.equal((await piv.apdu.send({ cla: 0x80, ins: 0xf6, p1: 0, p2: 0x9c })).sw, 0x9000, "the key is lost (DELETE KEY)");
+      const filed = expect(await post("/v1/recovery/requests", op, { cardId, kind: "key-lost", requester: "user" }), 201) as { requestId: string };
+      const item = (expect(await get("/v1/recovery/arbitrators/user/pending", arbToken), 200) as { pending: PendingItem[] }).pending[0] as Extract<PendingItem, { action: "decide" }>;
+      const device = Buffer.from((expect(await get("/v1/recovery/device-key", arbToken), 200) as { spki: string }).spki, "base64");
+      const v = item.request;
+      const approval = signApproval(v.request, v.chainHead, { arbitrator: "user", decision: "approve" }, keys.get("user")!.signing);
+      const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, keys.get("user")!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), new Uint8Array(device));
+      expect(await post(`/v1/recovery/requests/${filed.requestId}/approvals`, arbToken, { approval, releases }), 200);
+      const chain = (expect(await get(`/v1/recovery/requests/${filed.requestId}`, arbToken), 200) as { approvals: Parameters<typeof signApproverList>[1] }).approvals;
+      expect(await post(`/v1/recovery/requests/${filed.requestId}/approver-list`, arbToken, { approverList: signApproverList(v.request, chain, "user", keys.get("user")!.signing) }), 200);
+      expect(await liveRelay(post, op, await post(`/v1/recovery/requests/${filed.requestId}/reproduce`, op, {}), "/v1/recovery/sessions", card), 200);
 
-    expect(await get("/v1/audit", env.tokens.auditor), 200);
-    // the four credential keys, the generated key and its reproduction, wrapped for the card; anything else the spy
-    // learned (the escrow wrap) is scanned for as well
-    assert.equal(spy?.wraps.filter((w) => w.to !== "unwrap" && "card" in w.to).length, 6, "the spy saw every key written to the card");
-    assert.ok(spy!.wraps.some((w) => w.to === "unwrap"), "the spy saw the reproduced key");
-    assert.ok(env.logs.length > 20, `the server logged (${env.logs.length} lines)`);
-    const serverDb = env.server.store.db as unknown as Db;
-    const tables = [...new Set([...TABLES, ...(await sqliteTables(serverDb))])];
-    assertNoKey([...env.logs.map((l) => Buffer.from(l)), ...responses, ...(await tableBytes(serverDb as unknown as Kysely<unknown>, tables))], spy!.learned);
-    card.close();
-  } finally {
-    await env.close();
-  }
-});
+      expect(await get("/v1/audit", env.tokens.auditor), 200);
+      // the four credential keys, the generated key and its reproduction, wrapped for the card; anything else the spy
+      // learned (the escrow wrap) is scanned for as well
+      assert.equal(spy?.wraps.filter((w) => w.to !== "unwrap" && "card" in w.to).length, 6, "the spy saw every key written to the card");
+      assert.ok(
+        spy!.wraps.some((w) => w.to === "unwrap"),
+        "the spy saw the reproduced key",
+      );
+      assert.ok(env.logs.length > 20, `the server logged (${env.logs.length} lines)`);
+      const serverDb = env.server.store.db as unknown as Db;
+      const tables = [...new Set([...TABLES, ...(await sqliteTables(serverDb))])];
+      assertNoKey([...env.logs.map((l) => Buffer.from(l)), ...responses, ...(await tableBytes(serverDb as unknown as Kysely<unknown>, tables))], spy!.learned);
+      card.close();
+    } finally {
+      await env.close();
+    }
+  },
+);
 
 // --- seed 001: key generation with escrow, reproduction into a new card, backup and restore (issue 4) ----------------
 
 /** The recovery service's tables (src/store/migrations/0003_recovery.ts). */
-const RECOVERY_TABLES = ["recovery_arbitrators", "recovery_policies", "recovery_escrows", "recovery_share_envelopes", "recovery_devices", "recovery_requests", "recovery_approvals", "recovery_releases"];
+const RECOVERY_TABLES = [
+  "recovery_arbitrators",
+  "recovery_policies",
+  "recovery_escrows",
+  "recovery_share_envelopes",
+  "recovery_devices",
+  "recovery_requests",
+  "recovery_approvals",
+  "recovery_releases",
+];
 /** The back-up device's table (0004_backups.ts) and the key generation device's registry (0006_keygen_registry.ts). */
 const BACKUP_TABLES = ["backups"];
 const KEYGEN_TABLES = ["keygen_public_keys"];
@@ -387,7 +445,10 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     await terminal.put(["medical-record.json", "photo.bin"].map((objectId) => ({ objectId, envelope: envelopes[objectId] })));
     const repo = new BackupRepository(db);
     const report = keep(await backup({ userId: user.id, from: [new CardEncipheredStore({ piv: cardA.piv }), terminal], to: repo }));
-    assert.deepEqual(report.stored.map((s) => s.objectId), Object.keys(data));
+    assert.deepEqual(
+      report.stored.map((s) => s.objectId),
+      Object.keys(data),
+    );
 
     // S5': the card is destroyed, and the terminal's disk with it (what was on that disk is scanned all the same)
     const lostTerminal = filesUnder(terminal.dir);
@@ -436,17 +497,32 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     // S8, S11: the key reproduced into the new card, which becomes the registered device; not before
     await cardB.piv.select();
     await cardB.piv.verifyPin("123456");
-    await assert.rejects(decipherWithCard(cardB.piv, SLOT.keyManagement, envelopes["bank-pins"]), (e: unknown) => e instanceof EncipheredError && e.code === "wrong-card", "the new card has no key yet");
+    await assert.rejects(
+      decipherWithCard(cardB.piv, SLOT.keyManagement, envelopes["bank-pins"]),
+      (e: unknown) => e instanceof EncipheredError && e.code === "wrong-card",
+      "the new card has no key yet",
+    );
     const done = keep(await svc.reproduce(filed.requestId, cardB, "operator"));
     assert.equal(done.deviceReplaced, true);
     assert.deepEqual(done.approvers, IN_ORDER);
-    assert.deepEqual((await inner.listKeys()).map((k) => k.label).filter((l) => l.startsWith("keygen.") || l.startsWith("recovery.reproduce.")), [], "no generated or reproduced key is left in custody");
+    assert.deepEqual(
+      (await inner.listKeys()).map((k) => k.label).filter((l) => l.startsWith("keygen.") || l.startsWith("recovery.reproduce.")),
+      [],
+      "no generated or reproduced key is left in custody",
+    );
 
     // S12: the backups restored into the new card's memory and a new terminal store; the new card reads them
     const cardBStore = new CardEncipheredStore({ piv: cardB.piv, write: writerFor(cardB) });
     const terminal2 = new TerminalEncipheredStore(join(dir, "terminal2"));
     const restored = keep(await restore({ userId: user.id, from: repo, into: preferCard(cardBStore, terminal2, 1024), forCard: { piv: cardB.piv, slot: SLOT.keyManagement } }));
-    assert.deepEqual(restored.restored.map((r) => [r.objectId, r.into]), [["bank-pins", "card"], ["medical-record.json", "terminal"], ["photo.bin", "terminal"]]);
+    assert.deepEqual(
+      restored.restored.map((r) => [r.objectId, r.into]),
+      [
+        ["bank-pins", "card"],
+        ["medical-record.json", "terminal"],
+        ["photo.bin", "terminal"],
+      ],
+    );
     await cardB.piv.verifyPin("123456");
     for (const [id, p] of Object.entries(data)) {
       const env = id === "bank-pins" ? (await cardBStore.get(id))! : (await terminal2.get(id))!;
@@ -457,7 +533,9 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     // card A at issue, brought back into custody by unwrapPrivateKey and wrapped for card B at reproduction.
     const spkiOf = (k: KeyObject) => Buffer.from(createPublicKey(k).export({ format: "der", type: "spki" }) as Buffer);
     const cardKey = learned.filter((k) => spkiOf(k).equals(Buffer.from(escrow.publicKey)));
-    const cardKeyWraps = wraps.filter((_, i) => spkiOf(learned[i]).equals(Buffer.from(escrow.publicKey))).map((w) => (w.to === "unwrap" ? "unwrap" : "card" in w.to ? `card ${w.to.card.cardId}` : `key ${w.to.key}`));
+    const cardKeyWraps = wraps
+      .filter((_, i) => spkiOf(learned[i]).equals(Buffer.from(escrow.publicKey)))
+      .map((w) => (w.to === "unwrap" ? "unwrap" : "card" in w.to ? `card ${w.to.card.cardId}` : `key ${w.to.key}`));
     assert.deepEqual(cardKeyWraps, [`key ${ESCROW_KEK_LABEL}`, `card ${cardA.keySet.cardId}`, "unwrap", `card ${cardB.keySet.cardId}`]);
     // The reproduction device's key is generated inside custody for ECDH and never extractable (issue 17 §2): it is
     // never wrapped, so not even the spy on custody's wraps ever holds it.
@@ -477,7 +555,11 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
     // audit log as read back, card traffic, what the services returned, and every file under the temp dir
     const named = [...TABLES, ...RECOVERY_TABLES, ...BACKUP_TABLES, ...KEYGEN_TABLES];
     const inDb = await sqliteTables(db);
-    assert.deepEqual(named.filter((t) => !inDb.includes(t)), [], "every named table exists");
+    assert.deepEqual(
+      named.filter((t) => !inDb.includes(t)),
+      [],
+      "every named table exists",
+    );
     const tables = [...new Set([...named, ...inDb])];
     for (const t of [...RECOVERY_TABLES, ...BACKUP_TABLES, ...KEYGEN_TABLES, "audit_log"]) assert.ok((await countRows(db, t)) > 0, `${t} has rows to scan`);
     const audit: Buffer[] = [];

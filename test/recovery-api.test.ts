@@ -46,7 +46,10 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
     await t.test("operators register arbitrators (PEM or base64 SPKI) and issue each a token bound to it", async () => {
       for (const id of FIG9_ARBITRATORS) {
         const a = registry.require(id);
-        const r = expect(await post("/v1/recovery/arbitrators", op, { id, roles: [id.replace(/-[a-e]$/, "")], signingPublicKey: pem(a.signingKey), encryptionPublicKey: b64spki(a.encryptionKey) }), 201);
+        const r = expect(
+          await post("/v1/recovery/arbitrators", op, { id, roles: [id.replace(/-[a-e]$/, "")], signingPublicKey: pem(a.signingKey), encryptionPublicKey: b64spki(a.encryptionKey) }),
+          201,
+        );
         assert.equal(r.id, id);
         assert.equal(r.encryptionKeyId, a.encryptionKeyId);
         assert.equal(r.registeredBy, "olga");
@@ -237,7 +240,8 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       refused(await post(`/v1/recovery/requests/${requestId}/reproduce`, op, {}), 409, "request_closed");
 
       // the audit log: each decision by its arbitrator, in order; the reproduction with the approvers in order
-      const entries = (expect(await get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { action: string; actor: string; subject: string; details: Record<string, unknown> }[] }).entries;
+      const entries = (expect(await get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { action: string; actor: string; subject: string; details: Record<string, unknown> }[] })
+        .entries;
       const decisions = entries.filter((e) => e.action === "recovery.decision.record" && e.subject === requestId);
       assert.deepEqual(
         decisions.map((e) => [e.actor, e.details.arbitrator, e.details.seq]),
@@ -266,7 +270,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.match(ended.statusDetail ?? "", /indispensable party user refused/);
       // the others are no longer asked, and a late approval is refused as request_ended
       assert.equal(await pendingOf("credit-co", rid), undefined);
-      const v = (expect(await get(`/v1/recovery/requests/${rid}`, op), 200) as unknown as RequestJson);
+      const v = expect(await get(`/v1/recovery/requests/${rid}`, op), 200) as unknown as RequestJson;
       const late = signApproval(v.request, v.chainHead, { arbitrator: "mgr-b", decision: "approve" }, ARB.get("mgr-b")!.signing);
       refused(await post(`/v1/recovery/requests/${rid}/approvals`, tokens.get("mgr-b"), { approval: late, releases: [] }), 409, "request_ended");
       refused(await post(`/v1/recovery/requests/${rid}/withdraw`, op, { reason: "too late" }), 409, "request_closed");
@@ -306,7 +310,10 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
     const bob = await issueAndPersonalise(env, "Bob Baba");
     const kept = await issueCardFor(env, aliceUser);
     cards.push(alice.card, renewed.card, bob.card, kept.card);
-    expect(await put(`/v1/cards/${alice.cardId}/recovery-policy`, op, { version: 1, author: "alice", indispensable: ["alice"], groups: [{ name: "managers", members: ["mgr"], threshold: 1 }], order: [] }), 200);
+    expect(
+      await put(`/v1/cards/${alice.cardId}/recovery-policy`, op, { version: 1, author: "alice", indispensable: ["alice"], groups: [{ name: "managers", members: ["mgr"], threshold: 1 }], order: [] }),
+      200,
+    );
     const { certificateDer } = await keygenOverApi(env, alice.cardId, alice.card, { slot: "9c", alg: "P256", personalData: registeredData("Alice Abe"), escrow: true });
     const deviceKey = new Uint8Array(Buffer.from((expect(await get("/v1/recovery/device-key", op), 200) as { spki: string }).spki, "base64"));
 
@@ -401,14 +408,17 @@ test("a live relay session refuses a second response count, and closing the serv
   expect(await put(`/v1/cards/${issued.cardId}/recovery-policy`, op, { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }), 200);
   await keygenOverApi(env, issued.cardId, issued.card, { slot: "9c", alg: "P256", personalData: registeredData("Taro Suzuki"), escrow: true });
   const filed = expect(await post("/v1/recovery/requests", op, { cardId: issued.cardId, kind: "key-lost", requester: "user" }), 201) as unknown as RequestJson;
-  const item = ((expect(await get("/v1/recovery/arbitrators/user/pending", token), 200) as { pending: PendingJson[] }).pending[0]) as Extract<PendingJson, { action: "decide" }>;
+  const item = (expect(await get("/v1/recovery/arbitrators/user/pending", token), 200) as { pending: PendingJson[] }).pending[0] as Extract<PendingJson, { action: "decide" }>;
   const device = Buffer.from((expect(await get("/v1/recovery/device-key", token), 200) as { spki: string }).spki, "base64");
   const v = item.request;
   const approval = signApproval(v.request, v.chainHead, { arbitrator: "user", decision: "approve" }, keys.get("user")!.signing);
   const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, keys.get("user")!.encryption, { escrowId: v.escrowId, cardId: v.cardId }), new Uint8Array(device));
   expect(await post(`/v1/recovery/requests/${filed.requestId}/approvals`, token, { approval, releases }), 200);
   const after = (expect(await get("/v1/recovery/arbitrators/user/pending", token), 200) as { pending: PendingJson[] }).pending[0];
-  expect(await post(`/v1/recovery/requests/${filed.requestId}/approver-list`, token, { approverList: signApproverList(after.request.request, after.request.approvals, "user", keys.get("user")!.signing) }), 200);
+  expect(
+    await post(`/v1/recovery/requests/${filed.requestId}/approver-list`, token, { approverList: signApproverList(after.request.request, after.request.approvals, "user", keys.get("user")!.signing) }),
+    200,
+  );
 
   const start = expect(await post(`/v1/recovery/requests/${filed.requestId}/reproduce`, op, null), 201) as { sessionId: string; apdus: string[] };
   expect(await post(`/v1/recovery/sessions/${start.sessionId}`, op, { responses: ["9000", "9000"] }), 400);

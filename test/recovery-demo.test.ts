@@ -74,12 +74,24 @@ test("issue 4 demo: a destroyed card's key reproduced after the policy's approva
   assert.equal(r.signatureVerified, true);
   const ids = r.records.map((x) => x.objectId);
   assert.equal(ids.length, 3);
-  assert.deepEqual(r.backedUp, ids.map((objectId) => ({ objectId, version: 1 })));
-  assert.deepEqual(r.restored.map((x) => x.objectId), ids);
-  assert.deepEqual(r.readable, ids.map((objectId) => ({ objectId, byteExact: true })));
+  assert.deepEqual(
+    r.backedUp,
+    ids.map((objectId) => ({ objectId, version: 1 })),
+  );
+  assert.deepEqual(
+    r.restored.map((x) => x.objectId),
+    ids,
+  );
+  assert.deepEqual(
+    r.readable,
+    ids.map((objectId) => ({ objectId, byteExact: true })),
+  );
   assert.equal(r.audit.ok, true);
   assert.deepEqual(r.audit.refusals, [{ arbitrator: "credit-co", check: "out_of_order" }]);
-  assert.deepEqual(r.audit.decisions, IN_ORDER.map((arbitrator) => ({ arbitrator, decision: "approve" })));
+  assert.deepEqual(
+    r.audit.decisions,
+    IN_ORDER.map((arbitrator) => ({ arbitrator, decision: "approve" })),
+  );
   assert.deepEqual(r.audit.listed, IN_ORDER);
   assert.deepEqual(r.audit.reproduced, IN_ORDER);
 

@@ -21,15 +21,7 @@ import { MemoryIssuedKeyRegistry } from "../src/keygen/registry.ts";
 import { signApproval, signApproverList, type Approval } from "../src/recovery/approvals.ts";
 import { fig9Policy, FIG9_ARBITRATORS, makeArbitrators, registerCardRecord } from "./support/recovery-testing.ts";
 import { openShare } from "../src/recovery/shares.ts";
-import {
-  isRecoveryRefusal,
-  RecoveryService,
-  releaseShare,
-  releaseSharesFor,
-  type PendingItem,
-  type RequestView,
-  type ShareRelease,
-} from "../src/recovery/service.ts";
+import { isRecoveryRefusal, RecoveryService, releaseShare, releaseSharesFor, type PendingItem, type RequestView, type ShareRelease } from "../src/recovery/service.ts";
 import { auditEntries, verifyAuditLog, type AuditEntry } from "../src/store/audit.ts";
 import type { Db } from "../src/store/db.ts";
 import type { RecoveryTables } from "../src/store/recovery-repository.ts";
@@ -203,7 +195,11 @@ for (const engine of testEngines()) {
           }
           assert.equal(v?.status, "satisfied");
           assert.deepEqual(v?.evaluation.approvers, IN_ORDER);
-          assert.deepEqual((await svc.pendingFor("sp-a")).filter((p) => p.action === "decide"), [], "nobody else is asked once satisfied");
+          assert.deepEqual(
+            (await svc.pendingFor("sp-a")).filter((p) => p.action === "decide"),
+            [],
+            "nobody else is asked once satisfied",
+          );
           await assert.rejects(svc.reproduce(filed.requestId, cardA, "operator"), refusedAs("approver_list_missing"));
           await listApprovers(svc, filed.requestId);
 
@@ -266,7 +262,11 @@ for (const engine of testEngines()) {
           let since = await lastSeq(db);
           await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user" }, "operator"), refusedAs("invalid_argument"));
           await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", replacementCardId: "card-bob" }, "operator"), refusedAs("target_other_user"));
-          await assert.rejects(svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", replacementCardId: "card-A" }, "operator"), refusedAs("target_unfit"), "card-A is card-A's registered device");
+          await assert.rejects(
+            svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", replacementCardId: "card-A" }, "operator"),
+            refusedAs("target_unfit"),
+            "card-A is card-A's registered device",
+          );
           await audited(db, since, "recovery.request.file.refuse", "target_other_user");
           const filed = await svc.fileRequest({ cardId: "card-B", kind: "card-destroyed", requester: "user", reason: "card broken", replacementCardId: "card-C" }, "operator");
           assert.deepEqual(filed.request.target, { cardId: "card-C", userId: "user-1" }, "the replacement card is part of what the arbitrators sign");
@@ -284,9 +284,16 @@ for (const engine of testEngines()) {
             [kept, "card-kept"],
             [kept, undefined],
           ] as const)
-            await assert.rejects(svc.reproduce(filed.requestId, cardId ? { ...card, cardId } : card, "operator"), refusedAs("target_not_approved"), `into ${cardId ?? "a card reached with other keys"}`);
+            await assert.rejects(
+              svc.reproduce(filed.requestId, cardId ? { ...card, cardId } : card, "operator"),
+              refusedAs("target_not_approved"),
+              `into ${cardId ?? "a card reached with other keys"}`,
+            );
           const refused = (await audit(db, since)).filter((e) => e.action === "recovery.reproduce.refuse");
-          assert.deepEqual(refused.map((e) => e.details.check), Array(6).fill("target_not_approved"));
+          assert.deepEqual(
+            refused.map((e) => e.details.check),
+            Array(6).fill("target_not_approved"),
+          );
           assert.equal((await svc.status(filed.requestId)).status, "satisfied", "nothing changed");
           assert.equal(await cardSignsFor(bobs.transmit, "9c", "P256", certB), false, "nothing was written into Bob's card");
           assert.equal(await cardSignsFor(kept.transmit, "9c", "P256", certB), false, "nor into the kept card");
@@ -450,7 +457,11 @@ test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside
     }
     const card = await blankCard(custody);
     await registerCardRecord(tdb.db, { cardId: "card-R", userId: "user-1", keySet: card.keySet });
-    await svc.setPolicy("card-R", JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }), "operator");
+    await svc.setPolicy(
+      "card-R",
+      JSON.stringify({ version: 1, author: "mgr-a", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] }),
+      "operator",
+    );
     const r = await device.issue({ applicantId: "user-1", personalData: HANAKO, alg: "RSA2048", profile: "authentication", slot: "9a", card, escrow: { cardId: "card-R" } });
     await loseKey(card.transmit, "9a");
     assert.equal(await cardSignsFor(card.transmit, "9a", "RSA2048", r.certificate), false);

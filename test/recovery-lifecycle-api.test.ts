@@ -23,7 +23,10 @@ import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
 
 const p256 = () => generateKeyPairSync("ec", { namedCurve: "P-256" });
 const pem = (k: KeyObject) => (k.type === "private" ? createPublicKey(k) : k).export({ format: "pem", type: "spki" }) as string;
-const keyId = (k: KeyObject) => createHash("sha256").update((k.type === "private" ? createPublicKey(k) : k).export({ format: "der", type: "spki" })).digest("hex");
+const keyId = (k: KeyObject) =>
+  createHash("sha256")
+    .update((k.type === "private" ? createPublicKey(k) : k).export({ format: "der", type: "spki" }))
+    .digest("hex");
 const IDS = ["user", "mgr-a", "mgr-b", "sp-x", "sp-y"];
 /** Card A: the user, then 1 of the managers; the user draws up the list. */
 const POLICY_A: ReproductionPolicy = { version: 1, author: "user", indispensable: ["user"], groups: [{ name: "managers", members: ["mgr-a", "mgr-b"], threshold: 1 }], order: [] };
@@ -112,7 +115,12 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
 
     await t.test("key rotation: signed with the current key by the arbitrator (or relayed); forged, replayed, misbound refused; the escrow shows the retired key", async () => {
       const before = expect(await get("/v1/recovery/arbitrators/mgr-b", op), 200) as unknown as ArbitratorJson;
-      const current = { arbitrator: "mgr-b", keyVersion: 1, signingPublicKey: new Uint8Array(Buffer.from(before.signingPublicKey, "base64")), encryptionPublicKey: new Uint8Array(Buffer.from(before.encryptionPublicKey, "base64")) };
+      const current = {
+        arbitrator: "mgr-b",
+        keyVersion: 1,
+        signingPublicKey: new Uint8Array(Buffer.from(before.signingPublicKey, "base64")),
+        encryptionPublicKey: new Uint8Array(Buffer.from(before.encryptionPublicKey, "base64")),
+      };
       const nextS = p256();
       const nextE = p256();
       const thief = p256();
@@ -187,7 +195,7 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       );
       // the requests of card A, a page at a time, newest first
       const ids: string[] = [];
-      for (let url = `/v1/recovery/requests?cardId=${cardId}&limit=1`; ; ) {
+      for (let url = `/v1/recovery/requests?cardId=${cardId}&limit=1`; ;) {
         const page = expect(await get(url, auditor), 200) as { requests: RequestJson[]; next?: string };
         assert.equal(page.requests.length, 1);
         ids.push(page.requests[0].requestId);
@@ -274,10 +282,18 @@ for (const [engine, custody] of testEngines().flatMap((e) => API_CUSTODIES.map((
       assert.equal((expect(await get(`/v1/recovery/requests/${ridX}`, op), 200) as unknown as RequestJson).status, "ended");
       assert.equal((expect(await get(`/v1/recovery/requests/${ridY}`, op), 200) as unknown as RequestJson).status, "open");
       refused(await post("/v1/recovery/requests", op, { cardId: "card-X", kind: "key-lost", requester: "user" }), 409, "arbitrator_disabled");
-      const p = refused(await put("/v1/cards/card-Z/recovery-policy", op, { version: 1, author: "user", indispensable: ["sp-x"], groups: [], order: [] }), 400, "policy_invalid") as { issues: { path: string }[] };
-      assert.deepEqual(p.issues.map((i) => i.path), ["/indispensable/0"]);
+      const p = refused(await put("/v1/cards/card-Z/recovery-policy", op, { version: 1, author: "user", indispensable: ["sp-x"], groups: [], order: [] }), 400, "policy_invalid") as {
+        issues: { path: string }[];
+      };
+      assert.deepEqual(
+        p.issues.map((i) => i.path),
+        ["/indispensable/0"],
+      );
       const x = expect(await get("/v1/cards/card-X/escrow", auditor), 200) as unknown as EscrowJson;
-      assert.deepEqual(x.shares.filter((s) => s.holderDeregistered).map((s) => s.arbitrator), ["sp-x"]);
+      assert.deepEqual(
+        x.shares.filter((s) => s.holderDeregistered).map((s) => s.arbitrator),
+        ["sp-x"],
+      );
       // the list marks it; the audit log has it all and verifies
       const all = (expect(await get("/v1/recovery/arbitrators", auditor), 200) as { arbitrators: ArbitratorJson[] }).arbitrators;
       assert.equal(all.find((a) => a.id === "sp-x")?.status, "deregistered");

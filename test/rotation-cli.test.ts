@@ -22,10 +22,18 @@ test("progress line: bar, percentage, counts, rate and ETA", () => {
 test("the commands register as `rotation propose|approve|cancel|new-card|status|rewrap|distribute`, each with --json", () => {
   const rotation = registerRotationCommands(new Command());
   assert.deepEqual(rotation.commands.map((c) => c.name()).sort(), ["approve", "cancel", "distribute", "new-card", "propose", "rewrap", "status"]);
-  for (const c of rotation.commands) assert.ok(c.options.some((o) => o.long === "--json"), `${c.name()} --json`);
+  for (const c of rotation.commands)
+    assert.ok(
+      c.options.some((o) => o.long === "--json"),
+      `${c.name()} --json`,
+    );
   const rewrap = rotation.commands.find((c) => c.name() === "rewrap");
   assert.ok(rewrap);
-  for (const o of ["--server", "--token", "--wait", "--db", "--page-size"]) assert.ok(rewrap.options.some((x) => x.long === o), o);
+  for (const o of ["--server", "--token", "--wait", "--db", "--page-size"])
+    assert.ok(
+      rewrap.options.some((x) => x.long === o),
+      o,
+    );
 });
 
 const dir = tempDir("cardkms-cli-rotation-");
@@ -66,7 +74,10 @@ test("an embodiment-3 rotation through the CLI against a running server", { time
   assert.equal(fresh.status, "active");
   const shown = await json(["card", "show", join(dir, "new.card")]);
   assert.equal(shown.cardId, fresh.cardId);
-  assert.deepEqual(shown.keySets.map((k: { kvn: number }) => k.kvn), [2]);
+  assert.deepEqual(
+    shown.keySets.map((k: { kvn: number }) => k.kvn),
+    [2],
+  );
 
   const rewrapped = await json(["rotation", "rewrap", proposed.id, "--wait", "--interval", "20"]);
   assert.equal(rewrapped.rewrap.state, "done");
@@ -78,7 +89,13 @@ test("an embodiment-3 rotation through the CLI against a running server", { time
   assert.equal((await cli(["rotation", "distribute", proposed.id, "--add", "nonsense"], env)).code, 2);
   const dist = await json(["rotation", "distribute", proposed.id]);
   assert.deepEqual([dist.rotation.status, dist.distribution.state, dist.distribution.owed], ["running", "distributed", ["9a", "9c"]]);
-  assert.deepEqual(dist.packages.map((p: { slot: string; kvn: number }) => [p.slot, p.kvn]), [["9a", 2], ["9c", 2]]);
+  assert.deepEqual(
+    dist.packages.map((p: { slot: string; kvn: number }) => [p.slot, p.kvn]),
+    [
+      ["9a", 2],
+      ["9c", 2],
+    ],
+  );
   const owed = await cli(["rotation", "status", proposed.id], env);
   assert.match(owed.stdout, /still owed to the new card: 9a, 9c/);
   // The new card's terminal fetches and loads its packages: nothing is owed, the rotation is complete.

@@ -38,8 +38,15 @@ for (const engine of testEngines()) {
     assert.equal(early.package.seq, 1);
 
     const res = await rotations.distribute(id, "olga");
-    assert.deepEqual(res.packages.map((p) => p.seq), [2, 3], "the old card's 9a and 9c are sent all the same");
-    assert.deepEqual(await states(rotations, id), [["9a", "packaged", 2], ["9c", "packaged", 3]]);
+    assert.deepEqual(
+      res.packages.map((p) => p.seq),
+      [2, 3],
+      "the old card's 9a and 9c are sent all the same",
+    );
+    assert.deepEqual(await states(rotations, id), [
+      ["9a", "packaged", 2],
+      ["9c", "packaged", 3],
+    ]);
     assert.deepEqual(res.distribution.owed, ["9a", "9c"]);
     assert.deepEqual([res.rotation.status, res.rotation.distribution], ["running", "distributed"]);
     assert.equal((await rotations.distribute(id, "olga")).rotation.status, "running", "not complete while something is owed");
@@ -47,7 +54,10 @@ for (const engine of testEngines()) {
     // The new card's terminal fetches (delivered: the rotation completes) and loads them (acknowledged).
     const seqs = await w.sync(newCardId, newCard);
     assert.deepEqual(seqs, [1, 2, 3]);
-    assert.deepEqual(await states(rotations, id), [["9a", "acknowledged", 2], ["9c", "acknowledged", 3]]);
+    assert.deepEqual(await states(rotations, id), [
+      ["9a", "acknowledged", 2],
+      ["9c", "acknowledged", 3],
+    ]);
     const done = await rotations.status(id);
     assert.deepEqual([done.rotation.status, done.distribution.owed], ["completed", []]);
     assert.deepEqual((await w.store.listKeyPairs({ cardId: newCardId, status: "active" })).map((k) => k.slot).sort(), ["82", "9a", "9c"]);
@@ -74,12 +84,23 @@ for (const engine of testEngines()) {
     custody.sealForCard = seal;
     const stopped = await rotations.status(id);
     assert.equal(stopped.rotation.distribution, "distributing");
-    assert.deepEqual(await states(rotations, id), [["9a", "packaged", 1], ["9c", "pending", null], ["9d", "pending", null]]);
+    assert.deepEqual(await states(rotations, id), [
+      ["9a", "packaged", 1],
+      ["9c", "pending", null],
+      ["9d", "pending", null],
+    ]);
     assert.equal((await w.store.getCard(old.cardId))!.status, "retired", "the claim (pairs moved, old card retired) committed");
 
     const resumed = await rotations.distribute(id, "olga");
-    assert.deepEqual(resumed.packages.map((p) => p.seq), [1, 2, 3]);
-    assert.deepEqual(await states(rotations, id), [["9a", "packaged", 1], ["9c", "packaged", 2], ["9d", "packaged", 3]]);
+    assert.deepEqual(
+      resumed.packages.map((p) => p.seq),
+      [1, 2, 3],
+    );
+    assert.deepEqual(await states(rotations, id), [
+      ["9a", "packaged", 1],
+      ["9c", "packaged", 2],
+      ["9d", "packaged", 3],
+    ]);
     assert.equal((await w.store.listPackages(newCardId)).length, 3, "no package made twice");
     assert.equal(resumed.rotation.distribution, "distributed");
   });
@@ -98,19 +119,31 @@ for (const engine of testEngines()) {
     const old = await w.oldCard(["9a"]);
     const other = await w.store.registerCard({ userId: old.userId, validFrom: 0, validUntil: Date.now() * 2 });
     const ks = (await w.store.getCard(old.cardId))!.currentKeySetId!;
-    const stray = await w.store.recordCredential({ keyPair: { userId: old.userId, cardId: other.id, slot: null, algorithm: "P256", publicKey: randomBytes(65) }, wrapped: [{ keySetId: ks, wrapped: randomBytes(40) }] });
-    await assert.rejects(rotations.propose({ cardId: old.cardId, strategy: "embodiment3" }, "olga"), new RegExp(`wraps 1 key pair\\(s\\) that are not card ${old.cardId}'s \\(first: ${stray.keyPair.id}\\)`));
+    const stray = await w.store.recordCredential({
+      keyPair: { userId: old.userId, cardId: other.id, slot: null, algorithm: "P256", publicKey: randomBytes(65) },
+      wrapped: [{ keySetId: ks, wrapped: randomBytes(40) }],
+    });
+    await assert.rejects(
+      rotations.propose({ cardId: old.cardId, strategy: "embodiment3" }, "olga"),
+      new RegExp(`wraps 1 key pair\\(s\\) that are not card ${old.cardId}'s \\(first: ${stray.keyPair.id}\\)`),
+    );
 
     // A new card ID that is a card already.
     const fine = await w.oldCard(["9a", "9c"]);
-    await assert.rejects(rotations.propose({ cardId: fine.cardId, strategy: "embodiment3", newCardId: retired.cardId }, "olga"), new RegExp(`card ${retired.cardId} exists: the new card must be a new one`));
+    await assert.rejects(
+      rotations.propose({ cardId: fine.cardId, strategy: "embodiment3", newCardId: retired.cardId }, "olga"),
+      new RegExp(`card ${retired.cardId} exists: the new card must be a new one`),
+    );
 
     // Distribute before the new card is personalised: refused by name; nothing moved, nothing retired.
     const { id, newCardId } = await approvedRotation(w, rotations, fine.cardId);
     await rotations.rewrap(id);
     await assert.rejects(rotations.distribute(id, "olga"), new RegExp(`new card ${newCardId} is issued, not active: personalise it first`));
     assert.equal((await w.store.getCard(fine.cardId))!.status, "active", "the old card keeps working");
-    assert.deepEqual((await w.store.listKeyPairs({ cardId: fine.cardId, status: "active" })).map((k) => k.slot), ["9a", "9c"]);
+    assert.deepEqual(
+      (await w.store.listKeyPairs({ cardId: fine.cardId, status: "active" })).map((k) => k.slot),
+      ["9a", "9c"],
+    );
     const st = await rotations.status(id);
     assert.deepEqual([st.rotation.distribution, st.distribution.items.length], ["none", 0]);
     assert.equal((await w.store.listPackages(newCardId)).length, 0);

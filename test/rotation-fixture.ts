@@ -76,7 +76,12 @@ export async function rotationWorld(engine: TestEngine): Promise<RotationWorld> 
   const custody = await softwareCustody()();
   const cards: CardRuntime[] = [];
   const store = new Store(tdb.db);
-  const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "rotation CA" }, validityDays: 3650 });
+  const authority = await CertificationAuthority.createRoot({
+    signer: nodeSigner(keyPair("P256").privateKey),
+    repository: new MemoryCaRepository(),
+    subject: { commonName: "rotation CA" },
+    validityDays: 3650,
+  });
   const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
   await importTestKmc(custody);
   const virtualCard = (cardId: string) => {

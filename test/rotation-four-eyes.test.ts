@@ -39,7 +39,10 @@ for (const engine of testEngines()) {
     assert.deepEqual(st.approvals.given.map((a) => a.operator).sort(), ["ada", "otto"]);
 
     // Bound to the new card: another ID is refused by name, the approved one is issued.
-    await assert.rejects(rotations.issueNewCard(r.id, "olga", { cardId: "00112233445566778899" }), new RegExp(`new card 00112233445566778899 is not the one rotation ${r.id} was approved for \\(${r.newCardId}\\)`));
+    await assert.rejects(
+      rotations.issueNewCard(r.id, "olga", { cardId: "00112233445566778899" }),
+      new RegExp(`new card 00112233445566778899 is not the one rotation ${r.id} was approved for \\(${r.newCardId}\\)`),
+    );
     const { card: fresh } = await rotations.issueNewCard(r.id, "olga");
     assert.equal(fresh.id, r.newCardId);
     const freshCard = await w.personaliseNew(rotations, r.id);
@@ -51,15 +54,40 @@ for (const engine of testEngines()) {
     assert.equal((await w.store.listKeyPairs({ cardId: fresh.id })).length, 0);
 
     // What distribute acts on changed after the approvals (here: the additions, edited in the DB): nothing covers it.
-    await w.db.updateTable("rotations").set({ added: JSON.stringify([["82", "P256", null], ["83", "P256", null]]) }).where("id", "=", r.id).execute();
+    await w.db
+      .updateTable("rotations")
+      .set({
+        added: JSON.stringify([
+          ["82", "P256", null],
+          ["83", "P256", null],
+        ]),
+      })
+      .where("id", "=", r.id)
+      .execute();
     await assert.rejects(rotations.distribute(r.id, "olga"), /four eyes: rotation .* needs 2 approval\(s\) of its binding .* it has 0/);
-    await w.db.updateTable("rotations").set({ added: JSON.stringify([["82", "P256", null]]) }).where("id", "=", r.id).execute();
+    await w.db
+      .updateTable("rotations")
+      .set({ added: JSON.stringify([["82", "P256", null]]) })
+      .where("id", "=", r.id)
+      .execute();
 
     // The approved rotation: 9a, 9c carried (through the terminal, FIG. 15), 82 added, 9e left behind.
     const res = await rotations.distribute(r.id, "olga");
-    assert.deepEqual(res.distribution.items.map((i) => [i.slot, i.kind, i.state]), [["82", "added", "packaged"], ["9a", "carried", "delivered"], ["9c", "carried", "delivered"], ["9e", "carried", "dropped"]]);
+    assert.deepEqual(
+      res.distribution.items.map((i) => [i.slot, i.kind, i.state]),
+      [
+        ["82", "added", "packaged"],
+        ["9a", "carried", "delivered"],
+        ["9c", "carried", "delivered"],
+        ["9e", "carried", "dropped"],
+      ],
+    );
     assert.deepEqual(res.distribution.owed, ["82"]);
-    assert.deepEqual((await w.store.listKeyPairs({ cardId: old.cardId, status: "active" })).map((k) => k.slot), ["9e"], "the dropped pair stays the old card's");
+    assert.deepEqual(
+      (await w.store.listKeyPairs({ cardId: old.cardId, status: "active" })).map((k) => k.slot),
+      ["9e"],
+      "the dropped pair stays the old card's",
+    );
     await w.sync(fresh.id, freshCard);
     assert.equal((await w.store.getRotation(r.id))!.status, "completed", "complete: every pair delivered or dropped");
 

@@ -31,7 +31,9 @@ interface Run {
 function runWorker(args: string[], env: Record<string, string>, killAfterMs?: number): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/issuer/rewrap-worker.ts"), ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "", stderr = "", armed = false;
+    let stdout = "",
+      stderr = "",
+      armed = false;
     child.stdout.on("data", (d: Buffer) => {
       stdout += d.toString();
       if (killAfterMs !== undefined && !armed && stdout.includes("\n")) {
@@ -60,10 +62,22 @@ for (const engine of testEngines()) {
         for (let i = 0; i < KEYS; i += 500) {
           const rows = Array.from({ length: Math.min(500, KEYS - i) }, (_, j) => {
             const n = i + j;
-            return { id: `kp-${String(n).padStart(6, "0")}`, user_id: user.id, card_id: oldId, slot: null, algorithm: pool[n % POOL].alg, public_key: pool[n % POOL].spki, status: "active" as const, created_at: now };
+            return {
+              id: `kp-${String(n).padStart(6, "0")}`,
+              user_id: user.id,
+              card_id: oldId,
+              slot: null,
+              algorithm: pool[n % POOL].alg,
+              public_key: pool[n % POOL].spki,
+              status: "active" as const,
+              created_at: now,
+            };
           });
           await trx.insertInto("key_pairs").values(rows).execute();
-          await trx.insertInto("wrapped_keys").values(rows.map((r, j) => ({ key_pair_id: r.id, key_set_id: sk1.id, wrapped: pool[(i + j) % POOL].wrapped, created_at: now }))).execute();
+          await trx
+            .insertInto("wrapped_keys")
+            .values(rows.map((r, j) => ({ key_pair_id: r.id, key_set_id: sk1.id, wrapped: pool[(i + j) % POOL].wrapped, created_at: now })))
+            .execute();
         }
       });
       const rot = await store.proposeRotation({ cardId: oldId, fromKeySetId: sk1.id, strategy: "embodiment3", toCardId: newId });
@@ -94,7 +108,13 @@ for (const engine of testEngines()) {
       assert.equal(done.cursor, await maxId(tdb.db, sk1.id));
       assert.deepEqual([done.done, done.total], [KEYS, KEYS]);
       assert.equal(await store.countWrappedKeys(sk2.id), KEYS);
-      const dupes = await tdb.db.selectFrom("wrapped_keys").select("key_pair_id").where("key_set_id", "=", sk2.id).groupBy("key_pair_id").having((eb) => eb.fn.countAll(), ">", 1).execute();
+      const dupes = await tdb.db
+        .selectFrom("wrapped_keys")
+        .select("key_pair_id")
+        .where("key_set_id", "=", sk2.id)
+        .groupBy("key_pair_id")
+        .having((eb) => eb.fn.countAll(), ">", 1)
+        .execute();
       assert.deepEqual(dupes, []);
       const missing = await tdb.db
         .selectFrom("wrapped_keys as a")
@@ -111,7 +131,15 @@ for (const engine of testEngines()) {
       const pub = new Map<string, string>();
       let checked = 0;
       for await (const page of store.wrappedKeyPages(sk2.id, { pageSize: 2000 })) {
-        const kps = await tdb.db.selectFrom("key_pairs").select(["id", "public_key", "algorithm"]).where("id", "in", page.map((w) => w.keyPairId)).execute();
+        const kps = await tdb.db
+          .selectFrom("key_pairs")
+          .select(["id", "public_key", "algorithm"])
+          .where(
+            "id",
+            "in",
+            page.map((w) => w.keyPairId),
+          )
+          .execute();
         const byId = new Map(kps.map((k) => [k.id, k]));
         for (const w of page) assert.equal(w.wrapped[0], 2, "Sk2[PRk] names KVN 2");
         const items = page.map((w) => ({ wrapped: w.wrapped.subarray(1), alg: byId.get(w.keyPairId)!.algorithm as "P256" | "P384" }));
@@ -120,7 +148,13 @@ for (const engine of testEngines()) {
           const pkcs8 = Buffer.from(aesKeyUnwrapPad(storageValue, o));
           const key = pkcs8.toString("hex");
           let spki = pub.get(key);
-          if (!spki) pub.set(key, (spki = createPublicKey(createPrivateKey({ key: pkcs8, format: "der", type: "pkcs8" })).export({ format: "der", type: "spki" }).toString("hex")));
+          if (!spki)
+            pub.set(
+              key,
+              (spki = createPublicKey(createPrivateKey({ key: pkcs8, format: "der", type: "pkcs8" }))
+                .export({ format: "der", type: "spki" })
+                .toString("hex")),
+            );
           assert.equal(spki, Buffer.from(byId.get(page[i].keyPairId)!.public_key).toString("hex"), `key pair ${page[i].keyPairId}`);
           checked++;
         });
@@ -135,6 +169,10 @@ for (const engine of testEngines()) {
 }
 
 async function maxId(db: import("../src/store/db.ts").Db, keySetId: string): Promise<number> {
-  const r = await db.selectFrom("wrapped_keys").select((eb) => eb.fn.max("id").as("m")).where("key_set_id", "=", keySetId).executeTakeFirstOrThrow();
+  const r = await db
+    .selectFrom("wrapped_keys")
+    .select((eb) => eb.fn.max("id").as("m"))
+    .where("key_set_id", "=", keySetId)
+    .executeTakeFirstOrThrow();
   return Number(r.m);
 }

@@ -83,7 +83,10 @@ for (const engine of testEngines()) {
       assert.equal((await caCertificates(srv)) - certs0, 1, "the losers certified nothing");
       // And with replace, one after the other as before: the slot's pair is superseded.
       want(await srv.post(`/v1/cards/${cardId}/credentials`, srv.tokens.olga, { slot: "9a", alg: "P256", replace: true }), 201);
-      assert.deepEqual((await srv.store.listKeyPairs({ cardId, slot: "9a" })).map((k) => k.status), ["superseded", "active"]);
+      assert.deepEqual(
+        (await srv.store.listKeyPairs({ cardId, slot: "9a" })).map((k) => k.status),
+        ["superseded", "active"],
+      );
     });
 
     for (const strategy of ["embodiment3", "embodiment4", "embodiment5"] as const) {
@@ -109,23 +112,38 @@ for (const engine of testEngines()) {
         const expected = strategy === "embodiment3" ? ["9a", "9c"] : ["82"];
         for (const r of rs.filter((x) => x.statusCode === 200)) {
           const body = r.json() as { packages: { slot: string; cardId: string }[] };
-          assert.deepEqual(body.packages.map((p) => p.slot), expected, "every successful answer is the one result");
+          assert.deepEqual(
+            body.packages.map((p) => p.slot),
+            expected,
+            "every successful answer is the one result",
+          );
         }
         for (const r of rs.filter((x) => x.statusCode === 409)) assert.match(String(r.json().detail), /another call is distributing it|slot .* is being issued by another request/);
 
         // What is recorded: the packages, key pairs and certificates of one call.
         const pkgs = await srv.store.listPackages(fresh.card.id);
-        assert.deepEqual(pkgs.map((p) => p.seq), expected.map((_, i) => i + 1), "one package per slot owed");
+        assert.deepEqual(
+          pkgs.map((p) => p.seq),
+          expected.map((_, i) => i + 1),
+          "one package per slot owed",
+        );
         const active = await srv.store.listKeyPairs({ cardId: fresh.card.id, status: "active" });
         assert.deepEqual(active.map((k) => k.slot).sort(), ["9a", "9c", ...add.map((a) => a.slot)].sort(), "one active key pair per slot");
         assert.equal(await srv.store.listKeyPairs({ cardId: fresh.card.id, status: "superseded" }).then((l) => l.length), 0);
         assert.equal((await caCertificates(srv)) - certs0, add.length, "one certificate per addition, none for a losing call");
         const items = await new RotationRepository(srv.tdb.db).items(id);
-        assert.deepEqual(items.map((i) => i.slot), strategy === "embodiment3" ? ["9a", "9c"] : ["82", "9a", "9c"], "one item per slot");
+        assert.deepEqual(
+          items.map((i) => i.slot),
+          strategy === "embodiment3" ? ["9a", "9c"] : ["82", "9a", "9c"],
+          "one item per slot",
+        );
         assert.equal((await srv.store.getCard(old.cardId))!.status, "retired");
         // A later call answers the same result.
         const again = want(await srv.post(`/v1/rotations/${id}/distribute`, olga), 200) as { packages: { seq: number }[] };
-        assert.deepEqual(again.packages.map((p) => p.seq), pkgs.map((p) => p.seq));
+        assert.deepEqual(
+          again.packages.map((p) => p.seq),
+          pkgs.map((p) => p.seq),
+        );
       });
     }
   });
@@ -138,7 +156,10 @@ for (const engine of testEngines()) {
       const card = await store.registerCard({ userId: user.id, validFrom: 0, validUntil: 1 });
       const kp = (status?: "superseded") => ({ userId: user.id, cardId: card.id, slot: "9c", algorithm: "P256", publicKey: randomBytes(65), status });
       await store.recordCredential({ keyPair: kp(), wrapped: [] });
-      await assert.rejects(store.recordCredential({ keyPair: kp(), wrapped: [] }), (e: unknown) => e instanceof StoreError && e.code === "conflict" && /slot 9c of card .* holds an active key pair/.test(e.message));
+      await assert.rejects(
+        store.recordCredential({ keyPair: kp(), wrapped: [] }),
+        (e: unknown) => e instanceof StoreError && e.code === "conflict" && /slot 9c of card .* holds an active key pair/.test(e.message),
+      );
       await store.recordCredential({ keyPair: kp("superseded"), wrapped: [] });
       const [first] = await store.listKeyPairs({ cardId: card.id, status: "active" });
       const other = await store.registerCard({ userId: user.id, validFrom: 0, validUntil: 1 });
@@ -158,24 +179,63 @@ test("migration 0012 on a database written before it: duplicates superseded, app
     assert.equal(to11.error, undefined);
     const now = 1_700_000_000_000;
     await db.insertInto("users").values({ id: "u1", personal_data: "{}", created_at: now }).execute();
-    await db.insertInto("cards").values({ id: "c1", user_id: "u1", status: "active", valid_from: 0, valid_until: now * 2, current_key_set_id: null, created_at: now, updated_at: now } as never).execute();
-    await db.insertInto("card_key_sets").values({ id: "ks1", card_id: "c1", kvn: 1, version: 1, status: "active", valid_from: 0, valid_until: now * 2, custody_ref: "x", label: null, created_at: now }).execute();
-    for (const [id, at] of [["kp-old", now], ["kp-new", now + 5], ["kp-mid", now + 1]] as const)
-      await db.insertInto("key_pairs").values({ id, user_id: "u1", card_id: "c1", slot: "9a", algorithm: "P256", public_key: randomBytes(65), status: "active", created_at: at }).execute();
+    await db
+      .insertInto("cards")
+      .values({ id: "c1", user_id: "u1", status: "active", valid_from: 0, valid_until: now * 2, current_key_set_id: null, created_at: now, updated_at: now } as never)
+      .execute();
+    await db
+      .insertInto("card_key_sets")
+      .values({ id: "ks1", card_id: "c1", kvn: 1, version: 1, status: "active", valid_from: 0, valid_until: now * 2, custody_ref: "x", label: null, created_at: now })
+      .execute();
+    for (const [id, at] of [
+      ["kp-old", now],
+      ["kp-new", now + 5],
+      ["kp-mid", now + 1],
+    ] as const)
+      await db
+        .insertInto("key_pairs")
+        .values({ id, user_id: "u1", card_id: "c1", slot: "9a", algorithm: "P256", public_key: randomBytes(65), status: "active", created_at: at })
+        .execute();
     const rot = (id: string, status: string, approvedBy: string | null, at: number) =>
-      db.insertInto("rotations").values({ id, card_id: "c1", to_card_id: null, from_key_set_id: "ks1", to_key_set_id: null, strategy: "embodiment3", status, cursor: 0, total: 0, done: 0, approved_by: approvedBy, approved_at: approvedBy ? at : null, error: null, created_at: at, updated_at: at } as never).execute();
+      db
+        .insertInto("rotations")
+        .values({
+          id,
+          card_id: "c1",
+          to_card_id: null,
+          from_key_set_id: "ks1",
+          to_key_set_id: null,
+          strategy: "embodiment3",
+          status,
+          cursor: 0,
+          total: 0,
+          done: 0,
+          approved_by: approvedBy,
+          approved_at: approvedBy ? at : null,
+          error: null,
+          created_at: at,
+          updated_at: at,
+        } as never)
+        .execute();
     await rot("r-approved", "approved", "olga", now);
     await rot("r-proposed", "proposed", null, now + 1);
 
     await migrateToLatest(db);
     const store = new Store(db);
-    assert.deepEqual((await store.listKeyPairs({ cardId: "c1", slot: "9a" })).map((k) => [k.id, k.status]).sort(), [["kp-mid", "superseded"], ["kp-new", "active"], ["kp-old", "superseded"]]);
+    assert.deepEqual((await store.listKeyPairs({ cardId: "c1", slot: "9a" })).map((k) => [k.id, k.status]).sort(), [
+      ["kp-mid", "superseded"],
+      ["kp-new", "active"],
+      ["kp-old", "superseded"],
+    ]);
     const kept = (await store.getRotation("r-approved"))!;
     assert.equal(kept.status, "approved");
     assert.match(kept.newCardId ?? "", /^[0-9a-f]{16}$/);
     assert.deepEqual([kept.added, kept.dropped, kept.distribution], [[], [], "none"]);
     const approvals = await new RotationRepository(db).approvals("r-approved");
-    assert.deepEqual(approvals.map((a) => a.operator), ["olga"]);
+    assert.deepEqual(
+      approvals.map((a) => a.operator),
+      ["olga"],
+    );
     const { rotationBinding } = await import("../src/store/rotation-repository.ts");
     assert.equal(approvals[0].bindingHash, rotationBinding(kept).hash, "the approval given before covers the binding it now has");
     const dup = (await store.getRotation("r-proposed"))!;

@@ -51,7 +51,12 @@ for (const engine of testEngines()) {
       const cards: { close(): void }[] = [];
       try {
         const store = new Store(tdb.db);
-        const authority = await CertificationAuthority.createRoot({ signer: nodeSigner(keyPair("P256").privateKey), repository: new MemoryCaRepository(), subject: { commonName: "rotation CA" }, validityDays: 3650 });
+        const authority = await CertificationAuthority.createRoot({
+          signer: nodeSigner(keyPair("P256").privateKey),
+          repository: new MemoryCaRepository(),
+          subject: { commonName: "rotation CA" },
+          validityDays: 3650,
+        });
         const issuer = await Issuer.open({ store, custody, ca: new LocalCaClient(authority) });
         await importTestKmc(custody);
         const rotations = new CardRotation(issuer);
@@ -74,13 +79,24 @@ for (const engine of testEngines()) {
         }
         await oldPiv.verifyPin(PIN);
         for (const slot of ["9d", "9e"]) await moveOut(oldPiv, hd, parseInt(slot, 16));
-        assert.deepEqual(hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]), [["9d", 1], ["9e", 1]]);
+        assert.deepEqual(
+          hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]),
+          [
+            ["9d", 1],
+            ["9e", 1],
+          ],
+        );
         const oldExport9d = hd.get(old.id, "9d")!.bytes;
         const oldSeq = (await store.getCard(old.id))!.lastPackageSeq;
 
         // Para 0062: proposed — with the pairs it adds, which the approval covers — and nothing runs before an
         // operator other than the proposer approves.
-        const add = FIG15[strategy].add ? [{ slot: "82", alg: "P256" as const }, { slot: "83", alg: "P256" as const }] : [];
+        const add = FIG15[strategy].add
+          ? [
+              { slot: "82", alg: "P256" as const },
+              { slot: "83", alg: "P256" as const },
+            ]
+          : [];
         const proposed = await rotations.propose({ cardId: old.id, strategy, add }, "scanner");
         await assert.rejects(rotations.issueNewCard(proposed.id, "olga"), /approved/);
         await assert.rejects(rotations.approve(proposed.id, "scanner"), /four eyes/);
@@ -97,7 +113,10 @@ for (const engine of testEngines()) {
         assert.equal((await rotations.personaliseNewCard(proposed.id, newTx, "olga")).status, "active");
         const info = await readCardInfo(newTx);
         assert.ok("keySets" in info);
-        assert.deepEqual(info.keySets.map((k) => k.kvn).sort(), FIG15[strategy].newCardKeySets.map((k) => (k === "Sk1" ? 1 : 2)));
+        assert.deepEqual(
+          info.keySets.map((k) => k.kvn).sort(),
+          FIG15[strategy].newCardKeySets.map((k) => (k === "Sk1" ? 1 : 2)),
+        );
         if (strategy !== "embodiment3") {
           // "holding a current symmetric key Sk1": the very key set of the old card opens a session on the new one.
           await runScript(newTx, { keys: issuer.keysOf(sk1), aid: ISD_AID, commands: [], check: () => {} });
@@ -125,7 +144,11 @@ for (const engine of testEngines()) {
         // Network: the packages created for the new card, and none for the old one.
         const sent = result.packages.map((p) => packageHeader(p.body));
         const expectSent = { embodiment3: ["9a", "9c", "9d", "9e"], embodiment4: ["82", "83"], embodiment5: ["82", "83"] }[strategy];
-        assert.deepEqual(sent.map((h) => h.keyRef), expectSent, "FIG. 15 'Network'");
+        assert.deepEqual(
+          sent.map((h) => h.keyRef),
+          expectSent,
+          "FIG. 15 'Network'",
+        );
         assert.ok(sent.every((h) => h.kvn === 2 && h.cardId === fresh.id && h.kind === "credential"));
         assert.equal((await store.getCard(old.id))!.lastPackageSeq, oldSeq, "nothing new for the old card");
         assert.equal((await store.getCard(old.id))!.status, "retired");
@@ -173,7 +196,13 @@ for (const engine of testEngines()) {
           });
           if (strategy === "embodiment4")
             await t.test("seed: the store's Sk1[PRk] stay the old card's and load into the new card on demand (para 0088)", async () => {
-              assert.deepEqual(hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn, packageHeader(e.bytes).cardId]), [["9d", 1, old.id], ["9e", 1, old.id]]);
+              assert.deepEqual(
+                hd.list(old.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn, packageHeader(e.bytes).cardId]),
+                [
+                  ["9d", 1, old.id],
+                  ["9e", 1, old.id],
+                ],
+              );
               for (const s of ["9d", "9e"]) {
                 await bringBack(newPiv, hd, old.id, parseInt(s, 16));
                 assert.ok(await signsWith(newPiv, s, creds.get(s)!.certificate.der), `${s} under Sk1 signs on the new card`);
@@ -182,7 +211,14 @@ for (const engine of testEngines()) {
           if (strategy === "embodiment5")
             await t.test("seed: the store's Sk1[PRk] become the new card's Sk2[PRk] (FIG. 22-24)", async () => {
               assert.deepEqual(hd.list(old.id), []);
-              assert.deepEqual(hd.list(fresh.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]), [["83", 2], ["9d", 2], ["9e", 2]]);
+              assert.deepEqual(
+                hd.list(fresh.id).map((e) => [e.keyRef, packageHeader(e.bytes).kvn]),
+                [
+                  ["83", 2],
+                  ["9d", 2],
+                  ["9e", 2],
+                ],
+              );
             });
           await t.test("the old card's Sk1[PRk] exports do not load into a card without its predecessor key set", async () => {
             // A third card of the same user with only its own key set: the old card's export is not for it (6982).

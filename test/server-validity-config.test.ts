@@ -19,7 +19,11 @@ for (const engine of testEngines()) {
       const { cardId, card: vc } = await issueAndPersonalise(env, "Vera Validity");
       const card = expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200) as { validUntil: number };
       assert.ok(Math.abs(card.validUntil - (t0 + 400 * DAY)) < 60_000, `card valid until ${new Date(card.validUntil).toISOString()}`);
-      for (const [slot, profile] of [["9a", "authentication"], ["9c", "signature"], ["9d", "keyManagement"]] as const) {
+      for (const [slot, profile] of [
+        ["9a", "authentication"],
+        ["9c", "signature"],
+        ["9d", "keyManagement"],
+      ] as const) {
         const cred = expect(await post(`/v1/cards/${cardId}/credentials`, env.tokens.operator, { slot, alg: "P256" }), 201) as { certificate: string };
         const x = new X509Certificate(cred.certificate);
         const days = (Date.parse(x.validTo) - Date.parse(x.validFrom)) / DAY;

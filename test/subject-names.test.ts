@@ -16,7 +16,14 @@ import type { Db } from "../src/store/db.ts";
 import { testEngines } from "./support/store-testing.ts";
 import { api, apiEnvFor, expect, issueAndPersonalise, registeredData, type ApiEnv } from "./api-env.ts";
 
-const OIDS: Record<string, string> = { "2.5.4.6": "country", "2.5.4.10": "organization", "2.5.4.11": "organizationalUnit", "2.5.4.3": "commonName", "2.5.4.5": "serialNumber", "1.2.840.113549.1.9.1": "email" };
+const OIDS: Record<string, string> = {
+  "2.5.4.6": "country",
+  "2.5.4.10": "organization",
+  "2.5.4.11": "organizationalUnit",
+  "2.5.4.3": "commonName",
+  "2.5.4.5": "serialNumber",
+  "1.2.840.113549.1.9.1": "email",
+};
 
 /** The subject of a DER certificate as raw attribute values: field -> [string tag, value octets]. Read with the DER reader only. */
 function subjectOctets(cert: Uint8Array): Map<string, [number, Uint8Array]> {
@@ -39,7 +46,15 @@ function subjectOctets(cert: Uint8Array): Map<string, [number, Uint8Array]> {
 
 async function counts(env: ApiEnv): Promise<{ users: number; audit: number }> {
   const db = env.server.store.db as Db;
-  const n = async (table: "users" | "audit_log") => Number((await db.selectFrom(table).select((e) => e.fn.countAll<number>().as("n")).executeTakeFirstOrThrow()).n);
+  const n = async (table: "users" | "audit_log") =>
+    Number(
+      (
+        await db
+          .selectFrom(table)
+          .select((e) => e.fn.countAll<number>().as("n"))
+          .executeTakeFirstOrThrow()
+      ).n,
+    );
   return { users: await n("users"), audit: await n("audit_log") };
 }
 
@@ -90,7 +105,29 @@ const anyUnit = fc.oneof(
   { weight: 2, arbitrary: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) },
   {
     weight: 2,
-    arbitrary: fc.constantFrom("\u0000", "\u0007", "\t", "\n", "\u001b", "\u007f", "\u0085", "\u009f", "\ud800", "\udbff", "\udc00", "\udfff", "\u0301", "\u212b", "\u1100\u1161", "\u200d", "\ufeff", "\u2028", "\u00a0", "𠀋", "👩‍💻"),
+    arbitrary: fc.constantFrom(
+      "\u0000",
+      "\u0007",
+      "\t",
+      "\n",
+      "\u001b",
+      "\u007f",
+      "\u0085",
+      "\u009f",
+      "\ud800",
+      "\udbff",
+      "\udc00",
+      "\udfff",
+      "\u0301",
+      "\u212b",
+      "\u1100\u1161",
+      "\u200d",
+      "\ufeff",
+      "\u2028",
+      "\u00a0",
+      "𠀋",
+      "👩‍💻",
+    ),
   },
 );
 /** Names: half plain text and printable single-code-point graphemes (mostly certifiable), half hostile. */

@@ -119,7 +119,10 @@ async function prepareFixtures(): Promise<Fixtures> {
   const at = (n: string): string => join(dir, `${n}.img`);
   const ca = await createCertificateAuthority("CN=tearing test CA");
   const ecKey = () => generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const k0 = ecKey(), k1 = ecKey(), kd = ecKey(), kp = ecKey();
+  const k0 = ecKey(),
+    k1 = ecKey(),
+    kd = ecKey(),
+    kp = ecKey();
   const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const der = (k: KeyObject): Uint8Array => u8(k.export({ format: "der", type: "pkcs8" }));
   const cert = async (cn: string, pub: KeyObject): Promise<Uint8Array> => u8(Buffer.from((await issueCertificate(ca, { subject: `CN=${cn}`, publicKey: pub })).rawData));
@@ -340,7 +343,13 @@ function scenarios(fx: Fixtures): Scenario[] {
       // Two commits: tries-1, then new reference data with tries reset, in one commit.
       name: "PIV CHANGE REFERENCE DATA, PIN",
       image: fx.img.personal,
-      probes: { ...personalProbes, pins: [["NEW_PIN", NEW_PIN], ["PIN", PIN]] },
+      probes: {
+        ...personalProbes,
+        pins: [
+          ["NEW_PIN", NEW_PIN],
+          ["PIN", PIN],
+        ],
+      },
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x24, p1: 0, p2: 0x80, data: pad16(PIN, NEW_PIN) }), 0x9000, "CHANGE REFERENCE DATA");
@@ -352,7 +361,13 @@ function scenarios(fx: Fixtures): Scenario[] {
     {
       name: "PIV CHANGE REFERENCE DATA, PUK",
       image: fx.img.personal,
-      probes: { ...personalProbes, puks: [["NEW_PUK", NEW_PUK], ["PUK", PUK]] },
+      probes: {
+        ...personalProbes,
+        puks: [
+          ["NEW_PUK", NEW_PUK],
+          ["PUK", PUK],
+        ],
+      },
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x24, p1: 0, p2: 0x81, data: pad16(PUK, NEW_PUK) }), 0x9000, "CHANGE REFERENCE DATA PUK");
@@ -362,7 +377,13 @@ function scenarios(fx: Fixtures): Scenario[] {
     {
       name: "PIV CHANGE REFERENCE DATA, wrong old PIN",
       image: fx.img.personal,
-      probes: { ...personalProbes, pins: [["NEW_PIN", NEW_PIN], ["PIN", PIN]] },
+      probes: {
+        ...personalProbes,
+        pins: [
+          ["NEW_PIN", NEW_PIN],
+          ["PIN", PIN],
+        ],
+      },
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x24, p1: 0, p2: 0x80, data: pad16(WRONG_PIN, NEW_PIN) }), 0x63c2, "CHANGE REFERENCE DATA wrong");
@@ -373,7 +394,13 @@ function scenarios(fx: Fixtures): Scenario[] {
       // Two commits: PUK tries-1; then PUK tries reset together with the new PIN and its tries.
       name: "PIV RESET RETRY COUNTER (blocked PIN, one PUK try spent)",
       image: fx.img.pinBlocked,
-      probes: { ...personalProbes, pins: [["NEW_PIN", NEW_PIN], ["PIN", PIN]] },
+      probes: {
+        ...personalProbes,
+        pins: [
+          ["NEW_PIN", NEW_PIN],
+          ["PIN", PIN],
+        ],
+      },
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x2c, p1: 0, p2: 0x80, data: pad16(PUK, NEW_PIN) }), 0x9000, "RESET RETRY COUNTER");
@@ -386,7 +413,13 @@ function scenarios(fx: Fixtures): Scenario[] {
     {
       name: "PIV RESET RETRY COUNTER, wrong PUK",
       image: fx.img.pinBlocked,
-      probes: { ...personalProbes, pins: [["NEW_PIN", NEW_PIN], ["PIN", PIN]] },
+      probes: {
+        ...personalProbes,
+        pins: [
+          ["NEW_PIN", NEW_PIN],
+          ["PIN", PIN],
+        ],
+      },
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         return async () => expectSw(await apdu.send({ cla: 0, ins: 0x2c, p1: 0, p2: 0x80, data: pad16(WRONG_PUK, NEW_PIN) }), 0x63c1, "RESET RETRY COUNTER wrong PUK");
@@ -447,7 +480,8 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       check: (obs, before) => {
         // All or nothing, and the sequence never goes back.
-        const o = live(obs), b = live(before);
+        const o = live(obs),
+          b = live(before);
         const certs = o.info.certificates.filter((c) => c.slot.startsWith("9e")).map((c) => c.subject);
         const old = o.slot9e === "K0" && o.info.packageSeq === 1 && certs.join() === "CN=K0 card authentication";
         const neu = o.slot9e === "K1" && o.info.packageSeq === 2 && certs.join() === "CN=K1 card authentication";
@@ -461,7 +495,13 @@ function scenarios(fx: Fixtures): Scenario[] {
       image: fx.img.personal,
       // The export the reference run got back is an export of every copy of this image that committed the new
       // counter: BEFORE loads the old export only, AFTER the new one only, and nothing else is legal.
-      probes: (export2) => ({ ...personalProbes, exportPackages: [["export 1", fx.export1], ["export 2", export2 as Uint8Array]] }),
+      probes: (export2) => ({
+        ...personalProbes,
+        exportPackages: [
+          ["export 1", fx.export1],
+          ["export 2", export2 as Uint8Array],
+        ],
+      }),
       setup: async (tx) => {
         const apdu = await inPiv(tx);
         expectSw(await apdu.send(verify(PIN)), 0x9000, "VERIFY");
@@ -542,7 +582,13 @@ function scenarios(fx: Fixtures): Scenario[] {
     {
       name: "ISD PUT KEY, transport key 30 replaced by Sk (KVN 01)",
       image: fx.img.transport,
-      probes: { ...transportProbes, scp: [["transport", TRANSPORT], ["Sk", SK]] },
+      probes: {
+        ...transportProbes,
+        scp: [
+          ["transport", TRANSPORT],
+          ["Sk", SK],
+        ],
+      },
       setup: async (tx) => {
         const client = await isdSession(tx, TRANSPORT);
         const newKeys = { ...SK };
@@ -560,7 +606,13 @@ function scenarios(fx: Fixtures): Scenario[] {
     {
       name: "ISD PUT KEY, Sk rotated in place (same KVN 01)",
       image: fx.img.personal,
-      probes: { ...personalProbes, scp: [["Sk", SK], ["Sk2", SK2]] },
+      probes: {
+        ...personalProbes,
+        scp: [
+          ["Sk", SK],
+          ["Sk2", SK2],
+        ],
+      },
       setup: async (tx) => {
         const client = await isdSession(tx, SK);
         const newKeys = { ...SK2 };
@@ -580,7 +632,14 @@ function scenarios(fx: Fixtures): Scenario[] {
       // (before: 6982, the export names a card no key set is bound to).
       name: "ISD STORE DATA key set origin (PRED bound to the predecessor card)",
       image: fx.img.successorUnbound,
-      probes: { ...personalProbes, scp: [["Sk", SK], ["PRED", PRED]], exportPackages: [["predecessor export 2", fx.pred.export2]] },
+      probes: {
+        ...personalProbes,
+        scp: [
+          ["Sk", SK],
+          ["PRED", PRED],
+        ],
+        exportPackages: [["predecessor export 2", fx.pred.export2]],
+      },
       setup: async (tx) => {
         const client = await isdSession(tx, SK);
         return async () => expectSw(await client.send(keyOriginCommand(PRED.kvn, fx.pred.cardId)), 0x9000, "STORE DATA key set origin");
@@ -600,7 +659,10 @@ function scenarios(fx: Fixtures): Scenario[] {
       },
       check: (obs) => {
         const o = live(obs);
-        const certs = o.info.certificates.filter((c) => c.slot.startsWith("9e")).map((c) => c.subject).join();
+        const certs = o.info.certificates
+          .filter((c) => c.slot.startsWith("9e"))
+          .map((c) => c.subject)
+          .join();
         const old = o.slot9e === "K0" && certs === "CN=K0 card authentication" && o.exportLoad!["predecessor export 1"] === "9000";
         const neu = o.slot9e === "Kp" && certs === "CN=Kp predecessor card authentication" && o.exportLoad!["predecessor export 1"] === "6985";
         assert.ok(old || neu, `predecessor export half-applied: key ${o.slot9e}, certificate ${certs}, export 1 ${o.exportLoad!["predecessor export 1"]}`);
@@ -765,10 +827,7 @@ async function runScenario(fx: Fixtures, sc: Scenario): Promise<ScenarioResult> 
           `got    ${JSON.stringify(obs)}\nbefore ${JSON.stringify(before)}\nafter  ${JSON.stringify(after)}`,
       );
       const idx = legal.indexOf(match);
-      assert.ok(
-        idx >= reached,
-        `${sc.name}, ${where}: the card went back to "${match.label}" after ${reachedAt} had left it in "${legal[reached].label}"`,
-      );
+      assert.ok(idx >= reached, `${sc.name}, ${where}: the card went back to "${match.label}" after ${reachedAt} had left it in "${legal[reached].label}"`);
       reached = idx;
       reachedAt = where;
       genericInvariants(obs, before);
@@ -792,7 +851,11 @@ test("tearing: a power cut at any write of any state-changing command leaves the
     await t.test(sc.name, async (st) => {
       const r = await runScenario(fx, sc);
       results.push(r);
-      st.diagnostic(`W=${r.writes}, ${r.cases} cases: ${Object.entries(r.outcomes).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+      st.diagnostic(
+        `W=${r.writes}, ${r.cases} cases: ${Object.entries(r.outcomes)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(", ")}`,
+      );
     });
   }
   const points = results.reduce((n, r) => n + r.writes, 0);

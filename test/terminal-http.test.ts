@@ -95,7 +95,10 @@ test("the user terminal over HTTP: issue, deliver, overflow, bring back, card bi
   // Every package was acknowledged: the server has nothing new for the card.
   assert.deepEqual((await terminal.sync()).packages, []);
   const listed = (await op.request<{ packages: { seq: number; status: string }[] }>("GET", `/v1/cards/${a.id}/packages`)).packages;
-  assert.ok(listed.every((p) => p.status === "acknowledged"), JSON.stringify(listed));
+  assert.ok(
+    listed.every((p) => p.status === "acknowledged"),
+    JSON.stringify(listed),
+  );
 
   // On demand: 9A comes back (the card is full, so the next least recently used slot, 9C, goes out) and signs.
   terminal.touch("9d");
@@ -126,7 +129,10 @@ test("the user terminal over HTTP: issue, deliver, overflow, bring back, card bi
 
   // B's own terminal gets it; online delivery through B's terminal works too (addition, claim 7).
   const termB = await UserTerminal.open({ api: anonymous, transport: b.transport });
-  assert.deepEqual((await termB.sync()).packages.map((p) => p.status), ["loaded"]);
+  assert.deepEqual(
+    (await termB.sync()).packages.map((p) => p.status),
+    ["loaded"],
+  );
   const pivB = new PivClient((x) => b.transport.transmit(x));
   assert.ok(await signsWith(pivB, "9a", "P256", c.certificate));
   const online = await op.requestCredential(b.id, { slot: "9e", alg: "P384" });
@@ -154,7 +160,10 @@ test("the user terminal over HTTP: issue, deliver, overflow, bring back, card bi
   // export leaves the store, so it can never be loaded back over the new key.
   const renewed = await op.requestCredential(a.id, { slot: "9c", alg: "P256", replace: true });
   const upd = await again.sync();
-  assert.deepEqual(upd.packages.map((p) => [p.slot, p.status]), [["9c", "loaded"]]);
+  assert.deepEqual(
+    upd.packages.map((p) => [p.slot, p.status]),
+    [["9c", "loaded"]],
+  );
   assert.ok(!again.overflowSlots().includes("9c"), "the stale 9C export is gone from the store");
   await assert.rejects(again.bringBack("9c"), /no key for slot 9c/);
   assert.ok(await signsWith(pivA, "9c", "P256", renewed.certificate), "9C signs with its new key");

@@ -20,7 +20,9 @@ test("importing the terminal's modules loads neither better-sqlite3 nor pg nor f
     const loaded = Object.keys(createRequire(import.meta.url).cache);
     console.log(JSON.stringify(loaded.filter((k) => /node_modules\\/(better-sqlite3|pg|pg-pool|fastify)\\//.test(k))));`;
   const out = await new Promise<string>((resolve, reject) =>
-    execFile(process.execPath, ["--input-type=module", "-e", script], { cwd: ROOT, timeout: HANG_MS }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))),
+    execFile(process.execPath, ["--input-type=module", "-e", script], { cwd: ROOT, timeout: HANG_MS }, (err, stdout, stderr) =>
+      err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout),
+    ),
   );
   assert.deepEqual(JSON.parse(out.trim().split("\n").pop()!), [], "the terminal loaded server-side packages");
 });

@@ -34,7 +34,10 @@ test("the user terminal over PC/SC (scriptor): card-bound auth, package load, si
       const c = await op.requestCredential(card.id, { slot: "9a", alg: "P256" });
       const terminal = await UserTerminal.open({ api: new IssuerApiClient({ server: srv.url }), transport });
       const r = await terminal.sync();
-      assert.deepEqual(r.packages.map((p) => p.status), ["loaded"]);
+      assert.deepEqual(
+        r.packages.map((p) => p.status),
+        ["loaded"],
+      );
       const piv = new PivClient((a) => transport.transmit(a));
       await piv.select();
       await piv.verifyPin("123456");

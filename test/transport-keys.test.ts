@@ -76,7 +76,7 @@ function attack(wire: Wire): { cardCryptogramMatches: boolean; kcvs: KeySetKcvs 
   const plain = unpad80(aesCbcDecrypt(sk.sEnc, aesEcbEncrypt(sk.sEnc, counterBlock(counter, false)), body));
   // new KVN || 3 x (88 Lc keyLength cryptogram 03 KCV)
   const keys: Uint8Array[] = [];
-  for (let o = 1; plain && keys.length < 3 && o + 3 <= plain.length && plain[o] === 0x88; ) {
+  for (let o = 1; plain && keys.length < 3 && o + 3 <= plain.length && plain[o] === 0x88;) {
     const lc = plain[o + 1];
     const cgram = plain.subarray(o + 3, o + 2 + lc);
     if (cgram.length % 16 !== 0 || cgram.length === 0) break;
@@ -184,7 +184,8 @@ test("the key ceremony: 2 or 3 components, each checked against its KCV, combine
   const custody = await SoftwareCustody.open({ path: join(dir, "ceremony.json"), key: randomBytes(32).toString("hex") });
   try {
     const kmc = new Uint8Array(randomBytes(32));
-    const c1 = new Uint8Array(randomBytes(32)), c2 = new Uint8Array(randomBytes(32));
+    const c1 = new Uint8Array(randomBytes(32)),
+      c2 = new Uint8Array(randomBytes(32));
     const c3 = kmc.map((x, i) => x ^ c1[i] ^ c2[i]);
     const comp = (v: Uint8Array) => ({ value: Uint8Array.from(v), kcv: kcvOf(v) });
     const refused = async (components: { value: Uint8Array; kcv: string }[], text: RegExp) => {
@@ -212,41 +213,47 @@ test("the key ceremony: 2 or 3 components, each checked against its KCV, combine
   }
 });
 
-test("cardkms card manufacturer-kmc hands out a KMC and its components; cardkms custody import-kmc takes them from files, refused on a wrong KCV, never printing a key", { timeout: 10 * 60_000 }, async () => {
-  const home = tempDir("cardkms-import-kmc-");
-  const made = await runCli(["card", "manufacturer-kmc", join(home, "kmc"), "--json"]);
-  const out = cliJson(made, "manufacturer-kmc") as { kmc: { file: string; kcv: string }; components: { file: string; kcv: string }[] };
-  const read = (f: string) => new Uint8Array(Buffer.from(readFileSync(f, "utf8").trim(), "hex"));
-  const kmc = read(out.kmc.file);
-  const [c1, c2] = out.components.map((c) => read(c.file));
-  const files = out.components.map((c) => c.file);
-  assert.equal(out.kmc.kcv, kcvOf(kmc).toUpperCase());
-  assert.deepEqual(out.components.map((c) => c.kcv), [kcvOf(c1).toUpperCase(), kcvOf(c2).toUpperCase()]);
-  assert.deepEqual(Uint8Array.from(c1.map((x, i) => x ^ c2[i])), kmc, "the components XOR to the KMC");
-  for (const f of [out.kmc.file, ...files]) assert.equal(statSync(f).mode & 0o777, 0o600, `${f} is owner-only`);
-  for (const secret of [kmc, c1, c2]) assert.ok(!(made.stdout + made.stderr).toLowerCase().includes(hex(secret)), "a key value was printed");
-  const again = await runCli(["card", "manufacturer-kmc", join(home, "kmc")]);
-  assert.equal(again.code, 2, "an existing directory is never overwritten");
-  const keystore = join(home, "keystore.json");
-  const key = randomBytes(32).toString("hex");
-  const env = { CARDKMS_CUSTODY: "software", CARDKMS_KEYSTORE: keystore, CARDKMS_KEYSTORE_KEY: key, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_MODULE: "" };
-  const cmd = (kcvs: string[], comps = files) => ["custody", "import-kmc", ...comps.flatMap((f, i) => ["--component", f, "--kcv", kcvs[i]]), "--json"];
-  const [wrong, one, ok] = [await runCli(cmd([kcvOf(c1), kcvOf(c1)]), env), await runCli(cmd([kcvOf(c1)], files.slice(0, 1)), env), await runCli(cmd([kcvOf(c1), kcvOf(c2)]), env)];
-  assert.equal(wrong.code, 1, wrong.stderr);
-  assert.match(wrong.stderr, /component 2 does not match its key check value/);
-  assert.equal(one.code, 2, one.stderr);
-  assert.match(one.stderr, /2 or 3 components/);
-  assert.deepEqual(cliJson(ok, "import-kmc"), { label: KMC_LABEL, bits: 128, kcv: kcvOf(kmc).toUpperCase() });
-  for (const r of [wrong, one, ok])
-    for (const secret of [kmc, c1, c2]) assert.ok(!(r.stdout + r.stderr).toLowerCase().includes(hex(secret)), "a key value was printed");
-  const custody = await SoftwareCustody.open({ path: keystore, key });
-  try {
-    assert.deepEqual((await custody.keyInfo(KMC_LABEL))?.usage, ["derive"]);
-    const cardId = randomBytes(8).toString("hex");
-    const card = createCard(join(home, "c.card"), randomBytes(32), { kmc, cardId: Buffer.from(cardId, "hex") });
-    await personaliseFromTransport((a) => card.transmit(a), custody, cardId);
-    card.close();
-  } finally {
-    await custody.close();
-  }
-});
+test(
+  "cardkms card manufacturer-kmc hands out a KMC and its components; cardkms custody import-kmc takes them from files, refused on a wrong KCV, never printing a key",
+  { timeout: 10 * 60_000 },
+  async () => {
+    const home = tempDir("cardkms-import-kmc-");
+    const made = await runCli(["card", "manufacturer-kmc", join(home, "kmc"), "--json"]);
+    const out = cliJson(made, "manufacturer-kmc") as { kmc: { file: string; kcv: string }; components: { file: string; kcv: string }[] };
+    const read = (f: string) => new Uint8Array(Buffer.from(readFileSync(f, "utf8").trim(), "hex"));
+    const kmc = read(out.kmc.file);
+    const [c1, c2] = out.components.map((c) => read(c.file));
+    const files = out.components.map((c) => c.file);
+    assert.equal(out.kmc.kcv, kcvOf(kmc).toUpperCase());
+    assert.deepEqual(
+      out.components.map((c) => c.kcv),
+      [kcvOf(c1).toUpperCase(), kcvOf(c2).toUpperCase()],
+    );
+    assert.deepEqual(Uint8Array.from(c1.map((x, i) => x ^ c2[i])), kmc, "the components XOR to the KMC");
+    for (const f of [out.kmc.file, ...files]) assert.equal(statSync(f).mode & 0o777, 0o600, `${f} is owner-only`);
+    for (const secret of [kmc, c1, c2]) assert.ok(!(made.stdout + made.stderr).toLowerCase().includes(hex(secret)), "a key value was printed");
+    const again = await runCli(["card", "manufacturer-kmc", join(home, "kmc")]);
+    assert.equal(again.code, 2, "an existing directory is never overwritten");
+    const keystore = join(home, "keystore.json");
+    const key = randomBytes(32).toString("hex");
+    const env = { CARDKMS_CUSTODY: "software", CARDKMS_KEYSTORE: keystore, CARDKMS_KEYSTORE_KEY: key, CARDKMS_PKCS11_TOKEN: "", CARDKMS_PKCS11_MODULE: "" };
+    const cmd = (kcvs: string[], comps = files) => ["custody", "import-kmc", ...comps.flatMap((f, i) => ["--component", f, "--kcv", kcvs[i]]), "--json"];
+    const [wrong, one, ok] = [await runCli(cmd([kcvOf(c1), kcvOf(c1)]), env), await runCli(cmd([kcvOf(c1)], files.slice(0, 1)), env), await runCli(cmd([kcvOf(c1), kcvOf(c2)]), env)];
+    assert.equal(wrong.code, 1, wrong.stderr);
+    assert.match(wrong.stderr, /component 2 does not match its key check value/);
+    assert.equal(one.code, 2, one.stderr);
+    assert.match(one.stderr, /2 or 3 components/);
+    assert.deepEqual(cliJson(ok, "import-kmc"), { label: KMC_LABEL, bits: 128, kcv: kcvOf(kmc).toUpperCase() });
+    for (const r of [wrong, one, ok]) for (const secret of [kmc, c1, c2]) assert.ok(!(r.stdout + r.stderr).toLowerCase().includes(hex(secret)), "a key value was printed");
+    const custody = await SoftwareCustody.open({ path: keystore, key });
+    try {
+      assert.deepEqual((await custody.keyInfo(KMC_LABEL))?.usage, ["derive"]);
+      const cardId = randomBytes(8).toString("hex");
+      const card = createCard(join(home, "c.card"), randomBytes(32), { kmc, cardId: Buffer.from(cardId, "hex") });
+      await personaliseFromTransport((a) => card.transmit(a), custody, cardId);
+      card.close();
+    } finally {
+      await custody.close();
+    }
+  },
+);

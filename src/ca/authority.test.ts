@@ -123,7 +123,11 @@ test("all four key algorithms as CA keys and as subject keys", async () => {
     const rootPem = writePem(dir, `root-${caAlg}.pem`, [root.certificate]);
     const issPem = writePem(dir, `iss-${caAlg}.pem`, [issuing.certificate]);
     for (const subjectAlg of CA_KEY_ALGORITHMS) {
-      const ee = await issuing.issue({ subject: { commonName: `${caAlg} over ${subjectAlg}`, serialNumber: "C1" }, publicKey: spkiOf(keyPair(subjectAlg, "subject").publicKey), profile: "authentication" });
+      const ee = await issuing.issue({
+        subject: { commonName: `${caAlg} over ${subjectAlg}`, serialNumber: "C1" },
+        publicKey: spkiOf(keyPair(subjectAlg, "subject").publicKey),
+        profile: "authentication",
+      });
       const eeX = new X509Certificate(ee.certificate);
       assert.ok(eeX.verify(new X509Certificate(issuing.certificate).publicKey), `${caAlg}/${subjectAlg}`);
       assert.deepEqual(new Uint8Array(eeX.publicKey.export({ format: "der", type: "spki" })), spkiOf(keyPair(subjectAlg, "subject").publicKey));
@@ -144,7 +148,10 @@ test("validity follows the profile, is backdated, and never outlives the CA", as
     certificate: issuing.certificate,
     issuerChain: [...issuing.issuerChain],
     repository: new MemoryCaRepository(),
-    profiles: [{ name: "short", purpose: "signature", validityDays: 30, backdateSeconds: 60 }, { name: "long", purpose: "signature", validityDays: 3650 }],
+    profiles: [
+      { name: "short", purpose: "signature", validityDays: 30, backdateSeconds: 60 },
+      { name: "long", purpose: "signature", validityDays: 3650 },
+    ],
     clock: () => t0,
   });
   const s = await ca.issue({ subject: user, publicKey: spkiOf(keyPair("P256", "v1").publicKey), profile: "short" });
@@ -189,7 +196,10 @@ test("bad inputs are refused with named checks", async () => {
   const { issuing } = await hierarchy();
   const spki = spkiOf(keyPair("P256", "bad").publicKey);
   await assert.rejects(issuing.issue({ subject: user, publicKey: spki, profile: "nope" }), (e: CaRefusal) => e.check === "profile");
-  await assert.rejects(issuing.issue({ subject: { ...user, serialNumber: "CARD_0001" }, publicKey: spki, profile: "signature" }), (e: CaRefusal) => e.check === "subject" && /PrintableString/.test(e.detail));
+  await assert.rejects(
+    issuing.issue({ subject: { ...user, serialNumber: "CARD_0001" }, publicKey: spki, profile: "signature" }),
+    (e: CaRefusal) => e.check === "subject" && /PrintableString/.test(e.detail),
+  );
   await assert.rejects(issuing.issue({ subject: {}, publicKey: spki, profile: "signature" }), (e: CaRefusal) => e.check === "subject");
   await assert.rejects(issuing.issue({ subject: user, publicKey: spki.subarray(0, 40), profile: "signature" }), (e: CaRefusal) => e.check === "public-key-encoding");
   const ed = spkiOf(generateKeyPairSync("ed25519").publicKey);
@@ -201,17 +211,36 @@ test("bad inputs are refused with named checks", async () => {
 test("a signer that returns a bad signature or raw r||s is caught before a certificate leaves the CA", async () => {
   const { issuing } = await hierarchy();
   const good = issuing.signer;
-  const flipped: CaSigner = { alg: good.alg, spki: good.spki, sign: async (tbs) => { const s = await good.sign(tbs); s[s.length - 1] ^= 1; return s; } };
+  const flipped: CaSigner = {
+    alg: good.alg,
+    spki: good.spki,
+    sign: async (tbs) => {
+      const s = await good.sign(tbs);
+      s[s.length - 1] ^= 1;
+      return s;
+    },
+  };
   const raw: CaSigner = { alg: good.alg, spki: good.spki, sign: async () => new Uint8Array(64).fill(7) };
   // raw r||s is always caught; a wrong ECDSA signature when verify-after-sign is on
-  for (const [signer, verifySignatures] of [[flipped, true], [raw, undefined]] as const) {
+  for (const [signer, verifySignatures] of [
+    [flipped, true],
+    [raw, undefined],
+  ] as const) {
     const ca = new CertificationAuthority({ signer, certificate: issuing.certificate, repository: new MemoryCaRepository(), verifySignatures });
     await assert.rejects(ca.issue({ subject: user, publicKey: spkiOf(keyPair("P256", "sig").publicKey), profile: "signature" }), /CaSigner/);
   }
   // an RSA signer is verified by default (a faulty RSA-CRT signature leaks the key)
   const rsa = await hierarchy("RSA2048", "RSA2048");
   const rsaGood = rsa.issuing.signer;
-  const rsaFaulty: CaSigner = { alg: rsaGood.alg, spki: rsaGood.spki, sign: async (tbs) => { const s = await rsaGood.sign(tbs); s[10] ^= 0x40; return s; } };
+  const rsaFaulty: CaSigner = {
+    alg: rsaGood.alg,
+    spki: rsaGood.spki,
+    sign: async (tbs) => {
+      const s = await rsaGood.sign(tbs);
+      s[10] ^= 0x40;
+      return s;
+    },
+  };
   const rsaCa = new CertificationAuthority({ signer: rsaFaulty, certificate: rsa.issuing.certificate, repository: new MemoryCaRepository() });
   await assert.rejects(rsaCa.issue({ subject: user, publicKey: spkiOf(keyPair("P256", "sig").publicKey), profile: "signature" }), /does not verify/);
   // a signer whose key is not the certificate's key is refused at construction

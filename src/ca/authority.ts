@@ -284,11 +284,7 @@ export class CertificationAuthority {
     // a serial collision (2^-127 per pair) is retried; the repository, not this loop, is the authority
     for (let attempt = 0; attempt < 3; attempt++) {
       const serial = randomSerial();
-      const certificate = await signCertificate(
-        { serial, issuer: this.own.subject, subject: subjectName, notBefore, notAfter, spki: key.spki, extensions },
-        this.signer,
-        { verify: this.verify },
-      );
+      const certificate = await signCertificate({ serial, issuer: this.own.subject, subject: subjectName, notBefore, notAfter, spki: key.spki, extensions }, this.signer, { verify: this.verify });
       const record: IssuedCertificateRecord = {
         serial: serialToHex(serial),
         subject,

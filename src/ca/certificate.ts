@@ -53,15 +53,7 @@ export function serialFromHex(hex: string): Uint8Array {
 }
 
 export function encodeTbsCertificate(f: TbsCertificateFields, signatureAlgorithmId: Uint8Array): Uint8Array {
-  const parts = [
-    V3,
-    der.unsignedInteger(f.serial),
-    signatureAlgorithmId,
-    f.issuer,
-    der.sequence(der.time(f.notBefore), der.time(f.notAfter)),
-    f.subject,
-    f.spki,
-  ];
+  const parts = [V3, der.unsignedInteger(f.serial), signatureAlgorithmId, f.issuer, der.sequence(der.time(f.notBefore), der.time(f.notAfter)), f.subject, f.spki];
   if (f.extensions.length) parts.push(der.explicit(3, der.sequence(...f.extensions)));
   return der.sequence(...parts);
 }

@@ -3,15 +3,7 @@ import assert from "node:assert/strict";
 import { X509Certificate, generateKeyPairSync } from "node:crypto";
 import * as x509 from "../x509.ts";
 import { CaRefusal } from "./checks.ts";
-import {
-  decodeCertifyResponse,
-  encodeCertifyResponse,
-  LocalCaClient,
-  problemToRefusal,
-  refusalToProblem,
-  type CaClient,
-  type CertifyRequest,
-} from "./client.ts";
+import { decodeCertifyResponse, encodeCertifyResponse, LocalCaClient, problemToRefusal, refusalToProblem, type CaClient, type CertifyRequest } from "./client.ts";
 import { toPem } from "./pem.ts";
 import { hierarchy, opensslCsr, spkiOf, workDir, ab } from "../../test/support/ca-testing.ts";
 
@@ -22,7 +14,12 @@ test("the issuer certifies, revokes and fetches the CRL and chain through CaClie
   const { root, issuing } = await hierarchy();
   const client: CaClient = new LocalCaClient(issuing);
   const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const req: CertifyRequest = wire({ profile: "signature", applicantId: "u1", subject: { commonName: "Jiro", serialNumber: "CARD-7" }, publicKey: Buffer.from(spkiOf(kp.publicKey)).toString("base64") });
+  const req: CertifyRequest = wire({
+    profile: "signature",
+    applicantId: "u1",
+    subject: { commonName: "Jiro", serialNumber: "CARD-7" },
+    publicKey: Buffer.from(spkiOf(kp.publicKey)).toString("base64"),
+  });
   const res = decodeCertifyResponse(wire(encodeCertifyResponse(await client.certify(req))));
   const x = new X509Certificate(res.certificate);
   assert.equal(x.serialNumber.toLowerCase(), res.serial);
@@ -39,7 +36,10 @@ test("the issuer certifies, revokes and fetches the CRL and chain through CaClie
 
   await client.revoke(res.serial, "keyCompromise");
   const crl = new x509.X509Crl(ab(await client.crl()));
-  assert.deepEqual(crl.entries.map((e) => e.serialNumber.toLowerCase()), [res.serial]);
+  assert.deepEqual(
+    crl.entries.map((e) => e.serialNumber.toLowerCase()),
+    [res.serial],
+  );
 });
 
 test("malformed requests are refused as 'request'; refusals survive the wire as problem+json", async () => {

@@ -79,7 +79,14 @@ const subjectSchema = {
   properties: Object.fromEntries(
     SUBJECT_FIELDS.map((f) => [
       f,
-      f === "organizationalUnit" ? { anyOf: [{ type: "string", minLength: 1 }, { type: "array", minItems: 1, items: { type: "string", minLength: 1 } }] } : { type: "string", minLength: 1, maxLength: 256 },
+      f === "organizationalUnit"
+        ? {
+            anyOf: [
+              { type: "string", minLength: 1 },
+              { type: "array", minItems: 1, items: { type: "string", minLength: 1 } },
+            ],
+          }
+        : { type: "string", minLength: 1, maxLength: 256 },
     ]),
   ),
 } as const;
@@ -96,7 +103,10 @@ export const CERTIFY_REQUEST_SCHEMA = {
     publicKey: { type: "string", minLength: 1, maxLength: 4096, pattern: "^[A-Za-z0-9+/]+={0,2}$" },
     csr: { type: "string", minLength: 1, maxLength: 16384 },
   },
-  oneOf: [{ required: ["subject", "publicKey"], not: { required: ["csr"] } }, { required: ["csr"], not: { anyOf: [{ required: ["subject"] }, { required: ["publicKey"] }] } }],
+  oneOf: [
+    { required: ["subject", "publicKey"], not: { required: ["csr"] } },
+    { required: ["csr"], not: { anyOf: [{ required: ["subject"] }, { required: ["publicKey"] }] } },
+  ],
 } as const;
 
 /** JSON Schema of RevokeRequestJson. */

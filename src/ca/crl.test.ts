@@ -70,7 +70,13 @@ test("revoked serials appear in a v2 CRL with reasons; openssl verifies it and r
 test("CRL numbers increase; the current CRL is reused until a revocation", async () => {
   let now = new Date("2027-05-01T00:00:00Z");
   const { issuing } = await hierarchy("P256", "P256");
-  const ca = new CertificationAuthority({ signer: issuing.signer, certificate: issuing.certificate, repository: new MemoryCaRepository(), clock: () => now, crl: { validityHours: 12, reuseSeconds: 600 } });
+  const ca = new CertificationAuthority({
+    signer: issuing.signer,
+    certificate: issuing.certificate,
+    repository: new MemoryCaRepository(),
+    clock: () => now,
+    crl: { validityHours: 12, reuseSeconds: 600 },
+  });
   const n1 = (await ca.generateCrl()).number;
   const n2 = (await ca.generateCrl()).number;
   assert.ok(n2 > n1);

@@ -52,7 +52,10 @@ test("personal data that differs from the registration is refused naming persona
   const { issuing } = await hierarchy("P256", "P256", { checks: [personalDataCheck(async (id) => registry.get(id))] });
   const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const csr = opensslCsr(dir, kp.privateKey, subj.replace("CARD-0003", "CARD-9999"));
-  await assert.rejects(issuing.issueFromCsr({ csr, profile: "signature", applicantId: "user-3" }), (e: CaRefusal) => e.check === "personal-data" && /serialNumber/.test(e.detail) && !/9999/.test(e.detail));
+  await assert.rejects(
+    issuing.issueFromCsr({ csr, profile: "signature", applicantId: "user-3" }),
+    (e: CaRefusal) => e.check === "personal-data" && /serialNumber/.test(e.detail) && !/9999/.test(e.detail),
+  );
   await assert.rejects(issuing.issueFromCsr({ csr, profile: "signature", applicantId: "nobody" }), (e: CaRefusal) => e.check === "personal-data");
   await assert.rejects(issuing.issueFromCsr({ csr, profile: "signature" }), (e: CaRefusal) => e.check === "personal-data");
   // case of e-mail and whitespace runs are not differences
@@ -66,12 +69,24 @@ test("personal data that differs from the registration is refused naming persona
 
 test("malformed requests and unsupported subjects are refused as csr-format", async () => {
   const dir = workDir();
-  assert.throws(() => verifyCsr("not pem"), (e: CaRefusal) => e.check === "csr-format");
-  assert.throws(() => verifyCsr(new Uint8Array([0x30, 0x03, 1, 2, 3])), (e: CaRefusal) => e.check === "csr-format");
+  assert.throws(
+    () => verifyCsr("not pem"),
+    (e: CaRefusal) => e.check === "csr-format",
+  );
+  assert.throws(
+    () => verifyCsr(new Uint8Array([0x30, 0x03, 1, 2, 3])),
+    (e: CaRefusal) => e.check === "csr-format",
+  );
   const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const withDc = opensslCsr(dir, kp.privateKey, "/DC=example/CN=Taro");
-  assert.throws(() => verifyCsr(withDc), (e: CaRefusal) => e.check === "csr-format" && /0\.9\.2342\.19200300\.100\.1\.25/.test(e.detail));
+  assert.throws(
+    () => verifyCsr(withDc),
+    (e: CaRefusal) => e.check === "csr-format" && /0\.9\.2342\.19200300\.100\.1\.25/.test(e.detail),
+  );
   const sha1 = opensslCsr(dir, kp.privateKey, "/CN=Taro", "sha1");
-  assert.throws(() => verifyCsr(sha1), (e: CaRefusal) => e.check === "csr-signature" && /not accepted/.test(e.detail));
+  assert.throws(
+    () => verifyCsr(sha1),
+    (e: CaRefusal) => e.check === "csr-signature" && /not accepted/.test(e.detail),
+  );
   assert.deepEqual(csrBytes(toPem(sha1, "CERTIFICATE REQUEST")), sha1);
 });

@@ -5,7 +5,12 @@ import * as der from "./der.ts";
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 test("time: UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5)", () => {
-  assert.equal(Buffer.from(der.time(new Date("2049-12-31T23:59:59.999Z"))).toString("latin1").slice(2), "491231235959Z");
+  assert.equal(
+    Buffer.from(der.time(new Date("2049-12-31T23:59:59.999Z")))
+      .toString("latin1")
+      .slice(2),
+    "491231235959Z",
+  );
   assert.equal(der.time(new Date("2049-12-31T23:59:59Z"))[0], der.TAG.UTC_TIME);
   const g = der.time(new Date("2050-01-01T00:00:00Z"));
   assert.equal(g[0], der.TAG.GENERALIZED_TIME);
@@ -39,7 +44,15 @@ test("long lengths round-trip and the reader refuses overruns and non-minimal le
 
 test("assertDer: one DER element, walked through; every BER-only form is refused naming it", () => {
   const seq = (...p: Uint8Array[]) => der.sequence(...p);
-  const ok = seq(der.smallInteger(0), der.oid("1.2.840.10045.2.1"), Uint8Array.of(1, 1, 0xff), Uint8Array.of(5, 0), der.bitString(Uint8Array.of(1, 2)), der.explicit(0, der.sequence()), Uint8Array.of(0x80, 1, 7));
+  const ok = seq(
+    der.smallInteger(0),
+    der.oid("1.2.840.10045.2.1"),
+    Uint8Array.of(1, 1, 0xff),
+    Uint8Array.of(5, 0),
+    der.bitString(Uint8Array.of(1, 2)),
+    der.explicit(0, der.sequence()),
+    Uint8Array.of(0x80, 1, 7),
+  );
   der.assertDer(ok);
   const bad: [string, Uint8Array, RegExp][] = [
     ["INTEGER 00 01", seq(Uint8Array.of(2, 2, 0, 1)), /INTEGER not in minimal form/],
@@ -67,7 +80,14 @@ test("assertDer: deep nesting is refused fast, without recursion", () => {
   let len = 0;
   const headers: Uint8Array[] = [];
   for (let i = 0; i < 100_000; i++) {
-    const h = len < 0x80 ? Uint8Array.of(0x30, len) : len < 0x100 ? Uint8Array.of(0x30, 0x81, len) : len < 0x10000 ? Uint8Array.of(0x30, 0x82, len >> 8, len & 0xff) : Uint8Array.of(0x30, 0x83, len >> 16, (len >> 8) & 0xff, len & 0xff);
+    const h =
+      len < 0x80
+        ? Uint8Array.of(0x30, len)
+        : len < 0x100
+          ? Uint8Array.of(0x30, 0x81, len)
+          : len < 0x10000
+            ? Uint8Array.of(0x30, 0x82, len >> 8, len & 0xff)
+            : Uint8Array.of(0x30, 0x83, len >> 16, (len >> 8) & 0xff, len & 0xff);
     headers.push(h);
     len += h.length;
   }

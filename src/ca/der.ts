@@ -119,8 +119,7 @@ const pad2 = (n: number) => (n < 10 ? "0" : "") + n;
  */
 export function time(d: Date): Uint8Array {
   const y = d.getUTCFullYear();
-  const rest =
-    pad2(d.getUTCMonth() + 1) + pad2(d.getUTCDate()) + pad2(d.getUTCHours()) + pad2(d.getUTCMinutes()) + pad2(d.getUTCSeconds()) + "Z";
+  const rest = pad2(d.getUTCMonth() + 1) + pad2(d.getUTCDate()) + pad2(d.getUTCHours()) + pad2(d.getUTCMinutes()) + pad2(d.getUTCSeconds()) + "Z";
   if (y < 1950 || y > 9999) throw new RangeError(`time out of range: ${d.toISOString()}`);
   return y < 2050 ? tlv(TAG.UTC_TIME, enc.encode(pad2(y % 100) + rest)) : tlv(TAG.GENERALIZED_TIME, enc.encode(String(y) + rest));
 }
@@ -163,7 +162,7 @@ export function readTlv(buf: Uint8Array, offset: number, limit = buf.length): Tl
 /** The TLVs directly inside a constructed TLV, which must be filled exactly. */
 export function children(buf: Uint8Array, parent: Tlv): Tlv[] {
   const out: Tlv[] = [];
-  for (let p = parent.start; p < parent.end; ) {
+  for (let p = parent.start; p < parent.end;) {
     const t = readTlv(buf, p, parent.end);
     out.push(t);
     p = t.end;
@@ -232,7 +231,7 @@ export function assertDer(buf: Uint8Array, maxDepth = 32): void {
     if (t.tag & 0x20) {
       if ((t.tag & 0xc0) === 0 && t.tag !== TAG.SEQUENCE && t.tag !== TAG.SET) throw new Error(`DER: constructed encoding of primitive type 0x${(t.tag & 0x1f).toString(16)}`);
       if (depth >= maxDepth && t.end > t.start) throw new Error(`DER: nested deeper than ${maxDepth} levels`);
-      for (let p = t.start; p < t.end; ) {
+      for (let p = t.start; p < t.end;) {
         const child = readTlv(buf, p, t.end);
         stack.push([child, depth + 1]);
         p = child.end;
@@ -251,4 +250,3 @@ export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }
-

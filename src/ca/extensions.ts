@@ -43,9 +43,7 @@ export function authorityKeyIdentifier(keyId: Uint8Array): Uint8Array {
 
 /** RFC 5280 §4.2.1.13: one DistributionPoint per URL, fullName URIs, non-critical. */
 export function crlDistributionPoints(urls: readonly string[]): Uint8Array {
-  const points = urls.map(
-    (url) => new asn.DistributionPoint({ distributionPoint: new asn.DistributionPointName({ fullName: [new asn.GeneralName({ uniformResourceIdentifier: url })] }) }),
-  );
+  const points = urls.map((url) => new asn.DistributionPoint({ distributionPoint: new asn.DistributionPointName({ fullName: [new asn.GeneralName({ uniformResourceIdentifier: url })] }) }));
   return extension(asn.id_ce_cRLDistributionPoints, false, new asn.CRLDistributionPoints(points));
 }
 
@@ -72,7 +70,10 @@ const INVALIDITY_OID = der.oid(asn.id_ce_invalidityDate);
 
 /** RFC 5280 §5.3.2 invalidityDate entry extension (GeneralizedTime), non-critical. */
 export function invalidityDate(d: Date): Uint8Array {
-  const s = d.toISOString().replace(/[-:T]/g, "").replace(/\.\d+Z$/, "Z");
+  const s = d
+    .toISOString()
+    .replace(/[-:T]/g, "")
+    .replace(/\.\d+Z$/, "Z");
   return der.sequence(INVALIDITY_OID, der.octetString(der.tlv(der.TAG.GENERALIZED_TIME, new TextEncoder().encode(s))));
 }
 

@@ -93,7 +93,10 @@ test("an answer larger than the limit is refused, declared or streamed", async (
 test("a problem with a check is a CaRefusal only on 404/422; a schema rejection is the 'request' check", async () => {
   const url = await serve((req, res) => {
     const status = req.url === "/ca/certify" ? 422 : 400;
-    const body = status === 422 ? { type: "urn:cardkms:ca:refused", title: "Refused", status, check: "personal-data", detail: "request differs from registration in: commonName" } : { type: "v", title: "Request does not match the schema", status, errors: [{ pointer: "body/serial", detail: "must match pattern" }] };
+    const body =
+      status === 422
+        ? { type: "urn:cardkms:ca:refused", title: "Refused", status, check: "personal-data", detail: "request differs from registration in: commonName" }
+        : { type: "v", title: "Request does not match the schema", status, errors: [{ pointer: "body/serial", detail: "must match pattern" }] };
     res.writeHead(status, { "content-type": "application/problem+json" }).end(JSON.stringify(body));
   });
   const c = new HttpCaClient({ baseUrl: url + "/ca", token: TOKEN });

@@ -8,14 +8,7 @@
 // CaTransportError that says which and where. Never: puts the bearer token in an error or a URL.
 
 import { CaRefusal } from "./checks.ts";
-import {
-  decodeCertifyResponse,
-  validateCertifyRequest,
-  type CaClient,
-  type CertifyRequest,
-  type CertifyResponseJson,
-  type CertifyResult,
-} from "./client.ts";
+import { decodeCertifyResponse, validateCertifyRequest, type CaClient, type CertifyRequest, type CertifyResponseJson, type CertifyResult } from "./client.ts";
 import { isRevocationReason, REVOCATION_REASONS, type RevocationReason } from "./crl.ts";
 import { fromPemAll } from "./pem.ts";
 

@@ -44,7 +44,11 @@ test("validateSubject refuses control characters, lone surrogates and non-NFC te
       );
       assert.throws(() => encodeName(subject), InvalidSubjectError, `${what}: the encoder refuses it too`);
     }
-    assert.throws(() => validateSubject({ commonName: v }, "personalData"), (e: Error) => e.message.startsWith("personalData.commonName "), "registration names its own field");
+    assert.throws(
+      () => validateSubject({ commonName: v }, "personalData"),
+      (e: Error) => e.message.startsWith("personalData.commonName "),
+      "registration names its own field",
+    );
   }
   for (const v of GOOD) {
     validateSubject({ commonName: v, organization: v, organizationalUnit: [v, v] });

@@ -89,15 +89,26 @@ for (const [custodyName, openCustody] of custodies) {
         assert.equal(created, false);
         assert.deepEqual(authority.certificate, first.root);
         assert.equal((await custody.listKeys()).filter((k) => k.label === label).length, 1, "no second CA key");
-        await assert.rejects(client.certify({ profile: "signature", subject: { commonName: "Again" }, publicKey: first.key }), (e: unknown) => e instanceof CaRefusal && e.check === "duplicate-public-key");
+        await assert.rejects(
+          client.certify({ profile: "signature", subject: { commonName: "Again" }, publicKey: first.key }),
+          (e: unknown) => e instanceof CaRefusal && e.check === "duplicate-public-key",
+        );
         await client.revoke(first.revoked, "superseded"); // known serial: no refusal
 
         const fresh = await client.certify({ profile: "signature", subject: { commonName: "After Restart" }, publicKey: spki() });
         const info = await authority.generateCrl();
         assert.ok(info.number > first.crlNumber, `CRL number ${info.number} after ${first.crlNumber}`);
         const crl = new x509.X509Crl(ab(info.crl));
-        assert.deepEqual(crl.entries.map((e) => [e.serialNumber.toLowerCase(), e.reason]), [[first.revoked, x509.X509CrlReason.keyCompromise]], "the first revocation stands");
-        for (const [ee, ok] of [[fresh.certificate, true], [first.kept, true], [first.revokedCert, false]] as const) {
+        assert.deepEqual(
+          crl.entries.map((e) => [e.serialNumber.toLowerCase(), e.reason]),
+          [[first.revoked, x509.X509CrlReason.keyCompromise]],
+          "the first revocation stands",
+        );
+        for (const [ee, ok] of [
+          [fresh.certificate, true],
+          [first.kept, true],
+          [first.revokedCert, false],
+        ] as const) {
           const v = verify(first.root, ee, info.crl);
           assert.equal(v.status === 0, ok, v.out);
         }
@@ -112,11 +123,17 @@ for (const [custodyName, openCustody] of custodies) {
         const stored = (await repo.loadCaCertificate())!;
         const orphan = new SqlCaRepository(t.db, `orphan-${randomBytes(3).toString("hex")}`);
         await orphan.saveCaCertificate({ ...stored, keyLabel: `missing-${randomBytes(3).toString("hex")}` });
-        await assert.rejects(openCaService({ custody, signerLabel: (await orphan.loadCaCertificate())!.keyLabel, repository: orphan, subject: SUBJECT }), /is not in \w+ custody, but a CA certificate for it is stored/);
+        await assert.rejects(
+          openCaService({ custody, signerLabel: (await orphan.loadCaCertificate())!.keyLabel, repository: orphan, subject: SUBJECT }),
+          /is not in \w+ custody, but a CA certificate for it is stored/,
+        );
 
         const wrapped = `wrapped-${randomBytes(3).toString("hex")}`;
         await custody.generateKeyPair(wrapped, "P256", { extractable: "wrapped" });
-        await assert.rejects(openCaService({ custody, signerLabel: wrapped, repository: new MemoryCaServiceRepository(), subject: SUBJECT }), /extractable \("wrapped"\); a CA key must never leave custody/);
+        await assert.rejects(
+          openCaService({ custody, signerLabel: wrapped, repository: new MemoryCaServiceRepository(), subject: SUBJECT }),
+          /extractable \("wrapped"\); a CA key must never leave custody/,
+        );
       });
     });
   }

@@ -6,25 +6,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, createPublicKey, generateKeyPairSync } from "node:crypto";
 import * as der from "./der.ts";
-import {
-  canonicalSpki,
-  integerRoot,
-  InvalidPublicKeyError,
-  isPerfectPower,
-  keyPolicy,
-  parseSubjectPublicKeyInfo,
-  publicKeySha256,
-  RSA_MAX_EXPONENT,
-  SMALL_PRIMES,
-  smallPrimeFactor,
-} from "./spki.ts";
+import { canonicalSpki, integerRoot, InvalidPublicKeyError, isPerfectPower, keyPolicy, parseSubjectPublicKeyInfo, publicKeySha256, RSA_MAX_EXPONENT, SMALL_PRIMES, smallPrimeFactor } from "./spki.ts";
 import { ecPoint, ecSpki, intContent, keyPair, rsaParts, rsaSpki, spkiOf } from "../../test/support/ca-testing.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const big = (b: Uint8Array) => BigInt("0x" + Buffer.from(b).toString("hex"));
 const bytes = (v: bigint, len = 0): Uint8Array => {
   const h = v.toString(16);
-  return new Uint8Array(Buffer.from((h.length % 2 ? "0" : "") + h, "hex").toString("hex").padStart(len * 2, "0").match(/../g)!.map((x) => parseInt(x, 16)));
+  return new Uint8Array(
+    Buffer.from((h.length % 2 ? "0" : "") + h, "hex")
+      .toString("hex")
+      .padStart(len * 2, "0")
+      .match(/../g)!
+      .map((x) => parseInt(x, 16)),
+  );
 };
 const refused = (check: string, detail?: RegExp) => (e: unknown) => {
   assert.ok(e instanceof InvalidPublicKeyError, `expected InvalidPublicKeyError, got ${String(e)}`);
@@ -156,7 +151,8 @@ test("EC points by value: off the curve, (0,0) and coordinates ≥ p are refused
     for (a %= m; k > 0n; k >>= 1n, a = (a * a) % m) if (k & 1n) r = (r * a) % m;
     return r;
   };
-  let x = 1n, y = 0n;
+  let x = 1n,
+    y = 0n;
   for (; ; x++) {
     const rhs = (((x * x * x - 3n * x + b) % P256_P) + P256_P) % P256_P;
     y = modpow(rhs, (P256_P + 1n) / 4n, P256_P);

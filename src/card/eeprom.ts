@@ -124,8 +124,7 @@ export class Eeprom {
     const fd = openPrivateFile(path);
     try {
       const header = Buffer.alloc(HEADER);
-      if (readSync(fd, header, 0, HEADER, 0) !== HEADER || !header.subarray(0, 8).equals(MAGIC))
-        throw new Error(`${path} is not a cardkms card image`);
+      if (readSync(fd, header, 0, HEADER, 0) !== HEADER || !header.subarray(0, 8).equals(MAGIC)) throw new Error(`${path} is not a cardkms card image`);
       const kdf = header.readUInt8(8);
       const salt = header.subarray(9, 25);
       const slotSize = header.readUInt32BE(25);

@@ -87,11 +87,15 @@ test("the secret ID is only given out under R-ENCRYPTION", async () => {
       assert.equal((await c.send(getData(0xdf21))).sw, 0x6982, `level ${level}`);
     }
     const wire: Uint8Array[] = [];
-    const c = await Scp03Client.open((a) => {
-      const r = transmit(a);
-      wire.push(r);
-      return r;
-    }, keys, { level: 0x33 });
+    const c = await Scp03Client.open(
+      (a) => {
+        const r = transmit(a);
+        wire.push(r);
+        return r;
+      },
+      keys,
+      { level: 0x33 },
+    );
     const r = await c.send(getData(0xdf21));
     assert.equal(r.sw, 0x9000);
     assert.equal(hex(findTlv(r.data, 0xdf21)!), card.state.secretId.toUpperCase());
@@ -190,7 +194,10 @@ test("STORE DATA key set origin binds a key set to its predecessor card, only in
     assert.equal((await s.send(keyOriginCommand(0x30, predecessor))).sw, 0x6985, "the card keeps a key set of its own");
     // Public: which predecessor each bound key set is for.
     const origins = parseTlvs(plain("80CADF2200").data);
-    assert.deepEqual(origins.map((o) => [hex(findTlv(o.value, 0x83)!), hex(findTlv(o.value, 0x45)!)]), [["01", predecessor.toUpperCase()]]);
+    assert.deepEqual(
+      origins.map((o) => [hex(findTlv(o.value, 0x83)!), hex(findTlv(o.value, 0x45)!)]),
+      [["01", predecessor.toUpperCase()]],
+    );
     // The predecessor's Sk1 still opens a session: SCP03 uses the static keys, not the card ID.
     s.close();
     assert.ok((await Scp03Client.open(transmit, sk1, { level: 0x01 })).session.open);

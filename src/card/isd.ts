@@ -215,8 +215,7 @@ export class IssuerSecurityDomain implements Applet {
         return stateCounterReport(ctx);
       case 0xdf21:
         // The secret ID leaves the card only encrypted: the session must protect this very response.
-        if (!authenticated(ctx) || !(ctx.secureLevel & SEC.R_ENCRYPTION))
-          throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "secret ID needs R-ENCRYPTION");
+        if (!authenticated(ctx) || !(ctx.secureLevel & SEC.R_ENCRYPTION)) throw new CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "secret ID needs R-ENCRYPTION");
         if (!st.secretId) throw new CardError(SW.REFERENCE_DATA_NOT_USABLE);
         return tlv(0xdf21, fromHex(st.secretId));
       default:
@@ -249,7 +248,9 @@ export class IssuerSecurityDomain implements Applet {
       let o = 1;
       for (let k = 0; k < 3; k++) {
         if (o + 3 > d.length) throw new CardError(SW.WRONG_LENGTH, "key data truncated");
-        const type = d[o], blockLen = d[o + 1], keyLen = d[o + 2];
+        const type = d[o],
+          blockLen = d[o + 1],
+          keyLen = d[o + 2];
         if (type !== 0x88) throw new CardError(SW.WRONG_DATA, "only AES keys (type 88)");
         if (!isAesKeyLength(keyLen) || (keys.length && keyLen !== keys[0].length)) throw new CardError(SW.WRONG_DATA, "bad AES key length");
         const cgramLen = blockLen - 1;

@@ -9,9 +9,22 @@ import { CardError } from "../protocol/sw.ts";
 
 const keySet = { kvn: 1, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
 const state = (over: Partial<CardState> = {}): CardState => ({
-  format: 1, cardId: "0102030405060708", secretId: "", lifecycle: "SECURED", capacity: 1e5, keySets: [keySet],
-  scpFailures: 0, scpFailureLimit: 10, scpCounter: 0, pin: { hash: "", salt: "", tries: 3, maxTries: 3 },
-  puk: { hash: "", salt: "", tries: 3, maxTries: 3 }, keys: {}, objects: {}, packageSeq: 0, exportSeq: {}, ...over,
+  format: 1,
+  cardId: "0102030405060708",
+  secretId: "",
+  lifecycle: "SECURED",
+  capacity: 1e5,
+  keySets: [keySet],
+  scpFailures: 0,
+  scpFailureLimit: 10,
+  scpCounter: 0,
+  pin: { hash: "", salt: "", tries: 3, maxTries: 3 },
+  puk: { hash: "", salt: "", tries: 3, maxTries: 3 },
+  keys: {},
+  objects: {},
+  packageSeq: 0,
+  exportSeq: {},
+  ...over,
 });
 const pkcs8 = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "der", type: "pkcs8" }));
 const cert = randomBytes(300);
@@ -40,7 +53,11 @@ test("every altered byte is detected; replays and older packages refused", () =>
   for (let i = 0; i < pkg.length; i++) {
     const bad = Uint8Array.from(pkg);
     bad[i] ^= 0x01;
-    assert.throws(() => openPackage(s, bad), (e: unknown) => e instanceof CardError && [0x6982, 0x6a80, 0x6985].includes(e.sw), `byte ${i}`);
+    assert.throws(
+      () => openPackage(s, bad),
+      (e: unknown) => e instanceof CardError && [0x6982, 0x6a80, 0x6985].includes(e.sw),
+      `byte ${i}`,
+    );
   }
   assert.throws(() => openPackage(s, pkg.subarray(0, 20)), sw(0x6a80));
   applyPackage(s, openPackage(s, pkg));
@@ -112,7 +129,11 @@ test("a predecessor key set opens the old card's exports and Sk1[PRk], and nothi
   for (let i = 0; i < e2.bytes.length; i++) {
     const bad = Uint8Array.from(e2.bytes);
     bad[i] ^= 0x80;
-    assert.throws(() => openPackage(newCard, bad), (e: unknown) => e instanceof CardError && [0x6982, 0x6a80].includes(e.sw), `byte ${i}`);
+    assert.throws(
+      () => openPackage(newCard, bad),
+      (e: unknown) => e instanceof CardError && [0x6982, 0x6a80].includes(e.sw),
+      `byte ${i}`,
+    );
   }
   // A third card that does not hold the predecessor key set: 6982; nor one holding Sk1 as if it were its own.
   assert.throws(() => openPackage(state({ cardId: "c1c2c3c4c5c6c7c8", keySets: [sk2] }), e2.bytes), sw(0x6982));
@@ -134,7 +155,10 @@ test("a card with a predecessor key set exports under its newest own key set and
   const oldId = "a1a2a3a4a5a6a7a8";
   const own = { ...keySet, kvn: 2 };
   // The predecessor's KVN is the higher one here: exports still go under the card's own key set.
-  const s = state({ keySets: [own, { kvn: 7, enc: keySet.enc, mac: keySet.mac, dek: randomBytes(16).toString("hex"), origin: oldId }], keys: { "9e": { alg: "P256", pkcs8: Buffer.from(pkcs8).toString("hex"), origin: "package" } } });
+  const s = state({
+    keySets: [own, { kvn: 7, enc: keySet.enc, mac: keySet.mac, dek: randomBytes(16).toString("hex"), origin: oldId }],
+    keys: { "9e": { alg: "P256", pkcs8: Buffer.from(pkcs8).toString("hex"), origin: "package" } },
+  });
   const e = exportPackage(s, "9e");
   s.exportSeq["9e"] = e.exportSeq;
   const o = openPackage(s, e.bytes);

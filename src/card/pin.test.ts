@@ -50,7 +50,10 @@ test("PIN and PUK are kept as scrypt(SHA-256(salt || value), salt) at the produc
   const path = newPath();
   const card = createCard(path, KEY);
   try {
-    for (const [ref, value] of [["pin", PIN], ["puk", PUK]] as const) {
+    for (const [ref, value] of [
+      ["pin", PIN],
+      ["puk", PUK],
+    ] as const) {
       const p = card.state[ref];
       assert.deepEqual(p.kdf, { alg: "scrypt", logN: 13, r: 8, p: 1 }, `${ref}: the documented production cost`);
       assert.deepEqual(p.kdf, DEFAULT_PIN_KDF);
@@ -100,7 +103,10 @@ test("an image made before the KDF is stretched on load, without the PIN: the ri
   // The image as cards made before the KDF stored it: SHA-256(salt || value), no cost, no state counter.
   const legacy: Record<"pin" | "puk", string> = { pin: "", puk: "" };
   rewriteImage(path, (s) => {
-    for (const [ref, value] of [["pin", PIN], ["puk", PUK]] as const) {
+    for (const [ref, value] of [
+      ["pin", PIN],
+      ["puk", PUK],
+    ] as const) {
       const { kdf: _kdf, ...rest } = s[ref];
       legacy[ref] = sha256(rest.salt, value).toString("hex");
       s[ref] = { ...rest, hash: legacy[ref] };

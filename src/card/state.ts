@@ -29,7 +29,6 @@ export interface PinState {
   maxTries: number;
 }
 
-
 export interface StoredKey {
   alg: KeyAlg;
   /** PKCS#8 DER of the private key, hex. Lives only inside the encrypted image. */

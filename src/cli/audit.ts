@@ -48,7 +48,7 @@ async function chainOf(entries: AsyncIterable<AuditEntry>): Promise<{ hashes: Ui
 
 /** The audit entries through the API, a page at a time. */
 async function* apiEntries(api: IssuerApiClient, after = 0): AsyncGenerator<AuditEntry> {
-  for (let cursor: number | null = after; cursor !== null; ) {
+  for (let cursor: number | null = after; cursor !== null;) {
     const page: { entries: AuditEntry[]; next: number | null } = await api.request("GET", `/v1/audit?after=${cursor}&limit=1000`);
     yield* page.entries;
     cursor = page.next;
@@ -268,7 +268,8 @@ export function registerAuditCommands(program: Command): void {
     const pinnedNow = !m.key;
     print(
       o,
-      `mirror ${o.mirror}: ${kept.length} entries (${kept.length - m.hashes.length} new), checkpoint verified (${cp.origin})` + (pinnedNow ? `\npinned the checkpoint key ${key}: compare it with the issuer's` : ""),
+      `mirror ${o.mirror}: ${kept.length} entries (${kept.length - m.hashes.length} new), checkpoint verified (${cp.origin})` +
+        (pinnedNow ? `\npinned the checkpoint key ${key}: compare it with the issuer's` : ""),
       { ok: true, entries: kept.length, added: kept.length - m.hashes.length, origin: cp.origin, keyPinned: pinnedNow ? key : null },
     );
   });

@@ -185,21 +185,20 @@ export function registerBackupCommands(program: Command): Command {
     print(o, `${objectId}: deciphered by the card (from the ${r.from} store) into ${r.out}, ${r.size} bytes`, r);
   });
 
-  serverOptions(
-    cardOptions(cmd.command("push").description("seed 001 S10: back up the terminal's store and the card's enciphered-data object to the server (new versions only)")),
-    "optional",
-  ).action(async (o: ServerCardOpts) => {
-    apiFrom(o, "optional");
-    const r = await withCard(o, async (transport) => {
-      const { cardId, api, piv } = await asCard(o, transport);
-      const target = new HttpBackupTarget(api, cardId);
-      const userId = await target.userId();
-      const from = [new TerminalEncipheredStore(o.store), new CardEncipheredStore({ piv })];
-      return { cardId, userId, ...(await backup({ userId, cardId, from, to: target })) };
-    });
-    print(o, `card ${r.cardId}, user ${r.userId}: ${describeBackup(r)}`, r);
-    if (r.conflicts.length) process.exitCode = 1;
-  });
+  serverOptions(cardOptions(cmd.command("push").description("seed 001 S10: back up the terminal's store and the card's enciphered-data object to the server (new versions only)")), "optional").action(
+    async (o: ServerCardOpts) => {
+      apiFrom(o, "optional");
+      const r = await withCard(o, async (transport) => {
+        const { cardId, api, piv } = await asCard(o, transport);
+        const target = new HttpBackupTarget(api, cardId);
+        const userId = await target.userId();
+        const from = [new TerminalEncipheredStore(o.store), new CardEncipheredStore({ piv })];
+        return { cardId, userId, ...(await backup({ userId, cardId, from, to: target })) };
+      });
+      print(o, `card ${r.cardId}, user ${r.userId}: ${describeBackup(r)}`, r);
+      if (r.conflicts.length) process.exitCode = 1;
+    },
+  );
 
   serverOptions(
     cardOptions(

@@ -29,7 +29,9 @@ function mustExist(path: string): string {
 
 /** `cardkms card …`: registers the group and its commands on `program`; returns the group. */
 export function registerCardCommands(program: Command): Command {
-  const card = program.command("card").description("smart cards: create, inspect, send APDUs, attach to PC/SC; issue, and move through the lifecycle (suspend, resume, retire, report-destroyed, state)");
+  const card = program
+    .command("card")
+    .description("smart cards: create, inspect, send APDUs, attach to PC/SC; issue, and move through the lifecycle (suspend, resume, retire, report-destroyed, state)");
   registerManufacturerKmc(card);
 
   factoryOptions(

@@ -26,10 +26,7 @@ export function registerDemoCommand(program: Command): Command {
     .option("--card-only", "only the card: SCP03 personalisation, a key online and one as a sealed package, signatures checked")
     .option("--pcsc", "then attach the card to pcscd and sign with OpenSC's pkcs11-tool, checked with openssl")
     .addOption(
-      new Option("--recovery", "issue 4: a card destroyed, its key reproduced into a new card after the arbitrators' approvals, the backed-up data readable on it").conflicts([
-        "cardOnly",
-        "pcsc",
-      ]),
+      new Option("--recovery", "issue 4: a card destroyed, its key reproduced into a new card after the arbitrators' approvals, the backed-up data readable on it").conflicts(["cardOnly", "pcsc"]),
     )
     .option("--json", "JSON output")
     .action(async (o: { dir: string; cardOnly?: boolean; pcsc?: boolean; recovery?: boolean; json?: boolean }) => {
@@ -65,11 +62,14 @@ export function registerDemoCommand(program: Command): Command {
           r.card.close();
         }
         const ok = r.signatures.every((s) => s.verified) && (!pcsc || (pcsc.signatureVerified && pcsc.chainVerified && pcsc.selfTestPassed));
-        print(
-          o,
-          `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`,
-          { ok, cardPath: r.cardPath, imageKeyPath: r.imageKeyPath, info: r.info, signatures: r.signatures, pcsc },
-        );
+        print(o, `\n${ok ? "OK" : "FAILED"}: card ${r.info.cardId} signs with keys delivered remotely; try:\n  CARDKMS_IMAGE_KEY=$(cat ${r.imageKeyPath}) npm run cardkms -- card show ${r.cardPath}`, {
+          ok,
+          cardPath: r.cardPath,
+          imageKeyPath: r.imageKeyPath,
+          info: r.info,
+          signatures: r.signatures,
+          pcsc,
+        });
         if (!ok) process.exitCode = 1;
         return;
       }

@@ -34,13 +34,20 @@ interface DeadLetterJson {
 
 export function registerEventCommands(program: Command): void {
   const validity = program.command("validity").description("validity of cards, card keys and certificates (FIG. 5)");
-  serverOptions(validity.command("scan").description("scan now for cards, card key sets and certificates near or past expiry; emits events, proposes rotations")).action(
-    async (o: ServerOpts) => {
-      const r = await apiFrom(o).request<ScanResult>("POST", "/v1/validity/scan", {});
-      const line = (n: string, c: { expiring: number; expired: number }) => `  ${n}: ${c.expiring} expiring, ${c.expired} expired`;
-      print(o, [`validity scan: ${r.eventsEmitted} new event(s), ${r.rotationsProposed} rotation(s) proposed for approval`, line("cards", r.cards), line("card key sets", r.keySets), line("certificates", r.certificates)].join("\n"), r);
-    },
-  );
+  serverOptions(validity.command("scan").description("scan now for cards, card key sets and certificates near or past expiry; emits events, proposes rotations")).action(async (o: ServerOpts) => {
+    const r = await apiFrom(o).request<ScanResult>("POST", "/v1/validity/scan", {});
+    const line = (n: string, c: { expiring: number; expired: number }) => `  ${n}: ${c.expiring} expiring, ${c.expired} expired`;
+    print(
+      o,
+      [
+        `validity scan: ${r.eventsEmitted} new event(s), ${r.rotationsProposed} rotation(s) proposed for approval`,
+        line("cards", r.cards),
+        line("card key sets", r.keySets),
+        line("certificates", r.certificates),
+      ].join("\n"),
+      r,
+    );
+  });
 
   const events = program.command("events").description("notifications the issuer emitted");
   serverOptions(
@@ -51,7 +58,11 @@ export function registerEventCommands(program: Command): void {
       .option("--type <type>", "only this event type, e.g. keyset.expiring")
       .option("--limit <n>", "at most this many", "100"),
   ).action(async (o: ServerOpts & { after?: string; type?: string; limit: string }) => {
-    for (const [k, v] of [["after", o.after], ["limit", o.limit]] as const) if (v !== undefined && !/^\d+$/.test(v)) throw new UsageError(`--${k} takes a whole number`);
+    for (const [k, v] of [
+      ["after", o.after],
+      ["limit", o.limit],
+    ] as const)
+      if (v !== undefined && !/^\d+$/.test(v)) throw new UsageError(`--${k} takes a whole number`);
     const q = new URLSearchParams({ limit: o.limit, ...(o.after ? { after: o.after } : {}), ...(o.type ? { type: o.type } : {}) });
     const r = await apiFrom(o).request<{ events: EventJson[]; next?: number }>("GET", `/v1/events?${q}`);
     print(o, r.events.map((e) => `${e.id}  ${new Date(e.createdAt).toISOString()}  ${e.type}  ${e.subject}`).join("\n") || "no events", r);

@@ -29,7 +29,10 @@ test("a group named on the command line is loaded alone, the same as with every 
   const full = program();
   await registerAllCommands(full);
   for (const { name } of COMMANDS) {
-    for (const args of [[name, "--help"], ["help", name]]) {
+    for (const args of [
+      [name, "--help"],
+      ["help", name],
+    ]) {
       const alone = program();
       await registerCommands(alone, args);
       const group = alone.commands.find((c) => c.name() === name);

@@ -214,17 +214,13 @@ export function registerIssuerCommands(program: Command): void {
     print(o, `certificate ${serial} revoked (${o.reason})`, r);
   });
 
-  serverOptions(
-    certificate
-      .command("crl")
-      .description("fetch the CA's current CRL (DER)")
-      .requiredOption("--out <file>", "where to write the CRL"),
-    "optional",
-  ).action(async (o: ServerOpts & { out: string }) => {
-    const r = await apiFrom(o, "optional").crl();
-    writeFileAtomic(o.out, r.body, 0o644);
-    print(o, `CRL (${r.body.length} bytes) written to ${o.out}`, { out: o.out, bytes: r.body.length });
-  });
+  serverOptions(certificate.command("crl").description("fetch the CA's current CRL (DER)").requiredOption("--out <file>", "where to write the CRL"), "optional").action(
+    async (o: ServerOpts & { out: string }) => {
+      const r = await apiFrom(o, "optional").crl();
+      writeFileAtomic(o.out, r.body, 0o644);
+      print(o, `CRL (${r.body.length} bytes) written to ${o.out}`, { out: o.out, bytes: r.body.length });
+    },
+  );
 }
 
 /**
@@ -279,8 +275,7 @@ interface CardRecord {
 }
 
 const CARD_ID_RE = /^([0-9a-f]{2}){8,16}$/;
-const lastChange = (c: CardRecord): string =>
-  c.statusChangedAt ? ` since ${new Date(c.statusChangedAt).toISOString()}, by ${c.statusChangedBy ?? "?"}: ${c.statusReason ?? ""}` : "";
+const lastChange = (c: CardRecord): string => (c.statusChangedAt ? ` since ${new Date(c.statusChangedAt).toISOString()}, by ${c.statusChangedBy ?? "?"}: ${c.statusReason ?? ""}` : "");
 
 /**
  * The card lifecycle on the command line (src/issuer/card-lifecycle.ts), over the API: `card suspend|resume|retire|

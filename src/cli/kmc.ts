@@ -41,7 +41,10 @@ export interface FactoryOpts {
 export function factoryOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option("--kmc-file <file>", "the card manufacturer's master key (KMC, hex): the blank card's transport keys are diversified from it").env("CARDKMS_KMC_FILE"))
-    .option("--insecure-public-transport-keys", `DEVELOPMENT ONLY (or ${INSECURE_PUBLIC_TRANSPORT_KEYS_ENV}=1): the blank card gets the GlobalPlatform public test keys; a recording of its personalisation gives its keys`);
+    .option(
+      "--insecure-public-transport-keys",
+      `DEVELOPMENT ONLY (or ${INSECURE_PUBLIC_TRANSPORT_KEYS_ENV}=1): the blank card gets the GlobalPlatform public test keys; a recording of its personalisation gives its keys`,
+    );
 }
 
 /** The development mode from the environment: 1 / true on; unset, empty, 0 / false off; anything else refused. */

@@ -56,19 +56,22 @@ function describe(v: RequestJson): string {
   const e = v.evaluation;
   const lines = [`request ${v.requestId} (${v.kind}) for card ${v.cardId}: ${v.status}${v.statusDetail ? ` — ${v.statusDetail}` : ""}`];
   const target = v.request.target;
-  lines.push(target ? `  the key goes into card ${target.cardId} (user ${target.userId})${v.kind === "card-destroyed" ? ", the replacement card" : ", the registered card"}` : "  no target card named (filed before targets were signed)");
+  lines.push(
+    target
+      ? `  the key goes into card ${target.cardId} (user ${target.userId})${v.kind === "card-destroyed" ? ", the replacement card" : ", the registered card"}`
+      : "  no target card named (filed before targets were signed)",
+  );
   lines.push(`  requester ${v.request.requester}${v.request.reason ? `, reason: ${v.request.reason}` : ""}; filed by ${v.filedBy} at ${new Date(v.filedAt).toISOString()}`);
   lines.push(`  decisions: ${v.approvals.map((a) => `${a.arbitrator} ${a.decision === "approve" ? "approved" : `refused (${a.reason ?? ""})`}`).join(", ") || "none yet"}`);
   if (e.status === "pending" && "needs" in e) {
     const n = e.needs;
-    const needs = [
-      ...n.indispensable.map((p) => p),
-      ...n.groups.map((g) => `${g.more} more of ${g.name} (${g.candidates.join(", ")})`),
-      ...n.waiting.map((w) => `${w.after} after ${w.before}`),
-    ];
+    const needs = [...n.indispensable.map((p) => p), ...n.groups.map((g) => `${g.more} more of ${g.name} (${g.candidates.join(", ")})`), ...n.waiting.map((w) => `${w.after} after ${w.before}`)];
     lines.push(`  still needed: ${needs.join("; ")}`);
   }
-  if (v.status === "satisfied") lines.push(v.approverList ? `  approver list signed by ${v.approverList.author}: ready to reproduce` : `  waiting for the policy's author ${v.request.policy.author} to sign the list of approvers`);
+  if (v.status === "satisfied")
+    lines.push(
+      v.approverList ? `  approver list signed by ${v.approverList.author}: ready to reproduce` : `  waiting for the policy's author ${v.request.policy.author} to sign the list of approvers`,
+    );
   return lines.join("\n");
 }
 
@@ -163,7 +166,10 @@ export function registerRecoveryCommands(program: Command): void {
       [
         `${a.id}${a.roles.length ? ` (${a.roles.join(", ")})` : ""}: registered by ${a.registeredBy} at ${new Date(a.registeredAt).toISOString()}; encryption key ${a.encryptionKeyId}; key version ${a.keyVersion}`,
         ...(a.deregistered ? [`  deregistered by ${a.deregistered.by} at ${new Date(a.deregistered.at).toISOString()}: ${a.deregistered.reason}`] : []),
-        ...a.keys.map((k) => `  keys v${k.version}: signing ${k.signingKeyId.slice(0, 16)}…, encryption ${k.encryptionKeyId.slice(0, 16)}…${k.retiredAt ? `, retired ${new Date(k.retiredAt).toISOString()}` : " (current)"}`),
+        ...a.keys.map(
+          (k) =>
+            `  keys v${k.version}: signing ${k.signingKeyId.slice(0, 16)}…, encryption ${k.encryptionKeyId.slice(0, 16)}…${k.retiredAt ? `, retired ${new Date(k.retiredAt).toISOString()}` : " (current)"}`,
+        ),
       ].join("\n"),
       a,
     );
@@ -172,7 +178,9 @@ export function registerRecoveryCommands(program: Command): void {
   serverOptions(
     arbitrator
       .command("rotate")
-      .description("rotate an arbitrator's keys (on its side): the rotation is signed with its CURRENT signing key, and with the new signing key if there is one; keep the old encryption key: shares sealed to it stay so")
+      .description(
+        "rotate an arbitrator's keys (on its side): the rotation is signed with its CURRENT signing key, and with the new signing key if there is one; keep the old encryption key: shares sealed to it stay so",
+      )
       .argument("<id>", "arbitrator id")
       .requiredOption("--signing-key <pem>", "the arbitrator's CURRENT signing private key file")
       .option("--new-signing-key <pem>", "the new signing private key file (e.g. from `recovery arbitrator keygen`)")
@@ -218,12 +226,12 @@ export function registerRecoveryCommands(program: Command): void {
     },
   );
 
-  serverOptions(
-    arbitrator.command("token").description("issue an API token bound to the arbitrator (operator); printed once, give it to the arbitrator").argument("<id>", "arbitrator id"),
-  ).action(async (id: string, o: ServerOpts) => {
-    const t = await client(o).issueArbitratorToken(id);
-    print(o, `token ${t.tokenId} for arbitrator ${id}, shown only now:\n${t.token}`, t);
-  });
+  serverOptions(arbitrator.command("token").description("issue an API token bound to the arbitrator (operator); printed once, give it to the arbitrator").argument("<id>", "arbitrator id")).action(
+    async (id: string, o: ServerOpts) => {
+      const t = await client(o).issueArbitratorToken(id);
+      print(o, `token ${t.tokenId} for arbitrator ${id}, shown only now:\n${t.token}`, t);
+    },
+  );
 
   serverOptions(
     arbitrator.command("revoke-token").description("revoke an arbitrator token").argument("<id>", "arbitrator id").argument("<tokenId>", "the token's id (from `recovery arbitrator token`)"),
@@ -323,7 +331,12 @@ export function registerRecoveryCommands(program: Command): void {
     ),
   ).action(async (o: ServerOpts & PagedOpts & { status?: string; card?: string }) => {
     const api = client(o);
-    await printList(o, (q) => api.requestsPage({ status: o.status, cardId: o.card, ...q }), (v) => `${v.requestId}  ${v.kind.padEnd(14)} ${v.status.padEnd(11)} card ${v.cardId}`, "no requests");
+    await printList(
+      o,
+      (q) => api.requestsPage({ status: o.status, cardId: o.card, ...q }),
+      (v) => `${v.requestId}  ${v.kind.padEnd(14)} ${v.status.padEnd(11)} card ${v.cardId}`,
+      "no requests",
+    );
   });
 
   serverOptions(request.command("show").description("a request, its decisions and what it still needs").argument("<requestId>", "request id")).action(async (id: string, o: ServerOpts) => {
@@ -331,12 +344,12 @@ export function registerRecoveryCommands(program: Command): void {
     print(o, describe(v), v);
   });
 
-  serverOptions(
-    request.command("withdraw").description("withdraw an unfinished request").argument("<requestId>", "request id").requiredOption("--reason <text>", "why"),
-  ).action(async (id: string, o: ServerOpts & { reason: string }) => {
-    const v = await client(o).withdraw(id, o.reason);
-    print(o, describe(v), v);
-  });
+  serverOptions(request.command("withdraw").description("withdraw an unfinished request").argument("<requestId>", "request id").requiredOption("--reason <text>", "why")).action(
+    async (id: string, o: ServerOpts & { reason: string }) => {
+      const v = await client(o).withdraw(id, o.reason);
+      print(o, describe(v), v);
+    },
+  );
 
   serverOptions(
     request
@@ -358,7 +371,12 @@ export function registerRecoveryCommands(program: Command): void {
         print(o, describePending(o.arbitrator, items), items);
         return;
       }
-      await printList(o, (q) => api.pendingPage(o.arbitrator, q), (p) => describePending(o.arbitrator, [p]), `nothing pending for ${o.arbitrator}`);
+      await printList(
+        o,
+        (q) => api.pendingPage(o.arbitrator, q),
+        (p) => describePending(o.arbitrator, [p]),
+        `nothing pending for ${o.arbitrator}`,
+      );
     },
   );
 

@@ -60,8 +60,13 @@ const statusOf = (api: IssuerApiClient, id: string) => api.request<RotationStatu
 
 const humanStatus = (s: RotationStatus): string => {
   const r = s.rotation;
-  const lines = [`rotation ${r.id} (${r.strategy}) ${r.status}: card ${r.cardId} -> ${r.toCardId ?? `${r.newCardId ?? "?"} (not issued yet)`}; re-wrap ${s.rewrap.state} ${r.done}/${r.total}, cursor ${r.cursor}${s.rewrap.error ? ` (${s.rewrap.error})` : ""}`];
-  if (s.approvals) lines.push(`  approvals ${s.approvals.given.length}/${s.approvals.required}${s.approvals.given.length ? ` (${s.approvals.given.map((a) => a.operator).join(", ")})` : ""}; proposed by ${s.approvals.proposedBy ?? "the validity scan"}`);
+  const lines = [
+    `rotation ${r.id} (${r.strategy}) ${r.status}: card ${r.cardId} -> ${r.toCardId ?? `${r.newCardId ?? "?"} (not issued yet)`}; re-wrap ${s.rewrap.state} ${r.done}/${r.total}, cursor ${r.cursor}${s.rewrap.error ? ` (${s.rewrap.error})` : ""}`,
+  ];
+  if (s.approvals)
+    lines.push(
+      `  approvals ${s.approvals.given.length}/${s.approvals.required}${s.approvals.given.length ? ` (${s.approvals.given.map((a) => a.operator).join(", ")})` : ""}; proposed by ${s.approvals.proposedBy ?? "the validity scan"}`,
+    );
   if (s.distribution) lines.push(`  ${describeDistribution(s.distribution)}`);
   return lines.join("\n");
 };
@@ -92,7 +97,9 @@ export function registerRotationCommands(program: Command): Command {
       .command("propose")
       .description("propose rotating a card's key set; it runs once an operator approves it")
       .argument("<card-id>", "the card whose key set Sk1 is rotated")
-      .addOption(new Option("--strategy <name>", "FIG. 15 strategy: 3 re-wraps and resends everything, 4 adds beside Sk1, 5 re-wraps but sends only what is added").choices(STRATEGIES).makeOptionMandatory())
+      .addOption(
+        new Option("--strategy <name>", "FIG. 15 strategy: 3 re-wraps and resends everything, 4 adds beside Sk1, 5 re-wraps but sends only what is added").choices(STRATEGIES).makeOptionMandatory(),
+      )
       .option("--new-card-id <hex>", "the new card's ID (8-16 bytes lowercase hex); a fresh one by default")
       .option("--add <slot:alg...>", `embodiments 4, 5: key pairs the new card gets added, e.g. 82:P256 (algorithms ${ALGS.join(", ")})`)
       .option("--drop <slot...>", "slots of the old card whose key pairs the new card is not to get"),
@@ -105,20 +112,22 @@ export function registerRotationCommands(program: Command): Command {
     print(o, `rotation ${r.id} proposed for card ${cardId} (${r.strategy}) onto new card ${String(r.newCardId)}; another operator approves it with: cardkms rotation approve ${r.id}`, r);
   });
 
-  serverOptions(rotation.command("approve").description("approve a proposed rotation (para 0062), as an operator other than its proposer (four eyes)").argument("<rotation-id>", "the rotation")).action(
+  serverOptions(
+    rotation.command("approve").description("approve a proposed rotation (para 0062), as an operator other than its proposer (four eyes)").argument("<rotation-id>", "the rotation"),
+  ).action(async (id: string, o: ServerOpts) => {
+    const api = apiFrom(o);
+    const r = await api.request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
+    if (r.status === "approved") return print(o, `rotation ${r.id} approved by ${String(r.approvedBy)}`, r);
+    const s = await statusOf(api, id);
+    print(o, `rotation ${r.id}: approval recorded (${s.approvals?.given.length ?? "?"} of ${s.approvals?.required ?? "?"}); it needs another operator`, r);
+  });
+
+  serverOptions(rotation.command("cancel").description("withdraw a rotation that has not started (proposed or approved)").argument("<rotation-id>", "the rotation")).action(
     async (id: string, o: ServerOpts) => {
-      const api = apiFrom(o);
-      const r = await api.request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
-      if (r.status === "approved") return print(o, `rotation ${r.id} approved by ${String(r.approvedBy)}`, r);
-      const s = await statusOf(api, id);
-      print(o, `rotation ${r.id}: approval recorded (${s.approvals?.given.length ?? "?"} of ${s.approvals?.required ?? "?"}); it needs another operator`, r);
+      const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/cancel`, {});
+      print(o, `rotation ${r.id} cancelled`, r);
     },
   );
-
-  serverOptions(rotation.command("cancel").description("withdraw a rotation that has not started (proposed or approved)").argument("<rotation-id>", "the rotation")).action(async (id: string, o: ServerOpts) => {
-    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/cancel`, {});
-    print(o, `rotation ${r.id} cancelled`, r);
-  });
 
   serverOptions(
     factoryOptions(
@@ -185,10 +194,13 @@ export function registerRotationCommands(program: Command): Command {
     const r = s.rotation;
     if (s.rewrap.state === "failed") process.exitCode = 1;
     const human =
-      s.rewrap.state === "not-needed" ? `rotation ${id} (${r.strategy}) re-wraps nothing in the system DB (FIG. 15)`
-      : s.rewrap.state === "running" ? `re-wrap of rotation ${id} running on the server: ${r.done}/${r.total}; follow it with: cardkms rotation rewrap ${id} --wait`
-      : s.rewrap.state === "failed" ? `re-wrap of rotation ${id} FAILED at ${r.done}/${r.total}: ${s.rewrap.error ?? "see the server log"}`
-      : `re-wrapped ${r.done}/${r.total}`;
+      s.rewrap.state === "not-needed"
+        ? `rotation ${id} (${r.strategy}) re-wraps nothing in the system DB (FIG. 15)`
+        : s.rewrap.state === "running"
+          ? `re-wrap of rotation ${id} running on the server: ${r.done}/${r.total}; follow it with: cardkms rotation rewrap ${id} --wait`
+          : s.rewrap.state === "failed"
+            ? `re-wrap of rotation ${id} FAILED at ${r.done}/${r.total}: ${s.rewrap.error ?? "see the server log"}`
+            : `re-wrapped ${r.done}/${r.total}`;
     print(o, human, s);
   });
 
@@ -200,11 +212,12 @@ export function registerRotationCommands(program: Command): Command {
       .option("--add <slot:alg...>", `embodiments 4, 5: the approved additions, e.g. 82:P256 (checked against the approval; by default what was approved)`),
   ).action(async (id: string, o: ServerOpts & { add?: string[] }) => {
     const add = parseAdd(o.add);
-    const r = await apiFrom(o).request<{ rotation: RotationStatus["rotation"]; packages: { seq: number; slot: string; kvn: number }[]; added: { keyPairId: string; slot: string }[]; distribution: Distribution }>(
-      "POST",
-      `/v1/rotations/${encodeURIComponent(id)}/distribute`,
-      o.add ? { add } : {},
-    );
+    const r = await apiFrom(o).request<{
+      rotation: RotationStatus["rotation"];
+      packages: { seq: number; slot: string; kvn: number }[];
+      added: { keyPairId: string; slot: string }[];
+      distribution: Distribution;
+    }>("POST", `/v1/rotations/${encodeURIComponent(id)}/distribute`, o.add ? { add } : {});
     print(
       o,
       `rotation ${id} ${r.rotation.status}: ${r.packages.length} package(s) for card ${r.rotation.toCardId} (${r.packages.map((p) => `${p.slot}@KVN${p.kvn}`).join(", ") || "none"}), ${r.added.length} pair(s) added; ${describeDistribution(r.distribution)}`,

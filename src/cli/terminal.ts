@@ -55,25 +55,20 @@ function describe(r: SyncReport): string {
 export function registerTerminalCommands(program: Command): void {
   const terminal = program.command("terminal").description("the user terminal: fetch and load packages for a card, keep its overflow store");
 
-  cardOptions(terminal.command("sync").description("authenticate with the card, fetch its new packages, load them (moving keys out when full), acknowledge")).action(
-    async (o: TerminalOpts) => {
-      apiFrom(o, "optional");
-      const { terminal: t, transport } = await openTerminal(o);
-      try {
-        const r = await t.sync();
-        print(o, describe(r), { ...r, overflow: t.overflowSlots() });
-        if (r.packages.some((p) => p.status === "refused")) process.exitCode = 1;
-      } finally {
-        await transport.close();
-      }
-    },
-  );
+  cardOptions(terminal.command("sync").description("authenticate with the card, fetch its new packages, load them (moving keys out when full), acknowledge")).action(async (o: TerminalOpts) => {
+    apiFrom(o, "optional");
+    const { terminal: t, transport } = await openTerminal(o);
+    try {
+      const r = await t.sync();
+      print(o, describe(r), { ...r, overflow: t.overflowSlots() });
+      if (r.packages.some((p) => p.status === "refused")) process.exitCode = 1;
+    } finally {
+      await transport.close();
+    }
+  });
 
   cardOptions(
-    terminal
-      .command("bring-back")
-      .description("load a key back from the overflow store (another slot goes out if the card is full)")
-      .requiredOption("--slot <ref>", "PIV key reference, e.g. 9a"),
+    terminal.command("bring-back").description("load a key back from the overflow store (another slot goes out if the card is full)").requiredOption("--slot <ref>", "PIV key reference, e.g. 9a"),
   ).action(async (o: TerminalOpts & { slot: string }) => {
     const { terminal: t, transport } = await openTerminal(o);
     try {
@@ -104,11 +99,13 @@ export function registerTerminalCommands(program: Command): void {
     try {
       const s = t.status;
       const overflow = t.overflowSlots();
-      print(
-        o,
-        [`card ${t.cardId}: last package ${s.lastSeq}`, `  on the card: ${Object.keys(s.slots).join(", ") || "-"}`, `  in the overflow store: ${overflow.join(", ") || "-"}`].join("\n"),
-        { cardId: t.cardId, lastSeq: s.lastSeq, slots: Object.keys(s.slots), pendingAcks: s.pendingAcks, overflow },
-      );
+      print(o, [`card ${t.cardId}: last package ${s.lastSeq}`, `  on the card: ${Object.keys(s.slots).join(", ") || "-"}`, `  in the overflow store: ${overflow.join(", ") || "-"}`].join("\n"), {
+        cardId: t.cardId,
+        lastSeq: s.lastSeq,
+        slots: Object.keys(s.slots),
+        pendingAcks: s.pendingAcks,
+        overflow,
+      });
     } finally {
       await transport.close();
     }

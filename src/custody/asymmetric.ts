@@ -39,7 +39,8 @@ export function ecPeer(alg: "P256" | "P384", spki: Uint8Array): { key: KeyObject
   if (curve !== NODE_CURVE[alg]) throw new CustodyError("INVALID_ARGUMENT", `the ECDH peer key is on ${curve ?? "an unnamed curve"}, not on ${alg}'s curve`);
   const jwk = key.export({ format: "jwk" });
   const size = EC_CURVES[alg].size;
-  const x = Buffer.from(jwk.x as string, "base64url"), y = Buffer.from(jwk.y as string, "base64url");
+  const x = Buffer.from(jwk.x as string, "base64url"),
+    y = Buffer.from(jwk.y as string, "base64url");
   const point = Buffer.alloc(1 + 2 * size);
   point[0] = 4;
   x.copy(point, 1 + size - x.length);
@@ -82,7 +83,11 @@ function mgf1Sha256(seed: Uint8Array, len: number): Buffer {
   const c = Buffer.alloc(4);
   for (let i = 0; i * SHA256_LEN < len; i++) {
     c.writeUInt32BE(i);
-    createHash("sha256").update(seed).update(c).digest().copy(out, i * SHA256_LEN);
+    createHash("sha256")
+      .update(seed)
+      .update(c)
+      .digest()
+      .copy(out, i * SHA256_LEN);
   }
   return out.subarray(0, len);
 }

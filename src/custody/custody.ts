@@ -238,16 +238,7 @@ export interface KeyCustody {
   close(): Promise<void>;
 }
 
-export type CustodyErrorCode =
-  | "NOT_FOUND"
-  | "EXISTS"
-  | "INVALID_ARGUMENT"
-  | "NOT_PERMITTED"
-  | "WRONG_KEY"
-  | "LOGIN_FAILED"
-  | "CORRUPT"
-  | "UNAVAILABLE"
-  | "HSM_ERROR";
+export type CustodyErrorCode = "NOT_FOUND" | "EXISTS" | "INVALID_ARGUMENT" | "NOT_PERMITTED" | "WRONG_KEY" | "LOGIN_FAILED" | "CORRUPT" | "UNAVAILABLE" | "HSM_ERROR";
 
 /** Every custody failure. Messages name labels and reasons, never key values. */
 export class CustodyError extends Error {
@@ -280,13 +271,13 @@ export function checkLabel(label: string): void {
 }
 
 export function checkSecretSpec(spec: SecretKeySpec): Required<SecretKeySpec> {
-  if (!spec || spec.type !== "aes") throw new CustodyError("INVALID_ARGUMENT", "secret keys are AES keys (type \"aes\")");
+  if (!spec || spec.type !== "aes") throw new CustodyError("INVALID_ARGUMENT", 'secret keys are AES keys (type "aes")');
   if (spec.bits !== 128 && spec.bits !== 256) throw new CustodyError("INVALID_ARGUMENT", `AES key length must be 128 or 256 bits, not ${spec.bits}`);
   const usage = spec.usage ?? ["derive"];
   for (const u of usage) if (!["derive", "wrap", "encrypt", "mac"].includes(u)) throw new CustodyError("INVALID_ARGUMENT", `unknown key usage ${JSON.stringify(u)}`);
   if (usage.length === 0) throw new CustodyError("INVALID_ARGUMENT", "a secret key needs at least one usage");
   const extractable = spec.extractable ?? "never";
-  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   return { type: "aes", bits: spec.bits, usage: [...new Set(usage)].sort(), extractable };
 }
 
@@ -298,14 +289,14 @@ export function checkKeyPairAlg(alg: KeyPairAlg): void {
 export function checkPairUsage(usage: readonly PairUsage[] | undefined, dflt: PairUsage[]): PairUsage[] {
   const u = usage ?? dflt;
   if (!Array.isArray(u) || u.length === 0 || u.some((x) => x !== "sign" && x !== "decipher"))
-    throw new CustodyError("INVALID_ARGUMENT", "key pair usage must be a non-empty list of \"sign\" and \"decipher\"");
+    throw new CustodyError("INVALID_ARGUMENT", 'key pair usage must be a non-empty list of "sign" and "decipher"');
   return [...new Set(u)].sort();
 }
 
 /** unwrapPrivateKey's usage: always both (KeyPairOptions.usage); anything else given is refused. */
 export function checkUnwrapUsage(usage: readonly PairUsage[] | undefined): PairUsage[] {
   const u = checkPairUsage(usage, ["sign", "decipher"]);
-  if (u.length !== 2) throw new CustodyError("INVALID_ARGUMENT", "an unwrapped key pair's usage is [\"sign\", \"decipher\"]: the key check needs both");
+  if (u.length !== 2) throw new CustodyError("INVALID_ARGUMENT", 'an unwrapped key pair\'s usage is ["sign", "decipher"]: the key check needs both');
   return u;
 }
 
@@ -316,12 +307,11 @@ export function checkHash(hash: HashAlg): void {
 /** Validates a key set reference. */
 export function checkKeySetRef(ref: KeySetRef): void {
   if (!ref || (ref.kind !== "derived" && ref.kind !== "stored" && ref.kind !== "kmc"))
-    throw new CustodyError("INVALID_ARGUMENT", "key set reference must be {kind: \"derived\" | \"stored\" | \"kmc\", ...}");
+    throw new CustodyError("INVALID_ARGUMENT", 'key set reference must be {kind: "derived" | "stored" | "kmc", ...}');
   if (!Number.isInteger(ref.kvn) || ref.kvn < 1 || ref.kvn > 0x7f) throw new CustodyError("INVALID_ARGUMENT", `KVN must be 1..127, not ${ref.kvn}`);
   if (ref.kind === "derived") {
     checkLabel(ref.master);
-    if (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId))
-      throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
+    if (typeof ref.cardId !== "string" || !/^([0-9a-fA-F]{2}){1,16}$/.test(ref.cardId)) throw new CustodyError("INVALID_ARGUMENT", "card ID must be 1..16 bytes of hex");
     if (ref.bits !== undefined && ref.bits !== 128 && ref.bits !== 256) throw new CustodyError("INVALID_ARGUMENT", "derived card keys are 128 or 256 bits");
   } else if (ref.kind === "kmc") {
     checkLabel(ref.kmc);

@@ -37,7 +37,6 @@ export const EC_CURVES: Record<"P256" | "P384", { oid: string; jwk: string; size
   P384: { oid: "06052b81040022", jwk: "P-384", size: 48 },
 };
 
-
 /** SPKI DER from CKA_EC_POINT (DER OCTET STRING of an uncompressed point, or the bare point). */
 export function ecPointToSpki(alg: "P256" | "P384", ecPoint: Uint8Array): Uint8Array {
   const size = EC_CURVES[alg].size;
@@ -82,4 +81,3 @@ export function putKeyDataField(kvn: number, parts: [PutKeyComponent, PutKeyComp
     expectedResponse: new Uint8Array(Buffer.concat([Uint8Array.of(kvn), ...parts.map((p) => p.kcv)])),
   };
 }
-

@@ -29,5 +29,5 @@ export async function openCustody(config: CustodyConfig = custodyConfigFromEnv()
     return SoftwareCustody.open(config);
   }
   if (config.kind === "pkcs11") return Pkcs11Custody.open(config);
-  throw new CustodyError("INVALID_ARGUMENT", "custody kind must be \"software\" or \"pkcs11\"");
+  throw new CustodyError("INVALID_ARGUMENT", 'custody kind must be "software" or "pkcs11"');
 }

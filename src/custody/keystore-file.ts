@@ -127,8 +127,7 @@ export async function openKeystore(path: string, src: KeystoreKeySource): Promis
       kekInfo = { source: "raw" };
     } else {
       const pass = m.text ?? "";
-      if (pass.length < MIN_PASSPHRASE)
-        throw new CustodyError("INVALID_ARGUMENT", `keystore key from ${m.from} is neither 64 hex digits nor a passphrase of at least ${MIN_PASSPHRASE} characters`);
+      if (pass.length < MIN_PASSPHRASE) throw new CustodyError("INVALID_ARGUMENT", `keystore key from ${m.from} is neither 64 hex digits nor a passphrase of at least ${MIN_PASSPHRASE} characters`);
       const salt = randomBytes(16);
       kek = await scrypt(pass, salt, SCRYPT);
       kekInfo = { source: "scrypt", salt: salt.toString("base64"), ...SCRYPT };
@@ -171,8 +170,7 @@ export function writeNext(path: string, doc: KeystoreDoc): void {
   } catch {
     onDisk = undefined;
   }
-  if (onDisk !== undefined && onDisk !== (doc.generation ?? 0))
-    throw new CustodyError("UNAVAILABLE", `keystore ${path} was changed by another writer since it was opened: reopen it`);
+  if (onDisk !== undefined && onDisk !== (doc.generation ?? 0)) throw new CustodyError("UNAVAILABLE", `keystore ${path} was changed by another writer since it was opened: reopen it`);
   const next = { ...doc, generation: (doc.generation ?? 0) + 1 };
   writeAtomic(path, next);
   doc.generation = next.generation;

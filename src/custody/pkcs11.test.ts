@@ -71,13 +71,23 @@ test("pkcs11: masters and CA keys are sensitive and non-extractable on the token
     assert.ok(slot);
     const s = mod.C_OpenSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION);
     mod.C_Login(s, p.CKU_USER, opts.pin);
-    for (const [label, cls] of [[master, p.CKO_SECRET_KEY], [ca, p.CKO_PRIVATE_KEY]] as const) {
-      mod.C_FindObjectsInit(s, [{ type: p.CKA_LABEL, value: label }, { type: p.CKA_CLASS, value: cls }]);
+    for (const [label, cls] of [
+      [master, p.CKO_SECRET_KEY],
+      [ca, p.CKO_PRIVATE_KEY],
+    ] as const) {
+      mod.C_FindObjectsInit(s, [
+        { type: p.CKA_LABEL, value: label },
+        { type: p.CKA_CLASS, value: cls },
+      ]);
       const [h] = mod.C_FindObjects(s, 1);
       mod.C_FindObjectsFinal(s);
       assert.ok(h, `${label} is on the token`);
       const a = mod.C_GetAttributeValue(s, h, [{ type: p.CKA_TOKEN }, { type: p.CKA_SENSITIVE }, { type: p.CKA_EXTRACTABLE }, { type: p.CKA_NEVER_EXTRACTABLE }]);
-      assert.deepEqual(a.map((x) => x.value[0]), [1, 1, 0, 1], `${label}: CKA_TOKEN, CKA_SENSITIVE, !CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE`);
+      assert.deepEqual(
+        a.map((x) => x.value[0]),
+        [1, 1, 0, 1],
+        `${label}: CKA_TOKEN, CKA_SENSITIVE, !CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE`,
+      );
       assert.throws(() => mod.C_GetAttributeValue(s, h, [{ type: p.CKA_VALUE }]), /CKR_ATTRIBUTE_SENSITIVE/);
     }
     mod.C_CloseSession(s);
@@ -117,7 +127,10 @@ test("pkcs11: a key taken in by unwrapPrivateKey is a sensitive token object tha
     const s = mod.C_OpenSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION);
     mod.C_Login(s, p.CKU_USER, opts.pin);
     const find = (cls: number): Buffer[] => {
-      mod.C_FindObjectsInit(s, [{ type: p.CKA_LABEL, value: label }, { type: p.CKA_CLASS, value: cls }]);
+      mod.C_FindObjectsInit(s, [
+        { type: p.CKA_LABEL, value: label },
+        { type: p.CKA_CLASS, value: cls },
+      ]);
       const hs = mod.C_FindObjects(s, 10);
       mod.C_FindObjectsFinal(s);
       return hs;
@@ -126,7 +139,11 @@ test("pkcs11: a key taken in by unwrapPrivateKey is a sensitive token object tha
     assert.ok(priv, "the private key is on the token (seen from another session)");
     assert.equal(more.length, 0, "one private key object: the session object it was unwrapped as is gone");
     const a = mod.C_GetAttributeValue(s, priv, [{ type: p.CKA_TOKEN }, { type: p.CKA_PRIVATE }, { type: p.CKA_SENSITIVE }, { type: p.CKA_EXTRACTABLE }, { type: p.CKA_SIGN }, { type: p.CKA_DERIVE }]);
-    assert.deepEqual(a.map((x) => x.value[0]), [1, 1, 1, 0, 1, 1], "CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, !CKA_EXTRACTABLE (default never), CKA_SIGN, CKA_DERIVE");
+    assert.deepEqual(
+      a.map((x) => x.value[0]),
+      [1, 1, 1, 0, 1, 1],
+      "CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, !CKA_EXTRACTABLE (default never), CKA_SIGN, CKA_DERIVE",
+    );
     assert.throws(() => mod.C_GetAttributeValue(s, priv, [{ type: p.CKA_VALUE }]), /CKR_ATTRIBUTE_SENSITIVE/);
     const [pub] = find(p.CKO_PUBLIC_KEY);
     assert.ok(pub, "with its public key object");
@@ -155,7 +172,8 @@ test("pkcs11 and software custody derive the same card keys, PUT KEY data and se
     const cardId = randomBytes(8).toString("hex");
     const k1: DerivedKeySetRef = { kind: "derived", master: label, cardId, kvn: 1 };
     const k2: DerivedKeySetRef = { kind: "derived", master: label, cardId, kvn: 2, bits: 256 };
-    const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
+    const hc = new Uint8Array(randomBytes(8)),
+      cc = new Uint8Array(randomBytes(8));
     const [a, b] = await Promise.all(
       both.map(async (c) => ({
         kcv1: await c.keySetKcvs(k1),

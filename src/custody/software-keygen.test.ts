@@ -21,7 +21,10 @@ test("software: generated EC key pairs are well-formed DER, OpenSSL's own encodi
     const kekValue = randomBytes(32);
     await c.importSecretKey("storage", { type: "aes", bits: 256, usage: ["wrap"] }, kekValue);
     const before = readFileSync(path, "utf8");
-    for (const [alg, n] of [["P256", 1200], ["P384", 200]] as const) {
+    for (const [alg, n] of [
+      ["P256", 1200],
+      ["P384", 200],
+    ] as const) {
       for (let i = 0; i < n; i++) {
         const label = `k-${alg}-${i}`;
         await c.generateKeyPair(label, alg, { extractable: "wrapped", ephemeral: true });

@@ -52,9 +52,11 @@ test("software: no secret in the file in clear; entries are bound to their metad
   await c.generateKeyPair("ca", "P256");
   await c.close();
   const file = readFileSync(p);
-  for (const form of [master, Buffer.from(master.toString("hex")), Buffer.from(master.toString("base64")), Buffer.from(key)])
-    assert.equal(file.indexOf(form), -1, "no key material in clear");
-  assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith(".tmp")), []);
+  for (const form of [master, Buffer.from(master.toString("hex")), Buffer.from(master.toString("base64")), Buffer.from(key)]) assert.equal(file.indexOf(form), -1, "no key material in clear");
+  assert.deepEqual(
+    readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+    [],
+  );
 
   // Making the master "wrapped" (exportable) by editing the file breaks its authentication.
   const doc = JSON.parse(file.toString("utf8"));

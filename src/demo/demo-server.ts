@@ -33,8 +33,7 @@ export interface DemoServer {
 
 /** Replaces `dir` only when it is empty or a previous demo's (it holds a keystore): never an unrelated directory. */
 export function freshDemoDir(dir: string): void {
-  if (existsSync(dir) && readdirSync(dir).length > 0 && !existsSync(join(dir, "keystore.json")))
-    throw new Error(`${dir} is not empty and holds no demo keystore: choose an empty or new directory`);
+  if (existsSync(dir) && readdirSync(dir).length > 0 && !existsSync(join(dir, "keystore.json"))) throw new Error(`${dir} is not empty and holds no demo keystore: choose an empty or new directory`);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 }

@@ -107,7 +107,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const ok = verify("sha256", message, { key: createPublicKey(cert.publicKey.export({ format: "pem", type: "spki" })), dsaEncoding: "der" }, signature);
     const chained = cert.verify(createPublicKey(ca.cert.toString("pem")));
     signatures.push({ slot: ref.toString(16), verified: ok && chained });
-    log(`5. slot ${ref.toString(16).toUpperCase()} signed "${message}" -> signature ${ok ? "VERIFIES" : "DOES NOT VERIFY"} against ${cert.subject.replace(/\n/g, ", ")} (issued by the demo CA: ${chained})`);
+    log(
+      `5. slot ${ref.toString(16).toUpperCase()} signed "${message}" -> signature ${ok ? "VERIFIES" : "DOES NOT VERIFY"} against ${cert.subject.replace(/\n/g, ", ")} (issued by the demo CA: ${chained})`,
+    );
   }
   const info = await readCardInfo(transmit);
   if (!("cardId" in info)) throw new Error("card terminated during the demo");

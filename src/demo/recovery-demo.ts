@@ -252,7 +252,6 @@ function stillNeeded(v: RequestJson): string {
   return parts.length ? `, still needs ${parts.join(", ")}` : "";
 }
 
-
 interface AuditJson {
   seq: number;
   action: string;
@@ -263,7 +262,7 @@ interface AuditJson {
 /** Every audit entry, through the API's pages. */
 async function auditLog(api: IssuerApiClient): Promise<AuditJson[]> {
   const out: AuditJson[] = [];
-  for (let after = 0; ; ) {
+  for (let after = 0; ;) {
     const page = await api.request<{ entries: AuditJson[]; next: number | null }>("GET", `/v1/audit?after=${after}&limit=1000`);
     out.push(...page.entries);
     if (page.next === null) return out;
@@ -401,7 +400,9 @@ export async function runRecoveryDemo(dirArg: string, log: (line: string) => voi
     const signatureVerified = verify(hash, msg, { key: cert.publicKey, dsaEncoding: "der" }, signature);
     log(`   the key reproduced into the approved card ${done.targetCardId} through the relay after the checks (target, shares, key vs. registered public key)`);
     log(`     registered device replaced: ${done.deviceReplaced ? "yes" : "NO"} (generation ${done.deviceGeneration}); reproduced key ${goneAfterReproduction ? "gone" : "STILL"} from custody`);
-    log(`     the new card holds the original certificate (serial ${done.serial}): ${holdsOriginalCertificate ? "yes" : "NO"}; it signs, and the signature ${signatureVerified ? "VERIFIES" : "DOES NOT VERIFY"} against the ORIGINAL certificate`);
+    log(
+      `     the new card holds the original certificate (serial ${done.serial}): ${holdsOriginalCertificate ? "yes" : "NO"}; it signs, and the signature ${signatureVerified ? "VERIFIES" : "DOES NOT VERIFY"} against the ORIGINAL certificate`,
+    );
 
     // 7. The backups fetched through the new card's token onto its terminal store; every record deciphered on the new card (S12).
     const newTerminal = new TerminalEncipheredStore(join(dir, "terminal-new"));

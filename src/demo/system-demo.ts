@@ -86,7 +86,9 @@ export async function runSystemDemo(o: { dir: string; log?: (line: string) => vo
     const sync2 = await newTerminal.sync();
     const ok2 = await signsOk(newCard);
     signatures.push({ card: issued.card.id, verified: ok2 });
-    log(`   new card: ${sync2.packages.filter((p) => p.status === "loaded").length} package(s) loaded; it signs with the same key pair, verified against the same certificate: ${ok2 ? "VERIFIES" : "DOES NOT VERIFY"}`);
+    log(
+      `   new card: ${sync2.packages.filter((p) => p.status === "loaded").length} package(s) loaded; it signs with the same key pair, verified against the same certificate: ${ok2 ? "VERIFIES" : "DOES NOT VERIFY"}`,
+    );
 
     const audit = await verifyAuditLog(server.store.db);
     log(`6. audit log: ${audit.ok ? "intact" : "BROKEN"}, ${audit.entries} hash-chained entries`);

@@ -38,7 +38,16 @@ async function append(db: Db, n: number, from = 0): Promise<void> {
 /** Rewrites entries `from`.. with new details and recomputes every hash after: a chain that verifies. */
 async function rewriteFrom(db: Db, from: number): Promise<void> {
   const rows = await db.selectFrom("audit_log").selectAll().where("seq", ">=", from).orderBy("seq").execute();
-  let prev = from === 1 ? "0".repeat(64) : (await db.selectFrom("audit_log").select("hash").where("seq", "=", from - 1).executeTakeFirstOrThrow()).hash;
+  let prev =
+    from === 1
+      ? "0".repeat(64)
+      : (
+          await db
+            .selectFrom("audit_log")
+            .select("hash")
+            .where("seq", "=", from - 1)
+            .executeTakeFirstOrThrow()
+        ).hash;
   for (const r of rows) {
     const row = { ...r, details: r.seq === from ? JSON.stringify({ i: -1 }) : r.details, prev_hash: prev };
     row.hash = entryHash(row);

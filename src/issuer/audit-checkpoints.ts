@@ -152,7 +152,8 @@ export class AuditCheckpoints {
 
   /** RFC 9162 consistency proof from the tree of the first `from` entries to that of the first `to` (≤ the log). */
   async consistency(from: number, to: number): Promise<Hash[]> {
-    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 0 || from > to) throw new AuditCheckpointError("invalid", `a consistency proof goes from a smaller tree to a larger one, not ${from} → ${to}`);
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 0 || from > to)
+      throw new AuditCheckpointError("invalid", `a consistency proof goes from a smaller tree to a larger one, not ${from} → ${to}`);
     const { leaves } = await this.leaves(to);
     if (leaves.length < to) throw new AuditCheckpointError("invalid", `the audit log holds ${leaves.length} entries, not ${to}`);
     return consistencyProof(leaves, from, to);

@@ -24,4 +24,3 @@ export function sessionKeys(k: CardKeys): ScpKeySet | SessionSource {
 export async function openSession(transmit: Transmit, keys: CardKeys): Promise<Scp03Client> {
   return Scp03Client.open(transmit, sessionKeys(keys), { level: LEVEL_FULL, kvn: kvnOf(keys) });
 }
-

@@ -152,9 +152,23 @@ export async function changeCardState(store: Store, input: TransitionInput): Pro
       if (e instanceof StoreError && e.code === "conflict") throw new IssuerError("conflict", e.message);
       throw e;
     }
-    const details: Record<string, JsonValue> = { ...input.details, transition: input.transition, from: change.from, to: rule.to, reason: input.reason, by: input.by, statusVersion: change.card.statusVersion };
+    const details: Record<string, JsonValue> = {
+      ...input.details,
+      transition: input.transition,
+      from: change.from,
+      to: rule.to,
+      reason: input.reason,
+      by: input.by,
+      statusVersion: change.card.statusVersion,
+    };
     await appendAudit(s.db, { actor: input.actor, action: rule.action, subject: cur.id, details, at: s.now() });
-    if (rule.notify) await s.enqueueEvent({ type: rule.action, subject: cur.id, payload: { cardId: cur.id, from: change.from, to: rule.to, reason: input.reason, actor: input.actor }, dedupKey: `${rule.action}:${cur.id}:${change.card.statusVersion}` });
+    if (rule.notify)
+      await s.enqueueEvent({
+        type: rule.action,
+        subject: cur.id,
+        payload: { cardId: cur.id, from: change.from, to: rule.to, reason: input.reason, actor: input.actor },
+        dedupKey: `${rule.action}:${cur.id}:${change.card.statusVersion}`,
+      });
     return change;
   });
 }

@@ -52,7 +52,10 @@ test("an honest card: personalised, SECURED, confirmed by GET STATUS; a card in 
 
 test("a card that answers SET STATUS with 6985 without being SECURED is not taken as personalised", async (t) => {
   const { card, transport } = blankCard(t, new ClaimsSecuredIsd(2));
-  await assert.rejects(personalise((a) => card.transmit(a), transport, keySet(1)), /life cycle OP_READY, not SECURED/);
+  await assert.rejects(
+    personalise((a) => card.transmit(a), transport, keySet(1)),
+    /life cycle OP_READY, not SECURED/,
+  );
   assert.equal(card.state.lifecycle, "OP_READY");
 });
 

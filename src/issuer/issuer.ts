@@ -164,7 +164,16 @@ export class Issuer {
     const kcvs = await this.custody.keySetKcvs(ref);
     const { card, keySet } = await this.store.transaction(async (s) => {
       await s.registerCard({ id: cardId, userId: user.id, validFrom: now, validUntil: now + this.cardDays * DAY, status: "issued" });
-      const keySet = await s.addKeySet({ cardId, kvn: 1, version: 1, validFrom: now, validUntil: now + this.keySetDays * DAY, custodyRef: JSON.stringify(ref), label: `kcv ${kcvs.enc}`, makeCurrent: true });
+      const keySet = await s.addKeySet({
+        cardId,
+        kvn: 1,
+        version: 1,
+        validFrom: now,
+        validUntil: now + this.keySetDays * DAY,
+        custodyRef: JSON.stringify(ref),
+        label: `kcv ${kcvs.enc}`,
+        makeCurrent: true,
+      });
       await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: user.id, keySet: keySet.id, kvn: 1 } });
       return { card: (await s.getCard(cardId))!, keySet };
     });
@@ -289,7 +298,8 @@ export class Issuer {
     return this.store.groupTransaction(async (s) => {
       // Still this request's slot (a claim outlives its lease only on a stalled server), and still as read: the
       // partial unique index on key_pairs (one active pair per card and slot) stands behind both checks.
-      if (!(await s.releaseCredentialSlot(card.id, input.slot, input.claim))) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id}: this request's claim was taken over by another; nothing was recorded`);
+      if (!(await s.releaseCredentialSlot(card.id, input.slot, input.claim)))
+        throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id}: this request's claim was taken over by another; nothing was recorded`);
       const now = (await s.listKeyPairs({ cardId: card.id, status: "active", slot: input.slot })).map((k) => k.id);
       if (now.join() !== occupied.map((k) => k.id).join()) throw new IssuerError("conflict", `slot ${input.slot} of card ${card.id} changed while the key was certified; ask again`);
       // the card's row held until this commits: a suspension in between waits, or is seen here
@@ -298,7 +308,13 @@ export class Issuer {
       const rec = await s.recordCredential({
         keyPair: { userId: user.id, cardId: card.id, slot: input.slot, algorithm: input.alg, publicKey: spki },
         wrapped: [{ keySetId: ks.id, wrapped: skPrk }],
-        certificate: { serial: cert.serial, der: cert.certificate, subject: JSON.stringify(subjectFrom(user.personalData, card.id)), notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime() },
+        certificate: {
+          serial: cert.serial,
+          der: cert.certificate,
+          subject: JSON.stringify(subjectFrom(user.personalData, card.id)),
+          notBefore: cert.notBefore.getTime(),
+          notAfter: cert.notAfter.getTime(),
+        },
       });
       // ST22: the package {Sk[PRk], Ct} for the terminal, sealed in custody under the card's package key.
       const pkg = await s.createPackage(card.id, (seq) => this.sealPackage(keys.custody, keys.ref, ks.kvn, card.id, input.slot, seq, input.alg, skPrk, cert.certificate));

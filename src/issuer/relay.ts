@@ -134,4 +134,3 @@ export async function runRelay(session: RelaySession, transmit: (apdu: Uint8Arra
     apdus = r.apdus;
   }
 }
-

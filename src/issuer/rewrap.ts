@@ -62,7 +62,8 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
   const from = await store.getKeySet(rot.fromKeySetId);
   const to = await store.getKeySet(rot.toKeySetId);
   if (!from || !to) throw new RewrapError(`rotation ${rotationId}: key set missing`);
-  const fromRef = { card: refOf(from) }, toRef = { card: refOf(to) };
+  const fromRef = { card: refOf(from) },
+    toRef = { card: refOf(to) };
   const t0 = performance.now();
   let thisRun = 0;
   const report = (r: Rotation) => {
@@ -78,7 +79,7 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
     if (!(KEY_PAIR_ALGS as readonly string[]).includes(w.algorithm)) throw new RewrapError(`key pair ${w.keyPairId}: unknown algorithm ${w.algorithm}`);
     return w.algorithm as KeyPairAlg;
   };
-  for (let restart = true; restart; ) {
+  for (let restart = true; restart;) {
     restart = false;
     let pending: { commit: Promise<Rotation>; keys: number } | undefined;
     /** Settles the commit in flight: false when it lost to another worker (rot is then what is committed). */
@@ -133,4 +134,3 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
   }
   return rot;
 }
-

@@ -49,11 +49,12 @@ import { approvalState, approveRotation, bindingDetails, requireApproved, type A
 export type { RotationStrategy } from "../store/db.ts";
 
 /** FIG. 15, one row per embodiment: what is added, and what is updated where. */
-export const FIG15: Record<RotationStrategy, { add: boolean; systemDb: "all" | "added"; network: "all" | "added"; newCard: "all" | "added"; hd: "all" | "added"; newCardKeySets: ("Sk1" | "Sk2")[] }> = {
-  embodiment3: { add: false, systemDb: "all", network: "all", newCard: "all", hd: "all", newCardKeySets: ["Sk2"] },
-  embodiment4: { add: true, systemDb: "added", network: "added", newCard: "added", hd: "added", newCardKeySets: ["Sk1", "Sk2"] },
-  embodiment5: { add: true, systemDb: "all", network: "added", newCard: "added", hd: "all", newCardKeySets: ["Sk1", "Sk2"] },
-};
+export const FIG15: Record<RotationStrategy, { add: boolean; systemDb: "all" | "added"; network: "all" | "added"; newCard: "all" | "added"; hd: "all" | "added"; newCardKeySets: ("Sk1" | "Sk2")[] }> =
+  {
+    embodiment3: { add: false, systemDb: "all", network: "all", newCard: "all", hd: "all", newCardKeySets: ["Sk2"] },
+    embodiment4: { add: true, systemDb: "added", network: "added", newCard: "added", hd: "added", newCardKeySets: ["Sk1", "Sk2"] },
+    embodiment5: { add: true, systemDb: "all", network: "added", newCard: "added", hd: "all", newCardKeySets: ["Sk1", "Sk2"] },
+  };
 
 /** KVN of the new key set Sk2 on the new card. */
 export const SK2_KVN = 2;
@@ -153,7 +154,8 @@ export class CardRotation {
     }
     if (new Set(add.map((a) => a.slot)).size !== add.length) throw new IssuerError("invalid", "add: one credential per slot");
     if (new Set(drop).size !== drop.length) throw new IssuerError("invalid", "drop: each slot once");
-    if (input.newCardId !== undefined && (!CARD_ID.test(input.newCardId) || input.newCardId === input.cardId)) throw new IssuerError("invalid", "the new card ID must be 8 to 16 bytes of lowercase hex, other than the old card's");
+    if (input.newCardId !== undefined && (!CARD_ID.test(input.newCardId) || input.newCardId === input.cardId))
+      throw new IssuerError("invalid", "the new card ID must be 8 to 16 bytes of lowercase hex, other than the old card's");
     return this.store.transaction(async (s) => {
       const repo = new RotationRepository(s.db);
       const card = await s.getCard(input.cardId);
@@ -162,16 +164,28 @@ export class CardRotation {
       if (!old.held) throw new IssuerError("conflict", `card ${card.id} is ${old.status}: only an ${OLD_CARD_STATES.join(" or ")} card's key set is rotated`);
       const ks = card.currentKeySetId ? await s.getKeySet(card.currentKeySetId) : undefined;
       if (!ks) throw new IssuerError("invalid", `card ${card.id} has no current key set`);
-      if (ks.cardId !== card.id || ks.status === "retired") throw new IssuerError("conflict", `key set ${ks.id} is ${ks.status === "retired" ? "retired" : `card ${ks.cardId}'s`}: not a key set card ${card.id} can rotate`);
+      if (ks.cardId !== card.id || ks.status === "retired")
+        throw new IssuerError("conflict", `key set ${ks.id} is ${ks.status === "retired" ? "retired" : `card ${ks.cardId}'s`}: not a key set card ${card.id} can rotate`);
       await this.#ownKeysOnly(repo, ks.id, card.id);
       if (input.newCardId !== undefined && (await s.getCard(input.newCardId))) throw new IssuerError("conflict", `card ${input.newCardId} exists: the new card must be a new one`);
       if (await s.openRotationForKeySet(ks.id)) throw new IssuerError("conflict", `key set ${ks.id} of card ${card.id} already has an open rotation`);
       const slotted = (await s.listKeyPairs({ cardId: card.id, status: "active" })).filter((k) => k.slot);
       for (const d of drop) if (!slotted.some((k) => k.slot === d)) throw new IssuerError("invalid", `drop: card ${card.id} has no active key pair in slot ${d}`);
-      for (const a of add) if (slotted.some((k) => k.slot === a.slot && !drop.includes(a.slot))) throw new IssuerError("conflict", `add: slot ${a.slot} holds card ${card.id}'s key pair, which the new card gets; add into a free slot, or drop it`);
+      for (const a of add)
+        if (slotted.some((k) => k.slot === a.slot && !drop.includes(a.slot)))
+          throw new IssuerError("conflict", `add: slot ${a.slot} holds card ${card.id}'s key pair, which the new card gets; add into a free slot, or drop it`);
       let r: Rotation;
       try {
-        r = await s.proposeRotation({ cardId: card.id, fromKeySetId: ks.id, strategy: input.strategy, proposedBy: actor, newCardId: input.newCardId, added: add, dropped: drop, approvalsRequired: this.#approvals });
+        r = await s.proposeRotation({
+          cardId: card.id,
+          fromKeySetId: ks.id,
+          strategy: input.strategy,
+          proposedBy: actor,
+          newCardId: input.newCardId,
+          added: add,
+          dropped: drop,
+          approvalsRequired: this.#approvals,
+        });
       } catch (e) {
         if (e instanceof StoreError && e.code === "conflict") throw new IssuerError("conflict", e.message);
         throw e;
@@ -184,7 +198,11 @@ export class CardRotation {
   /** Refuses a key set that wraps another card's keys (a re-wrap would hand them to this rotation's new card). */
   async #ownKeysOnly(repo: RotationRepository, keySetId: string, cardId: string): Promise<void> {
     const foreign = await repo.foreignWrappedKeys(keySetId, cardId);
-    if (foreign.count > 0) throw new IssuerError("conflict", `key set ${keySetId} wraps ${foreign.count} key pair(s) that are not card ${cardId}'s (first: ${foreign.first}): rotating it would re-wrap them for another card`);
+    if (foreign.count > 0)
+      throw new IssuerError(
+        "conflict",
+        `key set ${keySetId} wraps ${foreign.count} key pair(s) that are not card ${cardId}'s (first: ${foreign.first}): rotating it would re-wrap them for another card`,
+      );
   }
 
   /** An operator's approval (para 0062; four eyes: rotation-approvals.ts); a proposal from the validity scan is approved the same way. */
@@ -246,7 +264,12 @@ export class CardRotation {
         ? await s.addKeySet({ cardId, kvn: sk1.kvn, version: 1, validFrom: sk1.validFrom, validUntil: sk1.validUntil, custodyRef: sk1.custodyRef, label: `Sk1 of card ${old.id}` })
         : undefined;
       const rotation = await s.startRotation(id, { toCardId: cardId, toKeySetId: sk2.id, total });
-      await appendAudit(s.db, { actor, action: "rotation.started", subject: id, details: { strategy: r0.strategy, oldCard: old.id, newCard: cardId, sk2: sk2.id, kvn: SK2_KVN, keepsSk1: keepSk1, toRewrap: FIG15[r0.strategy].systemDb === "all" ? total : 0 } });
+      await appendAudit(s.db, {
+        actor,
+        action: "rotation.started",
+        subject: id,
+        details: { strategy: r0.strategy, oldCard: old.id, newCard: cardId, sk2: sk2.id, kvn: SK2_KVN, keepsSk1: keepSk1, toRewrap: FIG15[r0.strategy].systemDb === "all" ? total : 0 },
+      });
       await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: old.userId, keySet: sk2.id, kvn: SK2_KVN, rotation: id, replaces: old.id } });
       return { rotation, card: (await s.getCard(cardId))!, sk2, sk1: sk1Copy };
     });
@@ -308,7 +331,12 @@ export class CardRotation {
       if (busy.length) throw new IssuerError("conflict", `rotation ${id}: another call is distributing it (slot ${busy.join(", ")} in progress); ask again for its result`);
       if (await this.store.finishDistribution(id)) {
         const items = await new RotationRepository(this.store.db).items(id);
-        await appendAudit(this.store.db, { actor, action: "rotation.distributed", subject: id, details: { newCard: r.toCardId, packages: items.filter((i) => i.packageSeq !== null).map((i) => ({ slot: i.slot, seq: i.packageSeq })) } });
+        await appendAudit(this.store.db, {
+          actor,
+          action: "rotation.distributed",
+          subject: id,
+          details: { newCard: r.toCardId, packages: items.filter((i) => i.packageSeq !== null).map((i) => ({ slot: i.slot, seq: i.packageSeq })) },
+        });
       }
     }
     await this.settle(id, actor);
@@ -325,7 +353,10 @@ export class CardRotation {
       const repo = new RotationRepository(s.db);
       const fresh = await repo.holdCard(r.toCardId, NEW_CARD_STATES);
       if (!fresh.held)
-        throw new IssuerError("conflict", `rotation ${r.id}: new card ${r.toCardId} is ${fresh.status}, not ${NEW_CARD_STATES.join(" or ")}: personalise it first (new-card); nothing was distributed and card ${r.cardId} stays as it is`);
+        throw new IssuerError(
+          "conflict",
+          `rotation ${r.id}: new card ${r.toCardId} is ${fresh.status}, not ${NEW_CARD_STATES.join(" or ")}: personalise it first (new-card); nothing was distributed and card ${r.cardId} stays as it is`,
+        );
       const old = await repo.holdCard(r.cardId, OLD_CARD_STATES);
       if (!old.held) throw new IssuerError("conflict", `rotation ${r.id}: card ${r.cardId} is ${old.status}, not ${OLD_CARD_STATES.join(" or ")}`);
       if (policy.systemDb === "all" && (await s.countWrappedKeys(r.fromKeySetId, r.cursor)) > 0) throw new IssuerError("conflict", `rotation ${r.id}: the bulk re-wrap has not finished`);
@@ -334,14 +365,28 @@ export class CardRotation {
       const taken = new Map((await s.listKeyPairs({ cardId: r.toCardId, status: "active" })).filter((k) => k.slot).map((k) => [k.slot!, k.id]));
       for (const slot of [...carried.map((k) => k.slot!), ...r.added.map((a) => a.slot)]) {
         const other = taken.get(slot);
-        if (other) throw new IssuerError("conflict", `rotation ${r.id}: slot ${slot} of new card ${r.toCardId} holds key pair ${other}, which is not the rotation's; it cannot take the old card's or the approved one`);
+        if (other)
+          throw new IssuerError(
+            "conflict",
+            `rotation ${r.id}: slot ${slot} of new card ${r.toCardId} holds key pair ${other}, which is not the rotation's; it cannot take the old card's or the approved one`,
+          );
       }
       const byPackage = policy.network === "all";
       await repo.addItems(
         r.id,
         [
-          ...carried.map((k) => ({ slot: k.slot!, kind: "carried" as const, path: byPackage ? ("package" as const) : ("terminal" as const), keyPairId: k.id, algorithm: k.algorithm, profile: null, state: byPackage ? ("pending" as const) : ("delivered" as const) })),
-          ...oldPairs.filter((k) => r.dropped.includes(k.slot!)).map((k) => ({ slot: k.slot!, kind: "carried" as const, path: "terminal" as const, keyPairId: k.id, algorithm: k.algorithm, profile: null, state: "dropped" as const })),
+          ...carried.map((k) => ({
+            slot: k.slot!,
+            kind: "carried" as const,
+            path: byPackage ? ("package" as const) : ("terminal" as const),
+            keyPairId: k.id,
+            algorithm: k.algorithm,
+            profile: null,
+            state: byPackage ? ("pending" as const) : ("delivered" as const),
+          })),
+          ...oldPairs
+            .filter((k) => r.dropped.includes(k.slot!))
+            .map((k) => ({ slot: k.slot!, kind: "carried" as const, path: "terminal" as const, keyPairId: k.id, algorithm: k.algorithm, profile: null, state: "dropped" as const })),
           ...r.added.map((a) => ({ slot: a.slot, kind: "added" as const, path: "package" as const, keyPairId: null, algorithm: a.alg, profile: a.profile ?? null, state: "pending" as const })),
         ],
         s.now(),
@@ -395,7 +440,11 @@ export class CardRotation {
         const now = (await new RotationRepository(this.store.db).items(r.id)).find((i) => i.slot === item.slot);
         if (now?.state !== "pending") continue; // another call packaged it
         const other = (await this.store.listKeyPairs({ cardId: newCardId, status: "active", slot: item.slot }))[0];
-        if (other) throw new IssuerError("conflict", `rotation ${r.id}: slot ${item.slot} of new card ${newCardId} holds key pair ${other.id}, issued outside the rotation; the approved addition cannot go there`);
+        if (other)
+          throw new IssuerError(
+            "conflict",
+            `rotation ${r.id}: slot ${item.slot} of new card ${newCardId} holds key pair ${other.id}, issued outside the rotation; the approved addition cannot go there`,
+          );
         busy.push(item.slot);
       }
     }

@@ -175,7 +175,10 @@ for (const engine of testEngines()) {
       assert.equal(proposals.length, 1);
       const events = (await store.listEvents({ limit: 10_000 })).filter((e) => e.subject === ks.id || e.subject === proposals[0].id);
       assert.deepEqual(events.map((e) => e.type).sort(), ["keyset.expiring", "rotation.proposed"]);
-      assert.equal(results.reduce((n, r) => n + r.rotationsProposed, 0), 1);
+      assert.equal(
+        results.reduce((n, r) => n + r.rotationsProposed, 0),
+        1,
+      );
     });
 
     test("strategy and window are configurable; bad options are refused", async () => {

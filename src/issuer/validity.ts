@@ -30,15 +30,7 @@ import type { Card, CardKeySet, Certificate, JsonValue, Store } from "../store/s
 export const VALIDITY_ACTOR = "validity-scan";
 
 /** Event types this module emits. */
-export const VALIDITY_EVENT_TYPES = [
-  "card.expiring",
-  "card.expired",
-  "keyset.expiring",
-  "keyset.expired",
-  "certificate.expiring",
-  "certificate.expired",
-  "rotation.proposed",
-] as const;
+export const VALIDITY_EVENT_TYPES = ["card.expiring", "card.expired", "keyset.expiring", "keyset.expired", "certificate.expiring", "certificate.expired", "rotation.proposed"] as const;
 export type ValidityEventType = (typeof VALIDITY_EVENT_TYPES)[number];
 
 const DAY_MS = 86_400_000;
@@ -141,14 +133,7 @@ export function validityDedupKey(phase: "expiring" | "expired", item: "card" | "
   return `${phase}:${item}:${id}:${validUntil}`;
 }
 
-async function emit(
-  store: Store,
-  item: "card" | "keyset" | "certificate",
-  phase: "expiring" | "expired",
-  id: string,
-  validUntil: number,
-  payload: JsonValue,
-): Promise<boolean> {
+async function emit(store: Store, item: "card" | "keyset" | "certificate", phase: "expiring" | "expired", id: string, validUntil: number, payload: JsonValue): Promise<boolean> {
   const e = await store.enqueueEvent({ type: `${item}.${phase}`, subject: id, payload, dedupKey: validityDedupKey(phase, item, id, validUntil) });
   return e !== null;
 }

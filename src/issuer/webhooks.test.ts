@@ -146,15 +146,30 @@ for (const engine of testEngines()) {
       // Signed under B's secret, not A's.
       assert.equal(flaky.got.length, 2);
       for (const x of flaky.got) expectSigned(x, b.secret, 0);
-      assert.throws(() => verifyWebhook({ secret: a.secret, headers: flaky.got[0].headers, body: flaky.got[0].body, now: 0 }), (e: unknown) => e instanceof WebhookVerificationError && e.reason === "signature");
+      assert.throws(
+        () => verifyWebhook({ secret: a.secret, headers: flaky.got[0].headers, body: flaky.got[0].body, now: 0 }),
+        (e: unknown) => e instanceof WebhookVerificationError && e.reason === "signature",
+      );
       // Both events stay undelivered: B has not acknowledged them; each delivery has its own schedule.
       const events = await store.listEvents({ afterId: e1.id - 1, limit: 2 });
-      assert.deepEqual(events.map((e) => [e.id, e.attempts, e.deliveredAt]), [[e1.id, 2, null], [e2.id, 1, null]]);
+      assert.deepEqual(
+        events.map((e) => [e.id, e.attempts, e.deliveredAt]),
+        [
+          [e1.id, 2, null],
+          [e2.id, 1, null],
+        ],
+      );
       assert.match(events[0].lastError ?? "", new RegExp(`webhook ${b.webhook.id}: HTTP 500`));
       assert.ok(!(events[0].lastError ?? "").includes("127.0.0.1"), "errors never carry the URL");
       assert.deepEqual(failures, ["HTTP 500", "HTTP 500"]);
       const pendingB = await store.listWebhookDeliveries({ status: "pending", webhookId: b.webhook.id });
-      assert.deepEqual(pendingB.map((p) => [p.eventId, p.attempts, p.nextAttemptAt, p.leaseOwner]), [[e1.id, 1, 1000, null], [e2.id, 1, 1000, null]]);
+      assert.deepEqual(
+        pendingB.map((p) => [p.eventId, p.attempts, p.nextAttemptAt, p.leaseOwner]),
+        [
+          [e1.id, 1, 1000, null],
+          [e2.id, 1, 1000, null],
+        ],
+      );
 
       // Not due yet: nothing is sent.
       clock = 999;
@@ -177,13 +192,22 @@ for (const engine of testEngines()) {
       clock = 3000;
       assert.deepEqual(await d.deliverPending(), { delivered: 2, failed: 0, deadLettered: 0, waiting: 0, requests: 2 });
       const delivered = await store.listEvents({ afterId: e1.id - 1, limit: 2 });
-      assert.deepEqual(delivered.map((e) => [e.attempts, e.lastError, e.deliveredAt]), [[4, null, NOW], [3, null, NOW]]);
+      assert.deepEqual(
+        delivered.map((e) => [e.attempts, e.lastError, e.deliveredAt]),
+        [
+          [4, null, NOW],
+          [3, null, NOW],
+        ],
+      );
       // Every retry of one event to one webhook carried the same webhook-id, for the receiver to de-duplicate on, and
       // a fresh timestamp under a fresh signature.
       const fe1 = `msg_${e1.id}_${b.webhook.id}`;
       const fe2 = `msg_${e2.id}_${b.webhook.id}`;
       assert.deepEqual(ids(flaky.got), [fe1, fe1, fe1, fe2, fe2, fe2].sort());
-      assert.deepEqual(flaky.got.filter((x) => x.headers["webhook-id"] === fe1).map((x) => x.headers["webhook-timestamp"]), ["0", "1", "3"]);
+      assert.deepEqual(
+        flaky.got.filter((x) => x.headers["webhook-id"] === fe1).map((x) => x.headers["webhook-timestamp"]),
+        ["0", "1", "3"],
+      );
       for (const x of flaky.got.slice(4)) expectSigned(x, b.secret, 3);
       assert.equal((await d.deliverPending()).requests, 0);
     });
@@ -213,7 +237,10 @@ for (const engine of testEngines()) {
       const d = new WebhookDispatcher({ store, secrets, addresses: loopback, clock: () => 0, queueLimit: 1 });
       assert.deepEqual(await d.deliverPending(), { delivered: 0, failed: 1, deadLettered: 0, waiting: 0, requests: 1 }, "the oldest goes first and fails");
       assert.deepEqual(await d.deliverPending(), { delivered: 1, failed: 0, deadLettered: 0, waiting: 1, requests: 1 }, "with a lane of one, the newer event is next");
-      assert.deepEqual(rec.got.map((x) => String(x.headers["webhook-id"]).split("_")[1]), [String(stuck.id), String(fine.id)]);
+      assert.deepEqual(
+        rec.got.map((x) => String(x.headers["webhook-id"]).split("_")[1]),
+        [String(stuck.id), String(fine.id)],
+      );
       assert.notEqual((await store.listEvents({ type: "t.fine" }))[0].deliveredAt, null);
       const [s] = await store.listWebhookDeliveries({ eventId: stuck.id });
       assert.deepEqual([s.status, s.attempts, s.nextAttemptAt], ["pending", 1, 1000]);
@@ -323,17 +350,17 @@ for (const engine of testEngines()) {
       assert.equal(bad.got.length, 3);
       clock = NOW; // the retry queues it due at the store's clock
       const [letter] = await store.listWebhookDeliveries({ status: "dead" });
-      assert.deepEqual(
-        [letter.eventId, letter.webhookId, letter.attempts, letter.lastError, letter.deadAt],
-        [e.id, w.webhook.id, 3, "HTTP 500", NOW],
-      );
+      assert.deepEqual([letter.eventId, letter.webhookId, letter.attempts, letter.lastError, letter.deadAt], [e.id, w.webhook.id, 3, "HTTP 500", NOW]);
       assert.equal((await store.listEvents({ type: "t.dead" }))[0].deliveredAt, null, "a dead letter keeps its event undelivered");
 
       // Retrying: refused without naming anything; a malformed id is a WebhookError; the named one is queued again.
       await assert.rejects(retryDeadLetters(store, {}, "olga"), WebhookError);
       await assert.rejects(retryDeadLetters(store, { deliveryIds: ["7.x"] }, "olga"), WebhookError);
       const retried = await retryDeadLetters(store, { deliveryIds: [deliveryId(e.id, w.webhook.id)] }, "olga");
-      assert.deepEqual(retried.map((x) => [x.eventId, x.status, x.attempts]), [[e.id, "pending", 0]]);
+      assert.deepEqual(
+        retried.map((x) => [x.eventId, x.status, x.attempts]),
+        [[e.id, "pending", 0]],
+      );
       assert.deepEqual(await retryDeadLetters(store, { webhookId: w.webhook.id }, "olga"), [], "nothing dead any more");
       assert.deepEqual(await d.deliverPending(), { delivered: 1, failed: 0, deadLettered: 0, waiting: 0, requests: 1 });
       assert.notEqual((await store.listEvents({ type: "t.dead" }))[0].deliveredAt, null);
@@ -343,7 +370,10 @@ for (const engine of testEngines()) {
       for await (const a of auditEntries(t.db)) if (a.subject === w.webhook.id) audit.push(a);
       assert.deepEqual(
         audit.map((a) => [a.action, a.actor]),
-        [["webhook.created", "olga"], ["webhook.dead-letters.retried", "olga"]],
+        [
+          ["webhook.created", "olga"],
+          ["webhook.dead-letters.retried", "olga"],
+        ],
       );
       assert.deepEqual(audit[1].details, { deliveryIds: [deliveryId(e.id, w.webhook.id)], count: 1 });
       assert.ok(!JSON.stringify(audit).includes(secrets.secretFor(w.webhook.id).slice(6)), "never the secret");
@@ -372,7 +402,10 @@ for (const engine of testEngines()) {
       const e4 = (await other.enqueueEvent({ type: "t.two", subject: "t4", payload: 4 }))!;
       await other.fanOutEvent(e4.id, [w.webhook.id], 0);
       const stolen = await other.claimWebhookDeliveries({ webhookId: w.webhook.id, limit: 10, now: 0, owner: "crashed-server:1", leaseUntil: 50_000 });
-      assert.deepEqual(stolen.map((s) => s.eventId), [e4.id]);
+      assert.deepEqual(
+        stolen.map((s) => s.eventId),
+        [e4.id],
+      );
       assert.deepEqual(await other.claimWebhookDeliveries({ webhookId: w.webhook.id, limit: 10, now: 0, owner: "another:1", leaseUntil: 50_000 }), [], "claimed once");
       assert.equal((await new WebhookDispatcher({ store, secrets, addresses: loopback, clock: () => 49_999 }).deliverPending()).requests, 0);
       const takeover = new WebhookDispatcher({ store: other, secrets, addresses: loopback, clock: () => 50_000 }).deliverPending();
@@ -395,7 +428,12 @@ for (const engine of testEngines()) {
         const done = (await s0.enqueueEvent({ type: "t.old", subject: "done", payload: null }))!;
         const half = (await s0.enqueueEvent({ type: "t.old", subject: "half", payload: null }))!;
         const raw = old.db.withTables<{ webhook_deliveries: { event_id: number; webhook_id: string; delivered_at: number } }>();
-        for (const [e, w] of [[done, acked], [done, owed], [half, acked]] as const) await raw.insertInto("webhook_deliveries").values({ event_id: e.id, webhook_id: w.id, delivered_at: NOW }).execute();
+        for (const [e, w] of [
+          [done, acked],
+          [done, owed],
+          [half, acked],
+        ] as const)
+          await raw.insertInto("webhook_deliveries").values({ event_id: e.id, webhook_id: w.id, delivered_at: NOW }).execute();
         await old.db.updateTable("events").set({ delivered_at: NOW }).where("id", "=", done.id).execute();
         await old.db.updateTable("events").set({ attempts: 2, next_attempt_at: 7000 }).where("id", "=", half.id).execute();
         await migrateToLatest(old.db);
@@ -462,8 +500,7 @@ for (const engine of testEngines()) {
         ["http://[2002:c0a8:0101::1]/h", /private/], // 6to4 of 192.168.1.1
         ["http://224.0.0.1/h", /multicast/],
       ] as const;
-      for (const [url, why] of refused)
-        await assert.rejects(registerWebhook(store, secrets, { url, eventTypes: ["*"] }, noDns), (e) => e instanceof WebhookError && why.test(e.message), url);
+      for (const [url, why] of refused) await assert.rejects(registerWebhook(store, secrets, { url, eventTypes: ["*"] }, noDns), (e) => e instanceof WebhookError && why.test(e.message), url);
       // The default policy (no allow-list) refuses too; an allow-list permits exactly its ranges.
       await assert.rejects(registerWebhook(store, secrets, { url: "http://127.0.0.1:1/h", eventTypes: ["*"] }), /loopback/);
       const allowed = new WebhookAddressPolicy({ allow: ["127.0.0.1/32", "10.20.0.0/16"], resolve: resolverOf({}) });
@@ -506,7 +543,12 @@ for (const engine of testEngines()) {
       // name exists only in the injected resolver, so the request reached the receiver through it).
       answers["hooks.rebind.example"] = ["127.0.0.1"];
       await drain();
-      await registerWebhook(store, secrets, { url: `http://hooks.rebind.example:${port}/hook`, eventTypes: ["t.rebind2"] }, new WebhookAddressPolicy({ resolve: resolverOf({ "hooks.rebind.example": ["93.184.215.14"] }) }));
+      await registerWebhook(
+        store,
+        secrets,
+        { url: `http://hooks.rebind.example:${port}/hook`, eventTypes: ["t.rebind2"] },
+        new WebhookAddressPolicy({ resolve: resolverOf({ "hooks.rebind.example": ["93.184.215.14"] }) }),
+      );
       await store.enqueueEvent({ type: "t.rebind2", subject: "s", payload: null });
       const strict = new WebhookDispatcher({ store, secrets, addresses: policy, clock: () => 0 });
       assert.equal((await strict.deliverPending()).failed, 1);
@@ -539,7 +581,10 @@ test("secrets: derived, per webhook and per server secret, in the Standard Webho
   assert.notEqual(new WebhookSecrets(Buffer.alloc(32, 8)).ref, s.ref);
   assert.throws(() => new WebhookSecrets(Buffer.alloc(16)), /at least 32 bytes/);
   const d = new WebhookDispatcher({ store: undefined as unknown as Store, secrets: s, backoffBaseMs: 1000, backoffMaxMs: 5000 });
-  assert.deepEqual([1, 2, 3, 4, 10].map((n) => d.backoffMs(n)), [1000, 2000, 4000, 5000, 5000]);
+  assert.deepEqual(
+    [1, 2, 3, 4, 10].map((n) => d.backoffMs(n)),
+    [1000, 2000, 4000, 5000, 5000],
+  );
   assert.throws(() => new WebhookDispatcher({ store: undefined as unknown as Store, secrets: s, maxAttempts: 0 }), WebhookError);
 });
 

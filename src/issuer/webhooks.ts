@@ -89,7 +89,9 @@ export class WebhookSecrets {
 
   /** The signing key of webhook `id` (32 bytes). */
   keyFor(id: string): Buffer {
-    return createHmac("sha256", this.#key).update(SECRET_LABEL + id, "utf8").digest();
+    return createHmac("sha256", this.#key)
+      .update(SECRET_LABEL + id, "utf8")
+      .digest();
   }
 
   /** The signing secret of webhook `id`, as shown to its owner: "whsec_" + base64 of its key. */
@@ -148,7 +150,13 @@ export async function registerWebhook(
   }
   const webhook = await store.transaction(async (s) => {
     const w = await s.addWebhook({ url: input.url, eventTypes: input.eventTypes, secretRef: secrets.ref });
-    await appendAudit(s.db, { actor, action: "webhook.created", subject: w.id, details: { webhookId: w.id, scheme: url.protocol.slice(0, -1), host: url.host, eventTypes: w.eventTypes }, at: s.now() });
+    await appendAudit(s.db, {
+      actor,
+      action: "webhook.created",
+      subject: w.id,
+      details: { webhookId: w.id, scheme: url.protocol.slice(0, -1), host: url.host, eventTypes: w.eventTypes },
+      at: s.now(),
+    });
     return w;
   });
   return { webhook, secret: secrets.secretFor(webhook.id) };
@@ -351,7 +359,12 @@ export class WebhookDispatcher {
     for (const lane of this.#lanes.values()) dropped.push(...lane.queued.splice(0));
     for (const j of dropped) j.done({ kind: "skipped" });
     for (const owner of new Set(dropped.map((j) => j.owner)))
-      await this.#store.releaseWebhookLeases(owner, dropped.filter((j) => j.owner === owner).map((j) => j.row)).catch(() => {});
+      await this.#store
+        .releaseWebhookLeases(
+          owner,
+          dropped.filter((j) => j.owner === owner).map((j) => j.row),
+        )
+        .catch(() => {});
     await Promise.all([...this.#running]);
     this.#stopping = false;
   }

@@ -151,6 +151,8 @@ export async function buildSignedCsr(custody: KeyCustody, label: string, subject
   });
   const tbs = bytes(AsnConvert.serialize(cri));
   const signature = await custody.sign(label, tbs, { hash });
-  const der = bytes(AsnConvert.serialize(new CertificationRequest({ certificationRequestInfo: arrayBuffer(tbs), signatureAlgorithm: csrSignatureAlgorithm(alg, hash), signature: arrayBuffer(signature) })));
+  const der = bytes(
+    AsnConvert.serialize(new CertificationRequest({ certificationRequestInfo: arrayBuffer(tbs), signatureAlgorithm: csrSignatureAlgorithm(alg, hash), signature: arrayBuffer(signature) })),
+  );
   return { der, pem: toPem(der, "CERTIFICATE REQUEST"), spki };
 }

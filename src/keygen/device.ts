@@ -122,7 +122,15 @@ export class KeyGenerationDevice {
     if (anchors.length === 0) throw new TypeError("trustAnchors must hold at least one root certificate");
     if (opts.escrow !== undefined && (typeof opts.escrow?.escrow !== "function" || typeof opts.escrow?.abandon !== "function"))
       throw new TypeError("escrow must be a KeyEscrowHook (escrow and abandon)");
-    return new KeyGenerationDevice(opts.custody, opts.ca, opts.registry, anchors.map((a) => a.slice()), attempts, opts.clock ?? (() => new Date()), opts.escrow);
+    return new KeyGenerationDevice(
+      opts.custody,
+      opts.ca,
+      opts.registry,
+      anchors.map((a) => a.slice()),
+      attempts,
+      opts.clock ?? (() => new Date()),
+      opts.escrow,
+    );
   }
 
   /**
@@ -209,7 +217,11 @@ export class KeyGenerationDevice {
     try {
       secretId = await readCardSecretId(this.custody, req.card);
     } catch (e) {
-      throw deviceRefusal("device-secret-id", `the card's secret ID could not be read through the secure channel (${(e as Error).message}); certificate ${certified.serial} ${await this.revoke(certified.serial)}`, { cause: e });
+      throw deviceRefusal(
+        "device-secret-id",
+        `the card's secret ID could not be read through the secure channel (${(e as Error).message}); certificate ${certified.serial} ${await this.revoke(certified.serial)}`,
+        { cause: e },
+      );
     }
     try {
       const r = await this.escrowHook!.escrow({

@@ -102,7 +102,15 @@ for (const engine of testEngines()) {
         const device = await KeyGenerationDevice.create({ custody, ca: center, registry: new MemoryIssuedKeyRegistry(), trustAnchors: [root], escrow: svc.escrowHook("keygen") });
         const keygenKeys = async () => (await custody.listKeys()).filter((k) => k.label.startsWith("keygen.")).map((k) => k.label);
         const issue = (d: KeyGenerationDevice, c: InsertedCard, cardId?: string) =>
-          d.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "signature", slot: "9c", card: { transmit: c.transmit, keySet: c.keySet }, ...(cardId ? { escrow: { cardId } } : {}) });
+          d.issue({
+            applicantId: "user-1",
+            personalData: HANAKO,
+            alg: "P256",
+            profile: "signature",
+            slot: "9c",
+            card: { transmit: c.transmit, keySet: c.keySet },
+            ...(cardId ? { escrow: { cardId } } : {}),
+          });
 
         // arguments
         const c0 = await card(custody);

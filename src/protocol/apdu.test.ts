@@ -33,16 +33,11 @@ test("refuses malformed lengths with 6700", () => {
 
 test("encode/parse round trip for every length combination", () => {
   fc.assert(
-    fc.property(
-      fc.uint8Array({ maxLength: 600 }),
-      fc.option(fc.integer({ min: 1, max: 65536 }), { nil: undefined }),
-      fc.boolean(),
-      (data, le, forceExt) => {
-        const raw = encodeCommand({ cla: 0, ins: 0xdb, p1: 0x3f, p2: 0xff, data, le, extended: forceExt });
-        const c = parseCommand(raw);
-        assert.deepEqual([...c.data], [...data]);
-        assert.equal(c.le, le);
-      },
-    ),
+    fc.property(fc.uint8Array({ maxLength: 600 }), fc.option(fc.integer({ min: 1, max: 65536 }), { nil: undefined }), fc.boolean(), (data, le, forceExt) => {
+      const raw = encodeCommand({ cla: 0, ins: 0xdb, p1: 0x3f, p2: 0xff, data, le, extended: forceExt });
+      const c = parseCommand(raw);
+      assert.deepEqual([...c.data], [...data]);
+      assert.equal(c.le, le);
+    }),
   );
 });

@@ -35,7 +35,10 @@ const EMPTY = new Uint8Array(0);
 /** Parses a command APDU (cases 1, 2S, 3S, 4S, 2E, 3E, 4E). Throws CardError(6700) when the lengths do not add up. */
 export function parseCommand(raw: Uint8Array): CommandApdu {
   if (raw.length < 4) throw new CardError(SW.WRONG_LENGTH, "APDU shorter than its header");
-  const cla = raw[0], ins = raw[1], p1 = raw[2], p2 = raw[3];
+  const cla = raw[0],
+    ins = raw[1],
+    p1 = raw[2],
+    p2 = raw[3];
   const body = raw.length - 4;
   const make = (data: Uint8Array, le: number | undefined, extended: boolean): CommandApdu => ({ cla, ins, p1, p2, data, le, extended });
   if (body === 0) return make(EMPTY, undefined, false); // case 1

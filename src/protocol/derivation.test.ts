@@ -30,11 +30,17 @@ test("the derivation block is EMV CPS's: with 3DES it gives GlobalPlatformPro's 
 test("AES: one block of that derivation under the KMC; AES-128 and AES-256 KMCs give AES-128 card keys", () => {
   const k = deriveTransportKeySet(KEY_40, KDD);
   assert.deepEqual([hex(k.enc), hex(k.mac), hex(k.dek)], ["E79AC10B494E12C55A0436C8EF62C25F", "CD19A782BC4DF6080B4B3212E363427A", "8F477CEBBC18B19ABA9DCAF470966735"]);
-  assert.deepEqual([k.enc, k.mac, k.dek].map((x) => hex(keyCheckValue(x))), ["1BC0A5", "A3399A", "57E25B"]);
+  assert.deepEqual(
+    [k.enc, k.mac, k.dek].map((x) => hex(keyCheckValue(x))),
+    ["1BC0A5", "A3399A", "57E25B"],
+  );
   for (const name of ["enc", "mac", "dek"] as const) assert.equal(hex(k[name]), hex(ecb("aes-128-ecb", KEY_40, transportKeyData(KDD, name))), `${name}: AES-ECB of the block`);
   const kmc256 = Buffer.from("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f", "hex");
   const k256 = deriveTransportKeySet(kmc256, KDD);
-  assert.deepEqual([k256.enc, k256.mac, k256.dek].map((x) => hex(keyCheckValue(x))), ["F1670D", "3D26F9", "469D78"]);
+  assert.deepEqual(
+    [k256.enc, k256.mac, k256.dek].map((x) => hex(keyCheckValue(x))),
+    ["F1670D", "3D26F9", "469D78"],
+  );
   assert.equal(hex(k256.enc), hex(ecb("aes-256-ecb", kmc256, transportKeyData(KDD, "enc"))));
   assert.throws(() => deriveTransportKeySet(new Uint8Array(24), KDD), /AES-128 or AES-256/);
   assert.throws(() => transportKeyData("0001", "enc"), /10 bytes/);

@@ -177,7 +177,12 @@ test("a tampered envelope is refused, whichever field was changed", async () => 
       await assert.rejects(decipherWithCard(c.piv, SLOT.keyManagement, Buffer.from(JSON.stringify({ ...o, v: 2 }))), isErr("malformed", /version 2/));
       await assert.rejects(decipherWithCard(c.piv, SLOT.keyManagement, Buffer.from(JSON.stringify({ ...o, extra: "x" }))), isErr("malformed", /extra/));
       // truncated ciphertext
-      const short = { ...o, ct: Buffer.from(o.ct as string, "base64url").subarray(1).toString("base64url") };
+      const short = {
+        ...o,
+        ct: Buffer.from(o.ct as string, "base64url")
+          .subarray(1)
+          .toString("base64url"),
+      };
       await assert.rejects(decipherWithCard(c.piv, SLOT.keyManagement, Buffer.from(JSON.stringify(short))), isErr("tampered"));
       // and the original still opens
       assert.match(Buffer.from(await decipherWithCard(c.piv, SLOT.keyManagement, env)).toString(), /ledger entry #42/);
@@ -191,8 +196,15 @@ test("a tampered envelope is refused, whichever field was changed", async () => 
 test("malformed envelopes and unsupported recipients are named", () => {
   assert.throws(() => parseEnvelope(Buffer.from("hello")), isErr("malformed", /not JSON/));
   assert.throws(() => parseEnvelope(Buffer.from("[]")), isErr("malformed", /not a JSON object/));
-  assert.throws(() => parseEnvelope(Buffer.from(JSON.stringify({ format: "my secret: 4711" }))), (e: unknown) => e instanceof EncipheredError && e.code === "malformed" && /format/.test(e.message) && !/4711/.test(e.message), "the input is not echoed");
-  assert.throws(() => parseEnvelope(Buffer.from(JSON.stringify({ format: "cardkms-enciphered", v: 1, alg: "ROT13" }))), (e: unknown) => e instanceof EncipheredError && e.code === "unsupported" && !/ROT13/.test(e.message));
+  assert.throws(
+    () => parseEnvelope(Buffer.from(JSON.stringify({ format: "my secret: 4711" }))),
+    (e: unknown) => e instanceof EncipheredError && e.code === "malformed" && /format/.test(e.message) && !/4711/.test(e.message),
+    "the input is not echoed",
+  );
+  assert.throws(
+    () => parseEnvelope(Buffer.from(JSON.stringify({ format: "cardkms-enciphered", v: 1, alg: "ROT13" }))),
+    (e: unknown) => e instanceof EncipheredError && e.code === "unsupported" && !/ROT13/.test(e.message),
+  );
   const ed = generateKeyPairSync("ed25519").publicKey;
   assert.throws(() => encipherForCard(ed, Buffer.from("x")), isErr("unsupported", /not one a card holds/));
   assert.throws(() => recipientOf(Buffer.from("not DER")), isErr("unsupported"));

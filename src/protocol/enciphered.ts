@@ -19,7 +19,21 @@
 // to open. The kid lets a card that does not hold the recipient key be told apart (from its certificate) before
 // any card operation, with an error naming both keys.
 
-import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, publicEncrypt, randomBytes, constants, timingSafeEqual, type KeyObject } from "node:crypto";
+import {
+  X509Certificate,
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  publicEncrypt,
+  randomBytes,
+  constants,
+  timingSafeEqual,
+  type KeyObject,
+} from "node:crypto";
 import type { KeyAlg } from "./types.ts";
 import { ApduError, type Transmit } from "./apdu-client.ts";
 
@@ -116,7 +130,8 @@ export function recipientOf(publicKey: Uint8Array | X509Certificate | KeyObject)
   let alg: KeyAlg | undefined;
   if (key.asymmetricKeyType === "ec") alg = d.namedCurve === "prime256v1" ? "P256" : d.namedCurve === "secp384r1" ? "P384" : undefined;
   else if (key.asymmetricKeyType === "rsa") alg = d.modulusLength === 2048 ? "RSA2048" : d.modulusLength === 3072 ? "RSA3072" : undefined;
-  if (!alg) throw new EncipheredError("unsupported", `the recipient key (${key.asymmetricKeyType ?? "?"} ${d.namedCurve ?? d.modulusLength ?? ""}) is not one a card holds: EC P-256, P-384 or RSA 2048, 3072`);
+  if (!alg)
+    throw new EncipheredError("unsupported", `the recipient key (${key.asymmetricKeyType ?? "?"} ${d.namedCurve ?? d.modulusLength ?? ""}) is not one a card holds: EC P-256, P-384 or RSA 2048, 3072`);
   const spki = new Uint8Array(key.export({ format: "der", type: "spki" }));
   return { key, alg, spki, kid: createHash("sha256").update(spki).digest("hex") };
 }
@@ -341,7 +356,10 @@ export async function decipherWithCard(card: PivClient | Transmit, slot: number,
     });
     if (onCard !== undefined) {
       if (onCard !== env.kid) {
-        throw new EncipheredError("wrong-card", `this envelope is enciphered for key ${env.kid.slice(0, 16)}…, but the card's key in slot ${slot.toString(16).toUpperCase()} is ${onCard.slice(0, 16)}…: another card (or another key) holds the recipient key`);
+        throw new EncipheredError(
+          "wrong-card",
+          `this envelope is enciphered for key ${env.kid.slice(0, 16)}…, but the card's key in slot ${slot.toString(16).toUpperCase()} is ${onCard.slice(0, 16)}…: another card (or another key) holds the recipient key`,
+        );
       }
       kidChecked = true;
     }

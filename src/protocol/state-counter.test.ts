@@ -79,7 +79,10 @@ test("DF23 after INITIALIZE UPDATE: the counter under the session's S-MAC, bound
     assert.equal(Buffer.from(r.response).subarray(0, 5).toString("hex"), "df23148008", "DF23 { 80 counter (8), 81 MAC (8) }");
 
     const fails = (resp: Uint8Array, keys: typeof r.keys, reason: StateCounterError["reason"]) =>
-      assert.throws(() => checkStateCounterReport(resp, keys), (e: unknown) => e instanceof StateCounterError && e.reason === reason);
+      assert.throws(
+        () => checkStateCounterReport(resp, keys),
+        (e: unknown) => e instanceof StateCounterError && e.reason === reason,
+      );
     // A terminal that raises the counter on the way breaks the MAC.
     const forged = Uint8Array.from(r.response);
     forged[12] ^= 0x01;

@@ -16,11 +16,18 @@ test("round-trips tags of 1-3 bytes and long lengths", () => {
   );
   const two = parseTlvs(concat(tlv(0x80, h("11")), tlv(0x81, h("2233"))));
   assert.equal(parseTlvs(h("FF2103810100"))[0].tag, 0xff21, "GlobalPlatform FFxx tags are tags, not padding");
-  assert.deepEqual(two.map((t) => t.tag), [0x80, 0x81]);
+  assert.deepEqual(
+    two.map((t) => t.tag),
+    [0x80, 0x81],
+  );
 });
 
 test("malformed TLV is refused with 6A80", () => {
   for (const bad of ["53", "5305AA", "5F", "5FC1", "538401020304", "5381"]) {
-    assert.throws(() => parseTlvs(h(bad)), (e: unknown) => e instanceof CardError && e.sw === 0x6a80, bad);
+    assert.throws(
+      () => parseTlvs(h(bad)),
+      (e: unknown) => e instanceof CardError && e.sw === 0x6a80,
+      bad,
+    );
   }
 });

@@ -84,7 +84,10 @@ test("a refusal by an indispensable party ends the request; later decisions are 
   assert.equal(e.status, "failed");
   if (e.status === "failed") assert.deepEqual(e.condition, { kind: "indispensable_refused", party: "user" });
   const late = signApproval(request, c.approvals, { arbitrator: "sp-a", decision: "approve" }, keys.get("sp-a")!.signing);
-  assert.throws(() => c.append(late), (err: RecoveryError) => err.check === "request_ended" && /indispensable party user refused/.test(err.message));
+  assert.throws(
+    () => c.append(late),
+    (err: RecoveryError) => err.check === "request_ended" && /indispensable party user refused/.test(err.message),
+  );
   assert.equal(c.approvals.length, 1, "a refused approval is not appended");
 });
 
@@ -103,7 +106,11 @@ test("the approver list is signed by the policy's author and matches the chain",
   if (!v.ok) return;
   const list = signApproverList(request, chain, "mgr-a", keys.get("mgr-a")!.signing);
   verifyApproverList(list, request, v, registry);
-  const check = (l: typeof list, c: RecoveryCheck) => assert.throws(() => verifyApproverList(l, request, v, registry), (e: RecoveryError) => e.check === c);
+  const check = (l: typeof list, c: RecoveryCheck) =>
+    assert.throws(
+      () => verifyApproverList(l, request, v, registry),
+      (e: RecoveryError) => e.check === c,
+    );
   check(signApproverList(request, chain, "mgr-b", keys.get("mgr-b")!.signing), "forged_signature");
   check({ ...list, approvers: ["user", "credit-co", "sp-b", "mgr-a"] }, "forged_signature");
   check(signApproverList(request, chain.slice(0, 5), "mgr-a", keys.get("mgr-a")!.signing), "broken_chain");

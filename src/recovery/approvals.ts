@@ -123,7 +123,8 @@ export function validateRequest(request: ReproductionRequest, registry: Arbitrat
   for (const k of ["requestId", "escrowId", "cardId", "requester", "filedAt"] as const)
     if (typeof request[k] !== "string" || request[k].length === 0 || request[k].length > 128) throw new RecoveryError("request_invalid", `request ${k} must be a string of 1-128 characters`);
   if (!ISO.test(request.filedAt)) throw new RecoveryError("request_invalid", "request filedAt must be an ISO 8601 time");
-  if (request.reason !== undefined && (typeof request.reason !== "string" || request.reason.length > MAX_REASON)) throw new RecoveryError("request_invalid", `request reason must be at most ${MAX_REASON} characters`);
+  if (request.reason !== undefined && (typeof request.reason !== "string" || request.reason.length > MAX_REASON))
+    throw new RecoveryError("request_invalid", `request reason must be at most ${MAX_REASON} characters`);
   return validatePolicy(request.policy, registry);
 }
 
@@ -201,9 +202,7 @@ export class ApprovalChain {
   }
 }
 
-export type ChainVerdict =
-  | { ok: true; evaluation: Evaluation; head: string; approvers: string[] }
-  | { ok: false; check: RecoveryCheck; index: number; message: string; error: RecoveryError };
+export type ChainVerdict = { ok: true; evaluation: Evaluation; head: string; approvers: string[] } | { ok: false; check: RecoveryCheck; index: number; message: string; error: RecoveryError };
 
 /**
  * Verifies a whole chain: every signature, link, party and order condition. Returns the policy's evaluation of

@@ -89,16 +89,15 @@ export async function registerArbitrator(ctx: ServiceContext, input: ArbitratorI
   checkActor(actor);
   if (!isObject(input)) throw new RecoveryServiceError("invalid_argument", "expected { id, roles?, displayName?, signingPublicKey, encryptionPublicKey }");
   const roles = input.roles ?? [];
-  if (!Array.isArray(roles) || roles.length > 16 || !roles.every(isName))
-    throw new RecoveryServiceError("invalid_argument", "roles must be at most 16 names of 1-64 printable characters");
-  if (input.displayName !== undefined && !isName(input.displayName))
-    throw new RecoveryServiceError("invalid_argument", "displayName must be 1-64 printable characters");
+  if (!Array.isArray(roles) || roles.length > 16 || !roles.every(isName)) throw new RecoveryServiceError("invalid_argument", "roles must be at most 16 names of 1-64 printable characters");
+  if (input.displayName !== undefined && !isName(input.displayName)) throw new RecoveryServiceError("invalid_argument", "displayName must be 1-64 printable characters");
   let checked;
   try {
     // The registry's own checks: id syntax, P-256 public keys.
     checked = new ArbitratorRegistry().register({ id: input.id, signingPublicKey: input.signingPublicKey, encryptionPublicKey: input.encryptionPublicKey });
   } catch (e) {
-    if (e instanceof RecoveryError) throw new RecoveryServiceError("invalid_argument", e.message.replace(/^unknown_arbitrator: /, ""), { arbitrator: typeof input.id === "string" ? input.id : undefined });
+    if (e instanceof RecoveryError)
+      throw new RecoveryServiceError("invalid_argument", e.message.replace(/^unknown_arbitrator: /, ""), { arbitrator: typeof input.id === "string" ? input.id : undefined });
     throw e;
   }
   const rec: ArbitratorRecord = {
@@ -121,7 +120,9 @@ export async function registerArbitrator(ctx: ServiceContext, input: ArbitratorI
       at: rec.registeredAt,
     });
   });
-  return arbitratorView(rec, [{ arbitratorId: rec.id, version: 1, signingPublicKey: rec.signingPublicKey, encryptionPublicKey: rec.encryptionPublicKey, validFrom: rec.registeredAt, recordedBy: actor }]);
+  return arbitratorView(rec, [
+    { arbitratorId: rec.id, version: 1, signingPublicKey: rec.signingPublicKey, encryptionPublicKey: rec.encryptionPublicKey, validFrom: rec.registeredAt, recordedBy: actor },
+  ]);
 }
 
 /** Every arbitrator, by id (all pages; the routes page with arbitratorsPage). */

@@ -50,7 +50,8 @@ export async function setPolicy(ctx: ServiceContext, cardId: string, doc: unknow
   const at = ctx.at();
   await ctx.repo.transaction(async (repo, trx) => {
     const escrow = await repo.escrowByCard(cardId);
-    if (escrow) throw new RecoveryServiceError("escrow_exists", `card ${cardId}'s key is escrowed under policy ${escrow.policyDigest}; its policy can no longer change`, { cardId, escrowId: escrow.escrowId });
+    if (escrow)
+      throw new RecoveryServiceError("escrow_exists", `card ${cardId}'s key is escrowed under policy ${escrow.policyDigest}; its policy can no longer change`, { cardId, escrowId: escrow.escrowId });
     await repo.putPolicy({ cardId, policy: canonicalJson(policy), policyDigest: digest, setBy: actor, setAt: at });
     await appendAudit(trx, {
       actor,

@@ -24,7 +24,6 @@ export function checkActor(actor: unknown): asserts actor is string {
 // ---------------------------------------------------------------------------------------------------------------
 // Public keys
 
-
 export function p256FromSpki(spki: Uint8Array, what: string): KeyObject {
   let k: KeyObject;
   try {

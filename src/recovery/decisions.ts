@@ -30,13 +30,21 @@ export async function refuse(ctx: ServiceContext, requestId: string, approval: A
   return decide(ctx, requestId, approval, [], "refuse", opts.actor);
 }
 
-async function decide(ctx: ServiceContext, requestId: string, approval: Approval, releases: readonly ShareRelease[], expected: "approve" | "refuse", actorOpt: string | undefined): Promise<RequestView> {
+async function decide(
+  ctx: ServiceContext,
+  requestId: string,
+  approval: Approval,
+  releases: readonly ShareRelease[],
+  expected: "approve" | "refuse",
+  actorOpt: string | undefined,
+): Promise<RequestView> {
   const claimed = isObject(approval) && typeof approval.arbitrator === "string" ? approval.arbitrator : "unknown";
   const actor = actorOpt ?? claimed;
   try {
     checkActor(actor);
     if (!isObject(approval)) throw new RecoveryServiceError("invalid_argument", "expected a signed approval");
-    if (approval.decision !== expected) throw new RecoveryServiceError("invalid_argument", `this is ${expected === "approve" ? "an approval" : "a refusal"}; the signed decision says ${String(approval.decision)}`);
+    if (approval.decision !== expected)
+      throw new RecoveryServiceError("invalid_argument", `this is ${expected === "approve" ? "an approval" : "a refusal"}; the signed decision says ${String(approval.decision)}`);
     if (expected === "refuse" && (typeof approval.reason !== "string" || approval.reason.trim() === "")) throw new RecoveryServiceError("invalid_argument", "a refusal states its reason");
     if (!Array.isArray(releases)) throw new RecoveryServiceError("release_invalid", "releases must be an array");
     const at = ctx.at();
@@ -61,7 +69,18 @@ async function decide(ctx: ServiceContext, requestId: string, approval: Approval
       if (expected === "refuse" && releases.length) throw new RecoveryServiceError("release_invalid", "a refusal releases no share");
       const seq = approvals.length;
       const signingKeyVersion = registry.currentVersion(approval.arbitrator);
-      if (!(await repo.insertApproval({ requestId, seq, arbitratorId: approval.arbitrator, decision: approval.decision, approval: JSON.stringify(approval), approvalHash: approvalHash(approval), recordedAt: at, signingKeyVersion })))
+      if (
+        !(await repo.insertApproval({
+          requestId,
+          seq,
+          arbitratorId: approval.arbitrator,
+          decision: approval.decision,
+          approval: JSON.stringify(approval),
+          approvalHash: approvalHash(approval),
+          recordedAt: at,
+          signingKeyVersion,
+        }))
+      )
         throw new RecoveryError("broken_chain", `approval ${seq}: another decision took this place in the chain`, { requestId });
       if (!(await repo.insertReleases(released.map((r) => ({ requestId, shareId: r.header.shareId, arbitratorId: approval.arbitrator, release: JSON.stringify(r), recordedAt: at })))))
         throw new RecoveryError("share_duplicate", `a share of ${approval.arbitrator} was released for this request already`, { requestId });
@@ -84,7 +103,13 @@ async function decide(ctx: ServiceContext, requestId: string, approval: Approval
       let next = rec;
       if (evaluation.status === "failed" && (rec.status === "open" || rec.status === "satisfied")) {
         await repo.moveRequest(requestId, ["open", "satisfied"], "ended", at, { statusDetail: evaluation.message });
-        await appendAudit(trx, { actor: "recovery-service", action: "recovery.request.end", subject: requestId, details: { cardId: rec.cardId, condition: jsonDetails(evaluation.condition), message: evaluation.message }, at });
+        await appendAudit(trx, {
+          actor: "recovery-service",
+          action: "recovery.request.end",
+          subject: requestId,
+          details: { cardId: rec.cardId, condition: jsonDetails(evaluation.condition), message: evaluation.message },
+          at,
+        });
         next = { ...rec, status: "ended", statusDetail: evaluation.message };
       } else if (evaluation.status === "satisfied" && rec.status === "open") {
         await repo.moveRequest(requestId, ["open"], "satisfied", at);
@@ -127,7 +152,13 @@ export async function submitApproverList(ctx: ServiceContext, requestId: string,
       const approverListKeyVersion = registry.currentVersion(list.author);
       if (!(await repo.moveRequest(requestId, ["satisfied"], "satisfied", at, { approverList: text, approverListKeyVersion })))
         throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
-      await appendAudit(trx, { actor, action: "recovery.approvers.list", subject: requestId, details: { cardId: rec.cardId, author: list.author, approvers: list.approvers, chainHead: list.chainHead }, at });
+      await appendAudit(trx, {
+        actor,
+        action: "recovery.approvers.list",
+        subject: requestId,
+        details: { cardId: rec.cardId, author: list.author, approvers: list.approvers, chainHead: list.chainHead },
+        at,
+      });
       return requestView({ ...rec, approverList: text, approverListKeyVersion, updatedAt: at }, approvals, released);
     });
   } catch (e) {

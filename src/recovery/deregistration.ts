@@ -121,7 +121,7 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
       const disabled = [...new Set([...(await keyedRegistry(repo, [])).disabledIds(), id])];
       // escrowed keys that no arbitrator set left could reproduce
       const stranded: string[] = [];
-      for (let after: string | undefined; ; ) {
+      for (let after: string | undefined; ;) {
         const batch = await repo.policiesMentioning(id, { after, limit: 500 });
         for (const p of batch) {
           if (p.escrowId === undefined) continue;
@@ -140,7 +140,7 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
       if (!(await repo.disableArbitrator(id, at, actor, reason))) throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${id} is deregistered already`, { arbitrator: id });
       // requests in flight it makes impossible to satisfy end, naming it
       const ended: DeregistrationResult["endedRequests"] = [];
-      for (let after: { filedAt: number; requestId: string } | undefined; ; ) {
+      for (let after: { filedAt: number; requestId: string } | undefined; ;) {
         const batch = await repo.requests({ statuses: ["open", "satisfied"], after, limit: 500 });
         for (const r of batch) {
           const policy = (JSON.parse(r.request) as ServiceRequest).policy;
@@ -150,7 +150,13 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
           if (why === undefined) continue;
           const message = `arbitrator ${id} was deregistered: ${why}`;
           if (!(await repo.moveRequest(r.requestId, ["open", "satisfied"], "ended", at, { statusDetail: message }))) continue;
-          await appendAudit(trx, { actor, action: "recovery.request.end", subject: r.requestId, details: { cardId: r.cardId, condition: { kind: "arbitrator_deregistered", party: id }, message }, at });
+          await appendAudit(trx, {
+            actor,
+            action: "recovery.request.end",
+            subject: r.requestId,
+            details: { cardId: r.cardId, condition: { kind: "arbitrator_deregistered", party: id }, message },
+            at,
+          });
           ended.push({ requestId: r.requestId, cardId: r.cardId, message });
         }
         if (batch.length < 500) break;

@@ -34,7 +34,6 @@ export function labelledDigest(label: string, ...parts: (string | Uint8Array)[])
   return h.digest();
 }
 
-
 /** Decodes strict base64; throws a TypeError naming `what` (never the value) when it is not. */
 export function fromB64(s: unknown, what: string): Uint8Array {
   if (typeof s !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) throw new TypeError(`${what} is not base64`);

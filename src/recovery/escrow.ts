@@ -73,12 +73,16 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
   const policyRec = await ctx.repo.policy(cardId);
   if (!policyRec) throw new RecoveryServiceError("no_policy", `card ${cardId} has no reproduction policy: set it first (step S1)`, { cardId });
   if (await ctx.repo.escrowByCard(cardId)) throw new RecoveryServiceError("escrow_exists", `card ${cardId} already has an escrow`, { cardId });
-  if (!bytesEqual(await ctx.custody.publicKey(input.keyLabel), input.spki)) throw new RecoveryServiceError("invalid_argument", `the key pair ${input.keyLabel} in custody does not have the public key given`);
+  if (!bytesEqual(await ctx.custody.publicKey(input.keyLabel), input.spki))
+    throw new RecoveryServiceError("invalid_argument", `the key pair ${input.keyLabel} in custody does not have the public key given`);
   const policy = JSON.parse(policyRec.policy) as ReproductionPolicy;
   const registry = await keyedRegistry(ctx.repo, []);
   const gone = [policy.author, ...policyParties(policy)].filter((p) => registry.isDisabled(p));
   if (gone.length)
-    throw new RecoveryServiceError("arbitrator_disabled", `card ${cardId}'s policy names deregistered arbitrator(s) ${[...new Set(gone)].join(", ")}: set a policy without them first`, { cardId, arbitrators: [...new Set(gone)] });
+    throw new RecoveryServiceError("arbitrator_disabled", `card ${cardId}'s policy names deregistered arbitrator(s) ${[...new Set(gone)].join(", ")}: set a policy without them first`, {
+      cardId,
+      arbitrators: [...new Set(gone)],
+    });
   const escrowId = newId();
   let e: Uint8Array | undefined;
   let split: Awaited<ReturnType<typeof splitSecret>>;

@@ -76,9 +76,14 @@ export async function rotateArbitratorKeys(ctx: ServiceContext, id: string, rota
     if (!verifiesP1363(current, bytes, doc.signature)) throw new RecoveryError("forged_signature", `the rotation is not signed with ${id}'s current signing key`, { arbitrator: id });
     let checked: Arbitrator;
     try {
-      checked = new ArbitratorRegistry().register({ id, signingPublicKey: fromB64(doc.signingPublicKey, "signingPublicKey"), encryptionPublicKey: fromB64(doc.encryptionPublicKey, "encryptionPublicKey") });
+      checked = new ArbitratorRegistry().register({
+        id,
+        signingPublicKey: fromB64(doc.signingPublicKey, "signingPublicKey"),
+        encryptionPublicKey: fromB64(doc.encryptionPublicKey, "encryptionPublicKey"),
+      });
     } catch (e) {
-      if (e instanceof RecoveryError || e instanceof TypeError || e instanceof RangeError) throw new RecoveryServiceError("invalid_argument", `the new keys must be P-256 public keys, base64 DER SubjectPublicKeyInfo`, { arbitrator: id });
+      if (e instanceof RecoveryError || e instanceof TypeError || e instanceof RangeError)
+        throw new RecoveryServiceError("invalid_argument", `the new keys must be P-256 public keys, base64 DER SubjectPublicKeyInfo`, { arbitrator: id });
       throw e;
     }
     const signing = spkiDer(checked.signingKey);
@@ -89,7 +94,8 @@ export async function rotateArbitratorKeys(ctx: ServiceContext, id: string, rota
     if (signingChanged && !verifiesP1363(checked.signingKey, bytes, doc.newKeySignature))
       throw new RecoveryError("forged_signature", `the rotation is not signed with the new signing key (proof of possession)`, { arbitrator: id });
     const history = await ctx.repo.arbitratorKeys([id]);
-    if (signingChanged && history.some((k) => bytesEqual(k.signingPublicKey, signing))) throw new RecoveryServiceError("key_reused", `${id} used this signing key before: a retired key is never current again`, { arbitrator: id });
+    if (signingChanged && history.some((k) => bytesEqual(k.signingPublicKey, signing)))
+      throw new RecoveryServiceError("key_reused", `${id} used this signing key before: a retired key is never current again`, { arbitrator: id });
     if (encryptionChanged && history.some((k) => bytesEqual(k.encryptionPublicKey, encryption)))
       throw new RecoveryServiceError("key_reused", `${id} used this encryption key before: a retired key is never current again`, { arbitrator: id });
     const at = ctx.at();

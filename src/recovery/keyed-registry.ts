@@ -55,7 +55,13 @@ export class KeyedRegistry extends ArbitratorRegistry {
     const a = this.#records.get(id);
     const k = this.#versions.get(id)?.get(version);
     if (!a || !k) throw new Error(`arbitrator ${id} has no key version ${version}`);
-    return new ArbitratorRegistry().register({ id, role: a.roles.join(", ") || undefined, displayName: a.displayName, signingPublicKey: k.signingPublicKey, encryptionPublicKey: k.encryptionPublicKey });
+    return new ArbitratorRegistry().register({
+      id,
+      role: a.roles.join(", ") || undefined,
+      displayName: a.displayName,
+      signingPublicKey: k.signingPublicKey,
+      encryptionPublicKey: k.encryptionPublicKey,
+    });
   }
 
   /** Pins each recorded decision's signer to the version that verified it (absent: 1, from before versions). */

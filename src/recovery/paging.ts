@@ -13,7 +13,7 @@ export interface Page<T> {
 /** Every item of a paged list: `page` fetches the page after a cursor (the first with none). */
 export async function allPages<T>(page: (after?: string) => Promise<Page<T>>): Promise<T[]> {
   const out: T[] = [];
-  for (let after: string | undefined; ; ) {
+  for (let after: string | undefined; ;) {
     const p = await page(after);
     out.push(...p.items);
     if (p.next === undefined) return out;

@@ -57,8 +57,26 @@ test("a member listed twice is refused: it would inflate n and make k = n unreac
 test("order conditions must name parties of the policy and be acyclic", () => {
   assert.deepEqual(paths(with_({ order: [{ before: "outsider", after: "user" }] })), ["/order/0/before"]);
   assert.deepEqual(paths(with_({ order: [{ before: "user", after: "user" }] })), ["/order/0"]);
-  assert.deepEqual(paths(with_({ order: [{ before: "user", after: "credit-co" }, { before: "user", after: "credit-co" }] })), ["/order/1"]);
-  const cyc = issues(with_({ order: [{ before: "user", after: "credit-co" }, { before: "credit-co", after: "sp-a" }, { before: "sp-a", after: "user" }] }));
+  assert.deepEqual(
+    paths(
+      with_({
+        order: [
+          { before: "user", after: "credit-co" },
+          { before: "user", after: "credit-co" },
+        ],
+      }),
+    ),
+    ["/order/1"],
+  );
+  const cyc = issues(
+    with_({
+      order: [
+        { before: "user", after: "credit-co" },
+        { before: "credit-co", after: "sp-a" },
+        { before: "sp-a", after: "user" },
+      ],
+    }),
+  );
   assert.equal(cyc.length, 1);
   assert.equal(cyc[0].path, "/order");
   assert.match(cyc[0].message, /cycle \(user -> credit-co -> sp-a -> user\)/);
@@ -66,7 +84,10 @@ test("order conditions must name parties of the policy and be acyclic", () => {
 
 test("validation is against the registry: an unregistered author or party is refused", () => {
   const reg = new ArbitratorRegistry();
-  assert.throws(() => validatePolicy(fig9Policy(), reg), (e: PolicyValidationError) => e.issues.some((i) => i.path === "/author" && /not registered/.test(i.message)));
+  assert.throws(
+    () => validatePolicy(fig9Policy(), reg),
+    (e: PolicyValidationError) => e.issues.some((i) => i.path === "/author" && /not registered/.test(i.message)),
+  );
 });
 
 const A = (arbitrator: string): Decision => ({ arbitrator, decision: "approve" });

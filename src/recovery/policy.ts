@@ -268,7 +268,7 @@ export function evaluatePolicy(policy: ReproductionPolicy, decisions: readonly D
   // conditions are acyclic, so this fixpoint terminates). Everyone else undecided can still approve, in an order
   // that respects the conditions — so the best future is exactly "approved ∪ undecided-and-unblocked".
   const blockedBy = new Map<string, string>();
-  for (let changed = true; changed; ) {
+  for (let changed = true; changed;) {
     changed = false;
     for (const o of policy.order) {
       if (blockedBy.has(o.after) || approvedAt.has(o.after) || refused.has(o.after)) continue;
@@ -286,8 +286,7 @@ export function evaluatePolicy(policy: ReproductionPolicy, decisions: readonly D
     const approved = g.members.filter((m) => approvedAt.has(m)).length;
     if (approved >= g.threshold) continue;
     const candidates = g.members.filter(possible);
-    if (approved + candidates.length < g.threshold)
-      return fail({ kind: "threshold_unreachable", group: g.name, threshold: g.threshold, approved, stillPossible: candidates.length });
+    if (approved + candidates.length < g.threshold) return fail({ kind: "threshold_unreachable", group: g.name, threshold: g.threshold, approved, stillPossible: candidates.length });
     groups.push({ name: g.name, threshold: g.threshold, approved, more: g.threshold - approved, candidates });
   }
   const indispensable = policy.indispensable.filter((p) => !approvedAt.has(p));

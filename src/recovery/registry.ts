@@ -67,8 +67,7 @@ export class ArbitratorRegistry implements ArbitratorDirectory {
   readonly #byId = new Map<string, Arbitrator>();
 
   register(reg: ArbitratorRegistration): Arbitrator {
-    if (typeof reg.id !== "string" || !ARBITRATOR_ID.test(reg.id))
-      throw new RecoveryError("unknown_arbitrator", "arbitrator id must be 1-128 characters of [A-Za-z0-9._:@-]");
+    if (typeof reg.id !== "string" || !ARBITRATOR_ID.test(reg.id)) throw new RecoveryError("unknown_arbitrator", "arbitrator id must be 1-128 characters of [A-Za-z0-9._:@-]");
     if (this.#byId.has(reg.id)) throw new RecoveryError("unknown_arbitrator", `arbitrator ${reg.id} is already registered`, { arbitrator: reg.id });
     const signingKey = p256Public(reg.signingPublicKey, "signing key", reg.id);
     const encryptionKey = p256Public(reg.encryptionPublicKey, "encryption key", reg.id);

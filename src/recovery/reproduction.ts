@@ -115,7 +115,8 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
       if (rec.approverList === null) throw new RecoveryServiceError("approver_list_missing", `request ${requestId}: the policy's author has not signed the list of approvers`, { requestId });
       ({ target, keySet } = await targetOf(repo, rec, presented, at));
       if (takeover) {
-        if (!(await repo.claimReproduction(requestId, mine, rec.reproductionClaim ?? null))) throw new RecoveryServiceError("request_closed", `request ${requestId} was taken over meanwhile`, { requestId, status: "reproducing" });
+        if (!(await repo.claimReproduction(requestId, mine, rec.reproductionClaim ?? null)))
+          throw new RecoveryServiceError("request_closed", `request ${requestId} was taken over meanwhile`, { requestId, status: "reproducing" });
         await appendAudit(trx, { actor, action: "recovery.reproduce.takeover", subject: requestId, details: { cardId: rec.cardId, ...previousClaim(rec), leaseUntil: mine.leaseUntil }, at });
         return;
       }
@@ -160,7 +161,10 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
       throw new RecoveryServiceError("device_mismatch", `the card presented is not card ${rec.cardId}'s registered device: the same card cannot be reissued twice`, { requestId, cardId: rec.cardId });
     if (rec.kind === "card-destroyed") {
       if (digest === device.secretIdDigest)
-        throw new RecoveryServiceError("device_mismatch", `the card presented is card ${rec.cardId}'s registered device itself, not a new card (a lost key on it is a "key-lost" request)`, { requestId, cardId: rec.cardId });
+        throw new RecoveryServiceError("device_mismatch", `the card presented is card ${rec.cardId}'s registered device itself, not a new card (a lost key on it is a "key-lost" request)`, {
+          requestId,
+          cardId: rec.cardId,
+        });
       const other = await ctx.repo.deviceByDigest(digest);
       if (other) throw new RecoveryServiceError("device_in_use", `the card presented is the registered device of another card record`, { requestId, cardId: rec.cardId });
     }
@@ -173,7 +177,11 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
       for (const r of await ctx.repo.releases(requestId)) {
         const rel = JSON.parse(r.release) as ShareRelease;
         const value = await openRelease(ctx, rel);
-        if (!value) throw new RecoveryError("share_decrypt_failed", `share ${rel.header.shareId} from ${rel.header.arbitrator} no longer opens under the reproduction device's key`, { requestId, shareId: rel.header.shareId });
+        if (!value)
+          throw new RecoveryError("share_decrypt_failed", `share ${rel.header.shareId} from ${rel.header.arbitrator} no longer opens under the reproduction device's key`, {
+            requestId,
+            shareId: rel.header.shareId,
+          });
         shares.push({ escrowId: rel.header.escrowId, cardId: rel.header.cardId, shareId: rel.header.shareId, arbitrator: rel.header.arbitrator, value });
       }
       reproduced = await reproduceFromShares({
@@ -205,7 +213,8 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
         e.fill(0);
       }
       const failed = await keyCheckInCustody(ctx.custody, label, alg, escrowRow.publicKey);
-      if (failed) throw new RecoveryError("key_check_failed", `the reproduced key of card ${rec.cardId} fails the ${failed} check against its registered public key`, { requestId, cardId: rec.cardId, failed });
+      if (failed)
+        throw new RecoveryError("key_check_failed", `the reproduced key of card ${rec.cardId} fails the ${failed} check against its registered public key`, { requestId, cardId: rec.cardId, failed });
       // nothing else in the slot, as the card itself says (under R-MAC: the terminal cannot hide a certificate)
       try {
         await targetChecked(() => checkSlotOnCard(ctx.custody, card, escrowRow.slot as PivSlot, escrowRow.publicKey, { requestId, target: target.cardId }));
@@ -247,9 +256,13 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
         await markDestroyedCard(trx, { cardRecordId: registeredCardRecord(escrowRow, device), requestId, replacementCardId: target.cardId, actor, at: done });
       }
       if (!(await repo.endReproduction(requestId, mine.claim, "reproduced", done, { reproducedBy: actor, reproducedAt: done })))
-        throw new RecoveryServiceError("lease_lost", `request ${requestId} was taken over during the reproduction (this one's lease had passed); the card was written, the request stays with the other reproduction`, {
-          requestId,
-        });
+        throw new RecoveryServiceError(
+          "lease_lost",
+          `request ${requestId} was taken over during the reproduction (this one's lease had passed); the card was written, the request stays with the other reproduction`,
+          {
+            requestId,
+          },
+        );
       await appendAudit(trx, {
         actor,
         action: "recovery.reproduce",

@@ -77,7 +77,11 @@ const KINDS: readonly RequestKind[] = ["key-lost", "card-destroyed"];
  * required, and checked now: a card record of the escrowed key's user, active, not a registered device, nothing
  * in the slot. Refusals are audited (recovery.request.file.refuse).
  */
-export async function fileRequest(ctx: ServiceContext, input: { cardId: string; kind: RequestKind; requester: string; reason?: string; replacementCardId?: string }, actor: string): Promise<RequestView> {
+export async function fileRequest(
+  ctx: ServiceContext,
+  input: { cardId: string; kind: RequestKind; requester: string; reason?: string; replacementCardId?: string },
+  actor: string,
+): Promise<RequestView> {
   checkActor(actor);
   const subject = isObject(input) && typeof input.cardId === "string" ? input.cardId : "unknown";
   try {
@@ -97,7 +101,8 @@ async function file(ctx: ServiceContext, input: { cardId: string; kind: RequestK
   checkId(input.cardId, "card id");
   if (!KINDS.includes(input.kind)) throw new RecoveryServiceError("invalid_argument", `kind must be one of ${KINDS.join(", ")}`);
   if (typeof input.requester !== "string" || input.requester.length === 0 || input.requester.length > 128) throw new RecoveryServiceError("invalid_argument", "requester must be 1-128 characters");
-  if (input.reason !== undefined && (typeof input.reason !== "string" || input.reason.length > MAX_REASON)) throw new RecoveryServiceError("invalid_argument", `reason must be at most ${MAX_REASON} characters`);
+  if (input.reason !== undefined && (typeof input.reason !== "string" || input.reason.length > MAX_REASON))
+    throw new RecoveryServiceError("invalid_argument", `reason must be at most ${MAX_REASON} characters`);
   if (input.kind === "key-lost" && input.replacementCardId !== undefined)
     throw new RecoveryServiceError("invalid_argument", "a key-lost request reproduces the key into the registered card itself: it names no replacement card");
   if (input.kind === "card-destroyed") {
@@ -154,7 +159,10 @@ async function file(ctx: ServiceContext, input: { cardId: string; kind: RequestK
   await ctx.repo.transaction(async (repo, trx) => {
     if (!(await repo.insertRequest(rec))) {
       const open = (await repo.requests({ cardId: rec.cardId, statuses: UNFINISHED_STATUSES, limit: 1 }))[0];
-      throw new RecoveryServiceError("request_unfinished", `card ${rec.cardId} already has an unfinished request${open ? ` (${open.requestId}, ${open.status})` : ""}`, { cardId: rec.cardId, requestId: open?.requestId });
+      throw new RecoveryServiceError("request_unfinished", `card ${rec.cardId} already has an unfinished request${open ? ` (${open.requestId}, ${open.status})` : ""}`, {
+        cardId: rec.cardId,
+        requestId: open?.requestId,
+      });
     }
     await appendAudit(trx, {
       actor,
@@ -180,7 +188,10 @@ export function requestView(rec: RequestRecord, approvals: Approval[], released:
     requestDigest: rec.requestDigest,
     chainHead: chainHead(request, approvals, rec.requestDigest),
     approvals,
-    evaluation: evaluatePolicy(request.policy, approvals.map((a) => ({ arbitrator: a.arbitrator, decision: a.decision, reason: a.reason }))),
+    evaluation: evaluatePolicy(
+      request.policy,
+      approvals.map((a) => ({ arbitrator: a.arbitrator, decision: a.decision, reason: a.reason })),
+    ),
     releasedShares: released,
     filedBy: rec.filedBy,
     filedAt: new Date(rec.filedAt),

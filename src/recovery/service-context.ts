@@ -51,7 +51,7 @@ export async function auditRefusal(ctx: ServiceContext, actor: string, action: s
       ...extra,
       check: refusal ? e.check : "error",
       // Refusals name ids and checks only (errors.ts); other errors are named by type, not message.
-      message: refusal ? e.message : (e as Error)?.name ?? "Error",
+      message: refusal ? e.message : ((e as Error)?.name ?? "Error"),
       ...(refusal ? { details: jsonDetails(e.details) } : {}),
     },
     at: ctx.at(),

@@ -267,7 +267,10 @@ for (const engine of testEngines()) {
       const rotated = await svc.rotateArbitratorKeys("mgr-b", good, "operator");
       assert.equal(rotated.keyVersion, 2);
       assert.equal(rotated.encryptionKeyId, keyId(nextEncryption.publicKey));
-      assert.deepEqual(rotated.keys.map((k) => k.signingKeyId), [keyId(side.get("mgr-b")!.signing), keyId(nextSigning.publicKey)]);
+      assert.deepEqual(
+        rotated.keys.map((k) => k.signingKeyId),
+        [keyId(side.get("mgr-b")!.signing), keyId(nextSigning.publicKey)],
+      );
       assert.deepEqual(
         rotated.keys.map((k) => [k.version, k.retiredAt?.getTime()]),
         [
@@ -298,13 +301,23 @@ for (const engine of testEngines()) {
       // its own approval (and mgr-b's) with version 1 — at the list, and again at the reproduction
       const aNext = p256();
       const a = (await svc.arbitrator("mgr-a"))!;
-      await svc.rotateArbitratorKeys("mgr-a", signKeyRotation({ arbitrator: "mgr-a", keyVersion: 1, signingPublicKey: a.signingPublicKey, encryptionPublicKey: a.encryptionPublicKey }, side.get("mgr-a")!.signing, { signingKey: aNext.privateKey }), "mgr-a");
+      await svc.rotateArbitratorKeys(
+        "mgr-a",
+        signKeyRotation({ arbitrator: "mgr-a", keyVersion: 1, signingPublicKey: a.signingPublicKey, encryptionPublicKey: a.encryptionPublicKey }, side.get("mgr-a")!.signing, {
+          signingKey: aNext.privateKey,
+        }),
+        "mgr-a",
+      );
       side.get("mgr-a")!.signing = aNext.privateKey;
       assert.equal((await signList(svc, rid)).approverList?.author, "mgr-a");
       // and once more after signing it: the reproduction verifies the list with version 2, the approval with 1
       const a2 = (await svc.arbitrator("mgr-a"))!;
       const aLast = p256();
-      await svc.rotateArbitratorKeys("mgr-a", signKeyRotation({ arbitrator: "mgr-a", keyVersion: 2, signingPublicKey: a2.signingPublicKey, encryptionPublicKey: a2.encryptionPublicKey }, aNext.privateKey, { signingKey: aLast.privateKey }), "operator");
+      await svc.rotateArbitratorKeys(
+        "mgr-a",
+        signKeyRotation({ arbitrator: "mgr-a", keyVersion: 2, signingPublicKey: a2.signingPublicKey, encryptionPublicKey: a2.encryptionPublicKey }, aNext.privateKey, { signingKey: aLast.privateKey }),
+        "operator",
+      );
       side.get("mgr-a")!.signing = aLast.privateKey;
       assert.equal((await svc.arbitrator("mgr-a"))?.keyVersion, 3);
       const r = await svc.reproduce(rid, card, "operator");
@@ -368,20 +381,46 @@ for (const engine of testEngines()) {
       assert.deepEqual(await svc.pendingFor("sp-x"), []);
       const sx = (await svc.arbitrator("sp-x"))!;
       await assert.rejects(
-        svc.rotateArbitratorKeys("sp-x", signKeyRotation({ arbitrator: "sp-x", keyVersion: 1, signingPublicKey: sx.signingPublicKey, encryptionPublicKey: sx.encryptionPublicKey }, side.get("sp-x")!.signing, { encryptionPublicKey: p256().publicKey }), "operator"),
+        svc.rotateArbitratorKeys(
+          "sp-x",
+          signKeyRotation({ arbitrator: "sp-x", keyVersion: 1, signingPublicKey: sx.signingPublicKey, encryptionPublicKey: sx.encryptionPublicKey }, side.get("sp-x")!.signing, {
+            encryptionPublicKey: p256().publicKey,
+          }),
+          "operator",
+        ),
         refusedAs("arbitrator_disabled"),
       );
       await assert.rejects(
         svc.setPolicy("card-new", { version: 1, author: "sp-x", indispensable: ["user"], groups: [{ name: "g", members: ["sp-y", "sp-x"], threshold: 1 }], order: [] }, "operator"),
-        (e: unknown) => e instanceof PolicyValidationError && JSON.stringify(e.issues.map((i) => i.path)) === JSON.stringify(["/author", "/groups/0/members/1"]) && /sp-x is deregistered/.test(e.message),
+        (e: unknown) =>
+          e instanceof PolicyValidationError && JSON.stringify(e.issues.map((i) => i.path)) === JSON.stringify(["/author", "/groups/0/members/1"]) && /sp-x is deregistered/.test(e.message),
       );
-      await assert.rejects(escrowed("card-P2", { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }).then(() => svc.fileRequest({ cardId: "card-X", kind: "key-lost", requester: "user" }, "operator")), refusedAs("arbitrator_disabled", /re-split/));
+      await assert.rejects(
+        escrowed("card-P2", { version: 1, author: "user", indispensable: ["user"], groups: [], order: [] }).then(() =>
+          svc.fileRequest({ cardId: "card-X", kind: "key-lost", requester: "user" }, "operator"),
+        ),
+        refusedAs("arbitrator_disabled", /re-split/),
+      );
       // card-P's policy was set before: its escrow is refused, naming it
       await assert.rejects(
         (async () => {
           const label = `keygen.lifecycle-p-${++n}`;
           await custody.generateKeyPair(label, "P256", { extractable: "wrapped", ephemeral: true });
-          return svc.escrow({ cardId: "card-P", applicantId: "u", keyLabel: label, alg: "P256", slot: "9c", spki: await custody.publicKey(label), certificate: new Uint8Array(8), serial: "1", keySet: { kind: "derived", master: "m", cardId: "0a", kvn: 1 }, deviceSecretId: new Uint8Array(randomBytes(16)) }, "keygen-device");
+          return svc.escrow(
+            {
+              cardId: "card-P",
+              applicantId: "u",
+              keyLabel: label,
+              alg: "P256",
+              slot: "9c",
+              spki: await custody.publicKey(label),
+              certificate: new Uint8Array(8),
+              serial: "1",
+              keySet: { kind: "derived", master: "m", cardId: "0a", kvn: 1 },
+              deviceSecretId: new Uint8Array(randomBytes(16)),
+            },
+            "keygen-device",
+          );
         })(),
         refusedAs("arbitrator_disabled"),
       );
@@ -417,42 +456,59 @@ for (const engine of testEngines()) {
       const newestFirst = [...filed].reverse();
       const seen: string[] = [];
       const pages: number[] = [];
-      for (let after: string | undefined; ; ) {
+      for (let after: string | undefined; ;) {
         const p = await svc.listPage({ status: "open", limit: 2, after });
         seen.push(...p.items.map((v) => v.requestId));
         pages.push(p.items.length);
         if (!p.next) break;
         after = p.next;
       }
-      assert.deepEqual(seen.filter((id) => filed.includes(id)), newestFirst, "every request once, newest first");
+      assert.deepEqual(
+        seen.filter((id) => filed.includes(id)),
+        newestFirst,
+        "every request once, newest first",
+      );
       assert.equal(new Set(seen).size, seen.length, "no request twice");
       assert.ok(pages.slice(0, -1).every((k) => k === 2));
       const all = await svc.list({ status: "open" });
-      assert.deepEqual(all.map((v) => v.requestId), seen, "list() follows every page");
+      assert.deepEqual(
+        all.map((v) => v.requestId),
+        seen,
+        "list() follows every page",
+      );
       // a request filed meanwhile does not shift the pages after the cursor
       const first = await svc.listPage({ status: "open", limit: 2 });
       await escrowed("card-L6", POLICY);
       now += 1000;
       const latest = (await svc.fileRequest({ cardId: "card-L6", kind: "key-lost", requester: "user" }, "operator")).requestId;
       const second = await svc.listPage({ status: "open", limit: 2, after: first.next });
-      assert.deepEqual(second.items.map((v) => v.requestId), seen.slice(2, 4));
+      assert.deepEqual(
+        second.items.map((v) => v.requestId),
+        seen.slice(2, 4),
+      );
       assert.equal((await svc.listPage({ status: "open", limit: 1 })).items[0].requestId, latest);
 
       // pending items of mgr-c: one per open request of the main policy, across pages
       const pend: string[] = [];
-      for (let after: string | undefined; ; ) {
+      for (let after: string | undefined; ;) {
         const p = await svc.pendingPage("mgr-c", { limit: 2, after });
         pend.push(...p.items.map((i) => i.request.requestId));
         if (!p.next) break;
         after = p.next;
       }
-      assert.deepEqual(pend, (await svc.pendingFor("mgr-c")).map((i) => i.request.requestId));
+      assert.deepEqual(
+        pend,
+        (await svc.pendingFor("mgr-c")).map((i) => i.request.requestId),
+      );
       assert.ok([latest, ...newestFirst].every((id) => pend.includes(id)));
       assert.deepEqual(pend.slice(0, 6), [latest, ...newestFirst]);
 
       const arbs = await svc.arbitratorsPage({ limit: 3 });
       const rest = await svc.arbitratorsPage({ after: arbs.next });
-      assert.deepEqual([...arbs.items, ...rest.items].map((a) => a.id), [...IDS].sort());
+      assert.deepEqual(
+        [...arbs.items, ...rest.items].map((a) => a.id),
+        [...IDS].sort(),
+      );
       assert.equal(rest.next, undefined);
       for (const bad of [0, 1001, 1.5]) await assert.rejects(svc.listPage({ limit: bad }), refusedAs("invalid_argument", /limit must be 1\.\.1000/));
       await assert.rejects(svc.pendingPage("mgr-c", { limit: 101 }), refusedAs("invalid_argument", /1\.\.100/));

@@ -20,16 +20,7 @@ import { PolicyValidationError } from "./errors.ts";
 import type { ReproductionPolicy } from "./policy.ts";
 import { openShare } from "./shares.ts";
 import { escrowWithoutCard, makeArbitrators, registerCardRecord } from "../../test/support/recovery-testing.ts";
-import {
-  ESCROW_KEK_LABEL,
-  REPRODUCTION_DEVICE_KEY_LABEL,
-  RecoveryService,
-  isRecoveryRefusal,
-  releaseShare,
-  releaseSharesFor,
-  type RequestView,
-  type ShareRelease,
-} from "./service.ts";
+import { ESCROW_KEK_LABEL, REPRODUCTION_DEVICE_KEY_LABEL, RecoveryService, isRecoveryRefusal, releaseShare, releaseSharesFor, type RequestView, type ShareRelease } from "./service.ts";
 
 const IDS = ["user", "credit-co", "sp-a", "sp-b", "mgr-a", "mgr-b", "mgr-c"];
 const { registry: arbs, keys: ARB } = makeArbitrators(IDS);
@@ -60,7 +51,17 @@ async function audit(db: Db, afterSeq = 0): Promise<AuditEntry[]> {
 /** Every byte of every row of every recovery table, and of the audit log. */
 async function everyStoredByte(db: Db): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for (const table of ["recovery_arbitrators", "recovery_policies", "recovery_escrows", "recovery_share_envelopes", "recovery_devices", "recovery_requests", "recovery_approvals", "recovery_releases", "audit_log"]) {
+  for (const table of [
+    "recovery_arbitrators",
+    "recovery_policies",
+    "recovery_escrows",
+    "recovery_share_envelopes",
+    "recovery_devices",
+    "recovery_requests",
+    "recovery_approvals",
+    "recovery_releases",
+    "audit_log",
+  ]) {
     const rows = (await sql.raw(`select * from ${table}`).execute(db)).rows as Record<string, unknown>[];
     for (const r of rows) for (const v of Object.values(r)) parts.push(Buffer.isBuffer(v) || v instanceof Uint8Array ? Buffer.from(v) : Buffer.from(String(v)));
   }
@@ -131,7 +132,11 @@ for (const engine of testEngines()) {
       const eph = generateKeyPairSync("ec", { namedCurve: "P-256" });
       const z = await custody.decipher(REPRODUCTION_DEVICE_KEY_LABEL, new Uint8Array(eph.publicKey.export({ format: "der", type: "spki" })));
       assert.equal(z.length, 32);
-      assert.deepEqual((await custody.listKeys()).map((k) => k.label).filter((l) => l.startsWith(`${REPRODUCTION_DEVICE_KEY_LABEL}.gen.`)), [], "the generation key is gone");
+      assert.deepEqual(
+        (await custody.listKeys()).map((k) => k.label).filter((l) => l.startsWith(`${REPRODUCTION_DEVICE_KEY_LABEL}.gen.`)),
+        [],
+        "the generation key is gone",
+      );
       // a second service on the same custody (a restart) keeps both keys
       const again = await RecoveryService.open({ db, custody });
       assert.deepEqual(again.deviceKey(), svc.deviceKey());
@@ -146,7 +151,10 @@ for (const engine of testEngines()) {
       await assert.rejects(svc.registerArbitrator({ id: "sp-z", signingPublicKey: k(), encryptionPublicKey: k() }, "operator"), refusedAs("arbitrator_exists"));
       await assert.rejects(svc.registerArbitrator({ id: "bad id", signingPublicKey: k(), encryptionPublicKey: k() }, "operator"), refusedAs("invalid_argument"));
       const rsa = generateKeyPairSync("rsa", { modulusLength: 1024 }).publicKey;
-      await assert.rejects(svc.registerArbitrator({ id: "sp-rsa", signingPublicKey: rsa, encryptionPublicKey: k() }, "operator"), (e: unknown) => refusedAs("invalid_argument")(e) && /P-256/.test((e as Error).message));
+      await assert.rejects(
+        svc.registerArbitrator({ id: "sp-rsa", signingPublicKey: rsa, encryptionPublicKey: k() }, "operator"),
+        (e: unknown) => refusedAs("invalid_argument")(e) && /P-256/.test((e as Error).message),
+      );
       await assert.rejects(svc.registerArbitrator({ id: "sp-y", roles: ["a\u0000b"], signingPublicKey: k(), encryptionPublicKey: k() }, "operator"), refusedAs("invalid_argument"));
       const entries = (await audit(db)).filter((e) => e.action === "recovery.arbitrator.register" && e.subject === "sp-z");
       assert.equal(entries.length, 1);
@@ -158,7 +166,10 @@ for (const engine of testEngines()) {
         svc.setPolicy("card-p", { version: 1, author: "nobody", indispensable: ["user", "user"], groups: [{ name: "g", members: ["sp-a"], threshold: 2 }], order: [] }, "operator"),
         (e: unknown) => {
           assert.ok(e instanceof PolicyValidationError);
-          assert.deepEqual(e.issues.map((i) => i.path), ["/author", "/indispensable/1", "/groups/0/threshold"]);
+          assert.deepEqual(
+            e.issues.map((i) => i.path),
+            ["/author", "/indispensable/1", "/groups/0/threshold"],
+          );
           return true;
         },
       );
@@ -170,7 +181,21 @@ for (const engine of testEngines()) {
 
     test("escrow: E only sealed under K, shares only sealed to arbitrators, the secret ID only as a digest; one per card", async () => {
       await assert.rejects(
-        svc.escrow({ cardId: "card-none", applicantId: "u", keyLabel: "x", alg: "P256", slot: "9c", spki: new Uint8Array(1), certificate: new Uint8Array(1), serial: "1", keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 }, deviceSecretId: new Uint8Array(16) }, "op"),
+        svc.escrow(
+          {
+            cardId: "card-none",
+            applicantId: "u",
+            keyLabel: "x",
+            alg: "P256",
+            slot: "9c",
+            spki: new Uint8Array(1),
+            certificate: new Uint8Array(1),
+            serial: "1",
+            keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 },
+            deviceSecretId: new Uint8Array(16),
+          },
+          "op",
+        ),
         refusedAs("no_policy"),
       );
       const e = await escrowed();
@@ -185,16 +210,47 @@ for (const engine of testEngines()) {
       assert.equal(contains(stored, e.secretId), false, "the card's secret ID is not stored");
       // each arbitrator gets its own envelopes, which only its key opens
       const env = await svc.shareEnvelopes("mgr-b", { cardId: e.cardId });
-      assert.deepEqual(env.map((x) => x.header.shareId), ["group/1/mgr-b"]);
+      assert.deepEqual(
+        env.map((x) => x.header.shareId),
+        ["group/1/mgr-b"],
+      );
       assert.throws(() => openShare(env[0], ARB.get("mgr-c")!.encryption, { escrowId: e.escrowId, cardId: e.cardId }), /share_decrypt_failed/);
       // one escrow per card; a physical card serves one card record
       await assert.rejects(
-        svc.escrow({ cardId: e.cardId, applicantId: "u", keyLabel: e.keyLabel, alg: "P256", slot: "9c", spki: await custody.publicKey(e.keyLabel), certificate: new Uint8Array(1), serial: "1", keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 }, deviceSecretId: new Uint8Array(16) }, "op"),
+        svc.escrow(
+          {
+            cardId: e.cardId,
+            applicantId: "u",
+            keyLabel: e.keyLabel,
+            alg: "P256",
+            slot: "9c",
+            spki: await custody.publicKey(e.keyLabel),
+            certificate: new Uint8Array(1),
+            serial: "1",
+            keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 },
+            deviceSecretId: new Uint8Array(16),
+          },
+          "op",
+        ),
         refusedAs("escrow_exists"),
       );
       await svc.setPolicy("card-other", POLICY, "operator");
       await assert.rejects(
-        svc.escrow({ cardId: "card-other", applicantId: "u", keyLabel: e.keyLabel, alg: "P256", slot: "9c", spki: await custody.publicKey(e.keyLabel), certificate: new Uint8Array(1), serial: "1", keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 }, deviceSecretId: e.secretId }, "op"),
+        svc.escrow(
+          {
+            cardId: "card-other",
+            applicantId: "u",
+            keyLabel: e.keyLabel,
+            alg: "P256",
+            slot: "9c",
+            spki: await custody.publicKey(e.keyLabel),
+            certificate: new Uint8Array(1),
+            serial: "1",
+            keySet: { kind: "derived", master: "m", cardId: "01", kvn: 1 },
+            deviceSecretId: e.secretId,
+          },
+          "op",
+        ),
         refusedAs("device_in_use"),
       );
       assert.equal(await svc.escrowOf("card-other"), undefined, "rolled back");
@@ -217,7 +273,10 @@ for (const engine of testEngines()) {
       assert.deepEqual(r.request.target, { cardId: newCard, userId: "user-1" }, "and so is the card that will receive the key");
       assert.equal(r.evaluation.status, "pending");
       await assert.rejects(svc.fileRequest({ cardId: e.cardId, kind: "key-lost", requester: "user" }, "operator"), refusedAs("request_unfinished"));
-      assert.deepEqual((await svc.list({ cardId: e.cardId })).map((x) => x.requestId), [r.requestId]);
+      assert.deepEqual(
+        (await svc.list({ cardId: e.cardId })).map((x) => x.requestId),
+        [r.requestId],
+      );
       const w = await svc.withdraw(r.requestId, "filed by mistake", "operator");
       assert.equal(w.status, "withdrawn");
       await assert.rejects(svc.withdraw(r.requestId, "again", "operator"), refusedAs("request_closed"));

@@ -146,8 +146,7 @@ export class RecoveryService {
     // extractable, so it never exists outside custody, in clear or wrapped.
     await ensure(dev, () => custody.generateKeyPair(dev, "P256", { extractable: "never", usage: ["decipher"] }));
     const ki = await custody.keyInfo(kek);
-    if (ki?.kind !== "secret" || ki.bits !== 256 || !ki.usage?.includes("wrap") || ki.extractable !== "never")
-      throw new Error(`custody key ${kek} is not a non-extractable AES-256 wrapping key`);
+    if (ki?.kind !== "secret" || ki.bits !== 256 || !ki.usage?.includes("wrap") || ki.extractable !== "never") throw new Error(`custody key ${kek} is not a non-extractable AES-256 wrapping key`);
     const di = await custody.keyInfo(dev);
     if (di?.kind !== "keyPair" || di.type !== "P256" || di.extractable !== "never") throw new Error(`custody key ${dev} is not a non-extractable P-256 key pair`);
     const spki = await custody.publicKey(dev);

@@ -85,7 +85,12 @@ export function releaseShare(request: Pick<ReproductionRequest, "requestId">, sh
 }
 
 /** Convenience for an arbitrator's side: opens its envelopes of a request's card and releases them to the device. */
-export function releaseSharesFor(request: Pick<ReproductionRequest, "requestId" | "escrowId" | "cardId">, envelopes: readonly ShareEnvelope[], open: (e: ShareEnvelope) => ReleasedShare, devicePublicKey: Uint8Array): ShareRelease[] {
+export function releaseSharesFor(
+  request: Pick<ReproductionRequest, "requestId" | "escrowId" | "cardId">,
+  envelopes: readonly ShareEnvelope[],
+  open: (e: ShareEnvelope) => ReleasedShare,
+  devicePublicKey: Uint8Array,
+): ShareRelease[] {
   const out: ShareRelease[] = [];
   for (const env of envelopes) {
     if (env.header.escrowId !== request.escrowId || env.header.cardId !== request.cardId) continue;
@@ -122,9 +127,11 @@ export async function checkReleases(ctx: ServiceContext, request: ServiceRequest
     if (!h || h.format !== "cardkms.recovery.release/1" || typeof h.shareId !== "string" || typeof h.arbitrator !== "string" || !isObject(r.box))
       throw new RecoveryServiceError("release_invalid", `release ${i} is not a share release`, { index: i });
     const details = { shareId: h.shareId, arbitrator: h.arbitrator, requestId: request.requestId };
-    if (h.requestId !== request.requestId) throw new RecoveryError("replayed_from_other_request", `share ${h.shareId} was released for request ${String(h.requestId)}, not ${request.requestId}`, details);
+    if (h.requestId !== request.requestId)
+      throw new RecoveryError("replayed_from_other_request", `share ${h.shareId} was released for request ${String(h.requestId)}, not ${request.requestId}`, details);
     if (h.cardId !== request.cardId) throw new RecoveryError("share_other_card", `share ${h.shareId} from ${h.arbitrator} belongs to card ${String(h.cardId)}, not ${request.cardId}`, details);
-    if (h.escrowId !== escrow.escrowId) throw new RecoveryError("share_other_escrow", `share ${h.shareId} from ${h.arbitrator} belongs to escrow ${String(h.escrowId)}, not ${escrow.escrowId}`, details);
+    if (h.escrowId !== escrow.escrowId)
+      throw new RecoveryError("share_other_escrow", `share ${h.shareId} from ${h.arbitrator} belongs to escrow ${String(h.escrowId)}, not ${escrow.escrowId}`, details);
     if (h.arbitrator !== arbitrator) throw new RecoveryError("share_wrong_arbitrator", `share ${h.shareId} was released by ${h.arbitrator}, not by the approver ${arbitrator}`, details);
     const d = all.get(h.shareId);
     if (!d) throw new RecoveryError("share_unknown", `escrow ${escrow.escrowId} has no share ${h.shareId}`, details);

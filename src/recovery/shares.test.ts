@@ -101,7 +101,14 @@ test("a wrong or forged share is detected, naming whose share it was", async () 
   const target = envelopes.find((e) => e.header.arbitrator === "mgr-a")!;
   const forgedEnvelope = { header: target.header, box: sealTo(registry.require("mgr-a").encryptionPoint, crypto.getRandomValues(new Uint8Array(33)), Buffer.from(canonicalJson(target.header))) };
   const forged = openShare(forgedEnvelope, keys.get("mgr-a")!.encryption, CARD);
-  await refused(rebuildSecret(escrow, policy, good.map((s) => (s.arbitrator === "mgr-a" ? forged : s))), "share_commitment_mismatch");
+  await refused(
+    rebuildSecret(
+      escrow,
+      policy,
+      good.map((s) => (s.arbitrator === "mgr-a" ? forged : s)),
+    ),
+    "share_commitment_mismatch",
+  );
   // A tampered envelope does not open.
   const tampered = { ...target, box: { ...target.box, ciphertext: Buffer.from(Buffer.from(target.box.ciphertext, "base64").map((b, i) => (i === 3 ? b ^ 0x80 : b))).toString("base64") } };
   await refused(() => openShare(tampered, keys.get("mgr-a")!.encryption, CARD), "share_decrypt_failed");
@@ -138,8 +145,22 @@ test("shares of non-approvers, missing shares and too few group shares are refus
   const all = releaseShares(envelopes, FIG9_ARBITRATORS, keys, CARD);
   await refused(fullReproduction(escrow, all), "share_from_non_approver");
   const good = releaseShares(envelopes, approvers, keys, CARD);
-  await refused(rebuildSecret(escrow, policy, good.filter((s) => s.arbitrator !== "credit-co")), "share_missing");
-  await refused(rebuildSecret(escrow, policy, good.filter((s) => s.arbitrator !== "mgr-d")), "threshold_not_met");
+  await refused(
+    rebuildSecret(
+      escrow,
+      policy,
+      good.filter((s) => s.arbitrator !== "credit-co"),
+    ),
+    "share_missing",
+  );
+  await refused(
+    rebuildSecret(
+      escrow,
+      policy,
+      good.filter((s) => s.arbitrator !== "mgr-d"),
+    ),
+    "threshold_not_met",
+  );
   await refused(rebuildSecret(escrow, policy, [...good, good[0]]), "share_duplicate");
   await refused(rebuildSecret(escrow, { ...policy, author: "mgr-b" }, good), "policy_mismatch");
   await refused(rebuildSecret(escrow, policy, [{ ...good[0], arbitrator: "mgr-e" }]), "share_wrong_arbitrator");
@@ -148,16 +169,35 @@ test("shares of non-approvers, missing shares and too few group shares are refus
 test("reproduction refuses a request that is not satisfied or is for another escrow", async () => {
   const { escrow, envelopes } = await splitSecret({ ...CARD, secret: pkcs8(p256), policy, registry });
   const request = makeRequest(policy, CARD);
-  const few = signDecisions(request, [{ arbitrator: "user", decision: "approve" }, { arbitrator: "credit-co", decision: "approve" }, { arbitrator: "sp-a", decision: "approve" }, { arbitrator: "mgr-b", decision: "approve" }], keys);
+  const few = signDecisions(
+    request,
+    [
+      { arbitrator: "user", decision: "approve" },
+      { arbitrator: "credit-co", decision: "approve" },
+      { arbitrator: "sp-a", decision: "approve" },
+      { arbitrator: "mgr-b", decision: "approve" },
+    ],
+    keys,
+  );
   const list = signApproverList(request, few, "mgr-a", keys.get("mgr-a")!.signing);
   const shares = releaseShares(envelopes, ["user", "credit-co", "sp-a", "mgr-b"], keys, CARD);
   const e = await refused(reproduce({ escrow, request, approvals: few, approverList: list, registry, shares }), "policy_not_satisfied");
-  assert.deepEqual((e.details.needs as { groups: { name: string }[] }).groups.map((g) => g.name), ["issuing-apparatus-managers"]);
+  assert.deepEqual(
+    (e.details.needs as { groups: { name: string }[] }).groups.map((g) => g.name),
+    ["issuing-apparatus-managers"],
+  );
   const elsewhere = makeRequest(policy, { escrowId: "esc-9", cardId: "card-9" });
   const ds = approvers.map((a) => ({ arbitrator: a, decision: "approve" as const }));
   const approvals = signDecisions(elsewhere, ds, keys);
   await refused(
-    reproduce({ escrow, request: elsewhere, approvals, approverList: signApproverList(elsewhere, approvals, "mgr-a", keys.get("mgr-a")!.signing), registry, shares: releaseShares(envelopes, approvers, keys, CARD) }),
+    reproduce({
+      escrow,
+      request: elsewhere,
+      approvals,
+      approverList: signApproverList(elsewhere, approvals, "mgr-a", keys.get("mgr-a")!.signing),
+      registry,
+      shares: releaseShares(envelopes, approvers, keys, CARD),
+    }),
     "request_other_escrow",
   );
 });

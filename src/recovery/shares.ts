@@ -126,8 +126,7 @@ export async function splitSecret(input: SplitInput): Promise<{ escrow: EscrowRe
   const { escrowId, cardId, secret, registry } = input;
   if (typeof escrowId !== "string" || !ID.test(escrowId)) throw new RecoveryError("escrow_invalid", "escrow id must be 1-128 characters of [A-Za-z0-9._:@/-]");
   if (typeof cardId !== "string" || !ID.test(cardId)) throw new RecoveryError("escrow_invalid", "card id must be 1-128 characters of [A-Za-z0-9._:@/-]");
-  if (!(secret instanceof Uint8Array) || secret.length === 0 || secret.length > MAX_SECRET_BYTES)
-    throw new RecoveryError("escrow_invalid", `the secret must be 1-${MAX_SECRET_BYTES} bytes`);
+  if (!(secret instanceof Uint8Array) || secret.length === 0 || secret.length > MAX_SECRET_BYTES) throw new RecoveryError("escrow_invalid", `the secret must be 1-${MAX_SECRET_BYTES} bytes`);
   const policy = validatePolicy(input.policy, registry);
   for (const p of policyParties(policy)) registry.require(p);
   const digest = policyDigest(policy);

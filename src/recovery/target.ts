@@ -80,7 +80,9 @@ export function targetAtFiling(kind: RequestKind, escrow: EscrowRow, device: Dev
   if (kind === "card-destroyed") return { cardId: replacementCardId!, userId: escrow.applicantId };
   const cardId = registeredCardRecord(escrow, device);
   if (cardId === undefined)
-    throw new TargetRefusal("target_unfit", `card ${escrow.cardId}'s registered device was replaced before its card record was recorded: file a card-destroyed request naming the card`, { cardId: escrow.cardId });
+    throw new TargetRefusal("target_unfit", `card ${escrow.cardId}'s registered device was replaced before its card record was recorded: file a card-destroyed request naming the card`, {
+      cardId: escrow.cardId,
+    });
   return { cardId, userId: escrow.applicantId };
 }
 
@@ -123,7 +125,8 @@ export async function checkTarget(
   if (own && own.userId !== owner) throw new TargetRefusal("target_other_user", `card ${escrow.cardId} is issued to user ${own.userId}, but its escrowed key is user ${owner}'s`, details);
   const rec = await repo.cardRecord(target.cardId);
   if (!rec) throw new TargetRefusal("target_unfit", `card ${target.cardId} is not a card record of the issuer`, details);
-  if (rec.userId !== owner) throw new TargetRefusal("target_other_user", `card ${target.cardId} is issued to another user than card ${escrow.cardId}'s: a key goes only into a card of its own user`, details);
+  if (rec.userId !== owner)
+    throw new TargetRefusal("target_other_user", `card ${target.cardId} is issued to another user than card ${escrow.cardId}'s: a key goes only into a card of its own user`, details);
   if (rec.status !== "active") throw new TargetRefusal("target_unfit", `card ${target.cardId} is ${rec.status}, not active`, { ...details, status: rec.status });
   if (o.at < rec.validFrom || o.at > rec.validUntil) throw new TargetRefusal("target_unfit", `card ${target.cardId} is outside its validity`, details);
   if (!rec.keySet || rec.keySet.status === "retired") throw new TargetRefusal("target_unfit", `card ${target.cardId} has no current key set`, details);
@@ -131,13 +134,15 @@ export async function checkTarget(
     if (target.cardId !== registeredCardRecord(escrow, o.device))
       throw new TargetRefusal("target_not_approved", `card ${target.cardId} is no longer the registered device of card ${escrow.cardId}'s key`, details);
   } else {
-    if (target.cardId === escrow.cardId) throw new TargetRefusal("target_unfit", `card ${target.cardId} is the destroyed card's own record: a card-destroyed reproduction goes into a new card`, details);
+    if (target.cardId === escrow.cardId)
+      throw new TargetRefusal("target_unfit", `card ${target.cardId} is the destroyed card's own record: a card-destroyed reproduction goes into a new card`, details);
     const serves = await repo.deviceByCardRecord(target.cardId);
     if (serves) throw new TargetRefusal("target_unfit", `card ${target.cardId} is already the registered device of card ${serves.cardId}'s escrowed key`, { ...details, servesCard: serves.cardId });
   }
   // key-lost: the escrowed key was written over whatever the slot held at its issue; only keys delivered since count
   for (const spki of await repo.activeKeysInSlot(target.cardId, escrow.slot, kind === "key-lost" ? escrow.createdAt : undefined))
-    if (!bytesEqual(spki, escrow.publicKey)) throw new TargetRefusal("target_slot_occupied", `slot ${escrow.slot} of card ${target.cardId} holds another key of the issuer`, { ...details, slot: escrow.slot });
+    if (!bytesEqual(spki, escrow.publicKey))
+      throw new TargetRefusal("target_slot_occupied", `slot ${escrow.slot} of card ${target.cardId} holds another key of the issuer`, { ...details, slot: escrow.slot });
   const other = await repo.escrowByCard(target.cardId);
   if (other && other.escrowId !== escrow.escrowId && other.slot === escrow.slot)
     throw new TargetRefusal("target_slot_occupied", `slot ${escrow.slot} of card ${target.cardId} holds its own escrowed key`, { ...details, slot: escrow.slot });
@@ -185,7 +190,8 @@ export async function checkSlotOnCard(custody: KeyCustody, card: InsertedCard, s
   });
   if (held === undefined) return;
   const spki = certifiedKey(held);
-  if (!spki || !bytesEqual(spki, publicKey)) throw new TargetRefusal("target_slot_occupied", `slot ${slot} of the card holds ${spki ? "the certificate of another key" : "a certificate object"}`, { ...details, slot });
+  if (!spki || !bytesEqual(spki, publicKey))
+    throw new TargetRefusal("target_slot_occupied", `slot ${slot} of the card holds ${spki ? "the certificate of another key" : "a certificate object"}`, { ...details, slot });
 }
 
 /** A reproduction request as the service keeps it: the signed request, its kind and the card it names. */

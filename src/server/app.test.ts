@@ -84,7 +84,15 @@ test("validation stops at the first error: 80,000 unknown keys answer one small 
 });
 
 test("a problem body stays under a few KB whatever it carries", () => {
-  const p = boundedProblem({ type: PROBLEM_TYPE_BASE + "x", title: "T", status: 400, detail: "d".repeat(100_000), instance: "/" + "i".repeat(100_000), huge: "h".repeat(100_000), errors: Array.from({ length: 1000 }, () => ({ pointer: "/p".repeat(1000), detail: "e".repeat(1000) })) });
+  const p = boundedProblem({
+    type: PROBLEM_TYPE_BASE + "x",
+    title: "T",
+    status: 400,
+    detail: "d".repeat(100_000),
+    instance: "/" + "i".repeat(100_000),
+    huge: "h".repeat(100_000),
+    errors: Array.from({ length: 1000 }, () => ({ pointer: "/p".repeat(1000), detail: "e".repeat(1000) })),
+  });
   assert.ok(Buffer.byteLength(JSON.stringify(p)) <= MAX_PROBLEM_BYTES, String(Buffer.byteLength(JSON.stringify(p))));
   assert.deepEqual([p.type, p.title, p.status], [PROBLEM_TYPE_BASE + "x", "T", 400]);
   const small = boundedProblem({ type: "t", title: "T", status: 409, detail: "short", check: "card_rollback" });

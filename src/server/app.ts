@@ -55,7 +55,10 @@ export async function buildServer(o: ServerOptions = {}): Promise<{ app: Fastify
       const status = typeof err.statusCode === "number" && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
       metrics.errors.inc({ status: String(status) });
       const instance = req.url.split("?")[0].slice(0, 200);
-      void (reply as FastifyReply).code(status).type("application/problem+json").send({ type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status, detail: err.message.slice(0, 300), instance });
+      void (reply as FastifyReply)
+        .code(status)
+        .type("application/problem+json")
+        .send({ type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status, detail: err.message.slice(0, 300), instance });
     },
   });
   installProblemHandlers(app, (status, p, req) => {

@@ -99,7 +99,8 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       },
     },
     async (req) => {
-      const from = Number(req.query.from), to = Number(req.query.to);
+      const from = Number(req.query.from),
+        to = Number(req.query.to);
       try {
         return { from, to, proof: (await cp.consistency(from, to)).map((h) => Buffer.from(h).toString("base64")) };
       } catch (e) {

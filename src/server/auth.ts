@@ -108,8 +108,7 @@ export function installAuth(app: FastifyInstance, lookup: TokenLookup): void {
     if (!m) throw new ApiProblem(401, "unauthenticated", "Authentication required", "send Authorization: Bearer <API token>");
     const principal = await lookup(hashToken(m[1]));
     if (!principal) throw new ApiProblem(401, "unauthenticated", "Authentication required", "unknown or revoked token");
-    if (!principal.roles.some((r) => r === "admin" || roles.includes(r)))
-      throw new ApiProblem(403, "forbidden", "Forbidden", `this needs one of the roles: ${roles.join(", ")}`);
+    if (!principal.roles.some((r) => r === "admin" || roles.includes(r))) throw new ApiProblem(403, "forbidden", "Forbidden", `this needs one of the roles: ${roles.join(", ")}`);
     req.principal = principal;
   });
 }

@@ -60,7 +60,13 @@ const OBJECT_ID = { type: "string", minLength: 1, maxLength: 128, pattern: OBJEC
 export const MAX_ENVELOPE_BASE64 = 4 * Math.ceil(MAX_ENVELOPE_BYTES / 3);
 /** The PUT route's body limit: the largest envelope in base64 and the JSON around it. */
 export const PUT_BODY_LIMIT = MAX_ENVELOPE_BASE64 + 4096;
-const ENVELOPE_B64 = { type: "string", minLength: 4, maxLength: MAX_ENVELOPE_BASE64, pattern: "^[A-Za-z0-9+/]*={0,2}$", description: "the envelope bytes, base64 (standard alphabet, padded)" } as const;
+const ENVELOPE_B64 = {
+  type: "string",
+  minLength: 4,
+  maxLength: MAX_ENVELOPE_BASE64,
+  pattern: "^[A-Za-z0-9+/]*={0,2}$",
+  description: "the envelope bytes, base64 (standard alphabet, padded)",
+} as const;
 const STR = { type: "string" } as const;
 const INT = { type: "integer" } as const;
 const HEX64 = { type: "string", description: "SHA-256, lowercase hex" } as const;
@@ -87,7 +93,6 @@ const LIST_ITEM = closed({ ...INFO_PROPS, envelope: ENVELOPE_B64 }, INFO_REQUIRE
 const LIST = closed({ cardId: STR, userId: STR, backups: { type: "array", items: LIST_ITEM } }, ["cardId", "userId", "backups"]);
 
 // ---- helpers ------------------------------------------------------------------------------------------------------
-
 
 const infoOut = (b: BackupInfo) => ({
   id: b.id,
@@ -169,7 +174,11 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
         params: params({ id: CARD_ID, objectId: OBJECT_ID }),
         querystring: closed({}),
         body: closed({ envelope: ENVELOPE_B64 }, ["envelope"]),
-        response: { 200: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]), 201: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]), ...problems },
+        response: {
+          200: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]),
+          201: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]),
+          ...problems,
+        },
       },
     },
     async (req, reply) =>
@@ -178,7 +187,10 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
         const text = req.body.envelope;
         const envelope = Buffer.from(text, "base64");
         if (text.length % 4 !== 0 || envelope.toString("base64") !== text) throw new ApiProblem(400, "backup-invalid", "Invalid backup", "envelope: not canonical base64 (standard alphabet, padded)");
-        const r = await backups.put({ userId: card.userId, cardId: card.id, objectId: req.params.objectId, envelope: new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.byteLength) }, actor.name);
+        const r = await backups.put(
+          { userId: card.userId, cardId: card.id, objectId: req.params.objectId, envelope: new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.byteLength) },
+          actor.name,
+        );
         return reply.code(r.created ? 201 : 200).send({ backup: infoOut(r.backup), created: r.created });
       }),
   );

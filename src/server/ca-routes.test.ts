@@ -121,7 +121,17 @@ function caClientBehaviour(name: string, setup: () => Promise<Site>): void {
       assert.ok(!crl.entries.some((e) => e.serialNumber.toLowerCase() === kept.serial));
 
       const dir = workDir();
-      const v = openssl(["verify", "-crl_check", "-CAfile", writePem(dir, "root.pem", [chain[1]]), "-untrusted", writePem(dir, "issuing.pem", [chain[0]]), "-CRLfile", writePem(dir, "crl.pem", [der], "X509 CRL"), writePem(dir, "ee.pem", [r.certificate])]);
+      const v = openssl([
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        writePem(dir, "root.pem", [chain[1]]),
+        "-untrusted",
+        writePem(dir, "issuing.pem", [chain[0]]),
+        "-CRLfile",
+        writePem(dir, "crl.pem", [der], "X509 CRL"),
+        writePem(dir, "ee.pem", [r.certificate]),
+      ]);
       assert.notEqual(v.status, 0);
       assert.match(v.out, /certificate revoked/);
     });
@@ -162,7 +172,10 @@ describe("CA routes over HTTP", () => {
     await problem(await post("/ca/certify", body, AUDITOR), 403);
     await problem(await post("/ca/revoke", { serial: "00ff", reason: "unspecified" }, AUDITOR), 403);
     assert.equal((await post("/ca/certify", body, ISSUER)).status, 200);
-    await assert.rejects(new HttpCaClient({ baseUrl: url + "/ca", token: AUDITOR }).certify({ ...body, publicKey: spkiB64() }), (e: unknown) => e instanceof CaTransportError && e.status === 403 && /role/.test(e.message));
+    await assert.rejects(
+      new HttpCaClient({ baseUrl: url + "/ca", token: AUDITOR }).certify({ ...body, publicKey: spkiB64() }),
+      (e: unknown) => e instanceof CaTransportError && e.status === 403 && /role/.test(e.message),
+    );
   });
 
   test("proof of possession: a bare public key only for the issuing service's credential; everyone else sends a CSR", async () => {
@@ -222,7 +235,10 @@ describe("CA routes over HTTP", () => {
     const der = new Uint8Array(await crl.arrayBuffer());
     assert.ok(await new x509.X509Crl(ab(der)).verify({ publicKey: new x509.X509Certificate(ab(issuing.certificate)).publicKey }));
     const chain = (await (await fetch(url + "/ca/certificates")).json()) as { certificates: string[] };
-    assert.deepEqual(chain.certificates, issuing.chain().map((d) => toPem(d, "CERTIFICATE")));
+    assert.deepEqual(
+      chain.certificates,
+      issuing.chain().map((d) => toPem(d, "CERTIFICATE")),
+    );
     const pem = await fetch(url + "/ca/certificates", { headers: { accept: "application/pem-certificate-chain" } });
     assert.equal(pem.headers.get("content-type"), "application/pem-certificate-chain");
     assert.equal(await pem.text(), chain.certificates.join(""));

@@ -84,6 +84,9 @@ test("issue 9: limits, metrics access and the webhook allow-list: defaults, file
     () => loadConfig({ env: { CARDKMS_METRICS_ACCESS: "loopback", CARDKMS_METRICS_HOST: "0.0.0.0" } }),
     /\/metrics\/host "0\.0\.0\.0": .*loopback address only .*\(from CARDKMS_METRICS_HOST\)/,
   );
-  assert.throws(() => loadConfig({ env: { CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "127.0.0.1/32,intranet" } }), /\/webhooks\/allowAddresses\/1 "intranet": not an IP address or CIDR range .*\(from CARDKMS_WEBHOOK_ALLOW_ADDRESSES\)/);
+  assert.throws(
+    () => loadConfig({ env: { CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "127.0.0.1/32,intranet" } }),
+    /\/webhooks\/allowAddresses\/1 "intranet": not an IP address or CIDR range .*\(from CARDKMS_WEBHOOK_ALLOW_ADDRESSES\)/,
+  );
   assert.throws(() => loadConfig({ env: { CARDKMS_WEBHOOK_ALLOW_ADDRESSES: "10.0.0.0/33" } }), /not an IP address or CIDR range/);
 });

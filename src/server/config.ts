@@ -305,7 +305,10 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
       }
       v = raw === "1" || raw === "true";
     } else if (spec.type === "list") {
-      v = raw.split(",").map((x) => x.trim()).filter((x) => x.length > 0);
+      v = raw
+        .split(",")
+        .map((x) => x.trim())
+        .filter((x) => x.length > 0);
     }
     if (name === "CARDKMS_CUSTODY") cfg.custody = raw === "pkcs11" ? { kind: "pkcs11" } : { ...(cfg.custody as object), kind: raw };
     else if (name === "CARDKMS_CA_URL") cfg.ca = { mode: "remote", url: raw };
@@ -339,9 +342,12 @@ function semanticProblems(c: IssuerConfig, sources: Map<string, string>): string
   };
   const problems: string[] = [];
   if (c.metrics.access === "loopback" && !isLoopbackHost(c.metrics.host))
-    problems.push(`/metrics/host ${JSON.stringify(c.metrics.host)}: the metrics listener serves without a token, so it binds a loopback address only (127.0.0.1, ::1, localhost)${from("/metrics/host")}`);
+    problems.push(
+      `/metrics/host ${JSON.stringify(c.metrics.host)}: the metrics listener serves without a token, so it binds a loopback address only (127.0.0.1, ::1, localhost)${from("/metrics/host")}`,
+    );
   c.webhooks.allowAddresses.forEach((a, i) => {
-    if (!parseCidr(a)) problems.push(`/webhooks/allowAddresses/${i} ${JSON.stringify(a)}: not an IP address or CIDR range (e.g. 127.0.0.1/32, 10.20.0.0/16, fd12::/16)${from("/webhooks/allowAddresses")}`);
+    if (!parseCidr(a))
+      problems.push(`/webhooks/allowAddresses/${i} ${JSON.stringify(a)}: not an IP address or CIDR range (e.g. 127.0.0.1/32, 10.20.0.0/16, fd12::/16)${from("/webhooks/allowAddresses")}`);
   });
   return problems;
 }

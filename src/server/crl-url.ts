@@ -31,7 +31,8 @@ export function crlPathOf(crlUrl: string): string {
   if (u.search || u.hash || /[?#]/.test(crlUrl)) throw new CrlUrlError(`${where}: no query or fragment; the server serves the CRL at the URL's path`);
   const path = u.pathname;
   if (path === "/" || !/^(\/[A-Za-z0-9._~-]+)+\/?$/.test(path)) throw new CrlUrlError(`${where}: the path must be a plain one such as /crl or /v1/crl (letters, digits . _ ~ - and /)`);
-  if (path.startsWith("/v1/") && !API_CRL_PATHS.includes(path)) throw new CrlUrlError(`${where}: paths under /v1/ belong to the API; use ${API_CRL_PATHS.join(" or ")}, or a path of its own such as /crl`);
+  if (path.startsWith("/v1/") && !API_CRL_PATHS.includes(path))
+    throw new CrlUrlError(`${where}: paths under /v1/ belong to the API; use ${API_CRL_PATHS.join(" or ")}, or a path of its own such as /crl`);
   return path;
 }
 

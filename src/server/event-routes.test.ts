@@ -109,7 +109,11 @@ for (const engine of testEngines()) {
       assert.match(creds.type, /invalid-webhook$/);
       // Issue 9 §7: a URL to the service's own networks is a clear 400 naming the range, and nothing is registered.
       const before = ((await call("GET", "/webhooks", op.token)).json() as { webhooks: unknown[] }).webhooks.length;
-      for (const [url, why] of [["http://127.0.0.1:8080/h", /loopback address \(127\.0\.0\.0\/8\)/], ["http://169.254.169.254/latest/meta-data/", /cloud metadata/], ["http://[fd00::1]/h", /private/]] as const) {
+      for (const [url, why] of [
+        ["http://127.0.0.1:8080/h", /loopback address \(127\.0\.0\.0\/8\)/],
+        ["http://169.254.169.254/latest/meta-data/", /cloud metadata/],
+        ["http://[fd00::1]/h", /private/],
+      ] as const) {
         const p = problem(await call("POST", "/webhooks", op.token, { url, eventTypes: ["*"] }), 400) as { type: string; detail?: string };
         assert.match(p.type, /invalid-webhook$/);
         assert.match(String(p.detail), why);
@@ -155,10 +159,12 @@ for (const engine of testEngines()) {
       problem(await call("POST", `/rotations/${rot.id}/approve`, op.token, { force: true }), 400);
       const approved = await call("POST", `/rotations/${rot.id}/approve`, op.token, {});
       assert.equal(approved.statusCode, 200, approved.body);
-      assert.deepEqual(
-        (({ status, approvedBy, approvedAt, toKeySetId }) => ({ status, approvedBy, approvedAt, toKeySetId }))(approved.json() as Record<string, unknown>),
-        { status: "approved", approvedBy: "olga", approvedAt: NOW, toKeySetId: null },
-      );
+      assert.deepEqual((({ status, approvedBy, approvedAt, toKeySetId }) => ({ status, approvedBy, approvedAt, toKeySetId }))(approved.json() as Record<string, unknown>), {
+        status: "approved",
+        approvedBy: "olga",
+        approvedAt: NOW,
+        toKeySetId: null,
+      });
       problem(await call("POST", `/rotations/${rot.id}/approve`, op.token, {}), 409);
       problem(await call("POST", "/rotations/nope/approve", op.token, {}), 404);
       assert.equal((await store.getRotation(rot.id))?.status, "approved"); // approved, not started: the rotation runner starts it
@@ -173,15 +179,24 @@ for (const engine of testEngines()) {
 
       // Events: all of them, by type, paged.
       const all = (await call("GET", "/events", aud.token)).json() as { events: { id: number; type: string; subject: string; payload: unknown }[]; next: number | null };
-      assert.deepEqual(all.events.map((e) => e.type), ["keyset.expiring", "rotation.proposed", "rotation.approved"]);
+      assert.deepEqual(
+        all.events.map((e) => e.type),
+        ["keyset.expiring", "rotation.proposed", "rotation.approved"],
+      );
       assert.equal(all.next, null);
       assert.deepEqual(all.events[2].payload, { rotationId: rot.id, approvedBy: "olga", cardId: card.id, fromKeySetId: ks.id, strategy: "embodiment3" });
       const byType = (await call("GET", "/events?type=rotation.proposed", aud.token)).json() as { events: { subject: string }[] };
-      assert.deepEqual(byType.events.map((e) => e.subject), [rot.id]);
+      assert.deepEqual(
+        byType.events.map((e) => e.subject),
+        [rot.id],
+      );
       const page1 = (await call("GET", "/events?limit=2", aud.token)).json() as { events: { id: number }[]; next: number };
       assert.equal(page1.events.length, 2);
       const page2 = (await call("GET", `/events?limit=2&after=${page1.next}`, aud.token)).json() as { events: { id: number }[]; next: number | null };
-      assert.deepEqual(page2.events.map((e) => e.id), [all.events[2].id]);
+      assert.deepEqual(
+        page2.events.map((e) => e.id),
+        [all.events[2].id],
+      );
       assert.equal(page2.next, null);
       assert.deepEqual((await call("GET", "/events?after=999999999999999", aud.token)).json(), { events: [], next: null });
       for (const q of ["limit=0", "limit=1001", "limit=x", "after=-1", "type=Bad%20Type", "foo=1"]) problem(await call("GET", `/events?${q}`, aud.token), 400);
@@ -204,7 +219,8 @@ for (const engine of testEngines()) {
       assert.deepEqual([paged.deadLetters.length, paged.next], [1, id]);
       assert.deepEqual((await call("GET", `/webhooks/dead-letters?after=${id}`, aud.token)).json(), { deadLetters: [], next: null });
       for (const q of ["limit=0", "after=7.x", "webhookId=a%20b", "status=dead"]) problem(await call("GET", `/webhooks/dead-letters?${q}`, aud.token), 400);
-      for (const body of [{}, { deliveryIds: [] }, { deliveryIds: ["7.x"] }, { webhookId: w.id, extra: 1 }, { deliveryIds: [id, id] }]) problem(await call("POST", "/webhooks/dead-letters/retry", op.token, body), 400);
+      for (const body of [{}, { deliveryIds: [] }, { deliveryIds: ["7.x"] }, { webhookId: w.id, extra: 1 }, { deliveryIds: [id, id] }])
+        problem(await call("POST", "/webhooks/dead-letters/retry", op.token, body), 400);
 
       const retried = await call("POST", "/webhooks/dead-letters/retry", op.token, { deliveryIds: [id] });
       assert.equal(retried.statusCode, 200, retried.body);
@@ -231,7 +247,17 @@ for (const engine of testEngines()) {
 
     test("the OpenAPI document lists every route with its schemas", async () => {
       const doc = (await app.inject({ method: "GET", url: "/openapi.json" })).json() as { paths: Record<string, Record<string, unknown>> };
-      for (const [p, m] of [["/events", "get"], ["/webhooks", "post"], ["/webhooks", "get"], ["/webhooks/{id}", "delete"], ["/webhooks/dead-letters", "get"], ["/webhooks/dead-letters/retry", "post"], ["/validity/scan", "post"], ["/rotations", "get"], ["/rotations/{id}/approve", "post"]]) {
+      for (const [p, m] of [
+        ["/events", "get"],
+        ["/webhooks", "post"],
+        ["/webhooks", "get"],
+        ["/webhooks/{id}", "delete"],
+        ["/webhooks/dead-letters", "get"],
+        ["/webhooks/dead-letters/retry", "post"],
+        ["/validity/scan", "post"],
+        ["/rotations", "get"],
+        ["/rotations/{id}/approve", "post"],
+      ]) {
         assert.ok(doc.paths[p]?.[m], `${m} ${p}`);
       }
     });

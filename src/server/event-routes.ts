@@ -335,4 +335,3 @@ function deadLetterOut(d: WebhookDelivery, eventType: string | undefined) {
 function webhookOut(w: Webhook) {
   return { id: w.id, url: w.url, eventTypes: w.eventTypes, createdAt: w.createdAt };
 }
-

@@ -41,7 +41,10 @@ for (const engine of testEngines()) {
 
       // ST22-ST25: fetch, load into the card, acknowledge
       const pk = expect(await get(`/v1/cards/${cardId}/packages?after=0`, term), 200) as { packages: { seq: number; body: string; status: string }[] };
-      assert.deepEqual(pk.packages.map((p) => p.seq), [1]);
+      assert.deepEqual(
+        pk.packages.map((p) => p.seq),
+        [1],
+      );
       const piv = new PivClient((a) => card.transmit(a));
       await piv.select();
       await piv.loadPackage(new Uint8Array(Buffer.from(pk.packages[0].body, "base64")));
@@ -99,7 +102,10 @@ for (const engine of testEngines()) {
 
       // audit: paged entries and a verified chain
       const page = expect(await get("/v1/audit?limit=3", aud), 200) as { entries: { seq: number }[]; next: number };
-      assert.deepEqual(page.entries.map((e) => e.seq), [1, 2, 3]);
+      assert.deepEqual(
+        page.entries.map((e) => e.seq),
+        [1, 2, 3],
+      );
       const rest = expect(await get(`/v1/audit?after=${page.next}`, aud), 200) as { entries: { action: string }[] };
       const actions = rest.entries.map((e) => e.action);
       for (const a of ["credential.delivered", "certificate.revoked", "terminal.authenticated", "terminal.refused"]) assert.ok(actions.includes(a), `audit has ${a}`);

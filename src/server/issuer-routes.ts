@@ -50,7 +50,10 @@ export const CARD_PROBLEM = {
   required: problemSchema.required,
   properties: {
     ...problemSchema.properties,
-    check: { type: "string", description: "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state)" },
+    check: {
+      type: "string",
+      description: "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state)",
+    },
     cardId: { type: "string" },
     state: { type: "string", description: "the card's lifecycle state: issued, active, suspended, retired, destroyed" },
     allowed: { type: "array", items: { type: "string" }, description: "the states that allow what was refused" },
@@ -71,7 +74,6 @@ export const relayRoundSchema = {
   required: ["sessionId", "apdus"],
   properties: { sessionId: { type: "string" }, apdus: { type: "array", items: { type: "string" } } },
 } as const;
-
 
 /** The principal a role-checked route runs for (installAuth sets it). */
 export function principalOf(req: FastifyRequest): Principal {
@@ -129,7 +131,6 @@ export async function domain<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 // ---- response shapes ------------------------------------------------------------------------------------------
-
 
 const personalDataSchema = {
   type: "object",
@@ -213,8 +214,7 @@ const crlRoute = (summary: string) =>
       response: { 200: { description: "DER CRL (RFC 5280)", type: "string", format: "binary" }, ...problems },
     },
   }) as const;
-const crlHandler = (issuer: Issuer) => async (_req: FastifyRequest, reply: FastifyReply) =>
-  domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl())));
+const crlHandler = (issuer: Issuer) => async (_req: FastifyRequest, reply: FastifyReply) => domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl())));
 
 /**
  * Serves the CRL also at `path`, the path of the distribution point the CA writes into certificates (config crlUrl,
@@ -573,8 +573,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
     async (req) => {
       const q = req.query;
-      if ((q.headSeq === undefined) !== (q.headHash === undefined))
-        throw new ApiProblem(400, "validation", "Request does not match the schema", "headSeq and headHash go together");
+      if ((q.headSeq === undefined) !== (q.headHash === undefined)) throw new ApiProblem(400, "validation", "Request does not match the schema", "headSeq and headHash go together");
       const expectedHead = q.headSeq !== undefined && q.headHash !== undefined ? { seq: Number(q.headSeq), hash: q.headHash } : undefined;
       const v = await verifyAuditLog(store.db, { expectedHead });
       if (v.ok) return { ok: true, entries: v.entries, head: v.head };

@@ -86,16 +86,18 @@ const PERSONAL_DATA = {
     SUBJECT_FIELDS.map((f) => [
       f,
       f === "organizationalUnit"
-        ? { anyOf: [{ type: "string", minLength: 1, maxLength: 64 }, { type: "array", minItems: 1, maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } }] }
+        ? {
+            anyOf: [
+              { type: "string", minLength: 1, maxLength: 64 },
+              { type: "array", minItems: 1, maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } },
+            ],
+          }
         : { type: "string", minLength: 1, maxLength: 256 },
     ]),
   ),
 } as const;
 
-const RESULT = closed(
-  { cardId: STR, slot: STR, alg: STR, serial: STR, certificate: STR, publicKeySha256: STR, escrowId: STR },
-  ["cardId", "slot", "alg", "serial", "certificate", "publicKeySha256"],
-);
+const RESULT = closed({ cardId: STR, slot: STR, alg: STR, serial: STR, certificate: STR, publicKeySha256: STR, escrowId: STR }, ["cardId", "slot", "alg", "serial", "certificate", "publicKeySha256"]);
 const LIVE_STEP = closed({ sessionId: STR, apdus: { type: "array", maxItems: 16, items: STR }, result: RESULT });
 
 /** problem+json of these routes: RFC 9457 members, and for a refusal the check and who refused. */
@@ -193,7 +195,8 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
           const profile = req.body.profile ?? SLOT_PROFILES[slot];
           const escrow = req.body.escrow === true;
           const device = await KeyGenerationDevice.create({ custody: issuer.custody, ca: center, registry, trustAnchors: await pinned(), escrow: escrow ? recovery.escrowHook(actor) : undefined });
-          const audit = (action: string, details: Record<string, string | boolean>) => appendAudit(issuer.store.db, { actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
+          const audit = (action: string, details: Record<string, string | boolean>) =>
+            appendAudit(issuer.store.db, { actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
           const run = async (transmit: (apdu: Uint8Array) => Promise<Uint8Array>): Promise<KeygenResultJson> => {
             try {
               // the card's state, read before every APDU the device sends it: a card suspended mid-session gets nothing more
@@ -201,7 +204,15 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
                 await requireCardState(issuer.store, card.id, "keygen");
                 return transmit(apdu);
               };
-              const issued = await device.issue({ applicantId: card.userId, personalData, alg, profile, slot, card: { transmit: gated, keySet: keys.ref }, ...(escrow ? { escrow: { cardId: card.id } } : {}) });
+              const issued = await device.issue({
+                applicantId: card.userId,
+                personalData,
+                alg,
+                profile,
+                slot,
+                card: { transmit: gated, keySet: keys.ref },
+                ...(escrow ? { escrow: { cardId: card.id } } : {}),
+              });
               await audit("keygen.issued", { serial: issued.serial, publicKeySha256: issued.publicKeySha256, ...(issued.escrowId ? { escrowId: issued.escrowId } : {}) });
               return resultOut(card.id, issued);
             } catch (e) {

@@ -63,7 +63,10 @@ test("bounded: at most max at once (429), and an expired session refuses its par
       throw e;
     }
   });
-  await assert.rejects(lives.open("olga", async () => "x"), status(429));
+  await assert.rejects(
+    lives.open("olga", async () => "x"),
+    status(429),
+  );
   now += 60_000;
   await assert.rejects(lives.next(sessionId, "olga", [b(0x90)]), status(404));
   await new Promise((r) => setImmediate(r));
@@ -86,7 +89,10 @@ test("close refuses every parked APDU and waits for the operations to end", asyn
   });
   await lives.close();
   assert.equal(cleaned, true);
-  await assert.rejects(lives.open("olga", async () => "x"), status(503));
+  await assert.rejects(
+    lives.open("olga", async () => "x"),
+    status(503),
+  );
 });
 
 test("issue 9 §2: one principal holds at most perOwner live sessions (429, nothing runs); another still opens one", async () => {

@@ -143,7 +143,8 @@ export function operatorLookup(store: Store): TokenLookup {
 export async function createOperatorToken(store: Store, name: string, roles: Role[], actor = "system"): Promise<{ token: string; operator: Operator }> {
   if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) throw new Error("operator name: 1-64 of A-Z a-z 0-9 _ . @ -");
   if (!Array.isArray(roles) || roles.length === 0) throw new Error(`operator roles: at least one of ${ROLES.filter((r) => r !== "terminal").join(", ")}`);
-  for (const r of roles) if (!ROLES.includes(r) || r === "terminal") throw new Error(`operator role ${JSON.stringify(r)}: expected one of admin, operator, auditor (terminal tokens come from a card's proof)`);
+  for (const r of roles)
+    if (!ROLES.includes(r) || r === "terminal") throw new Error(`operator role ${JSON.stringify(r)}: expected one of admin, operator, auditor (terminal tokens come from a card's proof)`);
   const { token, hash } = newToken();
   const operator = await store.transaction(async (s) => {
     const op = await s.createOperator({ name, tokenHash: hash, roles: [...new Set(roles)] });
@@ -198,15 +199,19 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     for (const m of [r.method].flat()) if (m !== "HEAD") routes.push({ method: m, url: r.url, roles: r.config?.roles ?? [] });
   });
   const terminalTokens =
-    d.terminalTokens ??
-    new TerminalTokens({ perCard: limits.terminalTokensPerCard, max: limits.terminalTokensMax, onRetire: (bound) => metrics.retired.inc({ table: "terminal-tokens", bound }) });
+    d.terminalTokens ?? new TerminalTokens({ perCard: limits.terminalTokensPerCard, max: limits.terminalTokensMax, onRetire: (bound) => metrics.retired.inc({ table: "terminal-tokens", bound }) });
   installAuth(app, anyOf(terminalTokens.lookup, cachedLookup(operatorLookup(d.store))));
 
   // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
   const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
   const liveRelays: LiveRelayOptions = { perOwner: limits.liveRelaySessionsPerPrincipal };
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
-  await app.register(rotationRoutes, { prefix: "/v1", rotations: new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) }), relays, rewrapPageSize: d.rewrapPageSize });
+  await app.register(rotationRoutes, {
+    prefix: "/v1",
+    rotations: new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) }),
+    relays,
+    rewrapPageSize: d.rewrapPageSize,
+  });
   await app.register(terminalRoutes, {
     prefix: "/v1",
     issuer,
@@ -323,9 +328,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
   };
   try {
     const opened = await openCustody(
-      config.custody.kind === "software"
-        ? { kind: "software", path: config.custody.keystore, env }
-        : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
+      config.custody.kind === "software" ? { kind: "software", path: config.custody.keystore, env } : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
     );
     closers.push(() => opened.close());
     // Issue 17 §1: what a holder of the custody's credentials could take out, tried before anything uses a key.
@@ -378,14 +381,23 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     });
     const { app } = built;
     app.log[selfTest.ok ? "info" : "warn"](
-      { selfTest: { custody: selfTest.custody, tokenName: selfTest.token, ok: selfTest.ok, open: selfTest.open.map((x) => `${x.path}: ${x.key}`), weakKeys: selfTest.keys, features: selfTest.features } },
+      {
+        selfTest: {
+          custody: selfTest.custody,
+          tokenName: selfTest.token,
+          ok: selfTest.ok,
+          open: selfTest.open.map((x) => `${x.path}: ${x.key}`),
+          weakKeys: selfTest.keys,
+          features: selfTest.features,
+        },
+      },
       selfTest.custody === "software"
         ? "custody self-test: a software keystore (no PIN holder to test: whoever holds the keystore key reads every key)"
         : selfTest.ok
-        ? "custody self-test: every extraction path refused"
-        : config.insecure.developmentToken
-          ? "INSECURE DEVELOPMENT TOKEN: the custody self-test found extraction paths open (insecure.developmentToken): a holder of the token's user PIN can take keys out. Never in production."
-          : "custody self-test: extraction paths open, accepted by name (custody.acceptOpenPaths)",
+          ? "custody self-test: every extraction path refused"
+          : config.insecure.developmentToken
+            ? "INSECURE DEVELOPMENT TOKEN: the custody self-test found extraction paths open (insecure.developmentToken): a holder of the token's user PIN can take keys out. Never in production."
+            : "custody self-test: extraction paths open, accepted by name (custody.acceptOpenPaths)",
     );
     if (config.insecure.publicTransportKeys)
       app.log.warn(
@@ -393,7 +405,10 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
         "INSECURE DEVELOPMENT MODE: blank cards are personalised over the GlobalPlatform public test keys 40..4F; anyone who records a personalisation relay gets that card's key Sk. Never in production.",
       );
     for (const f of looseFiles)
-      app.log.warn({ file: f.path, mode: f.mode }, `${f.path} has mode ${f.mode}: other local users can reach the issuer's data (personal data, wrapped keys, escrows); chmod it to owner-only (0600 for files, 0700 for the directory)`);
+      app.log.warn(
+        { file: f.path, mode: f.mode },
+        `${f.path} has mode ${f.mode}: other local users can reach the issuer's data (personal data, wrapped keys, escrows); chmod it to owner-only (0600 for files, 0700 for the directory)`,
+      );
     closers.push(async () => {
       await scheduler.stop();
       await dispatcher.stop();
@@ -420,7 +435,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
     }
     let closing: Promise<void> | undefined;
     const server: IssuerServer = { ...built, store, custody, url, metricsUrl, close: () => (closing ??= closeAll()) };
-    if (opts.handleSignals ?? (opts.listen ?? true)) {
+    if (opts.handleSignals ?? opts.listen ?? true) {
       const onSignal = (signal: NodeJS.Signals) => {
         app.log.info({ signal }, "shutting down");
         void server.close().then(() => process.exit(0));
@@ -440,7 +455,10 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   try {
     const config = loadConfig({ file: process.env.CARDKMS_CONFIG || undefined });
     const server = await startIssuerServer(config);
-    server.app.log.info({ url: server.url, database: config.database.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/i, "$1:***@"), custody: config.custody.kind, ca: config.ca.mode }, "cardkms issuer listening");
+    server.app.log.info(
+      { url: server.url, database: config.database.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/i, "$1:***@"), custody: config.custody.kind, ca: config.ca.mode },
+      "cardkms issuer listening",
+    );
   } catch (e) {
     process.stderr.write(`cardkms issuer: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);

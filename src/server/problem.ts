@@ -117,8 +117,7 @@ function fromFastify(e: FastifyError): Problem | undefined {
   if (m) return { type: PROBLEM_TYPE_BASE + m[1], title: m[2], status: m[0], detail: e.message };
   if (e instanceof SyntaxError || (e.statusCode === 400 && /JSON/i.test(e.message)))
     return { type: PROBLEM_TYPE_BASE + "malformed-json", title: "Malformed JSON body", status: 400, detail: e.message };
-  if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500)
-    return { type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status: e.statusCode, detail: e.message };
+  if (typeof e.statusCode === "number" && e.statusCode >= 400 && e.statusCode < 500) return { type: PROBLEM_TYPE_BASE + "bad-request", title: "Bad request", status: e.statusCode, detail: e.message };
   return undefined;
 }
 

@@ -101,7 +101,12 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     const a = await recovery.arbitrator(bound);
     if (a?.status === "active") return;
     const detail = a ? `arbitrator ${bound} is deregistered: its tokens no longer work` : `arbitrator ${bound} is not registered`;
-    await appendAudit(store.db, { actor: bound, action: "recovery.arbitrator.access.refuse", subject: bound, details: { check: "arbitrator_disabled", method: req.method, route: req.routeOptions.url ?? "" } });
+    await appendAudit(store.db, {
+      actor: bound,
+      action: "recovery.arbitrator.access.refuse",
+      subject: bound,
+      details: { check: "arbitrator_disabled", method: req.method, route: req.routeOptions.url ?? "" },
+    });
     throw new ApiProblem(403, "forbidden", "Forbidden: arbitrator_disabled", detail, { check: "arbitrator_disabled" });
   });
 

@@ -16,7 +16,10 @@ test("a session expires after its TTL, the count is capped, and only the opener 
   const relays = new RelaySessions({ ttlMs: 300_000, max: 2, now: () => now });
   const a = relays.open("olga", session(), async () => {});
   relays.open("olga", session(), async () => {});
-  assert.throws(() => relays.open("olga", session(), async () => {}), (e) => status(e) === 429);
+  assert.throws(
+    () => relays.open("olga", session(), async () => {}),
+    (e) => status(e) === 429,
+  );
   await assert.rejects(relays.next(a.sessionId, "mallory", [new Uint8Array([0x90, 0]), new Uint8Array([0x90, 0])]), (e) => status(e) === 403);
   // a malformed round fails the session with a 422 naming the reason, and the session is gone
   await assert.rejects(relays.next(a.sessionId, "olga", [new Uint8Array([0x6a, 0x82]), new Uint8Array([0x90, 0])]), (e) => status(e) === 422 && /SELECT/.test((e as Error).message));
@@ -25,7 +28,10 @@ test("a session expires after its TTL, the count is capped, and only the opener 
   const c = relays.open("olga", session(), async () => {});
   relays.open("olga", session(), async () => {});
   assert.equal(relays.size, 2);
-  assert.throws(() => relays.open("olga", session(), async () => {}), (e) => status(e) === 429);
+  assert.throws(
+    () => relays.open("olga", session(), async () => {}),
+    (e) => status(e) === 429,
+  );
   now += 299_999;
   await assert.rejects(relays.next(c.sessionId, "olga", [new Uint8Array([0x90, 0])]), (e) => status(e) === 422);
 });
@@ -73,7 +79,10 @@ test("TtlMap groups: a group at its bound retires its oldest (or refuses); other
   // a refusing group refuses and changes nothing
   const owner = [{ name: "principal", key: "olga", max: 1, whenFull: "refuse" as const }];
   const o1 = m.add("o1", "t", { groups: owner }).id;
-  assert.throws(() => m.add("o2", "t", { groups: owner }), (e) => status(e) === 429);
+  assert.throws(
+    () => m.add("o2", "t", { groups: owner }),
+    (e) => status(e) === 429,
+  );
   assert.equal(m.get(o1), "o1");
 });
 
@@ -82,10 +91,16 @@ test("TtlMap whenFull retire-oldest: a full table makes room by retiring its old
   const m = new TtlMap<number>({ ttlMs: 1000, max: 3, whenFull: "retire-oldest", onRetire: (b) => retired.push(b) });
   const ids = [1, 2, 3, 4, 5].map((v) => m.add(v, "t").id);
   assert.equal(m.size, 3);
-  assert.deepEqual(ids.map((id) => m.get(id)), [undefined, undefined, 3, 4, 5]);
+  assert.deepEqual(
+    ids.map((id) => m.get(id)),
+    [undefined, undefined, 3, 4, 5],
+  );
   assert.deepEqual(retired, ["total", "total"]);
   // refuse (the default) keeps what it holds
   const r = new TtlMap<number>({ ttlMs: 1000, max: 1 });
   r.add(1, "t");
-  assert.throws(() => r.add(2, "t"), (e) => status(e) === 429);
+  assert.throws(
+    () => r.add(2, "t"),
+    (e) => status(e) === 429,
+  );
 });

@@ -34,7 +34,7 @@ async function untilRewrapSettles(env: ApiEnv, id: string): Promise<Status> {
 async function auditActions(env: ApiEnv): Promise<string[]> {
   const { get } = api(env);
   const out: string[] = [];
-  for (let after = 0; ; ) {
+  for (let after = 0; ;) {
     const page = expect(await get(`/v1/audit?after=${after}&limit=1000`, env.tokens.auditor), 200) as { entries: { seq: number; action: string }[]; next: number | null };
     out.push(...page.entries.map((e) => e.action));
     if (page.next === null) return out;
@@ -79,7 +79,13 @@ async function loadAndSign(env: ApiEnv, cardId: string, card: CardRuntime, expec
   const pkgs = (expect(await get(`/v1/cards/${cardId}/packages`, terminal), 200) as { packages: { body: string }[] }).packages;
   for (const p of pkgs) await piv.loadPackage(new Uint8Array(Buffer.from(p.body, "base64")));
   const info = expect(await get(`/v1/cards/${cardId}`, env.tokens.auditor), 200) as { keyPairs: { slot: string; status: string; certificates: { serial: string }[] }[] };
-  assert.deepEqual(info.keyPairs.filter((k) => k.status === "active").map((k) => k.slot).sort(), [...expectedSlots].sort());
+  assert.deepEqual(
+    info.keyPairs
+      .filter((k) => k.status === "active")
+      .map((k) => k.slot)
+      .sort(),
+    [...expectedSlots].sort(),
+  );
   for (const slot of expectedSlots) {
     const der = await piv.readCertificate(parseInt(slot, 16));
     assert.ok(der, `certificate in slot ${slot}`);
@@ -141,27 +147,62 @@ for (const engine of testEngines()) {
 
       // FIG. 15 row 3: every pair crosses the network again, under Sk2 (KVN 2), for the new card only.
       expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }] }), 409);
-      type Dist = { rotation: { status: string; distribution: string }; packages: { seq: number; slot: string; kvn: number; cardId: string }[]; added: unknown[]; distribution: { state: string; owed: string[]; items: { slot: string; state: string }[] } };
+      type Dist = {
+        rotation: { status: string; distribution: string };
+        packages: { seq: number; slot: string; kvn: number; cardId: string }[];
+        added: unknown[];
+        distribution: { state: string; owed: string[]; items: { slot: string; state: string }[] };
+      };
       const dist = expect(await post(`/v1/rotations/${id}/distribute`, op), 200) as Dist;
       assert.deepEqual([dist.rotation.status, dist.rotation.distribution], ["running", "distributed"]);
-      assert.deepEqual(dist.packages.map((p) => [p.slot, p.kvn, p.cardId]), [["9a", 2, fresh.cardId], ["9c", 2, fresh.cardId]]);
+      assert.deepEqual(
+        dist.packages.map((p) => [p.slot, p.kvn, p.cardId]),
+        [
+          ["9a", 2, fresh.cardId],
+          ["9c", 2, fresh.cardId],
+        ],
+      );
       assert.deepEqual(dist.added, []);
       assert.deepEqual(dist.distribution.owed, ["9a", "9c"], "owed until the new card's terminal fetches them");
       // Once per rotation: a second call gets the same result, no second set of packages.
       const again2 = expect(await post(`/v1/rotations/${id}/distribute`, op), 200) as Dist;
-      assert.deepEqual(again2.packages.map((p) => p.seq), dist.packages.map((p) => p.seq));
+      assert.deepEqual(
+        again2.packages.map((p) => p.seq),
+        dist.packages.map((p) => p.seq),
+      );
       assert.equal(expect(await get(`/v1/cards/${old.cardId}`, env.tokens.auditor), 200).status, "retired");
       await loadAndSign(env, fresh.cardId, fresh.card, ["9a", "9c"]);
-      const done = expect(await get(`/v1/rotations/${id}`, env.tokens.auditor), 200) as { rotation: { status: string }; distribution: { owed: string[]; items: { slot: string; state: string }[] }; approvals: { required: number; given: { operator: string }[] } };
+      const done = expect(await get(`/v1/rotations/${id}`, env.tokens.auditor), 200) as {
+        rotation: { status: string };
+        distribution: { owed: string[]; items: { slot: string; state: string }[] };
+        approvals: { required: number; given: { operator: string }[] };
+      };
       assert.equal(done.rotation.status, "completed");
       assert.deepEqual(done.distribution.owed, []);
-      assert.deepEqual(done.distribution.items.map((i) => [i.slot, i.state]), [["9a", "delivered"], ["9c", "delivered"]]);
+      assert.deepEqual(
+        done.distribution.items.map((i) => [i.slot, i.state]),
+        [
+          ["9a", "delivered"],
+          ["9c", "delivered"],
+        ],
+      );
       assert.equal(done.approvals.given.length, 1);
 
       const metrics = await env.server.app.inject({ method: "GET", url: "/metrics", headers: { authorization: `Bearer ${env.tokens.auditor}` } });
       assert.match(metrics.body, /cardkms_rotations_total\{strategy="embodiment3"\} 1/);
       const actions = await auditActions(env);
-      for (const a of ["rotation.proposed", "rotation.approved", "rotation.started", "card.issued", "card.personalised", "rotation.rewrap-started", "rotation.rewrapped", "rotation.redistributed", "rotation.distributed", "rotation.completed"])
+      for (const a of [
+        "rotation.proposed",
+        "rotation.approved",
+        "rotation.started",
+        "card.issued",
+        "card.personalised",
+        "rotation.rewrap-started",
+        "rotation.rewrapped",
+        "rotation.redistributed",
+        "rotation.distributed",
+        "rotation.completed",
+      ])
         assert.ok(actions.includes(a), `audit has ${a}: ${actions.join(", ")}`);
       assert.equal((expect(await get("/v1/audit/verify", env.tokens.auditor), 200) as { ok: boolean }).ok, true);
     } finally {
@@ -179,7 +220,16 @@ test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is 
     const op = env.tokens.operator;
     const old = await oldCardWith(env, ["9a"]);
     cards.push(old.card);
-    expect(await post(`/v1/cards/${old.cardId}/rotations`, op, { strategy: "embodiment4", add: [{ slot: "82", alg: "P256" }, { slot: "82", alg: "P384" }] }), 400);
+    expect(
+      await post(`/v1/cards/${old.cardId}/rotations`, op, {
+        strategy: "embodiment4",
+        add: [
+          { slot: "82", alg: "P256" },
+          { slot: "82", alg: "P384" },
+        ],
+      }),
+      400,
+    );
     const id = (expect(await post(`/v1/cards/${old.cardId}/rotations`, op, { strategy: "embodiment4", add: [{ slot: "82", alg: "P256" }] }), 201) as { id: string }).id;
     expect(await post(`/v1/rotations/${id}/approve`, await approver(env)), 200);
     const fresh = await newCardFor(env, id);
@@ -191,14 +241,31 @@ test("rotation routes, embodiment 4: the new card holds Sk1 and Sk2, nothing is 
 
     const r = expect(await post(`/v1/rotations/${id}/rewrap`, op), 200) as unknown as Status;
     assert.equal(r.rewrap.state, "not-needed");
-    expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }, { slot: "82", alg: "P384" }] }), 400);
+    expect(
+      await post(`/v1/rotations/${id}/distribute`, op, {
+        add: [
+          { slot: "82", alg: "P256" },
+          { slot: "82", alg: "P384" },
+        ],
+      }),
+      400,
+    );
     // The approval covers the additions: another list is refused by name, nothing is generated.
     assert.match(String(expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "83", alg: "P256" }] }), 409).detail), /approved to add 82 P256, not 83 P256/);
     const dist = expect(await post(`/v1/rotations/${id}/distribute`, op, { add: [{ slot: "82", alg: "P256" }] }), 200) as { packages: { slot: string; kvn: number }[]; added: { slot: string }[] };
-    assert.deepEqual(dist.packages.map((p) => [p.slot, p.kvn]), [["82", 2]]);
-    assert.deepEqual(dist.added.map((a) => a.slot), ["82"]);
+    assert.deepEqual(
+      dist.packages.map((p) => [p.slot, p.kvn]),
+      [["82", 2]],
+    );
+    assert.deepEqual(
+      dist.added.map((a) => a.slot),
+      ["82"],
+    );
     const pkgs = (expect(await get(`/v1/cards/${fresh.cardId}/packages`, op), 200) as { packages: { body: string }[] }).packages;
-    assert.deepEqual(pkgs.map((p) => packageHeader(Buffer.from(p.body, "base64")).keyRef), ["82"]);
+    assert.deepEqual(
+      pkgs.map((p) => packageHeader(Buffer.from(p.body, "base64")).keyRef),
+      ["82"],
+    );
   } finally {
     for (const c of cards) c.close();
     await env.close();

@@ -255,7 +255,12 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
       domain(async () => {
         const job = jobNow(req.params.id);
         const s = await rotations.status(req.params.id);
-        const approvals = { required: s.approvals.required, proposedBy: s.approvals.proposedBy, binding: s.approvals.binding, given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })) };
+        const approvals = {
+          required: s.approvals.required,
+          proposedBy: s.approvals.proposedBy,
+          binding: s.approvals.binding,
+          given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })),
+        };
         return { ...status(s.rotation, job), approvals, distribution: distributionOut(s.distribution) };
       }),
   );

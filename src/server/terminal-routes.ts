@@ -330,7 +330,13 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         const outcome = await counters.recordLogin(cardId, counter, { since: hs.startedAt, actor: `card:${cardId}`, details: { kvn: current.kvn } });
         if (!outcome.accepted) {
           if (outcome.reason === "raced") throw new ApiProblem(409, "conflict", "Conflict", "another login of this card crossed this one; start again");
-          if (outcome.reason === "flagged") await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter } });
+          if (outcome.reason === "flagged")
+            await appendAudit(store.db, {
+              actor: `card:${cardId}`,
+              action: "terminal.refused",
+              subject: cardId,
+              details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter },
+            });
           throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
         }
         const { token, expiresAt } = tokens.issue(cardId, now.statusVersion);

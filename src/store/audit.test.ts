@@ -35,7 +35,7 @@ for (const engine of testEngines()) {
 
     test("entries chain from the genesis hash; verify walks them in pages and returns the head", async () => {
       await appendN(25);
-      const first = (await t.db.selectFrom("audit_log").selectAll().where("seq", "=", 1).executeTakeFirstOrThrow());
+      const first = await t.db.selectFrom("audit_log").selectAll().where("seq", "=", 1).executeTakeFirstOrThrow();
       assert.equal(first.prev_hash, GENESIS_HASH);
       assert.equal(first.hash, entryHash(first));
       const head = await auditHead(t.db);
@@ -44,7 +44,10 @@ for (const engine of testEngines()) {
       assert.deepEqual(await verifyAuditLog(t.db, { expectedHead: head }), { ok: true, entries: 25, head });
       const listed = [];
       for await (const e of auditEntries(t.db, { afterSeq: 20, pageSize: 2 })) listed.push(e);
-      assert.deepEqual(listed.map((e) => e.seq), [21, 22, 23, 24, 25]);
+      assert.deepEqual(
+        listed.map((e) => e.seq),
+        [21, 22, 23, 24, 25],
+      );
       assert.deepEqual(listed[0].details, { keyPairId: "kp-21", seq: 21 });
     });
 
@@ -88,10 +91,18 @@ for (const engine of testEngines()) {
     });
 
     test("tampering with actor, action or time is found", async () => {
-      for (const [col, value] of [["actor", "mallory"], ["action", "card.retire"], ["at", 1]] as const) {
+      for (const [col, value] of [
+        ["actor", "mallory"],
+        ["action", "card.retire"],
+        ["at", 1],
+      ] as const) {
         await t.db.deleteFrom("audit_log").execute();
         await appendN(5);
-        await t.db.updateTable("audit_log").set({ [col]: value }).where("seq", "=", 3).execute();
+        await t.db
+          .updateTable("audit_log")
+          .set({ [col]: value })
+          .where("seq", "=", 3)
+          .execute();
         const v = await verifyAuditLog(t.db);
         assert.ok(!v.ok && v.seq === 3 && v.problem === "altered", `${col}: ${JSON.stringify(v)}`);
       }
@@ -107,7 +118,12 @@ for (const engine of testEngines()) {
     test("deleting a middle entry and renumbering the rest is found where the link breaks", async () => {
       await appendN(10);
       await t.db.deleteFrom("audit_log").where("seq", "=", 4).execute();
-      for (let s = 5; s <= 10; s++) await t.db.updateTable("audit_log").set({ seq: s - 1 }).where("seq", "=", s).execute();
+      for (let s = 5; s <= 10; s++)
+        await t.db
+          .updateTable("audit_log")
+          .set({ seq: s - 1 })
+          .where("seq", "=", s)
+          .execute();
       const v = await verifyAuditLog(t.db);
       // Entry 5 now sits at seq 4: its hash covers its old seq, so it no longer matches.
       assert.ok(!v.ok && v.seq === 4 && v.problem === "altered", JSON.stringify(v));
@@ -129,7 +145,12 @@ for (const engine of testEngines()) {
     test("an inserted entry is found", async () => {
       await appendN(6);
       // Make room after seq 3 and insert a forged entry with a correctly computed hash and link.
-      for (let s = 6; s >= 4; s--) await t.db.updateTable("audit_log").set({ seq: s + 1 }).where("seq", "=", s).execute();
+      for (let s = 6; s >= 4; s--)
+        await t.db
+          .updateTable("audit_log")
+          .set({ seq: s + 1 })
+          .where("seq", "=", s)
+          .execute();
       const prev = await t.db.selectFrom("audit_log").select("hash").where("seq", "=", 3).executeTakeFirstOrThrow();
       const forged = { seq: 4, at: 1, actor: "mallory", action: "certificate.revoke", subject: "x", details: "{}", prev_hash: prev.hash, hash: "" };
       forged.hash = entryHash(forged);
@@ -163,7 +184,14 @@ for (const engine of testEngines()) {
     /** A forger's rewrite: recomputes hashes from `seq` on (relinking prev_hash too when `relink`). */
     async function recomputeFrom(seq: number, relink: boolean) {
       const rows = await t.db.selectFrom("audit_log").selectAll().where("seq", ">=", seq).orderBy("seq").execute();
-      let prev = (await t.db.selectFrom("audit_log").select("hash").where("seq", "=", seq - 1).executeTakeFirst())?.hash ?? GENESIS_HASH;
+      let prev =
+        (
+          await t.db
+            .selectFrom("audit_log")
+            .select("hash")
+            .where("seq", "=", seq - 1)
+            .executeTakeFirst()
+        )?.hash ?? GENESIS_HASH;
       for (const r of rows) {
         const row = { ...r, prev_hash: relink ? prev : r.prev_hash };
         const hash = entryHash(row);

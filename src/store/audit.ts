@@ -59,9 +59,7 @@ export type AuditProblem =
   /** The chain no longer reaches (or no longer matches) the expected head: truncated or rewritten at `seq`. */
   | "head-mismatch";
 
-export type AuditVerification =
-  | { ok: true; entries: number; head: AuditHead | null }
-  | { ok: false; seq: number; problem: AuditProblem; message: string; entries: number };
+export type AuditVerification = { ok: true; entries: number; head: AuditHead | null } | { ok: false; seq: number; problem: AuditProblem; message: string; entries: number };
 
 const FORBIDDEN_DETAIL_KEYS = /^(password|passphrase|secret|token|pin|puk|private_?key|master_?key|key_?value|clear_?key|plaintext)$/i;
 
@@ -69,10 +67,7 @@ const FORBIDDEN_DETAIL_KEYS = /^(password|passphrase|secret|token|pin|puk|privat
  * Appends one entry. Runs in the caller's transaction when given one (so the entry commits or rolls back with
  * the change it records), else in its own.
  */
-export async function appendAudit(
-  db: Db | Transaction<Database>,
-  input: { actor: string; action: string; subject: string; details?: { [key: string]: JsonValue }; at?: number },
-): Promise<AuditEntry> {
+export async function appendAudit(db: Db | Transaction<Database>, input: { actor: string; action: string; subject: string; details?: { [key: string]: JsonValue }; at?: number }): Promise<AuditEntry> {
   if (!input.actor || !input.action) throw new Error("audit: actor and action are required");
   const details = canonicalJson(input.details ?? {}, "details");
   const at = input.at ?? Date.now();
@@ -109,10 +104,7 @@ export async function* auditEntries(db: Db | Transaction<Database>, options: { a
  * altered, missing or out of place. With `expectedHead` (exported earlier) it also checks the log still holds
  * that exact entry, so truncation of the end and rewriting of the past are found.
  */
-export async function verifyAuditLog(
-  db: Db | Transaction<Database>,
-  options: { expectedHead?: AuditHead | null; pageSize?: number } = {},
-): Promise<AuditVerification> {
+export async function verifyAuditLog(db: Db | Transaction<Database>, options: { expectedHead?: AuditHead | null; pageSize?: number } = {}): Promise<AuditVerification> {
   const expected = options.expectedHead ?? null;
   let prev: AuditHead = { seq: 0, hash: GENESIS_HASH };
   let entries = 0;
@@ -157,9 +149,7 @@ async function* rawPages(db: Db | Transaction<Database>, afterSeq: number, pageS
 
 /** SHA-256(prev_hash bytes || canonical JSON of the entry), hex. */
 export function entryHash(r: Omit<AuditRow, "hash"> & { hash?: string }): string {
-  const body =
-    `{"action":${JSON.stringify(r.action)},"actor":${JSON.stringify(r.actor)},"at":${r.at},` +
-    `"details":${r.details},"seq":${r.seq},"subject":${JSON.stringify(r.subject)}}`;
+  const body = `{"action":${JSON.stringify(r.action)},"actor":${JSON.stringify(r.actor)},"at":${r.at},` + `"details":${r.details},"seq":${r.seq},"subject":${JSON.stringify(r.subject)}}`;
   const prev = /^[0-9a-f]{64}$/.test(r.prev_hash) ? Buffer.from(r.prev_hash, "hex") : Buffer.from(r.prev_hash, "utf8");
   return createHash("sha256").update(prev).update(body, "utf8").digest("hex");
 }

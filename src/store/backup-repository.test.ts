@@ -95,7 +95,14 @@ for (const engine of testEngines()) {
       assert.equal((await repo.latest(user.id, "diary.txt"))!.version, 3);
       assert.equal(await repo.get(user.id, "diary.txt", 4), undefined);
       const listed = await repo.list(user.id, { objectId: "diary.txt" });
-      assert.deepEqual(listed.map((b) => [b.version, b.size]), [[1, e1.length], [2, e2.length], [3, e1.length]]);
+      assert.deepEqual(
+        listed.map((b) => [b.version, b.size]),
+        [
+          [1, e1.length],
+          [2, e2.length],
+          [3, e1.length],
+        ],
+      );
       assert.equal(listed[1].createdAt, T0 + 1000);
     });
 
@@ -118,10 +125,19 @@ for (const engine of testEngines()) {
       await repo.put({ userId: user.id, objectId: "b", envelope: b1 });
       await repo.put({ userId: other.id, objectId: "a", envelope: envelopeOf("other a") });
       const latest = await repo.latestAll(user.id);
-      assert.deepEqual(latest.map((b) => [b.objectId, b.version]), [["a", 2], ["b", 1]]);
+      assert.deepEqual(
+        latest.map((b) => [b.objectId, b.version]),
+        [
+          ["a", 2],
+          ["b", 1],
+        ],
+      );
       assert.deepEqual(latest[0].envelope, a2);
       assert.deepEqual(latest[1].envelope, b1);
-      assert.deepEqual((await repo.latestAll(other.id)).map((b) => [b.objectId, b.version]), [["a", 1]]);
+      assert.deepEqual(
+        (await repo.latestAll(other.id)).map((b) => [b.objectId, b.version]),
+        [["a", 1]],
+      );
       assert.deepEqual(await repo.latestAll("no-such-user"), []);
     });
 
@@ -129,7 +145,10 @@ for (const engine of testEngines()) {
       const { user } = await userCard();
       const envs = Array.from({ length: 8 }, (_, i) => envelopeOf(`race ${i}`));
       const results = await Promise.all(envs.map((envelope) => repo.put({ userId: user.id, objectId: "race", envelope })));
-      assert.deepEqual(results.map((r) => r.backup.version).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8]);
+      assert.deepEqual(
+        results.map((r) => r.backup.version).sort((a, b) => a - b),
+        [1, 2, 3, 4, 5, 6, 7, 8],
+      );
       for (const r of results) assert.deepEqual((await repo.get(user.id, "race", r.backup.version))!.envelope, envs[results.indexOf(r)]);
     });
 

@@ -142,14 +142,7 @@ export class BackupRepository {
       // A concurrent put may take the version read here (PostgreSQL, read committed): the insert then does
       // nothing and the next round reads the new maximum.
       for (let attempt = 0; attempt < 16; attempt++) {
-        const latest = await trx
-          .selectFrom("backups")
-          .selectAll()
-          .where("user_id", "=", input.userId)
-          .where("object_id", "=", input.objectId)
-          .orderBy("version", "desc")
-          .limit(1)
-          .executeTakeFirst();
+        const latest = await trx.selectFrom("backups").selectAll().where("user_id", "=", input.userId).where("object_id", "=", input.objectId).orderBy("version", "desc").limit(1).executeTakeFirst();
         if (latest && latest.sha256 === sha256 && Buffer.from(latest.envelope).equals(Buffer.from(input.envelope))) {
           return { backup: toRecord(latest), created: false };
         }
@@ -204,14 +197,7 @@ export class BackupRepository {
 
   /** The latest version of an object. */
   async latest(userId: string, objectId: string): Promise<BackupRecord | undefined> {
-    const r = await this.db
-      .selectFrom("backups")
-      .selectAll()
-      .where("user_id", "=", userId)
-      .where("object_id", "=", objectId)
-      .orderBy("version", "desc")
-      .limit(1)
-      .executeTakeFirst();
+    const r = await this.db.selectFrom("backups").selectAll().where("user_id", "=", userId).where("object_id", "=", objectId).orderBy("version", "desc").limit(1).executeTakeFirst();
     return r && toRecord(r);
   }
 

@@ -135,7 +135,10 @@ function caRepositoryContract(name: string, s: Subject): void {
       assert.deepEqual([await repo.nextCrlNumber(), await repo.nextCrlNumber(), await repo.nextCrlNumber()], [1, 2, 3]);
       const others = s.peer ? [repo, s.peer(repo)] : [repo];
       const got = await Promise.all(Array.from({ length: 20 }, (_, i) => others[i % others.length].nextCrlNumber()));
-      assert.deepEqual([...got].sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 4));
+      assert.deepEqual(
+        [...got].sort((a, b) => a - b),
+        Array.from({ length: 20 }, (_, i) => i + 4),
+      );
       assert.equal(await repo.nextCrlNumber(), 24);
     });
 

@@ -101,12 +101,7 @@ export class SqlCaRepository implements CaRepository, CaCertificateStore {
   }
 
   async isPublicKeyCertified(publicKeySha256: string): Promise<boolean> {
-    const row = await this.db
-      .selectFrom("ca_certified_keys")
-      .select("public_key_sha256")
-      .where("ca_id", "=", this.caId)
-      .where("public_key_sha256", "=", publicKeySha256)
-      .executeTakeFirst();
+    const row = await this.db.selectFrom("ca_certified_keys").select("public_key_sha256").where("ca_id", "=", this.caId).where("public_key_sha256", "=", publicKeySha256).executeTakeFirst();
     return row !== undefined;
   }
 

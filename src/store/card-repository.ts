@@ -59,13 +59,7 @@ export class CardRepository extends StoreRepository<CardRepository> {
   }
 
   /** Registers a card issued to a user (ST14), validity VT = [validFrom, validUntil]. */
-  async registerCard(input: {
-    id?: string;
-    userId: string;
-    validFrom: number;
-    validUntil: number;
-    status?: CardStatus;
-  }): Promise<Card> {
+  async registerCard(input: { id?: string; userId: string; validFrom: number; validUntil: number; status?: CardStatus }): Promise<Card> {
     checkValidity("card", input.validFrom, input.validUntil);
     const status = input.status ?? "issued";
     if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);
@@ -95,7 +89,12 @@ export class CardRepository extends StoreRepository<CardRepository> {
     let q = this.db.selectFrom("cards").selectAll().where("id", "=", id);
     if (o.hold && this.db.isTransaction) {
       if (this.engine === "postgres") q = q.forNoKeyUpdate();
-      else await this.db.updateTable("cards").set((eb) => ({ status_version: eb.ref("status_version") })).where("id", "=", id).execute();
+      else
+        await this.db
+          .updateTable("cards")
+          .set((eb) => ({ status_version: eb.ref("status_version") }))
+          .where("id", "=", id)
+          .execute();
     }
     const row = await q.executeTakeFirst();
     return row && toCard(row);

@@ -43,7 +43,10 @@ for (const engine of testEngines()) {
     assert.equal((await store.getCard(card.id))!.statusVersion, 5);
     await assert.rejects(store.changeCardStatus("00".repeat(8), "active", { actor: null, reason: null }), (e: unknown) => e instanceof StoreError && e.code === "not_found");
     // the expiry scan leaves destroyed cards alone, as retired ones
-    assert.deepEqual((await store.expiringCards(20 * DAY)).map((c) => c.id), []);
+    assert.deepEqual(
+      (await store.expiringCards(20 * DAY)).map((c) => c.id),
+      [],
+    );
   });
 
   test(`${engine.name}: migration 0013 keeps every card and what refers to it, and then allows 'destroyed'`, async (t) => {
@@ -68,10 +71,16 @@ for (const engine of testEngines()) {
     const statuses = ["issued", "active", "suspended", "retired"];
     for (const [i, status] of statuses.entries()) {
       const id = `c${i}`;
-      await sql`insert into cards (id, user_id, status, valid_from, valid_until, current_key_set_id, last_package_seq, created_at, updated_at) values (${id}, 'u1', ${status}, 0, 10, null, 1, 5, 6)`.execute(db);
-      await sql`insert into card_key_sets (id, card_id, kvn, version, status, valid_from, valid_until, custody_ref, label, created_at) values (${`k${i}`}, ${id}, 1, 1, 'active', 0, 10, 'ref', null, 1)`.execute(db);
+      await sql`insert into cards (id, user_id, status, valid_from, valid_until, current_key_set_id, last_package_seq, created_at, updated_at) values (${id}, 'u1', ${status}, 0, 10, null, 1, 5, 6)`.execute(
+        db,
+      );
+      await sql`insert into card_key_sets (id, card_id, kvn, version, status, valid_from, valid_until, custody_ref, label, created_at) values (${`k${i}`}, ${id}, 1, 1, 'active', 0, 10, 'ref', null, 1)`.execute(
+        db,
+      );
       await sql`update cards set current_key_set_id = ${`k${i}`} where id = ${id}`.execute(db);
-      await sql`insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at) values (${`p${i}`}, 'u1', ${id}, null, 'P256', ${randomBytes(65)}, 'active', 1)`.execute(db);
+      await sql`insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at) values (${`p${i}`}, 'u1', ${id}, null, 'P256', ${randomBytes(65)}, 'active', 1)`.execute(
+        db,
+      );
       await sql`insert into packages (card_id, seq, body, status, created_at) values (${id}, 1, ${randomBytes(8)}, 'pending', 1)`.execute(db);
     }
     await assert.rejects(sql`update cards set status = 'destroyed' where id = 'c0'`.execute(db), "0012 and before: no destroyed");
@@ -89,7 +98,9 @@ for (const engine of testEngines()) {
     assert.equal((await store.getCard("c3"))!.status, "destroyed");
     await assert.rejects(sql`update cards set status = 'lost' where id = 'c0'`.execute(db), "the status check still holds");
     // the foreign keys still hold, both ways
-    await assert.rejects(sql`insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at) values ('p9', 'u1', 'nope', null, 'P256', ${randomBytes(65)}, 'active', 1)`.execute(db));
+    await assert.rejects(
+      sql`insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at) values ('p9', 'u1', 'nope', null, 'P256', ${randomBytes(65)}, 'active', 1)`.execute(db),
+    );
     await assert.rejects(sql`update cards set current_key_set_id = 'nope' where id = 'c0'`.execute(db));
     await assert.rejects(sql`delete from cards where id = 'c1'`.execute(db));
     await assert.rejects(sql`insert into cards (id, user_id, status, valid_from, valid_until, created_at, updated_at) values ('c9', 'nobody', 'issued', 0, 1, 1, 1)`.execute(db));
@@ -98,7 +109,15 @@ for (const engine of testEngines()) {
     const back = await migratorFor(db).migrateTo(before);
     assert.equal(back.error, undefined, String(back.error));
     const rows = await sql<{ id: string; status: string }>`select id, status from cards order by id`.execute(db);
-    assert.deepEqual(rows.rows.map((r) => [r.id, r.status]), [["c0", "issued"], ["c1", "active"], ["c2", "suspended"], ["c3", "retired"]]);
+    assert.deepEqual(
+      rows.rows.map((r) => [r.id, r.status]),
+      [
+        ["c0", "issued"],
+        ["c1", "active"],
+        ["c2", "suspended"],
+        ["c3", "retired"],
+      ],
+    );
     await assert.rejects(sql`update cards set status = 'destroyed' where id = 'c0'`.execute(db));
     assert.deepEqual(await migrateToLatest(db), names.slice(names.indexOf("0013_card_lifecycle")));
   });

@@ -61,12 +61,7 @@ export class CertificateRepository extends StoreRepository<CertificateRepository
 
   /** Revokes a certificate once; a second revocation is a conflict (the first reason and time stand). */
   async revokeCertificate(id: string, reason: string, at = this.now()): Promise<Certificate> {
-    const r = await this.db
-      .updateTable("certificates")
-      .set({ revoked_at: at, revocation_reason: reason })
-      .where("id", "=", id)
-      .where("revoked_at", "is", null)
-      .executeTakeFirst();
+    const r = await this.db.updateTable("certificates").set({ revoked_at: at, revocation_reason: reason }).where("id", "=", id).where("revoked_at", "is", null).executeTakeFirst();
     if (Number(r.numUpdatedRows) !== 1) {
       const c = await this.getCertificate(id);
       throw c ? new StoreError("conflict", `certificate ${id} already revoked`) : new StoreError("not_found", `certificate ${id} not found`);
@@ -76,14 +71,7 @@ export class CertificateRepository extends StoreRepository<CertificateRepository
 
   /** Revoked certificates that have not yet expired (what a CRL lists). */
   async listRevokedCertificates(now = this.now()): Promise<Certificate[]> {
-    const rows = await this.db
-      .selectFrom("certificates")
-      .selectAll()
-      .where("revoked_at", "is not", null)
-      .where("not_after", ">", now)
-      .orderBy("revoked_at")
-      .orderBy("id")
-      .execute();
+    const rows = await this.db.selectFrom("certificates").selectAll().where("revoked_at", "is not", null).where("not_after", ">", now).orderBy("revoked_at").orderBy("id").execute();
     return rows.map(toCertificate);
   }
 

@@ -22,14 +22,20 @@ test("background checkpoints: the serving connection does not auto-checkpoint, t
     assert.equal(auto.rows[0].wal_autocheckpoint, 0, "the serving connection never checkpoints on commit");
     const store = new Store(db);
     // ~3,000 pages of WAL: far past the 1,000-page auto-checkpoint a connection would otherwise run
-    for (let i = 0; i < 30; i++) await store.transaction(async (s) => { for (let j = 0; j < 100; j++) await s.createUser({ personalData: { pad: "x".repeat(3000), i, j } }); });
+    for (let i = 0; i < 30; i++)
+      await store.transaction(async (s) => {
+        for (let j = 0; j < 100; j++) await s.createUser({ personalData: { pad: "x".repeat(3000), i, j } });
+      });
     // Only a checkpoint moves pages into the DB file, and this connection never runs one: the worker does, within
     // a few of its 50 ms rounds.
     for (let i = 0; i < 100 && statSync(path).size < 3000 * 3000; i++) await sleep(50);
     assert.ok(statSync(path).size > 3000 * 3000, `the rows reached the DB file itself (${statSync(path).size} bytes)`);
     await db.destroy();
     const again = openDatabase(`sqlite:${path}`);
-    const n = await again.selectFrom("users").select((e) => e.fn.countAll<number>().as("n")).executeTakeFirstOrThrow();
+    const n = await again
+      .selectFrom("users")
+      .select((e) => e.fn.countAll<number>().as("n"))
+      .executeTakeFirstOrThrow();
     assert.equal(Number(n.n), 3000);
     await again.destroy();
     await sleep(100);

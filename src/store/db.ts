@@ -383,7 +383,11 @@ export function looseSqliteFiles(url: string): { path: string; mode: string }[] 
 /** Kysely prepares every query anew; this keeps the compiled statements of the hot paths (inserts, pages). */
 class CachedStatements implements KyselySqliteDatabase {
   readonly #cache = new Map<string, SqliteDatabase.Statement>();
-  constructor(readonly raw: SqliteDatabase.Database, readonly limit = 256, readonly bg?: BackgroundCheckpoint) {}
+  constructor(
+    readonly raw: SqliteDatabase.Database,
+    readonly limit = 256,
+    readonly bg?: BackgroundCheckpoint,
+  ) {}
 
   prepare(sql: string): SqliteStatement {
     const hit = this.#cache.get(sql);
@@ -444,8 +448,7 @@ function openPostgres(url: string, options: OpenOptions): Db {
     connectionString: url,
     max: size,
     types: {
-      getTypeParser: ((oid: number, format?: "text" | "binary") =>
-        oid === PG_INT8 ? parseInt8 : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+      getTypeParser: ((oid: number, format?: "text" | "binary") => (oid === PG_INT8 ? parseInt8 : pg.types.getTypeParser(oid, format))) as typeof pg.types.getTypeParser,
     },
   });
   // An idle client losing its server must not crash the process; the next query reports the error.

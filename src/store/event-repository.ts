@@ -53,9 +53,17 @@ export class EventRepository extends StoreRepository<EventRepository> {
 
   /** Events in id order after `afterId` (the events endpoint's cursor). */
   async listEvents(filter: { afterId?: number; limit?: number; type?: string } = {}): Promise<StoredEvent[]> {
-    let q = this.db.selectFrom("events").selectAll().where("id", ">", filter.afterId ?? 0);
+    let q = this.db
+      .selectFrom("events")
+      .selectAll()
+      .where("id", ">", filter.afterId ?? 0);
     if (filter.type) q = q.where("type", "=", filter.type);
-    return (await q.orderBy("id").limit(filter.limit ?? 100).execute()).map(toEvent);
+    return (
+      await q
+        .orderBy("id")
+        .limit(filter.limit ?? 100)
+        .execute()
+    ).map(toEvent);
   }
 
   /** Undelivered events due at `now` (never attempted, or their next attempt has come), oldest first. */
@@ -89,7 +97,11 @@ export class EventRepository extends StoreRepository<EventRepository> {
   }
 
   async markEventDelivered(id: number): Promise<void> {
-    await this.db.updateTable("events").set((eb) => ({ delivered_at: this.now(), attempts: eb("attempts", "+", 1), last_error: null })).where("id", "=", id).execute();
+    await this.db
+      .updateTable("events")
+      .set((eb) => ({ delivered_at: this.now(), attempts: eb("attempts", "+", 1), last_error: null }))
+      .where("id", "=", id)
+      .execute();
   }
 
   /** A failed attempt; the event is not handed out again before `nextAttemptAt` (epoch ms; omitted: due now). */

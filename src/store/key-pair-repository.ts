@@ -61,11 +61,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
    * Records a new credential in ONE transaction: the key pair (ST17), its private key wrapped under each given
    * card key set (ST18, Sk[PRk]) and, when already issued, its certificate (ST21). Either all rows land or none.
    */
-  async recordCredential(input: {
-    keyPair: NewKeyPair;
-    wrapped: { keySetId: string; wrapped: Uint8Array }[];
-    certificate?: NewCertificate | null;
-  }): Promise<RecordedCredential> {
+  async recordCredential(input: { keyPair: NewKeyPair; wrapped: { keySetId: string; wrapped: Uint8Array }[]; certificate?: NewCertificate | null }): Promise<RecordedCredential> {
     const now = this.now();
     const kp = input.keyPair;
     if (kp.publicKey.length === 0) throw new StoreError("invalid", "publicKey: empty");
@@ -160,12 +156,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
   }
 
   async getWrappedKey(keyPairId: string, keySetId: string): Promise<WrappedKey | undefined> {
-    const row = await this.db
-      .selectFrom("wrapped_keys")
-      .selectAll()
-      .where("key_pair_id", "=", keyPairId)
-      .where("key_set_id", "=", keySetId)
-      .executeTakeFirst();
+    const row = await this.db.selectFrom("wrapped_keys").selectAll().where("key_pair_id", "=", keyPairId).where("key_set_id", "=", keySetId).executeTakeFirst();
     return row && toWrapped(row);
   }
 
@@ -189,14 +180,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
     if (!Number.isInteger(size) || size < 1 || size > MAX_PAGE) throw new StoreError("invalid", `pageSize: expected 1..${MAX_PAGE}, got ${size}`);
     let after = options.afterId ?? 0;
     while (true) {
-      const rows = await this.db
-        .selectFrom("wrapped_keys")
-        .selectAll()
-        .where("key_set_id", "=", keySetId)
-        .where("id", ">", after)
-        .orderBy("id")
-        .limit(size)
-        .execute();
+      const rows = await this.db.selectFrom("wrapped_keys").selectAll().where("key_set_id", "=", keySetId).where("id", ">", after).orderBy("id").limit(size).execute();
       if (rows.length === 0) return;
       after = rows[rows.length - 1].id;
       yield rows.map(toWrapped);

@@ -203,7 +203,8 @@ for (const engine of testEngines()) {
         const broken = repeatingKeySource(custody);
         const registry = new SqlIssuedKeyRegistry(t.db);
         const device = await KeyGenerationDevice.create({ custody: broken, ca: center, registry, trustAnchors: [root], maxGenerationAttempts: 3 });
-        const issue = (d: KeyGenerationDevice, card: InsertedCard) => d.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "signature", slot: "9c", card: { transmit: card.transmit, keySet: card.keySet } });
+        const issue = (d: KeyGenerationDevice, card: InsertedCard) =>
+          d.issue({ applicantId: "user-1", personalData: HANAKO, alg: "P256", profile: "signature", slot: "9c", card: { transmit: card.transmit, keySet: card.keySet } });
         const before = await rows();
 
         // the first key: new, certified, written, recorded

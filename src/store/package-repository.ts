@@ -58,9 +58,18 @@ export class PackageRepository extends StoreRepository<PackageRepository> {
   }
 
   async listPackages(cardId: string, filter: { status?: PackageStatus; afterSeq?: number; limit?: number } = {}): Promise<DeliveryPackage[]> {
-    let q = this.db.selectFrom("packages").selectAll().where("card_id", "=", cardId).where("seq", ">", filter.afterSeq ?? 0);
+    let q = this.db
+      .selectFrom("packages")
+      .selectAll()
+      .where("card_id", "=", cardId)
+      .where("seq", ">", filter.afterSeq ?? 0);
     if (filter.status) q = q.where("status", "=", filter.status);
-    return (await q.orderBy("seq").limit(filter.limit ?? 100).execute()).map(toPackage);
+    return (
+      await q
+        .orderBy("seq")
+        .limit(filter.limit ?? 100)
+        .execute()
+    ).map(toPackage);
   }
 
   /**

@@ -115,7 +115,16 @@ export class RecoveryArbitratorRepository {
     if (r === undefined) return false;
     await this.db
       .insertInto("recovery_arbitrator_keys")
-      .values({ arbitrator_id: a.id, version: 1, signing_public_key: a.signingPublicKey, encryption_public_key: a.encryptionPublicKey, valid_from: a.registeredAt, retired_at: null, rotation: null, recorded_by: a.registeredBy })
+      .values({
+        arbitrator_id: a.id,
+        version: 1,
+        signing_public_key: a.signingPublicKey,
+        encryption_public_key: a.encryptionPublicKey,
+        valid_from: a.registeredAt,
+        retired_at: null,
+        rotation: null,
+        recorded_by: a.registeredBy,
+      })
       .execute();
     return true;
   }
@@ -147,11 +156,7 @@ export class RecoveryArbitratorRepository {
    * retired at `next.at`, the new one recorded with the rotation document. False (nothing changes) when the
    * arbitrator's current version is no longer `fromVersion` or it is deregistered.
    */
-  async rotateArbitratorKeys(
-    id: string,
-    fromVersion: number,
-    next: { signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array; at: number; rotation: string; by: string },
-  ): Promise<boolean> {
+  async rotateArbitratorKeys(id: string, fromVersion: number, next: { signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array; at: number; rotation: string; by: string }): Promise<boolean> {
     if (!this.db.isTransaction) throw new Error("rotateArbitratorKeys must run inside transaction()");
     const r = await this.db
       .updateTable("recovery_arbitrators")

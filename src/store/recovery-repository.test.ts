@@ -16,7 +16,15 @@ const T0 = Date.UTC(2026, 0, 1);
 const hex = (n: number) => randomBytes(n).toString("hex");
 
 function arbitrator(id: string): ArbitratorRecord {
-  return { id, roles: ["service provider"], displayName: `Arbitrator ${id}`, signingPublicKey: new Uint8Array(randomBytes(91)), encryptionPublicKey: new Uint8Array(randomBytes(91)), registeredBy: "op", registeredAt: T0 };
+  return {
+    id,
+    roles: ["service provider"],
+    displayName: `Arbitrator ${id}`,
+    signingPublicKey: new Uint8Array(randomBytes(91)),
+    encryptionPublicKey: new Uint8Array(randomBytes(91)),
+    registeredBy: "op",
+    registeredAt: T0,
+  };
 }
 
 function escrow(cardId: string, over: Partial<EscrowRow> = {}): EscrowRow {
@@ -92,7 +100,10 @@ for (const engine of testEngines()) {
       delete noName.displayName;
       await repo.insertArbitrator(noName);
       assert.deepStrictEqual(await repo.arbitrator("a-anon"), noName);
-      assert.deepEqual((await repo.arbitrators()).map((x) => x.id).filter((id) => id.startsWith("a-")), ["a-anon", "a-new"]);
+      assert.deepEqual(
+        (await repo.arbitrators()).map((x) => x.id).filter((id) => id.startsWith("a-")),
+        ["a-anon", "a-new"],
+      );
       assert.equal(await repo.arbitrator("nobody"), undefined);
     });
 
@@ -124,7 +135,10 @@ for (const engine of testEngines()) {
       await record(eB, device(cardB), envelopes(eB, ["a2", "a3"]));
 
       assert.deepEqual((await repo.envelopesFor("a2")).map((v) => v.escrowId).sort(), [eA.escrowId, eB.escrowId].sort());
-      assert.deepEqual((await repo.envelopesFor("a2", { cardId: cardB })).map((v) => [v.escrowId, v.shareId, v.envelope]), [[eB.escrowId, "ind/a2", '{"a":"a2"}']]);
+      assert.deepEqual(
+        (await repo.envelopesFor("a2", { cardId: cardB })).map((v) => [v.escrowId, v.shareId, v.envelope]),
+        [[eB.escrowId, "ind/a2", '{"a":"a2"}']],
+      );
       assert.deepEqual(await repo.envelopesFor("a1", { cardId: cardB }), []);
 
       assert.equal(await repo.transaction((tx) => tx.deleteEscrow(eB.escrowId)), true);
@@ -167,8 +181,15 @@ for (const engine of testEngines()) {
       assert.deepStrictEqual(got, { ...r1, status: "reproduced", approverList: "[list]", updatedAt: T0 + 3, reproducedBy: "op", reproducedAt: T0 + 3 });
       const r2 = request(e, { filedAt: T0 + 10, kind: "card-destroyed" });
       assert.equal(await repo.insertRequest(r2), true, "a finished request does not block a new one");
-      assert.deepEqual((await repo.requests({ cardId: e.cardId })).map((r) => r.requestId), [r2.requestId, r1.requestId], "newest first");
-      assert.deepEqual((await repo.requests({ cardId: e.cardId, statuses: ["reproduced"] })).map((r) => r.requestId), [r1.requestId]);
+      assert.deepEqual(
+        (await repo.requests({ cardId: e.cardId })).map((r) => r.requestId),
+        [r2.requestId, r1.requestId],
+        "newest first",
+      );
+      assert.deepEqual(
+        (await repo.requests({ cardId: e.cardId, statuses: ["reproduced"] })).map((r) => r.requestId),
+        [r1.requestId],
+      );
       assert.deepEqual(await repo.requests({ statuses: [] }), []);
       assert.equal(await repo.lockRequest(r2.requestId, T0 + 11).catch((err: Error) => err.message), "lockRequest must run inside transaction()");
       assert.equal(await repo.transaction((tx) => tx.lockRequest(r2.requestId, T0 + 11)), true);
@@ -181,19 +202,33 @@ for (const engine of testEngines()) {
       await record(e, device(e.cardId), []);
       const r = request(e);
       await repo.insertRequest(r);
-      const ap = (seq: number, arbitratorId: string) => ({ requestId: r.requestId, seq, arbitratorId, decision: "approve" as const, approval: `{"seq":${seq}}`, approvalHash: hex(32), recordedAt: T0 + seq });
+      const ap = (seq: number, arbitratorId: string) => ({
+        requestId: r.requestId,
+        seq,
+        arbitratorId,
+        decision: "approve" as const,
+        approval: `{"seq":${seq}}`,
+        approvalHash: hex(32),
+        recordedAt: T0 + seq,
+      });
       assert.equal(await repo.insertApproval(ap(0, "a1")), true);
       assert.equal(await repo.insertApproval(ap(0, "a2")), false, "position 0 is taken");
       assert.equal(await repo.insertApproval(ap(1, "a1")), false, "a1 decided already");
       assert.equal(await repo.insertApproval({ ...ap(1, "a2"), decision: "refuse" }), true);
-      assert.deepEqual((await repo.approvals(r.requestId)).map((a) => [a.seq, a.arbitratorId, a.decision, a.approval]), [
-        [0, "a1", "approve", '{"seq":0}'],
-        [1, "a2", "refuse", '{"seq":1}'],
-      ]);
+      assert.deepEqual(
+        (await repo.approvals(r.requestId)).map((a) => [a.seq, a.arbitratorId, a.decision, a.approval]),
+        [
+          [0, "a1", "approve", '{"seq":0}'],
+          [1, "a2", "refuse", '{"seq":1}'],
+        ],
+      );
       const rel = (shareId: string) => ({ requestId: r.requestId, shareId, arbitratorId: "a1", release: `{"s":"${shareId}"}`, recordedAt: T0 });
       assert.equal(await repo.transaction((tx) => tx.insertReleases([rel("ind/a1"), rel("group/0/a1")])), true);
       assert.equal(await repo.transaction((tx) => tx.insertReleases([rel("ind/a1")])), false);
-      assert.deepEqual((await repo.releases(r.requestId)).map((x) => x.shareId), ["group/0/a1", "ind/a1"]);
+      assert.deepEqual(
+        (await repo.releases(r.requestId)).map((x) => x.shareId),
+        ["group/0/a1", "ind/a1"],
+      );
     });
 
     if (engine.name === "postgres") {

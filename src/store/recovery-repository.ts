@@ -123,11 +123,7 @@ export class SqlRecoveryRepository {
     return this.#arbitrators.arbitratorKeys(ids);
   }
 
-  rotateArbitratorKeys(
-    id: string,
-    fromVersion: number,
-    next: { signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array; at: number; rotation: string; by: string },
-  ): Promise<boolean> {
+  rotateArbitratorKeys(id: string, fromVersion: number, next: { signingPublicKey: Uint8Array; encryptionPublicKey: Uint8Array; at: number; rotation: string; by: string }): Promise<boolean> {
     return this.#arbitrators.rotateArbitratorKeys(id, fromVersion, next);
   }
 

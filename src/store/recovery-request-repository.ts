@@ -164,7 +164,12 @@ export class RecoveryRequestRepository {
     if (fields.approverListKeyVersion !== undefined) set.approver_list_key_version = fields.approverListKeyVersion;
     if (fields.reproducedBy !== undefined) set.reproduced_by = fields.reproducedBy;
     if (fields.reproducedAt !== undefined) set.reproduced_at = fields.reproducedAt;
-    const r = await this.db.updateTable("recovery_requests").set(set).where("request_id", "=", requestId).where("status", "in", [...from]).executeTakeFirst();
+    const r = await this.db
+      .updateTable("recovery_requests")
+      .set(set)
+      .where("request_id", "=", requestId)
+      .where("status", "in", [...from])
+      .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
 
@@ -178,7 +183,15 @@ export class RecoveryRequestRepository {
   async claimReproduction(requestId: string, c: ReproductionClaim, previous?: string | null): Promise<boolean> {
     let q = this.db
       .updateTable("recovery_requests")
-      .set({ status: "reproducing", status_detail: null, updated_at: c.at, reproduction_claim: c.claim, reproduction_claimed_by: c.by, reproduction_claimed_at: c.at, reproduction_lease_until: c.leaseUntil })
+      .set({
+        status: "reproducing",
+        status_detail: null,
+        updated_at: c.at,
+        reproduction_claim: c.claim,
+        reproduction_claimed_by: c.by,
+        reproduction_claimed_at: c.at,
+        reproduction_lease_until: c.leaseUntil,
+      })
       .where("request_id", "=", requestId);
     if (previous === undefined) q = q.where("status", "=", "satisfied");
     else {

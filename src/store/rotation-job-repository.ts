@@ -121,12 +121,7 @@ export class RotationJobRepository extends StoreRepository<RotationJobRepository
 
   /** Open (not finished) rotation for a key set, if any: the validity scan queues at most one per key set. */
   async openRotationForKeySet(fromKeySetId: string): Promise<Rotation | undefined> {
-    const row = await this.db
-      .selectFrom("rotations")
-      .selectAll()
-      .where("from_key_set_id", "=", fromKeySetId)
-      .where("status", "in", ["proposed", "approved", "running"])
-      .executeTakeFirst();
+    const row = await this.db.selectFrom("rotations").selectAll().where("from_key_set_id", "=", fromKeySetId).where("status", "in", ["proposed", "approved", "running"]).executeTakeFirst();
     return row && toRotation(row);
   }
 
@@ -178,10 +173,7 @@ export class RotationJobRepository extends StoreRepository<RotationJobRepository
    * refused (conflict) unless the job is running with its cursor still at `expectedCursor`, so a second worker
    * or a replay after a crash cannot apply a page twice; re-inserting a pair that already exists is ignored.
    */
-  async checkpointRotation(
-    id: string,
-    step: { expectedCursor: number; cursor: number; rewrapped: { keyPairId: string; wrapped: Uint8Array }[] },
-  ): Promise<Rotation> {
+  async checkpointRotation(id: string, step: { expectedCursor: number; cursor: number; rewrapped: { keyPairId: string; wrapped: Uint8Array }[] }): Promise<Rotation> {
     if (!(step.cursor >= step.expectedCursor)) throw new StoreError("invalid", `cursor ${step.cursor} is behind ${step.expectedCursor}`);
     return this.transaction(async (s) => {
       const now = s.now();
@@ -261,7 +253,12 @@ export class RotationJobRepository extends StoreRepository<RotationJobRepository
   /** distributing -> distributed (every package made); false when another call got there first. */
   async finishDistribution(id: string): Promise<boolean> {
     const now = this.now();
-    const r = await this.db.updateTable("rotations").set({ distribution: "distributed", distributed_at: now, updated_at: now }).where("id", "=", id).where("distribution", "=", "distributing").executeTakeFirst();
+    const r = await this.db
+      .updateTable("rotations")
+      .set({ distribution: "distributed", distributed_at: now, updated_at: now })
+      .where("id", "=", id)
+      .where("distribution", "=", "distributing")
+      .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
 

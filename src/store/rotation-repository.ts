@@ -160,7 +160,21 @@ export class RotationRepository {
     if (items.length === 0) return;
     await this.db
       .insertInto("rotation_items")
-      .values(items.map((i) => ({ rotation_id: rotationId, slot: i.slot, kind: i.kind, path: i.path, key_pair_id: i.keyPairId, algorithm: i.algorithm, profile: i.profile, state: i.state, package_card_id: null, package_seq: null, updated_at: now })))
+      .values(
+        items.map((i) => ({
+          rotation_id: rotationId,
+          slot: i.slot,
+          kind: i.kind,
+          path: i.path,
+          key_pair_id: i.keyPairId,
+          algorithm: i.algorithm,
+          profile: i.profile,
+          state: i.state,
+          package_card_id: null,
+          package_seq: null,
+          updated_at: now,
+        })),
+      )
       .execute();
   }
 
@@ -175,7 +189,13 @@ export class RotationRepository {
    * has it. The package is recorded with setItemPackage in the same transaction.
    */
   async claimItem(rotationId: string, slot: string, now: number): Promise<boolean> {
-    const r = await this.db.updateTable("rotation_items").set({ state: "packaged", updated_at: now }).where("rotation_id", "=", rotationId).where("slot", "=", slot).where("state", "=", "pending").executeTakeFirst();
+    const r = await this.db
+      .updateTable("rotation_items")
+      .set({ state: "packaged", updated_at: now })
+      .where("rotation_id", "=", rotationId)
+      .where("slot", "=", slot)
+      .where("state", "=", "pending")
+      .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
 
@@ -219,7 +239,13 @@ export class RotationRepository {
    * Otherwise `{ held: false }` with the status it is in (undefined: no such card).
    */
   async holdCard(cardId: string, states: readonly string[]): Promise<{ held: true; status: string } | { held: false; status?: string }> {
-    const r = await this.db.updateTable("cards").set((eb) => ({ updated_at: eb.ref("updated_at") })).where("id", "=", cardId).where("status", "in", [...states] as never[]).returning("status").executeTakeFirst();
+    const r = await this.db
+      .updateTable("cards")
+      .set((eb) => ({ updated_at: eb.ref("updated_at") }))
+      .where("id", "=", cardId)
+      .where("status", "in", [...states] as never[])
+      .returning("status")
+      .executeTakeFirst();
     if (r) return { held: true, status: r.status };
     const cur = await this.db.selectFrom("cards").select("status").where("id", "=", cardId).executeTakeFirst();
     return { held: false, status: cur?.status };
@@ -252,7 +278,12 @@ export class RotationRepository {
     const r = await this.db
       .insertInto("credential_slot_claims")
       .values({ card_id: cardId, slot, claim_id: claimId, claimed_at: now })
-      .onConflict((oc) => oc.columns(["card_id", "slot"]).doUpdateSet({ claim_id: claimId, claimed_at: now }).where("credential_slot_claims.claimed_at", "<", now - leaseMs))
+      .onConflict((oc) =>
+        oc
+          .columns(["card_id", "slot"])
+          .doUpdateSet({ claim_id: claimId, claimed_at: now })
+          .where("credential_slot_claims.claimed_at", "<", now - leaseMs),
+      )
       .returning("claim_id")
       .executeTakeFirst();
     return r?.claim_id === claimId;

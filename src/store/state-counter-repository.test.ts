@@ -57,21 +57,28 @@ for (const engine of testEngines()) {
       const again = await login(id, 99);
       assert.ok(!again.accepted && again.reason === "flagged");
       assert.deepEqual(again.record.rollback, { at: flaggedAt, reported: 15 });
-      assert.deepEqual((await repo.listFlagged()).map((f) => f.cardId), [id]);
+      assert.deepEqual(
+        (await repo.listFlagged()).map((f) => f.cardId),
+        [id],
+      );
 
       const seen = await audits("card.rollback", id);
       assert.equal(seen.length, 1, "audited once");
       assert.deepEqual(seen[0].details, { kvn: 1, reported: 15, remembered: 15, rememberedAt: T0 + 1000 });
       const events = await store.listEvents({ type: "card.rollback" });
-      assert.deepEqual(events.map((e) => e.subject), [id]);
+      assert.deepEqual(
+        events.map((e) => e.subject),
+        [id],
+      );
 
       const cleared = await repo.clear(id, { actor: "olga", reason: "the holder restored a backup after a disk failure" });
       assert.deepEqual(cleared?.rollback, { at: flaggedAt, reported: 15 });
       assert.equal(await repo.get(id), undefined);
       assert.equal(await repo.clear(id, { actor: "olga", reason: "twice" }), undefined, "nothing to clear");
-      assert.deepEqual((await audits("card.rollback-cleared", id)).map((e) => e.details), [
-        { reason: "the holder restored a backup after a disk failure", counter: 15, rollbackAt: flaggedAt, reported: 15 },
-      ]);
+      assert.deepEqual(
+        (await audits("card.rollback-cleared", id)).map((e) => e.details),
+        [{ reason: "the holder restored a backup after a disk failure", counter: 15, rollbackAt: flaggedAt, reported: 15 }],
+      );
       assert.deepEqual(await login(id, 3), { accepted: true, previous: null }, "the next login starts over");
       assert.deepEqual(await repo.listFlagged(), []);
       assert.equal((await verifyAuditLog(t.db)).ok, true);

@@ -61,7 +61,10 @@ for (const engine of testEngines()) {
       assert.equal(typeof got?.validUntil, "number");
       await store.setCardStatus(card.id, "active");
       assert.equal((await store.getCard(card.id))?.status, "active");
-      assert.deepEqual((await store.listKeySets(card.id)).map((k) => k.custodyRef), [`master:v1/${card.id}`]);
+      assert.deepEqual(
+        (await store.listKeySets(card.id)).map((k) => k.custodyRef),
+        [`master:v1/${card.id}`],
+      );
 
       const other = await userCard();
       await assert.rejects(store.setCurrentKeySet(card.id, other.ks.id), (e: unknown) => e instanceof StoreError && e.code === "not_found");
@@ -89,7 +92,10 @@ for (const engine of testEngines()) {
       const der = randomBytes(400);
       const rec = await store.recordCredential({
         keyPair: keyPair(user.id, card.id),
-        wrapped: [{ keySetId: ks.id, wrapped: wrapped1 }, { keySetId: ks2.id, wrapped: new Uint8Array(wrapped2) }],
+        wrapped: [
+          { keySetId: ks.id, wrapped: wrapped1 },
+          { keySetId: ks2.id, wrapped: new Uint8Array(wrapped2) },
+        ],
         certificate: { serial: randomBytes(8).toString("hex").replace(/^0+/, "") || "1", der, subject: "CN=Ada Lovelace", notBefore: clock, notAfter: clock + 365 * DAY },
       });
       const kp = await store.getKeyPair(rec.keyPair.id);
@@ -116,7 +122,16 @@ for (const engine of testEngines()) {
       assert.equal(await store.getKeyPair(kpId), undefined);
       assert.equal(await store.getWrappedKey(kpId, ks.id), undefined);
       // The same key set twice is refused too, and leaves nothing behind.
-      await assert.rejects(store.recordCredential({ keyPair: keyPair(user.id, card.id, kpId), wrapped: [{ keySetId: ks.id, wrapped: randomBytes(4) }, { keySetId: ks.id, wrapped: randomBytes(4) }] }), StoreError);
+      await assert.rejects(
+        store.recordCredential({
+          keyPair: keyPair(user.id, card.id, kpId),
+          wrapped: [
+            { keySetId: ks.id, wrapped: randomBytes(4) },
+            { keySetId: ks.id, wrapped: randomBytes(4) },
+          ],
+        }),
+        StoreError,
+      );
       assert.equal(await store.getKeyPair(kpId), undefined);
 
       // Revocation once; the CRL lists it while unexpired.
@@ -133,20 +148,29 @@ for (const engine of testEngines()) {
       // (better-sqlite3 waits for a lock synchronously, so two connections in one process would block each other).
       const second = t.engine === "postgres" ? new Store(t.reopen(), { now: () => clock }) : store;
       const n = 60;
-      const pkgs = await Promise.all(
-        Array.from({ length: n }, (_, i) => (i % 2 === 0 ? store : second).createPackage(card.id, (seq) => Buffer.from(`package ${seq}`))),
-      );
+      const pkgs = await Promise.all(Array.from({ length: n }, (_, i) => (i % 2 === 0 ? store : second).createPackage(card.id, (seq) => Buffer.from(`package ${seq}`))));
       const seqs = pkgs.map((p) => p.seq).sort((a, b) => a - b);
-      assert.deepEqual(seqs, Array.from({ length: n }, (_, i) => i + 1));
+      assert.deepEqual(
+        seqs,
+        Array.from({ length: n }, (_, i) => i + 1),
+      );
       for (const p of pkgs) assert.equal(p.body.toString(), `package ${p.seq}`);
       const bare = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? store : second).allocatePackageSeq(card.id)));
       assert.equal(new Set(bare).size, 20);
       assert.ok(Math.min(...bare) > n);
       // The unique constraint stands behind the allocator.
-      await assert.rejects(t.db.insertInto("packages").values({ card_id: card.id, seq: 1, body: Buffer.from("dup"), status: "pending", created_at: clock, fetched_at: null, acknowledged_at: null }).execute());
+      await assert.rejects(
+        t.db
+          .insertInto("packages")
+          .values({ card_id: card.id, seq: 1, body: Buffer.from("dup"), status: "pending", created_at: clock, fetched_at: null, acknowledged_at: null })
+          .execute(),
+      );
       // Listing and the status ladder.
       const listed = await store.listPackages(card.id, { afterSeq: 10, limit: 5 });
-      assert.deepEqual(listed.map((p) => p.seq), [11, 12, 13, 14, 15]);
+      assert.deepEqual(
+        listed.map((p) => p.seq),
+        [11, 12, 13, 14, 15],
+      );
       assert.equal(await store.advancePackage(card.id, 11, "fetched"), true);
       assert.equal(await store.advancePackage(card.id, 11, "fetched"), false);
       assert.equal(await store.advancePackage(card.id, 11, "acknowledged"), true);
@@ -181,7 +205,10 @@ for (const engine of testEngines()) {
         }
       }
       assert.deepEqual(pages, [500, 500, 500, 500, 345]);
-      assert.deepEqual(seen, Array.from({ length: n }, (_, i) => `k${i}`));
+      assert.deepEqual(
+        seen,
+        Array.from({ length: n }, (_, i) => `k${i}`),
+      );
       // Resume after the 1000th row.
       const all: number[] = [];
       for await (const page of store.wrappedKeyPages(ks.id, { pageSize: 1000 })) all.push(...page.map((w) => w.id));
@@ -215,7 +242,11 @@ for (const engine of testEngines()) {
 
       let pagesDone = 0;
       for await (const page of store.wrappedKeyPages(ks.id, { afterId: job.cursor, pageSize: 250 })) {
-        const step = { expectedCursor: job.cursor, cursor: page[page.length - 1].id, rewrapped: page.map((w) => ({ keyPairId: w.keyPairId, wrapped: Buffer.from(w.wrapped.toString().replace("sk1", "sk2")) })) };
+        const step = {
+          expectedCursor: job.cursor,
+          cursor: page[page.length - 1].id,
+          rewrapped: page.map((w) => ({ keyPairId: w.keyPairId, wrapped: Buffer.from(w.wrapped.toString().replace("sk1", "sk2")) })),
+        };
         job = await store.checkpointRotation(r.id, step);
         // Replaying the same step (a crashed worker retrying, a second worker) is refused and changes nothing.
         await assert.rejects(store.checkpointRotation(r.id, step), (e: unknown) => e instanceof StoreError && e.code === "conflict");
@@ -227,7 +258,11 @@ for (const engine of testEngines()) {
       assert.equal(await store.countWrappedKeys(ks2.id), 500);
       assert.equal((await store.startRotation(r.id, { toKeySetId: ks2.id, total: n })).cursor, job.cursor, "restart keeps the cursor");
       for await (const page of store.wrappedKeyPages(ks.id, { afterId: job.cursor, pageSize: 300 })) {
-        job = await store.checkpointRotation(r.id, { expectedCursor: job.cursor, cursor: page[page.length - 1].id, rewrapped: page.map((w) => ({ keyPairId: w.keyPairId, wrapped: Buffer.from(w.wrapped.toString().replace("sk1", "sk2")) })) });
+        job = await store.checkpointRotation(r.id, {
+          expectedCursor: job.cursor,
+          cursor: page[page.length - 1].id,
+          rewrapped: page.map((w) => ({ keyPairId: w.keyPairId, wrapped: Buffer.from(w.wrapped.toString().replace("sk1", "sk2")) })),
+        });
       }
       assert.equal(job.done, n);
       assert.equal(await store.countWrappedKeys(ks2.id), n);
@@ -257,7 +292,11 @@ for (const engine of testEngines()) {
       const ksSoon = await store.addKeySet({ cardId: late.id, kvn: 1, version: 1, validFrom: now - DAY, validUntil: now + 5 * DAY, custodyRef: "a" });
       const ksLate = await store.addKeySet({ cardId: late.id, kvn: 2, version: 2, validFrom: now - DAY, validUntil: now + 50 * DAY, custodyRef: "b" });
       const mk = (notAfter: number) =>
-        store.recordCredential({ keyPair: keyPair(user.id, late.id), wrapped: [], certificate: { serial: randomBytes(9).toString("hex"), der: randomBytes(10), subject: "CN=x", notBefore: now - DAY, notAfter } });
+        store.recordCredential({
+          keyPair: keyPair(user.id, late.id),
+          wrapped: [],
+          certificate: { serial: randomBytes(9).toString("hex"), der: randomBytes(10), subject: "CN=x", notBefore: now - DAY, notAfter },
+        });
       const certSoon = (await mk(now + 20 * DAY)).certificate!;
       const certLate = (await mk(now + 60 * DAY)).certificate!;
       const certRevoked = (await mk(now + 2 * DAY)).certificate!;
@@ -282,12 +321,21 @@ for (const engine of testEngines()) {
       assert.equal(await store.enqueueEvent({ type: "keyset.expiring", subject: "ks-1", payload: { validUntil: 5 }, dedupKey: "keyset.expiring:ks-1:5" }), null);
       const e2 = await store.enqueueEvent({ type: "card.expiring", subject: "c-1", payload: [1, "two", null] });
       assert.ok(e2 && e2.id > e1.id);
-      assert.deepEqual((await store.listEvents({ afterId: e1.id - 1 })).map((e) => e.payload), [{ validUntil: 5 }, [1, "two", null]]);
-      assert.deepEqual((await store.listEvents({ type: "card.expiring" })).map((e) => e.id), [e2.id]);
+      assert.deepEqual(
+        (await store.listEvents({ afterId: e1.id - 1 })).map((e) => e.payload),
+        [{ validUntil: 5 }, [1, "two", null]],
+      );
+      assert.deepEqual(
+        (await store.listEvents({ type: "card.expiring" })).map((e) => e.id),
+        [e2.id],
+      );
       await store.markEventFailed(e1.id, "HTTP 503");
       await store.markEventDelivered(e2.id);
       const pending = await store.undeliveredEvents();
-      assert.deepEqual(pending.map((e) => [e.id, e.attempts, e.lastError]), [[e1.id, 1, "HTTP 503"]]);
+      assert.deepEqual(
+        pending.map((e) => [e.id, e.attempts, e.lastError]),
+        [[e1.id, 1, "HTTP 503"]],
+      );
 
       const hook = await store.addWebhook({ url: "https://ops.example.org/hook", eventTypes: ["card.expiring"] });
       await store.addWebhook({ url: "http://127.0.0.1:9/all", eventTypes: ["*"] });

@@ -328,10 +328,7 @@ export class Store {
     return this.#rotations.startRotation(id, input);
   }
 
-  checkpointRotation(
-    id: string,
-    step: { expectedCursor: number; cursor: number; rewrapped: { keyPairId: string; wrapped: Uint8Array }[] },
-  ): Promise<Rotation> {
+  checkpointRotation(id: string, step: { expectedCursor: number; cursor: number; rewrapped: { keyPairId: string; wrapped: Uint8Array }[] }): Promise<Rotation> {
     return this.#rotations.checkpointRotation(id, step);
   }
 

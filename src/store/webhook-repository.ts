@@ -163,7 +163,11 @@ export class WebhookRepository extends StoreRepository<WebhookRepository> {
       .where("webhook_id", "=", webhookId)
       .where("status", "=", "pending")
       .execute();
-    await this.db.updateTable("events").set((eb) => ({ attempts: eb("attempts", "+", 1) })).where("id", "=", eventId).execute();
+    await this.db
+      .updateTable("events")
+      .set((eb) => ({ attempts: eb("attempts", "+", 1) }))
+      .where("id", "=", eventId)
+      .execute();
     await this.settleWebhookEvents(eventId);
   }
 
@@ -248,7 +252,11 @@ export class WebhookRepository extends StoreRepository<WebhookRepository> {
     if (filter.eventId !== undefined) q = q.where("event_id", "=", filter.eventId);
     const after = filter.after;
     if (after) q = q.where((eb) => eb.or([eb("event_id", ">", after.eventId), eb.and([eb("event_id", "=", after.eventId), eb("webhook_id", ">", after.webhookId)])]));
-    const rows = await q.orderBy("event_id").orderBy("webhook_id").limit(filter.limit ?? 100).execute();
+    const rows = await q
+      .orderBy("event_id")
+      .orderBy("webhook_id")
+      .limit(filter.limit ?? 100)
+      .execute();
     return rows.map(toDelivery);
   }
 

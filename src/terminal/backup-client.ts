@@ -168,7 +168,8 @@ export class HttpBackupTarget implements BackupTarget {
 
   /** Refuses a user other than the card's (when the caller names one). */
   private sameUser(expected: string | undefined, got: string): void {
-    if (expected !== undefined && expected !== "" && expected !== got) throw new BackupClientError(`card ${this.cardId} is user ${got}'s, not ${expected}'s: back up and restore through one of the user's own cards`);
+    if (expected !== undefined && expected !== "" && expected !== got)
+      throw new BackupClientError(`card ${this.cardId} is user ${got}'s, not ${expected}'s: back up and restore through one of the user's own cards`);
   }
 
   /**

@@ -17,18 +17,7 @@ import { Store } from "../store/store.ts";
 import { testEngines } from "../../test/support/store-testing.ts";
 import { tempDir } from "../../test/helpers.ts";
 import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
-import {
-  backup,
-  BackupError,
-  CARD_OBJECT_TAG,
-  CardEncipheredStore,
-  decodeCardContainer,
-  encodeCardContainer,
-  preferCard,
-  restore,
-  TerminalEncipheredStore,
-  type CardObjectWriter,
-} from "./backup.ts";
+import { backup, BackupError, CARD_OBJECT_TAG, CardEncipheredStore, decodeCardContainer, encodeCardContainer, preferCard, restore, TerminalEncipheredStore, type CardObjectWriter } from "./backup.ts";
 import { decipherWithCard, encipherForCard, recipientOf } from "../protocol/enciphered.ts";
 import { PIV_AID, PivClient, putDataCommand, SLOT } from "../protocol/piv/client.ts";
 
@@ -64,7 +53,8 @@ async function card(opts: { capacity?: number } = {}) {
   const sk: ScpKeySet = { kvn: 1, enc: randomBytes(16).toString("hex"), mac: randomBytes(16).toString("hex"), dek: randomBytes(16).toString("hex") };
   await personalise(transmit, TRANSPORT_KEY_SET, sk);
   const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const cert = (await (await ca).issue({ subject: { commonName: `holder ${n}` }, publicKey: new Uint8Array(kp.publicKey.export({ format: "der", type: "spki" })), profile: "keyManagement" })).certificate;
+  const cert = (await (await ca).issue({ subject: { commonName: `holder ${n}` }, publicKey: new Uint8Array(kp.publicKey.export({ format: "der", type: "spki" })), profile: "keyManagement" }))
+    .certificate;
   await deliverOnline(transmit, sk, { keyRef: SLOT.keyManagement, alg: "P256", pkcs8: new Uint8Array(kp.privateKey.export({ format: "der", type: "pkcs8" })), cert });
   const piv = new PivClient(transmit);
   await piv.select();
@@ -77,21 +67,36 @@ test("terminal store: envelopes only, safe names, private files, atomic replace"
   const s = new TerminalEncipheredStore(join(dir, `terminal-${n++}`));
   const e1 = someEnvelope("one");
   const e2 = someEnvelope("two");
-  await s.put([{ objectId: "notes.txt", envelope: e1 }, { objectId: "b", envelope: e2 }]);
-  assert.deepEqual((await s.list()).map((o) => o.objectId), ["b", "notes.txt"]);
+  await s.put([
+    { objectId: "notes.txt", envelope: e1 },
+    { objectId: "b", envelope: e2 },
+  ]);
+  assert.deepEqual(
+    (await s.list()).map((o) => o.objectId),
+    ["b", "notes.txt"],
+  );
   assert.deepEqual(await s.get("notes.txt"), e1);
   assert.equal(statSync(join(s.dir, "notes.txt.env")).mode & 0o777, 0o600);
   assert.equal(statSync(s.dir).mode & 0o777, 0o700);
   await s.put([{ objectId: "notes.txt", envelope: e2 }]);
   assert.deepEqual(await s.get("notes.txt"), e2);
   await assert.rejects(s.put([{ objectId: "plain", envelope: Buffer.from("clear text") }]), (e: unknown) => e instanceof BackupError && /only enciphered data/.test(e.message));
-  await assert.rejects(s.put([{ objectId: "c", envelope: e1 }, { objectId: "plain", envelope: Buffer.from("clear text") }]), BackupError);
+  await assert.rejects(
+    s.put([
+      { objectId: "c", envelope: e1 },
+      { objectId: "plain", envelope: Buffer.from("clear text") },
+    ]),
+    BackupError,
+  );
   assert.equal(await s.get("c"), undefined, "a batch with plaintext in it writes nothing");
   for (const bad of ["../x", "a/b", "", ".hidden", "x".repeat(129)]) await assert.rejects(s.put([{ objectId: bad, envelope: e1 }]), /object ID/);
   await s.remove("b");
   assert.equal(await s.get("b"), undefined);
   writeFileSync(join(s.dir, "stray.tmp"), "ignored");
-  assert.deepEqual((await s.list()).map((o) => o.objectId), ["notes.txt"]);
+  assert.deepEqual(
+    (await s.list()).map((o) => o.objectId),
+    ["notes.txt"],
+  );
 });
 
 test("card store: read by anyone, written only under the issuer's secure channel, within its budget", async () => {
@@ -110,15 +115,28 @@ test("card store: read by anyone, written only under the issuer's secure channel
     const b = someEnvelope("b");
     await s.put([{ objectId: "a", envelope: a }]);
     await s.put([{ objectId: "b", envelope: b }]);
-    assert.deepEqual((await readOnly.list()).map((o) => o.objectId), ["a", "b"], "what the issuer wrote, the user's terminal reads");
+    assert.deepEqual(
+      (await readOnly.list()).map((o) => o.objectId),
+      ["a", "b"],
+      "what the issuer wrote, the user's terminal reads",
+    );
     assert.deepEqual(await readOnly.get("b"), b);
-    assert.deepEqual((await c.piv.getData(CARD_OBJECT_TAG))!.length, encodeCardContainer([{ objectId: "a", envelope: a }, { objectId: "b", envelope: b }]).length);
+    assert.deepEqual(
+      (await c.piv.getData(CARD_OBJECT_TAG))!.length,
+      encodeCardContainer([
+        { objectId: "a", envelope: a },
+        { objectId: "b", envelope: b },
+      ]).length,
+    );
     await assert.rejects(s.put([{ objectId: "p", envelope: Buffer.from("clear") }]), /only enciphered data/);
     const big = encipherForCard(c.cert, randomBytes(4000));
     assert.equal(await s.fits([{ objectId: "big", envelope: big }]), false);
     await assert.rejects(s.put([{ objectId: "big", envelope: big }]), /at most 4096 bytes.*terminal's store/);
     await s.remove("a");
-    assert.deepEqual((await s.list()).map((o) => o.objectId), ["b"]);
+    assert.deepEqual(
+      (await s.list()).map((o) => o.objectId),
+      ["b"],
+    );
     await s.remove("b");
     assert.equal(await c.piv.getData(CARD_OBJECT_TAG), undefined, "the last object removed deletes the data object");
   } finally {
@@ -140,7 +158,10 @@ test("card store: a card short of memory answers 6A84 and keeps what it had", as
 });
 
 test("card container: round trip, and malformed content is named", () => {
-  const objs = [{ objectId: "z", envelope: someEnvelope() }, { objectId: "a", envelope: someEnvelope() }];
+  const objs = [
+    { objectId: "z", envelope: someEnvelope() },
+    { objectId: "a", envelope: someEnvelope() },
+  ];
   assert.deepEqual(decodeCardContainer(encodeCardContainer(objs)), [objs[1], objs[0]]);
   assert.throws(() => decodeCardContainer(Uint8Array.of(0x80, 0x01, 0x02)), /container version 1/);
   assert.throws(() => decodeCardContainer(Uint8Array.of(0x80, 0x05)), /malformed/);
@@ -159,23 +180,42 @@ for (const engine of testEngines()) {
       const cardRow = await store.registerCard({ id: Buffer.from(randomBytes(8)).toString("hex"), userId: user.id, validFrom: Date.now(), validUntil: Date.now() + 1e10 });
       const terminal = new TerminalEncipheredStore(join(dir, `t-${n++}`));
       const onCard = new CardEncipheredStore({ piv: c.piv, write: c.write });
-      const data = { "pin-list": "bank 1: 0000", "ledger.csv": "date,amount\n2026-05-01,100\n".repeat(40), "shared": "same on both" };
+      const data = { "pin-list": "bank 1: 0000", "ledger.csv": "date,amount\n2026-05-01,100\n".repeat(40), shared: "same on both" };
       const env = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, encipherForCard(c.cert, Buffer.from(v), Buffer.from(k))]));
-      await onCard.put([{ objectId: "pin-list", envelope: env["pin-list"] }, { objectId: "shared", envelope: env.shared }]);
-      await terminal.put([{ objectId: "ledger.csv", envelope: env["ledger.csv"] }, { objectId: "shared", envelope: env.shared }]);
+      await onCard.put([
+        { objectId: "pin-list", envelope: env["pin-list"] },
+        { objectId: "shared", envelope: env.shared },
+      ]);
+      await terminal.put([
+        { objectId: "ledger.csv", envelope: env["ledger.csv"] },
+        { objectId: "shared", envelope: env.shared },
+      ]);
 
       // S10
       const r1 = await backup({ userId: user.id, cardId: cardRow.id, from: [onCard, terminal], to: repo });
-      assert.deepEqual(r1.stored.map((s) => [s.objectId, s.version, s.from]), [["ledger.csv", 1, "terminal"], ["pin-list", 1, "card"], ["shared", 1, "card+terminal"]]);
+      assert.deepEqual(
+        r1.stored.map((s) => [s.objectId, s.version, s.from]),
+        [
+          ["ledger.csv", 1, "terminal"],
+          ["pin-list", 1, "card"],
+          ["shared", 1, "card+terminal"],
+        ],
+      );
       assert.deepEqual([r1.unchanged, r1.conflicts], [[], []]);
       const r2 = await backup({ userId: user.id, from: [onCard, terminal], to: repo });
       assert.deepEqual([r2.stored.length, r2.unchanged.length], [0, 3], "a second run adds nothing");
       // a changed object is a new version; the same object held differently in two places is a conflict
       const ledger2Text = "date,amount\n2026-05-02,200\n".repeat(40);
       const ledger2 = encipherForCard(c.cert, Buffer.from(ledger2Text), Buffer.from("ledger.csv"));
-      await terminal.put([{ objectId: "ledger.csv", envelope: ledger2 }, { objectId: "shared", envelope: encipherForCard(c.cert, Buffer.from("changed here only")) }]);
+      await terminal.put([
+        { objectId: "ledger.csv", envelope: ledger2 },
+        { objectId: "shared", envelope: encipherForCard(c.cert, Buffer.from("changed here only")) },
+      ]);
       const r3 = await backup({ userId: user.id, from: [onCard, terminal], to: repo });
-      assert.deepEqual(r3.stored.map((s) => [s.objectId, s.version]), [["ledger.csv", 2]]);
+      assert.deepEqual(
+        r3.stored.map((s) => [s.objectId, s.version]),
+        [["ledger.csv", 2]],
+      );
       assert.deepEqual(r3.conflicts, [{ objectId: "shared", stores: ["card", "terminal"] }]);
       await terminal.put([{ objectId: "shared", envelope: env.shared }]);
       // data enciphered for another card's key is backed up too, but is not restored into this one
@@ -187,8 +227,15 @@ for (const engine of testEngines()) {
       await onCard.remove("shared");
       const terminal2 = new TerminalEncipheredStore(join(dir, `t-${n++}`));
       const rr = await restore({ userId: user.id, from: repo, into: preferCard(onCard, terminal2, 600), forCard: { piv: c.piv, slot: SLOT.keyManagement } });
-      assert.deepEqual(rr.restored.map((r) => [r.objectId, r.version, r.into]).sort(), [["ledger.csv", 2, "terminal"], ["pin-list", 1, "card"], ["shared", 1, "card"]]);
-      assert.deepEqual(rr.skipped.map((s) => s.objectId), ["for-other"]);
+      assert.deepEqual(rr.restored.map((r) => [r.objectId, r.version, r.into]).sort(), [
+        ["ledger.csv", 2, "terminal"],
+        ["pin-list", 1, "card"],
+        ["shared", 1, "card"],
+      ]);
+      assert.deepEqual(
+        rr.skipped.map((s) => s.objectId),
+        ["for-other"],
+      );
       assert.match(rr.skipped[0].reason, /not this card's key/);
       await c.piv.verifyPin(PIN);
       assert.equal(Buffer.from(await decipherWithCard(c.piv, SLOT.keyManagement, (await onCard.get("pin-list"))!, { aad: Buffer.from("pin-list") })).toString(), data["pin-list"]);
@@ -197,8 +244,14 @@ for (const engine of testEngines()) {
       const again = await restore({ userId: user.id, from: repo, into: preferCard(onCard, terminal2, 600), forCard: { piv: c.piv, slot: SLOT.keyManagement } });
       assert.deepEqual([again.restored.length, again.present.length], [0, 3]);
       const only = await restore({ userId: user.id, from: repo, into: new TerminalEncipheredStore(join(dir, `t-${n++}`)), objectIds: ["shared", "missing"] });
-      assert.deepEqual(only.restored.map((r) => r.objectId), ["shared"]);
-      assert.deepEqual(only.skipped.map((s) => [s.objectId, s.reason]), [["missing", "no backup of this object"]]);
+      assert.deepEqual(
+        only.restored.map((r) => r.objectId),
+        ["shared"],
+      );
+      assert.deepEqual(
+        only.skipped.map((s) => [s.objectId, s.reason]),
+        [["missing", "no backup of this object"]],
+      );
     } finally {
       c.vc.close();
       other.vc.close();

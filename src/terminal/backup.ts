@@ -202,7 +202,8 @@ export class CardEncipheredStore implements EncipheredStore {
   async put(objects: EncipheredObject[]): Promise<void> {
     for (const o of objects) checkEnvelope(o);
     const value = this.merged(await this.list(), objects);
-    if (value.length > this.maxBytes) throw new BackupError(`the card keeps at most ${this.maxBytes} bytes of enciphered data; ${value.length} would not fit: keep the larger objects in the terminal's store`);
+    if (value.length > this.maxBytes)
+      throw new BackupError(`the card keeps at most ${this.maxBytes} bytes of enciphered data; ${value.length} would not fit: keep the larger objects in the terminal's store`);
     await this.write(value);
   }
 

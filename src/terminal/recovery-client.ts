@@ -126,9 +126,7 @@ export interface RequestJson {
   reproduction?: { claimedBy: string; claimedAt: number; leaseUntil?: number };
 }
 
-export type PendingJson =
-  | { action: "decide"; request: RequestJson; mayApproveNow: boolean; waitingFor: string[]; envelopes: ShareEnvelope[] }
-  | { action: "sign-approver-list"; request: RequestJson };
+export type PendingJson = { action: "decide"; request: RequestJson; mayApproveNow: boolean; waitingFor: string[]; envelopes: ShareEnvelope[] } | { action: "sign-approver-list"; request: RequestJson };
 
 export interface DeviceKey {
   spki: Uint8Array;
@@ -429,7 +427,8 @@ export async function approveRequest(
   const v = item.request;
   const byKeyId = new Map([keys.encryption, ...(keys.previousEncryption ?? [])].map((k) => [keyIdOf(k), k]));
   const missing = item.envelopes.filter((e) => !byKeyId.has(e.header.recipientKeyId)).map((e) => e.header.shareId);
-  if (missing.length) throw new RecoveryClientError(`share(s) ${missing.join(", ")} are sealed to an encryption key not given (a key rotated out: give it as a previous encryption key); no share released`);
+  if (missing.length)
+    throw new RecoveryClientError(`share(s) ${missing.join(", ")} are sealed to an encryption key not given (a key rotated out: give it as a previous encryption key); no share released`);
   const releases = releaseSharesFor(v.request, item.envelopes, (e) => openShare(e, byKeyId.get(e.header.recipientKeyId)!, { escrowId: v.escrowId, cardId: v.cardId }), device.spki);
   const approval = signApproval(v.request, v.chainHead, { arbitrator: arbitratorId, decision: "approve", reason: o.reason }, keys.signing);
   return client.approve(requestId, approval, releases);
@@ -448,7 +447,12 @@ export function keyIdOf(k: KeyObject): string {
  * when given — and posts it. `next.encryptionPublicKey`: the new encryption key (its public half is sent). The
  * arbitrator keeps its old encryption private key: shares already sealed to it are opened with it until a re-split.
  */
-export async function rotateKeysFor(client: RecoveryApiClient, arbitratorId: string, currentSigningKey: KeyObject, next: { signingKey?: KeyObject; encryptionPublicKey?: KeyObject }): Promise<ArbitratorJson> {
+export async function rotateKeysFor(
+  client: RecoveryApiClient,
+  arbitratorId: string,
+  currentSigningKey: KeyObject,
+  next: { signingKey?: KeyObject; encryptionPublicKey?: KeyObject },
+): Promise<ArbitratorJson> {
   if (!next.signingKey && !next.encryptionPublicKey) throw new RecoveryClientError("a rotation needs a new signing key, a new encryption key, or both");
   const a = await client.arbitrator(arbitratorId);
   const signingPublicKey = fromBase64(a.signingPublicKey, "signingPublicKey");
@@ -456,7 +460,10 @@ export async function rotateKeysFor(client: RecoveryApiClient, arbitratorId: str
   if (keyIdOf(currentSigningKey) !== createHash("sha256").update(signingPublicKey).digest("hex"))
     throw new RecoveryClientError(`the signing key given is not ${arbitratorId}'s current signing key (version ${a.keyVersion}); nothing signed`);
   const enc = next.encryptionPublicKey && (next.encryptionPublicKey.type === "private" ? createPublicKey(next.encryptionPublicKey) : next.encryptionPublicKey);
-  const rotation = signKeyRotation({ arbitrator: arbitratorId, keyVersion: a.keyVersion, signingPublicKey, encryptionPublicKey }, currentSigningKey, { signingKey: next.signingKey, encryptionPublicKey: enc });
+  const rotation = signKeyRotation({ arbitrator: arbitratorId, keyVersion: a.keyVersion, signingPublicKey, encryptionPublicKey }, currentSigningKey, {
+    signingKey: next.signingKey,
+    encryptionPublicKey: enc,
+  });
   return client.rotateArbitratorKeys(arbitratorId, rotation);
 }
 

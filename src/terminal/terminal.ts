@@ -388,4 +388,3 @@ function refusal(sw: number): string {
       return "refused by the card";
   }
 }
-

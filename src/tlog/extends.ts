@@ -28,10 +28,20 @@ export function extendsCheckpoint(leaves: readonly Hash[], checkpoint: Checkpoin
     const common = Math.min(leaves.length, n);
     for (let i = 0; i < common; i++)
       if (!equalHash(leaves[i], mirror[i]))
-        return { ok: false, problem: "rewritten", firstEntry: i + 1, message: `entry ${i + 1} is not the entry the checkpoint covered: replaced or rewritten (and every entry after it, by the hash chain)` };
+        return {
+          ok: false,
+          problem: "rewritten",
+          firstEntry: i + 1,
+          message: `entry ${i + 1} is not the entry the checkpoint covered: replaced or rewritten (and every entry after it, by the hash chain)`,
+        };
   }
   if (leaves.length < n)
-    return { ok: false, problem: "truncated", firstEntry: leaves.length + 1, message: `the log ends at entry ${leaves.length}, before the checkpoint's ${n}: entries ${leaves.length + 1}..${n} were removed` };
+    return {
+      ok: false,
+      problem: "truncated",
+      firstEntry: leaves.length + 1,
+      message: `the log ends at entry ${leaves.length}, before the checkpoint's ${n}: entries ${leaves.length + 1}..${n} were removed`,
+    };
   if (!equalHash(treeHead(leaves, n), checkpoint.rootHash))
     return {
       ok: false,

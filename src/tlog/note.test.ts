@@ -34,9 +34,13 @@ test("a note is refused when altered, signed by nobody known, or by a known key 
   // the same name with another key: ignored (another key ID), so nobody known signed
   assert.throws(() => openNote(note, [ecdsaVerifier("example.test/log", key("x").spki)]), /no signature by a known key/);
   // a known name and key ID whose signature is swapped for another's
-  const forged = note.replace(/\u2014 example\.test\/log (\S+)/, (_m, s: string) => `\u2014 example.test/log ${Buffer.concat([Buffer.from(s, "base64").subarray(0, 4), Buffer.alloc(70, 1)]).toString("base64")}`);
+  const forged = note.replace(
+    /\u2014 example\.test\/log (\S+)/,
+    (_m, s: string) => `\u2014 example.test/log ${Buffer.concat([Buffer.from(s, "base64").subarray(0, 4), Buffer.alloc(70, 1)]).toString("base64")}`,
+  );
   assert.throws(() => openNote(forged, [va]), /does not verify/);
-  for (const bad of ["", text, text + "\n", note.replace("\u2014", "-"), note + "junk\n", "a\u0007b\n\n\u2014 x AAAAAAA=\n"]) assert.throws(() => openNote(bad, [va]), NoteError, JSON.stringify(bad.slice(0, 30)));
+  for (const bad of ["", text, text + "\n", note.replace("\u2014", "-"), note + "junk\n", "a\u0007b\n\n\u2014 x AAAAAAA=\n"])
+    assert.throws(() => openNote(bad, [va]), NoteError, JSON.stringify(bad.slice(0, 30)));
 });
 
 test("verifier keys round-trip and are checked; key names refuse spaces and plus signs", () => {
@@ -59,6 +63,13 @@ test("checkpoints: origin, size, base64 root, extension lines; strict parsing", 
   const t = formatCheckpoint(c);
   assert.equal(t, `cardkms/audit\n1234\n${Buffer.alloc(32, 9).toString("base64")}\nx-head 1234\n`);
   assert.deepEqual(parseCheckpoint(t), c);
-  for (const bad of ["cardkms/audit\n01\nAAAA\n", "cardkms/audit\n12\n", "\n1\n" + Buffer.alloc(32).toString("base64") + "\n", "o\n-1\n" + Buffer.alloc(32).toString("base64") + "\n", "o\n1\n" + Buffer.alloc(31).toString("base64") + "\n", "o\n1\n" + Buffer.alloc(32).toString("base64") + "\n\n"])
+  for (const bad of [
+    "cardkms/audit\n01\nAAAA\n",
+    "cardkms/audit\n12\n",
+    "\n1\n" + Buffer.alloc(32).toString("base64") + "\n",
+    "o\n-1\n" + Buffer.alloc(32).toString("base64") + "\n",
+    "o\n1\n" + Buffer.alloc(31).toString("base64") + "\n",
+    "o\n1\n" + Buffer.alloc(32).toString("base64") + "\n\n",
+  ])
     assert.throws(() => parseCheckpoint(bad), NoteError, JSON.stringify(bad));
 });

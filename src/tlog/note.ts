@@ -60,8 +60,7 @@ export function ecdsaVerifier(name: string, spki: Uint8Array): NoteVerifier {
   } catch {
     throw new NoteError("the verifier key is not a DER SubjectPublicKeyInfo");
   }
-  if (key.asymmetricKeyType !== "ec" || !["prime256v1", "secp384r1"].includes(key.asymmetricKeyDetails?.namedCurve ?? ""))
-    throw new NoteError("an ECDSA note key is on P-256 or P-384");
+  if (key.asymmetricKeyType !== "ec" || !["prime256v1", "secp384r1"].includes(key.asymmetricKeyDetails?.namedCurve ?? "")) throw new NoteError("an ECDSA note key is on P-256 or P-384");
   return { name, keyId: ecdsaKeyId(spki), verify: (text, sig) => nodeVerify("sha256", text, { key, dsaEncoding: "der" }, sig) };
 }
 

@@ -21,26 +21,17 @@ export interface RunResult {
 }
 
 /** Runs a command without a shell; never rejects on exit status (callers check `code`), only on spawn errors/timeouts. */
-export function run(
-  cmd: string,
-  args: string[],
-  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string; maxBuffer?: number } = {},
-): Promise<RunResult> {
+export function run(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string; maxBuffer?: number } = {}): Promise<RunResult> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const child = execFile(
-      cmd,
-      args,
-      { timeout: opts.timeoutMs ?? 30_000, env: opts.env ?? process.env, maxBuffer: opts.maxBuffer ?? 64 << 20, encoding: "utf8" },
-      (err, stdout, stderr) => {
-        const e = err as (NodeJS.ErrnoException & { killed?: boolean; code?: number | string }) | null;
-        if (e && (e.killed || typeof e.code === "string")) {
-          const why = e.killed ? `timed out after ${opts.timeoutMs ?? 30_000} ms` : e.message;
-          return reject(new Error(`${cmd} ${why}\n${stderr}`));
-        }
-        resolve({ stdout, stderr, code: e ? Number(e.code ?? 1) : 0, ms: performance.now() - t0 });
-      },
-    );
+    const child = execFile(cmd, args, { timeout: opts.timeoutMs ?? 30_000, env: opts.env ?? process.env, maxBuffer: opts.maxBuffer ?? 64 << 20, encoding: "utf8" }, (err, stdout, stderr) => {
+      const e = err as (NodeJS.ErrnoException & { killed?: boolean; code?: number | string }) | null;
+      if (e && (e.killed || typeof e.code === "string")) {
+        const why = e.killed ? `timed out after ${opts.timeoutMs ?? 30_000} ms` : e.message;
+        return reject(new Error(`${cmd} ${why}\n${stderr}`));
+      }
+      resolve({ stdout, stderr, code: e ? Number(e.code ?? 1) : 0, ms: performance.now() - t0 });
+    });
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }

@@ -41,7 +41,6 @@ function pattern(n: number, tag = 0): Uint8Array {
   return Uint8Array.from({ length: n }, (_, i) => (i & 0xff) ^ tag);
 }
 
-
 function makeCard(tag = 0): { card: CardRuntime; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "cardkms-vpcd-test-"));
   const card = CardRuntime.create(join(dir, "card.img"), randomBytes(32), {
@@ -211,7 +210,13 @@ test("vpcd connector retries until vpcd is up, reconnects after a drop, closes c
 test("a card that loses power is removed from the reader and not reconnected", { timeout: 10 * 60_000 }, async () => {
   const vpcd = await fakeVpcd();
   const atr = CardRuntime.ATR;
-  const dead = { atr, reset: () => atr, transmit: (): Uint8Array => { throw new PowerLoss(3); } };
+  const dead = {
+    atr,
+    reset: () => atr,
+    transmit: (): Uint8Array => {
+      throw new PowerLoss(3);
+    },
+  };
   const conn = new VpcdConnector(dead, { host: LOOPBACK, port: vpcd.port, lock: false, minBackoffMs: 10 });
   try {
     const failed = new Promise<Error>((r) => conn.once("cardFailure", r));
@@ -275,7 +280,7 @@ test("pcscd + vpcd: opensc-tool and scriptor reach the card", { timeout: 10 * 60
         "00C0000000", // next 256 + 61 58
         "00C0000058", // last 88 + 90 00
         "00CA0258000000", // extended Le: all 600 at once
-        "00EE000000" + (big.length.toString(16).padStart(4, "0")) + big.toString("hex") + "0000",
+        "00EE000000" + big.length.toString(16).padStart(4, "0") + big.toString("hex") + "0000",
       ]);
       assert.equal(s[1].sw, 0x6100);
       assert.equal(s[2].sw, 0x6158);

@@ -22,23 +22,7 @@
 //   fsyncDirectory(dir)             makes a rename or link in `dir` durable
 
 import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  fchmodSync,
-  fstatSync,
-  fsyncSync,
-  linkSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  statSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, constants, fchmodSync, fstatSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 
 export class UnsafeFileError extends Error {
@@ -159,7 +143,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
   const { fd, tmp } = createPrivateTemp(path, mode);
   try {
     const buf = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
+    for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off);
     fchmodSync(fd, mode);
     fsyncSync(fd);
   } catch (e) {

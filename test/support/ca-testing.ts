@@ -21,9 +21,7 @@ export function keyPair(alg: CaKeyAlgorithm, label = "default"): { privateKey: K
   let kp = keyCache.get(k);
   if (!kp) {
     kp =
-      alg === "P256" || alg === "P384"
-        ? generateKeyPairSync("ec", { namedCurve: alg === "P256" ? "P-256" : "P-384" })
-        : generateKeyPairSync("rsa", { modulusLength: alg === "RSA2048" ? 2048 : 3072 });
+      alg === "P256" || alg === "P384" ? generateKeyPairSync("ec", { namedCurve: alg === "P256" ? "P-256" : "P-384" }) : generateKeyPairSync("rsa", { modulusLength: alg === "RSA2048" ? 2048 : 3072 });
     keyCache.set(k, kp);
   }
   return kp;
@@ -45,7 +43,12 @@ export async function hierarchy(
     crl: { distributionPoints: ["http://ca.example.test/root.crl"] },
   });
   const signer = nodeSigner(keyPair(issuingAlg, "issuing").privateKey);
-  const cert = await root.certifySubordinate({ subject: { country: "JP", organization: "cardkms test", commonName: `Issuing CA ${issuingAlg}` }, publicKey: signer.spki, validityDays: 1825, pathLength: 0 });
+  const cert = await root.certifySubordinate({
+    subject: { country: "JP", organization: "cardkms test", commonName: `Issuing CA ${issuingAlg}` },
+    publicKey: signer.spki,
+    validityDays: 1825,
+    pathLength: 0,
+  });
   const issuing = new CertificationAuthority({
     signer,
     certificate: cert.certificate,

@@ -105,7 +105,11 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
       assert.equal(new Set([a.enc, a.mac, a.dek, b.enc, d.enc]).size, 5, "ENC/MAC/DEK, key versions and cards all differ");
       // An independent restatement of the derivation for ENC: AES(master, SHA-256(domain || 00 || len || id)[0..12] || kvn || 1 || 16 || 1)
       const id = Buffer.from(cardId, "hex");
-      const h = createHash("sha256").update("cardkms card key v1").update(Buffer.from([0, id.length])).update(id).digest();
+      const h = createHash("sha256")
+        .update("cardkms card key v1")
+        .update(Buffer.from([0, id.length]))
+        .update(id)
+        .digest();
       const block = Buffer.concat([h.subarray(0, 12), Buffer.from([1, 1, 16, 1])]);
       const e = createCipheriv("aes-128-ecb", master, null).setAutoPadding(false);
       assert.equal(a.enc, hex(keyCheckValue(e.update(block))));
@@ -194,7 +198,8 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
         const put = await c.putKeyData(transport, next);
         assert.equal(hex(put.data), hex(putKeyCommand(ref.dek, { kvn: 1, enc: sk.enc, mac: sk.mac, dek: sk.dek }, 0x30).data as Uint8Array));
         // the session over the transport keys
-        const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
+        const hc = new Uint8Array(randomBytes(8)),
+          cc = new Uint8Array(randomBytes(8));
         const s = await c.scp03Session(transport, hc, cc);
         const { deriveSessionKeys, cryptogram, DERIVE } = await import("../../src/protocol/scp03/kdf.ts");
         const ctx = Buffer.concat([hc, cc]);
@@ -208,7 +213,8 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
 
     test("SCP03 session material equals kdf.ts over the reference keys", async () => {
       const ref = deriveCardKeySet(master, cardId, 2, 256);
-      const hc = new Uint8Array(randomBytes(8)), cc = new Uint8Array(randomBytes(8));
+      const hc = new Uint8Array(randomBytes(8)),
+        cc = new Uint8Array(randomBytes(8));
       const s = await c.scp03Session({ kind: "derived", master: masterLabel, cardId, kvn: 2, bits: 256 }, hc, cc);
       const { deriveSessionKeys, cryptogram, DERIVE } = await import("../../src/protocol/scp03/kdf.ts");
       const ctx = Buffer.concat([hc, cc]);
@@ -224,7 +230,8 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
     test("sealForCard: AES-256-GCM under the package key derived from the card's DEK", async () => {
       const ref: DerivedKeySetRef = { kind: "derived", master: masterLabel, cardId, kvn: 1 };
       const purpose = PURPOSE.package(1);
-      const aad = Buffer.from("header"), plain = randomBytes(100);
+      const aad = Buffer.from("header"),
+        plain = randomBytes(100);
       const s = await c.sealForCard(ref, purpose, aad, plain);
       assert.equal(s.nonce.length, 12);
       const key = derivePurposeKey(deriveCardKeySet(master, cardId, 1).dek, cardId, 1, purpose);
@@ -440,7 +447,10 @@ export function custodyContract(name: string, makeCustody: () => Promise<KeyCust
         await rejects(c.decipher(escrow, randomBytes(32)), "INVALID_ARGUMENT", /not a key pair/);
         // extractable "wrapped": it leaves again only wrapped, as the same key pair
         const again = await c.wrapPrivateKey(label, { key: escrow });
-        assert.equal(hex(createPublicKey(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(escrowValue, again)), format: "der", type: "pkcs8" })).export({ format: "der", type: "spki" })), hex(spki));
+        assert.equal(
+          hex(createPublicKey(createPrivateKey({ key: Buffer.from(aesKeyUnwrapPad(escrowValue, again)), format: "der", type: "pkcs8" })).export({ format: "der", type: "spki" })),
+          hex(spki),
+        );
         // persistent: another instance over the same store has it and signs with it
         const other = await makeCustody();
         try {

@@ -62,7 +62,11 @@ export function makeRequest(policy: ReproductionPolicy, over: Partial<Reproducti
 }
 
 /** Signs `decisions` in order, each chained after the previous ones. */
-export function signDecisions(request: ReproductionRequest, decisions: readonly { arbitrator: string; decision: "approve" | "refuse"; reason?: string }[], keys: Map<string, ArbitratorKeys>): Approval[] {
+export function signDecisions(
+  request: ReproductionRequest,
+  decisions: readonly { arbitrator: string; decision: "approve" | "refuse"; reason?: string }[],
+  keys: Map<string, ArbitratorKeys>,
+): Approval[] {
   const out: Approval[] = [];
   decisions.forEach((d, i) => out.push(signApproval(request, out, { ...d, decidedAt: new Date(Date.UTC(2024, 4, 1, 10, 0, i)).toISOString() }, keys.get(d.arbitrator)!.signing)));
   return out;

@@ -1,19 +1,7 @@
 import "reflect-metadata";
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  constants,
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  diffieHellman,
-  generateKeyPairSync,
-  publicEncrypt,
-  randomBytes,
-  verify,
-  webcrypto,
-  type KeyObject,
-} from "node:crypto";
+import { constants, createHash, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes, verify, webcrypto, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { encodeCommand, parseResponse } from "../../protocol/apdu.ts";
@@ -87,8 +75,7 @@ const pinBlock = (pin: string): Uint8Array => {
 };
 const verifyPin = (c: Card, pin = "123456"): Resp => c.send({ ins: 0x20, p1: 0x00, p2: 0x80, data: pinBlock(pin) });
 const getData = (c: Card, tag: number[]): Resp => c.send({ ins: 0xcb, p1: 0x3f, p2: 0xff, data: tlv(0x5c, Uint8Array.from(tag)) });
-const ga = (c: Card, alg: number, ref: number, inner: Uint8Array[]): Resp =>
-  c.send({ ins: 0x87, p1: alg, p2: ref, data: tlv(0x7c, ...inner) });
+const ga = (c: Card, alg: number, ref: number, inner: Uint8Array[]): Resp => c.send({ ins: 0x87, p1: alg, p2: ref, data: tlv(0x7c, ...inner) });
 const sign = (c: Card, alg: number, ref: number, challenge: Uint8Array): Resp => ga(c, alg, ref, [tlv(0x82), tlv(0x81, challenge)]);
 const generateApdu = (ref: number, alg: number): Apdu => ({ ins: 0x47, p1: 0x00, p2: ref, data: tlv(0xac, tlv(0x80, Uint8Array.of(alg))) });
 const putDataApdu = (tag: number[], value: Uint8Array): Apdu => ({ ins: 0xdb, p1: 0x3f, p2: 0xff, data: Buffer.concat([tlv(0x5c, Uint8Array.from(tag)), tlv(0x53, value)]) });
@@ -115,7 +102,10 @@ function publicFrom7f49(alg: KeyAlg, data: Uint8Array): KeyObject {
 async function issueCert(publicKey: KeyObject, cn = "cardholder"): Promise<Uint8Array> {
   const ca = await webcrypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
   const spki = publicKey.export({ format: "der", type: "spki" });
-  const params = publicKey.asymmetricKeyType === "rsa" ? { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" } : { name: "ECDSA", namedCurve: publicKey.asymmetricKeyDetails!.namedCurve === "prime256v1" ? "P-256" : "P-384" };
+  const params =
+    publicKey.asymmetricKeyType === "rsa"
+      ? { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" }
+      : { name: "ECDSA", namedCurve: publicKey.asymmetricKeyDetails!.namedCurve === "prime256v1" ? "P-256" : "P-384" };
   const pub = await webcrypto.subtle.importKey("spki", spki, params, true, ["verify"]);
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: randomBytes(8).toString("hex"),
@@ -164,7 +154,13 @@ test("SELECT answers the application property template, also for a 9-byte partia
   assert.equal(Buffer.from(findTlv(findTlv(apt.value, 0x79)!, 0x4f)!).toString("hex"), "a000000308");
   assert.equal(Buffer.from(findTlv(apt.value, 0x50)!).toString(), "cardkms PIV");
   const algs = parseTlvs(findTlv(apt.value, 0xac)!);
-  assert.deepEqual(algs.filter((t) => t.tag === 0x80).map((t) => t.value[0]).sort((a, b) => a - b), [0x05, 0x07, 0x11, 0x14]);
+  assert.deepEqual(
+    algs
+      .filter((t) => t.tag === 0x80)
+      .map((t) => t.value[0])
+      .sort((a, b) => a - b),
+    [0x05, 0x07, 0x11, 0x14],
+  );
   assert.ok(algs.some((t) => t.tag === 0x06 && t.value.length === 0));
   assert.equal(c.send({ ins: 0xa4, p1: 0x04, p2: 0x00, data: PIV_AID.subarray(0, 9) }).sw, 0x9000);
 });
@@ -178,7 +174,10 @@ test("CHUID and CCC are created at the first SELECT, persist, and are read with 
   const [outer] = parseTlvs(chuid.data);
   assert.equal(outer.tag, 0x53);
   const inner = parseTlvs(outer.value);
-  assert.deepEqual(inner.map((t) => t.tag), [0x30, 0x34, 0x35, 0x3e, 0xfe]);
+  assert.deepEqual(
+    inner.map((t) => t.tag),
+    [0x30, 0x34, 0x35, 0x3e, 0xfe],
+  );
   assert.equal(findTlv(inner, 0x30)!.length, 25);
   assert.equal(findTlv(inner, 0x34)!.length, 16);
   assert.match(Buffer.from(findTlv(inner, 0x35)!).toString(), /^20\d{6}$/);
@@ -390,11 +389,21 @@ test("GENERAL AUTHENTICATE 9B with an empty 81 answers a challenge from the card
     const [t] = parseTlvs(r.data);
     assert.equal(t.tag, 0x7c);
     const inner = parseTlvs(t.value);
-    assert.deepEqual(inner.map((x) => x.tag), [0x81], "7C holds the 81 challenge only");
+    assert.deepEqual(
+      inner.map((x) => x.tag),
+      [0x81],
+      "7C holds the 81 challenge only",
+    );
     return inner[0].value;
   };
   const seen = new Set<string>([Buffer.from(challenge(raw)).toString("hex")]);
-  for (const [alg, length] of [[0x00, 8], [0x03, 8], [0x08, 16], [0x0a, 16], [0x0c, 16]] as const) {
+  for (const [alg, length] of [
+    [0x00, 8],
+    [0x03, 8],
+    [0x08, 16],
+    [0x0a, 16],
+    [0x0c, 16],
+  ] as const) {
     for (let i = 0; i < 4; i++) {
       const r = ga(c, alg, 0x9b, [tlv(0x81)]);
       assert.equal(r.sw, 0x9000, `alg ${alg.toString(16)}`);
@@ -621,7 +630,7 @@ test("random and mutated commands are answered with status words, never 6F00", a
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) % n;
   };
-  const pick = <T,>(a: readonly T[]): T => a[rnd(a.length)];
+  const pick = <T>(a: readonly T[]): T => a[rnd(a.length)];
   for (let i = 0; i < 4000; i++) {
     const ins = pick(inss);
     let data: Uint8Array = Uint8Array.from(pick(seeds));

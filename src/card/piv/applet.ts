@@ -446,7 +446,6 @@ export class PivApplet implements Applet {
 
 // --- helpers ---------------------------------------------------------------------------------------------------
 
-
 function requireP1P2(cmd: CommandApdu, p1: number, p2: number): void {
   check(cmd.p1 === p1 && cmd.p2 === p2, SW.INCORRECT_P1P2);
 }

@@ -8,7 +8,9 @@ const N384 = 0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf5
 
 /** Reference inverse: a^(n-2) mod n (Fermat), slow but obviously right. */
 function fermat(a: bigint, n: bigint): bigint {
-  let r = 1n, b = a % n, e = n - 2n;
+  let r = 1n,
+    b = a % n,
+    e = n - 2n;
   while (e > 0n) {
     if (e & 1n) r = (r * b) % n;
     b = (b * b) % n;

@@ -77,7 +77,10 @@ export function invMod(a: bigint, m: bigint): bigint {
     const shift = hexLen > 12 ? BigInt(hexLen * 4 - 48) : 0n;
     let xh = Number(x >> shift);
     let yh = Number(y >> shift);
-    let A = 1, B = 0, C = 0, D = 1;
+    let A = 1,
+      B = 0,
+      C = 0,
+      D = 1;
     for (;;) {
       if (yh + C === 0 || yh + D === 0) break;
       const q = Math.floor((xh + A) / (yh + C));
@@ -101,7 +104,10 @@ export function invMod(a: bigint, m: bigint): bigint {
       ux = uy;
       uy = t;
     } else {
-      const bA = BigInt(A), bB = BigInt(B), bC = BigInt(C), bD = BigInt(D);
+      const bA = BigInt(A),
+        bB = BigInt(B),
+        bC = BigInt(C),
+        bD = BigInt(D);
       const nx = bA * x + bB * y;
       const ny = bC * x + bD * y;
       const nux = bA * ux + bB * uy;

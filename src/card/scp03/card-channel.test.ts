@@ -197,7 +197,10 @@ test("R-MAC tampering is detected by the host", async () => {
     const s = client.session;
     const resp = Uint8Array.from(transmit(s.wrap({ cla: 0x80, ins: 0x01, p1: 0, p2: 0, data: Uint8Array.of(5), le: 256 })));
     resp[0] ^= 0x01; // the data byte
-    assert.throws(() => s.unwrap(resp), (e: unknown) => e instanceof Scp03Error && /R-MAC/.test(e.message));
+    assert.throws(
+      () => s.unwrap(resp),
+      (e: unknown) => e instanceof Scp03Error && /R-MAC/.test(e.message),
+    );
     assert.equal(s.open, false);
     // a forged "success" without R-MAC is not accepted either
     const s2 = (await Scp03Client.open(transmit, keys, { level: 0x11 })).session;

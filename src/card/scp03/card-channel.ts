@@ -75,8 +75,7 @@ export function staticKeys(ks: ScpKeySet): { enc: Uint8Array; mac: Uint8Array; d
   const enc = new Uint8Array(Buffer.from(ks.enc, "hex"));
   const mac = new Uint8Array(Buffer.from(ks.mac, "hex"));
   const dek = new Uint8Array(Buffer.from(ks.dek, "hex"));
-  if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length)
-    throw new CardError(SW.REFERENCE_DATA_NOT_USABLE, "stored key set is not a valid AES key set");
+  if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length) throw new CardError(SW.REFERENCE_DATA_NOT_USABLE, "stored key set is not a valid AES key set");
   return { enc, mac, dek };
 }
 

@@ -7,17 +7,7 @@
 import type * as Pkcs11Types from "pkcs11js";
 import { cryptogram, DERIVE } from "../../protocol/scp03/kdf.ts";
 import { cardKeyData, PURPOSE, purposeKeyData, transportKeyData, type CardKeyName } from "../../protocol/derivation.ts";
-import {
-  checkChallenge,
-  checkKeySetRef,
-  CustodyError,
-  type KeySetKcvs,
-  type KeySetRef,
-  type PutKeyData,
-  type Scp03SessionMaterial,
-  type SealedForCard,
-  type SecretKeyUsage,
-} from "../custody.ts";
+import { checkChallenge, checkKeySetRef, CustodyError, type KeySetKcvs, type KeySetRef, type PutKeyData, type Scp03SessionMaterial, type SealedForCard, type SecretKeyUsage } from "../custody.ts";
 import { hex, putKeyDataField, type PutKeyComponent } from "../encoding.ts";
 import type { Handle } from "./module.ts";
 import { aesKeyTemplate } from "./templates.ts";
@@ -67,14 +57,17 @@ function keySet(hsm: Pkcs11Token, ref: KeySetRef): { enc: Handle; mac: Handle; d
     const attrs: Record<CardKeyName, number[]> = { enc: [p.CKA_ENCRYPT, p.CKA_SIGN], mac: [p.CKA_ENCRYPT, p.CKA_SIGN], dek: [p.CKA_ENCRYPT, p.CKA_WRAP] };
     const made: Handle[] = [];
     try {
-      for (const name of ["enc", "mac", "dek"] as const) made.push(derive(hsm, kmc, transportKeyData(ref.kdd, name), attrs[name], false, `derive transport ${name.toUpperCase()} for KDD ${ref.kdd} from ${ref.kmc}`));
+      for (const name of ["enc", "mac", "dek"] as const)
+        made.push(derive(hsm, kmc, transportKeyData(ref.kdd, name), attrs[name], false, `derive transport ${name.toUpperCase()} for KDD ${ref.kdd} from ${ref.kmc}`));
     } catch (e) {
       hsm.destroy(...made);
       throw e;
     }
     return { enc: made[0], mac: made[1], dek: made[2], extractable: false, release: () => hsm.destroy(...made) };
   }
-  const enc = hsm.secretHandle(ref.enc), mac = hsm.secretHandle(ref.mac), dek = hsm.secretHandle(ref.dek);
+  const enc = hsm.secretHandle(ref.enc),
+    mac = hsm.secretHandle(ref.mac),
+    dek = hsm.secretHandle(ref.dek);
   const ex = [enc, mac, dek].every((h) => hsm.attrs(h, [p.CKA_EXTRACTABLE], "key set").get(p.CKA_EXTRACTABLE)?.[0] === 1);
   return { enc, mac, dek, extractable: ex, release: () => undefined };
 }
@@ -117,7 +110,7 @@ export async function putKeyData(hsm: Pkcs11Token, current: KeySetRef, next: Key
   try {
     const nxt = keySet(hsm, next);
     try {
-      if (!nxt.extractable) throw new CustodyError("NOT_PERMITTED", "the new key set is not extractable (\"never\"): it cannot be sent to a card");
+      if (!nxt.extractable) throw new CustodyError("NOT_PERMITTED", 'the new key set is not extractable ("never"): it cannot be sent to a card');
       const part = (h: Handle, name: string): PutKeyComponent => ({
         keyLength: keyLength(hsm, h, name),
         // GP Amendment D §7.2: AES-CBC, zero ICV, of the key under the current static DEK.

@@ -42,14 +42,12 @@ export async function decipher(hsm: Pkcs11Token, label: string, input: Uint8Arra
   if (!(input instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "decipher input must be bytes");
   if (isEc(alg)) {
     const peer = ecPeer(alg, input);
-    if (hsm.attrs(h, [p.CKA_DERIVE], label).get(p.CKA_DERIVE)?.[0] !== 1)
-      throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to derive (ECDH): a generated key pair signs only`);
+    if (hsm.attrs(h, [p.CKA_DERIVE], label).get(p.CKA_DERIVE)?.[0] !== 1) throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to derive (ECDH): a generated key pair signs only`);
     return new Uint8Array(ecdh(hsm, h, peer.point, EC_CURVES[alg].size, `ECDH with ${label}`));
   }
   const k = rsaBits(alg) / 8;
   if (input.length !== k) throw new CustodyError("INVALID_ARGUMENT", `an RSA-OAEP ciphertext for ${label} is ${k} bytes, not ${input.length}`);
-  if (hsm.attrs(h, [p.CKA_DECRYPT], label).get(p.CKA_DECRYPT)?.[0] !== 1)
-    throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to decrypt: a generated key pair signs only`);
+  if (hsm.attrs(h, [p.CKA_DECRYPT], label).get(p.CKA_DECRYPT)?.[0] !== 1) throw new CustodyError("NOT_PERMITTED", `key ${label} is not allowed to decrypt: a generated key pair signs only`);
   const refused = (e: unknown): CustodyError => {
     const ckr = ckrName(e);
     if (ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_ENCRYPTED_DATA_LEN_RANGE" || ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_FUNCTION_FAILED")

@@ -53,7 +53,6 @@ export function unwrapError(e: unknown, what: string, alg: KeyPairAlg): CustodyE
   const ckr = ckrName(e);
   if (ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_WRAPPED_KEY_INVALID" || ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_WRAPPED_KEY_LEN_RANGE")
     return new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (${what}) failed: ${ckr} — the wrapped private key does not unwrap under the given key (wrong key or altered)`, { cause: e });
-  if (ckr === "CKR_FUNCTION_FAILED")
-    return new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (${what}) failed: ${ckr} — the wrapped key is not a ${alg} private key`, { cause: e });
+  if (ckr === "CKR_FUNCTION_FAILED") return new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (${what}) failed: ${ckr} — the wrapped key is not a ${alg} private key`, { cause: e });
   return mapError(e, "C_UnwrapKey", what);
 }

@@ -3,19 +3,7 @@
 // DER-encoded here), or CKM_SHA*_RSA_PKCS.
 
 import { createHash } from "node:crypto";
-import {
-  checkHash,
-  checkKeyPairAlg,
-  checkLabel,
-  checkPairUsage,
-  CustodyError,
-  defaultHash,
-  type HashAlg,
-  type KeyInfo,
-  type KeyPairAlg,
-  type KeyPairOptions,
-  type Signer,
-} from "../custody.ts";
+import { checkHash, checkKeyPairAlg, checkLabel, checkPairUsage, CustodyError, defaultHash, type HashAlg, type KeyInfo, type KeyPairAlg, type KeyPairOptions, type Signer } from "../custody.ts";
 import { EC_CURVES, ecdsaRawToDer, ecPointToSpki, isEc, rsaBits, rsaToSpki } from "../encoding.ts";
 import type { Handle, P11 } from "./module.ts";
 import { pairAlg } from "./objects.ts";
@@ -33,7 +21,7 @@ export async function generateKeyPair(hsm: Pkcs11Token, label: string, alg: KeyP
   checkLabel(label);
   checkKeyPairAlg(alg);
   const extractable = opts.extractable ?? "never";
-  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   if (hsm.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
   const p = hsm.p;
   const token = opts.ephemeral !== true;

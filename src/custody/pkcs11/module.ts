@@ -124,7 +124,8 @@ export function openToken(opts: Pkcs11CustodyOptions = {}): Pkcs11Token {
       // Login state is per application and token: a second instance finds the user logged in already, and
       // must still have presented the PIN that logged in.
       if (ckrName(e) !== "CKR_USER_ALREADY_LOGGED_IN") throw mapError(e, "C_Login", `user PIN for token ${tokenLabel}`);
-      if (ref.logins.get(tokenLabel) !== pinHash) throw new CustodyError("LOGIN_FAILED", `PKCS#11 C_Login (user PIN for token ${tokenLabel}) failed: CKR_PIN_INCORRECT — the user PIN is wrong (CARDKMS_PKCS11_PIN)`);
+      if (ref.logins.get(tokenLabel) !== pinHash)
+        throw new CustodyError("LOGIN_FAILED", `PKCS#11 C_Login (user PIN for token ${tokenLabel}) failed: CKR_PIN_INCORRECT — the user PIN is wrong (CARDKMS_PKCS11_PIN)`);
     }
     let features = ref.features.get(tokenLabel);
     if (!features) {

@@ -42,7 +42,12 @@ export async function importSecretKey(hsm: Pkcs11Token, label: string, spec: Sec
   return { label, kind: "secret", type: "aes", bits: s.bits, usage: s.usage, extractable: s.extractable };
 }
 
-export function importKeySet(hsm: Pkcs11Token, prefix: string, keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array }, extractable: Extractability = "never"): Promise<StoredKeySetRef> {
+export function importKeySet(
+  hsm: Pkcs11Token,
+  prefix: string,
+  keys: { kvn: number; enc: Uint8Array; mac: Uint8Array; dek: Uint8Array },
+  extractable: Extractability = "never",
+): Promise<StoredKeySetRef> {
   return importKeySetWith((label, spec, value) => importSecretKey(hsm, label, spec, value), prefix, keys, extractable);
 }
 

@@ -28,7 +28,6 @@ import type { CustodySelfTest, SelfTestPath, TokenFeatures } from "../self-test.
 export type { CustodySelfTest, SelfTestPath } from "../self-test.ts";
 import { aesKeyTemplate, ckrName, privateKeyTemplate, publicKeyTemplate, secretUsageFlags } from "./templates.ts";
 
-
 /** What the self-test needs of the custody: the module, its logged-in session and the token's features. */
 export interface SelfTestContext {
   p: P11;
@@ -90,8 +89,20 @@ export function runSelfTest(c: SelfTestContext): CustodySelfTest {
     attempt("set-attribute", `${MASTER}: CKA_ENCRYPT on`, () => mod.C_SetAttributeValue(session, master, [{ type: p.CKA_ENCRYPT, value: true }]));
     attempt("set-attribute", `${MASTER}: CKA_EXTRACTABLE on`, () => mod.C_SetAttributeValue(session, master, [{ type: p.CKA_EXTRACTABLE, value: true }]));
     attempt("copy", MASTER, () => keep(mod.C_CopyObject(session, master, [{ type: p.CKA_ENCRYPT, value: true }])));
-    attempt("derive-readable", MASTER, () => deriveFrom(master, [{ type: p.CKA_SENSITIVE, value: false }, { type: p.CKA_EXTRACTABLE, value: true }]));
-    attempt("derive-then-wrap", MASTER, () => wrapUnderMine(deriveFrom(master, [{ type: p.CKA_SENSITIVE, value: true }, { type: p.CKA_EXTRACTABLE, value: true }])));
+    attempt("derive-readable", MASTER, () =>
+      deriveFrom(master, [
+        { type: p.CKA_SENSITIVE, value: false },
+        { type: p.CKA_EXTRACTABLE, value: true },
+      ]),
+    );
+    attempt("derive-then-wrap", MASTER, () =>
+      wrapUnderMine(
+        deriveFrom(master, [
+          { type: p.CKA_SENSITIVE, value: true },
+          { type: p.CKA_EXTRACTABLE, value: true },
+        ]),
+      ),
+    );
 
     // The escrow KEK (seed 001 S3: the escrowed key is wrapped under it) and an escrow blob made as escrow makes it.
     const KEK = "escrow KEK (wrap)";
@@ -110,9 +121,28 @@ export function runSelfTest(c: SelfTestContext): CustodySelfTest {
     const escrowed = pair(["sign"], "wrapped");
     const blob = mod.C_WrapKey(session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, kek, escrowed, Buffer.alloc(8192));
     const unwrapAs = (t: Pkcs11Types.Template): Handle =>
-      keep(mod.C_UnwrapKey(session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, kek, blob, [{ type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY }, { type: p.CKA_KEY_TYPE, value: p.CKK_EC }, { type: p.CKA_TOKEN, value: false }, ...t]));
-    attempt("unwrap-readable", KEK, () => unwrapAs([{ type: p.CKA_SENSITIVE, value: false }, { type: p.CKA_EXTRACTABLE, value: true }]));
-    attempt("unwrap-then-wrap", KEK, () => wrapUnderMine(unwrapAs([{ type: p.CKA_SENSITIVE, value: true }, { type: p.CKA_EXTRACTABLE, value: true }])));
+      keep(
+        mod.C_UnwrapKey(session, { mechanism: p.CKM_AES_KEY_WRAP_PAD }, kek, blob, [
+          { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+          { type: p.CKA_KEY_TYPE, value: p.CKK_EC },
+          { type: p.CKA_TOKEN, value: false },
+          ...t,
+        ]),
+      );
+    attempt("unwrap-readable", KEK, () =>
+      unwrapAs([
+        { type: p.CKA_SENSITIVE, value: false },
+        { type: p.CKA_EXTRACTABLE, value: true },
+      ]),
+    );
+    attempt("unwrap-then-wrap", KEK, () =>
+      wrapUnderMine(
+        unwrapAs([
+          { type: p.CKA_SENSITIVE, value: true },
+          { type: p.CKA_EXTRACTABLE, value: true },
+        ]),
+      ),
+    );
     attempt("decrypt-with-kek", KEK, () => {
       mod.C_DecryptInit(session, { mechanism: p.CKM_AES_ECB }, kek);
       return mod.C_Decrypt(session, blob.subarray(0, 16), Buffer.alloc(16));
@@ -178,7 +208,15 @@ function storedKeyProblems(c: SelfTestContext): { label: string; problems: strin
     for (const h of hs) {
       const types = [p.CKA_LABEL, p.CKA_MODIFIABLE, p.CKA_COPYABLE];
       if (cls !== p.CKO_PUBLIC_KEY) types.push(p.CKA_SENSITIVE, p.CKA_EXTRACTABLE);
-      const a = new Map(mod.C_GetAttributeValue(session, h, types.map((type) => ({ type }))).map((x) => [x.type, x.value]));
+      const a = new Map(
+        mod
+          .C_GetAttributeValue(
+            session,
+            h,
+            types.map((type) => ({ type })),
+          )
+          .map((x) => [x.type, x.value]),
+      );
       const flag = (t: number): boolean => a.get(t)?.[0] === 1;
       const label = a.get(p.CKA_LABEL)?.toString("utf8") || "(no label)";
       const problems = out.get(label) ?? [];
@@ -190,7 +228,10 @@ function storedKeyProblems(c: SelfTestContext): { label: string; problems: strin
       out.set(label, problems);
     }
   }
-  return [...out].filter(([, v]) => v.length > 0).map(([label, problems]) => ({ label, problems })).sort((x, y) => x.label.localeCompare(y.label));
+  return [...out]
+    .filter(([, v]) => v.length > 0)
+    .map(([label, problems]) => ({ label, problems }))
+    .sort((x, y) => x.label.localeCompare(y.label));
 }
 
 /** One line per path and per weak key, for logs and the CLI. */

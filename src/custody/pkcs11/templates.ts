@@ -49,7 +49,6 @@ export function ckrName(e: unknown): string | undefined {
   return m[0] === "CKR_VENDOR_DEFINED:27" ? "CKR_ACTION_PROHIBITED" : m[0].replace(/:\d+$/, "");
 }
 
-
 /** What whatever a key unwraps or derives is forced to be: unreadable. */
 export function lockedTemplate(p: P11): Template {
   return [{ type: p.CKA_SENSITIVE, value: true }];

@@ -50,7 +50,13 @@ export class Pkcs11Token {
   }
 
   object(label: string, cls: number): Handle | undefined {
-    const found = this.find([{ type: this.p.CKA_LABEL, value: label }, { type: this.p.CKA_CLASS, value: cls }], 2);
+    const found = this.find(
+      [
+        { type: this.p.CKA_LABEL, value: label },
+        { type: this.p.CKA_CLASS, value: cls },
+      ],
+      2,
+    );
     if (found.length > 1) throw new CustodyError("CORRUPT", `more than one object labelled ${label} on token ${this.tokenLabel}`);
     return found[0];
   }
@@ -79,7 +85,13 @@ export class Pkcs11Token {
   }
 
   attrs(h: Handle, types: number[], what: string): Map<number, Buffer> {
-    const res = this.call("C_GetAttributeValue", what, () => this.mod.C_GetAttributeValue(this.session, h, types.map((type) => ({ type }))));
+    const res = this.call("C_GetAttributeValue", what, () =>
+      this.mod.C_GetAttributeValue(
+        this.session,
+        h,
+        types.map((type) => ({ type })),
+      ),
+    );
     return new Map(res.map((a) => [a.type, a.value]));
   }
 

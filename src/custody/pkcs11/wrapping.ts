@@ -7,16 +7,7 @@
 import { randomBytes, verify as nodeVerify } from "node:crypto";
 import { PURPOSE } from "../../protocol/derivation.ts";
 import { canonicalSpki, ecGenerator, ecPointsWithX } from "../asymmetric.ts";
-import {
-  checkKeyPairAlg,
-  checkLabel,
-  checkUnwrapUsage,
-  CustodyError,
-  type KeyInfo,
-  type KeyPairAlg,
-  type KeyPairOptions,
-  type WrapTarget,
-} from "../custody.ts";
+import { checkKeyPairAlg, checkLabel, checkUnwrapUsage, CustodyError, type KeyInfo, type KeyPairAlg, type KeyPairOptions, type WrapTarget } from "../custody.ts";
 import { EC_CURVES, ecPointToSpki, hex, isEc, rsaBits, rsaToSpki } from "../encoding.ts";
 import { purposeKey } from "./card-keys.ts";
 import { ecdh } from "./decipher.ts";
@@ -40,13 +31,10 @@ function wrapKey(hsm: Pkcs11Token, to: WrapTarget): { h: Handle; derived: boolea
 export async function wrapPrivateKey(hsm: Pkcs11Token, label: string, to: WrapTarget): Promise<Uint8Array> {
   checkLabel(label);
   const h = hsm.privateHandle(label);
-  if (hsm.attrs(h, [hsm.p.CKA_EXTRACTABLE], label).get(hsm.p.CKA_EXTRACTABLE)?.[0] !== 1)
-    throw new CustodyError("NOT_PERMITTED", `key ${label} is not extractable: it cannot be wrapped`);
+  if (hsm.attrs(h, [hsm.p.CKA_EXTRACTABLE], label).get(hsm.p.CKA_EXTRACTABLE)?.[0] !== 1) throw new CustodyError("NOT_PERMITTED", `key ${label} is not extractable: it cannot be wrapped`);
   const w = wrapKey(hsm, to);
   try {
-    const out = hsm.call("C_WrapKey", `wrap ${label} (AES key wrap with padding)`, () =>
-      hsm.mod.C_WrapKey(hsm.session, { mechanism: hsm.p.CKM_AES_KEY_WRAP_PAD }, w.h, h, Buffer.alloc(8192)),
-    );
+    const out = hsm.call("C_WrapKey", `wrap ${label} (AES key wrap with padding)`, () => hsm.mod.C_WrapKey(hsm.session, { mechanism: hsm.p.CKM_AES_KEY_WRAP_PAD }, w.h, h, Buffer.alloc(8192)));
     return new Uint8Array(out);
   } finally {
     if (w.derived) hsm.destroy(w.h);
@@ -67,7 +55,9 @@ export async function rewrapPrivateKey(hsm: Pkcs11Token, wrapped: Uint8Array, al
       // CKR_WRAPPED_KEY_INVALID / CKR_ENCRYPTED_DATA_INVALID.
       const ckr = ckrName(e);
       if (ckr === "CKR_GENERAL_ERROR" || ckr === "CKR_WRAPPED_KEY_INVALID" || ckr === "CKR_ENCRYPTED_DATA_INVALID" || ckr === "CKR_WRAPPED_KEY_LEN_RANGE")
-        throw new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (unwrap for re-wrap) failed: ${ckr} — the wrapped private key does not unwrap under the given key (wrong key or altered)`, { cause: e });
+        throw new CustodyError("WRONG_KEY", `PKCS#11 C_UnwrapKey (unwrap for re-wrap) failed: ${ckr} — the wrapped private key does not unwrap under the given key (wrong key or altered)`, {
+          cause: e,
+        });
       throw mapError(e, "C_UnwrapKey", "unwrap for re-wrap");
     }
   } finally {
@@ -122,11 +112,18 @@ export async function rewrapPrivateKeys(hsm: Pkcs11Token, items: readonly { wrap
   }
 }
 
-export async function unwrapPrivateKey(hsm: Pkcs11Token, label: string, wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, opts: KeyPairOptions & { expectSpki?: Uint8Array } = {}): Promise<KeyInfo> {
+export async function unwrapPrivateKey(
+  hsm: Pkcs11Token,
+  label: string,
+  wrapped: Uint8Array,
+  alg: KeyPairAlg,
+  from: WrapTarget,
+  opts: KeyPairOptions & { expectSpki?: Uint8Array } = {},
+): Promise<KeyInfo> {
   checkLabel(label);
   checkKeyPairAlg(alg);
   const extractable = opts.extractable ?? "never";
-  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
   const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
   if (hsm.exists(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
@@ -184,16 +181,31 @@ function unwrappedPublic(hsm: Pkcs11Token, h: Handle, alg: KeyPairAlg, label: st
       if (verifies(spki, sig)) {
         // CKA_EC_POINT as the token writes it for generated keys: DER OCTET STRING of the uncompressed point
         const ecPoint = Buffer.concat([Buffer.of(0x04, point.length), point]);
-        return { spki, pubAttrs: [{ type: p.CKA_KEY_TYPE, value: p.CKK_EC }, { type: p.CKA_EC_PARAMS, value: params }, { type: p.CKA_EC_POINT, value: ecPoint }] };
+        return {
+          spki,
+          pubAttrs: [
+            { type: p.CKA_KEY_TYPE, value: p.CKK_EC },
+            { type: p.CKA_EC_PARAMS, value: params },
+            { type: p.CKA_EC_POINT, value: ecPoint },
+          ],
+        };
       }
     }
     throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} fails its pairwise check: it signs for neither point of its X coordinate`);
   }
   const a = hsm.attrs(h, [p.CKA_MODULUS, p.CKA_PUBLIC_EXPONENT], label);
-  const n = a.get(p.CKA_MODULUS) as Buffer, e = a.get(p.CKA_PUBLIC_EXPONENT) as Buffer;
+  const n = a.get(p.CKA_MODULUS) as Buffer,
+    e = a.get(p.CKA_PUBLIC_EXPONENT) as Buffer;
   if (n.length * 8 !== rsaBits(alg) || n[0] < 0x80) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a ${alg} key`);
   const spki = Buffer.from(rsaToSpki(n, e));
   if (!verifies(spki, signWith(hsm, h, alg, "SHA-256", probe, label)))
     throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} fails its pairwise check: its private and public halves differ`);
-  return { spki, pubAttrs: [{ type: p.CKA_KEY_TYPE, value: p.CKK_RSA }, { type: p.CKA_MODULUS, value: n }, { type: p.CKA_PUBLIC_EXPONENT, value: e }] };
+  return {
+    spki,
+    pubAttrs: [
+      { type: p.CKA_KEY_TYPE, value: p.CKK_RSA },
+      { type: p.CKA_MODULUS, value: n },
+      { type: p.CKA_PUBLIC_EXPONENT, value: e },
+    ],
+  };
 }

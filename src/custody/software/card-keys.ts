@@ -51,7 +51,9 @@ function keySet(ks: Keystore, ref: KeySetRef, need: { enc?: SecretKeyUsage; mac?
     if (!Buffer.isBuffer(l.secret)) throw new CustodyError("INVALID_ARGUMENT", `${label} is not a secret key`);
     return l.secret;
   };
-  const enc = get(ref.enc, need.enc), mac = get(ref.mac, need.mac), dek = get(ref.dek, need.dek);
+  const enc = get(ref.enc, need.enc),
+    mac = get(ref.mac, need.mac),
+    dek = get(ref.dek, need.dek);
   if (mac.length !== enc.length || dek.length !== enc.length) throw new CustodyError("INVALID_ARGUMENT", "the keys of a key set must have the same length");
   const all = [ref.enc, ref.mac, ref.dek].map((l) => ks.load(l).meta.extractable);
   return { enc, mac, dek, extractable: all.every((x) => x === "wrapped") ? "wrapped" : "never", kvn: ref.kvn };
@@ -77,7 +79,7 @@ export async function putKeyData(ks: Keystore, current: KeySetRef, next: KeySetR
   const cur = keySet(ks, current, { dek: "wrap" });
   const nxt = keySet(ks, next, { enc: "encrypt", mac: "encrypt", dek: "encrypt" });
   try {
-    if (nxt.extractable !== "wrapped") throw new CustodyError("NOT_PERMITTED", "the new key set is not extractable (\"never\"): it cannot be sent to a card");
+    if (nxt.extractable !== "wrapped") throw new CustodyError("NOT_PERMITTED", 'the new key set is not extractable ("never"): it cannot be sent to a card');
     const part = (key: Buffer): PutKeyComponent => ({ keyLength: key.length, cryptogram: encryptKeyComponent(cur.dek, key), kcv: keyCheckValue(key) });
     const parts: [PutKeyComponent, PutKeyComponent, PutKeyComponent] = [part(nxt.enc), part(nxt.mac), part(nxt.dek)];
     const { data, expectedResponse } = putKeyDataField(next.kvn, parts);

@@ -4,19 +4,7 @@
 
 import { constants as cryptoConstants, createPrivateKey, diffieHellman, privateDecrypt, sign as nodeSign, type KeyObject } from "node:crypto";
 import { ecPeer } from "../asymmetric.ts";
-import {
-  checkHash,
-  checkKeyPairAlg,
-  checkLabel,
-  checkPairUsage,
-  CustodyError,
-  defaultHash,
-  type HashAlg,
-  type KeyInfo,
-  type KeyPairAlg,
-  type KeyPairOptions,
-  type Signer,
-} from "../custody.ts";
+import { checkHash, checkKeyPairAlg, checkLabel, checkPairUsage, CustodyError, defaultHash, type HashAlg, type KeyInfo, type KeyPairAlg, type KeyPairOptions, type Signer } from "../custody.ts";
 import { isEc, rsaBits } from "../encoding.ts";
 import type { EntryMeta } from "../keystore-file.ts";
 import { genKeyPair } from "./keygen.ts";
@@ -29,7 +17,7 @@ export async function generateKeyPair(ks: Keystore, label: string, alg: KeyPairA
   checkLabel(label);
   checkKeyPairAlg(alg);
   const extractable = opts.extractable ?? "never";
-  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   if (ks.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
   const pairUsage = checkPairUsage(opts.usage, ["sign"]);
   const { spki, pkcs8 } = await genKeyPair(alg);

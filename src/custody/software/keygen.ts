@@ -8,8 +8,20 @@ import { rsaBits } from "../encoding.ts";
 // The DER around an EC key pair, exactly as OpenSSL writes it: PKCS#8 v1 with the ECPrivateKey's optional public
 // key and no repeated parameters, and the SubjectPublicKeyInfo with the uncompressed point (RFC 5915, RFC 5480).
 const EC_DER = {
-  P256: { curve: "prime256v1", n: 32, pkcs8: Buffer.from("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420", "hex"), mid: Buffer.from("a144034200", "hex"), spki: Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex") },
-  P384: { curve: "secp384r1", n: 48, pkcs8: Buffer.from("3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430", "hex"), mid: Buffer.from("a164036200", "hex"), spki: Buffer.from("3076301006072a8648ce3d020106052b81040022036200", "hex") },
+  P256: {
+    curve: "prime256v1",
+    n: 32,
+    pkcs8: Buffer.from("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420", "hex"),
+    mid: Buffer.from("a144034200", "hex"),
+    spki: Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex"),
+  },
+  P384: {
+    curve: "secp384r1",
+    n: 48,
+    pkcs8: Buffer.from("3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430", "hex"),
+    mid: Buffer.from("a164036200", "hex"),
+    spki: Buffer.from("3076301006072a8648ce3d020106052b81040022036200", "hex"),
+  },
 } as const;
 
 /**

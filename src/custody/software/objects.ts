@@ -2,16 +2,7 @@
 // key sets imported as three such keys, what a label holds, deleting (wiping what is in memory) and listing.
 
 import { randomBytes } from "node:crypto";
-import {
-  importKeySetWith,
-  checkLabel,
-  checkSecretSpec,
-  CustodyError,
-  type Extractability,
-  type KeyInfo,
-  type SecretKeySpec,
-  type StoredKeySetRef,
-} from "../custody.ts";
+import { importKeySetWith, checkLabel, checkSecretSpec, CustodyError, type Extractability, type KeyInfo, type SecretKeySpec, type StoredKeySetRef } from "../custody.ts";
 import type { EntryMeta } from "../keystore-file.ts";
 import type { Keystore } from "./keystore.ts";
 

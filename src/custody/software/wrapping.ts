@@ -6,16 +6,7 @@
 import { createPrivateKey, createPublicKey, randomBytes, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { aesKeyUnwrapPad, aesKeyWrapPad, PURPOSE } from "../../protocol/derivation.ts";
 import { canonicalSpki, NODE_CURVE } from "../asymmetric.ts";
-import {
-  checkKeyPairAlg,
-  checkLabel,
-  checkUnwrapUsage,
-  CustodyError,
-  type KeyInfo,
-  type KeyPairAlg,
-  type KeyPairOptions,
-  type WrapTarget,
-} from "../custody.ts";
+import { checkKeyPairAlg, checkLabel, checkUnwrapUsage, CustodyError, type KeyInfo, type KeyPairAlg, type KeyPairOptions, type WrapTarget } from "../custody.ts";
 import { isEc, rsaBits } from "../encoding.ts";
 import type { EntryMeta } from "../keystore-file.ts";
 import { aesKeyRewrapPadBatch, UnwrapError } from "../kwp-batch.ts";
@@ -70,7 +61,11 @@ export async function rewrapPrivateKeys(ks: Keystore, items: readonly { wrapped:
   let b: Buffer | undefined;
   try {
     b = wrapKey(ks, to);
-    return aesKeyRewrapPadBatch(a, b, items.map((it) => it.wrapped));
+    return aesKeyRewrapPadBatch(
+      a,
+      b,
+      items.map((it) => it.wrapped),
+    );
   } catch (e) {
     if (e instanceof UnwrapError) throw new CustodyError("WRONG_KEY", `wrapped private key ${e.index} of the batch does not unwrap under the given key (wrong key or altered)`);
     throw e;
@@ -85,7 +80,7 @@ export async function unwrapPrivateKey(ks: Keystore, label: string, wrapped: Uin
   checkLabel(label);
   checkKeyPairAlg(alg);
   const extractable = opts.extractable ?? "never";
-  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", "extractable must be \"never\" or \"wrapped\"");
+  if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
   const pairUsage = checkUnwrapUsage(opts.usage);
   const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
@@ -109,9 +104,7 @@ export async function unwrapPrivateKey(ks: Keystore, label: string, wrapped: Uin
       throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a PKCS#8 private key`);
     }
     const d = key.asymmetricKeyDetails;
-    const is = isEc(alg)
-      ? key.asymmetricKeyType === "ec" && d?.namedCurve === NODE_CURVE[alg]
-      : key.asymmetricKeyType === "rsa" && d?.modulusLength === rsaBits(alg);
+    const is = isEc(alg) ? key.asymmetricKeyType === "ec" && d?.namedCurve === NODE_CURVE[alg] : key.asymmetricKeyType === "rsa" && d?.modulusLength === rsaBits(alg);
     if (!is) throw new CustodyError("WRONG_KEY", `the key unwrapped for ${label} is not a ${alg} key`);
     spki = createPublicKey(key).export({ format: "der", type: "spki" });
     // Pairwise check: the private half signs for the public half (a PKCS#8 carries both and they could differ).

@@ -16,7 +16,10 @@ test("CHUID: FASC-N, card-derived GUID, expiry five years on, empty signature, i
   const [outer] = parseTlvs(chuid);
   assert.equal(outer.tag, 0x53);
   const inner = parseTlvs(outer.value);
-  assert.deepEqual(inner.map((t) => t.tag), [0x30, 0x34, 0x35, 0x3e, 0xfe]);
+  assert.deepEqual(
+    inner.map((t) => t.tag),
+    [0x30, 0x34, 0x35, 0x3e, 0xfe],
+  );
   assert.equal(inner[0].value.length, 25);
   assert.deepEqual(inner[1].value, cardGuid("0102030405060708"));
   assert.equal(Buffer.from(inner[2].value).toString(), "20290301"); // 29 Feb 2029 does not exist
@@ -30,7 +33,10 @@ test("CHUID: FASC-N, card-derived GUID, expiry five years on, empty signature, i
 test("CCC carries the card identifier and the SP 800-73-4 version numbers", () => {
   const [outer] = parseTlvs(buildCcc("0102030405060708"));
   const inner = parseTlvs(outer.value);
-  assert.deepEqual(inner.map((t) => t.tag), [0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe]);
+  assert.deepEqual(
+    inner.map((t) => t.tag),
+    [0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe],
+  );
   assert.equal(hex(inner[0].value).slice(0, 14), "a000000116ff02");
   assert.equal(inner[0].value.length, 21);
   assert.equal(hex(findTlv(inner, 0xf1)!), "21");

@@ -63,13 +63,7 @@ export const refHex = (ref: number): string => ref.toString(16).padStart(2, "0")
  */
 export function applicationPropertyTemplate(algs: number[]): Uint8Array {
   const algTlvs = algs.map((a) => tlv(0x80, Uint8Array.of(a)));
-  return tlv(
-    0x61,
-    tlv(0x4f, PIV_PIX),
-    tlv(0x79, tlv(0x4f, NIST_RID)),
-    tlv(0x50, new TextEncoder().encode(PIV_LABEL)),
-    tlv(0xac, ...algTlvs, tlv(0x06)),
-  );
+  return tlv(0x61, tlv(0x4f, PIV_PIX), tlv(0x79, tlv(0x4f, NIST_RID)), tlv(0x50, new TextEncoder().encode(PIV_LABEL)), tlv(0xac, ...algTlvs, tlv(0x06)));
 }
 
 /**
@@ -171,14 +165,7 @@ export function cardGuid(cardId: string): Uint8Array {
 export function buildChuid(cardId: string, now: Date, validYears = 5): Uint8Array {
   const exp = new Date(Date.UTC(now.getUTCFullYear() + validYears, now.getUTCMonth(), now.getUTCDate()));
   const ymd = exp.toISOString().slice(0, 10).replace(/-/g, "");
-  return tlv(
-    0x53,
-    tlv(0x30, encodeFascn(NON_FEDERAL_FASCN)),
-    tlv(0x34, cardGuid(cardId)),
-    tlv(0x35, new TextEncoder().encode(ymd)),
-    tlv(0x3e),
-    tlv(0xfe),
-  );
+  return tlv(0x53, tlv(0x30, encodeFascn(NON_FEDERAL_FASCN)), tlv(0x34, cardGuid(cardId)), tlv(0x35, new TextEncoder().encode(ymd)), tlv(0x3e), tlv(0xfe));
 }
 
 /**

@@ -4,9 +4,7 @@ import { hex, unhex } from "../apdu.ts";
 import { aesCmac, pad80, unpad80 } from "./cmac.ts";
 
 // RFC 4493 §4 (AES-128) and NIST SP 800-38B Appendix D.2 / D.3 (AES-192, AES-256) examples.
-const MSG = unhex(
-  "6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51 30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710",
-);
+const MSG = unhex("6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51 30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710");
 const VECTORS: { key: string; macs: [number, string][] }[] = [
   {
     key: "2b7e151628aed2a6abf7158809cf4f3c",

@@ -14,18 +14,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { encodeCommand, parseResponse, type ApduCommand } from "../apdu.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, type SessionKeys } from "./kdf.ts";
-import {
-  concatBytes,
-  counterBlock,
-  INS_EXTERNAL_AUTHENTICATE,
-  INS_INITIALIZE_UPDATE,
-  isProtectedSw,
-  lcBytes,
-  macClass,
-  SEC,
-  VALID_LEVELS,
-  wipe,
-} from "./sm.ts";
+import { concatBytes, counterBlock, INS_EXTERNAL_AUTHENTICATE, INS_INITIALIZE_UPDATE, isProtectedSw, lcBytes, macClass, SEC, VALID_LEVELS, wipe } from "./sm.ts";
 
 export { SEC } from "./sm.ts";
 
@@ -80,9 +69,10 @@ function bytes(k: Uint8Array | string, what: string): Uint8Array {
 }
 
 function normalizeKeys(keys: Scp03Keys): { enc: Uint8Array; mac: Uint8Array; dek: Uint8Array } {
-  const enc = bytes(keys.enc, "ENC key"), mac = bytes(keys.mac, "MAC key"), dek = bytes(keys.dek, "DEK key");
-  if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length)
-    throw new Scp03Error("an SCP03 key set needs three AES keys of the same length (16, 24 or 32 bytes)");
+  const enc = bytes(keys.enc, "ENC key"),
+    mac = bytes(keys.mac, "MAC key"),
+    dek = bytes(keys.dek, "DEK key");
+  if (!isAesKeyLength(enc.length) || mac.length !== enc.length || dek.length !== enc.length) throw new Scp03Error("an SCP03 key set needs three AES keys of the same length (16, 24 or 32 bytes)");
   return { enc, mac, dek };
 }
 
@@ -151,7 +141,7 @@ export function parseInitUpdateResponse(resp: Uint8Array): InitUpdateInfo {
   };
   if (info.scpId !== 0x03) throw new Scp03Error(`card answered with SCP ${info.scpId.toString(16)}, not SCP03`);
   if (i & 0x01) throw new Scp03Error("card uses S16 mode, which this host does not implement");
-  if ((i & 0x10) !== 0 !== (data.length === 32)) throw new Scp03Error("sequence counter presence does not match the i parameter");
+  if (((i & 0x10) !== 0) !== (data.length === 32)) throw new Scp03Error("sequence counter presence does not match the i parameter");
   return info;
 }
 
@@ -230,10 +220,7 @@ export class Scp03HostSession {
   }
 
   /** Like authenticate, with session keys and cryptograms computed elsewhere (key custody). */
-  authenticateWith(
-    initUpdateResponse: Uint8Array,
-    m: { sEnc: Uint8Array; sMac: Uint8Array; sRmac: Uint8Array; cardCryptogram: Uint8Array; hostCryptogram: Uint8Array },
-  ): Uint8Array {
+  authenticateWith(initUpdateResponse: Uint8Array, m: { sEnc: Uint8Array; sMac: Uint8Array; sRmac: Uint8Array; cardCryptogram: Uint8Array; hostCryptogram: Uint8Array }): Uint8Array {
     const { info } = this.checkInitUpdate(initUpdateResponse);
     return this.establish(info, { sEnc: Uint8Array.from(m.sEnc), sMac: Uint8Array.from(m.sMac), sRmac: Uint8Array.from(m.sRmac) }, m.cardCryptogram, m.hostCryptogram);
   }

@@ -101,7 +101,10 @@ function spkiOf(value: string, what: string): Uint8Array {
   } catch {
     key = undefined;
   }
-  if (!key) throw new ApiProblem(400, "recovery-invalid", "Invalid: invalid_argument", `${what}: expected a public key as PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo`, { check: "invalid_argument" });
+  if (!key)
+    throw new ApiProblem(400, "recovery-invalid", "Invalid: invalid_argument", `${what}: expected a public key as PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo`, {
+      check: "invalid_argument",
+    });
   return new Uint8Array(key.export({ format: "der", type: "spki" }));
 }
 
@@ -144,7 +147,13 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
       refusals(async () => {
         const b = req.body;
         const a = await recovery.registerArbitrator(
-          { id: b.id, roles: b.roles, displayName: b.displayName, signingPublicKey: spkiOf(b.signingPublicKey, "signingPublicKey"), encryptionPublicKey: spkiOf(b.encryptionPublicKey, "encryptionPublicKey") },
+          {
+            id: b.id,
+            roles: b.roles,
+            displayName: b.displayName,
+            signingPublicKey: spkiOf(b.signingPublicKey, "signingPublicKey"),
+            encryptionPublicKey: spkiOf(b.encryptionPublicKey, "encryptionPublicKey"),
+          },
           principalOf(req).name,
         );
         return reply.code(201).send(arbitratorOut(a));
@@ -173,7 +182,13 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     "/recovery/arbitrators/:id",
     {
       config: { roles: ["operator", "auditor", "arbitrator"] },
-      schema: { summary: "One arbitrator (an arbitrator token: its own record)", tags: ["recovery"], params: params({ id: ARB_ID }), querystring: NO_QUERY, response: { 200: ARBITRATOR, ...problems } },
+      schema: {
+        summary: "One arbitrator (an arbitrator token: its own record)",
+        tags: ["recovery"],
+        params: params({ id: ARB_ID }),
+        querystring: NO_QUERY,
+        response: { 200: ARBITRATOR, ...problems },
+      },
     },
     async (req) =>
       refusals(async () => {

@@ -10,7 +10,28 @@ import type { PendingItem, RecoveryService, ShareRelease } from "../../recovery/
 import { params } from "../issuer-routes.ts";
 import { admit } from "./access.ts";
 import { refusals } from "./refusals.ts";
-import { APPROVAL, APPROVER_LIST, ARB_ID, B64, BOOL, closed, CURSOR, HEX64, NO_QUERY, nextOf, PAGE, pageOf, problems, REQUEST_ID, REQUEST_VIEW, requestOut, SHARE_SLOT, STR, strings, TEXT } from "./schemas.ts";
+import {
+  APPROVAL,
+  APPROVER_LIST,
+  ARB_ID,
+  B64,
+  BOOL,
+  closed,
+  CURSOR,
+  HEX64,
+  NO_QUERY,
+  nextOf,
+  PAGE,
+  pageOf,
+  problems,
+  REQUEST_ID,
+  REQUEST_VIEW,
+  requestOut,
+  SHARE_SLOT,
+  STR,
+  strings,
+  TEXT,
+} from "./schemas.ts";
 
 export interface DecisionRoutesOptions {
   recovery: RecoveryService;
@@ -43,19 +64,22 @@ const SHARE_RELEASE = closed(
 /** A share envelope (shares.ts), sealed to its arbitrator: every header member, as it is authenticated. */
 const ENVELOPE = closed(
   {
-    header: closed(
-      { format: STR, escrowId: STR, cardId: STR, policyDigest: STR, shareId: STR, arbitrator: STR, slot: SHARE_SLOT, recipientKeyId: STR },
-      ["format", "escrowId", "cardId", "policyDigest", "shareId", "arbitrator", "slot", "recipientKeyId"],
-    ),
+    header: closed({ format: STR, escrowId: STR, cardId: STR, policyDigest: STR, shareId: STR, arbitrator: STR, slot: SHARE_SLOT, recipientKeyId: STR }, [
+      "format",
+      "escrowId",
+      "cardId",
+      "policyDigest",
+      "shareId",
+      "arbitrator",
+      "slot",
+      "recipientKeyId",
+    ]),
     box: BOX,
   },
   ["header", "box"],
 );
 
-const PENDING_ITEM = closed(
-  { action: STR, request: REQUEST_VIEW, mayApproveNow: BOOL, waitingFor: strings(), envelopes: { type: "array", items: ENVELOPE } },
-  ["action", "request"],
-);
+const PENDING_ITEM = closed({ action: STR, request: REQUEST_VIEW, mayApproveNow: BOOL, waitingFor: strings(), envelopes: { type: "array", items: ENVELOPE } }, ["action", "request"]);
 
 // ---- outputs -------------------------------------------------------------------------------------------------
 

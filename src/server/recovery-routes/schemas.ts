@@ -148,7 +148,6 @@ export const problems = { "4xx": RECOVERY_PROBLEM, "5xx": { $ref: "Problem#" } }
 
 // ---- outputs ---------------------------------------------------------------------------------------------------
 
-
 export const requestOut = (v: RequestView) => ({
   requestId: v.requestId,
   cardId: v.cardId,
@@ -168,7 +167,9 @@ export const requestOut = (v: RequestView) => ({
   ...(v.reproducedBy !== undefined ? { reproducedBy: v.reproducedBy } : {}),
   ...(v.reproducedAt !== undefined ? { reproducedAt: v.reproducedAt.getTime() } : {}),
   ...(v.reproduction !== undefined
-    ? { reproduction: { claimedBy: v.reproduction.claimedBy, claimedAt: v.reproduction.claimedAt.getTime(), ...(v.reproduction.leaseUntil ? { leaseUntil: v.reproduction.leaseUntil.getTime() } : {}) } }
+    ? {
+        reproduction: { claimedBy: v.reproduction.claimedBy, claimedAt: v.reproduction.claimedAt.getTime(), ...(v.reproduction.leaseUntil ? { leaseUntil: v.reproduction.leaseUntil.getTime() } : {}) },
+      }
     : {}),
 });
 
