@@ -4,23 +4,10 @@
 
 export { toB64 as b64 } from "../util/bytes.ts";
 import { createHash } from "node:crypto";
+import { canonicalJson as canonicalJsonWith } from "../util/json.ts";
 
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value === "boolean" || typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number") {
-    if (!Number.isSafeInteger(value)) throw new TypeError("canonical JSON: only safe integers are encoded");
-    return String(value);
-  }
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  if (typeof value === "object") {
-    const o = value as Record<string, unknown>;
-    const keys = Object.keys(o)
-      .filter((k) => o[k] !== undefined)
-      .sort();
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(",")}}`;
-  }
-  throw new TypeError(`canonical JSON: cannot encode a ${typeof value}`);
-}
+/** The signed documents' canonical JSON (src/util/json.ts): undefined members dropped, integers only. */
+export const canonicalJson = (value: unknown): string => canonicalJsonWith(value, { numbers: "safe-integer" });
 
 /** SHA-256 over `label || 0x00 || parts...`, each part length-prefixed (u32 BE) so that concatenations are unambiguous. */
 export function labelledDigest(label: string, ...parts: (string | Uint8Array)[]): Buffer {

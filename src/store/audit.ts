@@ -22,7 +22,7 @@
 import { createHash } from "node:crypto";
 import { sql } from "kysely";
 import { engineOf, type Db } from "./db.ts";
-import type { JsonValue } from "./store.ts";
+import { canonicalJson as canonicalJson_, type JsonValue } from "../util/json.ts";
 import type { Transaction } from "kysely";
 import type { Database } from "./db.ts";
 
@@ -155,36 +155,10 @@ export function entryHash(r: Omit<AuditRow, "hash"> & { hash?: string }): string
 }
 
 /**
- * Canonical JSON: object keys sorted by code unit, no whitespace, only JSON values (finite numbers; no
- * undefined, functions, binary or class instances). The same value always yields the same text.
+ * The audit log's canonical JSON (src/util/json.ts): keys sorted, no whitespace, plain JSON only; an undefined
+ * member or a key that looks like a secret is refused.
  */
-export function canonicalJson(value: unknown, path = "$"): string {
-  if (value === null) return "null";
-  switch (typeof value) {
-    case "string":
-    case "boolean":
-      return JSON.stringify(value);
-    case "number":
-      if (!Number.isFinite(value)) throw new Error(`audit: ${path} is not a finite number`);
-      return JSON.stringify(value);
-    case "object": {
-      if (Array.isArray(value)) return `[${value.map((v, i) => canonicalJson(v, `${path}[${i}]`)).join(",")}]`;
-      const proto = Object.getPrototypeOf(value) as unknown;
-      if (proto !== Object.prototype && proto !== null) {
-        throw new Error(`audit: ${path} is not plain JSON (binary values and objects never go in the audit log)`);
-      }
-      const keys = Object.keys(value).sort();
-      return `{${keys
-        .map((k) => {
-          if (FORBIDDEN_DETAIL_KEYS.test(k)) throw new Error(`audit: ${path}.${k} looks like a secret; secrets never go in the audit log`);
-          return `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k], `${path}.${k}`)}`;
-        })
-        .join(",")}}`;
-    }
-    default:
-      throw new Error(`audit: ${path} is ${typeof value}, not a JSON value`);
-  }
-}
+export const canonicalJson = (value: unknown, path = "$"): string => canonicalJson_(value, { undefinedMembers: "refuse", refuseKey: FORBIDDEN_DETAIL_KEYS, what: "audit" }, path);
 
 function toEntry(r: AuditRow): AuditEntry {
   return {

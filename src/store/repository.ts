@@ -9,7 +9,7 @@
 import type { Transaction } from "kysely";
 import { engineOf, type Database, type Db, type Engine } from "./db.ts";
 
-export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+export type { JsonValue } from "../util/json.ts";
 
 export class StoreError extends Error {
   constructor(
