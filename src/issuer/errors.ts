@@ -2,15 +2,19 @@
 // the card-state refusal the lifecycle checks raise (card-lifecycle.ts). Their own module so that issuer.ts and
 // card-lifecycle.ts, which use each other's functions, do not import each other for them.
 
+import { DomainError } from "../util/errors.ts";
 import type { CardStatus } from "../store/db.ts";
 import type { JsonValue } from "../store/store.ts";
 
-export class IssuerError extends Error {
+/** The issuing service's refusal: a DomainError (src/util/errors.ts) of kind `code`, its check the kind unless a subclass names one. */
+export class IssuerError extends DomainError {
   constructor(
     readonly code: "not_found" | "conflict" | "invalid" | "refused",
     message: string,
+    check: string = code,
+    details: Readonly<Record<string, unknown>> = {},
   ) {
-    super(message);
+    super(code, check, message, details);
     this.name = "IssuerError";
   }
 }
@@ -23,10 +27,10 @@ export type CardStateCheck = "card_state" | "card_transition_not_allowed";
  */
 export class CardStateError extends IssuerError {
   constructor(
-    readonly check: CardStateCheck,
+    override readonly check: CardStateCheck,
     message: string,
-    readonly details: { cardId: string; state: CardStatus; [k: string]: JsonValue },
+    override readonly details: { cardId: string; state: CardStatus; [k: string]: JsonValue },
   ) {
-    super("conflict", message);
+    super("conflict", message, check, details);
   }
 }

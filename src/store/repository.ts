@@ -7,16 +7,18 @@
 // package-, rotation-job-, event-, webhook- and operator-repository.ts).
 
 import type { Transaction } from "kysely";
+import { DomainError } from "../util/errors.ts";
 import { engineOf, type Database, type Db, type Engine } from "./db.ts";
 
 export type { JsonValue } from "../util/json.ts";
 
-export class StoreError extends Error {
+/** A store's refusal: a DomainError (src/util/errors.ts) whose check is its kind; `code` names the kind too. */
+export class StoreError extends DomainError {
   constructor(
     readonly code: "not_found" | "conflict" | "invalid",
     message: string,
   ) {
-    super(message);
+    super(code, code, message);
     this.name = "StoreError";
   }
 }
