@@ -3,21 +3,11 @@
 
 import { encodeCommand, parseResponse, type ApduCommand, type ResponseApdu } from "./apdu.ts";
 
-import { transmitAll } from "./scp03/host.ts";
+import { ApduError, gatherResponse, transmitAll, type Transmit } from "./transmit.ts";
 
-export type Transmit = (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array;
+export { ApduError, type Transmit } from "./transmit.ts";
 
 export type Command = ApduCommand;
-
-export class ApduError extends Error {
-  constructor(
-    readonly sw: number,
-    what: string,
-  ) {
-    super(`${what} failed: card answered ${sw.toString(16).toUpperCase().padStart(4, "0")}`);
-    this.name = "ApduError";
-  }
-}
 
 export class ApduClient {
   constructor(
@@ -52,16 +42,11 @@ export class ApduClient {
     const le = c.le === undefined ? undefined : this.extended ? c.le : Math.min(c.le, 256);
     let r = parseResponse(await this.transmit(encodeCommand({ ...c, le, extended: this.extended && (le ?? 0) > 0 })));
     if ((r.sw & 0xff00) === 0x6c00) r = parseResponse(await this.transmit(encodeCommand({ ...c, le: r.sw & 0xff || 256 })));
-    const chunks = [r.data];
-    while ((r.sw & 0xff00) === 0x6100) {
-      r = parseResponse(await this.transmit(encodeCommand({ cla: c.cla & 0x03, ins: 0xc0, p1: 0, p2: 0, le: r.sw & 0xff || 256 })));
-      chunks.push(r.data);
-    }
-    return { data: new Uint8Array(Buffer.concat(chunks)), sw: r.sw };
+    return gatherResponse(this.transmit, r, c.cla, () => new ApduError(r.sw, "GET RESPONSE (the card keeps answering 61xx)"));
   }
 }
 
 /** Transmits and gathers 61xx with GET RESPONSE on the command's logical channel, as a terminal does. */
-export function transmitFollowing(transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, apdu: Uint8Array): Promise<Uint8Array> {
-  return transmitAll(transmit, apdu, apdu[0] & 0x03);
+export function transmitFollowing(transmit: Transmit, apdu: Uint8Array): Promise<Uint8Array> {
+  return transmitAll(transmit, apdu);
 }

@@ -12,6 +12,7 @@
 
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { encodeCommand, parseResponse, type ApduCommand } from "../apdu.ts";
+import { transmitAll as transmitAllOn, type Transmit } from "../transmit.ts";
 import { aesCbcDecrypt, aesCbcEncrypt, aesCmac, aesEcbEncrypt, isAesKeyLength, pad80, unpad80 } from "./cmac.ts";
 import { cryptogram, DERIVE, deriveSessionKeys, type SessionKeys } from "./kdf.ts";
 import { concatBytes, counterBlock, INS_EXTERNAL_AUTHENTICATE, INS_INITIALIZE_UPDATE, isProtectedSw, lcBytes, macClass, SEC, VALID_LEVELS, wipe } from "./sm.ts";
@@ -369,21 +370,10 @@ export class Scp03HostSession {
   }
 }
 
-export type Transmit = (apdu: Uint8Array) => Uint8Array | Promise<Uint8Array>;
+export type { Transmit } from "../transmit.ts";
 
-/** Sends one APDU and gathers a 61xx response with GET RESPONSE on the same logical channel. */
-export async function transmitAll(transmit: Transmit, apdu: Uint8Array, channel = 0): Promise<Uint8Array> {
-  let r = parseResponse(await transmit(apdu));
-  const chunks: Uint8Array[] = [Uint8Array.from(r.data)];
-  let guard = 0;
-  while (r.sw >> 8 === 0x61) {
-    if (++guard > 1024) throw new Scp03Error("card keeps answering 61xx");
-    const le = r.sw & 0xff || 256;
-    r = parseResponse(await transmit(encodeCommand({ cla: channel, ins: 0xc0, p1: 0, p2: 0, le })));
-    chunks.push(Uint8Array.from(r.data));
-  }
-  return concatBytes(...chunks, Uint8Array.of(r.sw >> 8, r.sw & 0xff));
-}
+/** Sends one APDU and gathers a 61xx response with GET RESPONSE on the same logical channel (../transmit.ts). */
+export const transmitAll = (transmit: Transmit, apdu: Uint8Array, channel = 0): Promise<Uint8Array> => transmitAllOn(transmit, apdu, channel, () => new Scp03Error("card keeps answering 61xx"));
 
 /** Computes session keys and cryptograms from the two challenges where the static keys are (key custody). */
 export type SessionSource = (
