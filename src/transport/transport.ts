@@ -2,8 +2,6 @@
 // service, demo, CLI) talks through a CardTransport so the same code drives an in-process card or a card
 // reached through real PC/SC middleware.
 
-import type { CardRuntime } from "../card/runtime.ts";
-
 export interface CardTransport {
   /** Sends one command APDU and resolves with the response APDU (data || SW1 SW2). */
   transmit(apdu: Uint8Array): Promise<Uint8Array>;
@@ -11,8 +9,15 @@ export interface CardTransport {
   close(): Promise<void>;
 }
 
-/** What a transport needs of a card: CardRuntime satisfies it. */
-export type IccLike = Pick<CardRuntime, "transmit" | "atr" | "reset">;
+/** What a transport needs of a card (an ICC): the virtual card's CardRuntime satisfies it. */
+export interface IccLike {
+  /** Answer-to-reset bytes. */
+  readonly atr: Uint8Array;
+  /** Warm reset: answers the ATR. */
+  reset(): Uint8Array;
+  /** One command APDU in, one response APDU out. */
+  transmit(raw: Uint8Array): Uint8Array;
+}
 
 export class TransportClosedError extends Error {
   constructor(what = "transport") {
