@@ -46,6 +46,7 @@ import { PIV_AID, PivClient, putDataCommand, SLOT } from "../src/protocol/piv/cl
 import { tempDir } from "./helpers.ts";
 import { testEngines } from "./support/store-testing.ts";
 import { api, authenticate, expect, issuerApiEnv, issueAndPersonalise, liveRelay, registeredData, relay } from "./api-env.ts";
+import { recoveryStoreOf } from "../src/store/recovery-store.ts";
 
 /** Every byte form of a private key worth looking for: PKCS#8 DER, and each private JWK component. */
 function secretForms(k: KeyObject): Buffer[] {
@@ -414,7 +415,7 @@ test("seed 001: escrow at key generation, approvals, reproduction into a new car
       };
 
     // S1-S3: arbitrators, the FIG. 9 policy, the key generation device issuing the key management key with escrow
-    const svc = await RecoveryService.open({ db, custody });
+    const svc = await RecoveryService.open({ store: recoveryStoreOf(db), custody });
     const { keys: ARB } = makeArbitrators(FIG9_ARBITRATORS);
     for (const id of FIG9_ARBITRATORS) {
       const k = ARB.get(id)!;

@@ -33,6 +33,7 @@ import { softhsmCustody, softwareCustody } from "./custody-env.ts";
 import { tempDir } from "./helpers.ts";
 import { importTestKmc, TEST_KMC } from "./kmc.ts";
 import { cardSignsFor, loseKey } from "./recovery-fixture.ts";
+import { recoveryStoreOf } from "../src/store/recovery-store.ts";
 
 const dir = tempDir("cardkms-recovery-");
 const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
@@ -140,7 +141,7 @@ for (const engine of testEngines()) {
       const { db } = tdb;
       try {
         const site = await center();
-        const svc = await RecoveryService.open({ db, custody });
+        const svc = await RecoveryService.open({ store: recoveryStoreOf(db), custody });
         const device = await KeyGenerationDevice.create({ custody, ca: site.center, registry: new MemoryIssuedKeyRegistry(), trustAnchors: [site.root], escrow: svc.escrowHook("keygen-device") });
         for (const id of FIG9_ARBITRATORS) {
           const a = arbRegistry.require(id);
@@ -449,7 +450,7 @@ test("RSA-2048 on SoftHSM2: escrow, reproduction with the OAEP round trip inside
   const custody = await CUSTODIES[1][1]();
   try {
     const site = await center();
-    const svc = await RecoveryService.open({ db: tdb.db, custody });
+    const svc = await RecoveryService.open({ store: recoveryStoreOf(tdb.db), custody });
     const device = await KeyGenerationDevice.create({ custody, ca: site.center, registry: new MemoryIssuedKeyRegistry(), trustAnchors: [site.root], escrow: svc.escrowHook("keygen-device") });
     for (const id of ["user", "mgr-a", "mgr-b"]) {
       const a = arbRegistry.require(id);

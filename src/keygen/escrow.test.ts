@@ -31,6 +31,7 @@ import { KeyGenerationDevice, type InsertedCard } from "./device.ts";
 import { importTestKmc, TEST_KMC } from "../../test/kmc.ts";
 import { KeyGenerationRefusal } from "./errors.ts";
 import { MemoryIssuedKeyRegistry } from "./registry.ts";
+import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 const HANAKO: SubjectName = { country: "JP", organization: "Example Bank", commonName: "Hanako Yamada", serialNumber: "P-1234567" };
 const dir = mkdtempSync(join(tmpdir(), "cardkms-keygen-escrow-"));
@@ -94,7 +95,7 @@ for (const engine of testEngines()) {
       const custody = await SoftwareCustody.open({ path: join(dir, `ks-${engine.name}.json`), key: randomBytes(32).toString("hex") });
       try {
         const { center, root } = await site();
-        const svc = await RecoveryService.open({ db: tdb.db, custody });
+        const svc = await RecoveryService.open({ store: recoveryStoreOf(tdb.db), custody });
         const { registry } = makeArbitrators(["user", "mgr"]);
         for (const id of ["user", "mgr"]) await svc.registerArbitrator({ id, signingPublicKey: registry.require(id).signingKey, encryptionPublicKey: registry.require(id).encryptionKey }, "op");
         const policy = { version: 1, author: "mgr", indispensable: ["user"], groups: [{ name: "m", members: ["mgr"], threshold: 1 }], order: [] };

@@ -3,8 +3,8 @@
 // routes and CLI show, key history included. Ids are never reused: a deregistered arbitrator's record stays
 // (deregistration.ts); its keys rotate by a document it signs (key-rotation.ts). Public keys only.
 
-import { appendAudit } from "../store/audit.ts";
-import type { ArbitratorKeyRecord, ArbitratorRecord, SqlRecoveryRepository } from "../store/recovery-repository.ts";
+import type { RecoveryRepository } from "./ports.ts";
+import type { ArbitratorKeyRecord, ArbitratorRecord } from "./records.ts";
 import { RecoveryError } from "./errors.ts";
 import { decodeCursor, encodeCursor, MAX_PAGE_SIZE, pageLimit, type Page, type PageOptions } from "./paging.ts";
 import { ArbitratorRegistry, type PublicKeyInput } from "./registry.ts";
@@ -79,7 +79,7 @@ function arbitratorView(a: ArbitratorRecord, keys: readonly ArbitratorKeyRecord[
   return v;
 }
 
-export async function arbitratorViews(records: readonly ArbitratorRecord[], repo: SqlRecoveryRepository): Promise<ArbitratorView[]> {
+export async function arbitratorViews(records: readonly ArbitratorRecord[], repo: RecoveryRepository): Promise<ArbitratorView[]> {
   const keys = await repo.arbitratorKeys(records.map((a) => a.id));
   return records.map((a) => arbitratorView(a, keys));
 }
@@ -109,10 +109,10 @@ export async function registerArbitrator(ctx: ServiceContext, input: ArbitratorI
     registeredAt: ctx.at(),
   };
   if (input.displayName !== undefined) rec.displayName = input.displayName;
-  await ctx.repo.transaction(async (repo, trx) => {
+  await ctx.store.transaction(async ({ repo, audit }) => {
     // ids are never reused: a deregistered arbitrator's record stays
     if (!(await repo.insertArbitrator(rec))) throw new RecoveryServiceError("arbitrator_exists", `arbitrator ${rec.id} is already registered`, { arbitrator: rec.id });
-    await appendAudit(trx, {
+    await audit({
       actor,
       action: "recovery.arbitrator.register",
       subject: rec.id,

@@ -2,7 +2,6 @@
 // before its key is escrowed. A deregistered arbitrator is refused as a new member; once the card's key is escrowed
 // its policy is fixed (the shares were split under it).
 
-import { appendAudit } from "../store/audit.ts";
 import { canonicalJson } from "./encoding.ts";
 import { PolicyValidationError } from "./errors.ts";
 import { keyedRegistry } from "./keyed-registry.ts";
@@ -48,12 +47,12 @@ export async function setPolicy(ctx: ServiceContext, cardId: string, doc: unknow
   }
   const digest = policyDigest(policy);
   const at = ctx.at();
-  await ctx.repo.transaction(async (repo, trx) => {
+  await ctx.store.transaction(async ({ repo, audit }) => {
     const escrow = await repo.escrowByCard(cardId);
     if (escrow)
       throw new RecoveryServiceError("escrow_exists", `card ${cardId}'s key is escrowed under policy ${escrow.policyDigest}; its policy can no longer change`, { cardId, escrowId: escrow.escrowId });
     await repo.putPolicy({ cardId, policy: canonicalJson(policy), policyDigest: digest, setBy: actor, setAt: at });
-    await appendAudit(trx, {
+    await audit({
       actor,
       action: "recovery.policy.set",
       subject: cardId,

@@ -4,7 +4,6 @@
 // then the list of approvers the policy's author signs (condition 15), which closes the chain. Each is recorded in
 // one transaction, under a lock on the request, with its audit entry; each refusal is audited.
 
-import { appendAudit } from "../store/audit.ts";
 import { ApprovalChain, approvalHash, verifyApproverList, verifyChain, type Approval, type ApproverList } from "./approvals.ts";
 import { RecoveryError } from "./errors.ts";
 import { chainRegistry } from "./keyed-registry.ts";
@@ -48,7 +47,7 @@ async function decide(
     if (expected === "refuse" && (typeof approval.reason !== "string" || approval.reason.trim() === "")) throw new RecoveryServiceError("invalid_argument", "a refusal states its reason");
     if (!Array.isArray(releases)) throw new RecoveryServiceError("release_invalid", "releases must be an array");
     const at = ctx.at();
-    return await ctx.repo.transaction(async (repo, trx) => {
+    return await ctx.store.transaction(async ({ repo, audit }) => {
       if (!(await repo.lockRequest(requestId, at))) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
       const { rec, approvals } = await loadRequest(repo, requestId);
       if (rec.status === "reproduced" || rec.status === "reproducing" || rec.status === "withdrawn")
@@ -84,7 +83,7 @@ async function decide(
         throw new RecoveryError("broken_chain", `approval ${seq}: another decision took this place in the chain`, { requestId });
       if (!(await repo.insertReleases(released.map((r) => ({ requestId, shareId: r.header.shareId, arbitratorId: approval.arbitrator, release: JSON.stringify(r), recordedAt: at })))))
         throw new RecoveryError("share_duplicate", `a share of ${approval.arbitrator} was released for this request already`, { requestId });
-      await appendAudit(trx, {
+      await audit({
         actor,
         action: "recovery.decision.record",
         subject: requestId,
@@ -103,7 +102,7 @@ async function decide(
       let next = rec;
       if (evaluation.status === "failed" && (rec.status === "open" || rec.status === "satisfied")) {
         await repo.moveRequest(requestId, ["open", "satisfied"], "ended", at, { statusDetail: evaluation.message });
-        await appendAudit(trx, {
+        await audit({
           actor: "recovery-service",
           action: "recovery.request.end",
           subject: requestId,
@@ -113,7 +112,7 @@ async function decide(
         next = { ...rec, status: "ended", statusDetail: evaluation.message };
       } else if (evaluation.status === "satisfied" && rec.status === "open") {
         await repo.moveRequest(requestId, ["open"], "satisfied", at);
-        await appendAudit(trx, { actor: "recovery-service", action: "recovery.request.satisfied", subject: requestId, details: { cardId: rec.cardId, approvers: evaluation.approvers }, at });
+        await audit({ actor: "recovery-service", action: "recovery.request.satisfied", subject: requestId, details: { cardId: rec.cardId, approvers: evaluation.approvers }, at });
         next = { ...rec, status: "satisfied" };
       }
       const all = [...approvals, approval];
@@ -135,7 +134,7 @@ export async function submitApproverList(ctx: ServiceContext, requestId: string,
   try {
     checkActor(actor);
     const at = ctx.at();
-    return await ctx.repo.transaction(async (repo, trx) => {
+    return await ctx.store.transaction(async ({ repo, audit }) => {
       if (!(await repo.lockRequest(requestId, at))) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
       const { rec, approvals, released } = await loadRequest(repo, requestId);
       requireSatisfied(rec);
@@ -152,7 +151,7 @@ export async function submitApproverList(ctx: ServiceContext, requestId: string,
       const approverListKeyVersion = registry.currentVersion(list.author);
       if (!(await repo.moveRequest(requestId, ["satisfied"], "satisfied", at, { approverList: text, approverListKeyVersion })))
         throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
-      await appendAudit(trx, {
+      await audit({
         actor,
         action: "recovery.approvers.list",
         subject: requestId,

@@ -10,7 +10,6 @@
 // unreachableWithout is the judgement all of this rests on — whether a policy can still be met without the
 // arbitrators that are out — and filing a request (requests.ts) asks it too.
 
-import { appendAudit } from "../store/audit.ts";
 import { arbitratorViews, type ArbitratorView } from "./arbitrators.ts";
 import { keyedRegistry } from "./keyed-registry.ts";
 import { decodeCursor, encodeCursor, MAX_PAGE_SIZE, pageLimit, type Page, type PageOptions } from "./paging.ts";
@@ -114,7 +113,7 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
     checkId(id, "arbitrator id");
     if (typeof reason !== "string" || !reason.trim() || reason.length > MAX_REASON) throw new RecoveryServiceError("invalid_argument", "a deregistration states its reason");
     const at = ctx.at();
-    return await ctx.repo.transaction(async (repo, trx) => {
+    return await ctx.store.transaction(async ({ repo, audit }) => {
       const rec = await repo.arbitrator(id);
       if (!rec) throw new RecoveryServiceError("not_found", `no arbitrator ${id}`, { arbitrator: id });
       if (rec.disabledAt !== undefined) throw new RecoveryServiceError("arbitrator_disabled", `arbitrator ${id} is deregistered already`, { arbitrator: id });
@@ -150,7 +149,7 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
           if (why === undefined) continue;
           const message = `arbitrator ${id} was deregistered: ${why}`;
           if (!(await repo.moveRequest(r.requestId, ["open", "satisfied"], "ended", at, { statusDetail: message }))) continue;
-          await appendAudit(trx, {
+          await audit({
             actor,
             action: "recovery.request.end",
             subject: r.requestId,
@@ -162,7 +161,7 @@ export async function deregisterArbitrator(ctx: ServiceContext, id: string, opts
         if (batch.length < 500) break;
         after = { filedAt: batch[batch.length - 1].filedAt, requestId: batch[batch.length - 1].requestId };
       }
-      await appendAudit(trx, {
+      await audit({
         actor,
         action: "recovery.arbitrator.deregister",
         subject: id,

@@ -10,43 +10,41 @@
 //     is no card record of the issuer (an escrow made outside its records) has nothing to mark.
 //   - The target card must stay active while the reproduction talks to it: read before every APDU sent to it, so a
 //     target suspended, retired or reported destroyed mid-reproduction gets nothing more (target_unfit).
+//
+// Both go through the recovery storage port (ports.ts): the issuer's card records are read and changed by the store,
+// the transition itself by the issuer's card lifecycle there.
 
-import type { Transaction } from "kysely";
-import { changeCardState } from "../issuer/card-lifecycle.ts";
-import type { CardStatus, Database, Db } from "../store/db.ts";
-import { Store } from "../store/store.ts";
+import type { RecoveryStore, RecoveryTx } from "./ports.ts";
+import type { CardRecordStatus } from "./records.ts";
 import { TargetRefusal } from "./target.ts";
 
 /**
- * Marks `cardRecordId` destroyed inside `trx` (the transaction recording the reproduction), audited as the reproducing
+ * Marks `cardRecordId` destroyed inside `tx` (the transaction recording the reproduction), audited as the reproducing
  * actor's act naming the request and the replacement card. Returns the state it left, or undefined when there was
  * nothing to mark (no such card record, or destroyed already).
  */
 export async function markDestroyedCard(
-  trx: Transaction<Database>,
+  tx: RecoveryTx,
   o: { cardRecordId: string | undefined; requestId: string; replacementCardId: string; actor: string; at: number },
-): Promise<{ cardId: string; from: CardStatus } | undefined> {
+): Promise<{ cardId: string; from: CardRecordStatus } | undefined> {
   if (o.cardRecordId === undefined || o.cardRecordId === o.replacementCardId) return undefined;
-  const store = new Store(trx, { now: () => o.at });
-  const card = await store.getCard(o.cardRecordId, { hold: true });
-  if (!card || card.status === "destroyed") return undefined;
-  const { from } = await changeCardState(store, {
-    cardId: card.id,
-    transition: "report-destroyed",
+  const status = await tx.holdCardStatus(o.cardRecordId);
+  if (status === undefined || status === "destroyed") return undefined;
+  const { from } = await tx.reportCardDestroyed(o.cardRecordId, {
     actor: o.actor,
-    by: "operator",
     reason: `card-destroyed reproduction ${o.requestId}: its key was reproduced into card ${o.replacementCardId}`,
     details: { requestId: o.requestId, replacementCardId: o.replacementCardId },
+    at: o.at,
   });
-  return { cardId: card.id, from };
+  return { cardId: o.cardRecordId, from };
 }
 
 /** Refuses (TargetRefusal target_unfit) unless the reproduction's target card record is still active. */
-export async function requireTargetActive(db: Db, cardId: string): Promise<void> {
-  const card = await new Store(db).getCard(cardId);
-  if (card?.status === "active") return;
-  throw new TargetRefusal("target_unfit", `card ${cardId} is ${card?.status ?? "no longer a card record"}, not active: the reproduction sends it nothing more`, {
+export async function requireTargetActive(store: RecoveryStore, cardId: string): Promise<void> {
+  const status = await store.cardStatus(cardId);
+  if (status === "active") return;
+  throw new TargetRefusal("target_unfit", `card ${cardId} is ${status ?? "no longer a card record"}, not active: the reproduction sends it nothing more`, {
     target: cardId,
-    status: card?.status ?? null,
+    status: status ?? null,
   });
 }

@@ -9,9 +9,7 @@
 import type { KeyPairAlg } from "../custody/custody.ts";
 import type { PivSlot } from "../keygen/device.ts";
 import type { EscrowInput, KeyEscrowHook } from "../keygen/escrow.ts";
-import { appendAudit } from "../store/audit.ts";
-import { newId } from "../store/ids.ts";
-import type { EscrowRow } from "../store/recovery-repository.ts";
+import type { EscrowRow } from "./records.ts";
 import { bytesEqual, labelledDigest } from "./encoding.ts";
 import { keyedRegistry } from "./keyed-registry.ts";
 import { policyParties, type ReproductionPolicy } from "./policy.ts";
@@ -83,7 +81,7 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
       cardId,
       arbitrators: [...new Set(gone)],
     });
-  const escrowId = newId();
+  const escrowId = ctx.store.newId();
   let e: Uint8Array | undefined;
   let split: Awaited<ReturnType<typeof splitSecret>>;
   try {
@@ -111,7 +109,7 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
     createdBy: actor,
     createdAt: at,
   };
-  await ctx.repo.transaction(async (repo, trx) => {
+  await ctx.store.transaction(async ({ repo, audit }) => {
     const r = await repo.insertEscrow(
       row,
       split.envelopes.map((v) => ({ escrowId, shareId: v.header.shareId, arbitratorId: v.header.arbitrator, envelope: JSON.stringify(v) })),
@@ -119,7 +117,7 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
     );
     if (r === "card-has-escrow") throw new RecoveryServiceError("escrow_exists", `card ${cardId} already has an escrow`, { cardId });
     if (r === "device-in-use") throw new RecoveryServiceError("device_in_use", `the inserted card is already the registered device of another card record`, { cardId });
-    await appendAudit(trx, {
+    await audit({
       actor,
       action: "recovery.escrow.create",
       subject: cardId,
@@ -136,7 +134,7 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
       },
       at,
     });
-    await appendAudit(trx, { actor, action: "recovery.device.register", subject: cardId, details: { escrowId, generation: 1, keySet: keySetSummary(input.keySet) }, at });
+    await audit({ actor, action: "recovery.device.register", subject: cardId, details: { escrowId, generation: 1, keySet: keySetSummary(input.keySet) }, at });
   });
   return { escrowId };
 }
@@ -144,12 +142,12 @@ export async function escrow(ctx: ServiceContext, input: EscrowInput, actor: str
 /** The issue did not complete (the card write failed): the escrow, its envelopes and the device record go. */
 export async function abandonEscrow(ctx: ServiceContext, escrowId: string, reason: string, actor: string): Promise<void> {
   checkActor(actor);
-  await ctx.repo.transaction(async (repo, trx) => {
+  await ctx.store.transaction(async ({ repo, audit }) => {
     const e = await repo.escrow(escrowId);
     if (!e) throw new RecoveryServiceError("not_found", `no escrow ${escrowId}`, { escrowId });
     if ((await repo.requests({ cardId: e.cardId, limit: 1 })).length) throw new RecoveryServiceError("request_unfinished", `escrow ${escrowId} has reproduction requests: it is in use`, { escrowId });
     await repo.deleteEscrow(escrowId);
-    await appendAudit(trx, { actor, action: "recovery.escrow.abandon", subject: e.cardId, details: { escrowId, reason: String(reason).slice(0, MAX_REASON) }, at: ctx.at() });
+    await audit({ actor, action: "recovery.escrow.abandon", subject: e.cardId, details: { escrowId, reason: String(reason).slice(0, MAX_REASON) }, at: ctx.at() });
   });
 }
 

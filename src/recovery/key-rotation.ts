@@ -11,7 +11,6 @@
 // them (rotateArbitratorKeys). Private keys stay with the arbitrator.
 
 import { verify, type KeyObject } from "node:crypto";
-import { appendAudit } from "../store/audit.ts";
 import { arbitrator, type ArbitratorView } from "./arbitrators.ts";
 import { bytesEqual, fromB64 } from "./encoding.ts";
 import { RecoveryError } from "./errors.ts";
@@ -100,10 +99,10 @@ export async function rotateArbitratorKeys(ctx: ServiceContext, id: string, rota
       throw new RecoveryServiceError("key_reused", `${id} used this encryption key before: a retired key is never current again`, { arbitrator: id });
     const at = ctx.at();
     const stored: KeyRotation = { ...doc };
-    await ctx.repo.transaction(async (repo, trx) => {
+    await ctx.store.transaction(async ({ repo, audit }) => {
       if (!(await repo.rotateArbitratorKeys(id, from, { signingPublicKey: signing, encryptionPublicKey: encryption, at, rotation: JSON.stringify(stored), by: actor })))
         throw new RecoveryServiceError("rotation_stale", `arbitrator ${id}'s keys changed meanwhile`, { arbitrator: id });
-      await appendAudit(trx, {
+      await audit({
         actor,
         action: "recovery.arbitrator.rotate",
         subject: id,

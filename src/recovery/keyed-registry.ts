@@ -2,7 +2,8 @@
 // Arbitrators' keys rotate (key-rotation.ts) and every version is kept: an approval or approver list is re-verified
 // with the key version that verified it when it was recorded, so chains recorded before a rotation still verify.
 
-import type { ApprovalRecord, ArbitratorKeyRecord, ArbitratorRecord, RequestRecord, SqlRecoveryRepository } from "../store/recovery-repository.ts";
+import type { RecoveryRepository } from "./ports.ts";
+import type { ApprovalRecord, ArbitratorKeyRecord, ArbitratorRecord, RequestRecord } from "./records.ts";
 import { ArbitratorRegistry, type Arbitrator } from "./registry.ts";
 import type { ServiceRequest } from "./target.ts";
 
@@ -100,12 +101,12 @@ export class KeyedRegistry extends ArbitratorRegistry {
  * Every arbitrator with its current keys (deregistered ones included) and the key history of `historyOf` (every
  * arbitrator's without it). Pin versions (KeyedRegistry) before verifying recorded signatures.
  */
-export async function keyedRegistry(repo: SqlRecoveryRepository, historyOf?: readonly string[]): Promise<KeyedRegistry> {
+export async function keyedRegistry(repo: RecoveryRepository, historyOf?: readonly string[]): Promise<KeyedRegistry> {
   return new KeyedRegistry(await repo.arbitrators(), await repo.arbitratorKeys(historyOf && [...new Set(historyOf)]));
 }
 
 /** The registry for re-verifying a request's recorded chain (and approver list): every signer pinned. */
-export async function chainRegistry(repo: SqlRecoveryRepository, rec: RequestRecord, rows: readonly ApprovalRecord[]): Promise<KeyedRegistry> {
+export async function chainRegistry(repo: RecoveryRepository, rec: RequestRecord, rows: readonly ApprovalRecord[]): Promise<KeyedRegistry> {
   const author = (JSON.parse(rec.request) as ServiceRequest).policy.author;
   const reg = (await keyedRegistry(repo, [...rows.map((r) => r.arbitratorId), author])).pinDecisions(rows);
   if (rec.approverList !== null && reg.record(author)) reg.pinList(author, rec.approverListKeyVersion ?? 1);

@@ -20,9 +20,9 @@ import { randomUUID } from "node:crypto";
 import { CustodyError, type KeyPairAlg, type KeySetRef } from "../custody/custody.ts";
 import { readCardSecretId, writeKeyIntoCard } from "../keygen/card-io.ts";
 import type { InsertedCard, PivSlot } from "../keygen/device.ts";
-import { appendAudit } from "../store/audit.ts";
-import type { RequestKind, RequestRecord, SqlRecoveryRepository } from "../store/recovery-repository.ts";
-import type { JsonValue } from "../store/store.ts";
+import type { RecoveryRepository } from "./ports.ts";
+import type { RequestKind, RequestRecord } from "./records.ts";
+import type { JsonValue } from "../util/json.ts";
 import type { ApproverList } from "./approvals.ts";
 import { keyCheckInCustody } from "./custody-key-check.ts";
 import { markDestroyedCard, requireTargetActive } from "./destroyed-card.ts";
@@ -106,7 +106,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
     let keySet!: KeySetRef;
     // Claim the request: of concurrent reproductions one proceeds; a request whose holder's lease passed is taken
     // over. The target is judged first, inside the same transaction: a refused target changes nothing.
-    await ctx.repo.transaction(async (repo, trx) => {
+    await ctx.store.transaction(async ({ repo, audit }) => {
       const rec = await repo.request(requestId);
       if (!rec) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
       const takeover = rec.status === "reproducing";
@@ -117,7 +117,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
       if (takeover) {
         if (!(await repo.claimReproduction(requestId, mine, rec.reproductionClaim ?? null)))
           throw new RecoveryServiceError("request_closed", `request ${requestId} was taken over meanwhile`, { requestId, status: "reproducing" });
-        await appendAudit(trx, { actor, action: "recovery.reproduce.takeover", subject: requestId, details: { cardId: rec.cardId, ...previousClaim(rec), leaseUntil: mine.leaseUntil }, at });
+        await audit({ actor, action: "recovery.reproduce.takeover", subject: requestId, details: { cardId: rec.cardId, ...previousClaim(rec), leaseUntil: mine.leaseUntil }, at });
         return;
       }
       if (!(await repo.claimReproduction(requestId, mine))) throw new RecoveryServiceError("request_closed", `request ${requestId} is being reproduced`, { requestId, status: "reproducing" });
@@ -133,7 +133,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
       keySet,
       transmit: async (apdu) => {
         await hold();
-        await targetChecked(() => requireTargetActive(ctx.db, target.cardId));
+        await targetChecked(() => requireTargetActive(ctx.store, target.cardId));
         return presented.transmit(apdu);
       },
     };
@@ -241,11 +241,12 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
     // Records: the device replaced (FIG. 11-12), the request closed, who approved in order.
     const done = ctx.at();
     const generation = rec.kind === "card-destroyed" ? device.generation + 1 : device.generation;
-    await ctx.repo.transaction(async (repo, trx) => {
+    await ctx.store.transaction(async (tx) => {
+      const { repo, audit } = tx;
       if (rec.kind === "card-destroyed") {
         if (!(await repo.replaceDevice(rec.cardId, device.secretIdDigest, { secretIdDigest: digest, keySet: JSON.stringify(keySet), registeredAt: done, cardRecordId: target.cardId })))
           throw new RecoveryServiceError("device_mismatch", `card ${rec.cardId}'s registered device changed during the reproduction`, { requestId });
-        await appendAudit(trx, {
+        await audit({
           actor,
           action: "recovery.device.replace",
           subject: rec.cardId,
@@ -253,7 +254,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
           at: done,
         });
         // the destroyed card stops acting in this same transaction (issue 15 §5): destroyed-card.ts
-        await markDestroyedCard(trx, { cardRecordId: registeredCardRecord(escrowRow, device), requestId, replacementCardId: target.cardId, actor, at: done });
+        await markDestroyedCard(tx, { cardRecordId: registeredCardRecord(escrowRow, device), requestId, replacementCardId: target.cardId, actor, at: done });
       }
       if (!(await repo.endReproduction(requestId, mine.claim, "reproduced", done, { reproducedBy: actor, reproducedAt: done })))
         throw new RecoveryServiceError(
@@ -263,7 +264,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
             requestId,
           },
         );
-      await appendAudit(trx, {
+      await audit({
         actor,
         action: "recovery.reproduce",
         subject: requestId,
@@ -314,7 +315,7 @@ export async function reproduce(ctx: ServiceContext, requestId: string, presente
  * The card record a request's key goes into and the key set that reaches its card (target.ts), checked against
  * what the caller presents; read-only, refusals named.
  */
-async function targetOf(repo: SqlRecoveryRepository, rec: RequestRecord, presented: TargetCard, at: number): Promise<{ target: ReproductionTarget; keySet: KeySetRef }> {
+async function targetOf(repo: RecoveryRepository, rec: RequestRecord, presented: TargetCard, at: number): Promise<{ target: ReproductionTarget; keySet: KeySetRef }> {
   const escrow = await repo.escrow(rec.escrowId);
   if (!escrow) throw new RecoveryServiceError("not_found", `escrow ${rec.escrowId} of request ${rec.requestId} is gone`, { requestId: rec.requestId });
   const device = await repo.device(rec.cardId);
@@ -353,14 +354,14 @@ export async function resetReproduction(ctx: ServiceContext, requestId: string, 
     checkActor(actor);
     if (typeof reason !== "string" || !reason.trim() || reason.length > MAX_REASON) throw new RecoveryServiceError("invalid_argument", "a reset states its reason");
     const at = ctx.at();
-    return await ctx.repo.transaction(async (repo, trx) => {
+    return await ctx.store.transaction(async ({ repo, audit }) => {
       const { rec, approvals, released } = await loadRequest(repo, requestId);
       if (rec.status !== "reproducing") throw new RecoveryServiceError("request_closed", `request ${requestId} is ${rec.status}, not being reproduced`, { requestId, status: rec.status });
       requireLeaseOver(rec, at);
       const statusDetail = `reproduction reset: ${reason}`;
       if (!(await repo.endReproduction(requestId, rec.reproductionClaim ?? null, "satisfied", at, { statusDetail })))
         throw new RecoveryServiceError("request_closed", `request ${requestId} changed meanwhile`, { requestId });
-      await appendAudit(trx, { actor, action: "recovery.reproduce.reset", subject: requestId, details: { cardId: rec.cardId, reason, ...previousClaim(rec) }, at });
+      await audit({ actor, action: "recovery.reproduce.reset", subject: requestId, details: { cardId: rec.cardId, reason, ...previousClaim(rec) }, at });
       const next: RequestRecord = { ...rec, status: "satisfied", statusDetail, updatedAt: at };
       delete next.reproductionClaim;
       delete next.reproductionClaimedBy;

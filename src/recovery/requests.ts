@@ -3,9 +3,8 @@
 // and the policy's judgement of it), the lists of requests, what each arbitrator has to do (pendingFor), and
 // withdrawal. The decisions on a request are decisions.ts; its reproduction, reproduction.ts.
 
-import { appendAudit } from "../store/audit.ts";
-import { newId } from "../store/ids.ts";
-import { UNFINISHED_STATUSES, type RequestKind, type RequestRecord, type RequestStatus, type SqlRecoveryRepository } from "../store/recovery-repository.ts";
+import type { RecoveryRepository } from "./ports.ts";
+import { UNFINISHED_STATUSES, type RequestKind, type RequestRecord, type RequestStatus } from "./records.ts";
 import { chainHead, requestDigest, validateRequest, type Approval, type ApproverList } from "./approvals.ts";
 import { rolesIn, unreachableWithout } from "./deregistration.ts";
 import { RecoveryError } from "./errors.ts";
@@ -122,7 +121,7 @@ async function file(ctx: ServiceContext, input: { cardId: string; kind: RequestK
   });
   const request: ServiceRequest = {
     format: "cardkms.recovery.request/1",
-    requestId: newId(now.getTime()),
+    requestId: ctx.store.newId(now.getTime()),
     escrowId: escrow.escrowId,
     cardId: input.cardId,
     policy: JSON.parse(escrow.policy) as ReproductionPolicy,
@@ -156,7 +155,7 @@ async function file(ctx: ServiceContext, input: { cardId: string; kind: RequestK
     reproducedBy: null,
     reproducedAt: null,
   };
-  await ctx.repo.transaction(async (repo, trx) => {
+  await ctx.store.transaction(async ({ repo, audit }) => {
     if (!(await repo.insertRequest(rec))) {
       const open = (await repo.requests({ cardId: rec.cardId, statuses: UNFINISHED_STATUSES, limit: 1 }))[0];
       throw new RecoveryServiceError("request_unfinished", `card ${rec.cardId} already has an unfinished request${open ? ` (${open.requestId}, ${open.status})` : ""}`, {
@@ -164,7 +163,7 @@ async function file(ctx: ServiceContext, input: { cardId: string; kind: RequestK
         requestId: open?.requestId,
       });
     }
-    await appendAudit(trx, {
+    await audit({
       actor,
       action: "recovery.request.file",
       subject: rec.requestId,
@@ -208,7 +207,7 @@ export function requestView(rec: RequestRecord, approvals: Approval[], released:
 }
 
 /** A request, its decisions and the ids of its released shares; not_found when there is no such request. */
-export async function loadRequest(repo: SqlRecoveryRepository, requestId: string): Promise<{ rec: RequestRecord; approvals: Approval[]; released: string[] }> {
+export async function loadRequest(repo: RecoveryRepository, requestId: string): Promise<{ rec: RequestRecord; approvals: Approval[]; released: string[] }> {
   if (typeof requestId !== "string") throw new RecoveryServiceError("invalid_argument", "request id must be a string");
   const rec = await repo.request(requestId);
   if (!rec) throw new RecoveryServiceError("not_found", `no request ${requestId}`, { requestId });
@@ -314,11 +313,11 @@ export async function withdraw(ctx: ServiceContext, requestId: string, reason: s
   checkActor(actor);
   if (typeof reason !== "string" || !reason.trim() || reason.length > MAX_REASON) throw new RecoveryServiceError("invalid_argument", "a withdrawal states its reason");
   const at = ctx.at();
-  return ctx.repo.transaction(async (repo, trx) => {
+  return ctx.store.transaction(async ({ repo, audit }) => {
     const { rec, approvals, released } = await loadRequest(repo, requestId);
     if (!(await repo.moveRequest(requestId, ["open", "satisfied"], "withdrawn", at, { statusDetail: reason })))
       throw new RecoveryServiceError("request_closed", `request ${requestId} is ${rec.status}`, { requestId, status: rec.status });
-    await appendAudit(trx, { actor, action: "recovery.request.withdraw", subject: requestId, details: { cardId: rec.cardId, reason }, at });
+    await audit({ actor, action: "recovery.request.withdraw", subject: requestId, details: { cardId: rec.cardId, reason }, at });
     return requestView({ ...rec, status: "withdrawn", statusDetail: reason, updatedAt: at }, approvals, released);
   });
 }

@@ -1,22 +1,22 @@
 // What every part of the recovery service shares: the ServiceContext RecoveryService.open (service.ts) builds once —
-// the system DB and its recovery repository, custody, the clock, custody's labels of the escrow key-encryption key
-// and of the reproduction device's key pair, the reproduction lease — and the helpers every module uses: the
-// boundary checks of ids and actors, public-key helpers, and the audit of refusals. Nothing here holds a secret.
+// its storage port (ports.ts) and the recovery records in it, custody, the clock, custody's labels of the escrow
+// key-encryption key and of the reproduction device's key pair, the reproduction lease — and the helpers every module
+// uses: the boundary checks of ids and actors, public-key helpers, and the audit of refusals (through the port, in a
+// transaction of its own). Nothing here holds a secret; no SQL.
 
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
-import { appendAudit } from "../store/audit.ts";
-import type { Db } from "../store/db.ts";
-import type { SqlRecoveryRepository } from "../store/recovery-repository.ts";
-import type { JsonValue } from "../store/store.ts";
+import type { JsonValue } from "../util/json.ts";
+import type { RecoveryRepository, RecoveryStore } from "./ports.ts";
 import { isRecoveryRefusal } from "./service-errors.ts";
 
 export { checkActor, checkId, isObject, MAX_REASON, p256FromSpki, sha256Hex } from "./checks.ts";
 
 /** The service's state, shared by its modules; fixed when the service opens. */
 export interface ServiceContext {
-  readonly db: Db;
-  /** The recovery records in the system DB (src/store/recovery-repository.ts). */
-  readonly repo: SqlRecoveryRepository;
+  /** The service's storage: records, units of work, the audit log, ids (ports.ts; src/store/recovery-store.ts). */
+  readonly store: RecoveryStore;
+  /** The recovery records outside any transaction (store.repo). */
+  readonly repo: RecoveryRepository;
   readonly custody: KeyCustody;
   /** Time source (RecoveryServiceOptions.clock). */
   readonly now: () => Date;
@@ -43,7 +43,7 @@ export const jsonDetails = (d: Readonly<Record<string, unknown>>): { [key: strin
 /** Audits a refusal (or another error, named by its type only) of `action` on `subject`, outside any transaction. */
 export async function auditRefusal(ctx: ServiceContext, actor: string, action: string, subject: string, e: unknown, extra: { [key: string]: JsonValue }): Promise<void> {
   const refusal = isRecoveryRefusal(e);
-  await appendAudit(ctx.db, {
+  await ctx.store.audit({
     actor: actor || "unknown",
     action,
     subject: typeof subject === "string" && subject ? subject.slice(0, 128) : "unknown",

@@ -45,6 +45,7 @@ import {
   type RequestView,
 } from "./service.ts";
 import { escrowWithoutCard, registerCardRecord } from "../../test/support/recovery-testing.ts";
+import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 const T0 = Date.UTC(2026, 2, 1, 9);
 const LEASE = DEFAULT_REPRODUCTION_LEASE_MS;
@@ -104,7 +105,7 @@ for (const engine of testEngines()) {
     const { db } = tdb;
     let now = T0;
     const clock = () => new Date(now);
-    const svc = await RecoveryService.open({ db, custody, clock });
+    const svc = await RecoveryService.open({ store: recoveryStoreOf(db), custody, clock });
     const side = new Map<string, Side>();
     for (const id of IDS) {
       const s = p256();
@@ -162,7 +163,7 @@ for (const engine of testEngines()) {
       await loseKey(transmit, "9c");
       const rid = await satisfied("card-A");
       // Service A starts the reproduction; the terminal never answers its first APDU (the process will be "gone").
-      const a = await RecoveryService.open({ db: tdb.reopen(), custody, clock });
+      const a = await RecoveryService.open({ store: recoveryStoreOf(tdb.reopen()), custody, clock });
       let sent!: () => void;
       const firstApdu = new Promise<void>((r) => (sent = r));
       let answer!: () => void;
@@ -177,7 +178,7 @@ for (const engine of testEngines()) {
 
       // Service B, a second instance on the same DB (on PostgreSQL its own pool): refused while the lease is live
       let nowB = now + LEASE - 1;
-      const b = await RecoveryService.open({ db: tdb.reopen(), custody, clock: () => new Date(nowB) });
+      const b = await RecoveryService.open({ store: recoveryStoreOf(tdb.reopen()), custody, clock: () => new Date(nowB) });
       const since = (await audit(db)).at(-1)!.seq;
       await assert.rejects(b.reproduce(rid, card, "op-b"), refusedAs("request_closed", /being reproduced by op-a; its lease runs until/));
       await assert.rejects(b.resetReproduction(rid, "stuck?", "op-b"), refusedAs("request_closed", /lease runs until/));
@@ -213,7 +214,7 @@ for (const engine of testEngines()) {
       const rid = await satisfied("card-A", ["mgr-c", "mgr-a"]);
       await assert.rejects(svc.resetReproduction(rid, "not stuck", "operator"), refusedAs("request_closed", /is satisfied, not being reproduced/));
       // the service instance is dropped mid-reproduction: its transmit never answers, nothing runs its cleanup
-      const gone = await RecoveryService.open({ db: tdb.reopen(), custody, clock });
+      const gone = await RecoveryService.open({ store: recoveryStoreOf(tdb.reopen()), custody, clock });
       let sent!: () => void;
       const firstApdu = new Promise<void>((r) => (sent = r));
       void gone.reproduce(rid, { keySet, transmit: () => (sent(), new Promise<Uint8Array>(() => {})) }, "op-gone").catch(() => {});

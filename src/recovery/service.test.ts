@@ -21,6 +21,7 @@ import type { ReproductionPolicy } from "./policy.ts";
 import { openShare } from "./shares.ts";
 import { escrowWithoutCard, makeArbitrators, registerCardRecord } from "../../test/support/recovery-testing.ts";
 import { ESCROW_KEK_LABEL, REPRODUCTION_DEVICE_KEY_LABEL, RecoveryService, isRecoveryRefusal, releaseShare, releaseSharesFor, type RequestView, type ShareRelease } from "./service.ts";
+import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 const IDS = ["user", "credit-co", "sp-a", "sp-b", "mgr-a", "mgr-b", "mgr-c"];
 const { registry: arbs, keys: ARB } = makeArbitrators(IDS);
@@ -90,7 +91,7 @@ for (const engine of testEngines()) {
       dir = mkdtempSync(join(tmpdir(), "cardkms-recsvc-"));
       keystore = { path: join(dir, "keystore.json"), key: randomBytes(32).toString("hex") };
       custody = await SoftwareCustody.open(keystore);
-      svc = await RecoveryService.open({ db, custody });
+      svc = await RecoveryService.open({ store: recoveryStoreOf(db), custody });
       for (const id of IDS) {
         const a = arbs.require(id);
         await svc.registerArbitrator({ id, roles: ["test"], signingPublicKey: a.signingKey, encryptionPublicKey: a.encryptionKey }, "operator");
@@ -138,7 +139,7 @@ for (const engine of testEngines()) {
         "the generation key is gone",
       );
       // a second service on the same custody (a restart) keeps both keys
-      const again = await RecoveryService.open({ db, custody });
+      const again = await RecoveryService.open({ store: recoveryStoreOf(db), custody });
       assert.deepEqual(again.deviceKey(), svc.deviceKey());
     });
 
@@ -395,7 +396,7 @@ for (const engine of testEngines()) {
       const rid = (await svc.fileRequest({ cardId: e.cardId, kind: "key-lost", requester: "user" }, "operator")).requestId;
       // both sign after the same head; a second service instance (on PostgreSQL, its own connection pool) races
       const peerDb = engine.name === "postgres" ? tdb.reopen() : db;
-      const peer = await RecoveryService.open({ db: peerDb, custody });
+      const peer = await RecoveryService.open({ store: recoveryStoreOf(peerDb), custody });
       const a = await prepared("user", rid);
       const b = await prepared("sp-a", rid);
       const results = await Promise.allSettled([svc.approve(rid, a.approval, a.releases), peer.approve(rid, b.approval, b.releases)]);

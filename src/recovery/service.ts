@@ -1,7 +1,7 @@
 // The key reproduction service (seed 001 embodiment 3, FIG. 7-12, steps S1-S12; claims 35-48): the domain
-// service routes and CLI build on. It keeps its records in the system DB (src/store/recovery-repository.ts), its
-// keys in custody, and appends every privileged act — and every refusal, by the name of the check that failed —
-// to the hash-chained audit log.
+// service routes and CLI build on. It keeps its records through its storage port (ports.ts, records.ts; on the system
+// DB: src/store/recovery-store.ts), its keys in custody, and appends every privileged act — and every refusal, by the
+// name of the check that failed — to the hash-chained audit log, in the transaction of the records it changes.
 //
 //   S1   setPolicy: the reproduction policy of a card, as validated data (policy.ts).
 //   S2-3 escrow (the key generation device's hook, src/keygen/escrow.ts): with the new key pair still in custody,
@@ -27,8 +27,8 @@
 //        (sign/verify, decipher round trip: unit 22), written into the card through SCP03 exactly as the key
 //        generation device writes it, and destroyed in custody. A request is single-use.
 //
-// This file is the facade: RecoveryService.open sets up custody's two keys and a ServiceContext (the DB and its
-// recovery repository, custody, the clock, the key labels, the lease: service-context.ts), and every method hands
+// This file is the facade: RecoveryService.open sets up custody's two keys and a ServiceContext (its storage and
+// the records in it, custody, the clock, the key labels, the lease: service-context.ts), and every method hands
 // it to the module that owns the act:
 //   arbitrators.ts        registration and views of arbitrators (claim 35 (a))
 //   key-rotation.ts       arbitrator key rotation (KeyRotation documents, both sides)
@@ -42,14 +42,15 @@
 //   reproduction.ts       S8-11 the reproduction into the card, and its lease
 //   custody-key-check.ts  unit 22 inside custody
 //   service-errors.ts     the service's refusals (ServiceCheck); paging.ts: paged lists and cursors
+//   ports.ts, records.ts  its storage port and records (implemented in src/store/)
 //
 // Never: a share value, K, E in clear, a private key or a device secret ID in the DB, the audit log, an error or a
 // return value. Buffers holding them are wiped once used.
 
 import { CustodyError, type KeyCustody } from "../custody/custody.ts";
 import type { EscrowInput, KeyEscrowHook } from "../keygen/escrow.ts";
-import type { Db } from "../store/db.ts";
-import { SqlRecoveryRepository, type RequestKind, type RequestStatus } from "../store/recovery-repository.ts";
+import type { RecoveryStore } from "./ports.ts";
+import type { RequestKind, RequestStatus } from "./records.ts";
 import type { Approval, ApproverList } from "./approvals.ts";
 import * as arbitrators from "./arbitrators.ts";
 import type { ArbitratorInput, ArbitratorView } from "./arbitrators.ts";
@@ -74,7 +75,8 @@ import type { ShareEnvelope } from "./shares.ts";
 import type { TargetCard } from "./target.ts";
 
 // The public names of the service, from the modules that own them (importers use this file only).
-export type { RequestKind, RequestStatus } from "../store/recovery-repository.ts";
+export type { RequestKind, RequestStatus } from "./records.ts";
+export type { AuditRecord, RecoveryRepository, RecoveryStore, RecoveryTx } from "./ports.ts";
 export type { ReproductionTarget, TargetCard, TargetCheck } from "./target.ts";
 export { isRecoveryRefusal, RecoveryServiceError, type RecoveryRefusal, type ServiceCheck } from "./service-errors.ts";
 export { allPages, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PENDING_PAGE_SIZE, type Page, type PageOptions } from "./paging.ts";
@@ -94,7 +96,8 @@ export const ESCROW_KEK_LABEL = "recovery.escrow-kek";
 export const REPRODUCTION_DEVICE_KEY_LABEL = "recovery.reproduction-device";
 
 export interface RecoveryServiceOptions {
-  db: Db;
+  /** The service's storage (ports.ts): on the system DB, src/store/recovery-store.ts recoveryStoreOf(db). */
+  store: RecoveryStore;
   custody: KeyCustody;
   /** Time source (filing times, records), for tests. */
   clock?: () => Date;
@@ -116,17 +119,17 @@ export const DEFAULT_REPRODUCTION_LEASE_MS = 10 * 60_000;
 export class RecoveryService {
   private readonly ctx: ServiceContext;
 
-  private constructor(db: Db, custody: KeyCustody, now: () => Date, kekLabel: string, deviceLabel: string, deviceSpki: Uint8Array, leaseMs: number) {
-    this.ctx = { db, repo: new SqlRecoveryRepository(db), custody, now, at: () => now().getTime(), kekLabel, deviceLabel, deviceSpki, leaseMs };
+  private constructor(store: RecoveryStore, custody: KeyCustody, now: () => Date, kekLabel: string, deviceLabel: string, deviceSpki: Uint8Array, leaseMs: number) {
+    this.ctx = { store, repo: store.repo, custody, now, at: () => now().getTime(), kekLabel, deviceLabel, deviceSpki, leaseMs };
   }
 
   /**
-   * Opens the service on a migrated system DB. Creates in custody, once, the escrow key-encryption key (AES-256,
-   * wrap only, never extractable) and the reproduction device's key pair (P-256, never extractable), and checks
-   * that existing ones have those properties.
+   * Opens the service on its storage (on a migrated system DB: src/store/recovery-store.ts recoveryStoreOf). Creates
+   * in custody, once, the escrow key-encryption key (AES-256, wrap only, never extractable) and the reproduction
+   * device's key pair (P-256, never extractable), and checks that existing ones have those properties.
    */
   static async open(opts: RecoveryServiceOptions): Promise<RecoveryService> {
-    if (!opts?.db || !opts.custody) throw new TypeError("the recovery service needs the system DB and key custody");
+    if (!opts?.store || !opts.custody) throw new TypeError("the recovery service needs its store (the system DB) and key custody");
     const { custody } = opts;
     const leaseMs = opts.reproductionLeaseMs ?? DEFAULT_REPRODUCTION_LEASE_MS;
     if (!Number.isSafeInteger(leaseMs) || leaseMs < 1000) throw new TypeError("reproductionLeaseMs must be an integer of at least 1000 (ms)");
@@ -150,7 +153,7 @@ export class RecoveryService {
     const di = await custody.keyInfo(dev);
     if (di?.kind !== "keyPair" || di.type !== "P256" || di.extractable !== "never") throw new Error(`custody key ${dev} is not a non-extractable P-256 key pair`);
     const spki = await custody.publicKey(dev);
-    return new RecoveryService(opts.db, custody, opts.clock ?? (() => new Date()), kek, dev, spki, leaseMs);
+    return new RecoveryService(opts.store, custody, opts.clock ?? (() => new Date()), kek, dev, spki, leaseMs);
   }
 
   /** The reproduction device's public key, which arbitrators release their shares to (releaseShare). */

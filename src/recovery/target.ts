@@ -28,7 +28,8 @@ import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import type { KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { runScript } from "../issuer/card-scripts.ts";
 import type { InsertedCard, PivSlot } from "../keygen/device.ts";
-import type { DeviceRecord, EscrowRow, RequestKind, SqlRecoveryRepository } from "../store/recovery-repository.ts";
+import type { RecoveryRepository } from "./ports.ts";
+import type { DeviceRecord, EscrowRow, RequestKind } from "./records.ts";
 import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
 import { PIV_AID } from "../protocol/piv/client.ts";
 import { bytesEqual, canonicalJson } from "./encoding.ts";
@@ -109,7 +110,7 @@ const sameKeySet = (a: KeySetRef, b: KeySetRef): boolean => canonicalJson(a) ===
  * target). Read-only; throws a TargetRefusal naming the first check that fails.
  */
 export async function checkTarget(
-  repo: SqlRecoveryRepository,
+  repo: RecoveryRepository,
   o: { kind: RequestKind; target: ReproductionTarget; escrow: EscrowRow; device: DeviceRecord | undefined; at: number; presented?: { cardId?: string; keySet?: KeySetRef } },
 ): Promise<KeySetRef> {
   const { target, escrow, kind } = o;

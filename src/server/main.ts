@@ -67,6 +67,7 @@ import type { LiveRelayOptions } from "./live-relay.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
+import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 /** A route as registered (for the property test over all routes, and for documentation). */
 export interface RouteInfo {
@@ -231,7 +232,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   }
   const center = d.center ?? d.ca;
   if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: center instanceof CertificationCenter ? signedRequestsThroughCenter(d.ca, center) : d.ca });
-  const recovery = await RecoveryService.open({ db: d.store.db as Db, custody: d.custody });
+  const recovery = await RecoveryService.open({ store: recoveryStoreOf(d.store.db as Db), custody: d.custody });
   await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer, liveRelays });
   await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery, liveRelays });
   await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });

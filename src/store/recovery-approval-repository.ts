@@ -8,28 +8,9 @@
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 import { recoveryTables, type RecoveryTables } from "./recovery-tables.ts";
+import type { ApprovalRecord, ReleaseRecord } from "../recovery/records.ts";
 
-export interface ApprovalRecord {
-  requestId: string;
-  seq: number;
-  arbitratorId: string;
-  decision: "approve" | "refuse";
-  /** Approval JSON. */
-  approval: string;
-  approvalHash: string;
-  recordedAt: number;
-  /** The arbitrator's key version that verified it (absent: recorded before key versions, i.e. 1). */
-  signingKeyVersion?: number;
-}
-
-export interface ReleaseRecord {
-  requestId: string;
-  shareId: string;
-  arbitratorId: string;
-  /** ShareRelease JSON. */
-  release: string;
-  recordedAt: number;
-}
+export type { ApprovalRecord, ReleaseRecord };
 
 export class RecoveryApprovalRepository {
   private readonly db: Kysely<RecoveryTables>;

@@ -8,39 +8,9 @@
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 import { bytes, recoveryTables, type RecoveryArbitratorKeysTable, type RecoveryArbitratorsTable, type RecoveryTables } from "./recovery-tables.ts";
+import type { ArbitratorKeyRecord, ArbitratorRecord } from "../recovery/records.ts";
 
-export interface ArbitratorRecord {
-  id: string;
-  roles: string[];
-  displayName?: string;
-  /** SPKI DER. */
-  signingPublicKey: Uint8Array;
-  /** SPKI DER. */
-  encryptionPublicKey: Uint8Array;
-  registeredBy: string;
-  registeredAt: number;
-  /** The version of the current keys: 1 at registration (absent), +1 for each rotation. */
-  keyVersion?: number;
-  /** Deregistration: when, by whom, why (the record stays; the id is never reused). */
-  disabledAt?: number;
-  disabledBy?: string;
-  disabledReason?: string;
-}
-
-/** One version of an arbitrator's keys (the current one has no retiredAt). */
-export interface ArbitratorKeyRecord {
-  arbitratorId: string;
-  version: number;
-  /** SPKI DER. */
-  signingPublicKey: Uint8Array;
-  /** SPKI DER. */
-  encryptionPublicKey: Uint8Array;
-  validFrom: number;
-  retiredAt?: number;
-  /** The signed KeyRotation document (JSON) that made this version; absent for version 1. */
-  rotation?: string;
-  recordedBy: string;
-}
+export type { ArbitratorKeyRecord, ArbitratorRecord };
 
 const toArbitrator = (r: RecoveryArbitratorsTable): ArbitratorRecord => {
   const a: ArbitratorRecord = {

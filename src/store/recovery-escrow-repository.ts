@@ -9,50 +9,9 @@
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 import { bytes, recoveryTables, type RecoveryDevicesTable, type RecoveryEscrowsTable, type RecoveryTables } from "./recovery-tables.ts";
+import type { DeviceRecord, EnvelopeRow, EscrowRow, InsertEscrowResult } from "../recovery/records.ts";
 
-export interface EscrowRow {
-  escrowId: string;
-  cardId: string;
-  applicantId: string;
-  policy: string;
-  policyDigest: string;
-  /** EscrowRecord JSON. */
-  record: string;
-  wrappedUnder: string;
-  alg: string;
-  slot: string;
-  publicKey: Uint8Array;
-  publicKeySha256: string;
-  certificate: Uint8Array;
-  serial: string;
-  createdBy: string;
-  createdAt: number;
-}
-
-export interface EnvelopeRow {
-  escrowId: string;
-  shareId: string;
-  arbitratorId: string;
-  /** ShareEnvelope JSON. */
-  envelope: string;
-}
-
-export interface DeviceRecord {
-  cardId: string;
-  secretIdDigest: string;
-  /** KeySetRef JSON. */
-  keySet: string;
-  generation: number;
-  registeredAt: number;
-  /**
-   * The issuer's card record whose key set reaches this physical card: the escrow's card at issue (the default when
-   * inserted without it), the replacement card's after a card-destroyed reproduction. Absent: a device replaced
-   * before migration 0010 whose card record could not be told.
-   */
-  cardRecordId?: string;
-}
-
-export type InsertEscrowResult = "recorded" | "card-has-escrow" | "device-in-use";
+export type { DeviceRecord, EnvelopeRow, EscrowRow, InsertEscrowResult };
 
 const toEscrow = (r: RecoveryEscrowsTable): EscrowRow => ({
   escrowId: r.escrow_id,

@@ -8,15 +8,9 @@
 import { sql, type Kysely, type Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 import { recoveryTables, type RecoveryTables } from "./recovery-tables.ts";
+import type { PolicyRecord } from "../recovery/records.ts";
 
-export interface PolicyRecord {
-  cardId: string;
-  /** Canonical JSON of the validated policy. */
-  policy: string;
-  policyDigest: string;
-  setBy: string;
-  setAt: number;
-}
+export type { PolicyRecord };
 
 export class RecoveryPolicyRepository {
   private readonly db: Kysely<RecoveryTables>;

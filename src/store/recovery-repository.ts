@@ -1,7 +1,9 @@
 // The records of key reproduction by arbitrators (issue 4; seed 001 embodiment 3) in SQL: Kysely, one code path
 // for SQLite and PostgreSQL (tables: migrations/0003_recovery.ts, lifecycle columns and the arbitrators' key history:
 // migrations/0007_recovery_lifecycle.ts, the card record of each registered device: 0010_recovery_device_card_record.ts).
-// Used by src/recovery/service.ts. It also reads — never writes — the issuer's card records (cards, card_key_sets,
+// Implements the recovery domain's RecoveryRepository port (src/recovery/ports.ts; the record types are the
+// domain's, src/recovery/records.ts); recovery-store.ts wraps it, with the audit log and ids, into the RecoveryStore
+// src/recovery/service.ts runs on. It also reads — never writes — the issuer's card records (cards, card_key_sets,
 // key_pairs of the same system DB) that a reproduced key may go into (src/recovery/target.ts).
 //
 // Owns: arbitrators (and every version of their keys), per-card policies, escrows with their share envelopes, the
@@ -36,6 +38,7 @@
 // Each method's comment is with its code in those files. Every type is exported from here as before.
 
 import type { Kysely, Transaction } from "kysely";
+import type { RecoveryRepository } from "../recovery/ports.ts";
 import type { Database, Db } from "./db.ts";
 import { RecoveryApprovalRepository, type ApprovalRecord, type ReleaseRecord } from "./recovery-approval-repository.ts";
 import { RecoveryArbitratorRepository, type ArbitratorKeyRecord, type ArbitratorRecord } from "./recovery-arbitrator-repository.ts";
@@ -75,7 +78,7 @@ export type {
   TargetCardRecord,
 };
 
-export class SqlRecoveryRepository {
+export class SqlRecoveryRepository implements RecoveryRepository {
   private readonly db: Kysely<RecoveryTables>;
   readonly #arbitrators: RecoveryArbitratorRepository;
   readonly #policies: RecoveryPolicyRepository;

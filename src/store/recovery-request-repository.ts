@@ -10,42 +10,10 @@
 
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
-import { recoveryTables, type RecoveryRequestsTable, type RecoveryTables, type RequestKind, type RequestStatus } from "./recovery-tables.ts";
+import { recoveryTables, type RecoveryRequestsTable, type RecoveryTables, type RequestStatus } from "./recovery-tables.ts";
+import type { ReproductionClaim, RequestRecord } from "../recovery/records.ts";
 
-export interface RequestRecord {
-  requestId: string;
-  cardId: string;
-  escrowId: string;
-  kind: RequestKind;
-  /** ReproductionRequest JSON. */
-  request: string;
-  requestDigest: string;
-  status: RequestStatus;
-  statusDetail: string | null;
-  /** ApproverList JSON. */
-  approverList: string | null;
-  filedBy: string;
-  filedAt: number;
-  updatedAt: number;
-  reproducedBy: string | null;
-  reproducedAt: number | null;
-  /** The author's key version that verified the approver list (absent: recorded before key versions, i.e. 1). */
-  approverListKeyVersion?: number;
-  /** The reproduction holding the request (status reproducing): its claim id, who, since when, until when. */
-  reproductionClaim?: string;
-  reproductionClaimedBy?: string;
-  reproductionClaimedAt?: number;
-  /** Absent while reproducing: no lease recorded (claimed before leases existed), may be taken over at once. */
-  reproductionLeaseUntil?: number;
-}
-
-/** A claim of a request for reproduction: its random id, who holds it, since when, and its lease. */
-export interface ReproductionClaim {
-  claim: string;
-  by: string;
-  at: number;
-  leaseUntil: number;
-}
+export type { ReproductionClaim, RequestRecord };
 
 const toRequest = (r: RecoveryRequestsTable): RequestRecord => {
   const rec: RequestRecord = {

@@ -7,6 +7,11 @@
 
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
+import type { RequestKind, RequestStatus } from "../recovery/records.ts";
+
+// the request kinds and states are the recovery domain's (src/recovery/records.ts)
+export type { RequestKind, RequestStatus };
+export { UNFINISHED_STATUSES } from "../recovery/records.ts";
 
 export interface RecoveryArbitratorsTable {
   id: string;
@@ -74,17 +79,6 @@ export interface RecoveryDevicesTable {
   registered_at: number;
   card_record_id: string | null;
 }
-
-export type RequestKind = "key-lost" | "card-destroyed";
-
-/**
- * open: collecting decisions; satisfied: the policy is met (reproduction needs the approver list);
- * reproducing: claimed by one reproduction; reproduced: done, closed for good; ended: a condition can no
- * longer be met; withdrawn: closed by an operator.
- */
-export type RequestStatus = "open" | "satisfied" | "reproducing" | "reproduced" | "ended" | "withdrawn";
-
-export const UNFINISHED_STATUSES: readonly RequestStatus[] = ["open", "satisfied", "reproducing"];
 
 export interface RecoveryRequestsTable {
   request_id: string;

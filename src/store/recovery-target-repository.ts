@@ -7,17 +7,9 @@
 import type { Kysely, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
 import { bytes } from "./recovery-tables.ts";
+import type { TargetCardRecord } from "../recovery/records.ts";
 
-/** An issuer card record as a reproduction target is judged by (src/recovery/target.ts): read-only. */
-export interface TargetCardRecord {
-  id: string;
-  userId: string;
-  status: string;
-  validFrom: number;
-  validUntil: number;
-  /** The card's current SCP03 key set: its custody reference (KeySetRef JSON) and status; absent before the first. */
-  keySet?: { id: string; custodyRef: string; status: string };
-}
+export type { TargetCardRecord };
 
 /** The issuer's tables a reproduction target is read from (never written here). */
 type IssuerCardTables = Pick<Database, "cards" | "card_key_sets" | "key_pairs">;
