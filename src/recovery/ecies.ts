@@ -15,18 +15,19 @@ export interface SealedBox {
   tag: string;
 }
 
+/** HKDF info of share envelopes; other uses (share releases, share-release.ts) pass their own label. */
 const INFO = Buffer.from("cardkms/recovery/ecies-p256-hkdf-sha256-aes256gcm/v1");
 
-function kdf(z: Uint8Array, epk: Uint8Array, recipient: Uint8Array): Buffer {
-  return Buffer.from(hkdfSync("sha256", z, Buffer.concat([epk, recipient]), INFO, 32));
+function kdf(z: Uint8Array, epk: Uint8Array, recipient: Uint8Array, info: Uint8Array): Buffer {
+  return Buffer.from(hkdfSync("sha256", z, Buffer.concat([epk, recipient]), info, 32));
 }
 
-/** Encrypts `plaintext` to the P-256 point `recipient` (0x04 || X || Y), authenticating `aad`. */
-export function sealTo(recipient: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): SealedBox {
+/** Encrypts `plaintext` to the P-256 point `recipient` (0x04 || X || Y), authenticating `aad`; `info` labels the use. */
+export function sealTo(recipient: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, info: Uint8Array = INFO): SealedBox {
   const ecdh = createECDH("prime256v1");
   const epk = ecdh.generateKeys();
   const z = ecdh.computeSecret(recipient);
-  const key = kdf(z, epk, recipient);
+  const key = kdf(z, epk, recipient, info);
   z.fill(0);
   const iv = randomBytes(12);
   const c = createCipheriv("aes-256-gcm", key, iv);
@@ -50,10 +51,25 @@ export function openWith(recipientPrivate: KeyObject, box: SealedBox, aad: Uint8
     const ecdh = createECDH("prime256v1");
     ecdh.setPrivateKey(scalar);
     scalar.fill(0);
-    const recipient = ecdh.getPublicKey();
     const z = ecdh.computeSecret(epk);
-    const key = kdf(z, epk, recipient);
-    z.fill(0);
+    try {
+      return openWithSecret(z, epk, ecdh.getPublicKey(), box, aad);
+    } finally {
+      z.fill(0);
+    }
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The symmetric half of opening a box, given the ECDH shared secret `z` (computed by whoever holds the recipient's
+ * key: openWith above, or custody's ECDH for a key that never leaves it), the box's ephemeral point and the
+ * recipient's point. Undefined when it does not open; the caller wipes `z`.
+ */
+export function openWithSecret(z: Uint8Array, epk: Uint8Array, recipient: Uint8Array, box: SealedBox, aad: Uint8Array, info: Uint8Array = INFO): Uint8Array | undefined {
+  const key = kdf(z, epk, recipient, info);
+  try {
     const iv = Buffer.from(box.iv, "base64");
     const tag = Buffer.from(box.tag, "base64");
     if (iv.length !== 12 || tag.length !== 16) return undefined;
@@ -61,11 +77,12 @@ export function openWith(recipientPrivate: KeyObject, box: SealedBox, aad: Uint8
     d.setAAD(aad);
     d.setAuthTag(tag);
     const out = Buffer.concat([d.update(Buffer.from(box.ciphertext, "base64")), d.final()]);
-    key.fill(0);
     const plain = new Uint8Array(out);
     out.fill(0);
     return plain;
   } catch {
     return undefined;
+  } finally {
+    key.fill(0);
   }
 }

@@ -12,10 +12,10 @@
 // Never: a share value in the DB, the audit log or an error: only sealed releases are stored, and an opened value
 // is wiped by whoever opened it (checkReleases here, reproduce in reproduction.ts).
 
-import { createCipheriv, createDecipheriv, createECDH, createPublicKey, hkdfSync, randomBytes } from "node:crypto";
+import { createPublicKey } from "node:crypto";
 import { CustodyError } from "../custody/custody.ts";
 import type { ReproductionRequest } from "./approvals.ts";
-import type { SealedBox } from "./ecies.ts";
+import { openWithSecret, sealTo, type SealedBox } from "./ecies.ts";
 import { bytesEqual, canonicalJson, fromB64 } from "./encoding.ts";
 import { RecoveryError } from "./errors.ts";
 import { uncompressedPoint } from "./registry.ts";
@@ -43,14 +43,10 @@ export interface ShareRelease {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The seal: ECDH with the device key, HKDF-SHA256, AES-256-GCM over the release header
+// The seal: ecies.ts (ECDH with the device key, HKDF-SHA256, AES-256-GCM) under its own HKDF label, over the release header
 
 const RELEASE_INFO = Buffer.from("cardkms/recovery/release-to-device/v1");
 const releaseAad = (h: ShareReleaseHeader): Buffer => Buffer.from(canonicalJson(h));
-
-function releaseKey(z: Uint8Array, epk: Uint8Array, device: Uint8Array): Buffer {
-  return Buffer.from(hkdfSync("sha256", z, Buffer.concat([epk, device]), RELEASE_INFO, 32));
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // The arbitrator's side
@@ -71,17 +67,7 @@ export function releaseShare(request: Pick<ReproductionRequest, "requestId">, sh
     arbitrator: share.arbitrator,
     deviceKeyId: sha256Hex(devicePublicKey),
   };
-  const ecdh = createECDH("prime256v1");
-  const epk = ecdh.generateKeys();
-  const z = ecdh.computeSecret(point);
-  const key = releaseKey(z, epk, point);
-  z.fill(0);
-  const iv = randomBytes(12);
-  const c = createCipheriv("aes-256-gcm", key, iv);
-  c.setAAD(releaseAad(header));
-  const ciphertext = Buffer.concat([c.update(share.value), c.final()]);
-  key.fill(0);
-  return { header, box: { epk: epk.toString("base64"), iv: iv.toString("base64"), ciphertext: ciphertext.toString("base64"), tag: c.getAuthTag().toString("base64") } };
+  return { header, box: sealTo(point, share.value, releaseAad(header), RELEASE_INFO) };
 }
 
 /** Convenience for an arbitrator's side: opens its envelopes of a request's card and releases them to the device. */
@@ -162,7 +148,6 @@ function spkiOfPoint(point: Uint8Array): Uint8Array {
 /** Opens a release with the device key's ECDH in custody; undefined when it does not open. */
 export async function openRelease(ctx: ServiceContext, r: ShareRelease): Promise<Uint8Array | undefined> {
   let z: Uint8Array | undefined;
-  let key: Buffer | undefined;
   try {
     const epk = Buffer.from(r.box.epk, "base64");
     let peer: Uint8Array;
@@ -172,22 +157,11 @@ export async function openRelease(ctx: ServiceContext, r: ShareRelease): Promise
       return undefined;
     }
     z = await ctx.custody.decipher(ctx.deviceLabel, peer);
-    key = releaseKey(z, epk, uncompressedPoint(p256FromSpki(ctx.deviceSpki, "the device key")));
-    const iv = Buffer.from(r.box.iv, "base64");
-    const tag = Buffer.from(r.box.tag, "base64");
-    if (iv.length !== 12 || tag.length !== 16) return undefined;
-    const d = createDecipheriv("aes-256-gcm", key, iv);
-    d.setAAD(releaseAad(r.header));
-    d.setAuthTag(tag);
-    const out = Buffer.concat([d.update(Buffer.from(r.box.ciphertext, "base64")), d.final()]);
-    const plain = new Uint8Array(out);
-    out.fill(0);
-    return plain;
+    return openWithSecret(z, epk, uncompressedPoint(p256FromSpki(ctx.deviceSpki, "the device key")), r.box, releaseAad(r.header), RELEASE_INFO);
   } catch (e) {
     if (e instanceof CustodyError && e.code !== "WRONG_KEY" && e.code !== "INVALID_ARGUMENT") throw e;
     return undefined;
   } finally {
     z?.fill(0);
-    key?.fill(0);
   }
 }
