@@ -1,7 +1,7 @@
 // Issue 3, Reliability: a bulk rotation killed with SIGKILL at random points 20 times, restarted each time,
 // completes; afterwards every key pair has exactly one Sk2[PRk], the cursor is at the last source row, and every
 // Sk2[PRk] opens (inside custody) under exactly Sk2 to the private key of the public key the DB stores.
-// The re-wrap runs in its own process (src/issuer/rewrap-worker.ts) on the same DB file / server and keystore.
+// The re-wrap runs in its own process (src/cli/rewrap-worker.ts) on the same DB file / server and keystore.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -30,7 +30,7 @@ interface Run {
 /** Starts the worker; with `killAfterMs`, SIGKILLs it that long after its first progress line. */
 function runWorker(args: string[], env: Record<string, string>, killAfterMs?: number): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/issuer/rewrap-worker.ts"), ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/rewrap-worker.ts"), ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "",
       stderr = "",
       armed = false;

@@ -236,7 +236,7 @@ test("migration 0012 on a database written before it: duplicates superseded, app
       approvals.map((a) => a.operator),
       ["olga"],
     );
-    const { rotationBinding } = await import("../src/store/rotation-repository.ts");
+    const { rotationBinding } = await import("../src/issuer/rotation-records.ts");
     assert.equal(approvals[0].bindingHash, rotationBinding(kept).hash, "the approval given before covers the binding it now has");
     const dup = (await store.getRotation("r-proposed"))!;
     assert.equal(dup.status, "failed", "a second open rotation of the same key set");

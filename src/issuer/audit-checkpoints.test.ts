@@ -12,6 +12,7 @@ import { sql } from "kysely";
 import { SoftwareCustody } from "../custody/software.ts";
 import { appendAudit, entryHash, verifyAuditLog } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
+import { Store } from "../store/store.ts";
 import { testEngines, type TestEngine } from "../../test/support/store-testing.ts";
 import { extendsCheckpoint } from "../tlog/extends.ts";
 import { treeHead, verifyConsistency } from "../tlog/merkle.ts";
@@ -60,7 +61,7 @@ for (const engine of testEngines()) {
   test(`${engine.name}: a checkpoint is a signed note over the tree of the entries' chain hashes; made only when the log grew`, async (t) => {
     const { tdb, c } = await fresh(t, engine);
     await append(tdb.db, 5); // entries written before any checkpoint (as before the migration): the first one covers them
-    const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
+    const cps = await AuditCheckpoints.open({ store: new Store(tdb.db), custody: c });
     const first = await cps.make({ actor: "test" });
     assert.equal(first.made, true);
     const { text } = openNote(first.checkpoint.note, [parseVerifierKey(cps.verifierKey)]);
@@ -83,7 +84,7 @@ for (const engine of testEngines()) {
 
   test(`${engine.name}: truncation, replacement and a rewritten tail all verify by the chain, and none extends the checkpoint`, async (t) => {
     const { tdb, c } = await fresh(t, engine);
-    const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
+    const cps = await AuditCheckpoints.open({ store: new Store(tdb.db), custody: c });
     await append(tdb.db, 12);
     const kept = parseCheckpoint(openNote((await cps.make({ actor: "test" })).checkpoint.note, [parseVerifierKey(cps.verifierKey)]).text);
     const mirror = (await tdb.db.selectFrom("audit_log").select("hash").orderBy("seq").execute()).map((r) => auditLeaf(r.hash));
@@ -117,7 +118,7 @@ for (const engine of testEngines()) {
 
   test(`${engine.name}: no checkpoint over a broken chain; the refusal is audited`, async (t) => {
     const { tdb, c } = await fresh(t, engine);
-    const cps = await AuditCheckpoints.open({ db: tdb.db, custody: c });
+    const cps = await AuditCheckpoints.open({ store: new Store(tdb.db), custody: c });
     await append(tdb.db, 4);
     await sql`update audit_log set actor = 'mallory' where seq = 2`.execute(tdb.db);
     await assert.rejects(cps.make({ actor: "test" }), (e: unknown) => e instanceof AuditCheckpointError && e.check === "log-broken");

@@ -13,15 +13,13 @@
 
 import type { KeyCustody } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
-import { appendAudit, verifyAuditLog } from "../store/audit.ts";
-import { AuditCheckpointRepository, type StoredCheckpoint } from "../store/audit-checkpoint-repository.ts";
-import type { Db } from "../store/db.ts";
-import type { Store } from "../store/store.ts";
+import type { AuditCheckpointRecords, AuditCheckpointStore, IssuerStore } from "./ports.ts";
+import type { StoredCheckpoint } from "./records.ts";
 import { consistencyProof, equalHash, leafHash, treeHead, type Hash } from "../tlog/merkle.ts";
 import { ecdsaKeyId, formatCheckpoint, signNote, verifierKey } from "../tlog/note.ts";
 import { writeFileAtomic } from "../util/files.ts";
 
-export type { StoredCheckpoint } from "../store/audit-checkpoint-repository.ts";
+export type { StoredCheckpoint } from "./records.ts";
 
 /** Custody label of the checkpoint signing key (P-256, sign only, never extractable). */
 export const AUDIT_CHECKPOINT_KEY = "audit-checkpoint";
@@ -42,7 +40,8 @@ export class AuditCheckpointError extends Error {
 export type CheckpointPublisher = (c: StoredCheckpoint, origin: string) => Promise<void>;
 
 export interface AuditCheckpointsOptions {
-  db: Db;
+  /** The audit log, its checkpoints and their verification (ports.ts; the wiring hands it the Store). */
+  store: AuditCheckpointStore;
   custody: KeyCustody;
   /** The log's name in its checkpoints and the signing key's name; default cardkms/audit/<key ID>. */
   origin?: string;
@@ -59,7 +58,7 @@ export function auditLeaf(chainHash: string): Hash {
 }
 
 export class AuditCheckpoints {
-  private readonly repo: AuditCheckpointRepository;
+  private readonly repo: AuditCheckpointRecords;
 
   private constructor(
     private readonly o: AuditCheckpointsOptions & { keyLabel: string },
@@ -67,7 +66,7 @@ export class AuditCheckpoints {
     /** The signing key's SubjectPublicKeyInfo. */
     readonly spki: Uint8Array,
   ) {
-    this.repo = new AuditCheckpointRepository(o.db);
+    this.repo = o.store.auditCheckpoints;
   }
 
   /** Creates the signing key in custody on first use (never extractable, sign only). */
@@ -113,7 +112,7 @@ export class AuditCheckpoints {
     const previous = await this.repo.latest();
     if (opts.ifGrown && previous && previous.size === n) return { checkpoint: previous, made: false };
     // The chain, up to and including the entry this snapshot ends with (entries appended meanwhile are not signed).
-    const v = await verifyAuditLog(this.o.db, { expectedHead: n > 0 ? { seq: n, hash: hashes[n - 1] } : null });
+    const v = await this.o.store.verifyAuditLog({ expectedHead: n > 0 ? { seq: n, hash: hashes[n - 1] } : null });
     if (!v.ok) return this.refuse(opts.actor, "log-broken", `the audit log does not verify (entry ${v.seq}: ${v.message}); no checkpoint is signed over it`, { seq: v.seq });
     if (previous) {
       if (previous.size > n)
@@ -143,7 +142,7 @@ export class AuditCheckpoints {
 
   private async refuse(actor: string, check: "log-broken" | "not-extended", message: string, details: { [k: string]: number }): Promise<never> {
     try {
-      await appendAudit(this.o.db, { actor, action: "audit.checkpoint.refused", subject: this.origin, details: { check, ...details } });
+      await this.o.store.audit({ actor, action: "audit.checkpoint.refused", subject: this.origin, details: { check, ...details } });
     } catch {
       // the log itself may be what is broken; the refusal is thrown either way
     }
@@ -166,7 +165,7 @@ export function fileCheckpointPublisher(path: string): CheckpointPublisher {
 }
 
 /** A publisher sending every new checkpoint as the event audit.checkpoint (the webhooks' outbox, delivered at least once). */
-export function eventCheckpointPublisher(store: Store): CheckpointPublisher {
+export function eventCheckpointPublisher(store: IssuerStore): CheckpointPublisher {
   return async (c, origin) => {
     await store.enqueueEvent({
       type: "audit.checkpoint",

@@ -28,9 +28,9 @@
 // again). Inside a transaction, requireCardState holds the card's row until the transaction ends, so a transition
 // waits for an act in flight and the act commits under the state it checked.
 
-import { appendAudit } from "../store/audit.ts";
-import type { CardStatus } from "../store/db.ts";
-import { StoreError, type Card, type JsonValue, type Store } from "../store/store.ts";
+import { isKind } from "../util/errors.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { Card, CardStatus, JsonValue } from "./records.ts";
 import { CardStateError, IssuerError } from "./errors.ts";
 
 export { CardStateError, type CardStateCheck } from "./errors.ts";
@@ -87,7 +87,7 @@ const allowedFor = (act: CardAct | readonly CardStatus[]): readonly CardStatus[]
  * bound to a transaction, the card's row is held until it ends: a transition waits for it, so the act commits
  * under the state checked here. What routes call for every card they act for (rotation propose and distribute too).
  */
-export async function requireCardState(store: Store, cardId: string, act: CardAct | readonly CardStatus[]): Promise<Card> {
+export async function requireCardState(store: IssuerStore, cardId: string, act: CardAct | readonly CardStatus[]): Promise<Card> {
   const card = await store.getCard(cardId, { hold: true });
   if (!card) throw new IssuerError("not_found", `no card ${cardId}`);
   return checkCardState(card, act);
@@ -128,7 +128,7 @@ export interface TransitionInput {
  * row held, its state checked (CardStateError "card_transition_not_allowed" naming from, to and what leaves the
  * state), changed, audited and notified. Returns the card as it is now and the state it left.
  */
-export async function changeCardState(store: Store, input: TransitionInput): Promise<{ card: Card; from: CardStatus }> {
+export async function changeCardState(store: IssuerStore, input: TransitionInput): Promise<{ card: Card; from: CardStatus }> {
   const rule = CARD_TRANSITIONS[input.transition];
   if (!rule) throw new IssuerError("invalid", `no card transition ${String(input.transition)}`);
   if (!rule.who.includes(input.by)) throw new IssuerError("refused", `a card's ${input.by} may not ${input.transition} it (${rule.who.join(" or ")} may)`);
@@ -149,7 +149,7 @@ export async function changeCardState(store: Store, input: TransitionInput): Pro
     try {
       change = await s.changeCardStatus(cur.id, rule.to, { from: [cur.status], actor: input.actor, reason: input.reason });
     } catch (e) {
-      if (e instanceof StoreError && e.code === "conflict") throw new IssuerError("conflict", e.message);
+      if (isKind(e, "conflict")) throw new IssuerError("conflict", e.message);
       throw e;
     }
     const details: Record<string, JsonValue> = {
@@ -161,7 +161,7 @@ export async function changeCardState(store: Store, input: TransitionInput): Pro
       by: input.by,
       statusVersion: change.card.statusVersion,
     };
-    await appendAudit(s.db, { actor: input.actor, action: rule.action, subject: cur.id, details, at: s.now() });
+    await s.audit({ actor: input.actor, action: rule.action, subject: cur.id, details, at: s.now() });
     if (rule.notify)
       await s.enqueueEvent({
         type: rule.action,

@@ -3,8 +3,7 @@
 // card-lifecycle.ts, which use each other's functions, do not import each other for them.
 
 import { DomainError } from "../util/errors.ts";
-import type { CardStatus } from "../store/db.ts";
-import type { JsonValue } from "../store/store.ts";
+import type { CardStatus, JsonValue } from "./records.ts";
 
 /** The issuing service's refusal: a DomainError (src/util/errors.ts) of kind `code`, its check the kind unless a subclass names one. */
 export class IssuerError extends DomainError {

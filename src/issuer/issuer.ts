@@ -1,4 +1,5 @@
-// The issuing system of seed 000 (FIG. 3, system server 10x): it owns the system DB (FIG. 4/5) through the Store,
+// The issuing system of seed 000 (FIG. 3, system server 10x): it owns the system DB (FIG. 4/5) through its storage
+// port (ports.ts IssuerStore; the wiring hands it the Store, and gets the same Store back as `issuer.store`),
 // reaches every secret through KeyCustody, and asks the CA to certify through a CaClient (in-process or HTTP,
 // ST19-ST21). No HTTP and no CLI in here: server/ and cli/ wire it.
 //
@@ -15,8 +16,8 @@ import { validateSubject, type SubjectName } from "../ca/name.ts";
 import type { RevocationReason } from "../ca/crl.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { CustodyError } from "../custody/custody.ts";
-import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, Store, User } from "../store/store.ts";
-import { appendAudit } from "../store/audit.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { Card, CardKeySet, Certificate, DeliveryPackage, JsonValue, KeyPair, User } from "./records.ts";
 import type { CardKeys } from "./card-keys.ts";
 import { deliveryScript, personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { changeCardState, checkCardState, requireCardState, type CardActor, type CardTransition } from "./card-lifecycle.ts";
@@ -36,8 +37,8 @@ export type Slot = string;
 
 export const CARD_KEY_ALGS: readonly KeyAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
 
-export interface IssuerOptions {
-  store: Store;
+export interface IssuerOptions<S extends IssuerStore = IssuerStore> {
+  store: S;
   custody: KeyCustody;
   ca: CaClient;
   /** Custody label of the master key card keys are diversified from. */
@@ -71,8 +72,8 @@ export function subjectFrom(personalData: Record<string, JsonValue>, cardId: str
   };
 }
 
-export class Issuer {
-  readonly store: Store;
+export class Issuer<S extends IssuerStore = IssuerStore> {
+  readonly store: S;
   readonly custody: KeyCustody;
   readonly ca: CaClient;
   readonly masterKey: string;
@@ -81,7 +82,7 @@ export class Issuer {
   private readonly onEvent: NonNullable<IssuerOptions["onEvent"]>;
   private readonly transport: TransportOptions;
 
-  private constructor(o: IssuerOptions) {
+  private constructor(o: IssuerOptions<S>) {
     this.store = o.store;
     this.custody = o.custody;
     this.ca = o.ca;
@@ -93,14 +94,14 @@ export class Issuer {
   }
 
   /** Opens the issuer; on first start creates the card master key in custody (never extractable). */
-  static async open(o: IssuerOptions): Promise<Issuer> {
-    const issuer = new Issuer(o);
+  static async open<S extends IssuerStore>(o: IssuerOptions<S>): Promise<Issuer<S>> {
+    const issuer = new Issuer<S>(o);
     if (!(await o.custody.hasKey(issuer.masterKey))) await o.custody.createSecretKey(issuer.masterKey, { type: "aes", bits: 256, usage: ["derive"] });
     return issuer;
   }
 
   private async audit(actor: string, action: string, subject: string, details: Record<string, JsonValue> = {}): Promise<void> {
-    await appendAudit(this.store.db, { actor, action, subject, details });
+    await this.store.audit({ actor, action, subject, details });
   }
 
   /**
@@ -174,7 +175,7 @@ export class Issuer {
         label: `kcv ${kcvs.enc}`,
         makeCurrent: true,
       });
-      await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: user.id, keySet: keySet.id, kvn: 1 } });
+      await s.audit({ actor, action: "card.issued", subject: cardId, details: { userId: user.id, keySet: keySet.id, kvn: 1 } });
       return { card: (await s.getCard(cardId))!, keySet };
     });
     this.onEvent({ type: "card.issued" });
@@ -231,7 +232,7 @@ export class Issuer {
   async requestCredential(
     input: { cardId: string; slot: Slot; alg: KeyAlg; profile?: string; replace?: boolean },
     actor: string,
-    o: { recorded?: (s: Store, c: IssuedCredential) => Promise<void> } = {},
+    o: { recorded?: (s: IssuerStore, c: IssuedCredential) => Promise<void> } = {},
   ): Promise<IssuedCredential> {
     if (!SLOTS.includes(input.slot as (typeof SLOTS)[number])) throw new IssuerError("invalid", `slot must be one of ${SLOTS.join(", ")}`);
     if (!CARD_KEY_ALGS.includes(input.alg)) throw new IssuerError("invalid", `algorithm must be one of ${CARD_KEY_ALGS.join(", ")}`);
@@ -268,7 +269,7 @@ export class Issuer {
   async #issueClaimed(
     input: { slot: Slot; alg: KeyAlg; profile?: string; replace?: boolean; card: Card; user: User; ks: CardKeySet; keys: { custody: KeyCustody; ref: KeySetRef }; claim: string },
     actor: string,
-    o: { recorded?: (s: Store, c: IssuedCredential) => Promise<void> },
+    o: { recorded?: (s: IssuerStore, c: IssuedCredential) => Promise<void> },
     onCertified: (serial: string) => void,
   ): Promise<IssuedCredential> {
     const { card, user, ks, keys } = input;
@@ -294,7 +295,7 @@ export class Issuer {
     const cert = await this.ca.certify({ profile, applicantId: user.id, subject: subjectFrom(user.personalData, card.id), publicKey: Buffer.from(spki).toString("base64") });
     onCertified(cert.serial);
 
-    // Group commit: concurrent requests share one commit (each in its own savepoint), see Store.groupTransaction.
+    // Group commit: concurrent requests share one commit (each in its own savepoint), see IssuerStore.groupTransaction (ports.ts).
     return this.store.groupTransaction(async (s) => {
       // Still this request's slot (a claim outlives its lease only on a stalled server), and still as read: the
       // partial unique index on key_pairs (one active pair per card and slot) stands behind both checks.
@@ -318,7 +319,7 @@ export class Issuer {
       });
       // ST22: the package {Sk[PRk], Ct} for the terminal, sealed in custody under the card's package key.
       const pkg = await s.createPackage(card.id, (seq) => this.sealPackage(keys.custody, keys.ref, ks.kvn, card.id, input.slot, seq, input.alg, skPrk, cert.certificate));
-      await appendAudit(s.db, {
+      await s.audit({
         actor,
         action: input.replace && occupied.length ? "credential.updated" : "credential.issued",
         subject: card.id,
@@ -358,7 +359,7 @@ export class Issuer {
   async recordOnlineDelivery(cardId: string, keyPairId: string, actor: string): Promise<void> {
     await this.store.transaction(async (s) => {
       await requireCardState(s, cardId, "credential.online");
-      await appendAudit(s.db, { actor, action: "credential.delivered", subject: cardId, details: { keyPair: keyPairId, path: "online" } });
+      await s.audit({ actor, action: "credential.delivered", subject: cardId, details: { keyPair: keyPairId, path: "online" } });
     });
     this.onEvent({ type: "credential.delivered", path: "online" });
   }

@@ -3,7 +3,7 @@
 //
 // It streams the keys wrapped under the rotation's source key set a page at a time (keyset pagination on the
 // wrapped_keys id), re-wraps each page inside key custody in one batch (the wrap keys of Sk1 and Sk2 are derived
-// once per page), and commits each page with Store.checkpointRotation: the new Sk2[PRk] rows and the cursor move
+// once per page), and commits each page with the port's checkpointRotation: the new Sk2[PRk] rows and the cursor move
 // in ONE transaction. So a crash at any point — mid-page, mid-commit — leaves the job at its last committed page
 // and a restart resumes exactly there; a page another worker (or a replay) already committed is refused by the
 // cursor check and skipped. Memory stays at two pages (one re-wrapped, one committing) whatever the number of
@@ -13,7 +13,9 @@
 
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { KEY_PAIR_ALGS } from "../custody/custody.ts";
-import { StoreError, type CardKeySet, type Rotation, type Store } from "../store/store.ts";
+import { isKind } from "../util/errors.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { CardKeySet, Rotation } from "./records.ts";
 
 export interface RewrapProgress {
   rotationId: string;
@@ -29,7 +31,7 @@ export interface RewrapProgress {
 }
 
 export interface RewrapOptions {
-  store: Store;
+  store: IssuerStore;
   custody: KeyCustody;
   rotationId: string;
   /** Keys per page and per commit (default 2,000). */
@@ -90,7 +92,7 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
       try {
         rot = await p.commit;
       } catch (e) {
-        if (!(e instanceof StoreError && e.code === "conflict")) throw e;
+        if (!isKind(e, "conflict")) throw e;
         // Another worker committed this page (or the job stopped): pick up from what is committed now.
         const cur = await store.getRotation(rotationId);
         if (!cur) throw e;

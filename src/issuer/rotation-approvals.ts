@@ -5,12 +5,12 @@
 // credentials it adds and the old card's slots it leaves behind (rotationBinding, fixed at proposal). Issuing the new
 // card and distributing check the approvals against that binding again, and refuse by name anything else.
 //
-// The data side (one transaction, a guarded UPDATE first, distinct approvers by primary key) is Store.approveRotation;
+// The data side (one transaction, a guarded UPDATE first, distinct approvers by primary key) is the port's approveRotation;
 // this module audits each approval and notifies the one that approves. No HTTP: event-routes.ts and rotation.ts call it.
 
-import { appendAudit } from "../store/audit.ts";
-import { rotationBinding, RotationRepository, type RotationApproval } from "../store/rotation-repository.ts";
-import type { JsonValue, Rotation, Store } from "../store/store.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { JsonValue, Rotation } from "./records.ts";
+import { rotationBinding, type RotationApproval } from "./rotation-records.ts";
 import { IssuerError } from "./issuer.ts";
 
 export interface ApprovalState {
@@ -23,9 +23,9 @@ export interface ApprovalState {
 }
 
 /** What a rotation's approvals amount to now; `configured`: the server's rotations.approvals. */
-export async function approvalState(store: Store, r: Rotation, configured = 1): Promise<ApprovalState> {
+export async function approvalState(store: IssuerStore, r: Rotation, configured = 1): Promise<ApprovalState> {
   const binding = rotationBinding(r).hash;
-  const all = await new RotationRepository(store.db).approvals(r.id);
+  const all = await store.rotationRecords.approvals(r.id);
   return { required: Math.max(r.approvalsRequired, configured), given: all.filter((a) => a.bindingHash === binding && a.operator !== r.proposedBy), binding };
 }
 
@@ -47,13 +47,13 @@ export function bindingDetails(r: Rotation): Record<string, JsonValue> {
  * rotation.approved for the one that approves it, which is also notified). StoreError conflict for the proposer, an
  * operator who approved before, or a rotation not proposed; not_found for an unknown one.
  */
-export async function approveRotation(store: Store, id: string, actor: string, o: { required?: number } = {}): Promise<Rotation> {
+export async function approveRotation(store: IssuerStore, id: string, actor: string, o: { required?: number } = {}): Promise<Rotation> {
   return store.transaction(async (s) => {
     const r = await s.approveRotation(id, actor, { required: o.required });
     const state = await approvalState(s, r, o.required);
     const approved = r.status === "approved";
     const details = { ...bindingDetails(r), approvals: state.given.map((a) => a.operator), required: state.required, proposedBy: r.proposedBy };
-    await appendAudit(s.db, { actor, action: approved ? "rotation.approved" : "rotation.approval", subject: r.id, details, at: r.approvedAt ?? s.now() });
+    await s.audit({ actor, action: approved ? "rotation.approved" : "rotation.approval", subject: r.id, details, at: r.approvedAt ?? s.now() });
     if (approved) {
       const payload = { rotationId: r.id, approvedBy: actor, cardId: r.cardId, fromKeySetId: r.fromKeySetId, strategy: r.strategy };
       await s.enqueueEvent({ type: "rotation.approved", subject: r.id, payload, dedupKey: `rotation-approved:${r.id}` });
@@ -66,7 +66,7 @@ export async function approveRotation(store: Store, id: string, actor: string, o
  * Refuses (IssuerError conflict, naming what is missing) unless rotation `r` is approved by enough distinct operators
  * other than its proposer, each for exactly its binding: what new-card and distribute check before acting.
  */
-export async function requireApproved(store: Store, r: Rotation, configured = 1): Promise<ApprovalState> {
+export async function requireApproved(store: IssuerStore, r: Rotation, configured = 1): Promise<ApprovalState> {
   const state = await approvalState(store, r, configured);
   if (state.given.length < state.required) {
     const who = state.given.map((a) => a.operator).join(", ") || "nobody";

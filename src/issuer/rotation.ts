@@ -15,8 +15,8 @@
 // resumed calls make each package and key once, on any number of servers, and the rotation completes only when
 // nothing is owed.
 //
-// Terminal side (terminalRotate): what the user terminal does with the old card, the new card and its overflow
-// store (the seed's hard disk HD) for each strategy.
+// Terminal side (terminalRotate, rotation-terminal.ts, re-exported here): what the user terminal does with the old
+// card, the new card and its overflow store (the seed's hard disk HD) for each strategy.
 //
 // Mechanism for "the new card holds Sk1 and Sk2" (embodiments 4, 5): the new card receives, as its KVN 1, the
 // very key set Sk1 of the old card (same custody reference: the old card's diversified keys), bound by STORE DATA
@@ -32,21 +32,20 @@
 import { CARD_ACTS } from "./card-lifecycle.ts";
 import type { KeyAlg } from "../card/state.ts";
 import { PURPOSE } from "../protocol/derivation.ts";
-import { assemblePackage, packageHeader, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
+import { assemblePackage, packageHeaderBytes, packagePlaintext } from "../protocol/package.ts";
 import type { DerivedKeySetRef, KeySetRef } from "../custody/custody.ts";
-import type { RotationDistribution, RotationStrategy } from "../store/db.ts";
-import { StoreError, type Card, type CardKeySet, type DeliveryPackage, type Rotation, type Store } from "../store/store.ts";
-import { canonicalAdded, OWED_ITEM_STATES, RotationRepository, type AddedCredentialSpec, type RotationItem } from "../store/rotation-repository.ts";
-import { appendAudit } from "../store/audit.ts";
-import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
-import { moveOut, type OverflowStore } from "../terminal/overflow.ts";
-import type { PivClient } from "../protocol/piv/client.ts";
+import type { Transmit } from "../protocol/apdu-client.ts";
+import { isKind } from "../util/errors.ts";
+import type { IssuerStore, RotationRecords } from "./ports.ts";
+import type { Card, CardKeySet, DeliveryPackage, Rotation, RotationDistribution, RotationStrategy } from "./records.ts";
+import { canonicalAdded, OWED_ITEM_STATES, type AddedCredentialSpec, type RotationItem } from "./rotation-records.ts";
 import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, type IssuedCredential, type Slot } from "./issuer.ts";
 import { personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
 import { runRewrap, type RewrapProgress } from "./rewrap.ts";
 import { approvalState, approveRotation, bindingDetails, requireApproved, type ApprovalState } from "./rotation-approvals.ts";
 
-export type { RotationStrategy } from "../store/db.ts";
+export type { RotationStrategy } from "./records.ts";
+export { terminalRotate, type TerminalRotateInput, type TerminalRotateResult } from "./rotation-terminal.ts";
 
 /** FIG. 15, one row per embodiment: what is added, and what is updated where. */
 export const FIG15: Record<RotationStrategy, { add: boolean; systemDb: "all" | "added"; network: "all" | "added"; newCard: "all" | "added"; hd: "all" | "added"; newCardKeySets: ("Sk1" | "Sk2")[] }> =
@@ -114,7 +113,7 @@ const sameAdded = (a: readonly AddedCredential[] | readonly AddedCredentialSpec[
 const describeAdded = (a: readonly AddedCredentialSpec[]) => a.map((x) => `${x.slot} ${x.alg}${x.profile ? ` (${x.profile})` : ""}`).join(", ") || "none";
 
 export class CardRotation {
-  readonly store: Store;
+  readonly store: IssuerStore;
   readonly #approvals: number;
   readonly #onCompleted: (r: Rotation) => void;
 
@@ -157,7 +156,7 @@ export class CardRotation {
     if (input.newCardId !== undefined && (!CARD_ID.test(input.newCardId) || input.newCardId === input.cardId))
       throw new IssuerError("invalid", "the new card ID must be 8 to 16 bytes of lowercase hex, other than the old card's");
     return this.store.transaction(async (s) => {
-      const repo = new RotationRepository(s.db);
+      const repo = s.rotationRecords;
       const card = await s.getCard(input.cardId);
       if (!card) throw new IssuerError("not_found", `no card ${input.cardId}`);
       const old = await repo.holdCard(card.id, OLD_CARD_STATES);
@@ -187,16 +186,16 @@ export class CardRotation {
           approvalsRequired: this.#approvals,
         });
       } catch (e) {
-        if (e instanceof StoreError && e.code === "conflict") throw new IssuerError("conflict", e.message);
+        if (isKind(e, "conflict")) throw new IssuerError("conflict", e.message);
         throw e;
       }
-      await appendAudit(s.db, { actor, action: "rotation.proposed", subject: r.id, details: { ...bindingDetails(r), keySet: ks.id, kvn: ks.kvn, approvalsRequired: r.approvalsRequired } });
+      await s.audit({ actor, action: "rotation.proposed", subject: r.id, details: { ...bindingDetails(r), keySet: ks.id, kvn: ks.kvn, approvalsRequired: r.approvalsRequired } });
       return r;
     });
   }
 
   /** Refuses a key set that wraps another card's keys (a re-wrap would hand them to this rotation's new card). */
-  async #ownKeysOnly(repo: RotationRepository, keySetId: string, cardId: string): Promise<void> {
+  async #ownKeysOnly(repo: RotationRecords, keySetId: string, cardId: string): Promise<void> {
     const foreign = await repo.foreignWrappedKeys(keySetId, cardId);
     if (foreign.count > 0)
       throw new IssuerError(
@@ -217,10 +216,10 @@ export class CardRotation {
       try {
         r = await s.cancelRotation(id);
       } catch (e) {
-        if (e instanceof StoreError) throw new IssuerError(e.code, e.message);
+        if (isKind(e, "not_found") || isKind(e, "conflict") || isKind(e, "invalid")) throw new IssuerError(e.kind as "not_found" | "conflict" | "invalid", e.message);
         throw e;
       }
-      await appendAudit(s.db, { actor, action: "rotation.cancelled", subject: id, details: bindingDetails(r) });
+      await s.audit({ actor, action: "rotation.cancelled", subject: id, details: bindingDetails(r) });
       return r;
     });
   }
@@ -252,7 +251,7 @@ export class CardRotation {
     const keepSk1 = FIG15[r0.strategy].newCardKeySets.includes("Sk1");
     const now = this.store.now();
     return this.store.transaction(async (s) => {
-      const repo = new RotationRepository(s.db);
+      const repo = s.rotationRecords;
       const held = await repo.holdCard(old.id, OLD_CARD_STATES);
       if (!held.held) throw new IssuerError("conflict", `card ${old.id} is ${held.status}: rotation ${id} rotates an ${OLD_CARD_STATES.join(" or ")} card only`);
       await this.#ownKeysOnly(repo, sk1.id, old.id);
@@ -264,13 +263,13 @@ export class CardRotation {
         ? await s.addKeySet({ cardId, kvn: sk1.kvn, version: 1, validFrom: sk1.validFrom, validUntil: sk1.validUntil, custodyRef: sk1.custodyRef, label: `Sk1 of card ${old.id}` })
         : undefined;
       const rotation = await s.startRotation(id, { toCardId: cardId, toKeySetId: sk2.id, total });
-      await appendAudit(s.db, {
+      await s.audit({
         actor,
         action: "rotation.started",
         subject: id,
         details: { strategy: r0.strategy, oldCard: old.id, newCard: cardId, sk2: sk2.id, kvn: SK2_KVN, keepsSk1: keepSk1, toRewrap: FIG15[r0.strategy].systemDb === "all" ? total : 0 },
       });
-      await appendAudit(s.db, { actor, action: "card.issued", subject: cardId, details: { userId: old.userId, keySet: sk2.id, kvn: SK2_KVN, rotation: id, replaces: old.id } });
+      await s.audit({ actor, action: "card.issued", subject: cardId, details: { userId: old.userId, keySet: sk2.id, kvn: SK2_KVN, rotation: id, replaces: old.id } });
       return { rotation, card: (await s.getCard(cardId))!, sk2, sk1: sk1Copy };
     });
   }
@@ -330,8 +329,8 @@ export class CardRotation {
       const busy = await this.#packageItems(r, actor);
       if (busy.length) throw new IssuerError("conflict", `rotation ${id}: another call is distributing it (slot ${busy.join(", ")} in progress); ask again for its result`);
       if (await this.store.finishDistribution(id)) {
-        const items = await new RotationRepository(this.store.db).items(id);
-        await appendAudit(this.store.db, {
+        const items = await this.store.rotationRecords.items(id);
+        await this.store.audit({
           actor,
           action: "rotation.distributed",
           subject: id,
@@ -350,7 +349,7 @@ export class CardRotation {
       const r = await s.claimDistribution(r0.id);
       if (!r || !r.toCardId || !r.toKeySetId) return;
       await requireApproved(s, r, this.#approvals);
-      const repo = new RotationRepository(s.db);
+      const repo = s.rotationRecords;
       const fresh = await repo.holdCard(r.toCardId, NEW_CARD_STATES);
       if (!fresh.held)
         throw new IssuerError(
@@ -393,9 +392,9 @@ export class CardRotation {
       );
       for (const kp of carried) await s.updateKeyPair(kp.id, { cardId: r.toCardId });
       await s.setCardStatus(r.cardId, "retired");
-      await appendAudit(s.db, { actor, action: "card.retired", subject: r.cardId, details: { from: old.status ?? null, reason: `replaced by card ${r.toCardId} (rotation ${r.id})`, rotation: r.id } });
+      await s.audit({ actor, action: "card.retired", subject: r.cardId, details: { from: old.status ?? null, reason: `replaced by card ${r.toCardId} (rotation ${r.id})`, rotation: r.id } });
       if (policy.systemDb === "all") await s.setKeySetStatus(r.fromKeySetId, "retired");
-      await appendAudit(s.db, {
+      await s.audit({
         actor,
         action: "rotation.redistributed",
         subject: r.id,
@@ -409,11 +408,11 @@ export class CardRotation {
     const newCardId = r.toCardId!;
     const sk2 = (await this.store.getKeySet(r.toKeySetId!))!;
     const busy: string[] = [];
-    for (const item of await new RotationRepository(this.store.db).items(r.id)) {
+    for (const item of await this.store.rotationRecords.items(r.id)) {
       if (item.state !== "pending") continue;
       if (item.kind === "carried") {
         await this.store.transaction(async (s) => {
-          const repo = new RotationRepository(s.db);
+          const repo = s.rotationRecords;
           if (!(await repo.claimItem(r.id, item.slot, s.now()))) return;
           const w = await s.getWrappedKey(item.keyPairId!, sk2.id);
           if (!w) throw new IssuerError("invalid", `key pair ${item.keyPairId} has no Sk2[PRk]`);
@@ -430,14 +429,14 @@ export class CardRotation {
       try {
         await this.issuer.requestCredential({ cardId: newCardId, slot: item.slot, alg: item.algorithm as KeyAlg, profile: item.profile ?? undefined }, actor, {
           recorded: async (s, c) => {
-            const repo = new RotationRepository(s.db);
+            const repo = s.rotationRecords;
             if (!(await repo.claimItem(r.id, item.slot, s.now()))) throw new IssuerError("conflict", `rotation ${r.id}: slot ${item.slot} was packaged by another call`);
             await repo.setItemPackage(r.id, item.slot, { cardId: newCardId, seq: c.package.seq, keyPairId: c.keyPair.id });
           },
         });
       } catch (e) {
         if (!(e instanceof IssuerError && e.code === "conflict")) throw e;
-        const now = (await new RotationRepository(this.store.db).items(r.id)).find((i) => i.slot === item.slot);
+        const now = (await this.store.rotationRecords.items(r.id)).find((i) => i.slot === item.slot);
         if (now?.state !== "pending") continue; // another call packaged it
         const other = (await this.store.listKeyPairs({ cardId: newCardId, status: "active", slot: item.slot }))[0];
         if (other)
@@ -456,8 +455,8 @@ export class CardRotation {
     const done = await this.store.transaction(async (s) => {
       const done = await s.completeDistribution(id);
       if (!done) return undefined;
-      const items = await new RotationRepository(s.db).items(id);
-      await appendAudit(s.db, {
+      const items = await s.rotationRecords.items(id);
+      await s.audit({
         actor,
         action: "rotation.completed",
         subject: id,
@@ -471,7 +470,7 @@ export class CardRotation {
 
   /** After a delivery to card `cardId`: completes the rotations it was the new card of, if nothing is owed any more. */
   async settleFor(cardId: string, actor: string): Promise<void> {
-    for (const id of await new RotationRepository(this.store.db).distributedTo(cardId)) await this.settle(id, actor);
+    for (const id of await this.store.rotationRecords.distributedTo(cardId)) await this.settle(id, actor);
   }
 
   /** What a rotation's approvals and distribution are now: the status query (route and CLI). */
@@ -482,7 +481,7 @@ export class CardRotation {
   }
 
   async #distribution(r: Rotation): Promise<DistributionStatus> {
-    const items = await new RotationRepository(this.store.db).items(r.id);
+    const items = await this.store.rotationRecords.items(r.id);
     return { state: r.distribution, items, owed: items.filter((i) => OWED_ITEM_STATES.includes(i.state)).map((i) => i.slot) };
   }
 
@@ -506,101 +505,4 @@ export class CardRotation {
     added.sort((a, b) => a.package.seq - b.package.seq);
     return { rotation, packages, added, distribution };
   }
-}
-
-// ---- terminal side ------------------------------------------------------------------------------------------
-
-export interface TerminalRotateInput {
-  strategy: RotationStrategy;
-  /** The old card (PIN verified); needed for embodiments 4 and 5, whose old pairs leave it through the terminal. */
-  oldCard?: { piv: PivClient; cardId: string };
-  /** The new card (PIN verified). */
-  newCard: { piv: PivClient; cardId: string };
-  /** The terminal's overflow store (the seed's HD). */
-  store: OverflowStore;
-  /** The packages fetched for the new card, in sequence order (what crossed the network). */
-  packages: Uint8Array[];
-  /** Slots that live in the overflow store rather than on the new card afterwards (para 0071, 0088). */
-  offCard: string[];
-  /** Slots the old card holds (default: those with a certificate object, 9A 9C 9D 9E). */
-  oldSlots?: string[];
-}
-
-export interface TerminalRotateResult {
-  /** Slots the new card holds. */
-  onCard: string[];
-  /** Overflow store entries afterwards: card, slot and the KVN the pair is sealed under. */
-  inStore: { cardId: string; slot: string; kvn: number }[];
-  /**
-   * Old pairs the new card refused, left in the store as the old card's Sk1[PRk]: 6982 from a new card that
-   * holds no key set bound to the old card (personalised without its predecessor), 6985 for an export older
-   * than one of the same slot it already took.
-   */
-  stranded: { slot: string; sw: number }[];
-}
-
-/**
- * The user terminal's part of a rotation (FIG. 15, columns "new card" and "HD"):
- *   3: each {Sk2[PRk], Ct} goes into the new card; the pairs the store held come back out of the new card as its
- *      exports under Sk2, replacing the old card's Sk1 entries (para 0069-0071).
- *   4: every pair moves out of the old card into the store as the old card's Sk1[PRk] (para 0083); those meant
- *      for the new card go into it, which opens them with its predecessor key set Sk1 (para 0088-0089), and leave
- *      the store; those meant for the store stay there as Sk1[PRk] (HD: only the added pairs are updated), and
- *      the new card takes them on demand the same way. The added pairs are loaded, the ones for the store moved
- *      out again under Sk2.
- *   5: as 4, but every old Sk1[PRk] goes into the new card, and each one meant for the store is re-exported by it
- *      under Sk2, its newest own key set, and replaces the old entry: the store holds Sk2[PRk] only (FIG. 22-24).
- * Each pair is at every step on a card or in the store: an old entry is removed only once the new card holds the
- * pair or the store holds its Sk2 replacement.
- */
-export async function terminalRotate(input: TerminalRotateInput): Promise<TerminalRotateResult> {
-  const { store, newCard } = input;
-  const oldId = input.oldCard?.cardId;
-  const off = new Set(input.offCard);
-  const stranded: TerminalRotateResult["stranded"] = [];
-  const onCard = new Set<string>();
-  const slotNum = (s: string) => parseInt(s, 16);
-
-  if (input.strategy !== "embodiment3") {
-    const old = input.oldCard;
-    if (!old) throw new IssuerError("invalid", `${input.strategy} moves the old card's pairs through the terminal: the old card is needed`);
-    // Para 0083: out of the old card into the store, as the old card's Sk1[PRk].
-    for (const s of input.oldSlots ?? (await slotsOn(old.piv))) await moveOut(old.piv, store, slotNum(s));
-    for (const e of store.list(old.cardId)) {
-      // Embodiment 4 leaves the store's old entries as they are (FIG. 15: HD updates only the added ones).
-      if (input.strategy === "embodiment4" && off.has(e.keyRef)) continue;
-      try {
-        await newCard.piv.loadPackage(e.bytes);
-      } catch (err) {
-        if (!(err instanceof ApduError)) throw err;
-        stranded.push({ slot: e.keyRef, sw: err.sw });
-        continue;
-      }
-      // Embodiment 5, FIG. 22-24: what lives in the store goes back there re-exported by the new card under Sk2.
-      if (off.has(e.keyRef)) await moveOut(newCard.piv, store, slotNum(e.keyRef));
-      else onCard.add(e.keyRef);
-      store.remove(old.cardId, e.keyRef);
-    }
-  }
-  for (const p of input.packages) {
-    const h = packageHeader(p);
-    await newCard.piv.loadPackage(p);
-    onCard.add(h.keyRef);
-    if (off.has(h.keyRef)) {
-      // Para 0071 / 0088: the pair for the store, now as the new card's export under Sk2 (it replaces the old
-      // card's Sk1 entry of that slot in embodiment 3).
-      await moveOut(newCard.piv, store, slotNum(h.keyRef));
-      onCard.delete(h.keyRef);
-      if (oldId && input.strategy === "embodiment3") store.remove(oldId, h.keyRef);
-    }
-  }
-  const inStore = [...(oldId ? store.list(oldId) : []), ...store.list(newCard.cardId)].map((e) => ({ cardId: e.cardId, slot: e.keyRef, kvn: packageHeader(e.bytes).kvn }));
-  return { onCard: [...onCard].sort(), inStore, stranded };
-}
-
-/** Slots of a card that hold a certificate (what a terminal can see of them without a secure channel). */
-async function slotsOn(piv: PivClient): Promise<string[]> {
-  const out: string[] = [];
-  for (const s of ["9a", "9c", "9d", "9e"]) if (await piv.readCertificate(parseInt(s, 16))) out.push(s);
-  return out;
 }

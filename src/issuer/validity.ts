@@ -23,9 +23,8 @@
 // commit and then finds the key taken, so it proposes nothing.
 
 import { randomUUID } from "node:crypto";
-import { appendAudit } from "../store/audit.ts";
-import type { RotationStrategy } from "../store/db.ts";
-import type { Card, CardKeySet, Certificate, JsonValue, Store } from "../store/store.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { Card, CardKeySet, Certificate, JsonValue, RotationStrategy } from "./records.ts";
 
 export const VALIDITY_ACTOR = "validity-scan";
 
@@ -39,7 +38,7 @@ const MAX_PAGE = 10_000;
 const STRATEGIES: readonly RotationStrategy[] = ["embodiment3", "embodiment4", "embodiment5"];
 
 export interface ValidityScanOptions {
-  store: Store;
+  store: IssuerStore;
   /** The scan's "now", epoch ms (default: the store's clock). */
   now?: number;
   /** How far ahead to look, in days (0..3650; fractions allowed). */
@@ -133,12 +132,12 @@ export function validityDedupKey(phase: "expiring" | "expired", item: "card" | "
   return `${phase}:${item}:${id}:${validUntil}`;
 }
 
-async function emit(store: Store, item: "card" | "keyset" | "certificate", phase: "expiring" | "expired", id: string, validUntil: number, payload: JsonValue): Promise<boolean> {
+async function emit(store: IssuerStore, item: "card" | "keyset" | "certificate", phase: "expiring" | "expired", id: string, validUntil: number, payload: JsonValue): Promise<boolean> {
   const e = await store.enqueueEvent({ type: `${item}.${phase}`, subject: id, payload, dedupKey: validityDedupKey(phase, item, id, validUntil) });
   return e !== null;
 }
 
-async function proposeRotation(store: Store, ks: CardKeySet, phase: "expiring" | "expired", strategy: RotationStrategy, now: number): Promise<boolean> {
+async function proposeRotation(store: IssuerStore, ks: CardKeySet, phase: "expiring" | "expired", strategy: RotationStrategy, now: number): Promise<boolean> {
   return store.transaction(async (s) => {
     const earlier = (await s.listRotations({ cardId: ks.cardId })).filter((r) => r.fromKeySetId === ks.id);
     if (earlier.some((r) => r.status !== "failed" && r.status !== "cancelled")) return false;
@@ -159,7 +158,7 @@ async function proposeRotation(store: Store, ks: CardKeySet, phase: "expiring" |
     const claim = await s.enqueueEvent({ type: "rotation.proposed", subject: rotationId, payload: details, dedupKey: `rotation-proposal:keyset:${ks.id}:${earlier.length + 1}` });
     if (!claim) return false;
     const rotation = await s.proposeRotation({ id: rotationId, cardId: ks.cardId, fromKeySetId: ks.id, strategy });
-    await appendAudit(s.db, { actor: VALIDITY_ACTOR, action: "rotation.proposed", subject: rotation.id, details, at: now });
+    await s.audit({ actor: VALIDITY_ACTOR, action: "rotation.proposed", subject: rotation.id, details, at: now });
     return true;
   });
 }

@@ -44,8 +44,8 @@ import { createHash, createHmac } from "node:crypto";
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
 import { request as httpsRequest } from "node:https";
 import type { LookupFunction } from "node:net";
-import { appendAudit } from "../store/audit.ts";
-import type { Store, StoredEvent, Webhook, WebhookDelivery } from "../store/store.ts";
+import type { IssuerStore } from "./ports.ts";
+import type { StoredEvent, Webhook, WebhookDelivery } from "./records.ts";
 import { WebhookAddressPolicy, WebhookAddressRefused } from "./webhook-addresses.ts";
 import { SECRET_PREFIX, webhookSignature } from "./webhook-receiver.ts";
 
@@ -134,7 +134,7 @@ export function checkEventTypes(types: string[]): void {
  * host and its event types — not the URL's path or query, which may carry a receiver's token, and never the secret.
  */
 export async function registerWebhook(
-  store: Store,
+  store: IssuerStore,
   secrets: WebhookSecrets,
   input: { url: string; eventTypes: string[] },
   addresses: WebhookAddressPolicy = new WebhookAddressPolicy(),
@@ -150,7 +150,7 @@ export async function registerWebhook(
   }
   const webhook = await store.transaction(async (s) => {
     const w = await s.addWebhook({ url: input.url, eventTypes: input.eventTypes, secretRef: secrets.ref });
-    await appendAudit(s.db, {
+    await s.audit({
       actor,
       action: "webhook.created",
       subject: w.id,
@@ -163,10 +163,10 @@ export async function registerWebhook(
 }
 
 /** Disables a webhook (no further deliveries; its dead letters stay listed), audited ("webhook.disabled"). False when no enabled webhook has that id. */
-export async function disableWebhook(store: Store, id: string, actor = "system"): Promise<boolean> {
+export async function disableWebhook(store: IssuerStore, id: string, actor = "system"): Promise<boolean> {
   return store.transaction(async (s) => {
     if (!(await s.disableWebhook(id))) return false;
-    await appendAudit(s.db, { actor, action: "webhook.disabled", subject: id, details: { webhookId: id }, at: s.now() });
+    await s.audit({ actor, action: "webhook.disabled", subject: id, details: { webhookId: id }, at: s.now() });
     return true;
   });
 }
@@ -175,14 +175,14 @@ export async function disableWebhook(store: Store, id: string, actor = "system")
  * Queues dead letters again (attempts counted afresh, due now): all of a webhook's, or the deliveries named by id.
  * Audited ("webhook.dead-letters.retried": who, the webhook or the delivery ids, how many). Returns those retried.
  */
-export async function retryDeadLetters(store: Store, filter: { webhookId?: string; deliveryIds?: string[] }, actor = "system"): Promise<WebhookDelivery[]> {
+export async function retryDeadLetters(store: IssuerStore, filter: { webhookId?: string; deliveryIds?: string[] }, actor = "system"): Promise<WebhookDelivery[]> {
   const deliveries = filter.deliveryIds?.map(parseDeliveryId);
   if (!filter.webhookId && !deliveries?.length) throw new WebhookError("retry: name a webhook (webhookId) or deliveries (deliveryIds)");
   return store.transaction(async (s) => {
     const retried = await s.retryDeadWebhookDeliveries({ webhookId: filter.webhookId, deliveries }, s.now());
     if (retried.length > 0) {
       const details = { ...(filter.webhookId ? { webhookId: filter.webhookId } : {}), deliveryIds: retried.map((d) => deliveryId(d.eventId, d.webhookId)), count: retried.length };
-      await appendAudit(s.db, { actor, action: "webhook.dead-letters.retried", subject: filter.webhookId ?? retried[0].webhookId, details, at: s.now() });
+      await s.audit({ actor, action: "webhook.dead-letters.retried", subject: filter.webhookId ?? retried[0].webhookId, details, at: s.now() });
     }
     return retried;
   });
@@ -205,7 +205,7 @@ export function parseDeliveryId(id: string): { eventId: number; webhookId: strin
 }
 
 export interface WebhookDispatcherOptions {
-  store: Store;
+  store: IssuerStore;
   secrets: WebhookSecrets;
   /** Per-request timeout (default 10 s). */
   timeoutMs?: number;
@@ -265,7 +265,7 @@ interface Lane {
 
 /** Delivers the outbox events to the webhooks subscribed to their types, each webhook in its own lane. */
 export class WebhookDispatcher {
-  readonly #store: Store;
+  readonly #store: IssuerStore;
   readonly #secrets: WebhookSecrets;
   readonly #timeoutMs: number;
   readonly #base: number;

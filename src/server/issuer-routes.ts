@@ -19,7 +19,7 @@ import { CardStateError, Issuer, IssuerError } from "../issuer/issuer.ts";
 import { requireCardState, type CardTransition } from "../issuer/card-lifecycle.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
-import { StoreError, type Card, type JsonValue, type User } from "../store/store.ts";
+import { StoreError, type Card, type JsonValue, type Store, type User } from "../store/store.ts";
 import { requireCardAccess, type Principal, type Role } from "./auth.ts";
 import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
@@ -29,7 +29,7 @@ import { fromHex, toHex } from "../util/bytes.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
-  issuer: Issuer;
+  issuer: Issuer<Store>;
   relays: RelaySessions;
 }
 

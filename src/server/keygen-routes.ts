@@ -33,7 +33,6 @@ import { KeyGenerationDevice, type IssuedCard, type PivSlot } from "../keygen/de
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
 import type { IssuedKeyRegistry } from "../keygen/registry.ts";
 import type { RecoveryService } from "../recovery/service.ts";
-import { appendAudit } from "../store/audit.ts";
 import { APDU_HEX, CARD_ID, cardStateProblem, domain, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
 import { CardStateError, checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
 import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
@@ -195,8 +194,7 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
           const profile = req.body.profile ?? SLOT_PROFILES[slot];
           const escrow = req.body.escrow === true;
           const device = await KeyGenerationDevice.create({ custody: issuer.custody, ca: center, registry, trustAnchors: await pinned(), escrow: escrow ? recovery.escrowHook(actor) : undefined });
-          const audit = (action: string, details: Record<string, string | boolean>) =>
-            appendAudit(issuer.store.db, { actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
+          const audit = (action: string, details: Record<string, string | boolean>) => issuer.store.audit({ actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
           const run = async (transmit: (apdu: Uint8Array) => Promise<Uint8Array>): Promise<KeygenResultJson> => {
             try {
               // the card's state, read before every APDU the device sends it: a card suspended mid-session gets nothing more

@@ -238,7 +238,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });
   if (d.crlPath) serveCrlAt(app, d.crlPath, issuer);
   const checkpoints = await AuditCheckpoints.open({
-    db: d.store.db as Db,
+    store: d.store,
     custody: d.custody,
     origin: d.audit?.origin,
     publishers: [...(d.audit?.publishers ?? []), eventCheckpointPublisher(d.store)],

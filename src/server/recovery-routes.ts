@@ -68,6 +68,7 @@ import type { FastifyPluginAsync } from "fastify";
 import type { Issuer } from "../issuer/issuer.ts";
 import type { RecoveryService } from "../recovery/service.ts";
 import { appendAudit } from "../store/audit.ts";
+import type { Store } from "../store/store.ts";
 import { ApiProblem } from "./problem.ts";
 import type { TtlMapOptions } from "./relay-sessions.ts";
 import { boundArbitrator } from "./recovery-routes/access.ts";
@@ -83,7 +84,7 @@ export { recoveryProblem } from "./recovery-routes/refusals.ts";
 export interface RecoveryRoutesOptions {
   recovery: RecoveryService;
   /** The issuer: card records whose current key set a reproduction targets, the operators table for tokens. */
-  issuer: Issuer;
+  issuer: Issuer<Store>;
   /** Bounds of the live relay sessions of reproductions (default 5 min, 100 at once). */
   liveRelays?: Partial<TtlMapOptions>;
 }

@@ -35,9 +35,8 @@ import type { CardScript } from "../issuer/card-scripts.ts";
 import { IssuerError } from "../issuer/issuer.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { FIG15, type AddedCredential, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
-import type { RotationItem } from "../store/rotation-repository.ts";
+import type { RotationItem } from "../issuer/rotation-records.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
-import { appendAudit } from "../store/audit.ts";
 import type { RotationStrategy } from "../store/db.ts";
 import type { Card, Rotation } from "../store/store.ts";
 import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
@@ -331,7 +330,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     jobs.set(r.id, job);
     job.promise = (async () => {
       try {
-        await appendAudit(store.db, { actor, action: "rotation.rewrap-started", subject: r.id, details: { cursor: r.cursor, done: r.done, total: r.total } });
+        await store.audit({ actor, action: "rotation.rewrap-started", subject: r.id, details: { cursor: r.cursor, done: r.done, total: r.total } });
         const onProgress = (p: RewrapProgress) => (job.keysPerSecond = p.keysPerSecond);
         const end = await rotations.rewrap(r.id, { pageSize: o.rewrapPageSize, onProgress, signal: abort.signal });
         if (abort.signal.aborted) {
@@ -340,7 +339,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
           return;
         }
         job.state = "done";
-        await appendAudit(store.db, { actor, action: "rotation.rewrapped", subject: r.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
+        await store.audit({ actor, action: "rotation.rewrapped", subject: r.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
       } catch (e) {
         job.state = "failed";
         job.error = e instanceof Error ? e.message : String(e);

@@ -50,7 +50,7 @@ import type { Issuer } from "../issuer/issuer.ts";
 import { appendAudit } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { StateCounterRepository, type CardStateCounter } from "../store/state-counter-repository.ts";
-import type { Card, CardKeySet } from "../store/store.ts";
+import type { Card, CardKeySet, Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
 import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
@@ -187,7 +187,7 @@ function rollbackProblem(cardId: string, r: CardStateCounter, now: boolean): Api
 }
 
 export interface TerminalRoutesOptions {
-  issuer: Issuer;
+  issuer: Issuer<Store>;
   tokens: TerminalTokens;
   /**
    * Pending handshakes, each for `ttlMs` (default 5 min): at most `perCard` of one card (default 16) and `perCardClient`

@@ -1,8 +1,11 @@
 // The audit log as a transparency log (issue 15 §3): its leaves — the entries' chain hashes, in seq order — and the
 // checkpoints signed over them (table: migrations/0011_audit_checkpoints.ts), one code path for SQLite and PostgreSQL.
+// The port it implements is the issuer's (src/issuer/ports.ts AuditCheckpointRecords); Store.auditCheckpoints hands it out.
 
 import type { Kysely } from "kysely";
 import type { Db } from "./db.ts";
+import type { AuditCheckpointRecords } from "../issuer/ports.ts";
+import type { StoredCheckpoint } from "../issuer/records.ts";
 
 export interface AuditCheckpointsTable {
   size: number;
@@ -14,18 +17,11 @@ export interface AuditCheckpointsTable {
 // a type alias, not an interface: Kysely's withTables wants an index-signature-compatible record
 export type AuditCheckpointTables = { audit_checkpoints: AuditCheckpointsTable };
 
-export interface StoredCheckpoint {
-  size: number;
-  /** Hex. */
-  rootHash: string;
-  /** The signed note (C2SP tlog-checkpoint). */
-  note: string;
-  createdAt: number;
-}
+export type { StoredCheckpoint };
 
 const toCheckpoint = (r: AuditCheckpointsTable): StoredCheckpoint => ({ size: Number(r.size), rootHash: r.root_hash, note: r.note, createdAt: Number(r.created_at) });
 
-export class AuditCheckpointRepository {
+export class AuditCheckpointRepository implements AuditCheckpointRecords {
   private readonly db: Kysely<import("./db.ts").Database & AuditCheckpointTables>;
 
   /** @param db the system DB, migrated so that 0011_audit_checkpoints exists */

@@ -10,27 +10,10 @@
 import type { Insertable, Selectable, Transaction } from "kysely";
 import type { CardStatus, Database } from "./db.ts";
 import { newId } from "./ids.ts";
-import { toKeySet, type CardKeySet } from "./key-set-repository.ts";
+import { toKeySet } from "./key-set-repository.ts";
 import { checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
-import { toUser, type User } from "./user-repository.ts";
-
-export interface Card {
-  id: string;
-  userId: string;
-  status: CardStatus;
-  validFrom: number;
-  validUntil: number;
-  currentKeySetId: string | null;
-  lastPackageSeq: number;
-  createdAt: number;
-  updatedAt: number;
-  /** Bumped by every status change: what a terminal token is bound to besides the card (card-lifecycle.ts). */
-  statusVersion: number;
-  /** The last status change (null: none since issue); every change is in the audit log. */
-  statusChangedAt: number | null;
-  statusChangedBy: string | null;
-  statusReason: string | null;
-}
+import { toUser } from "./user-repository.ts";
+import type { Card, CardKeySet, CardStatusChange, NewCard, User } from "../issuer/records.ts";
 
 const CARD_STATUSES: readonly CardStatus[] = ["issued", "active", "suspended", "retired", "destroyed"];
 
@@ -47,19 +30,13 @@ export const CARD_STATUS_FROM: Readonly<Record<CardStatus, readonly CardStatus[]
   destroyed: ["issued", "active", "suspended", "retired"],
 };
 
-/** A status change the store made: the card as it is now and the status it left. */
-export interface CardStatusChange {
-  card: Card;
-  from: CardStatus;
-}
-
 export class CardRepository extends StoreRepository<CardRepository> {
   protected override bind(trx: Transaction<Database>): CardRepository {
     return new CardRepository(trx, this.clock);
   }
 
   /** Registers a card issued to a user (ST14), validity VT = [validFrom, validUntil]. */
-  async registerCard(input: { id?: string; userId: string; validFrom: number; validUntil: number; status?: CardStatus }): Promise<Card> {
+  async registerCard(input: NewCard): Promise<Card> {
     checkValidity("card", input.validFrom, input.validUntil);
     const status = input.status ?? "issued";
     if (!CARD_STATUSES.includes(status)) throw new StoreError("invalid", `card status: unknown ${status}`);

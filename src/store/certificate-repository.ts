@@ -9,28 +9,7 @@ import type { Selectable, Transaction } from "kysely";
 import type { Database } from "./db.ts";
 import { newId } from "./ids.ts";
 import { buf, checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
-
-export interface Certificate {
-  id: string;
-  serial: string;
-  keyPairId: string;
-  der: Buffer;
-  subject: string;
-  notBefore: number;
-  notAfter: number;
-  revokedAt: number | null;
-  revocationReason: string | null;
-  createdAt: number;
-}
-
-export interface NewCertificate {
-  id?: string;
-  serial: string;
-  der: Uint8Array;
-  subject: string;
-  notBefore: number;
-  notAfter: number;
-}
+import type { Certificate, NewCertificate } from "../issuer/records.ts";
 
 export class CertificateRepository extends StoreRepository<CertificateRepository> {
   protected override bind(trx: Transaction<Database>): CertificateRepository {

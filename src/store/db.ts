@@ -28,20 +28,14 @@ import type { SqliteDatabase as KyselySqliteDatabase, SqliteStatement, PostgresP
 import pg from "pg";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
+import type { CardStatus, KeyPairStatus, KeySetStatus, PackageStatus, RotationDistribution, RotationStatus, RotationStrategy, WebhookDeliveryStatus } from "../issuer/records.ts";
 
 const requireFrom = createRequire(import.meta.url);
 
 export type Engine = "sqlite" | "postgres";
 
-/** The card lifecycle (src/issuer/card-lifecycle.ts): retired and destroyed are final. */
-export type CardStatus = "issued" | "active" | "suspended" | "retired" | "destroyed";
-export type KeySetStatus = "pending" | "active" | "retired";
-export type KeyPairStatus = "active" | "superseded" | "revoked" | "destroyed";
-export type PackageStatus = "pending" | "fetched" | "acknowledged";
-/** FIG. 15: embodiment 3 re-wraps and redistributes all; 4 adds new keys under Sk2 only; 5 re-wraps all and adds. */
-export type RotationStrategy = "embodiment3" | "embodiment4" | "embodiment5";
-/** para 0062: a rotation is detected and notified (proposed), approved by an operator, then run. */
-export type RotationStatus = "proposed" | "approved" | "running" | "completed" | "failed" | "cancelled";
+// The states the rows move through are the issuer's (src/issuer/records.ts); the tables below use them.
+export type { CardStatus, KeySetStatus, KeyPairStatus, PackageStatus, RotationDistribution, RotationStatus, RotationStrategy, WebhookDeliveryStatus };
 
 export interface UsersTable {
   id: string;
@@ -172,9 +166,6 @@ export interface RotationsTable {
   distributed_at: Generated<number | null>;
 }
 
-/** A rotation's distribution (migration 0012): claimed once, then resumable item by item. */
-export type RotationDistribution = "none" | "distributing" | "distributed";
-
 export interface EventsTable {
   id: Generated<number>;
   type: string;
@@ -191,8 +182,6 @@ export interface EventsTable {
   /** When the event's deliveries were queued in webhook_queue (migration 0014); null: not yet. */
   fanned_out_at: Generated<number | null>;
 }
-
-export type WebhookDeliveryStatus = "pending" | "delivered" | "dead";
 
 /** One delivery of an event to a webhook, its schedule and its claim (migration 0014). */
 export interface WebhookQueueTable {

@@ -8,20 +8,7 @@
 import type { Selectable, Transaction } from "kysely";
 import type { Database } from "./db.ts";
 import { StoreRepository, type JsonValue } from "./repository.ts";
-
-export interface StoredEvent {
-  id: number;
-  type: string;
-  subject: string;
-  payload: JsonValue;
-  dedupKey: string | null;
-  createdAt: number;
-  deliveredAt: number | null;
-  attempts: number;
-  lastError: string | null;
-  /** Epoch ms before which a failed delivery is not retried; null: due now. */
-  nextAttemptAt: number | null;
-}
+import type { StoredEvent } from "../issuer/records.ts";
 
 export class EventRepository extends StoreRepository<EventRepository> {
   protected override bind(trx: Transaction<Database>): EventRepository {

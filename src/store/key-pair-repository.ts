@@ -7,48 +7,12 @@
 // Never: a clear private key. Only wrapped ones, and public keys.
 
 import type { Selectable, Transaction } from "kysely";
-import { certRow, toCertificate, type Certificate, type NewCertificate } from "./certificate-repository.ts";
+import { certRow, toCertificate } from "./certificate-repository.ts";
 import type { Database, KeyPairStatus } from "./db.ts";
 import { newId } from "./ids.ts";
 import { buf, checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
 import { RotationRepository } from "./rotation-repository.ts";
-
-export interface KeyPair {
-  id: string;
-  userId: string;
-  cardId: string | null;
-  slot: string | null;
-  algorithm: string;
-  publicKey: Buffer;
-  status: KeyPairStatus;
-  createdAt: number;
-}
-
-export interface WrappedKey {
-  /** Row id: the page cursor of the bulk re-wrap. */
-  id: number;
-  keyPairId: string;
-  keySetId: string;
-  /** Sk[PRk]. */
-  wrapped: Buffer;
-  createdAt: number;
-}
-
-export interface NewKeyPair {
-  id?: string;
-  userId: string;
-  cardId?: string | null;
-  slot?: string | null;
-  algorithm: string;
-  publicKey: Uint8Array;
-  status?: KeyPairStatus;
-}
-
-export interface RecordedCredential {
-  keyPair: KeyPair;
-  wrapped: WrappedKey[];
-  certificate: Certificate | null;
-}
+import type { Certificate, KeyPair, NewCredential, RecordedCredential, WrappedKey } from "../issuer/records.ts";
 
 const MAX_PAGE = 50_000;
 
@@ -61,7 +25,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
    * Records a new credential in ONE transaction: the key pair (ST17), its private key wrapped under each given
    * card key set (ST18, Sk[PRk]) and, when already issued, its certificate (ST21). Either all rows land or none.
    */
-  async recordCredential(input: { keyPair: NewKeyPair; wrapped: { keySetId: string; wrapped: Uint8Array }[]; certificate?: NewCertificate | null }): Promise<RecordedCredential> {
+  async recordCredential(input: NewCredential): Promise<RecordedCredential> {
     const now = this.now();
     const kp = input.keyPair;
     if (kp.publicKey.length === 0) throw new StoreError("invalid", "publicKey: empty");

@@ -8,19 +8,7 @@ import type { Selectable, Transaction } from "kysely";
 import type { Database, KeySetStatus } from "./db.ts";
 import { newId } from "./ids.ts";
 import { checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
-
-export interface CardKeySet {
-  id: string;
-  cardId: string;
-  kvn: number;
-  version: number;
-  status: KeySetStatus;
-  validFrom: number;
-  validUntil: number;
-  custodyRef: string;
-  label: string | null;
-  createdAt: number;
-}
+import type { CardKeySet, NewKeySet } from "../issuer/records.ts";
 
 export class KeySetRepository extends StoreRepository<KeySetRepository> {
   protected override bind(trx: Transaction<Database>): KeySetRepository {
@@ -31,18 +19,7 @@ export class KeySetRepository extends StoreRepository<KeySetRepository> {
    * Adds a card key set (ST11-ST12: only its custody reference, never the key values). With `makeCurrent`, new
    * private keys for the card are wrapped under it from now on.
    */
-  async addKeySet(input: {
-    id?: string;
-    cardId: string;
-    kvn: number;
-    version: number;
-    validFrom: number;
-    validUntil: number;
-    custodyRef: string;
-    label?: string | null;
-    status?: KeySetStatus;
-    makeCurrent?: boolean;
-  }): Promise<CardKeySet> {
+  async addKeySet(input: NewKeySet): Promise<CardKeySet> {
     if (!Number.isInteger(input.kvn) || input.kvn < 1 || input.kvn > 127) throw new StoreError("invalid", `kvn: expected 1..127, got ${input.kvn}`);
     if (!Number.isInteger(input.version) || input.version < 1) throw new StoreError("invalid", `key set version: expected a positive integer, got ${input.version}`);
     checkValidity("key set", input.validFrom, input.validUntil);

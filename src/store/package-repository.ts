@@ -9,17 +9,7 @@ import type { Selectable, Transaction } from "kysely";
 import type { Database, PackageStatus } from "./db.ts";
 import { buf, StoreError, StoreRepository } from "./repository.ts";
 import { RotationRepository } from "./rotation-repository.ts";
-
-export interface DeliveryPackage {
-  id: number;
-  cardId: string;
-  seq: number;
-  body: Buffer;
-  status: PackageStatus;
-  createdAt: number;
-  fetchedAt: number | null;
-  acknowledgedAt: number | null;
-}
+import type { DeliveryPackage } from "../issuer/records.ts";
 
 export class PackageRepository extends StoreRepository<PackageRepository> {
   protected override bind(trx: Transaction<Database>): PackageRepository {

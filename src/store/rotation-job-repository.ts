@@ -12,36 +12,9 @@ import { sql, type Selectable, type Transaction } from "kysely";
 import type { Database, RotationDistribution, RotationStatus, RotationStrategy } from "./db.ts";
 import { newId } from "./ids.ts";
 import { insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
-import { canonicalAdded, canonicalDropped, parseAdded, rotationBinding, RotationRepository, type AddedCredentialSpec } from "./rotation-repository.ts";
-
-export interface Rotation {
-  id: string;
-  cardId: string;
-  toCardId: string | null;
-  fromKeySetId: string;
-  toKeySetId: string | null;
-  strategy: RotationStrategy;
-  status: RotationStatus;
-  cursor: number;
-  total: number;
-  done: number;
-  approvedBy: string | null;
-  approvedAt: number | null;
-  error: string | null;
-  createdAt: number;
-  updatedAt: number;
-  /** Who proposed it (null: the validity scan, or before migration 0012); that operator may not approve it. */
-  proposedBy: string | null;
-  /** The new card, bound at proposal: issueNewCard registers exactly this ID. */
-  newCardId: string | null;
-  /** The credentials distribute adds (embodiments 4, 5), by slot, and the old card's slots it leaves behind. */
-  added: AddedCredentialSpec[];
-  dropped: string[];
-  /** Distinct operators other than the proposer who must approve it. */
-  approvalsRequired: number;
-  distribution: RotationDistribution;
-  distributedAt: number | null;
-}
+import { RotationRepository } from "./rotation-repository.ts";
+import { canonicalAdded, canonicalDropped, parseAdded, rotationBinding } from "../issuer/rotation-records.ts";
+import type { NewRotation, Rotation } from "../issuer/records.ts";
 
 const STRATEGIES: readonly RotationStrategy[] = ["embodiment3", "embodiment4", "embodiment5"];
 
@@ -59,19 +32,7 @@ export class RotationJobRepository extends StoreRepository<RotationJobRepository
    * the old card's slots it leaves behind. One open rotation per key set and one rotation per new card ID (unique
    * indexes, migration 0012): a second is a conflict.
    */
-  async proposeRotation(input: {
-    id?: string;
-    cardId: string;
-    fromKeySetId: string;
-    strategy: RotationStrategy;
-    toCardId?: string | null;
-    toKeySetId?: string | null;
-    proposedBy?: string | null;
-    newCardId?: string;
-    added?: AddedCredentialSpec[];
-    dropped?: string[];
-    approvalsRequired?: number;
-  }): Promise<Rotation> {
+  async proposeRotation(input: NewRotation): Promise<Rotation> {
     if (!STRATEGIES.includes(input.strategy)) throw new StoreError("invalid", `strategy: expected one of ${STRATEGIES.join(", ")}, got ${input.strategy}`);
     const approvals = input.approvalsRequired ?? 1;
     if (!Number.isInteger(approvals) || approvals < 1 || approvals > 16) throw new StoreError("invalid", `approvals required: expected 1..16, got ${approvals}`);

@@ -1,8 +1,7 @@
 // What a card-key rotation owes besides its job row (issue 15 §1, §2, §4; tables: migrations/0012_rotation_four_eyes.ts),
 // and the slot claims of credential requests — one code path for SQLite and PostgreSQL:
 //
-//   the binding     what an approval covers: old card, its key set, strategy, new card, the credentials added and
-//                   the old card's slots left behind, as one canonical string and its SHA-256 (rotationBinding)
+//   the binding     what an approval covers (src/issuer/rotation-records.ts rotationBinding), in each approval's row
 //   approvals       one row per (rotation, operator): distinct approvers by the primary key
 //   items           one row per slot the new card is owed, with its state; moved on by guarded UPDATEs only
 //                   (pending -> packaged by the one call that makes its package; packaged -> delivered ->
@@ -12,9 +11,10 @@
 //
 // What it must never do: decide (the domain does: src/issuer/rotation.ts, rotation-approvals.ts), or hold a key.
 
-import { createHash } from "node:crypto";
 import type { Kysely, Selectable, Transaction } from "kysely";
 import type { Database, Db } from "./db.ts";
+import { OWED_ITEM_STATES, type RotationApproval, type RotationItem, type RotationItemKind, type RotationItemPath, type RotationItemState } from "../issuer/rotation-records.ts";
+import type { RotationRecords } from "../issuer/ports.ts";
 
 export interface RotationApprovalsTable {
   rotation_id: string;
@@ -23,20 +23,11 @@ export interface RotationApprovalsTable {
   approved_at: number;
 }
 
-/** pending: owed; packaged: its package waits for the new card; delivered: the new card's terminal fetched it (or, by
- *  the terminal path of FIG. 15, the pair is the new card's on record); acknowledged: the card's receipt;
- *  dropped: left behind by the approved rotation. */
-export type RotationItemState = "pending" | "packaged" | "delivered" | "acknowledged" | "dropped";
-/** States that are still owed: a rotation with one of them is not complete. */
-export const OWED_ITEM_STATES: readonly RotationItemState[] = ["pending", "packaged"];
-
 export interface RotationItemsTable {
   rotation_id: string;
   slot: string;
-  /** carried: the old card's key pair; added: generated under Sk2 by the distribution (embodiments 4, 5). */
-  kind: "carried" | "added";
-  /** package: the issuer sends it (FIG. 15 "network"); terminal: it leaves the old card through the terminal. */
-  path: "package" | "terminal";
+  kind: RotationItemKind;
+  path: RotationItemPath;
   key_pair_id: string | null;
   algorithm: string;
   profile: string | null;
@@ -56,65 +47,6 @@ export interface CredentialSlotClaimsTable {
 // a type alias, not an interface: Kysely's withTables wants an index-signature-compatible record
 export type RotationTables = { rotation_approvals: RotationApprovalsTable; rotation_items: RotationItemsTable; credential_slot_claims: CredentialSlotClaimsTable };
 
-export interface RotationApproval {
-  operator: string;
-  bindingHash: string;
-  approvedAt: number;
-}
-
-export interface RotationItem {
-  rotationId: string;
-  slot: string;
-  kind: RotationItemsTable["kind"];
-  path: RotationItemsTable["path"];
-  keyPairId: string | null;
-  algorithm: string;
-  profile: string | null;
-  state: RotationItemState;
-  /** The package that carries it: the new card's, by its sequence number. */
-  packageSeq: number | null;
-  updatedAt: number;
-}
-
-/** A credential a rotation adds (embodiments 4, 5), as the binding names it. */
-export interface AddedCredentialSpec {
-  slot: string;
-  alg: string;
-  profile?: string;
-}
-
-/** What an approval covers. */
-export interface RotationBindingInput {
-  cardId: string;
-  fromKeySetId: string;
-  strategy: string;
-  newCardId: string | null;
-  added: AddedCredentialSpec[];
-  dropped: string[];
-}
-
-/** The canonical JSON of the additions (by slot, each [slot, alg, profile|null]) as rotations.added stores it. */
-export function canonicalAdded(add: readonly AddedCredentialSpec[]): string {
-  return JSON.stringify([...add].sort((a, b) => (a.slot < b.slot ? -1 : a.slot > b.slot ? 1 : 0)).map((a) => [a.slot, a.alg, a.profile ?? null]));
-}
-
-export function parseAdded(text: string): AddedCredentialSpec[] {
-  return (JSON.parse(text) as [string, string, string | null][]).map(([slot, alg, profile]) => (profile === null ? { slot, alg } : { slot, alg, profile }));
-}
-
-/** The canonical JSON of the slots left behind, sorted. */
-export const canonicalDropped = (slots: readonly string[]): string => JSON.stringify([...slots].sort());
-
-/**
- * What an approval covers, as one string and its SHA-256 (hex): version, old card, its key set, strategy, new card,
- * additions and drops. Migration 0012 computes version 1 the same way for approvals given before it.
- */
-export function rotationBinding(b: RotationBindingInput): { canonical: string; hash: string } {
-  const add = JSON.parse(canonicalAdded(b.added)) as unknown[];
-  const canonical = JSON.stringify(["cardkms/rotation-binding/v1", b.cardId, b.fromKeySetId, b.strategy, b.newCardId, add, [...b.dropped].sort()]);
-  return { canonical, hash: createHash("sha256").update(canonical).digest("hex") };
-}
-
 const toItem = (r: Selectable<RotationItemsTable>): RotationItem => ({
   rotationId: r.rotation_id,
   slot: r.slot,
@@ -128,7 +60,7 @@ const toItem = (r: Selectable<RotationItemsTable>): RotationItem => ({
   updatedAt: Number(r.updated_at),
 });
 
-export class RotationRepository {
+export class RotationRepository implements RotationRecords {
   private readonly db: Kysely<Database & RotationTables>;
 
   /** @param db the system DB (or a transaction of it), migrated so that 0012_rotation_four_eyes exists */

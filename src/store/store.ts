@@ -21,37 +21,60 @@
 //   webhook-repository.ts        webhooks and their deliveries
 //   operator-repository.ts       operators
 //   repository.ts                StoreError and what the repositories share
-// Each method's comment is with its code in those files. The types are exported from here as before, so callers
-// import everything from store.ts.
+//   rotation-repository.ts       what a rotation owes besides its job row (Store.rotationRecords)
+//   audit.ts                     the hash-chained audit log (Store.audit appends in the store's transaction)
+//   audit-checkpoint-repository.ts  the audit log's signed checkpoints (Store.auditCheckpoints)
+// Each method's comment is with its code in those files. Store implements the issuer's storage port
+// (src/issuer/ports.ts: IssuerStore, AuditCheckpointStore); the records are the issuer's (src/issuer/records.ts) and
+// are exported from here as before, so callers import everything from store.ts.
 
 import type { Transaction } from "kysely";
-import {
-  engineOf,
-  openDatabase,
-  type CardStatus,
-  type Database,
-  type Db,
-  type Engine,
-  type KeyPairStatus,
-  type KeySetStatus,
-  type OpenOptions,
-  type PackageStatus,
-  type RotationStatus,
-  type WebhookDeliveryStatus,
-} from "./db.ts";
+import { engineOf, openDatabase, type Database, type Db, type Engine, type OpenOptions } from "./db.ts";
 import { migrateToLatest } from "./migrate.ts";
 import { groupCommit } from "./group.ts";
-import { CARD_STATUS_FROM, CardRepository, type Card, type CardStatusChange } from "./card-repository.ts";
-import { CertificateRepository, type Certificate, type NewCertificate } from "./certificate-repository.ts";
-import { EventRepository, type StoredEvent } from "./event-repository.ts";
-import { KeyPairRepository, type KeyPair, type NewKeyPair, type RecordedCredential, type WrappedKey } from "./key-pair-repository.ts";
-import { KeySetRepository, type CardKeySet } from "./key-set-repository.ts";
+import { appendAudit, verifyAuditLog, type AuditHead, type AuditVerification } from "./audit.ts";
+import { AuditCheckpointRepository } from "./audit-checkpoint-repository.ts";
+import { CARD_STATUS_FROM, CardRepository } from "./card-repository.ts";
+import { CertificateRepository } from "./certificate-repository.ts";
+import { EventRepository } from "./event-repository.ts";
+import { KeyPairRepository } from "./key-pair-repository.ts";
+import { KeySetRepository } from "./key-set-repository.ts";
 import { OperatorRepository, type Operator } from "./operator-repository.ts";
-import { PackageRepository, type DeliveryPackage } from "./package-repository.ts";
-import { isConstraintViolation, StoreError, type JsonValue } from "./repository.ts";
-import { RotationJobRepository, type Rotation } from "./rotation-job-repository.ts";
-import { UserRepository, type User } from "./user-repository.ts";
-import { WebhookRepository, type Webhook, type WebhookDelivery } from "./webhook-repository.ts";
+import { PackageRepository } from "./package-repository.ts";
+import { isConstraintViolation, StoreError } from "./repository.ts";
+import { RotationJobRepository } from "./rotation-job-repository.ts";
+import { RotationRepository } from "./rotation-repository.ts";
+import { UserRepository } from "./user-repository.ts";
+import { WebhookRepository } from "./webhook-repository.ts";
+import type { AuditCheckpointStore, AuditInput, IssuerStore } from "../issuer/ports.ts";
+import type {
+  Card,
+  CardKeySet,
+  CardStatus,
+  CardStatusChange,
+  Certificate,
+  DeliveryPackage,
+  JsonValue,
+  KeyPair,
+  KeyPairStatus,
+  KeySetStatus,
+  NewCard,
+  NewCertificate,
+  NewCredential,
+  NewKeyPair,
+  NewKeySet,
+  NewRotation,
+  PackageStatus,
+  RecordedCredential,
+  Rotation,
+  RotationStatus,
+  StoredEvent,
+  User,
+  Webhook,
+  WebhookDelivery,
+  WebhookDeliveryStatus,
+  WrappedKey,
+} from "../issuer/records.ts";
 
 export { CARD_STATUS_FROM, isConstraintViolation, StoreError };
 export type {
@@ -79,7 +102,7 @@ export interface StoreOptions {
   now?: () => number;
 }
 
-export class Store {
+export class Store implements IssuerStore, AuditCheckpointStore {
   readonly engine: Engine;
   readonly #now: () => number;
   // The repositories, each made on first use (a Store is made for every transaction; most use only a few).
@@ -93,6 +116,8 @@ export class Store {
   #eventsRepository?: EventRepository;
   #webhooksRepository?: WebhookRepository;
   #operatorsRepository?: OperatorRepository;
+  #rotationRecords?: RotationRepository;
+  #auditCheckpoints?: AuditCheckpointRepository;
 
   constructor(
     readonly db: Db | Transaction<Database>,
@@ -149,6 +174,24 @@ export class Store {
     return groupCommit(this.db, (trx) => fn(new Store(trx, { now: this.#now })));
   }
 
+  // ---- the audit log ---------------------------------------------------------------------------------------
+  // audit.ts, audit-checkpoint-repository.ts
+
+  /** Appends one entry to the audit log: in the transaction this store is bound to, else in its own (appendAudit). */
+  async audit(entry: AuditInput): Promise<void> {
+    await appendAudit(this.db, entry);
+  }
+
+  /** Walks the whole audit chain (verifyAuditLog); with `expectedHead`, also checks the log still holds that entry. */
+  verifyAuditLog(o: { expectedHead?: AuditHead | null; pageSize?: number } = {}): Promise<AuditVerification> {
+    return verifyAuditLog(this.db, o);
+  }
+
+  /** The audit log's signed checkpoints, bound to this store's DB or transaction. */
+  get auditCheckpoints(): AuditCheckpointRepository {
+    return (this.#auditCheckpoints ??= new AuditCheckpointRepository(this.db));
+  }
+
   // ---- users ----------------------------------------------------------------------------------------------
   // user-repository.ts
 
@@ -163,7 +206,7 @@ export class Store {
   // ---- cards and card key sets (ST11-ST15) ----------------------------------------------------------------
   // card-repository.ts, key-set-repository.ts
 
-  registerCard(input: Parameters<CardRepository["registerCard"]>[0]): Promise<Card> {
+  registerCard(input: NewCard): Promise<Card> {
     return this.#cards.registerCard(input);
   }
 
@@ -187,7 +230,7 @@ export class Store {
     return this.#cards.changeCardStatus(id, to, o);
   }
 
-  addKeySet(input: Parameters<KeySetRepository["addKeySet"]>[0]): Promise<CardKeySet> {
+  addKeySet(input: NewKeySet): Promise<CardKeySet> {
     return this.#keySets.addKeySet(input);
   }
 
@@ -210,7 +253,7 @@ export class Store {
   // ---- credentials (ST16-ST21) ----------------------------------------------------------------------------
   // key-pair-repository.ts, certificate-repository.ts
 
-  recordCredential(input: Parameters<KeyPairRepository["recordCredential"]>[0]): Promise<RecordedCredential> {
+  recordCredential(input: NewCredential): Promise<RecordedCredential> {
     return this.#keyPairs.recordCredential(input);
   }
 
@@ -304,7 +347,7 @@ export class Store {
   // ---- card-key rotation jobs (embodiments 3-5, FIG. 15) --------------------------------------------------
   // rotation-job-repository.ts
 
-  proposeRotation(input: Parameters<RotationJobRepository["proposeRotation"]>[0]): Promise<Rotation> {
+  proposeRotation(input: NewRotation): Promise<Rotation> {
     return this.#rotations.proposeRotation(input);
   }
 
@@ -354,6 +397,11 @@ export class Store {
 
   cancelRotation(id: string): Promise<Rotation> {
     return this.#rotations.cancelRotation(id);
+  }
+
+  /** What a rotation owes besides its job row (approvals, items; rotation-repository.ts), bound as this store is. */
+  get rotationRecords(): RotationRepository {
+    return (this.#rotationRecords ??= new RotationRepository(this.db));
   }
 
   // ---- validity (FIG. 5, para 0062) -----------------------------------------------------------------------

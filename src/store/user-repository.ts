@@ -7,12 +7,7 @@ import type { Selectable, Transaction } from "kysely";
 import type { Database } from "./db.ts";
 import { newId } from "./ids.ts";
 import { insertOrConflict, StoreRepository, type JsonValue } from "./repository.ts";
-
-export interface User {
-  id: string;
-  personalData: Record<string, JsonValue>;
-  createdAt: number;
-}
+import type { User } from "../issuer/records.ts";
 
 export class UserRepository extends StoreRepository<UserRepository> {
   protected override bind(trx: Transaction<Database>): UserRepository {

@@ -8,34 +8,10 @@
 
 import type { Selectable, Transaction } from "kysely";
 import type { Database, WebhookDeliveryStatus } from "./db.ts";
-import { toEvent, type StoredEvent } from "./event-repository.ts";
+import { toEvent } from "./event-repository.ts";
 import { newId } from "./ids.ts";
 import { insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
-
-export interface Webhook {
-  id: string;
-  url: string;
-  eventTypes: string[];
-  secretRef: string | null;
-  createdAt: number;
-  disabledAt: number | null;
-}
-
-/** One delivery of an event to a webhook (migration 0014): its state, schedule and claim. */
-export interface WebhookDelivery {
-  eventId: number;
-  webhookId: string;
-  status: WebhookDeliveryStatus;
-  attempts: number;
-  nextAttemptAt: number;
-  leaseOwner: string | null;
-  leaseUntil: number | null;
-  lastError: string | null;
-  createdAt: number;
-  updatedAt: number;
-  deliveredAt: number | null;
-  deadAt: number | null;
-}
+import type { StoredEvent, Webhook, WebhookDelivery } from "../issuer/records.ts";
 
 export class WebhookRepository extends StoreRepository<WebhookRepository> {
   protected override bind(trx: Transaction<Database>): WebhookRepository {

@@ -7,21 +7,17 @@
 // Files (issue 15 §6): the directory is created 0700 and refused when other users may write it; each package is
 // written 0600 to a fresh temporary name (O_EXCL | O_NOFOLLOW) and renamed into place, so a symlink planted at the
 // package's name or at a temporary name is never written through (src/util/files.ts), and read without following one.
+// Moving a slot out of a card and back (moveOut, bringBack) is src/protocol/overflow.ts's, re-exported here.
 
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { packageHeader } from "../protocol/package.ts";
 import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
-import type { PivClient } from "../protocol/piv/client.ts";
+import type { OverflowEntries, OverflowEntry } from "../protocol/overflow.ts";
 
-export interface OverflowEntry {
-  cardId: string;
-  keyRef: string;
-  seq: number;
-  bytes: Uint8Array;
-}
+export { bringBack, moveOut, type OverflowEntry } from "../protocol/overflow.ts";
 
-export class OverflowStore {
+export class OverflowStore implements OverflowEntries {
   /** Creates `dir` (0700) when missing; throws UnsafeFileError when other users may write it. */
   constructor(readonly dir: string) {
     ensurePrivateDirectory(dir);
@@ -58,23 +54,4 @@ export class OverflowStore {
   remove(cardId: string, keyRef: string): void {
     rmSync(this.file(cardId, keyRef), { force: true });
   }
-}
-
-/**
- * Moves a slot's key and certificate out of the card: EXPORT KEY WRAPPED, keep the package, then DELETE KEY.
- * The PIN must have been verified on `piv`. If the delete fails the package is still kept (the card holds the key).
- */
-export async function moveOut(piv: PivClient, store: OverflowStore, keyRef: number): Promise<OverflowEntry> {
-  const bytes = await piv.exportKey(keyRef);
-  const entry = store.put(bytes);
-  await piv.apdu.check({ cla: 0x80, ins: 0xf6, p1: 0, p2: keyRef }, "DELETE KEY");
-  return entry;
-}
-
-/** Loads a slot back from the overflow store on demand. */
-export async function bringBack(piv: PivClient, store: OverflowStore, cardId: string, keyRef: number): Promise<void> {
-  const ref = keyRef.toString(16).padStart(2, "0");
-  const e = store.get(cardId, ref);
-  if (!e) throw new Error(`no overflow entry for card ${cardId} slot ${ref}`);
-  await piv.loadPackage(e.bytes);
 }

@@ -22,7 +22,8 @@ import type { CardTransport } from "../transport/transport.ts";
 import { ApduError } from "../protocol/apdu-client.ts";
 import type { IssuerApiClient, RelayCardResult, RelayStart } from "./api-client.ts";
 import { readCardInfo } from "../protocol/card-info.ts";
-import { moveOut, OverflowStore, type OverflowEntry } from "./overflow.ts";
+import { moveOut, type OverflowEntry } from "../protocol/overflow.ts";
+import { OverflowStore } from "./overflow.ts";
 import { PivClient } from "../protocol/piv/client.ts";
 import { ensurePrivateDirectory, readFileNoFollow, UnsafeFileError, writeFileAtomic } from "../util/files.ts";
 

@@ -7,6 +7,7 @@ import type { FastifyPluginAsync } from "fastify";
 import type { Issuer } from "../../issuer/issuer.ts";
 import type { ArbitratorView, KeyRotation, RecoveryService } from "../../recovery/service.ts";
 import { appendAudit } from "../../store/audit.ts";
+import type { Store } from "../../store/store.ts";
 import { newToken } from "../auth.ts";
 import { EMPTY_BODY, params, principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
@@ -17,7 +18,7 @@ import { ARB_ID, B64, b64, BOOL, closed, CURSOR, HEX64, INT, NO_QUERY, nextOf, P
 export interface ArbitratorRoutesOptions {
   recovery: RecoveryService;
   /** The issuer: its store holds the operators table, where the arbitrators' tokens are. */
-  issuer: Issuer;
+  issuer: Issuer<Store>;
 }
 
 // ---- schema pieces ------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@
 //
 // Rotations written before: the new card they are bound to is the one they issued (else a fresh ID), they add and
 // drop nothing, and an approval given before counts for that binding (the hash below is the one
-// rotation-repository.ts computes, version 1, frozen here: a migration never changes).
+// src/issuer/rotation-records.ts computes, version 1, frozen here: a migration never changes).
 
 import { createHash, randomBytes } from "node:crypto";
 import { sql, type ColumnDefinitionBuilder, type Kysely, type Migration } from "kysely";
@@ -98,7 +98,7 @@ export function rotationFourEyes(_engine: Engine): Migration {
         .createTable("rotation_approvals")
         .addColumn("rotation_id", "text", (c) => c.notNull().references("rotations.id"))
         .addColumn("operator", "text", notNull)
-        /** Hex SHA-256 of the binding the operator approved (rotation-repository.ts rotationBinding). */
+        /** Hex SHA-256 of the binding the operator approved (src/issuer/rotation-records.ts rotationBinding). */
         .addColumn("binding_hash", "text", notNull)
         .addColumn("approved_at", "bigint", notNull)
         .addPrimaryKeyConstraint("rotation_approvals_pk", ["rotation_id", "operator"])
@@ -160,7 +160,7 @@ export function rotationFourEyes(_engine: Engine): Migration {
   };
 }
 
-/** The binding hash of rotation-repository.ts, version 1, for the approvals recorded before this migration. */
+/** The binding hash of src/issuer/rotation-records.ts, version 1, for the approvals recorded before this migration. */
 function bindingHashV1(b: { cardId: string; fromKeySetId: string; strategy: string; newCardId: string; add: unknown[]; drop: string[] }): string {
   const canonical = JSON.stringify(["cardkms/rotation-binding/v1", b.cardId, b.fromKeySetId, b.strategy, b.newCardId, b.add, b.drop]);
   return createHash("sha256").update(canonical).digest("hex");

@@ -1,7 +1,8 @@
-// A bulk re-wrap as its own process, for the crash test (issue 3, Reliability: SIGKILL at random points, restart,
-// until the rotation completes) and for operators who run a rotation's re-wrap apart from the server:
+// A bulk re-wrap (src/issuer/rewrap.ts) as its own process, for the crash test (issue 3, Reliability: SIGKILL at
+// random points, restart, until the rotation completes) and for operators who run a rotation's re-wrap apart from
+// the server:
 //
-//   node dist/issuer/rewrap-worker.js <db url> <keystore path | pkcs11> <rotation id> [--complete]
+//   node dist/cli/rewrap-worker.js <db url> <keystore path | pkcs11> <rotation id> [--complete]
 //
 // Custody from the environment as the server takes it (custody/index.ts: CARDKMS_KEYSTORE_KEY or _FILE for the
 // software keystore; CARDKMS_PKCS11_* for an HSM). CARDKMS_REWRAP_PAGE sets the page size (default 2,000).
@@ -11,7 +12,7 @@
 
 import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
 import { Store } from "../store/store.ts";
-import { runRewrap } from "./rewrap.ts";
+import { runRewrap } from "../issuer/rewrap.ts";
 
 async function main(argv: string[]): Promise<void> {
   const [url, keystore, rotationId] = argv;
