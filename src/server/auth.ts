@@ -8,32 +8,15 @@
 // An issuing service's token at a CA of another site (role "issuer", ca-routes.ts) may certify bare public keys —
 // keys in that service's own custody; that route checks the role itself, and admin does not imply it.
 
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
+import { hashToken, type Principal, type Role } from "../issuer/operators.ts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { ApiProblem } from "./problem.ts";
 
-export type Role = "admin" | "operator" | "auditor" | "terminal" | "arbitrator" | "issuer";
-export const ROLES: readonly Role[] = ["admin", "operator", "auditor", "terminal", "arbitrator", "issuer"];
-
-export interface Principal {
-  name: string;
-  roles: Role[];
-  /** For a terminal: the card it acts for. */
-  cardId?: string;
-}
+export { hashToken, newToken, ROLES, type Principal, type Role } from "../issuer/operators.ts";
 
 /** Looks a token hash up (e.g. in the operators table); undefined when unknown or disabled. */
 export type TokenLookup = (tokenHash: string) => Promise<Principal | undefined>;
-
-export function hashToken(token: string): string {
-  return createHash("sha256").update(token, "utf8").digest("hex");
-}
-
-/** A fresh API token and the hash to store. */
-export function newToken(): { token: string; hash: string } {
-  const token = `ckms_${randomBytes(32).toString("base64url")}`;
-  return { token, hash: hashToken(token) };
-}
 
 export function sameHash(a: string, b: string): boolean {
   const x = Buffer.from(a, "hex");

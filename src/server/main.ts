@@ -37,7 +37,6 @@ import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { selfTestRefusal } from "../custody/pkcs11-selftest.ts";
 import { AuditCheckpointError, AuditCheckpoints, eventCheckpointPublisher, fileCheckpointPublisher, type CheckpointPublisher } from "../issuer/audit-checkpoints.ts";
 import { auditRoutes } from "./audit-routes.ts";
-import { appendAudit } from "../store/audit.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import type { TransportOptions } from "../issuer/transport-keys.ts";
 import { CertificationCenter, signedRequestsThroughCenter } from "../keygen/center.ts";
@@ -51,9 +50,9 @@ import { BackupRepository } from "../store/backup-repository.ts";
 import { SqlCaRepository } from "../store/ca-repository.ts";
 import { SqlIssuedKeyRegistry } from "../store/keygen-registry.ts";
 import { engineForUrl, looseSqliteFiles, sqlitePath, type Db } from "../store/db.ts";
-import { Store, type Operator } from "../store/store.ts";
+import { Store } from "../store/store.ts";
 import { buildServer, REDACT } from "./app.ts";
-import { anyOf, cachedLookup, installAuth, newToken, ROLES, type Principal, type Role, type TokenLookup } from "./auth.ts";
+import { anyOf, cachedLookup, installAuth, type Role } from "./auth.ts";
 import { caRoutes } from "./ca-routes.ts";
 import { DEFAULT_CONFIG, loadConfig, type IssuerConfig } from "./config.ts";
 import { eventRoutes } from "./event-routes.ts";
@@ -126,45 +125,9 @@ export interface IssuerApp {
   routes: RouteInfo[];
 }
 
-/** Looks API tokens up in the operators table: enabled operators only, known roles only. */
-export function operatorLookup(store: Store): TokenLookup {
-  return async (hash) => {
-    const op = await store.getOperatorByTokenHash(hash);
-    if (!op || op.disabledAt !== null) return undefined;
-    const roles = op.roles.filter((r): r is Role => (ROLES as readonly string[]).includes(r) && r !== "terminal");
-    return roles.length ? ({ name: op.name, roles } satisfies Principal) : undefined;
-  };
-}
+import { operatorLookup } from "../issuer/operators.ts";
 
-/**
- * Creates an operator with a fresh API token (bootstrap and the CLI). Only the token's hash is stored; the token
- * is returned once and never again. Audited ("operator.created": by `actor`, the operator's id, name and roles —
- * never the token or its hash) in the transaction that records it.
- */
-export async function createOperatorToken(store: Store, name: string, roles: Role[], actor = "system"): Promise<{ token: string; operator: Operator }> {
-  if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) throw new Error("operator name: 1-64 of A-Z a-z 0-9 _ . @ -");
-  if (!Array.isArray(roles) || roles.length === 0) throw new Error(`operator roles: at least one of ${ROLES.filter((r) => r !== "terminal").join(", ")}`);
-  for (const r of roles)
-    if (!ROLES.includes(r) || r === "terminal") throw new Error(`operator role ${JSON.stringify(r)}: expected one of admin, operator, auditor (terminal tokens come from a card's proof)`);
-  const { token, hash } = newToken();
-  const operator = await store.transaction(async (s) => {
-    const op = await s.createOperator({ name, tokenHash: hash, roles: [...new Set(roles)] });
-    await appendAudit(s.db, { actor, action: "operator.created", subject: op.id, details: { operatorId: op.id, name, roles: op.roles }, at: s.now() });
-    return op;
-  });
-  return { token, operator };
-}
-
-/** Disables the enabled operator `name` (a running server stops taking its token within its 2 s lookup cache), audited ("operator.disabled"). False when there is none. */
-export async function disableOperatorToken(store: Store, name: string, actor = "system"): Promise<boolean> {
-  return store.transaction(async (s) => {
-    const op = await s.getOperatorByName(name);
-    if (!op) return false;
-    await s.disableOperator(op.id);
-    await appendAudit(s.db, { actor, action: "operator.disabled", subject: op.id, details: { operatorId: op.id, name }, at: s.now() });
-    return true;
-  });
-}
+export { createOperatorToken, disableOperatorToken, operatorLookup } from "../issuer/operators.ts";
 
 /** The HTTP application over the given domain objects: every route, auth, metrics hooks. Does not listen. */
 export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {

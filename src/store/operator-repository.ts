@@ -7,17 +7,10 @@
 import type { Selectable, Transaction } from "kysely";
 import type { Database } from "./db.ts";
 import { newId } from "./ids.ts";
+import type { Operator } from "../issuer/operators.ts";
 import { insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
 
-export interface Operator {
-  id: string;
-  name: string;
-  passwordHash: string | null;
-  tokenHash: string | null;
-  roles: string[];
-  createdAt: number;
-  disabledAt: number | null;
-}
+export type { Operator } from "../issuer/operators.ts";
 
 export class OperatorRepository extends StoreRepository<OperatorRepository> {
   protected override bind(trx: Transaction<Database>): OperatorRepository {
