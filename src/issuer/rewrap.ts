@@ -14,6 +14,7 @@
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { KEY_PAIR_ALGS } from "../custody/custody.ts";
 import { StoreError, type CardKeySet, type Rotation, type Store } from "../store/store.ts";
+import { DomainError, type ErrorKind } from "../util/errors.ts";
 
 export interface RewrapProgress {
   rotationId: string;
@@ -39,9 +40,10 @@ export interface RewrapOptions {
   signal?: AbortSignal;
 }
 
-export class RewrapError extends Error {
-  constructor(message: string) {
-    super(message);
+/** The re-wrap cannot run (a DomainError, conflict unless said otherwise, check "rewrap"): the message says why. */
+export class RewrapError extends DomainError {
+  constructor(message: string, kind: ErrorKind = "conflict") {
+    super(kind, "rewrap", message);
     this.name = "RewrapError";
   }
 }

@@ -48,6 +48,7 @@ import { appendAudit } from "../store/audit.ts";
 import type { Store, StoredEvent, Webhook, WebhookDelivery } from "../store/store.ts";
 import { WebhookAddressPolicy, WebhookAddressRefused } from "./webhook-addresses.ts";
 import { SECRET_PREFIX, webhookSignature } from "./webhook-receiver.ts";
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 
 export { verifyWebhook, webhookSignature, WebhookReplayCache, WebhookVerificationError } from "./webhook-receiver.ts";
 
@@ -61,10 +62,15 @@ export const MAX_EVENT_TYPES = 32;
 /** A delivery id, the webhook-id header: msg_<event id>_<webhook id>. */
 export const DELIVERY_ID_PATTERN = "^msg_[0-9]{1,15}_[A-Za-z0-9_:-]{1,100}$";
 
-export class WebhookError extends Error {
+/** A webhook registration or retry that is not one (a DomainError invalid, check "invalid_webhook"): 400 invalid-webhook. */
+export class WebhookError extends DomainError {
   constructor(message: string) {
-    super(message);
+    super("invalid", "invalid_webhook", message);
     this.name = "WebhookError";
+  }
+
+  override problem(): ProblemShape {
+    return { type: "invalid-webhook", title: "Invalid webhook" };
   }
 }
 
