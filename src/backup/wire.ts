@@ -6,8 +6,6 @@
 import { Type, type Static } from "typebox";
 import { MAX_ENVELOPE_BYTES } from "../protocol/enciphered.ts";
 
-const HEX64 = (description: string) => Type.String({ description });
-
 /** A stored version as the server shows it, without its envelope. */
 export const BackupInfoJson = Type.Object(
   {
@@ -16,8 +14,8 @@ export const BackupInfoJson = Type.Object(
     cardId: Type.Union([Type.String(), Type.Null()], { description: "the card the version was backed up through" }),
     objectId: Type.String(),
     version: Type.Integer(),
-    sha256: HEX64("SHA-256 of the envelope bytes, lowercase hex"),
-    recipientKid: HEX64("the envelope's kid: SHA-256 of the recipient key's SubjectPublicKeyInfo, lowercase hex"),
+    sha256: Type.String({ description: "SHA-256 of the envelope bytes, lowercase hex" }),
+    recipientKid: Type.String({ description: "the envelope's kid: SHA-256 of the recipient key's SubjectPublicKeyInfo, lowercase hex" }),
     size: Type.Integer({ description: "envelope bytes" }),
     createdAt: Type.Integer(),
   },

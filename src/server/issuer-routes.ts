@@ -41,8 +41,8 @@ export const SESSION_ID = { type: "string", pattern: SESSION_ID_PATTERN } as con
 /** A whole APDU (command or response with its status word), hex. Short or extended, so up to 64 KiB. */
 export const APDU_HEX = { type: "string", minLength: 4, maxLength: 2 * 65_539, pattern: "^([0-9A-Fa-f]{2})+$" } as const;
 /**
- * problem+json of these routes and of every route about a card: the RFC 9457 members and, for a refusal for the card's
- * state (card-lifecycle.ts), the check that refused, the card and its state.
+ * problem+json of these routes and of every route about a card: the RFC 9457 members, the check of a domain refusal
+ * (problem.ts) and, for a refusal for the card's state (card-lifecycle.ts), the card and its state.
  */
 export const CARD_PROBLEM = {
   type: "object",
@@ -51,7 +51,9 @@ export const CARD_PROBLEM = {
     ...problemSchema.properties,
     check: {
       type: "string",
-      description: "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state)",
+      description:
+        "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state), " +
+        "or another domain refusal's check (e.g. not_found, conflict, a CA check such as personal-data)",
     },
     cardId: { type: "string" },
     state: { type: "string", description: "the card's lifecycle state: issued, active, suspended, retired, destroyed" },
