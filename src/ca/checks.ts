@@ -3,7 +3,11 @@
 // Every refusal names the check that failed, so the requester (and the audit log) can tell tampering on the
 // path ("csr-signature") from a registration mismatch ("personal-data") or a reused key
 // ("duplicate-public-key"). Details name fields, never personal data values.
+//
+// A refusal is a DomainError (src/util/errors.ts): a refusal of kind refused, or not_found for a serial this CA
+// never issued, answered as the CA protocol's problem (client.ts CaProblem: type urn:cardkms:ca:refused, `check`).
 
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 import type { SubjectName } from "./name.ts";
 import { subjectDifferences } from "./name.ts";
 import type { CertificateProfile } from "./profile.ts";
@@ -23,13 +27,20 @@ export type BuiltInCheck =
   | "unknown-serial" // revocation of a serial this CA never issued
   | "revocation-reason";
 
-export class CaRefusal extends Error {
+/** The problem type of a CA refusal on the wire (client.ts CaProblem). */
+export const CA_REFUSED_TYPE = "urn:cardkms:ca:refused";
+
+export class CaRefusal extends DomainError {
   constructor(
-    readonly check: BuiltInCheck | (string & {}),
+    override readonly check: BuiltInCheck | (string & {}),
     readonly detail: string,
   ) {
-    super(`refused by check "${check}": ${detail}`);
+    super(check === "unknown-serial" ? "not_found" : "refused", check, `refused by check "${check}": ${detail}`);
     this.name = "CaRefusal";
+  }
+
+  override problem(): ProblemShape {
+    return { type: CA_REFUSED_TYPE, title: "Refused by the certification authority", detail: this.detail };
   }
 }
 

@@ -13,6 +13,7 @@
 // canonical form goes in. Registration runs the same check (validateSubject), so a refused name is refused
 // before anything is stored.
 
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 import * as der from "./der.ts";
 
 /** The subject as the registration knows it. `serialNumber` carries the card ID (or a person's ID number). */
@@ -62,7 +63,17 @@ const BY_OID = new Map(ATTRIBUTES.map((a) => [a.oid, a]));
 export const SUBJECT_FIELDS: readonly Field[] = ATTRIBUTES.map((a) => a.field);
 const FIELD_SET = new Set<string>(SUBJECT_FIELDS);
 
-export class InvalidSubjectError extends Error {}
+/** A subject the CA cannot certify as it is (a DomainError refused, check "subject"): the message names the field. */
+export class InvalidSubjectError extends DomainError {
+  constructor(message: string) {
+    super("refused", "subject", message);
+    this.name = "InvalidSubjectError";
+  }
+
+  override problem(): ProblemShape {
+    return { type: "invalid-subject", title: "The registered data cannot be a certificate subject" };
+  }
+}
 
 const PRINTABLE = /^[A-Za-z0-9 '()+,\-./:=?]*$/;
 const utf8 = new TextEncoder();

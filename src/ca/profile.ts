@@ -3,6 +3,7 @@
 // A profile is plain JSON (name, purpose, validity, optional extended key usages) so that operators can
 // configure it; `validateProfile` gives the error that says which field is wrong.
 
+import { DomainError } from "../util/errors.ts";
 import { EKU, KeyUsageFlags } from "./extensions.ts";
 
 /** The card key's role, as the issuing service distributes them (signature, authentication, key management). */
@@ -20,7 +21,13 @@ export interface CertificateProfile {
   extendedKeyUsage?: string[];
 }
 
-export class InvalidProfileError extends Error {}
+/** A certificate profile that is not one (a DomainError invalid, check "profile"). */
+export class InvalidProfileError extends DomainError {
+  constructor(message: string) {
+    super("invalid", "profile", message);
+    this.name = "InvalidProfileError";
+  }
+}
 
 export function validateProfile(p: CertificateProfile): void {
   const where = `profile ${JSON.stringify(p?.name ?? "?")}`;

@@ -21,6 +21,7 @@
 // registry uses it, src/keygen/registry.ts).
 
 import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
+import { DomainError } from "../util/errors.ts";
 import { toB64url as b64u } from "../util/bytes.ts";
 import * as der from "./der.ts";
 
@@ -92,12 +93,13 @@ const CURVES: readonly Curve[] = [
 /** The check a refusal names: the key's encoding, or the key itself. */
 export type PublicKeyCheck = "public-key-encoding" | "public-key";
 
-export class InvalidPublicKeyError extends Error {
+/** A public key the CA does not certify (a DomainError refused, naming the check). */
+export class InvalidPublicKeyError extends DomainError {
   constructor(
-    readonly check: PublicKeyCheck,
+    override readonly check: PublicKeyCheck,
     message: string,
   ) {
-    super(message);
+    super("refused", check, message);
     this.name = "InvalidPublicKeyError";
   }
 }

@@ -18,21 +18,27 @@ import type { StoredCheckpoint } from "./records.ts";
 import { consistencyProof, equalHash, leafHash, treeHead, type Hash } from "../tlog/merkle.ts";
 import { ecdsaKeyId, formatCheckpoint, signNote, verifierKey } from "../tlog/note.ts";
 import { writeFileAtomic } from "../util/files.ts";
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 
 export type { StoredCheckpoint } from "./records.ts";
 
 /** Custody label of the checkpoint signing key (P-256, sign only, never extractable). */
 export const AUDIT_CHECKPOINT_KEY = "audit-checkpoint";
 
-export class AuditCheckpointError extends Error {
+/** A DomainError: invalid for a bad request, else a conflict answered as 409 audit-not-extended naming the check. */
+export class AuditCheckpointError extends DomainError {
   constructor(
     /** log-broken: the chain does not verify; not-extended: the log no longer extends the newest checkpoint;
      *  invalid: a bad request (sizes). */
-    readonly check: "log-broken" | "not-extended" | "invalid",
+    override readonly check: "log-broken" | "not-extended" | "invalid",
     message: string,
   ) {
-    super(message);
+    super(check === "invalid" ? "invalid" : "conflict", check, message);
     this.name = "AuditCheckpointError";
+  }
+
+  override problem(): ProblemShape | undefined {
+    return this.kind === "conflict" ? { type: "audit-not-extended", title: "The audit log does not extend its newest checkpoint" } : undefined;
   }
 }
 

@@ -1,8 +1,9 @@
-// The issuer's errors: one class for every refusal of the issuing service (code -> HTTP status in the routes), and
+// The issuer's errors: one class for every refusal of the issuing service (its code is its kind, which decides the
+// HTTP status in server/problem.ts), and
 // the card-state refusal the lifecycle checks raise (card-lifecycle.ts). Their own module so that issuer.ts and
 // card-lifecycle.ts, which use each other's functions, do not import each other for them.
 
-import { DomainError } from "../util/errors.ts";
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 import type { CardStatus, JsonValue } from "./records.ts";
 
 /** The issuing service's refusal: a DomainError (src/util/errors.ts) of kind `code`, its check the kind unless a subclass names one. */
@@ -31,5 +32,11 @@ export class CardStateError extends IssuerError {
     override readonly details: { cardId: string; state: CardStatus; [k: string]: JsonValue },
   ) {
     super("conflict", message, check, details);
+  }
+
+  /** Answered as the check itself (card-state, card-transition-not-allowed), naming the card and its state. */
+  override problem(): ProblemShape {
+    const title = this.check === "card_transition_not_allowed" ? "The card's lifecycle does not allow this transition" : "The card's state does not allow this";
+    return { type: this.check.replace(/_/g, "-"), title };
   }
 }

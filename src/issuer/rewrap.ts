@@ -13,7 +13,7 @@
 
 import type { KeyCustody, KeyPairAlg, KeySetRef } from "../custody/custody.ts";
 import { KEY_PAIR_ALGS } from "../custody/custody.ts";
-import { isKind } from "../util/errors.ts";
+import { DomainError, isKind, type ErrorKind } from "../util/errors.ts";
 import type { IssuerStore } from "./ports.ts";
 import type { CardKeySet, Rotation } from "./records.ts";
 
@@ -41,9 +41,10 @@ export interface RewrapOptions {
   signal?: AbortSignal;
 }
 
-export class RewrapError extends Error {
-  constructor(message: string) {
-    super(message);
+/** The re-wrap cannot run (a DomainError, conflict unless said otherwise, check "rewrap"): the message says why. */
+export class RewrapError extends DomainError {
+  constructor(message: string, kind: ErrorKind = "conflict") {
+    super(kind, "rewrap", message);
     this.name = "RewrapError";
   }
 }

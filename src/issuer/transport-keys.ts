@@ -20,6 +20,7 @@ import { keyCheckValue, parseInitUpdateResponse } from "../protocol/scp03/host.t
 import { cryptogram, DERIVE, deriveSessionKeys } from "../protocol/scp03/kdf.ts";
 import { toHex as hex } from "../util/bytes.ts";
 import type { KeyCustody, KeySetRef, KmcKeySetRef, StoredKeySetRef } from "../custody/custody.ts";
+import { DomainError } from "../util/errors.ts";
 
 /** The custody label of the card manufacturer's master key, unless configured otherwise. */
 export const KMC_LABEL = "transport-kmc";
@@ -35,9 +36,13 @@ export interface TransportOptions {
   insecurePublicTransportKeys?: boolean;
 }
 
-/** A refused transport key setting or key ceremony step; the message says what to do. */
-export class TransportKeyError extends Error {
+/** A refused transport key setting or key ceremony step (a DomainError refused, check "transport_key"); the message says what to do. */
+export class TransportKeyError extends DomainError {
   override name = "TransportKeyError";
+
+  constructor(message: string) {
+    super("refused", "transport_key", message);
+  }
 }
 
 /** One KMC component as a key custodian brings it: the value and the key check value written beside it. */

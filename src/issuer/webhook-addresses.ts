@@ -12,6 +12,7 @@
 
 import { lookup as dnsLookup } from "node:dns/promises";
 import { BlockList, isIP } from "node:net";
+import { DomainError } from "../util/errors.ts";
 
 /** A resolved address, as dns.lookup({all: true}) gives it. */
 export interface ResolvedAddress {
@@ -23,9 +24,9 @@ export interface ResolvedAddress {
 export type Resolve = (hostname: string) => Promise<ResolvedAddress[]>;
 
 /** A webhook's address is not allowed: a 4xx at registration, a failed delivery at send time. */
-export class WebhookAddressRefused extends Error {
+export class WebhookAddressRefused extends DomainError {
   constructor(message: string) {
-    super(message);
+    super("refused", "webhook_address", message);
     this.name = "WebhookAddressRefused";
   }
 }

@@ -21,6 +21,7 @@
 //   5. act on the event only then, and answer 2xx quickly (the issuer waits 10 s per attempt by default).
 
 import { createHmac, timingSafeEqual } from "node:crypto";
+import { DomainError } from "../util/errors.ts";
 
 export const SECRET_PREFIX = "whsec_";
 /** The tolerance Standard Webhooks recommends: 5 minutes either way. */
@@ -54,12 +55,13 @@ export type WebhookRefusal =
   /** A verified delivery whose webhook-id was seen before: a retry or a replay. Answer 2xx, do not act again. */
   | "duplicate";
 
-export class WebhookVerificationError extends Error {
+/** A delivery the receiver refuses (a DomainError refused; its check is the reason). */
+export class WebhookVerificationError extends DomainError {
   constructor(
     readonly reason: WebhookRefusal,
     message: string,
   ) {
-    super(message);
+    super("refused", reason, message);
     this.name = "WebhookVerificationError";
   }
 }

@@ -48,6 +48,7 @@ import type { IssuerStore } from "./ports.ts";
 import type { StoredEvent, Webhook, WebhookDelivery } from "./records.ts";
 import { WebhookAddressPolicy, WebhookAddressRefused } from "./webhook-addresses.ts";
 import { SECRET_PREFIX, webhookSignature } from "./webhook-receiver.ts";
+import { DomainError, type ProblemShape } from "../util/errors.ts";
 
 export { verifyWebhook, webhookSignature, WebhookReplayCache, WebhookVerificationError } from "./webhook-receiver.ts";
 
@@ -61,10 +62,16 @@ export const MAX_EVENT_TYPES = 32;
 /** A delivery id, the webhook-id header: msg_<event id>_<webhook id>. */
 export const DELIVERY_ID_PATTERN = "^msg_[0-9]{1,15}_[A-Za-z0-9_:-]{1,100}$";
 
-export class WebhookError extends Error {
-  constructor(message: string) {
-    super(message);
+/** A webhook registration or retry that is not one (a DomainError invalid, check "invalid_webhook"): 400 invalid-webhook. */
+export class WebhookError extends DomainError {
+  /** `check` "invalid_retry" for a dead-letter retry that names nothing it can retry; else "invalid_webhook". */
+  constructor(message: string, check: "invalid_webhook" | "invalid_retry" = "invalid_webhook") {
+    super("invalid", check, message);
     this.name = "WebhookError";
+  }
+
+  override problem(): ProblemShape {
+    return this.check === "invalid_retry" ? { type: "invalid-retry", title: "Invalid retry" } : { type: "invalid-webhook", title: "Invalid webhook" };
   }
 }
 
@@ -177,7 +184,7 @@ export async function disableWebhook(store: IssuerStore, id: string, actor = "sy
  */
 export async function retryDeadLetters(store: IssuerStore, filter: { webhookId?: string; deliveryIds?: string[] }, actor = "system"): Promise<WebhookDelivery[]> {
   const deliveries = filter.deliveryIds?.map(parseDeliveryId);
-  if (!filter.webhookId && !deliveries?.length) throw new WebhookError("retry: name a webhook (webhookId) or deliveries (deliveryIds)");
+  if (!filter.webhookId && !deliveries?.length) throw new WebhookError("retry: name a webhook (webhookId) or deliveries (deliveryIds)", "invalid_retry");
   return store.transaction(async (s) => {
     const retried = await s.retryDeadWebhookDeliveries({ webhookId: filter.webhookId, deliveries }, s.now());
     if (retried.length > 0) {
@@ -200,7 +207,7 @@ export function deliveryId(eventId: number, webhookId: string): string {
 
 export function parseDeliveryId(id: string): { eventId: number; webhookId: string } {
   const m = /^msg_([0-9]{1,15})_([A-Za-z0-9_:-]{1,100})$/.exec(id);
-  if (!m) throw new WebhookError(`delivery id ${JSON.stringify(id)}: expected msg_<event id>_<webhook id>`);
+  if (!m) throw new WebhookError(`delivery id ${JSON.stringify(id)}: expected msg_<event id>_<webhook id>`, "invalid_retry");
   return { eventId: Number(m[1]), webhookId: m[2] };
 }
 

@@ -2,7 +2,10 @@
 // request states, the card presented, the arbitrators' status and keys, the reproduction lease, the target card —
 // each named (ServiceCheck), beside the recovery module's own checks (errors.ts, RecoveryError). Like those, a
 // refusal carries only non-secret details (ids, names, counts): it goes to the audit log and the caller as it is.
+// What each check is — malformed input, nothing there, a state that does not allow it, a refusal — is its kind
+// (SERVICE_KINDS), which alone decides the answer's status (server/problem.ts).
 
+import type { ErrorKind } from "../util/errors.ts";
 import { CheckedRefusal, RecoveryError } from "./errors.ts";
 import { TargetRefusal, type TargetCheck } from "./target.ts";
 
@@ -47,9 +50,40 @@ export type ServiceCheck =
   /** The card that would receive the key is not the approved one, not the user's, unfit, or its slot is taken (target.ts). */
   | TargetCheck;
 
+/** What each of the service's checks is: the kind that decides the answer. */
+export const SERVICE_KINDS: Readonly<Record<ServiceCheck, ErrorKind>> = {
+  invalid_argument: "invalid",
+  not_found: "not_found",
+  arbitrator_exists: "conflict",
+  no_policy: "conflict",
+  escrow_exists: "conflict",
+  no_escrow: "conflict",
+  request_unfinished: "conflict",
+  request_closed: "conflict",
+  approver_list_missing: "conflict",
+  release_invalid: "refused",
+  device_mismatch: "refused",
+  device_in_use: "refused",
+  device_unreadable: "refused",
+  card_write_failed: "refused",
+  arbitrator_disabled: "conflict",
+  arbitrator_in_use: "conflict",
+  rotation_stale: "conflict",
+  key_reused: "refused",
+  lease_lost: "conflict",
+  target_not_approved: "refused",
+  target_other_user: "refused",
+  target_unfit: "refused",
+  target_slot_occupied: "refused",
+};
+
 /** The service's refusals; `details` are non-secret (ids, names, counts) for the audit log and the caller. */
 export class RecoveryServiceError extends CheckedRefusal<ServiceCheck> {
   override readonly name = "RecoveryServiceError";
+
+  constructor(check: ServiceCheck, message: string, details: Readonly<Record<string, unknown>> = {}) {
+    super(check, message, details, SERVICE_KINDS[check]);
+  }
 }
 
 /** Runs `fn`, turning a target's refusal (target.ts) into the service's refusal with the same check. */

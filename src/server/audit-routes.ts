@@ -7,9 +7,11 @@
 //                                                         or rewritten under the newest checkpoint, nothing signed
 //   GET  /audit/checkpoints/latest  (auditor)            the newest checkpoint on record | 404
 //   GET  /audit/consistency?from=&to=  (auditor)         the RFC 9162 consistency proof between two tree sizes
+//
+// Refusals are AuditCheckpointErrors (DomainErrors): problem.ts answers them (400 invalid, 409 audit-not-extended).
 
 import type { FastifyPluginAsync } from "fastify";
-import { AuditCheckpointError, type AuditCheckpoints, type StoredCheckpoint } from "../issuer/audit-checkpoints.ts";
+import type { AuditCheckpoints, StoredCheckpoint } from "../issuer/audit-checkpoints.ts";
 import { digits, principalOf, problems } from "./issuer-routes.ts";
 import { ApiProblem } from "./problem.ts";
 
@@ -30,12 +32,6 @@ const checkpointSchema = {
 } as const;
 
 const out = (origin: string, c: StoredCheckpoint) => ({ origin, size: c.size, rootHash: Buffer.from(c.rootHash, "hex").toString("base64"), note: c.note, createdAt: c.createdAt });
-
-function refused(e: unknown): unknown {
-  if (!(e instanceof AuditCheckpointError)) return e;
-  if (e.check === "invalid") return new ApiProblem(400, "invalid", "Invalid request", e.message);
-  return new ApiProblem(409, "audit-not-extended", "The audit log does not extend its newest checkpoint", e.message, { check: e.check });
-}
 
 export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o) => {
   const cp = o.checkpoints;
@@ -63,12 +59,8 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       },
     },
     async (req, reply) => {
-      try {
-        const { checkpoint } = await cp.make({ actor: principalOf(req).name });
-        return reply.code(201).send(out(cp.origin, checkpoint));
-      } catch (e) {
-        throw refused(e);
-      }
+      const { checkpoint } = await cp.make({ actor: principalOf(req).name });
+      return reply.code(201).send(out(cp.origin, checkpoint));
     },
   );
 
@@ -101,11 +93,7 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     async (req) => {
       const from = Number(req.query.from),
         to = Number(req.query.to);
-      try {
-        return { from, to, proof: (await cp.consistency(from, to)).map((h) => Buffer.from(h).toString("base64")) };
-      } catch (e) {
-        throw refused(e);
-      }
+      return { from, to, proof: (await cp.consistency(from, to)).map((h) => Buffer.from(h).toString("base64")) };
     },
   );
 };

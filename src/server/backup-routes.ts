@@ -1,7 +1,8 @@
 // HTTP routes of the back-up device 8 (seed 001 FIG. 11-12, claims 41 and 48): step S10, the user's terminal backs
 // up the personal enciphered data; step S12, after the card was destroyed and reissued with the same key (S11), it
-// fetches the latest versions back. Thin: the domain is src/store/backup-repository.ts (versioned, audit-logged,
-// envelopes only); this file validates (closed schemas), authorises and maps refusals to problem+json.
+// fetches the latest versions back. Thin: the domain is src/backup/ (its storage port BackupStore, which
+// src/store/backup-repository.ts implements: versioned, audit-logged, envelopes only; its refusals; its wire
+// shapes); this file validates (closed schemas) and authorises. Refusals are DomainErrors answered by problem.ts.
 //
 //   PUT /cards/{id}/backups/{objectId}   {envelope: base64}  -> 201 {backup, created: true}: a new version
 //                                                            -> 200 {backup, created: false}: already the latest
@@ -36,65 +37,42 @@
 
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import type { Issuer } from "../issuer/issuer.ts";
-import { BackupError, MAX_ENVELOPE_BYTES, type BackupInfo, type BackupRecord, type BackupRepository } from "../store/backup-repository.ts";
+import { Type } from "typebox";
+import { BackupError } from "../backup/errors.ts";
+import { OBJECT_ID_PATTERN } from "../backup/objects.ts";
+import type { BackupInfo, BackupRecord, BackupStore } from "../backup/repository.ts";
+import { BackupInfoJson, BackupRecordJson, EnvelopeB64, MAX_ENVELOPE_BASE64 } from "../backup/wire.ts";
 import type { Card } from "../store/store.ts";
 import { requireCardAccess, type Principal } from "./auth.ts";
-import { CARD_ID, cardStateProblem, digits, params, principalOf, problems } from "./issuer-routes.ts";
-import { checkCardState, CardStateError } from "../issuer/card-lifecycle.ts";
+import { CARD_ID, digits, params, principalOf, problems } from "./issuer-routes.ts";
+import { checkCardState } from "../issuer/card-lifecycle.ts";
 import { toB64 as b64 } from "../util/bytes.ts";
 import { ApiProblem } from "./problem.ts";
+
+export { MAX_ENVELOPE_BASE64, OBJECT_ID_PATTERN };
 
 export interface BackupRoutesOptions {
   /** The issuer: card records (which user a card is) and their status. */
   issuer: Issuer;
-  /** The back-up device's store, on the system DB. */
-  backups: BackupRepository;
+  /** The back-up device's store (BackupRepository, on the system DB). */
+  backups: BackupStore;
 }
 
 // ---- schema pieces ------------------------------------------------------------------------------------------------
 
-/** Object IDs (backup-repository.ts OBJECT_ID): also safe as one path segment, unescaped. */
-export const OBJECT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$";
+/** Object IDs (src/backup/objects.ts): also safe as one path segment, unescaped. */
 const OBJECT_ID = { type: "string", minLength: 1, maxLength: 128, pattern: OBJECT_ID_PATTERN } as const;
-/** Base64 (standard alphabet, padded) of up to MAX_ENVELOPE_BYTES bytes. */
-export const MAX_ENVELOPE_BASE64 = 4 * Math.ceil(MAX_ENVELOPE_BYTES / 3);
 /** The PUT route's body limit: the largest envelope in base64 and the JSON around it. */
 export const PUT_BODY_LIMIT = MAX_ENVELOPE_BASE64 + 4096;
-const ENVELOPE_B64 = {
-  type: "string",
-  minLength: 4,
-  maxLength: MAX_ENVELOPE_BASE64,
-  pattern: "^[A-Za-z0-9+/]*={0,2}$",
-  description: "the envelope bytes, base64 (standard alphabet, padded)",
-} as const;
-const STR = { type: "string" } as const;
-const INT = { type: "integer" } as const;
-const HEX64 = { type: "string", description: "SHA-256, lowercase hex" } as const;
 const closed = (properties: Record<string, unknown>, required: string[] = []) => ({ type: "object", additionalProperties: false, required, properties }) as const;
 
-const INFO_PROPS = {
-  id: STR,
-  userId: STR,
-  cardId: { type: ["string", "null"], description: "the card the version was backed up through" },
-  objectId: STR,
-  version: INT,
-  sha256: { ...HEX64, description: "SHA-256 of the envelope bytes, lowercase hex" },
-  recipientKid: { ...HEX64, description: "the envelope's kid: SHA-256 of the recipient key's SubjectPublicKeyInfo, lowercase hex" },
-  size: { type: "integer", description: "envelope bytes" },
-  createdAt: INT,
-} as const;
-const INFO_REQUIRED = ["id", "userId", "cardId", "objectId", "version", "sha256", "recipientKid", "size", "createdAt"];
-/** A stored version without its envelope. */
-const BACKUP_INFO = closed(INFO_PROPS, INFO_REQUIRED);
-/** A stored version with its envelope (base64). */
-const BACKUP_RECORD = closed({ ...INFO_PROPS, envelope: ENVELOPE_B64 }, [...INFO_REQUIRED, "envelope"]);
 /** An item of a list: with its envelope only for ?latest=true. */
-const LIST_ITEM = closed({ ...INFO_PROPS, envelope: ENVELOPE_B64 }, INFO_REQUIRED);
-const LIST = closed({ cardId: STR, userId: STR, backups: { type: "array", items: LIST_ITEM } }, ["cardId", "userId", "backups"]);
+const LIST_ITEM = Type.Object({ ...BackupInfoJson.properties, envelope: Type.Optional(EnvelopeB64) }, { additionalProperties: false });
+const LIST = Type.Object({ cardId: Type.String(), userId: Type.String(), backups: Type.Array(LIST_ITEM) }, { additionalProperties: false });
 
 // ---- helpers ------------------------------------------------------------------------------------------------------
 
-const infoOut = (b: BackupInfo) => ({
+const infoOut = (b: BackupInfo): BackupInfoJson => ({
   id: b.id,
   userId: b.userId,
   cardId: b.cardId,
@@ -105,25 +83,7 @@ const infoOut = (b: BackupInfo) => ({
   size: b.size,
   createdAt: b.createdAt,
 });
-const recordOut = (b: BackupRecord) => ({ ...infoOut(b), envelope: b64(b.envelope) });
-
-/** The repository's refusals as problems; anything else unchanged. */
-function backupProblem(e: unknown): unknown {
-  if (e instanceof CardStateError) return cardStateProblem(e);
-  if (e instanceof BackupError) {
-    const [status, slug, title] = ({ invalid: [400, "backup-invalid", "Invalid backup"], not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"] } as const)[e.code];
-    return new ApiProblem(status, slug, title, e.message);
-  }
-  return e;
-}
-
-async function refusals<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    throw backupProblem(e);
-  }
-}
+const recordOut = (b: BackupRecord): BackupRecordJson => ({ ...infoOut(b), envelope: b64(b.envelope) });
 
 const isStaff = (p: Principal) => p.roles.includes("admin") || p.roles.includes("operator");
 
@@ -173,26 +133,25 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
         tags: ["backups"],
         params: params({ id: CARD_ID, objectId: OBJECT_ID }),
         querystring: closed({}),
-        body: closed({ envelope: ENVELOPE_B64 }, ["envelope"]),
+        body: closed({ envelope: EnvelopeB64 }, ["envelope"]),
         response: {
-          200: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]),
-          201: closed({ backup: BACKUP_INFO, created: { type: "boolean" } }, ["backup", "created"]),
+          200: closed({ backup: BackupInfoJson, created: { type: "boolean" } }, ["backup", "created"]),
+          201: closed({ backup: BackupInfoJson, created: { type: "boolean" } }, ["backup", "created"]),
           ...problems,
         },
       },
     },
-    async (req, reply) =>
-      refusals(async () => {
-        const { card, actor } = await cardFor(req, req.params.id, true, true);
-        const text = req.body.envelope;
-        const envelope = Buffer.from(text, "base64");
-        if (text.length % 4 !== 0 || envelope.toString("base64") !== text) throw new ApiProblem(400, "backup-invalid", "Invalid backup", "envelope: not canonical base64 (standard alphabet, padded)");
-        const r = await backups.put(
-          { userId: card.userId, cardId: card.id, objectId: req.params.objectId, envelope: new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.byteLength) },
-          actor.name,
-        );
-        return reply.code(r.created ? 201 : 200).send({ backup: infoOut(r.backup), created: r.created });
-      }),
+    async (req, reply) => {
+      const { card, actor } = await cardFor(req, req.params.id, true, true);
+      const text = req.body.envelope;
+      const envelope = Buffer.from(text, "base64");
+      if (text.length % 4 !== 0 || envelope.toString("base64") !== text) throw new BackupError("invalid", "envelope: not canonical base64 (standard alphabet, padded)");
+      const r = await backups.put(
+        { userId: card.userId, cardId: card.id, objectId: req.params.objectId, envelope: new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.byteLength) },
+        actor.name,
+      );
+      return reply.code(r.created ? 201 : 200).send({ backup: infoOut(r.backup), created: r.created });
+    },
   );
 
   app.get<{ Params: { id: string }; Querystring: { objectId?: string; latest?: "true" | "false" } }>(
@@ -207,16 +166,15 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
         response: { 200: LIST, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const latest = req.query.latest === "true";
-        const { card } = await cardFor(req, req.params.id, latest);
-        const objectId = req.query.objectId;
-        const list = latest
-          ? (await backups.latestAll(card.userId)).filter((b) => objectId === undefined || b.objectId === objectId).map(recordOut)
-          : (await backups.list(card.userId, { objectId })).map(infoOut);
-        return { cardId: card.id, userId: card.userId, backups: list };
-      }),
+    async (req) => {
+      const latest = req.query.latest === "true";
+      const { card } = await cardFor(req, req.params.id, latest);
+      const objectId = req.query.objectId;
+      const list = latest
+        ? (await backups.latestAll(card.userId)).filter((b) => objectId === undefined || b.objectId === objectId).map(recordOut)
+        : (await backups.list(card.userId, { objectId })).map(infoOut);
+      return { cardId: card.id, userId: card.userId, backups: list };
+    },
   );
 
   app.get<{ Params: { id: string; objectId: string }; Querystring: { version?: string } }>(
@@ -228,17 +186,16 @@ export const backupRoutes: FastifyPluginAsync<BackupRoutesOptions> = async (app,
         tags: ["backups"],
         params: params({ id: CARD_ID, objectId: OBJECT_ID }),
         querystring: closed({ version: digits(9) }),
-        response: { 200: BACKUP_RECORD, ...problems },
+        response: { 200: BackupRecordJson, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const { card } = await cardFor(req, req.params.id, true);
-        const { objectId } = req.params;
-        const v = req.query.version;
-        const r = v === undefined ? await backups.latest(card.userId, objectId) : await backups.get(card.userId, objectId, Number(v));
-        if (!r) throw new ApiProblem(404, "not-found", "Not found", v === undefined ? `no backup of object ${objectId}` : `no version ${Number(v)} of object ${objectId}`);
-        return recordOut(r);
-      }),
+    async (req) => {
+      const { card } = await cardFor(req, req.params.id, true);
+      const { objectId } = req.params;
+      const v = req.query.version;
+      const r = v === undefined ? await backups.latest(card.userId, objectId) : await backups.get(card.userId, objectId, Number(v));
+      if (!r) throw new ApiProblem(404, "not-found", "Not found", v === undefined ? `no backup of object ${objectId}` : `no version ${Number(v)} of object ${objectId}`);
+      return recordOut(r);
+    },
   );
 };

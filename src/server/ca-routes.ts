@@ -8,8 +8,8 @@
 //   GET  /ca/certificates  public                    { certificates: PEM[] }, issuing CA first, root last (or, for
 //                                                    Accept: application/pem-certificate-chain, the PEM text)
 //
-// Register it encapsulated (`app.register(caRoutes, { prefix: "/v1", client })`, not through fastify-plugin): its
-// error handler and hook must apply to these routes only. HttpCaClient's baseUrl is then "<origin>/v1/ca".
+// Register it with a prefix (`app.register(caRoutes, { prefix: "/v1", client })`): HttpCaClient's baseUrl is then
+// "<origin>/v1/ca".
 //
 // Proof of possession. A PKCS#10 request is signed by the key it carries: its self-signature is the requester's proof
 // that it holds the key (src/ca/csr.ts), and anyone admitted to certify may send one. A bare {subject, publicKey}
@@ -21,24 +21,15 @@
 // in "local" CA mode calls the CA in-process, not through these routes. Every key, on either path, then passes
 // the CA's key checks (src/ca/spki.ts: strict DER, values, one identity per key).
 //
-// A CaRefusal becomes the CaProblem of client.ts (problem+json carrying `check`), through the server's one error
-// handler (problem.ts), so refusals are logged and counted like every other 4xx. This file holds no CA logic.
+// A CaRefusal is a DomainError answered as the CaProblem of client.ts (type urn:cardkms:ca:refused, `check`; 404
+// for an unknown serial) by the server's one error mapper (problem.ts), so refusals are logged and counted like
+// every other 4xx. This file holds no CA logic and maps no error.
 
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance } from "fastify";
 import { CaRefusal } from "../ca/checks.ts";
-import {
-  CERTIFY_REQUEST_SCHEMA,
-  CERTIFY_RESPONSE_SCHEMA,
-  encodeCertifyResponse,
-  refusalToProblem,
-  REVOKE_REQUEST_SCHEMA,
-  type CaClient,
-  type CertifyRequest,
-  type RevokeRequestJson,
-} from "../ca/client.ts";
+import { CERTIFY_REQUEST_SCHEMA, CERTIFY_RESPONSE_SCHEMA, encodeCertifyResponse, REVOKE_REQUEST_SCHEMA, type CaClient, type CertifyRequest, type RevokeRequestJson } from "../ca/client.ts";
 import { toPem } from "../ca/pem.ts";
 import type { Role } from "./auth.ts";
-import { ApiProblem, type Problem } from "./problem.ts";
 
 export interface CaRoutesOptions {
   client: CaClient;
@@ -49,14 +40,6 @@ export interface CaRoutesOptions {
    * in its custody. Must be held explicitly — admin does not imply it. Default ["issuer"].
    */
   bareKeyRoles?: Role[];
-}
-
-/** The refusal as an ApiProblem, so that problem.ts's handler sends, logs and counts it. */
-export class CaRefusalProblem extends ApiProblem {
-  constructor(readonly refusal: CaRefusal) {
-    const p = refusalToProblem(refusal);
-    super(p.status, "ca-refused", p.title, p.detail);
-  }
 }
 
 /** RFC 9457 body of a refusal (client.ts CaProblem) plus the instance problem.ts adds. */
@@ -80,22 +63,6 @@ export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Pro
   const bareKeyRoles: Role[] = opts.bareKeyRoles ?? ["issuer"];
   const roles: Role[] = [...new Set([...(opts.roles ?? ["operator"]), ...bareKeyRoles])];
   if (roles.length === 0) throw new Error("caRoutes: certify and revoke need at least one role");
-
-  // problem.ts's handler knows the RFC 9457 members only; the refusal's `check` is put back in just before the
-  // body is serialised (the 404/422 response schemas below declare it).
-  const refusals = new WeakMap<FastifyRequest, CaRefusal>();
-  app.setErrorHandler((err, req) => {
-    if (err instanceof CaRefusal) {
-      refusals.set(req, err);
-      throw new CaRefusalProblem(err);
-    }
-    throw err; // the parent's handler (problem.ts) maps everything else
-  });
-  app.addHook("preSerialization", async (req, _reply, payload) => {
-    const refusal = refusals.get(req);
-    if (!refusal) return payload;
-    return { ...refusalToProblem(refusal), instance: (payload as Problem).instance };
-  });
 
   app.post(
     "/ca/certify",

@@ -1,6 +1,7 @@
 // HTTP routes of flow 5.f (seed 000, FIG. 5, para 0062): the events endpoint, webhook registration, "scan now",
 // and the operator's approval of the rotations the validity scan proposes. Thin: the domain lives in
-// src/issuer/validity.ts and src/issuer/webhooks.ts; this file validates, authorises and maps errors.
+// src/issuer/validity.ts and src/issuer/webhooks.ts; this file validates and authorises (the domain's errors, such
+// as WebhookError, 400 invalid-webhook, reach problem.ts, the one mapper).
 //
 // Every route declares its schemas (unknown body and query fields are 400s) and its roles; errors are
 // problem+json (problem.ts). Register after `installAuth` and `buildServer`'s problem handlers:
@@ -8,7 +9,7 @@
 
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import type { RotationStatus, RotationStrategy } from "../store/db.ts";
-import { StoreError, type Store, type StoredEvent, type Webhook } from "../store/store.ts";
+import type { Store, StoredEvent, Webhook } from "../store/store.ts";
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
 import type { WebhookAddressPolicy } from "../issuer/webhook-addresses.ts";
 import { approveRotation } from "../issuer/rotation-approvals.ts";
@@ -22,11 +23,10 @@ import {
   parseDeliveryId,
   registerWebhook,
   retryDeadLetters,
-  WebhookError,
   type WebhookSecrets,
 } from "../issuer/webhooks.ts";
 import type { WebhookDelivery } from "../store/store.ts";
-import { ApiProblem, conflict, notFound } from "./problem.ts";
+import { ApiProblem, notFound } from "./problem.ts";
 import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
 
 export interface EventRoutesOptions {
@@ -158,13 +158,8 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       },
     },
     async (req, reply) => {
-      try {
-        const { webhook, secret } = await registerWebhook(store, secrets, req.body, o.addresses, actorOf(req));
-        return reply.code(201).send({ ...webhookOut(webhook), secret });
-      } catch (e) {
-        if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-webhook", "Invalid webhook", e.message);
-        throw mapStoreError(e, "webhook");
-      }
+      const { webhook, secret } = await registerWebhook(store, secrets, req.body, o.addresses, actorOf(req));
+      return reply.code(201).send({ ...webhookOut(webhook), secret });
     },
   );
 
@@ -245,13 +240,8 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       },
     },
     async (req) => {
-      try {
-        const retried = await retryDeadLetters(store, req.body, actorOf(req));
-        return { retried: retried.map((d) => deliveryId(d.eventId, d.webhookId)) };
-      } catch (e) {
-        if (e instanceof WebhookError) throw new ApiProblem(400, "invalid-retry", "Invalid retry", e.message);
-        throw mapStoreError(e, "webhook delivery");
-      }
+      const retried = await retryDeadLetters(store, req.body, actorOf(req));
+      return { retried: retried.map((d) => deliveryId(d.eventId, d.webhookId)) };
     },
   );
 
@@ -300,22 +290,11 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     async (req) => {
       const operator = req.principal?.name;
       if (!operator) throw new ApiProblem(401, "unauthenticated", "Authentication required", "approval needs an authenticated operator");
-      try {
-        // four eyes, audit and the rotation.approved event: src/issuer/rotation-approvals.ts
-        return rotationOut(await approveRotation(store, req.params.id, operator, { required: o.rotationApprovals }));
-      } catch (e) {
-        throw mapStoreError(e, "rotation");
-      }
+      // four eyes, audit and the rotation.approved event: src/issuer/rotation-approvals.ts
+      return rotationOut(await approveRotation(store, req.params.id, operator, { required: o.rotationApprovals }));
     },
   );
 };
-
-function mapStoreError(e: unknown, what: string): unknown {
-  if (!(e instanceof StoreError)) return e;
-  if (e.code === "not_found") return new ApiProblem(404, "not-found", `${what} not found`, e.message);
-  if (e.code === "conflict") return conflict(e.message);
-  return new ApiProblem(400, "invalid", `Invalid ${what}`, e.message);
-}
 
 function eventOut(e: StoredEvent) {
   return { id: e.id, type: e.type, subject: e.subject, payload: e.payload, createdAt: e.createdAt, deliveredAt: e.deliveredAt, attempts: e.attempts, lastError: e.lastError };

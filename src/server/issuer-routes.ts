@@ -4,22 +4,21 @@
 // APDUs through, revocation, the CRL and the audit log. Every route that acts for a card checks the card's state
 // on each call (requireCardState; a relay round of a card script too): 409 check card_state. Thin: the domain is
 // src/issuer/issuer.ts; this file validates (every body, query and params schema is closed: unknown fields are
-// 400s), authorises (roles in route config, card binding for terminals) and maps domain errors to problem+json.
+// 400s) and authorises (roles in route config, card binding for terminals); the domain's errors reach problem.ts,
+// the one mapper.
 //
 // Never in a response: a key value, a custody reference, Sk[PRk] or a token. Register after `installAuth`:
 //   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
 
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
-import { CaRefusal } from "../ca/checks.ts";
 import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
-import { InvalidSubjectError } from "../ca/name.ts";
 import { toPem } from "../ca/pem.ts";
 import type { KeyAlg } from "../card/state.ts";
-import { CardStateError, Issuer, IssuerError } from "../issuer/issuer.ts";
+import { Issuer } from "../issuer/issuer.ts";
 import { requireCardState, type CardTransition } from "../issuer/card-lifecycle.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
-import { StoreError, type Card, type JsonValue, type Store, type User } from "../store/store.ts";
+import type { Card, JsonValue, Store, User } from "../store/store.ts";
 import { requireCardAccess, type Principal, type Role } from "./auth.ts";
 import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
@@ -42,8 +41,8 @@ export const SESSION_ID = { type: "string", pattern: SESSION_ID_PATTERN } as con
 /** A whole APDU (command or response with its status word), hex. Short or extended, so up to 64 KiB. */
 export const APDU_HEX = { type: "string", minLength: 4, maxLength: 2 * 65_539, pattern: "^([0-9A-Fa-f]{2})+$" } as const;
 /**
- * problem+json of these routes and of every route about a card: the RFC 9457 members and, for a refusal for the card's
- * state (card-lifecycle.ts), the check that refused, the card and its state.
+ * problem+json of these routes and of every route about a card: the RFC 9457 members, the check of a domain refusal
+ * (problem.ts) and, for a refusal for the card's state (card-lifecycle.ts), the card and its state.
  */
 export const CARD_PROBLEM = {
   type: "object",
@@ -52,7 +51,9 @@ export const CARD_PROBLEM = {
     ...problemSchema.properties,
     check: {
       type: "string",
-      description: "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state)",
+      description:
+        "the named check that refused: card_state (the card's state does not allow this), card_transition_not_allowed (the lifecycle has no such transition from the card's state), " +
+        "or another domain refusal's check (e.g. not_found, conflict, a CA check such as personal-data)",
     },
     cardId: { type: "string" },
     state: { type: "string", description: "the card's lifecycle state: issued, active, suspended, retired, destroyed" },
@@ -81,26 +82,6 @@ export function principalOf(req: FastifyRequest): Principal {
   return req.principal;
 }
 
-/** Domain errors as problems: IssuerError and StoreError codes, CA refusals naming their check. */
-export function toProblem(e: unknown): unknown {
-  if (e instanceof CardStateError) return cardStateProblem(e);
-  if (e instanceof IssuerError || e instanceof StoreError) {
-    const [status, slug, title] = (
-      { not_found: [404, "not-found", "Not found"], conflict: [409, "conflict", "Conflict"], invalid: [400, "invalid", "Invalid request"], refused: [422, "refused", "Refused"] } as const
-    )[e.code];
-    return new ApiProblem(status, slug, title, e.message);
-  }
-  if (e instanceof CaRefusal) return new ApiProblem(422, "ca-refused", `The CA refused: ${e.check}`, e.detail);
-  if (e instanceof InvalidSubjectError) return new ApiProblem(422, "invalid-subject", "The registered data cannot be a certificate subject", e.message);
-  return e;
-}
-
-/** A refusal for a card's state (card-lifecycle.ts): 409 naming the check, the card and its state. */
-export function cardStateProblem(e: CardStateError): ApiProblem {
-  const title = e.check === "card_transition_not_allowed" ? "The card's lifecycle does not allow this transition" : "The card's state does not allow this";
-  return new ApiProblem(409, e.check.replace(/_/g, "-"), title, e.message, { check: e.check, ...e.details });
-}
-
 /**
  * A relay script for a card that checks the card's state (card-lifecycle.ts) before each round it takes from the
  * terminal: a card suspended mid-session gets nothing more (409 check card_state; the session ends).
@@ -118,15 +99,6 @@ export class CardStateRelaySession extends RelaySession {
   override async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
     await this.gate();
     return super.next(responses);
-  }
-}
-
-/** Runs a handler body, mapping domain errors to problems. */
-export async function domain<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    throw toProblem(e);
   }
 }
 
@@ -214,7 +186,7 @@ const crlRoute = (summary: string) =>
       response: { 200: { description: "DER CRL (RFC 5280)", type: "string", format: "binary" }, ...problems },
     },
   }) as const;
-const crlHandler = (issuer: Issuer) => async (_req: FastifyRequest, reply: FastifyReply) => domain(async () => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl())));
+const crlHandler = (issuer: Issuer) => async (_req: FastifyRequest, reply: FastifyReply) => reply.type("application/pkix-crl").send(Buffer.from(await issuer.ca.crl()));
 
 /**
  * Serves the CRL also at `path`, the path of the distribution point the CA writes into certificates (config crlUrl,
@@ -246,7 +218,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     async (req, reply) =>
       // Refused now rather than at the first certificate request (Issuer.registerUser): the data must make a valid
       // subject as it is, so the record and every certificate say the same thing; a 422 names the field.
-      domain(async () => reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name)))),
+      reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name))),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -284,11 +256,10 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const { card, keySet } = await issuer.issueCard({ userId: req.body.userId, cardId: req.body.cardId }, principalOf(req).name);
-        return reply.code(201).send({ card: cardOut(card), keySet: { id: keySet.id, kvn: keySet.kvn, version: keySet.version } });
-      }),
+    async (req, reply) => {
+      const { card, keySet } = await issuer.issueCard({ userId: req.body.userId, cardId: req.body.cardId }, principalOf(req).name);
+      return reply.code(201).send({ card: cardOut(card), keySet: { id: keySet.id, kvn: keySet.kvn, version: keySet.version } });
+    },
   );
 
   app.get<{ Params: { id: string } }>(
@@ -304,33 +275,32 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const card = await issuer.card(req.params.id);
-        const keySets = await store.listKeySets(card.id);
-        const keyPairs = await store.listKeyPairs({ cardId: card.id });
-        return {
-          ...cardOut(card),
-          keySets: keySets.map((k) => ({ id: k.id, kvn: k.kvn, version: k.version, status: k.status, validFrom: k.validFrom, validUntil: k.validUntil, current: k.id === card.currentKeySetId })),
-          keyPairs: await Promise.all(
-            keyPairs.map(async (k) => ({
-              id: k.id,
-              slot: k.slot,
-              algorithm: k.algorithm,
-              status: k.status,
-              publicKey: k.publicKey.toString("base64"),
-              createdAt: k.createdAt,
-              certificates: (await store.listCertificates(k.id)).map((c) => ({
-                serial: c.serial,
-                notBefore: c.notBefore,
-                notAfter: c.notAfter,
-                revokedAt: c.revokedAt,
-                revocationReason: c.revocationReason,
-              })),
+    async (req) => {
+      const card = await issuer.card(req.params.id);
+      const keySets = await store.listKeySets(card.id);
+      const keyPairs = await store.listKeyPairs({ cardId: card.id });
+      return {
+        ...cardOut(card),
+        keySets: keySets.map((k) => ({ id: k.id, kvn: k.kvn, version: k.version, status: k.status, validFrom: k.validFrom, validUntil: k.validUntil, current: k.id === card.currentKeySetId })),
+        keyPairs: await Promise.all(
+          keyPairs.map(async (k) => ({
+            id: k.id,
+            slot: k.slot,
+            algorithm: k.algorithm,
+            status: k.status,
+            publicKey: k.publicKey.toString("base64"),
+            createdAt: k.createdAt,
+            certificates: (await store.listCertificates(k.id)).map((c) => ({
+              serial: c.serial,
+              notBefore: c.notBefore,
+              notAfter: c.notAfter,
+              revokedAt: c.revokedAt,
+              revocationReason: c.revocationReason,
             })),
-          ),
-        };
-      }),
+          })),
+        ),
+      };
+    },
   );
 
   app.post<{ Params: { id: string } }>(
@@ -344,18 +314,17 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         response: { 201: relayRoundSchema, ...problems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const actor = principalOf(req).name;
-        const cardId = req.params.id;
-        const script = await issuer.personalisationScriptFor(cardId);
-        const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "personalisation"));
-        const opened = relays.open(actor, gated, async (results) => {
-          script.check(results);
-          await domain(() => issuer.markPersonalised(cardId, actor));
-        });
-        return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
-      }),
+    async (req, reply) => {
+      const actor = principalOf(req).name;
+      const cardId = req.params.id;
+      const script = await issuer.personalisationScriptFor(cardId);
+      const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "personalisation"));
+      const opened = relays.open(actor, gated, async (results) => {
+        script.check(results);
+        await issuer.markPersonalised(cardId, actor);
+      });
+      return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
+    },
   );
 
   // ---- the card lifecycle (card-lifecycle.ts): suspend, resume, retire, report destroyed ------------------------
@@ -373,13 +342,12 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         config: { roles },
         schema: { summary, params: params({ id: CARD_ID }), body: REASON_BODY, response: { 200: { type: "object", properties: cardProps }, ...problems } },
       },
-      async (req) =>
-        domain(async () => {
-          // operators act for any card; a terminal only for the card it is bound to (and only where `roles` admits it)
-          const who = requireCardAccess(req.principal, req.params.id, { operators: true });
-          const by = who.roles.includes("admin") || who.roles.includes("operator") ? "operator" : "terminal";
-          return cardOut(await issuer.changeCardState({ cardId: req.params.id, transition, reason: req.body.reason, by }, who.name));
-        }),
+      async (req) => {
+        // operators act for any card; a terminal only for the card it is bound to (and only where `roles` admits it)
+        const who = requireCardAccess(req.principal, req.params.id, { operators: true });
+        const by = who.roles.includes("admin") || who.roles.includes("operator") ? "operator" : "terminal";
+        return cardOut(await issuer.changeCardState({ cardId: req.params.id, transition, reason: req.body.reason, by }, who.name));
+      },
     );
   transitionRoute("suspend", "suspend", ["operator", "terminal"], "Suspend an active card (an operator, or the card's own terminal): every live terminal token of the card stops working at once");
   transitionRoute("resume", "resume", ["operator"], "Resume a suspended card (an operator): the card logs in again; tokens from before the suspension stay dead");
@@ -414,11 +382,10 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const c = await issuer.requestCredential({ cardId: req.params.id, ...req.body }, principalOf(req).name);
-        return reply.code(201).send({ keyPairId: c.keyPair.id, serial: c.certificate.serial, certificate: toPem(c.certificate.der, "CERTIFICATE"), packageSeq: c.package.seq });
-      }),
+    async (req, reply) => {
+      const c = await issuer.requestCredential({ cardId: req.params.id, ...req.body }, principalOf(req).name);
+      return reply.code(201).send({ keyPairId: c.keyPair.id, serial: c.certificate.serial, certificate: toPem(c.certificate.der, "CERTIFICATE"), packageSeq: c.package.seq });
+    },
   );
 
   app.post<{ Params: { id: string; keyPairId: string } }>(
@@ -432,18 +399,17 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         response: { 201: relayRoundSchema, ...problems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const { id: cardId, keyPairId } = req.params;
-        const who = requireCardAccess(req.principal, cardId, { operators: true });
-        const script = await issuer.onlineDeliveryScript(cardId, keyPairId);
-        const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "credential.online"));
-        const opened = relays.open(who.name, gated, async (results) => {
-          script.check(results);
-          await issuer.recordOnlineDelivery(cardId, keyPairId, who.name);
-        });
-        return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
-      }),
+    async (req, reply) => {
+      const { id: cardId, keyPairId } = req.params;
+      const who = requireCardAccess(req.principal, cardId, { operators: true });
+      const script = await issuer.onlineDeliveryScript(cardId, keyPairId);
+      const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "credential.online"));
+      const opened = relays.open(who.name, gated, async (results) => {
+        script.check(results);
+        await issuer.recordOnlineDelivery(cardId, keyPairId, who.name);
+      });
+      return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
+    },
   );
 
   app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
@@ -472,12 +438,11 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const step = await relays.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex));
-        if ("apdus" in step) return { apdus: step.apdus.map(toHex) };
-        return { done: true, results: step.results.map((r) => ({ sw: r.sw, data: toHex(r.data) })) };
-      }),
+    async (req) => {
+      const step = await relays.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex));
+      if ("apdus" in step) return { apdus: step.apdus.map(toHex) };
+      return { done: true, results: step.results.map((r) => ({ sw: r.sw, data: toHex(r.data) })) };
+    },
   );
 
   // ---- revocation and the CRL ---------------------------------------------------------------------------------
@@ -496,11 +461,10 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const c = await issuer.revokeCertificate(req.params.serial.toLowerCase(), req.body.reason, principalOf(req).name);
-        return { serial: c.serial, revokedAt: c.revokedAt, reason: c.revocationReason };
-      }),
+    async (req) => {
+      const c = await issuer.revokeCertificate(req.params.serial.toLowerCase(), req.body.reason, principalOf(req).name);
+      return { serial: c.serial, revokedAt: c.revokedAt, reason: c.revocationReason };
+    },
   );
 
   app.get("/crl", crlRoute("The CA's current CRL (DER, application/pkix-crl)"), crlHandler(issuer));

@@ -18,7 +18,8 @@
 //
 // The card is a card record of the issuer (its current SCP03 key set in custody); the applicant is its user.
 // Refusals: a KeyGenerationRefusal is a 422 problem naming `check` and `refusedBy` ("device" or
-// "certification-center"); each outcome, issued or refused, is appended to the audit log ("keygen.issued",
+// "certification-center"; problem.ts maps it like every DomainError, the card's state refusal that stopped it
+// mid-session as that); each outcome, issued or refused, is appended to the audit log ("keygen.issued",
 // "keygen.refused") with the card, slot, serial and public-key hash — never personal data values or key material.
 // The APDUs between device and card carry the key only wrapped under the card's key set (the terminal sees no key).
 
@@ -33,8 +34,8 @@ import { KeyGenerationDevice, type IssuedCard, type PivSlot } from "../keygen/de
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
 import type { IssuedKeyRegistry } from "../keygen/registry.ts";
 import type { RecoveryService } from "../recovery/service.ts";
-import { APDU_HEX, CARD_ID, cardStateProblem, domain, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
-import { CardStateError, checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
+import { APDU_HEX, CARD_ID, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
+import { checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
 import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
 import { ApiProblem } from "./problem.ts";
 import { SESSION_ID_PATTERN, type TtlMapOptions } from "./relay-sessions.ts";
@@ -119,15 +120,6 @@ const KEYGEN_PROBLEM = closed(
 );
 const problems = { "4xx": KEYGEN_PROBLEM, "5xx": { $ref: "Problem#" } } as const;
 
-/** A refusal of the device or the center as a problem naming its check; other errors as issuer-routes maps them. */
-function keygenProblem(e: unknown): unknown {
-  // the card left active mid-session: the device's refusal (card-write, device-secret-id) has it as its cause
-  const state = e instanceof CardStateError ? e : e instanceof KeyGenerationRefusal && e.cause instanceof CardStateError ? e.cause : undefined;
-  if (state) return cardStateProblem(state);
-  if (e instanceof KeyGenerationRefusal) return new ApiProblem(422, "keygen-refused", `Refused: ${e.check}`, e.detail, { check: e.check, refusedBy: e.by });
-  return e;
-}
-
 const resultOut = (cardId: string, r: IssuedCard): KeygenResultJson => ({
   cardId,
   slot: r.slot,
@@ -181,50 +173,45 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
         response: { 201: LIVE_STEP, ...problems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
+    async (req, reply) => {
+      // the entry must be certifiable as it is (name.ts), before any lookup or key: a 422 naming the field
+      validateSubject(req.body.personalData, "personalData");
+      const actor = principalOf(req).name;
+      const card = checkCardState(await issuer.card(req.params.id), "keygen");
+      const keys = issuer.keysOf(await issuer.currentKeySet(card));
+      if (!inCustody(keys)) throw new KeyGenerationRefusal("card-keys", "device", `card ${card.id}'s key set is not in custody`);
+      const { slot, alg, personalData } = req.body;
+      const profile = req.body.profile ?? SLOT_PROFILES[slot];
+      const escrow = req.body.escrow === true;
+      const device = await KeyGenerationDevice.create({ custody: issuer.custody, ca: center, registry, trustAnchors: await pinned(), escrow: escrow ? recovery.escrowHook(actor) : undefined });
+      const audit = (action: string, details: Record<string, string | boolean>) => issuer.store.audit({ actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
+      const run = async (transmit: (apdu: Uint8Array) => Promise<Uint8Array>): Promise<KeygenResultJson> => {
         try {
-          // the entry must be certifiable as it is (name.ts), before any lookup or key: a 422 naming the field
-          validateSubject(req.body.personalData, "personalData");
-          const actor = principalOf(req).name;
-          const card = checkCardState(await issuer.card(req.params.id), "keygen");
-          const keys = issuer.keysOf(await issuer.currentKeySet(card));
-          if (!inCustody(keys)) throw new ApiProblem(422, "keygen-refused", "Refused: card-keys", `card ${card.id}'s key set is not in custody`, { check: "card-keys", refusedBy: "device" });
-          const { slot, alg, personalData } = req.body;
-          const profile = req.body.profile ?? SLOT_PROFILES[slot];
-          const escrow = req.body.escrow === true;
-          const device = await KeyGenerationDevice.create({ custody: issuer.custody, ca: center, registry, trustAnchors: await pinned(), escrow: escrow ? recovery.escrowHook(actor) : undefined });
-          const audit = (action: string, details: Record<string, string | boolean>) => issuer.store.audit({ actor, action, subject: card.id, details: { slot, alg, profile, escrow, ...details } });
-          const run = async (transmit: (apdu: Uint8Array) => Promise<Uint8Array>): Promise<KeygenResultJson> => {
-            try {
-              // the card's state, read before every APDU the device sends it: a card suspended mid-session gets nothing more
-              const gated = async (apdu: Uint8Array) => {
-                await requireCardState(issuer.store, card.id, "keygen");
-                return transmit(apdu);
-              };
-              const issued = await device.issue({
-                applicantId: card.userId,
-                personalData,
-                alg,
-                profile,
-                slot,
-                card: { transmit: gated, keySet: keys.ref },
-                ...(escrow ? { escrow: { cardId: card.id } } : {}),
-              });
-              await audit("keygen.issued", { serial: issued.serial, publicKeySha256: issued.publicKeySha256, ...(issued.escrowId ? { escrowId: issued.escrowId } : {}) });
-              return resultOut(card.id, issued);
-            } catch (e) {
-              if (e instanceof KeyGenerationRefusal)
-                await audit("keygen.refused", { check: e.check, refusedBy: e.by, ...(e.serial ? { serial: e.serial } : {}), ...(e.publicKeySha256 ? { publicKeySha256: e.publicKeySha256 } : {}) });
-              throw e;
-            }
+          // the card's state, read before every APDU the device sends it: a card suspended mid-session gets nothing more
+          const gated = async (apdu: Uint8Array) => {
+            await requireCardState(issuer.store, card.id, "keygen");
+            return transmit(apdu);
           };
-          const { sessionId, step } = await lives.open(actor, run);
-          return reply.code(201).send({ sessionId, ...stepOut(step) });
+          const issued = await device.issue({
+            applicantId: card.userId,
+            personalData,
+            alg,
+            profile,
+            slot,
+            card: { transmit: gated, keySet: keys.ref },
+            ...(escrow ? { escrow: { cardId: card.id } } : {}),
+          });
+          await audit("keygen.issued", { serial: issued.serial, publicKeySha256: issued.publicKeySha256, ...(issued.escrowId ? { escrowId: issued.escrowId } : {}) });
+          return resultOut(card.id, issued);
         } catch (e) {
-          throw keygenProblem(e);
+          if (e instanceof KeyGenerationRefusal)
+            await audit("keygen.refused", { check: e.check, refusedBy: e.by, ...(e.serial ? { serial: e.serial } : {}), ...(e.publicKeySha256 ? { publicKeySha256: e.publicKeySha256 } : {}) });
+          throw e;
         }
-      }),
+      };
+      const { sessionId, step } = await lives.open(actor, run);
+      return reply.code(201).send({ sessionId, ...stepOut(step) });
+    },
   );
 
   app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
@@ -239,13 +226,6 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
         response: { 200: LIVE_STEP, ...problems },
       },
     },
-    async (req) =>
-      domain(async () => {
-        try {
-          return stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex)));
-        } catch (e) {
-          throw keygenProblem(e);
-        }
-      }),
+    async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),
   );
 };

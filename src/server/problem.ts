@@ -1,13 +1,19 @@
 // One error shape for the whole API: RFC 9457 problem details (application/problem+json).
-// Domain modules throw ApiProblem (or their own errors mapped here); Fastify's own errors (validation, JSON
-// syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500 whose detail never
-// carries the error message (it could hold a secret); the message goes to the log under the request id.
+// Domain roles throw DomainErrors (src/util/errors.ts) and this file is their one mapper (issue 10 §4): the kind
+// alone decides the status through KIND_PROBLEMS (invalid 400, not_found 404, conflict 409, refused 422,
+// unavailable 503); the type and title are the kind's unless the error names its own (DomainError.problem()); the
+// check and the error's non-secret details become extension members (each route's response schema says which of
+// them it shows). Routes throw ApiProblem for what is theirs (authentication, a path that names nothing); Fastify's
+// own errors (validation, JSON syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500
+// whose detail never carries the error message (it could hold a secret); the message goes to the log under the
+// request id. Never here: a per-domain table, or matching an error on its name.
 //
 // A problem body is small whatever the request was (issue 9 §3): validation reports the first error (the server's
 // ajv runs without allErrors) and at most MAX_VALIDATION_ERRORS of them, every string member is cut to a bound,
 // and a body still over MAX_PROBLEM_BYTES keeps only its RFC 9457 members.
 
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { DomainError, type ErrorKind } from "../util/errors.ts";
 
 export const PROBLEM_TYPE_BASE = "https://cardkms.dev/problems/";
 
@@ -36,18 +42,24 @@ export class ApiProblem extends Error {
   }
 }
 
-/** Domain errors that carry a code (StoreError, IssuerError, ...) and the status each code means. */
-const DOMAIN_CODES: Record<string, [number, string, string]> = {
-  not_found: [404, "not-found", "Not found"],
-  conflict: [409, "conflict", "Conflict"],
-  invalid: [400, "invalid", "Invalid request"],
-  refused: [422, "refused", "Refused"],
+/** The one table: what each kind of DomainError answers (status, and the type slug and title unless the error names its own). */
+export const KIND_PROBLEMS: Readonly<Record<ErrorKind, { status: number; type: string; title: string }>> = {
+  invalid: { status: 400, type: "invalid", title: "Invalid request" },
+  not_found: { status: 404, type: "not-found", title: "Not found" },
+  conflict: { status: 409, type: "conflict", title: "Conflict" },
+  refused: { status: 422, type: "refused", title: "Refused" },
+  unavailable: { status: 503, type: "unavailable", title: "Unavailable" },
 };
 
-function fromDomain(e: Error & { code?: unknown }): Problem | undefined {
-  if (!["StoreError", "IssuerError"].includes(e.name) || typeof e.code !== "string") return undefined;
-  const m = DOMAIN_CODES[e.code];
-  return m && { type: PROBLEM_TYPE_BASE + m[1], title: m[2], status: m[0], detail: e.message };
+/** A problem type as sent: an absolute URI as it is, a slug under PROBLEM_TYPE_BASE. */
+const problemType = (t: string): string => (/^[a-z][a-z0-9+.-]*:/i.test(t) ? t : PROBLEM_TYPE_BASE + t);
+
+/** A DomainError as problem+json: status by its kind, type and title its own or its kind's, `check` and its details as extension members. */
+export function domainProblem(err: DomainError): Problem {
+  const e = err.answeredWith();
+  const byKind = KIND_PROBLEMS[e.kind];
+  const shape = e.problem();
+  return { ...e.details, check: e.check, type: problemType(shape?.type ?? byKind.type), title: shape?.title ?? byKind.title, status: byKind.status, detail: shape?.detail ?? e.message };
 }
 
 export const notFound = (what: string, id: string) => new ApiProblem(404, "not-found", `${what} not found`, `no ${what} with id ${id}`);
@@ -128,7 +140,7 @@ export function installProblemHandlers(app: FastifyInstance, onError?: (status: 
     let p: Problem;
     if (err instanceof ApiProblem) p = { ...err.extensions, type: PROBLEM_TYPE_BASE + err.slug, title: err.title, status: err.status, detail: err.detail };
     else {
-      const mapped = fromDomain(err) ?? fromFastify(err);
+      const mapped = err instanceof DomainError ? domainProblem(err) : fromFastify(err);
       if (mapped) p = mapped;
       else {
         req.log.error({ err: { name: err.name, code: err.code } }, "unhandled error");

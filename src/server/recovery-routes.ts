@@ -48,8 +48,9 @@
 // Lists page: `limit` (default 100; at most 1000, pending items 100) and `after` (the `next` of the previous page,
 // an opaque cursor); a response carries `next` when more follow.
 //
-// Refusals: RecoveryServiceError, RecoveryError and PolicyValidationError become 4xx problems with the failed
-// check in the `check` member (PolicyValidationError also lists `issues` with JSON pointers). Never in a response
+// Refusals: RecoveryServiceError, RecoveryError and PolicyValidationError are DomainErrors whose check decides
+// their kind (src/recovery/errors.ts, service-errors.ts); problem.ts answers them with 4xx problems carrying the
+// failed check in the `check` member (PolicyValidationError also lists `issues` with JSON pointers). Never in a response
 // or an error: a share value, a private key, a device secret ID; shares travel sealed (to the arbitrator, or to
 // the reproduction device). The one secret returned is an arbitrator token, once, at its creation.
 //
@@ -60,8 +61,8 @@
 //   decisions.ts      the arbitrators' side (S6-S7): pending items, approvals with share releases, refusals,
 //                     approver lists
 //   reproduction.ts   the reproduction device's key and the reproduction through the terminal (S8-S9)
-// and what they share: schemas.ts (schema pieces, the request view, problems, pages), refusals.ts (refusals as
-// problems), access.ts (arbitrator tokens, who may act). This file registers them behind the one check that
+// and what they share: schemas.ts (schema pieces, the request view, problems, pages), access.ts (arbitrator
+// tokens, who may act). This file registers them behind the one check that
 // refuses every token of a deregistered arbitrator.
 
 import type { FastifyPluginAsync } from "fastify";
@@ -79,7 +80,6 @@ import { reproductionRoutes } from "./recovery-routes/reproduction.ts";
 import { requestRoutes } from "./recovery-routes/requests.ts";
 
 export { arbitratorTokenName, boundArbitrator } from "./recovery-routes/access.ts";
-export { recoveryProblem } from "./recovery-routes/refusals.ts";
 
 export interface RecoveryRoutesOptions {
   recovery: RecoveryService;

@@ -39,7 +39,7 @@ import type { RotationItem } from "../issuer/rotation-records.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
 import type { RotationStrategy } from "../store/db.ts";
 import type { Card, Rotation } from "../store/store.ts";
-import { CARD_ID, domain, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
+import { CARD_ID, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
 import { cardSchema, credentialRequestProps, nullable, rotationOut, rotationSchema } from "./schemas.ts";
@@ -176,7 +176,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     await Promise.allSettled([...jobs.values()].map((j) => j.promise));
   });
 
-  const rotationOr404 = async (id: string): Promise<Rotation> => domain(async () => (await store.getRotation(id)) ?? rotationsNotFound(id));
+  const rotationOr404 = async (id: string): Promise<Rotation> => (await store.getRotation(id)) ?? rotationsNotFound(id);
 
   /** This process's job for a rotation as it stands now: taken BEFORE the rotation is read, so that a job that ends
    *  between the read and the answer is not reported done beside counters read while it ran. */
@@ -217,12 +217,11 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         response: { 201: rotationSchema, ...problems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const { strategy, newCardId, add, drop } = req.body;
-        if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
-        return reply.code(201).send(rotationOut(await rotations.propose({ cardId: req.params.id, strategy, newCardId, add, drop }, principalOf(req).name)));
-      }),
+    async (req, reply) => {
+      const { strategy, newCardId, add, drop } = req.body;
+      if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
+      return reply.code(201).send(rotationOut(await rotations.propose({ cardId: req.params.id, strategy, newCardId, add, drop }, principalOf(req).name)));
+    },
   );
 
   app.post<{ Params: { id: string } }>(
@@ -237,7 +236,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         response: { 200: rotationSchema, ...problems },
       },
     },
-    async (req) => domain(async () => rotationOut(await rotations.cancel(req.params.id, principalOf(req).name))),
+    async (req) => rotationOut(await rotations.cancel(req.params.id, principalOf(req).name)),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -250,18 +249,17 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         response: { 200: statusSchema, ...problems },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const job = jobNow(req.params.id);
-        const s = await rotations.status(req.params.id);
-        const approvals = {
-          required: s.approvals.required,
-          proposedBy: s.approvals.proposedBy,
-          binding: s.approvals.binding,
-          given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })),
-        };
-        return { ...status(s.rotation, job), approvals, distribution: distributionOut(s.distribution) };
-      }),
+    async (req) => {
+      const job = jobNow(req.params.id);
+      const s = await rotations.status(req.params.id);
+      const approvals = {
+        required: s.approvals.required,
+        proposedBy: s.approvals.proposedBy,
+        binding: s.approvals.binding,
+        given: s.approvals.given.map((a) => ({ operator: a.operator, approvedAt: a.approvedAt })),
+      };
+      return { ...status(s.rotation, job), approvals, distribution: distributionOut(s.distribution) };
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { cardId?: string } }>(
@@ -280,18 +278,17 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const actor = principalOf(req).name;
-        const { rotation, card } = await rotations.issueNewCard(req.params.id, actor, { cardId: req.body.cardId });
-        if (card.status !== "issued") return reply.code(200).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: null });
-        const chain = new ScriptChain(await rotations.newCardScripts(rotation.id));
-        const opened = relays.open(actor, chain, async () => {
-          // Each script's results were checked by the chain; the last one's too.
-          await domain(() => rotations.issuer.markPersonalised(card.id, actor));
-        });
-        return reply.code(201).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: { sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) } });
-      }),
+    async (req, reply) => {
+      const actor = principalOf(req).name;
+      const { rotation, card } = await rotations.issueNewCard(req.params.id, actor, { cardId: req.body.cardId });
+      if (card.status !== "issued") return reply.code(200).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: null });
+      const chain = new ScriptChain(await rotations.newCardScripts(rotation.id));
+      const opened = relays.open(actor, chain, async () => {
+        // Each script's results were checked by the chain; the last one's too.
+        await rotations.issuer.markPersonalised(card.id, actor);
+      });
+      return reply.code(201).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: { sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) } });
+    },
   );
 
   app.post<{ Params: { id: string } }>(
@@ -375,21 +372,20 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const add = req.body.add;
-        if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
-        const res = await rotations.distribute(req.params.id, principalOf(req).name, { add });
-        return {
-          rotation: rotationOut(res.rotation),
-          distribution: distributionOut(res.distribution),
-          packages: res.packages.map((p) => {
-            const h = packageHeader(p.body);
-            return { seq: p.seq, slot: h.keyRef, kvn: h.kvn, cardId: p.cardId, bytes: p.body.length };
-          }),
-          added: res.added.map((c) => ({ keyPairId: c.keyPair.id, slot: c.keyPair.slot, serial: c.certificate.serial, packageSeq: c.package.seq })),
-        };
-      }),
+    async (req) => {
+      const add = req.body.add;
+      if (add && new Set(add.map((a) => a.slot)).size !== add.length) throw domainInvalid("add: one credential per slot");
+      const res = await rotations.distribute(req.params.id, principalOf(req).name, { add });
+      return {
+        rotation: rotationOut(res.rotation),
+        distribution: distributionOut(res.distribution),
+        packages: res.packages.map((p) => {
+          const h = packageHeader(p.body);
+          return { seq: p.seq, slot: h.keyRef, kvn: h.kvn, cardId: p.cardId, bytes: p.body.length };
+        }),
+        added: res.added.map((c) => ({ keyPairId: c.keyPair.id, slot: c.keyPair.slot, serial: c.certificate.serial, packageSeq: c.package.seq })),
+      };
+    },
   );
 };
 

@@ -53,7 +53,7 @@ import { StateCounterRepository, type CardStateCounter } from "../store/state-co
 import type { Card, CardKeySet, Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
-import { APDU_HEX, CARD_ID, digits, domain, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
+import { APDU_HEX, CARD_ID, digits, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
 import type { Metrics } from "./metrics.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
 import { TtlMap } from "./relay-sessions.ts";
@@ -232,27 +232,26 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 201: relayRoundSchema, ...loginProblems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const card = await store.getCard(req.params.id);
-        if (!card || card.status !== "active") throw noActiveCard(req.params.id);
-        // A flagged card gets no INITIALIZE UPDATE: each one the login does not complete counts against the
-        // card's secure-channel failure limit, which a terminal retrying in a loop would otherwise reach.
-        const remembered = await counters.get(card.id);
-        if (remembered?.rollback) throw rollbackProblem(card.id, remembered, false);
-        const keySet = await issuer.currentKeySet(card);
-        const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
-        const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
-        const apdus = [select, host.initializeUpdate(), STATE_COUNTER_COMMAND];
-        const client = normalizeIP(req.ip);
-        const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication", {
-          groups: [
-            { name: "card", key: card.id, max: perCard, whenFull: "retire-oldest" },
-            { name: "card-client", key: `${card.id} ${client}`, max: perCardClient, whenFull: "retire-oldest" },
-          ],
-        });
-        return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
-      }),
+    async (req, reply) => {
+      const card = await store.getCard(req.params.id);
+      if (!card || card.status !== "active") throw noActiveCard(req.params.id);
+      // A flagged card gets no INITIALIZE UPDATE: each one the login does not complete counts against the
+      // card's secure-channel failure limit, which a terminal retrying in a loop would otherwise reach.
+      const remembered = await counters.get(card.id);
+      if (remembered?.rollback) throw rollbackProblem(card.id, remembered, false);
+      const keySet = await issuer.currentKeySet(card);
+      const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
+      const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
+      const apdus = [select, host.initializeUpdate(), STATE_COUNTER_COMMAND];
+      const client = normalizeIP(req.ip);
+      const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication", {
+        groups: [
+          { name: "card", key: card.id, max: perCard, whenFull: "retire-oldest" },
+          { name: "card-client", key: `${card.id} ${client}`, max: perCardClient, whenFull: "retire-oldest" },
+        ],
+      });
+      return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
+    },
   );
 
   app.post<{ Params: { id: string; sessionId: string }; Body: { responses: string[] } }>(
@@ -274,75 +273,74 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const { id: cardId, sessionId } = req.params;
-        const hs = handshakes.get(sessionId);
-        if (!hs || hs.cardId !== cardId) throw new ApiProblem(404, "not-found", "authentication session not found", `no open authentication session ${sessionId} for card ${cardId}`);
-        handshakes.delete(sessionId); // one attempt per handshake
-        const [sel, iu, report] = req.body.responses.map(fromHex);
-        const swSel = parseResponse(sel).sw;
-        if (swSel !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused SELECT (SW ${swHex(swSel)})`);
-        const swIu = parseResponse(iu).sw;
-        if (swIu !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused INITIALIZE UPDATE (SW ${swHex(swIu)})`);
-        let challenges: { hostChallenge: Uint8Array; cardChallenge: Uint8Array };
+    async (req) => {
+      const { id: cardId, sessionId } = req.params;
+      const hs = handshakes.get(sessionId);
+      if (!hs || hs.cardId !== cardId) throw new ApiProblem(404, "not-found", "authentication session not found", `no open authentication session ${sessionId} for card ${cardId}`);
+      handshakes.delete(sessionId); // one attempt per handshake
+      const [sel, iu, report] = req.body.responses.map(fromHex);
+      const swSel = parseResponse(sel).sw;
+      if (swSel !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused SELECT (SW ${swHex(swSel)})`);
+      const swIu = parseResponse(iu).sw;
+      if (swIu !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused INITIALIZE UPDATE (SW ${swHex(swIu)})`);
+      let challenges: { hostChallenge: Uint8Array; cardChallenge: Uint8Array };
+      try {
+        challenges = hs.host.challenges(iu);
+      } catch (e) {
+        if (e instanceof Scp03Error) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", e.message);
+        throw e;
+      }
+      // The key set may have been rotated since the handshake started: the proof must be for the current one.
+      // The card may have left active meanwhile: no token then (the same answer as at the start: no oracle).
+      const now = await issuer.card(cardId);
+      if (now.status !== "active") throw noActiveCard(cardId);
+      const current = await issuer.currentKeySet(now);
+      if (current.id !== hs.keySet.id) throw new ApiProblem(409, "conflict", "Conflict", "the card's key set changed during authentication; start again");
+      const keys = issuer.keysOf(current);
+      if (!("custody" in keys)) throw new Error("card keys must be in custody");
+      const material = await keys.custody.scp03Session(keys.ref, challenges.hostChallenge, challenges.cardChallenge);
+      const refused = async (reason: string, detail: string) => {
+        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason, kvn: current.kvn } });
+        return new ApiProblem(401, "card-not-proven", "The card did not prove itself", detail);
+      };
+      let externalAuthenticate: Uint8Array;
+      let counter: number;
+      try {
         try {
-          challenges = hs.host.challenges(iu);
+          externalAuthenticate = hs.host.authenticateWith(iu, material);
         } catch (e) {
-          if (e instanceof Scp03Error) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", e.message);
-          throw e;
+          if (!(e instanceof Scp03Error)) throw e;
+          throw await refused("wrong card cryptogram", "wrong card cryptogram: this is not the card, or not its current key set");
         }
-        // The key set may have been rotated since the handshake started: the proof must be for the current one.
-        // The card may have left active meanwhile: no token then (the same answer as at the start: no oracle).
-        const now = await issuer.card(cardId);
-        if (now.status !== "active") throw noActiveCard(cardId);
-        const current = await issuer.currentKeySet(now);
-        if (current.id !== hs.keySet.id) throw new ApiProblem(409, "conflict", "Conflict", "the card's key set changed during authentication; start again");
-        const keys = issuer.keysOf(current);
-        if (!("custody" in keys)) throw new Error("card keys must be in custody");
-        const material = await keys.custody.scp03Session(keys.ref, challenges.hostChallenge, challenges.cardChallenge);
-        const refused = async (reason: string, detail: string) => {
-          await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason, kvn: current.kvn } });
-          return new ApiProblem(401, "card-not-proven", "The card did not prove itself", detail);
-        };
-        let externalAuthenticate: Uint8Array;
-        let counter: number;
         try {
-          try {
-            externalAuthenticate = hs.host.authenticateWith(iu, material);
-          } catch (e) {
-            if (!(e instanceof Scp03Error)) throw e;
-            throw await refused("wrong card cryptogram", "wrong card cryptogram: this is not the card, or not its current key set");
-          }
-          try {
-            counter = checkStateCounterReport(report, { sMac: material.sMac, ...challenges });
-          } catch (e) {
-            if (!(e instanceof StateCounterError)) throw e;
-            if (e.reason === "mac") throw await refused("state counter report does not verify", "the state counter report does not verify under the card's session: it was changed on the way");
-            throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card did not report its state counter: ${e.message}`);
-          }
-        } finally {
-          material.sEnc.fill(0);
-          material.sMac.fill(0);
-          material.sRmac.fill(0);
-          hs.host.end();
+          counter = checkStateCounterReport(report, { sMac: material.sMac, ...challenges });
+        } catch (e) {
+          if (!(e instanceof StateCounterError)) throw e;
+          if (e.reason === "mac") throw await refused("state counter report does not verify", "the state counter report does not verify under the card's session: it was changed on the way");
+          throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card did not report its state counter: ${e.message}`);
         }
-        const outcome = await counters.recordLogin(cardId, counter, { since: hs.startedAt, actor: `card:${cardId}`, details: { kvn: current.kvn } });
-        if (!outcome.accepted) {
-          if (outcome.reason === "raced") throw new ApiProblem(409, "conflict", "Conflict", "another login of this card crossed this one; start again");
-          if (outcome.reason === "flagged")
-            await appendAudit(store.db, {
-              actor: `card:${cardId}`,
-              action: "terminal.refused",
-              subject: cardId,
-              details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter },
-            });
-          throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
-        }
-        const { token, expiresAt } = tokens.issue(cardId, now.statusVersion);
-        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
-        return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
-      }),
+      } finally {
+        material.sEnc.fill(0);
+        material.sMac.fill(0);
+        material.sRmac.fill(0);
+        hs.host.end();
+      }
+      const outcome = await counters.recordLogin(cardId, counter, { since: hs.startedAt, actor: `card:${cardId}`, details: { kvn: current.kvn } });
+      if (!outcome.accepted) {
+        if (outcome.reason === "raced") throw new ApiProblem(409, "conflict", "Conflict", "another login of this card crossed this one; start again");
+        if (outcome.reason === "flagged")
+          await appendAudit(store.db, {
+            actor: `card:${cardId}`,
+            action: "terminal.refused",
+            subject: cardId,
+            details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter },
+          });
+        throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
+      }
+      const { token, expiresAt } = tokens.issue(cardId, now.statusVersion);
+      await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
+      return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
+    },
   );
 
   app.get<{ Params: { id: string } }>(
@@ -355,11 +353,10 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 200: stateCounterSchema, ...problems },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const card = await issuer.card(req.params.id);
-        return counterOut(card.id, await counters.get(card.id));
-      }),
+    async (req) => {
+      const card = await issuer.card(req.params.id);
+      return counterOut(card.id, await counters.get(card.id));
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { reason: string } }>(
@@ -373,13 +370,12 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 200: { type: "object", required: ["cardId", "cleared"], properties: { cardId: { type: "string" }, cleared: stateCounterSchema } }, ...problems },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const card = await issuer.card(req.params.id);
-        const cleared = await counters.clear(card.id, { actor: principalOf(req).name, reason: req.body.reason });
-        if (!cleared) throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is not flagged for a rollback`);
-        return { cardId: card.id, cleared: counterOut(card.id, cleared) };
-      }),
+    async (req) => {
+      const card = await issuer.card(req.params.id);
+      const cleared = await counters.clear(card.id, { actor: principalOf(req).name, reason: req.body.reason });
+      if (!cleared) throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is not flagged for a rollback`);
+      return { cardId: card.id, cleared: counterOut(card.id, cleared) };
+    },
   );
 
   app.get(
@@ -391,7 +387,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 200: { type: "object", required: ["cards"], properties: { cards: { type: "array", items: stateCounterSchema } } }, ...problems },
       },
     },
-    async () => domain(async () => ({ cards: (await counters.listFlagged()).map((r) => counterOut(r.cardId, r)) })),
+    async () => ({ cards: (await counters.listFlagged()).map((r) => counterOut(r.cardId, r)) }),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
@@ -417,17 +413,16 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         },
       },
     },
-    async (req) =>
-      domain(async () => {
-        const cardId = req.params.id;
-        const who = requireCardAccess(req.principal, cardId, { operators: true });
-        const after = Number(req.query.after ?? 0);
-        // Only the card's own terminal moves packages to "fetched", while the card is active; an operator looking
-        // (at a card in any state) does not.
-        if (who.cardId === cardId) await requireCardState(store, cardId, "packages.fetch");
-        const list = who.cardId === cardId ? await issuer.packagesFor(cardId, after) : (await issuer.card(cardId), await store.listPackages(cardId, { afterSeq: after }));
-        return { packages: list.map((p) => ({ seq: p.seq, status: p.status, createdAt: p.createdAt, body: p.body.toString("base64") })) };
-      }),
+    async (req) => {
+      const cardId = req.params.id;
+      const who = requireCardAccess(req.principal, cardId, { operators: true });
+      const after = Number(req.query.after ?? 0);
+      // Only the card's own terminal moves packages to "fetched", while the card is active; an operator looking
+      // (at a card in any state) does not.
+      if (who.cardId === cardId) await requireCardState(store, cardId, "packages.fetch");
+      const list = who.cardId === cardId ? await issuer.packagesFor(cardId, after) : (await issuer.card(cardId), await store.listPackages(cardId, { afterSeq: after }));
+      return { packages: list.map((p) => ({ seq: p.seq, status: p.status, createdAt: p.createdAt, body: p.body.toString("base64") })) };
+    },
   );
 
   app.post<{ Params: { id: string; seq: string } }>(
@@ -441,14 +436,13 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 204: { type: "null" }, ...problems },
       },
     },
-    async (req, reply) =>
-      domain(async () => {
-        const cardId = req.params.id;
-        const who = requireCardAccess(req.principal, cardId, { operators: false });
-        await requireCardState(store, cardId, "packages.ack");
-        await issuer.acknowledgePackage(cardId, Number(req.params.seq), who.name);
-        return reply.code(204).send();
-      }),
+    async (req, reply) => {
+      const cardId = req.params.id;
+      const who = requireCardAccess(req.principal, cardId, { operators: false });
+      await requireCardState(store, cardId, "packages.ack");
+      await issuer.acknowledgePackage(cardId, Number(req.params.seq), who.name);
+      return reply.code(204).send();
+    },
   );
 };
 

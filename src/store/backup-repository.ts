@@ -9,16 +9,21 @@
 // envelope as the object's latest version again adds nothing (a backup run repeats harmlessly).
 //
 // Every new version is recorded in the audit log (IDs, version, hashes — never the envelope).
+//
+// The domain — the storage port this implements (BackupStore), what a put accepts (checkNewBackup), the refusals
+// (BackupError) and the wire shapes — is src/backup/; this file holds the rows and their queries only.
 
-import { createHash } from "node:crypto";
 import type { Kysely, Transaction } from "kysely";
+import { BackupError } from "../backup/errors.ts";
+import { checkNewBackup } from "../backup/objects.ts";
+import type { BackupInfo, BackupRecord, BackupStore, NewBackup, PutResult } from "../backup/repository.ts";
 import { appendAudit } from "./audit.ts";
 import type { Database, Db } from "./db.ts";
 import { newId } from "./ids.ts";
-import { MAX_ENVELOPE_BYTES } from "../protocol/enciphered.ts";
 
-export { MAX_ENVELOPE_BYTES };
-import { EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
+export { BackupError } from "../backup/errors.ts";
+export { MAX_ENVELOPE_BYTES, OBJECT_ID } from "../backup/objects.ts";
+export type { BackupInfo, BackupRecord, NewBackup, PutResult } from "../backup/repository.ts";
 
 export interface BackupsTable {
   id: string;
@@ -34,52 +39,6 @@ export interface BackupsTable {
 
 // a type alias, not an interface: Kysely's withTables wants an index-signature-compatible record
 export type BackupTables = { backups: BackupsTable };
-
-/** A stored version without its envelope. */
-export interface BackupInfo {
-  id: string;
-  userId: string;
-  /** The card the envelope was made for, when the uploader named it. */
-  cardId: string | null;
-  objectId: string;
-  version: number;
-  /** SHA-256 of the envelope bytes, hex. */
-  sha256: string;
-  /** The envelope's kid: SHA-256 of the recipient key's SPKI, hex. */
-  recipientKid: string;
-  size: number;
-  createdAt: number;
-}
-
-export interface BackupRecord extends BackupInfo {
-  envelope: Uint8Array;
-}
-
-export interface NewBackup {
-  userId: string;
-  cardId?: string | null;
-  objectId: string;
-  envelope: Uint8Array;
-}
-
-export interface PutResult {
-  backup: BackupRecord;
-  /** False when the envelope already was the object's latest version (nothing was added). */
-  created: boolean;
-}
-
-export class BackupError extends Error {
-  constructor(
-    readonly code: "invalid" | "not_found" | "conflict",
-    message: string,
-  ) {
-    super(message);
-    this.name = "BackupError";
-  }
-}
-
-/** Object IDs: 1-128 characters of A-Z a-z 0-9 . _ - : @, starting with a letter or digit (also a safe file name). */
-export const OBJECT_ID = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
 
 const bytes = (b: Uint8Array): Uint8Array => new Uint8Array(b);
 
@@ -101,7 +60,7 @@ function toRecord(r: BackupsTable): BackupRecord {
   return { ...toInfo({ ...r, size: r.envelope.length }), envelope: bytes(r.envelope) };
 }
 
-export class BackupRepository {
+export class BackupRepository implements BackupStore {
   private readonly db: Kysely<Database & BackupTables>;
   private readonly now: () => number;
 
@@ -117,19 +76,7 @@ export class BackupRepository {
    * not the user's.
    */
   async put(input: NewBackup, actor = "terminal"): Promise<PutResult> {
-    if (typeof input.objectId !== "string" || !OBJECT_ID.test(input.objectId)) {
-      throw new BackupError("invalid", "object ID must be 1-128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit");
-    }
-    if (!(input.envelope instanceof Uint8Array)) throw new BackupError("invalid", "envelope must be bytes");
-    if (input.envelope.length > MAX_ENVELOPE_BYTES) throw new BackupError("invalid", `envelope of ${input.envelope.length} bytes is over the limit (${MAX_ENVELOPE_BYTES})`);
-    let kid: string;
-    try {
-      kid = parseEnvelope(input.envelope).kid;
-    } catch (e) {
-      if (e instanceof EncipheredError) throw new BackupError("invalid", `only enciphered data is backed up: ${e.message}`);
-      throw e;
-    }
-    const sha256 = createHash("sha256").update(input.envelope).digest("hex");
+    const { kid, sha256 } = checkNewBackup(input);
     const cardId = input.cardId ?? null;
     return this.db.transaction().execute(async (trx) => {
       const user = await trx.selectFrom("users").select("id").where("id", "=", input.userId).executeTakeFirst();

@@ -10,26 +10,14 @@
 // nothing and logs nothing.
 
 import { createHash } from "node:crypto";
+import type { BackupInfoJson } from "../backup/wire.ts";
 import { MAX_ENVELOPE_BYTES } from "../protocol/enciphered.ts";
 import { base64Of, fromBase64, type IssuerApiClient } from "./api-client.ts";
 import { OBJECT_ID, type BackupTarget } from "./backup.ts";
 import { EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
 
-/** A stored version as the server shows it (no envelope). */
-export interface BackupInfoJson {
-  id: string;
-  userId: string;
-  /** The card the version was backed up through. */
-  cardId: string | null;
-  objectId: string;
-  version: number;
-  /** SHA-256 of the envelope bytes, hex. */
-  sha256: string;
-  /** The envelope's kid: SHA-256 of the recipient key's SPKI, hex. */
-  recipientKid: string;
-  size: number;
-  createdAt: number;
-}
+/** A stored version as the server shows it (no envelope): the wire shape of src/backup/wire.ts. */
+export type { BackupInfoJson };
 
 /** A stored version with its envelope, checked. */
 export interface FetchedBackup extends BackupInfoJson {

@@ -17,7 +17,18 @@ import { Store } from "../store/store.ts";
 import { testEngines } from "../../test/support/store-testing.ts";
 import { tempDir } from "../../test/helpers.ts";
 import { ApduError, type Transmit } from "../protocol/apdu-client.ts";
-import { backup, BackupError, CARD_OBJECT_TAG, CardEncipheredStore, decodeCardContainer, encodeCardContainer, preferCard, restore, TerminalEncipheredStore, type CardObjectWriter } from "./backup.ts";
+import {
+  backup,
+  EncipheredStoreError as BackupError,
+  CARD_OBJECT_TAG,
+  CardEncipheredStore,
+  decodeCardContainer,
+  encodeCardContainer,
+  preferCard,
+  restore,
+  TerminalEncipheredStore,
+  type CardObjectWriter,
+} from "./backup.ts";
 import { decipherWithCard, encipherForCard, recipientOf } from "../protocol/enciphered.ts";
 import { PIV_AID, PivClient, putDataCommand, SLOT } from "../protocol/piv/client.ts";
 

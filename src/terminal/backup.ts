@@ -8,7 +8,7 @@
 //     when the enciphered information ... is stored ... within the personal portable device"). Anyone reads it
 //     with GET DATA; the card takes PUT DATA only under the issuer's secure channel, so writing goes through a
 //     writer the caller injects (an SCP03 session of the issuer, e.g. when it reissues the card).
-// The back-up device is a BackupTarget: src/store/backup-repository.ts on the server, or any uploader with the
+// The back-up device is a BackupTarget: src/store/backup-repository.ts on the server (src/backup/ its domain), or any uploader with the
 // same two methods (an HTTP client, say). Everything that crosses any of these is an envelope
 // (src/protocol/enciphered.ts) — ciphertext — and every store refuses anything else.
 
@@ -18,6 +18,7 @@ import { concat, findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import { ensurePrivateDirectory, readFileNoFollow, writeFileAtomic } from "../util/files.ts";
 import { cardKid, EncipheredError, parseEnvelope } from "../protocol/enciphered.ts";
 import type { PivClient } from "../protocol/piv/client.ts";
+import { OBJECT_ID } from "../backup/objects.ts";
 
 /** One enciphered object: the user's name for it and its envelope. */
 export interface EncipheredObject {
@@ -36,18 +37,22 @@ export interface EncipheredStore {
   remove(objectId: string): Promise<void>;
 }
 
-export class BackupError extends Error {
+/**
+ * What a store on the user's side refuses or cannot do (not an envelope, a bad object ID, a full or read-only card
+ * store). The server's refusals are src/backup/errors.ts BackupError.
+ */
+export class EncipheredStoreError extends Error {
   constructor(message: string) {
     super(message);
-    this.name = "BackupError";
+    this.name = "EncipheredStoreError";
   }
 }
 
-/** Object IDs: 1-128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit (the server's rule, and a safe file name). */
-export const OBJECT_ID = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
+/** Object IDs: the server's rule (src/backup/objects.ts), also a safe file name. */
+export { OBJECT_ID };
 
 export function checkObjectId(objectId: string): string {
-  if (typeof objectId !== "string" || !OBJECT_ID.test(objectId)) throw new BackupError("object ID must be 1-128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit");
+  if (typeof objectId !== "string" || !OBJECT_ID.test(objectId)) throw new EncipheredStoreError("object ID must be 1-128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit");
   return objectId;
 }
 
@@ -57,7 +62,7 @@ function checkEnvelope(o: EncipheredObject): void {
   try {
     parseEnvelope(o.envelope);
   } catch (e) {
-    if (e instanceof EncipheredError) throw new BackupError(`object ${o.objectId}: only enciphered data is kept (${e.message})`);
+    if (e instanceof EncipheredError) throw new EncipheredStoreError(`object ${o.objectId}: only enciphered data is kept (${e.message})`);
     throw e;
   }
 }
@@ -135,18 +140,18 @@ export function decodeCardContainer(content: Uint8Array): EncipheredObject[] {
   try {
     const tlvs = parseTlvs(content);
     const v = findTlv(tlvs, T_VERSION);
-    if (!v || v.length !== 1 || v[0] !== CONTAINER_VERSION) throw new BackupError(`the card's enciphered-data object is not container version ${CONTAINER_VERSION}`);
+    if (!v || v.length !== 1 || v[0] !== CONTAINER_VERSION) throw new EncipheredStoreError(`the card's enciphered-data object is not container version ${CONTAINER_VERSION}`);
     return tlvs
       .filter((t) => t.tag === T_ENTRY)
       .map((t) => {
         const id = findTlv(t.value, T_ID);
         const env = findTlv(t.value, T_ENVELOPE);
-        if (!id || !env) throw new BackupError("the card's enciphered-data object has an entry without ID or envelope");
+        if (!id || !env) throw new EncipheredStoreError("the card's enciphered-data object has an entry without ID or envelope");
         return { objectId: checkObjectId(Buffer.from(id).toString("utf8")), envelope: Uint8Array.from(env) };
       });
   } catch (e) {
-    if (e instanceof BackupError) throw e;
-    throw new BackupError(`the card's enciphered-data object is malformed: ${(e as Error).message}`);
+    if (e instanceof EncipheredStoreError) throw e;
+    throw new EncipheredStoreError(`the card's enciphered-data object is malformed: ${(e as Error).message}`);
   }
 }
 
@@ -203,7 +208,7 @@ export class CardEncipheredStore implements EncipheredStore {
     for (const o of objects) checkEnvelope(o);
     const value = this.merged(await this.list(), objects);
     if (value.length > this.maxBytes)
-      throw new BackupError(`the card keeps at most ${this.maxBytes} bytes of enciphered data; ${value.length} would not fit: keep the larger objects in the terminal's store`);
+      throw new EncipheredStoreError(`the card keeps at most ${this.maxBytes} bytes of enciphered data; ${value.length} would not fit: keep the larger objects in the terminal's store`);
     await this.write(value);
   }
 
@@ -216,7 +221,7 @@ export class CardEncipheredStore implements EncipheredStore {
   }
 
   private async write(value: Uint8Array): Promise<void> {
-    if (!this.o.write) throw new BackupError("this card store is read-only: the card takes PUT DATA only under the issuer's secure channel");
+    if (!this.o.write) throw new EncipheredStoreError("this card store is read-only: the card takes PUT DATA only under the issuer's secure channel");
     await this.o.write(this.tag, value);
   }
 }
@@ -302,7 +307,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreReport> {
   let kid: string | undefined;
   if (o.forCard) {
     kid = await cardKid(o.forCard.piv, o.forCard.slot);
-    if (!kid) throw new BackupError(`the card has no certificate in slot ${o.forCard.slot.toString(16).toUpperCase()}: cannot tell which envelopes are for it`);
+    if (!kid) throw new EncipheredStoreError(`the card has no certificate in slot ${o.forCard.slot.toString(16).toUpperCase()}: cannot tell which envelopes are for it`);
   }
   const wanted = o.objectIds ? new Set(o.objectIds.map(checkObjectId)) : undefined;
   const batches = new Map<EncipheredStore, { obj: EncipheredObject; version: number }[]>();

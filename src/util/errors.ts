@@ -7,23 +7,45 @@
 // Never: a secret, a share, key material or a caller's raw input in the message or the details.
 //
 // Each domain keeps its own subclasses (IssuerError, RecoveryError, StoreError, ...) so that callers can catch
-// one role's errors, but none needs a mapper of its own: the kind says how to answer.
+// one role's errors, but none needs a mapper of its own: the kind says how to answer. A subclass whose answer has a
+// problem type of its own (recovery's "recovery-conflict", the CA protocol's "urn:cardkms:ca:refused") says so in
+// problem(); one whose refusal is really its cause's (keygen: the card left active mid-session) in answeredWith().
 
 export type ErrorKind = "invalid" | "not_found" | "conflict" | "refused" | "unavailable";
 
 export const ERROR_KINDS: readonly ErrorKind[] = ["invalid", "not_found", "conflict", "refused", "unavailable"];
 
+/** How the problem+json answer shows a DomainError when its kind's type and title do not say enough. */
+export interface ProblemShape {
+  /** A slug under the API's problem base (e.g. "card-state"), or an absolute URI (e.g. "urn:cardkms:ca:refused"). */
+  type: string;
+  title: string;
+  /** The problem's detail; the error's message when absent. */
+  detail?: string;
+}
+
 export class DomainError extends Error {
   constructor(
     readonly kind: ErrorKind,
-    /** What refused, in snake_case (e.g. "card_state", "forged_signature"); the kind when nothing finer applies. */
+    /** What refused (e.g. "card_state", "forged_signature", "csr-signature"); the kind when nothing finer applies. */
     readonly check: string,
     message: string,
     /** Non-secret details for the problem body and the audit log. */
     readonly details: Readonly<Record<string, unknown>> = {},
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
     this.name = "DomainError";
+  }
+
+  /** The problem type and title of this error's answer; undefined: its kind's. */
+  problem(): ProblemShape | undefined {
+    return undefined;
+  }
+
+  /** The error the caller is answered with: this one, unless a subclass passes on a cause that explains it better. */
+  answeredWith(): DomainError {
+    return this;
   }
 }
 

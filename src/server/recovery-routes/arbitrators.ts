@@ -12,7 +12,6 @@ import { newToken } from "../auth.ts";
 import { EMPTY_BODY, params, principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
 import { admit, arbitratorTokenName, TOKEN_NAME } from "./access.ts";
-import { refusals } from "./refusals.ts";
 import { ARB_ID, B64, b64, BOOL, closed, CURSOR, HEX64, INT, NO_QUERY, nextOf, PAGE, pageOf, problems, STR, strings, TEXT } from "./schemas.ts";
 
 export interface ArbitratorRoutesOptions {
@@ -144,21 +143,20 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 201: ARBITRATOR, ...problems },
       },
     },
-    async (req, reply) =>
-      refusals(async () => {
-        const b = req.body;
-        const a = await recovery.registerArbitrator(
-          {
-            id: b.id,
-            roles: b.roles,
-            displayName: b.displayName,
-            signingPublicKey: spkiOf(b.signingPublicKey, "signingPublicKey"),
-            encryptionPublicKey: spkiOf(b.encryptionPublicKey, "encryptionPublicKey"),
-          },
-          principalOf(req).name,
-        );
-        return reply.code(201).send(arbitratorOut(a));
-      }),
+    async (req, reply) => {
+      const b = req.body;
+      const a = await recovery.registerArbitrator(
+        {
+          id: b.id,
+          roles: b.roles,
+          displayName: b.displayName,
+          signingPublicKey: spkiOf(b.signingPublicKey, "signingPublicKey"),
+          encryptionPublicKey: spkiOf(b.encryptionPublicKey, "encryptionPublicKey"),
+        },
+        principalOf(req).name,
+      );
+      return reply.code(201).send(arbitratorOut(a));
+    },
   );
 
   app.get<{ Querystring: { after?: string; limit?: string } }>(
@@ -172,11 +170,10 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 200: closed({ arbitrators: { type: "array", items: ARBITRATOR }, next: CURSOR }, ["arbitrators"]), ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const page = await recovery.arbitratorsPage(pageOf(req.query));
-        return { arbitrators: page.items.map(arbitratorOut), ...nextOf(page) };
-      }),
+    async (req) => {
+      const page = await recovery.arbitratorsPage(pageOf(req.query));
+      return { arbitrators: page.items.map(arbitratorOut), ...nextOf(page) };
+    },
   );
 
   app.get<{ Params: { id: string } }>(
@@ -191,11 +188,10 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 200: ARBITRATOR, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        admit(req, ["operator", "auditor"], (a) => a === req.params.id);
-        return arbitratorOut(await mustArbitrator(req.params.id));
-      }),
+    async (req) => {
+      admit(req, ["operator", "auditor"], (a) => a === req.params.id);
+      return arbitratorOut(await mustArbitrator(req.params.id));
+    },
   );
 
   app.post<{ Params: { id: string } }>(
@@ -211,19 +207,18 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 201: closed({ arbitrator: STR, tokenId: STR, token: STR }, ["arbitrator", "tokenId", "token"]), ...problems },
       },
     },
-    async (req, reply) =>
-      refusals(async () => {
-        const a = await mustArbitrator(req.params.id);
-        if (a.status !== "active") {
-          await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.refuse", subject: a.id, details: { check: "arbitrator_disabled" } });
-          throw new ApiProblem(409, "recovery-conflict", "Conflict: arbitrator_disabled", `arbitrator ${a.id} is deregistered: it gets no token`, { check: "arbitrator_disabled" });
-        }
-        const tokenId = randomBytes(8).toString("hex");
-        const { token, hash } = newToken();
-        await store.createOperator({ name: arbitratorTokenName(a.id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
-        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.issue", subject: a.id, details: { tokenId } });
-        return reply.code(201).send({ arbitrator: a.id, tokenId, token });
-      }),
+    async (req, reply) => {
+      const a = await mustArbitrator(req.params.id);
+      if (a.status !== "active") {
+        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.refuse", subject: a.id, details: { check: "arbitrator_disabled" } });
+        throw new ApiProblem(409, "recovery-conflict", "Conflict: arbitrator_disabled", `arbitrator ${a.id} is deregistered: it gets no token`, { check: "arbitrator_disabled" });
+      }
+      const tokenId = randomBytes(8).toString("hex");
+      const { token, hash } = newToken();
+      await store.createOperator({ name: arbitratorTokenName(a.id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
+      await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.issue", subject: a.id, details: { tokenId } });
+      return reply.code(201).send({ arbitrator: a.id, tokenId, token });
+    },
   );
 
   app.post<{ Params: { id: string; tokenId: string } }>(
@@ -239,15 +234,14 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 200: closed({ arbitrator: STR, tokenId: STR, revoked: BOOL }, ["arbitrator", "tokenId", "revoked"]), ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const { id, tokenId } = req.params;
-        const op = await store.getOperatorByName(arbitratorTokenName(id, tokenId));
-        if (!op) throw new ApiProblem(404, "not-found", "Not found", `no active token ${tokenId} of arbitrator ${id}`, { check: "not_found" });
-        await store.disableOperator(op.id);
-        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.revoke", subject: id, details: { tokenId } });
-        return { arbitrator: id, tokenId, revoked: true };
-      }),
+    async (req) => {
+      const { id, tokenId } = req.params;
+      const op = await store.getOperatorByName(arbitratorTokenName(id, tokenId));
+      if (!op) throw new ApiProblem(404, "not-found", "Not found", `no active token ${tokenId} of arbitrator ${id}`, { check: "not_found" });
+      await store.disableOperator(op.id);
+      await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.revoke", subject: id, details: { tokenId } });
+      return { arbitrator: id, tokenId, revoked: true };
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { rotation: KeyRotation } }>(
@@ -265,11 +259,10 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 200: ARBITRATOR, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const actor = admit(req, ["operator"], (a) => a === req.params.id);
-        return arbitratorOut(await recovery.rotateArbitratorKeys(req.params.id, req.body.rotation, actor));
-      }),
+    async (req) => {
+      const actor = admit(req, ["operator"], (a) => a === req.params.id);
+      return arbitratorOut(await recovery.rotateArbitratorKeys(req.params.id, req.body.rotation, actor));
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { reason: string; force?: boolean } }>(
@@ -299,22 +292,21 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const actor = principalOf(req).name;
-        const r = await recovery.deregisterArbitrator(req.params.id, { reason: req.body.reason, force: req.body.force === true }, actor);
-        // its tokens go with it (the service refuses its signatures anyway)
-        const tokens = await store.db.selectFrom("operators").select(["id", "name"]).where("disabled_at", "is", null).where("name", "like", "arbitrator:%").execute();
-        const revoked: string[] = [];
-        for (const t of tokens) {
-          const m = TOKEN_NAME.exec(t.name);
-          if (!m || m[1] !== r.arbitrator.id) continue;
-          await store.disableOperator(t.id);
-          revoked.push(m[2]);
-        }
-        if (revoked.length) await appendAudit(store.db, { actor, action: "recovery.arbitrator.token.revoke", subject: r.arbitrator.id, details: { tokenIds: revoked, reason: "deregistered" } });
-        return { arbitrator: arbitratorOut(r.arbitrator), endedRequests: r.endedRequests, strandedCards: r.strandedCards, strandedCount: r.strandedCount, tokensRevoked: revoked };
-      }),
+    async (req) => {
+      const actor = principalOf(req).name;
+      const r = await recovery.deregisterArbitrator(req.params.id, { reason: req.body.reason, force: req.body.force === true }, actor);
+      // its tokens go with it (the service refuses its signatures anyway)
+      const tokens = await store.db.selectFrom("operators").select(["id", "name"]).where("disabled_at", "is", null).where("name", "like", "arbitrator:%").execute();
+      const revoked: string[] = [];
+      for (const t of tokens) {
+        const m = TOKEN_NAME.exec(t.name);
+        if (!m || m[1] !== r.arbitrator.id) continue;
+        await store.disableOperator(t.id);
+        revoked.push(m[2]);
+      }
+      if (revoked.length) await appendAudit(store.db, { actor, action: "recovery.arbitrator.token.revoke", subject: r.arbitrator.id, details: { tokenIds: revoked, reason: "deregistered" } });
+      return { arbitrator: arbitratorOut(r.arbitrator), endedRequests: r.endedRequests, strandedCards: r.strandedCards, strandedCount: r.strandedCount, tokensRevoked: revoked };
+    },
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: string } }>(
@@ -329,10 +321,9 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         response: { 200: closed({ arbitrator: STR, policies: { type: "array", items: DEPENDENCY }, next: CURSOR }, ["arbitrator", "policies"]), ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const page = await recovery.arbitratorDependents(req.params.id, pageOf(req.query));
-        return { arbitrator: req.params.id, policies: page.items, ...nextOf(page) };
-      }),
+    async (req) => {
+      const page = await recovery.arbitratorDependents(req.params.id, pageOf(req.query));
+      return { arbitrator: req.params.id, policies: page.items, ...nextOf(page) };
+    },
   );
 };

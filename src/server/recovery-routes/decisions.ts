@@ -9,7 +9,6 @@ import type { Approval, ApproverList } from "../../recovery/approvals.ts";
 import type { PendingItem, RecoveryService, ShareRelease } from "../../recovery/service.ts";
 import { params } from "../issuer-routes.ts";
 import { admit } from "./access.ts";
-import { refusals } from "./refusals.ts";
 import {
   APPROVAL,
   APPROVER_LIST,
@@ -107,12 +106,11 @@ export const decisionRoutes: FastifyPluginAsync<DecisionRoutesOptions> = async (
         response: { 200: closed({ arbitrator: STR, pending: { type: "array", items: PENDING_ITEM }, next: CURSOR }, ["arbitrator", "pending"]), ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        admit(req, ["operator"], (a) => a === req.params.id);
-        const page = await recovery.pendingPage(req.params.id, pageOf(req.query));
-        return { arbitrator: req.params.id, pending: page.items.map(pendingOut), ...nextOf(page) };
-      }),
+    async (req) => {
+      admit(req, ["operator"], (a) => a === req.params.id);
+      const page = await recovery.pendingPage(req.params.id, pageOf(req.query));
+      return { arbitrator: req.params.id, pending: page.items.map(pendingOut), ...nextOf(page) };
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { approval: Approval; releases: ShareRelease[] } }>(
@@ -128,12 +126,11 @@ export const decisionRoutes: FastifyPluginAsync<DecisionRoutesOptions> = async (
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const { approval, releases } = req.body;
-        const actor = admit(req, [], (a) => a === approval.arbitrator);
-        return requestOut(await recovery.approve(req.params.id, approval, releases, { actor }));
-      }),
+    async (req) => {
+      const { approval, releases } = req.body;
+      const actor = admit(req, [], (a) => a === approval.arbitrator);
+      return requestOut(await recovery.approve(req.params.id, approval, releases, { actor }));
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { refusal: Approval } }>(
@@ -149,12 +146,11 @@ export const decisionRoutes: FastifyPluginAsync<DecisionRoutesOptions> = async (
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const { refusal } = req.body;
-        const actor = admit(req, [], (a) => a === refusal.arbitrator);
-        return requestOut(await recovery.refuse(req.params.id, refusal, { actor }));
-      }),
+    async (req) => {
+      const { refusal } = req.body;
+      const actor = admit(req, [], (a) => a === refusal.arbitrator);
+      return requestOut(await recovery.refuse(req.params.id, refusal, { actor }));
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { approverList: ApproverList } }>(
@@ -170,11 +166,10 @@ export const decisionRoutes: FastifyPluginAsync<DecisionRoutesOptions> = async (
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const { approverList } = req.body;
-        const actor = admit(req, [], (a) => a === approverList.author);
-        return requestOut(await recovery.submitApproverList(req.params.id, approverList, { actor }));
-      }),
+    async (req) => {
+      const { approverList } = req.body;
+      const actor = admit(req, [], (a) => a === approverList.author);
+      return requestOut(await recovery.submitApproverList(req.params.id, approverList, { actor }));
+    },
   );
 };

@@ -7,7 +7,6 @@ import { toPem } from "../../ca/pem.ts";
 import type { EscrowView, PolicyView, RecoveryService } from "../../recovery/service.ts";
 import { params, principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
-import { refusals } from "./refusals.ts";
 import { b64, BOOL, closed, INT, NO_QUERY, POLICY, problems, RCARD_ID, SHARE_SLOT, STR } from "./schemas.ts";
 
 export interface PolicyRoutesOptions {
@@ -92,7 +91,7 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
         response: { 200: POLICY_VIEW, ...problems },
       },
     },
-    async (req) => refusals(async () => policyOut(await recovery.setPolicy(req.params.id, req.body, principalOf(req).name))),
+    async (req) => policyOut(await recovery.setPolicy(req.params.id, req.body, principalOf(req).name)),
   );
 
   app.get<{ Params: { id: string } }>(
@@ -101,12 +100,11 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
       config: { roles: ["operator", "auditor"] },
       schema: { summary: "A card's reproduction policy", tags: ["recovery"], params: params({ id: RCARD_ID }), querystring: NO_QUERY, response: { 200: POLICY_VIEW, ...problems } },
     },
-    async (req) =>
-      refusals(async () => {
-        const p = await recovery.policy(req.params.id);
-        if (!p) throw new ApiProblem(404, "not-found", "Not found", `card ${req.params.id} has no reproduction policy`, { check: "not_found" });
-        return policyOut(p);
-      }),
+    async (req) => {
+      const p = await recovery.policy(req.params.id);
+      if (!p) throw new ApiProblem(404, "not-found", "Not found", `card ${req.params.id} has no reproduction policy`, { check: "not_found" });
+      return policyOut(p);
+    },
   );
 
   app.get<{ Params: { id: string } }>(
@@ -121,11 +119,10 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
         response: { 200: ESCROW_VIEW, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const e = await recovery.escrowOf(req.params.id);
-        if (!e) throw new ApiProblem(404, "not-found", "Not found", `card ${req.params.id} has no escrowed key`, { check: "not_found" });
-        return escrowOut(e);
-      }),
+    async (req) => {
+      const e = await recovery.escrowOf(req.params.id);
+      if (!e) throw new ApiProblem(404, "not-found", "Not found", `card ${req.params.id} has no escrowed key`, { check: "not_found" });
+      return escrowOut(e);
+    },
   );
 };

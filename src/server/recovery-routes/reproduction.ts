@@ -8,7 +8,6 @@ import type { RecoveryService, ReproductionResult } from "../../recovery/service
 import { APDU_HEX, fromHex, params, principalOf, toHex } from "../issuer-routes.ts";
 import { LiveRelaySessions, type LiveStep } from "../live-relay.ts";
 import { SESSION_ID_PATTERN, type TtlMapOptions } from "../relay-sessions.ts";
-import { refusals } from "./refusals.ts";
 import { b64, BOOL, closed, INT, NO_QUERY, problems, RCARD_ID, REQUEST_ID, STR, strings } from "./schemas.ts";
 
 export interface ReproductionRoutesOptions {
@@ -85,15 +84,14 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
         response: { 201: LIVE_STEP, ...problems },
       },
     },
-    async (req, reply) =>
-      refusals(async () => {
-        const actor = principalOf(req).name;
-        const view = await recovery.status(req.params.id);
-        const cardId = req.body?.cardId;
-        // the service picks the card record (the request's target) and its key set; a cardId given must be that one
-        const { sessionId, step } = await lives.open(actor, (transmit) => recovery.reproduce(view.requestId, { transmit, ...(cardId !== undefined ? { cardId } : {}) }, actor));
-        return reply.code(201).send({ sessionId, ...stepOut(step) });
-      }),
+    async (req, reply) => {
+      const actor = principalOf(req).name;
+      const view = await recovery.status(req.params.id);
+      const cardId = req.body?.cardId;
+      // the service picks the card record (the request's target) and its key set; a cardId given must be that one
+      const { sessionId, step } = await lives.open(actor, (transmit) => recovery.reproduce(view.requestId, { transmit, ...(cardId !== undefined ? { cardId } : {}) }, actor));
+      return reply.code(201).send({ sessionId, ...stepOut(step) });
+    },
   );
 
   app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
@@ -109,6 +107,6 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
         response: { 200: LIVE_STEP, ...problems },
       },
     },
-    async (req) => refusals(async () => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex)))),
+    async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),
   );
 };

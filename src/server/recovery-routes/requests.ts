@@ -7,7 +7,6 @@ import { policyParties } from "../../recovery/policy.ts";
 import type { RecoveryService, RequestKind, RequestStatus } from "../../recovery/service.ts";
 import { params, principalOf } from "../issuer-routes.ts";
 import { admit } from "./access.ts";
-import { refusals } from "./refusals.ts";
 import { closed, CURSOR, NO_QUERY, nextOf, PAGE, pageOf, problems, RCARD_ID, REQUEST_ID, REQUEST_VIEW, requestOut, TEXT } from "./schemas.ts";
 
 export interface RequestRoutesOptions {
@@ -45,7 +44,7 @@ export const requestRoutes: FastifyPluginAsync<RequestRoutesOptions> = async (ap
         response: { 201: REQUEST_VIEW, ...problems },
       },
     },
-    async (req, reply) => refusals(async () => reply.code(201).send(requestOut(await recovery.fileRequest(req.body, principalOf(req).name)))),
+    async (req, reply) => reply.code(201).send(requestOut(await recovery.fileRequest(req.body, principalOf(req).name))),
   );
 
   app.get<{ Querystring: { status?: RequestStatus; cardId?: string; after?: string; limit?: string } }>(
@@ -59,11 +58,10 @@ export const requestRoutes: FastifyPluginAsync<RequestRoutesOptions> = async (ap
         response: { 200: closed({ requests: { type: "array", items: REQUEST_VIEW }, next: CURSOR }, ["requests"]), ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const page = await recovery.listPage({ status: req.query.status, cardId: req.query.cardId, ...pageOf(req.query) });
-        return { requests: page.items.map(requestOut), ...nextOf(page) };
-      }),
+    async (req) => {
+      const page = await recovery.listPage({ status: req.query.status, cardId: req.query.cardId, ...pageOf(req.query) });
+      return { requests: page.items.map(requestOut), ...nextOf(page) };
+    },
   );
 
   app.get<{ Params: { id: string } }>(
@@ -78,12 +76,11 @@ export const requestRoutes: FastifyPluginAsync<RequestRoutesOptions> = async (ap
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) =>
-      refusals(async () => {
-        const v = await recovery.status(req.params.id);
-        admit(req, ["operator", "auditor"], (a) => policyParties(v.request.policy).includes(a) || v.request.policy.author === a);
-        return requestOut(v);
-      }),
+    async (req) => {
+      const v = await recovery.status(req.params.id);
+      admit(req, ["operator", "auditor"], (a) => policyParties(v.request.policy).includes(a) || v.request.policy.author === a);
+      return requestOut(v);
+    },
   );
 
   app.post<{ Params: { id: string }; Body: { reason: string } }>(
@@ -99,7 +96,7 @@ export const requestRoutes: FastifyPluginAsync<RequestRoutesOptions> = async (ap
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) => refusals(async () => requestOut(await recovery.withdraw(req.params.id, req.body.reason, principalOf(req).name))),
+    async (req) => requestOut(await recovery.withdraw(req.params.id, req.body.reason, principalOf(req).name)),
   );
 
   app.post<{ Params: { id: string }; Body: { reason: string } }>(
@@ -115,6 +112,6 @@ export const requestRoutes: FastifyPluginAsync<RequestRoutesOptions> = async (ap
         response: { 200: REQUEST_VIEW, ...problems },
       },
     },
-    async (req) => refusals(async () => requestOut(await recovery.resetReproduction(req.params.id, req.body.reason, principalOf(req).name))),
+    async (req) => requestOut(await recovery.resetReproduction(req.params.id, req.body.reason, principalOf(req).name)),
   );
 };
