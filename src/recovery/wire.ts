@@ -11,7 +11,8 @@
 //
 // Never here: a SQL driver, fastify, a private key — src/terminal/ imports this file.
 
-import { Type, type Static, type TSchema } from "typebox";
+import { Type, type Static } from "typebox";
+import { B64, Bool, Closed, Enum, Hex64, Int, Str, Strings, Text } from "../util/wire.ts";
 import type { ReproductionPolicy, Evaluation } from "./policy.ts";
 import type { RequestView, ServiceRequest } from "./requests.ts";
 import type { ShareEnvelope, ShareSlot } from "./shares.ts";
@@ -25,19 +26,6 @@ export const ArbitratorId = Type.String({ minLength: 1, maxLength: 128, pattern:
 /** The card record a policy, escrow and requests belong to (the issuer's card ID, or any id the escrow named). */
 export const RecoveryCardId = Type.String({ minLength: 1, maxLength: 128, pattern: ID_PATTERN });
 export const RequestId = Type.String({ pattern: "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" });
-export const Hex64 = Type.String({ pattern: "^[0-9a-f]{64}$" });
-export const B64 = (max: number) => Type.String({ maxLength: max, pattern: "^[A-Za-z0-9+/]*={0,2}$" });
-/** A page's `after`: the opaque `next` of the previous page. */
-export const Cursor = Type.String({ minLength: 1, maxLength: 512, pattern: "^[A-Za-z0-9_-]+$" });
-export const Text = (max: number) => Type.String({ maxLength: max });
-export const Str = Type.String();
-export const Int = Type.Integer();
-export const Bool = Type.Boolean();
-export const Strings = (max = 1024) => Type.Array(Str, { maxItems: max });
-/** A string out of `values` (a plain enum, not a union of literals: one keyword for the validator and the reader). */
-export const Enum = <const T extends readonly string[]>(values: T, o: { description?: string } = {}) => Type.Unsafe<T[number]>({ type: "string", enum: [...values], ...o });
-/** An object that admits no other member. */
-export const Closed = <P extends Record<string, TSchema>>(properties: P) => Type.Object(properties, { additionalProperties: false });
 const opt = Type.Optional;
 
 export const REQUEST_KINDS = ["key-lost", "card-destroyed"] as const;

@@ -11,16 +11,14 @@ import {
   ArbitratorId,
   ArbitratorJson,
   ArbitratorTokenJson,
-  Closed,
-  Cursor,
   DeregisterBody,
   DeregistrationJson,
   KeyRotationBody,
   PolicyDependencyJson,
   RegisterArbitratorBody,
   RevokedTokenJson,
-  Str,
 } from "../../recovery/wire.ts";
+import { Closed, Cursor, Str } from "../../util/wire.ts";
 import { appendAudit } from "../../store/audit.ts";
 import { newToken } from "../auth.ts";
 import { EMPTY_BODY, principalOf } from "../issuer-routes.ts";

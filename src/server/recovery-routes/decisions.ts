@@ -7,7 +7,8 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "typebox";
 import type { PendingItem, RecoveryService } from "../../recovery/service.ts";
-import { ApproveBody, ApproverListBody, ArbitratorId, Closed, Cursor, PendingJson, RefuseBody, RequestId, RequestJson, requestJson, Str } from "../../recovery/wire.ts";
+import { ApproveBody, ApproverListBody, ArbitratorId, PendingJson, RefuseBody, RequestId, RequestJson, requestJson } from "../../recovery/wire.ts";
+import { Closed, Cursor, Str } from "../../util/wire.ts";
 import { admit } from "./access.ts";
 import { refusals } from "./refusals.ts";
 import { NO_QUERY, nextOf, PAGE, pageOf, problems } from "./schemas.ts";

@@ -5,7 +5,8 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { toPem } from "../../ca/pem.ts";
 import type { EscrowView, PolicyView, RecoveryService } from "../../recovery/service.ts";
-import { Closed, EscrowJson, Policy, PolicyJson, RecoveryCardId } from "../../recovery/wire.ts";
+import { EscrowJson, Policy, PolicyJson, RecoveryCardId } from "../../recovery/wire.ts";
+import { Closed } from "../../util/wire.ts";
 import { principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
 import { refusals } from "./refusals.ts";

@@ -3,7 +3,7 @@
 // the routes). A schema one plugin alone uses lives in that plugin's file.
 
 import { Type } from "typebox";
-import { Closed, Cursor, Int, Str } from "../../recovery/wire.ts";
+import { Closed, Cursor, Int, Str } from "../../util/wire.ts";
 export { toB64 as b64 } from "../../util/bytes.ts";
 
 // ---- schema pieces ------------------------------------------------------------------------------------------------
