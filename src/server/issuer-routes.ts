@@ -28,6 +28,7 @@ export { fromHex, toHex } from "../util/bytes.ts";
 import { fromHex, toHex } from "../util/bytes.ts";
 import type { TSchema } from "typebox";
 import { Closed } from "../util/wire.ts";
+import { IssuedCredentialJson, RelayRoundJson } from "../issuer/wire.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
@@ -72,11 +73,8 @@ export const EMPTY_BODY = { type: ["object", "null"], additionalProperties: fals
 /** Path parameters: every one required, no other (a TypeBox object, so a route on the type provider reads their types). */
 export const params = <P extends Record<string, TSchema>>(properties: P) => Closed(properties);
 
-export const relayRoundSchema = {
-  type: "object",
-  required: ["sessionId", "apdus"],
-  properties: { sessionId: { type: "string" }, apdus: { type: "array", items: { type: "string" } } },
-} as const;
+/** The first round of a relay session (issuer/wire.ts). */
+export const relayRoundSchema = RelayRoundJson;
 
 /** The principal a role-checked route runs for (installAuth sets it). */
 export function principalOf(req: FastifyRequest): Principal {
@@ -408,11 +406,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
           },
         },
         response: {
-          201: {
-            type: "object",
-            required: ["keyPairId", "serial", "certificate", "packageSeq"],
-            properties: { keyPairId: { type: "string" }, serial: { type: "string" }, certificate: { type: "string" }, packageSeq: { type: "integer" } },
-          },
+          201: IssuedCredentialJson,
           ...problems,
         },
       },
