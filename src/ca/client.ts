@@ -1,6 +1,6 @@
 // The issuer ↔ CA interface (seed 000 ST19-ST21: the issuing system asks a certification authority at
 // another site). `CaClient` is what the issuer codes against; `LocalCaClient` calls a CertificationAuthority
-// in-process; an HTTP client and routes (server/) carry the same JSON shapes defined here:
+// in-process; an HTTP client and routes (server/) carry the same JSON shapes (wire.ts):
 //
 //   POST {base}/certify      body CertifyRequest        → 200 CertifyResponseJson | 422 CaProblem
 //   POST {base}/revoke       body RevokeRequestJson     → 204                     | 404/422 CaProblem
@@ -14,42 +14,16 @@
 import { CaRefusal } from "./checks.ts";
 import type { CertificationAuthority } from "./authority.ts";
 import { isRevocationReason, REVOCATION_REASONS, type RevocationReason } from "./crl.ts";
-import { SUBJECT_FIELDS, type SubjectName } from "./name.ts";
 import { fromPem, toPem } from "./pem.ts";
+import type { CertifyRequest, CertifyResponseJson } from "./wire.ts";
 
-/** Exactly one of {subject + publicKey} or {csr}. */
-export interface CertifyRequest {
-  profile: string;
-  /** The issuer's user ID; the personal-data check compares against this user's registration. */
-  applicantId?: string;
-  subject?: SubjectName;
-  /**
-   * Base64 DER SubjectPublicKeyInfo, in its one DER encoding (src/ca/spki.ts). Over HTTP only from the issuing
-   * service's credential, for keys in its custody (src/server/ca-routes.ts); anyone else sends a `csr`.
-   */
-  publicKey?: string;
-  /** PEM "CERTIFICATE REQUEST" (PKCS#10). */
-  csr?: string;
-}
+export { CertifyRequest, CertifyResponseJson, RevokeRequestJson, CaCertificatesJson } from "./wire.ts";
 
 export interface CertifyResult {
   certificate: Uint8Array;
   serial: string;
   notBefore: Date;
   notAfter: Date;
-}
-
-export interface CertifyResponseJson {
-  /** PEM "CERTIFICATE". */
-  certificate: string;
-  serial: string;
-  notBefore: string;
-  notAfter: string;
-}
-
-export interface RevokeRequestJson {
-  serial: string;
-  reason: RevocationReason;
 }
 
 /** RFC 9457 problem details for a refusal. */
@@ -71,62 +45,6 @@ export interface CaClient {
   /** The CA chain (DER): issuing CA first, root last. */
   caCertificates(): Promise<Uint8Array[]>;
 }
-
-const subjectSchema = {
-  type: "object",
-  additionalProperties: false,
-  minProperties: 1,
-  properties: Object.fromEntries(
-    SUBJECT_FIELDS.map((f) => [
-      f,
-      f === "organizationalUnit"
-        ? {
-            anyOf: [
-              { type: "string", minLength: 1 },
-              { type: "array", minItems: 1, items: { type: "string", minLength: 1 } },
-            ],
-          }
-        : { type: "string", minLength: 1, maxLength: 256 },
-    ]),
-  ),
-} as const;
-
-/** JSON Schema of CertifyRequest, for the HTTP route (Fastify). */
-export const CERTIFY_REQUEST_SCHEMA = {
-  type: "object",
-  additionalProperties: false,
-  required: ["profile"],
-  properties: {
-    profile: { type: "string", minLength: 1, maxLength: 64 },
-    applicantId: { type: "string", minLength: 1, maxLength: 256 },
-    subject: subjectSchema,
-    publicKey: { type: "string", minLength: 1, maxLength: 4096, pattern: "^[A-Za-z0-9+/]+={0,2}$" },
-    csr: { type: "string", minLength: 1, maxLength: 16384 },
-  },
-  oneOf: [
-    { required: ["subject", "publicKey"], not: { required: ["csr"] } },
-    { required: ["csr"], not: { anyOf: [{ required: ["subject"] }, { required: ["publicKey"] }] } },
-  ],
-} as const;
-
-/** JSON Schema of RevokeRequestJson. */
-export const REVOKE_REQUEST_SCHEMA = {
-  type: "object",
-  additionalProperties: false,
-  required: ["serial", "reason"],
-  properties: {
-    serial: { type: "string", pattern: "^[0-9a-fA-F]{2,40}$" },
-    reason: { type: "string", enum: Object.keys(REVOCATION_REASONS) },
-  },
-} as const;
-
-/** JSON Schema of CertifyResponseJson. */
-export const CERTIFY_RESPONSE_SCHEMA = {
-  type: "object",
-  additionalProperties: false,
-  required: ["certificate", "serial", "notBefore", "notAfter"],
-  properties: { certificate: { type: "string" }, serial: { type: "string" }, notBefore: { type: "string" }, notAfter: { type: "string" } },
-} as const;
 
 export function encodeCertifyResponse(r: CertifyResult): CertifyResponseJson {
   return { certificate: toPem(r.certificate, "CERTIFICATE"), serial: r.serial, notBefore: r.notBefore.toISOString(), notAfter: r.notAfter.toISOString() };

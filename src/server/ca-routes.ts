@@ -25,9 +25,12 @@
 // for an unknown serial) by the server's one error mapper (problem.ts), so refusals are logged and counted like
 // every other 4xx. This file holds no CA logic and maps no error.
 
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
+import { Type } from "typebox";
 import { CaRefusal } from "../ca/checks.ts";
-import { CERTIFY_REQUEST_SCHEMA, CERTIFY_RESPONSE_SCHEMA, encodeCertifyResponse, REVOKE_REQUEST_SCHEMA, type CaClient, type CertifyRequest, type RevokeRequestJson } from "../ca/client.ts";
+import { encodeCertifyResponse, type CaClient } from "../ca/client.ts";
+import { CaCertificatesJson, CertifyRequest, CertifyResponseJson, RevokeRequestJson } from "../ca/wire.ts";
 import { toPem } from "../ca/pem.ts";
 import type { Role } from "./auth.ts";
 
@@ -58,7 +61,8 @@ const CA_PROBLEM_SCHEMA = {
 
 const PROBLEMS = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
 
-export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Promise<void> {
+export async function caRoutes(fastify: FastifyInstance, opts: CaRoutesOptions): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { client } = opts;
   const bareKeyRoles: Role[] = opts.bareKeyRoles ?? ["issuer"];
   const roles: Role[] = [...new Set([...(opts.roles ?? ["operator"]), ...bareKeyRoles])];
@@ -74,12 +78,12 @@ export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Pro
           "A `csr` is signed by the key it carries, which proves possession. A bare `subject` + `publicKey` is certified only for a credential " +
           `holding one of the roles ${bareKeyRoles.join(", ")} (not implied by admin); anyone else is refused with check "proof-of-possession".`,
         tags: ["ca"],
-        body: CERTIFY_REQUEST_SCHEMA,
-        response: { 200: CERTIFY_RESPONSE_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
+        body: CertifyRequest,
+        response: { 200: CertifyResponseJson, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
       },
     },
     async (req) => {
-      const body = req.body as CertifyRequest;
+      const body = req.body;
       if (body.publicKey !== undefined && !req.principal?.roles.some((r) => bareKeyRoles.includes(r))) {
         throw new CaRefusal(
           "proof-of-possession",
@@ -98,12 +102,12 @@ export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Pro
       schema: {
         summary: "Revoke a certificate this CA issued (RFC 5280 reason)",
         tags: ["ca"],
-        body: REVOKE_REQUEST_SCHEMA,
-        response: { 204: { type: "null", description: "revoked (again: the first revocation stands)" }, 404: CA_PROBLEM_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
+        body: RevokeRequestJson,
+        response: { 204: Type.Unsafe<undefined>({ type: "null", description: "revoked (again: the first revocation stands)" }), 404: CA_PROBLEM_SCHEMA, 422: CA_PROBLEM_SCHEMA, ...PROBLEMS },
       },
     },
     async (req, reply) => {
-      const b = req.body as RevokeRequestJson;
+      const b = req.body;
       await client.revoke(b.serial, b.reason);
       return reply.code(204).send();
     },
@@ -134,7 +138,7 @@ export async function caRoutes(app: FastifyInstance, opts: CaRoutesOptions): Pro
         response: {
           200: {
             content: {
-              "application/json": { schema: { type: "object", additionalProperties: false, required: ["certificates"], properties: { certificates: { type: "array", items: { type: "string" } } } } },
+              "application/json": { schema: CaCertificatesJson },
               "application/pem-certificate-chain": { schema: { type: "string" } },
             },
           },

@@ -25,6 +25,9 @@ import { ApiProblem, problemSchema } from "./problem.ts";
 import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
 export { fromHex, toHex } from "../util/bytes.ts";
 import { fromHex, toHex } from "../util/bytes.ts";
+import type { TSchema } from "typebox";
+import { Closed } from "../util/wire.ts";
+import { IssuedCredentialJson, RelayRoundJson } from "../issuer/wire.ts";
 import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
@@ -68,13 +71,11 @@ export const problems = { "4xx": CARD_PROBLEM, "5xx": { $ref: "Problem#" } } as 
 export const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
 /** A POST without a meaningful body: nothing, or `{}`. */
 export const EMPTY_BODY = { type: ["object", "null"], additionalProperties: false, properties: {} } as const;
-export const params = (properties: Record<string, unknown>) => ({ type: "object", additionalProperties: false, required: Object.keys(properties), properties }) as const;
+/** Path parameters: every one required, no other (a TypeBox object, so a route on the type provider reads their types). */
+export const params = <P extends Record<string, TSchema>>(properties: P) => Closed(properties);
 
-export const relayRoundSchema = {
-  type: "object",
-  required: ["sessionId", "apdus"],
-  properties: { sessionId: { type: "string" }, apdus: { type: "array", items: { type: "string" } } },
-} as const;
+/** The first round of a relay session (issuer/wire.ts). */
+export const relayRoundSchema = RelayRoundJson;
 
 /** The principal a role-checked route runs for (installAuth sets it). */
 export function principalOf(req: FastifyRequest): Principal {
@@ -373,11 +374,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
           },
         },
         response: {
-          201: {
-            type: "object",
-            required: ["keyPairId", "serial", "certificate", "packageSeq"],
-            properties: { keyPairId: { type: "string" }, serial: { type: "string" }, certificate: { type: "string" }, packageSeq: { type: "integer" } },
-          },
+          201: IssuedCredentialJson,
           ...problems,
         },
       },

@@ -23,22 +23,24 @@
 // "keygen.refused") with the card, slot, serial and public-key hash — never personal data values or key material.
 // The APDUs between device and card carry the key only wrapped under the card's key set (the terminal sees no key).
 
-import type { FastifyPluginAsync } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "typebox";
 import type { CaClient } from "../ca/client.ts";
 import { toPem } from "../ca/pem.ts";
-import { SUBJECT_FIELDS, validateSubject, type SubjectName } from "../ca/name.ts";
-import type { KeyPairAlg } from "../custody/custody.ts";
+import { validateSubject } from "../ca/name.ts";
 import { inCustody } from "../issuer/card-keys.ts";
 import type { Issuer } from "../issuer/issuer.ts";
 import { KeyGenerationDevice, type IssuedCard, type PivSlot } from "../keygen/device.ts";
+import { KeygenIssueRequest, KeygenResultJson, KeygenStepJson } from "../keygen/wire.ts";
 import { KeyGenerationRefusal } from "../keygen/errors.ts";
 import type { IssuedKeyRegistry } from "../keygen/registry.ts";
 import type { RecoveryService } from "../recovery/service.ts";
-import { APDU_HEX, CARD_ID, fromHex, params, principalOf, toHex } from "./issuer-routes.ts";
+import { APDU_HEX, CARD_ID, fromHex, params, principalOf, SESSION_ID, toHex } from "./issuer-routes.ts";
 import { checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
 import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
 import { ApiProblem } from "./problem.ts";
-import { SESSION_ID_PATTERN, type TtlMapOptions } from "./relay-sessions.ts";
+import type { TtlMapOptions } from "./relay-sessions.ts";
+import { Closed } from "../util/wire.ts";
 
 export interface KeygenRoutesOptions {
   issuer: Issuer;
@@ -57,48 +59,11 @@ export interface KeygenRoutesOptions {
   liveRelays?: Partial<TtlMapOptions>;
 }
 
-/** What an issue returns on the wire. */
-export interface KeygenResultJson {
-  cardId: string;
-  slot: PivSlot;
-  alg: KeyPairAlg;
-  serial: string;
-  /** PEM. */
-  certificate: string;
-  publicKeySha256: string;
-  escrowId?: string;
-}
-
-const SLOTS: PivSlot[] = ["9a", "9c", "9d", "9e"];
-const ALGS: KeyPairAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
 /** The certificate profile a slot gets when the request names none (SP 800-73-4 key purposes). */
 export const SLOT_PROFILES: Record<PivSlot, string> = { "9a": "authentication", "9c": "signature", "9d": "keyManagement", "9e": "authentication" };
 
 const STR = { type: "string" } as const;
 const closed = (properties: Record<string, unknown>, required: string[] = []) => ({ type: "object", additionalProperties: false, required, properties }) as const;
-
-/** The personal data entered at the device (step 410): subject fields (name.ts checks lengths and characters). */
-const PERSONAL_DATA = {
-  type: "object",
-  additionalProperties: false,
-  minProperties: 1,
-  properties: Object.fromEntries(
-    SUBJECT_FIELDS.map((f) => [
-      f,
-      f === "organizationalUnit"
-        ? {
-            anyOf: [
-              { type: "string", minLength: 1, maxLength: 64 },
-              { type: "array", minItems: 1, maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } },
-            ],
-          }
-        : { type: "string", minLength: 1, maxLength: 256 },
-    ]),
-  ),
-} as const;
-
-const RESULT = closed({ cardId: STR, slot: STR, alg: STR, serial: STR, certificate: STR, publicKeySha256: STR, escrowId: STR }, ["cardId", "slot", "alg", "serial", "certificate", "publicKeySha256"]);
-const LIVE_STEP = closed({ sessionId: STR, apdus: { type: "array", maxItems: 16, items: STR }, result: RESULT });
 
 /** problem+json of these routes: RFC 9457 members, and for a refusal the check and who refused. */
 const KEYGEN_PROBLEM = closed(
@@ -131,7 +96,7 @@ const resultOut = (cardId: string, r: IssuedCard): KeygenResultJson => ({
 });
 const stepOut = (s: LiveStep<KeygenResultJson>) => ("apdus" in s ? { apdus: s.apdus.map(toHex) } : { result: s.result });
 
-export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app, o) => {
+export const keygenRoutes: FastifyPluginAsyncTypebox<KeygenRoutesOptions> = async (app, o) => {
   const { issuer, center, registry, recovery } = o;
   const lives = new LiveRelaySessions<KeygenResultJson>(o.liveRelays);
   app.addHook("onClose", async () => lives.close());
@@ -149,7 +114,7 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
       },
     ));
 
-  app.post<{ Params: { id: string }; Body: { slot: PivSlot; alg: KeyPairAlg; profile?: string; personalData: SubjectName; escrow?: boolean } }>(
+  app.post(
     "/cards/:id/keygen",
     {
       config: { roles: ["operator"] },
@@ -160,17 +125,8 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
           "Relay each APDU to the card and POST its response to /keygen/sessions/{sessionId}",
         tags: ["keygen"],
         params: params({ id: CARD_ID }),
-        body: closed(
-          {
-            slot: { type: "string", enum: SLOTS },
-            alg: { type: "string", enum: ALGS },
-            profile: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_-]+$" },
-            personalData: PERSONAL_DATA,
-            escrow: { type: "boolean", description: "escrow the key for reproduction by arbitrators (the card needs a reproduction policy)" },
-          },
-          ["slot", "alg", "personalData"],
-        ),
-        response: { 201: LIVE_STEP, ...problems },
+        body: KeygenIssueRequest,
+        response: { 201: KeygenStepJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -214,16 +170,16 @@ export const keygenRoutes: FastifyPluginAsync<KeygenRoutesOptions> = async (app,
     },
   );
 
-  app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
+  app.post(
     "/keygen/sessions/:sessionId",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "The card's response to the last APDU of a key generation; answers the next APDU, the result, or the refusal naming its check",
         tags: ["keygen"],
-        params: params({ sessionId: { type: "string", pattern: SESSION_ID_PATTERN } }),
-        body: closed({ responses: { type: "array", minItems: 1, maxItems: 16, items: APDU_HEX } }, ["responses"]),
-        response: { 200: LIVE_STEP, ...problems },
+        params: params({ sessionId: SESSION_ID }),
+        body: Closed({ responses: Type.Array(APDU_HEX, { minItems: 1, maxItems: 16 }) }),
+        response: { 200: KeygenStepJson, ...problems },
       },
     },
     async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),

@@ -53,6 +53,7 @@ import { StateCounterRepository, type CardStateCounter } from "../store/state-co
 import type { Card, CardKeySet, Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
+import { CardAuthenticationJson, PackagesJson } from "../issuer/wire.ts";
 import { APDU_HEX, CARD_ID, digits, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
 import type { Metrics } from "./metrics.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
@@ -264,11 +265,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         params: params({ id: CARD_ID, sessionId: SESSION_ID }),
         body: { type: "object", additionalProperties: false, required: ["responses"], properties: { responses: { type: "array", minItems: 3, maxItems: 3, items: APDU_HEX } } },
         response: {
-          200: {
-            type: "object",
-            required: ["token", "expiresAt", "apdus"],
-            properties: { token: { type: "string" }, expiresAt: { type: "string", format: "date-time" }, apdus: { type: "array", items: { type: "string" } } },
-          },
+          200: CardAuthenticationJson,
           ...loginProblems,
         },
       },
@@ -399,16 +396,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         params: params({ id: CARD_ID }),
         querystring: { type: "object", additionalProperties: false, properties: { after: digits(9) } },
         response: {
-          200: {
-            type: "object",
-            required: ["packages"],
-            properties: {
-              packages: {
-                type: "array",
-                items: { type: "object", required: ["seq", "body"], properties: { seq: { type: "integer" }, status: { type: "string" }, createdAt: { type: "integer" }, body: { type: "string" } } },
-              },
-            },
-          },
+          200: PackagesJson,
           ...problems,
         },
       },

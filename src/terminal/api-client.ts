@@ -6,6 +6,7 @@
 // handle Uint8Array only. This module never logs: tokens and APDUs (which can carry PINs) stay out of output.
 
 import type { KeyAlg } from "../card/state.ts";
+import type { CardAuthenticationJson, IssuedCredentialJson, PackagesJson } from "../issuer/wire.ts";
 
 /** An RFC 9457 problem the server answered with, or a transport failure (status 0). */
 export class ApiError extends Error {
@@ -62,13 +63,8 @@ export interface RelayCardResult {
 
 export type RelayStep = { apdus: Uint8Array[] } | { done: true; results: RelayCardResult[] };
 
-export interface IssuedCredential {
-  keyPairId: string;
-  serial: string;
-  /** PEM. */
-  certificate: string;
-  packageSeq: number;
-}
+/** A new key pair and certificate (issuer/wire.ts): the certificate as PEM. */
+export type IssuedCredential = IssuedCredentialJson;
 
 export interface CardAuthentication {
   token: string;
@@ -251,7 +247,7 @@ export class IssuerApiClient {
    * card_rollback (src/protocol/state-counter.ts).
    */
   async finishCardAuth(cardId: string, sessionId: string, responses: Uint8Array[]): Promise<CardAuthentication> {
-    const r = await this.request<{ token: string; expiresAt: string | number; apdus?: string[] }>("POST", `/v1/cards/${seg(cardId)}/auth/${seg(sessionId)}`, {
+    const r = await this.request<CardAuthenticationJson>("POST", `/v1/cards/${seg(cardId)}/auth/${seg(sessionId)}`, {
       responses: responses.map(hexOf),
     });
     if (typeof r.token !== "string" || !r.token) throw new ApiError(0, `${PROBLEM_CLIENT}bad-response`, "Malformed server response", "no token in the card authentication answer");
@@ -260,7 +256,7 @@ export class IssuerApiClient {
 
   /** Packages for the card newer than `after`, oldest first. */
   async packages(cardId: string, after = 0): Promise<FetchedPackage[]> {
-    const r = await this.request<{ packages: { seq: number; body: string }[] }>("GET", `/v1/cards/${seg(cardId)}/packages?after=${after}`);
+    const r = await this.request<PackagesJson>("GET", `/v1/cards/${seg(cardId)}/packages?after=${after}`);
     if (!Array.isArray(r?.packages)) throw new ApiError(0, `${PROBLEM_CLIENT}bad-response`, "Malformed server response", "no packages array");
     return r.packages.map((p, i) => {
       if (!Number.isSafeInteger(p.seq) || p.seq < 1) throw new ApiError(0, `${PROBLEM_CLIENT}bad-response`, "Malformed server response", `packages[${i}].seq`);

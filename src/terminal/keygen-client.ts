@@ -7,34 +7,16 @@
 // the server reports, for the card and slot asked.
 
 import { createHash, X509Certificate } from "node:crypto";
-import type { SubjectName } from "../ca/name.ts";
-import type { KeyPairAlg } from "../custody/custody.ts";
 import type { PivSlot } from "../keygen/device.ts";
+import type { KeygenIssueRequest, KeygenResultJson } from "../keygen/wire.ts";
 import { ApiError, type IssuerApiClient } from "./api-client.ts";
 import { liveStepOf, runLiveRelay } from "./live-relay-client.ts";
 
-export interface KeygenIssueRequest {
-  slot: PivSlot;
-  alg: KeyPairAlg;
-  /** The center's certificate profile; default by slot (9a authentication, 9c signature, 9d keyManagement, 9e authentication). */
-  profile?: string;
-  /** The personal data entered at the device (step 410); the center compares it with the user's registration. */
-  personalData: SubjectName;
-  /** Escrow the key under the card's reproduction policy (seed 001 S3). */
-  escrow?: boolean;
-}
+export type { KeygenIssueRequest, KeygenResultJson } from "../keygen/wire.ts";
 
-/** keygen-routes.ts KeygenResultJson, with the certificate also as DER. */
-export interface KeygenIssued {
-  cardId: string;
-  slot: PivSlot;
-  alg: KeyPairAlg;
-  serial: string;
-  /** PEM, as the server sent it. */
-  certificate: string;
+/** The result of an issue (keygen/wire.ts KeygenResultJson), with the certificate also as DER. */
+export interface KeygenIssued extends KeygenResultJson {
   certificateDer: Uint8Array;
-  publicKeySha256: string;
-  escrowId?: string;
 }
 
 const seg = (s: string) => encodeURIComponent(s);
@@ -48,18 +30,15 @@ export class KeygenApiClient {
    * the check and whether the device or the center refused).
    */
   async issue(cardId: string, req: KeygenIssueRequest, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array, o: { maxRounds?: number } = {}): Promise<KeygenIssued> {
-    const r = await runLiveRelay<Omit<KeygenIssued, "certificateDer">>(
-      this.api,
-      async () => liveStepOf(await this.api.request<object>("POST", `/v1/cards/${seg(cardId)}/keygen`, req)),
-      "/v1/keygen/sessions",
-      transmit,
-      { maxRounds: o.maxRounds, what: "key generation" },
-    );
+    const r = await runLiveRelay<KeygenResultJson>(this.api, async () => liveStepOf(await this.api.request<object>("POST", `/v1/cards/${seg(cardId)}/keygen`, req)), "/v1/keygen/sessions", transmit, {
+      maxRounds: o.maxRounds,
+      what: "key generation",
+    });
     return checked(r, cardId, req.slot);
   }
 }
 
-function checked(r: Omit<KeygenIssued, "certificateDer">, cardId: string, slot: PivSlot): KeygenIssued {
+function checked(r: KeygenResultJson, cardId: string, slot: PivSlot): KeygenIssued {
   const bad = (detail: string) => new ApiError(0, "client:bad-response", "Malformed server response", detail);
   if (r.cardId !== cardId || r.slot !== slot) throw bad(`the result is for card ${r.cardId} slot ${r.slot}, not ${cardId} slot ${slot}`);
   let cert: X509Certificate;

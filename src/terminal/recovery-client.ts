@@ -21,112 +21,37 @@ import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, typ
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { requestDigest, signApproval, signApproverList, type Approval, type ApproverList } from "../recovery/approvals.ts";
-import type { Evaluation, ReproductionPolicy } from "../recovery/policy.ts";
-import { openShare, type ShareEnvelope, type ShareSlot } from "../recovery/shares.ts";
+import { openShare } from "../recovery/shares.ts";
 import { signKeyRotation, type KeyRotation } from "../recovery/key-rotation-document.ts";
 import { allPages } from "../recovery/paging.ts";
 import type { ReproductionResult } from "../recovery/reproduction.ts";
-import type { ServiceRequest } from "../recovery/requests.ts";
 import { releaseSharesFor, type ShareRelease } from "../recovery/share-release.ts";
+import type {
+  ArbitratorJson,
+  ArbitratorTokenJson,
+  DeregistrationJson,
+  DeviceKeyJson,
+  EscrowJson,
+  FileRequestBody,
+  PageJson,
+  PendingJson,
+  PolicyDependencyJson,
+  PolicyJson,
+  RegisterArbitratorBody,
+  RequestJson,
+  RevokedTokenJson,
+} from "../recovery/wire.ts";
 import { ApiError, fromBase64, type IssuerApiClient } from "./api-client.ts";
 import { liveStep, liveStepOf, runLiveRelay, type LiveStep } from "./live-relay-client.ts";
 
-// ---- wire shapes (recovery-routes.ts) -------------------------------------------------------------------------------
+// ---- wire shapes (src/recovery/wire.ts) -------------------------------------------------------------------------------
 
-export interface ArbitratorJson {
-  id: string;
-  roles: string[];
-  displayName?: string;
-  /** base64 DER SubjectPublicKeyInfo. */
-  signingPublicKey: string;
-  encryptionPublicKey: string;
-  encryptionKeyId: string;
-  registeredBy: string;
-  registeredAt: number;
-  keyVersion: number;
-  status: "active" | "deregistered";
-  deregistered?: { at: number; by: string; reason: string };
-  /** Every key version, oldest first: SHA-256 (hex) of each SPKI. */
-  keys: { version: number; signingKeyId: string; encryptionKeyId: string; validFrom: number; retiredAt?: number }[];
-}
-
-/** A page of a list; `next` (for `after`) when more follow. */
-export interface PageJson<T> {
-  items: T[];
-  next?: string;
-}
+export type { ArbitratorJson, DeregistrationJson, EscrowJson, PageJson, PendingJson, PolicyDependencyJson, PolicyJson, RequestJson } from "../recovery/wire.ts";
 
 export interface PageQuery {
   limit?: number;
   after?: string;
 }
-
-export interface DeregistrationJson {
-  arbitrator: ArbitratorJson;
-  endedRequests: { requestId: string; cardId: string; message: string }[];
-  strandedCards: string[];
-  strandedCount: number;
-  tokensRevoked: string[];
-}
-
-export interface PolicyDependencyJson {
-  cardId: string;
-  policyDigest: string;
-  escrowId?: string;
-  as: string[];
-  satisfiableWithout: boolean;
-}
-
-export interface PolicyJson {
-  cardId: string;
-  policy: ReproductionPolicy;
-  digest: string;
-  setBy: string;
-  setAt: number;
-}
-
-export interface EscrowJson {
-  escrowId: string;
-  cardId: string;
-  applicantId: string;
-  policy: ReproductionPolicy;
-  policyDigest: string;
-  alg: string;
-  slot: string;
-  publicKey: string;
-  publicKeySha256: string;
-  /** PEM. */
-  certificate: string;
-  serial: string;
-  shares: { shareId: string; arbitrator: string; slot: ShareSlot; recipientKeyId: string; sealedToRetiredKey: boolean; holderDeregistered: boolean }[];
-  deviceGeneration: number;
-  createdAt: number;
-}
-
-export interface RequestJson {
-  requestId: string;
-  cardId: string;
-  escrowId: string;
-  kind: "key-lost" | "card-destroyed";
-  status: string;
-  statusDetail?: string;
-  /** Exactly what approvals sign over. */
-  request: ServiceRequest;
-  requestDigest: string;
-  chainHead: string;
-  approvals: Approval[];
-  evaluation: Evaluation;
-  releasedShares: string[];
-  approverList?: ApproverList;
-  filedBy: string;
-  filedAt: number;
-  reproducedBy?: string;
-  reproducedAt?: number;
-  /** While "reproducing": who holds it, since when, until when its lease runs. */
-  reproduction?: { claimedBy: string; claimedAt: number; leaseUntil?: number };
-}
-
-export type PendingJson = { action: "decide"; request: RequestJson; mayApproveNow: boolean; waitingFor: string[]; envelopes: ShareEnvelope[] } | { action: "sign-approver-list"; request: RequestJson };
 
 export interface DeviceKey {
   spki: Uint8Array;
@@ -168,7 +93,7 @@ export class RecoveryApiClient {
   // ---- arbitrators ------------------------------------------------------------------------------------------------
 
   registerArbitrator(input: { id: string; roles?: string[]; displayName?: string; signingPublicKey: string | KeyObject; encryptionPublicKey: string | KeyObject }): Promise<ArbitratorJson> {
-    const body: Record<string, unknown> = { id: input.id, signingPublicKey: publicPem(input.signingPublicKey), encryptionPublicKey: publicPem(input.encryptionPublicKey) };
+    const body: RegisterArbitratorBody = { id: input.id, signingPublicKey: publicPem(input.signingPublicKey), encryptionPublicKey: publicPem(input.encryptionPublicKey) };
     if (input.roles !== undefined) body.roles = input.roles;
     if (input.displayName !== undefined) body.displayName = input.displayName;
     return this.api.request("POST", "/v1/recovery/arbitrators", body);
@@ -204,11 +129,11 @@ export class RecoveryApiClient {
   }
 
   /** An API token bound to the arbitrator (the server shows it once). */
-  issueArbitratorToken(id: string): Promise<{ arbitrator: string; tokenId: string; token: string }> {
+  issueArbitratorToken(id: string): Promise<ArbitratorTokenJson> {
     return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/tokens`, {});
   }
 
-  revokeArbitratorToken(id: string, tokenId: string): Promise<{ arbitrator: string; tokenId: string; revoked: boolean }> {
+  revokeArbitratorToken(id: string, tokenId: string): Promise<RevokedTokenJson> {
     return this.api.request("POST", `/v1/recovery/arbitrators/${seg(id)}/tokens/${seg(tokenId)}/revoke`, {});
   }
 
@@ -230,8 +155,8 @@ export class RecoveryApiClient {
   // ---- requests -----------------------------------------------------------------------------------------------------
 
   /** Files a request; a card-destroyed one names `replacementCardId`, the card record issued to the user to receive the key. */
-  fileRequest(input: { cardId: string; kind: "key-lost" | "card-destroyed"; requester: string; reason?: string; replacementCardId?: string }): Promise<RequestJson> {
-    const body: Record<string, unknown> = { cardId: input.cardId, kind: input.kind, requester: input.requester };
+  fileRequest(input: FileRequestBody): Promise<RequestJson> {
+    const body: FileRequestBody = { cardId: input.cardId, kind: input.kind, requester: input.requester };
     if (input.reason !== undefined) body.reason = input.reason;
     if (input.replacementCardId !== undefined) body.replacementCardId = input.replacementCardId;
     return this.api.request("POST", "/v1/recovery/requests", body);
@@ -288,7 +213,7 @@ export class RecoveryApiClient {
   }
 
   async deviceKey(): Promise<DeviceKey> {
-    const r = await this.api.request<{ spki: string; pem: string; keyId: string }>("GET", "/v1/recovery/device-key");
+    const r = await this.api.request<DeviceKeyJson>("GET", "/v1/recovery/device-key");
     const spki = fromBase64(r.spki, "spki");
     return { spki, pem: r.pem, keyId: createHash("sha256").update(spki).digest("hex") };
   }

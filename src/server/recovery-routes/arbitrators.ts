@@ -3,16 +3,29 @@
 // signed key rotations, deregister it (its tokens go with it) and list the cards whose policies name it.
 
 import { createPublicKey, randomBytes, type KeyObject } from "node:crypto";
-import type { FastifyPluginAsync } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "typebox";
 import type { Issuer } from "../../issuer/issuer.ts";
-import type { ArbitratorView, KeyRotation, RecoveryService } from "../../recovery/service.ts";
+import type { ArbitratorView, RecoveryService } from "../../recovery/service.ts";
+import {
+  ArbitratorId,
+  ArbitratorJson,
+  ArbitratorTokenJson,
+  DeregisterBody,
+  DeregistrationJson,
+  KeyRotationBody,
+  PolicyDependencyJson,
+  RegisterArbitratorBody,
+  RevokedTokenJson,
+} from "../../recovery/wire.ts";
+import { Closed, Cursor, Str } from "../../util/wire.ts";
 import { appendAudit } from "../../store/audit.ts";
 import type { Store } from "../../store/store.ts";
 import { newToken } from "../auth.ts";
-import { EMPTY_BODY, params, principalOf } from "../issuer-routes.ts";
+import { EMPTY_BODY, principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
 import { admit, arbitratorTokenName, TOKEN_NAME } from "./access.ts";
-import { ARB_ID, B64, b64, BOOL, closed, CURSOR, HEX64, INT, NO_QUERY, nextOf, PAGE, pageOf, problems, STR, strings, TEXT } from "./schemas.ts";
+import { b64, NO_QUERY, nextOf, PAGE, pageOf, problems } from "./schemas.ts";
 
 export interface ArbitratorRoutesOptions {
   recovery: RecoveryService;
@@ -22,52 +35,11 @@ export interface ArbitratorRoutesOptions {
 
 // ---- schema pieces ------------------------------------------------------------------------------------------------
 
-const TOKEN_ID = { type: "string", pattern: "^[0-9a-f]{16}$" } as const;
-
-const ARBITRATOR = closed(
-  {
-    id: STR,
-    roles: strings(16),
-    displayName: STR,
-    signingPublicKey: { type: "string", description: "SubjectPublicKeyInfo, base64 DER" },
-    encryptionPublicKey: { type: "string", description: "SubjectPublicKeyInfo, base64 DER" },
-    encryptionKeyId: STR,
-    registeredBy: STR,
-    registeredAt: INT,
-    keyVersion: INT,
-    status: { type: "string", enum: ["active", "deregistered"] },
-    deregistered: closed({ at: INT, by: STR, reason: STR }, ["at", "by", "reason"]),
-    keys: {
-      type: "array",
-      description: "every key version, oldest first: SHA-256 of each SubjectPublicKeyInfo, hex",
-      items: closed({ version: INT, signingKeyId: STR, encryptionKeyId: STR, validFrom: INT, retiredAt: INT }, ["version", "signingKeyId", "encryptionKeyId", "validFrom"]),
-    },
-  },
-  ["id", "roles", "signingPublicKey", "encryptionPublicKey", "encryptionKeyId", "registeredBy", "registeredAt", "keyVersion", "status", "keys"],
-);
-
-/** A key rotation document (service.ts KeyRotation), signed by the arbitrator's current signing key. */
-const KEY_ROTATION = closed(
-  {
-    format: { type: "string", const: "cardkms.recovery.key-rotation/1" },
-    arbitrator: ARB_ID,
-    keyVersion: { type: "integer", minimum: 2, maximum: 1_000_000 },
-    previousSigningKeyId: HEX64,
-    previousEncryptionKeyId: HEX64,
-    signingPublicKey: B64(4096),
-    encryptionPublicKey: B64(4096),
-    issuedAt: TEXT(64),
-    signature: B64(200),
-    newKeySignature: B64(200),
-  },
-  ["format", "arbitrator", "keyVersion", "previousSigningKeyId", "previousEncryptionKeyId", "signingPublicKey", "encryptionPublicKey", "issuedAt", "signature"],
-);
-
-const DEPENDENCY = closed({ cardId: STR, policyDigest: STR, escrowId: STR, as: strings(1024), satisfiableWithout: BOOL }, ["cardId", "policyDigest", "as", "satisfiableWithout"]);
+const TOKEN_ID = Type.String({ pattern: "^[0-9a-f]{16}$" });
 
 // ---- outputs -------------------------------------------------------------------------------------------------
 
-const arbitratorOut = (a: ArbitratorView) => ({
+const arbitratorOut = (a: ArbitratorView): ArbitratorJson => ({
   id: a.id,
   roles: a.roles,
   ...(a.displayName !== undefined ? { displayName: a.displayName } : {}),
@@ -110,7 +82,7 @@ function spkiOf(value: string, what: string): Uint8Array {
 
 // ---- the routes ----------------------------------------------------------------------------------------------
 
-export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = async (app, o) => {
+export const arbitratorRoutes: FastifyPluginAsyncTypebox<ArbitratorRoutesOptions> = async (app, o) => {
   const { recovery, issuer } = o;
   const store = issuer.store;
 
@@ -122,7 +94,7 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
 
   // ---- arbitrators (claim 35 (a)) ------------------------------------------------------------------------------
 
-  app.post<{ Body: { id: string; roles?: string[]; displayName?: string; signingPublicKey: string; encryptionPublicKey: string } }>(
+  app.post(
     "/recovery/arbitrators",
     {
       config: { roles: ["operator"] },
@@ -130,17 +102,8 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
         summary: "Register an arbitrator with its two P-256 public keys: ECDSA (verifies its approvals) and ECDH (its shares are sealed to it)",
         tags: ["recovery"],
         querystring: NO_QUERY,
-        body: closed(
-          {
-            id: ARB_ID,
-            roles: { type: "array", maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } },
-            displayName: { type: "string", minLength: 1, maxLength: 64 },
-            signingPublicKey: { type: "string", minLength: 1, maxLength: 4096, description: "PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo" },
-            encryptionPublicKey: { type: "string", minLength: 1, maxLength: 4096, description: "PEM (BEGIN PUBLIC KEY) or base64 DER SubjectPublicKeyInfo" },
-          },
-          ["id", "signingPublicKey", "encryptionPublicKey"],
-        ),
-        response: { 201: ARBITRATOR, ...problems },
+        body: RegisterArbitratorBody,
+        response: { 201: ArbitratorJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -159,15 +122,15 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.get<{ Querystring: { after?: string; limit?: string } }>(
+  app.get(
     "/recovery/arbitrators",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "The registered arbitrators by id (public keys only; deregistered ones with their status), a page at a time",
         tags: ["recovery"],
-        querystring: closed(PAGE),
-        response: { 200: closed({ arbitrators: { type: "array", items: ARBITRATOR }, next: CURSOR }, ["arbitrators"]), ...problems },
+        querystring: Closed(PAGE),
+        response: { 200: Closed({ arbitrators: Type.Array(ArbitratorJson), next: Type.Optional(Cursor) }), ...problems },
       },
     },
     async (req) => {
@@ -176,16 +139,16 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/recovery/arbitrators/:id",
     {
       config: { roles: ["operator", "auditor", "arbitrator"] },
       schema: {
         summary: "One arbitrator (an arbitrator token: its own record)",
         tags: ["recovery"],
-        params: params({ id: ARB_ID }),
+        params: Closed({ id: ArbitratorId }),
         querystring: NO_QUERY,
-        response: { 200: ARBITRATOR, ...problems },
+        response: { 200: ArbitratorJson, ...problems },
       },
     },
     async (req) => {
@@ -194,17 +157,17 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post(
     "/recovery/arbitrators/:id/tokens",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Issue an API token bound to the arbitrator (role arbitrator): shown once, only its hash is stored; refused for a deregistered arbitrator",
         tags: ["recovery"],
-        params: params({ id: ARB_ID }),
+        params: Closed({ id: ArbitratorId }),
         querystring: NO_QUERY,
         body: EMPTY_BODY,
-        response: { 201: closed({ arbitrator: STR, tokenId: STR, token: STR }, ["arbitrator", "tokenId", "token"]), ...problems },
+        response: { 201: ArbitratorTokenJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -221,17 +184,17 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.post<{ Params: { id: string; tokenId: string } }>(
+  app.post(
     "/recovery/arbitrators/:id/tokens/:tokenId/revoke",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Revoke an arbitrator token",
         tags: ["recovery"],
-        params: params({ id: ARB_ID, tokenId: TOKEN_ID }),
+        params: Closed({ id: ArbitratorId, tokenId: TOKEN_ID }),
         querystring: NO_QUERY,
         body: EMPTY_BODY,
-        response: { 200: closed({ arbitrator: STR, tokenId: STR, revoked: BOOL }, ["arbitrator", "tokenId", "revoked"]), ...problems },
+        response: { 200: RevokedTokenJson, ...problems },
       },
     },
     async (req) => {
@@ -244,7 +207,7 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.post<{ Params: { id: string }; Body: { rotation: KeyRotation } }>(
+  app.post(
     "/recovery/arbitrators/:id/key-rotation",
     {
       config: { roles: ["operator", "arbitrator"] },
@@ -253,10 +216,10 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
           "Rotate an arbitrator's keys: a rotation document naming its current keys and the next version, signed with its CURRENT signing key (and with the new signing key, if it changes). " +
           "An operator may relay it (an arbitrator token: its own); the signature is what counts. Earlier versions are kept: recorded approvals still verify",
         tags: ["recovery"],
-        params: params({ id: ARB_ID }),
+        params: Closed({ id: ArbitratorId }),
         querystring: NO_QUERY,
-        body: closed({ rotation: KEY_ROTATION }, ["rotation"]),
-        response: { 200: ARBITRATOR, ...problems },
+        body: KeyRotationBody,
+        response: { 200: ArbitratorJson, ...problems },
       },
     },
     async (req) => {
@@ -265,7 +228,7 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.post<{ Params: { id: string }; Body: { reason: string; force?: boolean } }>(
+  app.post(
     "/recovery/arbitrators/:id/deregister",
     {
       config: { roles: ["operator"] },
@@ -274,22 +237,10 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
           "Deregister an arbitrator: it can no longer decide, sign or be named by a new policy, its tokens are revoked, requests it makes impossible to satisfy end. " +
           "Refused (arbitrator_in_use) when an escrowed key could then no longer be reproduced, unless force",
         tags: ["recovery"],
-        params: params({ id: ARB_ID }),
+        params: Closed({ id: ArbitratorId }),
         querystring: NO_QUERY,
-        body: closed({ reason: { type: "string", minLength: 1, maxLength: 1024 }, force: BOOL }, ["reason"]),
-        response: {
-          200: closed(
-            {
-              arbitrator: ARBITRATOR,
-              endedRequests: { type: "array", items: closed({ requestId: STR, cardId: STR, message: STR }, ["requestId", "cardId", "message"]) },
-              strandedCards: strings(100),
-              strandedCount: INT,
-              tokensRevoked: strings(100_000),
-            },
-            ["arbitrator", "endedRequests", "strandedCards", "strandedCount", "tokensRevoked"],
-          ),
-          ...problems,
-        },
+        body: DeregisterBody,
+        response: { 200: DeregistrationJson, ...problems },
       },
     },
     async (req) => {
@@ -309,16 +260,16 @@ export const arbitratorRoutes: FastifyPluginAsync<ArbitratorRoutesOptions> = asy
     },
   );
 
-  app.get<{ Params: { id: string }; Querystring: { after?: string; limit?: string } }>(
+  app.get(
     "/recovery/arbitrators/:id/dependents",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "The cards whose reproduction policies name the arbitrator, by card id: how, whether escrowed, whether the policy can be met without it",
         tags: ["recovery"],
-        params: params({ id: ARB_ID }),
-        querystring: closed(PAGE),
-        response: { 200: closed({ arbitrator: STR, policies: { type: "array", items: DEPENDENCY }, next: CURSOR }, ["arbitrator", "policies"]), ...problems },
+        params: Closed({ id: ArbitratorId }),
+        querystring: Closed(PAGE),
+        response: { 200: Closed({ arbitrator: Str, policies: Type.Array(PolicyDependencyJson), next: Type.Optional(Cursor) }), ...problems },
       },
     },
     async (req) => {

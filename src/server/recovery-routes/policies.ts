@@ -2,59 +2,24 @@
 // read a card's policy document, and read its escrow record — the registered public key and certificate, and who
 // holds which share (no share, no key).
 
-import type { FastifyPluginAsync } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { toPem } from "../../ca/pem.ts";
 import type { EscrowView, PolicyView, RecoveryService } from "../../recovery/service.ts";
-import { params, principalOf } from "../issuer-routes.ts";
+import { EscrowJson, Policy, PolicyJson, RecoveryCardId } from "../../recovery/wire.ts";
+import { Closed } from "../../util/wire.ts";
+import { principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
-import { b64, BOOL, closed, INT, NO_QUERY, POLICY, problems, RCARD_ID, SHARE_SLOT, STR } from "./schemas.ts";
+import { b64, NO_QUERY, problems } from "./schemas.ts";
 
 export interface PolicyRoutesOptions {
   recovery: RecoveryService;
 }
 
-// ---- schema pieces ------------------------------------------------------------------------------------------------
-
-const POLICY_VIEW = closed({ cardId: STR, policy: POLICY, digest: STR, setBy: STR, setAt: INT }, ["cardId", "policy", "digest", "setBy", "setAt"]);
-
-const ESCROW_VIEW = closed(
-  {
-    escrowId: STR,
-    cardId: STR,
-    applicantId: STR,
-    policy: POLICY,
-    policyDigest: STR,
-    alg: STR,
-    slot: STR,
-    publicKey: { type: "string", description: "the registered public key (FIG. 10 unit 23), SubjectPublicKeyInfo base64 DER" },
-    publicKeySha256: STR,
-    certificate: { type: "string", description: "PEM" },
-    serial: STR,
-    shares: {
-      type: "array",
-      items: closed(
-        {
-          shareId: STR,
-          arbitrator: STR,
-          slot: SHARE_SLOT,
-          recipientKeyId: { type: "string", description: "SHA-256 of the encryption key the share is sealed to" },
-          sealedToRetiredKey: { type: "boolean", description: "the holder rotated that key since: it opens the share with its old key until a re-split" },
-          holderDeregistered: BOOL,
-        },
-        ["shareId", "arbitrator", "slot", "recipientKeyId", "sealedToRetiredKey", "holderDeregistered"],
-      ),
-    },
-    deviceGeneration: INT,
-    createdAt: INT,
-  },
-  ["escrowId", "cardId", "policy", "policyDigest", "alg", "slot", "publicKey", "publicKeySha256", "certificate", "serial", "shares", "deviceGeneration", "createdAt"],
-);
-
 // ---- outputs -------------------------------------------------------------------------------------------------
 
-const policyOut = (p: PolicyView) => ({ cardId: p.cardId, policy: p.policy, digest: p.digest, setBy: p.setBy, setAt: p.setAt.getTime() });
+const policyOut = (p: PolicyView): PolicyJson => ({ cardId: p.cardId, policy: p.policy, digest: p.digest, setBy: p.setBy, setAt: p.setAt.getTime() });
 
-const escrowOut = (e: EscrowView) => ({
+const escrowOut = (e: EscrowView): EscrowJson => ({
   escrowId: e.escrowId,
   cardId: e.cardId,
   applicantId: e.applicantId,
@@ -73,32 +38,32 @@ const escrowOut = (e: EscrowView) => ({
 
 // ---- the routes ----------------------------------------------------------------------------------------------
 
-export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app, o) => {
+export const policyRoutes: FastifyPluginAsyncTypebox<PolicyRoutesOptions> = async (app, o) => {
   const { recovery } = o;
 
   // ---- policies (S1) and escrows (S3) -------------------------------------------------------------------------
 
-  app.put<{ Params: { id: string }; Body: unknown }>(
+  app.put(
     "/cards/:id/recovery-policy",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Set a card's reproduction policy (S1), before its key is escrowed: indispensable parties, k-of-n groups, order conditions, the author of the approver list",
         tags: ["recovery"],
-        params: params({ id: RCARD_ID }),
+        params: Closed({ id: RecoveryCardId }),
         querystring: NO_QUERY,
-        body: POLICY,
-        response: { 200: POLICY_VIEW, ...problems },
+        body: Policy,
+        response: { 200: PolicyJson, ...problems },
       },
     },
     async (req) => policyOut(await recovery.setPolicy(req.params.id, req.body, principalOf(req).name)),
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/cards/:id/recovery-policy",
     {
       config: { roles: ["operator", "auditor"] },
-      schema: { summary: "A card's reproduction policy", tags: ["recovery"], params: params({ id: RCARD_ID }), querystring: NO_QUERY, response: { 200: POLICY_VIEW, ...problems } },
+      schema: { summary: "A card's reproduction policy", tags: ["recovery"], params: Closed({ id: RecoveryCardId }), querystring: NO_QUERY, response: { 200: PolicyJson, ...problems } },
     },
     async (req) => {
       const p = await recovery.policy(req.params.id);
@@ -107,16 +72,16 @@ export const policyRoutes: FastifyPluginAsync<PolicyRoutesOptions> = async (app,
     },
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/cards/:id/escrow",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "A card's escrow: the registered public key and certificate, the policy it was split under, who holds which share (no share, no key)",
         tags: ["recovery"],
-        params: params({ id: RCARD_ID }),
+        params: Closed({ id: RecoveryCardId }),
         querystring: NO_QUERY,
-        response: { 200: ESCROW_VIEW, ...problems },
+        response: { 200: EscrowJson, ...problems },
       },
     },
     async (req) => {

@@ -3,12 +3,15 @@
 // that carries the reproduction's APDUs to the card the request names through the user's terminal.
 
 import { createPublicKey } from "node:crypto";
-import type { FastifyPluginAsync } from "fastify";
+import { Type } from "typebox";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import type { RecoveryService, ReproductionResult } from "../../recovery/service.ts";
-import { APDU_HEX, fromHex, params, principalOf, toHex } from "../issuer-routes.ts";
+import { DeviceKeyJson, ReproduceBody, ReproductionStepJson, RequestId } from "../../recovery/wire.ts";
+import { Closed } from "../../util/wire.ts";
+import { APDU_HEX, fromHex, principalOf, toHex } from "../issuer-routes.ts";
 import { LiveRelaySessions, type LiveStep } from "../live-relay.ts";
 import { SESSION_ID_PATTERN, type TtlMapOptions } from "../relay-sessions.ts";
-import { b64, BOOL, closed, INT, NO_QUERY, problems, RCARD_ID, REQUEST_ID, STR, strings } from "./schemas.ts";
+import { b64, NO_QUERY, problems } from "./schemas.ts";
 
 export interface ReproductionRoutesOptions {
   recovery: RecoveryService;
@@ -16,34 +19,13 @@ export interface ReproductionRoutesOptions {
   liveRelays?: Partial<TtlMapOptions>;
 }
 
-// ---- schema pieces ------------------------------------------------------------------------------------------------
-
-const RESULT = closed(
-  {
-    requestId: STR,
-    cardId: STR,
-    kind: STR,
-    approvers: strings(),
-    author: STR,
-    chainHead: STR,
-    slot: STR,
-    serial: STR,
-    targetCardId: STR,
-    deviceReplaced: BOOL,
-    deviceGeneration: INT,
-  },
-  ["requestId", "cardId", "kind", "approvers", "author", "chainHead", "slot", "serial", "targetCardId", "deviceReplaced", "deviceGeneration"],
-);
-
-const LIVE_STEP = closed({ sessionId: STR, apdus: strings(16), result: RESULT });
-
 // ---- outputs -------------------------------------------------------------------------------------------------
 
 const stepOut = (s: LiveStep<ReproductionResult>) => ("apdus" in s ? { apdus: s.apdus.map(toHex) } : { result: s.result });
 
 // ---- the routes ----------------------------------------------------------------------------------------------
 
-export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> = async (app, o) => {
+export const reproductionRoutes: FastifyPluginAsyncTypebox<ReproductionRoutesOptions> = async (app, o) => {
   const { recovery } = o;
   const lives = new LiveRelaySessions<ReproductionResult>(o.liveRelays);
   app.addHook("onClose", async () => lives.close());
@@ -56,7 +38,7 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
         summary: "The reproduction device's P-256 public key, which arbitrators release their shares to",
         tags: ["recovery"],
         querystring: NO_QUERY,
-        response: { 200: closed({ spki: { type: "string", description: "base64 DER SubjectPublicKeyInfo" }, pem: STR, keyId: STR }, ["spki", "pem", "keyId"]), ...problems },
+        response: { 200: DeviceKeyJson, ...problems },
       },
     },
     async () => {
@@ -68,7 +50,7 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
 
   // ---- reproduction through the terminal (S8-S9, FIG. 10) -----------------------------------------------------------
 
-  app.post<{ Params: { id: string }; Body: { cardId?: string } | null }>(
+  app.post(
     "/recovery/requests/:id/reproduce",
     {
       config: { roles: ["operator"] },
@@ -78,10 +60,10 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
           "card-destroyed: the replacement card named at filing), reached with that card record's key set; `cardId`, when given, must be it (else 422 target_not_approved). " +
           "Relay each APDU to the card and POST its response to /recovery/sessions/{sessionId}",
         tags: ["recovery"],
-        params: params({ id: REQUEST_ID }),
+        params: Closed({ id: RequestId }),
         querystring: NO_QUERY,
-        body: { type: ["object", "null"], additionalProperties: false, properties: { cardId: RCARD_ID } },
-        response: { 201: LIVE_STEP, ...problems },
+        body: ReproduceBody,
+        response: { 201: ReproductionStepJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -94,17 +76,17 @@ export const reproductionRoutes: FastifyPluginAsync<ReproductionRoutesOptions> =
     },
   );
 
-  app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
+  app.post(
     "/recovery/sessions/:sessionId",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "The card's response to the last APDU of a reproduction; answers the next APDU, the result, or the refusal naming its check",
         tags: ["recovery"],
-        params: params({ sessionId: { type: "string", pattern: SESSION_ID_PATTERN } }),
+        params: Closed({ sessionId: Type.String({ pattern: SESSION_ID_PATTERN }) }),
         querystring: NO_QUERY,
-        body: closed({ responses: { type: "array", minItems: 1, maxItems: 16, items: APDU_HEX } }, ["responses"]),
-        response: { 200: LIVE_STEP, ...problems },
+        body: Closed({ responses: Type.Array(Type.Unsafe<string>(APDU_HEX), { minItems: 1, maxItems: 16 }) }),
+        response: { 200: ReproductionStepJson, ...problems },
       },
     },
     async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),
