@@ -186,3 +186,15 @@ test("node:crypto itself refuses points off the curve and (0,0): the re-encoding
     assert.throws(() => canonicalSpki(ecSpki("P256", der.concat([Uint8Array.of(4), bad.subarray(1)]))), "the DER import publicKeySha256 uses");
   }
 });
+
+test("EC keys: the accepted encoding is node:crypto's SPKI export for any point (coordinates with leading zero octets included), the KeyObject the same key", () => {
+  for (const namedCurve of ["prime256v1", "secp384r1"]) {
+    for (let i = 0; i < 300; i++) {
+      const { publicKey } = generateKeyPairSync("ec", { namedCurve });
+      const spki = new Uint8Array(publicKey.export({ type: "spki", format: "der" }));
+      const p = parseSubjectPublicKeyInfo(spki);
+      assert.deepEqual(p.spki, spki);
+      if (i < 5) assert.ok(p.key.equals(publicKey));
+    }
+  }
+});

@@ -11,7 +11,7 @@
 //             identity (`sha256`, for "never certified before") is the hash of it ("public-key-encoding");
 //   EC        P-256 or P-384, an uncompressed point whose coordinates are below p, that is not (0,0) and that lies
 //             on the curve (y² = x³ − 3x + b mod p; both curves have cofactor 1, so such a point is in the
-//             prime-order group) — and OpenSSL refuses a point off the curve again when it imports it ("public-key");
+//             prime-order group) — and OpenSSL refuses a point off the curve again when it reads it ("public-key");
 //   RSA       a modulus of exactly 2048, 3072 or 4096 bits, odd, without prime factors below 752 and not a perfect
 //             power; a public exponent that is odd and 2^16+1 ≤ e ≤ KeyPolicy.rsaMaxExponent (at most 2^256−1):
 //             CA/Browser Forum Baseline Requirements §6.1.6, as Let's Encrypt's boulder (goodkey) checks them
@@ -20,7 +20,7 @@
 // `publicKeySha256` gives the same identity for any encoding node:crypto reads (the key generation device's
 // registry uses it, src/keygen/registry.ts).
 
-import { createHash, createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, ECDH, type JsonWebKey, type KeyObject } from "node:crypto";
 import { DomainError } from "../util/errors.ts";
 import { toB64url as b64u } from "../util/bytes.ts";
 import * as der from "./der.ts";
@@ -67,6 +67,10 @@ const RSA_SIZES: Record<number, SubjectKeyType> = { 2048: "RSA2048", 3072: "RSA3
 interface Curve {
   oid: Uint8Array;
   type: SubjectKeyType;
+  /** OpenSSL's name of the curve. */
+  openssl: string;
+  /** DER of SubjectPublicKeyInfo up to the point: SEQUENCE { SEQUENCE { id-ecPublicKey, curve }, BIT STRING 00 … }. */
+  spkiPrefix: Uint8Array;
   /** Field size in bytes. */
   size: number;
   p: bigint;
@@ -77,6 +81,8 @@ const CURVES: readonly Curve[] = [
   {
     oid: der.oid("1.2.840.10045.3.1.7"),
     type: "P256",
+    openssl: "prime256v1",
+    spkiPrefix: Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex"),
     size: 32,
     p: 2n ** 256n - 2n ** 224n + 2n ** 192n + 2n ** 96n - 1n,
     b: 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn,
@@ -84,6 +90,8 @@ const CURVES: readonly Curve[] = [
   {
     oid: der.oid("1.3.132.0.34"),
     type: "P384",
+    openssl: "secp384r1",
+    spkiPrefix: Buffer.from("3076301006072a8648ce3d020106052b81040022036200", "hex"),
     size: 48,
     p: 2n ** 384n - 2n ** 128n - 2n ** 96n + 2n ** 32n - 1n,
     b: 0xb3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aefn,
@@ -144,26 +152,21 @@ function parse(spki: Uint8Array, policy: Readonly<KeyPolicy>): SubjectPublicKey 
   if (bits.length < 2 || bits[0] !== 0) throw encoding("subjectPublicKey must have no unused bits");
   const key = bits.subarray(1);
   const algEnc = der.encodingOf(spki, algOid);
-  let type: SubjectKeyType;
-  let jwk: JsonWebKey;
   if (der.equalBytes(algEnc, ID_EC_PUBLIC_KEY)) {
     const curve = params && params.tag === der.TAG.OID ? CURVES.find((c) => der.equalBytes(c.oid, der.encodingOf(spki, params))) : undefined;
     if (!curve) throw value("EC key must name curve P-256 or P-384");
     if (key.length !== 1 + 2 * curve.size || key[0] !== 0x04) throw value(`${curve.type} key must be an uncompressed point of ${1 + 2 * curve.size} bytes`);
     checkPoint(curve, key);
-    type = curve.type;
-    jwk = { kty: "EC", crv: curve.type === "P256" ? "P-256" : "P-384", x: b64u(key.subarray(1, 1 + curve.size)), y: b64u(key.subarray(1 + curve.size)) };
-  } else if (der.equalBytes(algEnc, RSA_ENCRYPTION)) {
-    if (!params || params.tag !== der.TAG.NULL) throw encoding("rsaEncryption parameters must be NULL (RFC 3279 §2.3.1)");
-    const rsa = checkRsa(key, policy);
-    type = rsa.type;
-    jwk = { kty: "RSA", n: b64u(rsa.n), e: b64u(rsa.e) };
-  } else {
-    throw value("public key algorithm must be id-ecPublicKey or rsaEncryption");
+    return ecKey(curve, key, spki);
   }
-  // node:crypto (OpenSSL) builds the key again from the values read above — and checks an EC point on the curve
-  // once more — and encodes it: that encoding is the only one accepted, so one key has one identity. (From the
-  // values, not the DER: OpenSSL 3's DER decoder costs several times the rest of issuing a certificate.)
+  if (!der.equalBytes(algEnc, RSA_ENCRYPTION)) throw value("public key algorithm must be id-ecPublicKey or rsaEncryption");
+  if (!params || params.tag !== der.TAG.NULL) throw encoding("rsaEncryption parameters must be NULL (RFC 3279 §2.3.1)");
+  const rsa = checkRsa(key, policy);
+  const type = rsa.type;
+  const jwk: JsonWebKey = { kty: "RSA", n: b64u(rsa.n), e: b64u(rsa.e) };
+  // RSA: node:crypto (OpenSSL) builds the key again from the values read above and encodes it: that encoding is the
+  // only one accepted, so one key has one identity. (From the values, not the DER: OpenSSL 3's DER decoder costs
+  // several times the rest of issuing a certificate.) EC keys: ecKey.
   let keyObject: KeyObject;
   let canonical: Uint8Array;
   try {
@@ -175,11 +178,42 @@ function parse(spki: Uint8Array, policy: Readonly<KeyPolicy>): SubjectPublicKey 
   if (!der.equalBytes(canonical, spki)) throw encoding("the SubjectPublicKeyInfo is not the DER encoding of its key");
   return {
     type,
-    ec: type === "P256" || type === "P384",
+    ec: false,
     spki: canonical,
     keyIdentifier: new Uint8Array(createHash("sha1").update(key).digest()),
     sha256: createHash("sha256").update(canonical).digest("hex"),
     key: keyObject,
+  };
+}
+
+/**
+ * An EC key, checked by checkPoint: OpenSSL reads the point again (EC_POINT_oct2point refuses a point off the curve)
+ * and the one accepted encoding is the fixed DER of {id-ecPublicKey, the curve} followed by the point — what
+ * node:crypto's SPKI export writes, byte for byte (spki.test.ts). The KeyObject is made when it is first asked for
+ * (verifying a request's signature): importing it costs OpenSSL 3 several times the rest of this check, and a bare
+ * SPKI sent for certification never needs it.
+ */
+function ecKey(curve: Curve, point: Uint8Array, spki: Uint8Array): SubjectPublicKey {
+  try {
+    ECDH.convertKey(point, curve.openssl, undefined, undefined, "uncompressed");
+  } catch (e) {
+    throw value(`node:crypto refuses the ${curve.type} key: ${(e as Error).message}`);
+  }
+  const canonical = new Uint8Array(curve.spkiPrefix.length + point.length);
+  canonical.set(curve.spkiPrefix);
+  canonical.set(point, curve.spkiPrefix.length);
+  if (!der.equalBytes(canonical, spki)) throw encoding("the SubjectPublicKeyInfo is not the DER encoding of its key");
+  const jwk: JsonWebKey = { kty: "EC", crv: curve.type === "P256" ? "P-256" : "P-384", x: b64u(point.subarray(1, 1 + curve.size)), y: b64u(point.subarray(1 + curve.size)) };
+  let keyObject: KeyObject | undefined;
+  return {
+    type: curve.type,
+    ec: true,
+    spki: canonical,
+    keyIdentifier: new Uint8Array(createHash("sha1").update(point).digest()),
+    sha256: createHash("sha256").update(canonical).digest("hex"),
+    get key(): KeyObject {
+      return (keyObject ??= createPublicKey({ key: jwk, format: "jwk" }));
+    },
   };
 }
 

@@ -23,7 +23,8 @@ import { createHash } from "node:crypto";
 import { sql } from "kysely";
 import { engineOf, type Db } from "./db.ts";
 import { canonicalJson as canonicalJson_, type JsonValue } from "../util/json.ts";
-import type { Transaction } from "kysely";
+import type { Kysely, Transaction } from "kysely";
+import { compiled } from "./compiled.ts";
 import type { Database } from "./db.ts";
 
 export const GENESIS_HASH = "0".repeat(64);
@@ -61,6 +62,12 @@ export type AuditProblem =
 
 export type AuditVerification = { ok: true; entries: number; head: AuditHead | null } | { ok: false; seq: number; problem: AuditProblem; message: string; entries: number };
 
+// The head read and the insert of an append, compiled once (compiled.ts): every credential appends.
+const HEAD = compiled((db: Kysely<Database>, _p: Record<string, never>) => db.selectFrom("audit_log").select(["seq", "hash"]).orderBy("seq", "desc").limit(1));
+const INSERT_ENTRY = compiled((db: Kysely<Database>, p: AuditRow) =>
+  db.insertInto("audit_log").values({ seq: p.seq, at: p.at, actor: p.actor, action: p.action, subject: p.subject, details: p.details, prev_hash: p.prev_hash, hash: p.hash }),
+);
+
 const FORBIDDEN_DETAIL_KEYS = /^(password|passphrase|secret|token|pin|puk|private_?key|master_?key|key_?value|clear_?key|plaintext)$/i;
 
 /**
@@ -77,12 +84,12 @@ export async function appendAudit(db: Db | Transaction<Database>, input: { actor
     // SQLite: a write that matches nothing takes the database write lock now, so the head read below cannot go
     // stale under another process's append (a deferred read-then-write transaction would fail with SQLITE_BUSY).
     else await sql`update audit_log set seq = seq where seq < 0`.execute(trx);
-    const last = await trx.selectFrom("audit_log").select(["seq", "hash"]).orderBy("seq", "desc").limit(1).executeTakeFirst();
+    const last = (await HEAD.execute(trx, {})).rows[0];
     const seq = (last?.seq ?? 0) + 1;
     const prevHash = last?.hash ?? GENESIS_HASH;
     const row = { seq, at, actor: input.actor, action: input.action, subject: input.subject, details, prev_hash: prevHash, hash: "" };
     row.hash = entryHash(row);
-    await trx.insertInto("audit_log").values(row).execute();
+    await INSERT_ENTRY.execute(trx, row);
     return toEntry(row);
   };
   return db.isTransaction ? run(db as Transaction<Database>) : (db as Db).transaction().execute(run);

@@ -17,6 +17,7 @@ import type { RevocationReason } from "../ca/crl.ts";
 import type { SubjectName } from "../ca/name.ts";
 import { fromPemAll, toPem } from "../ca/pem.ts";
 import type { CaCertificateStore, StoredCaCertificate } from "../ca/service.ts";
+import { compiled } from "./compiled.ts";
 import type { Db } from "./db.ts";
 import { groupCommit } from "./group.ts";
 
@@ -70,6 +71,36 @@ export type CaTables = {
   ca_authorities: CaAuthoritiesTable;
 };
 
+// The statements of a certification, compiled once (compiled.ts): the issuance hot path.
+const KEY_CERTIFIED = compiled((db: Kysely<CaTables>, p: { caId: string; sha256: string }) =>
+  db.selectFrom("ca_certified_keys").select("public_key_sha256").where("ca_id", "=", p.caId).where("public_key_sha256", "=", p.sha256),
+);
+const INSERT_ISSUED = compiled((db: Kysely<CaTables>, p: CaIssuedCertificatesTable) =>
+  db
+    .insertInto("ca_issued_certificates")
+    .values({
+      ca_id: p.ca_id,
+      serial: p.serial,
+      subject: p.subject,
+      public_key_sha256: p.public_key_sha256,
+      profile: p.profile,
+      not_before: p.not_before,
+      not_after: p.not_after,
+      issued_at: p.issued_at,
+      der: p.der,
+      applicant_id: p.applicant_id,
+    })
+    .onConflict((oc) => oc.columns(["ca_id", "serial"]).doNothing())
+    .returning("serial"),
+);
+const CLAIM_KEY = compiled((db: Kysely<CaTables>, p: CaCertifiedKeysTable) =>
+  db
+    .insertInto("ca_certified_keys")
+    .values({ ca_id: p.ca_id, public_key_sha256: p.public_key_sha256, first_serial: p.first_serial })
+    .onConflict((oc) => oc.columns(["ca_id", "public_key_sha256"]).doNothing())
+    .returning("public_key_sha256"),
+);
+
 const CA_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
 
 /** Thrown inside a transaction to roll it back with a result rather than an error. */
@@ -101,8 +132,8 @@ export class SqlCaRepository implements CaRepository, CaCertificateStore {
   }
 
   async isPublicKeyCertified(publicKeySha256: string): Promise<boolean> {
-    const row = await this.db.selectFrom("ca_certified_keys").select("public_key_sha256").where("ca_id", "=", this.caId).where("public_key_sha256", "=", publicKeySha256).executeTakeFirst();
-    return row !== undefined;
+    const r = await KEY_CERTIFIED.execute(this.db, { caId: this.caId, sha256: publicKeySha256 });
+    return r.rows.length > 0;
   }
 
   async recordIssued(record: IssuedCertificateRecord, opts: { uniquePublicKey: boolean }): Promise<RecordIssuedResult> {
@@ -122,21 +153,11 @@ export class SqlCaRepository implements CaRepository, CaCertificateStore {
       // Group commit (group.ts): on the system DB this joins the issuer's groups, one commit for both.
       return await groupCommit(this.db, async (trx: Transaction<CaTables>) => {
         // The statement order is the interface's: a used serial is reported before a certified key.
-        const cert = await trx
-          .insertInto("ca_issued_certificates")
-          .values(row)
-          .onConflict((oc) => oc.columns(["ca_id", "serial"]).doNothing())
-          .returning("serial")
-          .executeTakeFirst();
+        const cert = (await INSERT_ISSUED.execute(trx, row)).rows[0];
         if (!cert) throw new Rollback("duplicate-serial");
         // On PostgreSQL a second transaction claiming the same key waits here for the first to commit, then
         // sees the conflict; SQLite runs one writer at a time. Either way one claim wins.
-        const claim = await trx
-          .insertInto("ca_certified_keys")
-          .values({ ca_id: this.caId, public_key_sha256: record.publicKeySha256, first_serial: record.serial })
-          .onConflict((oc) => oc.columns(["ca_id", "public_key_sha256"]).doNothing())
-          .returning("public_key_sha256")
-          .executeTakeFirst();
+        const claim = (await CLAIM_KEY.execute(trx, { ca_id: this.caId, public_key_sha256: record.publicKeySha256, first_serial: record.serial })).rows[0];
         if (!claim && opts.uniquePublicKey) throw new Rollback("duplicate-public-key");
         return "recorded" as const;
       });

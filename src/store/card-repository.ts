@@ -7,7 +7,8 @@
 // current key set is key-set-repository.ts's to set, its package counter package-repository.ts's.
 // Never: decides who may change a status or audits it (src/issuer/card-lifecycle.ts does).
 
-import type { Insertable, Selectable, Transaction } from "kysely";
+import type { Insertable, Kysely, Selectable, Transaction } from "kysely";
+import { compiled } from "./compiled.ts";
 import type { CardStatus, Database } from "./db.ts";
 import { newId } from "./ids.ts";
 import { toKeySet } from "./key-set-repository.ts";
@@ -29,6 +30,26 @@ export const CARD_STATUS_FROM: Readonly<Record<CardStatus, readonly CardStatus[]
   retired: ["issued", "active", "suspended"],
   destroyed: ["issued", "active", "suspended", "retired"],
 };
+
+// A credential request's reads of its card, compiled once (compiled.ts): the issuance hot path.
+const SELECT_CARD = compiled((db: Kysely<Database>, p: { id: string }) => db.selectFrom("cards").selectAll().where("id", "=", p.id));
+const HOLD_CARD_SQLITE = compiled((db: Kysely<Database>, p: { id: string }) =>
+  db
+    .updateTable("cards")
+    .set((eb) => ({ status_version: eb.ref("status_version") }))
+    .where("id", "=", p.id),
+);
+const CARD_CONTEXT = compiled((db: Kysely<Database>, p: { id: string }) =>
+  db
+    .selectFrom("cards as c")
+    .innerJoin("users as u", "u.id", "c.user_id")
+    .leftJoin("card_key_sets as k", "k.id", "c.current_key_set_id")
+    .selectAll("c")
+    .select(["u.personal_data as u_personal_data", "u.created_at as u_created_at"])
+    .select(["k.card_id as k_card_id", "k.kvn as k_kvn", "k.version as k_version", "k.status as k_status", "k.valid_from as k_valid_from"])
+    .select(["k.valid_until as k_valid_until", "k.custody_ref as k_custody_ref", "k.label as k_label", "k.created_at as k_created_at"])
+    .where("c.id", "=", p.id),
+);
 
 export class CardRepository extends StoreRepository<CardRepository> {
   protected override bind(trx: Transaction<Database>): CardRepository {
@@ -63,17 +84,12 @@ export class CardRepository extends StoreRepository<CardRepository> {
    * connection's writer (busy_timeout) rather than failing later when its read is no longer the latest.
    */
   async getCard(id: string, o: { hold?: boolean } = {}): Promise<Card | undefined> {
-    let q = this.db.selectFrom("cards").selectAll().where("id", "=", id);
-    if (o.hold && this.db.isTransaction) {
-      if (this.engine === "postgres") q = q.forNoKeyUpdate();
-      else
-        await this.db
-          .updateTable("cards")
-          .set((eb) => ({ status_version: eb.ref("status_version") }))
-          .where("id", "=", id)
-          .execute();
+    if (o.hold && this.db.isTransaction && this.engine === "postgres") {
+      const held = await this.db.selectFrom("cards").selectAll().where("id", "=", id).forNoKeyUpdate().executeTakeFirst();
+      return held && toCard(held);
     }
-    const row = await q.executeTakeFirst();
+    if (o.hold && this.db.isTransaction) await HOLD_CARD_SQLITE.execute(this.db, { id });
+    const row = (await SELECT_CARD.execute(this.db, { id })).rows[0];
     return row && toCard(row);
   }
 
@@ -82,16 +98,7 @@ export class CardRepository extends StoreRepository<CardRepository> {
    * undefined when the card has none yet.
    */
   async getCardContext(id: string): Promise<{ card: Card; keySet?: CardKeySet; user: User } | undefined> {
-    const r = await this.db
-      .selectFrom("cards as c")
-      .innerJoin("users as u", "u.id", "c.user_id")
-      .leftJoin("card_key_sets as k", "k.id", "c.current_key_set_id")
-      .selectAll("c")
-      .select(["u.personal_data as u_personal_data", "u.created_at as u_created_at"])
-      .select(["k.card_id as k_card_id", "k.kvn as k_kvn", "k.version as k_version", "k.status as k_status", "k.valid_from as k_valid_from"])
-      .select(["k.valid_until as k_valid_until", "k.custody_ref as k_custody_ref", "k.label as k_label", "k.created_at as k_created_at"])
-      .where("c.id", "=", id)
-      .executeTakeFirst();
+    const r = (await CARD_CONTEXT.execute(this.db, { id })).rows[0];
     if (!r) return undefined;
     const card = toCard(r);
     const user = toUser({ id: r.user_id, personal_data: r.u_personal_data, created_at: r.u_created_at });

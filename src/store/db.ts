@@ -323,6 +323,12 @@ function openSqlite(url: string, options: OpenOptions): Db {
     raw.pragma(`synchronous = ${sync.toUpperCase()}`);
     raw.pragma("foreign_keys = ON");
     raw.pragma(`busy_timeout = ${busy}`);
+    // Statement journals in memory: a group commit (group.ts) runs each call in a savepoint, and SQLite keeps the
+    // pre-image of every page a savepoint changes so that it can roll the savepoint back. Past 64 KiB that journal
+    // went to a temporary file — two writes per page, ~10 µs each on the benchmark VM, the largest syscall count of
+    // issuing a credential (docs/profiling-issuance.md, 2026-12-03). It only ever serves a rollback of the open
+    // transaction, so durability is unchanged. Temporary tables and sorts stay in memory too.
+    raw.pragma("temp_store = MEMORY");
   } catch (e) {
     raw.close();
     throw e;

@@ -6,15 +6,46 @@
 //
 // Never: a clear private key. Only wrapped ones, and public keys.
 
-import type { Selectable, Transaction } from "kysely";
+import { sql, type Kysely, type Selectable, type Transaction } from "kysely";
 import { certRow, toCertificate } from "./certificate-repository.ts";
+import { compiled } from "./compiled.ts";
 import type { Database, KeyPairStatus } from "./db.ts";
+import { groupCommit } from "./group.ts";
 import { newId } from "./ids.ts";
 import { buf, checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
 import { RotationRepository } from "./rotation-repository.ts";
 import type { Certificate, KeyPair, NewCredential, RecordedCredential, WrappedKey } from "../issuer/records.ts";
 
 const MAX_PAGE = 50_000;
+
+// The statements of a credential's record, compiled once (compiled.ts): the issuance hot path.
+type KeyPairRow = Selectable<Database["key_pairs"]>;
+const INSERT_KEY_PAIR = compiled((db: Kysely<Database>, p: KeyPairRow) =>
+  db.insertInto("key_pairs").values({ id: p.id, user_id: p.user_id, card_id: p.card_id, slot: p.slot, algorithm: p.algorithm, public_key: p.public_key, status: p.status, created_at: p.created_at }),
+);
+const INSERT_WRAPPED_KEY = compiled((db: Kysely<Database>, p: { key_pair_id: string; key_set_id: string; wrapped: Uint8Array; created_at: number }) =>
+  db.insertInto("wrapped_keys").values({ key_pair_id: p.key_pair_id, key_set_id: p.key_set_id, wrapped: p.wrapped, created_at: p.created_at }).returning("id"),
+);
+const INSERT_CERTIFICATE = compiled((db: Kysely<Database>, p: ReturnType<typeof certRow>) =>
+  db.insertInto("certificates").values({
+    id: p.id,
+    serial: p.serial,
+    key_pair_id: p.key_pair_id,
+    der: p.der,
+    subject: p.subject,
+    not_before: p.not_before,
+    not_after: p.not_after,
+    revoked_at: p.revoked_at,
+    revocation_reason: p.revocation_reason,
+    created_at: p.created_at,
+  }),
+);
+// `status = 'active'` as a literal, not a parameter: SQLite then plans the partial unique index key_pairs_active_slot
+// once. Compared with a bound parameter, the plan depends on its value, and SQLite prepares the statement again
+// every time the parameter is bound (seen as the costliest select of the issuance profile).
+const ACTIVE_IN_SLOT = compiled((db: Kysely<Database>, p: { cardId: string; slot: string }) =>
+  db.selectFrom("key_pairs").selectAll().where("card_id", "=", p.cardId).where("slot", "=", p.slot).where("status", "=", sql.lit("active")).orderBy("created_at").orderBy("id"),
+);
 
 export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
   protected override bind(trx: Transaction<Database>): KeyPairRepository {
@@ -44,13 +75,20 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
     if (cert) checkValidity("certificate", cert.notBefore, cert.notAfter);
     return this.transaction(async (s) => {
       await insertOrConflict(
-        s.db.insertInto("key_pairs").values(kpRow).execute(),
+        INSERT_KEY_PAIR.execute(s.db, kpRow),
         kpRow.slot !== null && kpRow.status === "active"
           ? `key pair ${kpRow.id} exists, user/card unknown, or slot ${kpRow.slot} of card ${kpRow.card_id} holds an active key pair already`
           : `key pair ${kpRow.id} exists, or user/card unknown`,
       );
       let wrapped: WrappedKey[] = [];
-      if (input.wrapped.length > 0) {
+      if (input.wrapped.length === 1) {
+        const [w] = input.wrapped;
+        const r = await insertOrConflict(
+          INSERT_WRAPPED_KEY.execute(s.db, { key_pair_id: kpRow.id, key_set_id: w.keySetId, wrapped: w.wrapped, created_at: now }),
+          `wrapped keys of ${kpRow.id}: unknown key set, or the same key set twice`,
+        );
+        wrapped = [{ id: r.rows[0].id, keyPairId: kpRow.id, keySetId: w.keySetId, wrapped: Buffer.from(w.wrapped), createdAt: now }];
+      } else if (input.wrapped.length > 0) {
         const rows = await insertOrConflict(
           s.db
             .insertInto("wrapped_keys")
@@ -64,7 +102,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
       let certificate: Certificate | null = null;
       if (cert) {
         const row = certRow(cert, kpRow.id, now);
-        await insertOrConflict(s.db.insertInto("certificates").values(row).execute(), `certificate serial ${cert.serial} exists`);
+        await insertOrConflict(INSERT_CERTIFICATE.execute(s.db, row), `certificate serial ${cert.serial} exists`);
         certificate = toCertificate(row);
       }
       return { keyPair: toKeyPair(kpRow), wrapped, certificate };
@@ -87,6 +125,9 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
   }
 
   async listKeyPairs(filter: { cardId?: string; userId?: string; status?: KeyPairStatus; slot?: string }): Promise<KeyPair[]> {
+    if (filter.cardId !== undefined && filter.slot !== undefined && filter.status === "active" && filter.userId === undefined) {
+      return (await ACTIVE_IN_SLOT.execute(this.db, { cardId: filter.cardId, slot: filter.slot })).rows.map(toKeyPair);
+    }
     let q = this.db.selectFrom("key_pairs").selectAll();
     if (filter.cardId !== undefined) q = q.where("card_id", "=", filter.cardId);
     if (filter.slot !== undefined) q = q.where("slot", "=", filter.slot);
@@ -108,10 +149,13 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
   /**
    * A credential request's claim on (card, slot), held from before its key is certified until the transaction that
    * records it (rotation-repository.ts): true when this claim holds it now — it was free, or its holder's lease ran
-   * out (a stalled or crashed server) — false while another request holds it.
+   * out (a stalled or crashed server) — false while another request holds it. Outside a transaction the claim goes
+   * through group commit (group.ts): it has committed, and so holds against other requests and servers, when this
+   * resolves, but shares its commit with the other requests of the same event-loop turn instead of making its own.
    */
   async claimCredentialSlot(cardId: string, slot: string, claimId: string, leaseMs: number): Promise<boolean> {
-    return new RotationRepository(this.db).claimSlot(cardId, slot, claimId, this.now(), leaseMs);
+    const now = this.now();
+    return groupCommit(this.db, (trx) => new RotationRepository(trx).claimSlot(cardId, slot, claimId, now, leaseMs));
   }
 
   /** Gives a claim up (in the recording transaction, or after a failure); false when `claimId` no longer holds it. */

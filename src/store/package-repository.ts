@@ -5,11 +5,27 @@
 //
 // Never: opens a package. Its body is what the issuer built for the card.
 
-import type { Selectable, Transaction } from "kysely";
+import type { Kysely, Selectable, Transaction } from "kysely";
+import { compiled } from "./compiled.ts";
 import type { Database, PackageStatus } from "./db.ts";
 import { buf, StoreError, StoreRepository } from "./repository.ts";
 import { RotationRepository } from "./rotation-repository.ts";
 import type { DeliveryPackage } from "../issuer/records.ts";
+
+// The two statements of a package's creation, compiled once (compiled.ts): the issuance hot path.
+const NEXT_SEQ = compiled((db: Kysely<Database>, p: { cardId: string }) =>
+  db
+    .updateTable("cards")
+    .set((eb) => ({ last_package_seq: eb("last_package_seq", "+", 1) }))
+    .where("id", "=", p.cardId)
+    .returning("last_package_seq"),
+);
+const INSERT_PACKAGE = compiled((db: Kysely<Database>, p: Omit<Selectable<Database["packages"]>, "id">) =>
+  db
+    .insertInto("packages")
+    .values({ card_id: p.card_id, seq: p.seq, body: p.body, status: p.status, created_at: p.created_at, fetched_at: p.fetched_at, acknowledged_at: p.acknowledged_at })
+    .returning("id"),
+);
 
 export class PackageRepository extends StoreRepository<PackageRepository> {
   protected override bind(trx: Transaction<Database>): PackageRepository {
@@ -21,12 +37,7 @@ export class PackageRepository extends StoreRepository<PackageRepository> {
    * card row (PostgreSQL row lock; SQLite's single writer), so concurrent callers never get the same number.
    */
   async allocatePackageSeq(cardId: string): Promise<number> {
-    const r = await this.db
-      .updateTable("cards")
-      .set((eb) => ({ last_package_seq: eb("last_package_seq", "+", 1) }))
-      .where("id", "=", cardId)
-      .returning("last_package_seq")
-      .executeTakeFirst();
+    const r = (await NEXT_SEQ.execute(this.db, { cardId })).rows[0];
     if (!r) throw new StoreError("not_found", `card ${cardId} not found`);
     return Number(r.last_package_seq);
   }
@@ -37,7 +48,8 @@ export class PackageRepository extends StoreRepository<PackageRepository> {
       const seq = await s.allocatePackageSeq(cardId);
       const bytes = typeof body === "function" ? await body(seq) : body;
       const row = { card_id: cardId, seq, body: bytes, status: "pending" as PackageStatus, created_at: s.now(), fetched_at: null, acknowledged_at: null };
-      const r = await s.db.insertInto("packages").values(row).returning("id").executeTakeFirstOrThrow();
+      const r = (await INSERT_PACKAGE.execute(s.db, row)).rows[0];
+      if (!r) throw new StoreError("conflict", `card ${cardId}: package ${seq} was not stored`);
       return toPackage({ ...row, id: r.id });
     });
   }

@@ -12,6 +12,7 @@
 // What it must never do: decide (the domain does: src/issuer/rotation.ts, rotation-approvals.ts), or hold a key.
 
 import type { Kysely, Selectable, Transaction } from "kysely";
+import { compiled } from "./compiled.ts";
 import type { Database, Db } from "./db.ts";
 import { OWED_ITEM_STATES, type RotationApproval, type RotationItem, type RotationItemKind, type RotationItemPath, type RotationItemState } from "../issuer/rotation-records.ts";
 import type { RotationRecords } from "../issuer/ports.ts";
@@ -59,6 +60,19 @@ const toItem = (r: Selectable<RotationItemsTable>): RotationItem => ({
   packageSeq: r.package_seq === null ? null : Number(r.package_seq),
   updatedAt: Number(r.updated_at),
 });
+
+// A credential request's claim and its release: compiled once (compiled.ts), both are on the issuance hot path.
+type ClaimTables = Kysely<Database & RotationTables>;
+const CLAIM_SLOT = compiled((db: ClaimTables, p: { cardId: string; slot: string; claimId: string; now: number; staleBefore: number }) =>
+  db
+    .insertInto("credential_slot_claims")
+    .values({ card_id: p.cardId, slot: p.slot, claim_id: p.claimId, claimed_at: p.now })
+    .onConflict((oc) => oc.columns(["card_id", "slot"]).doUpdateSet({ claim_id: p.claimId, claimed_at: p.now }).where("credential_slot_claims.claimed_at", "<", p.staleBefore))
+    .returning("claim_id"),
+);
+const RELEASE_SLOT = compiled((db: ClaimTables, p: { cardId: string; slot: string; claimId: string }) =>
+  db.deleteFrom("credential_slot_claims").where("card_id", "=", p.cardId).where("slot", "=", p.slot).where("claim_id", "=", p.claimId),
+);
 
 export class RotationRepository implements RotationRecords {
   private readonly db: Kysely<Database & RotationTables>;
@@ -207,23 +221,13 @@ export class RotationRepository implements RotationRecords {
    * servers never both get it.
    */
   async claimSlot(cardId: string, slot: string, claimId: string, now: number, leaseMs: number): Promise<boolean> {
-    const r = await this.db
-      .insertInto("credential_slot_claims")
-      .values({ card_id: cardId, slot, claim_id: claimId, claimed_at: now })
-      .onConflict((oc) =>
-        oc
-          .columns(["card_id", "slot"])
-          .doUpdateSet({ claim_id: claimId, claimed_at: now })
-          .where("credential_slot_claims.claimed_at", "<", now - leaseMs),
-      )
-      .returning("claim_id")
-      .executeTakeFirst();
-    return r?.claim_id === claimId;
+    const r = await CLAIM_SLOT.execute(this.db, { cardId, slot, claimId, now, staleBefore: now - leaseMs });
+    return r.rows[0]?.claim_id === claimId;
   }
 
   /** Gives the claim up; false when `claimId` no longer holds it (it was taken over after its lease). */
   async releaseSlot(cardId: string, slot: string, claimId: string): Promise<boolean> {
-    const r = await this.db.deleteFrom("credential_slot_claims").where("card_id", "=", cardId).where("slot", "=", slot).where("claim_id", "=", claimId).executeTakeFirst();
-    return Number(r.numDeletedRows) === 1;
+    const r = await RELEASE_SLOT.execute(this.db, { cardId, slot, claimId });
+    return Number(r.numAffectedRows) === 1;
   }
 }
