@@ -436,9 +436,12 @@ export class CardRotation {
         });
       } catch (e) {
         if (!(e instanceof IssuerError && e.code === "conflict")) throw e;
+        // The slot's key pair first, then the item: a concurrent call of this rotation records both in one
+        // transaction, so a key pair seen here whose item still reads pending afterwards was not the rotation's.
+        // (Read the other way round, its commit could fall between the reads and look like an outside issuance.)
+        const other = (await this.store.listKeyPairs({ cardId: newCardId, status: "active", slot: item.slot }))[0];
         const now = (await this.store.rotationRecords.items(r.id)).find((i) => i.slot === item.slot);
         if (now?.state !== "pending") continue; // another call packaged it
-        const other = (await this.store.listKeyPairs({ cardId: newCardId, status: "active", slot: item.slot }))[0];
         if (other)
           throw new IssuerError(
             "conflict",
