@@ -5,8 +5,10 @@
 // The card's keys are reached either in clear (a ScpKeySet: tests, the demo, a software issuer) or through key
 // custody (KeyCustody + KeySetRef): then the static keys never leave custody — session keys and cryptograms
 // come from custody.scp03Session, PUT KEY data from custody.putKeyData, Sk[PRk] from custody.wrapPrivateKey.
+// The commands that need neither (online delivery's) are built in protocol/card-scripts.ts.
 
-import { PIV_AID, PIV_INS } from "../protocol/piv/client.ts";
+import { PIV_AID } from "../protocol/piv/client.ts";
+import { deliveryCommands, type OnlineCredential } from "../protocol/card-scripts.ts";
 import type { Transmit } from "../protocol/apdu-client.ts";
 import { ApduError } from "../protocol/apdu-client.ts";
 import { checkPutKeyResponse, putKeyCommand, Scp03Error } from "../protocol/scp03/host.ts";
@@ -14,11 +16,10 @@ import type { ApduCommand } from "../protocol/apdu.ts";
 import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
 import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
+export type { OnlineCredential } from "../protocol/card-scripts.ts";
 import { ISD_AID } from "../protocol/scp03/sm.ts";
 import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "../card/isd.ts";
-import { ALG_ID, CERT_OBJECT, pivCertObject } from "../protocol/package.ts";
-import type { KeyAlg, ScpKeySet } from "../card/state.ts";
-import { concat, tlv } from "../protocol/tlv.ts";
+import type { ScpKeySet } from "../card/state.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 
@@ -124,34 +125,12 @@ export async function personaliseFromTransport(
   return { transport, keySet };
 }
 
-export interface OnlineCredential {
-  keyRef: number;
-  alg: KeyAlg;
-  /** Sk[PRk] as package.ts wrapForCard / KeyCustody.wrapPrivateKey make it (with its KVN byte in front). */
-  skPrk?: Uint8Array;
-  /** A PKCS#8 in clear; it crosses the terminal only inside C-DECRYPTION. Prefer skPrk. */
-  pkcs8?: Uint8Array;
-  cert?: Uint8Array;
-}
-
 /**
  * Online delivery (seed 000 ST22-ST25, the SCP03 path as Dogtag TPS does it): an SCP03 session with the card key
- * Sk on the PIV applet, IMPORT KEY and the certificate object written under it.
+ * Sk on the PIV applet, IMPORT KEY and the certificate object written under it (the commands: protocol/card-scripts.ts).
  */
 export function deliveryScript(keys: CardKeys, c: OnlineCredential): CardScript {
-  const commands: ApduCommand[] = [];
-  const what: string[] = [];
-  if (c.skPrk || c.pkcs8) {
-    const key = c.skPrk ? tlv(0x83, c.skPrk) : tlv(0x81, c.pkcs8!);
-    commands.push({ cla: 0x80, ins: PIV_INS.IMPORT_KEY, p1: 0, p2: c.keyRef, data: concat(tlv(0x80, Uint8Array.of(ALG_ID[c.alg])), key) });
-    what.push("IMPORT KEY");
-  }
-  if (c.cert) {
-    const tag = CERT_OBJECT[c.keyRef.toString(16)];
-    if (!tag) throw new RangeError(`no certificate object for key reference ${c.keyRef.toString(16)}`);
-    commands.push({ cla: 0x00, ins: 0xdb, p1: 0x3f, p2: 0xff, data: concat(tlv(0x5c, Buffer.from(tag, "hex")), pivCertObject(c.cert)) });
-    what.push("PUT DATA certificate");
-  }
+  const { commands, what } = deliveryCommands(c);
   return { keys, aid: PIV_AID, commands, check: expectOk(what) };
 }
 

@@ -1,11 +1,15 @@
 // The API's principals: operators (people and tools) and the bearer tokens they act with. Roles say what a token may
 // do (server/auth.ts admits or refuses a route by them); only a SHA-256 of each token is stored and the token is
 // shown once, when it is made. Creating and disabling an operator is audited in the transaction that records it.
+// Arbitrator tokens (key reproduction, claim 35 (a)) are operators too: role arbitrator, named
+// "arbitrator:<arbitratorId>:<tokenId>" (arbitratorTokenName), which binds each to one arbitrator; issued, refused and
+// revoked here with their "recovery.arbitrator.token.*" audit entries (the routes: server/recovery-routes/).
 //
 // Never: a token or its hash in the audit log, an error or a log line; a token of role "terminal" here (those come
 // from a card's proof, terminal-routes.ts).
 
 import { createHash, randomBytes } from "node:crypto";
+import { DomainError } from "../util/errors.ts";
 import type { AuditLog } from "./ports.ts";
 
 export type Role = "admin" | "operator" | "auditor" | "terminal" | "arbitrator" | "issuer";
@@ -40,6 +44,8 @@ export interface OperatorStore extends AuditLog {
   getOperatorByName(name: string): Promise<Operator | undefined>;
   getOperatorByTokenHash(tokenHash: string): Promise<Operator | undefined>;
   disableOperator(id: string): Promise<void>;
+  /** The enabled operators whose names start with `prefix` (exactly: no wildcards). */
+  enabledOperatorsNamed(prefix: string): Promise<Operator[]>;
 }
 
 export function hashToken(token: string): string {
@@ -89,5 +95,73 @@ export async function disableOperatorToken(store: OperatorStore, name: string, a
     await s.disableOperator(op.id);
     await s.audit({ actor, action: "operator.disabled", subject: op.id, details: { operatorId: op.id, name }, at: s.now() });
     return true;
+  });
+}
+
+// ---- arbitrator tokens ---------------------------------------------------------------------------------------
+
+/** The operators-table name of an arbitrator token: binds it to one arbitrator. */
+export const arbitratorTokenName = (arbitratorId: string, tokenId: string) => `arbitrator:${arbitratorId}:${tokenId}`;
+/** An arbitrator token's name: [1] the arbitrator, [2] the token id. */
+export const ARBITRATOR_TOKEN_NAME = /^arbitrator:(.+):([0-9a-f]{16})$/;
+
+/** A deregistered arbitrator gets no token (conflict, check arbitrator_disabled; answered as the recovery service's conflicts are). */
+export class ArbitratorTokenRefusal extends DomainError {
+  constructor(arbitratorId: string) {
+    super("conflict", "arbitrator_disabled", `arbitrator ${arbitratorId} is deregistered: it gets no token`);
+    this.name = "ArbitratorTokenRefusal";
+  }
+
+  override problem() {
+    return { type: "recovery-conflict", title: "Conflict: arbitrator_disabled" };
+  }
+}
+
+/**
+ * Issues an API token bound to `arbitrator` (role arbitrator; as the recovery service reads it now): only its hash is
+ * stored, the token is returned once. Audited "recovery.arbitrator.token.issue" {tokenId} in the transaction that
+ * records it; for a deregistered arbitrator, refused (ArbitratorTokenRefusal) and audited
+ * "recovery.arbitrator.token.refuse" {check: "arbitrator_disabled"}.
+ */
+export async function issueArbitratorToken(store: OperatorStore, arbitrator: { id: string; status: string }, actor: string): Promise<{ arbitrator: string; tokenId: string; token: string }> {
+  const id = arbitrator.id;
+  if (arbitrator.status !== "active") {
+    await store.audit({ actor, action: "recovery.arbitrator.token.refuse", subject: id, details: { check: "arbitrator_disabled" } });
+    throw new ArbitratorTokenRefusal(id);
+  }
+  const tokenId = randomBytes(8).toString("hex");
+  const { token, hash } = newToken();
+  await store.transaction(async (s) => {
+    await s.createOperator({ name: arbitratorTokenName(id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
+    await s.audit({ actor, action: "recovery.arbitrator.token.issue", subject: id, details: { tokenId } });
+  });
+  return { arbitrator: id, tokenId, token };
+}
+
+/** Revokes the enabled token `tokenId` of arbitrator `arbitratorId`, audited ("recovery.arbitrator.token.revoke" {tokenId}); a DomainError not_found when there is none. */
+export async function revokeArbitratorToken(store: OperatorStore, arbitratorId: string, tokenId: string, actor: string): Promise<void> {
+  await store.transaction(async (s) => {
+    const op = await s.getOperatorByName(arbitratorTokenName(arbitratorId, tokenId));
+    if (!op) throw new DomainError("not_found", "not_found", `no active token ${tokenId} of arbitrator ${arbitratorId}`);
+    await s.disableOperator(op.id);
+    await s.audit({ actor, action: "recovery.arbitrator.token.revoke", subject: arbitratorId, details: { tokenId } });
+  });
+}
+
+/**
+ * Revokes every enabled token of arbitrator `arbitratorId` (it was deregistered), audited once
+ * ("recovery.arbitrator.token.revoke" {tokenIds, reason}) when there was any; answers the token ids revoked.
+ */
+export async function revokeArbitratorTokens(store: OperatorStore, arbitratorId: string, reason: string, actor: string): Promise<string[]> {
+  return store.transaction(async (s) => {
+    const revoked: string[] = [];
+    for (const t of await s.enabledOperatorsNamed(arbitratorTokenName(arbitratorId, ""))) {
+      const m = ARBITRATOR_TOKEN_NAME.exec(t.name);
+      if (!m || m[1] !== arbitratorId) continue;
+      await s.disableOperator(t.id);
+      revoked.push(m[2]);
+    }
+    if (revoked.length) await s.audit({ actor, action: "recovery.arbitrator.token.revoke", subject: arbitratorId, details: { tokenIds: revoked, reason } });
+    return revoked;
   });
 }

@@ -304,6 +304,20 @@ export class CardRotation {
   }
 
   /**
+   * The bulk re-wrap as a job of `actor` (the API's background re-wrap), from rotation `from` as last read: audited
+   * "rotation.rewrap-started" (its cursor, done, total) before the first page and, when it ran to its end — not
+   * stopped by the signal — "rotation.rewrapped" (done, total, cursor as committed). Answers the rotation as last
+   * committed and whether the signal stopped it.
+   */
+  async rewrapJob(from: Rotation, actor: string, opts: { pageSize?: number; onProgress?: (p: RewrapProgress) => void; signal?: AbortSignal } = {}): Promise<{ rotation: Rotation; stopped: boolean }> {
+    await this.store.audit({ actor, action: "rotation.rewrap-started", subject: from.id, details: { cursor: from.cursor, done: from.done, total: from.total } });
+    const end = await this.rewrap(from.id, opts);
+    if (opts.signal?.aborted) return { rotation: end, stopped: true };
+    await this.store.audit({ actor, action: "rotation.rewrapped", subject: from.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
+    return { rotation: end, stopped: false };
+  }
+
+  /**
    * Redistribution (issue 15 §1, §4): embodiment 3 sends every pair of the old card as {Sk2[PRk], Ct} (para 0068);
    * 4 and 5 send only the added pairs, generated under Sk2 (ST16-ST21, para 0085-0087), the old ones leaving the old
    * card through the terminal. In three steps, each safe to run concurrently and to resume:

@@ -143,3 +143,21 @@ export async function arbitrator(ctx: ServiceContext, id: string): Promise<Arbit
   const a = await ctx.repo.arbitrator(id);
   return a && (await arbitratorViews([a], ctx.repo))[0];
 }
+
+/**
+ * Whether a token bound to arbitrator `id` may act now: only while the arbitrator is registered and not deregistered,
+ * read on every call (never from a cache). A refusal is audited ("recovery.arbitrator.access.refuse", check
+ * arbitrator_disabled, with the method and route attempted) and answered with its reason; undefined: admitted.
+ */
+export async function arbitratorAccessRefusal(ctx: ServiceContext, id: string, attempt: { method: string; route: string }): Promise<string | undefined> {
+  const a = await ctx.repo.arbitrator(id);
+  if (a && a.disabledAt === undefined) return undefined;
+  await ctx.store.audit({
+    actor: id,
+    action: "recovery.arbitrator.access.refuse",
+    subject: id,
+    details: { check: "arbitrator_disabled", method: attempt.method, route: attempt.route },
+    at: ctx.at(),
+  });
+  return a ? `arbitrator ${id} is deregistered: its tokens no longer work` : `arbitrator ${id} is not registered`;
+}

@@ -183,6 +183,14 @@ export class RecoveryService {
     return arbitrators.arbitrator(this.ctx, id);
   }
 
+  /**
+   * Whether a token bound to arbitrator `id` may act now (only while it is registered and active, read on every
+   * call); a refusal is audited (check arbitrator_disabled, the method and route attempted) and its reason answered.
+   */
+  async arbitratorAccessRefusal(id: string, attempt: { method: string; route: string }): Promise<string | undefined> {
+    return arbitrators.arbitratorAccessRefusal(this.ctx, id, attempt);
+  }
+
   /** Rotates an arbitrator's keys by a KeyRotation signed with its current signing key; refusals named and audited. */
   async rotateArbitratorKeys(id: string, rotation: KeyRotation, actor: string): Promise<ArbitratorView> {
     return keyRotation.rotateArbitratorKeys(this.ctx, id, rotation, actor);

@@ -68,7 +68,6 @@
 import type { FastifyPluginAsync } from "fastify";
 import type { Issuer } from "../issuer/issuer.ts";
 import type { RecoveryService } from "../recovery/service.ts";
-import { appendAudit } from "../store/audit.ts";
 import type { Store } from "../store/store.ts";
 import { ApiProblem } from "./problem.ts";
 import type { TtlMapOptions } from "./relay-sessions.ts";
@@ -91,7 +90,6 @@ export interface RecoveryRoutesOptions {
 
 export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (app, o) => {
   const { recovery, issuer } = o;
-  const store = issuer.store;
 
   // A token bound to an arbitrator works only while the arbitrator is registered: its status is read on every
   // request (not from the token cache), so a deregistered arbitrator reads and posts nothing with any token it holds.
@@ -99,16 +97,9 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
     const p = req.principal;
     const bound = p && !p.roles.includes("admin") ? boundArbitrator(p) : undefined;
     if (bound === undefined) return;
-    const a = await recovery.arbitrator(bound);
-    if (a?.status === "active") return;
-    const detail = a ? `arbitrator ${bound} is deregistered: its tokens no longer work` : `arbitrator ${bound} is not registered`;
-    await appendAudit(store.db, {
-      actor: bound,
-      action: "recovery.arbitrator.access.refuse",
-      subject: bound,
-      details: { check: "arbitrator_disabled", method: req.method, route: req.routeOptions.url ?? "" },
-    });
-    throw new ApiProblem(403, "forbidden", "Forbidden: arbitrator_disabled", detail, { check: "arbitrator_disabled" });
+    const refusal = await recovery.arbitratorAccessRefusal(bound, { method: req.method, route: req.routeOptions.url ?? "" });
+    if (refusal === undefined) return;
+    throw new ApiProblem(403, "forbidden", "Forbidden: arbitrator_disabled", refusal, { check: "arbitrator_disabled" });
   });
 
   // The OpenAPI document lists the routes in this order. Options are named one by one: `o` carries this plugin's

@@ -23,8 +23,8 @@
 //        A new card not yet personalised: 409, nothing distributed, the old card as it was.      [operator]
 //
 // Audit: the domain appends rotation.proposed / approval / approved / cancelled / started / redistributed /
-// distributed / completed and card.issued / personalised; the re-wrap itself does not, so this file appends
-// rotation.rewrap-started and rotation.rewrapped.
+// distributed / completed and card.issued / personalised, and around the background re-wrap (CardRotation.rewrapJob)
+// rotation.rewrap-started and rotation.rewrapped; this file appends nothing.
 //
 // Never in a response: a key value, a custody reference, Sk[PRk] or a package body (the terminal fetches those
 // through its own, card-bound routes).
@@ -327,16 +327,14 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     jobs.set(r.id, job);
     job.promise = (async () => {
       try {
-        await store.audit({ actor, action: "rotation.rewrap-started", subject: r.id, details: { cursor: r.cursor, done: r.done, total: r.total } });
         const onProgress = (p: RewrapProgress) => (job.keysPerSecond = p.keysPerSecond);
-        const end = await rotations.rewrap(r.id, { pageSize: o.rewrapPageSize, onProgress, signal: abort.signal });
-        if (abort.signal.aborted) {
+        const { stopped } = await rotations.rewrapJob(r, actor, { pageSize: o.rewrapPageSize, onProgress, signal: abort.signal });
+        if (stopped) {
           job.state = "failed";
           job.error = "stopped (server shutting down); POST again to resume";
           return;
         }
         job.state = "done";
-        await store.audit({ actor, action: "rotation.rewrapped", subject: r.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
       } catch (e) {
         job.state = "failed";
         job.error = e instanceof Error ? e.message : String(e);

@@ -4,7 +4,7 @@
 //
 // Never: a password or a token, only their hashes (the caller hashes).
 
-import type { Selectable, Transaction } from "kysely";
+import { sql, type Selectable, type Transaction } from "kysely";
 import type { Database } from "./db.ts";
 import { newId } from "./ids.ts";
 import type { Operator } from "../issuer/operators.ts";
@@ -41,6 +41,17 @@ export class OperatorRepository extends StoreRepository<OperatorRepository> {
   async getOperatorByTokenHash(tokenHash: string): Promise<Operator | undefined> {
     const row = await this.db.selectFrom("operators").selectAll().where("token_hash", "=", tokenHash).where("disabled_at", "is", null).executeTakeFirst();
     return row && toOperator(row);
+  }
+
+  /** The enabled operators whose names start with `prefix`, compared exactly (no LIKE: `_` and `%` are plain characters in a name). */
+  async enabledOperatorsNamed(prefix: string): Promise<Operator[]> {
+    const rows = await this.db
+      .selectFrom("operators")
+      .selectAll()
+      .where("disabled_at", "is", null)
+      .where(sql<string>`substr(name, 1, ${sql.lit(prefix.length)})`, "=", prefix)
+      .execute();
+    return rows.map(toOperator);
   }
 
   async disableOperator(id: string): Promise<void> {

@@ -542,6 +542,10 @@ export class Store implements IssuerStore, AuditCheckpointStore {
     return this.#operators.disableOperator(id);
   }
 
+  enabledOperatorsNamed(prefix: string): Promise<Operator[]> {
+    return this.#operators.enabledOperatorsNamed(prefix);
+  }
+
   // ---- the repositories ----------------------------------------------------------------------------------------
 
   get #users(): UserRepository {

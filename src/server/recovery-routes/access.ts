@@ -1,20 +1,19 @@
 // Who may act on the recovery routes: the arbitrator tokens (an operators-table row named
-// "arbitrator:<id>:<tokenId>", role arbitrator, bound to one arbitrator; recovery-routes.ts explains how an
-// arbitrator authenticates) and the check that admits staff roles or a token bound to the right arbitrator.
+// "arbitrator:<id>:<tokenId>", role arbitrator, bound to one arbitrator: issued and revoked by src/issuer/operators.ts;
+// recovery-routes.ts explains how an arbitrator authenticates) and the check that admits staff roles or a token bound to the right arbitrator.
 
 import type { FastifyRequest } from "fastify";
+import { ARBITRATOR_TOKEN_NAME } from "../../issuer/operators.ts";
 import type { Principal } from "../auth.ts";
 import { principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
 
-/** The operators-table name of an arbitrator token: binds it to one arbitrator. */
-export const arbitratorTokenName = (arbitratorId: string, tokenId: string) => `arbitrator:${arbitratorId}:${tokenId}`;
-export const TOKEN_NAME = /^arbitrator:(.+):([0-9a-f]{16})$/;
+export { arbitratorTokenName } from "../../issuer/operators.ts";
 
 /** The arbitrator a principal's token is bound to, if it is an arbitrator token. */
 export function boundArbitrator(p: Principal): string | undefined {
   if (!p.roles.includes("arbitrator")) return undefined;
-  return TOKEN_NAME.exec(p.name)?.[1];
+  return ARBITRATOR_TOKEN_NAME.exec(p.name)?.[1];
 }
 
 const forbidden = (detail: string) => new ApiProblem(403, "forbidden", "Forbidden", detail);

@@ -2,10 +2,11 @@
 // arbitrator with its two public keys, read it and the list, issue and revoke the API tokens bound to it, relay its
 // signed key rotations, deregister it (its tokens go with it) and list the cards whose policies name it.
 
-import { createPublicKey, randomBytes, type KeyObject } from "node:crypto";
+import { createPublicKey, type KeyObject } from "node:crypto";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "typebox";
 import type { Issuer } from "../../issuer/issuer.ts";
+import { issueArbitratorToken, revokeArbitratorToken, revokeArbitratorTokens } from "../../issuer/operators.ts";
 import type { ArbitratorView, RecoveryService } from "../../recovery/service.ts";
 import {
   ArbitratorId,
@@ -19,12 +20,10 @@ import {
   RevokedTokenJson,
 } from "../../recovery/wire.ts";
 import { Closed, Cursor, Str } from "../../util/wire.ts";
-import { appendAudit } from "../../store/audit.ts";
 import type { Store } from "../../store/store.ts";
-import { newToken } from "../auth.ts";
 import { EMPTY_BODY, principalOf } from "../issuer-routes.ts";
 import { ApiProblem } from "../problem.ts";
-import { admit, arbitratorTokenName, TOKEN_NAME } from "./access.ts";
+import { admit } from "./access.ts";
 import { b64, NO_QUERY, nextOf, PAGE, pageOf, problems } from "./schemas.ts";
 
 export interface ArbitratorRoutesOptions {
@@ -171,16 +170,8 @@ export const arbitratorRoutes: FastifyPluginAsyncTypebox<ArbitratorRoutesOptions
       },
     },
     async (req, reply) => {
-      const a = await mustArbitrator(req.params.id);
-      if (a.status !== "active") {
-        await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.refuse", subject: a.id, details: { check: "arbitrator_disabled" } });
-        throw new ApiProblem(409, "recovery-conflict", "Conflict: arbitrator_disabled", `arbitrator ${a.id} is deregistered: it gets no token`, { check: "arbitrator_disabled" });
-      }
-      const tokenId = randomBytes(8).toString("hex");
-      const { token, hash } = newToken();
-      await store.createOperator({ name: arbitratorTokenName(a.id, tokenId), tokenHash: hash, roles: ["arbitrator"] });
-      await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.issue", subject: a.id, details: { tokenId } });
-      return reply.code(201).send({ arbitrator: a.id, tokenId, token });
+      const issued = await issueArbitratorToken(store, await mustArbitrator(req.params.id), principalOf(req).name);
+      return reply.code(201).send(issued);
     },
   );
 
@@ -199,10 +190,7 @@ export const arbitratorRoutes: FastifyPluginAsyncTypebox<ArbitratorRoutesOptions
     },
     async (req) => {
       const { id, tokenId } = req.params;
-      const op = await store.getOperatorByName(arbitratorTokenName(id, tokenId));
-      if (!op) throw new ApiProblem(404, "not-found", "Not found", `no active token ${tokenId} of arbitrator ${id}`, { check: "not_found" });
-      await store.disableOperator(op.id);
-      await appendAudit(store.db, { actor: principalOf(req).name, action: "recovery.arbitrator.token.revoke", subject: id, details: { tokenId } });
+      await revokeArbitratorToken(store, id, tokenId, principalOf(req).name);
       return { arbitrator: id, tokenId, revoked: true };
     },
   );
@@ -247,15 +235,7 @@ export const arbitratorRoutes: FastifyPluginAsyncTypebox<ArbitratorRoutesOptions
       const actor = principalOf(req).name;
       const r = await recovery.deregisterArbitrator(req.params.id, { reason: req.body.reason, force: req.body.force === true }, actor);
       // its tokens go with it (the service refuses its signatures anyway)
-      const tokens = await store.db.selectFrom("operators").select(["id", "name"]).where("disabled_at", "is", null).where("name", "like", "arbitrator:%").execute();
-      const revoked: string[] = [];
-      for (const t of tokens) {
-        const m = TOKEN_NAME.exec(t.name);
-        if (!m || m[1] !== r.arbitrator.id) continue;
-        await store.disableOperator(t.id);
-        revoked.push(m[2]);
-      }
-      if (revoked.length) await appendAudit(store.db, { actor, action: "recovery.arbitrator.token.revoke", subject: r.arbitrator.id, details: { tokenIds: revoked, reason: "deregistered" } });
+      const revoked = await revokeArbitratorTokens(store, r.arbitrator.id, "deregistered", actor);
       return { arbitrator: arbitratorOut(r.arbitrator), endedRequests: r.endedRequests, strandedCards: r.strandedCards, strandedCount: r.strandedCount, tokensRevoked: revoked };
     },
   );
