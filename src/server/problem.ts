@@ -1,7 +1,7 @@
 // One error shape for the whole API: RFC 9457 problem details (application/problem+json).
 // Domain roles throw DomainErrors (src/util/errors.ts) and this file is their one mapper (issue 10 §4): the kind
 // alone decides the status through KIND_PROBLEMS (invalid 400, not_found 404, conflict 409, refused 422,
-// unavailable 503); the type and title are the kind's unless the error names its own (DomainError.problem()); the
+// unavailable 503, unauthenticated 401); the type and title are the kind's unless the error names its own (DomainError.problem()); the
 // check and the error's non-secret details become extension members (each route's response schema says which of
 // them it shows). Routes throw ApiProblem for what is theirs (authentication, a path that names nothing); Fastify's
 // own errors (validation, JSON syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500
@@ -49,6 +49,7 @@ export const KIND_PROBLEMS: Readonly<Record<ErrorKind, { status: number; type: s
   conflict: { status: 409, type: "conflict", title: "Conflict" },
   refused: { status: 422, type: "refused", title: "Refused" },
   unavailable: { status: 503, type: "unavailable", title: "Unavailable" },
+  unauthenticated: { status: 401, type: "unauthenticated", title: "Authentication required" },
 };
 
 /** A problem type as sent: an absolute URI as it is, a slug under PROBLEM_TYPE_BASE. */
