@@ -26,7 +26,7 @@ import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
 import { ISD_AID } from "../protocol/scp03/sm.ts";
 import { checkStateCounterReport, STATE_COUNTER_COMMAND, StateCounterError } from "../protocol/state-counter.ts";
 import { inCustody, LEVEL_FULL } from "./card-keys.ts";
-import { CardLoginError, IssuerError } from "./errors.ts";
+import { CardLoginError } from "./errors.ts";
 import type { Issuer } from "./issuer.ts";
 import type { CardStateCounter, StateCounterRecords } from "./ports.ts";
 
@@ -188,7 +188,7 @@ export class CardLogin {
   async clearRollback(cardId: string, o: { actor: string; reason: string }): Promise<CardStateCounter> {
     const card = await this.#issuer.card(cardId);
     const cleared = await this.#counters.clear(card.id, o);
-    if (!cleared) throw new IssuerError("conflict", `card ${card.id} is not flagged for a rollback`);
+    if (!cleared) throw new CardLoginError("not_flagged", `card ${card.id} is not flagged for a rollback`);
     return cleared;
   }
 

@@ -41,22 +41,27 @@ export class CardStateError extends IssuerError {
   }
 }
 
-export type CardLoginCheck = "not_found" | "relay_failed" | "card_not_proven" | "key_set_changed" | "login_crossed" | "card_rollback";
+export type CardLoginCheck = "not_found" | "relay_failed" | "card_not_proven" | "key_set_changed" | "login_crossed" | "card_rollback" | "not_flagged";
 
-/** Each login refusal's kind and, where its answer has its own, problem type and title (card-login.ts). */
-const CARD_LOGIN_PROBLEMS: Readonly<Record<CardLoginCheck, [kind: "not_found" | "refused" | "unauthenticated" | "conflict", type?: string, title?: string]>> = {
-  not_found: ["not_found", "not-found"],
+/**
+ * Each login refusal's kind, problem type and title. Only card_rollback's answer shows its check: the others are
+ * answered as they were before the one error model (no check member).
+ */
+const CARD_LOGIN_PROBLEMS: Readonly<Record<CardLoginCheck, [kind: "not_found" | "refused" | "unauthenticated" | "conflict", type: string, title: string]>> = {
+  not_found: ["not_found", "not-found", "Not found"],
   relay_failed: ["refused", "relay-failed", "The relayed card session failed"],
   card_not_proven: ["unauthenticated", "card-not-proven", "The card did not prove itself"],
-  key_set_changed: ["conflict"],
-  login_crossed: ["conflict"],
+  key_set_changed: ["conflict", "conflict", "Conflict"],
+  login_crossed: ["conflict", "conflict", "Conflict"],
   card_rollback: ["conflict", "card-rollback", "The card went back to an older state"],
+  not_flagged: ["conflict", "conflict", "Conflict"],
 };
 
 /**
- * A refusal of a card's login (card-login.ts): not_found 404 (no active card, or no open handshake: `title` says
- * which), relay_failed 422, card_not_proven 401, key_set_changed and login_crossed 409 (start again), card_rollback
- * 409 (the card's state counter did not go up, or the card is flagged).
+ * A refusal of a card's login or of its state counter's clearing (card-login.ts): not_found 404 (no active card, or
+ * no open handshake: `title` says which), relay_failed 422, card_not_proven 401, key_set_changed and login_crossed
+ * 409 (start again), card_rollback 409 (the card's state counter did not go up, or the card is flagged), not_flagged
+ * 409 (nothing to clear).
  */
 export class CardLoginError extends DomainError {
   constructor(
@@ -69,8 +74,8 @@ export class CardLoginError extends DomainError {
     this.name = "CardLoginError";
   }
 
-  override problem(): ProblemShape | undefined {
+  override problem(): ProblemShape {
     const [, type, title] = CARD_LOGIN_PROBLEMS[this.check];
-    return type ? { type, title: this.title ?? title ?? "Not found" } : undefined;
+    return { type, title: this.title ?? title, ...(this.check === "card_rollback" ? {} : { check: false as const }) };
   }
 }

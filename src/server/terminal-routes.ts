@@ -175,18 +175,13 @@ class MemoryHandshakes implements HandshakeTable {
   }
 }
 
-/** problem+json of the login routes: RFC 9457 members, and the check of a refusal (CardLoginError, src/issuer/errors.ts). */
+/** problem+json of the login routes: RFC 9457 members, and the check of a refusal for the card's state (CardLoginError, src/issuer/errors.ts). */
 const LOGIN_PROBLEM = {
   type: "object",
   required: problemSchema.required,
   properties: {
     ...problemSchema.properties,
-    check: {
-      type: "string",
-      description:
-        "card_rollback: the card's state counter did not go up since its last login, or the card is flagged for it; card_not_proven (401), relay_failed (422), " +
-        "key_set_changed and login_crossed (409: start again), not_found",
-    },
+    check: { type: "string", description: "card_rollback: the card's state counter did not go up since its last login, or the card is flagged for it" },
   },
 } as const;
 const loginProblems = { "4xx": LOGIN_PROBLEM, "5xx": { $ref: "Problem#" } } as const;

@@ -23,6 +23,8 @@ export interface ProblemShape {
   title: string;
   /** The problem's detail; the error's message when absent. */
   detail?: string;
+  /** false: the answer carries no `check` member (an answer that had none before the one error model, kept as it was). */
+  check?: false;
 }
 
 export class DomainError extends Error {
