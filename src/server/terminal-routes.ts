@@ -46,9 +46,7 @@ import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyPluginAsync } from "fastify";
 import { CardLogin, type HandshakeTable, type PendingLogin, type TerminalTokenTable } from "../issuer/card-login.ts";
 import type { Issuer } from "../issuer/issuer.ts";
-import type { CardStateCounter } from "../issuer/ports.ts";
-import type { Db } from "../store/db.ts";
-import { StateCounterRepository } from "../store/state-counter-repository.ts";
+import type { CardStateCounter, StateCounterRecords } from "../issuer/ports.ts";
 import type { Card, Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
@@ -206,6 +204,8 @@ const counterOut = (cardId: string, r: CardStateCounter | undefined) => ({ cardI
 export interface TerminalRoutesOptions {
   issuer: Issuer<Store>;
   tokens: TerminalTokens;
+  /** The cards' state counters in the system DB (the wiring: src/store/state-counter-repository.ts). */
+  counters: StateCounterRecords;
   /**
    * Pending handshakes, each for `ttlMs` (default 5 min): at most `perCard` of one card (default 16) and `perCardClient`
    * of one card from one client address (default 4), a new one retiring the oldest; at most `max` in all (default
@@ -233,8 +233,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
     perCardClient: bounds.perCardClient ?? 4,
     onRetire: (bound) => o.metrics?.retired.inc({ table: "handshakes", bound }),
   });
-  const counters = new StateCounterRepository(store.db as Db, { now: () => store.now() });
-  const login = new CardLogin({ issuer, counters, handshakes, tokens });
+  const login = new CardLogin({ issuer, counters: o.counters, handshakes, tokens });
 
   app.post<{ Params: { id: string } }>(
     "/cards/:id/auth",
