@@ -184,3 +184,33 @@ export interface AuditCheckpointStore extends AuditLog {
   /** Walks the whole chain; with `expectedHead`, also checks the log still holds that exact entry. */
   verifyAuditLog(o: { expectedHead: { seq: number; hash: string } | null }): Promise<AuditChainCheck>;
 }
+
+/** What the issuer remembers of a card's state counter (issue 17 §6; card-login.ts). */
+export interface CardStateCounter {
+  cardId: string;
+  /** The highest state counter the card reported at an accepted login. */
+  counter: number;
+  updatedAt: number;
+  /** Set while the card is flagged: when the rollback was seen, and the counter that login reported. */
+  rollback: { at: number; reported: number } | null;
+}
+
+export type LoginOutcome =
+  | { accepted: true; previous: number | null }
+  /** rollback: seen now, the card is flagged; flagged: it was already; raced: two logins of the card crossed, not flagged. */
+  | { accepted: false; reason: "rollback" | "flagged" | "raced"; record: CardStateCounter };
+
+/**
+ * The cards' state counters (src/store/state-counter-repository.ts implements it on the system DB, each call in a
+ * transaction of its own): a rollback is flagged, audited ("card.rollback") and notified (event "card.rollback") in
+ * the transaction that records it; a clear is audited ("card.rollback-cleared") with the removal.
+ */
+export interface StateCounterRecords {
+  get(cardId: string): Promise<CardStateCounter | undefined>;
+  /** Every flagged card, the oldest flag first. */
+  listFlagged(): Promise<CardStateCounter[]>;
+  /** A login the card proved, reporting `reported`; `since`: when its handshake began; `details` (IDs and numbers) go into a rollback's audit entry. */
+  recordLogin(cardId: string, reported: number, o: { since: number; actor: string; details?: { [k: string]: JsonValue } }): Promise<LoginOutcome>;
+  /** An operator's decision on a flagged card: the flag and the counter removed; undefined when it is not flagged. */
+  clear(cardId: string, o: { actor: string; reason: string }): Promise<CardStateCounter | undefined>;
+}

@@ -77,6 +77,7 @@ const PROBLEM_TYPES: Readonly<Record<ErrorKind, [type: string, title: string]>> 
   conflict: ["recovery-conflict", "Conflict"],
   refused: ["recovery-refused", "Refused"],
   unavailable: ["recovery-unavailable", "Unavailable"],
+  unauthenticated: ["recovery-unauthenticated", "Authentication required"],
 };
 
 /**

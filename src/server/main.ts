@@ -66,6 +66,7 @@ import type { LiveRelayOptions } from "./live-relay.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
+import { StateCounterRepository } from "../store/state-counter-repository.ts";
 import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 /** A route as registered (for the property test over all routes, and for documentation). */
@@ -180,6 +181,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     prefix: "/v1",
     issuer,
     tokens: terminalTokens,
+    counters: new StateCounterRepository(d.store.db as Db, { now: () => d.store.now() }),
     metrics,
     authSessions: { perCard: limits.handshakesPerCard, perCardClient: limits.handshakesPerCardClient, max: limits.handshakesMax },
   });

@@ -1,8 +1,8 @@
 // One error shape for the whole API: RFC 9457 problem details (application/problem+json).
 // Domain roles throw DomainErrors (src/util/errors.ts) and this file is their one mapper (issue 10 §4): the kind
 // alone decides the status through KIND_PROBLEMS (invalid 400, not_found 404, conflict 409, refused 422,
-// unavailable 503); the type and title are the kind's unless the error names its own (DomainError.problem()); the
-// check and the error's non-secret details become extension members (each route's response schema says which of
+// unavailable 503, unauthenticated 401); the type and title are the kind's unless the error names its own (DomainError.problem()); the
+// check (unless problem() says the answer has none) and the error's non-secret details become extension members (each route's response schema says which of
 // them it shows). Routes throw ApiProblem for what is theirs (authentication, a path that names nothing); Fastify's
 // own errors (validation, JSON syntax, body size, media type, not found) are mapped to 4xx. Anything else is a 500
 // whose detail never carries the error message (it could hold a secret); the message goes to the log under the
@@ -49,6 +49,7 @@ export const KIND_PROBLEMS: Readonly<Record<ErrorKind, { status: number; type: s
   conflict: { status: 409, type: "conflict", title: "Conflict" },
   refused: { status: 422, type: "refused", title: "Refused" },
   unavailable: { status: 503, type: "unavailable", title: "Unavailable" },
+  unauthenticated: { status: 401, type: "unauthenticated", title: "Authentication required" },
 };
 
 /** A problem type as sent: an absolute URI as it is, a slug under PROBLEM_TYPE_BASE. */
@@ -59,7 +60,8 @@ export function domainProblem(err: DomainError): Problem {
   const e = err.answeredWith();
   const byKind = KIND_PROBLEMS[e.kind];
   const shape = e.problem();
-  return { ...e.details, check: e.check, type: problemType(shape?.type ?? byKind.type), title: shape?.title ?? byKind.title, status: byKind.status, detail: shape?.detail ?? e.message };
+  const check = shape?.check === false ? {} : { check: e.check };
+  return { ...e.details, ...check, type: problemType(shape?.type ?? byKind.type), title: shape?.title ?? byKind.title, status: byKind.status, detail: shape?.detail ?? e.message };
 }
 
 export const notFound = (what: string, id: string) => new ApiProblem(404, "not-found", `${what} not found`, `no ${what} with id ${id}`);

@@ -2,7 +2,10 @@
 // the card proves itself"). A terminal holds no credential of its own: it relays an SCP03 handshake between
 // the server and the card, and the server, after checking the card cryptogram with the card's CURRENT key set
 // in custody, issues a short-lived token bound to that card. With it the terminal fetches the card's packages
-// and acknowledges them; a token bound to another card is refused (403).
+// and acknowledges them; a token bound to another card is refused (403). The login itself is the issuer's
+// (src/issuer/card-login.ts: the handshake, the checks, the state counter, the token and the audit entries): the
+// routes here decode, call it and encode; this file holds the in-memory tables it is handed (terminal tokens,
+// pending handshakes) and never does the login's domain work or appends to the audit log itself.
 //
 //   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE,
 //                                                    GET DATA DF23 (state counter report)]} | 404 no active card
@@ -13,7 +16,7 @@
 //
 // The proof carries the card's state counter (issue 17 §6, src/protocol/state-counter.ts): MACed under the session
 // keys custody derives from the card key, so the terminal cannot change it. It must be above the highest counter
-// the card reported at an earlier login (src/store/state-counter-repository.ts); when it is not, the card image
+// the card reported at an earlier login (src/store/state-counter-repository.ts, the issuer's StateCounterRecords); when it is not, the card image
 // went back to an older copy (or a clone logged in): the login is refused (409, check "card_rollback"), audited,
 // notified (event card.rollback) and the card flagged — later logins are refused at once, before any APDU reaches
 // the card, until an operator clears the flag:
@@ -41,16 +44,10 @@
 import { randomBytes } from "node:crypto";
 import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyPluginAsync } from "fastify";
-import { encodeCommand, parseResponse } from "../protocol/apdu.ts";
-import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
-import { ISD_AID } from "../protocol/scp03/sm.ts";
-import { checkStateCounterReport, STATE_COUNTER_COMMAND, StateCounterError } from "../protocol/state-counter.ts";
-import { LEVEL_FULL } from "../issuer/card-keys.ts";
+import { CardLogin, type HandshakeTable, type PendingLogin, type TerminalTokenTable } from "../issuer/card-login.ts";
 import type { Issuer } from "../issuer/issuer.ts";
-import { appendAudit } from "../store/audit.ts";
-import type { Db } from "../store/db.ts";
-import { StateCounterRepository, type CardStateCounter } from "../store/state-counter-repository.ts";
-import type { Card, CardKeySet, Store } from "../store/store.ts";
+import type { CardStateCounter, StateCounterRecords } from "../issuer/ports.ts";
+import type { Card, Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
 import { CardAuthenticationJson, PackagesJson } from "../issuer/wire.ts";
@@ -87,7 +84,7 @@ interface TokenEntry {
  * not bring them back (401 check card_state_changed: log the card in again). Until terminalRoutes tells it where the
  * cards are (checkCardsWith), no token acts for anything.
  */
-export class TerminalTokens {
+export class TerminalTokens implements TerminalTokenTable {
   readonly #tokens: TtlMap<TokenEntry>;
   readonly #perCard: number;
   #cards: CardStateReader | undefined;
@@ -142,15 +139,41 @@ export class TerminalTokens {
   };
 }
 
-interface AuthSession {
-  cardId: string;
-  keySet: CardKeySet;
-  host: Scp03HostSession;
-  /** When the handshake began (store clock): a lower counter from a login that crossed another is not a rollback. */
-  startedAt: number;
+/**
+ * The pending handshakes of card logins (CardLogin's HandshakeTable), in memory, each for `ttlMs`: at most `perCard`
+ * of one card and `perCardClient` of one card from one client address, a new one retiring the oldest; at most `max`
+ * in all, the oldest retired when full.
+ */
+class MemoryHandshakes implements HandshakeTable {
+  readonly #table: TtlMap<PendingLogin>;
+  readonly #perCard: number;
+  readonly #perCardClient: number;
+
+  constructor(o: { ttlMs: number; max: number; perCard: number; perCardClient: number; onRetire?: (bound: string) => void }) {
+    this.#table = new TtlMap<PendingLogin>({ ttlMs: o.ttlMs, max: o.max, whenFull: "retire-oldest", onRetire: o.onRetire });
+    this.#perCard = o.perCard;
+    this.#perCardClient = o.perCardClient;
+  }
+
+  add(login: PendingLogin, client: string): string {
+    return this.#table.add(login, "card authentication", {
+      groups: [
+        { name: "card", key: login.cardId, max: this.#perCard, whenFull: "retire-oldest" },
+        { name: "card-client", key: `${login.cardId} ${client}`, max: this.#perCardClient, whenFull: "retire-oldest" },
+      ],
+    }).id;
+  }
+
+  get(sessionId: string): PendingLogin | undefined {
+    return this.#table.get(sessionId);
+  }
+
+  delete(sessionId: string): void {
+    this.#table.delete(sessionId);
+  }
 }
 
-/** problem+json of the login routes: RFC 9457 members, and the check of a refusal for the card's state. */
+/** problem+json of the login routes: RFC 9457 members, and the check of a refusal for the card's state (CardLoginError, src/issuer/errors.ts). */
 const LOGIN_PROBLEM = {
   type: "object",
   required: problemSchema.required,
@@ -178,18 +201,11 @@ const stateCounterSchema = {
 
 const counterOut = (cardId: string, r: CardStateCounter | undefined) => ({ cardId, counter: r?.counter ?? null, updatedAt: r?.updatedAt ?? null, rollback: r?.rollback ?? null });
 
-/** The refusal of a login of a card whose state went back (now, or flagged before). */
-function rollbackProblem(cardId: string, r: CardStateCounter, now: boolean): ApiProblem {
-  const flag = r.rollback!;
-  const detail = now
-    ? `card ${cardId} reported state counter ${flag.reported}, not above ${r.counter} it reported at an earlier login: its image went back to an older copy, or a clone logged in. The card is flagged; an operator must clear it.`
-    : `card ${cardId} is flagged since ${new Date(flag.at).toISOString()}: a login reported state counter ${flag.reported}, not above ${r.counter}. An operator must clear the flag (POST /v1/cards/${cardId}/state-counter/clear).`;
-  return new ApiProblem(409, "card-rollback", "The card went back to an older state", detail, { check: "card_rollback" });
-}
-
 export interface TerminalRoutesOptions {
   issuer: Issuer<Store>;
   tokens: TerminalTokens;
+  /** The cards' state counters in the system DB (the wiring: src/store/state-counter-repository.ts). */
+  counters: StateCounterRecords;
   /**
    * Pending handshakes, each for `ttlMs` (default 5 min): at most `perCard` of one card (default 16) and `perCardClient`
    * of one card from one client address (default 4), a new one retiring the oldest; at most `max` in all (default
@@ -209,18 +225,15 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
   const store = issuer.store;
   // every request of a terminal token reads its card's state here (one primary-key read): see TerminalTokens
   tokens.checkCardsWith((cardId) => store.getCard(cardId));
-  const counters = new StateCounterRepository(store.db as Db, { now: () => store.now() });
   const bounds = o.authSessions ?? {};
-  const handshakes = new TtlMap<AuthSession>({
+  const handshakes = new MemoryHandshakes({
     ttlMs: bounds.ttlMs ?? 5 * 60_000,
     max: bounds.max ?? 10_000,
-    whenFull: "retire-oldest",
+    perCard: bounds.perCard ?? 16,
+    perCardClient: bounds.perCardClient ?? 4,
     onRetire: (bound) => o.metrics?.retired.inc({ table: "handshakes", bound }),
   });
-  const perCard = bounds.perCard ?? 16;
-  const perCardClient = bounds.perCardClient ?? 4;
-  /** The same answer for a card that does not exist and one that is not active: no oracle of card IDs. */
-  const noActiveCard = (id: string) => new ApiProblem(404, "not-found", "card not found", `no active card with id ${id}`);
+  const login = new CardLogin({ issuer, counters: o.counters, handshakes, tokens });
 
   app.post<{ Params: { id: string } }>(
     "/cards/:id/auth",
@@ -234,24 +247,8 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
       },
     },
     async (req, reply) => {
-      const card = await store.getCard(req.params.id);
-      if (!card || card.status !== "active") throw noActiveCard(req.params.id);
-      // A flagged card gets no INITIALIZE UPDATE: each one the login does not complete counts against the
-      // card's secure-channel failure limit, which a terminal retrying in a loop would otherwise reach.
-      const remembered = await counters.get(card.id);
-      if (remembered?.rollback) throw rollbackProblem(card.id, remembered, false);
-      const keySet = await issuer.currentKeySet(card);
-      const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
-      const select = encodeCommand({ cla: 0x00, ins: 0xa4, p1: 0x04, p2: 0x00, data: ISD_AID, le: 256 });
-      const apdus = [select, host.initializeUpdate(), STATE_COUNTER_COMMAND];
-      const client = normalizeIP(req.ip);
-      const { id } = handshakes.add({ cardId: card.id, keySet, host, startedAt: store.now() }, "card authentication", {
-        groups: [
-          { name: "card", key: card.id, max: perCard, whenFull: "retire-oldest" },
-          { name: "card-client", key: `${card.id} ${client}`, max: perCardClient, whenFull: "retire-oldest" },
-        ],
-      });
-      return reply.code(201).send({ sessionId: id, apdus: apdus.map(toHex) });
+      const { sessionId, apdus } = await login.begin(req.params.id, normalizeIP(req.ip));
+      return reply.code(201).send({ sessionId, apdus: apdus.map(toHex) });
     },
   );
 
@@ -271,72 +268,8 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
       },
     },
     async (req) => {
-      const { id: cardId, sessionId } = req.params;
-      const hs = handshakes.get(sessionId);
-      if (!hs || hs.cardId !== cardId) throw new ApiProblem(404, "not-found", "authentication session not found", `no open authentication session ${sessionId} for card ${cardId}`);
-      handshakes.delete(sessionId); // one attempt per handshake
-      const [sel, iu, report] = req.body.responses.map(fromHex);
-      const swSel = parseResponse(sel).sw;
-      if (swSel !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused SELECT (SW ${swHex(swSel)})`);
-      const swIu = parseResponse(iu).sw;
-      if (swIu !== 0x9000) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card refused INITIALIZE UPDATE (SW ${swHex(swIu)})`);
-      let challenges: { hostChallenge: Uint8Array; cardChallenge: Uint8Array };
-      try {
-        challenges = hs.host.challenges(iu);
-      } catch (e) {
-        if (e instanceof Scp03Error) throw new ApiProblem(422, "relay-failed", "The relayed card session failed", e.message);
-        throw e;
-      }
-      // The key set may have been rotated since the handshake started: the proof must be for the current one.
-      // The card may have left active meanwhile: no token then (the same answer as at the start: no oracle).
-      const now = await issuer.card(cardId);
-      if (now.status !== "active") throw noActiveCard(cardId);
-      const current = await issuer.currentKeySet(now);
-      if (current.id !== hs.keySet.id) throw new ApiProblem(409, "conflict", "Conflict", "the card's key set changed during authentication; start again");
-      const keys = issuer.keysOf(current);
-      if (!("custody" in keys)) throw new Error("card keys must be in custody");
-      const material = await keys.custody.scp03Session(keys.ref, challenges.hostChallenge, challenges.cardChallenge);
-      const refused = async (reason: string, detail: string) => {
-        await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.refused", subject: cardId, details: { reason, kvn: current.kvn } });
-        return new ApiProblem(401, "card-not-proven", "The card did not prove itself", detail);
-      };
-      let externalAuthenticate: Uint8Array;
-      let counter: number;
-      try {
-        try {
-          externalAuthenticate = hs.host.authenticateWith(iu, material);
-        } catch (e) {
-          if (!(e instanceof Scp03Error)) throw e;
-          throw await refused("wrong card cryptogram", "wrong card cryptogram: this is not the card, or not its current key set");
-        }
-        try {
-          counter = checkStateCounterReport(report, { sMac: material.sMac, ...challenges });
-        } catch (e) {
-          if (!(e instanceof StateCounterError)) throw e;
-          if (e.reason === "mac") throw await refused("state counter report does not verify", "the state counter report does not verify under the card's session: it was changed on the way");
-          throw new ApiProblem(422, "relay-failed", "The relayed card session failed", `the card did not report its state counter: ${e.message}`);
-        }
-      } finally {
-        material.sEnc.fill(0);
-        material.sMac.fill(0);
-        material.sRmac.fill(0);
-        hs.host.end();
-      }
-      const outcome = await counters.recordLogin(cardId, counter, { since: hs.startedAt, actor: `card:${cardId}`, details: { kvn: current.kvn } });
-      if (!outcome.accepted) {
-        if (outcome.reason === "raced") throw new ApiProblem(409, "conflict", "Conflict", "another login of this card crossed this one; start again");
-        if (outcome.reason === "flagged")
-          await appendAudit(store.db, {
-            actor: `card:${cardId}`,
-            action: "terminal.refused",
-            subject: cardId,
-            details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter },
-          });
-        throw rollbackProblem(cardId, outcome.record, outcome.reason === "rollback");
-      }
-      const { token, expiresAt } = tokens.issue(cardId, now.statusVersion);
-      await appendAudit(store.db, { actor: `card:${cardId}`, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
-      return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: [toHex(externalAuthenticate)] };
+      const { token, expiresAt, apdus } = await login.finish(req.params.id, req.params.sessionId, req.body.responses.map(fromHex));
+      return { token, expiresAt: new Date(expiresAt).toISOString(), apdus: apdus.map(toHex) };
     },
   );
 
@@ -351,8 +284,8 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
       },
     },
     async (req) => {
-      const card = await issuer.card(req.params.id);
-      return counterOut(card.id, await counters.get(card.id));
+      const { cardId, record } = await login.stateCounter(req.params.id);
+      return counterOut(cardId, record);
     },
   );
 
@@ -368,10 +301,8 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
       },
     },
     async (req) => {
-      const card = await issuer.card(req.params.id);
-      const cleared = await counters.clear(card.id, { actor: principalOf(req).name, reason: req.body.reason });
-      if (!cleared) throw new ApiProblem(409, "conflict", "Conflict", `card ${card.id} is not flagged for a rollback`);
-      return { cardId: card.id, cleared: counterOut(card.id, cleared) };
+      const cleared = await login.clearRollback(req.params.id, { actor: principalOf(req).name, reason: req.body.reason });
+      return { cardId: cleared.cardId, cleared: counterOut(cleared.cardId, cleared) };
     },
   );
 
@@ -384,7 +315,7 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
         response: { 200: { type: "object", required: ["cards"], properties: { cards: { type: "array", items: stateCounterSchema } } }, ...problems },
       },
     },
-    async () => ({ cards: (await counters.listFlagged()).map((r) => counterOut(r.cardId, r)) }),
+    async () => ({ cards: (await login.flagged()).map((r) => counterOut(r.cardId, r)) }),
   );
 
   app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
@@ -433,5 +364,3 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
     },
   );
 };
-
-const swHex = (sw: number) => sw.toString(16).toUpperCase().padStart(4, "0");

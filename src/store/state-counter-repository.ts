@@ -1,7 +1,8 @@
 // What the issuer remembers of each card's state counter (issue 17 §6; the counter: src/protocol/state-counter.ts), in
 // the system DB (table: migrations/0008_card_state_counters.ts), one code path for SQLite and PostgreSQL.
 //
-// At every terminal login the card proved (src/server/terminal-routes.ts) the counter it reported must be above
+// It implements the issuer's port StateCounterRecords (src/issuer/ports.ts). At every terminal login the card
+// proved (src/issuer/card-login.ts) the counter it reported must be above
 // the highest one it reported before. When it is not, the card image went back to an older copy of itself (or a
 // clone logged in): the login is refused and the card flagged — audited ("card.rollback") and notified (event
 // "card.rollback"), in the same transaction as the flag. A flagged card's logins are refused until an operator
@@ -13,6 +14,7 @@
 import type { Kysely, Transaction } from "kysely";
 import { appendAudit } from "./audit.ts";
 import type { Database, Db } from "./db.ts";
+import type { CardStateCounter, LoginOutcome, StateCounterRecords } from "../issuer/ports.ts";
 import { Store, type JsonValue } from "./store.ts";
 
 export interface CardStateCountersTable {
@@ -26,19 +28,7 @@ export interface CardStateCountersTable {
 // a type alias, not an interface: Kysely's withTables wants an index-signature-compatible record
 export type StateCounterTables = { card_state_counters: CardStateCountersTable };
 
-export interface CardStateCounter {
-  cardId: string;
-  /** The highest state counter the card reported at an accepted login. */
-  counter: number;
-  updatedAt: number;
-  /** Set while the card is flagged: when the rollback was seen, and the counter that login reported. */
-  rollback: { at: number; reported: number } | null;
-}
-
-export type LoginOutcome =
-  | { accepted: true; previous: number | null }
-  /** rollback: seen now, the card is flagged; flagged: it was already; raced: see the header, not flagged. */
-  | { accepted: false; reason: "rollback" | "flagged" | "raced"; record: CardStateCounter };
+export type { CardStateCounter, LoginOutcome } from "../issuer/ports.ts";
 
 const toRecord = (r: CardStateCountersTable): CardStateCounter => ({
   cardId: r.card_id,
@@ -49,7 +39,7 @@ const toRecord = (r: CardStateCountersTable): CardStateCounter => ({
 
 type Trx = Transaction<Database & StateCounterTables>;
 
-export class StateCounterRepository {
+export class StateCounterRepository implements StateCounterRecords {
   private readonly db: Kysely<Database & StateCounterTables>;
   private readonly now: () => number;
 

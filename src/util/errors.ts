@@ -1,7 +1,8 @@
 // The one error model of the project's domain (issue 10 §4): every refusal or failure a domain role reports is a
 // DomainError with
 //   - a kind, which alone decides the HTTP status (server/problem.ts holds the one table: invalid 400,
-//     not_found 404, conflict 409, refused 422, unavailable 503);
+//     not_found 404, conflict 409, refused 422, unavailable 503, unauthenticated 401: a party that had to prove
+//     who it is did not, e.g. a card at its login);
 //   - a check naming what refused (snake_case, stable: clients and the audit log match on it);
 //   - non-secret details (ids, names, counts) for the problem body and the audit log.
 // Never: a secret, a share, key material or a caller's raw input in the message or the details.
@@ -11,9 +12,9 @@
 // problem type of its own (recovery's "recovery-conflict", the CA protocol's "urn:cardkms:ca:refused") says so in
 // problem(); one whose refusal is really its cause's (keygen: the card left active mid-session) in answeredWith().
 
-export type ErrorKind = "invalid" | "not_found" | "conflict" | "refused" | "unavailable";
+export type ErrorKind = "invalid" | "not_found" | "conflict" | "refused" | "unavailable" | "unauthenticated";
 
-export const ERROR_KINDS: readonly ErrorKind[] = ["invalid", "not_found", "conflict", "refused", "unavailable"];
+export const ERROR_KINDS: readonly ErrorKind[] = ["invalid", "not_found", "conflict", "refused", "unavailable", "unauthenticated"];
 
 /** How the problem+json answer shows a DomainError when its kind's type and title do not say enough. */
 export interface ProblemShape {
@@ -22,6 +23,8 @@ export interface ProblemShape {
   title: string;
   /** The problem's detail; the error's message when absent. */
   detail?: string;
+  /** false: the answer carries no `check` member (an answer that had none before the one error model, kept as it was). */
+  check?: false;
 }
 
 export class DomainError extends Error {
