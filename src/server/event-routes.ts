@@ -27,7 +27,8 @@ import {
 } from "../issuer/webhooks.ts";
 import type { WebhookDelivery } from "../store/store.ts";
 import { ApiProblem, notFound } from "./problem.ts";
-import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
+import { nullable, rotationOut } from "./schemas.ts";
+import { RotationJson } from "../issuer/wire-rotation.ts";
 
 export interface EventRoutesOptions {
   store: Store;
@@ -269,7 +270,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       schema: {
         summary: "Card-key rotations, e.g. ?status=proposed for those awaiting an operator's approval",
         querystring: { type: "object", additionalProperties: false, properties: { status: { type: "string", enum: ROTATION_STATUSES }, cardId: ID } },
-        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: rotationSchema } } }, ...problems },
+        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: RotationJson } } }, ...problems },
       },
     },
     async (req) => ({ rotations: (await store.listRotations({ status: req.query.status, cardId: req.query.cardId })).map(rotationOut) }),
@@ -284,7 +285,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
         summary: "Approve a proposed rotation (para 0062; four eyes: not its proposer, distinct operators, bound to what it will do); it runs only once approved",
         params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
         body: { type: "object", additionalProperties: false, properties: {} },
-        response: { 200: rotationSchema, ...problems },
+        response: { 200: RotationJson, ...problems },
       },
     },
     async (req) => {
