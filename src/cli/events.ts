@@ -5,6 +5,7 @@
 import type { Command } from "commander";
 import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
 import { UsageError } from "./image-key.ts";
+import type { DeadLetterJson, EventJson } from "../issuer/wire-events.ts";
 
 interface ScanResult {
   cards: { expiring: number; expired: number };
@@ -12,24 +13,6 @@ interface ScanResult {
   certificates: { expiring: number; expired: number };
   eventsEmitted: number;
   rotationsProposed: number;
-}
-
-interface EventJson {
-  id: number;
-  type: string;
-  subject: string;
-  createdAt: number;
-  payload: unknown;
-}
-
-interface DeadLetterJson {
-  deliveryId: string;
-  eventId: number;
-  webhookId: string;
-  eventType: string | null;
-  attempts: number;
-  lastError: string | null;
-  deadAt: number | null;
 }
 
 export function registerEventCommands(program: Command): void {

@@ -19,6 +19,7 @@ import { InProcessTransport } from "../transport/transport.ts";
 import type { Role } from "../server/auth.ts";
 import { resolveImageSecret, UsageError } from "./image-key.ts";
 import { writeFileAtomic } from "../util/files.ts";
+import type { CardRecordJson } from "../issuer/wire.ts";
 
 export interface Out {
   json?: boolean;
@@ -264,15 +265,8 @@ export function registerCardIssueCommands(card: Command): void {
   registerCardLifecycleCommands(card);
 }
 
-/** A card record as GET /v1/cards/{id} and the lifecycle routes answer it (the fields the commands print). */
-interface CardRecord {
-  id: string;
-  userId: string;
-  status: string;
-  statusChangedAt?: number | null;
-  statusChangedBy?: string | null;
-  statusReason?: string | null;
-}
+/** A card record as GET /v1/cards/{id} and the lifecycle routes answer it (issuer/wire.ts). */
+type CardRecord = CardRecordJson;
 
 const CARD_ID_RE = /^([0-9a-f]{2}){8,16}$/;
 const lastChange = (c: CardRecord): string => (c.statusChangedAt ? ` since ${new Date(c.statusChangedAt).toISOString()}, by ${c.statusChangedBy ?? "?"}: ${c.statusReason ?? ""}` : "");

@@ -27,6 +27,7 @@ import { createCard } from "../card/card.ts";
 import { factoryOptions, factoryTransport, type FactoryOpts } from "./kmc.ts";
 import { openCustody, custodyConfigFromEnv } from "../custody/index.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
+import type { DistributedJson, DistributionJson, NewCardJson, RotationJson, RotationStatusJson } from "../issuer/wire-rotation.ts";
 import { fromHex, type IssuerApiClient } from "../terminal/api-client.ts";
 import { relaySession } from "../terminal/terminal.ts";
 import { InProcessTransport } from "../transport/transport.ts";
@@ -36,21 +37,9 @@ import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
 const STRATEGIES = ["embodiment3", "embodiment4", "embodiment5"];
 const ALGS = ["P256", "P384", "RSA2048", "RSA3072"];
 
-/** What GET /v1/rotations/{id} answers (rotation-routes.ts). */
-export interface RotationStatus {
-  rotation: { id: string; cardId: string; toCardId: string | null; newCardId?: string | null; strategy: string; status: string; cursor: number; total: number; done: number; [k: string]: unknown };
-  rewrap: { state: string; keysPerSecond?: number; error?: string };
-  left: number;
-  approvals?: { required: number; proposedBy: string | null; given: { operator: string }[] };
-  distribution?: Distribution;
-}
-
-/** A rotation's distribution as the API shows it. */
-interface Distribution {
-  state: string;
-  owed: string[];
-  items: { slot: string; kind: string; path: string; state: string; packageSeq: number | null }[];
-}
+/** What GET /v1/rotations/{id} answers, and a rotation's distribution (issuer/wire-rotation.ts). */
+export type RotationStatus = RotationStatusJson;
+type Distribution = DistributionJson;
 
 const describeDistribution = (d: Distribution): string =>
   `distribution ${d.state}${d.items.length ? `: ${d.items.map((i) => `${i.slot} ${i.state}${i.packageSeq !== null ? ` (package ${i.packageSeq})` : i.path === "terminal" && i.state !== "dropped" ? " (by the terminal)" : ""}`).join(", ")}` : ""}` +
@@ -108,7 +97,7 @@ export function registerRotationCommands(program: Command): Command {
     for (const d of o.drop ?? []) if (!/^[0-9a-f]{2}$/.test(d)) throw new UsageError(`--drop ${d}: expected a slot, e.g. 9e`);
     const add = parseAdd(o.add);
     const body = { strategy: o.strategy, ...(o.newCardId ? { newCardId: o.newCardId } : {}), ...(add.length ? { add } : {}), ...(o.drop?.length ? { drop: o.drop } : {}) };
-    const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/cards/${encodeURIComponent(cardId)}/rotations`, body);
+    const r = await apiFrom(o).request<RotationJson>("POST", `/v1/cards/${encodeURIComponent(cardId)}/rotations`, body);
     print(o, `rotation ${r.id} proposed for card ${cardId} (${r.strategy}) onto new card ${String(r.newCardId)}; another operator approves it with: cardkms rotation approve ${r.id}`, r);
   });
 
@@ -116,7 +105,7 @@ export function registerRotationCommands(program: Command): Command {
     rotation.command("approve").description("approve a proposed rotation (para 0062), as an operator other than its proposer (four eyes)").argument("<rotation-id>", "the rotation"),
   ).action(async (id: string, o: ServerOpts) => {
     const api = apiFrom(o);
-    const r = await api.request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
+    const r = await api.request<RotationJson>("POST", `/v1/rotations/${encodeURIComponent(id)}/approve`, {});
     if (r.status === "approved") return print(o, `rotation ${r.id} approved by ${String(r.approvedBy)}`, r);
     const s = await statusOf(api, id);
     print(o, `rotation ${r.id}: approval recorded (${s.approvals?.given.length ?? "?"} of ${s.approvals?.required ?? "?"}); it needs another operator`, r);
@@ -124,7 +113,7 @@ export function registerRotationCommands(program: Command): Command {
 
   serverOptions(rotation.command("cancel").description("withdraw a rotation that has not started (proposed or approved)").argument("<rotation-id>", "the rotation")).action(
     async (id: string, o: ServerOpts) => {
-      const r = await apiFrom(o).request<RotationStatus["rotation"]>("POST", `/v1/rotations/${encodeURIComponent(id)}/cancel`, {});
+      const r = await apiFrom(o).request<RotationJson>("POST", `/v1/rotations/${encodeURIComponent(id)}/cancel`, {});
       print(o, `rotation ${r.id} cancelled`, r);
     },
   );
@@ -148,11 +137,7 @@ export function registerRotationCommands(program: Command): Command {
     const factory = factoryTransport(o).card;
     if (existsSync(o.image)) throw new UsageError(`${o.image} already exists`);
     if (o.cardId && !/^([0-9a-f]{2}){8,16}$/.test(o.cardId)) throw new UsageError("--card-id must be 8 to 16 bytes of lowercase hex");
-    const r = await api.request<{ card: { id: string; status: string }; personalisation: { sessionId: string; apdus: string[] } | null }>(
-      "POST",
-      `/v1/rotations/${encodeURIComponent(id)}/new-card`,
-      o.cardId ? { cardId: o.cardId } : {},
-    );
+    const r = await api.request<NewCardJson>("POST", `/v1/rotations/${encodeURIComponent(id)}/new-card`, o.cardId ? { cardId: o.cardId } : {});
     if (!r.personalisation) {
       print(o, `rotation ${id}: new card ${r.card.id} is already ${r.card.status}`, { rotationId: id, cardId: r.card.id, status: r.card.status, image: null });
       return;
@@ -212,12 +197,7 @@ export function registerRotationCommands(program: Command): Command {
       .option("--add <slot:alg...>", `embodiments 4, 5: the approved additions, e.g. 82:P256 (checked against the approval; by default what was approved)`),
   ).action(async (id: string, o: ServerOpts & { add?: string[] }) => {
     const add = parseAdd(o.add);
-    const r = await apiFrom(o).request<{
-      rotation: RotationStatus["rotation"];
-      packages: { seq: number; slot: string; kvn: number }[];
-      added: { keyPairId: string; slot: string }[];
-      distribution: Distribution;
-    }>("POST", `/v1/rotations/${encodeURIComponent(id)}/distribute`, o.add ? { add } : {});
+    const r = await apiFrom(o).request<DistributedJson>("POST", `/v1/rotations/${encodeURIComponent(id)}/distribute`, o.add ? { add } : {});
     print(
       o,
       `rotation ${id} ${r.rotation.status}: ${r.packages.length} package(s) for card ${r.rotation.toCardId} (${r.packages.map((p) => `${p.slot}@KVN${p.kvn}`).join(", ") || "none"}), ${r.added.length} pair(s) added; ${describeDistribution(r.distribution)}`,

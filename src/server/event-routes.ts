@@ -27,7 +27,9 @@ import {
 } from "../issuer/webhooks.ts";
 import type { WebhookDelivery } from "../store/store.ts";
 import { ApiProblem, notFound } from "./problem.ts";
-import { nullable, rotationOut, rotationSchema } from "./schemas.ts";
+import { nullable, rotationOut } from "./schemas.ts";
+import { RotationJson } from "../issuer/wire-rotation.ts";
+import { DeadLetterJson, EventJson, WebhookJson } from "../issuer/wire-events.ts";
 
 export interface EventRoutesOptions {
   store: Store;
@@ -47,41 +49,6 @@ export interface EventRoutesOptions {
 const ROTATION_STATUSES: RotationStatus[] = ["proposed", "approved", "running", "completed", "failed", "cancelled"];
 const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
 const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
-
-const eventSchema = {
-  type: "object",
-  required: ["id", "type", "subject", "payload", "createdAt", "deliveredAt", "attempts"],
-  properties: {
-    id: { type: "integer" },
-    type: { type: "string" },
-    subject: { type: "string" },
-    payload: {},
-    createdAt: { type: "integer" },
-    deliveredAt: nullable("integer"),
-    attempts: { type: "integer" },
-    lastError: nullable("string"),
-  },
-} as const;
-
-const webhookSchema = {
-  type: "object",
-  required: ["id", "url", "eventTypes", "createdAt"],
-  properties: { id: { type: "string" }, url: { type: "string" }, eventTypes: { type: "array", items: { type: "string" } }, createdAt: { type: "integer" } },
-} as const;
-
-const deadLetterSchema = {
-  type: "object",
-  required: ["deliveryId", "eventId", "webhookId", "attempts", "lastError", "deadAt"],
-  properties: {
-    deliveryId: { type: "string", description: "the webhook-id the receiver was sent: msg_<event id>_<webhook id>" },
-    eventId: { type: "integer" },
-    webhookId: { type: "string" },
-    eventType: nullable("string"),
-    attempts: { type: "integer" },
-    lastError: nullable("string"),
-    deadAt: nullable("integer"),
-  },
-} as const;
 
 const counts = { type: "object", properties: { expiring: { type: "integer" }, expired: { type: "integer" } } } as const;
 const scanResultSchema = {
@@ -121,7 +88,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
           properties: { after: digits(15), type: { type: "string", pattern: EVENT_TYPE_PATTERN }, limit: digits(4) },
         },
         response: {
-          200: { type: "object", required: ["events", "next"], properties: { events: { type: "array", items: eventSchema }, next: nullable("integer") } },
+          200: { type: "object", required: ["events", "next"], properties: { events: { type: "array", items: EventJson }, next: nullable("integer") } },
           ...problems,
         },
       },
@@ -152,7 +119,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
           },
         },
         response: {
-          201: { type: "object", required: ["id", "secret", "url", "eventTypes"], properties: { ...webhookSchema.properties, secret: { type: "string" } } },
+          201: { type: "object", required: ["id", "secret", "url", "eventTypes"], properties: { ...WebhookJson.properties, secret: { type: "string" } } },
           ...problems,
         },
       },
@@ -169,7 +136,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "Registered (enabled) webhooks",
-        response: { 200: { type: "object", required: ["webhooks"], properties: { webhooks: { type: "array", items: webhookSchema } } }, ...problems },
+        response: { 200: { type: "object", required: ["webhooks"], properties: { webhooks: { type: "array", items: WebhookJson } } }, ...problems },
       },
     },
     async () => ({ webhooks: (await store.listWebhooks()).map(webhookOut) }),
@@ -204,7 +171,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
           properties: { webhookId: ID, after: { type: "string", pattern: DELIVERY_ID_PATTERN }, limit: digits(4) },
         },
         response: {
-          200: { type: "object", required: ["deadLetters", "next"], properties: { deadLetters: { type: "array", items: deadLetterSchema }, next: nullable("string") } },
+          200: { type: "object", required: ["deadLetters", "next"], properties: { deadLetters: { type: "array", items: DeadLetterJson }, next: nullable("string") } },
           ...problems,
         },
       },
@@ -269,7 +236,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       schema: {
         summary: "Card-key rotations, e.g. ?status=proposed for those awaiting an operator's approval",
         querystring: { type: "object", additionalProperties: false, properties: { status: { type: "string", enum: ROTATION_STATUSES }, cardId: ID } },
-        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: rotationSchema } } }, ...problems },
+        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: RotationJson } } }, ...problems },
       },
     },
     async (req) => ({ rotations: (await store.listRotations({ status: req.query.status, cardId: req.query.cardId })).map(rotationOut) }),
@@ -284,7 +251,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
         summary: "Approve a proposed rotation (para 0062; four eyes: not its proposer, distinct operators, bound to what it will do); it runs only once approved",
         params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
         body: { type: "object", additionalProperties: false, properties: {} },
-        response: { 200: rotationSchema, ...problems },
+        response: { 200: RotationJson, ...problems },
       },
     },
     async (req) => {

@@ -10,15 +10,15 @@
 // Never in a response: a key value, a custody reference, Sk[PRk] or a token. Register after `installAuth`:
 //   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
 
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
-import { REVOCATION_REASONS, type RevocationReason } from "../ca/crl.ts";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { Type } from "typebox";
 import { toPem } from "../ca/pem.ts";
-import type { KeyAlg } from "../card/state.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import { requireCardState, type CardTransition } from "../issuer/card-lifecycle.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
-import type { Card, JsonValue, Store, User } from "../store/store.ts";
+import type { Card, Store, User } from "../store/store.ts";
 import { requireCardAccess, type Principal, type Role } from "./auth.ts";
 import { API_CRL_PATHS, CrlUrlError } from "./crl-url.ts";
 import { ApiProblem, problemSchema } from "./problem.ts";
@@ -26,9 +26,27 @@ import { RelaySessions, SESSION_ID_PATTERN } from "./relay-sessions.ts";
 export { fromHex, toHex } from "../util/bytes.ts";
 import { fromHex, toHex } from "../util/bytes.ts";
 import type { TSchema } from "typebox";
-import { Closed } from "../util/wire.ts";
-import { IssuedCredentialJson, RelayRoundJson } from "../issuer/wire.ts";
-import { cardSchema, credentialRequestProps, nullable } from "./schemas.ts";
+import { Closed, Hex64 } from "../util/wire.ts";
+import {
+  ApduHex,
+  CardDetailJson,
+  CardId,
+  CardRecordJson,
+  CardTransitionRequest,
+  CredentialRequest,
+  Id,
+  IssueCardRequest,
+  IssuedCardJson,
+  IssuedCredentialJson,
+  RegisterUserRequest,
+  RelayRequest,
+  RelayRoundJson,
+  RelayStepJson,
+  RevokeCertificateRequest,
+  RevokedCertificateJson,
+  UserJson,
+} from "../issuer/wire.ts";
+import { nullable } from "./schemas.ts";
 
 export interface IssuerRoutesOptions {
   issuer: Issuer<Store>;
@@ -37,12 +55,11 @@ export interface IssuerRoutesOptions {
 
 // ---- shared schema pieces (terminal-routes.ts uses them too) --------------------------------------------------
 
-export const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
-/** Card IDs as Issuer.issueCard makes them: 8 to 16 bytes, lowercase hex. */
-export const CARD_ID = { type: "string", pattern: "^([0-9a-f]{2}){8,16}$" } as const;
-export const SESSION_ID = { type: "string", pattern: SESSION_ID_PATTERN } as const;
-/** A whole APDU (command or response with its status word), hex. Short or extended, so up to 64 KiB. */
-export const APDU_HEX = { type: "string", minLength: 4, maxLength: 2 * 65_539, pattern: "^([0-9A-Fa-f]{2})+$" } as const;
+/** A record ID, a card ID, a whole APDU in hex (issuer/wire.ts). */
+export const ID = Id;
+export const CARD_ID = CardId;
+export const APDU_HEX = ApduHex;
+export const SESSION_ID = Type.String({ pattern: SESSION_ID_PATTERN });
 /**
  * problem+json of these routes and of every route about a card: the RFC 9457 members, the check of a domain refusal
  * (problem.ts) and, for a refusal for the card's state (card-lifecycle.ts), the card and its state.
@@ -68,7 +85,7 @@ export const CARD_PROBLEM = {
 } as const;
 export const problems = { "4xx": CARD_PROBLEM, "5xx": { $ref: "Problem#" } } as const;
 /** Query integers arrive as strings (the server does not coerce), so they are matched as digit strings. */
-export const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
+export const digits = (max: number) => Type.String({ pattern: `^[0-9]{1,${max}}$` });
 /** A POST without a meaningful body: nothing, or `{}`. */
 export const EMPTY_BODY = { type: ["object", "null"], additionalProperties: false, properties: {} } as const;
 /** Path parameters: every one required, no other (a TypeBox object, so a route on the type provider reads their types). */
@@ -105,66 +122,8 @@ export class CardStateRelaySession extends RelaySession {
 
 // ---- response shapes ------------------------------------------------------------------------------------------
 
-const personalDataSchema = {
-  type: "object",
-  additionalProperties: false,
-  required: ["commonName"],
-  properties: {
-    commonName: { type: "string", minLength: 1, maxLength: 64 },
-    email: { type: "string", minLength: 3, maxLength: 255 },
-    organization: { type: "string", minLength: 1, maxLength: 64 },
-    organizationalUnit: { type: "string", minLength: 1, maxLength: 64 },
-    country: { type: "string", pattern: "^[A-Z]{2}$" },
-  },
-} as const;
-
-const userSchema = {
-  type: "object",
-  required: ["id", "personalData", "createdAt"],
-  properties: { id: { type: "string" }, personalData: { type: "object", additionalProperties: true }, createdAt: { type: "integer" } },
-} as const;
-
-const cardProps = {
-  ...cardSchema.properties,
-  statusChangedAt: { ...nullable("integer"), description: "the last status change (card lifecycle); every change is in the audit log" },
-  statusChangedBy: nullable("string"),
-  statusReason: nullable("string"),
-} as const;
-
-const keySetSchema = {
-  type: "object",
-  properties: {
-    id: { type: "string" },
-    kvn: { type: "integer" },
-    version: { type: "integer" },
-    status: { type: "string" },
-    validFrom: { type: "integer" },
-    validUntil: { type: "integer" },
-    current: { type: "boolean" },
-  },
-} as const;
-
-const certificateSummary = {
-  type: "object",
-  properties: { serial: { type: "string" }, notBefore: { type: "integer" }, notAfter: { type: "integer" }, revokedAt: nullable("integer"), revocationReason: nullable("string") },
-} as const;
-
-const keyPairSchema = {
-  type: "object",
-  properties: {
-    id: { type: "string" },
-    slot: nullable("string"),
-    algorithm: { type: "string" },
-    status: { type: "string" },
-    /** SubjectPublicKeyInfo, base64 DER. */
-    publicKey: { type: "string" },
-    createdAt: { type: "integer" },
-    certificates: { type: "array", items: certificateSummary },
-  },
-} as const;
-
-const userOut = (u: User) => ({ id: u.id, personalData: u.personalData, createdAt: u.createdAt });
-const cardOut = (c: Card) => ({
+const userOut = (u: User): UserJson => ({ id: u.id, personalData: u.personalData, createdAt: u.createdAt });
+const cardOut = (c: Card): CardRecordJson => ({
   id: c.id,
   userId: c.userId,
   status: c.status,
@@ -200,20 +159,20 @@ export function serveCrlAt(app: FastifyInstance, path: string, issuer: Issuer): 
   app.get(path, crlRoute("The CA's current CRL at the distribution point its certificates name (config crlUrl)"), crlHandler(issuer));
 }
 
-export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app, o) => {
+export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = async (app, o) => {
   const { issuer, relays } = o;
   const store = issuer.store;
 
   // ---- users (FIG. 4: user ID and registered data) --------------------------------------------------------
 
-  app.post<{ Body: { personalData: Record<string, JsonValue> } }>(
+  app.post(
     "/users",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Register a user; the personal data become the subject of the user's certificates",
-        body: { type: "object", additionalProperties: false, required: ["personalData"], properties: { personalData: personalDataSchema } },
-        response: { 201: userSchema, ...problems },
+        body: RegisterUserRequest,
+        response: { 201: UserJson, ...problems },
       },
     },
     async (req, reply) =>
@@ -222,11 +181,11 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
       reply.code(201).send(userOut(await issuer.registerUser(req.body.personalData, principalOf(req).name))),
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/users/:id",
     {
       config: { roles: ["operator", "auditor"] },
-      schema: { summary: "A registered user", params: params({ id: ID }), response: { 200: userSchema, ...problems } },
+      schema: { summary: "A registered user", params: params({ id: ID }), response: { 200: UserJson, ...problems } },
     },
     async (req) => {
       const u = await store.getUser(req.params.id);
@@ -237,24 +196,14 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
 
   // ---- ST11-ST15: issue a card ------------------------------------------------------------------------------
 
-  app.post<{ Body: { userId: string; cardId?: string } }>(
+  app.post(
     "/cards",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Issue a card to a user (ST11-ST12): its key set is diversified in custody; personalise it next",
-        body: { type: "object", additionalProperties: false, required: ["userId"], properties: { userId: ID, cardId: CARD_ID } },
-        response: {
-          201: {
-            type: "object",
-            required: ["card", "keySet"],
-            properties: {
-              card: { type: "object", properties: cardProps },
-              keySet: { type: "object", required: ["id", "kvn", "version"], properties: { id: { type: "string" }, kvn: { type: "integer" }, version: { type: "integer" } } },
-            },
-          },
-          ...problems,
-        },
+        body: IssueCardRequest,
+        response: { 201: IssuedCardJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -263,17 +212,14 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/cards/:id",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "A card with its key sets (references only, never key values) and key pairs (public keys, certificates)",
         params: params({ id: CARD_ID }),
-        response: {
-          200: { type: "object", properties: { ...cardProps, keySets: { type: "array", items: keySetSchema }, keyPairs: { type: "array", items: keyPairSchema } } },
-          ...problems,
-        },
+        response: { 200: CardDetailJson, ...problems },
       },
     },
     async (req) => {
@@ -304,7 +250,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post(
     "/cards/:id/personalisation",
     {
       config: { roles: ["operator"] },
@@ -312,7 +258,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         summary: "Personalise an issued card through a relay (ST13-ST14): forward the APDUs to the card and POST its responses to /relay/{sessionId}",
         params: params({ id: CARD_ID }),
         body: EMPTY_BODY,
-        response: { 201: relayRoundSchema, ...problems },
+        response: { 201: RelayRoundJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -330,18 +276,12 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
 
   // ---- the card lifecycle (card-lifecycle.ts): suspend, resume, retire, report destroyed ------------------------
 
-  const REASON_BODY = {
-    type: "object",
-    additionalProperties: false,
-    required: ["reason"],
-    properties: { reason: { type: "string", minLength: 1, maxLength: 500, pattern: "\\S", description: "why (audited with the actor)" } },
-  } as const;
   const transitionRoute = (path: string, transition: Exclude<CardTransition, "personalise">, roles: Role[], summary: string) =>
-    app.post<{ Params: { id: string }; Body: { reason: string } }>(
+    app.post(
       `/cards/:id/${path}`,
       {
         config: { roles },
-        schema: { summary, params: params({ id: CARD_ID }), body: REASON_BODY, response: { 200: { type: "object", properties: cardProps }, ...problems } },
+        schema: { summary, params: params({ id: CARD_ID }), body: CardTransitionRequest, response: { 200: CardRecordJson, ...problems } },
       },
       async (req) => {
         // operators act for any card; a terminal only for the card it is bound to (and only where `roles` admits it)
@@ -357,26 +297,15 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
 
   // ---- ST16-ST25: distribution requests, update and addition ------------------------------------------------
 
-  app.post<{ Params: { id: string }; Body: { slot: string; alg: KeyAlg; profile?: string; replace?: boolean } }>(
+  app.post(
     "/cards/:id/credentials",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "A new key pair and certificate for the card (ST16-ST22); `replace` updates a slot's key (claim 4), else it is added (claim 7)",
         params: params({ id: CARD_ID }),
-        body: {
-          type: "object",
-          additionalProperties: false,
-          required: ["slot", "alg"],
-          properties: {
-            ...credentialRequestProps,
-            replace: { type: "boolean" },
-          },
-        },
-        response: {
-          201: IssuedCredentialJson,
-          ...problems,
-        },
+        body: CredentialRequest,
+        response: { 201: IssuedCredentialJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -385,7 +314,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   );
 
-  app.post<{ Params: { id: string; keyPairId: string } }>(
+  app.post(
     "/cards/:id/credentials/:keyPairId/online",
     {
       config: { roles: ["operator", "terminal"] },
@@ -393,7 +322,7 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
         summary: "Deliver a stored credential online (ST22-ST25 over SCP03 driven by the server): relay the APDUs through /relay/{sessionId}",
         params: params({ id: CARD_ID, keyPairId: ID }),
         body: EMPTY_BODY,
-        response: { 201: relayRoundSchema, ...problems },
+        response: { 201: RelayRoundJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -409,30 +338,15 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   );
 
-  app.post<{ Params: { sessionId: string }; Body: { responses: string[] } }>(
+  app.post(
     "/relay/:sessionId",
     {
       config: { roles: ["operator", "terminal"] },
       schema: {
         summary: "The card's responses to the last round; answers the next round, or {done, results} when the script ran",
         params: params({ sessionId: SESSION_ID }),
-        body: {
-          type: "object",
-          additionalProperties: false,
-          required: ["responses"],
-          properties: { responses: { type: "array", minItems: 1, maxItems: 512, items: APDU_HEX } },
-        },
-        response: {
-          200: {
-            type: "object",
-            properties: {
-              apdus: { type: "array", items: { type: "string" } },
-              done: { type: "boolean" },
-              results: { type: "array", items: { type: "object", required: ["sw", "data"], properties: { sw: { type: "integer" }, data: { type: "string" } } } },
-            },
-          },
-          ...problems,
-        },
+        body: RelayRequest,
+        response: { 200: RelayStepJson, ...problems },
       },
     },
     async (req) => {
@@ -444,18 +358,15 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
 
   // ---- revocation and the CRL ---------------------------------------------------------------------------------
 
-  app.post<{ Params: { serial: string }; Body: { reason: RevocationReason } }>(
+  app.post(
     "/certificates/:serial/revoke",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Revoke a certificate at the CA and in the system DB",
-        params: params({ serial: { type: "string", pattern: "^[0-9A-Fa-f]{2,64}$" } }),
-        body: { type: "object", additionalProperties: false, required: ["reason"], properties: { reason: { type: "string", enum: Object.keys(REVOCATION_REASONS) } } },
-        response: {
-          200: { type: "object", required: ["serial", "revokedAt"], properties: { serial: { type: "string" }, revokedAt: nullable("integer"), reason: nullable("string") } },
-          ...problems,
-        },
+        params: params({ serial: Type.String({ pattern: "^[0-9A-Fa-f]{2,64}$" }) }),
+        body: RevokeCertificateRequest,
+        response: { 200: RevokedCertificateJson, ...problems },
       },
     },
     async (req) => {
@@ -482,13 +393,13 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   } as const;
 
-  app.get<{ Querystring: { after?: string; limit?: string } }>(
+  app.get(
     "/audit",
     {
       config: { roles: ["auditor"] },
       schema: {
         summary: "Audit entries in order; page with ?after=<last seq>",
-        querystring: { type: "object", additionalProperties: false, properties: { after: digits(15), limit: digits(4) } },
+        querystring: Closed({ after: Type.Optional(digits(15)), limit: Type.Optional(digits(4)) }),
         response: { 200: { type: "object", required: ["entries", "next"], properties: { entries: { type: "array", items: auditEntrySchema }, next: nullable("integer") } }, ...problems },
       },
     },
@@ -504,17 +415,13 @@ export const issuerRoutes: FastifyPluginAsync<IssuerRoutesOptions> = async (app,
     },
   );
 
-  app.get<{ Querystring: { headSeq?: string; headHash?: string } }>(
+  app.get(
     "/audit/verify",
     {
       config: { roles: ["auditor"] },
       schema: {
         summary: "Verify the whole chain; with an exported head (headSeq, headHash) also detects truncation and rewriting",
-        querystring: {
-          type: "object",
-          additionalProperties: false,
-          properties: { headSeq: digits(15), headHash: { type: "string", pattern: "^[0-9a-f]{64}$" } },
-        },
+        querystring: Closed({ headSeq: Type.Optional(digits(15)), headHash: Type.Optional(Hex64) }),
         response: {
           200: {
             type: "object",

@@ -29,20 +29,21 @@
 // Never in a response: a key value, a custody reference, Sk[PRk] or a package body (the terminal fetches those
 // through its own, card-bound routes).
 
-import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import type { FastifyRequest } from "fastify";
 import { packageHeader } from "../protocol/package.ts";
 import type { CardScript } from "../issuer/card-scripts.ts";
 import { IssuerError } from "../issuer/issuer.ts";
 import { RelaySession, type RelayResult } from "../issuer/relay.ts";
-import { FIG15, type AddedCredential, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
+import { FIG15, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
 import type { RotationItem } from "../issuer/rotation-records.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
-import type { RotationStrategy } from "../store/db.ts";
 import type { Card, Rotation } from "../store/store.ts";
-import { CARD_ID, EMPTY_BODY, ID, params, principalOf, problems, relayRoundSchema, toHex } from "./issuer-routes.ts";
+import { CARD_ID, EMPTY_BODY, ID, params, principalOf, problems, toHex } from "./issuer-routes.ts";
 import { conflict } from "./problem.ts";
 import type { RelaySessions } from "./relay-sessions.ts";
-import { cardSchema, credentialRequestProps, nullable, rotationOut, rotationSchema } from "./schemas.ts";
+import { rotationOut } from "./schemas.ts";
+import { DistributeRequest, DistributedJson, NewCardDoneJson, NewCardOpenedJson, NewCardRequest, ProposeRotationRequest, RotationJson, RotationStatusJson } from "../issuer/wire-rotation.ts";
 
 export interface RotationRoutesOptions {
   rotations: CardRotation;
@@ -50,66 +51,6 @@ export interface RotationRoutesOptions {
   /** Keys per page and commit of the background re-wrap (default: runRewrap's). */
   rewrapPageSize?: number;
 }
-
-const STRATEGIES = Object.keys(FIG15) as RotationStrategy[];
-
-/** Credentials a rotation adds (embodiments 4, 5): as a credential request names them. */
-const addSchema = {
-  type: "array",
-  maxItems: 24,
-  items: { type: "object", additionalProperties: false, required: ["slot", "alg"], properties: credentialRequestProps },
-} as const;
-
-const rewrapJobSchema = {
-  type: "object",
-  required: ["state"],
-  properties: {
-    /** not-needed: the strategy re-wraps nothing (embodiment 4); idle: not started (no job in this process, keys left). */
-    state: { type: "string", enum: ["not-needed", "idle", "running", "done", "failed"] },
-    keysPerSecond: { type: "number" },
-    error: { type: "string" },
-  },
-} as const;
-
-const itemSchema = {
-  type: "object",
-  required: ["slot", "kind", "path", "state"],
-  properties: {
-    slot: { type: "string" },
-    /** carried: the old card's pair; added: a credential the rotation adds. */
-    kind: { type: "string" },
-    /** package: sent by the issuer; terminal: it leaves the old card through the terminal (FIG. 15). */
-    path: { type: "string" },
-    keyPairId: nullable("string"),
-    state: { type: "string", enum: ["pending", "packaged", "delivered", "acknowledged", "dropped"] },
-    packageSeq: nullable("integer"),
-    updatedAt: { type: "integer" },
-  },
-} as const;
-
-const distributionSchema = {
-  type: "object",
-  required: ["state", "items", "owed"],
-  properties: { state: { type: "string", enum: ["none", "distributing", "distributed"] }, items: { type: "array", items: itemSchema }, owed: { type: "array", items: { type: "string" } } },
-} as const;
-
-const approvalsSchema = {
-  type: "object",
-  required: ["required", "given", "binding"],
-  properties: {
-    required: { type: "integer" },
-    proposedBy: nullable("string"),
-    /** SHA-256 (hex) of what the approvals cover. */
-    binding: { type: "string" },
-    given: { type: "array", items: { type: "object", properties: { operator: { type: "string" }, approvedAt: { type: "integer" } } } },
-  },
-} as const;
-
-const statusSchema = {
-  type: "object",
-  required: ["rotation", "rewrap"],
-  properties: { rotation: rotationSchema, rewrap: rewrapJobSchema, left: { type: "integer" }, approvals: approvalsSchema, distribution: distributionSchema },
-} as const;
 
 const itemOut = (i: RotationItem) => ({ slot: i.slot, kind: i.kind, path: i.path, keyPairId: i.keyPairId, state: i.state, packageSeq: i.packageSeq, updatedAt: i.updatedAt });
 const distributionOut = (d: DistributionStatus) => ({ state: d.state, items: d.items.map(itemOut), owed: d.owed });
@@ -164,7 +105,7 @@ interface RewrapJob {
   error?: string;
 }
 
-export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (app, o) => {
+export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = async (app, o) => {
   const { rotations, relays } = o;
   const store = rotations.store;
   /** The background re-wraps of this process, by rotation. Another process may run one too: the cursor check of
@@ -196,25 +137,15 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     return { rotation: rotationOut(r), rewrap, left: needed ? Math.max(0, r.total - r.done) : 0 };
   };
 
-  app.post<{ Params: { id: string }; Body: { strategy: RotationStrategy; newCardId?: string; add?: AddedCredential[]; drop?: string[] } }>(
+  app.post(
     "/cards/:id/rotations",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Propose rotating the card's key set Sk1 -> Sk2 onto a new card (FIG. 15 strategy), bound to its new card, additions and drops; it runs once other operators approved it",
         params: params({ id: CARD_ID }),
-        body: {
-          type: "object",
-          additionalProperties: false,
-          required: ["strategy"],
-          properties: {
-            strategy: { type: "string", enum: STRATEGIES },
-            newCardId: CARD_ID,
-            add: addSchema,
-            drop: { type: "array", maxItems: 24, uniqueItems: true, items: credentialRequestProps.slot },
-          },
-        },
-        response: { 201: rotationSchema, ...problems },
+        body: ProposeRotationRequest,
+        response: { 201: RotationJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -224,7 +155,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     },
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post(
     "/rotations/:id/cancel",
     {
       config: { roles: ["operator"] },
@@ -233,20 +164,20 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         summary: "Withdraw a rotation that has not started (proposed or approved); propose anew to change what it is bound to",
         params: params({ id: ID }),
         body: EMPTY_BODY,
-        response: { 200: rotationSchema, ...problems },
+        response: { 200: RotationJson, ...problems },
       },
     },
     async (req) => rotationOut(await rotations.cancel(req.params.id, principalOf(req).name)),
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get(
     "/rotations/:id",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "A rotation's status: its bulk re-wrap (done/total/cursor, this server's job), its approvals and what its distribution still owes the new card",
         params: params({ id: ID }),
-        response: { 200: statusSchema, ...problems },
+        response: { 200: RotationStatusJson, ...problems },
       },
     },
     async (req) => {
@@ -262,7 +193,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     },
   );
 
-  app.post<{ Params: { id: string }; Body: { cardId?: string } }>(
+  app.post(
     "/rotations/:id/new-card",
     {
       config: { roles: ["operator"] },
@@ -270,12 +201,8 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
       schema: {
         summary: "Issue the rotation's new card (ST11-ST12) and open its personalisation relay (ST13-ST14) for the card issuing machine",
         params: params({ id: ID }),
-        body: { type: "object", additionalProperties: false, properties: { cardId: CARD_ID } },
-        response: {
-          200: { type: "object", required: ["rotation", "card", "personalisation"], properties: { rotation: rotationSchema, card: cardSchema, personalisation: { type: "null" } } },
-          201: { type: "object", required: ["rotation", "card", "personalisation"], properties: { rotation: rotationSchema, card: cardSchema, personalisation: relayRoundSchema } },
-          ...problems,
-        },
+        body: NewCardRequest,
+        response: { 200: NewCardDoneJson, 201: NewCardOpenedJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -291,7 +218,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     },
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post(
     "/rotations/:id/rewrap",
     {
       config: { roles: ["operator"] },
@@ -300,7 +227,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
         summary: "Run or resume the bulk re-wrap Sk1[PRk] -> Sk2[PRk] in the background; 202 with progress while it runs",
         params: params({ id: ID }),
         body: EMPTY_BODY,
-        response: { 200: statusSchema, 202: statusSchema, ...problems },
+        response: { 200: RotationStatusJson, 202: RotationStatusJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -343,7 +270,7 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
     })();
   }
 
-  app.post<{ Params: { id: string }; Body: { add?: AddedCredential[] } }>(
+  app.post(
     "/rotations/:id/distribute",
     {
       config: { roles: ["operator"] },
@@ -351,23 +278,8 @@ export const rotationRoutes: FastifyPluginAsync<RotationRoutesOptions> = async (
       schema: {
         summary: "Redistribute per FIG. 15 (embodiment 3: every pair under Sk2; 4, 5: only the approved added pairs), once per rotation; it completes when the new card fetched them",
         params: params({ id: ID }),
-        body: { type: "object", additionalProperties: false, properties: { add: addSchema } },
-        response: {
-          200: {
-            type: "object",
-            required: ["rotation", "packages", "added", "distribution"],
-            properties: {
-              rotation: rotationSchema,
-              distribution: distributionSchema,
-              packages: {
-                type: "array",
-                items: { type: "object", properties: { seq: { type: "integer" }, slot: { type: "string" }, kvn: { type: "integer" }, cardId: { type: "string" }, bytes: { type: "integer" } } },
-              },
-              added: { type: "array", items: { type: "object", properties: { keyPairId: { type: "string" }, slot: nullable("string"), serial: { type: "string" }, packageSeq: { type: "integer" } } } },
-            },
-          },
-          ...problems,
-        },
+        body: DistributeRequest,
+        response: { 200: DistributedJson, ...problems },
       },
     },
     async (req) => {

@@ -6,7 +6,7 @@
 // handle Uint8Array only. This module never logs: tokens and APDUs (which can carry PINs) stay out of output.
 
 import type { KeyAlg } from "../card/state.ts";
-import type { CardAuthenticationJson, IssuedCredentialJson, PackagesJson } from "../issuer/wire.ts";
+import type { CardAuthenticationJson, CardDetailJson, IssuedCardJson, IssuedCredentialJson, PackagesJson, RevokedCertificateJson, UserJson } from "../issuer/wire.ts";
 
 /** An RFC 9457 problem the server answered with, or a transport failure (status 0). */
 export class ApiError extends Error {
@@ -37,18 +37,9 @@ export function fromBase64(s: string, what = "base64"): Uint8Array {
   return new Uint8Array(Buffer.from(s, "base64"));
 }
 
-export interface User {
-  id: string;
-  personalData: Record<string, unknown>;
-  [k: string]: unknown;
-}
-
-export interface Card {
-  id: string;
-  userId: string;
-  status: string;
-  [k: string]: unknown;
-}
+/** A registered user, a card with its key sets and key pairs (issuer/wire.ts). */
+export type User = UserJson;
+export type Card = CardDetailJson;
 
 /** A relay session the server drives (personalisation, online delivery, card authentication): the first APDUs. */
 export interface RelayStart {
@@ -182,7 +173,7 @@ export class IssuerApiClient {
     return this.request("POST", "/v1/users", { personalData });
   }
 
-  createCard(input: { userId: string; cardId?: string }): Promise<{ card: Card; keySet: Record<string, unknown> }> {
+  createCard(input: { userId: string; cardId?: string }): Promise<IssuedCardJson> {
     return this.request("POST", "/v1/cards", input.cardId ? { userId: input.userId, cardId: input.cardId } : { userId: input.userId });
   }
 
@@ -218,7 +209,7 @@ export class IssuerApiClient {
     return relayStart(await this.request("POST", `/v1/cards/${seg(cardId)}/credentials/${seg(keyPairId)}/online`, {}));
   }
 
-  revokeCertificate(serial: string, reason: string): Promise<Record<string, unknown>> {
+  revokeCertificate(serial: string, reason: string): Promise<RevokedCertificateJson> {
     return this.request("POST", `/v1/certificates/${seg(serial)}/revoke`, { reason });
   }
 

@@ -5,7 +5,7 @@
 //
 // Never here: anything of a domain, fastify, a SQL driver — src/terminal/ loads this file.
 
-import { Type, type TSchema } from "typebox";
+import { Type, type Static, type TObject, type TSchema } from "typebox";
 
 export const Str = Type.String();
 export const Int = Type.Integer();
@@ -22,3 +22,15 @@ export const Enum = <const T extends readonly string[]>(values: T, o: { descript
 
 /** An object that admits no other member (and whose serialisation drops any other). */
 export const Closed = <P extends Record<string, TSchema>>(properties: P, o: { description?: string; minProperties?: number } = {}) => Type.Object(properties, { additionalProperties: false, ...o });
+
+/** A string or null, published as one `type` array (["string", "null"]) as the routes always did. */
+export const NullableStr = (o: { description?: string } = {}) => Type.Unsafe<string | null>({ type: ["string", "null"], ...o });
+/** An integer or null, published as one `type` array (["integer", "null"]). */
+export const NullableInt = (o: { description?: string } = {}) => Type.Unsafe<number | null>({ type: ["integer", "null"], ...o });
+
+/**
+ * An object the server writes with every member named, published as its route always declared it: open, and
+ * requiring only `required` (none when absent). Its static type has every member, as the server writes them.
+ */
+export const Written = <P extends Record<string, TSchema>>(properties: P, o: { required?: (keyof P & string)[] } = {}) =>
+  Type.Unsafe<Static<TObject<P>>>({ type: "object", ...(o.required ? { required: o.required } : {}), properties });
