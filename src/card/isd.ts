@@ -39,20 +39,20 @@ import { aesCbcDecrypt, aesEcbEncrypt, isAesKeyLength } from "../protocol/scp03/
 import { scp03ChannelOf, staticKeys } from "./scp03/card-channel.ts";
 import { ISD_AID, I_PARAM, SEC, concatBytes, wipe } from "../protocol/scp03/sm.ts";
 import { encodeStateCounterReport, TAG_STATE_COUNTER } from "../protocol/state-counter.ts";
-import type { CardState, Lifecycle, ScpKeySet } from "./state.ts";
+import type { CardState, ScpKeySet } from "./state.ts";
+import { LIFECYCLE_CODE, TAG_KEY_ORIGIN } from "../protocol/isd.ts";
 import { usedBytes } from "./state.ts";
 import { CardError, SW } from "../protocol/sw.ts";
 import { matchAttackSignal } from "./tamper.ts";
 import { findTlv, parseTlvs, tlv } from "../protocol/tlv.ts";
 import { fromHex } from "../util/bytes.ts";
-import type { ApduCommand } from "../protocol/apdu.ts";
 
 export { ISD_AID } from "../protocol/scp03/sm.ts";
+// The host side (issuer scripts) lives in protocol/isd.ts.
+export { cardLifecycleOf, getStatusCommand, keyOriginCommand, TAG_KEY_ORIGIN } from "../protocol/isd.ts";
 
 /** Most SCP03 key sets the card holds. */
 export const MAX_KEY_SETS = 8;
-
-const LIFECYCLE_CODE: Record<Lifecycle, number> = { OP_READY: 0x01, SECURED: 0x0f, TERMINATED: 0xff };
 
 const u8 = (...b: number[]): Uint8Array => Uint8Array.from(b);
 const be = (n: number, len: number): Uint8Array => {
@@ -125,22 +125,9 @@ function stateCounterReport(ctx: AppletContext): Uint8Array {
   return encodeStateCounterReport(counter, mac);
 }
 
-/** Tag of the key set origin data object (STORE DATA, GET DATA). */
-export const TAG_KEY_ORIGIN = 0xdf22;
-
 function keyOrigins(st: Readonly<CardState>): Uint8Array {
   const bound = st.keySets.filter((k) => k.origin !== undefined).sort((a, b) => a.kvn - b.kvn);
   return concatBytes(...bound.map((k) => tlv(TAG_KEY_ORIGIN, tlv(0x83, u8(k.kvn)), tlv(0x45, fromHex(k.origin!)))));
-}
-
-/**
- * Host side: the STORE DATA that binds key set `kvn` to the predecessor card `predecessorCardId` (hex), to be
- * sent in an SCP03 session with at least C-MAC.
- */
-export function keyOriginCommand(kvn: number, predecessorCardId: string): ApduCommand {
-  if (!Number.isInteger(kvn) || kvn < 1 || kvn > 0x7f) throw new RangeError("KVN must be 1..127");
-  if (!/^([0-9a-f]{2}){1,16}$/.test(predecessorCardId)) throw new RangeError("card ID must be 1..16 bytes of lowercase hex");
-  return { cla: 0x80, ins: 0xe2, p1: 0x90, p2: 0x00, data: tlv(TAG_KEY_ORIGIN, tlv(0x83, u8(kvn)), tlv(0x45, fromHex(predecessorCardId))) };
 }
 
 /** Key check value of an SCP03 AES key (Amendment D §7.2). */
@@ -351,20 +338,6 @@ function getStatusResponse(ctx: AppletContext, cmd: CommandApdu): Uint8Array {
   const lifecycle = u8(LIFECYCLE_CODE[ctx.card.state.lifecycle]);
   if (cmd.p2 === 0x00) return concatBytes(u8(ISD_AID.length), ISD_AID, lifecycle, ISD_PRIVILEGES.subarray(0, 1));
   return tlv(0xe3, tlv(0x4f, ISD_AID), tlv(0x9f70, lifecycle), tlv(0xc5, ISD_PRIVILEGES));
-}
-
-/** Host side: GET STATUS of the ISD in the GP TLV format (P2 02), to send under a secure channel with R-MAC. */
-export function getStatusCommand(): ApduCommand {
-  return { cla: 0x80, ins: 0xf2, p1: 0x80, p2: 0x02, data: tlv(0x4f, new Uint8Array(0)), le: 256 };
-}
-
-/** Host side: the card life cycle GET STATUS (P2 02) answered, by name (a code this card does not use: its hex). */
-export function cardLifecycleOf(response: Uint8Array): Lifecycle | string {
-  const entry = findTlv(parseTlvs(response), 0xe3);
-  const code = entry && findTlv(parseTlvs(entry), 0x9f70);
-  if (!code || code.length !== 1) throw new RangeError("GET STATUS: no life cycle state in the answer");
-  const name = (Object.keys(LIFECYCLE_CODE) as Lifecycle[]).find((l) => LIFECYCLE_CODE[l] === code[0]);
-  return name ?? code[0].toString(16).padStart(2, "0").toUpperCase();
 }
 
 /** The ISD instance to put first in CardRuntime's applet list. */

@@ -6,7 +6,9 @@ import type { KeyAlg, ScpKeySet } from "../protocol/types.ts";
 
 export type { KeyAlg, ScpKeySet } from "../protocol/types.ts";
 
-export type Lifecycle = "OP_READY" | "SECURED" | "TERMINATED";
+import type { Lifecycle } from "../protocol/isd.ts";
+
+export type { Lifecycle } from "../protocol/isd.ts";
 
 /** The KDF of PIN and PUK reference data (pin.ts) and its cost, kept in the image with each reference. */
 export interface PinKdf {
