@@ -5,44 +5,28 @@
 // The card's keys are reached either in clear (a ScpKeySet: tests, the demo, a software issuer) or through key
 // custody (KeyCustody + KeySetRef): then the static keys never leave custody — session keys and cryptograms
 // come from custody.scp03Session, PUT KEY data from custody.putKeyData, Sk[PRk] from custody.wrapPrivateKey.
-// The commands that need neither (online delivery's) are built in protocol/card-scripts.ts.
+// The script type, runScript's engine and the commands that need neither (online delivery's, personalisation's
+// around PUT KEY) are in protocol/card-scripts.ts; here the issuer's key sets become the protocol's ScriptKeys.
 
-import { PIV_AID } from "../protocol/piv/client.ts";
-import { deliveryCommands, type OnlineCredential } from "../protocol/card-scripts.ts";
+import { deliveryScript as deliveryScriptOf, personalisationCommands, runScript as runScriptHere, type CardScript as ProtocolCardScript, type OnlineCredential } from "../protocol/card-scripts.ts";
 import type { Transmit } from "../protocol/apdu-client.ts";
-import { ApduError } from "../protocol/apdu-client.ts";
 import { checkPutKeyResponse, putKeyCommand, Scp03Error } from "../protocol/scp03/host.ts";
 import type { ApduCommand } from "../protocol/apdu.ts";
-import { RelaySession, runRelay, type RelayResult } from "./relay.ts";
-import { inCustody, kvnOf, type CardKeys } from "./card-keys.ts";
+import type { RelayResult } from "./relay.ts";
+import { inCustody, kvnOf, scriptKeys, type CardKeys } from "./card-keys.ts";
 export { LEVEL_FULL, openSession, type CardKeys } from "./card-keys.ts";
 export type { OnlineCredential } from "../protocol/card-scripts.ts";
 import { ISD_AID } from "../protocol/scp03/sm.ts";
-import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "../card/isd.ts";
 import type { ScpKeySet } from "../card/state.ts";
 import type { DerivedKeySetRef, KeyCustody, KeySetRef } from "../custody/custody.ts";
 import { transportKeysFor, type TransportOptions } from "./transport-keys.ts";
 
-/** A script for one secure-channel session: the application, the commands, and how to judge the results. */
-export interface CardScript {
-  keys: CardKeys;
-  aid: Uint8Array;
-  commands: ApduCommand[];
-  /** Throws when the card's answers mean the script failed. */
-  check(results: RelayResult[]): void;
-}
+/** A card script (protocol/card-scripts.ts) whose key set is in clear or in key custody. */
+export type CardScript = ProtocolCardScript<CardKeys>;
 
-const expectOk = (what: string[]) => (results: RelayResult[]) => {
-  results.forEach((r, i) => {
-    if (r.sw !== 0x9000) throw new ApduError(r.sw, what[i] ?? "command");
-  });
-};
-
-/** Runs a script on a card reachable from here, through the same relay engine a remote terminal uses. */
+/** Runs a script on a card reachable from here (protocol/card-scripts.ts), its keys reached through custody when there. */
 export async function runScript(transmit: Transmit, script: CardScript): Promise<RelayResult[]> {
-  const results = await runRelay(new RelaySession(script.keys, script.aid, script.commands), transmit);
-  script.check(results);
-  return results;
+  return runScriptHere(transmit, { ...script, keys: scriptKeys(script.keys) });
 }
 
 /**
@@ -75,29 +59,8 @@ export async function personalisationScript(current: CardKeys, next: CardKeys, o
     putKey = putKeyCommand(cur.dek, newKeys, replace);
     checkPutKey = (d) => checkPutKeyResponse(d, newKeys);
   }
-  const origin = opts.predecessor === undefined ? [] : [keyOriginCommand(kvnOf(next), opts.predecessor)];
-  return {
-    keys: current,
-    aid: ISD_AID,
-    commands: [putKey, ...origin, { cla: 0x80, ins: 0xf0, p1: 0x80, p2: 0x0f }, getStatusCommand()],
-    check: (r) => {
-      if (r[0].sw !== 0x9000) throw new ApduError(r[0].sw, "PUT KEY");
-      checkPutKey(r[0].data);
-      if (origin.length && r[1].sw !== 0x9000) throw new ApduError(r[1].sw, "STORE DATA key set origin");
-      // 6985: already SECURED (a rotation on a card in the field) — a hint only; GET STATUS says what the card is.
-      const status = r[1 + origin.length];
-      if (status.sw !== 0x9000 && status.sw !== 0x6985) throw new ApduError(status.sw, "SET STATUS SECURED");
-      const confirmed = r[2 + origin.length];
-      if (confirmed.sw !== 0x9000) throw new ApduError(confirmed.sw, "GET STATUS (the card's life cycle after SET STATUS)");
-      let lifecycle: string;
-      try {
-        lifecycle = cardLifecycleOf(confirmed.data);
-      } catch (e) {
-        throw new Scp03Error(`GET STATUS: ${(e as Error).message}`);
-      }
-      if (lifecycle !== "SECURED") throw new Scp03Error(`SET STATUS: the card reports its life cycle ${lifecycle}, not SECURED (SET STATUS answered ${status.sw.toString(16).toUpperCase()})`);
-    },
-  };
+  const origin = opts.predecessor === undefined ? undefined : { kvn: kvnOf(next), predecessor: opts.predecessor };
+  return { keys: current, aid: ISD_AID, ...personalisationCommands(putKey, checkPutKey, origin) };
 }
 
 export async function personalise(transmit: Transmit, current: CardKeys, next: CardKeys, opts: { keep?: boolean; predecessor?: string } = {}): Promise<void> {
@@ -130,8 +93,7 @@ export async function personaliseFromTransport(
  * Sk on the PIV applet, IMPORT KEY and the certificate object written under it (the commands: protocol/card-scripts.ts).
  */
 export function deliveryScript(keys: CardKeys, c: OnlineCredential): CardScript {
-  const { commands, what } = deliveryCommands(c);
-  return { keys, aid: PIV_AID, commands, check: expectOk(what) };
+  return deliveryScriptOf(keys, c);
 }
 
 export async function deliverOnline(transmit: Transmit, keys: CardKeys, c: OnlineCredential): Promise<void> {

@@ -1,136 +1,18 @@
 // Scripts the issuer runs on a card through an untrusted relay (the user terminal), as Dogtag's TPS does: the
-// server holds the SCP03 session, the terminal only forwards APDUs and responses. Two round trips:
-//   1. [SELECT aid, INITIALIZE UPDATE]                 -> the card's responses
-//   2. [EXTERNAL AUTHENTICATE, wrapped commands ...]   -> the card's responses, R-MAC checked in order
-// The terminal sees only MACed (and, for key material, encrypted) commands; any change it makes is refused by
-// the card (6988), and any change to a response is caught here (bad R-MAC).
+// engine is protocol/relay.ts (two round trips, the terminal only forwards MACed and encrypted APDUs); here its
+// session takes the issuer's card keys, in clear or in key custody (card-keys.ts).
+//
+// Never: wraps or checks an APDU itself.
 
-import { encodeCommand, parseResponse, type ApduCommand } from "../protocol/apdu.ts";
-import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
-import { transmitFollowing } from "../protocol/apdu-client.ts";
-import { LEVEL_FULL, type CardKeys } from "./card-keys.ts";
-import { explainTransportMismatch } from "./transport-keys.ts";
+import { RelaySession as ProtocolRelaySession } from "../protocol/relay.ts";
+import type { ApduCommand } from "../protocol/apdu.ts";
+import { scriptKeys, type CardKeys } from "./card-keys.ts";
 
-export class RelayError extends Error {
-  constructor(
-    message: string,
-    readonly sw?: number,
-  ) {
-    super(message);
-    this.name = "RelayError";
-  }
-}
+export { RelayError, runRelay, type RelayResult } from "../protocol/relay.ts";
 
-export interface RelayResult {
-  data: Uint8Array;
-  sw: number;
-}
-
-type Step = "new" | "selected" | "authenticating" | "done" | "failed";
-
-export class RelaySession {
-  private step: Step = "new";
-  private session: Scp03HostSession | undefined;
-  /** For each command of the script, how many APDUs (chain parts) carry it. */
-  private parts: number[] = [];
-
-  constructor(
-    private readonly keys: CardKeys,
-    private readonly aid: Uint8Array,
-    private readonly script: ApduCommand[],
-    private readonly opts: { level?: number; channel?: number } = {},
-  ) {}
-
-  get finished(): boolean {
-    return this.step === "done" || this.step === "failed";
-  }
-
-  /** Round 1: select the application and start the secure channel. */
-  start(): Uint8Array[] {
-    if (this.step !== "new") throw new RelayError("relay session already started");
-    const k = this.keys;
-    this.session = new Scp03HostSession("custody" in k ? null : k, {
-      level: this.opts.level ?? LEVEL_FULL,
-      kvn: "custody" in k ? k.ref.kvn : k.kvn,
-      channel: this.opts.channel ?? 0,
-    });
-    this.step = "selected";
-    return [encodeCommand({ cla: this.opts.channel ?? 0, ins: 0xa4, p1: 0x04, p2: 0x00, data: this.aid, le: 256 }), this.session.initializeUpdate()];
-  }
-
-  /** Feeds the card's responses to the last round; returns the next round, or the script's results when done. */
-  async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
-    try {
-      return await this.advance(responses);
-    } catch (e) {
-      this.step = "failed";
-      this.session?.end();
-      if (e instanceof RelayError) throw e;
-      if (e instanceof Scp03Error) throw new RelayError(e.message);
-      throw e;
-    }
-  }
-
-  private async advance(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
-    const s = this.session;
-    if (!s) throw new RelayError("relay session not started");
-    if (this.step === "selected") {
-      if (responses.length !== 2) throw new RelayError(`expected 2 responses, got ${responses.length}`);
-      const sel = parseResponse(responses[0]);
-      if (sel.sw !== 0x9000) throw new RelayError("the card refused SELECT", sel.sw);
-      const iu = parseResponse(responses[1]);
-      if (iu.sw !== 0x9000) throw new RelayError("the card refused INITIALIZE UPDATE", iu.sw);
-      let ea: Uint8Array;
-      if ("custody" in this.keys) {
-        const c = s.challenges(responses[1]);
-        const material = await this.keys.custody.scp03Session(this.keys.ref, c.hostChallenge, c.cardChallenge);
-        try {
-          ea = s.authenticateWith(responses[1], material);
-        } catch (e) {
-          // a blank card that does not hold its per-card transport keys: say why, when its answer tells
-          if (!(e instanceof Scp03Error)) throw e;
-          const why = explainTransportMismatch(this.keys.ref, c.hostChallenge, responses[1]);
-          throw why ? new RelayError(`${e.message} — ${why}`) : e;
-        }
-      } else ea = s.authenticate(responses[1]);
-      const apdus = [ea];
-      this.parts = [];
-      for (const cmd of this.script) {
-        const wrapped = s.wrapChained(cmd);
-        this.parts.push(wrapped.length);
-        apdus.push(...wrapped);
-      }
-      this.step = "authenticating";
-      return { apdus };
-    }
-    if (this.step === "authenticating") {
-      const expected = 1 + this.parts.reduce((a, b) => a + b, 0);
-      if (responses.length !== expected) throw new RelayError(`expected ${expected} responses, got ${responses.length}`);
-      const ea = parseResponse(responses[0]);
-      if (ea.sw !== 0x9000) throw new RelayError("the card refused EXTERNAL AUTHENTICATE", ea.sw);
-      const results: RelayResult[] = [];
-      let i = 1;
-      for (const n of this.parts) {
-        let last: RelayResult = { data: new Uint8Array(0), sw: 0x9000 };
-        for (let k = 0; k < n; k++) last = s.unwrap(responses[i++]);
-        results.push(last);
-      }
-      this.step = "done";
-      s.end();
-      return { results };
-    }
-    throw new RelayError(`relay session is ${this.step}`);
-  }
-}
-
-/** Runs a relay session against a card reachable from here (in-process, PC/SC): the same engine as remote. */
-export async function runRelay(session: RelaySession, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array): Promise<RelayResult[]> {
-  let apdus = session.start();
-  for (;;) {
-    const responses: Uint8Array[] = [];
-    for (const a of apdus) responses.push(await transmitFollowing(transmit, a));
-    const r = await session.next(responses);
-    if ("results" in r) return r.results;
-    apdus = r.apdus;
+/** A relay session (protocol/relay.ts) over the issuer's card keys. */
+export class RelaySession extends ProtocolRelaySession {
+  constructor(keys: CardKeys, aid: Uint8Array, script: ApduCommand[], opts: { level?: number; channel?: number } = {}) {
+    super(scriptKeys(keys), aid, script, opts);
   }
 }
