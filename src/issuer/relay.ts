@@ -4,14 +4,14 @@
 //
 // Never: wraps or checks an APDU itself.
 
-import { RelaySession as ProtocolRelaySession } from "../protocol/relay.ts";
+import { ScriptRelaySession } from "../protocol/relay.ts";
 import type { ApduCommand } from "../protocol/apdu.ts";
 import { scriptKeys, type CardKeys } from "./card-keys.ts";
 
 export { RelayError, runRelay, type RelayResult } from "../protocol/relay.ts";
 
 /** A relay session (protocol/relay.ts) over the issuer's card keys. */
-export class RelaySession extends ProtocolRelaySession {
+export class RelaySession extends ScriptRelaySession {
   constructor(keys: CardKeys, aid: Uint8Array, script: ApduCommand[], opts: { level?: number; channel?: number } = {}) {
     super(scriptKeys(keys), aid, script, opts);
   }

@@ -11,7 +11,7 @@ import type { ApduCommand } from "./apdu.ts";
 import { ApduError, type Transmit } from "./apdu-client.ts";
 import { cardLifecycleOf, getStatusCommand, keyOriginCommand } from "./isd.ts";
 import { PIV_AID } from "./piv/client.ts";
-import { RelaySession, runRelay, type RelayResult, type ScriptKeys } from "./relay.ts";
+import { runRelay, ScriptRelaySession, type RelayResult, type ScriptKeys } from "./relay.ts";
 import { Scp03Error } from "./scp03/host.ts";
 import { ALG_ID, CERT_OBJECT, pivCertObject } from "./package.ts";
 import { PIV_INS } from "./piv/client.ts";
@@ -64,7 +64,7 @@ export const expectOk = (what: string[]) => (results: RelayResult[]) => {
 
 /** Runs a script on a card reachable from here, through the same relay engine a remote terminal uses. */
 export async function runScript(transmit: Transmit, script: CardScript): Promise<RelayResult[]> {
-  const results = await runRelay(new RelaySession(script.keys, script.aid, script.commands), transmit);
+  const results = await runRelay(new ScriptRelaySession(script.keys, script.aid, script.commands), transmit);
   script.check(results);
   return results;
 }

@@ -45,7 +45,7 @@ export interface RelayResult {
 
 type Step = "new" | "selected" | "authenticating" | "done" | "failed";
 
-export class RelaySession {
+export class ScriptRelaySession {
   private step: Step = "new";
   private session: Scp03HostSession | undefined;
   /** For each command of the script, how many APDUs (chain parts) carry it. */
@@ -142,7 +142,7 @@ export class RelaySession {
 }
 
 /** Runs a relay session against a card reachable from here (in-process, PC/SC): the same engine as remote. */
-export async function runRelay(session: RelaySession, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array): Promise<RelayResult[]> {
+export async function runRelay(session: ScriptRelaySession, transmit: (apdu: Uint8Array) => Promise<Uint8Array> | Uint8Array): Promise<RelayResult[]> {
   let apdus = session.start();
   for (;;) {
     const responses: Uint8Array[] = [];
