@@ -12,7 +12,7 @@
 import { Command, Option } from "commander";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { canonicalJson, entryHash, GENESIS_HASH, type AuditEntry } from "../store/audit.ts";
+import { canonicalJson, entryHash, GENESIS_HASH, type AuditEntry, type AuditVerification } from "../store/audit.ts";
 import { consistencyProof, equalHash, leafHash, treeHead, verifyConsistency, type Hash } from "../tlog/merkle.ts";
 import { extendsCheckpoint } from "../tlog/extends.ts";
 import { openNote, parseCheckpoint, parseVerifierKey, type Checkpoint } from "../tlog/note.ts";
@@ -20,6 +20,7 @@ import { writeFileAtomic } from "../util/files.ts";
 import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
 import { UsageError } from "./image-key.ts";
 import type { IssuerApiClient } from "../terminal/api-client.ts";
+import type { AuditPageJson, AuditVerifyJson, CheckpointJson, CheckpointKeyJson, ConsistencyJson } from "../issuer/wire-audit.ts";
 
 const int = (v: string): number => {
   const n = Number(v);
@@ -49,7 +50,7 @@ async function chainOf(entries: AsyncIterable<AuditEntry>): Promise<{ hashes: Ui
 /** The audit entries through the API, a page at a time. */
 async function* apiEntries(api: IssuerApiClient, after = 0): AsyncGenerator<AuditEntry> {
   for (let cursor: number | null = after; cursor !== null;) {
-    const page: { entries: AuditEntry[]; next: number | null } = await api.request("GET", `/v1/audit?after=${cursor}&limit=1000`);
+    const page: AuditPageJson = await api.request("GET", `/v1/audit?after=${cursor}&limit=1000`);
     yield* page.entries;
     cursor = page.next;
   }
@@ -122,7 +123,7 @@ async function verifyWithCheckpoint(o: VerifyOpts): Promise<void> {
   let pinned = true;
   if (!vkey) {
     if (!api) throw new UsageError("--database needs the checkpoint key: --key <verifier key> or --mirror <dir>");
-    vkey = ((await api.request("GET", "/v1/audit/checkpoint-key")) as { verifierKey: string }).verifierKey;
+    vkey = (await api.request<CheckpointKeyJson>("GET", "/v1/audit/checkpoint-key")).verifierKey;
     pinned = false;
   }
   const cp = openCheckpoint(readText(o.checkpoint!, "checkpoint"), vkey, `checkpoint ${o.checkpoint}`);
@@ -144,7 +145,7 @@ async function verifyWithCheckpoint(o: VerifyOpts): Promise<void> {
   // The RFC 9162 proof that the log (as read) extends the checkpoint: from the server when there is one, else made here.
   const n = hashes.length;
   const proof = api
-    ? ((await api.request("GET", `/v1/audit/consistency?from=${cp.size}&to=${n}`)) as { proof: string[] }).proof.map((b) => new Uint8Array(Buffer.from(b, "base64")))
+    ? (await api.request<ConsistencyJson>("GET", `/v1/audit/consistency?from=${cp.size}&to=${n}`)).proof.map((b) => new Uint8Array(Buffer.from(b, "base64")))
     : consistencyProof(leaves, cp.size, n);
   const root = treeHead(leaves);
   if (!verifyConsistency(cp.size, n, cp.rootHash, root, proof)) {
@@ -190,7 +191,7 @@ export function registerAuditCommands(program: Command): void {
     if ((o.headSeq === undefined) !== (o.headHash === undefined)) throw new UsageError("--head-seq and --head-hash go together");
     if (o.headHash !== undefined && !/^[0-9a-f]{64}$/.test(o.headHash)) throw new UsageError("--head-hash is 64 lowercase hex digits");
     const head = o.headSeq !== undefined ? { seq: o.headSeq, hash: o.headHash! } : undefined;
-    let v: { ok: boolean; entries?: number; message?: string; head?: { seq: number; hash: string } | null; [k: string]: unknown };
+    let v: AuditVerifyJson | AuditVerification;
     if (o.database) {
       const { verifyAuditLog } = await import("../store/audit.ts");
       const { Store } = await import("../store/store.ts");
@@ -202,9 +203,9 @@ export function registerAuditCommands(program: Command): void {
       }
     } else {
       const api = apiFrom(o);
-      v = head ? await api.request("GET", `/v1/audit/verify?headSeq=${head.seq}&headHash=${head.hash}`) : await api.verifyAudit();
+      v = head ? await api.request<AuditVerifyJson>("GET", `/v1/audit/verify?headSeq=${head.seq}&headHash=${head.hash}`) : await api.verifyAudit();
     }
-    const at = v.head ? `, head ${v.head.seq} ${v.head.hash}` : "";
+    const at = "head" in v && v.head ? `, head ${v.head.seq} ${v.head.hash}` : "";
     print(o, v.ok ? `audit log intact: ${v.entries} entries${at}` : `audit log BROKEN: ${v.message}`, v);
     if (!v.ok) process.exitCode = 1;
   });
@@ -215,7 +216,7 @@ export function registerAuditCommands(program: Command): void {
       .description("have the server sign a checkpoint of the audit log as it is now (key in custody); print it, or write it with --out to keep outside the server")
       .option("--out <file>", "write the signed checkpoint to this file (owner-only, replaced atomically)"),
   ).action(async (o: ServerOpts & { out?: string }) => {
-    const c = (await apiFrom(o).request("POST", "/v1/audit/checkpoints", {})) as { origin: string; size: number; rootHash: string; note: string };
+    const c = await apiFrom(o).request<CheckpointJson>("POST", "/v1/audit/checkpoints", {});
     if (o.out) writeFileAtomic(o.out, c.note);
     print(o, o.out ? `checkpoint of ${c.size} entries (${c.origin}) written to ${o.out}` : c.note.trimEnd(), c);
   });
@@ -233,7 +234,7 @@ export function registerAuditCommands(program: Command): void {
     const api = apiFrom(o);
     const m = readMirror(o.mirror);
     if (o.key && m.key && o.key.trim() !== m.key) throw new UsageError(`the mirror pinned another checkpoint key (${m.key})`);
-    const key = m.key ?? o.key ?? ((await api.request("GET", "/v1/audit/checkpoint-key")) as { verifierKey: string }).verifierKey;
+    const key = m.key ?? o.key ?? (await api.request<CheckpointKeyJson>("GET", "/v1/audit/checkpoint-key")).verifierKey;
     const fail = (problem: string, message: string, firstEntry?: number) => {
       print(o, `pull refused, the mirror is left as it was: ${message}`, { ok: false, problem, firstEntry: firstEntry ?? null, message });
       process.exitCode = 1;
@@ -245,7 +246,7 @@ export function registerAuditCommands(program: Command): void {
     if (!r.ok) return fail(r.problem, r.message, r.firstEntry);
     let note: string;
     try {
-      note = ((await api.request("POST", "/v1/audit/checkpoints", {})) as { note: string }).note;
+      note = (await api.request<CheckpointJson>("POST", "/v1/audit/checkpoints", {})).note;
     } catch (e) {
       return fail("not-signed", `the server signs no checkpoint: ${(e as Error).message}`);
     }

@@ -5,20 +5,12 @@
 import type { Command } from "commander";
 import { apiFrom, print, serverOptions, type ServerOpts } from "./issuer.ts";
 import { UsageError } from "./image-key.ts";
-import type { DeadLetterJson, EventJson } from "../issuer/wire-events.ts";
-
-interface ScanResult {
-  cards: { expiring: number; expired: number };
-  keySets: { expiring: number; expired: number };
-  certificates: { expiring: number; expired: number };
-  eventsEmitted: number;
-  rotationsProposed: number;
-}
+import type { DeadLetterJson, DeadLetterPageJson, EventPageJson, RegisteredWebhookJson, RetriedJson, ValidityScanJson, WebhookListJson } from "../issuer/wire-events.ts";
 
 export function registerEventCommands(program: Command): void {
   const validity = program.command("validity").description("validity of cards, card keys and certificates (FIG. 5)");
   serverOptions(validity.command("scan").description("scan now for cards, card key sets and certificates near or past expiry; emits events, proposes rotations")).action(async (o: ServerOpts) => {
-    const r = await apiFrom(o).request<ScanResult>("POST", "/v1/validity/scan", {});
+    const r = await apiFrom(o).request<ValidityScanJson>("POST", "/v1/validity/scan", {});
     const line = (n: string, c: { expiring: number; expired: number }) => `  ${n}: ${c.expiring} expiring, ${c.expired} expired`;
     print(
       o,
@@ -47,7 +39,7 @@ export function registerEventCommands(program: Command): void {
     ] as const)
       if (v !== undefined && !/^\d+$/.test(v)) throw new UsageError(`--${k} takes a whole number`);
     const q = new URLSearchParams({ limit: o.limit, ...(o.after ? { after: o.after } : {}), ...(o.type ? { type: o.type } : {}) });
-    const r = await apiFrom(o).request<{ events: EventJson[]; next?: number }>("GET", `/v1/events?${q}`);
+    const r = await apiFrom(o).request<EventPageJson>("GET", `/v1/events?${q}`);
     print(o, r.events.map((e) => `${e.id}  ${new Date(e.createdAt).toISOString()}  ${e.type}  ${e.subject}`).join("\n") || "no events", r);
   });
 
@@ -59,11 +51,11 @@ export function registerEventCommands(program: Command): void {
       .requiredOption("--url <url>", "http(s) URL that receives POSTed events")
       .requiredOption("--event-type <types...>", "event types to deliver, e.g. keyset.expiring certificate.expired rotation.proposed"),
   ).action(async (o: ServerOpts & { url: string; eventType: string[] }) => {
-    const r = await apiFrom(o).request<{ id: string; secret: string; url: string; eventTypes: string[] }>("POST", "/v1/webhooks", { url: o.url, eventTypes: o.eventType });
+    const r = await apiFrom(o).request<RegisteredWebhookJson>("POST", "/v1/webhooks", { url: o.url, eventTypes: o.eventType });
     print(o, `webhook ${r.id} -> ${r.url} (${r.eventTypes.join(", ")})\nsigning secret (shown once): ${r.secret}`, r);
   });
   serverOptions(webhook.command("list").description("list registered webhooks (never their secrets)")).action(async (o: ServerOpts) => {
-    const r = await apiFrom(o).request<{ webhooks: { id: string; url: string; eventTypes: string[] }[] }>("GET", "/v1/webhooks");
+    const r = await apiFrom(o).request<WebhookListJson>("GET", "/v1/webhooks");
     print(o, r.webhooks.map((w) => `${w.id}  ${w.url}  ${w.eventTypes.join(", ")}`).join("\n") || "no webhooks", r);
   });
   serverOptions(webhook.command("remove").description("disable a webhook").argument("<id>", "webhook id")).action(async (id: string, o: ServerOpts) => {
@@ -80,7 +72,7 @@ export function registerEventCommands(program: Command): void {
   ).action(async (o: ServerOpts & { webhook?: string; after?: string; limit: string }) => {
     if (!/^\d+$/.test(o.limit)) throw new UsageError("--limit takes a whole number");
     const q = new URLSearchParams({ limit: o.limit, ...(o.webhook ? { webhookId: o.webhook } : {}), ...(o.after ? { after: o.after } : {}) });
-    const r = await apiFrom(o).request<{ deadLetters: DeadLetterJson[]; next: string | null }>("GET", `/v1/webhooks/dead-letters?${q}`);
+    const r = await apiFrom(o).request<DeadLetterPageJson>("GET", `/v1/webhooks/dead-letters?${q}`);
     const line = (d: DeadLetterJson) => `${d.deliveryId}  ${d.eventType ?? "?"}  ${d.attempts} attempt(s)  ${d.deadAt === null ? "" : new Date(d.deadAt).toISOString()}  ${d.lastError ?? ""}`;
     print(o, r.deadLetters.map(line).join("\n") || "no dead letters", r);
   });
@@ -93,7 +85,7 @@ export function registerEventCommands(program: Command): void {
   ).action(async (o: ServerOpts & { webhook?: string; delivery?: string[] }) => {
     if (!o.webhook && !o.delivery?.length) throw new UsageError("name --webhook <id> or --delivery <id...>");
     const body = { ...(o.webhook ? { webhookId: o.webhook } : {}), ...(o.delivery?.length ? { deliveryIds: o.delivery } : {}) };
-    const r = await apiFrom(o).request<{ retried: string[] }>("POST", "/v1/webhooks/dead-letters/retry", body);
+    const r = await apiFrom(o).request<RetriedJson>("POST", "/v1/webhooks/dead-letters/retry", body);
     print(o, r.retried.length ? `queued again: ${r.retried.join(", ")}` : "no dead letter to retry", r);
   });
 }

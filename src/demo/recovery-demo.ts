@@ -31,6 +31,7 @@ import { join, resolve } from "node:path";
 import { createCard } from "../card/card.ts";
 import type { CardRuntime } from "../card/runtime.ts";
 import type { KeyCustody } from "../custody/custody.ts";
+import type { AuditEntryJson, AuditPageJson } from "../issuer/wire-audit.ts";
 import { signApproval } from "../recovery/approvals.ts";
 import type { ReproductionPolicy } from "../recovery/policy.ts";
 import { releaseSharesFor } from "../recovery/service.ts";
@@ -252,18 +253,11 @@ function stillNeeded(v: RequestJson): string {
   return parts.length ? `, still needs ${parts.join(", ")}` : "";
 }
 
-interface AuditJson {
-  seq: number;
-  action: string;
-  subject: string;
-  details: Record<string, unknown>;
-}
-
 /** Every audit entry, through the API's pages. */
-async function auditLog(api: IssuerApiClient): Promise<AuditJson[]> {
-  const out: AuditJson[] = [];
+async function auditLog(api: IssuerApiClient): Promise<AuditEntryJson[]> {
+  const out: AuditEntryJson[] = [];
   for (let after = 0; ;) {
-    const page = await api.request<{ entries: AuditJson[]; next: number | null }>("GET", `/v1/audit?after=${after}&limit=1000`);
+    const page = await api.request<AuditPageJson>("GET", `/v1/audit?after=${after}&limit=1000`);
     out.push(...page.entries);
     if (page.next === null) return out;
     after = page.next;

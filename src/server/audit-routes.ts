@@ -10,30 +10,20 @@
 //
 // Refusals are AuditCheckpointErrors (DomainErrors): problem.ts answers them (400 invalid, 409 audit-not-extended).
 
-import type { FastifyPluginAsync } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import type { AuditCheckpoints, StoredCheckpoint } from "../issuer/audit-checkpoints.ts";
-import { digits, principalOf, problems } from "./issuer-routes.ts";
+import { CheckpointJson, CheckpointKeyJson, ConsistencyJson } from "../issuer/wire-audit.ts";
+import { Closed } from "../util/wire.ts";
+import { digits, EMPTY_BODY, principalOf, problems } from "./issuer-routes.ts";
 import { ApiProblem } from "./problem.ts";
 
 export interface AuditRoutesOptions {
   checkpoints: AuditCheckpoints;
 }
 
-const checkpointSchema = {
-  type: "object",
-  required: ["origin", "size", "rootHash", "note", "createdAt"],
-  properties: {
-    origin: { type: "string" },
-    size: { type: "integer", description: "how many audit entries the checkpoint covers (entries 1..size)" },
-    rootHash: { type: "string", description: "the RFC 9162 tree head over the entries' chain hashes, base64" },
-    note: { type: "string", description: "the C2SP tlog-checkpoint signed note: keep it outside the server" },
-    createdAt: { type: "integer" },
-  },
-} as const;
+const out = (origin: string, c: StoredCheckpoint): CheckpointJson => ({ origin, size: c.size, rootHash: Buffer.from(c.rootHash, "hex").toString("base64"), note: c.note, createdAt: c.createdAt });
 
-const out = (origin: string, c: StoredCheckpoint) => ({ origin, size: c.size, rootHash: Buffer.from(c.rootHash, "hex").toString("base64"), note: c.note, createdAt: c.createdAt });
-
-export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o) => {
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditRoutesOptions> = async (app, o) => {
   const cp = o.checkpoints;
 
   app.get(
@@ -42,10 +32,10 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       config: { roles: ["auditor", "operator"] },
       schema: {
         summary: "The key checkpoints are signed with (in custody): pin it to verify checkpoints kept outside the server",
-        response: { 200: { type: "object", required: ["origin", "verifierKey"], properties: { origin: { type: "string" }, verifierKey: { type: "string" } } }, ...problems },
+        response: { 200: CheckpointKeyJson, ...problems },
       },
     },
-    async () => ({ origin: cp.origin, verifierKey: cp.verifierKey }),
+    async (): Promise<CheckpointKeyJson> => ({ origin: cp.origin, verifierKey: cp.verifierKey }),
   );
 
   app.post(
@@ -54,8 +44,8 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
       config: { roles: ["auditor", "operator"] },
       schema: {
         summary: "Sign a checkpoint of the audit log as it is now (only over a log that verifies and extends the newest checkpoint)",
-        body: { type: ["object", "null"], additionalProperties: false, properties: {} },
-        response: { 201: checkpointSchema, ...problems },
+        body: EMPTY_BODY,
+        response: { 201: CheckpointJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -68,7 +58,7 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     "/audit/checkpoints/latest",
     {
       config: { roles: ["auditor"] },
-      schema: { summary: "The newest checkpoint on record", response: { 200: checkpointSchema, ...problems } },
+      schema: { summary: "The newest checkpoint on record", response: { 200: CheckpointJson, ...problems } },
     },
     async () => {
       const c = await cp.latest();
@@ -77,20 +67,17 @@ export const auditRoutes: FastifyPluginAsync<AuditRoutesOptions> = async (app, o
     },
   );
 
-  app.get<{ Querystring: { from: string; to: string } }>(
+  app.get(
     "/audit/consistency",
     {
       config: { roles: ["auditor"] },
       schema: {
         summary: "RFC 9162 consistency proof: the tree of the first `to` entries extends the tree of the first `from`",
-        querystring: { type: "object", additionalProperties: false, required: ["from", "to"], properties: { from: digits(15), to: digits(15) } },
-        response: {
-          200: { type: "object", required: ["from", "to", "proof"], properties: { from: { type: "integer" }, to: { type: "integer" }, proof: { type: "array", items: { type: "string" } } } },
-          ...problems,
-        },
+        querystring: Closed({ from: digits(15), to: digits(15) }),
+        response: { 200: ConsistencyJson, ...problems },
       },
     },
-    async (req) => {
+    async (req): Promise<ConsistencyJson> => {
       const from = Number(req.query.from),
         to = Number(req.query.to);
       return { from, to, proof: (await cp.consistency(from, to)).map((h) => Buffer.from(h).toString("base64")) };

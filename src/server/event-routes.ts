@@ -7,7 +7,9 @@
 // problem+json (problem.ts). Register after `installAuth` and `buildServer`'s problem handlers:
 //   await app.register(eventRoutes, { store, secrets, validity: { windowDays: 30 } });
 
-import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import type { FastifyRequest } from "fastify";
+import { Type } from "typebox";
 import type { RotationStatus, RotationStrategy } from "../store/db.ts";
 import type { Store, StoredEvent, Webhook } from "../store/store.ts";
 import { scanValidity, type ValidityScanResult, type ValidityScheduler } from "../issuer/validity.ts";
@@ -27,9 +29,23 @@ import {
 } from "../issuer/webhooks.ts";
 import type { WebhookDelivery } from "../store/store.ts";
 import { ApiProblem, notFound } from "./problem.ts";
-import { nullable, rotationOut } from "./schemas.ts";
+import { digits, params } from "./issuer-routes.ts";
+import { rotationOut } from "./schemas.ts";
+import { Closed, Enum } from "../util/wire.ts";
+import { Id } from "../issuer/wire.ts";
 import { RotationJson } from "../issuer/wire-rotation.ts";
-import { DeadLetterJson, EventJson, WebhookJson } from "../issuer/wire-events.ts";
+import {
+  DeadLetterPageJson,
+  EventPageJson,
+  RegisteredWebhookJson,
+  RetriedJson,
+  RotationListJson,
+  ValidityScanJson,
+  WebhookListJson,
+  type DeadLetterJson,
+  type EventJson,
+  type WebhookJson,
+} from "../issuer/wire-events.ts";
 
 export interface EventRoutesOptions {
   store: Store;
@@ -47,22 +63,11 @@ export interface EventRoutesOptions {
 }
 
 const ROTATION_STATUSES: RotationStatus[] = ["proposed", "approved", "running", "completed", "failed", "cancelled"];
-const ID = { type: "string", minLength: 1, maxLength: 100, pattern: "^[A-Za-z0-9_.:-]+$" } as const;
+const ID = Id;
 const problems = { "4xx": { $ref: "Problem#" }, "5xx": { $ref: "Problem#" } } as const;
-
-const counts = { type: "object", properties: { expiring: { type: "integer" }, expired: { type: "integer" } } } as const;
-const scanResultSchema = {
-  type: "object",
-  properties: {
-    now: { type: "integer" },
-    until: { type: "integer" },
-    cards: counts,
-    keySets: counts,
-    certificates: counts,
-    eventsEmitted: { type: "integer" },
-    rotationsProposed: { type: "integer" },
-  },
-} as const;
+const opt = Type.Optional;
+/** A body of no members (a body-less POST counts as {}: emptyBodyIsObject). */
+const NO_MEMBERS = Closed({});
 
 /** Body-less POSTs (`scan`, `approve`) may come without a body; it then counts as {} so the schema still refuses
  *  any field that is sent. */
@@ -70,27 +75,17 @@ const emptyBodyIsObject = async (req: FastifyRequest) => {
   if (req.body === undefined || req.body === null) req.body = {};
 };
 
-/** Query integers arrive as strings (the server does not coerce types), so they are matched as digit strings. */
-const digits = (max: number) => ({ type: "string", pattern: `^[0-9]{1,${max}}$` }) as const;
-
-export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o) => {
+export const eventRoutes: FastifyPluginAsyncTypebox<EventRoutesOptions> = async (app, o) => {
   const { store, secrets } = o;
 
-  app.get<{ Querystring: { after?: string; type?: string; limit?: string } }>(
+  app.get(
     "/events",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "Notifications (validity, rotations ...) in id order; page with ?after=<last id>",
-        querystring: {
-          type: "object",
-          additionalProperties: false,
-          properties: { after: digits(15), type: { type: "string", pattern: EVENT_TYPE_PATTERN }, limit: digits(4) },
-        },
-        response: {
-          200: { type: "object", required: ["events", "next"], properties: { events: { type: "array", items: EventJson }, next: nullable("integer") } },
-          ...problems,
-        },
+        querystring: Closed({ after: opt(digits(15)), type: opt(Type.String({ pattern: EVENT_TYPE_PATTERN })), limit: opt(digits(4)) }),
+        response: { 200: EventPageJson, ...problems },
       },
     },
     async (req) => {
@@ -102,26 +97,18 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
   );
 
-  app.post<{ Body: { url: string; eventTypes: string[] } }>(
+  app.post(
     "/webhooks",
     {
       config: { roles: ["operator"] },
       schema: {
         summary:
           "Register a webhook; the response carries its signing secret, shown only this once. A URL whose host is (or resolves to) a loopback, private, link-local or metadata address is refused (400) unless the server's webhooks.allowAddresses permits it",
-        body: {
-          type: "object",
-          additionalProperties: false,
-          required: ["url", "eventTypes"],
-          properties: {
-            url: { type: "string", minLength: 8, maxLength: MAX_WEBHOOK_URL, pattern: "^https?://" },
-            eventTypes: { type: "array", minItems: 1, maxItems: MAX_EVENT_TYPES, uniqueItems: true, items: { type: "string", pattern: EVENT_TYPE_PATTERN } },
-          },
-        },
-        response: {
-          201: { type: "object", required: ["id", "secret", "url", "eventTypes"], properties: { ...WebhookJson.properties, secret: { type: "string" } } },
-          ...problems,
-        },
+        body: Closed({
+          url: Type.String({ minLength: 8, maxLength: MAX_WEBHOOK_URL, pattern: "^https?://" }),
+          eventTypes: Type.Array(Type.String({ pattern: EVENT_TYPE_PATTERN }), { minItems: 1, maxItems: MAX_EVENT_TYPES, uniqueItems: true }),
+        }),
+        response: { 201: RegisteredWebhookJson, ...problems },
       },
     },
     async (req, reply) => {
@@ -136,20 +123,20 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "Registered (enabled) webhooks",
-        response: { 200: { type: "object", required: ["webhooks"], properties: { webhooks: { type: "array", items: WebhookJson } } }, ...problems },
+        response: { 200: WebhookListJson, ...problems },
       },
     },
     async () => ({ webhooks: (await store.listWebhooks()).map(webhookOut) }),
   );
 
-  app.delete<{ Params: { id: string } }>(
+  app.delete(
     "/webhooks/:id",
     {
       config: { roles: ["operator"] },
       schema: {
         summary: "Disable a webhook (no further deliveries); audited",
-        params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
-        response: { 204: { type: "null" }, ...problems },
+        params: params({ id: ID }),
+        response: { 204: Type.Unsafe<undefined>({ type: "null" }), ...problems },
       },
     },
     async (req, reply) => {
@@ -158,22 +145,15 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
   );
 
-  app.get<{ Querystring: { webhookId?: string; after?: string; limit?: string } }>(
+  app.get(
     "/webhooks/dead-letters",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary:
           "The dead-letter record: deliveries given up after their last attempt, with the last error (never the URL). Page with ?after=<last deliveryId>; retry with POST /webhooks/dead-letters/retry",
-        querystring: {
-          type: "object",
-          additionalProperties: false,
-          properties: { webhookId: ID, after: { type: "string", pattern: DELIVERY_ID_PATTERN }, limit: digits(4) },
-        },
-        response: {
-          200: { type: "object", required: ["deadLetters", "next"], properties: { deadLetters: { type: "array", items: DeadLetterJson }, next: nullable("string") } },
-          ...problems,
-        },
+        querystring: Closed({ webhookId: opt(ID), after: opt(Type.String({ pattern: DELIVERY_ID_PATTERN })), limit: opt(digits(4)) }),
+        response: { 200: DeadLetterPageJson, ...problems },
       },
     },
     async (req) => {
@@ -187,23 +167,15 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
   );
 
-  app.post<{ Body: { webhookId?: string; deliveryIds?: string[] } }>(
+  app.post(
     "/webhooks/dead-letters/retry",
     {
       config: { roles: ["operator"] },
       schema: {
         summary:
           "Queue dead letters again, due now, their attempts counted afresh: all of a webhook's (webhookId) or those named (deliveryIds). Audited. Dead letters of a disabled webhook are not retried",
-        body: {
-          type: "object",
-          additionalProperties: false,
-          minProperties: 1,
-          properties: { webhookId: ID, deliveryIds: { type: "array", minItems: 1, maxItems: 100, uniqueItems: true, items: { type: "string", pattern: DELIVERY_ID_PATTERN } } },
-        },
-        response: {
-          200: { type: "object", required: ["retried"], properties: { retried: { type: "array", items: { type: "string" } } } },
-          ...problems,
-        },
+        body: Closed({ webhookId: opt(ID), deliveryIds: opt(Type.Array(Type.String({ pattern: DELIVERY_ID_PATTERN }), { minItems: 1, maxItems: 100, uniqueItems: true })) }, { minProperties: 1 }),
+        response: { 200: RetriedJson, ...problems },
       },
     },
     async (req) => {
@@ -219,8 +191,8 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
       preValidation: emptyBodyIsObject,
       schema: {
         summary: "Run the validity scan (FIG. 5) now; returns what it found and queued",
-        body: { type: "object", additionalProperties: false, properties: {} },
-        response: { 200: scanResultSchema, ...problems },
+        body: NO_MEMBERS,
+        response: { 200: ValidityScanJson, ...problems },
       },
     },
     async (): Promise<ValidityScanResult> => {
@@ -229,28 +201,28 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
     },
   );
 
-  app.get<{ Querystring: { status?: RotationStatus; cardId?: string } }>(
+  app.get(
     "/rotations",
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
         summary: "Card-key rotations, e.g. ?status=proposed for those awaiting an operator's approval",
-        querystring: { type: "object", additionalProperties: false, properties: { status: { type: "string", enum: ROTATION_STATUSES }, cardId: ID } },
-        response: { 200: { type: "object", required: ["rotations"], properties: { rotations: { type: "array", items: RotationJson } } }, ...problems },
+        querystring: Closed({ status: opt(Enum(ROTATION_STATUSES)), cardId: opt(ID) }),
+        response: { 200: RotationListJson, ...problems },
       },
     },
     async (req) => ({ rotations: (await store.listRotations({ status: req.query.status, cardId: req.query.cardId })).map(rotationOut) }),
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post(
     "/rotations/:id/approve",
     {
       config: { roles: ["operator"] },
       preValidation: emptyBodyIsObject,
       schema: {
         summary: "Approve a proposed rotation (para 0062; four eyes: not its proposer, distinct operators, bound to what it will do); it runs only once approved",
-        params: { type: "object", additionalProperties: false, required: ["id"], properties: { id: ID } },
-        body: { type: "object", additionalProperties: false, properties: {} },
+        params: params({ id: ID }),
+        body: NO_MEMBERS,
         response: { 200: RotationJson, ...problems },
       },
     },
@@ -263,7 +235,7 @@ export const eventRoutes: FastifyPluginAsync<EventRoutesOptions> = async (app, o
   );
 };
 
-function eventOut(e: StoredEvent) {
+function eventOut(e: StoredEvent): EventJson {
   return { id: e.id, type: e.type, subject: e.subject, payload: e.payload, createdAt: e.createdAt, deliveredAt: e.deliveredAt, attempts: e.attempts, lastError: e.lastError };
 }
 
@@ -274,10 +246,10 @@ function actorOf(req: FastifyRequest): string {
   return name;
 }
 
-function deadLetterOut(d: WebhookDelivery, eventType: string | undefined) {
+function deadLetterOut(d: WebhookDelivery, eventType: string | undefined): DeadLetterJson {
   return { deliveryId: deliveryId(d.eventId, d.webhookId), eventId: d.eventId, webhookId: d.webhookId, eventType: eventType ?? null, attempts: d.attempts, lastError: d.lastError, deadAt: d.deadAt };
 }
 
-function webhookOut(w: Webhook) {
+function webhookOut(w: Webhook): WebhookJson {
   return { id: w.id, url: w.url, eventTypes: w.eventTypes, createdAt: w.createdAt };
 }

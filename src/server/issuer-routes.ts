@@ -46,7 +46,7 @@ import {
   RevokedCertificateJson,
   UserJson,
 } from "../issuer/wire.ts";
-import { nullable } from "./schemas.ts";
+import { AuditPageJson, AuditVerifyJson } from "../issuer/wire-audit.ts";
 
 export interface IssuerRoutesOptions {
   issuer: Issuer<Store>;
@@ -379,20 +379,6 @@ export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = asyn
 
   // ---- audit (hash-chained; verify finds any altered or removed entry) -----------------------------------------
 
-  const auditEntrySchema = {
-    type: "object",
-    properties: {
-      seq: { type: "integer" },
-      at: { type: "integer" },
-      actor: { type: "string" },
-      action: { type: "string" },
-      subject: { type: "string" },
-      details: { type: "object", additionalProperties: true },
-      prevHash: { type: "string" },
-      hash: { type: "string" },
-    },
-  } as const;
-
   app.get(
     "/audit",
     {
@@ -400,7 +386,7 @@ export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = asyn
       schema: {
         summary: "Audit entries in order; page with ?after=<last seq>",
         querystring: Closed({ after: Type.Optional(digits(15)), limit: Type.Optional(digits(4)) }),
-        response: { 200: { type: "object", required: ["entries", "next"], properties: { entries: { type: "array", items: auditEntrySchema }, next: nullable("integer") } }, ...problems },
+        response: { 200: AuditPageJson, ...problems },
       },
     },
     async (req) => {
@@ -422,21 +408,7 @@ export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = asyn
       schema: {
         summary: "Verify the whole chain; with an exported head (headSeq, headHash) also detects truncation and rewriting",
         querystring: Closed({ headSeq: Type.Optional(digits(15)), headHash: Type.Optional(Hex64) }),
-        response: {
-          200: {
-            type: "object",
-            required: ["ok", "entries", "head"],
-            properties: {
-              ok: { type: "boolean" },
-              entries: { type: "integer" },
-              head: { anyOf: [{ type: "null" }, { type: "object", properties: { seq: { type: "integer" }, hash: { type: "string" } } }] },
-              problem: { type: "string" },
-              seq: { type: "integer" },
-              message: { type: "string" },
-            },
-          },
-          ...problems,
-        },
+        response: { 200: AuditVerifyJson, ...problems },
       },
     },
     async (req) => {

@@ -1,10 +1,8 @@
-// Pieces several route plugins share: the nullable type of the schemas still written in the routes, and a rotation
-// as the API shows it (its schema is RotationJson, src/issuer/wire-rotation.ts: one definition, one OpenAPI shape).
+// Pieces several route plugins share: a rotation as the API shows it (its schema is RotationJson,
+// src/issuer/wire-rotation.ts: one definition, one OpenAPI shape).
 
 import type { RotationJson } from "../issuer/wire-rotation.ts";
 import type { Rotation } from "../store/store.ts";
-
-export const nullable = (type: string) => ({ type: [type, "null"] }) as const;
 
 /** A rotation as the API shows it (every member of RotationJson). */
 export const rotationOut = (r: Rotation): RotationJson => ({

@@ -6,6 +6,7 @@
 // handle Uint8Array only. This module never logs: tokens and APDUs (which can carry PINs) stay out of output.
 
 import type { KeyAlg } from "../card/state.ts";
+import type { AuditPageJson, AuditVerifyJson } from "../issuer/wire-audit.ts";
 import type { CardAuthenticationJson, CardDetailJson, IssuedCardJson, IssuedCredentialJson, PackagesJson, RevokedCertificateJson, UserJson } from "../issuer/wire.ts";
 
 /** An RFC 9457 problem the server answered with, or a transport failure (status 0). */
@@ -217,11 +218,11 @@ export class IssuerApiClient {
     return this.raw("/v1/crl");
   }
 
-  audit(): Promise<unknown> {
+  audit(): Promise<AuditPageJson> {
     return this.request("GET", "/v1/audit");
   }
 
-  verifyAudit(): Promise<{ ok: boolean; entries?: number; message?: string; [k: string]: unknown }> {
+  verifyAudit(): Promise<AuditVerifyJson> {
     return this.request("GET", "/v1/audit/verify");
   }
 
