@@ -11,12 +11,13 @@
 //
 // This module must never log or put a key value in an error message.
 
+import type { KeyAlg } from "../protocol/types.ts";
 import type { CustodySelfTest } from "./self-test.ts";
 
 export type { CustodySelfTest, SelfTestPath } from "./self-test.ts";
 
-/** Key pair algorithms a card holds (src/card/state.ts KeyAlg). */
-export type KeyPairAlg = "P256" | "P384" | "RSA2048" | "RSA3072";
+/** Key pair algorithms custody generates: the ones a card holds (the one definition: protocol/types.ts KeyAlg). */
+export type KeyPairAlg = KeyAlg;
 export type HashAlg = "SHA-256" | "SHA-384" | "SHA-512";
 
 /** What a secret key may be used for. Enforced by both implementations (CKA_DERIVE / WRAP / ENCRYPT / SIGN). */
