@@ -11,25 +11,29 @@ import { REVOCATION_REASONS, type RevocationReason } from "./crl.ts";
 import { SUBJECT_FIELDS, type SubjectName } from "./name.ts";
 import { Closed, Str } from "../util/wire.ts";
 
-/** A subject (name.ts SubjectName): one field at least; name.ts checks lengths and characters. */
-const Subject = Type.Unsafe<SubjectName>({
-  type: "object",
-  additionalProperties: false,
-  minProperties: 1,
-  properties: Object.fromEntries(
-    SUBJECT_FIELDS.map((f) => [
-      f,
-      f === "organizationalUnit"
-        ? {
-            anyOf: [
-              { type: "string", minLength: 1 },
-              { type: "array", minItems: 1, items: { type: "string", minLength: 1 } },
-            ],
-          }
-        : { type: "string", minLength: 1, maxLength: 256 },
-    ]),
-  ),
-});
+/**
+ * The schema of a subject (name.ts SubjectName): one field at least, each a string of 1..256; organizationalUnit a
+ * string or a list of them, bounded by `ou` where a route bounds it (the key generation device's personal data).
+ * name.ts checks lengths and characters.
+ */
+export function subjectSchema(ou: { maxLength?: number; maxItems?: number } = {}) {
+  const unit = { type: "string", minLength: 1, ...(ou.maxLength === undefined ? {} : { maxLength: ou.maxLength }) };
+  return Type.Unsafe<SubjectName>({
+    type: "object",
+    additionalProperties: false,
+    minProperties: 1,
+    properties: Object.fromEntries(
+      SUBJECT_FIELDS.map((f) => [
+        f,
+        f === "organizationalUnit"
+          ? { anyOf: [unit, { type: "array", minItems: 1, ...(ou.maxItems === undefined ? {} : { maxItems: ou.maxItems }), items: unit }] }
+          : { type: "string", minLength: 1, maxLength: 256 },
+      ]),
+    ),
+  });
+}
+
+const Subject = subjectSchema();
 
 /** POST {base}/certify: exactly one of {subject + publicKey} or {csr}. */
 export const CertifyRequest = Type.Object(

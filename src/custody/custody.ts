@@ -253,7 +253,7 @@ export class CustodyError extends Error {
   }
 }
 
-export const KEY_PAIR_ALGS: readonly KeyPairAlg[] = ["P256", "P384", "RSA2048", "RSA3072"];
+export const KEY_PAIR_ALGS = ["P256", "P384", "RSA2048", "RSA3072"] as const satisfies readonly KeyPairAlg[];
 
 /**
  * The digest a key pair signs with by default, as src/ca/signer.ts pairs them: SHA-384 for P-384 (RFC 5758) and

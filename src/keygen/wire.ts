@@ -5,33 +5,16 @@
 // Never here: a SQL driver, fastify, key material — src/terminal/ imports this file.
 
 import { Type, type Static } from "typebox";
-import { SUBJECT_FIELDS, type SubjectName } from "../ca/name.ts";
-import type { KeyPairAlg } from "../custody/custody.ts";
+import { subjectSchema } from "../ca/wire.ts";
+import { KEY_PAIR_ALGS, type KeyPairAlg } from "../custody/custody.ts";
 import { Closed, Enum, Str, Strings } from "../util/wire.ts";
 import type { PivSlot } from "./card-io.ts";
 
 export const PIV_SLOTS = ["9a", "9c", "9d", "9e"] as const satisfies readonly PivSlot[];
-export const KEY_PAIR_ALGS = ["P256", "P384", "RSA2048", "RSA3072"] as const satisfies readonly KeyPairAlg[];
+export { KEY_PAIR_ALGS } from "../custody/custody.ts";
 
 /** The personal data entered at the device (step 410): subject fields (name.ts checks lengths and characters). */
-export const PersonalData = Type.Unsafe<SubjectName>({
-  type: "object",
-  additionalProperties: false,
-  minProperties: 1,
-  properties: Object.fromEntries(
-    SUBJECT_FIELDS.map((f) => [
-      f,
-      f === "organizationalUnit"
-        ? {
-            anyOf: [
-              { type: "string", minLength: 1, maxLength: 64 },
-              { type: "array", minItems: 1, maxItems: 16, items: { type: "string", minLength: 1, maxLength: 64 } },
-            ],
-          }
-        : { type: "string", minLength: 1, maxLength: 256 },
-    ]),
-  ),
-});
+export const PersonalData = subjectSchema({ maxLength: 64, maxItems: 16 });
 
 /** POST /cards/{id}/keygen. */
 export const KeygenIssueRequest = Closed({
