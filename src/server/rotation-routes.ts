@@ -235,7 +235,7 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
       const r = await rotationOr404(req.params.id);
       if (r.status !== "running" || !r.toKeySetId) {
         if (r.status === "completed") return reply.code(200).send(status(r));
-        throw domainConflict(`rotation ${r.id} is ${r.status}: the re-wrap runs once the new card is issued (POST /rotations/${r.id}/new-card)`);
+        throw conflict(`rotation ${r.id} is ${r.status}: the re-wrap runs once the new card is issued (POST /rotations/${r.id}/new-card)`);
       }
       if (jobs.get(r.id)?.state === "running") return reply.code(202).send(status(r));
       if (FIG15[r.strategy].systemDb !== "all") return reply.code(200).send(status(r));
@@ -302,5 +302,4 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
 const rotationsNotFound = (id: string): never => {
   throw new IssuerError("not_found", `no rotation ${id}`);
 };
-const domainConflict = (detail: string) => conflict(detail);
 const domainInvalid = (m: string) => new IssuerError("invalid", m);

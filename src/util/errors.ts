@@ -14,8 +14,6 @@
 
 export type ErrorKind = "invalid" | "not_found" | "conflict" | "refused" | "unavailable" | "unauthenticated";
 
-export const ERROR_KINDS: readonly ErrorKind[] = ["invalid", "not_found", "conflict", "refused", "unavailable", "unauthenticated"];
-
 /** How the problem+json answer shows a DomainError when its kind's type and title do not say enough. */
 export interface ProblemShape {
   /** A slug under the API's problem base (e.g. "card-state"), or an absolute URI (e.g. "urn:cardkms:ca:refused"). */
@@ -51,8 +49,6 @@ export class DomainError extends Error {
     return this;
   }
 }
-
-export const isDomainError = (e: unknown): e is DomainError => e instanceof DomainError;
 
 /** True when `e` is a DomainError of `kind` (e.g. a store's conflict the domain turns into its own refusal). */
 export const isKind = (e: unknown, kind: ErrorKind): e is DomainError => e instanceof DomainError && e.kind === kind;
