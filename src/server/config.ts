@@ -86,6 +86,13 @@ export interface IssuerConfig {
    * was made, and never needs fewer than this server's).
    */
   rotations: { approvals: number };
+  /**
+   * Several servers on one database (issue 16 §1, docs/live-relays.md). advertiseUrl: where the other servers reach
+   * this one, on their private network (default http://<listen host>:<port>, 0.0.0.0 and :: read as loopback: set it
+   * when the servers run on several hosts). heartbeatSeconds: how often this server tells the others it runs; one
+   * silent for 3 heartbeats is taken for gone.
+   */
+  server: { advertiseUrl?: string; heartbeatSeconds: number };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -114,6 +121,7 @@ export const DEFAULT_CONFIG: IssuerConfig = {
   webhooks: { allowAddresses: [] },
   audit: { checkpointIntervalSeconds: 300 },
   rotations: { approvals: 1 },
+  server: { heartbeatSeconds: 5 },
 };
 
 const count = (min: number, max: number) => ({ type: "integer", minimum: min, maximum: max }) as const;
@@ -121,7 +129,7 @@ const count = (min: number, max: number) => ({ type: "integer", minimum: min, ma
 const schema = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks", "audit", "rotations"],
+  required: ["listen", "database", "custody", "ca", "crlUrl", "validity", "expiry", "logLevel", "insecure", "limits", "metrics", "webhooks", "audit", "rotations", "server"],
   properties: {
     listen: {
       type: "object",
@@ -216,6 +224,12 @@ const schema = {
       },
     },
     rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16) } },
+    server: {
+      type: "object",
+      additionalProperties: false,
+      required: ["heartbeatSeconds"],
+      properties: { advertiseUrl: { type: "string", pattern: "^https?://[^/?#\\s]+/?$", maxLength: 300 }, heartbeatSeconds: count(1, 300) },
+    },
   },
 } as const;
 
@@ -260,6 +274,8 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_AUDIT_CHECKPOINT_FILE: { path: ["audit", "checkpointFile"], type: "string" },
   CARDKMS_AUDIT_ORIGIN: { path: ["audit", "origin"], type: "string" },
   CARDKMS_ROTATION_APPROVALS: { path: ["rotations", "approvals"], type: "integer" },
+  CARDKMS_ADVERTISE_URL: { path: ["server", "advertiseUrl"], type: "string" },
+  CARDKMS_HEARTBEAT_SECONDS: { path: ["server", "heartbeatSeconds"], type: "integer" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {

@@ -5,7 +5,9 @@
 //
 //   POST /cards/{id}/keygen            (operator) {slot, alg, profile?, personalData, escrow?}
 //                                      -> 201 {sessionId, apdus} | {sessionId, result}: relay each APDU to the card
-//   POST /keygen/sessions/{sessionId}  (operator) {responses: [1 hex]} -> {apdus} | {result} | 4xx naming the check
+//   POST /keygen/sessions/{sessionId}  (operator) {responses: [1 hex]} -> {apdus} | {result} | 4xx naming the check;
+//                                      on another server than the one that opened it: forwarded there (issue 16 §3,
+//                                      live-relay-forward.ts), or 410 relay-server-gone when that server stopped
 //
 // What runs in this process, per issue: a key pair generated in the server's custody (extractable only wrapped,
 // never persisted); the registry of every public key the device generated (steps 414-415, SQL); a PKCS#10 request
@@ -37,9 +39,9 @@ import type { IssuedKeyRegistry } from "../keygen/registry.ts";
 import type { RecoveryService } from "../recovery/service.ts";
 import { APDU_HEX, CARD_ID, fromHex, params, principalOf, SESSION_ID, toHex } from "./issuer-routes.ts";
 import { checkCardState, requireCardState } from "../issuer/card-lifecycle.ts";
-import { LiveRelaySessions, type LiveStep } from "./live-relay.ts";
+import { LiveRelaySessions, type LiveRelayOptions, type LiveStep } from "./live-relay.ts";
+import type { LiveRelayForwarder } from "./live-relay-forward.ts";
 import { ApiProblem } from "./problem.ts";
-import type { TtlMapOptions } from "./relay-sessions.ts";
 import { Closed } from "../util/wire.ts";
 
 export interface KeygenRoutesOptions {
@@ -55,8 +57,10 @@ export interface KeygenRoutesOptions {
    * the first issue, pinned for the life of the process (trust on first use: right for this site's own CA).
    */
   trustAnchors?: readonly Uint8Array[];
-  /** Bounds of the live relay sessions (default 5 min, 100 at once). */
-  liveRelays?: Partial<TtlMapOptions>;
+  /** Bounds and store of the live relay sessions (default 5 min, 100 at once, in memory). */
+  liveRelays?: LiveRelayOptions;
+  /** Several servers on one database (issue 16 §3): a round for a session another server runs is forwarded to it. */
+  forwarder?: LiveRelayForwarder;
 }
 
 /** The certificate profile a slot gets when the request names none (SP 800-73-4 key purposes). */
@@ -98,7 +102,7 @@ const stepOut = (s: LiveStep<KeygenResultJson>) => ("apdus" in s ? { apdus: s.ap
 
 export const keygenRoutes: FastifyPluginAsyncTypebox<KeygenRoutesOptions> = async (app, o) => {
   const { issuer, center, registry, recovery } = o;
-  const lives = new LiveRelaySessions<KeygenResultJson>(o.liveRelays);
+  const lives = new LiveRelaySessions<KeygenResultJson>({ ...o.liveRelays, kind: "keygen" });
   app.addHook("onClose", async () => lives.close());
   let anchors: Promise<Uint8Array[]> | undefined = o.trustAnchors ? Promise.resolve(o.trustAnchors.map((a) => a.slice())) : undefined;
   /** Pins the center's root at the first issue (step 433's anchor); a failed fetch is retried next time. */
@@ -182,6 +186,12 @@ export const keygenRoutes: FastifyPluginAsyncTypebox<KeygenRoutesOptions> = asyn
         response: { 200: KeygenStepJson, ...problems },
       },
     },
-    async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),
+    async (req, reply) => {
+      const { sessionId } = req.params;
+      const principal = principalOf(req).name;
+      // issue 16 §3: the operation runs in the server that opened it; a round that landed here goes there
+      if (o.forwarder && !lives.holds(sessionId)) return o.forwarder.forward(req, reply, lives as LiveRelaySessions<unknown>, sessionId, principal);
+      return stepOut(await lives.next(sessionId, principal, req.body.responses.map(fromHex)));
+    },
   );
 };

@@ -16,6 +16,9 @@
 //             logins, terminal tokens and relay sessions bounded per card and per principal; /metrics for auditor
 //             tokens, or on a loopback listener (config.metrics); webhooks kept off internal addresses (config.webhooks)
 //   Logs      pino JSON at config.logLevel with the REDACT list; no secret is ever logged
+//   Servers   several on one database (issue 16): each registers in server_instances (cluster.ts) when it listens,
+//             heartbeats and deregisters when it closes; a live relay round that lands on another server than the one
+//             running the operation is forwarded there (live-relay-forward.ts; docs/live-relays.md)
 //   Shutdown  SIGTERM / SIGINT close the listener, wait for requests in flight, stop the schedulers, close
 //             custody and the DB.
 //
@@ -63,6 +66,10 @@ import { Metrics, serveMetricsOnLoopback } from "./metrics.ts";
 import { backupRoutes } from "./backup-routes.ts";
 import { recoveryRoutes } from "./recovery-routes.ts";
 import type { LiveRelayOptions } from "./live-relay.ts";
+import { LiveRelayForwarder } from "./live-relay-forward.ts";
+import { defaultAdvertiseUrl, ServerPresence, STALE_BEATS } from "./cluster.ts";
+import { instanceId as processInstanceId } from "./instance.ts";
+import { SqlLiveRelaySessions, SqlServerInstances } from "../store/server-instances.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
@@ -112,6 +119,10 @@ export interface IssuerAppDeps {
   /** Four eyes: approvals of distinct operators other than the proposer a rotation needs (config rotations.approvals; default 1). */
   rotationApprovals?: number;
   terminalTokens?: TerminalTokens;
+  /** This server among those on the database (issue 16 §1; default: this process's, instance.ts). */
+  instanceId?: string;
+  /** Several servers (issue 16): how often they heartbeat (ms, default 5 s) and how long a forwarded round may take (ms). */
+  cluster?: { heartbeatMs?: number; forwardTimeoutMs?: number };
 }
 
 export interface IssuerApp {
@@ -124,6 +135,8 @@ export interface IssuerApp {
   /** Signed checkpoints of the audit log (audit-routes.ts; the schedule: startIssuerServer). */
   checkpoints: AuditCheckpoints;
   routes: RouteInfo[];
+  /** This server's id in server_instances and live_relay_sessions (instance.ts). */
+  instanceId: string;
 }
 
 import { operatorLookup } from "../issuer/operators.ts";
@@ -169,7 +182,24 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
 
   // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
   const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
-  const liveRelays: LiveRelayOptions = { perOwner: limits.liveRelaySessionsPerPrincipal };
+  // Issue 16 §2-3: live relay sessions counted in the DB by every server; rounds for another server's sessions go there.
+  const instanceId = d.instanceId ?? processInstanceId;
+  const staleAfterMs = STALE_BEATS * (d.cluster?.heartbeatMs ?? DEFAULT_CONFIG.server.heartbeatSeconds * 1000);
+  const liveRecords = new SqlLiveRelaySessions(d.store.db as Db);
+  const liveRelays: LiveRelayOptions = {
+    perOwner: limits.liveRelaySessionsPerPrincipal,
+    records: liveRecords,
+    instanceId,
+    staleAfterMs,
+    onRecordError: (e) => app.log.warn({ err: e }, "a live relay session's row could not be deleted (it expires)"),
+  };
+  const forwarder = new LiveRelayForwarder({
+    instances: new SqlServerInstances(d.store.db as Db),
+    records: liveRecords,
+    staleAfterMs,
+    timeoutMs: d.cluster?.forwardTimeoutMs,
+    onGone: (g) => app.log.warn({ instanceId: g.instanceId, reason: g.reason }, "a live relay round found its server gone"),
+  });
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
   await app.register(rotationRoutes, {
     prefix: "/v1",
@@ -198,8 +228,8 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   const center = d.center ?? d.ca;
   if (d.serveCa) await app.register(caRoutes, { prefix: "/v1", client: center instanceof CertificationCenter ? signedRequestsThroughCenter(d.ca, center) : d.ca });
   const recovery = await RecoveryService.open({ store: recoveryStoreOf(d.store.db as Db), custody: d.custody });
-  await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer, liveRelays });
-  await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery, liveRelays });
+  await app.register(recoveryRoutes, { prefix: "/v1", recovery, issuer, liveRelays, forwarder });
+  await app.register(keygenRoutes, { prefix: "/v1", issuer, center, registry: new SqlIssuedKeyRegistry(d.store.db as Db), recovery, liveRelays, forwarder });
   await app.register(backupRoutes, { prefix: "/v1", issuer, backups: new BackupRepository(d.store.db as Db) });
   if (d.crlPath) serveCrlAt(app, d.crlPath, issuer);
   const checkpoints = await AuditCheckpoints.open({
@@ -210,7 +240,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     onPublishError: (e) => app.log.error({ err: e }, "an audit checkpoint was signed and recorded, but sending it out failed"),
   });
   await app.register(auditRoutes, { prefix: "/v1", checkpoints });
-  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, routes };
+  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, routes, instanceId };
 }
 
 /** The scheduled checkpoint (issue 15 §3): only when the log grew; a log that does not extend the last is an alarm. */
@@ -265,6 +295,8 @@ export interface StartOptions {
   logStream?: NodeJS.WritableStream;
   /** Wraps the opened custody (tests: the leak scan observes what custody hands out). */
   wrapCustody?: (custody: KeyCustody) => KeyCustody;
+  /** This server's instance id (default: the process's, instance.ts); several servers in one process (tests) each need one. */
+  instanceId?: string;
 }
 
 export interface IssuerServer extends IssuerApp {
@@ -274,6 +306,8 @@ export interface IssuerServer extends IssuerApp {
   url: string;
   /** The loopback metrics listener's http://host:port/metrics (config metrics.access "loopback"), once listening. */
   metricsUrl?: string;
+  /** This server's row in server_instances (issue 16 §1), once listening. */
+  presence?: ServerPresence;
   /** Stops accepting, finishes requests in flight, stops the schedulers, closes custody and the DB. Idempotent. */
   close(): Promise<void>;
 }
@@ -344,6 +378,8 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       rotationApprovals: config.rotations.approvals,
       metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
       audit: { origin: config.audit.origin, publishers: config.audit.checkpointFile ? [fileCheckpointPublisher(config.audit.checkpointFile)] : [] },
+      instanceId: opts.instanceId,
+      cluster: { heartbeatMs: config.server.heartbeatSeconds * 1000 },
     });
     const { app } = built;
     app.log[selfTest.ok ? "info" : "warn"](
@@ -379,11 +415,24 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       await scheduler.stop();
       await dispatcher.stop();
     });
+    // deregistered after the listener closed and the live relays ended, before the DB closes
+    let presence: ServerPresence | undefined;
+    closers.push(async () => presence?.stop());
     closers.push(() => app.close());
     let url = "";
     let metricsUrl: string | undefined;
     if (opts.listen ?? true) {
       url = await app.listen({ host: config.listen.host, port: config.listen.port });
+      // issue 16 §1: the others find this server's live relay sessions here
+      const address = app.server.address();
+      const port = typeof address === "object" && address ? address.port : config.listen.port;
+      presence = new ServerPresence(new SqlServerInstances(store.db as Db), {
+        instanceId: built.instanceId,
+        advertiseUrl: config.server.advertiseUrl ?? defaultAdvertiseUrl(config.listen.host, port),
+        heartbeatMs: config.server.heartbeatSeconds * 1000,
+        onError: (e) => app.log.warn({ err: e }, "the server heartbeat could not be written (the next one tries again)"),
+      });
+      await presence.start();
       const crlWarning = crlPath && crlUrlWarning(config.crlUrl, config.listen.host, url);
       if (crlWarning) app.log.warn({ crlUrl: config.crlUrl, url }, crlWarning);
       if (config.metrics.access === "loopback") {
@@ -400,7 +449,7 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       }
     }
     let closing: Promise<void> | undefined;
-    const server: IssuerServer = { ...built, store, custody, url, metricsUrl, close: () => (closing ??= closeAll()) };
+    const server: IssuerServer = { ...built, store, custody, url, metricsUrl, presence, close: () => (closing ??= closeAll()) };
     if (opts.handleSignals ?? opts.listen ?? true) {
       const onSignal = (signal: NodeJS.Signals) => {
         app.log.info({ signal }, "shutting down");

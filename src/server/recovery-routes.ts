@@ -70,7 +70,8 @@ import type { Issuer } from "../issuer/issuer.ts";
 import type { RecoveryService } from "../recovery/service.ts";
 import type { Store } from "../store/store.ts";
 import { ApiProblem } from "./problem.ts";
-import type { TtlMapOptions } from "./relay-sessions.ts";
+import type { LiveRelayOptions } from "./live-relay.ts";
+import type { LiveRelayForwarder } from "./live-relay-forward.ts";
 import { boundArbitrator } from "./recovery-routes/access.ts";
 import { arbitratorRoutes } from "./recovery-routes/arbitrators.ts";
 import { decisionRoutes } from "./recovery-routes/decisions.ts";
@@ -84,8 +85,10 @@ export interface RecoveryRoutesOptions {
   recovery: RecoveryService;
   /** The issuer: card records whose current key set a reproduction targets, the operators table for tokens. */
   issuer: Issuer<Store>;
-  /** Bounds of the live relay sessions of reproductions (default 5 min, 100 at once). */
-  liveRelays?: Partial<TtlMapOptions>;
+  /** Bounds and store of the live relay sessions of reproductions (default 5 min, 100 at once, in memory). */
+  liveRelays?: LiveRelayOptions;
+  /** Several servers on one database (issue 16 §3): rounds of reproductions another server runs go there. */
+  forwarder?: LiveRelayForwarder;
 }
 
 export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (app, o) => {
@@ -108,5 +111,5 @@ export const recoveryRoutes: FastifyPluginAsync<RecoveryRoutesOptions> = async (
   await app.register(policyRoutes, { recovery });
   await app.register(requestRoutes, { recovery });
   await app.register(decisionRoutes, { recovery });
-  await app.register(reproductionRoutes, { recovery, liveRelays: o.liveRelays });
+  await app.register(reproductionRoutes, { recovery, liveRelays: o.liveRelays, forwarder: o.forwarder });
 };

@@ -1,6 +1,9 @@
 // Reproduction through the terminal (S8-S9, FIG. 10) on the recovery routes (recovery-routes.ts lists the routes):
 // the reproduction device's public key, which arbitrators release their shares to, and the live relay (live-relay.ts)
-// that carries the reproduction's APDUs to the card the request names through the user's terminal.
+// that carries the reproduction's APDUs to the card the request names through the user's terminal. With several
+// servers on one database, a round that lands on another server than the one running the reproduction is forwarded
+// to it (issue 16 §3, live-relay-forward.ts), or answered 410 relay-server-gone when that server stopped: the
+// request's reproduction lease then lets a new reproduction take it over once the lease has passed.
 
 import { createPublicKey } from "node:crypto";
 import { Type } from "typebox";
@@ -9,14 +12,17 @@ import type { RecoveryService, ReproductionResult } from "../../recovery/service
 import { DeviceKeyJson, ReproduceBody, ReproductionStepJson, RequestId } from "../../recovery/wire.ts";
 import { Closed } from "../../util/wire.ts";
 import { APDU_HEX, fromHex, principalOf, toHex } from "../issuer-routes.ts";
-import { LiveRelaySessions, type LiveStep } from "../live-relay.ts";
-import { SESSION_ID_PATTERN, type TtlMapOptions } from "../relay-sessions.ts";
+import { LiveRelaySessions, type LiveRelayOptions, type LiveStep } from "../live-relay.ts";
+import type { LiveRelayForwarder } from "../live-relay-forward.ts";
+import { SESSION_ID_PATTERN } from "../relay-sessions.ts";
 import { b64, NO_QUERY, problems } from "./schemas.ts";
 
 export interface ReproductionRoutesOptions {
   recovery: RecoveryService;
-  /** Bounds of the live relay sessions of reproductions (default 5 min, 100 at once). */
-  liveRelays?: Partial<TtlMapOptions>;
+  /** Bounds and store of the live relay sessions of reproductions (default 5 min, 100 at once, in memory). */
+  liveRelays?: LiveRelayOptions;
+  /** Several servers on one database (issue 16 §3): a round for a session another server runs is forwarded to it. */
+  forwarder?: LiveRelayForwarder;
 }
 
 // ---- outputs -------------------------------------------------------------------------------------------------
@@ -27,7 +33,7 @@ const stepOut = (s: LiveStep<ReproductionResult>) => ("apdus" in s ? { apdus: s.
 
 export const reproductionRoutes: FastifyPluginAsyncTypebox<ReproductionRoutesOptions> = async (app, o) => {
   const { recovery } = o;
-  const lives = new LiveRelaySessions<ReproductionResult>(o.liveRelays);
+  const lives = new LiveRelaySessions<ReproductionResult>({ ...o.liveRelays, kind: "reproduction" });
   app.addHook("onClose", async () => lives.close());
 
   app.get(
@@ -89,6 +95,12 @@ export const reproductionRoutes: FastifyPluginAsyncTypebox<ReproductionRoutesOpt
         response: { 200: ReproductionStepJson, ...problems },
       },
     },
-    async (req) => stepOut(await lives.next(req.params.sessionId, principalOf(req).name, req.body.responses.map(fromHex))),
+    async (req, reply) => {
+      const { sessionId } = req.params;
+      const principal = principalOf(req).name;
+      // issue 16 §3: the reproduction runs in the server that opened it; a round that landed here goes there
+      if (o.forwarder && !lives.holds(sessionId)) return o.forwarder.forward(req, reply, lives as LiveRelaySessions<unknown>, sessionId, principal);
+      return stepOut(await lives.next(sessionId, principal, req.body.responses.map(fromHex)));
+    },
   );
 };
