@@ -86,8 +86,14 @@ export class LiveRelayForwarder {
       return this.#gone(sessionId, row.instanceId, reason);
     }
     if (status >= 300 && status < 400) return this.#gone(sessionId, row.instanceId, `it answered a redirect (${status})`);
-    reply.code(status).type(type);
-    return reply.send(/json/i.test(type) && text !== "" ? (JSON.parse(text) as unknown) : text);
+    let body: unknown = text;
+    if (/json/i.test(type) && text !== "")
+      try {
+        body = JSON.parse(text);
+      } catch {
+        return this.#gone(sessionId, row.instanceId, "its answer was not the JSON it announced");
+      }
+    return reply.code(status).type(type).send(body);
   }
 
   async #gone(sessionId: string, instanceId: string, reason: string): Promise<never> {
