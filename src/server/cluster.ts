@@ -115,7 +115,9 @@ export class ServerPresence {
     return STALE_BEATS * this.heartbeatMs;
   }
 
+  /** Registers (again, after halt) and heartbeats from now on. */
   async start(): Promise<void> {
+    clearInterval(this.#timer);
     const at = this.#now();
     // rows of servers gone for a day are of no use to anyone
     await this.#records.reap(at - 86_400_000);
