@@ -153,6 +153,11 @@ export class ScriptRelaySession {
           if (!(e instanceof Scp03Error)) throw e;
           const why = this.keys.explainMismatch?.(c.hostChallenge, responses[1]);
           throw why ? new RelayError(`${e.message} — ${why}`) : e;
+        } finally {
+          // the host keeps its own copy; custody's is wiped here
+          material.sEnc.fill(0);
+          material.sMac.fill(0);
+          material.sRmac.fill(0);
         }
       } else ea = s.authenticate(responses[1]);
       const apdus = [ea];
