@@ -10,6 +10,7 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { sql } from "kysely";
 import { join } from "node:path";
 import { createCard } from "../src/card/card.ts";
 import type { CardRuntime } from "../src/card/runtime.ts";
@@ -95,6 +96,15 @@ for (const engine of testEngines()) {
     // and an honest delivery: round 1 on A, round 2 on B
     const s3 = expect(await B.post(online, op), 201) as { sessionId: string; apdus: string[] };
     const n3 = expect(await A.post(`/v1/relay/${s3.sessionId}`, op, { responses: await answer(card, s3.apdus) }), 200) as { apdus: string[] };
+    // what the DB holds between the rounds: no session key (custody derives them again from the challenges)
+    const row = await sql<{ owner: string; recipe: string; state: string }>`select owner, recipe, state from relay_sessions where id = ${s3.sessionId}`.execute(env.server.store.db);
+    const kept = JSON.stringify(row.rows[0]).toLowerCase();
+    const host = (JSON.parse(row.rows[0].state) as { relay: { host: { hostChallenge: string; initUpdate: string } } }).relay.host;
+    const keys = env.server.issuer.keysOf(await env.server.issuer.currentKeySet(await env.server.issuer.card(cardId)));
+    assert.ok("custody" in keys);
+    const m = await keys.custody.scp03Session(keys.ref, unhex(host.hostChallenge), unhex(host.initUpdate).subarray(13, 21));
+    for (const k of [m.sEnc, m.sMac, m.sRmac]) assert.ok(!kept.includes(hex(k)), "no session key in the relay session's row");
+    assert.deepEqual(JSON.parse(row.rows[0].recipe), { kind: "online-delivery", cardId, keyPairId: cred.keyPairId });
     const d3 = expect(await B.post(`/v1/relay/${s3.sessionId}`, op, { responses: await answer(card, n3.apdus) }), 200) as { done: boolean };
     assert.equal(d3.done, true);
     const audit = expect(await A.get("/v1/audit?limit=1000", env.tokens.auditor), 200) as { entries: { action: string; subject: string; details: { path?: string } }[] };
