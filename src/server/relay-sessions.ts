@@ -310,6 +310,7 @@ export class RelaySessions {
     }
   }
 }
+
 function relayFailed(reason: string, sw?: number): ApiProblem {
   const status = sw === undefined ? "" : ` (SW ${sw.toString(16).padStart(4, "0").toUpperCase()})`;
   return new ApiProblem(422, "relay-failed", "The relayed card session failed", `${reason}${status}`);
