@@ -18,8 +18,10 @@
 // "terminal.authenticated", through the issuer's store port.
 //
 // The pending handshakes and the live terminal tokens are tables the wiring hands in (HandshakeTable,
-// TerminalTokenTable; in memory today: src/server/terminal-routes.ts). Never here: HTTP, SQL, a token or key
-// material in a log or an audit entry.
+// TerminalTokenTable; in the system DB, so that a login begun on one server finishes on another and a token issued by
+// one is accepted by all (issue 16 §1): src/server/terminal-sessions.ts). A pending handshake is kept without any
+// secret: before the card answers, the host's side of SCP03 is its key version and host challenge. Never here: HTTP,
+// SQL, a token or key material in a log or an audit entry.
 
 import { encodeCommand, parseResponse } from "../protocol/apdu.ts";
 import { Scp03Error, Scp03HostSession } from "../protocol/scp03/host.ts";
@@ -45,15 +47,17 @@ export interface PendingLogin {
  */
 export interface HandshakeTable {
   /** Keeps `login`, begun by `client`, under a fresh session ID. */
-  add(login: PendingLogin, client: string): string;
-  /** The pending login under `sessionId`, if it has not expired. */
-  get(sessionId: string): PendingLogin | undefined;
-  delete(sessionId: string): void;
+  add(login: PendingLogin, client: string): Promise<string>;
+  /**
+   * Takes the pending login of card `cardId` under `sessionId`, if it has not expired: it is gone after this (one
+   * attempt per handshake; of two servers taking it at once, one gets it).
+   */
+  take(sessionId: string, cardId: string): Promise<PendingLogin | undefined>;
 }
 
 /** The live terminal tokens: one issued for a card at its status_version now; only the table sees it after this. */
 export interface TerminalTokenTable {
-  issue(cardId: string, statusVersion: number): { token: string; expiresAt: number };
+  issue(cardId: string, statusVersion: number): Promise<{ token: string; expiresAt: number }>;
 }
 
 export interface CardLoginOptions {
@@ -103,7 +107,7 @@ export class CardLogin {
     const keySet = await this.#issuer.currentKeySet(card);
     const host = new Scp03HostSession(null, { level: LEVEL_FULL, kvn: keySet.kvn });
     const apdus = [SELECT_ISD, host.initializeUpdate(), STATE_COUNTER_COMMAND];
-    const sessionId = this.#handshakes.add({ cardId: card.id, keySetId: keySet.id, host, startedAt: store.now() }, client);
+    const sessionId = await this.#handshakes.add({ cardId: card.id, keySetId: keySet.id, host, startedAt: store.now() }, client);
     return { sessionId, apdus };
   }
 
@@ -112,9 +116,8 @@ export class CardLogin {
    * and its state counter report verify under its current key set and the counter went up; one attempt per handshake.
    */
   async finish(cardId: string, sessionId: string, responses: readonly Uint8Array[]): Promise<{ token: string; expiresAt: number; apdus: Uint8Array[] }> {
-    const hs = this.#handshakes.get(sessionId);
+    const hs = await this.#handshakes.take(sessionId, cardId); // one attempt per handshake
     if (!hs || hs.cardId !== cardId) throw new CardLoginError("not_found", `no open authentication session ${sessionId} for card ${cardId}`, "authentication session not found");
-    this.#handshakes.delete(sessionId); // one attempt per handshake
     const [sel, iu, report] = responses;
     const swSel = parseResponse(sel).sw;
     if (swSel !== 0x9000) throw relayFailed(`the card refused SELECT (SW ${swHex(swSel)})`);
@@ -171,7 +174,7 @@ export class CardLogin {
         await store.audit({ actor, action: "terminal.refused", subject: cardId, details: { reason: "card flagged for a rollback", kvn: current.kvn, stateCounter: counter } });
       throw rollbackRefusal(cardId, outcome.record, outcome.reason === "rollback");
     }
-    const { token, expiresAt } = this.#tokens.issue(cardId, card.statusVersion);
+    const { token, expiresAt } = await this.#tokens.issue(cardId, card.statusVersion);
     await store.audit({ actor, action: "terminal.authenticated", subject: cardId, details: { kvn: current.kvn, expiresAt, stateCounter: counter } });
     return { token, expiresAt, apdus: [externalAuthenticate] };
   }

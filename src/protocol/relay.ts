@@ -5,6 +5,12 @@
 // The terminal sees only MACed (and, for key material, encrypted) commands; any change it makes is refused by
 // the card (6988), and any change to a response is caught here (bad R-MAC).
 //
+// Between two round trips the session can be kept as RelaySessionState (snapshot / restore, issue 16 §1), so that
+// another server takes the next round: the step, how many APDUs carry each command, and the SCP03 host's state
+// (scp03/host.ts Scp03SessionState) — public values only, never a session key; a restored session gets its session
+// keys again from ScriptKeys (custody derives them from the two challenges) for the round it takes, and close()
+// wipes them after. The script itself is not part of the state: the caller rebuilds it, the same, for the round.
+//
 // Never: custody or a key store. The session keys come from ScriptKeys — a static key set held here, or a
 // SessionSource that turns the challenges into session keys where the static keys are (issuer/card-keys.ts builds
 // one from key custody).
@@ -12,7 +18,7 @@
 import { encodeCommand, parseResponse, type ApduCommand } from "./apdu.ts";
 import { Scp03Error, Scp03HostSession } from "./scp03/host.ts";
 import { transmitFollowing } from "./apdu-client.ts";
-import type { Scp03Keys, SessionSource } from "./scp03/host.ts";
+import type { Scp03Keys, Scp03SessionState, SessionSource } from "./scp03/host.ts";
 
 /** Full protection: C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION. */
 export const LEVEL_FULL = 0x33;
@@ -45,6 +51,14 @@ export interface RelayResult {
 
 type Step = "new" | "selected" | "authenticating" | "done" | "failed";
 
+/** A relay session between two round trips (issue 16 §1): no key, no command, only what the next round needs. */
+export interface RelaySessionState {
+  step: "selected" | "authenticating";
+  /** For each command of the script, how many APDUs (chain parts) carry it (set once authenticating). */
+  parts: number[];
+  host: Scp03SessionState;
+}
+
 export class ScriptRelaySession {
   private step: Step = "new";
   private session: Scp03HostSession | undefined;
@@ -60,6 +74,36 @@ export class ScriptRelaySession {
 
   get finished(): boolean {
     return this.step === "done" || this.step === "failed";
+  }
+
+  /**
+   * The session between two round trips (after start(), or after a round that answered APDUs), without any key.
+   * Take it before close().
+   */
+  snapshot(): RelaySessionState {
+    if ((this.step !== "selected" && this.step !== "authenticating") || !this.session) throw new RelayError(`a ${this.step} relay session has no state to keep`);
+    return { step: this.step, parts: [...this.parts], host: this.session.snapshot() };
+  }
+
+  /**
+   * A session from its snapshot, over the same keys, application and script it was started with (the caller rebuilds
+   * them). Its session keys, when it is past round 1, come back in next() (from ScriptKeys).
+   */
+  static restore(keys: ScriptKeys, aid: Uint8Array, script: ApduCommand[], state: RelaySessionState): ScriptRelaySession {
+    if (state.step !== "selected" && state.step !== "authenticating") throw new RelayError("relay session state: unknown step");
+    if (!Array.isArray(state.parts) || state.parts.some((n) => !Number.isInteger(n) || n < 1)) throw new RelayError("relay session state: bad parts");
+    if (state.step === "authenticating" && state.parts.length !== script.length)
+      throw new RelayError(`relay session state: ${state.parts.length} commands were wrapped, the script has ${script.length}`);
+    const r = new ScriptRelaySession(keys, aid, script, { level: state.host.level, channel: state.host.channel });
+    r.session = Scp03HostSession.restore(state.host, typeof keys.keys === "function" ? null : keys.keys);
+    r.step = state.step;
+    r.parts = [...state.parts];
+    return r;
+  }
+
+  /** Ends the host side and wipes the session keys (after a snapshot, when another round may come elsewhere). */
+  close(): void {
+    this.session?.end();
   }
 
   /** Round 1: select the application and start the secure channel. */
@@ -109,6 +153,11 @@ export class ScriptRelaySession {
           if (!(e instanceof Scp03Error)) throw e;
           const why = this.keys.explainMismatch?.(c.hostChallenge, responses[1]);
           throw why ? new RelayError(`${e.message} — ${why}`) : e;
+        } finally {
+          // the host keeps its own copy; custody's is wiped here
+          material.sEnc.fill(0);
+          material.sMac.fill(0);
+          material.sRmac.fill(0);
         }
       } else ea = s.authenticate(responses[1]);
       const apdus = [ea];
@@ -122,6 +171,19 @@ export class ScriptRelaySession {
       return { apdus };
     }
     if (this.step === "authenticating") {
+      const source = this.keys.keys;
+      if (!s.open && typeof source === "function") {
+        // restored from a snapshot: custody derives the same session keys again from the two challenges
+        const c = s.resumeChallenges;
+        const material = await source(c.hostChallenge, c.cardChallenge, c.kvn);
+        try {
+          s.resumeWith(material);
+        } finally {
+          material.sEnc.fill(0);
+          material.sMac.fill(0);
+          material.sRmac.fill(0);
+        }
+      }
       const expected = 1 + this.parts.reduce((a, b) => a + b, 0);
       if (responses.length !== expected) throw new RelayError(`expected ${expected} responses, got ${responses.length}`);
       const ea = parseResponse(responses[0]);

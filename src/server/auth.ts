@@ -33,7 +33,11 @@ declare module "fastify" {
   }
 }
 
-/** The first lookup that knows the hash wins (e.g. terminal tokens in memory, then the operators table). */
+/**
+ * The first lookup that knows the hash wins (e.g. terminal tokens, then the operators table). The terminal tokens'
+ * lookup (terminal-sessions.ts) reads the system DB on every request, uncached, so a token issued, retired or expired on
+ * any server is seen at once by all of them (issue 16 §1), and its card's state is read on every request too.
+ */
 export function anyOf(...lookups: TokenLookup[]): TokenLookup {
   return async (hash) => {
     for (const l of lookups) {
@@ -47,7 +51,9 @@ export function anyOf(...lookups: TokenLookup[]): TokenLookup {
 /**
  * Remembers what `lookup` found for `ttlMs` (the operators table is read once per token per window instead of on
  * every request; seen in the issuance profile). Only hits are kept, so a new token works at once; a disabled
- * operator's token keeps working for at most `ttlMs`. At most `max` entries (the oldest go first).
+ * operator's token keeps working for at most `ttlMs` (default 2 s) — on each server, as the cache is per process:
+ * that is the staleness bound across servers too. At most `max` entries (the oldest go first). Not used for the
+ * terminal tokens (see anyOf).
  */
 export function cachedLookup(lookup: TokenLookup, o: { ttlMs?: number; max?: number; now?: () => number } = {}): TokenLookup {
   const ttl = o.ttlMs ?? 2000;

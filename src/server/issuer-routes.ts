@@ -2,7 +2,10 @@
 // (POST /cards/{id}/suspend | resume | retire | report-destroyed {reason}: card-lifecycle.ts), distribution
 // requests (credentials), online delivery, the relay endpoint the terminal or card issuing machine forwards
 // APDUs through, revocation, the CRL and the audit log. Every route that acts for a card checks the card's state
-// on each call (requireCardState; a relay round of a card script too): 409 check card_state. Thin: the domain is
+// on each call (requireCardState; a relay round of a card script too, on whichever server takes it): 409 check
+// card_state. The relay sessions are in the system DB (relay-sessions.ts, issue 16 §1): personalisation and online
+// delivery open them by recipe ("personalisation" {cardId}, "online-delivery" {cardId, keyPairId}), registered here,
+// so that any server rebuilds the script, its card-state gate and its outcome for the round it takes. Thin: the domain is
 // src/issuer/issuer.ts; this file validates (every body, query and params schema is closed: unknown fields are
 // 400s) and authorises (roles in route config, card binding for terminals); the domain's errors reach problem.ts,
 // the one mapper.
@@ -16,7 +19,6 @@ import { Type } from "typebox";
 import { toPem } from "../ca/pem.ts";
 import { Issuer } from "../issuer/issuer.ts";
 import { requireCardState, type CardTransition } from "../issuer/card-lifecycle.ts";
-import { RelaySession, type RelayResult } from "../issuer/relay.ts";
 import { auditEntries, verifyAuditLog } from "../store/audit.ts";
 import type { Card, Store, User } from "../store/store.ts";
 import { requireCardAccess, type Principal, type Role } from "./auth.ts";
@@ -100,26 +102,6 @@ export function principalOf(req: FastifyRequest): Principal {
   return req.principal;
 }
 
-/**
- * A relay script for a card that checks the card's state (card-lifecycle.ts) before each round it takes from the
- * terminal: a card suspended mid-session gets nothing more (409 check card_state; the session ends).
- */
-export class CardStateRelaySession extends RelaySession {
-  constructor(
-    keys: ConstructorParameters<typeof RelaySession>[0],
-    aid: Uint8Array,
-    script: ConstructorParameters<typeof RelaySession>[2],
-    private readonly gate: () => Promise<unknown>,
-  ) {
-    super(keys, aid, script);
-  }
-
-  override async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
-    await this.gate();
-    return super.next(responses);
-  }
-}
-
 // ---- response shapes ------------------------------------------------------------------------------------------
 
 const userOut = (u: User): UserJson => ({ id: u.id, personalData: u.personalData, createdAt: u.createdAt });
@@ -162,6 +144,26 @@ export function serveCrlAt(app: FastifyInstance, path: string, issuer: Issuer): 
 export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = async (app, o) => {
   const { issuer, relays } = o;
   const store = issuer.store;
+
+  // ---- relay recipes (relay-sessions.ts): any server rebuilds these scripts from the DB for the round it takes ----
+
+  relays.register("personalisation", async (r) => {
+    const cardId = String(r.cardId);
+    return {
+      scripts: [await issuer.personalisationScriptFor(cardId)],
+      gate: () => requireCardState(store, cardId, "personalisation"),
+      finish: async (_results, owner) => void (await issuer.markPersonalised(cardId, owner)),
+    };
+  });
+  relays.register("online-delivery", async (r) => {
+    const cardId = String(r.cardId);
+    const keyPairId = String(r.keyPairId);
+    return {
+      scripts: [await issuer.onlineDeliveryScript(cardId, keyPairId)],
+      gate: () => requireCardState(store, cardId, "credential.online"),
+      finish: (_results, owner) => issuer.recordOnlineDelivery(cardId, keyPairId, owner),
+    };
+  });
 
   // ---- users (FIG. 4: user ID and registered data) --------------------------------------------------------
 
@@ -262,14 +264,7 @@ export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = asyn
       },
     },
     async (req, reply) => {
-      const actor = principalOf(req).name;
-      const cardId = req.params.id;
-      const script = await issuer.personalisationScriptFor(cardId);
-      const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "personalisation"));
-      const opened = relays.open(actor, gated, async (results) => {
-        script.check(results);
-        await issuer.markPersonalised(cardId, actor);
-      });
+      const opened = await relays.open(principalOf(req).name, { kind: "personalisation", cardId: req.params.id });
       return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
     },
   );
@@ -328,12 +323,7 @@ export const issuerRoutes: FastifyPluginAsyncTypebox<IssuerRoutesOptions> = asyn
     async (req, reply) => {
       const { id: cardId, keyPairId } = req.params;
       const who = requireCardAccess(req.principal, cardId, { operators: true });
-      const script = await issuer.onlineDeliveryScript(cardId, keyPairId);
-      const gated = new CardStateRelaySession(script.keys, script.aid, script.commands, () => requireCardState(store, cardId, "credential.online"));
-      const opened = relays.open(who.name, gated, async (results) => {
-        script.check(results);
-        await issuer.recordOnlineDelivery(cardId, keyPairId, who.name);
-      });
+      const opened = await relays.open(who.name, { kind: "online-delivery", cardId, keyPairId });
       return reply.code(201).send({ sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) });
     },
   );

@@ -11,7 +11,9 @@
 //             backup-routes.ts; the key generation device (seed 001 embodiments 1-2: KeyGenerationDevice on the same
 //             custody, its registry in the DB, certifying through a CertificationCenter over the local CA whose
 //             registrations are the user records): keygen-routes.ts
-//   Auth      operators table (token hash -> roles) and card-bound terminal tokens in memory
+//   Auth      operators table (token hash -> roles) and card-bound terminal tokens (hashes) in the system DB
+//   Sessions  relay sessions, card login handshakes and terminal tokens in the system DB (SessionRepository,
+//             issue 16 §1): several servers on one database take each other's next request
 //   Limits    config.limits (issue 9 §2-3): public routes rate-limited per client address with small bodies; card
 //             logins, terminal tokens and relay sessions bounded per card and per principal; /metrics for auditor
 //             tokens, or on a loopback listener (config.metrics); webhooks kept off internal addresses (config.webhooks)
@@ -74,6 +76,7 @@ import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
 import { StateCounterRepository } from "../store/state-counter-repository.ts";
+import { SessionRepository } from "../store/relay-session-repository.ts";
 import { recoveryStoreOf } from "../store/recovery-store.ts";
 
 /** A route as registered (for the property test over all routes, and for documentation). */
@@ -176,12 +179,15 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   app.addHook("onRoute", (r) => {
     for (const m of [r.method].flat()) if (m !== "HEAD") routes.push({ method: m, url: r.url, roles: r.config?.roles ?? [] });
   });
+  // Relay sessions, login handshakes and terminal tokens: in the system DB, shared by every server on it (issue 16 §1).
+  const sessions = new SessionRepository(d.store.db as Db, { now: () => d.store.now() });
   const terminalTokens =
-    d.terminalTokens ?? new TerminalTokens({ perCard: limits.terminalTokensPerCard, max: limits.terminalTokensMax, onRetire: (bound) => metrics.retired.inc({ table: "terminal-tokens", bound }) });
+    d.terminalTokens ??
+    new TerminalTokens({ repository: sessions, perCard: limits.terminalTokensPerCard, max: limits.terminalTokensMax, onRetire: (bound) => metrics.retired.inc({ table: "terminal-tokens", bound }) });
   installAuth(app, anyOf(terminalTokens.lookup, cachedLookup(operatorLookup(d.store))));
 
   // One set of relay sessions: the rotation routes open them, POST /relay/{sessionId} (issuer-routes) advances them.
-  const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
+  const relays = new RelaySessions({ repository: sessions, perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
   // Issue 16 §2-3: live relay sessions counted in the DB by every server; rounds for another server's sessions go there.
   const instanceId = d.instanceId ?? processInstanceId;
   const staleAfterMs = STALE_BEATS * (d.cluster?.heartbeatMs ?? DEFAULT_CONFIG.server.heartbeatSeconds * 1000);
@@ -211,6 +217,7 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     prefix: "/v1",
     issuer,
     tokens: terminalTokens,
+    sessions,
     counters: new StateCounterRepository(d.store.db as Db, { now: () => d.store.now() }),
     metrics,
     authSessions: { perCard: limits.handshakesPerCard, perCardClient: limits.handshakesPerCardClient, max: limits.handshakesMax },

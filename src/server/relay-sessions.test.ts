@@ -1,40 +1,69 @@
 // Relay sessions are bounded: they expire after their TTL, at most `max` are open, and only their opener may
-// advance them. A pinned clock, not timers, moves time.
+// advance them; they are kept in the system DB (issue 16 §1), so the same suite runs on SQLite and PostgreSQL, and a
+// second RelaySessions on another connection to the same DB plays a second server. A pinned clock, not timers, moves
+// time. TtlMap (in memory, for live-relay.ts) keeps its own tests.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { TRANSPORT_KEY_SET } from "../card/card.ts";
 import { ISD_AID } from "../protocol/scp03/sm.ts";
-import { RelaySession } from "../issuer/relay.ts";
+import { SessionRepository } from "../store/relay-session-repository.ts";
+import { testEngines } from "../../test/support/store-testing.ts";
 import { ApiProblem } from "./problem.ts";
-import { RelaySessions, TtlMap } from "./relay-sessions.ts";
+import { RelaySessions, TtlMap, type RelaySessionsOptions } from "./relay-sessions.ts";
 
-const session = () => new RelaySession({ ...TRANSPORT_KEY_SET }, ISD_AID, []);
 const status = (p: unknown) => (p instanceof ApiProblem ? p.status : p);
+const recipe = { kind: "test" };
+const finished: string[] = [];
+/** Two servers on one DB: each with its own RelaySessions and the same recipe. */
+async function servers(engine: ReturnType<typeof testEngines>[number], o: Omit<RelaySessionsOptions, "repository">, clock: () => number) {
+  const t = await engine.create();
+  const make = (db: typeof t.db) => {
+    const r = new RelaySessions({ ...o, repository: new SessionRepository(db, { now: clock }) });
+    r.register("test", async () => ({ scripts: [{ keys: { ...TRANSPORT_KEY_SET }, aid: ISD_AID, commands: [], check: () => {} }], finish: async (_r, owner) => void finished.push(owner) }));
+    return r;
+  };
+  return { a: make(t.db), b: make(t.reopen()), drop: () => t.drop() };
+}
 
-test("a session expires after its TTL, the count is capped, and only the opener advances it", async () => {
-  let now = 1_000_000;
-  const relays = new RelaySessions({ ttlMs: 300_000, max: 2, now: () => now });
-  const a = relays.open("olga", session(), async () => {});
-  relays.open("olga", session(), async () => {});
-  assert.throws(
-    () => relays.open("olga", session(), async () => {}),
-    (e) => status(e) === 429,
-  );
-  await assert.rejects(relays.next(a.sessionId, "mallory", [new Uint8Array([0x90, 0]), new Uint8Array([0x90, 0])]), (e) => status(e) === 403);
-  // a malformed round fails the session with a 422 naming the reason, and the session is gone
-  await assert.rejects(relays.next(a.sessionId, "olga", [new Uint8Array([0x6a, 0x82]), new Uint8Array([0x90, 0])]), (e) => status(e) === 422 && /SELECT/.test((e as Error).message));
-  await assert.rejects(relays.next(a.sessionId, "olga", []), (e) => status(e) === 404);
-  now += 300_000; // the second session has expired now: it makes room
-  const c = relays.open("olga", session(), async () => {});
-  relays.open("olga", session(), async () => {});
-  assert.equal(relays.size, 2);
-  assert.throws(
-    () => relays.open("olga", session(), async () => {}),
-    (e) => status(e) === 429,
-  );
-  now += 299_999;
-  await assert.rejects(relays.next(c.sessionId, "olga", [new Uint8Array([0x90, 0])]), (e) => status(e) === 422);
-});
+for (const engine of testEngines()) {
+  test(`${engine.name}: a session expires after its TTL, the count is capped, and only the opener advances it (on any server)`, async () => {
+    let now = 1_000_000;
+    const { a: relays, b: other, drop } = await servers(engine, { ttlMs: 300_000, max: 2 }, () => now);
+    try {
+      const a = await relays.open("olga", recipe);
+      await relays.open("olga", recipe);
+      await assert.rejects(relays.open("olga", recipe), (e) => status(e) === 429);
+      await assert.rejects(other.open("olga", recipe), (e) => status(e) === 429, "the bound is the database's, not one server's");
+      await assert.rejects(other.next(a.sessionId, "mallory", [new Uint8Array([0x90, 0]), new Uint8Array([0x90, 0])]), (e) => status(e) === 403);
+      // a malformed round fails the session with a 422 naming the reason, and the session is gone
+      await assert.rejects(other.next(a.sessionId, "olga", [new Uint8Array([0x6a, 0x82]), new Uint8Array([0x90, 0])]), (e) => status(e) === 422 && /SELECT/.test((e as Error).message));
+      await assert.rejects(relays.next(a.sessionId, "olga", []), (e) => status(e) === 404);
+      now += 300_000; // the second session has expired now: it makes room
+      const c = await relays.open("olga", recipe);
+      await relays.open("olga", recipe);
+      await assert.rejects(relays.open("olga", recipe), (e) => status(e) === 429);
+      now += 299_999;
+      await assert.rejects(other.next(c.sessionId, "olga", [new Uint8Array([0x90, 0])]), (e) => status(e) === 422);
+      now += 1;
+      assert.equal(finished.length, 0);
+    } finally {
+      await drop();
+    }
+  });
+
+  // ---- issue 9 §2: no one principal, card or client takes every place ---------------------------------------------
+
+  test(`${engine.name}: RelaySessions: one principal holds at most perOwner sessions (429); the others still open theirs`, async () => {
+    const { a: relays, b: other, drop } = await servers(engine, { max: 100, perOwner: 3 }, Date.now);
+    try {
+      for (let i = 0; i < 3; i++) await (i % 2 ? other : relays).open("terminal:card-a", recipe);
+      await assert.rejects(relays.open("terminal:card-a", recipe), (e) => status(e) === 429 && /at most 3 relay sessions per principal/.test((e as Error).message));
+      await other.open("olga", recipe);
+    } finally {
+      await drop();
+    }
+  });
+}
 
 test("TtlMap: entries read as absent once expired", () => {
   let now = 0;
@@ -45,19 +74,6 @@ test("TtlMap: entries read as absent once expired", () => {
   now = 10;
   assert.equal(m.get(id), undefined);
   assert.equal(m.size, 0);
-});
-
-// ---- issue 9 §2: no one principal, card or client takes every place ---------------------------------------------
-
-test("RelaySessions: one principal holds at most perOwner sessions (429); the others still open theirs", () => {
-  const relays = new RelaySessions({ max: 100, perOwner: 3 });
-  for (let i = 0; i < 3; i++) relays.open("terminal:card-a", session(), async () => {});
-  assert.throws(
-    () => relays.open("terminal:card-a", session(), async () => {}),
-    (e) => status(e) === 429 && /at most 3 relay sessions per principal/.test((e as Error).message),
-  );
-  relays.open("olga", session(), async () => {});
-  assert.equal(relays.size, 4);
 });
 
 test("TtlMap groups: a group at its bound retires its oldest (or refuses); other groups are untouched", () => {

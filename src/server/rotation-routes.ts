@@ -32,9 +32,8 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import type { FastifyRequest } from "fastify";
 import { packageHeader } from "../protocol/package.ts";
-import type { CardScript } from "../issuer/card-scripts.ts";
 import { IssuerError } from "../issuer/issuer.ts";
-import { RelaySession, type RelayResult } from "../issuer/relay.ts";
+import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { FIG15, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
 import type { RotationItem } from "../issuer/rotation-records.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
@@ -61,41 +60,6 @@ const cardOut = (c: Card) => ({ id: c.id, userId: c.userId, status: c.status, va
 const emptyBodyIsObject = async (req: FastifyRequest) => {
   if (req.body === undefined || req.body === null) req.body = {};
 };
-
-/**
- * Several card scripts through ONE relay session (the new card's personalisation with Sk2, then Sk1 added beside
- * it under a session on Sk2): each script is its own SCP03 session; when one has run and its results check out,
- * the next one's first round is answered instead of "done". The relay-sessions machinery sees a RelaySession.
- */
-export class ScriptChain extends RelaySession {
-  readonly #scripts: CardScript[];
-  #i = 0;
-  #current: RelaySession;
-  readonly #results: RelayResult[] = [];
-
-  constructor(scripts: CardScript[]) {
-    if (scripts.length === 0) throw new RangeError("ScriptChain: at least one script");
-    super(scripts[0].keys, scripts[0].aid, scripts[0].commands);
-    this.#scripts = scripts;
-    this.#current = new RelaySession(scripts[0].keys, scripts[0].aid, scripts[0].commands);
-  }
-
-  override start(): Uint8Array[] {
-    return this.#current.start();
-  }
-
-  /** Results of every script, in order, once the last has run; each script's own check has passed. */
-  override async next(responses: Uint8Array[]): Promise<{ apdus: Uint8Array[] } | { results: RelayResult[] }> {
-    const r = await this.#current.next(responses);
-    if ("apdus" in r) return r;
-    this.#scripts[this.#i].check(r.results);
-    this.#results.push(...r.results);
-    if (++this.#i === this.#scripts.length) return { results: this.#results };
-    const s = this.#scripts[this.#i];
-    this.#current = new RelaySession(s.keys, s.aid, s.commands);
-    return { apdus: this.#current.start() };
-  }
-}
 
 interface RewrapJob {
   promise: Promise<void>;
@@ -193,6 +157,18 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
     },
   );
 
+  // The new card's personalisation (relay-sessions.ts, issue 16 §1): several card scripts through ONE relay session
+  // (Sk2, then Sk1 added beside it under a session on Sk2), each its own SCP03 session and checked when it ran;
+  // rebuilt from the rotation's records by whichever server takes the round.
+  relays.register("rotation-new-card", async (r) => {
+    const cardId = String(r.cardId);
+    return {
+      scripts: await rotations.newCardScripts(String(r.rotationId)),
+      gate: () => requireCardState(store, cardId, "personalisation"),
+      finish: async (_results, owner) => void (await rotations.issuer.markPersonalised(cardId, owner)),
+    };
+  });
+
   app.post(
     "/rotations/:id/new-card",
     {
@@ -209,11 +185,7 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
       const actor = principalOf(req).name;
       const { rotation, card } = await rotations.issueNewCard(req.params.id, actor, { cardId: req.body.cardId });
       if (card.status !== "issued") return reply.code(200).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: null });
-      const chain = new ScriptChain(await rotations.newCardScripts(rotation.id));
-      const opened = relays.open(actor, chain, async () => {
-        // Each script's results were checked by the chain; the last one's too.
-        await rotations.issuer.markPersonalised(card.id, actor);
-      });
+      const opened = await relays.open(actor, { kind: "rotation-new-card", rotationId: rotation.id, cardId: card.id });
       return reply.code(201).send({ rotation: rotationOut(rotation), card: cardOut(card), personalisation: { sessionId: opened.sessionId, apdus: opened.apdus.map(toHex) } });
     },
   );

@@ -4,8 +4,10 @@
 // in custody, issues a short-lived token bound to that card. With it the terminal fetches the card's packages
 // and acknowledges them; a token bound to another card is refused (403). The login itself is the issuer's
 // (src/issuer/card-login.ts: the handshake, the checks, the state counter, the token and the audit entries): the
-// routes here decode, call it and encode; this file holds the in-memory tables it is handed (terminal tokens,
-// pending handshakes) and never does the login's domain work or appends to the audit log itself.
+// routes here decode, call it and encode; the tables it is handed (terminal tokens, pending handshakes) are in the
+// system DB (terminal-sessions.ts, issue 16 §1: a login begun on one server finishes on another, a token issued by one
+// server is accepted by every server on the database); this file never does the login's domain work or appends to
+// the audit log itself.
 //
 //   POST /cards/{id}/auth              (public)  -> 201 {sessionId, apdus: [SELECT ISD, INITIALIZE UPDATE,
 //                                                    GET DATA DF23 (state counter report)]} | 404 no active card
@@ -25,7 +27,7 @@
 //   GET  /rollbacks                          (operator, auditor) the flagged cards
 //
 // The terminal must forward the EXTERNAL AUTHENTICATE: it completes the handshake on the card, which resets
-// the card's authentication failure counter. Tokens live in memory, stored as SHA-256 hashes, never logged.
+// the card's authentication failure counter. Tokens are stored as SHA-256 hashes only (system DB), never logged.
 //
 // The card lifecycle (issue 15 §5, src/issuer/card-lifecycle.ts): a token is bound to its card AND to the card's
 // status_version at login, and on every request the card's row is read from the system DB: a card suspended,
@@ -41,137 +43,22 @@
 // retiring its oldest. An unknown card and one that is not active are answered alike (404): the public route tells
 // nobody which card IDs exist.
 
-import { randomBytes } from "node:crypto";
 import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyPluginAsync } from "fastify";
-import { CardLogin, type HandshakeTable, type PendingLogin, type TerminalTokenTable } from "../issuer/card-login.ts";
+import { CardLogin } from "../issuer/card-login.ts";
 import type { Issuer } from "../issuer/issuer.ts";
 import type { CardStateCounter, StateCounterRecords } from "../issuer/ports.ts";
-import type { Card, Store } from "../store/store.ts";
+import type { Store } from "../store/store.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
-import { hashToken, requireCardAccess, type Principal, type TokenLookup } from "./auth.ts";
+import { requireCardAccess } from "./auth.ts";
 import { CardAuthenticationJson, PackagesJson } from "../issuer/wire.ts";
 import { APDU_HEX, CARD_ID, digits, EMPTY_BODY, fromHex, params, principalOf, problems, relayRoundSchema, SESSION_ID, toHex } from "./issuer-routes.ts";
 import type { Metrics } from "./metrics.ts";
-import { ApiProblem, problemSchema } from "./problem.ts";
-import { TtlMap } from "./relay-sessions.ts";
+import { problemSchema } from "./problem.ts";
+import type { SessionRepository } from "../store/relay-session-repository.ts";
+import { DbHandshakes, TerminalTokens } from "./terminal-sessions.ts";
 
-export interface TerminalTokensOptions {
-  /** Lifetime of a token (default 10 min). */
-  ttlMs?: number;
-  /** Most live tokens in all (default 10,000); beyond, a login is refused (429) until some expire. */
-  max?: number;
-  /** Most live tokens of one card (default 4): a new one retires the card's oldest. */
-  perCard?: number;
-  now?: () => number;
-  /** Told when a token is retired for a newer one of its card. */
-  onRetire?: (bound: string) => void;
-}
-
-/** What a terminal token needs to know of its card on every request (read from the system DB). */
-export type CardStateReader = (cardId: string) => Promise<Pick<Card, "status" | "statusVersion"> | undefined>;
-
-interface TokenEntry {
-  principal: Principal;
-  /** The card's status_version when the token was issued. */
-  statusVersion: number;
-}
-
-/**
- * Card-bound terminal tokens, in memory, by hash. A token acts for its card only while the card is active under the
- * status_version it was issued with, read from the system DB on every request (card-lifecycle.ts): a card suspended,
- * retired or destroyed on any server stops its live tokens at once (409 check card_state), and one resumed since does
- * not bring them back (401 check card_state_changed: log the card in again). Until terminalRoutes tells it where the
- * cards are (checkCardsWith), no token acts for anything.
- */
-export class TerminalTokens implements TerminalTokenTable {
-  readonly #tokens: TtlMap<TokenEntry>;
-  readonly #perCard: number;
-  #cards: CardStateReader | undefined;
-  readonly ttlMs: number;
-
-  constructor(o: TerminalTokensOptions = {}) {
-    this.ttlMs = o.ttlMs ?? 10 * 60_000;
-    this.#perCard = o.perCard ?? 4;
-    this.#tokens = new TtlMap({ ttlMs: this.ttlMs, max: o.max ?? 10_000, now: o.now, onRetire: o.onRetire });
-  }
-
-  /** Where the tokens read their card's state on every request (terminalRoutes: the issuer's store). */
-  checkCardsWith(read: CardStateReader): void {
-    this.#cards = read;
-  }
-
-  /**
-   * A fresh token for a terminal acting for `cardId`, whose status_version is `statusVersion` now; only its hash is
-   * kept. The card's oldest beyond `perCard` is retired.
-   */
-  issue(cardId: string, statusVersion: number): { token: string; expiresAt: number } {
-    const token = `ckmt_${randomBytes(32).toString("base64url")}`;
-    const principal: Principal = { name: `terminal:${cardId}`, roles: ["terminal"], cardId };
-    const { expiresAt } = this.#tokens.add({ principal, statusVersion }, "terminal token", {
-      key: hashToken(token),
-      groups: [{ name: "card", key: cardId, max: this.#perCard, whenFull: "retire-oldest" }],
-    });
-    return { token, expiresAt };
-  }
-
-  /** For installAuth: the card-bound principal of a live token, while its card is active under the token's version. */
-  readonly lookup: TokenLookup = async (hash) => {
-    const entry = this.#tokens.get(hash);
-    if (!entry || !this.#cards) return undefined;
-    const cardId = entry.principal.cardId!;
-    const card = await this.#cards(cardId);
-    if (!card) return undefined;
-    if (card.status !== "active")
-      throw new ApiProblem(409, "card-state", "The card's state does not allow this", `card ${cardId} is ${card.status}: its terminal tokens no longer act for it`, {
-        check: "card_state",
-        cardId,
-        state: card.status,
-        allowed: ["active"],
-      });
-    if (card.statusVersion !== entry.statusVersion)
-      throw new ApiProblem(401, "unauthenticated", "Authentication required", `card ${cardId}'s state changed since this token was issued (it was suspended): log the card in again`, {
-        check: "card_state_changed",
-        cardId,
-        state: card.status,
-      });
-    return entry.principal;
-  };
-}
-
-/**
- * The pending handshakes of card logins (CardLogin's HandshakeTable), in memory, each for `ttlMs`: at most `perCard`
- * of one card and `perCardClient` of one card from one client address, a new one retiring the oldest; at most `max`
- * in all, the oldest retired when full.
- */
-class MemoryHandshakes implements HandshakeTable {
-  readonly #table: TtlMap<PendingLogin>;
-  readonly #perCard: number;
-  readonly #perCardClient: number;
-
-  constructor(o: { ttlMs: number; max: number; perCard: number; perCardClient: number; onRetire?: (bound: string) => void }) {
-    this.#table = new TtlMap<PendingLogin>({ ttlMs: o.ttlMs, max: o.max, whenFull: "retire-oldest", onRetire: o.onRetire });
-    this.#perCard = o.perCard;
-    this.#perCardClient = o.perCardClient;
-  }
-
-  add(login: PendingLogin, client: string): string {
-    return this.#table.add(login, "card authentication", {
-      groups: [
-        { name: "card", key: login.cardId, max: this.#perCard, whenFull: "retire-oldest" },
-        { name: "card-client", key: `${login.cardId} ${client}`, max: this.#perCardClient, whenFull: "retire-oldest" },
-      ],
-    }).id;
-  }
-
-  get(sessionId: string): PendingLogin | undefined {
-    return this.#table.get(sessionId);
-  }
-
-  delete(sessionId: string): void {
-    this.#table.delete(sessionId);
-  }
-}
+export { TerminalTokens, type CardStateReader, type TerminalTokensOptions } from "./terminal-sessions.ts";
 
 /** problem+json of the login routes: RFC 9457 members, and the check of a refusal for the card's state (CardLoginError, src/issuer/errors.ts). */
 const LOGIN_PROBLEM = {
@@ -204,6 +91,8 @@ const counterOut = (cardId: string, r: CardStateCounter | undefined) => ({ cardI
 export interface TerminalRoutesOptions {
   issuer: Issuer<Store>;
   tokens: TerminalTokens;
+  /** Where the pending handshakes are kept: the system DB shared by every server (terminal-sessions.ts). */
+  sessions: SessionRepository;
   /** The cards' state counters in the system DB (the wiring: src/store/state-counter-repository.ts). */
   counters: StateCounterRecords;
   /**
@@ -226,13 +115,9 @@ export const terminalRoutes: FastifyPluginAsync<TerminalRoutesOptions> = async (
   // every request of a terminal token reads its card's state here (one primary-key read): see TerminalTokens
   tokens.checkCardsWith((cardId) => store.getCard(cardId));
   const bounds = o.authSessions ?? {};
-  const handshakes = new MemoryHandshakes({
-    ttlMs: bounds.ttlMs ?? 5 * 60_000,
-    max: bounds.max ?? 10_000,
-    perCard: bounds.perCard ?? 16,
-    perCardClient: bounds.perCardClient ?? 4,
-    onRetire: (bound) => o.metrics?.retired.inc({ table: "handshakes", bound }),
-  });
+  const handshakes = new DbHandshakes(o.sessions, { ttlMs: bounds.ttlMs ?? 5 * 60_000, max: bounds.max ?? 10_000, perCard: bounds.perCard ?? 16, perCardClient: bounds.perCardClient ?? 4 }, (bound) =>
+    o.metrics?.retired.inc({ table: "handshakes", bound }),
+  );
   const login = new CardLogin({ issuer, counters: o.counters, handshakes, tokens });
 
   app.post<{ Params: { id: string } }>(

@@ -9,6 +9,12 @@
 // transmit function and follows 61xx with GET RESPONSE.
 //
 // Wire details shared with the card live in sm.ts. Secrets (keys, session keys) never appear in error messages.
+//
+// Between two round trips of a relay run by several servers (issue 16 §1), a session is kept as Scp03SessionState
+// (snapshot / restore): only what crossed the wire — the host challenge, the card's INITIALIZE UPDATE answer, the
+// MAC chaining value, the counter and the MACs of the commands awaiting their responses — never a key. A restored
+// open session gets its session keys again from the static keys (restore) or from key custody (resumeWith), which
+// derive them deterministically from the two challenges; the card cryptogram is checked again on the way.
 
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { encodeCommand, parseResponse, type ApduCommand } from "../apdu.ts";
@@ -151,6 +157,31 @@ interface Pending {
   counter: number;
 }
 
+/**
+ * A host session between two round trips, serializable (issue 16 §1): no key, no session key — only values that
+ * crossed the wire (hex). "initializing": INITIALIZE UPDATE sent, the card's answer awaited. "open": authenticated;
+ * `initUpdate` is the card's answer (its challenge and cryptogram), `mcv`/`counter` the chaining state and `pending`
+ * the wrapped commands whose responses are still to be checked, oldest first.
+ */
+export interface Scp03SessionState {
+  level: number;
+  channel: number;
+  kvn: number;
+  state: "initializing" | "open";
+  hostChallenge: string;
+  initUpdate?: string;
+  mcv?: string;
+  counter?: number;
+  pending?: { mcv: string; counter: number }[];
+}
+
+const hexOf = (b: Uint8Array) => Buffer.from(b).toString("hex");
+function hexIn(s: unknown, what: string, length?: number): Uint8Array {
+  if (typeof s !== "string" || !/^([0-9a-f]{2})*$/.test(s) || (length !== undefined && s.length !== length * 2))
+    throw new Scp03Error(`session state: ${what} is not valid hex${length ? ` of ${length} bytes` : ""}`);
+  return new Uint8Array(Buffer.from(s, "hex"));
+}
+
 export class Scp03HostSession {
   readonly level: number;
   readonly channel: number;
@@ -162,8 +193,11 @@ export class Scp03HostSession {
   private mcv: Uint8Array = new Uint8Array(16);
   private counter = 0;
   private pending: Pending[] = [];
-  private state: "new" | "initializing" | "open" | "closed" = "new";
+  /** "suspended": restored open (Scp03SessionState) and waiting for its session keys (resumeWith). */
+  private state: "new" | "initializing" | "open" | "suspended" | "closed" = "new";
   info: InitUpdateInfo | undefined;
+  /** The card's INITIALIZE UPDATE answer, kept for snapshot() once the session is open. */
+  private initUpdateData: Uint8Array | undefined;
 
   /** `keys` null: the static keys stay in key custody; open the session with challenges() + authenticateWith(). */
   constructor(keys: Scp03Keys | null, opts: Scp03Options) {
@@ -246,6 +280,7 @@ export class Scp03HostSession {
     }
     this.info = info;
     this.sk = sk;
+    this.initUpdateData = initUpdateData(info);
     const cla = 0x84 | this.channel;
     const full = aesCmac(sk.sMac, concatBytes(new Uint8Array(16), Uint8Array.of(macClass(cla), INS_EXTERNAL_AUTHENTICATE, this.level, 0), lcBytes(16, false), hostCryptogram));
     this.mcv = full;
@@ -364,6 +399,82 @@ export class Scp03HostSession {
     this.state = "closed";
   }
 
+  /**
+   * The session between two round trips, without any key (Scp03SessionState): while INITIALIZE UPDATE awaits its
+   * answer, or open. Take it before end(), which forgets the pending responses.
+   */
+  snapshot(): Scp03SessionState {
+    const base = { level: this.level, channel: this.channel, kvn: this.kvn, hostChallenge: hexOf(this.hostChallenge ?? new Uint8Array(0)) };
+    if (this.state === "initializing") return { ...base, state: "initializing" };
+    if ((this.state === "open" || this.state === "suspended") && this.initUpdateData)
+      return {
+        ...base,
+        state: "open",
+        initUpdate: hexOf(this.initUpdateData),
+        mcv: hexOf(this.mcv),
+        counter: this.counter,
+        pending: this.pending.map((p) => ({ mcv: hexOf(p.mcv), counter: p.counter })),
+      };
+    throw new Scp03Error(`a ${this.state} session has no state to keep`);
+  }
+
+  /**
+   * A session from its snapshot. An "initializing" one continues with authenticate() or challenges() +
+   * authenticateWith(). An "open" one: with static `keys` its session keys are derived again here (the card
+   * cryptogram must match the one the card sent); with null (keys in custody) it waits for resumeWith().
+   */
+  static restore(s: Scp03SessionState, keys: Scp03Keys | null): Scp03HostSession {
+    if (s.state !== "initializing" && s.state !== "open") throw new Scp03Error("session state: unknown state");
+    const host = new Scp03HostSession(keys, { level: s.level, kvn: s.kvn, channel: s.channel });
+    host.hostChallenge = hexIn(s.hostChallenge, "host challenge", 8);
+    host.state = "initializing";
+    if (s.state === "initializing") return host;
+    const iu = hexIn(s.initUpdate, "INITIALIZE UPDATE answer");
+    const info = parseInitUpdateResponse(iu);
+    if (s.kvn !== 0 && info.kvn !== s.kvn) throw new Scp03Error("session state: key version differs from the card's answer");
+    const mcv = hexIn(s.mcv, "MAC chaining value", 16);
+    if (!Number.isSafeInteger(s.counter) || (s.counter as number) < 0) throw new Scp03Error("session state: bad counter");
+    const pending = (s.pending ?? []).map((p, i) => {
+      if (!Number.isSafeInteger(p.counter) || p.counter < 1) throw new Scp03Error(`session state: bad counter of pending response ${i}`);
+      return { mcv: hexIn(p.mcv, `pending MAC ${i}`, 16), counter: p.counter };
+    });
+    host.info = info;
+    host.initUpdateData = iu;
+    host.mcv = mcv;
+    host.counter = s.counter as number;
+    host.pending = pending;
+    host.state = "suspended";
+    if (keys) {
+      const { enc, mac } = host.staticKeys();
+      const context = concatBytes(host.hostChallenge, info.cardChallenge);
+      const sk = deriveSessionKeys(enc, mac, context);
+      host.resumeWith({ ...sk, cardCryptogram: cryptogram(sk.sMac, DERIVE.CARD_CRYPTOGRAM, context) });
+      wipe(sk.sEnc, sk.sMac, sk.sRmac);
+    }
+    return host;
+  }
+
+  /** The challenges of a restored open session: what custody derives its session keys from again (resumeWith). */
+  get resumeChallenges(): { hostChallenge: Uint8Array; cardChallenge: Uint8Array; kvn: number } {
+    if (this.state !== "suspended" || !this.info || !this.hostChallenge) throw new Scp03Error("resumeChallenges: not a restored session awaiting its keys");
+    return { hostChallenge: Uint8Array.from(this.hostChallenge), cardChallenge: Uint8Array.from(this.info.cardChallenge), kvn: this.info.kvn };
+  }
+
+  /**
+   * Gives a restored open session its session keys again, as custody derived them from the two challenges (copied;
+   * the caller wipes its own). The card cryptogram they give must be the one the card sent, else the keys are not
+   * this session's (another key set): refused, and the session ends.
+   */
+  resumeWith(m: { sEnc: Uint8Array; sMac: Uint8Array; sRmac: Uint8Array; cardCryptogram: Uint8Array }): void {
+    if (this.state !== "suspended" || !this.info) throw new Scp03Error("resumeWith: not a restored session awaiting its keys");
+    if (m.cardCryptogram.length !== this.info.cardCryptogram.length || !timingSafeEqual(Buffer.from(m.cardCryptogram), Buffer.from(this.info.cardCryptogram))) {
+      this.end();
+      throw new Scp03Error("resumed session keys do not match the card's cryptogram: not this session's key set");
+    }
+    this.sk = { sEnc: Uint8Array.from(m.sEnc), sMac: Uint8Array.from(m.sMac), sRmac: Uint8Array.from(m.sRmac) };
+    this.state = "open";
+  }
+
   private requireOpen(): SessionKeys {
     if (this.state !== "open" || !this.sk) throw new Scp03Error("no open SCP03 session (not authenticated, or ended)");
     return this.sk;
@@ -371,6 +482,12 @@ export class Scp03HostSession {
 }
 
 export type { Transmit } from "../transmit.ts";
+
+/** The data of an INITIALIZE UPDATE answer (Amendment D Table 7-3), rebuilt from its parsed fields. */
+function initUpdateData(i: InitUpdateInfo): Uint8Array {
+  const seq = i.sequenceCounter === undefined ? new Uint8Array(0) : Uint8Array.of(i.sequenceCounter >> 16, (i.sequenceCounter >> 8) & 0xff, i.sequenceCounter & 0xff);
+  return concatBytes(i.diversificationData, Uint8Array.of(i.kvn, i.scpId, i.i), i.cardChallenge, i.cardCryptogram, seq);
+}
 
 /** Sends one APDU and gathers a 61xx response with GET RESPONSE on the same logical channel (../transmit.ts). */
 export const transmitAll = (transmit: Transmit, apdu: Uint8Array, channel = 0): Promise<Uint8Array> => transmitAllOn(transmit, apdu, channel, () => new Scp03Error("card keeps answering 61xx"));
