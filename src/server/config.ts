@@ -85,7 +85,12 @@ export interface IssuerConfig {
    * other than the proposer must give before a rotation runs (default 1; a proposal keeps the number in force when it
    * was made, and never needs fewer than this server's).
    */
-  rotations: { approvals: number };
+  rotations: { approvals: number; rewrapPageSize?: number };
+  /**
+   * The job runner of this server (issue 16 §2, job-runner.ts): instanceId, the lease owner it writes (default a
+   * random UUID per process), how often it looks for runnable jobs and how long a lease runs (ms).
+   */
+  jobs?: { instanceId?: string; pollMs?: number; leaseMs?: number };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -215,7 +220,12 @@ const schema = {
         origin: { type: "string", minLength: 1, maxLength: 200, pattern: "^[^\\s+]+$" },
       },
     },
-    rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16) } },
+    rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16), rewrapPageSize: count(1, 100_000) } },
+    jobs: {
+      type: "object",
+      additionalProperties: false,
+      properties: { instanceId: { type: "string", minLength: 1, maxLength: 200 }, pollMs: count(10, 3_600_000), leaseMs: count(100, 3_600_000) },
+    },
   },
 } as const;
 
@@ -260,6 +270,9 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_AUDIT_CHECKPOINT_FILE: { path: ["audit", "checkpointFile"], type: "string" },
   CARDKMS_AUDIT_ORIGIN: { path: ["audit", "origin"], type: "string" },
   CARDKMS_ROTATION_APPROVALS: { path: ["rotations", "approvals"], type: "integer" },
+  CARDKMS_INSTANCE_ID: { path: ["jobs", "instanceId"], type: "string" },
+  CARDKMS_JOB_POLL_MS: { path: ["jobs", "pollMs"], type: "integer" },
+  CARDKMS_JOB_LEASE_MS: { path: ["jobs", "leaseMs"], type: "integer" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {

@@ -65,6 +65,9 @@ import { recoveryRoutes } from "./recovery-routes.ts";
 import type { LiveRelayOptions } from "./live-relay.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
+import { JobRunner } from "./job-runner.ts";
+import { jobStoreOf } from "../store/job-repository.ts";
+import { REWRAP_JOB, rewrapJobHandler } from "../issuer/rewrap-job.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
 import { StateCounterRepository } from "../store/state-counter-repository.ts";
 import { recoveryStoreOf } from "../store/recovery-store.ts";
@@ -107,8 +110,10 @@ export interface IssuerAppDeps {
   metricsAccess?: "auditor" | "none";
   /** Where webhooks may point (default: no loopback, private, link-local or metadata address). */
   webhookAddresses?: WebhookAddressPolicy;
-  /** Keys per page and commit of the bulk re-wraps the rotation routes run (default 2,000). */
+  /** Keys per page and commit of the bulk re-wraps this server's job runner runs (default 2,000). */
   rewrapPageSize?: number;
+  /** This server's job runner (issue 16 §2, job-runner.ts): its instance id (default a random UUID), poll and lease (ms). */
+  jobs?: { instanceId?: string; pollMs?: number; leaseMs?: number };
   /** Four eyes: approvals of distinct operators other than the proposer a rotation needs (config rotations.approvals; default 1). */
   rotationApprovals?: number;
   terminalTokens?: TerminalTokens;
@@ -123,6 +128,8 @@ export interface IssuerApp {
   recovery: RecoveryService;
   /** Signed checkpoints of the audit log (audit-routes.ts; the schedule: startIssuerServer). */
   checkpoints: AuditCheckpoints;
+  /** Claims and runs the background jobs (the rotations' re-wraps) of every server on the database; closed with the app. */
+  jobRunner: JobRunner;
   routes: RouteInfo[];
 }
 
@@ -171,12 +178,12 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
   const relays = new RelaySessions({ perOwner: limits.relaySessionsPerPrincipal, ...d.relays });
   const liveRelays: LiveRelayOptions = { perOwner: limits.liveRelaySessionsPerPrincipal };
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
-  await app.register(rotationRoutes, {
-    prefix: "/v1",
-    rotations: new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) }),
-    relays,
-    rewrapPageSize: d.rewrapPageSize,
-  });
+  const rotations = new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) });
+  // Issue 16 §2: the re-wrap jobs live in the job table; whichever server's runner claims one runs it.
+  const jobs = jobStoreOf(d.store.db as Db, { now: () => d.store.now() });
+  const jobRunner = new JobRunner({ jobs, handlers: { [REWRAP_JOB]: rewrapJobHandler(rotations, { pageSize: d.rewrapPageSize }) }, ...d.jobs, log: app.log });
+  app.addHook("onClose", () => jobRunner.close());
+  await app.register(rotationRoutes, { prefix: "/v1", rotations, relays, jobs, kickJobs: () => jobRunner.kick() });
   await app.register(terminalRoutes, {
     prefix: "/v1",
     issuer,
@@ -210,7 +217,8 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     onPublishError: (e) => app.log.error({ err: e }, "an audit checkpoint was signed and recorded, but sending it out failed"),
   });
   await app.register(auditRoutes, { prefix: "/v1", checkpoints });
-  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, routes };
+  jobRunner.start();
+  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, jobRunner, routes };
 }
 
 /** The scheduled checkpoint (issue 15 §3): only when the log grew; a log that does not extend the last is an alarm. */
@@ -342,6 +350,8 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       webhookAddresses,
       limits: config.limits,
       rotationApprovals: config.rotations.approvals,
+      rewrapPageSize: config.rotations.rewrapPageSize,
+      jobs: config.jobs,
       metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
       audit: { origin: config.audit.origin, publishers: config.audit.checkpointFile ? [fileCheckpointPublisher(config.audit.checkpointFile)] : [] },
     });
