@@ -63,7 +63,10 @@ export interface JobStore {
    * now + leaseMs, oldest first; undefined when none. Two claimers never get the same job while its lease runs.
    */
   claim(input: { owner: string; leaseMs: number; kinds: readonly string[]; subject?: string; reclaimOwn?: boolean }): Promise<ClaimedJob | undefined>;
-  /** Extends `owner`'s lease to now + leaseMs (and records `progress`); false when the job is no longer running under `owner`'s lease. */
+  /**
+   * Extends `owner`'s lease to now + leaseMs (and records `progress`); false when the job is no longer running
+   * under `owner`'s lease (another runner took it over, or it ended). A lease that ran out but nobody took is renewed.
+   */
   renew(id: string, owner: string, leaseMs: number, progress?: JobProgress): Promise<boolean>;
   /** Ends `owner`'s running job as done, failed or stopped; false (nothing written) when the lease is not `owner`'s. */
   finish(id: string, owner: string, end: { state: "done" | "failed" | "stopped"; error?: string; progress?: JobProgress }): Promise<boolean>;

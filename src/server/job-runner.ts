@@ -97,6 +97,9 @@ export class JobRunner {
         return;
       }
       const { job, from } = claimed;
+      // Our own lease ran out while we ran it (a stalled event loop) and the claim took it again: the run going on
+      // renews it; no second run.
+      if (this.#running.has(job.id)) continue;
       this.#o.log?.info({ job: { id: job.id, kind: job.kind, subject: job.subject, attempts: job.attempts, takeoverFrom: from.state === "running" ? from.leaseOwner : undefined } }, "job claimed");
       const run = runLeasedJob({
         jobs: this.#o.jobs,

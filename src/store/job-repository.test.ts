@@ -1,10 +1,12 @@
 // The job table (migration 0016, job-repository.ts) on SQLite and PostgreSQL (issue 16 §2): one live job per
 // (kind, subject); a claim takes a queued job or an expired lease and nothing else; of two claimers on two
 // connections (two servers) exactly one gets a job; an expired lease is taken over, and the runner that lost it
-// can neither renew, finish nor release it any more; a released lease is taken at once.
+// can neither renew, finish nor release it any more; a released lease is taken at once. And runLeasedJob
+// (src/issuer/jobs.ts) over it: a runner that lost its lease stops before its next write.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { testEngines } from "../../test/support/store-testing.ts";
+import { runLeasedJob } from "../issuer/jobs.ts";
 import { jobStoreOf } from "./job-repository.ts";
 
 const KIND = "rotation.rewrap";
@@ -104,16 +106,87 @@ for (const engine of testEngines()) {
     assert.equal((await b.get(job.id))!.leaseOwner, "B");
     // and A cannot take it back while B's lease runs, even with reclaimOwn
     assert.equal(await a.claim({ owner: "A", leaseMs: 1000, kinds: [KIND], reclaimOwn: true }), undefined);
-    // an own lease that ran out is not renewed (another runner may have it by now): the runner stops
+    // an own lease that ran out but that nobody took is still B's: B (late after a stall) renews it and goes on
     now += 1000;
-    assert.equal(await b.renew(job.id, "B", 1000), false);
-    const back = (await b.claim({ owner: "B", leaseMs: 1000, kinds: [KIND] }))!;
-    assert.equal(back.job.attempts, 3);
+    assert.equal(await b.renew(job.id, "B", 1000), true);
+    assert.equal(await a.claim({ owner: "A", leaseMs: 1000, kinds: [KIND] }), undefined, "renewed: not runnable");
     // graceful release: the lease ends now, another server takes it at once, as a takeover
     assert.equal(await b.release(job.id, "B", { cursor: 20 }), true);
     const r = (await a.get(job.id))!;
     assert.deepEqual([r.state, r.leaseUntil, r.progress], ["running", now, { cursor: 20 }]);
     const c = await a.claim({ owner: "C", leaseMs: 1000, kinds: [KIND] });
     assert.deepEqual([c?.job.leaseOwner, c?.from], ["C", { state: "running", leaseOwner: "B" }]);
+  });
+}
+
+for (const engine of testEngines()) {
+  test(`${engine.name}: runLeasedJob — a runner that lost its lease stops before its next write; a stop releases; a failure is recorded`, async (t) => {
+    const tdb = await engine.create();
+    t.after(() => tdb.drop());
+    let now = 20_000_000;
+    const jobs = jobStoreOf(tdb.db, { now: () => now });
+    const other = jobStoreOf(tdb.reopen(), { now: () => now });
+
+    // Lost: A checkpoints once, stalls past its lease, B takes the job over; A's next checkpoint throws before A writes.
+    const { job } = await jobs.enqueue({ kind: KIND, subject: "rot-lost", actor: "olga" });
+    const claimed = (await jobs.claim({ owner: "A", leaseMs: 60_000, kinds: [KIND] }))!;
+    const writes: number[] = [];
+    const end = await runLeasedJob({
+      jobs,
+      claimed,
+      owner: "A",
+      leaseMs: 60_000,
+      handler: async (_j, ctx) => {
+        assert.equal(ctx.takeover, undefined);
+        await ctx.checkpoint({ step: 1 });
+        writes.push(1);
+        now += 60_000;
+        const taken = await other.claim({ owner: "B", leaseMs: 60_000, kinds: [KIND] });
+        assert.equal(taken?.job.id, job.id);
+        await ctx.checkpoint({ step: 2 }); // throws JobLeaseLost
+        writes.push(2);
+        return { stopped: false };
+      },
+    });
+    assert.equal(end, "lost");
+    assert.deepEqual(writes, [1], "nothing after the lease was lost");
+    const row = (await jobs.get(job.id))!;
+    assert.deepEqual([row.state, row.leaseOwner, row.progress], ["running", "B", { step: 1 }]);
+
+    // Stopped (a graceful close): the lease is released, another runner takes it at once, as a takeover.
+    const stop = new AbortController();
+    const second = await jobs.enqueue({ kind: KIND, subject: "rot-stop", actor: "olga" });
+    const c = (await jobs.claim({ owner: "C", leaseMs: 60_000, kinds: [KIND], subject: "rot-stop" }))!;
+    const released = await runLeasedJob({
+      jobs,
+      claimed: c,
+      owner: "C",
+      leaseMs: 60_000,
+      stop: stop.signal,
+      handler: async (_j, ctx) => {
+        await ctx.checkpoint({ page: 1 });
+        stop.abort();
+        assert.equal(ctx.signal.aborted, true);
+        return { stopped: true, progress: { page: 1 } };
+      },
+    });
+    assert.equal(released, "released");
+    const d = await other.claim({ owner: "D", leaseMs: 60_000, kinds: [KIND], subject: "rot-stop" });
+    assert.deepEqual([d?.job.id, d?.from, d?.job.progress], [second.job.id, { state: "running", leaseOwner: "C" }, { page: 1 }]);
+    let seen: unknown;
+    const failed = await runLeasedJob({
+      jobs: other,
+      claimed: d!,
+      owner: "D",
+      leaseMs: 60_000,
+      handler: async (_j, ctx) => {
+        seen = ctx.takeover;
+        throw new Error("custody unavailable");
+      },
+    });
+    assert.equal(failed, "failed");
+    assert.deepEqual(seen, { from: "C", attempts: 2 });
+    const f = (await jobs.get(second.job.id))!;
+    assert.deepEqual([f.state, f.error], ["failed", "custody unavailable"]);
   });
 }

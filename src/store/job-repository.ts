@@ -5,7 +5,9 @@
 // The claim: on PostgreSQL a transaction that picks the oldest runnable row with SELECT ... FOR UPDATE SKIP LOCKED
 // (two claimers never wait on nor take the same row) and then takes its lease; on SQLite, the single writer, the
 // same pick followed by an UPDATE guarded by "still runnable". Every later lease change (renew, finish, release) is
-// an UPDATE guarded by "running under this owner's lease", so a runner that lost its lease writes nothing.
+// an UPDATE guarded by "running under this owner's lease", so a runner that lost its lease writes nothing. A lease
+// that ran out but that nobody took is still the owner's (a takeover is what changes lease_owner): its runner,
+// late after a stall, renews it and goes on.
 //
 // Never: decides what a job does (the domain does), or stores a secret (progress and error are the caller's
 // non-secret text).
@@ -165,7 +167,6 @@ export class SqlJobStore implements JobStore {
       .where("id", "=", id)
       .where("state", "=", "running")
       .where("lease_owner", "=", owner)
-      .where("lease_until", ">", now)
       .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
@@ -179,7 +180,6 @@ export class SqlJobStore implements JobStore {
       .where("id", "=", id)
       .where("state", "=", "running")
       .where("lease_owner", "=", owner)
-      .where("lease_until", ">", now)
       .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
@@ -193,7 +193,6 @@ export class SqlJobStore implements JobStore {
       .where("id", "=", id)
       .where("state", "=", "running")
       .where("lease_owner", "=", owner)
-      .where("lease_until", ">", now)
       .executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }
