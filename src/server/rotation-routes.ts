@@ -1,7 +1,7 @@
 // HTTP routes of flow 5.e, card-key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3, 4, 5, FIG. 15).
 // Thin: the domain is src/issuer/rotation.ts (CardRotation), rotation-approvals.ts and rewrap.ts; this file validates
-// (closed schemas), authorises (roles in route config), maps domain errors to problem+json and runs the bulk re-wrap
-// in the background. The listing and the operators' approvals live in event-routes.ts (GET /rotations,
+// (closed schemas), authorises (roles in route config), maps domain errors to problem+json and queues the bulk
+// re-wrap as a job (job-runner.ts runs it, on any server). The listing and the operators' approvals live in event-routes.ts (GET /rotations,
 // POST /rotations/{id}/approve: four eyes, rotation-approvals.ts).
 //
 //   POST /cards/{id}/rotations  {strategy, newCardId?, add?, drop?} -> 201 the proposal: what its approvals cover
@@ -105,7 +105,7 @@ export class ScriptChain extends RelaySession {
 
 /** A rotation's re-wrap job as the status shows it (RewrapJson). */
 interface RewrapJobView {
-  state: "running" | "done" | "failed" | "idle";
+  state: "running" | "done" | "failed";
   keysPerSecond: number;
   error?: string;
   job: { id: string; state: Job["state"]; leaseOwner: string | null; leaseUntil: number | null; attempts: number };
