@@ -23,6 +23,8 @@ export interface ApiEnv {
   tokens: { admin: string; operator: string; auditor: string };
   /** Every log line the server wrote. */
   logs: string[];
+  /** Another server on the same database and custody (closed with the env): `config` and `start` change its own. */
+  startAnother(o?: { config?: Partial<IssuerConfig>; start?: Partial<StartOptions> }): Promise<IssuerServer>;
   close(): Promise<void>;
 }
 
@@ -39,6 +41,10 @@ export interface ApiEnvOptions {
   limits?: Partial<IssuerConfig["limits"]>;
   /** Where webhooks may point (config.ts `webhooks`); the default refuses loopback receivers. */
   webhooks?: IssuerConfig["webhooks"];
+  /** The server's job runner (config.ts `jobs`: instance id, poll and lease in ms). */
+  jobs?: IssuerConfig["jobs"];
+  /** Rotations (config.ts `rotations`), e.g. a small re-wrap page. */
+  rotations?: IssuerConfig["rotations"];
 }
 
 /** The custody kinds API tests run on: both, always (SoftHSM2 comes from scripts/system-deps.sh; tests fail without it). */
@@ -68,6 +74,8 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
     ...(o.insecure ? { insecure: { ...DEFAULT_CONFIG.insecure, ...o.insecure } } : {}),
     ...(o.limits ? { limits: { ...DEFAULT_CONFIG.limits, ...o.limits } } : {}),
     ...(o.webhooks ? { webhooks: o.webhooks } : {}),
+    ...(o.jobs ? { jobs: o.jobs } : {}),
+    ...(o.rotations ? { rotations: o.rotations } : {}),
   };
   if (o.webhookSecret !== false) env.CARDKMS_WEBHOOK_SECRET = randomBytes(32).toString("hex");
   const logs: string[] = [];
@@ -91,12 +99,20 @@ export async function issuerApiEnv(engine: TestEngine, o: ApiEnvOptions = {}): P
     operator: (await createOperatorToken(server.store, "olga", ["operator"])).token,
     auditor: (await createOperatorToken(server.store, "arno", ["auditor"])).token,
   };
+  const others: IssuerServer[] = [];
   return {
     server,
     database: tdb.url,
     tokens,
     logs,
+    async startAnother(a = {}) {
+      const other = await startIssuerServer({ ...config, ...a.config }, { env, listen: false, logStream, wrapCustody: o.wrapCustody, ...a.start });
+      others.push(other);
+      await other.app.ready();
+      return other;
+    },
     async close() {
+      for (const x of others) await x.close();
       await server.close();
       await tdb.drop();
     },

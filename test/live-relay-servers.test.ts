@@ -103,7 +103,7 @@ async function twoServers(t: TestContext, engine: TestEngine) {
   const olga = (await createOperatorToken(A.store, "olga", ["operator"])).token;
   const oscar = (await createOperatorToken(A.store, "oscar", ["operator"])).token;
   const arno = (await createOperatorToken(A.store, "arno", ["auditor"])).token;
-  const envA: ApiEnv = { server: A, database: tdb.url, tokens: { admin: "", operator: olga, auditor: arno }, logs: [], close: async () => {} };
+  const envA: ApiEnv = { server: A, database: tdb.url, tokens: { admin: "", operator: olga, auditor: arno }, logs: [], close: async () => {}, startAnother: async () => start() };
   const { cardId, card } = await issueAndPersonalise(envA, "Hanako Yamada");
   cards.push(card);
   const B = await start();

@@ -85,14 +85,21 @@ for (const engine of testEngines()) {
       await store.startRotation(rot.id, { toCardId: newId, toKeySetId: sk2.id, total: await store.countWrappedKeys(sk1.id) });
 
       // Kill it at random points, restarting each time, then let it finish.
-      const env = { CARDKMS_KEYSTORE_KEY: kek, CARDKMS_REWRAP_PAGE: "100" };
+      // One instance id for every restart: a restarted worker resumes its own job lease at once (issue 16 §2); a
+      // worker of another id is refused while that lease runs.
+      const env = { CARDKMS_KEYSTORE_KEY: kek, CARDKMS_REWRAP_PAGE: "100", CARDKMS_INSTANCE_ID: "kill-test-worker" };
       const args = [tdb.url, keystore, rot.id, "--complete"];
       let kills = 0;
       const cursors: number[] = [];
       while (kills < KILLS) {
         const r = await runWorker(args, env, Math.floor(Math.random() * 60));
-        if (r.signal === "SIGKILL") kills++;
-        else assert.equal(r.code, 0, `worker failed: ${r.stderr}`);
+        if (r.signal === "SIGKILL") {
+          if (kills++ === 0) {
+            const other = await runWorker(args, { ...env, CARDKMS_INSTANCE_ID: "another-worker" });
+            assert.equal(other.code, 1, "a second worker is refused while the killed one's lease runs");
+            assert.match(other.stderr, /runs elsewhere: job \S+ is leased by kill-test-worker/);
+          }
+        } else assert.equal(r.code, 0, `worker failed: ${r.stderr}`);
         cursors.push((await store.getRotation(rot.id))!.cursor);
         if ((await store.getRotation(rot.id))!.status === "completed") break;
       }

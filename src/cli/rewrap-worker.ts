@@ -9,10 +9,19 @@
 // Prints one JSON line per committed page ({done, total, cursor}); exits 0 when no page is left (and, with
 // --complete, after marking the rotation completed: a re-wrap-only job — refused while the rotation still owes its
 // new card keys, Store.completeRotation), 1 on error.
+//
+// Issue 16 §2: it runs the rotation's "rotation.rewrap" job of the job table under a lease, as the servers' job
+// runners do (src/issuer/rewrap-job.ts rewrapUnderLease), so a worker and the servers never re-wrap one rotation at
+// once: refused (exit 1) while another runner holds the job's lease. CARDKMS_INSTANCE_ID names this worker as a
+// lease owner (default a random UUID): a worker restarted with the same id resumes its own lease at once.
+// CARDKMS_JOB_LEASE_MS sets the lease (default 30,000).
 
 import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
 import { Store } from "../store/store.ts";
-import { runRewrap } from "../issuer/rewrap.ts";
+import { randomUUID } from "node:crypto";
+import { rewrapUnderLease } from "../issuer/rewrap-job.ts";
+import { jobStoreOf } from "../store/job-repository.ts";
+import type { Db } from "../store/db.ts";
 
 async function main(argv: string[]): Promise<void> {
   const [url, keystore, rotationId] = argv;
@@ -23,10 +32,14 @@ async function main(argv: string[]): Promise<void> {
   const store = await Store.open(url);
   const custody = await openCustody(config);
   try {
-    let rot = await runRewrap({
+    let { rotation: rot } = await rewrapUnderLease({
+      jobs: jobStoreOf(store.db as Db, { now: () => store.now() }),
       store,
       custody,
       rotationId,
+      actor: "rewrap-worker",
+      owner: process.env.CARDKMS_INSTANCE_ID || randomUUID(),
+      leaseMs: Number(process.env.CARDKMS_JOB_LEASE_MS ?? 30_000),
       pageSize,
       onProgress: (p) => process.stdout.write(`${JSON.stringify({ done: p.done, total: p.total, cursor: p.cursor })}\n`),
     });

@@ -14,7 +14,9 @@
 //                                                    progress bar polling the status until it ends
 //   rewrap <rotation-id> --db <url>                  or run it here, directly on the system DB and key custody (as
 //                                                    the server opens them), resuming from the last committed page —
-//                                                    Ctrl-C, a crash or a kill at any point loses nothing
+//                                                    Ctrl-C, a crash or a kill at any point loses nothing; it claims
+//                                                    the rotation's job under a lease as the servers do (issue 16
+//                                                    §2): refused while a server or another worker runs it
 //   status <rotation-id>                             approvals, re-wrap, and what the distribution still owes
 //   distribute <rotation-id> [--add <slot>:<alg> ...] once per rotation; --add, if given, must be the approved
 //                                                    additions. Complete once the new card fetched every package.
@@ -22,11 +24,13 @@
 // No domain logic here: src/issuer/rotation.ts and rewrap.ts do the work, behind the routes of rotation-routes.ts.
 
 import { Command, Option } from "commander";
+import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { createCard } from "../card/card.ts";
 import { factoryOptions, factoryTransport, type FactoryOpts } from "./kmc.ts";
 import { openCustody, custodyConfigFromEnv } from "../custody/index.ts";
 import type { RewrapProgress } from "../issuer/rewrap.ts";
+import type { Db } from "../store/db.ts";
 import type { DistributedJson, DistributionJson, NewCardJson, RotationJson, RotationStatusJson } from "../issuer/wire-rotation.ts";
 import { fromHex, type IssuerApiClient } from "../terminal/api-client.ts";
 import { relaySession } from "../terminal/terminal.ts";
@@ -259,7 +263,8 @@ async function rewrapHere(id: string, o: { db: string; pageSize: string; json?: 
   const pageSize = Number(o.pageSize);
   if (!Number.isInteger(pageSize) || pageSize < 1) throw new UsageError(`--page-size: not a positive whole number: ${o.pageSize}`);
   const { Store } = await import("../store/store.ts");
-  const { runRewrap } = await import("../issuer/rewrap.ts");
+  const { rewrapUnderLease } = await import("../issuer/rewrap-job.ts");
+  const { jobStoreOf } = await import("../store/job-repository.ts");
   const store = await Store.open(o.db);
   const custody = await openCustody(custodyConfigFromEnv());
   const abort = new AbortController();
@@ -267,7 +272,18 @@ async function rewrapHere(id: string, o: { db: string; pageSize: string; json?: 
   process.once("SIGINT", stop);
   const bar = progressWriter(o.json);
   try {
-    const rot = await runRewrap({ store, custody, rotationId: id, pageSize, signal: abort.signal, onProgress: (p) => bar.update(p) });
+    const { rotation: rot } = await rewrapUnderLease({
+      jobs: jobStoreOf(store.db as Db, { now: () => store.now() }),
+      store,
+      custody,
+      rotationId: id,
+      actor: "cli",
+      owner: process.env.CARDKMS_INSTANCE_ID || randomUUID(),
+      leaseMs: Number(process.env.CARDKMS_JOB_LEASE_MS ?? 30_000),
+      pageSize,
+      signal: abort.signal,
+      onProgress: (p) => bar.update(p),
+    });
     bar.end();
     const left = await store.countWrappedKeys(rot.fromKeySetId, rot.cursor);
     const msg = abort.signal.aborted ? `stopped at ${rot.done}/${rot.total}; run again to resume` : left === 0 ? `re-wrapped ${rot.done}/${rot.total}` : `${left} keys left`;

@@ -39,6 +39,11 @@ export interface RewrapOptions {
   onProgress?: (p: RewrapProgress) => void;
   /** Stops cleanly after the current page's commit. */
   signal?: AbortSignal;
+  /**
+   * Awaited before each page's commit with the progress as last committed: a job's lease renewal (issue 16 §2,
+   * jobs.ts). When it throws, the page is not committed and the run ends with its error.
+   */
+  beforeCommit?: (p: RewrapProgress) => Promise<void>;
 }
 
 /** The re-wrap cannot run (a DomainError, conflict unless said otherwise, check "rewrap"): the message says why. */
@@ -69,10 +74,11 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
     toRef = { card: refOf(to) };
   const t0 = performance.now();
   let thisRun = 0;
-  const report = (r: Rotation) => {
+  const progress = (r: Rotation): RewrapProgress => {
     const elapsedMs = performance.now() - t0;
-    o.onProgress?.({ rotationId, done: r.done, total: r.total, cursor: r.cursor, keysPerSecond: elapsedMs > 0 ? (thisRun * 1000) / elapsedMs : 0, elapsedMs });
+    return { rotationId, done: r.done, total: r.total, cursor: r.cursor, keysPerSecond: elapsedMs > 0 ? (thisRun * 1000) / elapsedMs : 0, elapsedMs };
   };
+  const report = (r: Rotation) => o.onProgress?.(progress(r));
   report(rot);
 
   // Pipelined one page deep: page N's commit is in flight while page N+1 is read and re-wrapped, and is awaited
@@ -123,6 +129,7 @@ export async function runRewrap(o: RewrapOptions): Promise<Rotation> {
           restart = rot.status === "running";
           break;
         }
+        if (o.beforeCommit) await o.beforeCommit(progress(rot));
         const cursor = page[page.length - 1].id;
         const commit = store.checkpointRotation(rotationId, { expectedCursor: expected, cursor, rewrapped });
         commit.catch(() => {}); // awaited in settle(); this only keeps it from counting as unhandled meanwhile

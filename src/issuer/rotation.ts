@@ -41,7 +41,7 @@ import type { Card, CardKeySet, DeliveryPackage, Rotation, RotationDistribution,
 import { canonicalAdded, OWED_ITEM_STATES, type AddedCredentialSpec, type RotationItem } from "./rotation-records.ts";
 import { CARD_KEY_ALGS, Issuer, IssuerError, SLOTS, type IssuedCredential, type Slot } from "./issuer.ts";
 import { personalisationScript, runScript, type CardScript } from "./card-scripts.ts";
-import { runRewrap, type RewrapProgress } from "./rewrap.ts";
+import { runRewrap, type RewrapOptions } from "./rewrap.ts";
 import { approvalState, approveRotation, bindingDetails, requireApproved, type ApprovalState } from "./rotation-approvals.ts";
 
 export type { RotationStrategy } from "./records.ts";
@@ -110,6 +110,9 @@ const CARD_ID = /^([0-9a-f]{2}){8,16}$/;
 const PROFILE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
 
 const sameAdded = (a: readonly AddedCredential[] | readonly AddedCredentialSpec[], b: readonly AddedCredentialSpec[]) => canonicalAdded(a) === canonicalAdded(b);
+/** How a re-wrap runs: page size, progress, stop signal, and what is awaited before each page's commit (rewrap.ts). */
+export type RewrapJobOptions = Pick<RewrapOptions, "pageSize" | "onProgress" | "signal" | "beforeCommit">;
+
 const describeAdded = (a: readonly AddedCredentialSpec[]) => a.map((x) => `${x.slot} ${x.alg}${x.profile ? ` (${x.profile})` : ""}`).join(", ") || "none";
 
 export class CardRotation {
@@ -297,21 +300,24 @@ export class CardRotation {
   }
 
   /** The bulk re-wrap Sk1[PRk] -> Sk2[PRk] in the system DB (embodiments 3, 5; none for 4). Resumable. */
-  async rewrap(id: string, opts: { pageSize?: number; onProgress?: (p: RewrapProgress) => void; signal?: AbortSignal } = {}): Promise<Rotation> {
+  async rewrap(id: string, opts: RewrapJobOptions = {}): Promise<Rotation> {
     const r = await this.rotation(id);
     if (FIG15[r.strategy].systemDb !== "all") return r;
     return runRewrap({ store: this.store, custody: this.issuer.custody, rotationId: id, ...opts });
   }
 
   /**
-   * The bulk re-wrap as a job of `actor` (the API's background re-wrap), from rotation `from` as last read: audited
-   * "rotation.rewrap-started" (its cursor, done, total) before the first page and, when it ran to its end — not
-   * stopped by the signal — "rotation.rewrapped" (done, total, cursor as committed). Answers the rotation as last
-   * committed and whether the signal stopped it.
+   * The bulk re-wrap as a job of `actor` (the servers' background re-wrap, a leased job: issue 16 §2), from
+   * rotation `from` as last read: audited "rotation.rewrap-started" (its cursor, done, total; and `takeover`, the
+   * runner it took the job over from, when it resumes another's) before the first page and, when it ran to its end —
+   * not stopped by the signal — "rotation.rewrapped" (done, total, cursor as committed). Answers the rotation as
+   * last committed and whether the signal stopped it. `beforeCommit` (the job's lease renewal) may end it before a page.
    */
-  async rewrapJob(from: Rotation, actor: string, opts: { pageSize?: number; onProgress?: (p: RewrapProgress) => void; signal?: AbortSignal } = {}): Promise<{ rotation: Rotation; stopped: boolean }> {
-    await this.store.audit({ actor, action: "rotation.rewrap-started", subject: from.id, details: { cursor: from.cursor, done: from.done, total: from.total } });
-    const end = await this.rewrap(from.id, opts);
+  async rewrapJob(from: Rotation, actor: string, opts: RewrapJobOptions & { takeover?: { from: string | null; attempts: number } } = {}): Promise<{ rotation: Rotation; stopped: boolean }> {
+    const { takeover, ...run } = opts;
+    const details = { cursor: from.cursor, done: from.done, total: from.total, ...(takeover ? { takeover: { from: takeover.from, attempt: takeover.attempts } } : {}) };
+    await this.store.audit({ actor, action: "rotation.rewrap-started", subject: from.id, details });
+    const end = await this.rewrap(from.id, run);
     if (opts.signal?.aborted) return { rotation: end, stopped: true };
     await this.store.audit({ actor, action: "rotation.rewrapped", subject: from.id, details: { done: end.done, total: end.total, cursor: end.cursor } });
     return { rotation: end, stopped: false };

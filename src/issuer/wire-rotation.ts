@@ -9,6 +9,7 @@
 
 import { Type, type Static } from "typebox";
 import { Closed, Enum, Int, NullableInt, NullableStr, Str, Written } from "../util/wire.ts";
+import { JOB_STATES } from "./jobs.ts";
 import { FIG15 } from "./rotation.ts";
 import { CardId, CardJson, credentialMembers, RelayRoundJson } from "./wire.ts";
 
@@ -72,6 +73,8 @@ export const RewrapJson = Type.Object({
   state: Enum(["not-needed", "idle", "running", "done", "failed"]),
   keysPerSecond: opt(Type.Number()),
   error: opt(Str),
+  /** The re-wrap's job in the job table (issue 16 §2), the same on every server: queued counts as running above. */
+  job: opt(Type.Object({ id: Str, state: Enum(JOB_STATES), leaseOwner: NullableStr(), leaseUntil: NullableInt(), attempts: Int })),
 });
 
 /** What a rotation's distribution carries to the new card, one credential each. */

@@ -85,7 +85,7 @@ export interface IssuerConfig {
    * other than the proposer must give before a rotation runs (default 1; a proposal keeps the number in force when it
    * was made, and never needs fewer than this server's).
    */
-  rotations: { approvals: number };
+  rotations: { approvals: number; rewrapPageSize?: number };
   /**
    * Several servers on one database (issue 16 §1, docs/live-relays.md). advertiseUrl: where the other servers reach
    * this one, on their private network (default http://<listen host>:<port>, 0.0.0.0 and :: read as loopback: set it
@@ -93,6 +93,11 @@ export interface IssuerConfig {
    * silent for 3 heartbeats is taken for gone.
    */
   server: { advertiseUrl?: string; heartbeatSeconds: number };
+  /**
+   * The job runner of this server (issue 16 §2, job-runner.ts): instanceId, the lease owner it writes (default a
+   * random UUID per process), how often it looks for runnable jobs and how long a lease runs (ms).
+   */
+  jobs?: { instanceId?: string; pollMs?: number; leaseMs?: number };
 }
 
 export const DEFAULT_CONFIG: IssuerConfig = {
@@ -223,12 +228,17 @@ const schema = {
         origin: { type: "string", minLength: 1, maxLength: 200, pattern: "^[^\\s+]+$" },
       },
     },
-    rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16) } },
+    rotations: { type: "object", additionalProperties: false, required: ["approvals"], properties: { approvals: count(1, 16), rewrapPageSize: count(1, 100_000) } },
     server: {
       type: "object",
       additionalProperties: false,
       required: ["heartbeatSeconds"],
       properties: { advertiseUrl: { type: "string", pattern: "^https?://[^/?#\\s]+/?$", maxLength: 300 }, heartbeatSeconds: count(1, 300) },
+    },
+    jobs: {
+      type: "object",
+      additionalProperties: false,
+      properties: { instanceId: { type: "string", minLength: 1, maxLength: 200 }, pollMs: count(10, 3_600_000), leaseMs: count(100, 3_600_000) },
     },
   },
 } as const;
@@ -276,6 +286,9 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_ROTATION_APPROVALS: { path: ["rotations", "approvals"], type: "integer" },
   CARDKMS_ADVERTISE_URL: { path: ["server", "advertiseUrl"], type: "string" },
   CARDKMS_HEARTBEAT_SECONDS: { path: ["server", "heartbeatSeconds"], type: "integer" },
+  CARDKMS_INSTANCE_ID: { path: ["jobs", "instanceId"], type: "string" },
+  CARDKMS_JOB_POLL_MS: { path: ["jobs", "pollMs"], type: "integer" },
+  CARDKMS_JOB_LEASE_MS: { path: ["jobs", "leaseMs"], type: "integer" },
 };
 
 function setPath(o: Record<string, unknown>, path: string[], v: unknown): void {

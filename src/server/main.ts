@@ -74,6 +74,9 @@ import { instanceId as processInstanceId } from "./instance.ts";
 import { SqlLiveRelaySessions, SqlServerInstances } from "../store/server-instances.ts";
 import { RelaySessions } from "./relay-sessions.ts";
 import { rotationRoutes } from "./rotation-routes.ts";
+import { JobRunner } from "./job-runner.ts";
+import { jobStoreOf } from "../store/job-repository.ts";
+import { REWRAP_JOB, rewrapJobHandler } from "../issuer/rewrap-job.ts";
 import { TerminalTokens, terminalRoutes } from "./terminal-routes.ts";
 import { StateCounterRepository } from "../store/state-counter-repository.ts";
 import { SessionRepository } from "../store/relay-session-repository.ts";
@@ -117,8 +120,10 @@ export interface IssuerAppDeps {
   metricsAccess?: "auditor" | "none";
   /** Where webhooks may point (default: no loopback, private, link-local or metadata address). */
   webhookAddresses?: WebhookAddressPolicy;
-  /** Keys per page and commit of the bulk re-wraps the rotation routes run (default 2,000). */
+  /** Keys per page and commit of the bulk re-wraps this server's job runner runs (default 2,000). */
   rewrapPageSize?: number;
+  /** This server's job runner (issue 16 §2, job-runner.ts): its instance id (default a random UUID), poll and lease (ms). */
+  jobs?: { instanceId?: string; pollMs?: number; leaseMs?: number };
   /** Four eyes: approvals of distinct operators other than the proposer a rotation needs (config rotations.approvals; default 1). */
   rotationApprovals?: number;
   terminalTokens?: TerminalTokens;
@@ -137,6 +142,8 @@ export interface IssuerApp {
   recovery: RecoveryService;
   /** Signed checkpoints of the audit log (audit-routes.ts; the schedule: startIssuerServer). */
   checkpoints: AuditCheckpoints;
+  /** Claims and runs the background jobs (the rotations' re-wraps) of every server on the database; closed with the app. */
+  jobRunner: JobRunner;
   routes: RouteInfo[];
   /** This server's id in server_instances and live_relay_sessions (instance.ts). */
   instanceId: string;
@@ -207,12 +214,18 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     onGone: (g) => app.log.warn({ instanceId: g.instanceId, reason: g.reason }, "a live relay round found its server gone"),
   });
   await app.register(issuerRoutes, { prefix: "/v1", issuer, relays });
-  await app.register(rotationRoutes, {
-    prefix: "/v1",
-    rotations: new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) }),
-    relays,
-    rewrapPageSize: d.rewrapPageSize,
+  const rotations = new CardRotation(issuer, { approvals: d.rotationApprovals, onCompleted: (r) => metrics.rotations.inc({ strategy: r.strategy }) });
+  // Issue 16 §2: the re-wrap jobs live in the job table; whichever server's runner claims one runs it.
+  const jobs = jobStoreOf(d.store.db as Db, { now: () => d.store.now() });
+  const jobRunner = new JobRunner({
+    jobs,
+    handlers: { [REWRAP_JOB]: rewrapJobHandler(rotations, { pageSize: d.rewrapPageSize }) },
+    ...d.jobs,
+    instanceId: d.jobs?.instanceId ?? instanceId,
+    log: app.log,
   });
+  app.addHook("onClose", () => jobRunner.close());
+  await app.register(rotationRoutes, { prefix: "/v1", rotations, relays, jobs, kickJobs: () => jobRunner.kick() });
   await app.register(terminalRoutes, {
     prefix: "/v1",
     issuer,
@@ -247,7 +260,8 @@ export async function buildIssuerApp(d: IssuerAppDeps): Promise<IssuerApp> {
     onPublishError: (e) => app.log.error({ err: e }, "an audit checkpoint was signed and recorded, but sending it out failed"),
   });
   await app.register(auditRoutes, { prefix: "/v1", checkpoints });
-  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, routes, instanceId };
+  jobRunner.start();
+  return { app, issuer, metrics, terminalTokens, recovery, checkpoints, jobRunner, routes, instanceId };
 }
 
 /** The scheduled checkpoint (issue 15 §3): only when the log grew; a log that does not extend the last is an alarm. */
@@ -383,6 +397,8 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
       webhookAddresses,
       limits: config.limits,
       rotationApprovals: config.rotations.approvals,
+      rewrapPageSize: config.rotations.rewrapPageSize,
+      jobs: config.jobs,
       metricsAccess: config.metrics.access === "token" ? "auditor" : "none",
       audit: { origin: config.audit.origin, publishers: config.audit.checkpointFile ? [fileCheckpointPublisher(config.audit.checkpointFile)] : [] },
       instanceId: opts.instanceId,

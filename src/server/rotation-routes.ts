@@ -1,7 +1,7 @@
 // HTTP routes of flow 5.e, card-key rotation Sk1 -> Sk2 onto a new card (seed 000 embodiments 3, 4, 5, FIG. 15).
 // Thin: the domain is src/issuer/rotation.ts (CardRotation), rotation-approvals.ts and rewrap.ts; this file validates
-// (closed schemas), authorises (roles in route config), maps domain errors to problem+json and runs the bulk re-wrap
-// in the background. The listing and the operators' approvals live in event-routes.ts (GET /rotations,
+// (closed schemas), authorises (roles in route config), maps domain errors to problem+json and queues the bulk
+// re-wrap as a job (job-runner.ts runs it, on any server). The listing and the operators' approvals live in event-routes.ts (GET /rotations,
 // POST /rotations/{id}/approve: four eyes, rotation-approvals.ts).
 //
 //   POST /cards/{id}/rotations  {strategy, newCardId?, add?, drop?} -> 201 the proposal: what its approvals cover
@@ -12,9 +12,12 @@
 //        the approved new card with Sk2 (and Sk1 for embodiments 4, 5); the card issuing machine relays the SCP03
 //        scripts through POST /relay/{sessionId}, and the card is active once they ran. 200 with personalisation
 //        null when the new card is already personalised (the call is idempotent). Another cardId: 409.  [operator]
-//   POST /rotations/{id}/rewrap                           -> 202 while the bulk re-wrap runs (started now or
-//        earlier: the call is idempotent), 200 once nothing is left. Resumable from its cursor.      [operator]
-//   GET  /rotations/{id}                                  -> status with done/total/cursor and the re-wrap job, the
+//   POST /rotations/{id}/rewrap                           -> 202 while the bulk re-wrap runs (queued now or
+//        earlier: one live job per rotation, the call is idempotent), 200 once nothing is left. The job is a row of
+//        the job table (issue 16 §2): whichever server's job runner claims it runs it, under a lease, resuming from
+//        the rotation's cursor — also after the server that ran it died.                      [operator]
+//   GET  /rotations/{id}                                  -> status with done/total/cursor and the re-wrap job as
+//        the job table has it (the same on every server), the
 //        approvals (needed, given, by whom) and the distribution: every slot owed to the new card and its state
 //        (pending, packaged, delivered, acknowledged, dropped), and what is still owed         [operator, auditor]
 //   POST /rotations/{id}/distribute    {add?}             -> the packages per FIG. 15 (claimed once per rotation;
@@ -36,7 +39,8 @@ import { IssuerError } from "../issuer/issuer.ts";
 import { requireCardState } from "../issuer/card-lifecycle.ts";
 import { FIG15, type CardRotation, type DistributionStatus } from "../issuer/rotation.ts";
 import type { RotationItem } from "../issuer/rotation-records.ts";
-import type { RewrapProgress } from "../issuer/rewrap.ts";
+import type { Job, JobStore } from "../issuer/jobs.ts";
+import { REWRAP_JOB, rewrapJobProgress, rewrapLeft } from "../issuer/rewrap-job.ts";
 import type { Card, Rotation } from "../store/store.ts";
 import { CARD_ID, EMPTY_BODY, ID, params, principalOf, problems, toHex } from "./issuer-routes.ts";
 import { conflict } from "./problem.ts";
@@ -47,8 +51,10 @@ import { DistributeRequest, DistributedJson, NewCardDoneJson, NewCardOpenedJson,
 export interface RotationRoutesOptions {
   rotations: CardRotation;
   relays: RelaySessions;
-  /** Keys per page and commit of the background re-wrap (default: runRewrap's). */
-  rewrapPageSize?: number;
+  /** The job table the re-wrap jobs are queued in (issue 16 §2); a job runner (job-runner.ts) runs them. */
+  jobs: JobStore;
+  /** Asks this server's job runner to claim now (a job was queued). */
+  kickJobs?: () => void;
 }
 
 const itemOut = (i: RotationItem) => ({ slot: i.slot, kind: i.kind, path: i.path, keyPairId: i.keyPairId, state: i.state, packageSeq: i.packageSeq, updatedAt: i.updatedAt });
@@ -61,43 +67,45 @@ const emptyBodyIsObject = async (req: FastifyRequest) => {
   if (req.body === undefined || req.body === null) req.body = {};
 };
 
-interface RewrapJob {
-  promise: Promise<void>;
-  abort: AbortController;
+/** A rotation's re-wrap job as the status shows it (RewrapJson). */
+interface RewrapJobView {
   state: "running" | "done" | "failed";
   keysPerSecond: number;
   error?: string;
+  job: { id: string; state: Job["state"]; leaseOwner: string | null; leaseUntil: number | null; attempts: number };
 }
 
-export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = async (app, o) => {
-  const { rotations, relays } = o;
-  const store = rotations.store;
-  /** The background re-wraps of this process, by rotation. Another process may run one too: the cursor check of
-   *  each checkpoint keeps them from applying a page twice (rewrap.ts). */
-  const jobs = new Map<string, RewrapJob>();
+/** The job table's row as the status reports it: queued counts as running (it runs as soon as a runner claims it). */
+const jobView = (j: Job): RewrapJobView => ({
+  state: j.state === "queued" || j.state === "running" ? "running" : j.state === "done" ? "done" : "failed",
+  keysPerSecond: rewrapJobProgress(j.progress).keysPerSecond,
+  ...(j.error ? { error: j.error } : j.state === "stopped" ? { error: "stopped" } : {}),
+  job: { id: j.id, state: j.state, leaseOwner: j.leaseOwner, leaseUntil: j.leaseUntil, attempts: j.attempts },
+});
 
-  app.addHook("onClose", async () => {
-    for (const j of jobs.values()) j.abort.abort();
-    await Promise.allSettled([...jobs.values()].map((j) => j.promise));
-  });
+export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = async (app, o) => {
+  const { rotations, relays, jobs } = o;
+  const store = rotations.store;
 
   const rotationOr404 = async (id: string): Promise<Rotation> => (await store.getRotation(id)) ?? rotationsNotFound(id);
 
-  /** This process's job for a rotation as it stands now: taken BEFORE the rotation is read, so that a job that ends
-   *  between the read and the answer is not reported done beside counters read while it ran. */
-  const jobNow = (id: string): Pick<RewrapJob, "state" | "keysPerSecond" | "error"> | undefined => {
-    const j = jobs.get(id);
-    return j && { state: j.state, keysPerSecond: j.keysPerSecond, error: j.error };
+  /** The rotation's re-wrap job as the job table has it now (the same answer on every server): read BEFORE the
+   *  rotation, so that a job that ends between the reads is not reported done beside counters read while it ran. */
+  const jobNow = async (id: string): Promise<RewrapJobView | undefined> => {
+    const j = await jobs.latest(REWRAP_JOB, id);
+    return j && jobView(j);
   };
 
-  const status = (r: Rotation, j = jobNow(r.id)) => {
+  const status = (r: Rotation, j: RewrapJobView | undefined) => {
     const needed = FIG15[r.strategy].systemDb === "all";
+    const byCounters = r.status === "completed" || (r.status === "running" && r.total > 0 && r.done >= r.total) ? ("done" as const) : ("idle" as const);
     const rewrap = !needed
       ? { state: "not-needed" as const }
       : j
-        ? { state: j.state, keysPerSecond: Math.round(j.keysPerSecond), ...(j.error ? { error: j.error } : {}) }
-        : // No job here (none run yet, or run by another process or before a restart): judged by the counters.
-          { state: r.status === "completed" || (r.status === "running" && r.total > 0 && r.done >= r.total) ? ("done" as const) : ("idle" as const) };
+        ? // A job that failed or stopped while the counters say done (another runner or the CLI finished): done.
+          { ...j, state: j.state === "failed" && byCounters === "done" ? ("done" as const) : j.state, keysPerSecond: Math.round(j.keysPerSecond) }
+        : // No job (none run yet, or run by the CLI before jobs): judged by the counters.
+          { state: byCounters };
     return { rotation: rotationOut(r), rewrap, left: needed ? Math.max(0, r.total - r.done) : 0 };
   };
 
@@ -139,13 +147,13 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
     {
       config: { roles: ["operator", "auditor"] },
       schema: {
-        summary: "A rotation's status: its bulk re-wrap (done/total/cursor, this server's job), its approvals and what its distribution still owes the new card",
+        summary: "A rotation's status: its bulk re-wrap (done/total/cursor, its job as the job table has it), its approvals and what its distribution still owes the new card",
         params: params({ id: ID }),
         response: { 200: RotationStatusJson, ...problems },
       },
     },
     async (req) => {
-      const job = jobNow(req.params.id);
+      const job = await jobNow(req.params.id);
       const s = await rotations.status(req.params.id);
       const approvals = {
         required: s.approvals.required,
@@ -196,7 +204,7 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
       config: { roles: ["operator"] },
       preValidation: emptyBodyIsObject,
       schema: {
-        summary: "Run or resume the bulk re-wrap Sk1[PRk] -> Sk2[PRk] in the background; 202 with progress while it runs",
+        summary: "Queue or resume the bulk re-wrap Sk1[PRk] -> Sk2[PRk] as a background job any server runs; 202 with progress while it runs",
         params: params({ id: ID }),
         body: EMPTY_BODY,
         response: { 200: RotationStatusJson, 202: RotationStatusJson, ...problems },
@@ -204,43 +212,23 @@ export const rotationRoutes: FastifyPluginAsyncTypebox<RotationRoutesOptions> = 
     },
     async (req, reply) => {
       const actor = principalOf(req).name;
+      const before = await jobNow(req.params.id);
       const r = await rotationOr404(req.params.id);
       if (r.status !== "running" || !r.toKeySetId) {
-        if (r.status === "completed") return reply.code(200).send(status(r));
+        if (r.status === "completed") return reply.code(200).send(status(r, before));
         throw conflict(`rotation ${r.id} is ${r.status}: the re-wrap runs once the new card is issued (POST /rotations/${r.id}/new-card)`);
       }
-      if (jobs.get(r.id)?.state === "running") return reply.code(202).send(status(r));
-      if (FIG15[r.strategy].systemDb !== "all") return reply.code(200).send(status(r));
-      // Nothing left under Sk1 past the cursor: done already (by this process, another one or the CLI).
-      const left = await store.countWrappedKeys(r.fromKeySetId, r.cursor);
-      if (jobs.get(r.id)?.state === "running") return reply.code(202).send(status(r));
-      if (left === 0) return reply.code(200).send({ ...status(r), left });
-      startJob(r, actor);
-      return reply.code(202).send({ ...status(r), left });
+      if (before?.state === "running") return reply.code(202).send(status(r, before));
+      if (FIG15[r.strategy].systemDb !== "all") return reply.code(200).send(status(r, before));
+      // Nothing left under Sk1 past the cursor: done already (by a server's job or the CLI).
+      const left = await rewrapLeft(store, r);
+      if (left === 0) return reply.code(200).send({ ...status(r, before), left });
+      // One live job per rotation (the job table's unique index): a concurrent call gets the same job.
+      const { job } = await jobs.enqueue({ kind: REWRAP_JOB, subject: r.id, actor });
+      o.kickJobs?.();
+      return reply.code(202).send({ ...status(r, jobView(job)), left });
     },
   );
-
-  function startJob(r: Rotation, actor: string): void {
-    const abort = new AbortController();
-    const job: RewrapJob = { abort, state: "running", keysPerSecond: 0, promise: Promise.resolve() };
-    jobs.set(r.id, job);
-    job.promise = (async () => {
-      try {
-        const onProgress = (p: RewrapProgress) => (job.keysPerSecond = p.keysPerSecond);
-        const { stopped } = await rotations.rewrapJob(r, actor, { pageSize: o.rewrapPageSize, onProgress, signal: abort.signal });
-        if (stopped) {
-          job.state = "failed";
-          job.error = "stopped (server shutting down); POST again to resume";
-          return;
-        }
-        job.state = "done";
-      } catch (e) {
-        job.state = "failed";
-        job.error = e instanceof Error ? e.message : String(e);
-        app.log.error({ rotation: r.id, err: { name: (e as Error).name } }, "bulk re-wrap failed");
-      }
-    })();
-  }
 
   app.post(
     "/rotations/:id/distribute",
