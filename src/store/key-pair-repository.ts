@@ -2,7 +2,8 @@
 // its private key wrapped under each card key set it is wrapped under (Sk[PRk], ST18; one row per key set), a whole
 // credential recorded in one transaction (with its certificate: certificate-repository.ts), the credential slot
 // claims (through rotation-repository.ts), and the paged reads of the bulk re-wrap. Store (store.ts) delegates to it;
-// one code path for SQLite and PostgreSQL.
+// one code path for SQLite and PostgreSQL, except two PostgreSQL round-trip savers on the issuance path (issue 16 §5):
+// an issued credential's three inserts as one statement, and the slot claim outside group commit.
 //
 // Never: a clear private key. Only wrapped ones, and public keys.
 
