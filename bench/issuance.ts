@@ -298,7 +298,11 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     const fromSource = process.env.BENCH_SERVER === "source";
     if (!fromSource) execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("..", import.meta.url)), stdio: "ignore" });
     const entry = fromSource ? ["--import", "tsx", fileURLToPath(new URL("../src/server/main.ts", import.meta.url))] : [fileURLToPath(new URL("../dist/server/main.js", import.meta.url))];
-    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...entry], { env, stdio: ["ignore", "pipe", "pipe"] });
+    // On PostgreSQL the server also loads the statement counter (bench/pg-count.mjs; the bench only, never in service).
+    const countFile = join(dir, "pg-count.json");
+    const counting = engine === "postgres" ? ["--import", fileURLToPath(new URL("./pg-count.mjs", import.meta.url))] : [];
+    if (counting.length) Object.assign(env, { BENCH_PG_COUNT_FILE: countFile });
+    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...counting, ...entry], { env, stdio: ["ignore", "pipe", "pipe"] });
     child = server;
     let serverOut = "";
     server.stdout?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
@@ -342,12 +346,24 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     };
     let s0 = NaN;
     let serverCpu = NaN;
-    const t1 = setTimeout(() => (s0 = procCpu(server.pid!)), warmMs);
-    const t2 = setTimeout(() => (serverCpu = procCpu(server.pid!) - s0), warmMs + ms);
+    // PostgreSQL: the server's statements (pg-count.mjs) and the DB's side (pgSnapshot) at both ends of the window.
+    let pgAt0: Promise<PgSnapshot> | undefined;
+    let pgAt1: Promise<PgSnapshot> | undefined;
+    const snap = () => (tdb ? pgSnapshot(tdb.url, server.pid!, countFile) : undefined);
+    const t1 = setTimeout(() => {
+      s0 = procCpu(server.pid!);
+      pgAt0 = snap();
+    }, warmMs);
+    const t2 = setTimeout(() => {
+      serverCpu = procCpu(server.pid!) - s0;
+      pgAt1 = snap();
+    }, warmMs + ms);
     const r = await closedLoop(conc, ms, issue, warmMs);
     clearTimeout(t1);
     clearTimeout(t2);
     if (Number.isNaN(serverCpu)) serverCpu = procCpu(server.pid!) - s0;
+    pgAt1 ??= snap();
+    const pgFigures: Partial<ReturnType<typeof pgDelta>> = pgAt0 && pgAt1 ? pgDelta(await pgAt0, await pgAt1, r.n) : {};
     agent.destroy();
     // The same-run baseline, so the figure compares across machines: node:crypto P-256 signatures per second on one
     // core of this machine now (each credential costs the server one CA signature and more).
@@ -373,7 +389,9 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
         loadavg_1m: r1(loadavg()[0]),
         engine,
         server_log_level: env.CARDKMS_LOG_LEVEL,
+        ...pgFigures.summary,
       },
+      ...(pgFigures.lines ?? []),
     ];
   } finally {
     if (child && child.exitCode === null) {
@@ -385,6 +403,99 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     await tdb?.drop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// --- PostgreSQL: statements, round trips, the DB's CPU and WAL per credential (issue 16 §5) -------------------
+
+interface PgSnapshot {
+  /** The server's statement counts (bench/pg-count.mjs), undefined if it did not answer. */
+  counts?: { total: number; named: number; statements: Record<string, number> };
+  /** CPU seconds of the backends serving the bench DB (by pid, from /proc) and of PostgreSQL's own processes. */
+  backendCpu: Map<number, number>;
+  auxCpu: number;
+  walLsn: bigint;
+  commits: number;
+  rollbacks: number;
+}
+
+/** The counter's file after a SIGUSR2 (it writes aside and renames, so a file that exists is whole). */
+async function statementCounts(pid: number, file: string): Promise<PgSnapshot["counts"]> {
+  rmSync(file, { force: true });
+  process.kill(pid, "SIGUSR2");
+  for (let i = 0; i < 200; i++) {
+    try {
+      return JSON.parse(readFileSync(file, "utf8")) as PgSnapshot["counts"];
+    } catch {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  return undefined;
+}
+
+async function pgSnapshot(url: string, serverPid: number, countFile: string): Promise<PgSnapshot> {
+  const counts = statementCounts(serverPid, countFile);
+  const { default: pg } = await import("pg");
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const db = new URL(url).pathname.slice(1);
+    const lsn = await c.query<{ lsn: string }>("select pg_current_wal_lsn()::text as lsn");
+    const [hi, lo] = lsn.rows[0].lsn.split("/");
+    const procs = await c.query<{ pid: number; datname: string | null; backend_type: string }>("select pid, datname, backend_type from pg_stat_activity where pid <> pg_backend_pid()");
+    const st = await c.query<{ xact_commit: string; xact_rollback: string }>("select xact_commit::text, xact_rollback::text from pg_stat_database where datname = $1", [db]);
+    const backendCpu = new Map<number, number>();
+    let auxCpu = 0;
+    for (const p of procs.rows) {
+      if (p.datname === db && p.backend_type === "client backend") backendCpu.set(p.pid, procCpu(p.pid));
+      else if (p.backend_type !== "client backend") auxCpu += procCpu(p.pid) || 0;
+    }
+    return {
+      counts: await counts,
+      backendCpu,
+      auxCpu,
+      walLsn: (BigInt(`0x${hi}`) << 32n) + BigInt(`0x${lo}`),
+      commits: Number(st.rows[0]?.xact_commit ?? 0),
+      rollbacks: Number(st.rows[0]?.xact_rollback ?? 0),
+    };
+  } finally {
+    await c.end();
+  }
+}
+
+/** Per-credential figures between two snapshots: the summary fields of the main line, and one line per figure. */
+function pgDelta(a: PgSnapshot, b: PgSnapshot, n: number): { summary: Record<string, unknown>; lines: BenchResult[] } {
+  const per = (x: number) => Math.round((x / Math.max(1, n)) * 100) / 100;
+  let backend = 0;
+  for (const [pid, cpu] of b.backendCpu) backend += cpu - (a.backendCpu.get(pid) ?? 0); // a pid new in b: all its CPU is in the window
+  const statements: Record<string, number> = {};
+  if (a.counts && b.counts) {
+    for (const [k, v] of Object.entries(b.counts.statements)) {
+      const d = v - (a.counts.statements[k] ?? 0);
+      if (d > 0) statements[k] = per(d);
+    }
+  }
+  const sorted = Object.fromEntries(Object.entries(statements).sort((x, y) => y[1] - x[1]));
+  const roundTrips = a.counts && b.counts ? per(b.counts.total - a.counts.total) : NaN;
+  const named = a.counts && b.counts ? per(b.counts.named - a.counts.named) : NaN;
+  const lines: BenchResult[] = [
+    { name: "issuance_http_p256_pg_round_trips", value: roundTrips, unit: "statements/credential", named_prepared: named, statements: sorted },
+    { name: "issuance_http_p256_pg_commits", value: per(b.commits - a.commits), unit: "commits/credential", rollbacks: per(b.rollbacks - a.rollbacks) },
+    {
+      name: "issuance_http_p256_pg_backend_cpu",
+      value: Math.round((backend * 1e6) / Math.max(1, n)),
+      unit: "µs/credential",
+      backends: b.backendCpu.size,
+      aux_processes_us: Math.round(((b.auxCpu - a.auxCpu) * 1e6) / Math.max(1, n)),
+      note: "aux: walwriter, checkpointer, ... shared with other databases on this server",
+    },
+    {
+      name: "issuance_http_p256_pg_wal",
+      value: Math.round(Number(b.walLsn - a.walLsn) / Math.max(1, n)),
+      unit: "bytes/credential",
+      note: "cluster-wide WAL: includes other databases' writes in the window",
+    },
+  ];
+  return { summary: { pg_round_trips_per_credential: roundTrips }, lines };
 }
 
 /** node:crypto ECDSA P-256 / SHA-256 signatures per second over `ms` milliseconds, on this thread. */

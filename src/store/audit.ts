@@ -11,7 +11,9 @@
 // Appends are serialised: on PostgreSQL the appending transaction takes LOCK TABLE audit_log in SHARE ROW
 // EXCLUSIVE mode (conflicts with itself, not with readers) before reading the head; SQLite has one writer. The
 // primary key on seq is the last guard: a second entry with the same seq cannot be inserted, so the chain
-// cannot fork even if the lock were bypassed.
+// cannot fork even if the lock were bypassed. In a group commit (group.ts) the calls' entries are appended together
+// at the end of the group (recordAudit, issue 16 §5): the same lock, head read and chain, taken once per group and
+// held only for the append and the commit; each entry keeps its own content and time, in the order of the calls.
 //
 // What verification proves: that the stored chain is internally consistent (no entry altered, removed, inserted
 // or reordered without re-computing every hash after it) and, given a head exported earlier (`auditHead`), that
@@ -25,6 +27,7 @@ import { engineOf, type Db } from "./db.ts";
 import { canonicalJson as canonicalJson_, type JsonValue } from "../util/json.ts";
 import type { Kysely, Transaction } from "kysely";
 import { compiled } from "./compiled.ts";
+import { deferToGroupEnd, type GroupBatcher } from "./group.ts";
 import type { Database } from "./db.ts";
 
 export const GENESIS_HASH = "0".repeat(64);
@@ -74,25 +77,78 @@ const FORBIDDEN_DETAIL_KEYS = /^(password|passphrase|secret|token|pin|puk|privat
  * Appends one entry. Runs in the caller's transaction when given one (so the entry commits or rolls back with
  * the change it records), else in its own.
  */
-export async function appendAudit(db: Db | Transaction<Database>, input: { actor: string; action: string; subject: string; details?: { [key: string]: JsonValue }; at?: number }): Promise<AuditEntry> {
+export async function appendAudit(db: Db | Transaction<Database>, input: AuditInput): Promise<AuditEntry> {
+  const entry = auditContent(input);
+  const append = (trx: Transaction<Database>) => appendEntries(trx, [entry]).then((rows) => toEntry(rows[0]));
+  return db.isTransaction ? append(db as Transaction<Database>) : (db as Db).transaction().execute(append);
+}
+
+/**
+ * Records one entry with the change it records, like appendAudit; in a group commit's transaction (group.ts) the
+ * entry is appended at the end of the group, with the other calls' entries in one append — one lock, one head read,
+ * one insert (issue 16 §5). Its seq and hash are known only then, so nothing is returned.
+ */
+export async function recordAudit(db: Db | Transaction<Database>, input: AuditInput): Promise<void> {
+  const entry = auditContent(input);
+  if (db.isTransaction && deferToGroupEnd(db as Transaction<unknown>, GROUP_AUDIT, entry)) return;
+  await appendAudit(db, input);
+}
+
+export interface AuditInput {
+  actor: string;
+  action: string;
+  subject: string;
+  details?: { [key: string]: JsonValue };
+  at?: number;
+}
+
+/** An entry before it has a place in the chain: checked and its details canonical. */
+type AuditContent = Pick<AuditRow, "at" | "actor" | "action" | "subject" | "details">;
+
+function auditContent(input: AuditInput): AuditContent {
   if (!input.actor || !input.action) throw new Error("audit: actor and action are required");
   const details = canonicalJson(input.details ?? {}, "details");
   const at = input.at ?? Date.now();
   if (!Number.isSafeInteger(at)) throw new Error(`audit: at must be epoch ms, got ${at}`);
-  const run = async (trx: Transaction<Database>): Promise<AuditEntry> => {
-    if (engineOf(trx) === "postgres") await sql`lock table audit_log in share row exclusive mode`.execute(trx);
-    // SQLite: a write that matches nothing takes the database write lock now, so the head read below cannot go
-    // stale under another process's append (a deferred read-then-write transaction would fail with SQLITE_BUSY).
-    else await sql`update audit_log set seq = seq where seq < 0`.execute(trx);
-    const last = (await HEAD.execute(trx, {})).rows[0];
-    const seq = (last?.seq ?? 0) + 1;
-    const prevHash = last?.hash ?? GENESIS_HASH;
-    const row = { seq, at, actor: input.actor, action: input.action, subject: input.subject, details, prev_hash: prevHash, hash: "" };
+  return { at, actor: input.actor, action: input.action, subject: input.subject, details };
+}
+
+const GROUP_AUDIT: GroupBatcher<AuditContent> = {
+  flush: async (trx, values) => void (await appendEntries(trx as unknown as Transaction<Database>, values)),
+};
+
+/** Most entries one INSERT carries on PostgreSQL (8 parameters each, far below its 65,535). */
+const INSERT_ROWS_MAX = 256;
+
+/**
+ * Appends `entries` in order after the current head, in `trx`. Serialised (see the header): on PostgreSQL the lock
+ * is held to the end of `trx`; the rows go in one multi-row INSERT per INSERT_ROWS_MAX entries (one round trip);
+ * on SQLite (no round trips) one compiled INSERT each.
+ */
+async function appendEntries(trx: Transaction<Database>, entries: AuditContent[]): Promise<AuditRow[]> {
+  const pg = engineOf(trx) === "postgres";
+  if (pg) await sql`lock table audit_log in share row exclusive mode`.execute(trx);
+  // SQLite: a write that matches nothing takes the database write lock now, so the head read below cannot go
+  // stale under another process's append (a deferred read-then-write transaction would fail with SQLITE_BUSY).
+  else await sql`update audit_log set seq = seq where seq < 0`.execute(trx);
+  const last = (await HEAD.execute(trx, {})).rows[0];
+  let seq = last?.seq ?? 0;
+  let prevHash = last?.hash ?? GENESIS_HASH;
+  const rows: AuditRow[] = [];
+  for (const e of entries) {
+    const row: AuditRow = { seq: ++seq, ...e, prev_hash: prevHash, hash: "" };
     row.hash = entryHash(row);
-    await INSERT_ENTRY.execute(trx, row);
-    return toEntry(row);
-  };
-  return db.isTransaction ? run(db as Transaction<Database>) : (db as Db).transaction().execute(run);
+    prevHash = row.hash;
+    rows.push(row);
+  }
+  if (pg && rows.length > 1) {
+    for (let i = 0; i < rows.length; i += INSERT_ROWS_MAX)
+      await trx
+        .insertInto("audit_log")
+        .values(rows.slice(i, i + INSERT_ROWS_MAX))
+        .execute();
+  } else for (const row of rows) await INSERT_ENTRY.execute(trx, row);
+  return rows;
 }
 
 /** The newest entry's seq and hash (null for an empty log): export it to detect later truncation. */

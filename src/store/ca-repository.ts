@@ -6,19 +6,20 @@
 // or a single atomic statement, so it holds across concurrent requests and across server processes:
 //   - recordIssued: one transaction (a savepoint of a group commit) inserting the certificate (primary key (ca_id, serial)) and claiming the key
 //     (primary key (ca_id, public_key_sha256)) with ON CONFLICT DO NOTHING; a claim that finds the key taken
-//     rolls the certificate back — of N concurrent requests for one key exactly one is "recorded";
+//     rolls the certificate back — of N concurrent requests for one key exactly one is "recorded" (on PostgreSQL
+//     the two inserts are one statement, one round trip);
 //   - revoke: INSERT … ON CONFLICT DO NOTHING, then the stored row: the first revocation is kept;
 //   - nextCrlNumber: an upsert … RETURNING on a one-row counter: never repeats, even across restarts.
 // Never: holds a private key or anything secret — certificates and public-key hashes are public.
 
-import type { Kysely, Transaction } from "kysely";
+import { sql, type Kysely, type Transaction } from "kysely";
 import type { CaRepository, IssuedCertificateRecord, RecordIssuedResult, RevocationRecord } from "../ca/repository.ts";
 import type { RevocationReason } from "../ca/crl.ts";
 import type { SubjectName } from "../ca/name.ts";
 import { fromPemAll, toPem } from "../ca/pem.ts";
 import type { CaCertificateStore, StoredCaCertificate } from "../ca/service.ts";
 import { compiled } from "./compiled.ts";
-import type { Db } from "./db.ts";
+import { engineOf, type Db } from "./db.ts";
 import { groupCommit } from "./group.ts";
 
 export interface CaIssuedCertificatesTable {
@@ -152,6 +153,21 @@ export class SqlCaRepository implements CaRepository, CaCertificateStore {
     try {
       // Group commit (group.ts): on the system DB this joins the issuer's groups, one commit for both.
       return await groupCommit(this.db, async (trx: Transaction<CaTables>) => {
+        if (engineOf(trx as unknown as Db) === "postgres") {
+          // The two inserts below in one statement (one round trip, issue 16 §5): the key is claimed only when the
+          // certificate row went in, and the counts say which of the two found its key taken.
+          const r = await sql<{ cert: number; claim: number }>`with cert as (
+              insert into ca_issued_certificates (ca_id, serial, subject, public_key_sha256, profile, not_before, not_after, issued_at, der, applicant_id)
+              values (${row.ca_id}, ${row.serial}, ${row.subject}, ${row.public_key_sha256}, ${row.profile}, ${row.not_before}, ${row.not_after}, ${row.issued_at}, ${row.der}, ${row.applicant_id})
+              on conflict (ca_id, serial) do nothing returning serial),
+            claim as (insert into ca_certified_keys (ca_id, public_key_sha256, first_serial)
+              select ${row.ca_id}::text, ${row.public_key_sha256}::text, serial from cert
+              on conflict (ca_id, public_key_sha256) do nothing returning public_key_sha256)
+            select (select count(*) from cert)::int as cert, (select count(*) from claim)::int as claim`.execute(trx);
+          if (!r.rows[0].cert) throw new Rollback("duplicate-serial");
+          if (!r.rows[0].claim && opts.uniquePublicKey) throw new Rollback("duplicate-public-key");
+          return "recorded" as const;
+        }
         // The statement order is the interface's: a used serial is reported before a certified key.
         const cert = (await INSERT_ISSUED.execute(trx, row)).rows[0];
         if (!cert) throw new Rollback("duplicate-serial");

@@ -78,5 +78,92 @@ for (const engine of testEngines()) {
       );
       assert.equal(await store.getUser("joined"), undefined);
     });
+
+    test("a group's audit entries are appended at its end, in call order, without the failed calls' (issue 16 §5)", async () => {
+      const before = (await verifyAuditLog(store.db)) as { ok: true; entries: number; head: { seq: number } | null };
+      assert.ok(before.ok);
+      const results = await Promise.allSettled(
+        Array.from({ length: 12 }, (_, i) =>
+          store.groupTransaction(async (s) => {
+            await s.audit({ actor: "test", action: "deferred", subject: `d-${i}`, details: { i, part: 1 } });
+            await s.audit({ actor: "test", action: "deferred", subject: `d-${i}`, details: { i, part: 2 } });
+            if (i % 5 === 2) throw new Error(`refused ${i}`);
+            return i;
+          }),
+        ),
+      );
+      const kept = results.flatMap((r, i) => (r.status === "fulfilled" ? [i] : []));
+      assert.deepEqual(kept, [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]);
+      const v = await verifyAuditLog(store.db);
+      assert.ok(v.ok, "the chain is intact");
+      const rows = await t.db.selectFrom("audit_log").selectAll().where("action", "=", "deferred").orderBy("seq").execute();
+      assert.deepEqual(
+        rows.map((r) => [r.subject, JSON.parse(r.details) as unknown]),
+        kept.flatMap((i) => [
+          [`d-${i}`, { i, part: 1 }],
+          [`d-${i}`, { i, part: 2 }],
+        ]),
+        "every entry of a call that landed, with its own content, in call order; none of a failed call",
+      );
+      const first = (before.head?.seq ?? 0) + 1;
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        rows.map((_, k) => first + k),
+        "gap-free sequence",
+      );
+    });
+
+    test("a group that fails at its end loses its audit entries with its rows", async () => {
+      const n = Number(
+        (
+          await t.db
+            .selectFrom("audit_log")
+            .select((eb) => eb.fn.countAll<number>().as("n"))
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
+      await assert.rejects(
+        store.transaction(async (s) => {
+          await s.groupTransaction((g) => g.audit({ actor: "test", action: "rolled-back", subject: "x" }));
+          throw new Error("roll back");
+        }),
+        /roll back/,
+      );
+      const after = Number(
+        (
+          await t.db
+            .selectFrom("audit_log")
+            .select((eb) => eb.fn.countAll<number>().as("n"))
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
+      assert.equal(after, n);
+    });
+
+    test("several servers grouping and appending at once keep one gap-free chain", async () => {
+      // Three connection pools on one PostgreSQL database (three servers), each with group calls that audit, plus
+      // direct appends, all at once. (SQLite's several servers are several processes: in one process a second
+      // connection's synchronous busy wait would block the event loop the first one needs to commit.)
+      if (t.engine !== "postgres") return;
+      const servers = [store, new Store(t.reopen()), new Store(t.reopen())];
+      const before = await verifyAuditLog(store.db);
+      assert.ok(before.ok);
+      await Promise.all(
+        servers.flatMap((srv, k) => [
+          ...Array.from({ length: 15 }, (_, i) =>
+            srv.groupTransaction(async (s) => {
+              await s.createUser({ id: `multi-${k}-${i}`, personalData: { i } });
+              await s.audit({ actor: `server-${k}`, action: "multi", subject: `multi-${k}-${i}` });
+            }),
+          ),
+          ...Array.from({ length: 3 }, (_, i) => appendAudit(srv.db, { actor: `server-${k}`, action: "multi.direct", subject: `direct-${k}-${i}` })),
+        ]),
+      );
+      const v = await verifyAuditLog(store.db);
+      assert.ok(v.ok, JSON.stringify(v));
+      assert.equal(v.entries, before.entries + 3 * 18);
+      const rows = await t.db.selectFrom("audit_log").select(["subject"]).where("action", "in", ["multi", "multi.direct"]).execute();
+      assert.equal(new Set(rows.map((r) => r.subject)).size, 3 * 18, "every entry once");
+    });
   });
 }

@@ -9,8 +9,19 @@
 //
 // A call must do all its DB work through the transaction it is given and must not wait for another group call
 // (it would wait for its own group).
+//
+// Work a call hands to the end of its group (`deferToGroupEnd`, issue 16 §5): a call may leave rows of a kind to be
+// written once for the whole group, just before the commit — the audit log's entries (audit.ts), whose append takes
+// a table lock on PostgreSQL that every appending transaction waits for, so it is taken once per group, for the
+// few round trips of the append and the commit, instead of from a call's append to the end of the group. What a
+// call left goes with it if it fails (its savepoint rolls back); if the flush fails, the whole group fails.
+//
+// PostgreSQL round trips: each statement is one. A call's savepoint is opened in the same round trip that releases
+// the previous call's (`release savepoint gN; savepoint gN+1`, a simple query), and the last one is left to the
+// commit, which releases it anyway: one savepoint round trip per call instead of two.
 
 import { sql, type Kysely, type Transaction } from "kysely";
+import { engineOf } from "./db.ts";
 
 /** Most calls one group takes (the rest wait for the next). */
 const GROUP_MAX = 64;
@@ -51,31 +62,96 @@ export function groupCommit<DB, T>(db: Kysely<DB> | Transaction<DB>, fn: (trx: T
   });
 }
 
+/** Rows of one kind that the calls of a group leave to be written at its end, and how to write them. */
+export interface GroupBatcher<T> {
+  flush(trx: Transaction<unknown>, values: T[]): Promise<void>;
+}
+
+interface GroupState {
+  /** What the running call left, by batcher, in order. */
+  current: Map<GroupBatcher<unknown>, unknown[]>;
+  /** What the calls that succeeded left. */
+  kept: Map<GroupBatcher<unknown>, unknown[]>;
+}
+
+const groupStates = new WeakMap<object, GroupState>();
+
+/**
+ * Leaves `value` to `batcher`, to be written at the end of the group `trx` belongs to (see above); false when `trx`
+ * is not a group's transaction (the caller then writes it itself).
+ */
+export function deferToGroupEnd<T>(trx: Kysely<unknown> | Transaction<unknown>, batcher: GroupBatcher<T>, value: T): boolean {
+  const st = groupStates.get(trx);
+  if (!st) return false;
+  const b = batcher as GroupBatcher<unknown>;
+  let list = st.current.get(b);
+  if (!list) st.current.set(b, (list = []));
+  list.push(value);
+  return true;
+}
+
+/** A call's deferred work is kept (it succeeded) or dropped (it failed). */
+function settle(st: GroupState, ok: boolean): void {
+  if (ok) {
+    for (const [b, vs] of st.current) {
+      const kept = st.kept.get(b);
+      if (kept) kept.push(...vs);
+      else st.kept.set(b, vs);
+    }
+  }
+  st.current = new Map();
+}
+
+async function flush(trx: Transaction<unknown>, st: GroupState): Promise<void> {
+  for (const [b, vs] of st.kept) if (vs.length) await b.flush(trx, vs);
+}
+
 async function runGroups(db: Kysely<unknown>, g: GroupQueue): Promise<void> {
   g.running = true;
+  const pg = engineOf(db) === "postgres";
   try {
     while (g.queue.length) {
       const batch = g.queue.splice(0, GROUP_MAX);
       if (batch.length === 1) {
         const [it] = batch;
-        await db.transaction().execute(it.fn).then(it.resolve, it.reject);
+        await db
+          .transaction()
+          .execute(async (trx) => {
+            const st: GroupState = { current: new Map(), kept: new Map() };
+            groupStates.set(trx, st);
+            const value = await it.fn(trx);
+            settle(st, true);
+            await flush(trx, st);
+            return value;
+          })
+          .then(it.resolve, it.reject);
         continue;
       }
       const done: { it: GroupItem; ok: boolean; value: unknown }[] = [];
       try {
         await db.transaction().execute(async (trx) => {
+          const st: GroupState = { current: new Map(), kept: new Map() };
+          groupStates.set(trx, st);
+          // on PostgreSQL the savepoint still open from the previous call, released with the next one's opening
+          let open: number | undefined;
           for (const [i, it] of batch.entries()) {
-            await sql.raw(`savepoint g${i}`).execute(trx);
+            if (pg && open !== undefined) await sql.raw(`release savepoint g${open}; savepoint g${i}`).execute(trx);
+            else await sql.raw(`savepoint g${i}`).execute(trx);
+            open = undefined;
             try {
               const value = await it.fn(trx);
-              await sql.raw(`release savepoint g${i}`).execute(trx);
+              if (pg) open = i;
+              else await sql.raw(`release savepoint g${i}`).execute(trx);
+              settle(st, true);
               done.push({ it, ok: true, value });
             } catch (e) {
+              settle(st, false);
               await sql.raw(`rollback to savepoint g${i}`).execute(trx);
               await sql.raw(`release savepoint g${i}`).execute(trx);
               done.push({ it, ok: false, value: e });
             }
           }
+          await flush(trx, st);
         });
       } catch (e) {
         for (const it of batch) it.reject(e);

@@ -2,7 +2,8 @@
 // its private key wrapped under each card key set it is wrapped under (Sk[PRk], ST18; one row per key set), a whole
 // credential recorded in one transaction (with its certificate: certificate-repository.ts), the credential slot
 // claims (through rotation-repository.ts), and the paged reads of the bulk re-wrap. Store (store.ts) delegates to it;
-// one code path for SQLite and PostgreSQL.
+// one code path for SQLite and PostgreSQL, except two PostgreSQL round-trip savers on the issuance path (issue 16 §5):
+// an issued credential's three inserts as one statement, and the slot claim outside group commit.
 //
 // Never: a clear private key. Only wrapped ones, and public keys.
 
@@ -12,7 +13,7 @@ import { compiled } from "./compiled.ts";
 import type { Database, KeyPairStatus } from "./db.ts";
 import { groupCommit } from "./group.ts";
 import { newId } from "./ids.ts";
-import { buf, checkValidity, insertOrConflict, StoreError, StoreRepository } from "./repository.ts";
+import { buf, checkValidity, insertOrConflict, isConstraintViolation, StoreError, StoreRepository } from "./repository.ts";
 import { RotationRepository } from "./rotation-repository.ts";
 import type { Certificate, KeyPair, NewCredential, RecordedCredential, WrappedKey } from "../issuer/records.ts";
 
@@ -73,6 +74,7 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
     for (const w of input.wrapped) if (w.wrapped.length === 0) throw new StoreError("invalid", `wrapped key under ${w.keySetId}: empty`);
     const cert = input.certificate ?? null;
     if (cert) checkValidity("certificate", cert.notBefore, cert.notAfter);
+    if (this.engine === "postgres" && input.wrapped.length === 1 && cert) return this.#recordIssuedCredential(kpRow, input.wrapped[0], certRow(cert, kpRow.id, now));
     return this.transaction(async (s) => {
       await insertOrConflict(
         INSERT_KEY_PAIR.execute(s.db, kpRow),
@@ -107,6 +109,41 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
       }
       return { keyPair: toKeyPair(kpRow), wrapped, certificate };
     });
+  }
+
+  /**
+   * recordCredential of an issued credential (one wrapped key, its certificate) on PostgreSQL: the three inserts in
+   * one statement (data-modifying CTEs), so one round trip instead of three, and atomic without a transaction of its
+   * own (issue 16 §5). The foreign keys between them are checked at the end of the statement. Same rows, same
+   * conflicts (reported by the table that refused) as the three statements.
+   */
+  async #recordIssuedCredential(kpRow: KeyPairRow, w: { keySetId: string; wrapped: Uint8Array }, c: ReturnType<typeof certRow>): Promise<RecordedCredential> {
+    const now = kpRow.created_at;
+    let r;
+    try {
+      r = await sql<{ wrapped_id: number }>`with kp as (
+          insert into key_pairs (id, user_id, card_id, slot, algorithm, public_key, status, created_at)
+          values (${kpRow.id}, ${kpRow.user_id}, ${kpRow.card_id}, ${kpRow.slot}, ${kpRow.algorithm}, ${kpRow.public_key}, ${kpRow.status}, ${now}) returning id),
+        wk as (insert into wrapped_keys (key_pair_id, key_set_id, wrapped, created_at) select kp.id, ${w.keySetId}::text, ${w.wrapped}::bytea, ${now}::bigint from kp returning id),
+        ct as (insert into certificates (id, serial, key_pair_id, der, subject, not_before, not_after, revoked_at, revocation_reason, created_at)
+          select ${c.id}::text, ${c.serial}::text, kp.id, ${c.der}::bytea, ${c.subject}::text, ${c.not_before}::bigint, ${c.not_after}::bigint, null, null, ${now}::bigint from kp returning id)
+        select (select id from wk) as wrapped_id, (select count(*) from ct) as certificates`.execute(this.db);
+    } catch (e) {
+      if (!isConstraintViolation(e)) throw e;
+      const table = (e as { table?: string }).table;
+      throw new StoreError(
+        "conflict",
+        table === "certificates"
+          ? `certificate serial ${c.serial} exists`
+          : table === "wrapped_keys"
+            ? `wrapped keys of ${kpRow.id}: unknown key set, or the same key set twice`
+            : kpRow.slot !== null && kpRow.status === "active"
+              ? `key pair ${kpRow.id} exists, user/card unknown, or slot ${kpRow.slot} of card ${kpRow.card_id} holds an active key pair already`
+              : `key pair ${kpRow.id} exists, or user/card unknown`,
+      );
+    }
+    const wrapped: WrappedKey[] = [{ id: r.rows[0].wrapped_id, keyPairId: kpRow.id, keySetId: w.keySetId, wrapped: Buffer.from(w.wrapped), createdAt: now }];
+    return { keyPair: toKeyPair(kpRow), wrapped, certificate: toCertificate(c) };
   }
 
   /** Adds Sk[PRk] of an existing key pair under another card key set (embodiment 3-5 re-wrap, single key). */
@@ -149,12 +186,17 @@ export class KeyPairRepository extends StoreRepository<KeyPairRepository> {
   /**
    * A credential request's claim on (card, slot), held from before its key is certified until the transaction that
    * records it (rotation-repository.ts): true when this claim holds it now — it was free, or its holder's lease ran
-   * out (a stalled or crashed server) — false while another request holds it. Outside a transaction the claim goes
-   * through group commit (group.ts): it has committed, and so holds against other requests and servers, when this
-   * resolves, but shares its commit with the other requests of the same event-loop turn instead of making its own.
+   * out (a stalled or crashed server) — false while another request holds it. Outside a transaction it has
+   * committed, and so holds against other requests and servers, when this resolves: on SQLite through group commit
+   * (group.ts), sharing its commit with the other requests of the same event-loop turn; on PostgreSQL as one
+   * statement of its own.
    */
   async claimCredentialSlot(cardId: string, slot: string, claimId: string, leaseMs: number): Promise<boolean> {
     const now = this.now();
+    // PostgreSQL: the claim is one statement (an upsert), atomic on its own: sent straight to the pool it costs one
+    // round trip on any free connection, where a group call waits for its group and adds its savepoint's (issue 16 §5);
+    // concurrent commits share their WAL flushes in PostgreSQL itself.
+    if (!this.db.isTransaction && this.engine === "postgres") return new RotationRepository(this.db).claimSlot(cardId, slot, claimId, now, leaseMs);
     return groupCommit(this.db, (trx) => new RotationRepository(trx).claimSlot(cardId, slot, claimId, now, leaseMs));
   }
 

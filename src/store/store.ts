@@ -32,7 +32,7 @@ import type { Transaction } from "kysely";
 import { engineOf, openDatabase, type Database, type Db, type Engine, type OpenOptions } from "./db.ts";
 import { migrateToLatest } from "./migrate.ts";
 import { groupCommit } from "./group.ts";
-import { appendAudit, verifyAuditLog, type AuditHead, type AuditVerification } from "./audit.ts";
+import { recordAudit, verifyAuditLog, type AuditHead, type AuditVerification } from "./audit.ts";
 import { AuditCheckpointRepository } from "./audit-checkpoint-repository.ts";
 import { CARD_STATUS_FROM, CardRepository } from "./card-repository.ts";
 import { CertificateRepository } from "./certificate-repository.ts";
@@ -177,9 +177,9 @@ export class Store implements IssuerStore, AuditCheckpointStore {
   // ---- the audit log ---------------------------------------------------------------------------------------
   // audit.ts, audit-checkpoint-repository.ts
 
-  /** Appends one entry to the audit log: in the transaction this store is bound to, else in its own (appendAudit). */
+  /** Appends one entry to the audit log: in the transaction this store is bound to (a group's: at its end), else in its own (recordAudit). */
   async audit(entry: AuditInput): Promise<void> {
-    await appendAudit(this.db, entry);
+    await recordAudit(this.db, entry);
   }
 
   /** Walks the whole audit chain (verifyAuditLog); with `expectedHead`, also checks the log still holds that entry. */
