@@ -12,6 +12,7 @@
 //     database holds has its one entry; the restarted server takes writes again on the same address.
 //   - todo (issue 16): credential requests at once through different servers deadlock in PostgreSQL today.
 // What still stays on one server (relay sessions, card logins, terminal tokens) is marked TODO(issue 16 §1).
+// CARDKMS_CLUSTER_LOGS=1 prints the servers' logs when the file ends (level warn and above, and their {url} line).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -26,15 +27,18 @@ import * as x509 from "../src/x509.ts";
 import { startCluster, type Cluster } from "./cluster-env.ts";
 import { cliJson, runCli, tempDir } from "./helpers.ts";
 import { TEST_KMC } from "./kmc.ts";
+import { testEngines } from "./support/store-testing.ts";
 
 const dir = tempDir("cardkms-cluster-audit-");
-const HANG = { timeout: 10 * 60_000 };
 
 // One cluster for the file (starting three servers is most of its time); the tests run one after the other on it and
 // count what each wrote from where the log stood when it began.
+// CARDKMS_TEST_PG=off leaves PostgreSQL out on purpose: then these tests say they are skipped, and why.
+const PG_OFF = !testEngines().some((e) => e.name === "postgres") && "CARDKMS_TEST_PG=off: a cluster runs on PostgreSQL";
+const HANG = { timeout: 10 * 60_000, skip: PG_OFF };
 let c: Cluster;
 before(async () => {
-  c = await startCluster();
+  if (!PG_OFF) c = await startCluster();
 });
 after(async () => {
   if (process.env.CARDKMS_CLUSTER_LOGS) for (const i of c?.urls.keys() ?? []) process.stderr.write(`---- server ${i}\n${c.logs(i)}\n`);
@@ -65,14 +69,22 @@ const tally = (actions: string[]) => {
   return m;
 };
 
-/** The log checked three ways: seq 1..n, the CLI on the database, the CLI through the servers `via` (auditor token). */
-async function assertOneLog(c: Cluster, via: number[]): Promise<{ seq: number; action: string }[]> {
+/**
+ * The log checked: seq 1..n, then `cardkms audit verify` on the database and through the servers `via` (auditor
+ * token) — or, with `via` "in-process", the same verification (verifyAuditLog) without starting the CLI.
+ */
+async function assertOneLog(c: Cluster, via: number[] | "in-process"): Promise<{ seq: number; action: string }[]> {
   const rows = await auditRows(c);
   assert.deepEqual(
     rows.map((r) => r.seq),
     rows.map((_, i) => i + 1),
     "sequence numbers are 1..n: no gap, no duplicate",
   );
+  if (via === "in-process") {
+    const v = await c.store.verifyAuditLog();
+    assert.deepEqual(v.ok && { ok: v.ok, entries: v.entries, head: v.head?.seq }, { ok: true, entries: rows.length, head: rows.length }, JSON.stringify(v));
+    return rows;
+  }
   const [offline, ...online] = await Promise.all([
     runCli(["audit", "verify", "--database", c.database, "--json"]),
     ...via.map((i) => runCli(["audit", "verify", "--server", c.urls[i], "--token", c.tokens.auditor, "--json"])),
@@ -199,7 +211,7 @@ test("one issuance across the servers: created on 0, personalised through 1, req
     assert.ok(crlHasSerial(crl.body, cred.serial), `server ${i}'s CRL lists the certificate revoked through server 1`);
   }
 
-  const rows = await assertOneLog(c, []);
+  const rows = await assertOneLog(c, "in-process");
   assert.deepEqual(
     rows.slice(start).map((r) => r.action),
     ["user.registered", "card.issued", "card.personalised", "credential.issued", "terminal.authenticated", "credential.delivered", "certificate.revoked"],
@@ -267,5 +279,5 @@ test("credential requests at once through different servers all succeed", { ...H
   const settled = await Promise.allSettled(ids.flatMap((id, i) => ["9a", "9c"].map((slot, k) => op[(i + k) % 3].requestCredential(id, { slot, alg: "P256" }))));
   const failed = settled.flatMap((r) => (r.status === "rejected" ? [String(r.reason)] : []));
   assert.deepEqual(failed, [], "every request succeeds");
-  await assertOneLog(c, []);
+  await assertOneLog(c, "in-process");
 });
