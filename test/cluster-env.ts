@@ -144,8 +144,8 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const engine = o.engine ?? testEngines().find((e) => e.name === "postgres");
   if (!engine) throw new Error("cluster: PostgreSQL is off (CARDKMS_TEST_PG); a cluster needs one database every server reaches");
   killStragglersOnExit();
-  const dir = mkdtempSync(join(tmpdir(), "cardkms-cluster-"));
   const tdb = await engine.create();
+  const dir = mkdtempSync(join(tmpdir(), "cardkms-cluster-"));
   const store = new Store(tdb.db);
   const children: (Child | undefined)[] = new Array(count).fill(undefined);
   const ports: number[] = o.ports ? [...o.ports] : new Array(count).fill(0);
@@ -160,28 +160,37 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
     })());
   o.t?.after(stop);
 
-  const custody = await (o.custody ?? sharedKeystoreFile)(dir);
-  const configFile = join(dir, "issuer.json");
-  const settings = {
-    listen: { host: "127.0.0.1", port: 0 },
-    database: tdb.url,
-    custody: custody.config,
-    ca: { mode: "local", subject: "CN=cardkms cluster CA" },
-    // where relying parties would reach the cluster: the load balancer's name (a name, so no server warns about it)
-    crlUrl: "http://crl.cardkms.test/crl",
-    logLevel: "warn",
-    // on demand only: a timer per process would add entries the tests do not count
-    audit: { checkpointIntervalSeconds: 0 },
-    ...o.settings,
-  };
-  writeFileSync(configFile, JSON.stringify(settings, null, 2), { mode: 0o600 });
-  const env = custody.env;
-  const tokens = {
-    admin: (await createOperatorToken(store, "ada", ["admin"])).token,
-    operator: (await createOperatorToken(store, "olga", ["operator"])).token,
-    operator2: (await createOperatorToken(store, "otto", ["operator"])).token,
-    auditor: (await createOperatorToken(store, "arno", ["auditor"])).token,
-  };
+  // Everything made before the servers start is undone by stop() when a step fails.
+  const prepared = await prepare().catch(async (e: unknown) => {
+    await stop();
+    throw e;
+  });
+  const { configFile, env, tokens } = prepared;
+  async function prepare() {
+    const custody = await (o.custody ?? sharedKeystoreFile)(dir);
+    const configFile = join(dir, "issuer.json");
+    const settings = {
+      listen: { host: "127.0.0.1", port: 0 },
+      database: tdb.url,
+      custody: custody.config,
+      ca: { mode: "local", subject: "CN=cardkms cluster CA" },
+      // where relying parties would reach the cluster: the load balancer's name (a name, so no server warns about it)
+      crlUrl: "http://crl.cardkms.test/crl",
+      logLevel: "warn",
+      // on demand only: a timer per process would add entries the tests do not count
+      audit: { checkpointIntervalSeconds: 0 },
+      ...o.settings,
+    };
+    writeFileSync(configFile, JSON.stringify(settings, null, 2), { mode: 0o600 });
+    const env = custody.env;
+    const tokens = {
+      admin: (await createOperatorToken(store, "ada", ["admin"])).token,
+      operator: (await createOperatorToken(store, "olga", ["operator"])).token,
+      operator2: (await createOperatorToken(store, "otto", ["operator"])).token,
+      auditor: (await createOperatorToken(store, "arno", ["auditor"])).token,
+    };
+    return { configFile, env, tokens };
+  }
 
   /** Server i: spawned, listening; its port remembered for restarts. */
   function serve(i: number): Promise<string> {
