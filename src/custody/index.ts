@@ -25,7 +25,7 @@ export function custodyConfigFromEnv(env: Record<string, string | undefined> = p
 
 export async function openCustody(config: CustodyConfig = custodyConfigFromEnv()): Promise<KeyCustody> {
   if (config.kind === "software") {
-    mkdirSync(dirname(config.path), { recursive: true, mode: 0o700 });
+    if (!config.backend && config.path) mkdirSync(dirname(config.path), { recursive: true, mode: 0o700 });
     return SoftwareCustody.open(config);
   }
   if (config.kind === "pkcs11") return Pkcs11Custody.open(config);

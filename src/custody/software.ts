@@ -16,4 +16,4 @@
 //   wrapping.ts          wrapping, re-wrapping and unwrapping private keys
 // This file is what importers name; it re-exports.
 
-export { SoftwareCustody, type SoftwareCustodyOptions } from "./software/software-custody.ts";
+export { SoftwareCustody, type KeystoreIdentity, type SoftwareCustodyOptions } from "./software/software-custody.ts";

@@ -18,6 +18,7 @@ import { auditCheckpoints } from "./migrations/0011_audit_checkpoints.ts";
 import { rotationFourEyes } from "./migrations/0012_rotation_four_eyes.ts";
 import { cardLifecycle } from "./migrations/0013_card_lifecycle.ts";
 import { webhookQueue } from "./migrations/0014_webhook_queue.ts";
+import { custodyKeystore } from "./migrations/0017_custody_keystore.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
 export function migrations(engine: Engine): Record<string, Migration> {
@@ -36,6 +37,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0012_rotation_four_eyes": rotationFourEyes(engine),
     "0013_card_lifecycle": cardLifecycle(engine),
     "0014_webhook_queue": webhookQueue(engine),
+    "0017_custody_keystore": custodyKeystore(engine),
   };
 }
 
