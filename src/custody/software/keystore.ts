@@ -35,7 +35,8 @@ export interface KeystoreOptions {
   recheckMs?: number;
 }
 
-const sameSealed = (a: Entry, b: Entry): boolean => a.secret.iv === b.secret.iv && a.secret.ct === b.secret.ct;
+/** The same entry: same sealed value and metadata (anything changed is read and authenticated again). */
+const sameEntry = (a: Entry, b: Entry): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 export class Keystore {
   readonly loaded = new Map<string, Loaded>();
@@ -75,7 +76,7 @@ export class Keystore {
   /**
    * Brings the labels' entries up to date before a (synchronous) use: one not known here, or known for longer than
    * recheckMs, is read from the backend. Gone there: forgotten and wiped here; a different key under the label now
-   * (deleted and made again elsewhere): the old one wiped. Ephemeral key pairs are this process's own.
+   * (deleted and made again elsewhere) or an altered entry: the old one wiped, the new one authenticated at use. Ephemeral key pairs are this process's own.
    */
   async fetch(...labels: string[]): Promise<void> {
     this.live();
@@ -86,7 +87,7 @@ export class Keystore {
       const checked = Date.now();
       const fresh = await this.track(this.backend.get(label));
       this.live();
-      if (known && fresh && sameSealed(known.entry, fresh)) {
+      if (known && fresh && sameEntry(known.entry, fresh)) {
         known.checked = checked;
         continue;
       }
