@@ -11,6 +11,10 @@
 //
 // Holds no secret: ids, kinds, host names, paths and token labels only.
 
+import { hostname } from "node:os";
+import { resolve } from "node:path";
+import { CustodyError, type KeyCustody } from "./custody.ts";
+
 export interface CustodyBinding {
   /** The keystore id (software), or the token label (PKCS#11). */
   keystoreId: string;
@@ -58,4 +62,15 @@ export async function checkCustodyBinding(bindings: CustodyBindings, opened: Cus
   const refusal = bindingRefusal(recorded, opened);
   if (refusal) throw new Error(`custody refused: ${refusal}`);
   return recorded;
+}
+
+/** What an opened custody is, as the binding records it (a file keystore: this host and the file's absolute path). */
+export function bindingOf(custody: KeyCustody, host: string = hostname()): CustodyBinding {
+  const c = custody as KeyCustody & { keystore?: { id: string; kind: "file" | "store"; where: string }; tokenLabel?: string };
+  if (c.kind === "pkcs11" && c.tokenLabel) return { keystoreId: `pkcs11:${c.tokenLabel}`, kind: "pkcs11", token: c.tokenLabel };
+  if (c.kind === "software" && c.keystore) {
+    if (c.keystore.kind === "store") return { keystoreId: c.keystore.id, kind: "store" };
+    return { keystoreId: c.keystore.id, kind: "file", host, path: resolve(c.keystore.where) };
+  }
+  throw new CustodyError("INVALID_ARGUMENT", `custody ${c.kind} has no identity to record`);
 }

@@ -14,6 +14,7 @@ import type { Kysely } from "kysely";
 import type { CustodyBinding, CustodyBindings } from "../custody/binding.ts";
 import type { Entry, KeystoreBackend, KeystoreHeader } from "../custody/keystore-backend.ts";
 import { CustodyError } from "../custody/custody.ts";
+import type { CustodyConfig } from "../custody/index.ts";
 import type { Db } from "./db.ts";
 
 export interface CustodyKeystoreTable {
@@ -158,4 +159,9 @@ export class SqlCustodyBindings implements CustodyBindings {
       .onConflict((oc) => oc.column("slot").doUpdateSet({ keystore_id: row.keystore_id, kind: row.kind, token: row.token, host: row.host, path: row.path, recorded_at: row.recorded_at }))
       .execute();
   }
+}
+
+/** The custody configuration with the keystore in the store filled in when it names the store (issue 16 §3). */
+export function custodyOnStore(config: CustodyConfig, db: Db | Kysely<unknown>): CustodyConfig {
+  return config.kind === "software" && config.keystoreBackend === "store" && !config.backend ? { ...config, backend: new StoreKeystoreBackend(db) } : config;
 }
