@@ -5,6 +5,7 @@
 //   file keystore, same id, same host       allowed: processes on one machine share the file safely (file lock)
 //   keystore in the store                   shared by every server on the database (one id); refused only when the
 //                                           record names another keystore (a file whose keys were not copied in)
+//   file keystore, the record says store    refused: its keys were copied into the store (same id), the file is stale
 //   PKCS#11 token                           the HSM is shared by design: recorded (token label), not refused here
 // The message names what is recorded, what was opened, and the fix. The port (CustodyBindings) is implemented on the
 // database by src/store/custody-keystore.ts; the wiring (src/server/main.ts) calls checkCustodyBinding at start.
@@ -49,6 +50,8 @@ export function describeBinding(b: CustodyBinding): string {
 export function bindingRefusal(recorded: CustodyBinding, opened: CustodyBinding): string | undefined {
   if (opened.kind === "pkcs11") return undefined;
   const head = `this database's card keys live in ${describeBinding(recorded)}, but this server opened ${describeBinding(opened)}`;
+  if (opened.kind === "file" && recorded.kind === "store")
+    return `${head}: the keys were moved into the store (cardkms custody keystore-to-store), and the file would diverge from it. Set custody.keystoreBackend "store" (CARDKMS_KEYSTORE_BACKEND=store).`;
   if (opened.keystoreId !== recorded.keystoreId)
     return `${head}: a different keystore, which does not hold those keys. Open the recorded keystore, or ${FIX}. Never start a server on a keystore that is not the one recorded.`;
   if (opened.kind === "file" && recorded.kind === "file" && opened.host !== recorded.host)

@@ -14,7 +14,7 @@ export interface IssuerConfig {
         kind: "software";
         keystore: string;
         /**
-         * Where the software keystore keeps its keys (issue 16 §3; docs/custody.md): "file" (default) the file at
+         * Where the software keystore keeps its keys (issue 16 §3; docs/architecture.md): "file" (default) the file at
          * `keystore`, shared safely only by processes on one host; "store" the server's database, shared by every
          * server on it.
          */

@@ -3,13 +3,17 @@
 // are), what the rows hold (sealed entries only, one per key), and the binding's first-writer record.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { custodyContract, rejects } from "../../test/support/custody-contract.ts";
 import { keystoreSharingSuite } from "../../test/support/keystore-sharing.ts";
 import { testEngines, type TestDatabase } from "../../test/support/store-testing.ts";
 import { bindingRefusal, checkCustodyBinding } from "../custody/binding.ts";
 import { SoftwareCustody } from "../custody/software.ts";
-import { SqlCustodyBindings, StoreKeystoreBackend } from "./custody-keystore.ts";
+import { FileKeystoreBackend } from "../custody/keystore-file-backend.ts";
+import { copyKeystoreToStore, SqlCustodyBindings, StoreKeystoreBackend } from "./custody-keystore.ts";
 
 for (const engine of testEngines()) {
   describe(`custody keystore in the store on ${engine.name}`, () => {
@@ -90,6 +94,44 @@ for (const engine of testEngines()) {
       assert.equal(bindingRefusal({ keystoreId: "ks_store", kind: "store" }, { keystoreId: "ks_store", kind: "store" }), undefined);
       assert.match(bindingRefusal({ keystoreId: "ks_store", kind: "store" }, { keystoreId: "ks_x", kind: "file", host: "h", path: "/p" }) ?? "", /keystore in the store/);
       assert.equal(bindingRefusal({ keystoreId: "ks_store", kind: "store" }, { keystoreId: "tok", kind: "pkcs11", token: "tok" }), undefined, "an HSM is not refused here");
+    });
+
+    test("copying a keystore file into the store: entries still sealed, same keys, same id; again copies nothing; another keystore refused", async () => {
+      const d = await engine.create();
+      const dir = mkdtempSync(join(tmpdir(), "cardkms-copy-"));
+      try {
+        const path = join(dir, "keystore.json");
+        const f = await SoftwareCustody.open({ path, key });
+        const value = randomBytes(16);
+        await f.importSecretKey("copy-master", { type: "aes", bits: 128, usage: ["derive"] }, value);
+        await f.generateKeyPair("copy-ca", "P256");
+        const ref = { kind: "derived", master: "copy-master", cardId: "0102030405060708", kvn: 1 } as const;
+        const kcvs = await f.keySetKcvs(ref);
+        const spki = await f.publicKey("copy-ca");
+        const id = f.keystore.id;
+        await f.close();
+        await checkCustodyBinding(new SqlCustodyBindings(d.db), { keystoreId: id, kind: "file", host: "h", path });
+
+        const r = await copyKeystoreToStore(new FileKeystoreBackend(path), d.db);
+        assert.deepEqual({ id: r.keystoreId, copied: r.copied.sort(), present: r.present }, { id, copied: ["copy-ca", "copy-master"], present: [] });
+        const rows = JSON.stringify(await d.db.withTables<{ custody_keystore_entries: { label: string } }>().selectFrom("custody_keystore_entries").selectAll().execute());
+        assert.equal(rows.includes(value.toString("base64")) || rows.includes(value.toString("hex")), false, "sealed, not in clear");
+        const s = await SoftwareCustody.open({ backend: new StoreKeystoreBackend(d.db), key });
+        assert.equal(s.keystore.id, id, "one keystore, moved");
+        assert.deepEqual(await s.keySetKcvs(ref), kcvs);
+        assert.deepEqual(await s.publicKey("copy-ca"), spki);
+        await s.close();
+        assert.deepEqual(await new SqlCustodyBindings(d.db).get(), { keystoreId: id, kind: "store" });
+        // The old file is now refused at server start (it would diverge from the store).
+        await assert.rejects(checkCustodyBinding(new SqlCustodyBindings(d.db), { keystoreId: id, kind: "file", host: "h", path }), /moved into the store/);
+        assert.deepEqual((await copyKeystoreToStore(new FileKeystoreBackend(path), d.db)).copied, []);
+        const other = join(dir, "other.json");
+        await (await SoftwareCustody.open({ path: other, key })).close();
+        await rejects(copyKeystoreToStore(new FileKeystoreBackend(other), d.db), "EXISTS", /another keystore/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+        await d.drop();
+      }
     });
   });
 

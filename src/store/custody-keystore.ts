@@ -165,3 +165,36 @@ export class SqlCustodyBindings implements CustodyBindings {
 export function custodyOnStore(config: CustodyConfig, db: Db | Kysely<unknown>): CustodyConfig {
   return config.kind === "software" && config.keystoreBackend === "store" && !config.backend ? { ...config, backend: new StoreKeystoreBackend(db) } : config;
 }
+
+export interface KeystoreCopy {
+  /** The keystore id, the same in the file and in the store (it is one keystore, moved). */
+  keystoreId: string;
+  copied: string[];
+  /** Already in the store with the same sealed entry (a copy run again). */
+  present: string[];
+}
+
+/**
+ * Copies a keystore file's entries into the store (issue 16 §3 migration path): the header (the KEK's making and the
+ * check value, and the id) and every entry as it is, sealed — no key is opened, the KEK is not needed. Refuses when
+ * the store holds another keystore, or a label with a different entry; running it again copies what is missing.
+ * Records the store as where this database's card keys live (the file must not be used by a server afterwards).
+ */
+export async function copyKeystoreToStore(file: KeystoreBackend, db: Db | Kysely<unknown>): Promise<KeystoreCopy> {
+  const header = await file.readHeader();
+  if (!header) throw new CustodyError("NOT_FOUND", `no keystore at ${file.where}`);
+  const target = new StoreKeystoreBackend(db);
+  const inForce = await target.createHeader(header);
+  if (inForce.id !== header.id || JSON.stringify(inForce.kek) !== JSON.stringify(header.kek) || JSON.stringify(inForce.check) !== JSON.stringify(header.check))
+    throw new CustodyError("EXISTS", `the store already holds another keystore (id ${inForce.id}), not ${file.where} (id ${header.id}): nothing copied`);
+  const out: KeystoreCopy = { keystoreId: header.id, copied: [], present: [] };
+  const differ: string[] = [];
+  for (const [label, entry] of Object.entries(await file.all())) {
+    if (await target.insert(label, entry)) out.copied.push(label);
+    else if (JSON.stringify(await target.get(label)) === JSON.stringify(entry)) out.present.push(label);
+    else differ.push(label);
+  }
+  if (differ.length) throw new CustodyError("EXISTS", `the store holds other keys under the labels ${differ.join(", ")}; copied ${out.copied.length}, left those`);
+  await new SqlCustodyBindings(db).replace({ keystoreId: header.id, kind: "store" });
+  return out;
+}
