@@ -11,6 +11,7 @@
 // new card keys, Store.completeRotation), 1 on error.
 
 import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
+import { custodyOnStore } from "../store/custody-keystore.ts";
 import { Store } from "../store/store.ts";
 import { runRewrap } from "../issuer/rewrap.ts";
 
@@ -21,7 +22,7 @@ async function main(argv: string[]): Promise<void> {
   const config: CustodyConfig = keystore === "pkcs11" ? { kind: "pkcs11", env: process.env } : { ...env, kind: "software", path: keystore };
   const pageSize = Number(process.env.CARDKMS_REWRAP_PAGE ?? 1000);
   const store = await Store.open(url);
-  const custody = await openCustody(config);
+  const custody = await openCustody(custodyOnStore(config, store.db));
   try {
     let rot = await runRewrap({
       store,

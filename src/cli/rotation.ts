@@ -260,8 +260,9 @@ async function rewrapHere(id: string, o: { db: string; pageSize: string; json?: 
   if (!Number.isInteger(pageSize) || pageSize < 1) throw new UsageError(`--page-size: not a positive whole number: ${o.pageSize}`);
   const { Store } = await import("../store/store.ts");
   const { runRewrap } = await import("../issuer/rewrap.ts");
+  const { custodyOnStore } = await import("../store/custody-keystore.ts");
   const store = await Store.open(o.db);
-  const custody = await openCustody(custodyConfigFromEnv());
+  const custody = await openCustody(custodyOnStore(custodyConfigFromEnv(), store.db));
   const abort = new AbortController();
   const stop = () => abort.abort();
   process.once("SIGINT", stop);
