@@ -85,18 +85,25 @@ export class FileKeystoreBackend implements KeystoreBackend {
     });
   }
 
-  async get(label: string): Promise<Entry | undefined> {
+  /** The document of an open keystore: its file gone is UNAVAILABLE (not "every key deleted"). */
+  private present(): KeystoreDoc {
     const doc = this.read();
-    return doc && Object.hasOwn(doc.keys, label) ? doc.keys[label] : undefined;
+    if (!doc) throw new CustodyError("UNAVAILABLE", `keystore ${this.path} is gone (moved or deleted while open)`);
+    return doc;
+  }
+
+  async get(label: string): Promise<Entry | undefined> {
+    const doc = this.present();
+    return Object.hasOwn(doc.keys, label) ? doc.keys[label] : undefined;
   }
 
   async all(): Promise<Record<string, Entry>> {
-    return { ...this.read()?.keys };
+    return { ...this.present().keys };
   }
 
   insert(label: string, entry: Entry): Promise<boolean> {
     return this.change((d) => {
-      if (!d) throw new CustodyError("CORRUPT", `keystore ${this.path} is gone`);
+      if (!d) throw new CustodyError("UNAVAILABLE", `keystore ${this.path} is gone (moved or deleted while open)`);
       if (Object.hasOwn(d.keys, label)) return { result: false };
       d.keys[label] = entry;
       return { write: d, result: true };

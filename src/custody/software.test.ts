@@ -125,3 +125,16 @@ test("software: another process creating keys in the same file at the same time:
   );
   await c.close();
 });
+
+test("software: the keystore file gone while open is UNAVAILABLE, not every key deleted; keys known here stay usable", async () => {
+  const p = join(dir, "gone.json");
+  const c = await SoftwareCustody.open({ path: p, key, recheckMs: 0 });
+  await c.importSecretKey("m", { type: "aes", bits: 128, usage: ["derive"] }, randomBytes(16));
+  const ref = { kind: "derived", master: "m", cardId: "0102", kvn: 1 } as const;
+  const kcvs = await c.keySetKcvs(ref);
+  rmSync(p);
+  assert.deepEqual(await c.keySetKcvs(ref), kcvs);
+  await rejects(c.hasKey("other"), "UNAVAILABLE", /gone/);
+  await rejects(c.createSecretKey("new", { type: "aes", bits: 128 }), "UNAVAILABLE", /gone/);
+  await c.close();
+});

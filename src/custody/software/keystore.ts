@@ -26,7 +26,9 @@ const DERIVED_MAX = 4096;
 /**
  * How long an entry read from the backend is trusted before it is read again (issue 16 §3): a key deleted by another
  * process (or server, with the store backend) stops working here at most this long after (the derived card keys
- * made from it are dropped at the same time). A label not known here is always looked up before NOT_FOUND.
+ * made from it are dropped at the same time), provided the backend answers: while it does not (database down, file
+ * gone), keys known here stay usable and are read again at each use. A label not known here is always looked up
+ * before NOT_FOUND.
  */
 export const RECHECK_MS = 5000;
 
@@ -85,7 +87,15 @@ export class Keystore {
       const known = this.entries.get(label);
       if (known && Date.now() - known.checked < this.recheckMs) continue;
       const checked = Date.now();
-      const fresh = await this.track(this.backend.get(label));
+      let fresh: Entry | undefined;
+      try {
+        fresh = await this.track(this.backend.get(label));
+      } catch (e) {
+        // The backend does not answer (database down, file gone): a key known here stays usable, read again at the
+        // next use; one not known here is an error. A deletion is seen once the backend answers.
+        if (known) continue;
+        throw e;
+      }
       this.live();
       if (known && fresh && sameEntry(known.entry, fresh)) {
         known.checked = checked;
