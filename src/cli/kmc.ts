@@ -10,6 +10,7 @@
 // Key values are read from files only (never from arguments, where ps and shell history would keep them), and
 // are never printed or logged.
 //   cardkms custody self-test    what the custody's credentials could take out (src/custody/pkcs11-selftest.ts)
+//   cardkms custody keystore-to-store   a keystore file's entries, still sealed, into the issuer's database (issue 16 §3)
 
 import { Command, Option } from "commander";
 import { readFileSync } from "node:fs";
@@ -143,6 +144,34 @@ export function registerCustodyCommands(program: Command): void {
     });
 
   custody
+    .command("keystore-to-store")
+    .description(
+      "issue 16 §3: copy the software keystore file's entries into the issuer's database (custody.keystoreBackend \"store\"), sealed as they are " +
+        "(no key is opened; the keystore key is not needed), and record the store as where this database's card keys live. Stop every server " +
+        "first; afterwards start them with CARDKMS_KEYSTORE_BACKEND=store (a server with the file is then refused). Running it again copies what is missing",
+    )
+    .option("--config <file>", "issuer configuration file (custody.keystore, database; also CARDKMS_* variables)")
+    .option("--keystore <path>", "the keystore file (default: the configuration's custody.keystore)")
+    .option("--json", "JSON output")
+    .action(async (o: { config?: string; keystore?: string; json?: boolean }) => {
+      const { loadConfig } = await import("../server/config.ts");
+      const { FileKeystoreBackend } = await import("../custody/keystore-file-backend.ts");
+      const { Store } = await import("../store/store.ts");
+      const { copyKeystoreToStore } = await import("../store/custody-keystore.ts");
+      const cfg = loadConfig({ file: o.config });
+      const path = o.keystore ?? (cfg.custody.kind === "software" ? cfg.custody.keystore : undefined);
+      if (!path) throw new UsageError("the configured custody is an HSM: give the keystore file with --keystore <path>");
+      const store = await Store.open(cfg.database);
+      try {
+        const r = await copyKeystoreToStore(new FileKeystoreBackend(path), store.db);
+        const text = `keystore ${r.keystoreId}: copied ${r.copied.length} keys into the store (${r.present.length} were there already); start the servers with CARDKMS_KEYSTORE_BACKEND=store`;
+        process.stdout.write((o.json ? JSON.stringify(r) : text) + "\n");
+      } finally {
+        await store.close();
+      }
+    });
+
+  custody
     .command("self-test")
     .description(
       "try, with the credentials the issuer's custody runs with (the HSM user PIN), the paths by which their holder could take a key out " +
@@ -165,10 +194,28 @@ export function registerCustodyCommands(program: Command): void {
     });
 }
 
-/** The custody the issuer's configuration names (--config, CARDKMS_* variables). */
+/** The custody the issuer's configuration names (--config, CARDKMS_* variables); a keystore in the store opens the DB. */
 async function openConfiguredCustody(file: string | undefined) {
   const { loadConfig } = await import("../server/config.ts");
   const { openCustody } = await import("../custody/index.ts");
-  const c = loadConfig({ file }).custody;
+  const cfg = loadConfig({ file });
+  const c = cfg.custody;
+  if (c.kind === "software" && c.keystoreBackend === "store") {
+    const { Store } = await import("../store/store.ts");
+    const { StoreKeystoreBackend } = await import("../store/custody-keystore.ts");
+    const store = await Store.open(cfg.database);
+    try {
+      const opened = await openCustody({ kind: "software", backend: new StoreKeystoreBackend(store.db), env: process.env });
+      const close = opened.close.bind(opened);
+      opened.close = async () => {
+        await close();
+        await store.close();
+      };
+      return opened;
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+  }
   return openCustody(c.kind === "software" ? { kind: "software", path: c.keystore, env: process.env } : { kind: "pkcs11", module: c.module, tokenLabel: c.tokenLabel, env: process.env });
 }

@@ -17,6 +17,7 @@
 // CARDKMS_JOB_LEASE_MS sets the lease (default 30,000).
 
 import { custodyConfigFromEnv, openCustody, type CustodyConfig } from "../custody/index.ts";
+import { custodyOnStore } from "../store/custody-keystore.ts";
 import { Store } from "../store/store.ts";
 import { randomUUID } from "node:crypto";
 import { rewrapUnderLease } from "../issuer/rewrap-job.ts";
@@ -30,7 +31,7 @@ async function main(argv: string[]): Promise<void> {
   const config: CustodyConfig = keystore === "pkcs11" ? { kind: "pkcs11", env: process.env } : { ...env, kind: "software", path: keystore };
   const pageSize = Number(process.env.CARDKMS_REWRAP_PAGE ?? 1000);
   const store = await Store.open(url);
-  const custody = await openCustody(config);
+  const custody = await openCustody(custodyOnStore(config, store.db));
   try {
     let { rotation: rot } = await rewrapUnderLease({
       jobs: jobStoreOf(store.db as Db, { now: () => store.now() }),

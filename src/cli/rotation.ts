@@ -265,8 +265,9 @@ async function rewrapHere(id: string, o: { db: string; pageSize: string; json?: 
   const { Store } = await import("../store/store.ts");
   const { rewrapUnderLease } = await import("../issuer/rewrap-job.ts");
   const { jobStoreOf } = await import("../store/job-repository.ts");
+  const { custodyOnStore } = await import("../store/custody-keystore.ts");
   const store = await Store.open(o.db);
-  const custody = await openCustody(custodyConfigFromEnv());
+  const custody = await openCustody(custodyOnStore(custodyConfigFromEnv(), store.db));
   const abort = new AbortController();
   const stop = () => abort.abort();
   process.once("SIGINT", stop);

@@ -1,48 +1,29 @@
-// The software keystore's file: JSON, every secret sealed on its own with AES-256-GCM under the keystore key
+// The software keystore's format: every secret sealed on its own with AES-256-GCM under the keystore key
 // (KEK), its metadata (label, kind, type, usage, extractability) bound in as associated data so that editing the
 // file cannot relabel a key or make a "never" key exportable. The KEK comes from a key file or the environment
 // (CARDKMS_KEYSTORE_KEY): 64 hex digits are a raw 256-bit key, anything else is a passphrase stretched with
 // scrypt (salt and cost in the file). A check value sealed under the KEK tells a wrong key from a corrupt entry.
-// Writes are atomic: a temporary file in the same directory, fsync, rename, fsync of the directory.
+// Where it is kept is a KeystoreBackend (keystore-backend.ts): a JSON file (keystore-file-backend.ts; writes atomic:
+// a temporary file in the same directory, fsync, rename, fsync of the directory) or the server's store (issue 16 §3).
 //
 // Never logs; errors name the file and the label, never a key.
 
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, type ScryptOptions } from "node:crypto";
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
-import { CustodyError, type Extractability, type KeyPairAlg, type PairUsage, type SecretKeyUsage } from "./custody.ts";
+import { CustodyError } from "./custody.ts";
+import type { Entry, EntryMeta, KekInfo, KeystoreBackend, KeystoreHeader, Sealed } from "./keystore-backend.ts";
+
+export type { Entry, EntryMeta, KekInfo, KeystoreBackend, KeystoreHeader, Sealed };
 
 export const FORMAT = "cardkms-keystore/1";
 const CHECK_TEXT = Buffer.from("cardkms keystore key check v1");
 const SCRYPT = { N: 1 << 15, r: 8, p: 1 } as const;
 
-export interface Sealed {
-  iv: string;
-  ct: string;
-}
-
-export interface EntryMeta {
-  kind: "secret" | "keyPair";
-  type: "aes" | KeyPairAlg;
-  bits?: number;
-  usage?: SecretKeyUsage[];
-  /** What a key pair's private half may do (custody.ts PairUsage); absent on entries made before it: both. */
-  pairUsage?: PairUsage[];
-  extractable: Extractability;
-  /** Public key of a key pair, SPKI DER base64 (not secret). */
-  spki?: string;
-  created: string;
-}
-
-export interface Entry extends EntryMeta {
-  secret: Sealed;
-}
-
-export interface KeystoreDoc {
-  format: typeof FORMAT;
-  kek: { source: "raw" } | { source: "scrypt"; salt: string; N: number; r: number; p: number };
-  check: Sealed;
-  /** Incremented on every write; a writer whose copy is not the file's current generation refuses to write. */
+/** The keystore file (keystore-file-backend.ts): the header and every entry. */
+export interface KeystoreDoc extends Omit<KeystoreHeader, "id"> {
+  id?: string;
+  /** Incremented on every write. */
   generation: number;
   keys: Record<string, Entry>;
 }
@@ -116,64 +97,62 @@ export function entryAad(label: string, m: EntryMeta): Buffer {
   return Buffer.from(JSON.stringify(bound));
 }
 
-/** Opens (or creates, when the file does not exist) a keystore; returns the document and its KEK. */
-export async function openKeystore(path: string, src: KeystoreKeySource): Promise<{ doc: KeystoreDoc; kek: Buffer; created: boolean }> {
-  const m = readKeySource(src);
-  if (!existsSync(path)) {
-    let kek: Buffer;
-    let kekInfo: KeystoreDoc["kek"];
-    if (m.bytes || isRawHex(m.text ?? "")) {
-      kek = m.bytes ?? Buffer.from(m.text as string, "hex");
-      kekInfo = { source: "raw" };
-    } else {
-      const pass = m.text ?? "";
-      if (pass.length < MIN_PASSPHRASE) throw new CustodyError("INVALID_ARGUMENT", `keystore key from ${m.from} is neither 64 hex digits nor a passphrase of at least ${MIN_PASSPHRASE} characters`);
-      const salt = randomBytes(16);
-      kek = await scrypt(pass, salt, SCRYPT);
-      kekInfo = { source: "scrypt", salt: salt.toString("base64"), ...SCRYPT };
-    }
-    const doc: KeystoreDoc = { format: FORMAT, kek: kekInfo, check: seal(kek, CHECK_TEXT, Buffer.from("check")), generation: 0, keys: {} };
-    writeAtomic(path, doc);
-    return { doc, kek, created: true };
-  }
-  let doc: KeystoreDoc;
-  try {
-    doc = JSON.parse(readFileSync(path, "utf8")) as KeystoreDoc;
-  } catch (e) {
-    throw new CustodyError("CORRUPT", `keystore ${path} is not readable JSON (${(e as Error).name})`);
-  }
-  if (doc?.format !== FORMAT || !doc.kek || !doc.check || typeof doc.keys !== "object") throw new CustodyError("CORRUPT", `${path} is not a ${FORMAT} keystore`);
-  const wrong = `the keystore key (${m.from}) does not open ${path}: wrong CARDKMS_KEYSTORE_KEY or key file`;
-  let kek: Buffer;
-  if (doc.kek.source === "raw") {
-    if (!m.bytes && !isRawHex(m.text ?? "")) throw new CustodyError("WRONG_KEY", `${wrong} (this keystore takes a raw key of 64 hex digits, a passphrase was given)`);
-    kek = m.bytes ?? Buffer.from(m.text as string, "hex");
-  } else {
-    // The file decides: under a passphrase keystore even a 64-hex string is taken as the passphrase.
-    if (m.text === undefined) throw new CustodyError("WRONG_KEY", `${wrong} (this keystore takes a passphrase, raw bytes were given)`);
-    const { salt, N, r, p } = doc.kek;
-    kek = await scrypt(m.text, Buffer.from(salt, "base64"), { N, r, p });
-  }
-  const check = unseal(kek, doc.check, Buffer.from("check"));
-  if (!check || !check.equals(CHECK_TEXT)) throw new CustodyError("WRONG_KEY", wrong);
-  return { doc, kek, created: false };
+/** Derives the KEK for a new keystore from the configured key source: a raw key as is, a passphrase through scrypt. */
+async function newKek(m: ReturnType<typeof readKeySource>): Promise<{ kek: Buffer; info: KekInfo }> {
+  if (m.bytes || isRawHex(m.text ?? "")) return { kek: m.bytes ?? Buffer.from(m.text as string, "hex"), info: { source: "raw" } };
+  const pass = m.text ?? "";
+  if (pass.length < MIN_PASSPHRASE) throw new CustodyError("INVALID_ARGUMENT", `keystore key from ${m.from} is neither 64 hex digits nor a passphrase of at least ${MIN_PASSPHRASE} characters`);
+  const salt = randomBytes(16);
+  return { kek: await scrypt(pass, salt, SCRYPT), info: { source: "scrypt", salt: salt.toString("base64"), ...SCRYPT } };
 }
 
 /**
- * Writes a changed document: refuses when another writer changed the file since this copy was read or written
- * (one writer per keystore; a second process must reopen), then writes generation + 1 atomically.
+ * Opens (or creates, when it holds no keystore yet) the keystore kept by `backend` (a file or the store,
+ * keystore-backend.ts); returns its header and KEK. When two processes create one at once, the backend keeps the
+ * first header and the other opens it with its key (WRONG_KEY if that key differs).
  */
-export function writeNext(path: string, doc: KeystoreDoc): void {
-  let onDisk: number | undefined;
-  try {
-    onDisk = (JSON.parse(readFileSync(path, "utf8")) as KeystoreDoc).generation ?? 0;
-  } catch {
-    onDisk = undefined;
+export async function openKeystore(backend: KeystoreBackend, src: KeystoreKeySource): Promise<{ header: KeystoreHeader; kek: Buffer; created: boolean }> {
+  const m = readKeySource(src);
+  let header = await backend.readHeader();
+  if (!header) {
+    const { kek, info } = await newKek(m);
+    const mine: KeystoreHeader = { format: FORMAT, id: newKeystoreId(), kek: info, check: seal(kek, CHECK_TEXT, Buffer.from("check")) };
+    header = await backend.createHeader(mine);
+    if (header.id === mine.id) return { header, kek, created: true };
+    kek.fill(0);
   }
-  if (onDisk !== undefined && onDisk !== (doc.generation ?? 0)) throw new CustodyError("UNAVAILABLE", `keystore ${path} was changed by another writer since it was opened: reopen it`);
-  const next = { ...doc, generation: (doc.generation ?? 0) + 1 };
-  writeAtomic(path, next);
-  doc.generation = next.generation;
+  const where = backend.where;
+  const wrong = `the keystore key (${m.from}) does not open ${where}: wrong CARDKMS_KEYSTORE_KEY or key file`;
+  let kek: Buffer;
+  if (header.kek.source === "raw") {
+    if (!m.bytes && !isRawHex(m.text ?? "")) throw new CustodyError("WRONG_KEY", `${wrong} (this keystore takes a raw key of 64 hex digits, a passphrase was given)`);
+    kek = m.bytes ?? Buffer.from(m.text as string, "hex");
+  } else {
+    // The keystore decides: under a passphrase keystore even a 64-hex string is taken as the passphrase.
+    if (m.text === undefined) throw new CustodyError("WRONG_KEY", `${wrong} (this keystore takes a passphrase, raw bytes were given)`);
+    const { salt, N, r, p } = header.kek;
+    kek = await scrypt(m.text, Buffer.from(salt, "base64"), { N, r, p });
+  }
+  const check = unseal(kek, header.check, Buffer.from("check"));
+  if (!check || !check.equals(CHECK_TEXT)) throw new CustodyError("WRONG_KEY", wrong);
+  return { header, kek, created: false };
+}
+
+/** A keystore's identity (issue 16 §3): random, recorded in the database the keystore's card keys belong to. */
+export function newKeystoreId(): string {
+  return `ks_${randomBytes(16).toString("hex")}`;
+}
+
+/** Parses a keystore document, naming the file when it is not one. */
+export function parseKeystoreDoc(text: string, path: string): KeystoreDoc {
+  let doc: KeystoreDoc;
+  try {
+    doc = JSON.parse(text) as KeystoreDoc;
+  } catch (e) {
+    throw new CustodyError("CORRUPT", `keystore ${path} is not readable JSON (${(e as Error).name})`);
+  }
+  if (doc?.format !== FORMAT || !doc.kek || !doc.check || typeof doc.keys !== "object" || doc.keys === null) throw new CustodyError("CORRUPT", `${path} is not a ${FORMAT} keystore`);
+  return doc;
 }
 
 /** Writes the document atomically: temp file (0600) + fsync + rename + directory fsync. */

@@ -10,7 +10,16 @@ export interface IssuerConfig {
   /** SQLite file path (embedded default) or postgres:// URL. */
   database: string;
   custody:
-    | { kind: "software"; keystore: string }
+    | {
+        kind: "software";
+        keystore: string;
+        /**
+         * Where the software keystore keeps its keys (issue 16 §3; docs/architecture.md): "file" (default) the file at
+         * `keystore`, shared safely only by processes on one host; "store" the server's database, shared by every
+         * server on it.
+         */
+        keystoreBackend?: "file" | "store";
+      }
     | {
         kind: "pkcs11";
         module: string;
@@ -145,7 +154,12 @@ const schema = {
     database: { type: "string", minLength: 1 },
     custody: {
       oneOf: [
-        { type: "object", additionalProperties: false, required: ["kind", "keystore"], properties: { kind: { const: "software" }, keystore: { type: "string", minLength: 1 } } },
+        {
+          type: "object",
+          additionalProperties: false,
+          required: ["kind", "keystore"],
+          properties: { kind: { const: "software" }, keystore: { type: "string", minLength: 1 }, keystoreBackend: { enum: ["file", "store"] } },
+        },
         {
           type: "object",
           additionalProperties: false,
@@ -257,6 +271,7 @@ const ENV: Record<string, { path: string[]; type: "string" | "integer" | "boolea
   CARDKMS_DATABASE: { path: ["database"], type: "string" },
   CARDKMS_CUSTODY: { path: ["custody", "kind"], type: "string" },
   CARDKMS_KEYSTORE: { path: ["custody", "keystore"], type: "string" },
+  CARDKMS_KEYSTORE_BACKEND: { path: ["custody", "keystoreBackend"], type: "string" },
   CARDKMS_PKCS11_MODULE: { path: ["custody", "module"], type: "string" },
   CARDKMS_PKCS11_TOKEN: { path: ["custody", "tokenLabel"], type: "string" },
   CARDKMS_PKCS11_ACCEPT_OPEN_PATHS: { path: ["custody", "acceptOpenPaths"], type: "list" },

@@ -1,7 +1,8 @@
 // The issuer server process (issue 3 §1, §7): wires the domain modules behind HTTP and runs them.
 //
 //   Store     SQLite file (default) or PostgreSQL by URL, migrated at start
-//   Custody   software keystore (key from CARDKMS_KEYSTORE_KEY / _FILE) or PKCS#11 (CARDKMS_PKCS11_PIN)
+//   Custody   software keystore (key from CARDKMS_KEYSTORE_KEY / _FILE; in a file or the store) or PKCS#11
+//             (CARDKMS_PKCS11_PIN); the keystore recorded in the DB, another refused (issue 16 §3, custody/binding.ts)
 //   CA        "local": in this process, its key in the same custody, its records in the system DB
 //             (openCaService + SqlCaRepository), also served at /v1/ca/* for issuers at other sites;
 //             "remote": HttpCaClient to another site's /v1/ca (token from CARDKMS_CA_TOKEN)
@@ -40,6 +41,8 @@ import { openCaService } from "../ca/service.ts";
 import { DEFAULT_PROFILES } from "../ca/profile.ts";
 import { openCustody, type KeyCustody } from "../custody/index.ts";
 import { selfTestRefusal } from "../custody/pkcs11-selftest.ts";
+import { bindingOf, checkCustodyBinding } from "../custody/binding.ts";
+import { custodyOnStore, SqlCustodyBindings } from "../store/custody-keystore.ts";
 import { AuditCheckpointError, AuditCheckpoints, eventCheckpointPublisher, fileCheckpointPublisher, type CheckpointPublisher } from "../issuer/audit-checkpoints.ts";
 import { auditRoutes } from "./audit-routes.ts";
 import { Issuer } from "../issuer/issuer.ts";
@@ -349,9 +352,16 @@ export async function startIssuerServer(config: IssuerConfig, opts: StartOptions
   };
   try {
     const opened = await openCustody(
-      config.custody.kind === "software" ? { kind: "software", path: config.custody.keystore, env } : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
+      custodyOnStore(
+        config.custody.kind === "software"
+          ? { kind: "software", path: config.custody.keystore, keystoreBackend: config.custody.keystoreBackend, env }
+          : { kind: "pkcs11", module: config.custody.module, tokenLabel: config.custody.tokenLabel, env },
+        store.db,
+      ),
     );
     closers.push(() => opened.close());
+    // Issue 16 §3: the keystore this database's card keys live in is recorded; another one (or a copy elsewhere) is refused.
+    await checkCustodyBinding(new SqlCustodyBindings(store.db), bindingOf(opened));
     // Issue 17 §1: what a holder of the custody's credentials could take out, tried before anything uses a key.
     const selfTest = await opened.selfTest();
     const refusal = selfTestRefusal(selfTest, {

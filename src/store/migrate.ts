@@ -20,6 +20,7 @@ import { cardLifecycle } from "./migrations/0013_card_lifecycle.ts";
 import { webhookQueue } from "./migrations/0014_webhook_queue.ts";
 import { relaySessions } from "./migrations/0015_relay_sessions.ts";
 import { jobsTable } from "./migrations/0016_jobs.ts";
+import { custodyKeystore } from "./migrations/0017_custody_keystore.ts";
 import { serverInstances } from "./migrations/0018_server_instances.ts";
 
 /** Every migration in order; names sort in application order and never change once released. */
@@ -41,6 +42,7 @@ export function migrations(engine: Engine): Record<string, Migration> {
     "0014_webhook_queue": webhookQueue(engine),
     "0015_relay_sessions": relaySessions(engine),
     "0016_jobs": jobsTable(engine),
+    "0017_custody_keystore": custodyKeystore(engine),
     "0018_server_instances": serverInstances(engine),
   };
 }

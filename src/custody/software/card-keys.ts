@@ -67,6 +67,7 @@ function wipeDerived(ks: Keystore, ref: KeySetRef, k: KeySetKeys): void {
 }
 
 export async function keySetKcvs(ks: Keystore, ref: KeySetRef): Promise<KeySetKcvs> {
+  await ks.fetchKeySet(ref);
   const k = keySet(ks, ref, { enc: "encrypt", mac: "encrypt", dek: "encrypt" });
   try {
     return { kvn: ref.kvn, enc: hex(keyCheckValue(k.enc)), mac: hex(keyCheckValue(k.mac)), dek: hex(keyCheckValue(k.dek)) };
@@ -76,6 +77,8 @@ export async function keySetKcvs(ks: Keystore, ref: KeySetRef): Promise<KeySetKc
 }
 
 export async function putKeyData(ks: Keystore, current: KeySetRef, next: KeySetRef): Promise<PutKeyData> {
+  await ks.fetchKeySet(current);
+  await ks.fetchKeySet(next);
   const cur = keySet(ks, current, { dek: "wrap" });
   const nxt = keySet(ks, next, { enc: "encrypt", mac: "encrypt", dek: "encrypt" });
   try {
@@ -93,6 +96,7 @@ export async function putKeyData(ks: Keystore, current: KeySetRef, next: KeySetR
 export async function scp03Session(ks: Keystore, ref: KeySetRef, hostChallenge: Uint8Array, cardChallenge: Uint8Array): Promise<Scp03SessionMaterial> {
   checkChallenge(hostChallenge, "host challenge");
   checkChallenge(cardChallenge, "card challenge");
+  await ks.fetchKeySet(ref);
   const k = keySet(ks, ref, { enc: "mac", mac: "mac" });
   try {
     const context = Buffer.concat([hostChallenge, cardChallenge]);
@@ -131,6 +135,7 @@ export function purposeKey(ks: Keystore, ref: KeySetRef, purpose: number): Buffe
 export async function sealForCard(ks: Keystore, ref: KeySetRef, purpose: number, aad: Uint8Array, plaintext: Uint8Array): Promise<SealedForCard> {
   if (!Number.isInteger(purpose) || purpose < 0x40 || purpose > 0xff || purpose === PURPOSE.privateKeyWrap)
     throw new CustodyError("INVALID_ARGUMENT", "seal purpose must be 0x40..0xff and not the private-key wrap purpose");
+  await ks.fetchKeySet(ref);
   const key = purposeKey(ks, ref, purpose);
   try {
     const nonce = randomBytes(12);

@@ -20,6 +20,8 @@ export async function generateKeyPair(ks: Keystore, label: string, alg: KeyPairA
   if (extractable !== "never" && extractable !== "wrapped") throw new CustodyError("INVALID_ARGUMENT", 'extractable must be "never" or "wrapped"');
   if (ks.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
   const pairUsage = checkPairUsage(opts.usage, ["sign"]);
+  await ks.fetch(label);
+  if (ks.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
   const { spki, pkcs8 } = await genKeyPair(alg);
   const meta: EntryMeta = { kind: "keyPair", type: alg, extractable, pairUsage, spki: spki.toString("base64"), created: new Date().toISOString() };
   if (opts.ephemeral === true) {
@@ -43,12 +45,14 @@ export async function generateKeyPair(ks: Keystore, label: string, alg: KeyPairA
 }
 
 export async function publicKey(ks: Keystore, label: string): Promise<Uint8Array> {
+  await ks.fetch(label);
   const { meta } = ks.load(label);
   if (meta.kind !== "keyPair") throw new CustodyError("INVALID_ARGUMENT", `${label} is not a key pair`);
   return new Uint8Array(Buffer.from(meta.spki as string, "base64"));
 }
 
 export async function sign(ks: Keystore, label: string, data: Uint8Array, opts: { hash?: HashAlg } = {}): Promise<Uint8Array> {
+  await ks.fetch(label);
   const { key, meta } = ks.privateKey(label, "sign");
   const alg = meta.type as KeyPairAlg;
   const hash = opts.hash ?? defaultHash(alg);
@@ -58,6 +62,7 @@ export async function sign(ks: Keystore, label: string, data: Uint8Array, opts: 
 }
 
 export async function decipher(ks: Keystore, label: string, input: Uint8Array): Promise<Uint8Array> {
+  await ks.fetch(label);
   const { key, meta } = ks.privateKey(label, "decipher");
   const alg = meta.type as KeyPairAlg;
   if (!(input instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "decipher input must be bytes");
@@ -75,6 +80,7 @@ export async function decipher(ks: Keystore, label: string, input: Uint8Array): 
 }
 
 export async function signer(ks: Keystore, label: string): Promise<Signer> {
+  await ks.fetch(label);
   const { meta } = ks.privateKey(label);
   const alg = meta.type as KeyPairAlg;
   const spki = await publicKey(ks, label);

@@ -1,4 +1,4 @@
-// Keys by label in the software keystore: secret keys generated or imported (sealed into the keystore file at once),
+// Keys by label in the software keystore: secret keys generated or imported (sealed into the keystore at once),
 // key sets imported as three such keys, what a label holds, deleting (wiping what is in memory) and listing.
 
 import { randomBytes } from "node:crypto";
@@ -25,34 +25,35 @@ export function importKeySet(ks: Keystore, prefix: string, keys: { kvn: number; 
 }
 
 export async function hasKey(ks: Keystore, label: string): Promise<boolean> {
-  ks.live();
+  await ks.fetch(label);
   return ks.meta(label) !== undefined;
 }
 
 export async function keyInfo(ks: Keystore, label: string): Promise<KeyInfo | undefined> {
-  ks.live();
+  await ks.fetch(label);
   const m = ks.meta(label);
   return m && ks.info(label, m);
 }
 
+/** Deletes the key here and where it is kept; other processes stop using it within RECHECK_MS (keystore.ts). */
 export async function deleteKey(ks: Keystore, label: string): Promise<boolean> {
   ks.live();
   const l = ks.loaded.get(label);
-  const stored = Object.hasOwn(ks.doc.keys, label) ? ks.doc.keys[label] : undefined;
-  if (!l && !stored) return false;
-  if (l?.pkcs8) l.pkcs8.fill(0);
-  else if (l && Buffer.isBuffer(l.secret)) l.secret.fill(0);
-  ks.loaded.delete(label);
-  if (!l?.ephemeral) ks.forgetDerived();
-  if (stored) {
-    delete ks.doc.keys[label];
-    await ks.persist();
+  if (l?.ephemeral) {
+    if (l.pkcs8) l.pkcs8.fill(0);
+    else if (Buffer.isBuffer(l.secret)) l.secret.fill(0);
+    ks.loaded.delete(label);
+    return true;
   }
-  return true;
+  ks.drop(label);
+  return ks.track(ks.backend.remove(label));
 }
 
+/** Every key kept in the backend (whoever made it) and this process's ephemeral key pairs. */
 export async function listKeys(ks: Keystore): Promise<KeyInfo[]> {
   ks.live();
-  const labels = new Set([...Object.keys(ks.doc.keys), ...ks.loaded.keys()]);
-  return [...labels].sort().map((l) => ks.info(l, ks.meta(l) as EntryMeta));
+  const stored = await ks.track(ks.backend.all());
+  const metas = new Map<string, EntryMeta>(Object.entries(stored));
+  for (const [label, l] of ks.loaded) if (l.ephemeral) metas.set(label, l.meta);
+  return [...metas.keys()].sort().map((l) => ks.info(l, metas.get(l) as EntryMeta));
 }

@@ -3,6 +3,7 @@
 // (objects.ts), card key sets (card-keys.ts), key pairs (key-pairs.ts), wrapping (wrapping.ts).
 
 import {
+  CustodyError,
   type CustodySelfTest,
   type Extractability,
   type HashAlg,
@@ -20,30 +21,51 @@ import {
   type StoredKeySetRef,
   type WrapTarget,
 } from "../custody.ts";
+import type { KeystoreBackend } from "../keystore-backend.ts";
+import { FileKeystoreBackend } from "../keystore-file-backend.ts";
 import { openKeystore, type KeystoreKeySource } from "../keystore-file.ts";
 import * as cardKeys from "./card-keys.ts";
 import * as keyPairs from "./key-pairs.ts";
-import { Keystore } from "./keystore.ts";
+import { Keystore, type KeystoreOptions } from "./keystore.ts";
 import * as objects from "./objects.ts";
 import * as wrapping from "./wrapping.ts";
 
-export interface SoftwareCustodyOptions extends KeystoreKeySource {
-  /** Keystore file; created (with its directory's permissions) when missing. */
-  path: string;
+export interface SoftwareCustodyOptions extends KeystoreKeySource, KeystoreOptions {
+  /** Keystore file; created (with its directory's permissions) when missing. Not used when `backend` is given. */
+  path?: string;
+  /** Where the keystore is kept, instead of the file at `path`: e.g. the store (src/store/custody-keystore.ts). */
+  backend?: KeystoreBackend;
+}
+
+/** Which keystore a software custody opened (issue 16 §3: recorded in the database its card keys belong to). */
+export interface KeystoreIdentity {
+  /** The keystore's random identity. */
+  id: string;
+  kind: "file" | "store";
+  /** The file's path, or "the store". */
+  where: string;
 }
 
 export class SoftwareCustody implements KeyCustody {
   readonly kind = "software";
+  /** The keystore file's path, or "the store". */
   readonly path: string;
+  readonly keystore: KeystoreIdentity;
 
   private constructor(private readonly ks: Keystore) {
-    this.path = ks.path;
+    this.path = ks.backend.where;
+    this.keystore = { id: ks.id, kind: ks.backend.kind, where: ks.backend.where };
   }
 
-  /** Opens the keystore at opts.path, creating it when missing. Throws WRONG_KEY when the key does not open it. */
+  /**
+   * Opens the keystore kept by opts.backend, or in the file at opts.path; creates it when there is none. Throws
+   * WRONG_KEY when the key does not open it.
+   */
   static async open(opts: SoftwareCustodyOptions): Promise<SoftwareCustody> {
-    const { doc, kek } = await openKeystore(opts.path, opts);
-    return new SoftwareCustody(new Keystore(opts.path, doc, kek));
+    if (!opts.backend && !opts.path) throw new CustodyError("INVALID_ARGUMENT", "a software keystore needs a file path or a backend");
+    const backend = opts.backend ?? new FileKeystoreBackend(opts.path as string);
+    const { header, kek } = await openKeystore(backend, opts);
+    return new SoftwareCustody(new Keystore(backend, header, kek, opts));
   }
 
   // --- keys by label -----------------------------------------------------------------------------------------

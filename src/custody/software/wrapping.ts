@@ -20,6 +20,8 @@ function wrapKey(ks: Keystore, to: WrapTarget): Buffer {
 }
 
 export async function wrapPrivateKey(ks: Keystore, label: string, to: WrapTarget): Promise<Uint8Array> {
+  await ks.fetch(label);
+  await ks.fetchTarget(to);
   const l = ks.load(label);
   if (l.meta.kind !== "keyPair") throw new CustodyError("INVALID_ARGUMENT", `${label} is not a key pair`);
   if (l.meta.extractable !== "wrapped") throw new CustodyError("NOT_PERMITTED", `key ${label} is not extractable: it cannot be wrapped`);
@@ -36,6 +38,8 @@ export async function wrapPrivateKey(ks: Keystore, label: string, to: WrapTarget
 
 export async function rewrapPrivateKey(ks: Keystore, wrapped: Uint8Array, alg: KeyPairAlg, from: WrapTarget, to: WrapTarget): Promise<Uint8Array> {
   checkKeyPairAlg(alg);
+  await ks.fetchTarget(from);
+  await ks.fetchTarget(to);
   const a = wrapKey(ks, from);
   let pkcs8: Uint8Array;
   try {
@@ -57,6 +61,8 @@ export async function rewrapPrivateKey(ks: Keystore, wrapped: Uint8Array, alg: K
 export async function rewrapPrivateKeys(ks: Keystore, items: readonly { wrapped: Uint8Array; alg: KeyPairAlg }[], from: WrapTarget, to: WrapTarget): Promise<Uint8Array[]> {
   for (const it of items) checkKeyPairAlg(it.alg);
   if (items.length === 0) return [];
+  await ks.fetchTarget(from);
+  await ks.fetchTarget(to);
   const a = wrapKey(ks, from);
   let b: Buffer | undefined;
   try {
@@ -84,6 +90,8 @@ export async function unwrapPrivateKey(ks: Keystore, label: string, wrapped: Uin
   if (!(wrapped instanceof Uint8Array)) throw new CustodyError("INVALID_ARGUMENT", "the wrapped private key must be bytes");
   const pairUsage = checkUnwrapUsage(opts.usage);
   const expect = opts.expectSpki === undefined ? undefined : canonicalSpki(opts.expectSpki, "expectSpki");
+  await ks.fetch(label);
+  await ks.fetchTarget(from);
   if (ks.meta(label)) throw new CustodyError("EXISTS", `a key labelled ${label} already exists`);
   const kek = wrapKey(ks, from);
   let pkcs8: Buffer;
