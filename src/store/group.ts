@@ -106,6 +106,45 @@ async function flush(trx: Transaction<unknown>, st: GroupState): Promise<void> {
   for (const [b, vs] of st.kept) if (vs.length) await b.flush(trx, vs);
 }
 
+/**
+ * PostgreSQL's answers that mean "another transaction won, try again": deadlock_detected (40P01) and
+ * serialization_failure (40001). Groups of several servers on one database can lock the same card rows in opposite
+ * orders (each group holds its rows until its commit); PostgreSQL then aborts one of them. What the loser did was
+ * rolled back (its savepoint, or its whole transaction), so running it again is safe (issue 16 §4).
+ */
+const retryable = (e: unknown): boolean => {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === "40P01" || code === "40001";
+};
+
+/** Attempts of one call alone after it lost to another transaction (then its error is the caller's). */
+const ALONE_ATTEMPTS = 5;
+
+/** Runs one call in a transaction of its own; on PostgreSQL, again after a short random pause when it lost a deadlock. */
+async function runAlone(db: Kysely<unknown>, it: GroupItem): Promise<void> {
+  const pg = engineOf(db) === "postgres";
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const value = await db.transaction().execute(async (trx) => {
+        const st: GroupState = { current: new Map(), kept: new Map() };
+        groupStates.set(trx, st);
+        const v = await it.fn(trx);
+        settle(st, true);
+        await flush(trx, st);
+        return v;
+      });
+      it.resolve(value);
+      return;
+    } catch (e) {
+      if (!pg || !retryable(e) || attempt >= ALONE_ATTEMPTS) {
+        it.reject(e);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20 * attempt)));
+    }
+  }
+}
+
 async function runGroups(db: Kysely<unknown>, g: GroupQueue): Promise<void> {
   g.running = true;
   const pg = engineOf(db) === "postgres";
@@ -113,21 +152,12 @@ async function runGroups(db: Kysely<unknown>, g: GroupQueue): Promise<void> {
     while (g.queue.length) {
       const batch = g.queue.splice(0, GROUP_MAX);
       if (batch.length === 1) {
-        const [it] = batch;
-        await db
-          .transaction()
-          .execute(async (trx) => {
-            const st: GroupState = { current: new Map(), kept: new Map() };
-            groupStates.set(trx, st);
-            const value = await it.fn(trx);
-            settle(st, true);
-            await flush(trx, st);
-            return value;
-          })
-          .then(it.resolve, it.reject);
+        await runAlone(db, batch[0]);
         continue;
       }
       const done: { it: GroupItem; ok: boolean; value: unknown }[] = [];
+      /** Calls that lost a deadlock (or a serialization conflict) to another server's transaction: run again alone. */
+      const again: GroupItem[] = [];
       try {
         await db.transaction().execute(async (trx) => {
           const st: GroupState = { current: new Map(), kept: new Map() };
@@ -148,16 +178,20 @@ async function runGroups(db: Kysely<unknown>, g: GroupQueue): Promise<void> {
               settle(st, false);
               await sql.raw(`rollback to savepoint g${i}`).execute(trx);
               await sql.raw(`release savepoint g${i}`).execute(trx);
-              done.push({ it, ok: false, value: e });
+              if (pg && retryable(e)) again.push(it);
+              else done.push({ it, ok: false, value: e });
             }
           }
           await flush(trx, st);
         });
       } catch (e) {
-        for (const it of batch) it.reject(e);
+        // The whole group lost a deadlock (e.g. at its audit lock) to another server's: every call runs again alone.
+        if (pg && retryable(e)) for (const it of batch) await runAlone(db, it);
+        else for (const it of batch) it.reject(e);
         continue;
       }
       for (const d of done) (d.ok ? d.it.resolve : d.it.reject)(d.value);
+      for (const it of again) await runAlone(db, it);
     }
   } finally {
     g.running = false;
