@@ -251,6 +251,8 @@ export interface HttpBenchOptions {
   alg?: KeyAlg;
   /** Extra environment for the server (e.g. CARDKMS_LOG_LEVEL). */
   env?: Record<string, string>;
+  /** Servers on the one database (issue 16: several `cardkms issuer serve`), the client spreads requests round-robin. */
+  servers?: number;
 }
 
 export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<BenchResult[]> {
@@ -259,9 +261,11 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
   const ms = o.ms ?? 10_000;
   const warmMs = o.warmMs ?? 2000;
   const alg = o.alg ?? "P256";
+  const nServers = o.servers ?? 1;
+  if (nServers > 1 && engine !== "postgres") throw new Error("several servers share one PostgreSQL database");
   const dir = mkdtempSync(join(tmpdir(), "cardkms-bench-http-"));
   let tdb: TestDatabase | undefined;
-  let child: ChildProcess | undefined;
+  const children: ChildProcess[] = [];
   try {
     let database: string;
     if (engine === "postgres") {
@@ -279,46 +283,58 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     const keystore = await SoftwareCustody.open({ path: join(dir, "keystore.json"), key: keystoreKey });
     await benchKmc(keystore);
     await keystore.close();
-    const port = await freePort();
-    const env = {
-      ...process.env,
-      CARDKMS_DATABASE: database,
-      CARDKMS_CUSTODY: "software",
-      CARDKMS_KEYSTORE: join(dir, "keystore.json"),
-      CARDKMS_KEYSTORE_KEY: keystoreKey,
-      CARDKMS_LISTEN_HOST: "127.0.0.1",
-      CARDKMS_LISTEN_PORT: String(port),
-      CARDKMS_CRL_URL: `http://127.0.0.1:${port}/v1/ca/crl`,
-      CARDKMS_WEBHOOK_SECRET: randomBytes(32).toString("hex"),
-      CARDKMS_LOG_LEVEL: "warn",
-      ...o.env,
-    };
     // The compiled server (dist/, as `cardkms issuer serve` runs it; rebuilt first so it matches the sources), or
     // with BENCH_SERVER=source the TypeScript through tsx, to compare the two.
     const fromSource = process.env.BENCH_SERVER === "source";
     if (!fromSource) execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("..", import.meta.url)), stdio: "ignore" });
     const entry = fromSource ? ["--import", "tsx", fileURLToPath(new URL("../src/server/main.ts", import.meta.url))] : [fileURLToPath(new URL("../dist/server/main.js", import.meta.url))];
-    // On PostgreSQL the server also loads the statement counter (bench/pg-count.mjs; the bench only, never in service).
-    const countFile = join(dir, "pg-count.json");
-    const counting = engine === "postgres" ? ["--import", fileURLToPath(new URL("./pg-count.mjs", import.meta.url))] : [];
-    if (counting.length) Object.assign(env, { BENCH_PG_COUNT_FILE: countFile });
-    const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...counting, ...entry], { env, stdio: ["ignore", "pipe", "pipe"] });
-    child = server;
-    let serverOut = "";
-    server.stdout?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
-    server.stderr?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
-    const base = new URL(`http://127.0.0.1:${port}`);
+    const logLevel = o.env?.CARDKMS_LOG_LEVEL ?? "warn";
+    // On PostgreSQL each server also loads the statement counter (bench/pg-count.mjs; the bench only, never in service).
+    const countFiles: string[] = [];
+    const bases: URL[] = [];
+    const webhookSecret = randomBytes(32).toString("hex");
     const agent = new http.Agent({ keepAlive: true, maxSockets: conc });
-    for (let i = 0; ; i++) {
-      if (server.exitCode !== null) throw new Error(`server exited ${server.exitCode}: ${serverOut.trim().slice(-1500)}`);
-      try {
-        if ((await request(agent, base, token, "GET", "/healthz")).status === 200) break;
-      } catch {
-        // not listening yet
+    // The first server alone (it makes the CA key and the master keys in custody), then the others.
+    for (let k = 0; k < nServers; k++) {
+      const port = await freePort();
+      const env = {
+        ...process.env,
+        CARDKMS_DATABASE: database,
+        CARDKMS_CUSTODY: "software",
+        CARDKMS_KEYSTORE: join(dir, "keystore.json"),
+        CARDKMS_KEYSTORE_KEY: keystoreKey,
+        CARDKMS_LISTEN_HOST: "127.0.0.1",
+        CARDKMS_LISTEN_PORT: String(port),
+        CARDKMS_CRL_URL: `http://127.0.0.1:${port}/v1/ca/crl`,
+        CARDKMS_WEBHOOK_SECRET: webhookSecret,
+        CARDKMS_LOG_LEVEL: logLevel,
+        ...o.env,
+      };
+      const countFile = join(dir, `pg-count-${k}.json`);
+      const counting = engine === "postgres" ? ["--import", fileURLToPath(new URL("./pg-count.mjs", import.meta.url))] : [];
+      if (counting.length) Object.assign(env, { BENCH_PG_COUNT_FILE: countFile });
+      countFiles.push(countFile);
+      const server = spawn(process.execPath, [...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...counting, ...entry], { env, stdio: ["ignore", "pipe", "pipe"] });
+      children.push(server);
+      let serverOut = "";
+      server.stdout?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
+      server.stderr?.on("data", (d: Buffer) => (serverOut = (serverOut + d.toString()).slice(-4000)));
+      const base = new URL(`http://127.0.0.1:${port}`);
+      bases.push(base);
+      for (let i = 0; ; i++) {
+        if (server.exitCode !== null) throw new Error(`server ${k} exited ${server.exitCode}: ${serverOut.trim().slice(-1500)}`);
+        try {
+          if ((await request(agent, base, token, "GET", "/healthz")).status === 200) break;
+        } catch {
+          // not listening yet
+        }
+        if (i > 600) throw new Error(`server ${k} did not answer within 60 s: ${serverOut.trim().slice(-1500)}`);
+        await new Promise((r) => setTimeout(r, 100));
       }
-      if (i > 600) throw new Error(`server did not answer within 60 s: ${serverOut.trim().slice(-1500)}`);
-      await new Promise((r) => setTimeout(r, 100));
     }
+    let rr = 0;
+    /** The next server, round-robin: what a load balancer in front of them does. */
+    const via = () => bases[rr++ % bases.length];
 
     // users and cards through the API: enough fresh (card, slot) pairs for ~1,500/s over warm-up + measurement
     const nCards = Math.ceil((2000 * (ms + warmMs)) / 1000 / SLOTS.length) + 20;
@@ -328,11 +344,11 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
       Array.from({ length: 16 }, async () => {
         while (made < nCards) {
           const i = made++;
-          const u = await request(agent, base, token, "POST", "/v1/users", {
+          const u = await request(agent, via(), token, "POST", "/v1/users", {
             personalData: { commonName: `Bench User ${i}`, email: `u${i}@example.test`, organization: "Example Bank", country: "JP" },
           });
           if (u.status !== 201) throw new Error(`POST /v1/users: ${u.status} ${u.body.slice(0, 300)}`);
-          const c = await request(agent, base, token, "POST", "/v1/cards", { userId: (JSON.parse(u.body) as { id: string }).id });
+          const c = await request(agent, via(), token, "POST", "/v1/cards", { userId: (JSON.parse(u.body) as { id: string }).id });
           if (c.status !== 201) throw new Error(`POST /v1/cards: ${c.status} ${c.body.slice(0, 300)}`);
           cards.push((JSON.parse(c.body) as { card: { id: string } }).card.id);
         }
@@ -341,7 +357,7 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     const next = targets(cards);
     const issue = async () => {
       const t = next();
-      const r = await request(agent, base, token, "POST", `/v1/cards/${t.cardId}/credentials`, { slot: t.slot, alg });
+      const r = await request(agent, via(), token, "POST", `/v1/cards/${t.cardId}/credentials`, { slot: t.slot, alg });
       if (r.status !== 201) throw new Error(`POST credentials: ${r.status} ${r.body.slice(0, 300)}`);
     };
     let s0 = NaN;
@@ -349,34 +365,37 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
     // PostgreSQL: the server's statements (pg-count.mjs) and the DB's side (pgSnapshot) at both ends of the window.
     let pgAt0: Promise<PgSnapshot> | undefined;
     let pgAt1: Promise<PgSnapshot> | undefined;
-    const snap = () => (tdb ? pgSnapshot(tdb.url, server.pid!, countFile) : undefined);
+    const pids = children.map((c) => c.pid!);
+    const serversCpu = () => pids.reduce((a, pid) => a + procCpu(pid), 0);
+    const snap = () => (tdb ? pgSnapshot(tdb.url, pids, countFiles) : undefined);
     const t1 = setTimeout(() => {
-      s0 = procCpu(server.pid!);
+      s0 = serversCpu();
       pgAt0 = snap();
     }, warmMs);
     const t2 = setTimeout(() => {
-      serverCpu = procCpu(server.pid!) - s0;
+      serverCpu = serversCpu() - s0;
       pgAt1 = snap();
     }, warmMs + ms);
     const r = await closedLoop(conc, ms, issue, warmMs);
     clearTimeout(t1);
     clearTimeout(t2);
-    if (Number.isNaN(serverCpu)) serverCpu = procCpu(server.pid!) - s0;
+    if (Number.isNaN(serverCpu)) serverCpu = serversCpu() - s0;
     pgAt1 ??= snap();
-    const pgFigures: Partial<ReturnType<typeof pgDelta>> = pgAt0 && pgAt1 ? pgDelta(await pgAt0, await pgAt1, r.n) : {};
+    const pgFigures: Partial<ReturnType<typeof pgDelta>> = pgAt0 && pgAt1 ? pgDelta(await pgAt0, await pgAt1, r.n, nServers) : {};
     agent.destroy();
     // The same-run baseline, so the figure compares across machines: node:crypto P-256 signatures per second on one
     // core of this machine now (each credential costs the server one CA signature and more).
     const baseline = p256SignsPerSecond(1000);
     return [
       {
-        name: `issuance_http_${alg.toLowerCase()}${engine === "postgres" ? "_pg" : ""}`,
+        name: `issuance_http_${alg.toLowerCase()}${engine === "postgres" ? "_pg" : ""}${nServers > 1 ? `_${nServers}servers` : ""}`,
         value: Math.round(r.rate),
         unit: "credentials/s",
         baseline: Math.round(baseline),
         baseline_unit: "node:crypto P-256 signatures/s (one core)",
         ratio: Math.round((r.rate / baseline) * 10_000) / 10_000,
         server: fromSource ? "source (tsx)" : "compiled (dist/)",
+        servers: nServers,
         p50_ms: r1(r.p50),
         p99_ms: r1(r.p99),
         issued: r.n,
@@ -388,18 +407,21 @@ export async function benchIssuanceHttp(o: HttpBenchOptions = {}): Promise<Bench
         client_cpu_us_per_credential: Math.round(r.cpuUsPerOp),
         loadavg_1m: r1(loadavg()[0]),
         engine,
-        server_log_level: env.CARDKMS_LOG_LEVEL,
+        server_log_level: logLevel,
         ...pgFigures.summary,
       },
       ...(pgFigures.lines ?? []),
     ];
   } finally {
-    if (child && child.exitCode === null) {
-      const exited = new Promise((r) => child!.once("exit", r));
-      child.kill("SIGTERM");
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    }
+    await Promise.all(
+      children.map(async (child) => {
+        if (child.exitCode !== null) return;
+        const exited = new Promise((r) => child.once("exit", r));
+        child.kill("SIGTERM");
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+        if (child.exitCode === null) child.kill("SIGKILL");
+      }),
+    );
     await tdb?.drop();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -432,8 +454,21 @@ async function statementCounts(pid: number, file: string): Promise<PgSnapshot["c
   return undefined;
 }
 
-async function pgSnapshot(url: string, serverPid: number, countFile: string): Promise<PgSnapshot> {
-  const counts = statementCounts(serverPid, countFile);
+/** The servers' statement counts added up (undefined if one did not answer). */
+async function allStatementCounts(pids: number[], files: string[]): Promise<PgSnapshot["counts"]> {
+  const each = await Promise.all(pids.map((pid, i) => statementCounts(pid, files[i])));
+  if (each.some((c) => c === undefined)) return undefined;
+  const sum: NonNullable<PgSnapshot["counts"]> = { total: 0, named: 0, statements: {} };
+  for (const c of each as NonNullable<PgSnapshot["counts"]>[]) {
+    sum.total += c.total;
+    sum.named += c.named;
+    for (const [k, v] of Object.entries(c.statements)) sum.statements[k] = (sum.statements[k] ?? 0) + v;
+  }
+  return sum;
+}
+
+async function pgSnapshot(url: string, serverPids: number[], countFiles: string[]): Promise<PgSnapshot> {
+  const counts = allStatementCounts(serverPids, countFiles);
   const { default: pg } = await import("pg");
   const c = new pg.Client({ connectionString: url });
   await c.connect();
@@ -463,7 +498,8 @@ async function pgSnapshot(url: string, serverPid: number, countFile: string): Pr
 }
 
 /** Per-credential figures between two snapshots: the summary fields of the main line, and one line per figure. */
-function pgDelta(a: PgSnapshot, b: PgSnapshot, n: number): { summary: Record<string, unknown>; lines: BenchResult[] } {
+function pgDelta(a: PgSnapshot, b: PgSnapshot, n: number, servers = 1): { summary: Record<string, unknown>; lines: BenchResult[] } {
+  const suffix = servers > 1 ? `_${servers}servers` : "";
   const per = (x: number) => Math.round((x / Math.max(1, n)) * 100) / 100;
   let backend = 0;
   for (const [pid, cpu] of b.backendCpu) backend += cpu - (a.backendCpu.get(pid) ?? 0); // a pid new in b: all its CPU is in the window
@@ -478,10 +514,10 @@ function pgDelta(a: PgSnapshot, b: PgSnapshot, n: number): { summary: Record<str
   const roundTrips = a.counts && b.counts ? per(b.counts.total - a.counts.total) : NaN;
   const named = a.counts && b.counts ? per(b.counts.named - a.counts.named) : NaN;
   const lines: BenchResult[] = [
-    { name: "issuance_http_p256_pg_round_trips", value: roundTrips, unit: "statements/credential", named_prepared: named, statements: sorted },
-    { name: "issuance_http_p256_pg_commits", value: per(b.commits - a.commits), unit: "commits/credential", rollbacks: per(b.rollbacks - a.rollbacks) },
+    { name: `issuance_http_p256_pg${suffix}_round_trips`, value: roundTrips, unit: "statements/credential", named_prepared: named, statements: sorted },
+    { name: `issuance_http_p256_pg${suffix}_commits`, value: per(b.commits - a.commits), unit: "commits/credential", rollbacks: per(b.rollbacks - a.rollbacks) },
     {
-      name: "issuance_http_p256_pg_backend_cpu",
+      name: `issuance_http_p256_pg${suffix}_backend_cpu`,
       value: Math.round((backend * 1e6) / Math.max(1, n)),
       unit: "µs/credential",
       backends: b.backendCpu.size,
@@ -489,7 +525,7 @@ function pgDelta(a: PgSnapshot, b: PgSnapshot, n: number): { summary: Record<str
       note: "aux: walwriter, checkpointer, ... shared with other databases on this server",
     },
     {
-      name: "issuance_http_p256_pg_wal",
+      name: `issuance_http_p256_pg${suffix}_wal`,
       value: Math.round(Number(b.walLsn - a.walLsn) / Math.max(1, n)),
       unit: "bytes/credential",
       note: "cluster-wide WAL: includes other databases' writes in the window",

@@ -1,7 +1,9 @@
 // npm run bench [name ...] — prints one JSON object per line: name, value, unit (and baseline, ratio where asked).
 // Benches: card (PIV signing ratio, persisted PIN verifies), pcsc (round trips through pcscd + vpcd), ca, fuzz,
 // rewrap (bulk re-wrap of a rotation, 1,000,000 keys: REWRAP_KEYS), recovery (key reproduction), issuance (HTTP
-// issuance against the server in its own process, SQLite), issuance_pg (the same on PostgreSQL), issuance_rsa and
+// issuance against the server in its own process, SQLite), issuance_pg (the same on PostgreSQL), issuance_pg3 (three
+// servers on one PostgreSQL database, requests round-robin), issuance_scaleout (SQLite 1, PostgreSQL 1 and 3 servers
+// in one run: issue 16's figures), issuance_rsa and
 // cli_startup (`cardkms --help`, compiled, against `node -e 0`).
 
 type Result = { name: string; value: number; unit: string };
@@ -15,6 +17,12 @@ const benches: Record<string, () => Promise<Result[]>> = {
   recovery: async () => (await import("./recovery.ts")).benchRecovery(),
   issuance: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "sqlite" }),
   issuance_pg: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "postgres" }),
+  issuance_pg3: async () => (await import("./issuance.ts")).benchIssuanceHttp({ engine: "postgres", servers: 3 }),
+  // issue 16: in one run, SQLite with one server, PostgreSQL with one and with three servers on one database
+  issuance_scaleout: async () => {
+    const { benchIssuanceHttp } = await import("./issuance.ts");
+    return [...(await benchIssuanceHttp({ engine: "sqlite" })), ...(await benchIssuanceHttp({ engine: "postgres" })), ...(await benchIssuanceHttp({ engine: "postgres", servers: 3 }))];
+  },
   issuance_rsa: async () => (await import("./issuance.ts")).benchIssuanceRsa(),
   issuance_inprocess: async () => (await import("./issuance.ts")).benchIssuanceInProcess(),
   cli_startup: async () => [(await import("./startup.ts")).benchStartup()],
