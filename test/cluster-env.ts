@@ -4,8 +4,8 @@
 // same operator tokens. What a load balancer in front of them would see: several base URLs that must behave as one.
 //
 //   custody   a harness option (ClusterOptions.custody). Default, today's: one software keystore FILE that every
-//             process opens with the same key, the test KMC (test/kmc.ts) imported before any server starts. The
-//             custody work of issue 16 adds a keystore kept in the store; pass its maker here then.
+//             process opens with the same key, the test KMC (test/kmc.ts) imported before any server starts.
+//             storeKeystore: the keystore kept in the store (custody.keystoreBackend "store"), the KMC imported likewise.
 //   start     the first server alone (it makes the CA key, the master keys and the webhook root in custody), then
 //             the others in parallel; startAllAtOnce starts them all together on the fresh custody instead.
 //   control   kill(i) sends SIGKILL (a crash: nothing is closed), restart(i) starts server i again on the same
@@ -25,6 +25,7 @@ import type { TestContext } from "node:test";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import type { IssuerConfig } from "../src/server/config.ts";
 import { createOperatorToken } from "../src/server/main.ts";
+import { StoreKeystoreBackend } from "../src/store/custody-keystore.ts";
 import { Store } from "../src/store/store.ts";
 import { testEngines, type TestDatabase, type TestEngine } from "./support/store-testing.ts";
 import { spawnCli } from "./helpers.ts";
@@ -43,8 +44,8 @@ export interface ClusterCustody {
   env: Record<string, string>;
 }
 
-/** Prepares the shared custody in `dir` (the test KMC in it), before any server starts. */
-export type ClusterCustodyMaker = (dir: string) => Promise<ClusterCustody>;
+/** Prepares the shared custody in `dir` or in the cluster's fresh database `db` (the test KMC in it), before any server starts. */
+export type ClusterCustodyMaker = (dir: string, db: TestDatabase["db"]) => Promise<ClusterCustody>;
 
 /** Today's shared custody: one software keystore file, one key, the test KMC imported. */
 export const sharedKeystoreFile: ClusterCustodyMaker = async (dir) => {
@@ -57,6 +58,22 @@ export const sharedKeystoreFile: ClusterCustodyMaker = async (dir) => {
     await custody.close();
   }
   return { config: { kind: "software", keystore }, env: { CARDKMS_KEYSTORE_KEY: key } };
+};
+
+/**
+ * The keystore kept in the store (issue 16 §3, custody.keystoreBackend "store"): created in the cluster's database
+ * with the test KMC imported before any server starts; every server opens it with the same key. No file.
+ */
+export const storeKeystore: ClusterCustodyMaker = async (dir, db) => {
+  const key = randomBytes(32).toString("hex");
+  const custody = await SoftwareCustody.open({ backend: new StoreKeystoreBackend(db), key });
+  try {
+    await importTestKmc(custody);
+  } finally {
+    await custody.close();
+  }
+  // the path is never opened with the store backend (the config schema asks for one)
+  return { config: { kind: "software", keystore: join(dir, "unused-keystore.json"), keystoreBackend: "store" }, env: { CARDKMS_KEYSTORE_KEY: key } };
 };
 
 export interface ClusterOptions {
@@ -167,7 +184,7 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   });
   const { configFile, env, tokens } = prepared;
   async function prepare() {
-    const custody = await (o.custody ?? sharedKeystoreFile)(dir);
+    const custody = await (o.custody ?? sharedKeystoreFile)(dir, tdb.db);
     const configFile = join(dir, "issuer.json");
     const settings = {
       listen: { host: "127.0.0.1", port: 0 },
