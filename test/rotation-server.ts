@@ -7,13 +7,14 @@
 // test/api-env.ts's relay() and authenticate() drive cards through them.
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SoftwareCustody } from "../src/custody/software.ts";
 import { createOperatorToken } from "../src/server/main.ts";
 import { Store } from "../src/store/store.ts";
 import type { TestDatabase, TestEngine } from "./support/store-testing.ts";
-import { spawnCli, tempDir } from "./helpers.ts";
+import { spawnCli } from "./helpers.ts";
 import { importTestKmc } from "./kmc.ts";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -77,7 +78,9 @@ function serve(config: string, key: string, started: ChildProcess[]): Promise<st
 
 /** Starts `count` server processes on `engine`, one after the other (the first makes the CA and master keys). */
 export async function startProcessServer(engine: TestEngine, o: { count?: number } = {}): Promise<ProcessServer> {
-  const dir = tempDir("cardkms-race-");
+  // Removed by close(), not by a test hook: the servers read their keystore file while they run (a hook of the
+  // caller's `before` would run before the tests do).
+  const dir = mkdtempSync(join(tmpdir(), "cardkms-race-"));
   const tdb = await engine.create();
   const store = new Store(tdb.db);
   const keystore = join(dir, "keystore.json");
@@ -114,11 +117,13 @@ export async function startProcessServer(engine: TestEngine, o: { count?: number
       async close() {
         await stop(children);
         await tdb.drop();
+        rmSync(dir, { recursive: true, force: true });
       },
     };
   } catch (e) {
     await stop(children);
     await tdb.drop();
+    rmSync(dir, { recursive: true, force: true });
     throw e;
   }
 }
