@@ -173,9 +173,8 @@ test("one issuance across the servers: created on 0, personalised through 1, req
   assert.equal((await op2.getCard(card.id)).status, "active", "server 2 sees what server 1 did");
   const cred = await op2.requestCredential(card.id, { slot: "9a", alg: "P256" });
 
-  // The card's terminal: login, packages, acknowledgements. TODO(issue 16 §1): the login handshake and the
-  // card-bound token live in one process, so the terminal talks to server 0 only until they are in the store;
-  // then spread its requests over the servers.
+  // The card's terminal: login, packages, acknowledgements, through server 0 here (test/cluster-flows.test.ts sends
+  // each of the terminal's steps to another server).
   const terminal = await UserTerminal.open({
     api: new IssuerApiClient({ server: c.urls[0] }),
     transport,
