@@ -21,6 +21,7 @@
 // with write access can recompute SHA-256, so a rewrite of the entries AFTER the last exported head is only
 // detectable by exporting heads regularly (or anchoring them elsewhere).
 
+import type { AuditInput } from "../issuer/ports.ts";
 import { createHash } from "node:crypto";
 import { sql } from "kysely";
 import { engineOf, type Db } from "./db.ts";
@@ -94,13 +95,8 @@ export async function recordAudit(db: Db | Transaction<Database>, input: AuditIn
   await appendAudit(db, input);
 }
 
-export interface AuditInput {
-  actor: string;
-  action: string;
-  subject: string;
-  details?: { [key: string]: JsonValue };
-  at?: number;
-}
+/** What an entry says (the issuer's port defines it: issuer/ports.ts). */
+export type { AuditInput };
 
 /** An entry before it has a place in the chain: checked and its details canonical. */
 type AuditContent = Pick<AuditRow, "at" | "actor" | "action" | "subject" | "details">;
